@@ -1,0 +1,321 @@
+"""Turn uploaded bytes into plain text.
+
+Pure Python, no Django: the corpora services call these with the stored bytes and
+turn `DocumentParseError` into a failed Document with the message shown to the user,
+so every message must make sense to a person who only uploaded a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".html", ".htm", ".pdf", ".docx")
+RECORD_EXTENSIONS: tuple[str, ...] = (".jsonl", ".csv")
+
+# Media types map onto the same parsers, for uploads whose name has no extension.
+_MEDIA_TYPE_EXTENSIONS: dict[str, str] = {
+    "text/plain": ".txt",
+    "text/markdown": ".md",
+    "text/x-markdown": ".md",
+    "text/html": ".html",
+    "application/xhtml+xml": ".html",
+    "application/pdf": ".pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+}
+_EXTENSION_MEDIA_TYPES: dict[str, str] = {
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+# Elements whose content a reader never sees.
+_INVISIBLE_HTML_TAGS = ("script", "style", "noscript", "template", "head", "iframe", "svg", "object")
+
+
+class DocumentParseError(ValueError):
+    """The document cannot be turned into text; `str(error)` is a message for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    text: str
+    title: str
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One document of a bulk (.jsonl / .csv) import."""
+
+    title: str
+    text: str
+    external_id: str | None
+
+
+def _format_mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f}".rstrip("0").rstrip(".")
+
+
+def check_size(size: int, limit_bytes: int) -> None:
+    """Raise when an upload is over the limit (decimal MB, as users read file sizes)."""
+    if size > limit_bytes:
+        raise DocumentParseError(f"file is {_format_mb(size)} MB, over the {_format_mb(limit_bytes)} MB limit")
+
+
+def _extension(filename: str, media_type: str | None) -> str:
+    ext = os.path.splitext(filename or "")[1].lower()
+    if ext:
+        return ext
+    if media_type:
+        return _MEDIA_TYPE_EXTENSIONS.get(media_type.split(";")[0].strip().lower(), "")
+    return ""
+
+
+def _default_title(filename: str) -> str:
+    stem = os.path.splitext(os.path.basename(filename or ""))[0]
+    return stem.replace("_", " ").strip() or "Untitled"
+
+
+def decode_text(data: bytes) -> str:
+    """Decode plain-text bytes.
+
+    UTF-8 (with or without BOM) first; then UTF-16 when a BOM says so; otherwise
+    UTF-8 with replacement characters, so one stray Latin-1 byte does not lose a
+    whole document. NUL bytes mean binary data renamed to .txt: reject it rather
+    than index garbage.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DocumentParseError(f"corrupt text file: invalid UTF-16 ({exc.reason})") from exc
+    if b"\x00" in data:
+        raise DocumentParseError("corrupt text file: it contains binary data (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace")
+
+
+def _normalise_whitespace(text: str) -> str:
+    """Collapse runs of spaces inside lines and runs of blank lines, keeping paragraph breaks."""
+    lines = [" ".join(line.split()) for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    out: list[str] = []
+    blank = False
+    for line in lines:
+        if line:
+            out.append(line)
+            blank = False
+        elif not blank and out:
+            out.append("")
+            blank = True
+    return "\n".join(out).strip()
+
+
+def _parse_markdown_title(text: str) -> str | None:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# "):
+            return stripped[2:].strip() or None
+        if stripped:
+            return None
+    return None
+
+
+def _parse_html(data: bytes) -> tuple[str, str | None]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(data, "html.parser")
+    title_tag = soup.find("title")
+    title = title_tag.get_text(" ", strip=True) if title_tag else None
+    for tag in soup.find_all(_INVISIBLE_HTML_TAGS):
+        tag.decompose()
+    # Block elements become line breaks so paragraphs survive for the chunker.
+    text = soup.get_text("\n")
+    if not title:
+        h1 = soup.find("h1")
+        title = h1.get_text(" ", strip=True) if h1 else None
+    return text, title or None
+
+
+def _parse_pdf(data: bytes) -> tuple[str, str | None]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError, PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            try:
+                reader.decrypt("")
+            except Exception as exc:  # noqa: BLE001 - any failure means we cannot read it
+                raise DocumentParseError("encrypted PDF: it needs a password") from exc
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = None
+        try:
+            meta = reader.metadata
+            title = (meta.title or None) if meta else None
+        except Exception:  # noqa: BLE001 - metadata is optional; a broken info dict is not fatal
+            title = None
+    except DocumentParseError:
+        raise
+    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        raise DocumentParseError(f"corrupt PDF: {exc}") from exc
+    return "\n\n".join(pages), title
+
+
+def _parse_docx(data: bytes) -> tuple[str, str | None]:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise DocumentParseError(f"corrupt Word document: {exc}") from exc
+    parts: list[str] = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        for row in table.rows:
+            cells: list[str] = []
+            for cell in row.cells:
+                cell_text = cell.text.strip()
+                # Merged cells repeat the same object across the row.
+                if cell_text and (not cells or cells[-1] != cell_text):
+                    cells.append(cell_text)
+            if cells:
+                parts.append(" | ".join(cells))
+        parts.append("")
+    title = document.core_properties.title or None
+    return "\n\n".join(parts), title
+
+
+def parse_document(*, filename: str, data: bytes, media_type: str | None = None) -> ParsedDocument:
+    """Extract the visible text of one uploaded document.
+
+    The extension decides the parser (the media type only when there is no
+    extension: browsers guess media types badly). Raises DocumentParseError for
+    unsupported types, corrupt files and documents without text.
+    """
+    ext = _extension(filename, media_type)
+    if ext not in SUPPORTED_EXTENSIONS:
+        shown = f"'{ext}'" if ext else "without an extension"
+        raise DocumentParseError(
+            f"unsupported file type {shown} (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+        )
+    title: str | None = None
+    if ext in (".txt", ".md"):
+        text = decode_text(data)
+        if ext == ".md":
+            title = _parse_markdown_title(text)
+    elif ext in (".html", ".htm"):
+        text, title = _parse_html(data)
+    elif ext == ".pdf":
+        text, title = _parse_pdf(data)
+    else:
+        text, title = _parse_docx(data)
+    text = _normalise_whitespace(text)
+    if not text:
+        raise DocumentParseError("document contains no text")
+    return ParsedDocument(
+        text=text,
+        title=(title or "").strip() or _default_title(filename),
+        media_type=_EXTENSION_MEDIA_TYPES[ext],
+    )
+
+
+def _field_str(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def iter_records(
+    *,
+    filename: str,
+    data: bytes,
+    text_field: str = "text",
+    title_field: str = "title",
+    id_field: str | None = None,
+) -> Iterator[Record]:
+    """Yield one Record per line of a .jsonl file or per row of a .csv file.
+
+    A bad line raises DocumentParseError naming its 1-based line number, so the
+    user can fix the file; records with an empty text are errors too (an empty
+    document would fail later, with less context).
+    """
+    ext = os.path.splitext(filename or "")[1].lower()
+    if ext not in RECORD_EXTENSIONS:
+        raise DocumentParseError(
+            f"unsupported bulk import type '{ext}' (supported: {', '.join(RECORD_EXTENSIONS)})"
+        )
+    text = decode_text(data)
+    if ext == ".jsonl":
+        yield from _iter_jsonl(text, text_field, title_field, id_field)
+    else:
+        yield from _iter_csv(text, text_field, title_field, id_field)
+
+
+def _make_record(
+    row: dict, line: int, text_field: str, title_field: str, id_field: str | None
+) -> Record:
+    if text_field not in row:
+        raise DocumentParseError(f"line {line}: missing field '{text_field}'")
+    text = _field_str(row.get(text_field)).strip()
+    if not text:
+        raise DocumentParseError(f"line {line}: field '{text_field}' is empty")
+    title = _field_str(row.get(title_field)).strip()
+    external_id: str | None = None
+    if id_field is not None:
+        external_id = _field_str(row.get(id_field)).strip() or None
+        if external_id is None:
+            raise DocumentParseError(f"line {line}: missing field '{id_field}'")
+    return Record(title=title or f"Record {line}", text=text, external_id=external_id)
+
+
+def _iter_jsonl(text: str, text_field: str, title_field: str, id_field: str | None) -> Iterator[Record]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DocumentParseError(f"line {number}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise DocumentParseError(f"line {number}: expected a JSON object, got {type(row).__name__}")
+        yield _make_record(row, number, text_field, title_field, id_field)
+
+
+def _iter_csv(text: str, text_field: str, title_field: str, id_field: str | None) -> Iterator[Record]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames
+    except csv.Error as exc:
+        raise DocumentParseError(f"line 1: invalid CSV header ({exc})") from exc
+    if not header:
+        raise DocumentParseError("line 1: the CSV file has no header row")
+    if text_field not in header:
+        raise DocumentParseError(
+            f"line 1: the CSV header has no '{text_field}' column (columns: {', '.join(header)})"
+        )
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DocumentParseError(f"line {reader.line_num}: invalid CSV ({exc})") from exc
+        line = reader.line_num
+        if None in row:  # more cells than header columns
+            raise DocumentParseError(f"line {line}: {len(header) + len(row[None])} cells, header has {len(header)}")
+        yield _make_record(row, line, text_field, title_field, id_field)
