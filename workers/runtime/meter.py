@@ -1,0 +1,533 @@
+"""The meter: the one entry point for every model call, and the numbers we bill from.
+
+`generate()` runs a chat completion on a local model (`LoadedModel`), an OpenAI-compatible
+endpoint (`OpenAICompatConfig` or an open `OpenAICompatClient`), or the `EchoTarget` test
+double, under two hard caps (output tokens and wall time), and returns a `GenerationResult`
+with the token counts and device seconds the caller bills.
+
+Counting rules (local models):
+- prompt_tokens = the ids of the model's own chat template applied to `messages` with the
+  generation prompt appended, i.e. exactly what the model read;
+- completion_tokens = the ids the model generated, counted as ids (never re-tokenized text),
+  including the final end-of-sequence token when the model emitted one: it cost a decode step;
+- cached_tokens = 0 (no prefix cache in this path yet).
+Runaway prompts ("repeat this forever") are cut at `max_output_tokens` (finish_reason
+"length") or at the wall-time limit ("time_limit"), and the tokens that ran are still reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from workers.runtime.local_lm import LoadedModel
+from workers.runtime.openai_compat import (
+    ChatCompletion,
+    EndpointError,
+    OpenAICompatClient,
+    OpenAICompatConfig,
+)
+
+FinishReason = Literal["stop", "length", "time_limit", "error"]
+
+# Per-message overhead used when estimating chat tokens for endpoints without a local
+# tokenizer (the OpenAI cookbook's figure for ChatML-style formats: role + delimiters).
+_CHAT_TOKENS_PER_MESSAGE = 4
+_CHAT_TOKENS_PRIMING = 3
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class GenerationResult:
+    """What one model call produced and consumed.
+
+    gpu_s: accelerator seconds of local model work (CUDA, measured between synchronizes); 0.0
+    on CPU and for remote endpoints. compute_s: wall seconds of local model compute (CPU or
+    GPU, excluding waiting for the model lock), so that local CPU work can be priced per second;
+    0.0 for remote endpoints. usage_estimated: True when the token counts are our estimate
+    because the endpoint did not report them (timeouts, dropped streams, no usage field).
+    """
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    wall_s: float
+    gpu_s: float
+    compute_s: float
+    model: str
+    usage_estimated: bool = False
+    error: str | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class EchoTarget:
+    """TEST DOUBLE, not a model: deterministic, instant, no torch.
+
+    Replies with `reply` (or, when None, the last user message) word by word; tokens are
+    whitespace-separated words, both for prompts (all message contents) and completions.
+    `seconds_per_token` sleeps per word so wall-time limits can be exercised; `fail_with`
+    makes every call raise EndpointError(fail_with, status=503) to exercise error paths.
+    Meant for fast unit tests of the Django side; the runtime's own tests use the real model.
+    """
+
+    name: str = "echo"
+    reply: str | None = None
+    seconds_per_token: float = 0.0
+    fail_with: str | None = None
+
+
+Target = Union[LoadedModel, OpenAICompatConfig, OpenAICompatClient, EchoTarget]  # noqa: UP007
+
+
+# ---------------------------------------------------------------------------- token counting
+
+
+def _content_text(content: Any) -> str:
+    # OpenAI allows content as a list of parts; only text parts count here.
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
+def _normalized(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**m, "content": _content_text(m.get("content"))} for m in messages]
+
+
+def _chat_ids(target: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
+    ids = target.tokenizer.apply_chat_template(
+        _normalized(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def _openai_config(target: OpenAICompatConfig | OpenAICompatClient) -> OpenAICompatConfig:
+    return target.config if isinstance(target, OpenAICompatClient) else target
+
+
+def count_tokens(target: Target, text: str) -> int:
+    """Tokens in `text` for `target`.
+
+    Exact for local models (their tokenizer, no special tokens added). For OpenAI-compatible
+    endpoints: the config's `tokenizer` when set, else an estimate of ceil(len(text) / 4), the
+    usual English average; use it for reservations, never for the bill. EchoTarget: words.
+    """
+    if isinstance(target, LoadedModel):
+        return len(target.tokenizer.encode(text, add_special_tokens=False))
+    if isinstance(target, EchoTarget):
+        return len(text.split())
+    config = _openai_config(target)
+    if config.tokenizer is not None:
+        return len(config.tokenizer.encode(text))
+    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+
+
+def count_chat_tokens(target: Target, messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens for a chat, as the model would read it (with the generation prompt).
+
+    Exact for local models (their chat template). For endpoints: the sum of `count_tokens`
+    over contents plus 4 per message and 3 for the reply priming (an estimate for
+    reservations). EchoTarget: words over all contents.
+    """
+    if isinstance(target, LoadedModel):
+        return len(_chat_ids(target, messages))
+    if isinstance(target, EchoTarget):
+        return sum(len(_content_text(m.get("content")).split()) for m in messages)
+    content = sum(count_tokens(target, _content_text(m.get("content"))) for m in messages)
+    return content + _CHAT_TOKENS_PER_MESSAGE * len(messages) + _CHAT_TOKENS_PRIMING
+
+
+def _truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    if not stop:
+        return text, False
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def generate(
+    *,
+    target: Target,
+    messages: list[dict[str, Any]],
+    max_output_tokens: int,
+    wall_time_limit_s: float,
+    on_token: Callable[[str], None] | None = None,
+    temperature: float = 0.0,
+    stop: list[str] | None = None,
+) -> GenerationResult:
+    """Run one chat completion under hard caps and report what it used.
+
+    `on_token` receives text pieces as they are produced; their concatenation equals the final
+    `text`. Temperature 0 means greedy decoding. `stop` strings end generation and are not
+    included in `text` (the tokens that produced them are still counted).
+    Raises ValueError for bad caps and EndpointError when an endpoint fails before producing
+    anything billable; failures after partial output return finish_reason "error".
+    """
+    if max_output_tokens < 1:
+        raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
+    if not wall_time_limit_s > 0:
+        raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
+    started = time.perf_counter()
+    if isinstance(target, LoadedModel):
+        result = _generate_local(
+            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop
+        )
+    elif isinstance(target, EchoTarget):
+        result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
+    elif isinstance(target, (OpenAICompatConfig, OpenAICompatClient)):
+        result = _generate_openai(
+            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop
+        )
+    else:
+        raise TypeError(f"unsupported generation target: {type(target).__name__}")
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------------------- local models
+
+
+class _CallbackStreamer:
+    """A transformers streamer that calls `on_token` with new text as ids arrive.
+
+    Decodes the whole generated sequence each step (cheap next to a decode step) and emits the
+    new suffix, holding back a trailing partial UTF-8 character and anything that could still
+    become a stop string, so the pieces always concatenate to the final text. A callback that
+    raises (client went away) stops generation instead of losing the usage numbers.
+    """
+
+    def __init__(self, tokenizer: Any, on_token: Callable[[str], None], stop: list[str] | None) -> None:
+        self.tokenizer = tokenizer
+        self.on_token = on_token
+        self.stop = [s for s in (stop or []) if s]
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.error: BaseException | None = None
+        self._seen_prompt = False
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:  # generate() first passes the prompt ids
+            self._seen_prompt = True
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        if self.error is not None:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        text, hit = _truncate_at_stop(text, self.stop)
+        safe = len(text) if hit else len(text) - self._held_back(text)
+        self._emit_upto(text[:safe])
+
+    def _held_back(self, text: str) -> int:
+        # Longest suffix of text that is a proper prefix of some stop string.
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), longest, -1):
+                if text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def _emit_upto(self, text: str) -> None:
+        if self.error is not None or len(text) <= len(self.emitted) or not text.startswith(self.emitted):
+            return
+        piece = text[len(self.emitted) :]
+        self.emitted = text
+        try:
+            self.on_token(piece)
+        except Exception as exc:  # noqa: BLE001 - any callback failure must stop generation
+            self.error = exc
+
+    def end(self) -> None:
+        # The meter flushes with the final text itself (after stop-string truncation).
+        pass
+
+    def finish(self, final_text: str) -> None:
+        self._emit_upto(final_text)
+
+
+def _generate_local(
+    target: LoadedModel,
+    messages: list[dict[str, Any]],
+    max_output_tokens: int,
+    wall_time_limit_s: float,
+    on_token: Callable[[str], None] | None,
+    temperature: float,
+    stop: list[str] | None,
+) -> GenerationResult:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    tokenizer = target.tokenizer
+    prompt_ids = _chat_ids(target, messages)
+    streamer = _CallbackStreamer(tokenizer, on_token, stop) if on_token is not None else None
+
+    class _Caps(StoppingCriteria):
+        """Wall-time deadline and callback failure. Checked after every generated token, so the
+        prefill itself cannot be interrupted and at least one token is always generated."""
+
+        def __init__(self, deadline: float) -> None:
+            self.deadline = deadline
+            self.timed_out = False
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if time.perf_counter() > self.deadline:
+                self.timed_out = True
+            done = self.timed_out or (streamer is not None and streamer.error is not None)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    eos_ids = _eos_ids(target)
+    on_cuda = target.device.startswith("cuda")
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_output_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": sorted(eos_ids) or None,
+    }
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+
+    with target.lock:
+        # The deadline starts once we hold the model: time queued behind another call is not
+        # this call's compute (wall_s still includes it).
+        t0 = time.perf_counter()
+        caps = _Caps(t0 + wall_time_limit_s)
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=target.device)
+        if on_cuda:
+            torch.cuda.synchronize(target.device)
+        with torch.inference_mode():
+            output = target.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                stopping_criteria=StoppingCriteriaList([caps]),
+                streamer=streamer,
+                **gen_kwargs,
+            )
+        if on_cuda:
+            torch.cuda.synchronize(target.device)
+        compute_s = time.perf_counter() - t0
+
+    generated = output[0, len(prompt_ids) :].tolist()
+    # A batch of one is never padded, but cut at the first EOS (kept: it was computed) anyway.
+    for i, tok_id in enumerate(generated):
+        if tok_id in eos_ids:
+            generated = generated[: i + 1]
+            break
+    text, stop_hit = _truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
+
+    finish: FinishReason
+    error: str | None = None
+    if streamer is not None and streamer.error is not None:
+        finish, error = "error", f"on_token failed: {streamer.error!r}"
+    elif stop_hit or (generated and generated[-1] in eos_ids):
+        finish = "stop"
+    elif len(generated) >= max_output_tokens:
+        finish = "length"
+    elif caps.timed_out:
+        finish = "time_limit"
+    else:
+        finish = "stop"
+    if streamer is not None:
+        streamer.finish(text)
+    return GenerationResult(
+        text=text,
+        finish_reason=finish,
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=len(generated),
+        cached_tokens=0,
+        wall_s=0.0,
+        gpu_s=compute_s if on_cuda else 0.0,
+        compute_s=compute_s,
+        model=target.name,
+        error=error,
+    )
+
+
+def _eos_ids(target: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    configured = getattr(target.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if target.tokenizer.eos_token_id is not None:
+        ids.add(int(target.tokenizer.eos_token_id))
+    return ids
+
+
+# ---------------------------------------------------------------------------- endpoints
+
+
+def _generate_openai(
+    target: OpenAICompatConfig | OpenAICompatClient,
+    messages: list[dict[str, Any]],
+    max_output_tokens: int,
+    wall_time_limit_s: float,
+    on_token: Callable[[str], None] | None,
+    temperature: float,
+    stop: list[str] | None,
+) -> GenerationResult:
+    config = _openai_config(target)
+    client = target if isinstance(target, OpenAICompatClient) else OpenAICompatClient(config)
+    # httpx timeouts are per read, so for streams we also check a deadline between chunks.
+    timeout_s = min(config.timeout_s, wall_time_limit_s)
+    deadline = time.monotonic() + wall_time_limit_s
+    streamed: list[str] = []
+
+    def on_text(piece: str) -> None:
+        streamed.append(piece)
+        if on_token is not None:
+            on_token(piece)
+
+    try:
+        if on_token is not None:
+            completion = client.chat_stream(
+                messages,
+                max_tokens=max_output_tokens,
+                temperature=temperature,
+                stop=stop,
+                timeout_s=timeout_s,
+                on_text=on_text,
+                deadline=deadline,
+            )
+        else:
+            completion = client.chat(
+                messages,
+                max_tokens=max_output_tokens,
+                temperature=temperature,
+                stop=stop,
+                timeout_s=timeout_s,
+            )
+    except EndpointError as exc:
+        partial = exc.partial or "".join(streamed)
+        timed_out = exc.status is None and "timed out" in exc.message
+        if not partial and not timed_out:
+            raise  # nothing billable happened: let the caller retry or fail
+        # The endpoint did work we cannot see: bill our estimate. A timed-out request may
+        # have run to its cap on the server, so assume it did.
+        completion_est = count_tokens(target, partial) if partial else max_output_tokens
+        return GenerationResult(
+            text=partial,
+            finish_reason="time_limit" if timed_out else "error",
+            prompt_tokens=count_chat_tokens(target, messages),
+            completion_tokens=completion_est,
+            cached_tokens=0,
+            wall_s=0.0,
+            gpu_s=0.0,
+            compute_s=0.0,
+            model=config.display_name,
+            usage_estimated=True,
+            error=str(exc),
+        )
+    finally:
+        if client is not target:
+            client.close()
+    return _from_completion(target, config, messages, completion)
+
+
+def _from_completion(
+    target: OpenAICompatConfig | OpenAICompatClient,
+    config: OpenAICompatConfig,
+    messages: list[dict[str, Any]],
+    completion: ChatCompletion,
+) -> GenerationResult:
+    finish: FinishReason
+    if completion.finish_reason in ("length", "time_limit"):
+        finish = completion.finish_reason  # type: ignore[assignment]
+    else:
+        finish = "stop"  # "stop", "content_filter", "tool_calls", ...: the model ended it
+    estimated = not completion.usage_reported
+    return GenerationResult(
+        text=completion.text,
+        finish_reason=finish,
+        prompt_tokens=(
+            completion.prompt_tokens
+            if completion.prompt_tokens is not None
+            else count_chat_tokens(target, messages)
+        ),
+        completion_tokens=(
+            completion.completion_tokens
+            if completion.completion_tokens is not None
+            else count_tokens(target, completion.text)
+        ),
+        cached_tokens=completion.cached_tokens or 0,
+        wall_s=0.0,
+        gpu_s=0.0,
+        compute_s=0.0,
+        model=config.display_name,
+        usage_estimated=estimated,
+    )
+
+
+# ---------------------------------------------------------------------------- test double
+
+
+def _generate_echo(
+    target: EchoTarget,
+    messages: list[dict[str, Any]],
+    max_output_tokens: int,
+    wall_time_limit_s: float,
+    on_token: Callable[[str], None] | None,
+    stop: list[str] | None,
+) -> GenerationResult:
+    if target.fail_with is not None:
+        raise EndpointError(target.fail_with, status=503)
+    t0 = time.perf_counter()
+    if target.reply is not None:
+        source = target.reply
+    else:
+        users = [m for m in messages if m.get("role") == "user"]
+        source = _content_text(users[-1].get("content")) if users else ""
+    words = source.split()
+    # Stop strings are known up front for an echo: cut the reply once, stream up to the cut.
+    limit_chars = len(_truncate_at_stop(" ".join(words), stop)[0]) if stop else None
+    out: list[str] = []
+    emitted = ""
+    finish: FinishReason = "stop"
+    for word in words:
+        if len(out) >= max_output_tokens:
+            finish = "length"
+            break
+        if out and time.perf_counter() - t0 > wall_time_limit_s:
+            finish = "time_limit"
+            break
+        if target.seconds_per_token:
+            time.sleep(target.seconds_per_token)
+        out.append(word)
+        text = " ".join(out)[:limit_chars]
+        if on_token is not None and len(text) > len(emitted):
+            on_token(text[len(emitted) :])
+        emitted = text
+        if limit_chars is not None and len(" ".join(out)) >= limit_chars:
+            break
+    out_text = emitted
+    compute_s = time.perf_counter() - t0
+    return GenerationResult(
+        text=out_text,
+        finish_reason=finish,
+        prompt_tokens=count_chat_tokens(target, messages),
+        completion_tokens=len(out),
+        cached_tokens=0,
+        wall_s=0.0,
+        gpu_s=0.0,
+        compute_s=compute_s,
+        model=target.name,
+    )

@@ -1,0 +1,296 @@
+"""A small client for any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server, ...).
+
+Plain httpx, no SDK: we only need /chat/completions, and we need the raw usage numbers the
+endpoint reports (including cached prompt tokens) to bill exactly.
+The API key is a value: the caller reads it from whichever env var the endpoint names
+(`OpenAICompatConfig.with_key_from_env` does that and fails loudly when it is unset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+
+
+class EndpointError(Exception):
+    """The endpoint refused or failed a request. `status` is None for transport failures."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str | None = None, partial: str = ""
+    ) -> None:
+        super().__init__(f"{status} {message}" if status is not None else message)
+        self.status = status
+        self.message = message
+        self.body = body
+        # Text already streamed before a mid-stream failure (the caller still pays for it).
+        self.partial = partial
+
+    @property
+    def retryable(self) -> bool:
+        # Transport errors, rate limits and server errors may pass; 4xx (bad key, bad model) won't.
+        return self.status is None or self.status in (408, 409, 429) or self.status >= 500
+
+
+@dataclass(frozen=True)
+class OpenAICompatConfig:
+    """How to reach one model on one OpenAI-compatible endpoint.
+
+    `tokenizer`, when given, is any object with `.encode(text) -> list` (an HF tokenizer or a
+    tiktoken encoding); `meter.count_tokens` uses it for reservations. `name` is the model name
+    reported in results (defaults to `model`).
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)  # never in logs or reprs
+    timeout_s: float = 60.0
+    name: str | None = None
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+    extra_headers: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model
+
+    def with_key_from_env(self, env_var: str) -> OpenAICompatConfig:
+        value = os.environ.get(env_var, "").strip()
+        if not value:
+            raise EndpointError(f"API key env var {env_var} is not set for endpoint {self.base_url}")
+        return replace(self, api_key=value)
+
+
+@dataclass
+class ChatCompletion:
+    """One chat completion as the endpoint reported it.
+
+    `finish_reason` is the endpoint's own string ("stop", "length", ...) or "time_limit" when we
+    stopped reading a stream at the caller's deadline. Token counts are None when the endpoint
+    did not report usage.
+    """
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    model: str = ""
+    raw_usage: dict[str, Any] | None = None
+
+    @property
+    def usage_reported(self) -> bool:
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+
+def _parse_usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None, int | None]:
+    if not usage:
+        return None, None, None
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens")
+    return usage.get("prompt_tokens"), usage.get("completion_tokens"), cached if cached is not None else 0
+
+
+def _error_message(response: httpx.Response) -> str:
+    body = response.text
+    try:
+        data = response.json()
+    except ValueError:
+        return body[:500] or response.reason_phrase
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    if err:
+        return str(err)
+    return body[:500]
+
+
+class OpenAICompatClient:
+    """Chat completions against one endpoint. Use as a context manager, or call `close()`."""
+
+    def __init__(self, config: OpenAICompatConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        headers = {"Content-Type": "application/json", **config.extra_headers}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        self._http = httpx.Client(
+            base_url=config.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_s),
+            transport=transport,
+        )
+
+    def __enter__(self) -> OpenAICompatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _payload(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: list[str] | None,
+        stream: bool,
+    ) -> dict[str, Any]:
+        # max_tokens is always sent: an unbounded completion is an unbounded bill.
+        payload: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "temperature": temperature,
+            "stream": stream,
+        }
+        if stop:
+            payload["stop"] = list(stop)
+        if stream:
+            # Without this, streaming responses carry no usage at all.
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
+        return httpx.Timeout(timeout_s if timeout_s is not None else self.config.timeout_s)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatCompletion:
+        """Non-streaming chat completion. Raises EndpointError on HTTP or transport failure."""
+        payload = self._payload(
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=False
+        )
+        try:
+            response = self._http.post("/chat/completions", json=payload, timeout=self._timeout(timeout_s))
+        except httpx.TimeoutException as exc:
+            raise EndpointError(f"timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"request failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise EndpointError(_error_message(response), status=response.status_code, body=response.text)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise EndpointError(
+                f"malformed response: {response.text[:500]}", status=response.status_code
+            ) from exc
+        prompt, completion, cached = _parse_usage(data.get("usage"))
+        return ChatCompletion(
+            text=(choice.get("message") or {}).get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            model=data.get("model") or self.config.model,
+            raw_usage=data.get("usage"),
+        )
+
+    def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        timeout_s: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+    ) -> ChatCompletion:
+        """Streaming (SSE) chat completion; `on_text` gets each content piece as it arrives.
+
+        `deadline` is a `time.monotonic()` instant: past it we stop reading and return what
+        arrived with finish_reason "time_limit" (usage then is usually missing: the endpoint
+        sends it in the last chunk). Errors before the first byte raise EndpointError; an error
+        event in the middle of the stream raises too, with the partial text on `exc.partial`.
+        """
+        payload = self._payload(
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=True
+        )
+        pieces: list[str] = []
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        model = self.config.model
+        try:
+            with self._http.stream(
+                "POST", "/chat/completions", json=payload, timeout=self._timeout(timeout_s)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise EndpointError(
+                        _error_message(response), status=response.status_code, body=response.text
+                    )
+                for event in _sse_events(response.iter_lines()):
+                    if event.get("error"):
+                        err = event["error"]
+                        raise EndpointError(
+                            str(err.get("message") if isinstance(err, dict) else err), partial="".join(pieces)
+                        )
+                    model = event.get("model") or model
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            pieces.append(piece)
+                            if on_text is not None:
+                                on_text(piece)
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                    if deadline is not None and time.monotonic() > deadline and usage is None:
+                        finish_reason = "time_limit"
+                        break
+        except httpx.TimeoutException as exc:
+            raise EndpointError(f"timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"request failed: {exc}") from exc
+        prompt, completion, cached = _parse_usage(usage)
+        return ChatCompletion(
+            text="".join(pieces),
+            finish_reason=finish_reason or "stop",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            model=model,
+            raw_usage=usage,
+        )
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Yield the JSON object of each `data:` event until `[DONE]` (SSE, one JSON per event)."""
+    buffer: list[str] = []
+    for line in lines:
+        if line.startswith(":"):  # SSE comment / keep-alive
+            continue
+        if line.startswith("data:"):
+            buffer.append(line[5:].lstrip(" "))
+            continue
+        if line.strip() == "" and buffer:
+            data = "\n".join(buffer)
+            buffer = []
+            if data.strip() == "[DONE]":
+                return
+            try:
+                yield json.loads(data)
+            except ValueError as exc:
+                raise EndpointError(f"malformed stream event: {data[:200]}") from exc
+    if buffer:
+        data = "\n".join(buffer)
+        if data.strip() != "[DONE]":
+            try:
+                yield json.loads(data)
+            except ValueError as exc:
+                raise EndpointError(f"malformed stream event: {data[:200]}") from exc
