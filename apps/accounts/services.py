@@ -1,0 +1,116 @@
+"""Writes for teams, memberships and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from apps.accounts.models import ApiKey, Membership, Role, Scope, Team
+from apps.core.errors import PermissionDenied, ValidationFailed
+
+KEY_PREFIX = "psk"
+# Updating last_used_at on every request would turn every read into a write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:100] or "team"
+    slug, n = base, 1
+    while Team.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+@transaction.atomic
+def team_create(*, name: str, owner=None) -> Team:
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("a team needs a name")
+    team = Team.objects.create(name=name, slug=_unique_slug(name))
+    if owner is not None:
+        Membership.objects.create(user=owner, team=team, role=Role.OWNER)
+    return team
+
+
+def membership_set(*, team: Team, user, role: str, acting: Membership | None = None) -> Membership:
+    """Add ``user`` to ``team`` or change their role. ``acting`` (when given) must be admin or owner."""
+    if role not in Role.values:
+        raise ValidationFailed(f"unknown role {role!r} (valid: {', '.join(Role.values)})")
+    if acting is not None:
+        if acting.team_id != team.pk or not acting.has_role(Role.ADMIN):
+            raise PermissionDenied("only the team's owners and admins change roles")
+        if role == Role.OWNER and not acting.has_role(Role.OWNER):
+            raise PermissionDenied("only an owner can make another owner")
+    membership, _ = Membership.objects.update_or_create(user=user, team=team, defaults={"role": role})
+    return membership
+
+
+def user_create(*, username: str, password: str, email: str = "", is_superuser: bool = False):
+    User = get_user_model()
+    if is_superuser:
+        return User.objects.create_superuser(username=username, password=password, email=email)
+    return User.objects.create_user(username=username, password=password, email=email)
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    api_key: ApiKey
+    raw_key: str  # shown once to the creator, never stored
+
+
+def api_key_create(*, team: Team, name: str, scopes: list[str], created_by=None, expires_at=None) -> CreatedApiKey:
+    unknown = sorted(set(scopes) - set(Scope.values))
+    if unknown:
+        raise ValidationFailed(f"unknown scopes {unknown} (valid: {', '.join(Scope.values)})")
+    if not scopes:
+        raise ValidationFailed("an API key needs at least one scope")
+    prefix = secrets.token_hex(4)
+    raw_key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        team=team,
+        name=name.strip() or "key",
+        prefix=prefix,
+        secret_hash=_digest(raw_key),
+        scopes=sorted(set(scopes)),
+        created_by=created_by if getattr(created_by, "pk", None) else None,
+        expires_at=expires_at,
+    )
+    return CreatedApiKey(api_key=api_key, raw_key=raw_key)
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+    """The active key matching ``raw_key``, or None. Compares digests in constant time."""
+    # The random part may itself contain "_": split at most twice.
+    parts = raw_key.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    api_key = ApiKey.objects.select_related("team", "created_by").filter(prefix=parts[1]).first()
+    if api_key is None or not hmac.compare_digest(api_key.secret_hash, _digest(raw_key.strip())):
+        return None
+    if not api_key.is_active:
+        return None
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+    return api_key

@@ -1,0 +1,34 @@
+"""One JSON error shape for the whole REST API: {"error": {"code", "message", "detail"}}."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from apps.core.errors import ServiceError
+
+
+def error_response(*, code: str, message: str, http_status: int, detail: dict | None = None) -> Response:
+    return Response({"error": {"code": code, "message": message, "detail": detail or {}}}, status=http_status)
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        return error_response(code=exc.code, message=exc.message, http_status=exc.http_status, detail=exc.detail)
+    if isinstance(exc, Http404):
+        return error_response(code="not_found", message="not found", http_status=status.HTTP_404_NOT_FOUND)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        code, message, detail = "validation_failed", "the request is not valid", {"fields": exc.detail}
+    else:
+        detail_value = getattr(exc, "detail", "")
+        code = getattr(detail_value, "code", None) or getattr(exc, "default_code", "error")
+        message, detail = str(detail_value), {}
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            detail = {"retry_after_s": round(exc.wait, 1)}
+    response.data = {"error": {"code": code, "message": message, "detail": detail}}
+    return response

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from apps.core.models import Job
+from apps.core.scoping import team_object_or_404, team_scoped
+
+
+def job_list(*, team, kind: str | None = None, status: str | None = None) -> QuerySet[Job]:
+    jobs = team_scoped(Job, team)
+    if kind:
+        jobs = jobs.filter(kind=kind)
+    if status:
+        jobs = jobs.filter(status=status)
+    return jobs
+
+
+def job_get(*, team, job_id: int) -> Job:
+    return team_object_or_404(Job, team, pk=job_id)

@@ -1,0 +1,52 @@
+"""Browser views: thin — the active team comes from the session, data through selectors."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.accounts.middleware import SESSION_KEY
+from apps.accounts.selectors import user_teams
+from apps.core import selectors as job_selectors
+from apps.core import services as job_services
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    jobs = job_selectors.job_list(team=request.team)[:10]
+    return render(request, "web/home.html", {"jobs": jobs})
+
+
+@login_required
+@require_POST
+def team_switch(request: HttpRequest) -> HttpResponse:
+    team = user_teams(user=request.user).filter(pk=request.POST.get("team_id") or 0).first()
+    if team is None:
+        messages.error(request, "You are not a member of that team.")
+    else:
+        request.session[SESSION_KEY] = team.pk
+        messages.success(request, f"Now working in {team.name}.")
+    return redirect(request.POST.get("next") or "home")
+
+
+@login_required
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = job_selectors.job_list(team=request.team)[:50]
+    template = "web/_job_rows.html" if request.htmx else "web/jobs.html"
+    return render(request, template, {"jobs": jobs})
+
+
+@login_required
+@require_POST
+def worker_probe(request: HttpRequest) -> HttpResponse:
+    """Send a probe job to a queue's workers: the quickest way to see a worker is alive."""
+    queue = "gpu" if request.POST.get("queue") == "gpu" else "cpu"
+    if request.membership is None or not request.membership.has_role("member"):
+        messages.error(request, "Viewers cannot start jobs.")
+        return redirect("jobs")
+    job_services.job_start(kind=f"diagnostics.probe_{queue}", team=request.team, created_by=request.user)
+    messages.success(request, f"Probe sent to the {queue} queue.")
+    return redirect("jobs")

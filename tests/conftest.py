@@ -1,0 +1,75 @@
+"""Shared fixtures: teams, users, API keys, and tasks run synchronously in-process.
+
+Tests run on PostgreSQL when DATABASE_URL points at it (CI), else on SQLite.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.accounts.models import Role
+from apps.accounts.services import api_key_create, membership_set, team_create, user_create
+
+
+@pytest.fixture(autouse=True)
+def _tasks_in_process(settings, tmp_path_factory):
+    # Unit tests run tasks in the caller; the integration tests start a real worker instead.
+    settings.CELERY_BROKER_URL = None
+    settings.PARSIMONY_INPROCESS_SYNC = True
+
+
+@pytest.fixture
+def make_user(db):
+    counter = {"n": 0}
+
+    def make(username: str | None = None, **kwargs):
+        counter["n"] += 1
+        return user_create(username=username or f"user{counter['n']}", password="a-long-test-password", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_team(db, make_user):
+    def make(name: str = "Team", *, members: dict[str, str] | None = None):
+        team = team_create(name=name)
+        for username, role in (members or {}).items():
+            membership_set(team=team, user=make_user(username), role=role)
+        return team
+
+    return make
+
+
+@pytest.fixture
+def team_a(make_team):
+    return make_team("Team A", members={"alice": Role.OWNER, "victor": Role.VIEWER})
+
+
+@pytest.fixture
+def team_b(make_team):
+    return make_team("Team B", members={"bob": Role.OWNER})
+
+
+@pytest.fixture
+def alice(team_a):
+    return team_a.memberships.get(user__username="alice").user
+
+
+@pytest.fixture
+def bob(team_b):
+    return team_b.memberships.get(user__username="bob").user
+
+
+@pytest.fixture
+def make_api_key(db):
+    def make(team, scopes=("read", "query", "ingest"), user=None):
+        return api_key_create(team=team, name="test key", scopes=list(scopes), created_by=user)
+
+    return make
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()

@@ -1,0 +1,32 @@
+"""The Celery app. Start workers with ``celery -A workers worker -Q gpu`` (or ``-Q cpu``).
+
+Settings come from Django's (the CELERY_* names); Celery's Django fix-up calls
+django.setup() in the worker, so tasks can use the ORM.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue as KombuQueue
+
+from workers.queues import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
+
+TASK_MODULES = [
+    "workers.tasks.diagnostics",
+]
+
+app = Celery("parsimony", include=TASK_MODULES)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [KombuQueue(queue.value) for queue in Queue]
+app.conf.task_default_queue = Queue.CPU.value
+# Each job task declares its queue (workers.tasks.base.job_task); anything else goes to cpu.
+app.conf.task_routes = ("workers.tasks.base.route_task",)
+app.conf.task_create_missing_queues = False
+app.conf.worker_hijack_root_logger = False
+app.conf.broker_connection_retry_on_startup = True
+app.conf.task_track_started = False
+app.conf.task_ignore_result = True
