@@ -10,4 +10,5 @@ urlpatterns = [
     path("team/switch/", views.team_switch, name="team-switch"),
     path("jobs/", views.job_list, name="jobs"),
     path("jobs/probe/", views.worker_probe, name="worker-probe"),
+    path("healthz", views.healthz, name="healthz"),
 ]

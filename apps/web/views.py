@@ -50,3 +50,16 @@ def worker_probe(request: HttpRequest) -> HttpResponse:
     job_services.job_start(kind=f"diagnostics.probe_{queue}", team=request.team, created_by=request.user)
     messages.success(request, f"Probe sent to the {queue} queue.")
     return redirect("jobs")
+
+
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness + database reachability, for load balancers and the compose health check."""
+    from django.db import connection
+    from django.http import JsonResponse
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # report, don't raise: a health check must answer
+        return JsonResponse({"status": "error", "database": str(exc)}, status=503)
+    return JsonResponse({"status": "ok", "database": connection.vendor})

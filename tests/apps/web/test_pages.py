@@ -36,3 +36,9 @@ def test_the_api_docs_are_served_without_a_cdn(client):
     assert page.status_code == 200
     assert b"cdn" not in page.content.lower()
     assert client.get("/api/schema/").status_code == 200
+
+
+def test_the_health_check_reports_the_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"

