@@ -29,9 +29,7 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 
     with _STEMMER_LOCK:
         stemmer = Stemmer.Stemmer("english")
-        return bm25s.tokenize(
-            texts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
-        )
+        return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
 
 
 class BM25Index:
@@ -44,7 +42,9 @@ class BM25Index:
         self._retriever = None  # bm25s.BM25, None while empty
 
     @classmethod
-    def build(cls, pairs: Iterable[tuple[int, str]], *, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> BM25Index:
+    def build(
+        cls, pairs: Iterable[tuple[int, str]], *, k1: float = DEFAULT_K1, b: float = DEFAULT_B
+    ) -> BM25Index:
         import bm25s
 
         self = cls(k1=k1, b=b)

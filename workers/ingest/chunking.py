@@ -73,9 +73,9 @@ def _offsets(tokenizer: Any, text: str) -> np.ndarray:
     else:
         if not getattr(tokenizer, "is_fast", False):
             raise TypeError("chunk_text needs a fast tokenizer (offsets mapping)")
-        offsets = tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
-        )["offset_mapping"]
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)[
+            "offset_mapping"
+        ]
     arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     # Some tokenizers emit zero-width tokens (e.g. a lone space marker); they carry no text.
     return arr[arr[:, 1] > arr[:, 0]]

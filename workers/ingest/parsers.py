@@ -70,7 +70,9 @@ def _format_mb(size: int) -> str:
 def check_size(size: int, limit_bytes: int) -> None:
     """Raise when an upload is over the limit (decimal MB, as users read file sizes)."""
     if size > limit_bytes:
-        raise DocumentParseError(f"file is {_format_mb(size)} MB, over the {_format_mb(limit_bytes)} MB limit")
+        raise DocumentParseError(
+            f"file is {_format_mb(size)} MB, over the {_format_mb(limit_bytes)} MB limit"
+        )
 
 
 def _extension(filename: str, media_type: str | None) -> str:
@@ -266,9 +268,7 @@ def iter_records(
         yield from _iter_csv(text, text_field, title_field, id_field)
 
 
-def _make_record(
-    row: dict, line: int, text_field: str, title_field: str, id_field: str | None
-) -> Record:
+def _make_record(row: dict, line: int, text_field: str, title_field: str, id_field: str | None) -> Record:
     if text_field not in row:
         raise DocumentParseError(f"line {line}: missing field '{text_field}'")
     text = _field_str(row.get(text_field)).strip()
@@ -317,5 +317,7 @@ def _iter_csv(text: str, text_field: str, title_field: str, id_field: str | None
             raise DocumentParseError(f"line {reader.line_num}: invalid CSV ({exc})") from exc
         line = reader.line_num
         if None in row:  # more cells than header columns
-            raise DocumentParseError(f"line {line}: {len(header) + len(row[None])} cells, header has {len(header)}")
+            raise DocumentParseError(
+                f"line {line}: {len(header) + len(row[None])} cells, header has {len(header)}"
+            )
         yield _make_record(row, line, text_field, title_field, id_field)
