@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "apps.core",
     "apps.accounts",
+    "apps.costs",
     "apps.web",
     "apps.api",
 ]

@@ -1,0 +1,160 @@
+"""The admin panel for cost budgets: budgets with progress, the price book with history,
+model endpoints, and the ledger (read-only, filterable, CSV export)."""
+
+from __future__ import annotations
+
+import csv
+
+from django.contrib import admin
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils.html import format_html
+
+from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord
+from apps.costs.selectors import budget_status, spend_per_day
+
+
+def _bar(percent: float, warn: bool) -> str:
+    color = "#a4262c" if percent >= 100 else ("#b7791f" if warn else "#1f6f5c")
+    return format_html(
+        '<div role="progressbar" aria-valuenow="{}" aria-valuemin="0" aria-valuemax="100" '
+        'style="width:140px;background:#eee;border-radius:4px"><div style="width:{}%;background:{};'
+        'height:10px;border-radius:4px"></div></div>',
+        round(percent),
+        round(min(percent, 100)),
+        color,
+    )
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "team", "scope", "period", "hard_limit", "soft_limit_percent", "spent", "reserved", "usage_bar", "enabled"]
+    list_filter = ["team", "scope", "period", "enabled"]
+    autocomplete_fields = ["user", "api_key"]
+    change_form_template = "admin/costs/budget/change_form.html"
+
+    @admin.display(description="spent this period")
+    def spent(self, budget: Budget) -> str:
+        return f"${budget_status(budget=budget).spent:.4f}"
+
+    @admin.display(description="reserved now")
+    def reserved(self, budget: Budget) -> str:
+        return f"${budget_status(budget=budget).reserved:.4f}"
+
+    @admin.display(description="used")
+    def usage_bar(self, budget: Budget) -> str:
+        status = budget_status(budget=budget)
+        return _bar(status.used_percent, status.over_soft_limit)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        budget = self.get_object(request, object_id)
+        if budget is not None:
+            status = budget_status(budget=budget)
+            days = spend_per_day(team=budget.team, days=30)
+            peak = max((float(cost) for _, cost in days), default=0.0) or 1.0
+            extra_context.update(
+                budget_status=status,
+                usage_bar=_bar(status.used_percent, status.over_soft_limit),
+                spend_days=[(day, cost, round(100 * float(cost) / peak, 1)) for day, cost in days],
+            )
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    list_display = ["model_name", "effective_from", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
+                    "per_gpu_second", "per_cpu_second", "provider", "source"]
+    list_filter = ["provider", "source"]
+    search_fields = ["model_name"]
+    date_hierarchy = "effective_from"
+
+    def get_readonly_fields(self, request, obj=None):
+        # A price that was charged is history: change it by adding a new row from a later date.
+        if obj is not None and obj.usagerecord_set.exists():
+            return [f.name for f in Price._meta.fields]
+        return []
+
+
+@admin.register(ModelEndpoint)
+class ModelEndpointAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "team", "price_name", "context_window", "max_output_tokens", "enabled"]
+    list_filter = ["kind", "enabled", "team"]
+    search_fields = ["name", "price_name", "remote_model"]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+LEDGER_COLUMNS = ["created_at", "team", "user", "api_key", "pipeline_name", "query_run_id", "agent_run_id", "stage",
+                  "model_name", "prompt_tokens", "completion_tokens", "cached_tokens", "gpu_seconds", "cpu_seconds",
+                  "latency_ms", "finish_reason", "cost", "price_input_per_mtok", "price_output_per_mtok",
+                  "price_cached_input_per_mtok", "price_per_gpu_second", "price_per_cpu_second"]
+
+
+def ledger_csv_response(records, filename: str = "ledger.csv") -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(LEDGER_COLUMNS)
+        for record in records.select_related("team", "user", "api_key").iterator(chunk_size=2000):
+            yield writer.writerow(
+                [
+                    record.created_at.isoformat(), record.team.name, getattr(record.user, "username", ""),
+                    getattr(record.api_key, "name", ""), record.pipeline_name, record.query_run_id or "",
+                    record.agent_run_id or "", record.stage, record.model_name, record.prompt_tokens,
+                    record.completion_tokens, record.cached_tokens, record.gpu_seconds, record.cpu_seconds,
+                    record.latency_ms, record.finish_reason, record.cost, record.price_input_per_mtok,
+                    record.price_output_per_mtok, record.price_cached_input_per_mtok,
+                    record.price_per_gpu_second, record.price_per_cpu_second,
+                ]
+            )
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "team", "user", "api_key", "stage", "model_name", "prompt_tokens",
+                    "completion_tokens", "cached_tokens", "gpu_seconds", "cost"]
+    list_filter = ["team", "stage", "model_name", "user", "api_key", ("created_at", admin.DateFieldListFilter)]
+    date_hierarchy = "created_at"
+    search_fields = ["model_name", "pipeline_name"]
+    actions = ["export_csv"]
+    list_select_related = ["team", "user", "api_key"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Export the selected rows as CSV")
+    def export_csv(self, request, queryset) -> HttpResponse:
+        return ledger_csv_response(queryset)
+
+    def changelist_view(self, request, extra_context=None):
+        # ?export=csv exports everything the current filters select (not just one page).
+        if request.GET.get("export") == "csv":
+            params = request.GET.copy()
+            del params["export"]
+            request.GET = params
+            changelist = self.get_changelist_instance(request)
+            return ledger_csv_response(changelist.get_queryset(request))
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(Reservation)
+class ReservationAdmin(admin.ModelAdmin):
+    list_display = ["id", "team", "user", "api_key", "description", "estimate", "actual", "status", "expires_at"]
+    list_filter = ["status", "team"]
+    readonly_fields = [f.name for f in Reservation._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

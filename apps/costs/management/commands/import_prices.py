@@ -1,0 +1,85 @@
+"""Import a LiteLLM-format price table (model name -> per-token USD prices) into the price book."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from apps.costs.services import price_set
+
+TEXT_MODES = {"chat", "completion", "responses"}
+MILLION = Decimal(1_000_000)
+
+
+def _per_mtok(value) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        # Through str: the JSON floats must not carry binary noise into money.
+        return Decimal(str(value)) * MILLION
+    except InvalidOperation:
+        return None
+
+
+class Command(BaseCommand):
+    help = "Import prices from a LiteLLM model_prices_and_context_window JSON file (idempotent, keeps history)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("file", type=Path)
+        parser.add_argument("--effective-from", help="ISO date the prices apply from (default: now)")
+        parser.add_argument("--all-modes", action="store_true", help="Also import embedding/image/... entries")
+        parser.add_argument("--only", nargs="*", help="Import only these model names")
+
+    def handle(self, *args, file: Path, effective_from: str | None, all_modes: bool, only: list[str] | None, **options):
+        if not file.exists():
+            raise CommandError(f"{file} does not exist")
+        try:
+            table = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{file} is not valid JSON: {exc}") from exc
+        if not isinstance(table, dict):
+            raise CommandError(f"{file}: expected an object keyed by model name")
+        when = timezone.now()
+        if effective_from:
+            try:
+                when = datetime.fromisoformat(effective_from)
+            except ValueError as exc:
+                raise CommandError(f"--effective-from {effective_from!r} is not an ISO date") from exc
+            if timezone.is_naive(when):
+                when = timezone.make_aware(when, timezone.get_fixed_timezone(0))
+        wanted = set(only or [])
+        created = unchanged = skipped = 0
+        with transaction.atomic():
+            for name, entry in table.items():
+                if name == "sample_spec" or not isinstance(entry, dict) or (wanted and name not in wanted):
+                    continue
+                if not all_modes and entry.get("mode") not in TEXT_MODES:
+                    skipped += 1
+                    continue
+                input_price = _per_mtok(entry.get("input_cost_per_token"))
+                output_price = _per_mtok(entry.get("output_cost_per_token"))
+                if input_price is None or output_price is None:
+                    skipped += 1
+                    continue
+                _, was_created = price_set(
+                    model_name=name,
+                    input_per_mtok=input_price,
+                    output_per_mtok=output_price,
+                    cached_input_per_mtok=_per_mtok(entry.get("cache_read_input_token_cost")),
+                    effective_from=when,
+                    provider=str(entry.get("litellm_provider", ""))[:120],
+                    source=file.name[:200],
+                )
+                if was_created:
+                    created += 1
+                else:
+                    unchanged += 1
+        self.stdout.write(
+            self.style.SUCCESS(f"prices: {created} added, {unchanged} unchanged, {skipped} skipped (no per-token price)")
+        )

@@ -1,0 +1,169 @@
+"""The metered model call: resolve an endpoint, reserve budget, run the engine's meter, write the ledger.
+
+Every model call in Parsimony goes through ``model_call`` (directly, or with a reservation the
+caller already holds for a whole query), so every token is counted and priced the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+
+from apps.core.errors import ValidationFailed
+from apps.costs.models import EndpointKind, ModelEndpoint, Reservation, Stage, UsageRecord
+from apps.costs.pricing import Usage, to_decimal, worst_case_cost
+from apps.costs.services import (
+    LedgerContext,
+    budget_reserve,
+    price_current,
+    reservation_release,
+    reservation_settle,
+    usage_record,
+)
+
+# Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
+_target_override: Callable[[ModelEndpoint], Any] | None = None
+
+
+def endpoints_available(*, team):
+    return ModelEndpoint.objects.filter(Q(team=team) | Q(team=None), enabled=True).order_by("name")
+
+
+def endpoint_resolve(*, team, name: str) -> ModelEndpoint:
+    """The team's endpoint called ``name`` (a team's own wins over a global one)."""
+    endpoint = endpoints_available(team=team).filter(name=name).order_by("team_id").last()
+    if endpoint is None:
+        known = ", ".join(endpoints_available(team=team).values_list("name", flat=True)) or "none"
+        raise ValidationFailed(f"unknown model {name!r} (available: {known})", code="unknown_model")
+    return endpoint
+
+
+def endpoint_target(endpoint: ModelEndpoint):
+    """The engine object for an endpoint: a loaded local model or an OpenAI-compatible config."""
+    if _target_override is not None:
+        return _target_override(endpoint)
+    if endpoint.kind == EndpointKind.LOCAL:
+        from workers.runtime.local_lm import load_causal_lm
+
+        return load_causal_lm(endpoint.source or "smollm2-135m-instruct", cache_dir=settings.DATA_ROOT)
+    if endpoint.kind == EndpointKind.OPENAI:
+        from workers.runtime.openai_compat import OpenAICompatConfig
+
+        api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+        if endpoint.api_key_env and not api_key:
+            raise ValidationFailed(f"model {endpoint.name!r}: environment variable {endpoint.api_key_env} is not set")
+        tokenizer = None
+        if endpoint.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(endpoint.tokenizer, local_files_only=True)
+        return OpenAICompatConfig(
+            base_url=endpoint.base_url,
+            model=endpoint.remote_model or endpoint.name,
+            api_key=api_key,
+            name=endpoint.name,
+            tokenizer=tokenizer,
+        )
+    raise ValidationFailed(f"model {endpoint.name!r} has an unknown kind {endpoint.kind!r}")
+
+
+def _on_gpu(target) -> bool:
+    return str(getattr(target, "device", "cpu")).startswith("cuda")
+
+
+def call_estimate(*, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int) -> tuple[int, Decimal]:
+    """(prompt tokens, worst-case cost) of a call, for reservations."""
+    from workers.runtime.meter import count_chat_tokens
+
+    prompt_tokens = count_chat_tokens(target, messages)
+    price = price_current(model_name=endpoint.price_name)
+    is_local = endpoint.kind == EndpointKind.LOCAL
+    estimate = worst_case_cost(
+        price=price,
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=max_output_tokens,
+        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
+        on_gpu=_on_gpu(target),
+    )
+    return prompt_tokens, estimate
+
+
+@dataclass
+class MeteredCall:
+    text: str
+    finish_reason: str
+    record: UsageRecord
+
+    @property
+    def cost(self) -> Decimal:
+        return self.record.cost
+
+
+def model_call(
+    *,
+    endpoint: ModelEndpoint,
+    messages: list[dict],
+    context: LedgerContext,
+    stage: str = Stage.GENERATE,
+    max_output_tokens: int | None = None,
+    on_token: Callable[[str], None] | None = None,
+    reservation: Reservation | None = None,
+    wall_time_limit_s: float | None = None,
+    stop: list[str] | None = None,
+) -> MeteredCall:
+    """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own."""
+    from workers.runtime.meter import generate
+
+    cap = endpoint.max_output_tokens if max_output_tokens is None else min(max_output_tokens, endpoint.max_output_tokens)
+    price = price_current(model_name=endpoint.price_name)
+    target = endpoint_target(endpoint)
+    own_reservation = None
+    if reservation is None:
+        _, estimate = call_estimate(endpoint=endpoint, target=target, messages=messages, max_output_tokens=cap)
+        own_reservation = budget_reserve(
+            team=context.team,
+            user=context.user,
+            api_key=context.api_key,
+            estimate=estimate,
+            description=f"{stage} on {endpoint.name}",
+        )
+    try:
+        result = generate(
+            target=target,
+            messages=messages,
+            max_output_tokens=cap,
+            wall_time_limit_s=wall_time_limit_s or settings.PARSIMONY_MODEL_WALL_TIME_S,
+            on_token=on_token,
+            stop=stop,
+        )
+    except Exception:
+        if own_reservation is not None:
+            reservation_release(reservation=own_reservation)
+        raise
+    local_cpu_seconds = result.compute_s if (endpoint.kind == EndpointKind.LOCAL and not result.gpu_s) else 0.0
+    record = usage_record(
+        context=context,
+        stage=stage,
+        model_name=endpoint.price_name,
+        usage=Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+            gpu_seconds=to_decimal(result.gpu_s),
+            cpu_seconds=to_decimal(local_cpu_seconds),
+        ),
+        price=price,
+        latency_ms=int(result.wall_s * 1000),
+        finish_reason=result.finish_reason,
+        endpoint=endpoint,
+        reservation=reservation or own_reservation,
+    )
+    if own_reservation is not None:
+        reservation_settle(reservation=own_reservation, actual=record.cost)
+    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)

@@ -1,0 +1,230 @@
+"""Models, the versioned price book, the usage ledger and budgets.
+
+Money is Decimal everywhere (USD, 10 decimal places): never float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+MONEY = {"max_digits": 24, "decimal_places": 10}
+ZERO = Decimal("0")
+
+
+class EndpointKind(models.TextChoices):
+    LOCAL = "local", "local causal LM (loaded in the worker)"
+    OPENAI = "openai", "OpenAI-compatible HTTP endpoint"
+
+
+class ModelEndpoint(models.Model):
+    """A model that Parsimony can call. team=None: available to every team."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    name = models.CharField(max_length=120, help_text="What pipelines and the OpenAI-compatible API call it")
+    kind = models.CharField(max_length=16, choices=EndpointKind.choices, default=EndpointKind.LOCAL)
+    source = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="local: 'smollm2-135m-instruct', a .gguf file, a safetensors directory or an HF id on disk",
+    )
+    base_url = models.URLField(blank=True, help_text="openai: e.g. https://api.openai.com/v1")
+    api_key_env = models.CharField(max_length=120, blank=True, help_text="openai: the env var that holds the key")
+    remote_model = models.CharField(max_length=200, blank=True, help_text="openai: the model id to send")
+    price_name = models.CharField(
+        max_length=200, help_text="The price book's name for this model (e.g. gpt-4o-mini, local/smollm2-135m)"
+    )
+    context_window = models.PositiveIntegerField(default=8192)
+    max_output_tokens = models.PositiveIntegerField(default=512)
+    tokenizer = models.CharField(
+        max_length=500, blank=True, help_text="A local tokenizer for estimates (openai kind); blank: ~4 chars/token"
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="endpoint_name_unique_per_team"),
+            models.UniqueConstraint(fields=["name"], condition=Q(team=None), name="global_endpoint_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Price(models.Model):
+    """A price for one model from a date on. Rows are never edited: a change is a new row."""
+
+    model_name = models.CharField(max_length=200, db_index=True)
+    effective_from = models.DateTimeField(db_index=True)
+    input_per_mtok = models.DecimalField(**MONEY, default=ZERO, help_text="USD per 1M input tokens")
+    output_per_mtok = models.DecimalField(**MONEY, default=ZERO, help_text="USD per 1M output tokens")
+    cached_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True, help_text="blank: same as input")
+    per_gpu_second = models.DecimalField(**MONEY, default=ZERO, help_text="local models: USD per GPU-second")
+    per_cpu_second = models.DecimalField(**MONEY, default=ZERO, help_text="local models on CPU: USD per second")
+    provider = models.CharField(max_length=120, blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="Where the price came from")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_name", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "effective_from"], name="one_price_per_model_and_date")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} from {self.effective_from:%Y-%m-%d}"
+
+
+class Stage(models.TextChoices):
+    EMBED = "embed"
+    RETRIEVE = "retrieve"
+    COMPRESS = "compress"
+    GENERATE = "generate"
+    AGENT_STEP = "agent-step"
+    TOOL = "tool"
+
+
+class UsageRecord(models.Model):
+    """One model (or tool) call in the ledger, with the prices it was charged at."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="usage_records")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True)
+    query_run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    agent_run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    pipeline_name = models.CharField(max_length=120, blank=True, db_index=True)
+    stage = models.CharField(max_length=16, choices=Stage.choices, db_index=True)
+    model_name = models.CharField(max_length=200, db_index=True)
+    endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.SET_NULL, null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    gpu_seconds = models.DecimalField(max_digits=16, decimal_places=6, default=ZERO)
+    cpu_seconds = models.DecimalField(max_digits=16, decimal_places=6, default=ZERO)
+    latency_ms = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    cost = models.DecimalField(**MONEY, default=ZERO)
+    # The prices charged, copied: a later price change never alters a past cost.
+    price = models.ForeignKey(Price, on_delete=models.PROTECT, null=True, blank=True)
+    price_input_per_mtok = models.DecimalField(**MONEY, default=ZERO)
+    price_output_per_mtok = models.DecimalField(**MONEY, default=ZERO)
+    price_cached_input_per_mtok = models.DecimalField(**MONEY, default=ZERO)
+    price_per_gpu_second = models.DecimalField(**MONEY, default=ZERO)
+    price_per_cpu_second = models.DecimalField(**MONEY, default=ZERO)
+    reservation = models.ForeignKey("Reservation", on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["team", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.stage} {self.model_name} ${self.cost}"
+
+
+class BudgetScope(models.TextChoices):
+    TEAM = "team"
+    USER = "user"
+    API_KEY = "api_key", "API key"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+class Budget(models.Model):
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="budgets")
+    scope = models.CharField(max_length=16, choices=BudgetScope.choices, default=BudgetScope.TEAM)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, null=True, blank=True)
+    period = models.CharField(max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
+    hard_limit = models.DecimalField(**MONEY, help_text="USD: requests that could exceed it are refused")
+    soft_limit_percent = models.PositiveSmallIntegerField(
+        default=80, help_text="Alert (e-mail + UI banner) when spend passes this share of the hard limit"
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "scope", "period"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(scope="team", user=None, api_key=None)
+                    | Q(scope="user", user__isnull=False, api_key=None)
+                    | Q(scope="api_key", api_key__isnull=False, user=None)
+                ),
+                name="budget_scope_matches_its_target",
+            )
+        ]
+
+    def __str__(self) -> str:
+        target = {"team": "", "user": f" {self.user}", "api_key": f" key {self.api_key}"}[self.scope]
+        return f"{self.team} {self.scope}{target} {self.period} ${self.hard_limit}"
+
+    @property
+    def soft_limit(self) -> Decimal:
+        return (self.hard_limit * self.soft_limit_percent / 100).quantize(Decimal("0.0000000001"))
+
+
+class BudgetWindow(models.Model):
+    """A budget's counters for one period: the row that reservations lock."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="windows")
+    period_start = models.DateTimeField()
+    spent = models.DecimalField(**MONEY, default=ZERO)
+    reserved = models.DecimalField(**MONEY, default=ZERO)
+    soft_alert_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["budget", "period_start"], name="one_window_per_period")]
+        ordering = ["-period_start"]
+
+    def __str__(self) -> str:
+        return f"{self.budget} from {self.period_start:%Y-%m-%d}: spent ${self.spent}, reserved ${self.reserved}"
+
+
+class ReservationStatus(models.TextChoices):
+    HELD = "held"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Reservation(models.Model):
+    """Worst-case cost held against every applicable budget before work runs."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="reservations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    estimate = models.DecimalField(**MONEY)
+    actual = models.DecimalField(**MONEY, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=ReservationStatus.choices, default=ReservationStatus.HELD)
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    windows = models.ManyToManyField(BudgetWindow, related_name="reservations", blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"reservation #{self.pk} ${self.estimate} ({self.status})"

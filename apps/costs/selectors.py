@@ -1,0 +1,100 @@
+"""Reads: budget status (for banners, progress bars, the 402 body) and usage aggregates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, DecimalField, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, TruncDay
+from django.utils import timezone
+
+from apps.core.scoping import team_scoped
+from apps.costs.models import ZERO, Budget, UsageRecord
+from apps.costs.services import period_start
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    budget: Budget
+    period_start: datetime
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def used_percent(self) -> float:
+        if not self.budget.hard_limit:
+            return 100.0
+        return float(min(Decimal(100), 100 * (self.spent + self.reserved) / self.budget.hard_limit))
+
+    @property
+    def over_soft_limit(self) -> bool:
+        return self.spent >= self.budget.soft_limit
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(ZERO, self.budget.hard_limit - self.spent - self.reserved)
+
+
+def budget_status(*, budget: Budget, at: datetime | None = None) -> BudgetStatus:
+    start = period_start(budget.period, at or timezone.now())
+    window = budget.windows.filter(period_start=start).first()
+    return BudgetStatus(
+        budget=budget,
+        period_start=start,
+        spent=window.spent if window else ZERO,
+        reserved=window.reserved if window else ZERO,
+    )
+
+
+def team_budget_statuses(*, team) -> list[BudgetStatus]:
+    budgets = team_scoped(Budget, team).select_related("team", "user", "api_key")
+    return [budget_status(budget=budget) for budget in budgets]
+
+
+def team_budget_alerts(*, team) -> list[BudgetStatus]:
+    return [status for status in team_budget_statuses(team=team) if status.budget.enabled and status.over_soft_limit]
+
+
+def usage_list(*, team, since: datetime | None = None, until: datetime | None = None) -> QuerySet[UsageRecord]:
+    records = team_scoped(UsageRecord, team)
+    if since:
+        records = records.filter(created_at__gte=since)
+    if until:
+        records = records.filter(created_at__lt=until)
+    return records
+
+
+MONEY_SUM = Coalesce(Sum("cost"), Value(ZERO), output_field=DecimalField(max_digits=24, decimal_places=10))
+
+
+def usage_by(*, records: QuerySet[UsageRecord], field: str) -> list[dict]:
+    """Totals grouped by one field: day, model_name, user, api_key, pipeline_name or stage."""
+    if field == "day":
+        records = records.annotate(day=TruncDay("created_at"))
+    group = {"user": "user__username", "api_key": "api_key__name"}.get(field, field)
+    rows = (
+        records.values(group)
+        .annotate(
+            cost=MONEY_SUM,
+            calls=Count("id"),
+            prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+            completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+            cached_tokens=Coalesce(Sum("cached_tokens"), 0),
+        )
+        .order_by(group)
+    )
+    return [{"key": row.pop(group), **row} for row in rows]
+
+
+def spend_per_day(*, team, days: int = 30, today: date | None = None) -> list[tuple[date, Decimal]]:
+    """Spend per calendar day (UTC) for the last ``days`` days, zero-filled, oldest first."""
+    today = today or timezone.now().date()
+    first = today - timedelta(days=days - 1)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    totals = {
+        row["key"].date() if hasattr(row["key"], "date") else row["key"]: row["cost"]
+        for row in usage_by(records=usage_list(team=team, since=start), field="day")
+    }
+    return [(first + timedelta(days=i), totals.get(first + timedelta(days=i), ZERO)) for i in range(days)]

@@ -1,0 +1,434 @@
+"""Writes for the price book, budgets, reservations and the ledger.
+
+Budget enforcement happens before work runs: ``budget_reserve`` holds the worst-case cost
+against every budget that applies, atomically (row locks on PostgreSQL, a process lock on
+SQLite), and refuses with 402 if any would go over. ``reservation_settle`` swaps the hold
+for the actual cost; ``reservation_release`` drops it on failure; expired holds (dead
+workers) are released by ``reservations_expire``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.core.errors import ServiceError, ValidationFailed
+from apps.costs.models import (
+    ZERO,
+    Budget,
+    BudgetPeriod,
+    BudgetScope,
+    BudgetWindow,
+    Price,
+    Reservation,
+    ReservationStatus,
+    UsageRecord,
+)
+from apps.costs.pricing import Usage, cached_input_price, cost_of, money
+
+logger = logging.getLogger(__name__)
+
+RESERVATION_TTL_S = 900
+_EXPIRY_SWEEP_EVERY_S = 30.0
+_last_expiry_sweep = 0.0
+# SQLite has no row locks: serialise budget writes within the (single) embedded process.
+_sqlite_budget_lock = threading.RLock()
+
+
+class BudgetExceeded(ServiceError):
+    code = "budget_exceeded"
+    http_status = 402
+
+
+class PriceMissing(ValidationFailed):
+    code = "price_missing"
+
+
+@contextmanager
+def _budget_lock():
+    if connection.vendor == "sqlite":
+        with _sqlite_budget_lock:
+            yield
+    else:
+        yield
+
+
+# --------------------------------------------------------------------------- price book
+
+
+def price_current(*, model_name: str, at: datetime | None = None) -> Price:
+    """The price in force for ``model_name`` at ``at`` (now by default)."""
+    at = at or timezone.now()
+    price = Price.objects.filter(model_name=model_name, effective_from__lte=at).order_by("-effective_from").first()
+    if price is None:
+        raise PriceMissing(
+            f"the price book has no price for model {model_name!r}: add one in the admin or run manage.py import_prices",
+            detail={"model": model_name},
+        )
+    return price
+
+
+def price_set(
+    *,
+    model_name: str,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Decimal | None = None,
+    per_gpu_second: Decimal = ZERO,
+    per_cpu_second: Decimal = ZERO,
+    effective_from: datetime | None = None,
+    provider: str = "",
+    source: str = "",
+) -> tuple[Price, bool]:
+    """Record a price from ``effective_from`` on. Returns (price, created).
+
+    Idempotent: when the latest price at that date already has these values, nothing is added.
+    History is kept: a different price is a new row; old ledger rows keep what they were charged.
+    """
+    effective_from = effective_from or timezone.now()
+    values = {
+        "input_per_mtok": Decimal(input_per_mtok),
+        "output_per_mtok": Decimal(output_per_mtok),
+        "cached_input_per_mtok": None if cached_input_per_mtok is None else Decimal(cached_input_per_mtok),
+        "per_gpu_second": Decimal(per_gpu_second),
+        "per_cpu_second": Decimal(per_cpu_second),
+    }
+    latest = (
+        Price.objects.filter(model_name=model_name, effective_from__lte=effective_from)
+        .order_by("-effective_from")
+        .first()
+    )
+    if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
+        return latest, False
+    price, created = Price.objects.update_or_create(
+        model_name=model_name,
+        effective_from=effective_from,
+        defaults={**values, "provider": provider, "source": source},
+    )
+    return price, created
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def period_start(period: str, at: datetime) -> datetime:
+    """The start of the budget period that contains ``at``, in the configured budget timezone."""
+    zone = ZoneInfo(settings.PARSIMONY_BUDGET_TIMEZONE)
+    local = at.astimezone(zone)
+    if period == BudgetPeriod.TOTAL:
+        return datetime(1970, 1, 1, tzinfo=zone)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == BudgetPeriod.DAY:
+        return midnight
+    if period == BudgetPeriod.WEEK:
+        return midnight - timedelta(days=midnight.weekday())
+    if period == BudgetPeriod.MONTH:
+        return midnight.replace(day=1)
+    raise ValidationFailed(f"unknown budget period {period!r} (valid: {', '.join(BudgetPeriod.values)})")
+
+
+def budgets_applicable(*, team, user=None, api_key=None):
+    """Every enabled budget that a request by (team, user, api_key) counts against."""
+    who = Q(scope=BudgetScope.TEAM)
+    if user is not None and getattr(user, "pk", None):
+        who |= Q(scope=BudgetScope.USER, user=user)
+    if api_key is not None:
+        who |= Q(scope=BudgetScope.API_KEY, api_key=api_key)
+    return Budget.objects.filter(who, team=team, enabled=True).order_by("pk")
+
+
+def budget_window(*, budget: Budget, at: datetime | None = None) -> BudgetWindow:
+    start = period_start(budget.period, at or timezone.now())
+    window, _ = BudgetWindow.objects.get_or_create(budget=budget, period_start=start)
+    return window
+
+
+def _describe(budget: Budget) -> str:
+    target = {
+        BudgetScope.TEAM: f"team '{budget.team.name}'",
+        BudgetScope.USER: f"user '{getattr(budget.user, 'username', '?')}'",
+        BudgetScope.API_KEY: f"API key '{getattr(budget.api_key, 'name', '?')}'",
+    }[BudgetScope(budget.scope)]
+    return f"the {budget.period} budget of {target}"
+
+
+def budget_reserve(
+    *,
+    team,
+    estimate: Decimal,
+    user=None,
+    api_key=None,
+    description: str = "",
+    ttl_s: int = RESERVATION_TTL_S,
+) -> Reservation:
+    """Hold ``estimate`` against every applicable budget, or raise BudgetExceeded naming the first that blocks."""
+    if estimate < 0:
+        raise ValidationFailed("a cost estimate cannot be negative")
+    _maybe_sweep_expired()
+    now = timezone.now()
+    with _budget_lock(), transaction.atomic():
+        budgets = list(budgets_applicable(team=team, user=user, api_key=api_key).select_related("team", "user", "api_key"))
+        window_ids = [budget_window(budget=budget, at=now).pk for budget in budgets]
+        # Lock in primary-key order so concurrent reservations never deadlock.
+        windows = list(
+            BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).select_related("budget").order_by("pk")
+        )
+        budget_by_id = {budget.pk: budget for budget in budgets}
+        for window in windows:
+            budget = budget_by_id[window.budget_id]
+            if window.spent + window.reserved + estimate > budget.hard_limit:
+                over_by = window.spent + window.reserved + estimate - budget.hard_limit
+                raise BudgetExceeded(
+                    f"{_describe(budget)} would be exceeded: limit ${budget.hard_limit:.6f}, spent "
+                    f"${window.spent:.6f}, reserved ${window.reserved:.6f}, this request needs up to "
+                    f"${estimate:.6f} (over by ${over_by:.6f})",
+                    detail={
+                        "budget_id": budget.pk,
+                        "scope": budget.scope,
+                        "period": budget.period,
+                        "period_start": window.period_start.isoformat(),
+                        "limit": str(budget.hard_limit),
+                        "spent": str(window.spent),
+                        "reserved": str(window.reserved),
+                        "estimate": str(estimate),
+                        "over_by": str(over_by),
+                    },
+                )
+        for window in windows:
+            window.reserved += estimate
+            window.save(update_fields=["reserved"])
+        reservation = Reservation.objects.create(
+            team=team,
+            user=user if getattr(user, "pk", None) else None,
+            api_key=api_key,
+            description=description[:255],
+            estimate=estimate,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+        if windows:
+            reservation.windows.set(windows)
+    return reservation
+
+
+def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservation:
+    """Replace the hold by the actual cost. A hold that already expired still books the spend."""
+    with _budget_lock(), transaction.atomic():
+        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        if current.status == ReservationStatus.SETTLED:
+            return current
+        windows = list(current.windows.select_for_update().order_by("pk"))
+        for window in windows:
+            if current.status == ReservationStatus.HELD:
+                window.reserved -= current.estimate
+            window.spent += actual
+            window.save(update_fields=["reserved", "spent"])
+        current.status = ReservationStatus.SETTLED
+        current.actual = actual
+        current.finished_at = timezone.now()
+        current.save(update_fields=["status", "actual", "finished_at"])
+        window_ids = [window.pk for window in windows]
+        transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=window_ids))
+    return current
+
+
+def _release(current: Reservation, status: str) -> None:
+    for window in current.windows.select_for_update().order_by("pk"):
+        window.reserved -= current.estimate
+        window.save(update_fields=["reserved"])
+    current.status = status
+    current.finished_at = timezone.now()
+    current.save(update_fields=["status", "finished_at"])
+
+
+def reservation_release(*, reservation: Reservation) -> Reservation:
+    """The work failed before costing anything billable: give the hold back."""
+    with _budget_lock(), transaction.atomic():
+        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        if current.status == ReservationStatus.HELD:
+            _release(current, ReservationStatus.RELEASED)
+    return current
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Release the holds of workers that died (past their expiry). Returns how many."""
+    now = now or timezone.now()
+    expired = 0
+    for reservation_id in Reservation.objects.filter(status=ReservationStatus.HELD, expires_at__lt=now).values_list(
+        "pk", flat=True
+    ):
+        with _budget_lock(), transaction.atomic():
+            current = Reservation.objects.select_for_update().get(pk=reservation_id)
+            if current.status == ReservationStatus.HELD and current.expires_at < now:
+                _release(current, ReservationStatus.EXPIRED)
+                expired += 1
+    if expired:
+        logger.warning("released %d expired budget reservations", expired)
+    return expired
+
+
+def _maybe_sweep_expired() -> None:
+    # Without celery beat (the embedded default) expiry still happens, at most every 30 s.
+    global _last_expiry_sweep
+    if time.monotonic() - _last_expiry_sweep >= _EXPIRY_SWEEP_EVERY_S:
+        _last_expiry_sweep = time.monotonic()
+        reservations_expire()
+
+
+def budget_soft_alerts_send(*, window_ids: list[int]) -> int:
+    """E-mail the team's owners and admins once per period when spend passes a budget's soft limit."""
+    from apps.accounts.models import Membership, Role
+
+    sent = 0
+    for window in BudgetWindow.objects.filter(pk__in=window_ids, soft_alert_sent_at=None).select_related(
+        "budget", "budget__team", "budget__user", "budget__api_key"
+    ):
+        budget = window.budget
+        if window.spent < budget.soft_limit:
+            continue
+        # Claim the alert with a conditional update so concurrent settlements send it once.
+        if not BudgetWindow.objects.filter(pk=window.pk, soft_alert_sent_at=None).update(
+            soft_alert_sent_at=timezone.now()
+        ):
+            continue
+        recipients = list(
+            Membership.objects.filter(team=budget.team, role__in=[Role.OWNER, Role.ADMIN])
+            .exclude(user__email="")
+            .values_list("user__email", flat=True)
+        )
+        if recipients:
+            send_mail(
+                subject=f"[Parsimony] {budget.soft_limit_percent}% of {_describe(budget)} used",
+                message=(
+                    f"{_describe(budget)} has spent ${window.spent:.4f} of its ${budget.hard_limit:.4f} limit "
+                    f"this period (soft limit {budget.soft_limit_percent}%). Requests that would go over the "
+                    f"limit will be refused with HTTP 402."
+                ),
+                from_email=None,
+                recipient_list=recipients,
+                fail_silently=True,
+            )
+        sent += 1
+    return sent
+
+
+def budget_save(
+    *,
+    team,
+    hard_limit: Decimal,
+    scope: str = BudgetScope.TEAM,
+    period: str = BudgetPeriod.MONTH,
+    soft_limit_percent: int = 80,
+    user=None,
+    api_key=None,
+    budget: Budget | None = None,
+    enabled: bool = True,
+) -> Budget:
+    if scope not in BudgetScope.values:
+        raise ValidationFailed(f"unknown budget scope {scope!r} (valid: {', '.join(BudgetScope.values)})")
+    if period not in BudgetPeriod.values:
+        raise ValidationFailed(f"unknown budget period {period!r} (valid: {', '.join(BudgetPeriod.values)})")
+    if hard_limit < 0 or not 1 <= soft_limit_percent <= 100:
+        raise ValidationFailed("the hard limit must be >= 0 and the soft limit between 1 and 100 percent")
+    if scope == BudgetScope.USER and user is None or scope == BudgetScope.API_KEY and api_key is None:
+        raise ValidationFailed(f"a {scope} budget needs its {scope}")
+    if api_key is not None and api_key.team_id != team.pk:
+        raise ValidationFailed("that API key belongs to another team")
+    budget = budget or Budget(team=team)
+    budget.scope = scope
+    budget.period = period
+    budget.hard_limit = hard_limit
+    budget.soft_limit_percent = soft_limit_percent
+    budget.user = user if scope == BudgetScope.USER else None
+    budget.api_key = api_key if scope == BudgetScope.API_KEY else None
+    budget.enabled = enabled
+    budget.save()
+    return budget
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True)
+class LedgerContext:
+    """Who a model call is billed to, and what it belonged to."""
+
+    team: object
+    user: object | None = None
+    api_key: object | None = None
+    query_run_id: int | None = None
+    agent_run_id: int | None = None
+    pipeline_name: str = ""
+
+
+def usage_record(
+    *,
+    context: LedgerContext,
+    stage: str,
+    model_name: str,
+    usage: Usage,
+    price: Price | None,
+    latency_ms: int = 0,
+    finish_reason: str = "",
+    endpoint=None,
+    reservation: Reservation | None = None,
+) -> UsageRecord:
+    """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row)."""
+    cost = cost_of(usage=usage, price=price) if price is not None else ZERO
+    return UsageRecord.objects.create(
+        team=context.team,
+        user=context.user if getattr(context.user, "pk", None) else None,
+        api_key=context.api_key,
+        query_run_id=context.query_run_id,
+        agent_run_id=context.agent_run_id,
+        pipeline_name=context.pipeline_name,
+        stage=stage,
+        model_name=model_name,
+        endpoint=endpoint,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        gpu_seconds=money_seconds(usage.gpu_seconds),
+        cpu_seconds=money_seconds(usage.cpu_seconds),
+        latency_ms=latency_ms,
+        finish_reason=finish_reason[:32],
+        cost=cost,
+        price=price,
+        price_input_per_mtok=price.input_per_mtok if price else ZERO,
+        price_output_per_mtok=price.output_per_mtok if price else ZERO,
+        price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
+        price_per_gpu_second=price.per_gpu_second if price else ZERO,
+        price_per_cpu_second=price.per_cpu_second if price else ZERO,
+        reservation=reservation,
+    )
+
+
+def money_seconds(value) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal("0.000001"))
+
+
+__all__ = [
+    "BudgetExceeded",
+    "LedgerContext",
+    "PriceMissing",
+    "budget_reserve",
+    "budget_save",
+    "money",
+    "price_current",
+    "price_set",
+    "reservation_release",
+    "reservation_settle",
+    "reservations_expire",
+    "usage_record",
+]
