@@ -18,6 +18,24 @@ def _tasks_in_process(settings, tmp_path_factory):
     settings.PARSIMONY_INPROCESS_SYNC = True
 
 
+@pytest.fixture(autouse=True)
+def _default_models_after_flush(request):
+    # Transactional tests flush the tables, seed migrations included: put the defaults back.
+    marker = request.node.get_closest_marker("django_db")
+    if marker and marker.kwargs.get("transaction"):
+        request.getfixturevalue("transactional_db")
+        from apps.costs.defaults import ensure_default_models
+
+        ensure_default_models()
+
+
+@pytest.fixture
+def default_models(transactional_db):
+    from apps.costs.defaults import ensure_default_models
+
+    ensure_default_models()
+
+
 @pytest.fixture
 def make_user(db):
     counter = {"n": 0}

@@ -17,6 +17,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
 
 TASK_MODULES = [
     "workers.tasks.diagnostics",
+    "workers.tasks.ingestion",
+    "workers.tasks.rag",
+    "workers.tasks.costs",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)
@@ -30,3 +33,13 @@ app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 app.conf.task_track_started = False
 app.conf.task_ignore_result = True
+
+# `celery -A workers beat`: periodic bookkeeping. Without beat (the embedded default),
+# budget_reserve still sweeps expired reservations itself, at most every 30 s.
+app.conf.beat_schedule = {
+    "costs.expire_reservations": {
+        "task": "costs.expire_reservations",
+        "schedule": 60.0,
+        "options": {"queue": Queue.CPU.value, "expires": 55},
+    },
+}

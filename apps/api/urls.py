@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from apps.api import views
+from apps.api import rag_views, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
@@ -19,4 +19,11 @@ urlpatterns = [
     path("v1/jobs", views.JobListView.as_view(), name="api-jobs"),
     path("v1/jobs/<int:job_id>", views.JobDetailView.as_view(), name="api-job"),
     path("v1/jobs/<int:job_id>/cancel", views.JobCancelView.as_view(), name="api-job-cancel"),
+    path("v1/pipelines", rag_views.PipelineListView.as_view(), name="api-pipelines"),
+    path("v1/pipelines/<int:pipeline_id>", rag_views.PipelineDetailView.as_view(), name="api-pipeline"),
+    path("v1/queries", rag_views.QueryListView.as_view(), name="api-queries"),
+    path("v1/queries/<int:query_id>", rag_views.QueryDetailView.as_view(), name="api-query"),
+    path("v1/usage", rag_views.UsageView.as_view(), name="api-usage"),
+    path("v1/budgets", rag_views.BudgetListView.as_view(), name="api-budgets"),
+    path("v1/budgets/<int:budget_id>", rag_views.BudgetDetailView.as_view(), name="api-budget"),
 ]

@@ -55,8 +55,10 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.accounts",
     "apps.costs",
+    "apps.corpora",
     "apps.web",
     "apps.api",
+    "apps.rag",
 ]
 
 MIDDLEWARE = [
@@ -152,6 +154,9 @@ PARSIMONY_JOB_STALE_AFTER_S = env_int("PARSIMONY_JOB_STALE_AFTER_S", 600, minimu
 # torch threads per worker process: 1 keeps a 2-core machine responsive (see docs/operations.md).
 PARSIMONY_TORCH_THREADS = env_int("PARSIMONY_TORCH_THREADS", 1, minimum=1)
 PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)
+# Corpora: the upload size limit (bytes) and the embedding model new corpora use.
+PARSIMONY_MAX_UPLOAD_BYTES = env_int("PARSIMONY_MAX_UPLOAD_BYTES", 50_000_000, minimum=1)
+PARSIMONY_DEFAULT_EMBEDDING_MODEL = env_str("PARSIMONY_DEFAULT_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -207,3 +212,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# The device the gpu-queue workers run on; worst-case cost holds price local compute accordingly.
+PARSIMONY_WORKER_DEVICE = env_str("PARSIMONY_WORKER_DEVICE", "cpu")
+if PARSIMONY_WORKER_DEVICE not in {"cpu", "cuda"}:
+    raise ImproperlyConfiguredEnv(f"PARSIMONY_WORKER_DEVICE={PARSIMONY_WORKER_DEVICE!r}: use 'cpu' or 'cuda'")
+# Synchronous API queries wait this long before answering 202 with the job to poll.
+PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120.0)

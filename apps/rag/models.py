@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+from apps.costs.models import MONEY, ZERO
+
+
+class Retriever(models.TextChoices):
+    DENSE = "dense"
+    BM25 = "bm25"
+    HYBRID = "hybrid"
+
+
+class Pipeline(models.Model):
+    """A named, validated RAG configuration. Every option's effect on cost is explained in help_text."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="pipelines")
+    name = models.SlugField(max_length=120, help_text="Also the `model` name on the OpenAI-compatible API")
+    description = models.CharField(max_length=500, blank=True)
+    corpora = models.ManyToManyField("corpora.Corpus", related_name="pipelines", blank=True)
+    retriever = models.CharField(
+        max_length=16, choices=Retriever.choices, default=Retriever.HYBRID,
+        help_text="hybrid fuses dense and BM25; retrieval costs one query embedding either way",
+    )
+    top_k = models.PositiveSmallIntegerField(
+        default=5, help_text="Passages retrieved; each adds its tokens to the prompt (the main cost driver)"
+    )
+    compression_method = models.CharField(
+        max_length=64, default="none", help_text="Shrinks retrieved passages before prompting; its own cost is billed"
+    )
+    compression_target = models.FloatField(
+        default=1.0, help_text="≤ 1: share of context tokens to keep; > 1: a token budget for the context"
+    )
+    prompting_strategy = models.CharField(max_length=64, default="naive")
+    attention_backend = models.CharField(max_length=64, default="full")
+    model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
+    max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
+    system_prompt = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="pipeline_name_unique_per_team")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QueryStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class QueryRun(models.Model):
+    """One question through a pipeline (or one chat call to a model endpoint), with its cost."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="query_runs")
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.SET_NULL, null=True, blank=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True)
+    job = models.OneToOneField("core.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="query_run")
+    reservation = models.ForeignKey("costs.Reservation", on_delete=models.SET_NULL, null=True, blank=True)
+    question = models.TextField()
+    # Direct model calls (OpenAI-compatible API, no pipeline) keep the whole conversation.
+    messages = models.JSONField(default=list, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=QueryStatus.choices, default=QueryStatus.QUEUED, db_index=True)
+    answer = models.TextField(blank=True, help_text="Grows while the answer streams")
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    citations = models.JSONField(default=list, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    context_tokens_before = models.PositiveIntegerField(default=0)
+    context_tokens_after = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=ZERO)
+    baseline_cost = models.DecimalField(**MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed")
+    savings = models.DecimalField(**MONEY, default=ZERO)
+    latency_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"query #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED)
+
+    @property
+    def savings_percent(self) -> float:
+        if not self.baseline_cost:
+            return 0.0
+        return float(100 * self.savings / self.baseline_cost)
+
+    @property
+    def model_name(self) -> str:
+        if self.pipeline_id:
+            return self.pipeline.name
+        return self.endpoint.name if self.endpoint_id else ""
+
+
+__all__ = ["Decimal", "Pipeline", "QueryRun", "QueryStatus", "Retriever"]

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from django.db.models import Count, QuerySet, Sum
+
+from apps.core.scoping import team_object_or_404, team_scoped
+from apps.costs.models import UsageRecord
+from apps.rag.models import Pipeline, QueryRun
+
+
+def pipeline_list(*, team) -> QuerySet[Pipeline]:
+    return team_scoped(Pipeline, team).select_related("model_endpoint").prefetch_related("corpora")
+
+
+def pipeline_get(*, team, pipeline_id: int) -> Pipeline:
+    return team_object_or_404(pipeline_list(team=team), team, pk=pipeline_id)
+
+
+def pipeline_by_name(*, team, name: str) -> Pipeline | None:
+    return pipeline_list(team=team).filter(name=name).first()
+
+
+def query_run_list(*, team, user=None, pipeline=None) -> QuerySet[QueryRun]:
+    runs = team_scoped(QueryRun, team).select_related("pipeline", "endpoint", "user", "api_key")
+    if user is not None:
+        runs = runs.filter(user=user)
+    if pipeline is not None:
+        runs = runs.filter(pipeline=pipeline)
+    return runs
+
+
+def query_run_get(*, team, query_run_id: int) -> QueryRun:
+    return team_object_or_404(query_run_list(team=team), team, pk=query_run_id)
+
+
+def query_run_stages(*, run: QueryRun) -> list[dict]:
+    """Tokens and cost per stage of one run, from the ledger."""
+    rows = (
+        UsageRecord.objects.filter(team=run.team, query_run_id=run.pk)
+        .values("stage", "model_name")
+        .annotate(
+            calls=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cached_tokens=Sum("cached_tokens"),
+            gpu_seconds=Sum("gpu_seconds"),
+            cpu_seconds=Sum("cpu_seconds"),
+            cost=Sum("cost"),
+            latency_ms=Sum("latency_ms"),
+        )
+        .order_by("stage")
+    )
+    order = {"embed": 0, "retrieve": 1, "compress": 2, "generate": 3, "agent-step": 4, "tool": 5}
+    return sorted(rows, key=lambda row: order.get(row["stage"], 9))
+
+
+def savings_by(*, team, since=None, until=None, field: str = "pipeline") -> list[dict]:
+    """Baseline cost, actual cost and savings of finished query runs, grouped."""
+    runs = team_scoped(QueryRun, team).filter(status="succeeded")
+    if since:
+        runs = runs.filter(created_at__gte=since)
+    if until:
+        runs = runs.filter(created_at__lt=until)
+    group = {"pipeline": "pipeline__name", "user": "user__username", "api_key": "api_key__name"}.get(field, field)
+    rows = runs.values(group).annotate(
+        runs=Count("id"), cost=Sum("cost"), baseline_cost=Sum("baseline_cost"), savings=Sum("savings")
+    ).order_by(group)
+    return [{"key": row.pop(group), **row} for row in rows]

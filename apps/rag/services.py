@@ -1,0 +1,470 @@
+"""Writes for pipelines and query runs; the RAG pipeline itself.
+
+query_run_start (web process): validate, reserve the worst-case cost against every budget,
+create the QueryRun and its Job, enqueue on the `gpu` queue. query_run_execute (worker):
+retrieve → compress → prompt → generate, every step metered into the ledger, the answer
+streamed into the QueryRun row, the reservation settled to the actual cost, and the savings
+computed against naive RAG with the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.core.errors import ValidationFailed
+from apps.core.services import job_start
+from apps.costs.metering import endpoint_resolve, endpoint_target, model_call
+from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
+from apps.costs.pricing import Usage, cost_of, money, to_decimal, worst_case_cost
+from apps.costs.services import (
+    LedgerContext,
+    budget_reserve,
+    price_current,
+    reservation_release,
+    reservation_settle,
+    usage_record,
+)
+from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+# Streaming: write the growing answer to the row at most this often.
+STREAM_FLUSH_S = 0.15
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _registry_names() -> dict[str, list[str]]:
+    from workers.compression import METHODS
+    from workers.prompting import STRATEGIES
+
+    attention = ["full"]
+    try:
+        from workers.attention import BACKENDS
+
+        attention = sorted(BACKENDS)
+    except ImportError:
+        pass
+    return {
+        "compression_method": sorted(METHODS),
+        "prompting_strategy": sorted(STRATEGIES),
+        "attention_backend": attention,
+        "retriever": list(Retriever.values),
+    }
+
+
+def pipeline_validate(*, values: dict[str, Any]) -> None:
+    """Reject unknown method names (listing the valid ones) and nonsensical numbers."""
+    errors: dict[str, str] = {}
+    for field, valid in _registry_names().items():
+        if field in values and values[field] not in valid:
+            errors[field] = f"unknown {field.replace('_', ' ')} {values[field]!r} (valid: {', '.join(valid)})"
+    if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
+        errors["top_k"] = "top_k must be between 1 and 100"
+    if "compression_target" in values and not float(values["compression_target"]) > 0:
+        errors["compression_target"] = "the compression target must be > 0 (a ratio ≤ 1 or a token budget)"
+    if "max_output_tokens" in values and not 1 <= int(values["max_output_tokens"]) <= 32_768:
+        errors["max_output_tokens"] = "max_output_tokens must be between 1 and 32768"
+    if errors:
+        raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
+
+
+PIPELINE_FIELDS = (
+    "description", "retriever", "top_k", "compression_method", "compression_target",
+    "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+)
+
+
+@transaction.atomic
+def pipeline_save(
+    *,
+    team,
+    name: str,
+    model_endpoint: ModelEndpoint | str,
+    corpora: list | None = None,
+    pipeline: Pipeline | None = None,
+    created_by=None,
+    **values: Any,
+) -> Pipeline:
+    unknown = set(values) - set(PIPELINE_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
+    pipeline_validate(values=values)
+    if isinstance(model_endpoint, str):
+        model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
+    if model_endpoint.team_id not in (None, team.pk):
+        raise ValidationFailed("that model endpoint belongs to another team")
+    for corpus in corpora or []:
+        if corpus.team_id != team.pk:
+            raise ValidationFailed("a pipeline can only use its own team's corpora")
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("a pipeline needs a name")
+    clash = Pipeline.objects.filter(team=team, name=name)
+    if pipeline is not None:
+        clash = clash.exclude(pk=pipeline.pk)
+    if clash.exists():
+        raise ValidationFailed(f"the team already has a pipeline called {name!r}", code="duplicate")
+    pipeline = pipeline or Pipeline(team=team, created_by=created_by if getattr(created_by, "pk", None) else None)
+    pipeline.name = name
+    pipeline.model_endpoint = model_endpoint
+    for key, value in values.items():
+        setattr(pipeline, key, value)
+    pipeline.save()
+    if corpora is not None:
+        pipeline.corpora.set(corpora)
+    return pipeline
+
+
+def pipeline_delete(*, pipeline: Pipeline) -> None:
+    pipeline.delete()
+
+
+# --------------------------------------------------------------------------- starting a query
+
+
+def _estimate_tokens(text: str) -> int:
+    # The web process holds no tokenizer: a conservative 1 token per 3 characters.
+    return math.ceil(len(text) / 3)
+
+
+def _query_worst_case(
+    *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
+) -> Decimal:
+    price = price_current(model_name=endpoint.price_name)
+    prompt_tokens = 16 + sum(_estimate_tokens(str(m.get("content", ""))) + 8 for m in messages)
+    prompt_tokens += _estimate_tokens(question)
+    if pipeline is not None:
+        prompt_tokens += _estimate_tokens(pipeline.system_prompt) + 64
+        chunk_tokens = max((c.chunk_tokens for c in pipeline.corpora.all()), default=256)
+        # 2x: the embedding tokenizer's count vs the generator's, plus the passage headers.
+        prompt_tokens += pipeline.top_k * (2 * chunk_tokens + 16)
+    is_local = endpoint.kind == EndpointKind.LOCAL
+    estimate = worst_case_cost(
+        price=price,
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=max_output_tokens,
+        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
+        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
+    )
+    if pipeline is not None:
+        embed_price = price_current(model_name=EMBEDDING_PRICE_NAME)
+        estimate += worst_case_cost(price=embed_price, prompt_tokens=512, max_output_tokens=0, max_seconds=5.0)
+    return estimate
+
+
+@transaction.atomic
+def query_run_start(
+    *,
+    team,
+    question: str = "",
+    pipeline: Pipeline | None = None,
+    endpoint: ModelEndpoint | None = None,
+    messages: list[dict] | None = None,
+    max_output_tokens: int | None = None,
+    user=None,
+    api_key=None,
+) -> QueryRun:
+    """Reserve the worst case (402 if a budget would go over), create the run, enqueue it."""
+    if (pipeline is None) == (endpoint is None):
+        raise ValidationFailed("a query names exactly one pipeline or one model endpoint")
+    messages = messages or []
+    question = (question or "").strip()
+    if not question and messages:
+        question = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+    if not question:
+        raise ValidationFailed("the question is empty")
+    target_endpoint = pipeline.model_endpoint if pipeline is not None else endpoint
+    if not target_endpoint.enabled:
+        raise ValidationFailed(f"model {target_endpoint.name!r} is disabled")
+    cap = max_output_tokens or (pipeline.max_output_tokens if pipeline else target_endpoint.max_output_tokens)
+    cap = max(1, min(cap, target_endpoint.max_output_tokens))
+    estimate = _query_worst_case(
+        endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
+    )
+    reservation = budget_reserve(
+        team=team,
+        user=user,
+        api_key=api_key,
+        estimate=estimate,
+        description=f"query on {pipeline.name if pipeline else target_endpoint.name}",
+        ttl_s=int(settings.PARSIMONY_MODEL_WALL_TIME_S * 3 + 300),
+    )
+    run = QueryRun.objects.create(
+        team=team,
+        pipeline=pipeline,
+        endpoint=target_endpoint,
+        user=user if getattr(user, "pk", None) else None,
+        api_key=api_key,
+        reservation=reservation,
+        question=question,
+        messages=messages,
+        max_output_tokens=cap,
+    )
+    run.job = job_start(kind="rag.query", team=team, created_by=user, params={"query_run_id": run.pk}, total=3)
+    run.save(update_fields=["job"])
+    return run
+
+
+# --------------------------------------------------------------------------- running a query
+
+
+class _AnswerStream:
+    """Collects streamed text and writes it to the QueryRun row, throttled."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.text = ""
+        self._flushed_at = 0.0
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        now = time.monotonic()
+        if now - self._flushed_at >= STREAM_FLUSH_S:
+            self.flush()
+            self._flushed_at = now
+
+    def flush(self) -> None:
+        QueryRun.objects.filter(pk=self.run_id).update(answer=self.text)
+
+
+@dataclass(frozen=True)
+class _PriceSnapshot:
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    per_gpu_second: Decimal
+    per_cpu_second: Decimal
+
+
+def _baseline_generation_cost(record: UsageRecord, baseline_prompt_tokens: int) -> Decimal:
+    """What the generation would have cost with the naive prompt, at the prices actually charged.
+
+    Tokens are counted exactly; device seconds are scaled by the token ratio (prefill and decode
+    both grow with the tokens processed) — an estimate, stated as such in docs/costs.md.
+    """
+    actual_tokens = record.prompt_tokens + record.completion_tokens
+    baseline_tokens = baseline_prompt_tokens + record.completion_tokens
+    scale = Decimal(baseline_tokens) / Decimal(actual_tokens) if actual_tokens else Decimal(1)
+    snapshot = _PriceSnapshot(
+        record.price_input_per_mtok, record.price_output_per_mtok, record.price_cached_input_per_mtok,
+        record.price_per_gpu_second, record.price_per_cpu_second,
+    )
+    usage = Usage(
+        prompt_tokens=baseline_prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        gpu_seconds=record.gpu_seconds * scale,
+        cpu_seconds=record.cpu_seconds * scale,
+    )
+    return cost_of(usage=usage, price=snapshot)
+
+
+def _ledger_total(run_id: int) -> Decimal:
+    return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+
+
+def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
+    from apps.corpora.selectors import chunk_search_many
+    from workers.compression import get_method
+    from workers.prompting import Passage, get_strategy
+    from workers.runtime.meter import count_chat_tokens, count_tokens
+
+    pipeline = run.pipeline
+    corpora = list(pipeline.corpora.all())
+    progress(0, 3, "retrieving")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    hits = chunk_search_many(
+        corpora=corpora, query=run.question, retriever=pipeline.retriever, k=pipeline.top_k, timings=timings
+    ) if corpora else []
+    retrieve_s = time.perf_counter() - started
+    retrieve_record = usage_record(
+        context=context,
+        stage=Stage.RETRIEVE,
+        model_name=EMBEDDING_PRICE_NAME,
+        usage=Usage(
+            # The query embedding is the model work of retrieval; index search is bookkeeping.
+            prompt_tokens=_estimate_tokens(run.question),
+            cpu_seconds=to_decimal(round(timings.get("embed_query_ms", 1000 * retrieve_s) / 1000, 6)),
+        ),
+        price=price_current(model_name=EMBEDDING_PRICE_NAME),
+        latency_ms=int(retrieve_s * 1000),
+    )
+    passages = [Passage(chunk_id=hit.chunk.pk, title=hit.chunk.document.title, text=hit.chunk.text) for hit in hits]
+
+    progress(1, 3, "compressing")
+    endpoint = pipeline.model_endpoint
+    target = endpoint_target(endpoint)
+    compressed = get_method(pipeline.compression_method).compress(
+        query=run.question,
+        passages=passages,
+        target=pipeline.compression_target,
+        count_tokens=lambda text: count_tokens(target, text),
+    )
+    if pipeline.compression_method != "none" and (compressed.compute_s or compressed.model_prompt_tokens):
+        usage_record(
+            context=context,
+            stage=Stage.COMPRESS,
+            model_name=endpoint.price_name,
+            usage=Usage(
+                prompt_tokens=compressed.model_prompt_tokens,
+                completion_tokens=compressed.model_completion_tokens,
+                cpu_seconds=to_decimal(round(compressed.compute_s, 6)),
+            ),
+            price=price_current(model_name=endpoint.price_name),
+            latency_ms=int(compressed.compute_s * 1000),
+        )
+
+    progress(2, 3, "generating")
+    strategy = get_strategy(pipeline.prompting_strategy)
+    messages = strategy.build_messages(
+        system_prompt=pipeline.system_prompt, question=run.question, passages=compressed.passages
+    )
+    call = model_call(
+        endpoint=endpoint,
+        messages=messages,
+        context=context,
+        max_output_tokens=run.max_output_tokens,
+        on_token=stream,
+        reservation=run.reservation,
+    )
+    # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
+    naive = get_strategy("naive").build_messages(
+        system_prompt=pipeline.system_prompt, question=run.question, passages=passages
+    )
+    baseline_prompt_tokens = count_chat_tokens(target, naive)
+    baseline = retrieve_record.cost + _baseline_generation_cost(call.record, baseline_prompt_tokens)
+
+    citations = []
+    for n, (hit, passage) in enumerate(zip(hits, passages, strict=True), start=1):
+        chunk = hit.chunk
+        citations.append(
+            {
+                "n": n,
+                "chunk_id": chunk.pk,
+                "document_id": chunk.document_id,
+                "document_title": chunk.document.title,
+                "start": chunk.char_start,
+                "end": chunk.char_end,
+                "snippet": passage.text[:300],
+                "score": round(float(hit.score), 6),
+                "retrievers": {name: [rank, round(float(score), 6)] for name, (rank, score) in hit.retrievers.items()},
+                "cited": f"[{n}]" in call.text,
+            }
+        )
+    return {
+        "answer": call.text,
+        "finish_reason": call.finish_reason,
+        "citations": citations,
+        "baseline": baseline,
+        "context_tokens_before": compressed.tokens_before,
+        "context_tokens_after": compressed.tokens_after,
+    }
+
+
+def _run_direct(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
+    progress(2, 3, "generating")
+    messages = run.messages or [{"role": "user", "content": run.question}]
+    call = model_call(
+        endpoint=run.endpoint,
+        messages=messages,
+        context=context,
+        max_output_tokens=run.max_output_tokens,
+        on_token=stream,
+        reservation=run.reservation,
+    )
+    return {"answer": call.text, "finish_reason": call.finish_reason, "citations": [], "baseline": None}
+
+
+def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
+    """Run a query (in a worker). Idempotent: a finished run is left alone; a retried one starts over."""
+    progress = progress or (lambda *args, **kwargs: None)
+    run = QueryRun.objects.select_related("pipeline", "endpoint", "team", "user", "api_key", "reservation").filter(
+        pk=query_run_id
+    ).first()
+    if run is None:
+        logger.warning("query run %s does not exist", query_run_id)
+        return None
+    if run.is_finished:
+        return run
+    QueryRun.objects.filter(pk=run.pk).update(status=QueryStatus.RUNNING, answer="", error="")
+    started = time.perf_counter()
+    context = LedgerContext(
+        team=run.team,
+        user=run.user,
+        api_key=run.api_key,
+        query_run_id=run.pk,
+        pipeline_name=run.pipeline.name if run.pipeline_id else "",
+    )
+    stream = _AnswerStream(run.pk)
+    try:
+        outcome = _run_pipeline(run, context, stream, progress) if run.pipeline_id else _run_direct(
+            run, context, stream, progress
+        )
+    except Exception as exc:
+        actual = _ledger_total(run.pk)
+        if run.reservation_id:
+            if actual > 0:
+                reservation_settle(reservation=run.reservation, actual=actual)
+            else:
+                reservation_release(reservation=run.reservation)
+        QueryRun.objects.filter(pk=run.pk).update(
+            status=QueryStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}"[:10_000],
+            cost=actual,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            finished_at=timezone.now(),
+            answer=stream.text,
+        )
+        raise
+    stream.flush()
+    records = UsageRecord.objects.filter(query_run_id=run.pk)
+    totals = records.aggregate(cost=Sum("cost"))
+    generation = records.filter(stage=Stage.GENERATE).aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
+    )
+    actual = totals["cost"] or ZERO
+    baseline = outcome["baseline"] if outcome["baseline"] is not None else actual
+    if run.reservation_id:
+        reservation_settle(reservation=run.reservation, actual=actual)
+    progress(3, 3, "done")
+    QueryRun.objects.filter(pk=run.pk).update(
+        status=QueryStatus.SUCCEEDED,
+        answer=outcome["answer"],
+        finish_reason=outcome["finish_reason"],
+        citations=outcome["citations"],
+        prompt_tokens=generation["prompt"] or 0,
+        completion_tokens=generation["completion"] or 0,
+        cached_tokens=generation["cached"] or 0,
+        context_tokens_before=outcome.get("context_tokens_before", 0),
+        context_tokens_after=outcome.get("context_tokens_after", 0),
+        cost=actual,
+        baseline_cost=money(baseline),
+        savings=money(baseline - actual),
+        latency_ms=int((time.perf_counter() - started) * 1000),
+        finished_at=timezone.now(),
+    )
+    run.refresh_from_db()
+    return run
+
+
+def query_run_wait(*, run: QueryRun, timeout_s: float, poll_s: float = 0.1) -> QueryRun:
+    """Block until the run finishes or the timeout passes; returns the fresh row either way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run.refresh_from_db()
+        if run.is_finished or time.monotonic() >= deadline:
+            return run
+        time.sleep(poll_s)

@@ -1,0 +1,109 @@
+from decimal import Decimal
+
+import pytest
+
+from apps.costs.models import UsageRecord
+from apps.costs.services import budget_save
+from apps.rag.models import QueryRun
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _client(api_client, key):
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.raw_key}")
+    return api_client
+
+
+def test_it_creates_a_pipeline_and_rejects_unknown_methods_with_the_valid_ones(team_a, make_api_key, api_client):
+    client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    created = client.post("/api/v1/pipelines", {"name": "docs-qa", "model": "smollm2-135m-instruct", "top_k": 3}, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["compression_method"] == "none"
+    bad = client.post(
+        "/api/v1/pipelines",
+        {"name": "bad", "model": "smollm2-135m-instruct", "compression_method": "zip", "prompting_strategy": "magic"},
+        format="json",
+    )
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert "unknown compression method 'zip' (valid: none" in error["message"]
+    assert "unknown prompting strategy 'magic' (valid: naive" in error["message"]
+    unknown_model = client.post("/api/v1/pipelines", {"name": "x", "model": "gpt-9"}, format="json")
+    assert unknown_model.status_code == 400
+    assert "unknown model 'gpt-9' (available: smollm2-135m-instruct)" in unknown_model.json()["error"]["message"]
+
+
+def test_a_sync_query_answers_with_per_stage_cost_from_the_ledger(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+    client = _client(api_client, make_api_key(team_a))
+    response = client.post("/api/v1/queries", {"pipeline": "plain", "question": "What is the capital of France?"}, format="json")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "succeeded"
+    assert body["answer"] == "Paris is the capital [1]"
+    ledger = UsageRecord.objects.filter(query_run_id=body["id"])
+    assert Decimal(body["cost"]) == sum(r.cost for r in ledger)
+    stages = {row["stage"]: row for row in body["stages"]}
+    assert set(stages) == {"retrieve", "generate"}
+    assert stages["generate"]["completion_tokens"] == body["completion_tokens"] == 5
+    assert Decimal(body["savings"]) == Decimal(body["baseline_cost"]) - Decimal(body["cost"])
+
+
+def test_an_async_query_returns_a_job_to_poll(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+    client = _client(api_client, make_api_key(team_a))
+    response = client.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?", "mode": "async"}, format="json")
+    assert response.status_code in (200, 202)
+    job = client.get(f"/api/v1/jobs/{response.json()['job_id']}").json()
+    assert job["kind"] == "rag.query"
+    assert client.get(f"/api/v1/queries/{response.json()['id']}").json()["status"] == "succeeded"
+
+
+def test_an_exhausted_budget_refuses_with_402_naming_the_budget(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+    budget_save(team=team_a, hard_limit=Decimal("0.0000001"), period="day")
+    client = _client(api_client, make_api_key(team_a))
+    response = client.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json")
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert "the day budget of team 'Team A' would be exceeded" in error["message"]
+    assert {"limit", "spent", "reserved", "estimate", "over_by"} <= set(error["detail"])
+    assert not QueryRun.objects.exists()
+
+
+def test_usage_groups_spend_and_reports_savings(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+    client = _client(api_client, make_api_key(team_a))
+    client.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json")
+    for group in ["day", "model", "user", "api_key", "pipeline", "stage"]:
+        body = client.get(f"/api/v1/usage?group_by={group}").json()
+        assert body["group_by"] == group
+        assert Decimal(body["total_cost"]) > 0
+    assert client.get("/api/v1/usage?group_by=planet").status_code == 400
+
+
+def test_members_read_budgets_and_only_admins_write_them(team_a, make_api_key, api_client):
+    reader = _client(api_client, make_api_key(team_a, scopes=["read", "query"]))
+    assert reader.get("/api/v1/budgets").status_code == 200
+    denied = reader.post("/api/v1/budgets", {"hard_limit": "5", "period": "month"}, format="json")
+    assert denied.status_code == 403
+    admin = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    created = admin.post("/api/v1/budgets", {"hard_limit": "5", "period": "month"}, format="json")
+    assert created.status_code == 201
+    assert created.json()["remaining"] == "5.0000000000"
+
+
+def test_every_endpoint_returns_404_for_another_teams_objects(
+    team_a, team_b, make_api_key, api_client, echo_model, empty_pipeline
+):
+    own = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    query_id = own.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json").json()["id"]
+    budget_id = own.post("/api/v1/budgets", {"hard_limit": "5"}, format="json").json()["id"]
+    job_id = QueryRun.objects.get(pk=query_id).job_id
+    other = _client(api_client, make_api_key(team_b, scopes=["admin"]))
+    for url in [
+        f"/api/v1/pipelines/{empty_pipeline.pk}", f"/api/v1/queries/{query_id}", f"/api/v1/budgets/{budget_id}",
+        f"/api/v1/jobs/{job_id}",
+    ]:
+        assert other.get(url).status_code == 404, url
+        if "queries" not in url and "jobs" not in url:
+            assert other.delete(url).status_code == 404, url
+    assert other.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json").status_code == 400
+    assert other.get("/api/v1/queries").json()["count"] == 0

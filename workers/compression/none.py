@@ -1,0 +1,23 @@
+"""The identity: the reference every other method is measured against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workers.compression.base import CompressedContext
+from workers.prompting.base import Passage
+
+
+class NoCompression:
+    name = "none"
+
+    def compress(
+        self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressedContext:
+        tokens = sum(count_tokens(p.text) for p in passages)
+        return CompressedContext(
+            passages=list(passages),
+            tokens_before=tokens,
+            tokens_after=tokens,
+            kept_spans={p.chunk_id: [(0, len(p.text))] for p in passages},
+        )
