@@ -13,13 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 
 from apps.core.errors import ValidationFailed
-from apps.costs.models import EndpointKind, ModelEndpoint, Reservation, Stage, UsageRecord
+from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
 from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
+    _budget_lock,
     budget_reserve,
     price_current,
     reservation_release,
@@ -77,12 +79,14 @@ def _on_gpu(target) -> bool:
     return str(getattr(target, "device", "cpu")).startswith("cuda")
 
 
-def call_estimate(*, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int) -> tuple[int, Decimal]:
-    """(prompt tokens, worst-case cost) of a call, for reservations."""
+def call_estimate(
+    *, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int, price: Price | None = None
+) -> tuple[int, Decimal]:
+    """(prompt tokens, worst-case cost) of a call, for reservations (``price``: the one in force by default)."""
     from workers.runtime.meter import count_chat_tokens
 
     prompt_tokens = count_chat_tokens(target, messages)
-    price = price_current(model_name=endpoint.price_name)
+    price = price or price_current(model_name=endpoint.price_name)
     is_local = endpoint.kind == EndpointKind.LOCAL
     estimate = worst_case_cost(
         price=price,
@@ -125,7 +129,9 @@ def model_call(
     target = endpoint_target(endpoint)
     own_reservation = None
     if reservation is None:
-        _, estimate = call_estimate(endpoint=endpoint, target=target, messages=messages, max_output_tokens=cap)
+        _, estimate = call_estimate(
+            endpoint=endpoint, target=target, messages=messages, max_output_tokens=cap, price=price
+        )
         own_reservation = budget_reserve(
             team=context.team,
             user=context.user,
@@ -147,6 +153,14 @@ def model_call(
             reservation_release(reservation=own_reservation)
         raise
     local_cpu_seconds = result.compute_s if (endpoint.kind == EndpointKind.LOCAL and not result.gpu_s) else 0.0
+    # The ledger row and the settlement commit together: never a row without its spend booked.
+    with _budget_lock(), transaction.atomic():
+        record = _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation,
+                                    own_reservation)
+    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
+
+
+def _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation, own_reservation):
     record = usage_record(
         context=context,
         stage=stage,
@@ -166,4 +180,4 @@ def model_call(
     )
     if own_reservation is not None:
         reservation_settle(reservation=own_reservation, actual=record.cost)
-    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
+    return record

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
@@ -164,6 +164,48 @@ def _describe(budget: Budget) -> str:
     return f"the {budget.period} budget of {target}"
 
 
+def _windows_locked(*, budgets: list[Budget], at: datetime) -> list[BudgetWindow]:
+    """The current window of each budget, locked FOR UPDATE in primary-key order (no deadlocks).
+
+    One query when the windows exist (the common case); a missing one is created first.
+    """
+    starts = {budget.pk: period_start(budget.period, at) for budget in budgets}
+    match = Q()
+    for budget_id, start in starts.items():
+        match |= Q(budget_id=budget_id, period_start=start)
+    locked = BudgetWindow.objects.select_for_update().filter(match).order_by("pk")
+    windows = list(locked)
+    if len(windows) < len(budgets):
+        have = {window.budget_id for window in windows}
+        for budget in budgets:
+            if budget.pk not in have:
+                BudgetWindow.objects.get_or_create(budget=budget, period_start=starts[budget.pk])
+        windows = list(locked.all())
+    return windows
+
+
+def budget_exceeded_error(*, budget: Budget, window: BudgetWindow, estimate: Decimal) -> BudgetExceeded:
+    """The 402 for a request that does not fit: names the budget, its limit, spent, reserved, estimate, overage."""
+    over_by = window.spent + window.reserved + estimate - budget.hard_limit
+    return BudgetExceeded(
+        f"{_describe(budget)} would be exceeded: limit ${budget.hard_limit:.6f}, spent "
+        f"${window.spent:.6f}, reserved ${window.reserved:.6f}, this request needs up to "
+        f"${estimate:.6f} (over by ${over_by:.6f})",
+        detail={
+            "budget_id": budget.pk,
+            "budget": _describe(budget),
+            "scope": budget.scope,
+            "period": budget.period,
+            "period_start": window.period_start.isoformat(),
+            "limit": str(budget.hard_limit),
+            "spent": str(window.spent),
+            "reserved": str(window.reserved),
+            "estimate": str(estimate),
+            "over_by": str(over_by),
+        },
+    )
+
+
 def budget_reserve(
     *,
     team,
@@ -173,42 +215,27 @@ def budget_reserve(
     description: str = "",
     ttl_s: int = RESERVATION_TTL_S,
 ) -> Reservation:
-    """Hold ``estimate`` against every applicable budget, or raise BudgetExceeded naming the first that blocks."""
+    """Hold ``estimate`` against every applicable budget, or raise BudgetExceeded naming the first that blocks.
+
+    Hot path (one metered call): budgets, windows FOR UPDATE, one UPDATE, the reservation and
+    its window links in one INSERT each.
+    """
     if estimate < 0:
         raise ValidationFailed("a cost estimate cannot be negative")
     _maybe_sweep_expired()
     now = timezone.now()
     with _budget_lock(), transaction.atomic():
         budgets = list(budgets_applicable(team=team, user=user, api_key=api_key).select_related("team", "user", "api_key"))
-        window_ids = [budget_window(budget=budget, at=now).pk for budget in budgets]
-        # Lock in primary-key order so concurrent reservations never deadlock.
-        windows = list(
-            BudgetWindow.objects.select_for_update().filter(pk__in=window_ids).select_related("budget").order_by("pk")
-        )
+        windows = _windows_locked(budgets=budgets, at=now) if budgets else []
         budget_by_id = {budget.pk: budget for budget in budgets}
         for window in windows:
             budget = budget_by_id[window.budget_id]
             if window.spent + window.reserved + estimate > budget.hard_limit:
-                over_by = window.spent + window.reserved + estimate - budget.hard_limit
-                raise BudgetExceeded(
-                    f"{_describe(budget)} would be exceeded: limit ${budget.hard_limit:.6f}, spent "
-                    f"${window.spent:.6f}, reserved ${window.reserved:.6f}, this request needs up to "
-                    f"${estimate:.6f} (over by ${over_by:.6f})",
-                    detail={
-                        "budget_id": budget.pk,
-                        "scope": budget.scope,
-                        "period": budget.period,
-                        "period_start": window.period_start.isoformat(),
-                        "limit": str(budget.hard_limit),
-                        "spent": str(window.spent),
-                        "reserved": str(window.reserved),
-                        "estimate": str(estimate),
-                        "over_by": str(over_by),
-                    },
-                )
-        for window in windows:
-            window.reserved += estimate
-            window.save(update_fields=["reserved"])
+                raise budget_exceeded_error(budget=budget, window=window, estimate=estimate)
+        if windows:
+            BudgetWindow.objects.filter(pk__in=[window.pk for window in windows]).update(
+                reserved=F("reserved") + estimate
+            )
         reservation = Reservation.objects.create(
             team=team,
             user=user if getattr(user, "pk", None) else None,
@@ -218,35 +245,47 @@ def budget_reserve(
             expires_at=now + timedelta(seconds=ttl_s),
         )
         if windows:
-            reservation.windows.set(windows)
+            # The through model directly: one INSERT instead of set()'s SELECT + INSERT.
+            link = Reservation.windows.through
+            link.objects.bulk_create([link(reservation_id=reservation.pk, budgetwindow_id=w.pk) for w in windows])
     return reservation
 
 
 def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservation:
-    """Replace the hold by the actual cost. A hold that already expired still books the spend."""
-    with _budget_lock(), transaction.atomic():
-        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
-        if current.status == ReservationStatus.SETTLED:
-            return current
-        windows = list(current.windows.select_for_update().order_by("pk"))
-        for window in windows:
-            if current.status == ReservationStatus.HELD:
-                window.reserved -= current.estimate
-            window.spent += actual
-            window.save(update_fields=["reserved", "spent"])
-        current.status = ReservationStatus.SETTLED
-        current.actual = actual
-        current.finished_at = timezone.now()
-        current.save(update_fields=["status", "actual", "finished_at"])
-        window_ids = [window.pk for window in windows]
-        transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=window_ids))
-    return current
+    """Replace the hold by the actual cost. A hold that already expired (or was released) still books the spend.
+
+    Idempotent: settling a settled reservation changes nothing. Joins the caller's transaction
+    when there is one (model_call writes the ledger row and settles in one transaction).
+    """
+    finished_at = timezone.now()
+    with _budget_lock(), transaction.atomic(savepoint=False):
+        # The conditional UPDATE claims the hold; a concurrent expiry or settle sees it gone.
+        held = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.HELD).update(
+            status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
+        )
+        if held:
+            windows = BudgetWindow.objects.filter(reservations=reservation.pk)
+            windows.update(reserved=F("reserved") - reservation.estimate, spent=F("spent") + actual)
+        else:
+            current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+            if current.status == ReservationStatus.SETTLED:
+                return current
+            # Expired or released: the hold is gone already; book the spend only.
+            BudgetWindow.objects.filter(reservations=current.pk).update(spent=F("spent") + actual)
+            Reservation.objects.filter(pk=current.pk).update(
+                status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
+            )
+        if actual > 0:
+            reservation_id = reservation.pk
+            transaction.on_commit(lambda: budget_soft_alerts_send(reservation_id=reservation_id))
+    reservation.status = ReservationStatus.SETTLED
+    reservation.actual = actual
+    reservation.finished_at = finished_at
+    return reservation
 
 
 def _release(current: Reservation, status: str) -> None:
-    for window in current.windows.select_for_update().order_by("pk"):
-        window.reserved -= current.estimate
-        window.save(update_fields=["reserved"])
+    BudgetWindow.objects.filter(reservations=current.pk).update(reserved=F("reserved") - current.estimate)
     current.status = status
     current.finished_at = timezone.now()
     current.save(update_fields=["status", "finished_at"])
@@ -286,14 +325,22 @@ def _maybe_sweep_expired() -> None:
         reservations_expire()
 
 
-def budget_soft_alerts_send(*, window_ids: list[int]) -> int:
-    """E-mail the team's owners and admins once per period when spend passes a budget's soft limit."""
+def budget_soft_alerts_send(*, window_ids: list[int] | None = None, reservation_id: int | None = None) -> int:
+    """E-mail the team's owners and admins once per period when spend passes a budget's soft limit.
+
+    Checks the given windows (or those of a reservation); one query when no alert is due.
+    """
     from apps.accounts.models import Membership, Role
 
+    windows = BudgetWindow.objects.filter(soft_alert_sent_at=None)
+    if reservation_id is not None:
+        windows = windows.filter(reservations=reservation_id)
+    else:
+        windows = windows.filter(pk__in=window_ids or [])
+    # spent >= hard_limit × percent / 100, compared in SQL so that no row comes back when none is due.
+    windows = windows.filter(spent__gte=F("budget__hard_limit") * F("budget__soft_limit_percent") / 100)
     sent = 0
-    for window in BudgetWindow.objects.filter(pk__in=window_ids, soft_alert_sent_at=None).select_related(
-        "budget", "budget__team", "budget__user", "budget__api_key"
-    ):
+    for window in windows.select_related("budget", "budget__team", "budget__user", "budget__api_key"):
         budget = window.budget
         if window.spent < budget.soft_limit:
             continue
@@ -305,6 +352,7 @@ def budget_soft_alerts_send(*, window_ids: list[int]) -> int:
         recipients = list(
             Membership.objects.filter(team=budget.team, role__in=[Role.OWNER, Role.ADMIN])
             .exclude(user__email="")
+            .order_by("user__email")
             .values_list("user__email", flat=True)
         )
         if recipients:
@@ -386,32 +434,33 @@ def usage_record(
 ) -> UsageRecord:
     """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row)."""
     cost = cost_of(usage=usage, price=price) if price is not None else ZERO
-    return UsageRecord.objects.create(
-        team=context.team,
-        user=context.user if getattr(context.user, "pk", None) else None,
-        api_key=context.api_key,
-        query_run_id=context.query_run_id,
-        agent_run_id=context.agent_run_id,
-        pipeline_name=context.pipeline_name,
-        stage=stage,
-        model_name=model_name,
-        endpoint=endpoint,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        gpu_seconds=money_seconds(usage.gpu_seconds),
-        cpu_seconds=money_seconds(usage.cpu_seconds),
-        latency_ms=latency_ms,
-        finish_reason=finish_reason[:32],
-        cost=cost,
-        price=price,
-        price_input_per_mtok=price.input_per_mtok if price else ZERO,
-        price_output_per_mtok=price.output_per_mtok if price else ZERO,
-        price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
-        price_per_gpu_second=price.per_gpu_second if price else ZERO,
-        price_per_cpu_second=price.per_cpu_second if price else ZERO,
-        reservation=reservation,
-    )
+    with _budget_lock():  # SQLite: one writer at a time
+        return UsageRecord.objects.create(
+            team=context.team,
+            user=context.user if getattr(context.user, "pk", None) else None,
+            api_key=context.api_key,
+            query_run_id=context.query_run_id,
+            agent_run_id=context.agent_run_id,
+            pipeline_name=context.pipeline_name,
+            stage=stage,
+            model_name=model_name,
+            endpoint=endpoint,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            gpu_seconds=money_seconds(usage.gpu_seconds),
+            cpu_seconds=money_seconds(usage.cpu_seconds),
+            latency_ms=latency_ms,
+            finish_reason=finish_reason[:32],
+            cost=cost,
+            price=price,
+            price_input_per_mtok=price.input_per_mtok if price else ZERO,
+            price_output_per_mtok=price.output_per_mtok if price else ZERO,
+            price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
+            price_per_gpu_second=price.per_gpu_second if price else ZERO,
+            price_per_cpu_second=price.per_cpu_second if price else ZERO,
+            reservation=reservation,
+        )
 
 
 def money_seconds(value) -> Decimal:
