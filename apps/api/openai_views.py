@@ -242,10 +242,18 @@ class ModelsView(OpenAIView):
         return Response({"object": "list", "data": data})
 
 
+def _as_base64(vector: list[float]) -> str:
+    # OpenAI's base64 format: little-endian float32, what the official client asks for by default.
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 class EmbeddingsInputSerializer(serializers.Serializer):
     model = serializers.CharField()
     input = serializers.JSONField()
-    encoding_format = serializers.ChoiceField(choices=["float"], default="float")
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], default="float")
 
 
 class EmbeddingsView(OpenAIView):
@@ -268,10 +276,14 @@ class EmbeddingsView(OpenAIView):
         result = embeddings_create(
             team=request.team, model=values["model"], texts=texts, user=request.user, api_key=_api_key(request)
         )
+        encode = _as_base64 if values["encoding_format"] == "base64" else (lambda vector: vector)
         return Response(
             {
                 "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(result["vectors"])],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": encode(vector)}
+                    for i, vector in enumerate(result["vectors"])
+                ],
                 "model": values["model"],
                 "usage": {"prompt_tokens": result["tokens"], "total_tokens": result["tokens"]},
             }
