@@ -1,0 +1,237 @@
+"""Metering overhead and overspend under concurrency, on PostgreSQL.
+
+    .venv/bin/python benchmarks/metering.py --json out/metering.json [--requests 500]
+
+Phase 1 (overhead): each request runs the same EchoTarget call twice, interleaved and in
+alternating order: once through ``apps.costs.metering.model_call`` (price lookup, worst-case
+reservation against a team + user budget, the engine's ``generate``, the ledger row, the
+settlement) and once as the engine's ``generate`` alone. The per-request overhead is the
+difference; we report its p50/p95 in milliseconds, plus the queries one metered call makes.
+
+Phase 2 (overspend): ``--concurrent`` requests from ``--threads`` threads against a budget
+that fits exactly ``--fits`` of them (each call's actual cost equals its estimate).
+overspend = max(0, spent - limit); ``fit_ok`` says whether exactly ``--fits`` succeeded.
+
+DATABASE_URL defaults to postgresql://postgres@127.0.0.1:5432/parsimony_bench; the database
+is created when missing and migrated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/parsimony_bench"
+
+
+def _ensure_database(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme.lower() not in {"postgres", "postgresql", "pgsql"}:
+        return
+    import psycopg
+    from psycopg import sql
+
+    name = parsed.path.lstrip("/")
+    admin = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def _setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
+    os.environ.setdefault("PARSIMONY_INPROCESS_SYNC", "1")
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int) -> dict:
+    from django.conf import settings
+    from django.db import connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.accounts.models import Role
+    from apps.accounts.services import membership_set, team_create, user_create
+    from apps.costs import metering
+    from apps.costs.models import ModelEndpoint
+    from apps.costs.selectors import budget_status
+    from apps.costs.services import BudgetExceeded, LedgerContext, budget_save, price_set
+    from workers.runtime.meter import EchoTarget, generate
+
+    tag = uuid.uuid4().hex[:8]
+    team = team_create(name=f"bench-{tag}")
+    user = user_create(username=f"bench-{tag}", password="bench-password-not-used")
+    membership_set(team=team, user=user, role=Role.MEMBER)
+    price_name = f"bench/echo-{tag}"
+    price_set(model_name=price_name, input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"))
+    cap = 16
+    endpoint = ModelEndpoint.objects.create(
+        team=team, name=f"echo-{tag}", kind="openai", base_url="http://echo.invalid/v1", price_name=price_name,
+        max_output_tokens=cap,
+    )
+    # A team budget and a user budget: the usual case of two windows locked per call.
+    budget_save(team=team, hard_limit=Decimal(1_000_000), period="month")
+    budget_save(team=team, scope="user", user=user, hard_limit=Decimal(1_000_000), period="day")
+    context = LedgerContext(team=team, user=user, pipeline_name="bench")
+    target = EchoTarget(reply=" ".join(["word"] * 12))
+    metering._target_override = lambda _endpoint: target
+    messages = [
+        {"role": "system", "content": "Answer from the context."},
+        {"role": "user", "content": "What does the benchmark measure? " + "context " * 40},
+    ]
+    wall = settings.PARSIMONY_MODEL_WALL_TIME_S
+
+    def metered() -> float:
+        t0 = time.perf_counter()
+        metering.model_call(endpoint=endpoint, messages=messages, context=context)
+        return time.perf_counter() - t0
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        generate(target=target, messages=messages, max_output_tokens=cap, wall_time_limit_s=wall)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        metered()
+        plain()
+    with CaptureQueriesContext(connection) as queries:
+        metered()
+    queries_per_call = len(queries.captured_queries)
+
+    metered_s: list[float] = []
+    plain_s: list[float] = []
+    overhead_s: list[float] = []
+    for i in range(requests):
+        if i % 2:
+            m, p = metered(), plain()
+        else:
+            p, m = plain(), metered()
+        metered_s.append(m)
+        plain_s.append(p)
+        overhead_s.append(m - p)
+
+    # ------------------------------------------------------------------ concurrent phase
+    ctag = uuid.uuid4().hex[:8]
+    cteam = team_create(name=f"bench-concurrent-{ctag}")
+    full = EchoTarget(reply=" ".join(["word"] * cap))  # actual == estimate: exactly `fits` fit
+    metering._target_override = lambda _endpoint: full
+    cendpoint = ModelEndpoint.objects.create(
+        team=cteam, name=f"echo-{ctag}", kind="openai", base_url="http://echo.invalid/v1", price_name=price_name,
+        max_output_tokens=cap,
+    )
+    cmessages = [{"role": "user", "content": "one two three four"}]
+    from apps.costs.metering import call_estimate
+
+    _, per_call = call_estimate(endpoint=cendpoint, target=full, messages=cmessages, max_output_tokens=cap)
+    cbudget = budget_save(team=cteam, hard_limit=per_call * fits, period="day")
+    ccontext = LedgerContext(team=cteam)
+
+    def one(_: int) -> str:
+        try:
+            metering.model_call(endpoint=cendpoint, messages=cmessages, context=ccontext)
+            return "ok"
+        except BudgetExceeded:
+            return "refused"
+        except Exception as exc:  # noqa: BLE001 - reported, not hidden
+            return f"error: {type(exc).__name__}: {exc}"
+        finally:
+            connections.close_all()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        outcomes = list(pool.map(one, range(concurrent)))
+    concurrent_s = time.perf_counter() - t0
+    metering._target_override = None
+    status = budget_status(budget=cbudget)
+    overspend = max(Decimal(0), status.spent - cbudget.hard_limit)
+    errors = sorted({o for o in outcomes if o.startswith("error")})
+
+    return {
+        "requests": requests,
+        "overhead_p50_ms": _ms(_percentile(overhead_s, 0.50)),
+        "overhead_p95_ms": _ms(_percentile(overhead_s, 0.95)),
+        "overhead_mean_ms": _ms(statistics.fmean(overhead_s)),
+        "overspend": float(overspend),
+        "overspend_usd": str(overspend),
+        "metered_p50_ms": _ms(_percentile(metered_s, 0.50)),
+        "metered_p95_ms": _ms(_percentile(metered_s, 0.95)),
+        "unmetered_p50_ms": _ms(_percentile(plain_s, 0.50)),
+        "unmetered_p95_ms": _ms(_percentile(plain_s, 0.95)),
+        "queries_per_metered_call": queries_per_call,
+        "budgets_per_call": 2,
+        "concurrent": {
+            "requests": concurrent,
+            "threads": threads,
+            "fits": fits,
+            "succeeded": outcomes.count("ok"),
+            "refused": outcomes.count("refused"),
+            "errors": errors[:5],
+            "fit_ok": outcomes.count("ok") == fits,
+            "limit_usd": str(cbudget.hard_limit),
+            "spent_usd": str(status.spent),
+            "reserved_usd": str(status.reserved),
+            "wall_s": round(concurrent_s, 3),
+        },
+        "target": "overhead_p95_ms <= 5 and overspend == 0",
+        "target_met": _percentile(overhead_s, 0.95) * 1000 <= 5 and overspend == 0,
+        "database": connection.vendor,
+        "database_server": connection.cursor().connection.info.server_version
+        if connection.vendor == "postgresql" else None,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, type=Path, help="write the results here")
+    parser.add_argument("--requests", type=int, default=500, help="paired requests in the overhead phase")
+    parser.add_argument("--concurrent", type=int, default=200, help="requests in the concurrent phase")
+    parser.add_argument("--threads", type=int, default=24)
+    parser.add_argument("--fits", type=int, default=50, help="how many concurrent requests the budget fits")
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args(argv)
+    url = os.environ.get("DATABASE_URL") or DEFAULT_URL
+    _ensure_database(url)
+    _setup_django(url)
+    result = run(
+        requests=args.requests, concurrent=args.concurrent, threads=args.threads, fits=args.fits, warmup=args.warmup
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0 if result["target_met"] and result["concurrent"]["fit_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
