@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from apps.api import rag_views, views
+from apps.api import corpora_views, rag_views, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
@@ -19,6 +19,11 @@ urlpatterns = [
     path("v1/jobs", views.JobListView.as_view(), name="api-jobs"),
     path("v1/jobs/<int:job_id>", views.JobDetailView.as_view(), name="api-job"),
     path("v1/jobs/<int:job_id>/cancel", views.JobCancelView.as_view(), name="api-job-cancel"),
+    path("v1/corpora", corpora_views.CorpusListView.as_view(), name="api-corpora"),
+    path("v1/corpora/<int:corpus_id>", corpora_views.CorpusDetailView.as_view(), name="api-corpus"),
+    path("v1/corpora/<int:corpus_id>/documents", corpora_views.DocumentListView.as_view(), name="api-documents"),
+    path("v1/corpora/<int:corpus_id>/search", corpora_views.SearchView.as_view(), name="api-search"),
+    path("v1/documents/<int:document_id>", corpora_views.DocumentDetailView.as_view(), name="api-document"),
     path("v1/pipelines", rag_views.PipelineListView.as_view(), name="api-pipelines"),
     path("v1/pipelines/<int:pipeline_id>", rag_views.PipelineDetailView.as_view(), name="api-pipeline"),
     path("v1/queries", rag_views.QueryListView.as_view(), name="api-queries"),

@@ -158,6 +158,16 @@ PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)
 PARSIMONY_MAX_UPLOAD_BYTES = env_int("PARSIMONY_MAX_UPLOAD_BYTES", 50_000_000, minimum=1)
 PARSIMONY_DEFAULT_EMBEDDING_MODEL = env_str("PARSIMONY_DEFAULT_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 
+# The API-key rate limit counts in this cache: use Redis when several web processes serve.
+CACHE_URL = env_str("CACHE_URL")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
