@@ -1,0 +1,211 @@
+"""RAG question answering through the real pipeline, several pipeline configs side by side.
+
+    .venv/bin/python benchmarks/rag_qa.py --dataset ../shared/data/nq-open-oracle --limit 40 --json nq.json
+    .venv/bin/python benchmarks/rag_qa.py --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --limit 30 --json hp.json
+    .venv/bin/python benchmarks/rag_qa.py --dataset ... --configs '[{"name": "top3", "top_k": 3}]'
+
+Datasets: the nq-open-oracle format (passages.jsonl + questions.jsonl with `answers`) — one corpus
+holding the chosen questions' gold passages plus 5 distractor passages per question — and the
+HotpotQA sample format (questions_with_paragraphs.jsonl) — one corpus per question holding its
+own 10 paragraphs (the distractor setting). Passages are ingested through the real pipeline
+(bulk import -> parse -> chunk -> embed -> FAISS + BM25) and every question goes through
+`query_run_start` / `query_run_execute` exactly as an API call does, so the ledger prices it.
+
+Reported per config: exact match and F1 (SQuAD normalisation), `contained` (the normalised gold
+answer appears in the normalised output), `answer_in_context` (the gold answer is in the
+retrieved passages the model saw), prompt / completion tokens and cost per question at the
+configured model's price, the same tokens at a priced remote model (gpt-4o-mini by default),
+cost-of-pass = mean cost per question / contained ("inf" when contained is 0), p50 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer  # noqa: E402
+
+DEFAULT_CONFIGS = [
+    {"name": "naive-dense-top5", "retriever": "dense", "top_k": 5},
+    {"name": "naive-dense-top10", "retriever": "dense", "top_k": 10},
+]
+CONFIG_DEFAULTS = {
+    "retriever": "dense", "top_k": 5, "compression_method": "none", "compression_target": 1.0,
+    "prompting_strategy": "naive", "model": "smollm2-135m-instruct", "max_output_tokens": 32, "system_prompt": "",
+}
+
+
+def _setup_django(tmp: Path) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
+    os.environ["DATA_ROOT"] = os.environ.get("PARSIMONY_BENCH_DATA_ROOT", str(tmp / "data"))
+    os.environ.setdefault("PARSIMONY_VAR_DIR", str(tmp / "var"))
+    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    os.environ["PARSIMONY_TORCH_THREADS"] = os.environ.get("PARSIMONY_TORCH_THREADS", "1")
+    os.environ["PARSIMONY_INPROCESS_SYNC"] = "1"
+    os.environ.pop("CELERY_BROKER_URL", None)
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _records_jsonl(passages: list[dict]) -> bytes:
+    rows = [{"id": p["pid"], "title": p["title"], "text": p["text"]} for p in passages]
+    return "\n".join(json.dumps(row, ensure_ascii=False) for row in rows).encode()
+
+
+def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
+    """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats."""
+    if (dataset / "questions_with_paragraphs.jsonl").exists():
+        tasks = []
+        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
+            passages = [{"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()} for p in row["paragraphs"]]
+            tasks.append({"question": row["question"], "answers": [row["answer"]], "passages": passages, "corpus": row["qid"]})
+        return "hotpotqa", tasks
+    passages = {p["pid"]: p for p in _read_jsonl(dataset / "passages.jsonl")}
+    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
+    gold = [pid for q in questions for pid in q["gold_pids"]]
+    others = [pid for pid in passages if pid not in set(gold)][: 5 * len(questions)]
+    shared = [passages[pid] for pid in dict.fromkeys(gold + others)]
+    tasks = [{"question": q["question"], "answers": q["answers"], "passages": shared, "corpus": "shared"} for q in questions]
+    return "nq", tasks
+
+
+def _corpora(team, tasks: list[dict]) -> dict[str, object]:
+    from apps.corpora.services import corpus_create, documents_import_records
+
+    corpora = {}
+    for task in tasks:
+        key = task["corpus"]
+        if key in corpora:
+            continue
+        corpus = corpus_create(team=team, name=f"bench-{key}"[:120])
+        documents_import_records(
+            corpus=corpus, filename="passages.jsonl", data=_records_jsonl(task["passages"]),
+            text_field="text", title_field="title", id_field="id",
+        )
+        corpora[key] = corpus
+    return corpora
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--configs", help="JSON list of pipeline configs (inline or a file path)")
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--remote-price", default="gpt-4o-mini", help="price-book name for the 'same tokens at' column")
+    args = parser.parse_args()
+    configs = DEFAULT_CONFIGS
+    if args.configs:
+        raw = Path(args.configs).read_text() if Path(args.configs).exists() else args.configs
+        configs = json.loads(raw)
+
+    with tempfile.TemporaryDirectory(prefix="parsimony-rag-qa-") as tmp_name:
+        _setup_django(Path(tmp_name))
+        from django.core.management import call_command
+
+        from apps.accounts.services import team_create
+        from apps.costs.pricing import Usage, cost_of
+        from apps.costs.services import price_current
+        from apps.rag.models import QueryRun
+        from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+
+        prices = ROOT.parent / "shared" / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
+        call_command("import_prices", str(prices), "--only", args.remote_price, verbosity=0)
+        remote_price = price_current(model_name=args.remote_price)
+
+        dataset_kind, tasks = _load_tasks(args.dataset, args.limit)
+        team = team_create(name="bench")
+        started = time.perf_counter()
+        corpora = _corpora(team, tasks)
+        ingest_s = time.perf_counter() - started
+
+        results: dict[str, dict] = {}
+        for config in configs:
+            values = {**CONFIG_DEFAULTS, **{k: v for k, v in config.items() if k != "name"}}
+            model = values.pop("model")
+            pipelines = {}
+            for key, corpus in corpora.items():
+                pipelines[key] = pipeline_save(
+                    team=team, name=f"{config['name']}-{len(pipelines)}"[:120], model_endpoint=model, corpora=[corpus], **values
+                )
+            rows = []
+            for task in tasks:
+                run = query_run_start(team=team, pipeline=pipelines[task["corpus"]], question=task["question"])
+                run = query_run_execute(query_run_id=run.pk) if not QueryRun.objects.get(pk=run.pk).is_finished else run
+                run.refresh_from_db()
+                from apps.corpora.models import Chunk
+
+                context = " ".join(Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("text", flat=True))
+                remote = cost_of(usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens), price=remote_price)
+                rows.append(
+                    {
+                        "em": exact_match(run.answer, task["answers"]),
+                        "f1": f1_score(run.answer, task["answers"]),
+                        "contained": contained(run.answer, task["answers"]),
+                        "answer_in_context": contained(context, task["answers"]),
+                        "prompt_tokens": run.prompt_tokens,
+                        "completion_tokens": run.completion_tokens,
+                        "cost": run.cost,
+                        "remote_cost": remote,
+                        "latency_s": run.latency_ms / 1000,
+                        "status": run.status,
+                        "answer": run.answer,
+                    }
+                )
+                print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
+                      f"gold={task['answers'][0]!r} contained={rows[-1]['contained']:.0f}", file=sys.stderr)
+            n = len(rows)
+            accuracy = sum(r["contained"] for r in rows) / n
+            mean_cost = sum((r["cost"] for r in rows), Decimal(0)) / n
+            mean_remote = sum((r["remote_cost"] for r in rows), Decimal(0)) / n
+            results[config["name"]] = {
+                "em": round(sum(r["em"] for r in rows) / n, 4),
+                "f1": round(sum(r["f1"] for r in rows) / n, 4),
+                "contained": round(accuracy, 4),
+                "answer_in_context": round(sum(r["answer_in_context"] for r in rows) / n, 4),
+                "prompt_tokens": round(sum(r["prompt_tokens"] for r in rows) / n, 1),
+                "completion_tokens": round(sum(r["completion_tokens"] for r in rows) / n, 1),
+                "cost_per_question": float(mean_cost),
+                "cost_per_question_at_remote_price": float(mean_remote),
+                "remote_price_model": args.remote_price,
+                "cost_of_pass": float(mean_cost) / accuracy if accuracy else "inf",
+                "cost_of_pass_at_remote_price": float(mean_remote) / accuracy if accuracy else "inf",
+                "p50_latency_s": round(statistics.median(r["latency_s"] for r in rows), 3),
+                "failed": sum(r["status"] != "succeeded" for r in rows),
+                "config": {**values, "model": model},
+            }
+        summary = {
+            "dataset": args.dataset.name,
+            "dataset_format": dataset_kind,
+            "n": len(tasks),
+            "ingest_s": round(ingest_s, 1),
+            "torch_threads": int(os.environ["PARSIMONY_TORCH_THREADS"]),
+            "configs": results,
+        }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer  # noqa: E402
+
+
+def test_it_normalises_like_squad():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+
+
+def test_exact_match_and_f1_take_the_best_gold_answer():
+    assert exact_match("the Eiffel tower", ["Eiffel Tower", "tour Eiffel"]) == 1.0
+    assert f1_score("It is the Eiffel Tower in Paris", ["Eiffel Tower"]) == 2 * (2 / 5) * 1 / (2 / 5 + 1)
+    assert f1_score("no overlap", ["Eiffel Tower"]) == 0.0
+
+
+def test_contained_matches_whole_words_only():
+    assert contained("The answer is Wilhelm Conrad Röntgen, of Germany.", ["Wilhelm Conrad Röntgen"]) == 1.0
+    assert contained("It was in 1901.", ["190"]) == 0.0
