@@ -674,15 +674,27 @@ def corpus_index_rebuild(*, corpus: Corpus, progress: ProgressFn | None = None) 
     )
     if ids:
         vector_index.add(ids, vectors)
-    bm25_index = BM25Index.build(list(zip(ids, texts, strict=True)))
     folder = corpus_index_dir(corpus.pk)
     with index_file_lock(folder):
+        # Documents ingested or deleted while we were embedding: reconcile under the lock.
+        current = dict(
+            Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY)
+            .exclude(vector_id=None)
+            .values_list("vector_id", "text")
+        )
+        vector_index.remove([i for i in ids if i not in current])
+        late = sorted(set(current) - set(ids))
+        if late:
+            late_vectors, late_seconds = _encode_in_slabs(embedder, [current[i] for i in late], None)
+            vector_index.add(late, late_vectors)
+            seconds += late_seconds
+        bm25_index = BM25Index.build(sorted(current.items()))
         vector_index.save(folder / DENSE_DIR)
         bm25_save_atomic(bm25_index, corpus.pk)
         cache_put(corpus.pk, LoadedIndexes(stamp=index_stamp(corpus.pk), vector_index=vector_index, bm25_index=bm25_index))
     with transaction.atomic():
         _ledger_embed(corpus=corpus, embedder=embedder, tokens_by_user={None: sum(r[2] for r in rows)}, seconds=seconds)
-    return {"chunks": len(ids), "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
+    return {"chunks": vector_index.count, "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
 
 
 def corpus_index_rebuild_start(*, corpus: Corpus, user=None):
