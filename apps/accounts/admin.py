@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.accounts.models import ApiKey, Membership, Team
+from apps.accounts.models import ApiKey, Invitation, Membership, Team
 
 
 class MembershipInline(admin.TabularInline):
@@ -42,3 +42,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
         for api_key in queryset:
             api_key_revoke(api_key=api_key)
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["team", "role", "note", "created_by", "created_at", "expires_at", "accepted_by", "revoked_at"]
+    list_filter = ["team", "role"]
+    # Links are created in the UI (the token is shown once); the admin reads and revokes.
+    readonly_fields = ["nonce_hash", "created_by", "created_at", "accepted_at", "accepted_by"]
+
+    def has_add_permission(self, request) -> bool:
+        return False

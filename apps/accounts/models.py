@@ -90,3 +90,47 @@ class ApiKey(models.Model):
     def has_scope(self, scope: str) -> bool:
         # admin implies every other scope.
         return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+class Invitation(models.Model):
+    """An invitation link to join a team with a role. The link carries a signed token; only a
+    SHA-256 digest of its random part is stored, so the database alone cannot forge a link."""
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    note = models.CharField(max_length=200, blank=True, help_text="Who the link is for (shown to admins only)")
+    nonce_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the token's random part, hex")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="invitations_sent"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="invitations_accepted"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"invitation to {self.team} as {self.role}"
+
+    @property
+    def is_usable(self) -> bool:
+        from django.utils import timezone
+
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()
+
+    @property
+    def state(self) -> str:
+        from django.utils import timezone
+
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= timezone.now() else "pending"

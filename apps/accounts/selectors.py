@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from apps.accounts.models import ApiKey, Membership, Team
+from apps.accounts.models import ApiKey, Invitation, Membership, Team
 from apps.core.scoping import team_scoped
 
 
@@ -24,3 +24,12 @@ def team_members(*, team) -> QuerySet[Membership]:
 
 def team_api_keys(*, team) -> QuerySet[ApiKey]:
     return team_scoped(ApiKey, team).select_related("created_by")
+
+
+def team_invitations(*, team, pending_only: bool = False) -> QuerySet[Invitation]:
+    invitations = team_scoped(Invitation, team).select_related("created_by", "accepted_by")
+    if pending_only:
+        from django.utils import timezone
+
+        invitations = invitations.filter(accepted_at=None, revoked_at=None, expires_at__gt=timezone.now())
+    return invitations

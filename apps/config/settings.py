@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "admincharts",  # only for its static Chart.js (MIT), served by Django: no CDN
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",

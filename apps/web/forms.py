@@ -1,0 +1,215 @@
+"""Browser forms: parse and check input; every write still goes through a service."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+from apps.accounts.models import Role, Scope
+from apps.corpora.models import INDEX_TYPE_CHOICES
+from apps.costs.models import BudgetPeriod, BudgetScope
+from apps.rag.models import Pipeline, Retriever
+
+# --------------------------------------------------------------------------- team
+
+
+class InvitationForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER, help_text="The role the new member gets")
+    note = forms.CharField(
+        max_length=200, required=False, label="For whom (optional)", help_text="A reminder for admins, e.g. a name"
+    )
+    valid_days = forms.IntegerField(
+        min_value=1, max_value=30, initial=7, label="Valid for (days)", help_text="The link stops working after this"
+    )
+
+    def __init__(self, *args, can_invite_owner: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not can_invite_owner:
+            self.fields["role"].choices = [c for c in Role.choices if c[0] != Role.OWNER]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class SignUpForm(UserCreationForm):
+    email = forms.EmailField(required=False, help_text="Optional: for budget alerts if you become an admin")
+
+    class Meta(UserCreationForm.Meta):
+        fields = ("username", "email")
+
+
+SCOPE_HELP = {
+    Scope.READ: "read: list corpora, documents, pipelines, usage",
+    Scope.QUERY: "query: ask questions and search (spends budget)",
+    Scope.INGEST: "ingest: upload and delete documents",
+    Scope.ADMIN: "admin: everything, including pipelines and budgets",
+}
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="To recognise the key later, e.g. the app that uses it")
+    scopes = forms.MultipleChoiceField(
+        choices=[(s, SCOPE_HELP[s]) for s in Scope.values],
+        widget=forms.CheckboxSelectMultiple,
+        initial=[Scope.READ, Scope.QUERY],
+        help_text="What the key may do; give it no more than the app needs",
+    )
+    expires_in_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, label="Expires after (days, optional)",
+        help_text="Blank: never expires (revoke it when it is no longer needed)",
+    )
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+class CorpusForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    chunk_tokens = forms.IntegerField(
+        min_value=16, max_value=4096, initial=256, label="Chunk size (tokens)",
+        help_text="Passages are this long; every retrieved passage adds about this many tokens to a prompt",
+    )
+    overlap_tokens = forms.IntegerField(
+        min_value=0, max_value=1024, initial=32, label="Overlap (tokens)",
+        help_text="Tokens shared by neighbouring chunks, so an answer is not cut in two",
+    )
+    index_type = forms.ChoiceField(
+        choices=INDEX_TYPE_CHOICES, initial="auto", label="Vector index",
+        help_text="auto picks exact search for small corpora and an approximate index for large ones",
+    )
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        single = super().clean
+        if isinstance(data, list | tuple):
+            if not data and self.required:
+                raise forms.ValidationError(self.error_messages["required"], code="required")
+            return [single(item, initial) for item in data]
+        return [single(data, initial)]
+
+
+class UploadForm(forms.Form):
+    files = MultipleFileField(
+        label="Files",
+        help_text="PDF, Word, HTML, Markdown or text; .jsonl/.csv files are imported as one document per record",
+    )
+
+
+class SearchForm(forms.Form):
+    q = forms.CharField(max_length=500, label="Search this corpus")
+    retriever = forms.ChoiceField(choices=Retriever.choices, initial=Retriever.HYBRID, required=False)
+
+
+# --------------------------------------------------------------------------- ask
+
+
+class AskForm(forms.Form):
+    pipeline = forms.ModelChoiceField(queryset=Pipeline.objects.none(), empty_label=None)
+    question = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=4000)
+
+    def __init__(self, *args, pipelines=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if pipelines is not None:
+            self.fields["pipeline"].queryset = pipelines
+
+
+# --------------------------------------------------------------------------- pipelines
+
+# Cost effects of the options whose model field has no help_text of its own.
+PIPELINE_EXTRA_HELP = {
+    "name": "Lowercase letters, digits and dashes.",
+    "description": "For people; no effect on cost.",
+    "corpora": "Searched together; more corpora give more candidates but the prompt still gets top k passages.",
+    "model_endpoint": "The model that writes the answer: its price per token (or per device-second) "
+    "multiplies every other choice here.",
+    "prompting_strategy": "How the passages are laid out in the prompt; naive sends them all in one prompt "
+    "(the baseline the savings are measured against).",
+    "attention_backend": "How a local model attends over the context: cheaper backends cut device-seconds "
+    "on long prompts; no effect on remote endpoints.",
+    "system_prompt": "Sent with every question: its tokens are paid on every query.",
+}
+
+
+def pipeline_help(name: str) -> str:
+    field = Pipeline._meta.get_field(name)
+    model_help = str(getattr(field, "help_text", "") or "")
+    extra = PIPELINE_EXTRA_HELP.get(name, "")
+    return " ".join(part for part in (model_help.rstrip(".") + "." if model_help else "", extra) if part)
+
+
+class PipelineForm(forms.Form):
+    name = forms.SlugField(max_length=120)
+    description = forms.CharField(max_length=500, required=False)
+    model_endpoint = forms.ChoiceField(label="Model")
+    corpora = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, required=False)
+    retriever = forms.ChoiceField(choices=Retriever.choices)
+    top_k = forms.IntegerField(min_value=1, max_value=100, label="Passages (top k)")
+    compression_method = forms.ChoiceField(label="Compression")
+    compression_target = forms.FloatField(label="Compression target")
+    prompting_strategy = forms.ChoiceField(label="Prompting")
+    attention_backend = forms.ChoiceField(label="Attention")
+    max_output_tokens = forms.IntegerField(min_value=1, max_value=32768, label="Max answer tokens")
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def __init__(self, *args, endpoints=(), corpora=(), registry: dict[str, list[tuple[str, str]]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            field.help_text = pipeline_help(name)
+        self.fields["model_endpoint"].choices = [(e.name, f"{e.name} ({e.get_kind_display()})") for e in endpoints]
+        self.fields["corpora"].choices = [(str(c.pk), c.name) for c in corpora]
+        for name, choices in (registry or {}).items():
+            if name in self.fields:
+                self.fields[name].choices = choices
+        # Describe each method in its option text: the registry's own one-line description.
+        self.method_help = {name: dict(choices) for name, choices in (registry or {}).items()}
+
+    def values(self) -> dict:
+        data = dict(self.cleaned_data)
+        data.pop("name"), data.pop("model_endpoint"), data.pop("corpora")
+        return data
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+class BudgetForm(forms.Form):
+    scope = forms.ChoiceField(choices=BudgetScope.choices, help_text="Whose spending the budget limits")
+    user = forms.ChoiceField(required=False, label="Member (for a user budget)")
+    api_key = forms.ChoiceField(required=False, label="API key (for a key budget)")
+    period = forms.ChoiceField(choices=BudgetPeriod.choices, help_text="When the counter starts again")
+    hard_limit = forms.DecimalField(
+        min_value=Decimal(0), max_digits=24, decimal_places=6, label="Hard limit (USD)",
+        help_text="A request that could go over it is refused before any work runs",
+    )
+    soft_limit_percent = forms.IntegerField(
+        min_value=1, max_value=100, initial=80, label="Soft limit (%)",
+        help_text="Past this share of the hard limit admins get an e-mail and everyone a banner",
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args, members=(), api_keys=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["user"].choices = [("", "—")] + [(str(m.user_id), m.user.username) for m in members]
+        self.fields["api_key"].choices = [("", "—")] + [(str(k.pk), f"{k.name} ({k.prefix}…)") for k in api_keys]
+
+    def clean(self):
+        data = super().clean()
+        scope = data.get("scope")
+        if scope == BudgetScope.USER and not data.get("user"):
+            self.add_error("user", "Choose the member this budget limits.")
+        if scope == BudgetScope.API_KEY and not data.get("api_key"):
+            self.add_error("api_key", "Choose the API key this budget limits.")
+        return data

@@ -1,0 +1,107 @@
+"""Pipelines: create and edit with a form that explains every option and its effect on cost."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from apps.accounts.models import Role
+from apps.core.errors import ServiceError
+from apps.corpora import selectors as corpus_selectors
+from apps.costs.metering import endpoints_available
+from apps.rag import selectors as rag_selectors
+from apps.rag import services as rag_services
+from apps.rag.models import Pipeline
+from apps.web import selectors as web_selectors
+from apps.web.access import can, team_view
+from apps.web.forms import PipelineForm
+
+FORM_FIELDS = (
+    "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
+    "compression_target", "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+)
+
+
+@team_view()
+def pipeline_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "web/pipelines.html",
+        {"pipelines": rag_selectors.pipeline_list(team=request.team), "can_edit": can(request, Role.MEMBER)},
+    )
+
+
+def _form(request, data=None, initial=None) -> PipelineForm:
+    return PipelineForm(
+        data,
+        initial=initial,
+        endpoints=endpoints_available(team=request.team),
+        corpora=corpus_selectors.corpus_list(team=request.team),
+        registry=web_selectors.pipeline_method_choices(),
+    )
+
+
+def _initial(pipeline: Pipeline | None) -> dict:
+    if pipeline is None:
+        defaults = {f.name: f.default for f in Pipeline._meta.fields if f.name in FORM_FIELDS}
+        return {**defaults, "model_endpoint": "smollm2-135m-instruct"}
+    values = {name: getattr(pipeline, name) for name in FORM_FIELDS if name not in ("model_endpoint", "corpora")}
+    values["model_endpoint"] = pipeline.model_endpoint.name
+    values["corpora"] = [str(pk) for pk in pipeline.corpora.values_list("pk", flat=True)]
+    return values
+
+
+def _edit(request: HttpRequest, pipeline: Pipeline | None) -> HttpResponse:
+    status = 200
+    if request.method == "POST":
+        form = _form(request, request.POST)
+        if form.is_valid():
+            corpora = list(
+                corpus_selectors.corpus_list(team=request.team).filter(pk__in=form.cleaned_data["corpora"] or [])
+            )
+            try:
+                saved = rag_services.pipeline_save(
+                    team=request.team,
+                    name=form.cleaned_data["name"],
+                    model_endpoint=form.cleaned_data["model_endpoint"],
+                    corpora=corpora,
+                    pipeline=pipeline,
+                    created_by=request.user,
+                    **form.values(),
+                )
+            except ServiceError as exc:
+                fields = (exc.detail or {}).get("fields") or {}
+                for name, message in fields.items():
+                    form.add_error(name if name in form.fields else None, message)
+                if not fields:
+                    form.add_error("name" if exc.code == "duplicate" else None, exc.message)
+                status = exc.http_status
+            else:
+                messages.success(request, f"Pipeline {saved.name} saved.")
+                return redirect("pipelines")
+        else:
+            status = 400
+    else:
+        form = _form(request, initial=_initial(pipeline))
+    return render(request, "web/pipeline_form.html", {"form": form, "pipeline": pipeline}, status=status)
+
+
+@team_view(Role.MEMBER)
+def pipeline_create(request: HttpRequest) -> HttpResponse:
+    return _edit(request, None)
+
+
+@team_view(Role.MEMBER)
+def pipeline_edit(request: HttpRequest, pipeline_id: int) -> HttpResponse:
+    return _edit(request, rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id))
+
+
+@team_view(Role.ADMIN)
+@require_POST
+def pipeline_delete(request: HttpRequest, pipeline_id: int) -> HttpResponse:
+    pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+    rag_services.pipeline_delete(pipeline=pipeline)
+    messages.success(request, f"Pipeline {pipeline.name} deleted.")
+    return redirect("pipelines")

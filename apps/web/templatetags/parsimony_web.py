@@ -1,0 +1,137 @@
+"""Template helpers: money, search-hit highlighting, citation links, budget banners, form fields."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from django import template
+from django.urls import reverse
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
+
+register = template.Library()
+
+WORD = re.compile(r"\w{2,}", re.UNICODE)
+STOPWORDS = frozenset("the a an and or of to in on for is are was were be by with what who how why which".split())
+
+
+@register.filter
+def usd(value) -> str:
+    """$ amounts readable at every scale: cents for dollars, more digits for the fractions of a cent."""
+    if value in (None, ""):
+        return "—"
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return str(value)
+    if amount == 0:
+        return "$0"
+    size = abs(amount)
+    if size >= 1:
+        places = Decimal("0.01")
+    elif size >= Decimal("0.01"):
+        places = Decimal("0.0001")
+    elif size >= Decimal("0.000001"):
+        places = Decimal("0.000001")
+    else:
+        return "<$0.000001" if amount > 0 else "−<$0.000001"
+    shown = amount.quantize(places)
+    return f"−${-shown:,}" if shown < 0 else f"${shown:,}"
+
+
+def query_terms(query: str) -> list[str]:
+    terms = {t.lower() for t in WORD.findall(query or "")}
+    return sorted((t for t in terms if t not in STOPWORDS), key=len, reverse=True)
+
+
+@register.filter
+def highlight(text, query) -> str:
+    """Escape ``text``, then wrap the query's words in <mark>. Matching runs on the raw text and
+    each piece is escaped separately, so a term can never match inside an HTML entity."""
+    text = str(text or "")
+    terms = query_terms(str(query or ""))
+    if not terms:
+        return escape(text)
+    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    out, last = [], 0
+    for match in pattern.finditer(text):
+        out.append(escape(text[last : match.start()]))
+        out.append(f"<mark>{escape(match.group(0))}</mark>")
+        last = match.end()
+    out.append(escape(text[last:]))
+    return mark_safe("".join(out))
+
+
+def citation_url(citation: dict) -> str:
+    chunk_id = citation.get("chunk_id")
+    url = reverse("document-detail", args=[citation.get("document_id")])
+    return f"{url}?chunk={chunk_id}#chunk-{chunk_id}"
+
+
+@register.filter
+def cite_url(citation: dict) -> str:
+    return citation_url(citation)
+
+
+@register.filter
+def with_citations(answer, citations) -> str:
+    """The answer, escaped, with line breaks, and each [n] a link to the passage it cites."""
+    by_n = {int(c["n"]): c for c in (citations or []) if "n" in c}
+    html = escape(str(answer or ""))
+
+    def link(match: re.Match) -> str:
+        citation = by_n.get(int(match.group(1)))
+        if citation is None:
+            return match.group(0)
+        title = escape(citation.get("document_title") or "source")
+        return f'<a class="cite" href="{escape(citation_url(citation))}" title="{title}">[{match.group(1)}]</a>'
+
+    html = re.sub(r"\[(\d{1,3})\]", link, html)
+    return mark_safe(html.replace("\n", "<br>"))
+
+
+@register.filter
+def percent_of(part, whole) -> float:
+    try:
+        whole = float(whole)
+        return round(100 * float(part) / whole, 1) if whole else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+@register.filter
+def get_item(mapping, key):
+    return (mapping or {}).get(key)
+
+
+@register.inclusion_tag("web/_budget_banners.html", takes_context=True)
+def budget_banners(context) -> dict:
+    request = context.get("request")
+    team = getattr(request, "team", None)
+    if team is None:
+        return {"alerts": []}
+    from apps.costs.selectors import team_budget_alerts
+
+    return {"alerts": team_budget_alerts(team=team), "request": request}
+
+
+@register.inclusion_tag("web/_field.html")
+def field(bound_field, **attrs) -> dict:
+    return {"field": bound_field, **attrs}
+
+
+@register.simple_tag
+def status_badge(status: str) -> str:
+    css = {"ready": "succeeded", "processing": "running", "queued": "queued"}.get(status, status)
+    return format_html('<span class="status status-{}">{}</span>', css, status)
+
+
+@register.simple_tag(takes_context=True)
+def nav_current(context, names: str) -> str:
+    """aria-current="page" on the nav link whose section (space-separated url names) is open."""
+    request = context.get("request")
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.url_name in names.split():
+        return mark_safe('aria-current="page"')
+    return ""

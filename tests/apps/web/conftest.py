@@ -1,0 +1,94 @@
+"""Web fixtures: a temporary DATA_ROOT, logged-in clients per role, team A's objects."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from apps.accounts.models import Role
+from apps.accounts.services import membership_set
+
+
+@pytest.fixture(autouse=True)
+def _data_root(settings, tmp_path):
+    settings.DATA_ROOT = tmp_path / "data"
+    settings.DATA_ROOT.mkdir()
+    from apps.corpora import indexing
+
+    indexing._CACHE.clear()
+    yield
+    indexing._CACHE.clear()
+
+
+def _client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def member(team_a, make_user):
+    user = make_user("mike")
+    membership_set(team=team_a, user=user, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def admin_user(team_a, make_user):
+    user = make_user("ada")
+    membership_set(team=team_a, user=user, role=Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def viewer(team_a):
+    return team_a.memberships.get(user__username="victor").user
+
+
+@pytest.fixture
+def owner_client(alice):
+    return _client_for(alice)
+
+
+@pytest.fixture
+def member_client(member):
+    return _client_for(member)
+
+
+@pytest.fixture
+def admin_client_a(admin_user):
+    return _client_for(admin_user)
+
+
+@pytest.fixture
+def viewer_client(viewer):
+    return _client_for(viewer)
+
+
+@pytest.fixture
+def outsider_client(bob):
+    """The owner of team B: a member of another team."""
+    return _client_for(bob)
+
+
+@pytest.fixture
+def corpus(team_a, alice):
+    from apps.corpora.services import corpus_create
+
+    return corpus_create(team=team_a, name="Handbook", user=alice, chunk_tokens=64, overlap_tokens=8)
+
+
+@pytest.fixture
+def pipeline(team_a, corpus, default_models_db):
+    from apps.rag.services import pipeline_save
+
+    return pipeline_save(
+        team=team_a, name="handbook-qa", model_endpoint="smollm2-135m-instruct", corpora=[corpus], max_output_tokens=32
+    )
+
+
+@pytest.fixture
+def default_models_db(db):
+    from apps.costs.defaults import ensure_default_models
+
+    ensure_default_models()
