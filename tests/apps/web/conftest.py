@@ -92,3 +92,14 @@ def default_models_db(db):
     from apps.costs.defaults import ensure_default_models
 
     ensure_default_models()
+
+
+@pytest.fixture
+def echo_model(monkeypatch):
+    """Generation by the engine's EchoTarget (instant); retrieval and embeddings stay real."""
+    from apps.costs import metering
+    from workers.runtime.meter import EchoTarget
+
+    monkeypatch.setattr(
+        metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="Zebras have stripes [1]")
+    )
