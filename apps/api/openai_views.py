@@ -14,6 +14,7 @@ import time
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotAuthenticated, PermissionDenied
@@ -123,7 +124,7 @@ def _finish_reason(run: QueryRun) -> str:
 
 
 class ChatCompletionsView(OpenAIView):
-    @extend_schema(request=ChatCompletionInputSerializer, responses={200: serializers.JSONField()},
+    @extend_schema(request=ChatCompletionInputSerializer, responses={200: OpenApiTypes.OBJECT},
                    summary="OpenAI-compatible chat completion over a pipeline or a model endpoint")
     def post(self, request):
         data = ChatCompletionInputSerializer(data=request.data)
@@ -225,7 +226,7 @@ def _stream(run_id: int, model: str, include_usage: bool):
 class ModelsView(OpenAIView):
     required_scope = "read"
 
-    @extend_schema(responses={200: serializers.JSONField()}, summary="OpenAI-compatible list of pipelines and models")
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="OpenAI-compatible list of pipelines and models")
     def get(self, request):
         data = [
             {"id": p.name, "object": "model", "created": int(p.created_at.timestamp()), "owned_by": request.team.slug,
@@ -257,7 +258,7 @@ class EmbeddingsInputSerializer(serializers.Serializer):
 
 
 class EmbeddingsView(OpenAIView):
-    @extend_schema(request=EmbeddingsInputSerializer, responses={200: serializers.JSONField()},
+    @extend_schema(request=EmbeddingsInputSerializer, responses={200: OpenApiTypes.OBJECT},
                    summary="OpenAI-compatible embeddings (metered, budgeted, run on the gpu queue)")
     def post(self, request):
         from apps.rag.embeddings import embeddings_create

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
@@ -248,7 +249,7 @@ class UsageView(APIView):
             OpenApiParameter("since", str, description="ISO date/datetime (inclusive)"),
             OpenApiParameter("until", str, description="ISO date/datetime (exclusive)"),
         ],
-        responses={200: serializers.JSONField()},
+        responses={200: OpenApiTypes.OBJECT},
         summary="Spend and tokens grouped by day, model, user, API key, pipeline or stage, with savings",
     )
     def get(self, request):
