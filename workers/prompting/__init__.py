@@ -1,12 +1,15 @@
-"""Prompting strategies, chosen by name. Each turns (question, passages) into chat messages."""
+"""Prompting strategies, chosen by name. Each turns (question, passages) into chat messages;
+strategies with `runs_model = True` (superposition) also run a local model themselves."""
 
 from __future__ import annotations
 
-from workers.prompting.base import Passage, PromptingStrategy
+from workers.prompting.base import ModelRunningStrategy, Passage, PromptingStrategy
 from workers.prompting.naive import NaivePrompting
+from workers.prompting.superposition import SuperpositionPrompting
 
 STRATEGIES: dict[str, type[PromptingStrategy]] = {
     NaivePrompting.name: NaivePrompting,
+    SuperpositionPrompting.name: SuperpositionPrompting,
 }
 
 
@@ -17,4 +20,4 @@ def get_strategy(name: str) -> PromptingStrategy:
         raise ValueError(f"unknown prompting strategy {name!r} (valid: {', '.join(sorted(STRATEGIES))})") from None
 
 
-__all__ = ["STRATEGIES", "Passage", "PromptingStrategy", "get_strategy"]
+__all__ = ["STRATEGIES", "ModelRunningStrategy", "Passage", "PromptingStrategy", "get_strategy"]

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,32 @@ class Passage:
 
 
 class PromptingStrategy(Protocol):
+    """Turns (question, passages) into chat messages for a plain metered generate().
+
+    `runs_model` False (the default): the caller sends `build_messages(...)` to any endpoint.
+    `runs_model` True: the strategy needs the model's internals (KV caches, masks, positions)
+    and runs it itself through `generate(...)` (see `ModelRunningStrategy`); it must still
+    build plain messages, used for estimates and when there is nothing to lay out.
+    """
+
     name: str
+    runs_model: bool
 
     def build_messages(self, *, system_prompt: str, question: str, passages: list[Passage]) -> list[dict]: ...
+
+
+class ModelRunningStrategy(PromptingStrategy, Protocol):
+    """A strategy that runs a local model itself and returns a meter-compatible GenerationResult."""
+
+    def generate(
+        self,
+        *,
+        model: Any,  # workers.runtime.local_lm.LoadedModel
+        system_prompt: str,
+        question: str,
+        passages: Sequence[Passage],
+        max_output_tokens: int,
+        wall_time_limit_s: float,
+        on_token: Callable[[str], None] | None = None,
+        kv_store: Any = None,  # indexes.kv_store.KVStore
+    ) -> Any: ...  # a workers.runtime.meter.GenerationResult

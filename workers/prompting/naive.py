@@ -17,6 +17,7 @@ def format_context(passages: list[Passage]) -> str:
 
 class NaivePrompting:
     name = "naive"
+    runs_model = False
 
     def build_messages(self, *, system_prompt: str, question: str, passages: list[Passage]) -> list[dict]:
         messages: list[dict] = []
