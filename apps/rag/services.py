@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
-from apps.costs.metering import endpoint_resolve, endpoint_target, model_call
+from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of, money, to_decimal, worst_case_cost
 from apps.costs.services import (
@@ -65,12 +66,21 @@ def _registry_names() -> dict[str, list[str]]:
     }
 
 
-def pipeline_validate(*, values: dict[str, Any]) -> None:
-    """Reject unknown method names (listing the valid ones) and nonsensical numbers."""
+def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint | None = None) -> None:
+    """Reject unknown method names (listing the valid ones), nonsensical numbers, and strategies
+    that run the model themselves (superposition) on a remote endpoint."""
+    from workers.prompting import STRATEGIES
+
     errors: dict[str, str] = {}
     for field, valid in _registry_names().items():
         if field in values and values[field] not in valid:
             errors[field] = f"unknown {field.replace('_', ' ')} {values[field]!r} (valid: {', '.join(valid)})"
+    strategy = STRATEGIES.get(values.get("prompting_strategy", ""))
+    if model_endpoint is not None and getattr(strategy, "runs_model", False) and model_endpoint.kind != EndpointKind.LOCAL:
+        errors["prompting_strategy"] = (
+            f"prompting strategy {values['prompting_strategy']!r} runs the model itself and needs a local model; "
+            f"{model_endpoint.name!r} is a remote endpoint"
+        )
     if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
         errors["top_k"] = "top_k must be between 1 and 100"
     if "compression_target" in values and not float(values["compression_target"]) > 0:
@@ -101,9 +111,10 @@ def pipeline_save(
     unknown = set(values) - set(PIPELINE_FIELDS)
     if unknown:
         raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
-    pipeline_validate(values=values)
     if isinstance(model_endpoint, str):
         model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
+    current = {"prompting_strategy": pipeline.prompting_strategy} if pipeline is not None else {}
+    pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
     if model_endpoint.team_id not in (None, team.pk):
         raise ValidationFailed("that model endpoint belongs to another team")
     for corpus in corpora or []:
@@ -255,7 +266,8 @@ def _baseline_generation_cost(record: UsageRecord, baseline_prompt_tokens: int) 
     Tokens are counted exactly; device seconds are scaled by the token ratio (prefill and decode
     both grow with the tokens processed) — an estimate, stated as such in docs/costs.md.
     """
-    actual_tokens = record.prompt_tokens + record.completion_tokens
+    # Tokens served from a prefix/KV cache cost no device time: scale by the tokens computed.
+    actual_tokens = record.prompt_tokens - record.cached_tokens + record.completion_tokens
     baseline_tokens = baseline_prompt_tokens + record.completion_tokens
     scale = Decimal(baseline_tokens) / Decimal(actual_tokens) if actual_tokens else Decimal(1)
     snapshot = _PriceSnapshot(
@@ -273,6 +285,50 @@ def _baseline_generation_cost(record: UsageRecord, baseline_prompt_tokens: int) 
 
 def _ledger_total(run_id: int) -> Decimal:
     return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+
+
+def _strategy_generate(*, strategy, run: QueryRun, endpoint: ModelEndpoint, target, context: LedgerContext,
+                       passages: list, stream: _AnswerStream) -> MeteredCall:
+    """Generation by a strategy that runs the local model itself (superposition), billed like model_call:
+    one ledger row under the run's reservation, KV-store hits as cached tokens, compute as device seconds."""
+    from indexes.kv_store import DEFAULT_MAX_BYTES, KVStore
+    from workers.runtime.local_lm import LoadedModel
+
+    if endpoint.kind != EndpointKind.LOCAL or not isinstance(target, LoadedModel):
+        raise ValidationFailed(f"prompting strategy {strategy.name!r} needs a local model; {endpoint.name!r} is not one")
+    store = KVStore(
+        Path(settings.DATA_ROOT) / "kv-cache",
+        max_bytes=int(getattr(settings, "PARSIMONY_KV_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)),
+    )
+    price = price_current(model_name=endpoint.price_name)
+    result = strategy.generate(
+        model=target,
+        system_prompt=run.pipeline.system_prompt,
+        question=run.question,
+        passages=passages,
+        max_output_tokens=max(1, min(run.max_output_tokens, endpoint.max_output_tokens)),
+        wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
+        on_token=stream,
+        kv_store=store,
+    )
+    record = usage_record(
+        context=context,
+        stage=Stage.GENERATE,
+        model_name=endpoint.price_name,
+        usage=Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cached_tokens=result.cached_tokens,
+            gpu_seconds=to_decimal(result.gpu_s),
+            cpu_seconds=to_decimal(0.0 if result.gpu_s else result.compute_s),
+        ),
+        price=price,
+        latency_ms=int(result.wall_s * 1000),
+        finish_reason=result.finish_reason,
+        endpoint=endpoint,
+        reservation=run.reservation,
+    )
+    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
 
 
 def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
@@ -329,17 +385,23 @@ def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, 
 
     progress(2, 3, "generating")
     strategy = get_strategy(pipeline.prompting_strategy)
-    messages = strategy.build_messages(
-        system_prompt=pipeline.system_prompt, question=run.question, passages=compressed.passages
-    )
-    call = model_call(
-        endpoint=endpoint,
-        messages=messages,
-        context=context,
-        max_output_tokens=run.max_output_tokens,
-        on_token=stream,
-        reservation=run.reservation,
-    )
+    if getattr(strategy, "runs_model", False) and compressed.passages:
+        call = _strategy_generate(
+            strategy=strategy, run=run, endpoint=endpoint, target=target, context=context,
+            passages=compressed.passages, stream=stream,
+        )
+    else:
+        messages = strategy.build_messages(
+            system_prompt=pipeline.system_prompt, question=run.question, passages=compressed.passages
+        )
+        call = model_call(
+            endpoint=endpoint,
+            messages=messages,
+            context=context,
+            max_output_tokens=run.max_output_tokens,
+            on_token=stream,
+            reservation=run.reservation,
+        )
     # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
     naive = get_strategy("naive").build_messages(
         system_prompt=pipeline.system_prompt, question=run.question, passages=passages
