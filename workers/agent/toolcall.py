@@ -1,0 +1,124 @@
+"""The constrained JSON tool-call format for local models, and its robust parsing.
+
+A local model replies with exactly one JSON object, either
+    {"tool": "<name>", "arguments": {...}}     to call one of the offered tools, or
+    {"answer": "<text>"}                       to answer.
+Small models wrap it in prose or code fences, use single quotes, or trail a second object:
+``first_json_object`` takes the first decodable ``{...}`` in the text (strict JSON first, then a
+Python-literal reading for single quotes / True / None). ``parse_reply`` classifies the object
+and checks the tool name and the arguments against the offered tools' schemas.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.agent.schema import validate_arguments
+
+_DECODER = json.JSONDecoder()
+_FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
+
+FORMAT_INSTRUCTIONS = (
+    "Reply with ONE JSON object and nothing else.\n"
+    'To call a tool: {"tool": "<tool name>", "arguments": {<argument name>: <value>, ...}}\n'
+    'To give the final answer: {"answer": "<the answer>"}'
+)
+
+
+def _balanced_candidate(text: str, start: int) -> str | None:
+    """The substring from ``start`` (a '{') to its matching '}', ignoring braces inside strings."""
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch in ('"', "'"):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return None
+
+
+def first_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` (code fences and prose around it ignored), or None."""
+    if not text:
+        return None
+    cleaned = _FENCE.sub("", text)
+    for start in (i for i, ch in enumerate(cleaned) if ch == "{"):
+        try:
+            value, _ = _DECODER.raw_decode(cleaned, start)
+        except json.JSONDecodeError:
+            candidate = _balanced_candidate(cleaned, start)
+            if candidate is None:
+                continue
+            try:
+                value = ast.literal_eval(candidate)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+@dataclass
+class ParsedReply:
+    """One classified model reply. kind: "tool", "answer" or "invalid" (with ``problem``)."""
+
+    kind: str
+    tool: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    answer: str | None = None
+    problem: str | None = None
+
+
+def _answer_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    return json.dumps(value, ensure_ascii=False)
+
+
+def parse_reply(text: str, *, schemas: dict[str, dict[str, Any]]) -> ParsedReply:
+    """Classify a reply against the offered tools (``schemas``: name -> JSON schema)."""
+    obj = first_json_object(text)
+    if obj is None:
+        return ParsedReply(kind="invalid", problem="the reply contains no JSON object")
+    if "tool" in obj or "name" in obj and "arguments" in obj:
+        name = obj.get("tool", obj.get("name"))
+        if not isinstance(name, str) or name not in schemas:
+            offered = ", ".join(sorted(schemas)) or "none"
+            return ParsedReply(kind="invalid", tool=str(name), problem=f"unknown tool {name!r} (offered: {offered})")
+        arguments = obj.get("arguments", obj.get("args", {}))
+        if isinstance(arguments, str):
+            arguments = first_json_object(arguments) if arguments.strip() else {}
+        if arguments is None:
+            arguments = {}
+        repaired, problems = validate_arguments(schemas[name], arguments)
+        if problems:
+            return ParsedReply(
+                kind="invalid", tool=name, arguments=arguments if isinstance(arguments, dict) else {},
+                problem=f"invalid arguments for {name}: " + "; ".join(str(p) for p in problems[:3]),
+            )
+        return ParsedReply(kind="tool", tool=name, arguments=repaired)
+    if "answer" in obj:
+        return ParsedReply(kind="answer", answer=_answer_text(obj["answer"]))
+    return ParsedReply(kind="invalid", problem='the JSON object has neither "tool" nor "answer"')
+
+
+def corrective_message(problem: str) -> str:
+    return f"That reply was not valid: {problem}.\n{FORMAT_INSTRUCTIONS}"
