@@ -143,9 +143,31 @@ PIPELINE_EXTRA_HELP = {
 }
 
 
+def endpoint_label(endpoint) -> str:
+    """The model's name, kind and current price: the first thing that decides a query's cost."""
+    from apps.core.errors import ServiceError
+    from apps.costs.services import price_current
+
+    try:
+        price = price_current(model_name=endpoint.price_name)
+    except ServiceError:
+        return f"{endpoint.name} ({endpoint.kind}, no price yet)"
+    if price.per_gpu_second or price.per_cpu_second:
+        per_hour = [
+            f"${value * 3600:.2f}/{unit}-hour"
+            for value, unit in ((price.per_gpu_second, "GPU"), (price.per_cpu_second, "CPU"))
+            if value
+        ]
+        return f"{endpoint.name} ({endpoint.kind}, {' or '.join(per_hour)})"
+    return (
+        f"{endpoint.name} ({endpoint.kind}, ${price.input_per_mtok.normalize():f} in / "
+        f"${price.output_per_mtok.normalize():f} out per 1M tokens)"
+    )
+
+
 def pipeline_help(name: str) -> str:
     field = Pipeline._meta.get_field(name)
-    model_help = str(getattr(field, "help_text", "") or "")
+    model_help = str(getattr(field, "help_text", "") or "").replace("`", "")
     extra = PIPELINE_EXTRA_HELP.get(name, "")
     return " ".join(part for part in (model_help.rstrip(".") + "." if model_help else "", extra) if part)
 
@@ -168,13 +190,15 @@ class PipelineForm(forms.Form):
         super().__init__(*args, **kwargs)
         for name, field in self.fields.items():
             field.help_text = pipeline_help(name)
-        self.fields["model_endpoint"].choices = [(e.name, f"{e.name} ({e.get_kind_display()})") for e in endpoints]
+        self.fields["model_endpoint"].choices = [(e.name, endpoint_label(e)) for e in endpoints]
         self.fields["corpora"].choices = [(str(c.pk), c.name) for c in corpora]
-        for name, choices in (registry or {}).items():
+        # The registries' names as choices; each method's own one-line description in the help.
+        for name, described in (registry or {}).items():
             if name in self.fields:
-                self.fields[name].choices = choices
-        # Describe each method in its option text: the registry's own one-line description.
-        self.method_help = {name: dict(choices) for name, choices in (registry or {}).items()}
+                self.fields[name].choices = [(value, value) for value, _ in described]
+                about = "; ".join(f"{value}: {text}" for value, text in described if text)
+                if about:
+                    self.fields[name].help_text += f" Options — {about}"
 
     def values(self) -> dict:
         data = dict(self.cleaned_data)

@@ -45,7 +45,7 @@ def _form(request, data=None, initial=None) -> PipelineForm:
 
 def _initial(pipeline: Pipeline | None) -> dict:
     if pipeline is None:
-        defaults = {f.name: f.default for f in Pipeline._meta.fields if f.name in FORM_FIELDS}
+        defaults = {f.name: f.get_default() for f in Pipeline._meta.fields if f.name in FORM_FIELDS}
         return {**defaults, "model_endpoint": "smollm2-135m-instruct"}
     values = {name: getattr(pipeline, name) for name in FORM_FIELDS if name not in ("model_endpoint", "corpora")}
     values["model_endpoint"] = pipeline.model_endpoint.name

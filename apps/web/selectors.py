@@ -37,9 +37,11 @@ class DocumentRow:
 
     @property
     def message(self) -> str:
-        if self.active and self.job is not None:
-            return self.job.message or self.job.status
-        return ""
+        if not self.active:
+            return ""
+        if self.job is None or self.job.status == "queued":
+            return "waiting for a worker"
+        return self.job.message or "starting"
 
 
 def corpus_list_with_counts(*, team):
@@ -123,7 +125,7 @@ def _describe(cls) -> str:
 
 def pipeline_method_choices() -> dict[str, list[tuple[str, str]]]:
     """Choices for the pipeline form: the registries' names (as pipeline_validate knows them),
-    each labelled with the method's own one-line description."""
+    each with the method's own one-line description ("" when it has none)."""
     from apps.rag.services import _registry_names
     from workers.compression import METHODS
     from workers.prompting import STRATEGIES
@@ -136,6 +138,6 @@ def pipeline_method_choices() -> dict[str, list[tuple[str, str]]]:
         choices = []
         for name in names[field]:
             about = _describe(registry[name]) if name in registry else ""
-            choices.append((name, f"{name} — {about}" if about else name))
+            choices.append((name, about))
         out[field] = choices
     return out

@@ -24,11 +24,12 @@ from apps.web.forms import BudgetForm
 
 PERIODS = (7, 30, 90)
 BREAKDOWNS = (
-    ("model_name", "By model", "Model"),
-    ("user", "By user", "User"),
-    ("api_key", "By API key", "API key"),
-    ("pipeline_name", "By pipeline", "Pipeline"),
-    ("stage", "By stage", "Stage"),
+    # field, title, column, the label of rows without a value
+    ("model_name", "By model", "Model", "—"),
+    ("user", "By user", "User", "(no user: API keys, system)"),
+    ("api_key", "By API key", "API key", "(no key: browser, system)"),
+    ("pipeline_name", "By pipeline", "Pipeline", "(none: uploads, direct calls)"),
+    ("stage", "By stage", "Stage", "—"),
 )
 
 
@@ -49,8 +50,8 @@ def usage(request: HttpRequest) -> HttpResponse:
     records = cost_selectors.usage_list(team=request.team, since=since)
     per_day = cost_selectors.spend_per_day(team=request.team, days=days, today=today)
     breakdowns = [
-        (field, title, column, cost_selectors.usage_by(records=records, field=field))
-        for field, title, column in BREAKDOWNS
+        (field, title, column, empty, cost_selectors.usage_by(records=records, field=field))
+        for field, title, column, empty in BREAKDOWNS
     ]
     total = sum((cost for _, cost in per_day), start=0)
     context = {

@@ -16,8 +16,21 @@ from apps.core import services as job_services
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
+    from apps.corpora.selectors import corpus_list
+    from apps.costs.selectors import spend_per_day
+    from apps.rag.selectors import pipeline_list, query_run_list
+
     jobs = job_selectors.job_list(team=request.team)[:10]
-    return render(request, "web/home.html", {"jobs": jobs})
+    context = {"jobs": jobs}
+    if request.team is not None:
+        week = spend_per_day(team=request.team, days=7)
+        context.update(
+            corpora=corpus_list(team=request.team).count(),
+            pipelines=pipeline_list(team=request.team).count(),
+            recent=query_run_list(team=request.team)[:5],
+            spent_week=sum((cost for _, cost in week), start=0),
+        )
+    return render(request, "web/home.html", context)
 
 
 @login_required

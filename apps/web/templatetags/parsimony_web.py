@@ -53,7 +53,8 @@ def highlight(text, query) -> str:
     terms = query_terms(str(query or ""))
     if not terms:
         return escape(text)
-    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    # A term marks the whole word it starts: "zebra" marks "Zebras".
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(t) for t in terms) + r")\w*", re.IGNORECASE)
     out, last = [], 0
     for match in pattern.finditer(text):
         out.append(escape(text[last : match.start()]))
