@@ -103,6 +103,7 @@ class MeteredCall:
     text: str
     finish_reason: str
     record: UsageRecord
+    tool_calls: list[dict] | None = None  # OpenAI-style tool calls (endpoints asked with `tools`)
 
     @property
     def cost(self) -> Decimal:
@@ -120,6 +121,7 @@ def model_call(
     reservation: Reservation | None = None,
     wall_time_limit_s: float | None = None,
     stop: list[str] | None = None,
+    tools: list[dict] | None = None,
 ) -> MeteredCall:
     """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own."""
     from workers.runtime.meter import generate
@@ -147,6 +149,7 @@ def model_call(
             wall_time_limit_s=wall_time_limit_s or settings.PARSIMONY_MODEL_WALL_TIME_S,
             on_token=on_token,
             stop=stop,
+            **({"tools": tools} if tools else {}),
         )
     except Exception:
         if own_reservation is not None:
@@ -157,7 +160,7 @@ def model_call(
     with _budget_lock(), transaction.atomic():
         record = _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation,
                                     own_reservation)
-    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
+    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls)
 
 
 def _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation, own_reservation):

@@ -62,6 +62,8 @@ class GenerationResult:
     model: str
     usage_estimated: bool = False
     error: str | None = None
+    # OpenAI-compatible endpoints asked with `tools`: the tool calls the model made, as sent.
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -168,12 +170,15 @@ def generate(
     on_token: Callable[[str], None] | None = None,
     temperature: float = 0.0,
     stop: list[str] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> GenerationResult:
     """Run one chat completion under hard caps and report what it used.
 
     `on_token` receives text pieces as they are produced; their concatenation equals the final
     `text`. Temperature 0 means greedy decoding. `stop` strings end generation and are not
-    included in `text` (the tokens that produced them are still counted).
+    included in `text` (the tokens that produced them are still counted). `tools` (OpenAI
+    function definitions) reach OpenAI-compatible endpoints only, whose tool calls come back on
+    `GenerationResult.tool_calls`; local models and the echo ignore them.
     Raises ValueError for bad caps and EndpointError when an endpoint fails before producing
     anything billable; failures after partial output return finish_reason "error".
     """
@@ -190,7 +195,7 @@ def generate(
         result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
     elif isinstance(target, (OpenAICompatConfig, OpenAICompatClient)):
         result = _generate_openai(
-            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop
+            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop, tools
         )
     else:
         raise TypeError(f"unsupported generation target: {type(target).__name__}")
@@ -384,6 +389,7 @@ def _generate_openai(
     on_token: Callable[[str], None] | None,
     temperature: float,
     stop: list[str] | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> GenerationResult:
     config = _openai_config(target)
     client = target if isinstance(target, OpenAICompatClient) else OpenAICompatClient(config)
@@ -407,6 +413,7 @@ def _generate_openai(
                 timeout_s=timeout_s,
                 on_text=on_text,
                 deadline=deadline,
+                **({"tools": tools} if tools else {}),
             )
         else:
             completion = client.chat(
@@ -415,6 +422,7 @@ def _generate_openai(
                 temperature=temperature,
                 stop=stop,
                 timeout_s=timeout_s,
+                **({"tools": tools} if tools else {}),
             )
     except EndpointError as exc:
         partial = exc.partial or "".join(streamed)
@@ -474,6 +482,7 @@ def _from_completion(
         compute_s=0.0,
         model=config.display_name,
         usage_estimated=estimated,
+        tool_calls=completion.tool_calls,
     )
 
 

@@ -81,6 +81,8 @@ class ChatCompletion:
     cached_tokens: int | None = None
     model: str = ""
     raw_usage: dict[str, Any] | None = None
+    # OpenAI tool calling: [{"id", "type": "function", "function": {"name", "arguments"}}], when asked for.
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def usage_reported(self) -> bool:
@@ -141,6 +143,7 @@ class OpenAICompatClient:
         temperature: float,
         stop: list[str] | None,
         stream: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         # max_tokens is always sent: an unbounded completion is an unbounded bill.
         payload: dict[str, Any] = {
@@ -152,6 +155,8 @@ class OpenAICompatClient:
         }
         if stop:
             payload["stop"] = list(stop)
+        if tools:
+            payload["tools"] = list(tools)
         if stream:
             # Without this, streaming responses carry no usage at all.
             payload["stream_options"] = {"include_usage": True}
@@ -168,10 +173,15 @@ class OpenAICompatClient:
         temperature: float = 0.0,
         stop: list[str] | None = None,
         timeout_s: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> ChatCompletion:
-        """Non-streaming chat completion. Raises EndpointError on HTTP or transport failure."""
+        """Non-streaming chat completion. Raises EndpointError on HTTP or transport failure.
+
+        `tools` (OpenAI function definitions) are sent as given; the reply's tool calls come
+        back on `ChatCompletion.tool_calls`.
+        """
         payload = self._payload(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=False
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=False, tools=tools
         )
         try:
             response = self._http.post("/chat/completions", json=payload, timeout=self._timeout(timeout_s))
@@ -197,6 +207,7 @@ class OpenAICompatClient:
             cached_tokens=cached,
             model=data.get("model") or self.config.model,
             raw_usage=data.get("usage"),
+            tool_calls=(choice.get("message") or {}).get("tool_calls") or None,
         )
 
     def chat_stream(
@@ -209,6 +220,7 @@ class OpenAICompatClient:
         timeout_s: float | None = None,
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> ChatCompletion:
         """Streaming (SSE) chat completion; `on_text` gets each content piece as it arrives.
 
@@ -218,9 +230,10 @@ class OpenAICompatClient:
         event in the middle of the stream raises too, with the partial text on `exc.partial`.
         """
         payload = self._payload(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=True
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, stream=True, tools=tools
         )
         pieces: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         model = self.config.model
@@ -248,6 +261,8 @@ class OpenAICompatClient:
                             pieces.append(piece)
                             if on_text is not None:
                                 on_text(piece)
+                        for delta_call in (choice.get("delta") or {}).get("tool_calls") or []:
+                            _merge_tool_call(calls, delta_call)
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
                     if deadline is not None and time.monotonic() > deadline and usage is None:
@@ -266,7 +281,21 @@ class OpenAICompatClient:
             cached_tokens=cached,
             model=model,
             raw_usage=usage,
+            tool_calls=[calls[i] for i in sorted(calls)] or None,
         )
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Streamed tool calls arrive in pieces keyed by index: concatenate the argument text."""
+    index = int(delta.get("index", len(calls)))
+    call = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        call["function"]["arguments"] += function["arguments"]
 
 
 def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
