@@ -1,0 +1,107 @@
+"""The RAG pipeline with the superposition strategy: local models only, cache hits billed as cached tokens."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from apps.core.errors import ValidationFailed
+from apps.costs import metering
+from apps.costs.models import ModelEndpoint, Stage, UsageRecord
+from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+PASSAGES = [
+    ("List of Nobel laureates in Physics",
+     "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Conrad Röntgen, of Germany."),
+    ("Paris", "Paris is the capital and most populous city of France."),
+    ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris."),
+]
+
+
+@pytest.fixture
+def remote_endpoint(db):
+    return ModelEndpoint.objects.create(
+        name="remote-gpt", kind="openai", base_url="http://remote.invalid/v1", price_name="local/smollm2-135m-instruct"
+    )
+
+
+def test_it_rejects_superposition_on_a_remote_endpoint_at_validation(team_a, remote_endpoint):
+    with pytest.raises(ValidationFailed, match="needs a local model; 'remote-gpt' is a remote endpoint"):
+        pipeline_save(team=team_a, name="sp", model_endpoint=remote_endpoint, prompting_strategy="superposition")
+    naive = pipeline_save(team=team_a, name="naive", model_endpoint=remote_endpoint)
+    with pytest.raises(ValidationFailed, match="needs a local model"):
+        pipeline_save(team=team_a, name="naive", model_endpoint=remote_endpoint, pipeline=naive,
+                      prompting_strategy="superposition")
+    local = pipeline_save(team=team_a, name="local-sp", model_endpoint="smollm2-135m-instruct",
+                          prompting_strategy="superposition")
+    assert local.prompting_strategy == "superposition"
+    # Switching a superposition pipeline to a remote endpoint is refused too.
+    with pytest.raises(ValidationFailed, match="needs a local model"):
+        pipeline_save(team=team_a, name="local-sp", model_endpoint=remote_endpoint, pipeline=local)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
+
+    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
+        cache = REPO_ROOT / "var" / "test-models"
+        cache.mkdir(parents=True, exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("model-cache")
+    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
+    return load_causal_lm("smollm2-135m-instruct", cache_dir=cache, device="cpu")
+
+
+@pytest.mark.slow
+def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
+    team_a, alice, smollm2, monkeypatch, settings, tmp_path
+):
+    from apps.corpora import selectors
+    from apps.corpora.services import corpus_create
+
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    hits = [
+        SimpleNamespace(
+            chunk=SimpleNamespace(pk=100 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
+                                  char_start=0, char_end=len(text)),
+            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
+        )
+        for n, (title, text) in enumerate(PASSAGES)
+    ]
+    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: hits)
+    corpus = corpus_create(team=team_a, name="facts")
+    pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
+                             prompting_strategy="superposition", max_output_tokens=16, top_k=3)
+
+    from apps.rag import services
+
+    pieces: list[str] = []
+    original_call = services._AnswerStream.__call__
+
+    def recording(self, piece: str) -> None:
+        pieces.append(piece)
+        original_call(self, piece)
+
+    monkeypatch.setattr(services._AnswerStream, "__call__", recording)
+    runs = []
+    for _ in range(2):
+        run = query_run_start(team=team_a, user=alice, pipeline=pipeline,
+                              question="who got the first nobel prize in physics")
+        runs.append(query_run_execute(query_run_id=run.pk))
+    cold, warm = runs
+    assert cold.status == warm.status == "succeeded"
+    assert "1901" in cold.answer and warm.answer == cold.answer
+    assert "".join(pieces) == cold.answer + warm.answer and len(pieces) > 2  # streamed piece by piece
+    cold_row = UsageRecord.objects.get(query_run_id=cold.pk, stage=Stage.GENERATE)
+    warm_row = UsageRecord.objects.get(query_run_id=warm.pk, stage=Stage.GENERATE)
+    assert cold_row.cached_tokens == 0 < warm_row.cached_tokens < warm_row.prompt_tokens == cold_row.prompt_tokens
+    assert warm_row.reservation_id == warm.reservation_id and warm_row.cpu_seconds > 0
+    assert warm.cached_tokens == warm_row.cached_tokens and warm.prompt_tokens == warm_row.prompt_tokens
+    assert warm.savings > 0 and warm.cost < warm.baseline_cost
+    assert list((tmp_path / "kv-cache").rglob("*.safetensors"))
