@@ -196,9 +196,8 @@ class PipelineForm(forms.Form):
         for name, described in (registry or {}).items():
             if name in self.fields:
                 self.fields[name].choices = [(value, value) for value, _ in described]
-                about = "; ".join(f"{value}: {text}" for value, text in described if text)
-                if about:
-                    self.fields[name].help_text += f" Options — {about}"
+                # Rendered as a list inside the help text (so it is part of aria-describedby).
+                self.fields[name].options_help = [(value, text) for value, text in described if text]
 
     def values(self) -> dict:
         data = dict(self.cleaned_data)

@@ -150,6 +150,10 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     assert page.locator("#documents[hx-trigger]").count() == 1
     assert page.locator("#documents progress").count() == 2
     _shot(page, shots_dir, "04-corpus-ingesting")
+    # The rows update in place (no reload) as the worker reports progress.
+    page.locator("#documents tr[data-status=processing]").first.wait_for(timeout=120_000)
+    page.locator("#documents").scroll_into_view_if_needed()
+    _shot(page, shots_dir, "04b-corpus-ingesting-progress", full_page=False)
     page.wait_for_function(
         "document.querySelectorAll('#documents tr[data-status=ready]').length === 2", timeout=180_000, polling=250
     )
@@ -255,9 +259,12 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     assert "The day budget of team 'Team A' would be exceeded" in text and "Over by" in text
     assert page.get_by_text("Budget warning:").count() == 1
     _shot(page, shots_dir, "17-ask-budget-refused")
-    budget_save(team=team_a, budget=budget, hard_limit=Decimal("100"), period="day")
+    # Room again (60% used, past a 50% soft limit): the budget's bar and warning on the dashboard.
+    budget_save(team=team_a, budget=budget, hard_limit=run.cost / Decimal("0.6"), period="day", soft_limit_percent=50)
     page.goto(f"{base}/usage/")
-    _shot(page, shots_dir, "18-usage-budgets")
+    assert page.locator("#budgets .budget.over-soft").count() == 1
+    page.locator("#budgets").scroll_into_view_if_needed()
+    _shot(page, shots_dir, "18-usage-budgets", full_page=False)
     context.close()
 
     # --- a viewer reads but cannot upload

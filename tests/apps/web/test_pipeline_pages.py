@@ -27,6 +27,8 @@ def test_the_form_explains_every_option_and_its_cost(member_client, corpus, defa
     assert "Caps the answer, and the worst-case cost" in body
     assert "its tokens are paid on every query" in body
     assert '<option value="none"' in body and '<option value="naive"' in body
+    # Each registered method is listed with its own description, inside the field's help text.
+    assert '<ul class="option-help"><li><code>' in body and "<code>naive</code>: Naive RAG prompting" in body
     assert 'aria-describedby="id_top_k_helptext"' in body
     for name in ("name", "top_k", "compression_method", "prompting_strategy", "max_output_tokens", "system_prompt"):
         assert f'<label for="id_{name}">' in body, name
