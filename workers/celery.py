@@ -20,6 +20,7 @@ TASK_MODULES = [
     "workers.tasks.ingestion",
     "workers.tasks.rag",
     "workers.tasks.costs",
+    "workers.tasks.agents",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)

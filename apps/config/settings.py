@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "apps.web",
     "apps.api",
     "apps.rag",
+    "apps.agents",
 ]
 
 MIDDLEWARE = [
@@ -230,3 +231,8 @@ if PARSIMONY_WORKER_DEVICE not in {"cpu", "cuda"}:
     raise ImproperlyConfiguredEnv(f"PARSIMONY_WORKER_DEVICE={PARSIMONY_WORKER_DEVICE!r}: use 'cpu' or 'cuda'")
 # Synchronous API queries wait this long before answering 202 with the job to poll.
 PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120.0)
+
+# --- Agents ------------------------------------------------------------------------------------
+# `http` tools: the transport timeout and the largest response read (hosts: the admin's allow-list).
+PARSIMONY_AGENT_HTTP_TIMEOUT_S = env_float("PARSIMONY_AGENT_HTTP_TIMEOUT_S", 10.0)
+PARSIMONY_AGENT_HTTP_MAX_BYTES = env_int("PARSIMONY_AGENT_HTTP_MAX_BYTES", 1_000_000, minimum=1)

@@ -38,3 +38,34 @@ def seed_docs_corpus(team, user, stdout) -> None:
 
 
 SEEDERS.append(seed_docs_corpus)
+
+
+def seed_agent_tools(team, user, stdout) -> None:
+    """The global built-in tools (math, calculator, date and time), indexed, and a demo math agent.
+
+    Idempotent: existing tools are refreshed only when their definition changed; the agent is
+    created once. When the "Parsimony docs" corpus exists, the team also gets a retrieval tool on it.
+    """
+    from apps.agents.models import Agent, Tool, ToolKind
+    from apps.agents.services import agent_save, builtin_tools_load, tool_create
+    from apps.corpora.models import Corpus
+
+    counts = builtin_tools_load()
+    stdout.write(f"Built-in tools: {counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged.")
+    docs = Corpus.objects.filter(team=team, name="Parsimony docs").first()
+    if docs is not None and not Tool.objects.filter(team=team, name="search_parsimony_docs").exists():
+        tool_create(
+            team=team, name="search_parsimony_docs", kind=ToolKind.RETRIEVAL, created_by=user,
+            description="Search Parsimony's own documentation (README and docs) for how the service works.",
+            config={"corpus_id": docs.pk, "k": 3},
+        )
+    if not Agent.objects.filter(team=team, name="math-agent").exists():
+        agent_save(
+            team=team, name="math-agent", model_endpoint="smollm2-135m-instruct", created_by=user,
+            description="Solves small math tasks with the built-in tool library",
+            system_prompt="You solve math tasks with tools. Use the numbers given in the task.",
+        )
+        stdout.write("Agent 'math-agent' created (model smollm2-135m-instruct).")
+
+
+SEEDERS.append(seed_agent_tools)
