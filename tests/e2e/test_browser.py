@@ -96,6 +96,13 @@ def live_app(live_server, settings, tmp_path, monkeypatch, default_models):
     monkeypatch.setattr(corpus_services, "documents_ingest", paced_ingest)
     yield live_server
     indexing._CACHE.clear()
+    # The background job threads keep their database connections: close them on their own threads.
+    from django.db import connections
+
+    from apps.core import dispatch
+
+    for executor in list(dispatch._executors.values()):
+        executor.submit(connections.close_all).result(timeout=60)
 
 
 def _login(browser, base_url: str, username: str, viewport=None):
