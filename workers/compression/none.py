@@ -11,6 +11,10 @@ from workers.prompting.base import Passage
 class NoCompression:
     name = "none"
 
+    def __init__(self, *, resources: object = None) -> None:
+        # Accepts the shared resources like every method so callers can build any method alike.
+        del resources
+
     def compress(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
     ) -> CompressedContext:

@@ -1,0 +1,515 @@
+"""Semantic compression (TCRA-LLM's second family): prune words, keep the sentences' meaning.
+
+`semantic_prune`: a word matters as much as deleting it moves its sentence's MiniLM embedding.
+All single-word-deletion variants of every sentence are embedded in one batched encode call
+per round; the lowest-impact words go first, in a few rounds (impacts are recomputed on the
+shortened sentences, since a word's impact changes once its neighbours are gone). The
+query-aware default mixes in each sentence's similarity to the query, so words of off-topic
+sentences go before words of on-topic ones.
+
+`surprisal_prune`: LLMLingua's idea with a small causal LM (SmolLM2-135M by default): a token
+the model finds predictable (low -log p) carries little information. Surprisal is computed per
+passage conditioned on the question (query-aware default) or on the title only (cacheable per
+chunk); the highest-surprisal words (or tokens) are kept up to the budget. Protected spans
+always survive: numbers, named entities (a heuristic: runs of capitalised words, see
+`text.protected_words`) and words of the query.
+
+Both choose from units (word or token spans) with a score, a token size and a protected flag;
+`select` and `finish` below are shared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from workers.compression.base import CompressedContext
+from workers.compression.cache import cache_key
+from workers.compression.resources import Resources
+from workers.compression.summarize import build, identity
+from workers.compression.text import (
+    Span,
+    allocate,
+    protected_words,
+    query_keywords,
+    sentence_spans,
+    token_budget,
+    word_spans,
+)
+from workers.prompting.base import Passage
+
+
+@dataclass
+class Unit:
+    """One prunable piece of a passage: a word (or a token) span, its cost and its value."""
+
+    passage: int
+    span: Span
+    size: int
+    score: float = 0.0
+    protected: bool = False
+
+
+def select(units: Sequence[Unit], budget: int) -> list[bool]:
+    """Keep protected units, then the highest-scoring others while they fit the budget.
+
+    Protected units are kept even when they alone exceed the budget (the caller reports the
+    overshoot in tokens_after); a unit that does not fit is skipped so smaller ones can still.
+    """
+    keep = [u.protected for u in units]
+    left = budget - sum(u.size for u in units if u.protected)
+    for i in sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: -units[i].score):
+        if left <= 0:
+            break
+        if units[i].size <= left:
+            keep[i] = True
+            left -= units[i].size
+    return keep
+
+
+def finish(
+    passages: list[Passage],
+    units: Sequence[Unit],
+    keep: list[bool],
+    budget: int,
+    count_tokens: Callable[[str], int],
+    before: int,
+) -> CompressedContext:
+    """Render kept units; while the rendered text is over budget, drop the lowest-scoring kept units.
+
+    Units are sized one by one but rendered joined, and tokenizers merge across spaces
+    differently, so the sum of sizes only estimates the rendered count.
+    """
+    def assemble() -> CompressedContext:
+        spans: dict[int, list[Span]] = {}
+        for unit, kept in zip(units, keep, strict=True):
+            if kept:
+                spans.setdefault(unit.passage, []).append(unit.span)
+        return build(passages, spans, count_tokens, before)
+
+    result = assemble()
+    droppable = sorted((i for i, k in enumerate(keep) if k and not units[i].protected), key=lambda i: units[i].score)
+    while result.tokens_after > budget and droppable:
+        # Drop roughly the excess at once (each unit is about one token), then re-measure.
+        excess = result.tokens_after - budget
+        for i in droppable[:excess]:
+            keep[i] = False
+        droppable = droppable[excess:]
+        result = assemble()
+    return result
+
+
+# ---------------------------------------------------------------------------- coarse stage
+
+
+@dataclass
+class Sentence:
+    passage: int
+    span: Span
+    words: list[Span]
+    sizes: list[int]  # tokens of each word, counted with a leading space as it renders
+    protected: list[bool]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def protected_tokens(self) -> int:
+        return sum(s for s, p in zip(self.sizes, self.protected, strict=True) if p)
+
+
+def sentences_of(
+    passages: list[Passage], count_tokens: Callable[[str], int], keywords: set[str] | None
+) -> list[list[Sentence]]:
+    """Sentences per passage with their words, word sizes and (when `keywords` is given) protection."""
+    out = []
+    for i, passage in enumerate(passages):
+        text = passage.text
+        words = word_spans(text)
+        flags = protected_words(text, words, keywords) if keywords is not None else [False] * len(words)
+        by_start = {w[0]: k for k, w in enumerate(words)}
+        sentences = []
+        for span in sentence_spans(text):
+            mine = word_spans(text, span)
+            ks = [by_start[w[0]] for w in mine]
+            sentences.append(
+                Sentence(
+                    passage=i,
+                    span=span,
+                    words=mine,
+                    sizes=[max(1, count_tokens(" " + text[a:b])) for a, b in mine],
+                    protected=[flags[k] for k in ks],
+                )
+            )
+        out.append(sentences)
+    return out
+
+
+# At most this share of the budget may go to protected words of the sentences the coarse stage
+# keeps; the rest is left for the fine stage's own choice (else it would choose nothing).
+PROTECTED_MAX_SHARE = 0.7
+
+
+def coarse_select(sentences: list[Sentence], scores: np.ndarray, budget: int, fine_keep: float) -> list[int]:
+    """Indices of the sentences the fine stage may prune from (best score first).
+
+    The coarse stage keeps the best-scoring sentences up to budget / fine_keep tokens (the fine
+    stage then keeps about `fine_keep` of them), then drops the weakest kept sentences until
+    their protected words fit in PROTECTED_MAX_SHARE of the budget, so protection never forces
+    the result over budget.
+    """
+    limit = budget / fine_keep
+    chosen, used = [], 0
+    for i in np.argsort(-scores, kind="stable"):
+        if used + sentences[i].tokens <= limit:
+            chosen.append(int(i))
+            used += sentences[i].tokens
+    while chosen and sum(sentences[i].protected_tokens for i in chosen) > PROTECTED_MAX_SHARE * budget:
+        chosen.pop()
+    return chosen
+
+
+def _relevance(resources: Resources, query: str, passages: list[Passage]) -> np.ndarray:
+    """Query relevance of every sentence (passage order), the extractive method's ranking."""
+    from workers.compression.summarize import Extractive
+
+    extractive = Extractive(resources=resources)
+    rel, _ = extractive.relevance(query, passages, [sentence_spans(p.text) for p in passages])
+    return rel
+
+
+# ---------------------------------------------------------------------------- semantic impact
+
+# MiniLM reads at most 256 word pieces; longer sentences are cut into windows of this many
+# words so every word's deletion is actually seen by the embedder.
+MAX_WINDOW_WORDS = 48
+
+
+class SemanticPrune:
+    """Drop the words whose deletion moves their sentence's embedding least.
+
+    Query-aware (default), coarse to fine: the sentences most relevant to the query (the
+    extractive ranking) are kept up to budget / `fine_keep` tokens, then words are pruned by
+    semantic impact inside them down to the budget; `fine_keep=None` prunes words everywhere
+    (pure word-level pruning, no coarse stage). `query_aware=False`: each chunk is pruned
+    alone to its proportional share by impact only, and whole results are cached per
+    (chunk, share).
+
+    Cost per round: one MiniLM encode of (words + windows) short texts over the sentences
+    being pruned; impacts are cached per sentence text, so a chunk seen before costs nothing.
+    """
+
+    name = "semantic_prune"
+
+    def __init__(
+        self,
+        *,
+        resources: Resources | None = None,
+        query_aware: bool = True,
+        fine_keep: float | None = 0.6,
+        rounds: int = 1,
+        protect: bool = False,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if fine_keep is not None and not 0.0 < fine_keep <= 1.0:
+            raise ValueError(f"fine_keep must be in (0, 1] or None, got {fine_keep}")
+        self.resources = resources or Resources()
+        self.query_aware = query_aware
+        self.fine_keep = fine_keep
+        self.rounds = rounds
+        self.protect = protect
+
+    def params(self) -> dict[str, Any]:
+        return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "rounds": self.rounds,
+                "protect": self.protect}
+
+    def impacts(self, windows: list[list[str]]) -> list[np.ndarray]:
+        """Deletion impact of every word of every window: impact[i] = 1 - cos(e(w), e(w without word i)).
+
+        All variants of all windows not in the cache go to the embedder in one encode call;
+        results are cached per window text (query- and target-independent).
+        """
+        embedder = self.resources.get_embedder()
+        cache = self.resources.cache
+        model = str(getattr(embedder, "model_path", type(embedder).__name__))
+        out: list[np.ndarray | None] = []
+        keys: list[str | None] = []
+        inputs: list[str] = []
+        for words in windows:
+            key = cache_key(f"{self.name}/impacts", {"model": model}, " ".join(words)) if cache is not None else None
+            hit = cache.get_array(key) if cache is not None and key is not None else None
+            keys.append(key)
+            if hit is not None and hit.shape == (len(words),):
+                out.append(hit.astype(np.float64))
+                continue
+            out.append(None)
+            if len(words) > 1:
+                inputs.append(" ".join(words))
+                inputs.extend(" ".join(words[:i] + words[i + 1 :]) for i in range(len(words)))
+        vectors = embedder.encode(inputs) if inputs else None  # (windows + words, D), normalised
+        row = 0
+        for k, words in enumerate(windows):
+            if out[k] is not None:
+                continue
+            if len(words) <= 1:
+                impact = np.ones(len(words))  # a lone word: deleting it deletes everything
+            else:
+                assert vectors is not None
+                base = vectors[row]  # (D,)
+                variants = vectors[row + 1 : row + 1 + len(words)]  # (n, D)
+                impact = (1.0 - variants @ base).astype(np.float64)  # (n,)
+                row += 1 + len(words)
+            out[k] = impact
+            if cache is not None and keys[k] is not None:
+                cache.put_array(keys[k], impact.astype(np.float32))
+        return [x for x in out if x is not None]
+
+    def compress(
+        self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressedContext:
+        started = time.perf_counter()
+        counts = [count_tokens(p.text) for p in passages]
+        before = sum(counts)
+        budget = token_budget(target, before)
+        if budget >= before:
+            return identity(passages, before)
+        if self.query_aware:
+            result = self._prune(query, passages, budget, count_tokens, before, coarse=self.fine_keep is not None)
+        else:
+            result = self._per_chunk(passages, counts, budget, count_tokens, before)
+        result.compute_s = time.perf_counter() - started
+        return result
+
+    def _per_chunk(self, passages, counts, budget, count_tokens, before) -> CompressedContext:
+        """Query-independent: each chunk pruned alone to its share, whole results cached."""
+        cache = self.resources.cache
+        kept: dict[int, list[Span]] = {}
+        for i, (passage, share) in enumerate(zip(passages, allocate(budget, counts), strict=True)):
+            key = cache_key(self.name, self.params(), passage.text, share)
+            hit = cache.get_json(key) if cache is not None else None
+            if hit is None:
+                one = self._prune("", [passage], share, count_tokens, counts[i], coarse=False)
+                hit = [list(s) for s in one.kept_spans.get(passage.chunk_id, [])]
+                if cache is not None:
+                    cache.put_json(key, hit)
+            kept[i] = [(a, b) for a, b in hit]
+        return build(passages, kept, count_tokens, before)
+
+    def _prune(self, query, passages, budget, count_tokens, before, *, coarse: bool) -> CompressedContext:
+        per_passage = sentences_of(passages, count_tokens, query_keywords(query) if self.protect else None)
+        sentences = [s for group in per_passage for s in group]
+        if coarse and sentences:
+            assert self.fine_keep is not None
+            chosen = coarse_select(sentences, _relevance(self.resources, query, passages), budget, self.fine_keep)
+            sentences = [sentences[i] for i in sorted(chosen)]
+        units: list[Unit] = []
+        windows: list[list[int]] = []  # unit indices per window
+        for sentence in sentences:
+            for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
+                window = []
+                for span, size, flag in zip(sentence.words[k : k + MAX_WINDOW_WORDS],
+                                            sentence.sizes[k : k + MAX_WINDOW_WORDS],
+                                            sentence.protected[k : k + MAX_WINDOW_WORDS], strict=True):
+                    window.append(len(units))
+                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag))
+                windows.append(window)
+        alive = [True] * len(units)
+        total = sum(u.size for u in units)
+        for round_no in range(1, self.rounds + 1):
+            # Impacts of the words still alive, per window as it now reads.
+            live_windows = [[j for j in w if alive[j]] for w in windows]
+            live_windows = [w for w in live_windows if w]
+            texts = [[passages[units[j].passage].text[slice(*units[j].span)] for j in w] for w in live_windows]
+            for window, impact in zip(live_windows, self.impacts(texts), strict=True):
+                for j, value in zip(window, impact, strict=True):
+                    units[j].score = float(value)
+            live = [j for j in range(len(units)) if alive[j]]
+            # Each round removes an equal share of what has to go.
+            goal = int(math.floor(total - (total - budget) * round_no / self.rounds))
+            for j, kept in zip(live, select([units[j] for j in live], goal), strict=True):
+                alive[j] = kept
+        return finish(passages, units, alive, budget, count_tokens, before)
+
+
+# ---------------------------------------------------------------------------- surprisal
+
+
+class SurprisalPrune:
+    """Keep the tokens a small causal LM finds most surprising, plus protected spans.
+
+    Coarse to fine like LongLLMLingua: with `fine_keep` set (default) the sentences most relevant
+    to the query (the extractive MiniLM ranking; without a query, the sentences of highest mean
+    surprisal) are kept up to budget / fine_keep tokens, then surprisal pruning inside them
+    reaches the budget. Protected words of the kept sentences always survive (the coarse stage
+    keeps them within 70% of the budget); with `fine_keep=None` (plain LLMLingua) every
+    protected word of the context survives, even past the budget.
+
+    Cost: one forward pass of the scorer per chunk that has a kept sentence, over (prefix + chunk)
+    tokens (model_prompt_tokens reports them). `granularity="word"` (default) scores a word by
+    the highest surprisal of its tokens and keeps or drops whole words, which keeps multi-token
+    names intact; `"token"` keeps single tokens like LLMLingua. `query_aware=False` conditions
+    on the title only, prunes each chunk to its own share, and caches surprisals per chunk.
+    """
+
+    name = "surprisal_prune"
+
+    def __init__(
+        self,
+        *,
+        resources: Resources | None = None,
+        query_aware: bool = True,
+        fine_keep: float | None = 0.6,
+        granularity: str = "word",
+        protect: bool = True,
+        aggregate: str = "max",
+    ) -> None:
+        if granularity not in ("word", "token"):
+            raise ValueError(f"granularity must be 'word' or 'token', got {granularity!r}")
+        if aggregate not in ("max", "mean", "first"):
+            raise ValueError(f"aggregate must be 'max', 'mean' or 'first', got {aggregate!r}")
+        if fine_keep is not None and not 0.0 < fine_keep <= 1.0:
+            raise ValueError(f"fine_keep must be in (0, 1] or None, got {fine_keep}")
+        self.resources = resources or Resources()
+        self.query_aware = query_aware
+        self.fine_keep = fine_keep
+        self.granularity = granularity
+        self.protect = protect
+        self.aggregate = aggregate
+
+    def params(self) -> dict[str, Any]:
+        return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "granularity": self.granularity,
+                "protect": self.protect, "aggregate": self.aggregate}
+
+    def prefix(self, query: str, passage: Passage) -> str:
+        head = f"Question: {query}\n" if self.query_aware and query else ""
+        return f"{head}Title: {passage.title}\nText:"
+
+    def surprisals(self, query: str, passage: Passage) -> tuple[np.ndarray, np.ndarray, int]:
+        """(-log p per passage token (T,), char offsets into passage.text (T, 2), tokens the scorer read).
+
+        The passage is tokenized on its own after the prefix ids, so offsets index into its text
+        and the first passage token is conditioned on the prefix. Cached when the prefix is
+        query-independent.
+        """
+        import torch
+
+        lm = self.resources.get_scorer()
+        cache = self.resources.cache
+        key = None
+        if cache is not None and not (self.query_aware and query):
+            key = cache_key(f"{self.name}/surprisal", {"model": lm.name}, passage.text, None,
+                            prefix=self.prefix("", passage))
+            hit = cache.get_array(key)
+            if hit is not None:
+                return hit[:, 0].astype(np.float64), hit[:, 1:].astype(np.int64), 0
+        tokenizer = lm.tokenizer
+        # The leading space makes the first word tokenize as it does mid-text (after "Text:").
+        encoded = tokenizer(" " + passage.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoded["input_ids"])
+        offsets = np.array([(max(a - 1, 0), max(b - 1, 0)) for a, b in encoded["offset_mapping"]], dtype=np.int64)
+        prefix_ids = tokenizer.encode(self.prefix(query, passage), add_special_tokens=False)
+        input_ids = torch.tensor([prefix_ids + ids], dtype=torch.long, device=lm.device)  # (1, P + T)
+        with lm.lock, torch.inference_mode():
+            logits = lm.model(input_ids=input_ids).logits[0]  # (P + T, V)
+            # Row t predicts token t + 1: the passage tokens are predicted by rows P-1 .. P+T-2.
+            logprobs = torch.log_softmax(logits[len(prefix_ids) - 1 : -1].float(), dim=-1)  # (T, V)
+            target = torch.tensor(ids, device=logprobs.device)  # (T,)
+            surprisal = -logprobs.gather(1, target[:, None])[:, 0]  # (T,)
+            surprisal = surprisal.cpu().numpy().astype(np.float64)
+        if key is not None and cache is not None:
+            cache.put_array(key, np.concatenate([surprisal[:, None], offsets], axis=1).astype(np.float32))
+        return surprisal, offsets, len(prefix_ids) + len(ids)
+
+    def compress(
+        self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressedContext:
+        started = time.perf_counter()
+        counts = [count_tokens(p.text) for p in passages]
+        before = sum(counts)
+        budget = token_budget(target, before)
+        if budget >= before:
+            return identity(passages, before)
+        if self.query_aware and query:
+            result = self._prune(query, passages, budget, count_tokens, before)
+        else:
+            # Query-independent: every chunk keeps its own share, so its result depends on the
+            # chunk alone (and its surprisals come from the cache after the first time).
+            parts = [
+                self._prune("", [p], share, count_tokens, n)
+                for p, n, share in zip(passages, counts, allocate(budget, counts), strict=True)
+            ]
+            kept = {i: part.kept_spans.get(p.chunk_id, []) for i, (p, part) in enumerate(zip(passages, parts, strict=True))}
+            result = build(passages, kept, count_tokens, before)
+            result.model_prompt_tokens = sum(part.model_prompt_tokens for part in parts)
+        result.compute_s = time.perf_counter() - started
+        return result
+
+    def _prune(self, query, passages, budget, count_tokens, before) -> CompressedContext:
+        if budget <= 0:
+            return build(passages, {}, count_tokens, before)
+        keywords = query_keywords(query) if self.protect else None
+        per_passage = sentences_of(passages, count_tokens, keywords)
+        sentences = [s for group in per_passage for s in group]
+        scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        read = 0
+
+        def scores_of(i: int) -> tuple[np.ndarray, np.ndarray]:
+            nonlocal read
+            if i not in scored:
+                surprisal, offsets, n = self.surprisals(query, passages[i])
+                scored[i] = (surprisal, offsets)
+                read += n
+            return scored[i]
+
+        if self.fine_keep is not None and sentences:
+            if query:
+                rank = _relevance(self.resources, query, passages)
+            else:
+                rank = np.array([self._mean_surprisal(s, *scores_of(s.passage)) for s in sentences])
+            chosen = coarse_select(sentences, rank, budget, self.fine_keep)
+            sentences = [sentences[i] for i in sorted(chosen)]
+
+        units: list[Unit] = []
+        for sentence in sentences:
+            text = passages[sentence.passage].text
+            surprisal, offsets = scores_of(sentence.passage)
+            starts = np.array([w[0] for w in sentence.words], dtype=np.int64)
+            # Token t belongs to the word holding its last character (-1: outside this sentence).
+            last = np.maximum(offsets[:, 1] - 1, 0)
+            inside = (last >= sentence.span[0]) & (last < sentence.span[1])
+            owner = np.where(inside, np.searchsorted(starts, last, side="right") - 1, -1)  # (T,)
+            if self.granularity == "word":
+                for k, (span, size, flag) in enumerate(zip(sentence.words, sentence.sizes, sentence.protected, strict=True)):
+                    mine = surprisal[owner == k]
+                    units.append(Unit(sentence.passage, span, size, self._aggregate(mine), flag))
+            else:
+                for t in np.flatnonzero(owner >= 0):
+                    a, b = int(offsets[t, 0]), int(offsets[t, 1])
+                    while a < b and text[a].isspace():  # BPE tokens carry their leading space
+                        a += 1
+                    if b > a:
+                        units.append(Unit(sentence.passage, (a, b), 1, float(surprisal[t]), sentence.protected[owner[t]]))
+        result = finish(passages, units, select(units, budget), budget, count_tokens, before)
+        result.model_prompt_tokens = read
+        return result
+
+    def _aggregate(self, values: np.ndarray) -> float:
+        if not len(values):
+            return 0.0
+        if self.aggregate == "max":
+            return float(values.max())
+        if self.aggregate == "mean":
+            return float(values.mean())
+        return float(values[0])
+
+    @staticmethod
+    def _mean_surprisal(sentence: Sentence, surprisal: np.ndarray, offsets: np.ndarray) -> float:
+        inside = (offsets[:, 0] >= sentence.span[0]) & (offsets[:, 1] <= sentence.span[1])
+        return float(surprisal[inside].mean()) if inside.any() else 0.0

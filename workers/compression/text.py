@@ -1,0 +1,164 @@
+"""Plain-text helpers every compression method shares: spans, sentences, words, budgets, protection.
+
+Everything works on character spans ``(start, end)`` into the original passage text, so a
+method decides *which* spans survive and `render` builds the compressed text from them; the
+same spans go into ``CompressedContext.kept_spans``. No models here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+Span = tuple[int, int]
+
+# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) followed by
+# whitespace and something that can start a sentence. Abbreviations are checked separately.
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[\"'“‘(\[]?[A-Z0-9])")
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co",
+    "corp", "no", "vol", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+    "nov", "dec", "gen", "col", "lt", "sgt", "capt", "rev", "gov", "sen", "rep", "e.g", "i.e", "u.s",
+    "u.k", "a.m", "p.m", "approx", "est", "fig", "op",
+}
+_WORD = re.compile(r"\S+")
+# Function words: never "entities" when capitalised at a sentence start, never query keywords.
+STOPWORDS = frozenset(
+    """a an the and or but if of at by for with about against between into through during before after
+    above below to from up down in out on off over under again further then once here there when where
+    why how all any both each few more most other some such no nor not only own same so than too very
+    can will just should now is are was were be been being have has had having do does did doing i me
+    my we our you your he him his she her it its they them their what which who whom this that these
+    those am as until while also would could may might must shall one""".split()
+)
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """Sentences of `text` as spans, leading/trailing whitespace excluded; never empty for non-blank text.
+
+    A regex splitter (., !, ? before a capital, digit or opening quote), not a trained one:
+    good enough for encyclopedic text, and it never loses characters between sentences.
+    """
+    spans: list[Span] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        # "Dr. Smith", "U.S. Army", "J. R. R. Tolkien": the word before the dot is an
+        # abbreviation or a single initial, so this is not a boundary.
+        word = text[start : match.start() + 1].split()[-1] if text[start : match.start() + 1].split() else ""
+        stem = word.rstrip(".!?\"'”’)]").lstrip("\"'“‘([").lower()
+        if text[match.start()] == "." and (stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha())):
+            continue
+        spans.append((start, end))
+        start = end
+    spans.append((start, len(text)))
+    return [s for s in (strip_span(text, span) for span in spans) if s[1] > s[0]]
+
+
+def strip_span(text: str, span: Span) -> Span:
+    start, end = span
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def word_spans(text: str, within: Span | None = None) -> list[Span]:
+    """Whitespace-separated words as spans (punctuation stays attached to its word)."""
+    offset, end = within if within is not None else (0, len(text))
+    return [(offset + m.start(), offset + m.end()) for m in _WORD.finditer(text[offset:end])]
+
+
+def merge_spans(text: str, spans: Iterable[Span]) -> list[Span]:
+    """Sort spans and merge the ones that touch or are separated only by whitespace."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and (start <= merged[-1][1] or not text[merged[-1][1] : start].strip()):
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def render(text: str, spans: Sequence[Span]) -> str:
+    """The compressed text: kept spans in original order, joined by one space where text was cut."""
+    return " ".join(text[s:e] for s, e in merge_spans(text, spans))
+
+
+def token_budget(target: float, tokens_before: int) -> int:
+    """Tokens the whole context may keep: target ≤ 1 is a share, > 1 an absolute budget."""
+    if not target > 0:
+        raise ValueError(f"compression target must be > 0, got {target}")
+    if target <= 1:
+        return int(round(target * tokens_before))
+    return min(int(target), tokens_before)
+
+
+def allocate(budget: int, sizes: Sequence[int]) -> list[int]:
+    """Split `budget` over items proportionally to `sizes` (largest remainder), each ≤ its size."""
+    total = sum(sizes)
+    if total <= 0:
+        return [0 for _ in sizes]
+    budget = min(budget, total)
+    exact = [budget * s / total for s in sizes]
+    shares = [int(x) for x in exact]
+    rest = budget - sum(shares)
+    for i in sorted(range(len(sizes)), key=lambda i: exact[i] - shares[i], reverse=True)[:rest]:
+        shares[i] += 1
+    return shares
+
+
+def tokens_of(count_tokens: Callable[[str], int], texts: Iterable[str]) -> int:
+    return sum(count_tokens(t) for t in texts)
+
+
+# ---------------------------------------------------------------------------- protected spans
+
+_NUMBER = re.compile(r"\d")
+_CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
+
+
+def _core(word: str) -> str:
+    """A word without surrounding punctuation (quotes, commas, brackets, possessive 's)."""
+    core = word.strip("\"'“”‘’()[]{}.,;:!?")
+    if core.endswith(("'s", "’s")):
+        core = core[:-2]
+    return core
+
+
+def query_keywords(query: str) -> set[str]:
+    """Lower-cased content words of the query (stopwords and 1-letter words dropped)."""
+    words = {_core(w).lower() for w in query.split()}
+    return {w for w in words if len(w) > 1 and w not in STOPWORDS}
+
+
+def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> list[bool]:
+    """Which words must survive pruning: numbers, named entities, query words.
+
+    Named entities are a heuristic, not NER: a run of capitalised words, except a capitalised
+    function word ("The", "In", "He") that starts a sentence; a run also covers the small
+    connectors inside it ("University *of* Oxford", "Lord *of the* Rings").
+    """
+    flags: list[bool] = []
+    sentence_start = True
+    for start, end in words:
+        word = text[start:end]
+        core = _core(word)
+        lower = core.lower()
+        capitalised = bool(core) and core[0].isupper()
+        entity = capitalised and not (sentence_start and lower in STOPWORDS)
+        flags.append(bool(_NUMBER.search(word)) or entity or lower in keywords)
+        sentence_start = word.endswith((".", "!", "?", ":"))
+    # Connectors between two capitalised protected words belong to the entity.
+    capital = [flags[i] and _core(text[s:e])[:1].isupper() for i, (s, e) in enumerate(words)]
+    i = 1
+    while i < len(words) - 1:
+        j = i
+        while j < len(words) and not flags[j] and _core(text[slice(*words[j])]).lower() in _CONNECTORS:
+            j += 1
+        if j > i and j < len(words) and capital[i - 1] and capital[j] and j - i <= 2:
+            for k in range(i, j):
+                flags[k] = True
+        i = max(j, i + 1)
+    return flags
