@@ -423,6 +423,11 @@ class _AnswerStream:
         self._flushed_at = 0.0
 
     def __call__(self, piece: str) -> None:
+        if not self.text:
+            # The final answer is stripped: stream it the same way, so the stream is its prefix.
+            piece = piece.lstrip()
+            if not piece:
+                return
         self.text += piece
         now = time.monotonic()
         if now - self._flushed_at >= STREAM_FLUSH_S:

@@ -139,6 +139,15 @@ class ChatCompletionsView(OpenAIView):
         pipeline = rag_selectors.pipeline_by_name(team=request.team, name=name)
         endpoint = None
         if pipeline is None:
+            from apps.agents.selectors import agent_by_name
+
+            agent = agent_by_name(team=request.team, name=name)
+            if agent is not None:
+                from apps.api.agent_views import agent_chat_completion
+
+                include_usage = bool((values.get("stream_options") or {}).get("include_usage"))
+                return agent_chat_completion(request, agent=agent, name=name, messages=messages,
+                                             stream=values["stream"], include_usage=include_usage)
             endpoint = endpoints_available(team=request.team).filter(name=name).order_by("team_id").last()
             if endpoint is None:
                 return openai_error(message=f"The model `{name}` does not exist", http_status=404, code="model_not_found", param="model")
@@ -237,6 +246,13 @@ class ModelsView(OpenAIView):
             {"id": e.name, "object": "model", "created": int(e.created_at.timestamp()),
              "owned_by": request.team.slug if e.team_id else "parsimony", "parsimony": {"kind": "model", "type": e.kind}}
             for e in endpoints_available(team=request.team)
+        ]
+        from apps.agents.selectors import agent_list
+
+        data += [
+            {"id": a.name, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": request.team.slug,
+             "parsimony": {"kind": "agent", "model": a.model_endpoint.name}}
+            for a in agent_list(team=request.team)
         ]
         data.append({"id": "all-MiniLM-L6-v2", "object": "model", "created": 0, "owned_by": "parsimony",
                      "parsimony": {"kind": "embedding"}})

@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from apps.api import corpora_views, rag_views, views
+from apps.api import agent_views, corpora_views, rag_views, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
@@ -31,4 +31,10 @@ urlpatterns = [
     path("v1/usage", rag_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", rag_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", rag_views.BudgetDetailView.as_view(), name="api-budget"),
+    path("v1/tools", agent_views.ToolListView.as_view(), name="api-tools"),
+    path("v1/tools/<int:tool_id>", agent_views.ToolDetailView.as_view(), name="api-tool"),
+    path("v1/agents", agent_views.AgentListView.as_view(), name="api-agents"),
+    path("v1/agents/<int:agent_id>", agent_views.AgentDetailView.as_view(), name="api-agent"),
+    path("v1/agent-runs", agent_views.AgentRunListView.as_view(), name="api-agent-runs"),
+    path("v1/agent-runs/<int:run_id>", agent_views.AgentRunDetailView.as_view(), name="api-agent-run"),
 ]

@@ -17,6 +17,7 @@ DECOMPOSE_SYSTEM = (
 )
 
 _ITEM = re.compile(r"^\s*(?:(?:step\s*)?\d{1,2}\s*[.):\-]|[-*•])\s*(.+?)\s*$", re.IGNORECASE)
+_INLINE_ITEM = re.compile(r"\s+(?=\d{1,2}[.)]\s+\S)")
 _ECHO_MARKERS = ("numbered list", "one step per line", "<first step>", "<the task>", "simple steps needed")
 
 
@@ -35,7 +36,11 @@ def parse_subtasks(text: str, *, max_steps: int) -> list[str]:
     """The steps of a numbered (or bulleted) list in ``text``; [] when there is none worth keeping."""
     steps: list[str] = []
     seen: set[str] = set()
+    lines: list[str] = []
     for line in (text or "").splitlines():
+        # "1. first 2. second" on one line (small models do that): one item per number.
+        lines += _INLINE_ITEM.split(line) if _ITEM.match(line) else [line]
+    for line in lines:
         match = _ITEM.match(line)
         if not match:
             continue

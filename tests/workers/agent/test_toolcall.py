@@ -72,3 +72,6 @@ def test_it_parses_numbered_lists_and_falls_back_on_junk():
     repeated = "1. Add the two numbers\n2. Add the two numbers\n3. add the two numbers."
     assert parse_subtasks(repeated, max_steps=5) == ["Add the two numbers"]
     assert len(parse_subtasks("\n".join(f"{i}. step number {i}" for i in range(1, 9)), max_steps=3)) == 3
+    assert parse_subtasks("1. Area of the square 2. Add 3 to the area 3) Report it back", max_steps=5) == [
+        "Area of the square", "Add 3 to the area", "Report it back"
+    ]
