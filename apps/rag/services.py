@@ -333,7 +333,7 @@ def _strategy_generate(*, strategy, run: QueryRun, endpoint: ModelEndpoint, targ
 
 def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
     from apps.corpora.selectors import chunk_search_many
-    from workers.compression import get_method
+    from workers.compression import pipeline_method
     from workers.prompting import Passage, get_strategy
     from workers.runtime.meter import count_chat_tokens, count_tokens
 
@@ -363,20 +363,30 @@ def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, 
     progress(1, 3, "compressing")
     endpoint = pipeline.model_endpoint
     target = endpoint_target(endpoint)
-    compressed = get_method(pipeline.compression_method).compress(
+    # The pipeline's own model summarizes (and scores, when local); query-independent work is
+    # cached on disk under the data root, shared by every pipeline of this process.
+    compressed = pipeline_method(
+        pipeline.compression_method,
+        target=target,
+        cache_dir=settings.DATA_ROOT / "compression-cache",
+        model_cache_dir=settings.DATA_ROOT,
+    ).compress(
         query=run.question,
         passages=passages,
         target=pipeline.compression_target,
         count_tokens=lambda text: count_tokens(target, text),
     )
     if pipeline.compression_method != "none" and (compressed.compute_s or compressed.model_prompt_tokens):
+        # Tokens read by a helper model that is not the endpoint's (the local surprisal scorer
+        # beside a remote endpoint) are not the endpoint's tokens: that work is billed as CPU time.
+        own_model = compressed.model in ("", getattr(target, "name", None), getattr(target, "display_name", None))
         usage_record(
             context=context,
             stage=Stage.COMPRESS,
             model_name=endpoint.price_name,
             usage=Usage(
-                prompt_tokens=compressed.model_prompt_tokens,
-                completion_tokens=compressed.model_completion_tokens,
+                prompt_tokens=compressed.model_prompt_tokens if own_model else 0,
+                completion_tokens=compressed.model_completion_tokens if own_model else 0,
                 cpu_seconds=to_decimal(round(compressed.compute_s, 6)),
             ),
             price=price_current(model_name=endpoint.price_name),

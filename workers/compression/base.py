@@ -19,6 +19,9 @@ class CompressedContext:
     compute_s: float = 0.0
     model_prompt_tokens: int = 0
     model_completion_tokens: int = 0
+    # The model that read/wrote the model_*_tokens above (as the meter names it), "" when none:
+    # the pipeline bills those tokens at its endpoint's price only when it is the endpoint's model.
+    model: str = ""
 
 
 class CompressionMethod(Protocol):

@@ -264,7 +264,8 @@ class SemanticPrune:
                 assert vectors is not None
                 base = vectors[row]  # (D,)
                 variants = vectors[row + 1 : row + 1 + len(words)]  # (n, D)
-                impact = (1.0 - variants @ base).astype(np.float64)  # (n,)
+                # float32 like the cached copy, so cached and fresh runs rank ties alike.
+                impact = (1.0 - variants @ base).astype(np.float32).astype(np.float64)  # (n,)
                 row += 1 + len(words)
             out[k] = impact
             if cache is not None and keys[k] is not None:
@@ -422,7 +423,8 @@ class SurprisalPrune:
             logprobs = torch.log_softmax(logits[len(prefix_ids) - 1 : -1].float(), dim=-1)  # (T, V)
             target = torch.tensor(ids, device=logprobs.device)  # (T,)
             surprisal = -logprobs.gather(1, target[:, None])[:, 0]  # (T,)
-            surprisal = surprisal.cpu().numpy().astype(np.float64)
+            # float32 like the cached copy, so cached and fresh runs rank ties alike.
+            surprisal = surprisal.cpu().numpy().astype(np.float32).astype(np.float64)
         if key is not None and cache is not None:
             cache.put_array(key, np.concatenate([surprisal[:, None], offsets], axis=1).astype(np.float32))
         return surprisal, offsets, len(prefix_ids) + len(ids)
@@ -449,6 +451,8 @@ class SurprisalPrune:
             result = build(passages, kept, count_tokens, before)
             result.model_prompt_tokens = sum(part.model_prompt_tokens for part in parts)
         result.compute_s = time.perf_counter() - started
+        if result.model_prompt_tokens:
+            result.model = str(self.resources.get_scorer().name)
         return result
 
     def _prune(self, query, passages, budget, count_tokens, before) -> CompressedContext:

@@ -224,6 +224,13 @@ def build(
 
 # ---------------------------------------------------------------------------- abstractive
 
+
+def model_label(target: Any) -> str:
+    """The name the meter reports for a target (GenerationResult.model)."""
+    target = getattr(target, "config", target)  # an OpenAICompatClient reports its config's name
+    label = getattr(target, "display_name", None) or getattr(target, "name", None)
+    return str(label) if label else type(target).__name__
+
 SUMMARY_SYSTEM = "You write short, factual summaries. Keep names, dates and numbers exactly as written."
 SUMMARY_QUERY = (
     "Question: {query}\n\nPassage ({title}):\n{text}\n\n"
@@ -255,7 +262,7 @@ class Summarize:
         return {"query_aware": self.query_aware}
 
     def _summarize(self, query: str, passage: Passage, budget: int) -> tuple[str, int, int, float]:
-        """(summary, prompt tokens, completion tokens, compute seconds) for one chunk."""
+        """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
         from workers.runtime.meter import generate
 
         target = self.resources.get_generator()
@@ -331,4 +338,5 @@ class Summarize:
             compute_s=max(time.perf_counter() - started, model_s),
             model_prompt_tokens=prompt_tokens,
             model_completion_tokens=completion_tokens,
+            model=model_label(self.resources.generator) if prompt_tokens else "",
         )

@@ -29,7 +29,7 @@ STOPWORDS = frozenset(
     why how all any both each few more most other some such no nor not only own same so than too very
     can will just should now is are was were be been being have has had having do does did doing i me
     my we our you your he him his she her it its they them their what which who whom this that these
-    those am as until while also would could may might must shall one""".split()
+    those am as until while also would could may might must shall one many much""".split()
 )
 
 

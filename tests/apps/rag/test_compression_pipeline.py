@@ -1,0 +1,90 @@
+"""Compression inside the RAG pipeline: the method runs on the pipeline's model, its cost is its own ledger stage."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from apps.costs import metering
+from apps.costs.models import Stage, UsageRecord
+from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+from workers.compression.base import CompressedContext
+from workers.runtime.meter import EchoTarget
+
+PASSAGES = [
+    ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was completed in 1889 for the "
+                     "World's Fair and is 330 metres tall. It was designed by the company of Gustave Eiffel."),
+    ("Paris", "Paris is the capital and most populous city of France. It hosted the Olympics in 1900 and 1924."),
+]
+
+
+@pytest.fixture
+def hits(monkeypatch):
+    from apps.corpora import selectors
+
+    found = [
+        SimpleNamespace(
+            chunk=SimpleNamespace(pk=100 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
+                                  char_start=0, char_end=len(text)),
+            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
+        )
+        for n, (title, text) in enumerate(PASSAGES)
+    ]
+    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: found)
+    return found
+
+
+def _pipeline(team, method: str, target: float):
+    from apps.corpora.services import corpus_create
+
+    corpus = corpus_create(team=team, name=f"facts-{method}")
+    return pipeline_save(team=team, name=f"p-{method}", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
+                         compression_method=method, compression_target=target, max_output_tokens=16)
+
+
+def test_a_summarizing_pipeline_bills_the_summaries_as_a_compress_stage(team_a, alice, hits, monkeypatch, settings,
+                                                                          tmp_path):
+    settings.DATA_ROOT = tmp_path
+    # The echo double "summarizes" every chunk as its reply and answers with it too.
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="in 1889"))
+    pipeline = _pipeline(team_a, "summarize", 0.5)
+    run = query_run_execute(query_run_id=query_run_start(team=team_a, user=alice, pipeline=pipeline,
+                                                         question="When was the Eiffel Tower completed?").pk)
+    assert run.status == "succeeded"
+    assert run.context_tokens_after == 2 * len(PASSAGES) < run.context_tokens_before  # "in 1889" per chunk
+    row = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
+    assert row.prompt_tokens > run.context_tokens_before  # each chunk was read, with the instruction
+    assert row.completion_tokens == 2 * len(PASSAGES)
+    # The generation read the summaries, not the chunks.
+    generate = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE)
+    assert generate.prompt_tokens < run.context_tokens_before
+    assert run.cost == sum(r.cost for r in UsageRecord.objects.filter(query_run_id=run.pk))
+
+
+def test_a_helper_models_tokens_are_billed_as_cpu_time_not_at_the_endpoints_price(team_a, alice, hits, monkeypatch,
+                                                                                   settings, tmp_path):
+    from workers import compression
+
+    class HelperModelMethod:
+        """A method whose model work ran on another (local helper) model than the endpoint's."""
+
+        name = "helper"
+
+        def __init__(self, *, resources=None):
+            self.resources = resources
+
+        def compress(self, *, query, passages, target, count_tokens):
+            tokens = sum(count_tokens(p.text) for p in passages)
+            return CompressedContext(passages=passages[:1], tokens_before=tokens, tokens_after=count_tokens(
+                passages[0].text), compute_s=0.25, model_prompt_tokens=500, model="some-local-scorer")
+
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setitem(compression.METHODS, "helper", HelperModelMethod)
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="1889"))
+    pipeline = _pipeline(team_a, "helper", 0.5)
+    run = query_run_execute(query_run_id=query_run_start(team=team_a, user=alice, pipeline=pipeline,
+                                                         question="When?").pk)
+    row = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
+    assert (row.prompt_tokens, row.completion_tokens) == (0, 0)
+    assert float(row.cpu_seconds) == pytest.approx(0.25)

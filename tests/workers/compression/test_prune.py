@@ -1,0 +1,198 @@
+"""Semantic (embedding impact) and surprisal (causal LM) pruning against plain reference computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workers.compression import CompressionCache, Resources, get_method
+from workers.compression.prune import SurprisalPrune
+from workers.compression.text import protected_words, query_keywords, sentence_spans, word_spans
+from workers.prompting.base import Passage
+
+from .conftest import count_words
+
+QUERY = "When was the Eiffel Tower completed?"
+
+
+def kept_words(result, passages):
+    """(chunk_id, word span) of every original word that survived, from kept_spans."""
+    out = set()
+    for p in passages:
+        for a, b in result.kept_spans.get(p.chunk_id, []):
+            out.update((p.chunk_id, w) for w in word_spans(p.text, (a, b)))
+    return out
+
+
+def assert_spans_index_the_original(passages, result):
+    by_id = {p.chunk_id: p for p in passages}
+    for out in result.passages:
+        original = by_id[out.chunk_id].text
+        assert out.text == " ".join(original[a:b] for a, b in result.kept_spans[out.chunk_id])
+
+
+def protected_set(passages, query):
+    out = set()
+    for p in passages:
+        words = word_spans(p.text)
+        flags = protected_words(p.text, words, query_keywords(query))
+        out.update((p.chunk_id, w) for w, f in zip(words, flags, strict=True) if f)
+    return out
+
+
+# ---------------------------------------------------------------------------- semantic_prune
+
+
+def test_it_measures_word_impact_like_the_plain_one_by_one_computation(bow):
+    method = get_method("semantic_prune", resources=Resources(embedder=bow))
+    words = "the tower was completed in 1889".split()
+    (impact,) = method.impacts([words])
+    base = bow.encode([" ".join(words)])[0]
+    expected = [1 - float(bow.encode([" ".join(words[:i] + words[i + 1:])])[0] @ base) for i in range(len(words))]
+    np.testing.assert_allclose(impact, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_it_embeds_all_deletion_variants_in_one_encode_call_per_round(bow, passages, rounds):
+    method = get_method("semantic_prune", resources=Resources(embedder=bow), fine_keep=None, rounds=rounds)
+    result = method.compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
+    assert len(bow.calls) == rounds
+    words = sum(count_words(p.text) for p in passages)
+    assert bow.calls[0] > words  # every word's deletion variant plus each sentence
+    assert result.tokens_after <= round(0.5 * result.tokens_before)
+
+
+@pytest.mark.parametrize("params", [{}, {"fine_keep": None}, {"query_aware": False}, {"rounds": 2}])
+@pytest.mark.parametrize("target", [0.2, 0.5, 30])
+def test_it_prunes_words_within_the_budget_and_keeps_spans_of_the_original(bow, passages, params, target):
+    method = get_method("semantic_prune", resources=Resources(embedder=bow), **params)
+    result = method.compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
+    budget = round(target * result.tokens_before) if target <= 1 else target
+    assert 0 < result.tokens_after <= budget
+    assert_spans_index_the_original(passages, result)
+
+
+def test_it_drops_the_word_that_moves_the_sentence_least(bow):
+    # "tower" appears twice: deleting one copy barely moves the bag-of-words vector.
+    passages = [Passage(1, "T", "tower tower iron Paris")]
+    method = get_method("semantic_prune", resources=Resources(embedder=bow), fine_keep=None)
+    result = method.compress(query="", passages=passages, target=3, count_tokens=count_words)
+    assert result.passages[0].text.split().count("tower") == 1
+
+
+def test_it_keeps_protected_words_when_asked(bow, passages):
+    method = get_method("semantic_prune", resources=Resources(embedder=bow), fine_keep=None, protect=True)
+    result = method.compress(query=QUERY, passages=passages, target=0.6, count_tokens=count_words)
+    assert protected_set(passages, QUERY) <= kept_words(result, passages)
+
+
+def test_it_caches_query_independent_results_and_impacts(bow, passages, tmp_path):
+    resources = Resources(embedder=bow, cache=CompressionCache(tmp_path))
+    method = get_method("semantic_prune", resources=resources, query_aware=False)
+    first = method.compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words)
+    calls = len(bow.calls)
+    second = method.compress(query="another question", passages=passages, target=0.4, count_tokens=count_words)
+    assert len(bow.calls) == calls  # no embedding at all the second time
+    assert second.passages == first.passages and second.kept_spans == first.kept_spans
+    uncached = get_method("semantic_prune", resources=Resources(embedder=bow), query_aware=False)
+    assert uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words).passages == first.passages
+
+
+# ---------------------------------------------------------------------------- surprisal_prune
+
+
+class FakeSurprisal(SurprisalPrune):
+    """Surprisal double: one "token" per word, surprisal = word length (long words are rare)."""
+
+    def surprisals(self, query, passage):
+        spans = word_spans(passage.text)
+        return np.array([b - a for a, b in spans], dtype=float), np.array(spans, dtype=np.int64), 0
+
+
+def fake(bow, **params):
+    return FakeSurprisal(resources=Resources(embedder=bow), **params)
+
+
+def test_it_never_removes_protected_words_even_past_the_budget(bow, passages):
+    result = fake(bow, fine_keep=None).compress(query=QUERY, passages=passages, target=0.1, count_tokens=count_words)
+    protected = protected_set(passages, QUERY)
+    assert protected <= kept_words(result, passages)
+    # Plain LLMLingua mode: protection wins over the budget, and the overshoot is reported.
+    assert result.tokens_after == len(protected) > round(0.1 * result.tokens_before)
+
+
+def test_it_keeps_the_highest_surprisal_words_after_the_protected_ones(bow, passages):
+    target = 0.6
+    result = fake(bow, fine_keep=None).compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
+    # Reference: protected words, then the longest (= most surprising) words greedily to the budget.
+    protected = protected_set(passages, QUERY)
+    budget = round(target * result.tokens_before)
+    others = [(p.chunk_id, w) for p in passages for w in word_spans(p.text) if (p.chunk_id, w) not in protected]
+    others.sort(key=lambda item: -(item[1][1] - item[1][0]))  # stable: ties keep text order
+    expected = set(protected) | set(others[: budget - len(protected)])
+    assert kept_words(result, passages) == expected
+    assert result.tokens_after <= budget
+
+
+@pytest.mark.parametrize("params", [{}, {"granularity": "token"}, {"query_aware": False}, {"aggregate": "mean"}])
+@pytest.mark.parametrize("target", [0.33, 0.5, 40])
+def test_it_fits_the_budget_coarse_to_fine_and_keeps_protected_words_of_kept_sentences(bow, passages, params, target):
+    result = fake(bow, **params).compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
+    budget = round(target * result.tokens_before) if target <= 1 else target
+    assert 0 < result.tokens_after <= budget
+    assert_spans_index_the_original(passages, result)
+    kept = kept_words(result, passages)
+    # Every protected word inside a sentence the coarse stage kept survives.
+    protected = protected_set(passages, QUERY if params.get("query_aware", True) else "")
+    for p in passages:
+        for s in sentence_spans(p.text):
+            words = {(p.chunk_id, w) for w in word_spans(p.text, s)}
+            if words & kept:
+                assert (words & protected) <= kept
+
+
+# ---------------------------------------------------------------------------- real SmolLM2
+
+
+@pytest.mark.slow
+def test_it_computes_surprisal_like_a_plain_cross_entropy(smollm2, passages):
+    import torch
+
+    method = get_method("surprisal_prune", resources=Resources(scorer=smollm2))
+    passage = passages[0]
+    surprisal, offsets, read = method.surprisals(QUERY, passage)
+    tok = smollm2.tokenizer
+    prefix = tok.encode(method.prefix(QUERY, passage), add_special_tokens=False)
+    ids = tok.encode(" " + passage.text, add_special_tokens=False)
+    assert read == len(prefix) + len(ids) and surprisal.shape == (len(ids),)
+    with torch.inference_mode():
+        logits = smollm2.model(input_ids=torch.tensor([prefix + ids])).logits[0]  # (P + T, V)
+    reference = torch.nn.functional.cross_entropy(logits[len(prefix) - 1 : -1], torch.tensor(ids), reduction="none")
+    np.testing.assert_allclose(surprisal, reference.numpy(), atol=1e-4, rtol=1e-4)
+    # Offsets point at each token's own characters in the passage.
+    for token_id, (a, b) in zip(ids, offsets, strict=True):
+        assert tok.decode([token_id]).strip() == passage.text[a:b].strip()
+
+
+@pytest.mark.slow
+def test_it_prunes_by_real_surprisal_within_budget_and_keeps_protected_words(smollm2, smollm2_count, minilm, passages):
+    method = get_method("surprisal_prune", resources=Resources(scorer=smollm2, embedder=minilm))
+    result = method.compress(query=QUERY, passages=passages, target=0.5, count_tokens=smollm2_count)
+    assert result.tokens_after <= round(0.5 * result.tokens_before)
+    assert result.model_prompt_tokens > 0 and result.model == "smollm2-135m-instruct"
+    assert "1889" in " ".join(p.text for p in result.passages)
+    strict = get_method("surprisal_prune", resources=Resources(scorer=smollm2), fine_keep=None)
+    loose = strict.compress(query=QUERY, passages=passages, target=0.5, count_tokens=smollm2_count)
+    assert protected_set(passages, QUERY) <= kept_words(loose, passages)
+
+
+@pytest.mark.slow
+def test_it_caches_query_independent_surprisals(smollm2, smollm2_count, passages, tmp_path):
+    resources = Resources(scorer=smollm2, cache=CompressionCache(tmp_path))
+    method = get_method("surprisal_prune", resources=resources, query_aware=False)
+    first = method.compress(query=QUERY, passages=passages, target=0.4, count_tokens=smollm2_count)
+    second = method.compress(query="something else", passages=passages, target=0.4, count_tokens=smollm2_count)
+    assert first.model_prompt_tokens > 0 and second.model_prompt_tokens == 0  # the scorer did not run
+    assert second.passages == first.passages
+    uncached = get_method("surprisal_prune", resources=Resources(scorer=smollm2), query_aware=False)
+    assert uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=smollm2_count).passages == first.passages

@@ -1,0 +1,74 @@
+"""Abstractive summaries: budgets per chunk, fallbacks, model accounting (EchoTarget double + real SmolLM2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.compression import CompressionCache, Resources, get_method
+from workers.compression.text import allocate
+from workers.runtime.meter import EchoTarget
+
+from .conftest import count_words
+
+QUERY = "When was the Eiffel Tower completed?"
+
+
+def summarize(bow, reply, **params):
+    return get_method("summarize", resources=Resources(generator=EchoTarget(reply=reply), embedder=bow), **params)
+
+
+def test_it_uses_a_short_summary_per_chunk_and_reports_the_model_tokens(bow, passages):
+    result = summarize(bow, "completed in 1889").compress(
+        query=QUERY, passages=passages, target=0.5, count_tokens=count_words
+    )
+    assert [p.text for p in result.passages] == ["completed in 1889"] * len(passages)
+    assert result.tokens_after == 3 * len(passages) <= round(0.5 * result.tokens_before)
+    # No original characters survive verbatim in an abstractive summary.
+    assert result.kept_spans == {p.chunk_id: [] for p in passages}
+    assert result.model_completion_tokens == 3 * len(passages)
+    assert result.model_prompt_tokens > sum(count_words(p.text) for p in passages)  # chunk + question + instruction
+    assert result.model == "echo" and result.compute_s > 0
+
+
+def test_it_caps_each_summary_at_the_chunks_share_of_the_budget(bow, passages):
+    long_reply = " ".join(["word"] * 500)
+    result = summarize(bow, long_reply).compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
+    shares = allocate(round(0.5 * result.tokens_before), [count_words(p.text) for p in passages])
+    assert [count_words(p.text) for p in result.passages] == shares
+
+
+@pytest.mark.parametrize("reply", ["", "tok " * 200])
+def test_it_falls_back_to_extractive_when_the_summary_is_empty_or_too_long(bow, passages, reply):
+    def count_double(text):  # the pipeline's tokenizer counts twice what the summarizer's does
+        return 2 * count_words(text)
+
+    result = summarize(bow, reply).compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_double)
+    shares = allocate(round(0.5 * result.tokens_before), [count_double(p.text) for p in passages])
+    by_id = {p.chunk_id: p for p in passages}
+    for out, share in zip(result.passages, shares, strict=False):
+        assert count_double(out.text) <= share
+        spans = result.kept_spans[out.chunk_id]
+        assert spans and out.text == " ".join(by_id[out.chunk_id].text[a:b] for a, b in spans)
+
+
+def test_it_keeps_a_chunk_whole_at_target_one_and_never_calls_the_model(bow, passages):
+    result = summarize(bow, "x").compress(query=QUERY, passages=passages, target=1.0, count_tokens=count_words)
+    assert result.passages == passages and result.model_prompt_tokens == 0
+
+
+def test_it_caches_generic_summaries_per_chunk_and_budget(bow, passages, tmp_path):
+    resources = Resources(generator=EchoTarget(reply="a short summary"), embedder=bow, cache=CompressionCache(tmp_path))
+    method = get_method("summarize", resources=resources, query_aware=False)
+    first = method.compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
+    second = method.compress(query="other", passages=passages, target=0.5, count_tokens=count_words)
+    assert first.model_prompt_tokens > 0 and second.model_prompt_tokens == 0
+    assert second.passages == first.passages
+
+
+@pytest.mark.slow
+def test_it_summarizes_with_the_real_smollm2_within_budget(smollm2, smollm2_count, minilm, passages):
+    method = get_method("summarize", resources=Resources(generator=smollm2, embedder=minilm))
+    result = method.compress(query=QUERY, passages=passages[:1], target=0.6, count_tokens=smollm2_count)
+    assert 0 < result.tokens_after <= round(0.6 * result.tokens_before)
+    assert result.model_prompt_tokens > 0 and result.model_completion_tokens > 0
+    assert result.model == "smollm2-135m-instruct" and result.compute_s > 0

@@ -1,0 +1,81 @@
+"""The span helpers every method shares, against plain reference computations."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.compression.text import (
+    allocate,
+    merge_spans,
+    protected_words,
+    query_keywords,
+    render,
+    sentence_spans,
+    token_budget,
+    word_spans,
+)
+
+
+def test_it_splits_sentences_into_spans_of_the_original_text():
+    text = "Dr. Smith moved to the U.S. Army in 1950.  He left in 1961! Why?  J. R. R. Tolkien wrote it."
+    spans = sentence_spans(text)
+    pieces = [text[a:b] for a, b in spans]
+    assert pieces == [
+        "Dr. Smith moved to the U.S. Army in 1950.",
+        "He left in 1961!",
+        "Why?",
+        "J. R. R. Tolkien wrote it.",
+    ]
+    # Nothing but whitespace lies between or around the sentences.
+    cursor = 0
+    for a, b in spans:
+        assert not text[cursor:a].strip()
+        cursor = b
+    assert not text[cursor:].strip()
+
+
+def test_it_treats_text_without_a_full_stop_as_one_sentence():
+    assert sentence_spans("no full stop here") == [(0, 17)]
+    assert sentence_spans("   ") == []
+
+
+def test_it_renders_kept_spans_in_original_order_with_one_space_per_cut():
+    text = "alpha beta  gamma delta epsilon"
+    words = word_spans(text)
+    assert [text[a:b] for a, b in words] == ["alpha", "beta", "gamma", "delta", "epsilon"]
+    kept = [words[4], words[0], words[1]]
+    assert render(text, kept) == "alpha beta epsilon"
+    # Adjacent words merge into one span that keeps the original whitespace.
+    assert merge_spans(text, [words[1], words[2]]) == [(6, 17)]
+
+
+@pytest.mark.parametrize(
+    ("budget", "sizes"), [(10, [3, 3, 4, 0]), (7, [100, 1, 1]), (0, [5, 5]), (50, [5, 5]), (13, [1, 2, 3, 4, 5])]
+)
+def test_it_allocates_the_budget_exactly_and_proportionally(budget, sizes):
+    shares = allocate(budget, sizes)
+    assert sum(shares) == min(budget, sum(sizes))
+    assert all(0 <= s <= n for s, n in zip(shares, sizes, strict=True))
+    for s, n in zip(shares, sizes, strict=True):
+        # Largest remainder: every share is the exact proportion rounded down or up.
+        exact = min(budget, sum(sizes)) * n / sum(sizes)
+        assert int(exact) <= s <= int(exact) + 1
+
+
+def test_it_reads_a_target_as_a_share_or_a_token_budget():
+    assert token_budget(0.33, 1000) == 330
+    assert token_budget(1.0, 1000) == 1000
+    assert token_budget(250, 1000) == 250
+    assert token_budget(5000, 1000) == 1000
+    with pytest.raises(ValueError):
+        token_budget(0, 1000)
+
+
+def test_it_protects_numbers_named_entities_and_query_words():
+    text = "The Lord of the Rings was written by Tolkien in 1954. It sold 150 million copies in the city."
+    words = word_spans(text)
+    flags = protected_words(text, words, query_keywords("How many copies were sold?"))
+    kept = [text[a:b] for (a, b), flag in zip(words, flags, strict=True) if flag]
+    assert kept == ["Lord", "of", "the", "Rings", "Tolkien", "1954.", "sold", "150", "copies"]
+    # Capitalised function words at a sentence start are not entities; query stopwords are not keywords.
+    assert "The" not in kept and "It" not in kept and "many" not in query_keywords("How many")
