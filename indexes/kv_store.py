@@ -45,6 +45,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMAT = "parsimony-kv/1"
+ARTIFACT_FORMAT = "parsimony-kv-artifact/1"
 INDEX_FILENAME = "index.sqlite3"
 LOCK_FILENAME = ".lock"
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -233,6 +234,80 @@ class KVStore:
                 (self.root / rel_path).unlink()
         return str(path.relative_to(self.root)) not in evicted
 
+    # ------------------------------------------------------------------ artifacts beside an entry
+    # Added for the sparse attention backends (key centroids, key ANN indexes, sampled queries):
+    # named safetensors files in the entry's folder, written atomically and counted in the same
+    # LRU budget. Each is a cache like the entry itself: a miss (absent, evicted, unreadable) means
+    # "rebuild it".
+
+    def artifact_path(self, key: KVKey, name: str) -> Path:
+        base = self.path_for(key)
+        return base.with_name(f"{base.stem}.{_slug(name)}.safetensors")
+
+    def put_artifact(self, key: KVKey, name: str, tensors: dict[str, Any], meta: dict[str, str] | None = None) -> bool:
+        """Write named tensors (any shapes) beside `key`'s entry, atomically; LRU-evict. False if not kept."""
+        from safetensors.torch import save_file
+
+        if not tensors:
+            raise ValueError("an artifact needs at least one tensor")
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size > self.max_bytes:
+            return False
+        path = self.artifact_path(key, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp_name,
+                      metadata={**(meta or {}), "format": ARTIFACT_FORMAT, "name": name})
+            os.chmod(tmp_name, 0o644)
+            with self._writer_lock():
+                os.replace(tmp_name, path)
+                rel = str(path.relative_to(self.root))
+                with self._db() as db:
+                    db.execute(
+                        "INSERT INTO entries (path, bytes, last_access) VALUES (?, ?, ?) "
+                        "ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, last_access = excluded.last_access",
+                        (rel, path.stat().st_size, time.time()),
+                    )
+                    evicted = self._evict(db)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        for rel_path in evicted:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / rel_path).unlink()
+        return str(path.relative_to(self.root)) not in evicted
+
+    def get_artifact(self, key: KVKey, name: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """(tensors, metadata) of a named artifact, or None (absent, or unreadable: then deleted)."""
+        from safetensors import safe_open
+
+        path = self.artifact_path(key, name)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+                if meta.get("format") != ARTIFACT_FORMAT or meta.get("name") != name:
+                    raise ValueError(f"not a {ARTIFACT_FORMAT} artifact named {name!r}")
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a miss to rebuild
+            log.warning("KV artifact %s is unreadable (%s); deleting it for a rebuild", path, exc)
+            self._forget(path)
+            return None
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO entries (path, bytes, last_access) VALUES (?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET last_access = excluded.last_access",
+                (str(path.relative_to(self.root)), path.stat().st_size, time.time()),
+            )
+        return tensors, meta
+
+    def delete_artifact(self, key: KVKey, name: str) -> None:
+        self._forget(self.artifact_path(key, name))
+
     def _evict(self, db: sqlite3.Connection) -> list[str]:
         total = int(db.execute("SELECT COALESCE(SUM(bytes), 0) FROM entries").fetchone()[0])
         evicted: list[str] = []
@@ -287,4 +362,4 @@ def _read(path: Path) -> KVEntry:
     return KVEntry(keys=keys, values=values, token_ids=token_ids, meta=meta)
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "KVEntry", "KVKey", "KVStore", "text_hash"]
+__all__ = ["ARTIFACT_FORMAT", "DEFAULT_MAX_BYTES", "KVEntry", "KVKey", "KVStore", "text_hash"]

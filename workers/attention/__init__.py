@@ -1,0 +1,58 @@
+"""Attention backends over a cached fixed context, chosen by name (no Django here).
+
+- ``full``: exact attention over every fixed-context key (the reference, `reference.py`);
+- ``squeezed``: Squeezed Attention, k-means key centroids + a calibrated threshold (`squeezed.py`);
+- ``retrieval``: RetrievalAttention, per-head inner-product ANN + static set, merged with
+  log-sum-exp (`retrieval.py`).
+
+`get_backend(name, **options)` builds a backend with its config (options are the config
+dataclass's fields; unknown ones raise and list the valid ones). `fixed_context.py` runs the
+model: the one-off prefill of a fixed context into the KV store, index builds, and answering a
+question over the cached KV with a backend. How it hooks into transformers: `base.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from workers.attention.reference import FullBackend
+from workers.attention.retrieval import RetrievalBackend, RetrievalConfig
+from workers.attention.squeezed import SqueezedBackend, SqueezedConfig
+
+BACKENDS: dict[str, type] = {
+    FullBackend.name: FullBackend,
+    SqueezedBackend.name: SqueezedBackend,
+    RetrievalBackend.name: RetrievalBackend,
+}
+
+
+def backend_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The backend's config dataclass from plain options (None for "full"). Raises ValueError."""
+    cls = _backend_class(name)
+    options = dict(options or {})
+    if cls.config_class is None:
+        if options:
+            raise ValueError(f"attention backend {name!r} takes no options (got {', '.join(sorted(options))})")
+        return None
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown options for attention backend {name!r}: {', '.join(sorted(unknown))} "
+                         f"(valid: {', '.join(sorted(fields))})")
+    return cls.config_class(**options)
+
+
+def _backend_class(name: str) -> type:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r} (valid: {', '.join(sorted(BACKENDS))})") from None
+
+
+def get_backend(name: str, **options: Any) -> Any:
+    """A backend instance by name, configured from keyword options."""
+    return _backend_class(name)(backend_config(name, options))
+
+
+__all__ = ["BACKENDS", "RetrievalConfig", "SqueezedConfig", "backend_config", "get_backend"]

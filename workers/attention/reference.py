@@ -1,0 +1,234 @@
+"""Full attention, computed plainly: the reference every sparse backend is tested against.
+
+Two forms of the same computation:
+
+- `attention_reference(query, key, value, mask, scaling)`: transformers' eager attention
+  (scores, additive mask, softmax in fp32, weighted sum), GQA by repeating KV heads.
+- `partial_attention(...)` + `merge_partials(...)`: attention over a *part* of the keys returns
+  its output together with the log-sum-exp of its scores; two parts over disjoint key sets merge
+  EXACTLY into attention over their union:
+
+      lse = logaddexp(lse_a, lse_b)
+      out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b
+
+  (softmax over A ∪ B = each part's softmax re-weighted by its share of the total mass). The
+  sparse backends compute one part densely (recent window, the user's tokens) and one part over
+  selected or retrieved keys, then merge.
+
+`FullAttention` is the "full" backend over a fixed context whose KV sits outside the model's
+cache (see `workers.attention.base`): every fixed-context key is attended, exactly.
+No Django here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, KVH, T, D) -> (B, KVH * n_rep, T, D): each KV head serves n_rep query heads (GQA)."""
+    if n_rep == 1:
+        return x
+    b, kvh, t, d = x.shape
+    return x[:, :, None].expand(b, kvh, n_rep, t, d).reshape(b, kvh * n_rep, t, d)
+
+
+def attention_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+) -> torch.Tensor:
+    """Eager attention. query (B, H, Q, D), key/value (B, KVH, T, D), mask additive (B, 1, Q, T) or None.
+
+    Returns (B, H, Q, D). Identical to transformers' `eager_attention_forward` (before its transpose).
+    """
+    import torch
+
+    n_rep = query.shape[1] // key.shape[1]
+    assert query.shape[1] == key.shape[1] * n_rep, "query heads must be a multiple of KV heads"
+    k = repeat_kv(key, n_rep)
+    v = repeat_kv(value, n_rep)
+    scores = torch.matmul(query, k.transpose(2, 3)) * scaling  # (B, H, Q, T)
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, v)  # (B, H, Q, D)
+
+
+def partial_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of each query over its own key set, with the log-sum-exp of its scores.
+
+    query (H, Q, D); key/value either shared per head (H, T, D) or per query (H, Q, T, D);
+    allowed: bool, broadcastable to (H, Q, T) (None: all). Returns out (H, Q, D) and lse (H, Q)
+    (fp32). A query with no allowed key gets out = 0 and lse = -inf, which merges as "no mass".
+    """
+    import torch
+
+    q = query.float()
+    if key.dim() == 3:
+        scores = torch.einsum("hqd,htd->hqt", q, key.float()) * scaling  # (H, Q, T)
+    else:
+        scores = torch.einsum("hqd,hqtd->hqt", q, key.float()) * scaling  # (H, Q, T)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (H, Q)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    probs = torch.exp(scores - safe[..., None])  # (H, Q, T); exp(-inf) = 0 for masked keys
+    if value.dim() == 3:
+        out = torch.einsum("hqt,htd->hqd", probs, value.float())
+    else:
+        out = torch.einsum("hqt,hqtd->hqd", probs, value.float())
+    return out, lse
+
+
+def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact softmax over the union of disjoint key sets from per-part (out (H, Q, D), lse (H, Q))."""
+    import torch
+
+    assert parts, "nothing to merge"
+    lses = torch.stack([lse for _, lse in parts])  # (P, H, Q)
+    total = torch.logsumexp(lses, dim=0)  # (H, Q)
+    safe = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    out = torch.zeros_like(parts[0][0])
+    for part_out, part_lse in parts:
+        out = out + torch.exp(part_lse - safe)[..., None] * part_out
+    return out, total
+
+
+def bool_mask(mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor | None:
+    """An additive (B=1, 1, Q, T) mask -> bool (1, Q, T) "may attend" (None stays None)."""
+    import torch
+
+    if mask is None:
+        return None
+    assert mask.shape[0] == 1 and mask.shape[-2:] == (q_len, kv_len), f"unexpected mask shape {tuple(mask.shape)}"
+    if mask.dtype == torch.bool:
+        return mask[0, :1].reshape(1, q_len, kv_len)
+    # Additive masks hold 0 (attend) or finfo(dtype).min (do not): anything far below zero is "no".
+    return (mask[0, :1] > torch.finfo(mask.dtype).min / 2).reshape(1, q_len, kv_len)
+
+
+@dataclass
+class FixedKV:
+    """The fixed context's KV for one model: per layer keys/values (KVH, N, D), post-RoPE, positions [0, N)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.keys[0].shape[1])
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+
+class FullAttention:
+    """The "full" backend: exact attention over every fixed-context key plus the user's tokens."""
+
+    name = "full"
+
+    def __init__(self, fixed: FixedKV) -> None:
+        self.fixed = fixed
+        self.stats = AttendStats()
+
+    def attend(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        mask: torch.Tensor | None, scaling: float,
+    ) -> torch.Tensor:
+        """query (1, H, Q, D); key/value (1, KVH, U, D): the user's tokens only (the model's cache)."""
+        out = dense_attend(self.fixed, layer, query, key, value, mask, scaling)
+        self.stats.add(query.shape[2], float(self.fixed.n_tokens), self.fixed.n_tokens)
+        return out
+
+
+def dense_attend(
+    fixed: FixedKV, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    mask: torch.Tensor | None, scaling: float,
+) -> torch.Tensor:
+    """Exact attention of query (1, H, Q, D) over every fixed key plus the user's key/value (1, KVH, U, D)."""
+    n_rep = query.shape[1] // key.shape[1]
+    q = query[0]  # (H, Q, D)
+    fixed_k = repeat_kv(fixed.keys[layer][None], n_rep)[0]  # (H, N, D)
+    fixed_v = repeat_kv(fixed.values[layer][None], n_rep)[0]
+    out, _ = merge_partials([partial_attention(q, fixed_k, fixed_v, scaling), user_partial(q, key, value, mask, scaling)])
+    return out[None].to(query.dtype)  # (1, H, Q, D)
+
+
+class FullBackend:
+    """Registry entry for full attention: no index, every fixed-context key attended."""
+
+    name = "full"
+    needs_index = False
+    config_class = None
+
+    def __init__(self, config: None = None) -> None:
+        self.config = None
+
+    def state(self, fixed: FixedKV, index: None = None, diagnostics: object = None) -> FullAttention:
+        return FullAttention(fixed)
+
+
+def user_partial(
+    q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense causal attention of q (H, Q, D) over the user's tokens key/value (1, KVH, U, D)."""
+    n_rep = q.shape[0] // key.shape[1]
+    k = repeat_kv(key, n_rep)[0]  # (H, U, D)
+    v = repeat_kv(value, n_rep)[0]
+    return partial_attention(q, k, v, scaling, bool_mask(mask, q.shape[1], k.shape[1]))
+
+
+@dataclass
+class AttendStats:
+    """Fixed-context keys attended, summed over (layer, query head, query row); split prefill/decode."""
+
+    decode_keys: float = 0.0
+    decode_rows: int = 0
+    prefill_keys: float = 0.0
+    prefill_rows: int = 0
+    n_fixed: int = 0
+
+    def add(self, q_len: int, mean_keys: float, n_fixed: int) -> None:
+        """One attention call: `mean_keys` fixed keys attended per (query head, query row) on average."""
+        self.n_fixed = n_fixed
+        if q_len == 1:
+            self.decode_keys += mean_keys
+            self.decode_rows += 1
+        else:
+            self.prefill_keys += mean_keys
+            self.prefill_rows += 1
+
+    def fraction(self, phase: str = "decode") -> float:
+        keys, rows = (self.decode_keys, self.decode_rows) if phase == "decode" else (self.prefill_keys, self.prefill_rows)
+        if not rows or not self.n_fixed:
+            return float("nan")
+        return keys / rows / self.n_fixed
+
+
+__all__ = [
+    "AttendStats",
+    "FixedKV",
+    "FullAttention",
+    "FullBackend",
+    "attention_reference",
+    "bool_mask",
+    "dense_attend",
+    "merge_partials",
+    "partial_attention",
+    "repeat_kv",
+    "user_partial",
+]

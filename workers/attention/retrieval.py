@@ -1,0 +1,268 @@
+"""RetrievalAttention (Liu et al., 2024) over a cached fixed context (no Django here).
+
+The fixed context's keys split in two disjoint sets per layer and KV head:
+
+- the static set: the first ``sink`` tokens (attention sinks) and the last ``window`` tokens,
+  always attended, densely, together with the user's own tokens (causal mask);
+- the middle: an inner-product ANN index over its keys (`indexes.key_index`): ``flat``
+  (faiss IndexFlatIP: exact, the baseline), ``hnsw`` / ``ivf`` (faiss ANN, inner-product metric),
+  or ``aware``: the attention-aware variant built from the prefill queries' nearest keys and
+  routed in query space (queries and keys are differently distributed, which makes off-the-shelf
+  ANN indexes miss the keys a query attends to; measured in docs/benchmarks-attention.md).
+
+Per query (each query head searches its KV head's index) the ``top_k`` keys of largest q·k are
+retrieved and attended; the two partial attentions (static + user, retrieved) are merged
+EXACTLY with log-sum-exp (`workers.attention.reference.merge_partials`): the result is softmax
+attention over the union, nothing approximated but the choice of keys. With ``top_k`` at least
+the middle's size every key is attended and the output equals full attention (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexes.key_index import ANN_KINDS, KeyANN, build_key_ann, load_key_ann
+from workers.attention.base import Diagnostics
+from workers.attention.reference import (
+    AttendStats,
+    FixedKV,
+    dense_attend,
+    merge_partials,
+    partial_attention,
+    repeat_kv,
+    user_partial,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "retrieval/1"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    index: str = "aware"  # flat | hnsw | ivf | aware
+    top_k: int = 64  # retrieved keys per query and head (search time)
+    sink: int = 4  # first fixed-context tokens always attended
+    window: int = 32  # last fixed-context tokens always attended
+    dense_layers: int = 0  # the first layers attend every key (flat attention there; measured)
+    sparse_prefill: bool = False  # the user's tokens attend every key (the paper retrieves when decoding)
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128  # search time
+    ivf_lists: int = 0  # 0: about 4 * sqrt(n)
+    nprobe: int = 8  # IVF lists probed (search time)
+    aware_lists: int = 0  # 0: about 2 * sqrt(sampled queries)
+    aware_neighbours: int = 32  # nearest keys recorded per sampled prefill query
+    aware_nprobe: int = 4  # attention-aware lists probed (search time)
+    kmeans_iters: int = 20
+    seed: int = 1234
+
+    BUILD_FIELDS = ("index", "sink", "window", "hnsw_m", "ef_construction", "ivf_lists", "aware_lists",
+                    "aware_neighbours", "kmeans_iters", "seed")
+
+    def __post_init__(self) -> None:
+        if self.index not in ANN_KINDS:
+            raise ValueError(f"unknown retrieval index {self.index!r} (valid: {', '.join(ANN_KINDS)})")
+        if self.top_k < 1 or self.sink < 0 or self.window < 0 or self.dense_layers < 0:
+            raise ValueError("top_k must be >= 1; sink, window and dense_layers >= 0")
+
+    def build_params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in self.BUILD_FIELDS}
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RetrievalIndex:
+    """Per layer, per KV head: an ANN over the middle keys [sink, N - window) (ids relative to `sink`)."""
+
+    sink: int
+    window: int
+    anns: list[list[KeyANN]]  # [layer][kv head]
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        out = {"bounds": torch.tensor([self.sink, self.window])}
+        for layer, heads in enumerate(self.anns):
+            for h, ann in enumerate(heads):
+                for name, arr in ann.to_arrays().items():
+                    out[f"ann.{layer}.{h}.{name}"] = torch.from_numpy(np.ascontiguousarray(arr))
+        return out
+
+
+def _bounds(n: int, config: RetrievalConfig) -> tuple[int, int]:
+    sink = min(config.sink, n)
+    window = min(config.window, n - sink)
+    return sink, window
+
+
+def _group_queries(queries: torch.Tensor, layer: int, kv_head: int, n_rep: int) -> np.ndarray:
+    """Sampled prefill queries (L, H, P, D) of the query heads reading `kv_head` -> (n_rep * P, D)."""
+    q = queries[layer, kv_head * n_rep:(kv_head + 1) * n_rep]  # (n_rep, P, D)
+    return q.reshape(-1, q.shape[-1]).float().numpy()
+
+
+def build_index(fixed: FixedKV, queries: torch.Tensor | None, config: RetrievalConfig,
+                progress: Any = None) -> RetrievalIndex:
+    """An ANN per layer and KV head over the middle keys. queries: (L, H, P, D) sampled prefill queries."""
+    n = fixed.n_tokens
+    sink, window = _bounds(n, config)
+    anns: list[list[KeyANN]] = []
+    for layer in range(fixed.n_layers):
+        kvh = fixed.keys[layer].shape[0]
+        n_rep = queries.shape[1] // kvh if queries is not None else 1
+        heads = []
+        for h in range(kvh):
+            middle = fixed.keys[layer][h, sink:n - window]  # (n_mid, D)
+            if middle.shape[0] == 0:
+                heads.append(None)
+                continue
+            q = _group_queries(queries, layer, h, n_rep) if queries is not None else None
+            heads.append(build_key_ann(config.index, middle, queries=q, params=config.params()))
+        anns.append(heads)
+        if progress is not None:
+            progress(layer + 1, fixed.n_layers)
+    return RetrievalIndex(sink=sink, window=window, anns=anns)
+
+
+def load_index(tensors: dict[str, Any], fixed: FixedKV, config: RetrievalConfig) -> RetrievalIndex:
+    sink, window = (int(x) for x in tensors["bounds"].tolist())
+    assert (sink, window) == _bounds(fixed.n_tokens, config), "the stored index was built for other bounds"
+    n = fixed.n_tokens
+    anns = []
+    for layer in range(fixed.n_layers):
+        heads = []
+        for h in range(fixed.keys[layer].shape[0]):
+            middle = fixed.keys[layer][h, sink:n - window]
+            if middle.shape[0] == 0:
+                heads.append(None)
+                continue
+            prefix = f"ann.{layer}.{h}."
+            arrays = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
+            heads.append(load_key_ann(config.index, arrays, middle, config.params()))
+        anns.append(heads)
+    return RetrievalIndex(sink=sink, window=window, anns=anns)
+
+
+@dataclass
+class RetrievalAttention:
+    """The retrieval backend bound to one fixed context (its KV and its per-head ANN indexes)."""
+
+    fixed: FixedKV
+    index: RetrievalIndex
+    config: RetrievalConfig
+    diagnostics: Diagnostics | None = None
+    stats: AttendStats = field(default_factory=AttendStats)
+    scanned: float = 0.0  # keys scored by the ANN searches, summed over decode calls and heads
+    name: str = "retrieval"
+
+    def retrieve(self, layer: int, q: torch.Tensor, k: int) -> torch.Tensor:
+        """q (H, Q, D) -> middle-key ids (H, Q, k), -1 where the index found fewer."""
+        import torch
+
+        n_heads, q_len, d = q.shape
+        anns = self.index.anns[layer]
+        n_rep = n_heads // len(anns)
+        out = []
+        for g, ann in enumerate(anns):
+            x = q[g * n_rep:(g + 1) * n_rep].reshape(-1, d).float().numpy()  # (n_rep * Q, D)
+            ids = ann.search(x, k)  # (n_rep * Q, k')
+            if ids.shape[1] < k:
+                ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+            if q_len == 1:
+                self.scanned += ann.scanned() * n_rep
+            out.append(torch.from_numpy(ids.astype(np.int64)).view(n_rep, q_len, k))
+        return torch.cat(out)  # (H, Q, k)
+
+    def attend(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        mask: torch.Tensor | None, scaling: float,
+    ) -> torch.Tensor:
+        """query (1, H, Q, D); key/value (1, KVH, U, D) the user's tokens; -> (1, H, Q, D)."""
+        import torch
+
+        q = query[0]  # (H, Q, D)
+        n_heads, q_len, _ = q.shape
+        n_rep = n_heads // key.shape[1]
+        n = self.fixed.n_tokens
+        if layer < self.config.dense_layers or (q_len > 1 and not self.config.sparse_prefill):
+            self.stats.add(q_len, float(n), n)
+            return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
+        sink, window = self.index.sink, self.index.window
+        n_mid = n - sink - window
+        fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
+        kv_of_head = torch.arange(n_heads) // n_rep
+
+        # 1. static set (sinks + recent window), dense.
+        static = torch.cat([torch.arange(sink), torch.arange(n - window, n)])  # (S,)
+        sk = repeat_kv(fk[None, :, static], n_rep)[0]  # (H, S, D)
+        sv = repeat_kv(fv[None, :, static], n_rep)[0]
+        parts = [partial_attention(q, sk, sv, scaling)] if len(static) else []
+        # 2. retrieved middle keys (all of them when top_k covers the middle: exact).
+        if n_mid > 0:
+            if self.config.top_k >= n_mid:
+                ids = torch.arange(n_mid).expand(n_heads, q_len, n_mid)  # (H, Q, n_mid)
+            else:
+                ids = self.retrieve(layer, q, self.config.top_k)  # (H, Q, k)
+            valid = ids >= 0
+            absolute = ids.clamp(min=0) + sink
+            rk = fk[kv_of_head[:, None, None], absolute]  # (H, Q, k, D): only the retrieved keys are read
+            rv = fv[kv_of_head[:, None, None], absolute]
+            parts.append(partial_attention(q, rk, rv, scaling, valid))
+            retrieved = valid.sum(-1).float()  # (H, Q)
+        else:
+            retrieved = torch.zeros(n_heads, q_len)
+        # 3. the user's own tokens, dense and causal; then the exact merge.
+        user = user_partial(q, key, value, mask, scaling)
+        out, _ = merge_partials([*parts, user])
+        self.stats.add(q_len, float(retrieved.mean()) + len(static), n)
+        if self.diagnostics is not None and q_len == 1:
+            hits = torch.zeros(n_heads, q_len, n, dtype=torch.int32)
+            hits[..., static] = 1
+            if n_mid > 0:
+                hits.scatter_add_(-1, absolute, valid.to(torch.int32))
+            attended = hits > 0  # (H, Q, N)
+            if n_mid > 0:
+                # ANN recall: retrieved ids vs the exact top-k of q·k over the middle keys.
+                k_exact = min(self.config.top_k, n_mid)
+                mid_k = repeat_kv(fk[None, :, sink:n - window], n_rep)[0]  # (H, n_mid, D)
+                exact = torch.einsum("hqd,hnd->hqn", q.float(), mid_k.float()).topk(k_exact, dim=-1).indices
+                hit = torch.zeros(n_heads, q_len, n_mid, dtype=torch.bool)
+                hit.scatter_(-1, exact, True)
+                found = hit.gather(-1, ids.clamp(min=0)) & valid
+                self.diagnostics.add("ann_recall", float(found.sum(-1).float().sum()) / k_exact, n_heads * q_len)
+            self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
+        return out[None].to(query.dtype)
+
+
+class RetrievalBackend:
+    """Registry entry: builds, stores and loads the per-head ANN indexes; binds them to a context."""
+
+    name = "retrieval"
+    needs_index = True
+    config_class = RetrievalConfig
+
+    def __init__(self, config: RetrievalConfig | None = None) -> None:
+        self.config = config or RetrievalConfig()
+
+    def build(self, fixed: FixedKV, queries: torch.Tensor, progress: Any = None) -> RetrievalIndex:
+        return build_index(fixed, queries, self.config, progress)
+
+    def to_tensors(self, index: RetrievalIndex) -> dict[str, Any]:
+        return index.to_tensors()
+
+    def from_tensors(self, tensors: dict[str, Any], fixed: FixedKV) -> RetrievalIndex:
+        return load_index(tensors, fixed, self.config)
+
+    def state(self, fixed: FixedKV, index: RetrievalIndex, diagnostics: Diagnostics | None = None) -> RetrievalAttention:
+        return RetrievalAttention(fixed=fixed, index=index, config=self.config, diagnostics=diagnostics)
+
+
+__all__ = ["FORMAT", "RetrievalAttention", "RetrievalBackend", "RetrievalConfig", "RetrievalIndex", "build_index",
+           "load_index"]

@@ -1,0 +1,370 @@
+"""Squeezed Attention (Hooper et al., 2024) over a cached fixed context (no Django here).
+
+Offline, per layer and KV head (`build_index`):
+  the fixed context's keys outside the recent window are clustered by faiss k-means on their
+  L2-normalised directions into ``cluster_fraction * N`` clusters (default 5%); each centroid
+  C_i is the mean of its cluster's unnormalised keys and N_i its size. Optional second level:
+  coarse centroids over the fine ones (`indexes.key_index.KeyCentroids`).
+
+Online, for a query q of one query head (`SqueezedAttention.attend`):
+  S_i = exp(s q·C_i) / Σ_j N_j exp(s q·C_j)  (s = the attention scale)
+estimates the attention probability of one key of cluster i. Clusters with S_i ≥ τ are kept
+and their keys attended *exactly*; the recent window of the fixed context (its last ``window``
+tokens) is always attended; the user's own tokens (everything after the fixed context) are
+attended densely with the causal mask. The three parts are merged exactly with log-sum-exp.
+
+Threshold: τ is one global number for all layers and heads (S_i is a probability, comparable
+across heads: flat heads keep many clusters, peaked heads few). It is calibrated from the last
+``n_proxy`` tokens of the fixed context used as proxy queries: the size-weighted quantile of
+their S_i such that ``keep_fraction`` (default 10%) of the clustered keys pass, averaged over
+layers, heads and proxies. At decode time the real share differs per question; it is measured
+(`stats`), not assumed.
+
+Hierarchical lookup (``hierarchical=True``): coarse centroids are scored first with their own
+calibrated threshold τ1 (keeping ``coarse_keep_fraction`` of the keys); only fine clusters
+under a kept coarse cluster are scored, against the coarse level's denominator
+Σ_j N_j exp(s q·C1_j), with τ2 calibrated the same way. On this CPU the fine scores are computed
+for every cluster and masked (one small matmul is cheaper than a gather); `lookups` counts the
+centroids a lookup-bound kernel would compare.
+
+Keep-everything setting: ``keep_fraction=1.0`` (τ = 0: every cluster passes) equals full
+attention up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexes.key_index import KeyCentroids
+from workers.attention.base import Diagnostics
+from workers.attention.reference import (
+    AttendStats,
+    FixedKV,
+    dense_attend,
+    merge_partials,
+    partial_attention,
+    repeat_kv,
+    user_partial,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT = "squeezed/1"
+
+
+@dataclass(frozen=True)
+class SqueezedConfig:
+    cluster_fraction: float = 0.05  # clusters per clustered key
+    keep_fraction: float = 0.10  # calibrated share of clustered keys attended (search time)
+    window: int = 64  # last fixed-context tokens always attended
+    sink: int = 4  # first fixed-context tokens always attended (attention sinks; not in the paper)
+    dense_layers: int = 0  # the first layers attend every key (flat attention there; measured)
+    sparse_prefill: bool = True  # the user's tokens use the centroid lookup too (as in the paper)
+    n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
+    hierarchical: bool = False
+    coarse_fraction: float = 0.125  # coarse clusters per fine cluster (hierarchical)
+    coarse_keep_fraction: float = 0.30  # share of keys under the kept coarse clusters (search time)
+    kmeans_iters: int = 20
+    seed: int = 1234
+
+    # What the stored index depends on; the rest are applied at search time (no rebuild).
+    BUILD_FIELDS = ("cluster_fraction", "window", "sink", "n_proxy", "hierarchical", "coarse_fraction", "kmeans_iters", "seed")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cluster_fraction <= 1:
+            raise ValueError(f"cluster_fraction must be in (0, 1], got {self.cluster_fraction}")
+        if not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if not 0 < self.coarse_keep_fraction <= 1:
+            raise ValueError(f"coarse_keep_fraction must be in (0, 1], got {self.coarse_keep_fraction}")
+        if self.window < 0 or self.sink < 0 or self.dense_layers < 0 or self.n_proxy < 1:
+            raise ValueError("window, sink and dense_layers must be >= 0 and n_proxy >= 1")
+
+    def build_params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in self.BUILD_FIELDS}
+
+
+@dataclass
+class SqueezedIndex:
+    """Per layer: KeyCentroids per KV head (stacked), the clustered span, the proxy queries."""
+
+    start: int  # keys [start, start + n_clustered) are clustered; the sinks before, the window after
+    n_clustered: int
+    centroids: list[torch.Tensor]  # per layer (KVH, C, D)
+    log_sizes: list[torch.Tensor]  # per layer (KVH, C); -inf for empty clusters
+    labels: list[torch.Tensor]  # per layer (KVH, n_clustered) int64
+    proxies: torch.Tensor  # (L, H, P, D) proxy queries (the context's last tokens)
+    coarse: list[torch.Tensor] | None = None  # per layer (KVH, C1, D)
+    coarse_log_sizes: list[torch.Tensor] | None = None  # per layer (KVH, C1)
+    parent: list[torch.Tensor] | None = None  # per layer (KVH, C) int64
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.coarse is not None
+
+    # -------------------------------------------------------------- persistence
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
+        out: dict[str, torch.Tensor] = {"span": torch.tensor([self.start, self.n_clustered]),
+                                        "proxies": self.proxies.half()}
+        for i in range(len(self.centroids)):
+            out[f"centroids.{i}"] = self.centroids[i]
+            out[f"log_sizes.{i}"] = self.log_sizes[i]
+            out[f"labels.{i}"] = self.labels[i].to(torch.int32)
+            if self.coarse is not None:
+                out[f"coarse.{i}"] = self.coarse[i]
+                out[f"coarse_log_sizes.{i}"] = self.coarse_log_sizes[i]
+                out[f"parent.{i}"] = self.parent[i].to(torch.int32)
+        return out
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], n_layers: int) -> SqueezedIndex:
+        import torch
+
+        hier = "coarse.0" in t
+        index = cls(
+            start=int(t["span"][0]),
+            n_clustered=int(t["span"][1]),
+            centroids=[t[f"centroids.{i}"] for i in range(n_layers)],
+            log_sizes=[t[f"log_sizes.{i}"] for i in range(n_layers)],
+            labels=[t[f"labels.{i}"].to(torch.int64) for i in range(n_layers)],
+            proxies=t["proxies"].float(),
+            coarse=[t[f"coarse.{i}"] for i in range(n_layers)] if hier else None,
+            coarse_log_sizes=[t[f"coarse_log_sizes.{i}"] for i in range(n_layers)] if hier else None,
+            parent=[t[f"parent.{i}"].to(torch.int64) for i in range(n_layers)] if hier else None,
+        )
+        assert all(lab.shape[1] == index.n_clustered for lab in index.labels), "labels do not match the context"
+        return index
+
+
+def build_index(fixed: FixedKV, proxies: torch.Tensor, config: SqueezedConfig, progress: Any = None) -> SqueezedIndex:
+    """Cluster every layer's and KV head's keys. proxies: (L, H, P, D) queries of the context's last tokens."""
+    import torch
+
+    n = fixed.n_tokens
+    sink = min(config.sink, n - 1)
+    window = min(config.window, n - 1 - sink)
+    n_clustered = n - window - sink
+    assert n_clustered >= 1
+    n_clusters = max(1, round(config.cluster_fraction * n_clustered))
+    n_coarse = max(1, round(config.coarse_fraction * n_clusters)) if config.hierarchical else None
+    centroids, log_sizes, labels, coarse, coarse_log_sizes, parent = [], [], [], [], [], []
+    for layer in range(fixed.n_layers):
+        per_head = [
+            KeyCentroids.build(fixed.keys[layer][h, sink:sink + n_clustered], n_clusters, niter=config.kmeans_iters,
+                               seed=config.seed, n_coarse=n_coarse)
+            for h in range(fixed.keys[layer].shape[0])
+        ]
+        centroids.append(torch.from_numpy(np.stack([c.centroids for c in per_head])))  # (KVH, C, D)
+        log_sizes.append(torch.from_numpy(np.log(np.stack([c.sizes for c in per_head]).astype(np.float32))))
+        labels.append(torch.from_numpy(np.stack([c.labels for c in per_head])))  # (KVH, n_clustered)
+        if n_coarse:
+            coarse.append(torch.from_numpy(np.stack([c.coarse for c in per_head])))  # (KVH, C1, D)
+            coarse_log_sizes.append(torch.from_numpy(np.log(np.stack([c.coarse_sizes for c in per_head]).astype(np.float32))))
+            parent.append(torch.from_numpy(np.stack([c.parent for c in per_head])))  # (KVH, C)
+        if progress is not None:
+            progress(layer + 1, fixed.n_layers)
+    return SqueezedIndex(
+        start=sink, n_clustered=n_clustered, centroids=centroids, log_sizes=log_sizes, labels=labels,
+        proxies=proxies[:, :, -config.n_proxy:].float(),
+        coarse=coarse or None, coarse_log_sizes=coarse_log_sizes or None, parent=parent or None,
+    )
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def _log_scores(q: torch.Tensor, cents: torch.Tensor, log_sizes: torch.Tensor, scaling: float,
+                log_den: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log S_i for q (H, Q, D) vs per-head centroids (H, C, D) -> (log S (H, Q, C), log denominator (H, Q))."""
+    import torch
+
+    s = torch.einsum("hqd,hcd->hqc", q.float(), cents) * scaling  # (H, Q, C)
+    if log_den is None:
+        log_den = torch.logsumexp(s + log_sizes[:, None, :], dim=-1)  # (H, Q)
+    return s - log_den[..., None], log_den
+
+
+def _weighted_quantile_threshold(log_s: torch.Tensor, sizes: torch.Tensor, keep: float, total: float) -> float:
+    """The log τ at which the keys of clusters with log S ≥ log τ are `keep` of `total` keys."""
+    import torch
+
+    flat_s, flat_n = log_s.reshape(-1), sizes.reshape(-1).double()
+    order = torch.argsort(flat_s, descending=True)
+    cum = torch.cumsum(flat_n[order], 0) / total
+    idx = int(torch.searchsorted(cum, torch.tensor([keep], dtype=cum.dtype))[0])
+    idx = min(idx, len(order) - 1)
+    return float(flat_s[order[idx]])
+
+
+@dataclass
+class Calibration:
+    log_tau: float  # fine threshold (log space); -inf keeps everything
+    log_tau_coarse: float = -math.inf
+
+
+def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int) -> Calibration:
+    """Global thresholds from the proxy queries (see the module docstring)."""
+    import torch
+
+    if config.keep_fraction >= 1.0:
+        return Calibration(-math.inf, -math.inf)
+    n_layers = len(index.centroids)
+    n_proxy = index.proxies.shape[2]
+    total = float(n_layers * index.proxies.shape[1] * n_proxy * index.n_clustered)
+    with torch.no_grad():
+        if not index.hierarchical:
+            scores, sizes = [], []
+            for layer in range(n_layers):
+                cents = repeat_kv(index.centroids[layer][None], n_rep)[0]  # (H, C, D)
+                log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+                log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling)  # (H, P, C)
+                scores.append(log_s)
+                sizes.append(log_sz.exp()[:, None, :].expand_as(log_s))
+            return Calibration(_weighted_quantile_threshold(torch.stack(scores), torch.stack(sizes),
+                                                            config.keep_fraction, total))
+        # Hierarchical: τ1 on the coarse level, then τ2 on the fine scores under kept coarse clusters.
+        coarse_scores, coarse_sizes, dens = [], [], []
+        for layer in range(n_layers):
+            cc = repeat_kv(index.coarse[layer][None], n_rep)[0]  # (H, C1, D)
+            log_csz = repeat_kv(index.coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C1)
+            log_s1, log_den = _log_scores(index.proxies[layer], cc, log_csz, scaling)
+            coarse_scores.append(log_s1)
+            coarse_sizes.append(log_csz.exp()[:, None, :].expand_as(log_s1))
+            dens.append(log_den)
+        log_tau1 = _weighted_quantile_threshold(torch.stack(coarse_scores), torch.stack(coarse_sizes),
+                                                max(config.coarse_keep_fraction, config.keep_fraction), total)
+        fine_scores, fine_sizes = [], []
+        for layer in range(n_layers):
+            cents = repeat_kv(index.centroids[layer][None], n_rep)[0]
+            log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
+            parent = repeat_kv(index.parent[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+            log_s2, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling, log_den=dens[layer])
+            under = (coarse_scores[layer] >= log_tau1).gather(-1, parent[:, None, :].expand_as(log_s2))
+            fine_scores.append(log_s2.masked_fill(~under, -math.inf))
+            fine_sizes.append(log_sz.exp()[:, None, :].expand_as(log_s2))
+        log_tau2 = _weighted_quantile_threshold(torch.stack(fine_scores), torch.stack(fine_sizes),
+                                                config.keep_fraction, total)
+        return Calibration(log_tau2, log_tau1)
+
+
+# ---------------------------------------------------------------------------- online
+
+
+@dataclass
+class SqueezedAttention:
+    """The squeezed backend bound to one fixed context (its KV, its index, calibrated thresholds)."""
+
+    fixed: FixedKV
+    index: SqueezedIndex
+    config: SqueezedConfig
+    calibration: Calibration | None = None
+    diagnostics: Diagnostics | None = None
+    stats: AttendStats = field(default_factory=AttendStats)
+    lookups: float = 0.0  # centroids compared, summed over decode calls and heads
+    name: str = "squeezed"
+
+    def _calibrated(self, scaling: float, n_rep: int) -> Calibration:
+        if self.calibration is None:
+            self.calibration = calibrate(self.index, self.config, scaling, n_rep)
+        return self.calibration
+
+    def select_clusters(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
+        """q (H, Q, D) -> kept clusters (H, Q, C) bool."""
+        import torch
+
+        n_rep = q.shape[0] // self.index.centroids[layer].shape[0]
+        cal = self._calibrated(scaling, n_rep)
+        cents = repeat_kv(self.index.centroids[layer][None], n_rep)[0]  # (H, C, D)
+        log_sz = repeat_kv(self.index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+        live = torch.isfinite(log_sz)[:, None, :]  # (H, 1, C): empty clusters never count
+        if not self.index.hierarchical:
+            log_s, _ = _log_scores(q, cents, log_sz, scaling)
+            if q.shape[1] == 1:
+                self.lookups += cents.shape[0] * cents.shape[1]
+            return (log_s >= cal.log_tau) & live
+        cc = repeat_kv(self.index.coarse[layer][None], n_rep)[0]  # (H, C1, D)
+        log_csz = repeat_kv(self.index.coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
+        parent = repeat_kv(self.index.parent[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+        log_s1, log_den = _log_scores(q, cc, log_csz, scaling)
+        under = (log_s1 >= cal.log_tau_coarse).gather(-1, parent[:, None, :].expand(-1, q.shape[1], -1))  # (H, Q, C)
+        log_s2, _ = _log_scores(q, cents, log_sz, scaling, log_den=log_den)
+        if q.shape[1] == 1:
+            self.lookups += float(cc.shape[0] * cc.shape[1] + under.sum())
+        return under & (log_s2 >= cal.log_tau) & live
+
+    def attend(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        mask: torch.Tensor | None, scaling: float,
+    ) -> torch.Tensor:
+        """query (1, H, Q, D); key/value (1, KVH, U, D) the user's tokens; -> (1, H, Q, D)."""
+        import torch
+
+        q = query[0]  # (H, Q, D)
+        n_heads, q_len, _ = q.shape
+        n_rep = n_heads // key.shape[1]
+        start, nc, n = self.index.start, self.index.n_clustered, self.fixed.n_tokens
+        if layer < self.config.dense_layers or (q_len > 1 and not self.config.sparse_prefill):
+            self.stats.add(q_len, float(n), n)
+            return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
+        fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
+        kv_of_head = torch.arange(n_heads) // n_rep  # (H,)
+
+        keep_c = self.select_clusters(layer, q, scaling)  # (H, Q, C)
+        labels = self.index.labels[layer][kv_of_head]  # (H, Nc)
+        keep = keep_c.gather(-1, labels[:, None, :].expand(-1, q_len, -1))  # (H, Q, Nc): keys of kept clusters
+        counts = keep.sum(-1)  # (H, Q)
+        m = max(1, int(counts.max()))
+        idx = keep.to(torch.float32).topk(m, dim=-1).indices  # (H, Q, M): kept keys first (order irrelevant)
+        valid = keep.gather(-1, idx)  # (H, Q, M)
+        sel_k = fk[kv_of_head[:, None, None], idx + start]  # (H, Q, M, D): only the kept keys are read
+        sel_v = fv[kv_of_head[:, None, None], idx + start]
+        parts = [partial_attention(q, sel_k, sel_v, scaling, valid)]
+        static = torch.cat([torch.arange(start), torch.arange(start + nc, n)])  # sinks + recent window, always
+        if len(static):
+            sk = repeat_kv(fk[None, :, static], n_rep)[0]  # (H, S, D)
+            sv = repeat_kv(fv[None, :, static], n_rep)[0]
+            parts.append(partial_attention(q, sk, sv, scaling))
+        user = user_partial(q, key, value, mask, scaling)
+        out, _ = merge_partials([*parts, user])
+        self.stats.add(q_len, float(counts.float().mean()) + len(static), n)
+        if self.diagnostics is not None:
+            attended = torch.zeros(n_heads, q_len, n, dtype=torch.bool)
+            attended[..., start:start + nc] = keep
+            attended[..., static] = True
+            self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
+        return out[None].to(query.dtype)
+
+
+class SqueezedBackend:
+    """Registry entry: builds, stores and loads the squeezed index; binds it to a context."""
+
+    name = "squeezed"
+    needs_index = True
+    config_class = SqueezedConfig
+
+    def __init__(self, config: SqueezedConfig | None = None) -> None:
+        self.config = config or SqueezedConfig()
+
+    def build(self, fixed: FixedKV, queries: torch.Tensor, progress: Any = None) -> SqueezedIndex:
+        return build_index(fixed, queries, self.config, progress)
+
+    def to_tensors(self, index: SqueezedIndex) -> dict[str, Any]:
+        return index.to_tensors()
+
+    def from_tensors(self, tensors: dict[str, Any], fixed: FixedKV) -> SqueezedIndex:
+        return SqueezedIndex.from_tensors(tensors, fixed.n_layers)
+
+    def state(self, fixed: FixedKV, index: SqueezedIndex, diagnostics: Diagnostics | None = None) -> SqueezedAttention:
+        return SqueezedAttention(fixed=fixed, index=index, config=self.config, diagnostics=diagnostics)
+
+
+__all__ = ["FORMAT", "Calibration", "SqueezedAttention", "SqueezedBackend", "SqueezedConfig", "SqueezedIndex",
+           "build_index", "calibrate"]
