@@ -21,6 +21,7 @@ TASK_MODULES = [
     "workers.tasks.rag",
     "workers.tasks.costs",
     "workers.tasks.agents",
+    "workers.tasks.attention",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)

@@ -37,7 +37,21 @@ class Pipeline(models.Model):
         default=1.0, help_text="≤ 1: share of context tokens to keep; > 1: a token budget for the context"
     )
     prompting_strategy = models.CharField(max_length=64, default="naive")
-    attention_backend = models.CharField(max_length=64, default="full")
+    attention_backend = models.CharField(
+        max_length=64, default="full",
+        help_text="How answers attend to the fixed context's cached KV: full (exact), squeezed or retrieval (sparse)",
+    )
+    attention_options = models.JSONField(
+        default=dict, blank=True, help_text="Options of the attention backend (e.g. keep_fraction, top_k)"
+    )
+    fixed_context = models.TextField(
+        blank=True,
+        help_text="A long text every answer reads (prefilled once, KV cached); replaces retrieval when set",
+    )
+    fixed_context_corpus = models.ForeignKey(
+        "corpora.Corpus", on_delete=models.SET_NULL, null=True, blank=True, related_name="fixed_context_pipelines",
+        help_text="Or: a corpus whose documents, concatenated, are the fixed context",
+    )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
     system_prompt = models.TextField(blank=True)
@@ -51,6 +65,10 @@ class Pipeline(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def has_fixed_context(self) -> bool:
+        return bool(self.fixed_context.strip()) or self.fixed_context_corpus_id is not None
 
 
 class QueryStatus(models.TextChoices):

@@ -81,6 +81,9 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             f"prompting strategy {values['prompting_strategy']!r} runs the model itself and needs a local model; "
             f"{model_endpoint.name!r} is a remote endpoint"
         )
+    from apps.rag.fixed_context import fixed_context_validate
+
+    errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
     if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
         errors["top_k"] = "top_k must be between 1 and 100"
     if "compression_target" in values and not float(values["compression_target"]) > 0:
@@ -94,6 +97,7 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
 PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+    "attention_options", "fixed_context", "fixed_context_corpus",
 )
 
 
@@ -113,11 +117,12 @@ def pipeline_save(
         raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
     if isinstance(model_endpoint, str):
         model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
-    current = {"prompting_strategy": pipeline.prompting_strategy} if pipeline is not None else {}
+    current = {"prompting_strategy": pipeline.prompting_strategy, "attention_backend": pipeline.attention_backend,
+               "attention_options": pipeline.attention_options} if pipeline is not None else {}
     pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
     if model_endpoint.team_id not in (None, team.pk):
         raise ValidationFailed("that model endpoint belongs to another team")
-    for corpus in corpora or []:
+    for corpus in [*(corpora or []), *([values["fixed_context_corpus"]] if values.get("fixed_context_corpus") else [])]:
         if corpus.team_id != team.pk:
             raise ValidationFailed("a pipeline can only use its own team's corpora")
     name = name.strip()
@@ -162,6 +167,9 @@ def _query_worst_case(
         chunk_tokens = max((c.chunk_tokens for c in pipeline.corpora.all()), default=256)
         # 2x: the embedding tokenizer's count vs the generator's, plus the passage headers.
         prompt_tokens += pipeline.top_k * (2 * chunk_tokens + 16)
+        from apps.rag.fixed_context import fixed_context_token_estimate
+
+        prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
     is_local = endpoint.kind == EndpointKind.LOCAL
     estimate = worst_case_cost(
         price=price,
@@ -338,6 +346,10 @@ def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, 
     from workers.runtime.meter import count_chat_tokens, count_tokens
 
     pipeline = run.pipeline
+    if pipeline.has_fixed_context:  # answered over the cached fixed context (apps/rag/fixed_context.py)
+        from apps.rag.fixed_context import fixed_context_run
+
+        return fixed_context_run(run=run, context=context, stream=stream, progress=progress)
     corpora = list(pipeline.corpora.all())
     progress(0, 3, "retrieving")
     timings: dict[str, float] = {}
