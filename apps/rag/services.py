@@ -299,15 +299,12 @@ def _strategy_generate(*, strategy, run: QueryRun, endpoint: ModelEndpoint, targ
                        passages: list, stream: _AnswerStream) -> MeteredCall:
     """Generation by a strategy that runs the local model itself (superposition), billed like model_call:
     one ledger row under the run's reservation, KV-store hits as cached tokens, compute as device seconds."""
-    from indexes.kv_store import DEFAULT_MAX_BYTES, KVStore
+    from indexes.kv_store import KVStore
     from workers.runtime.local_lm import LoadedModel
 
     if endpoint.kind != EndpointKind.LOCAL or not isinstance(target, LoadedModel):
         raise ValidationFailed(f"prompting strategy {strategy.name!r} needs a local model; {endpoint.name!r} is not one")
-    store = KVStore(
-        Path(settings.DATA_ROOT) / "kv-cache",
-        max_bytes=int(getattr(settings, "PARSIMONY_KV_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)),
-    )
+    store = KVStore(Path(settings.DATA_ROOT) / "kv-cache", max_bytes=settings.PARSIMONY_KV_CACHE_MAX_BYTES)
     price = price_current(model_name=endpoint.price_name)
     result = strategy.generate(
         model=target,
