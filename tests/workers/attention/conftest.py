@@ -1,0 +1,95 @@
+"""Fixtures for the attention backend tests: random fixed contexts, one real SmolLM2 per session, a handbook.
+
+The converted model is cached under var/test-models when PARSIMONY_TEST_MODEL_CACHE is set
+(as in tests/workers/runtime), else in a session tmp folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# A made-up staff handbook (about 700 tokens): facts a question can be about, spread over the text.
+SECTIONS = [
+    ("Working hours", "The office of Larkspur Instruments opens at 7:30 and closes at 18:00. Core hours run from "
+     "10:00 to 15:00; outside them staff choose their own schedule, logged in the Tally system."),
+    ("Holidays", "Every employee receives 27 days of paid leave per year, plus the public holidays of the canton. "
+     "Unused days expire on the 31st of March of the following year."),
+    ("Equipment", "Laptops are replaced every four years. A broken screen is repaired by the service desk on the "
+     "second floor, which is open on weekdays from 8:00 to 17:00."),
+    ("Travel", "Train travel is booked in second class for trips under three hours and in first class otherwise. "
+     "Flights need the approval of a department head and are booked through the agency Meridian."),
+    ("Expenses", "Expenses are filed within 60 days with receipts attached. Meals on business trips are refunded up "
+     "to 45 francs per day; alcohol is never refunded."),
+    ("Security", "Badges must be worn visibly inside the building. A lost badge is reported to the front desk, which "
+     "issues a temporary badge valid for five days."),
+    ("Parking", "The garage under building B has 140 places, allocated by lottery every January. Bicycles park for "
+     "free in the courtyard, where two charging stations for electric bikes are available."),
+    ("Canteen", "The canteen serves lunch from 11:30 to 14:00. The vegetarian menu of the day costs 9 francs and the "
+     "regular menu 12 francs; coffee is free before 9:00."),
+    ("Training", "Each employee may spend up to 5 days per year on training courses approved by their manager. The "
+     "company covers the course fees up to 3000 francs."),
+    ("Health", "The company doctor, Dr. Amsel, holds consultations on Tuesdays and Thursdays in room 0.14. Flu "
+     "vaccinations are offered every October."),
+]
+HANDBOOK = "\n\n".join(f"Section {i}. {title}\n{text}" for i, (title, text) in enumerate(SECTIONS, start=1))
+QUESTION = "How many days of paid leave does an employee receive per year?"
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
+        path = REPO_ROOT / "var" / "test-models"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache_dir: Path):
+    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
+
+    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
+    return load_causal_lm("smollm2-135m-instruct", cache_dir=model_cache_dir, device="cpu")
+
+
+@pytest.fixture
+def random_context():
+    """A random fixed context shaped like SmolLM2's attention: 3 KV heads, 9 query heads, head dim 64."""
+    import torch
+
+    from workers.attention.reference import FixedKV
+
+    gen = torch.Generator().manual_seed(7)
+    n_layers, kvh, n, d = 2, 3, 300, 64
+    # Keys with a few strong directions (like real keys: clustered, some far more attended).
+    basis = torch.randn(8, d, generator=gen)
+    keys, values = [], []
+    for _ in range(n_layers):
+        mix = torch.randn(kvh, n, 8, generator=gen).softmax(-1) * 3
+        keys.append(mix @ basis + 0.3 * torch.randn(kvh, n, d, generator=gen))  # (KVH, N, D)
+        values.append(torch.randn(kvh, n, d, generator=gen))
+    queries = torch.randn(n_layers, 9, 96, d, generator=gen) + basis[:1]  # (L, H, P, D) sampled prefill queries
+    return FixedKV(keys, values), queries
+
+
+@pytest.fixture
+def user_step():
+    """A decoding step's inputs: query (1, H, Q, D), the user's key/value (1, KVH, U, D), a causal mask."""
+
+    def make(q_len: int = 1, u_len: int = 5, seed: int = 11):
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        query = torch.randn(1, 9, q_len, 64, generator=gen)
+        key = torch.randn(1, 3, u_len, 64, generator=gen)
+        value = torch.randn(1, 3, u_len, 64, generator=gen)
+        allowed = torch.ones(q_len, u_len, dtype=torch.bool).tril(diagonal=u_len - q_len)
+        mask = torch.zeros(1, 1, q_len, u_len).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        return query, key, value, mask
+
+    return make

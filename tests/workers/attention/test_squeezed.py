@@ -1,0 +1,131 @@
+"""Squeezed attention on random fixed contexts, against the plain reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indexes.key_index import KeyCentroids
+from workers.attention import get_backend
+from workers.attention.reference import FullAttention, attention_reference
+from workers.attention.squeezed import SqueezedConfig, SqueezedIndex, build_index, calibrate
+
+SCALE = 0.125
+
+
+def _state(random_context, **options):
+    fixed, queries = random_context
+    backend = get_backend("squeezed", **options)
+    index = backend.build(fixed, queries)
+    return backend.state(fixed, index), fixed
+
+
+def test_centroids_are_the_means_of_their_clusters_unnormalised_keys():
+    gen = torch.Generator().manual_seed(1)
+    keys = torch.randn(200, 16, generator=gen) * torch.rand(200, 1, generator=gen) * 5  # varied norms
+    c = KeyCentroids.build(keys, 10, n_coarse=3)
+    assert c.centroids.shape == (10, 16) and c.sizes.sum() == 200 and c.labels.shape == (200,)
+    for i in np.flatnonzero(c.sizes):
+        np.testing.assert_allclose(c.centroids[i], keys.numpy()[c.labels == i].mean(0), atol=1e-5)
+    # The coarse level: size-weighted means of fine centroids = means of all their keys.
+    for j in range(3):
+        members = np.isin(c.labels, np.flatnonzero(c.parent == j))
+        assert c.coarse_sizes[j] == members.sum()
+        if members.any():
+            np.testing.assert_allclose(c.coarse[j], keys.numpy()[members].mean(0), atol=1e-4)
+
+
+def test_clusters_group_keys_by_direction_not_by_norm():
+    # Two directions, each at very different norms: clustering the normalised keys finds the directions.
+    a, b = torch.zeros(16), torch.zeros(16)
+    a[0], b[1] = 1.0, 1.0
+    keys = torch.cat([a * s for s in torch.linspace(0.1, 10, 50)] + [b * s for s in torch.linspace(0.1, 10, 50)]).view(100, 16)
+    c = KeyCentroids.build(keys, 2)
+    assert len(set(c.labels[:50])) == 1 and len(set(c.labels[50:])) == 1 and c.labels[0] != c.labels[50]
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+@pytest.mark.parametrize("q_len", [1, 4])
+def test_it_equals_full_attention_when_every_cluster_is_kept(random_context, user_step, hierarchical, q_len):
+    state, fixed = _state(random_context, keep_fraction=1.0, hierarchical=hierarchical)
+    query, key, value, mask = user_step(q_len=q_len)
+    for layer in range(fixed.n_layers):
+        out = state.attend(layer, query, key, value, mask, SCALE)
+        expected = FullAttention(fixed).attend(layer, query, key, value, mask, SCALE)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    assert state.stats.fraction("decode" if q_len == 1 else "prefill") == pytest.approx(1.0)
+
+
+def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_and_user_tokens(random_context, user_step):
+    state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2)
+    query, key, value, mask = user_step(q_len=2, u_len=4)
+    layer = 1
+    out = state.attend(layer, query, key, value, mask, SCALE)
+    # Rebuild the selection independently and run the reference with a mask over [fixed, user].
+    index = state.index
+    keep_c = state.select_clusters(layer, query[0], SCALE)  # (H, Q, C)
+    allowed_fixed = torch.zeros(9, 2, fixed.n_tokens, dtype=torch.bool)
+    for h in range(9):
+        labels = index.labels[layer][h // 3]
+        for qi in range(2):
+            kept = torch.isin(labels, torch.nonzero(keep_c[h, qi])[:, 0])
+            allowed_fixed[h, qi, index.start:index.start + index.n_clustered] = kept
+    allowed_fixed[..., :index.start] = True
+    allowed_fixed[..., index.start + index.n_clustered:] = True
+    allowed = torch.cat([allowed_fixed, (mask[0] == 0).expand(9, -1, -1)], dim=-1)  # (H, Q, N + U)
+    all_k = torch.cat([fixed.keys[layer][None], key], dim=2)
+    all_v = torch.cat([fixed.values[layer][None], value], dim=2)
+    expected = torch.stack([
+        attention_reference(query[:, h:h + 1], all_k[:, h // 3:h // 3 + 1], all_v[:, h // 3:h // 3 + 1],
+                            torch.zeros(1, 1, 2, allowed.shape[-1]).masked_fill(~allowed[h][None, None], float("-inf")),
+                            SCALE)[:, 0]
+        for h in range(9)
+    ], dim=1)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    assert 0 < state.stats.fraction("prefill") < 0.5
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_the_calibrated_threshold_keeps_about_the_requested_share_on_the_proxy_queries(random_context, hierarchical):
+    fixed, queries = random_context
+    config = SqueezedConfig(keep_fraction=0.1, window=8, sink=0, n_proxy=32, hierarchical=hierarchical)
+    index = build_index(fixed, queries, config)
+    state = get_backend("squeezed", **{k: getattr(config, k) for k in ("keep_fraction", "window", "sink", "n_proxy",
+                                                                       "hierarchical")}).state(fixed, index)
+    state.calibration = calibrate(index, config, SCALE, 3)
+    kept = []
+    for layer in range(fixed.n_layers):
+        keep_c = state.select_clusters(layer, index.proxies[layer], SCALE)  # (H, P, C)
+        sizes = index.log_sizes[layer].exp().repeat_interleave(3, 0)[:, None, :]  # (H, 1, C)
+        kept.append(float((keep_c * sizes).sum() / (keep_c.shape[0] * keep_c.shape[1] * index.n_clustered)))
+    assert np.mean(kept) == pytest.approx(0.1, abs=0.03)
+
+
+def test_a_tighter_budget_attends_fewer_keys(random_context, user_step):
+    query, key, value, mask = user_step()
+    fractions = []
+    for keep in (0.05, 0.2, 0.5):
+        state, fixed = _state(random_context, keep_fraction=keep, window=8)
+        for layer in range(fixed.n_layers):
+            state.attend(layer, query, key, value, mask, SCALE)
+        fractions.append(state.stats.fraction("decode"))
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1]
+
+
+def test_the_index_round_trips_through_tensors(random_context):
+    fixed, queries = random_context
+    config = SqueezedConfig(hierarchical=True)
+    index = build_index(fixed, queries, config)
+    again = SqueezedIndex.from_tensors(index.to_tensors(), fixed.n_layers)
+    assert again.start == index.start and again.n_clustered == index.n_clustered
+    for a, b in zip(index.labels + index.centroids + index.parent, again.labels + again.centroids + again.parent,
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_it_refuses_nonsense_budgets():
+    with pytest.raises(ValueError, match="keep_fraction"):
+        SqueezedConfig(keep_fraction=0)
+    with pytest.raises(ValueError, match="cluster_fraction"):
+        SqueezedConfig(cluster_fraction=1.5)
