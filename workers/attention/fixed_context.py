@@ -345,6 +345,22 @@ def prepare_fixed_context(
 # ============================================================================ 4. answering
 
 
+def forward_user(lm: LoadedModel, state: Any, cache: Any, ids: list[int], start: int) -> torch.Tensor:
+    """Run user tokens `ids` at positions start, start+1, ... over the fixed context held by `state`.
+
+    `cache` (a DynamicCache) holds the user's earlier tokens only and grows by `ids`. Returns the
+    last position's logits (V,). Caller: model lock, inference mode, `attention_implementation`.
+    """
+    import torch
+
+    device = lm.device
+    input_ids = torch.tensor([ids], device=device)  # (1, U)
+    position_ids = torch.arange(start, start + len(ids), device=device)[None]  # (1, U)
+    out = lm.model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
+                   logits_to_keep=1, **{STATE_KWARG: state})
+    return out.logits[0, -1]
+
+
 @dataclass
 class FixedContextResult(GenerationResult):
     """A GenerationResult (bill it like one) plus what the backend attended and where time went."""
@@ -430,14 +446,9 @@ def answer(
             with attention_implementation(model):
                 t1 = time.perf_counter()
                 cache = DynamicCache(config=model.config)  # the user's tokens only
-                position = n_ctx
-                input_ids = torch.tensor([u_ids], device=device)  # (1, U)
-                position_ids = torch.arange(position, position + len(u_ids), device=device)[None]  # (1, U)
-                out = model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
-                            logits_to_keep=1, **{STATE_KWARG: state})
+                logits = forward_user(lm, state, cache, u_ids, n_ctx)
                 timings["user_prefill_s"] = time.perf_counter() - t1
-                position += len(u_ids)
-                logits = out.logits[0, -1]
+                position = n_ctx + len(u_ids)
                 deadline = t0 + wall_time_limit_s
                 while True:
                     token = int(torch.argmax(logits))
@@ -454,10 +465,7 @@ def answer(
                         timed_out = True
                         break
                     s0 = time.perf_counter()
-                    out = model(input_ids=torch.tensor([[token]], device=device),
-                                position_ids=torch.tensor([[position]], device=device), cache=cache,
-                                use_cache=True, logits_to_keep=1, **{STATE_KWARG: state})
-                    logits = out.logits[0, -1]
+                    logits = forward_user(lm, state, cache, [token], position)
                     position += 1
                     step_s.append(time.perf_counter() - s0)
         if on_cuda:
@@ -518,6 +526,7 @@ __all__ = [
     "context_key",
     "ensure_context",
     "ensure_index",
+    "forward_user",
     "index_name",
     "prefill_context",
     "prepare_fixed_context",
