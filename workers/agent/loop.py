@@ -32,7 +32,7 @@ from typing import Any
 from workers.agent.decompose import decompose_messages, subtasks_or_whole
 from workers.agent.executor import ToolOutcome, call_with_timeout, result_text
 from workers.agent.schema import compact_definition, tool_definition, validate_arguments
-from workers.agent.toolcall import FORMAT_INSTRUCTIONS, corrective_message, parse_reply
+from workers.agent.toolcall import DEMO_TURNS, JSON_SYSTEM, NO_TOOL_YET, corrective_message, parse_reply
 
 MODES = ("json", "openai")
 DECOMPOSE_MAX_TOKENS = 128
@@ -136,6 +136,7 @@ class AgentLoop:
         self.model_calls = 0
         self.tools_offered: list[str] = []
         self.tools_called: list[str] = []
+        self.request = ""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -168,7 +169,9 @@ class AgentLoop:
             purpose="decompose",
             max_tokens=DECOMPOSE_MAX_TOKENS,
         )
-        subtasks, fell_back = subtasks_or_whole(reply.text, task=task, max_steps=self.config.max_subtasks)
+        subtasks, fell_back = subtasks_or_whole(
+            reply.text, task=task, max_steps=self.config.max_subtasks, context=self.request if depth else ""
+        )
         return subtasks, {
             "task": task, "depth": depth, "model_output": reply.text, "subtasks": subtasks, "fell_back": fell_back,
         }
@@ -180,7 +183,8 @@ class AgentLoop:
         hits, record = self._search(subtask, depth)
         step["searches"].append(record)
         self._update()
-        if hits or depth >= self.config.max_depth:
+        # Splitting further costs a call and must leave room to solve: at least two calls after it.
+        if hits or depth >= self.config.max_depth or self.config.step_limit - self.model_calls < 3:
             return hits
         parts, decomposition = self._decompose(subtask, depth + 1)
         step["decompositions"].append(decomposition)
@@ -236,8 +240,11 @@ class AgentLoop:
         listing = "\n".join(
             compact_definition(name=t.name, description=t.description, parameters=t.parameters) for t in tools
         )
-        system = self._system(f"You can use these tools:\n{listing}\n\n{FORMAT_INSTRUCTIONS}")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": self._system(JSON_SYSTEM)},
+            *[dict(turn) for turn in DEMO_TURNS],
+            {"role": "user", "content": f"Tools:\n{listing}\n{user}"},
+        ]
         retried = False
         last_result: str | None = None
         done: dict[str, str] = {}
@@ -246,6 +253,9 @@ class AgentLoop:
             record: dict[str, Any] = {"model_output": reply.text, "tool_calls": []}
             step["calls"].append(record)
             parsed = parse_reply(reply.text, schemas=schemas)
+            if parsed.kind == "answer" and last_result is None and not retried:
+                # An answer before any tool result: a small model guessing. Ask once for the tool.
+                parsed.kind, parsed.problem = "invalid", NO_TOOL_YET
             if parsed.kind == "answer":
                 self._update()
                 return parsed.answer or last_result or ""
@@ -358,6 +368,7 @@ class AgentLoop:
 
     def run(self, request: str) -> AgentResult:
         request = request.strip()
+        self.request = request
         solved: list[tuple[str, str | None]] = []
         finish = "stop"
         answer = ""

@@ -5,7 +5,8 @@
 ``validate_arguments`` checks a model's arguments against it with ``jsonschema`` when installed,
 else with a small validator that covers what tool schemas use (types, required, enum, items,
 additionalProperties, minimum/maximum). Numeric strings from small models ("8") are coerced to
-numbers first when the schema asks for a number: a harmless repair that saves a retry.
+numbers first when the schema asks for a number, and arguments the schema does not know are
+dropped when it forbids extra ones: harmless repairs that save a retry.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def _coerce(schema: dict[str, Any], value: Any) -> Any:
         return int(value)
     if isinstance(value, dict) and isinstance(schema.get("properties"), dict):
         props = schema["properties"]
+        if schema.get("additionalProperties") is False:
+            value = {k: v for k, v in value.items() if k in props}  # small models add arguments that do not exist
         return {k: _coerce(props.get(k, {}), v) for k, v in value.items()}
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_coerce(schema["items"], v) for v in value]

@@ -120,5 +120,24 @@ def parse_reply(text: str, *, schemas: dict[str, dict[str, Any]]) -> ParsedReply
     return ParsedReply(kind="invalid", problem='the JSON object has neither "tool" nor "answer"')
 
 
+JSON_SYSTEM = (
+    "You solve tasks with tools. First call a tool with the numbers from the task; give the answer "
+    "only after you have seen the tool's result.\n" + FORMAT_INSTRUCTIONS
+)
+# A worked exchange shown as chat turns before the real task: small models copy a demonstrated
+# format far more reliably than a described one. Its tool is not among the offered ones.
+DEMO_TOOL = json.dumps({
+    "name": "get_weather", "description": "Get the weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+})
+DEMO_TURNS = (
+    {"role": "user", "content": f"Tools:\n{DEMO_TOOL}\nTask: Is it raining in Paris?"},
+    {"role": "assistant", "content": '{"tool": "get_weather", "arguments": {"city": "Paris"}}'},
+    {"role": "user", "content": "Result of get_weather: light rain, 12 C\nReply with the next tool call, or with the answer, as JSON."},
+    {"role": "assistant", "content": '{"answer": "Yes, there is light rain in Paris (12 C)."}'},
+)
+NO_TOOL_YET = "no tool was called yet: call one of the tools first, with the numbers from the task"
+
+
 def corrective_message(problem: str) -> str:
     return f"That reply was not valid: {problem}.\n{FORMAT_INSTRUCTIONS}"

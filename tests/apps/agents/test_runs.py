@@ -53,7 +53,7 @@ def test_only_the_tools_found_reach_the_models_prompt(team_a, builtin_tools, scr
     real = metering.model_call
 
     def spy(**kwargs):
-        prompts.append(kwargs["messages"][0]["content"])
+        prompts.append(kwargs["messages"][-1]["content"])
         return real(**kwargs)
 
     monkeypatch.setattr("apps.agents.services.model_call", spy)

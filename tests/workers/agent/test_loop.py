@@ -34,9 +34,13 @@ def test_it_answers_with_a_tool_found_for_the_one_subtask():
 
 
 def test_it_offers_only_the_tools_it_found_above_the_threshold():
-    model = ScriptedModel("1. Calculate the area of the rectangle", '{"answer": "40"}')
+    model = ScriptedModel(
+        "1. Calculate the area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "40"}',
+    )
     result = _run(model, CannedSearch(RECTANGLE), threshold=0.6)
-    system = model.system_prompts("step")[0]
+    system = model.calls[1]["messages"][-1]["content"]
     assert '"name": "area_rectangle"' in system
     assert "perimeter_rectangle" not in system  # 0.55 < 0.6
     assert "volume_sphere" not in system
@@ -47,7 +51,7 @@ def test_it_offers_only_the_tools_it_found_above_the_threshold():
 def test_it_decomposes_a_subtask_without_tools_further_down_to_the_depth_limit():
     search = CannedSearch({"circle": [("area_circle", 0.8)], "square": [("area_square", 0.7)]})
     model = ScriptedModel(
-        "1. Work out both shapes",                              # depth 0: one vague subtask, no tool passes
+        "1. Work out both areas",                               # depth 0: one vague subtask, no tool passes
         "1. Area of the circle of radius 2\n2. Area of the square of side 3",  # depth 1 decomposition
         '{"tool": "area_circle", "arguments": {"radius": 2}}',
         '{"tool": "area_square", "arguments": {"side_length": 3}}',
@@ -63,7 +67,7 @@ def test_it_decomposes_a_subtask_without_tools_further_down_to_the_depth_limit()
 
 def test_it_stops_decomposing_at_max_depth():
     search = CannedSearch({})
-    model = ScriptedModel("1. Do something vague", "1. Part one of it\n2. Part two of it", "I cannot tell.")
+    model = ScriptedModel("1. Do something vague", "1. Something vague, part one\n2. Something vague, part two", "I cannot tell.")
     result = _run(model, search, max_depth=1, threshold=0.5, request="Something vague")
     step = result.steps[1]
     assert [s["depth"] for s in step["searches"]] == [0, 1, 1]  # depth-1 parts are not decomposed again
@@ -74,8 +78,15 @@ def test_it_stops_decomposing_at_max_depth():
     assert zero.steps[1]["decompositions"] == []
 
 
+def test_a_further_decomposition_must_leave_two_calls_to_solve():
+    model = ScriptedModel("1. Do something vague", "I cannot tell.")
+    result = _run(model, CannedSearch({}), max_depth=3, step_limit=3, request="Something vague")
+    assert result.steps[1]["decompositions"] == []
+    assert result.model_calls == 2
+
+
 def test_junk_decomposition_falls_back_to_the_whole_request():
-    model = ScriptedModel("sure!!! 40 40 40", '{"answer": "40"}')
+    model = ScriptedModel("sure!!! 40 40 40", '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}', '{"answer": "40"}')
     result = _run(model, CannedSearch(RECTANGLE))
     assert result.steps[0]["fell_back"] is True
     assert result.steps[1]["subtask"] == "What is the area of a rectangle 8 by 5?"
@@ -94,6 +105,33 @@ def test_an_invalid_reply_gets_one_corrective_retry():
     assert "'width' is a required property" in calls[0]["problem"]
     assert "That reply was not valid" in model.calls[2]["messages"][-1]["content"]
     assert result.answer == "40"
+
+
+def test_an_answer_before_any_tool_result_is_sent_back_once():
+    model = ScriptedModel(
+        "1. Calculate the area of the rectangle",
+        '{"answer": "about 50"}',
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "40"}',
+    )
+    result = _run(model, CannedSearch(RECTANGLE))
+    assert result.steps[1]["calls"][0]["problem"].startswith("no tool was called yet")
+    assert result.answer == "40"
+    stubborn = ScriptedModel("1. Calculate the area of the rectangle", '{"answer": "about 50"}', '{"answer": "50"}')
+    assert _run(stubborn, CannedSearch(RECTANGLE)).answer == "50"
+
+
+def test_the_json_prompt_demonstrates_the_format_before_the_task():
+    model = ScriptedModel(
+        "1. Calculate the area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "40"}',
+    )
+    _run(model, CannedSearch(RECTANGLE))
+    messages = model.calls[1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[2]["content"] == '{"tool": "get_weather", "arguments": {"city": "Paris"}}'
+    assert messages[-1]["content"].startswith("Tools:\n{") and "Task: What is the area" in messages[-1]["content"]
 
 
 def test_two_invalid_replies_in_a_row_end_the_subtask_with_the_raw_text():
@@ -128,6 +166,7 @@ def test_a_slow_tool_times_out_and_the_model_hears_about_it():
     model = ScriptedModel(
         "1. Calculate the area of the rectangle",
         '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "unknown"}',  # no tool result yet: the agent asks once for a tool call
         '{"answer": "unknown"}',
     )
     started = time.perf_counter()
@@ -151,7 +190,7 @@ def test_several_subtasks_chain_results_and_compose_one_answer():
     tokens = []
     result = run_agent(request="Area of an 8 by 2 rectangle, then its square root?", config=AgentConfig(),
                        model=model, search=search, execute=run_builtin, on_answer_token=tokens.append)
-    assert "- Calculate the area of the rectangle: 16" in model.calls[3]["messages"][1]["content"]
+    assert "- Calculate the area of the rectangle: 16" in model.calls[3]["messages"][-1]["content"]
     assert model.calls[5]["purpose"] == "answer"
     assert result.answer == "The square root of the area is 4." == "".join(tokens)
     assert result.tools_offered == ["area_rectangle", "sqrt"]
@@ -179,8 +218,9 @@ def test_tool_errors_are_recorded_and_reported_back():
         "1. Divide ten by zero",
         '{"tool": "divide", "arguments": {"a": 10, "b": 0}}',
         '{"answer": "undefined"}',
+        '{"answer": "undefined"}',
     )
-    result = _run(model, CannedSearch({"divide": [("divide", 0.9)]}), request="10/0?")
+    result = _run(model, CannedSearch({"divide": [("divide", 0.9)]}), request="Divide ten by zero?")
     call = result.steps[1]["calls"][0]["tool_calls"][0]
     assert call["error"].startswith("ZeroDivisionError")
     assert result.answer == "undefined"
