@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from indexes.kv_store import KVStore
-from tests.workers.attention.conftest import HANDBOOK, QUESTION
+from tests.workers.attention.handbook import HANDBOOK, QUESTION
 from workers.attention import get_backend
 from workers.attention.base import Diagnostics, attention_implementation, register
 from workers.attention.fixed_context import (
