@@ -15,7 +15,8 @@ with the gold paragraph plus 4 random other paragraphs, shuffled (seed 0).
 
 Methods: the baselines `truncation` (the first N tokens of the concatenated context) and
 `random_drop` (random sentences, seed 0, until the budget), then every registered compression
-method (`none`, `extractive`, `semantic_prune`, `surprisal_prune`, `summarize`). Slow methods
+method (`none`, `extractive`, `semantic_prune`, `surprisal_prune`, `summarize`); a variant runs
+under a label, e.g. `--methods surprisal_prune:pure --params '{"surprisal_prune:pure": {"fine_keep": null}}'`. Slow methods
 can run on the first N examples only (`--method-limit summarize=10`); each row then also
 carries `subset_retention` of every other method on exactly those examples.
 """
@@ -147,7 +148,9 @@ def main() -> None:
     methods = {}
     for name in args.methods:
         if name not in BASELINES:
-            methods[name] = get_method(name, resources=resources, **params.get(name, {}))
+            # "surprisal_prune:pure" runs the registered method under another label, so variants
+            # (with their own --params entry) can sit side by side.
+            methods[name] = get_method(name.split(":")[0], resources=resources, **params.get(name, {}))
     # Warm the models up so the first example's latency is not the load time.
     resources.get_embedder().encode(["warm up"])
 

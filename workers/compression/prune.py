@@ -1,18 +1,26 @@
 """Semantic compression (TCRA-LLM's second family): prune words, keep the sentences' meaning.
 
+Both methods run coarse to fine by default (the LongLLMLingua recipe): a sentence stage keeps
+the sentences most relevant to the question (the extractive MiniLM ranking) up to
+budget / `fine_keep` tokens, then a word stage prunes inside them down to the budget. Without
+the sentence stage (`fine_keep=None`) word pruning spreads over every sentence, and at a third
+of the tokens it breaks most multi-word answers (see docs/benchmarks-compression.md).
+
 `semantic_prune`: a word matters as much as deleting it moves its sentence's MiniLM embedding.
-All single-word-deletion variants of every sentence are embedded in one batched encode call
-per round; the lowest-impact words go first, in a few rounds (impacts are recomputed on the
-shortened sentences, since a word's impact changes once its neighbours are gone). The
-query-aware default mixes in each sentence's similarity to the query, so words of off-topic
-sentences go before words of on-topic ones.
+All single-word-deletion variants of the sentences are embedded in one batched encode call per
+round; the lowest-impact words go first (with `rounds` > 1, impacts are recomputed on the
+shortened sentences, since a word's impact changes once its neighbours are gone).
 
 `surprisal_prune`: LLMLingua's idea with a small causal LM (SmolLM2-135M by default): a token
 the model finds predictable (low -log p) carries little information. Surprisal is computed per
 passage conditioned on the question (query-aware default) or on the title only (cacheable per
-chunk); the highest-surprisal words (or tokens) are kept up to the budget. Protected spans
-always survive: numbers, named entities (a heuristic: runs of capitalised words, see
-`text.protected_words`) and words of the query.
+chunk); the highest-surprisal words (or tokens) are kept up to the budget.
+
+Protected spans survive the word stage: numbers, named entities (a heuristic: runs of
+capitalised words, see `text.protected_words`) and words of the query. The sentence stage keeps
+the protected words of its sentences within 70% of the budget, so protection never pushes the
+result over budget; with `fine_keep=None`, surprisal pruning keeps every protected word even
+past the budget (reported in tokens_after).
 
 Both choose from units (word or token spans) with a score, a token size and a protected flag;
 `select` and `finish` below are shared.
@@ -214,7 +222,7 @@ class SemanticPrune:
         query_aware: bool = True,
         fine_keep: float | None = 0.6,
         rounds: int = 1,
-        protect: bool = False,
+        protect: bool = True,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -321,6 +329,12 @@ class SemanticPrune:
                     window.append(len(units))
                     units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag))
                 windows.append(window)
+        # Without a sentence stage to drop sentences, protected words can outnumber the budget:
+        # then protection becomes a priority (ranked above every other word), not a guarantee.
+        boost = [0.0] * len(units)
+        if sum(u.size for u in units if u.protected) > PROTECTED_MAX_SHARE * budget:
+            for j, unit in enumerate(units):
+                boost[j], unit.protected = (1.0 if unit.protected else 0.0), False
         alive = [True] * len(units)
         total = sum(u.size for u in units)
         for round_no in range(1, self.rounds + 1):
@@ -330,7 +344,7 @@ class SemanticPrune:
             texts = [[passages[units[j].passage].text[slice(*units[j].span)] for j in w] for w in live_windows]
             for window, impact in zip(live_windows, self.impacts(texts), strict=True):
                 for j, value in zip(window, impact, strict=True):
-                    units[j].score = float(value)
+                    units[j].score = float(value) + boost[j]  # impacts lie in [0, 1]
             live = [j for j in range(len(units)) if alive[j]]
             # Each round removes an equal share of what has to go.
             goal = int(math.floor(total - (total - budget) * round_no / self.rounds))

@@ -99,9 +99,12 @@ class Extractive:
         model = str(getattr(embedder, "model_path", type(embedder).__name__))
         parts: list[np.ndarray | None] = []
         todo: list[str] = []
-        for passage, passage_spans in zip(passages, spans, strict=True):
-            key = cache_key("extractive/sentences", {"model": model, "title": self.title_context},
-                            passage.text, None, title=passage.title if self.title_context else "")
+        keys = [
+            cache_key("extractive/sentences", {"model": model, "title": self.title_context}, p.text, None,
+                      title=p.title if self.title_context else "")
+            for p in passages
+        ]
+        for key, passage, passage_spans in zip(keys, passages, spans, strict=True):
             hit = cache.get_array(key) if cache is not None else None
             if hit is not None and hit.shape[0] == len(passage_spans):
                 parts.append(hit)
@@ -110,14 +113,12 @@ class Extractive:
             todo.extend(self._sentence_input(passage, span) for span in passage_spans)
         fresh = embedder.encode(todo) if todo else None  # (len(todo), D)
         out, offset = [], 0
-        for passage, passage_spans, part in zip(passages, spans, parts, strict=True):
+        for key, passage_spans, part in zip(keys, spans, parts, strict=True):
             if part is None:
                 assert fresh is not None
                 part = fresh[offset : offset + len(passage_spans)]
                 offset += len(passage_spans)
                 if cache is not None:
-                    key = cache_key("extractive/sentences", {"model": model, "title": self.title_context},
-                                    passage.text, None, title=passage.title if self.title_context else "")
                     cache.put_array(key, part.astype(np.float32))
             out.append(part)
         dim = int(getattr(embedder, "dimension", 384))
@@ -322,7 +323,11 @@ class Summarize:
                 else:
                     # Empty, too long (tokenizers differ between the summarizer and the
                     # pipeline), or too small a budget to summarize: keep the best sentences.
-                    fallback = self.extractive.compress(query=query, passages=[passage], target=float(share) if share > 1 else 1.0 / count, count_tokens=count_tokens)
+                    # A target > 1 is a token budget; a budget of 1 token must be given as a share.
+                    one = float(share) if share > 1 else 1.0 / count
+                    fallback = self.extractive.compress(
+                        query=query, passages=[passage], target=one, count_tokens=count_tokens
+                    )
                     text = fallback.passages[0].text if fallback.passages else ""
                     spans = fallback.kept_spans.get(passage.chunk_id, [])
             kept_spans[passage.chunk_id] = spans

@@ -86,6 +86,13 @@ def test_it_keeps_protected_words_when_asked(bow, passages):
     assert protected_set(passages, QUERY) <= kept_words(result, passages)
 
 
+def test_it_ranks_protected_words_first_when_they_alone_exceed_the_budget(bow, passages):
+    method = get_method("semantic_prune", resources=Resources(embedder=bow), fine_keep=None, protect=True)
+    result = method.compress(query=QUERY, passages=passages, target=0.1, count_tokens=count_words)
+    assert result.tokens_after <= round(0.1 * result.tokens_before)
+    assert kept_words(result, passages) <= protected_set(passages, QUERY)
+
+
 def test_it_caches_query_independent_results_and_impacts(bow, passages, tmp_path):
     resources = Resources(embedder=bow, cache=CompressionCache(tmp_path))
     method = get_method("semantic_prune", resources=resources, query_aware=False)
