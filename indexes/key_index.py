@@ -248,10 +248,10 @@ class QueryRoutedIndex:
         all_list = np.concatenate([pairs_list, own])
         all_key = np.concatenate([pairs_key, np.arange(n)])
         keep = all_key >= 0
-        pairs = np.unique(np.stack([all_list[keep], all_key[keep]], axis=1), axis=0)  # sorted by list, deduped
-        offsets = np.searchsorted(pairs[:, 0], np.arange(n_lists + 1)).astype(np.int64)
-        return cls(x, routing.astype(np.float32), offsets, pairs[:, 1].astype(np.int64),
-                   int(params.get("aware_nprobe", 4)))
+        codes = np.unique(all_list[keep].astype(np.int64) * n + all_key[keep])  # (list, key) pairs, sorted, deduped
+        lists, ids = codes // n, codes % n
+        offsets = np.searchsorted(lists, np.arange(n_lists + 1)).astype(np.int64)
+        return cls(x, routing.astype(np.float32), offsets, ids.astype(np.int64), int(params.get("aware_nprobe", 4)))
 
     def search(self, x: Any, k: int) -> np.ndarray:
         q = _f32(x)

@@ -1,0 +1,267 @@
+"""Full vs squeezed vs retrieval attention over the same cached long contexts, same model, same run.
+
+    .venv/bin/python benchmarks/attention.py --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
+    .venv/bin/python benchmarks/attention.py --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
+        --context-tokens 4096 --json kv.json
+
+Per document and context length (the document truncated to --context-tokens of SmolLM2's
+tokens, template included; the model has 8,192 positions, so 16k is out of reach):
+1. the fixed context is prefilled once (chunked, full attention) into a fresh KV store: the
+   one-off prefill cost, timed;
+2. each method's index is built once (k-means centroids, key ANN indexes): the one-off build
+   cost, timed;
+3. per question, every method answers in turn (interleaved, so machine noise hits all alike),
+   greedy, --max-new-tokens, with diagnostics on: per decoding step, layer and head, the share
+   of fixed-context keys attended, the attention-output cosine vs full attention given the same
+   inputs, the share of full attention's mass on the attended keys (attn_recall), and for
+   retrieval the ANN's recall of the exact top-k.
+
+Methods and budgets (--methods): `full`; `squeezed@B` (keep_fraction B of the clustered keys,
+calibrated on the context's last tokens; the measured fraction adds 4 sinks + a 64-token
+window); `retrieval@B` and `retrieval-<index>@B` (top_k = B * N minus the 36 static keys, so B
+is the target share of keys; index aware unless named). Reported per method, budget and length:
+keys_fraction (measured, decoding), output_cosine, attn_recall, ann_recall, answer_agreement
+(token F1 of the answer vs full attention's answer), exact_agreement (identical answers),
+accuracy (gold answer contained in the answer: weak for a 135M model, reported for
+completeness), decode_ms_per_token (median step) vs full's, user_prefill_ms (the question's
+tokens over the cached context) vs full's, and the one-off prefill / index build seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.qa_metrics import contained, f1_score, normalize_answer  # noqa: E402
+
+DEFAULT_METHODS = "full,squeezed@0.1,squeezed@0.25,retrieval@0.03,retrieval@0.1,retrieval-hnsw@0.03"
+LEVAL_TASK_ORDER = ["natural_question", "scientific_qa", "quality", "multidoc_qa", "financial_qa", "tpo",
+                    "coursera", "legal_contract_qa", "sci_fi", "paper_assistant"]
+RETRIEVAL_STATIC = 4 + 32  # default sinks + window of the retrieval backend
+
+
+def _jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_documents(dataset: Path, limit: int, questions: int, min_cl100k: int) -> tuple[str, list[dict]]:
+    """[{doc_id, text, qas: [{question, answers}]}]: long documents first by task preference."""
+    leval = dataset / "documents_with_questions.jsonl"
+    if leval.is_file():
+        docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_cl100k]
+        docs.sort(key=lambda d: (LEVAL_TASK_ORDER.index(d["task"]) if d["task"] in LEVAL_TASK_ORDER else 99,
+                                 d["doc_id"]))
+        out = []
+        for d in docs[:limit]:
+            out.append({"doc_id": d["doc_id"], "text": d["text"],
+                        "qas": [{"question": q["question"], "answers": [q["answer"]]} for q in d["qas"][:questions]]})
+        return "leval-longdoc-qa", out
+    files = sorted(dataset.glob("kv-retrieval-*_keys.jsonl.gz"))
+    if not files:
+        raise SystemExit(f"{dataset}: neither documents_with_questions.jsonl nor kv-retrieval-*_keys.jsonl.gz")
+    out = []
+    for ex in _jsonl(files[-1])[:limit]:
+        records = ex["ordered_kv_records"]
+        text = "JSON data:\n" + json.dumps(dict(records), indent=1)
+        # The original query (its gold key's position) first, then keys spread over the context.
+        picks = [ex["gold_index"]] + [int(i * len(records) / questions) for i in range(1, questions)]
+        qas = [{"question": f"What is the value associated with the key \"{records[i][0]}\"?",
+                "answers": [records[i][1]]} for i in picks[:questions]]
+        out.append({"doc_id": ex["ex_id"], "text": text, "qas": qas})
+    return "kv-retrieval-lost-in-the-middle", out
+
+
+def parse_methods(spec: str, n_tokens: int) -> list[tuple[str, str, float | None, dict[str, Any]]]:
+    """'full,squeezed@0.1,retrieval-hnsw@0.03' -> [(label, backend, budget, options)] for a context of n_tokens."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, budget_text = item.partition("@")
+        budget = float(budget_text) if budget_text else None
+        if name == "full":
+            out.append((item, "full", None, {}))
+        elif name.startswith("squeezed"):
+            options: dict[str, Any] = {"keep_fraction": budget or 0.1}
+            if name == "squeezed-hier":
+                options["hierarchical"] = True
+            out.append((item, "squeezed", budget, options))
+        elif name.startswith("retrieval"):
+            index = name.partition("-")[2] or "aware"
+            top_k = max(1, round((budget or 0.03) * n_tokens) - RETRIEVAL_STATIC)
+            out.append((item, "retrieval", budget, {"index": index, "top_k": top_k}))
+        else:
+            raise SystemExit(f"unknown method {item!r} (full, squeezed@B, squeezed-hier@B, retrieval[-kind]@B)")
+    return out
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=2, help="documents")
+    parser.add_argument("--questions", type=int, default=2, help="questions per document")
+    parser.add_argument("--context-tokens", default="2048,4096", help="comma-separated context lengths")
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
+    parser.add_argument("--model-cache", type=Path, default=ROOT / "var" / "test-models")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+
+    import faiss
+    import torch
+
+    from indexes.kv_store import KVStore
+    from workers.attention import get_backend
+    from workers.attention.base import Diagnostics
+    from workers.attention.fixed_context import (
+        FixedContextConfig,
+        answer,
+        build_context,
+        clear_process_cache,
+        ensure_context,
+        ensure_index,
+        max_positions,
+    )
+    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
+
+    set_torch_threads(args.threads)
+    faiss.omp_set_num_threads(1)
+    lengths = [int(x) for x in args.context_tokens.split(",") if x.strip()]
+    dataset_name, documents = load_documents(args.dataset, args.limit, args.questions, min_cl100k=max(lengths))
+    lm = load_causal_lm("smollm2-135m-instruct", cache_dir=args.model_cache, device="cpu")
+    if max(lengths) + 256 > max_positions(lm):
+        raise SystemExit(f"--context-tokens {max(lengths)} does not fit the model's {max_positions(lm)} positions")
+
+    questions: list[dict] = []
+    builds: list[dict] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+        for n_tokens in lengths:
+            config = FixedContextConfig(max_context_tokens=n_tokens)
+            methods = parse_methods(args.methods, n_tokens)
+            for doc in documents:
+                store = KVStore(Path(tmp) / f"kv-{n_tokens}", max_bytes=8 * 1024**3)
+                clear_process_cache()
+                prompt = build_context(lm.tokenizer, system_prompt="", context_text=doc["text"],
+                                       max_positions=max_positions(lm), config=config)
+                with lm.lock, torch.inference_mode():
+                    ctx = ensure_context(lm, store, prompt.context_ids, config)
+                    build = {"doc_id": doc["doc_id"], "context_tokens": len(prompt.context_ids),
+                             "prefill_s": round(ctx.seconds, 3), "index_build_s": {}}
+                    for label, backend, _, options in methods:
+                        built = ensure_index(get_backend(backend, **options), ctx.value, store)
+                        build["index_build_s"][label] = round(built.seconds, 3)
+                builds.append(build)
+                print(f"[{time.perf_counter() - started:6.0f}s] {doc['doc_id']} N={len(prompt.context_ids)} "
+                      f"prefill {ctx.seconds:.1f}s builds {build['index_build_s']}", flush=True)
+                for qa in doc["qas"]:
+                    reference = None
+                    for label, backend, budget, options in methods:
+                        diagnostics = Diagnostics()
+                        result = answer(lm, store=store, system_prompt="", context_text=doc["text"],
+                                        question=qa["question"], backend=backend, options=options,
+                                        max_output_tokens=args.max_new_tokens, wall_time_limit_s=600, config=config,
+                                        diagnostics=diagnostics if backend != "full" else None)
+                        if backend == "full":
+                            reference = result.text
+                        diag = diagnostics.summary() if backend != "full" else {
+                            "attn_recall": 1.0, "output_cosine": 1.0}
+                        row = {
+                            "doc_id": doc["doc_id"], "context_tokens": len(prompt.context_ids), "method": label,
+                            "backend": backend, "budget": budget, "options": options, "answer": result.text,
+                            "keys_fraction": result.keys_fraction,
+                            "prefill_keys_fraction": result.prefill_keys_fraction,
+                            "output_cosine": diag.get("output_cosine"), "attn_recall": diag.get("attn_recall"),
+                            "ann_recall": diag.get("ann_recall", math.nan),
+                            "answer_agreement": f1_score(result.text, [reference]) if reference is not None
+                            else math.nan,
+                            "exact_agreement": float(normalize_answer(result.text) == normalize_answer(reference or "")),
+                            "accuracy": contained(result.text, qa["answers"]),
+                            "decode_ms_per_token": result.decode_ms_per_token,
+                            "user_prefill_ms": 1000 * result.timings.get("user_prefill_s", math.nan),
+                            "completion_tokens": result.completion_tokens,
+                        }
+                        questions.append(row)
+                    print(f"[{time.perf_counter() - started:6.0f}s]   {qa['question'][:50]!r}: "
+                          + " | ".join(f"{r['method']} {r['answer_agreement']:.2f} {r['keys_fraction']:.3f} "
+                                       f"{r['decode_ms_per_token']:.0f}ms"
+                                       for r in questions[-len(methods):]), flush=True)
+
+    rows = []
+    for n_tokens in lengths:
+        subset = [q for q in questions if abs(q["context_tokens"] - n_tokens) <= 16]
+        full = [q for q in subset if q["backend"] == "full"]
+        full_decode = _median([q["decode_ms_per_token"] for q in full])
+        full_prefill = _median([q["user_prefill_ms"] for q in full])
+        doc_builds = [b for b in builds if abs(b["context_tokens"] - n_tokens) <= 16]
+        for label, backend, budget, _ in parse_methods(args.methods, n_tokens):
+            mine = [q for q in subset if q["method"] == label]
+            decode = _median([q["decode_ms_per_token"] for q in mine])
+            rows.append({
+                "method": backend if "-" not in label.partition("@")[0] else label.partition("@")[0],
+                "budget": budget,
+                "context_tokens": n_tokens,
+                "questions": len(mine),
+                "keys_fraction": _mean([q["keys_fraction"] for q in mine]),
+                "output_cosine": _mean([q["output_cosine"] for q in mine]),
+                "attn_recall": _mean([q["attn_recall"] for q in mine]),
+                "ann_recall": _mean([q["ann_recall"] for q in mine]),
+                "answer_agreement": _mean([q["answer_agreement"] for q in mine]),
+                "exact_agreement": _mean([q["exact_agreement"] for q in mine]),
+                "accuracy": _mean([q["accuracy"] for q in mine]),
+                "decode_ms_per_token": decode,
+                "full_decode_ms_per_token": full_decode,
+                "decode_speedup": full_decode / decode if decode else math.nan,
+                "user_prefill_ms": _median([q["user_prefill_ms"] for q in mine]),
+                "full_user_prefill_ms": full_prefill,
+                "prefill_s": _median([b["prefill_s"] for b in doc_builds]),
+                "index_build_s": _median([b["index_build_s"].get(label, math.nan) for b in doc_builds]),
+            })
+    out = {
+        "dataset": dataset_name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "model": lm.name,
+        "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens,
+        "documents": [d["doc_id"] for d in documents],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "builds": builds,
+        "questions": questions,
+    }
+    args.json.write_text(json.dumps(out, indent=1, default=float))
+    print(f"\n{'method':16s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'ann':>5s} "
+          f"{'agree':>6s} {'exact':>5s} {'acc':>4s} {'ms/tok':>7s} {'full':>6s} {'build s':>7s}")
+    for r in rows:
+        print(f"{r['method']:16s} {r['budget'] or '-':>6} {r['context_tokens']:5d} {r['keys_fraction']:6.3f} "
+              f"{r['output_cosine']:6.3f} {r['attn_recall']:6.3f} {r['ann_recall']:5.2f} {r['answer_agreement']:6.2f} "
+              f"{r['exact_agreement']:5.2f} {r['accuracy']:4.2f} {r['decode_ms_per_token']:7.1f} "
+              f"{r['full_decode_ms_per_token']:6.1f} {r['index_build_s']:7.1f}")
+    print(f"wrote {args.json} ({out['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
