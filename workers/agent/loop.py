@@ -32,7 +32,14 @@ from typing import Any
 from workers.agent.decompose import decompose_messages, subtasks_or_whole
 from workers.agent.executor import ToolOutcome, call_with_timeout, result_text
 from workers.agent.schema import compact_definition, tool_definition, validate_arguments
-from workers.agent.toolcall import DEMO_TURNS, JSON_SYSTEM, NO_TOOL_YET, corrective_message, parse_reply
+from workers.agent.toolcall import (
+    DEMO_TURNS,
+    JSON_SYSTEM,
+    NO_TOOL_YET,
+    call_skeleton,
+    corrective_message,
+    parse_reply,
+)
 
 MODES = ("json", "openai")
 DECOMPOSE_MAX_TOKENS = 128
@@ -267,10 +274,14 @@ class AgentLoop:
                     return last_result if last_result is not None else reply.text.strip()
                 retried = True
                 record["corrective_retry"] = True
-                messages += [
-                    {"role": "assistant", "content": reply.text},
-                    {"role": "user", "content": corrective_message(parsed.problem or "invalid reply")},
-                ]
+                example_tool = by_name.get(parsed.tool or "") or tools[0]
+                correction = corrective_message(
+                    parsed.problem or "invalid reply",
+                    example=call_skeleton(example_tool.name, example_tool.parameters),
+                )
+                # The correction joins the last request; the invalid reply is dropped (small
+                # models repeat their own last turn).
+                messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{correction}"}
                 continue
             retried = False
             call_key = json.dumps([parsed.tool, parsed.arguments], sort_keys=True, default=str)

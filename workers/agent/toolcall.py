@@ -139,5 +139,14 @@ DEMO_TURNS = (
 NO_TOOL_YET = "no tool was called yet: call one of the tools first, with the numbers from the task"
 
 
-def corrective_message(problem: str) -> str:
-    return f"That reply was not valid: {problem}.\n{FORMAT_INSTRUCTIONS}"
+def call_skeleton(name: str, parameters: dict[str, Any]) -> str:
+    """{"tool": name, "arguments": {"x": "...", ...}}: the shape of a call, without values."""
+    properties = (parameters or {}).get("properties", {})
+    return json.dumps({"tool": name, "arguments": {key: "..." for key in properties}})
+
+
+def corrective_message(problem: str, *, example: str | None = None) -> str:
+    """The retry instruction, appended to the last request (the invalid reply itself is not kept:
+    small models copy their own last turn)."""
+    hint = f"\nCall a tool now, for example {example}, with the values from the task in place of ..." if example else ""
+    return f"Your previous reply was not valid: {problem}.{hint}\n{FORMAT_INSTRUCTIONS}"

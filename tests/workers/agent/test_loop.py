@@ -103,7 +103,10 @@ def test_an_invalid_reply_gets_one_corrective_retry():
     calls = result.steps[1]["calls"]
     assert calls[0]["corrective_retry"] is True
     assert "'width' is a required property" in calls[0]["problem"]
-    assert "That reply was not valid" in model.calls[2]["messages"][-1]["content"]
+    retry = model.calls[2]["messages"]
+    assert "Your previous reply was not valid" in retry[-1]["content"]
+    assert '{"tool": "area_rectangle", "arguments": {"length": "...", "width": "..."}}' in retry[-1]["content"]
+    assert len(retry) == len(model.calls[1]["messages"])  # the invalid reply is not kept
     assert result.answer == "40"
 
 
