@@ -155,3 +155,22 @@ def test_a_question_is_answered_over_the_cached_fixed_context_and_billed_as_cach
     assert 500 < row.cached_tokens < row.prompt_tokens < row.cached_tokens + 40  # only the question was prefilled
     assert run.cached_tokens == row.cached_tokens and run.context_tokens_after == row.cached_tokens
     assert run.savings > 0 and run.cost < run.baseline_cost
+
+
+def test_the_command_attaches_a_fixed_context_and_a_backend(team_a, tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    pipeline = pipeline_save(team=team_a, name="handbook", model_endpoint="smollm2-135m-instruct")
+    text_file = tmp_path / "handbook.txt"
+    text_file.write_text(HANDBOOK, encoding="utf-8")
+    call_command("fixed_context", "handbook", team=team_a.slug, text_file=text_file, backend="retrieval",
+                 option=[("top_k", 32), ("index", "hnsw")])
+    pipeline.refresh_from_db()
+    assert pipeline.fixed_context == HANDBOOK and pipeline.attention_backend == "retrieval"
+    assert pipeline.attention_options == {"top_k": 32, "index": "hnsw"}
+    with pytest.raises(CommandError, match="unknown options"):
+        call_command("fixed_context", "handbook", team=team_a.slug, backend="squeezed", option=[("top_k", 3)])
+    call_command("fixed_context", "handbook", team=team_a.slug, clear=True, backend="full")
+    pipeline.refresh_from_db()
+    assert not pipeline.has_fixed_context and pipeline.attention_options == {}
