@@ -11,10 +11,11 @@ tokens, template included; the model has 8,192 positions, so 16k is out of reach
 2. each method's index is built once (k-means centroids, key ANN indexes): the one-off build
    cost, timed;
 3. per question, every method answers in turn (interleaved, so machine noise hits all alike),
-   greedy, --max-new-tokens, with diagnostics on: per decoding step, layer and head, the share
-   of fixed-context keys attended, the attention-output cosine vs full attention given the same
-   inputs, the share of full attention's mass on the attended keys (attn_recall), and for
-   retrieval the ANN's recall of the exact top-k.
+   greedy, --max-new-tokens, timed; then again for --diagnostic-tokens steps with diagnostics
+   on (untimed: they add a full attention per layer and step): per decoding step, layer and
+   head, the attention-output cosine vs full attention given the same inputs, the share of full
+   attention's mass on the attended keys (attn_recall), and for retrieval the ANN's recall of
+   the exact top-k.
 
 Methods and budgets (--methods): `full`; `squeezed@B` (keep_fraction B of the clustered keys,
 calibrated on the context's last tokens; the measured fraction adds 4 sinks + a 64-token
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--context-tokens", default="2048,4096", help="comma-separated context lengths")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--diagnostic-tokens", type=int, default=4,
+                        help="decoding steps observed for cosine / recall (a separate, untimed pass)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
     parser.add_argument("--model-cache", type=Path, default=ROOT / "var" / "test-models")
     parser.add_argument("--json", type=Path, required=True)
@@ -180,15 +183,21 @@ def main() -> None:
                 for qa in doc["qas"]:
                     reference = None
                     for label, backend, budget, options in methods:
-                        diagnostics = Diagnostics()
+                        # Timed pass (answers, latencies), then a short pass with diagnostics (the same
+                        # tokens: diagnostics only observe, but cost a full attention per layer and step).
                         result = answer(lm, store=store, system_prompt="", context_text=doc["text"],
                                         question=qa["question"], backend=backend, options=options,
-                                        max_output_tokens=args.max_new_tokens, wall_time_limit_s=600, config=config,
-                                        diagnostics=diagnostics if backend != "full" else None)
+                                        max_output_tokens=args.max_new_tokens, wall_time_limit_s=600, config=config)
                         if backend == "full":
                             reference = result.text
-                        diag = diagnostics.summary() if backend != "full" else {
-                            "attn_recall": 1.0, "output_cosine": 1.0}
+                            diag = {"attn_recall": 1.0, "output_cosine": 1.0}
+                        else:
+                            diagnostics = Diagnostics()
+                            answer(lm, store=store, system_prompt="", context_text=doc["text"],
+                                   question=qa["question"], backend=backend, options=options,
+                                   max_output_tokens=min(args.max_new_tokens, args.diagnostic_tokens),
+                                   wall_time_limit_s=600, config=config, diagnostics=diagnostics)
+                            diag = diagnostics.summary()
                         row = {
                             "doc_id": doc["doc_id"], "context_tokens": len(prompt.context_ids), "method": label,
                             "backend": backend, "budget": budget, "options": options, "answer": result.text,

@@ -262,8 +262,12 @@ class QueryRoutedIndex:
             else np.tile(np.arange(d2.shape[1]), (len(q), 1))
         out = np.full((len(q), k), -1, dtype=np.int64)
         scanned = []
+        mark = np.zeros(self.n, dtype=bool)  # dedupe the lists' union (cheaper than np.unique here)
         for row, lists in enumerate(probes):
-            cand = np.unique(np.concatenate([self.ids[self.offsets[r]:self.offsets[r + 1]] for r in lists]))
+            for r in lists:
+                mark[self.ids[self.offsets[r]:self.offsets[r + 1]]] = True
+            cand = np.flatnonzero(mark)
+            mark[cand] = False
             scanned.append(len(cand))
             scores = self.keys[cand] @ q[row]
             take = min(k, len(cand))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workers.attention.reference import attention_reference, merge_partials, partial_attention, repeat_kv
+from workers.attention.reference import attention_reference, merge_partials, partial_attention
 
 if TYPE_CHECKING:
     import torch
@@ -182,13 +182,12 @@ class Diagnostics:
 
         if self.decode_only and q.shape[1] != 1:
             return
-        n_rep = q.shape[0] // fixed_k.shape[0]
-        k = repeat_kv(fixed_k[None], n_rep)[0]  # (H, N, D)
-        v = repeat_kv(fixed_v[None], n_rep)[0]
-        scores = torch.einsum("hqd,hnd->hqn", q.float(), k.float()) * scaling  # (H, Q, N)
+        n_heads, q_len, d = q.shape
+        grouped = q.float().reshape(fixed_k.shape[0], -1, d)  # (KVH, n_rep * Q, D): GQA without copying keys
+        scores = torch.matmul(grouped, fixed_k.float().transpose(1, 2)).view(n_heads, q_len, -1) * scaling  # (H, Q, N)
         probs = torch.softmax(scores, dim=-1)
         recall = (probs * attended).sum(-1)  # (H, Q)
-        full_out, _ = merge_partials([partial_attention(q, k, v, scaling), user_part])
+        full_out, _ = merge_partials([partial_attention(q, fixed_k, fixed_v, scaling), user_part])
         cosine = torch.nn.functional.cosine_similarity(full_out, sparse_out.float(), dim=-1)  # (H, Q)
         self.recall_sum += float(recall.sum())
         self.cosine_sum += float(cosine.sum())

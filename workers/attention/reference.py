@@ -70,15 +70,22 @@ def partial_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of each query over its own key set, with the log-sum-exp of its scores.
 
-    query (H, Q, D); key/value either shared per head (H, T, D) or per query (H, Q, T, D);
-    allowed: bool, broadcastable to (H, Q, T) (None: all). Returns out (H, Q, D) and lse (H, Q)
-    (fp32). A query with no allowed key gets out = 0 and lse = -inf, which merges as "no mass".
+    query (H, Q, D); key/value either per KV head (KVH, T, D) with H a multiple of KVH (GQA: query
+    head h reads KV head h // (H / KVH); the queries are grouped, the keys are never copied) or
+    per query (H, Q, T, D); allowed: bool, broadcastable to (H, Q, T) (None: all). Returns
+    out (H, Q, D) and lse (H, Q) (fp32). A query with no allowed key gets out = 0 and
+    lse = -inf, which merges as "no mass".
     """
     import torch
 
+    n_heads, q_len, d = query.shape
     q = query.float()
     if key.dim() == 3:
-        scores = torch.einsum("hqd,htd->hqt", q, key.float()) * scaling  # (H, Q, T)
+        groups = key.shape[0]
+        n_rep = n_heads // groups
+        assert groups * n_rep == n_heads, "query heads must be a multiple of KV heads"
+        grouped = q.reshape(groups, n_rep * q_len, d)  # (KVH, n_rep * Q, D)
+        scores = torch.matmul(grouped, key.float().transpose(1, 2)).view(n_heads, q_len, -1) * scaling  # (H, Q, T)
     else:
         scores = torch.einsum("hqd,hqtd->hqt", q, key.float()) * scaling  # (H, Q, T)
     if allowed is not None:
@@ -87,7 +94,8 @@ def partial_attention(
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     probs = torch.exp(scores - safe[..., None])  # (H, Q, T); exp(-inf) = 0 for masked keys
     if value.dim() == 3:
-        out = torch.einsum("hqt,htd->hqd", probs, value.float())
+        groups = value.shape[0]
+        out = torch.matmul(probs.view(groups, -1, probs.shape[-1]), value.float()).view(n_heads, q_len, -1)
     else:
         out = torch.einsum("hqt,hqtd->hqd", probs, value.float())
     return out, lse
@@ -160,11 +168,9 @@ def dense_attend(
     mask: torch.Tensor | None, scaling: float,
 ) -> torch.Tensor:
     """Exact attention of query (1, H, Q, D) over every fixed key plus the user's key/value (1, KVH, U, D)."""
-    n_rep = query.shape[1] // key.shape[1]
     q = query[0]  # (H, Q, D)
-    fixed_k = repeat_kv(fixed.keys[layer][None], n_rep)[0]  # (H, N, D)
-    fixed_v = repeat_kv(fixed.values[layer][None], n_rep)[0]
-    out, _ = merge_partials([partial_attention(q, fixed_k, fixed_v, scaling), user_partial(q, key, value, mask, scaling)])
+    fixed_part = partial_attention(q, fixed.keys[layer], fixed.values[layer], scaling)  # keys (KVH, N, D), not copied
+    out, _ = merge_partials([fixed_part, user_partial(q, key, value, mask, scaling)])
     return out[None].to(query.dtype)  # (1, H, Q, D)
 
 
@@ -186,10 +192,7 @@ def user_partial(
     q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense causal attention of q (H, Q, D) over the user's tokens key/value (1, KVH, U, D)."""
-    n_rep = q.shape[0] // key.shape[1]
-    k = repeat_kv(key, n_rep)[0]  # (H, U, D)
-    v = repeat_kv(value, n_rep)[0]
-    return partial_attention(q, k, v, scaling, bool_mask(mask, q.shape[1], k.shape[1]))
+    return partial_attention(q, key[0], value[0], scaling, bool_mask(mask, q.shape[1], key.shape[2]))
 
 
 @dataclass

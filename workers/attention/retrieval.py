@@ -32,7 +32,6 @@ from workers.attention.reference import (
     dense_attend,
     merge_partials,
     partial_attention,
-    repeat_kv,
     user_partial,
 )
 
@@ -201,9 +200,7 @@ class RetrievalAttention:
 
         # 1. static set (sinks + recent window), dense.
         static = torch.cat([torch.arange(sink), torch.arange(n - window, n)])  # (S,)
-        sk = repeat_kv(fk[None, :, static], n_rep)[0]  # (H, S, D)
-        sv = repeat_kv(fv[None, :, static], n_rep)[0]
-        parts = [partial_attention(q, sk, sv, scaling)] if len(static) else []
+        parts = [partial_attention(q, fk[:, static], fv[:, static], scaling)] if len(static) else []  # (KVH, S, D)
         # 2. retrieved middle keys (all of them when top_k covers the middle: exact).
         if n_mid > 0:
             if self.config.top_k >= n_mid:
@@ -231,8 +228,9 @@ class RetrievalAttention:
             if n_mid > 0:
                 # ANN recall: retrieved ids vs the exact top-k of q·k over the middle keys.
                 k_exact = min(self.config.top_k, n_mid)
-                mid_k = repeat_kv(fk[None, :, sink:n - window], n_rep)[0]  # (H, n_mid, D)
-                exact = torch.einsum("hqd,hnd->hqn", q.float(), mid_k.float()).topk(k_exact, dim=-1).indices
+                grouped = q.float().reshape(fk.shape[0], n_rep * q_len, -1)  # (KVH, n_rep * Q, D)
+                mid_scores = torch.matmul(grouped, fk[:, sink:n - window].float().transpose(1, 2))
+                exact = mid_scores.view(n_heads, q_len, n_mid).topk(k_exact, dim=-1).indices  # (H, Q, k)
                 hit = torch.zeros(n_heads, q_len, n_mid, dtype=torch.bool)
                 hit.scatter_(-1, exact, True)
                 found = hit.gather(-1, ids.clamp(min=0)) & valid

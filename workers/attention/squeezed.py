@@ -320,18 +320,13 @@ class SqueezedAttention:
         keep_c = self.select_clusters(layer, q, scaling)  # (H, Q, C)
         labels = self.index.labels[layer][kv_of_head]  # (H, Nc)
         keep = keep_c.gather(-1, labels[:, None, :].expand(-1, q_len, -1))  # (H, Q, Nc): keys of kept clusters
-        counts = keep.sum(-1)  # (H, Q)
-        m = max(1, int(counts.max()))
-        idx = keep.to(torch.float32).topk(m, dim=-1).indices  # (H, Q, M): kept keys first (order irrelevant)
-        valid = keep.gather(-1, idx)  # (H, Q, M)
+        idx, valid, counts = padded_indices(keep)  # (H, Q, M) each, counts (H, Q)
         sel_k = fk[kv_of_head[:, None, None], idx + start]  # (H, Q, M, D): only the kept keys are read
         sel_v = fv[kv_of_head[:, None, None], idx + start]
         parts = [partial_attention(q, sel_k, sel_v, scaling, valid)]
         static = torch.cat([torch.arange(start), torch.arange(start + nc, n)])  # sinks + recent window, always
         if len(static):
-            sk = repeat_kv(fk[None, :, static], n_rep)[0]  # (H, S, D)
-            sv = repeat_kv(fv[None, :, static], n_rep)[0]
-            parts.append(partial_attention(q, sk, sv, scaling))
+            parts.append(partial_attention(q, fk[:, static], fv[:, static], scaling))  # (KVH, S, D)
         user = user_partial(q, key, value, mask, scaling)
         out, _ = merge_partials([*parts, user])
         self.stats.add(q_len, float(counts.float().mean()) + len(static), n)
@@ -341,6 +336,23 @@ class SqueezedAttention:
             attended[..., static] = True
             self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
         return out[None].to(query.dtype)
+
+
+def padded_indices(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bool (..., T) -> the True positions per row, padded: idx (..., M), valid (..., M), counts (...)."""
+    import torch
+
+    rows = keep.reshape(-1, keep.shape[-1])  # (R, T)
+    counts = rows.sum(-1)  # (R,)
+    m = max(1, int(counts.max()))
+    hit = rows.nonzero()  # (S, 2), row-major: each row's positions in order
+    starts = torch.cumsum(counts, 0) - counts  # (R,)
+    slot = torch.arange(hit.shape[0]) - starts[hit[:, 0]]  # (S,)
+    idx = torch.zeros(rows.shape[0], m, dtype=torch.long)
+    idx[hit[:, 0], slot] = hit[:, 1]
+    valid = torch.arange(m)[None] < counts[:, None]  # (R, M)
+    shape = keep.shape[:-1]
+    return idx.view(*shape, m), valid.view(*shape, m), counts.view(shape)
 
 
 class SqueezedBackend:
