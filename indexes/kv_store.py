@@ -11,6 +11,8 @@ Layout under the directory the caller passes (e.g. DATA_ROOT/kv-cache)::
     <root>/.lock                               held by writers (fcntl), across processes
     <root>/<model>/<preamble hash>/preamble.safetensors
     <root>/<model>/<preamble hash>/chunk-<chunk id>-<text hash>.safetensors
+    <root>/<model>/<preamble hash>/preamble.<name>.safetensors   an artifact beside an entry (put_artifact):
+                                               key centroids, key ANN indexes, sampled queries
 
 An entry is one safetensors file: per layer ``k.<i>`` and ``v.<i>`` shaped (KV heads, T, head
 dim), ``token_ids`` (T,), and string metadata (format, layer count, anything the caller adds).
