@@ -13,20 +13,21 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
 from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
 from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
-    _budget_lock,
-    budget_reserve,
+    PriceStale,
+    TryAgain,
+    _reserve,
+    _usage_record_and_settle,
     price_current,
+    price_for_call,
     reservation_release,
-    reservation_settle,
-    usage_record,
 )
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
@@ -87,15 +88,18 @@ def call_estimate(
 
     prompt_tokens = count_chat_tokens(target, messages)
     price = price or price_current(model_name=endpoint.price_name)
+    return prompt_tokens, _worst_case(endpoint, target, price, prompt_tokens, max_output_tokens)
+
+
+def _worst_case(endpoint: ModelEndpoint, target, price: Price, prompt_tokens: int, max_output_tokens: int) -> Decimal:
     is_local = endpoint.kind == EndpointKind.LOCAL
-    estimate = worst_case_cost(
+    return worst_case_cost(
         price=price,
         prompt_tokens=prompt_tokens,
         max_output_tokens=max_output_tokens,
         max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
         on_gpu=_on_gpu(target),
     )
-    return prompt_tokens, estimate
 
 
 @dataclass
@@ -127,20 +131,14 @@ def model_call(
     from workers.runtime.meter import generate
 
     cap = endpoint.max_output_tokens if max_output_tokens is None else min(max_output_tokens, endpoint.max_output_tokens)
-    price = price_current(model_name=endpoint.price_name)
+    # PostgreSQL: a per-process cached price, which the reservation (or the ledger row) checks is
+    # still in force in the same statement; SQLite: looked up every call.
+    priced_at = timezone.now()
+    price = price_for_call(model_name=endpoint.price_name)
     target = endpoint_target(endpoint)
     own_reservation = None
     if reservation is None:
-        _, estimate = call_estimate(
-            endpoint=endpoint, target=target, messages=messages, max_output_tokens=cap, price=price
-        )
-        own_reservation = budget_reserve(
-            team=context.team,
-            user=context.user,
-            api_key=context.api_key,
-            estimate=estimate,
-            description=f"{stage} on {endpoint.name}",
-        )
+        own_reservation, price = _reserve_for_call(endpoint, target, messages, cap, price, context, stage)
     try:
         result = generate(
             target=target,
@@ -157,14 +155,7 @@ def model_call(
         raise
     local_cpu_seconds = result.compute_s if (endpoint.kind == EndpointKind.LOCAL and not result.gpu_s) else 0.0
     # The ledger row and the settlement commit together: never a row without its spend booked.
-    with _budget_lock(), transaction.atomic():
-        record = _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation,
-                                    own_reservation)
-    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls)
-
-
-def _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, price, reservation, own_reservation):
-    record = usage_record(
+    record = _usage_record_and_settle(
         context=context,
         stage=stage,
         model_name=endpoint.price_name,
@@ -176,11 +167,32 @@ def _record_and_settle(endpoint, context, stage, result, local_cpu_seconds, pric
             cpu_seconds=to_decimal(local_cpu_seconds),
         ),
         price=price,
+        priced_at=priced_at,
         latency_ms=int(result.wall_s * 1000),
         finish_reason=result.finish_reason,
         endpoint=endpoint,
         reservation=reservation or own_reservation,
+        settle=own_reservation is not None,
     )
-    if own_reservation is not None:
-        reservation_settle(reservation=own_reservation, actual=record.cost)
-    return record
+    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls)
+
+
+def _reserve_for_call(endpoint, target, messages, cap, price, context, stage) -> tuple[Reservation, Price]:
+    """Reserve the call's worst case at ``price``; when that (cached) price is no longer in force, at the one that is."""
+    from workers.runtime.meter import count_chat_tokens
+
+    prompt_tokens = count_chat_tokens(target, messages)
+    for _ in range(5):
+        try:
+            reservation = _reserve(
+                team=context.team,
+                user=context.user,
+                api_key=context.api_key,
+                estimate=_worst_case(endpoint, target, price, prompt_tokens, cap),
+                description=f"{stage} on {endpoint.name}",
+                price=price,
+            )
+            return reservation, price
+        except PriceStale:
+            price = price_for_call(model_name=endpoint.price_name, fresh=True)
+    raise TryAgain(f"the price of {endpoint.price_name!r} kept changing; try again")

@@ -25,6 +25,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
+from apps.costs import statements
 from apps.costs.models import (
     ZERO,
     Budget,
@@ -56,6 +57,17 @@ class PriceMissing(ValidationFailed):
     code = "price_missing"
 
 
+class TryAgain(ServiceError):
+    """Rows a statement depends on kept changing under it (practically never): the request may be retried."""
+
+    code = "try_again"
+    http_status = 503
+
+
+def _on_postgresql() -> bool:
+    return connection.vendor == "postgresql"
+
+
 @contextmanager
 def _budget_lock():
     if connection.vendor == "sqlite":
@@ -77,6 +89,32 @@ def price_current(*, model_name: str, at: datetime | None = None) -> Price:
             f"the price book has no price for model {model_name!r}: add one in the admin or run manage.py import_prices",
             detail={"model": model_name},
         )
+    return price
+
+
+# model name -> the Price row last seen in force for it (PostgreSQL hot path only).
+_price_cache: dict[str, Price] = {}
+
+
+class PriceStale(Exception):
+    """A cached price is no longer the one in force (a statement that checked it did nothing)."""
+
+
+def price_for_call(*, model_name: str, fresh: bool = False) -> Price:
+    """The price to charge a model call: ``price_current`` on SQLite; on PostgreSQL from a per-process cache.
+
+    A cached row is never trusted blindly: the statement that uses it (the reservation, or the
+    ledger row of a call under a caller's reservation) checks in the database that it is still
+    the row in force for the model at that moment with the same values, and does nothing
+    otherwise (``PriceStale``); the caller then asks again with ``fresh=True``. So a new price,
+    even one back-dated before now, applies from the next statement on, in every process.
+    """
+    if not _on_postgresql():
+        return price_current(model_name=model_name)
+    price = None if fresh else _price_cache.get(model_name)
+    if price is None:
+        price = price_current(model_name=model_name)
+        _price_cache[model_name] = price
     return price
 
 
@@ -217,13 +255,37 @@ def budget_reserve(
 ) -> Reservation:
     """Hold ``estimate`` against every applicable budget, or raise BudgetExceeded naming the first that blocks.
 
-    Hot path (one metered call): budgets, windows FOR UPDATE, one UPDATE, the reservation and
-    its window links in one INSERT each.
+    PostgreSQL: one statement (``statements.reserve``): the applicable budgets, their windows
+    locked FOR UPDATE in id order, the check, the bump, the reservation and its window links.
+    SQLite: the ORM under the process lock.
     """
+    return _reserve(
+        team=team, estimate=estimate, user=user, api_key=api_key, description=description, ttl_s=ttl_s
+    )
+
+
+def _reserve(
+    *,
+    team,
+    estimate: Decimal,
+    user=None,
+    api_key=None,
+    description: str = "",
+    ttl_s: int = RESERVATION_TTL_S,
+    price: Price | None = None,
+) -> Reservation:
+    """``budget_reserve``; with ``price`` (PostgreSQL) it also checks in the same statement that ``price``
+    is still the one in force, and raises PriceStale (having done nothing) when it is not."""
     if estimate < 0:
         raise ValidationFailed("a cost estimate cannot be negative")
     _maybe_sweep_expired()
     now = timezone.now()
+    user = user if getattr(user, "pk", None) else None
+    if _on_postgresql():
+        return _reserve_one_statement(
+            team=team, estimate=estimate, user=user, api_key=api_key, description=description,
+            ttl_s=ttl_s, price=price, now=now,
+        )
     with _budget_lock(), transaction.atomic():
         budgets = list(budgets_applicable(team=team, user=user, api_key=api_key))
         windows = _windows_locked(budgets=budgets, at=now) if budgets else []
@@ -238,7 +300,7 @@ def budget_reserve(
             )
         reservation = Reservation.objects.create(
             team=team,
-            user=user if getattr(user, "pk", None) else None,
+            user=user,
             api_key=api_key,
             description=description[:255],
             estimate=estimate,
@@ -251,43 +313,98 @@ def budget_reserve(
     return reservation
 
 
+def _reserve_one_statement(*, team, estimate, user, api_key, description, ttl_s, price, now) -> Reservation:
+    starts = {period: period_start(period, now) for period in BudgetPeriod.values}
+    reservation = Reservation(
+        team=team,
+        user=user,
+        api_key=api_key,
+        description=description[:255],
+        estimate=estimate,
+        expires_at=now + timedelta(seconds=ttl_s),
+    )
+    # A window missing for this period (its first request) is created, then the statement runs
+    # again; a budget added meanwhile can need one more round, hence a few attempts.
+    for _ in range(5):
+        outcome = statements.reserve(
+            reservation=reservation,
+            team_id=team.pk,
+            user_id=user.pk if user is not None else None,
+            api_key_id=api_key.pk if api_key is not None else None,
+            period_starts=starts,
+            price=price,
+            price_at=now,
+        )
+        if outcome.reservation is not None:
+            return outcome.reservation
+        if outcome.price_stale:
+            raise PriceStale(price.model_name)
+        if outcome.blocking is not None:
+            budget = Budget.objects.select_related("team", "user", "api_key").get(pk=outcome.blocking.budget_id)
+            budget.hard_limit = outcome.blocking_hard_limit  # the limit the statement checked against
+            raise budget_exceeded_error(budget=budget, window=outcome.blocking, estimate=estimate)
+        for budget in Budget.objects.filter(pk__in=outcome.missing_budget_ids):
+            BudgetWindow.objects.get_or_create(budget=budget, period_start=period_start(budget.period, now))
+    raise TryAgain("could not reserve budget: the budget windows kept changing; try again")
+
+
 def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservation:
     """Replace the hold by the actual cost. A hold that already expired (or was released) still books the spend.
 
     Idempotent: settling a settled reservation changes nothing. Joins the caller's transaction
-    when there is one (model_call writes the ledger row and settles in one transaction).
+    when there is one. PostgreSQL: one statement (``statements.settle``).
     """
     finished_at = timezone.now()
-    with _budget_lock(), transaction.atomic(savepoint=False):
-        # The conditional UPDATE claims the hold; a concurrent expiry or settle sees it gone.
-        held = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.HELD).update(
-            status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
-        )
-        if held:
-            due = _windows_settle(reservation_id=reservation.pk, estimate=reservation.estimate, actual=actual)
-        else:
-            current = Reservation.objects.select_for_update().get(pk=reservation.pk)
-            if current.status == ReservationStatus.SETTLED:
-                return current
-            # Expired or released: the hold is gone already; book the spend only.
-            BudgetWindow.objects.filter(reservations=current.pk).update(spent=F("spent") + actual)
-            Reservation.objects.filter(pk=current.pk).update(
+    if _on_postgresql():
+        outcome = statements.settle(reservation_id=reservation.pk, actual=actual, finished_at=finished_at)
+        if outcome.was is None:  # settled already (or gone): nothing booked
+            return Reservation.objects.get(pk=reservation.pk)
+        _soft_alerts_after_commit(_windows_due_alert(outcome.windows))
+    else:
+        with _budget_lock(), transaction.atomic(savepoint=False):
+            # The conditional UPDATE claims the hold; a concurrent expiry or settle sees it gone.
+            held = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.HELD).update(
                 status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
             )
-            due = list(BudgetWindow.objects.filter(reservations=current.pk).values_list("pk", flat=True))
-        if due:
-            transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=due))
+            if held:
+                due = _windows_settle(reservation_id=reservation.pk, estimate=reservation.estimate, actual=actual)
+            else:
+                current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+                if current.status == ReservationStatus.SETTLED:
+                    return current
+                # Expired or released: the hold is gone already; book the spend only.
+                BudgetWindow.objects.filter(reservations=current.pk).update(spent=F("spent") + actual)
+                Reservation.objects.filter(pk=current.pk).update(
+                    status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
+                )
+                due = list(BudgetWindow.objects.filter(reservations=current.pk).values_list("pk", flat=True))
+            _soft_alerts_after_commit(due)
     reservation.status = ReservationStatus.SETTLED
     reservation.actual = actual
     reservation.finished_at = finished_at
     return reservation
 
 
-def _windows_settle(*, reservation_id: int, estimate: Decimal, actual: Decimal) -> list[int]:
-    """Move a held reservation from reserved to spent in one statement; return the windows now due a soft alert.
+def _soft_alerts_after_commit(window_ids: list[int]) -> None:
+    if window_ids:
+        transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=window_ids))
 
-    Hot path: one UPDATE ... RETURNING (PostgreSQL, SQLite >= 3.35) instead of an UPDATE and a
-    SELECT; the alert itself is then sent (and claimed, once per period) after commit.
+
+def _windows_due_alert(rows) -> list[int]:
+    """The windows among ``(id, spent, soft_alert_sent_at, hard_limit, soft_limit_percent)`` due a soft alert."""
+    due = []
+    for window_id, spent, alert_sent_at, hard_limit, percent in rows:
+        soft_limit = (Decimal(str(hard_limit)) * int(percent) / 100).quantize(Decimal("0.0000000001"))
+        if alert_sent_at is None and Decimal(str(spent)) >= soft_limit:
+            due.append(window_id)
+    return due
+
+
+def _windows_settle(*, reservation_id: int, estimate: Decimal, actual: Decimal) -> list[int]:
+    """SQLite: move a held reservation from reserved to spent in one statement; return the windows due an alert.
+
+    One UPDATE ... RETURNING (SQLite >= 3.35) instead of an UPDATE and a SELECT; the alert itself
+    is then sent (and claimed, once per period) after commit.
     """
     window_table = BudgetWindow._meta.db_table
     budget_table = Budget._meta.db_table
@@ -302,12 +419,7 @@ def _windows_settle(*, reservation_id: int, estimate: Decimal, actual: Decimal) 
             [estimate, actual, reservation_id],
         )
         rows = cursor.fetchall()
-    due = []
-    for window_id, spent, alert_sent_at, hard_limit, percent in rows:
-        soft_limit = (Decimal(str(hard_limit)) * int(percent) / 100).quantize(Decimal("0.0000000001"))
-        if alert_sent_at is None and Decimal(str(spent)) >= soft_limit:
-            due.append(window_id)
-    return due
+    return _windows_due_alert(rows)
 
 
 def _release(current: Reservation, status: str) -> None:
@@ -319,6 +431,15 @@ def _release(current: Reservation, status: str) -> None:
 
 def reservation_release(*, reservation: Reservation) -> Reservation:
     """The work failed before costing anything billable: give the hold back."""
+    if _on_postgresql():
+        finished_at = timezone.now()
+        if statements.release(
+            reservation_id=reservation.pk, status=ReservationStatus.RELEASED, finished_at=finished_at
+        ):
+            reservation.status = ReservationStatus.RELEASED
+            reservation.finished_at = finished_at
+            return reservation
+        return Reservation.objects.get(pk=reservation.pk)
     with _budget_lock(), transaction.atomic():
         current = Reservation.objects.select_for_update().get(pk=reservation.pk)
         if current.status == ReservationStatus.HELD:
@@ -333,6 +454,15 @@ def reservations_expire(*, now: datetime | None = None) -> int:
     for reservation_id in Reservation.objects.filter(status=ReservationStatus.HELD, expires_at__lt=now).values_list(
         "pk", flat=True
     ):
+        if _on_postgresql():
+            # One statement each: still held and past its expiry when locked, or left alone.
+            expired += statements.release(
+                reservation_id=reservation_id,
+                status=ReservationStatus.EXPIRED,
+                finished_at=timezone.now(),
+                expired_before=now,
+            )
+            continue
         with _budget_lock(), transaction.atomic():
             current = Reservation.objects.select_for_update().get(pk=reservation_id)
             if current.status == ReservationStatus.HELD and current.expires_at < now:
@@ -459,34 +589,102 @@ def usage_record(
     reservation: Reservation | None = None,
 ) -> UsageRecord:
     """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row)."""
-    cost = cost_of(usage=usage, price=price) if price is not None else ZERO
+    record = _usage_record_build(
+        context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
+        finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
+    )
     with _budget_lock():  # SQLite: one writer at a time
-        return UsageRecord.objects.create(
-            team=context.team,
-            user=context.user if getattr(context.user, "pk", None) else None,
-            api_key=context.api_key,
-            query_run_id=context.query_run_id,
-            agent_run_id=context.agent_run_id,
-            pipeline_name=context.pipeline_name,
-            stage=stage,
-            model_name=model_name,
-            endpoint=endpoint,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            gpu_seconds=money_seconds(usage.gpu_seconds),
-            cpu_seconds=money_seconds(usage.cpu_seconds),
-            latency_ms=latency_ms,
-            finish_reason=finish_reason[:32],
-            cost=cost,
-            price=price,
-            price_input_per_mtok=price.input_per_mtok if price else ZERO,
-            price_output_per_mtok=price.output_per_mtok if price else ZERO,
-            price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
-            price_per_gpu_second=price.per_gpu_second if price else ZERO,
-            price_per_cpu_second=price.per_cpu_second if price else ZERO,
-            reservation=reservation,
+        record.save(force_insert=True)
+    return record
+
+
+def _usage_record_build(
+    *, context, stage, model_name, usage, price, latency_ms, finish_reason, endpoint, reservation
+) -> UsageRecord:
+    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it."""
+    cost = cost_of(usage=usage, price=price) if price is not None else ZERO
+    return UsageRecord(
+        team=context.team,
+        user=context.user if getattr(context.user, "pk", None) else None,
+        api_key=context.api_key,
+        query_run_id=context.query_run_id,
+        agent_run_id=context.agent_run_id,
+        pipeline_name=context.pipeline_name,
+        stage=stage,
+        model_name=model_name,
+        endpoint=endpoint,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        gpu_seconds=money_seconds(usage.gpu_seconds),
+        cpu_seconds=money_seconds(usage.cpu_seconds),
+        latency_ms=latency_ms,
+        finish_reason=finish_reason[:32],
+        cost=cost,
+        price=price,
+        price_input_per_mtok=price.input_per_mtok if price else ZERO,
+        price_output_per_mtok=price.output_per_mtok if price else ZERO,
+        price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
+        price_per_gpu_second=price.per_gpu_second if price else ZERO,
+        price_per_cpu_second=price.per_cpu_second if price else ZERO,
+        reservation=reservation,
+    )
+
+
+def _usage_record_and_settle(
+    *,
+    context: LedgerContext,
+    stage: str,
+    model_name: str,
+    usage: Usage,
+    price: Price,
+    priced_at: datetime,
+    latency_ms: int,
+    finish_reason: str,
+    endpoint,
+    reservation: Reservation | None,
+    settle: bool,
+) -> UsageRecord:
+    """The metered call's ledger row, and (``settle``) the settlement of its own ``reservation`` to the row's cost.
+
+    PostgreSQL: one statement, so the row commits with its spend. Without ``settle`` the row
+    is only written while ``price`` (possibly cached) is still the one in force at ``priced_at``;
+    otherwise it is charged again at the fresh price. (With ``settle`` the reservation's own
+    statement already checked the price.) SQLite: the ORM, in one transaction under the lock.
+    """
+    if not _on_postgresql():
+        with _budget_lock(), transaction.atomic():
+            record = usage_record(
+                context=context, stage=stage, model_name=model_name, usage=usage, price=price,
+                latency_ms=latency_ms, finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
+            )
+            if settle:
+                reservation_settle(reservation=reservation, actual=record.cost)
+        return record
+    for _ in range(5):
+        record = _usage_record_build(
+            context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
+            finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
         )
+        finished_at = timezone.now()
+        outcome = statements.settle(
+            reservation_id=reservation.pk if settle else None,
+            actual=record.cost,
+            finished_at=finished_at,
+            record=record,
+            price=None if settle else price,
+            price_at=priced_at,
+        )
+        if outcome.record_id is None:  # the price changed since it was cached: charge the one in force
+            price = price_for_call(model_name=price.model_name, fresh=True)
+            continue
+        if settle and outcome.was is not None:
+            reservation.status = ReservationStatus.SETTLED
+            reservation.actual = record.cost
+            reservation.finished_at = finished_at
+            _soft_alerts_after_commit(_windows_due_alert(outcome.windows))
+        return record
+    raise TryAgain(f"the price of {model_name!r} kept changing while the call was being billed; try again")
 
 
 def money_seconds(value) -> Decimal:
