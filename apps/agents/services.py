@@ -85,7 +85,7 @@ def tool_validate(*, team, name: str, description: str, parameters: Any, kind: s
         config = {}
     if kind == ToolKind.PYTHON:
         callable_name = config.get("callable") or name
-        if callable_name not in REGISTRY:
+        if not isinstance(callable_name, str) or callable_name not in REGISTRY:
             errors["config"] = (
                 f"unknown built-in callable {callable_name!r} ({len(REGISTRY)} registered, "
                 f"e.g. {', '.join(sorted(REGISTRY)[:4])})"
@@ -99,12 +99,14 @@ def tool_validate(*, team, name: str, description: str, parameters: Any, kind: s
         method = str(config.get("method", "GET")).upper()
         try:
             check_url(url, allowed_hosts=_allowed_hosts())
+            placeholders = url_placeholders(url)
         except HttpToolError as exc:
             errors["config"] = str(exc)
+            placeholders = []
         if method not in METHODS:
             errors["config"] = f"unsupported method {method!r} (valid: {', '.join(METHODS)})"
         properties = (parameters or {}).get("properties", {}) if isinstance(parameters, dict) else {}
-        missing = [p for p in url_placeholders(url) if p not in properties]
+        missing = [p for p in placeholders if not isinstance(properties, dict) or p not in properties]
         if missing and "config" not in errors:
             errors["config"] = f"URL placeholders without a parameter: {', '.join(missing)}"
         config = {"url": url, "method": method}
@@ -112,7 +114,8 @@ def tool_validate(*, team, name: str, description: str, parameters: Any, kind: s
         from apps.corpora.models import Corpus
 
         corpus_id = config.get("corpus_id")
-        corpus = Corpus.objects.filter(pk=corpus_id, team=team).first() if str(corpus_id).isdigit() and team else None
+        valid_id = isinstance(corpus_id, int) and not isinstance(corpus_id, bool) and 0 < corpus_id < 2**63
+        corpus = Corpus.objects.filter(pk=corpus_id, team=team).first() if valid_id and team else None
         if corpus is None:
             errors["config"] = "a retrieval tool needs the id of one of the team's corpora (config.corpus_id)"
         k = config.get("k", 3)
@@ -121,7 +124,7 @@ def tool_validate(*, team, name: str, description: str, parameters: Any, kind: s
         retriever = config.get("retriever", "hybrid")
         if retriever not in ("dense", "bm25", "hybrid"):
             errors["config"] = f"unknown retriever {retriever!r} (valid: dense, bm25, hybrid)"
-        config = {"corpus_id": int(corpus_id) if str(corpus_id).isdigit() else corpus_id, "k": k, "retriever": retriever}
+        config = {"corpus_id": corpus_id, "k": k, "retriever": retriever}
         parameters = RETRIEVAL_PARAMETERS
     if parameters in (None, ""):
         parameters = {"type": "object", "properties": {}, "required": []}

@@ -39,10 +39,14 @@ def _host_allowed(host: str, allowed_hosts: Iterable[str]) -> bool:
 
 
 def url_host(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. a broken IPv6 literal
+        raise HttpToolError(f"not an http(s) URL: {url!r}") from exc
+    if parts.scheme not in ("http", "https") or not host:
         raise HttpToolError(f"not an http(s) URL: {url!r}")
-    return parts.hostname
+    return host
 
 
 def check_url(url: str, *, allowed_hosts: Iterable[str]) -> str:
@@ -54,7 +58,10 @@ def check_url(url: str, *, allowed_hosts: Iterable[str]) -> str:
 
 
 def url_placeholders(url: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(url) if name]
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(url) if name]
+    except ValueError as exc:  # an unbalanced brace
+        raise HttpToolError(f"the URL has an unbalanced {{ or }}: {url!r}") from exc
 
 
 def build_request(url: str, method: str, arguments: dict[str, Any]) -> tuple[str, dict, Any]:

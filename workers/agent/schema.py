@@ -204,10 +204,16 @@ def schema_problems(schema: Any) -> list[str]:
     properties = schema.get("properties", {})
     if not isinstance(properties, dict):
         return ['"properties" must be an object']
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
+        return ['"required" must be a list of property names']
     problems = []
-    for name in schema.get("required", []):
+    for name in required:
         if name not in properties:
             problems.append(f"required parameter {name!r} is not among the properties")
+    for name, prop in properties.items():
+        if not isinstance(prop, dict):
+            problems.append(f"property {name!r} must be a JSON schema object")
     try:
         import jsonschema
 

@@ -109,3 +109,24 @@ def test_another_teams_runs_are_404(api_client, team_a, team_b, make_api_key, bu
     client = _client(api_client, make_api_key(team_a))
     assert client.get(f"/api/v1/agent-runs/{run.pk}").status_code == 404
     assert client.get("/api/v1/agent-runs").json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"name": "t", "description": "d", "kind": "python", "config": {"callable": [1]}},
+        {"name": "t", "description": "d", "kind": "python", "config": "callable"},
+        {"name": "t", "description": "d", "kind": "http", "config": {"url": "http://[::1"}},
+        {"name": "t", "description": "d", "kind": "http", "config": {"url": "https://a.test/{", "method": 5}},
+        {"name": "t", "description": "d", "kind": "retrieval", "config": {"corpus_id": 10**30, "k": "many"}},
+        {"name": "t", "description": "d", "kind": "retrieval", "config": {"corpus_id": "1; drop"}},
+        {"name": "t", "description": "d", "kind": "http", "config": {"url": "https://a.test/"},
+         "parameters": {"type": "object", "required": 5, "properties": {"x": 1}}},
+        {"name": "t", "description": "d", "kind": "python", "config": {"callable": "add"},
+         "parameters": {"type": "object", "properties": {"a": "number"}}},
+    ],
+)
+def test_malformed_tool_definitions_are_400_never_500(admin_client, payload):
+    response = admin_client.post("/api/v1/tools", payload, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "validation_failed"
