@@ -7,6 +7,9 @@ alternating order: once through ``apps.costs.metering.model_call`` (price lookup
 reservation against a team + user budget, the engine's ``generate``, the ledger row, the
 settlement) and once as the engine's ``generate`` alone. The per-request overhead is the
 difference; we report its p50/p95 in milliseconds, plus the queries one metered call makes.
+Each request also times one durable single-row write (an autocommitted no-op UPDATE of the
+benchmark's budget row): ``db_commit_p50_ms`` / ``db_commit_p95_ms`` are the cost of one commit
+(WAL flush) on this machine at that moment, the floor under each committed step of a call.
 
 Phase 2 (overspend): ``--concurrent`` requests from ``--threads`` threads against a budget
 that fits exactly ``--fits`` of them (each call's actual cost equals its estimate).
@@ -83,7 +86,7 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
     from apps.accounts.models import Role
     from apps.accounts.services import membership_set, team_create, user_create
     from apps.costs import metering
-    from apps.costs.models import ModelEndpoint
+    from apps.costs.models import Budget, ModelEndpoint
     from apps.costs.selectors import budget_status
     from apps.costs.services import BudgetExceeded, LedgerContext, budget_save, price_set
     from workers.runtime.meter import EchoTarget, generate
@@ -100,7 +103,7 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         max_output_tokens=cap,
     )
     # A team budget and a user budget: the usual case of two windows locked per call.
-    budget_save(team=team, hard_limit=Decimal(1_000_000), period="month")
+    team_budget = budget_save(team=team, hard_limit=Decimal(1_000_000), period="month")
     budget_save(team=team, scope="user", user=user, hard_limit=Decimal(1_000_000), period="day")
     context = LedgerContext(team=team, user=user, pipeline_name="bench")
     target = EchoTarget(reply=" ".join(["word"] * 12))
@@ -121,6 +124,14 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         generate(target=target, messages=messages, max_output_tokens=cap, wall_time_limit_s=wall)
         return time.perf_counter() - t0
 
+    probe_sql = f"UPDATE {Budget._meta.db_table} SET enabled = enabled WHERE id = %s"
+
+    def commit() -> float:
+        t0 = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute(probe_sql, [team_budget.pk])
+        return time.perf_counter() - t0
+
     for _ in range(warmup):
         metered()
         plain()
@@ -131,6 +142,7 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
     metered_s: list[float] = []
     plain_s: list[float] = []
     overhead_s: list[float] = []
+    commit_s: list[float] = []
     for i in range(requests):
         if i % 2:
             m, p = metered(), plain()
@@ -139,6 +151,7 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         metered_s.append(m)
         plain_s.append(p)
         overhead_s.append(m - p)
+        commit_s.append(commit())
 
     # ------------------------------------------------------------------ concurrent phase
     ctag = uuid.uuid4().hex[:8]
@@ -188,6 +201,8 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         "unmetered_p50_ms": _ms(_percentile(plain_s, 0.50)),
         "unmetered_p95_ms": _ms(_percentile(plain_s, 0.95)),
         "queries_per_metered_call": queries_per_call,
+        "db_commit_p50_ms": _ms(_percentile(commit_s, 0.50)),
+        "db_commit_p95_ms": _ms(_percentile(commit_s, 0.95)),
         "budgets_per_call": 2,
         "concurrent": {
             "requests": concurrent,
