@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -106,6 +107,10 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--positions", default="equalized", choices=["equalized", "integer"])
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--variants", default="",
+                        help="extra warm superposition configs 'positions:k[:doc_weight]', "
+                             "e.g. 'integer:2,equalized:1,equalized:all,equalized:2:0'")
+    parser.add_argument("--gold-reference", action="store_true", help="also naive RAG over the gold passages only")
     parser.add_argument("--batching-probe", type=int, default=5, help="questions on which flat vs batch is timed")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
     parser.add_argument("--model-cache", type=Path, default=ROOT / "var" / "test-models")
@@ -125,6 +130,14 @@ def main() -> None:
     sp_config = SuperpositionConfig(top_k=args.top_k, positions=args.positions)
     strategy = SuperpositionPrompting(sp_config)
     naive_strategy = NaivePrompting()
+    variants = []
+    for spec in filter(None, (v.strip() for v in args.variants.split(","))):
+        positions, k, weight = (spec.split(":") + ["", ""])[:3]
+        top_k = None if k == "all" else int(k or args.top_k)
+        doc_weight = float(weight) if weight else 1.0
+        variants.append((f"superposition-warm[{positions},k={k or args.top_k},w={doc_weight:g}]",
+                         SuperpositionPrompting(SuperpositionConfig(top_k=top_k, positions=positions,
+                                                                    doc_weight=doc_weight))))
     rows: dict[str, list[dict]] = {"naive": [], "superposition-cold": [], "superposition-warm": []}
     precompute_s: list[float] = []
     probe: dict[str, list[float]] = {"flat": [], "batch": []}
@@ -152,12 +165,12 @@ def main() -> None:
                                        attended=_pairs(naive.prompt_tokens, 0) + _pairs(c, naive.prompt_tokens)),
             })
 
-            # 2. superposition, cold (empty store; fills it), then 3. warm
+            # 2. superposition, cold (empty store; fills it), then 3. warm, then warm variants
             store = KVStore(Path(tmp) / f"kv-{n}")
             prompt = build_forkjoin(lm.tokenizer, system_prompt="", question=question, passages=passages)
-            for label in ("superposition-cold", "superposition-warm"):
-                result = strategy.generate(model=lm, system_prompt="", question=question, passages=passages,
-                                           max_output_tokens=args.max_new_tokens, wall_time_limit_s=300, kv_store=store)
+            for label, runner in [("superposition-cold", strategy), ("superposition-warm", strategy), *variants]:
+                result = runner.generate(model=lm, system_prompt="", question=question, passages=passages,
+                                         max_output_tokens=args.max_new_tokens, wall_time_limit_s=300, kv_store=store)
                 c, n_p, n_q, n_a = result.completion_tokens, len(prompt.preamble), len(prompt.query), len(prompt.answer)
                 kept_past = n_p + sum(len(prompt.docs[i]) + n_q for i in result.kept)
                 attended = sum(_pairs(n_q, n_p + len(d)) for d in prompt.docs) + _pairs(n_a, kept_past) + \
@@ -167,7 +180,7 @@ def main() -> None:
                     attended += _pairs(n_p, 0) + sum(_pairs(len(d), n_p) for d in prompt.docs)
                     logits += n_p + sum(len(d) for d in prompt.docs)
                     precompute_s.append(result.timings["doc_compute_s"])
-                rows[label].append({
+                rows.setdefault(label, []).append({
                     **score(result.text, answers), "text": result.text, "latency_s": result.wall_s,
                     "ttft_s": result.ttft_s, "query_prompt_tokens": result.fresh_prompt_tokens,
                     "cached_tokens": result.cached_tokens, "completion_tokens": c, "kept": result.kept,
@@ -185,6 +198,16 @@ def main() -> None:
                                                       kv_store=store)
                     probe[batching].append(prepared.timings["query_s"])
 
+            # reference: naive RAG over the gold passages only (where the dataset names them)
+            if args.gold_reference and task["gold"]:
+                gold_passages = [passages[i] for i in task["gold"]]
+                messages = naive_strategy.build_messages(system_prompt="", question=question, passages=gold_passages)
+                gold = generate(target=lm, messages=messages, max_output_tokens=args.max_new_tokens, wall_time_limit_s=300)
+                rows.setdefault("naive-gold-only", []).append(
+                    {**score(gold.text, answers), "text": gold.text, "latency_s": gold.wall_s, "ttft_s": math.nan,
+                     "query_prompt_tokens": gold.prompt_tokens, "completion_tokens": gold.completion_tokens,
+                     "flops": math.nan})
+
             same = rows["superposition-cold"][-1]["text"] == rows["superposition-warm"][-1]["text"]
             print(f"{n + 1}/{len(tasks)} gold={answers[0]!r} naive={rows['naive'][-1]['contains']:.0f} "
                   f"sp={rows['superposition-warm'][-1]['contains']:.0f} kept={result.kept} gold_paths={task['gold']} "
@@ -192,6 +215,11 @@ def main() -> None:
 
     def summary(label: str) -> dict:
         rs = rows[label]
+        if label == "naive-gold-only":
+            return {"strategy": label, "docs": "gold", "n": len(rs),
+                    **{m: round(statistics.mean(r[m] for r in rs), 4) for m in ("em", "f1", "contains")},
+                    "query_prompt_tokens_mean": round(statistics.mean(r["query_prompt_tokens"] for r in rs), 1),
+                    "latency_s_p50": round(statistics.median(r["latency_s"] for r in rs), 3)}
         out = {
             "strategy": label, "docs": args.docs, "n": len(rs),
             "em": round(statistics.mean(r["em"] for r in rs), 4),
@@ -214,6 +242,8 @@ def main() -> None:
     naive_row = table[0]
     speedup = {}
     for row in table[1:]:
+        if row["strategy"] == "naive-gold-only":
+            continue
         speedup[row["strategy"]] = {
             "latency_p50": round(naive_row["latency_s_p50"] / row["latency_s_p50"], 2),
             "ttft_p50": round(naive_row["ttft_s_p50"] / row["ttft_s_p50"], 2),
@@ -235,7 +265,8 @@ def main() -> None:
         "batching_probe_query_s_p50": {k: round(statistics.median(v), 4) for k, v in probe.items() if v},
         "wall_s": round(time.perf_counter() - started_all, 1),
         "per_question": [{"question": t["question"], "answers": t["answers"],
-                          **{label: {k: v for k, v in rows[label][i].items() if k != "flops"} for label in rows}}
+                          **{label: {k: v for k, v in rows[label][i].items() if k != "flops"}
+                             for label in rows if label != "naive-gold-only"}}
                          for i, t in enumerate(tasks)],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
