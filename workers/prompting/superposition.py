@@ -33,6 +33,9 @@ k paths are kept, the others' KV is dropped before the answer is computed.
 Billing: prompt_tokens counts every token the answer depends on (P, all documents, all query
 copies, A); cached_tokens is the part served from the KV store; prompt_tokens - cached_tokens
 were computed during this call.
+
+torch is imported inside the functions: the web process imports the strategy registry (for
+names and validation) and must stay free of torch.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class SuperpositionConfig:
     # How the N query copies run: "batch" = a batch of N rows, each over P + d_i (padded to the
     # longest document); "flat" = one sequence of N*|q| tokens over P and all documents with a
     # block mask (every query token then also scores the other paths' keys, masked). Batch was
-    # 17-18% faster on CPU with 10 documents (docs/benchmarks-superposition.md).
+    # 17-25% faster on CPU with 10-20 documents (docs/benchmarks-superposition.md).
     query_batching: Literal["flat", "batch"] = "batch"
     doc_weight: float = 1.0  # w in score = logP(q|P,d) + w * logP(d|P)
     instruction: str = INSTRUCTION
