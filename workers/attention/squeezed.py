@@ -320,10 +320,13 @@ class SqueezedAttention:
         keep_c = self.select_clusters(layer, q, scaling)  # (H, Q, C)
         labels = self.index.labels[layer][kv_of_head]  # (H, Nc)
         keep = keep_c.gather(-1, labels[:, None, :].expand(-1, q_len, -1))  # (H, Q, Nc): keys of kept clusters
-        idx, valid, counts = padded_indices(keep)  # (H, Q, M) each, counts (H, Q)
-        sel_k = fk[kv_of_head[:, None, None], idx + start]  # (H, Q, M, D): only the kept keys are read
-        sel_v = fv[kv_of_head[:, None, None], idx + start]
-        parts = [partial_attention(q, sel_k, sel_v, scaling, valid)]
+        counts = keep.sum(-1)  # (H, Q): keys attended per query row
+        # Each head reads the union of its rows' kept keys once; each row masks to its own clusters.
+        idx, valid, _ = padded_indices(keep.any(dim=1))  # (H, M)
+        sel_k = fk[kv_of_head[:, None], idx + start]  # (H, M, D): only the kept keys are read
+        sel_v = fv[kv_of_head[:, None], idx + start]
+        allowed = keep.gather(-1, idx[:, None, :].expand(-1, q_len, -1)) & valid[:, None, :]  # (H, Q, M)
+        parts = [partial_attention(q, sel_k, sel_v, scaling, allowed)]
         static = torch.cat([torch.arange(start), torch.arange(start + nc, n)])  # sinks + recent window, always
         if len(static):
             parts.append(partial_attention(q, fk[:, static], fv[:, static], scaling))  # (KVH, S, D)
