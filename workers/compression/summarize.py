@@ -254,13 +254,28 @@ class Summarize:
 
     name = "summarize"
 
-    def __init__(self, *, resources: Resources | None = None, query_aware: bool = True) -> None:
+    def __init__(
+        self, *, resources: Resources | None = None, query_aware: bool = True, relevance_order: bool = True
+    ) -> None:
         self.resources = resources or Resources()
         self.query_aware = query_aware
+        self.relevance_order = relevance_order
         self.extractive = Extractive(resources=self.resources)
 
     def params(self) -> dict[str, Any]:
-        return {"query_aware": self.query_aware}
+        return {"query_aware": self.query_aware, "relevance_order": self.relevance_order}
+
+    def _ordered(self, query: str, passage: Passage) -> str:
+        """The chunk's sentences, most query-relevant first.
+
+        A small model's "summary" mostly restates the start of its input: putting the sentences
+        that matter to the question first makes the summary cover them.
+        """
+        spans = sentence_spans(passage.text)
+        if len(spans) < 2:
+            return passage.text
+        rel, _ = self.extractive.relevance(query, [passage], [spans])
+        return " ".join(passage.text[a:b] for a, b in (spans[i] for i in np.argsort(-rel, kind="stable")))
 
     def _summarize(self, query: str, passage: Passage, budget: int) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
@@ -278,9 +293,10 @@ class Summarize:
         # ≈ 0.75 words per token for English BPE vocabularies.
         words = max(3, int(budget * 0.7))
         template = SUMMARY_QUERY if self.query_aware else SUMMARY_GENERIC
+        text = self._ordered(query, passage) if self.query_aware and self.relevance_order else passage.text
         messages = [
             {"role": "system", "content": SUMMARY_SYSTEM},
-            {"role": "user", "content": template.format(query=query, title=passage.title, text=passage.text, words=words)},
+            {"role": "user", "content": template.format(query=query, title=passage.title, text=text, words=words)},
         ]
         result = generate(
             target=target,
