@@ -1,7 +1,7 @@
 """Full vs squeezed vs retrieval attention over the same cached long contexts, same model, same run.
 
-    .venv/bin/python benchmarks/attention.py --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
-    .venv/bin/python benchmarks/attention.py --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
+    .venv/bin/python benchmarks/sparse_attention.py --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
+    .venv/bin/python benchmarks/sparse_attention.py --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
         --context-tokens 4096 --json kv.json
 
 Per document and context length (the document truncated to --context-tokens of SmolLM2's
