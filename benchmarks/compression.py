@@ -65,8 +65,8 @@ def load_examples(dataset: Path, limit: int | None, distractors: int = 4, seed: 
     rng = random.Random(seed)
     examples = []
     for q in _read_jsonl(dataset / "questions.jsonl"):
-        if not q.get("answers") or not q.get("gold_pids"):
-            continue  # unanswerable: no gold answer to retain
+        if q.get("is_impossible") or not any(a.strip() for a in q.get("answers", [])) or not q.get("gold_pids"):
+            continue  # unanswerable (SQuAD 2.0 lists [""]): no gold answer to retain
         gold = q["gold_pids"][0]
         others = rng.sample([pid for pid in pids if pid != gold], distractors)
         chosen = [gold, *others]
@@ -110,6 +110,23 @@ def random_drop(passages: list[Passage], budget: int, count_tokens, seed: int) -
         i, (a, b) = units[u]
         kept[i].append(passages[i].text[a:b])
     return [" ".join(k) for k in kept if k]
+
+
+def chunk_outcomes(passages: list[Passage], out) -> dict[str, int]:
+    """Per input chunk: kept whole, partly kept (spans), rewritten (a summary: no spans), or dropped."""
+    present = {p.chunk_id for p in out.passages}
+    counts = {"whole": 0, "partial": 0, "rewritten": 0, "dropped": 0}
+    for p in passages:
+        spans = out.kept_spans.get(p.chunk_id, [])
+        if p.chunk_id not in present:
+            counts["dropped"] += 1
+        elif not spans:
+            counts["rewritten"] += 1
+        elif spans == [(0, len(p.text))]:
+            counts["whole"] += 1
+        else:
+            counts["partial"] += 1
+    return counts
 
 
 def main() -> None:
@@ -169,6 +186,7 @@ def main() -> None:
                 budget = token_budget(target, full[k]["tokens"])
                 started = time.perf_counter()
                 model_tokens = 0
+                outcome = {}
                 if name == "truncation":
                     pieces = [truncation(ex["passages"], budget, tokenizer)]
                 elif name == "random_drop":
@@ -178,6 +196,7 @@ def main() -> None:
                                                  count_tokens=count_tokens)
                     pieces = [p.text for p in out.passages]
                     model_tokens = out.model_prompt_tokens + out.model_completion_tokens
+                    outcome = chunk_outcomes(ex["passages"], out)
                 seconds = time.perf_counter() - started
                 text = "\n\n".join(pieces)
                 # Passage texts counted one by one, like tokens_before (the separators are the prompt's).
@@ -185,7 +204,7 @@ def main() -> None:
                 rows.append({
                     "id": ex["id"], "seconds": seconds, "kept_share": after / max(full[k]["tokens"], 1),
                     "retained": bool(contained(text, ex["answers"])), "has_answer": full[k]["has_answer"],
-                    "model_tokens": model_tokens, "over_budget": after > budget * 1.02 + 2,
+                    "model_tokens": model_tokens, "over_budget": after > budget * 1.02 + 2, "chunks": outcome,
                 })
                 print(f"[{name} @{target}] {k + 1}/{n} kept={rows[-1]['kept_share']:.2f} "
                       f"retained={rows[-1]['retained']} {seconds:.2f}s", file=sys.stderr)
@@ -212,6 +231,9 @@ def main() -> None:
             "latency_ms_mean": round(1000 * statistics.mean(r["seconds"] for r in rows), 1),
             "model_tokens_mean": round(statistics.mean(r["model_tokens"] for r in rows), 1),
         }
+        if any(r["chunks"] for r in rows):
+            # What happened to the chunks, summed over examples (see chunk_outcomes).
+            row["chunks"] = {k: sum(r["chunks"].get(k, 0) for r in rows) for k in ("whole", "partial", "rewritten", "dropped")}
         if len(rows) < len(examples):
             row["subset_retention"] = {
                 other: retention(other_rows, ids)

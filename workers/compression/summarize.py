@@ -24,7 +24,15 @@ import numpy as np
 from workers.compression.base import CompressedContext
 from workers.compression.cache import cache_key
 from workers.compression.resources import Resources
-from workers.compression.text import Span, allocate, render, sentence_spans, token_budget, word_spans
+from workers.compression.text import (
+    Span,
+    allocate,
+    allocate_weighted,
+    render,
+    sentence_spans,
+    token_budget,
+    word_spans,
+)
 from workers.prompting.base import Passage
 
 
@@ -255,29 +263,57 @@ class Summarize:
     name = "summarize"
 
     def __init__(
-        self, *, resources: Resources | None = None, query_aware: bool = True, relevance_order: bool = True
+        self,
+        *,
+        resources: Resources | None = None,
+        query_aware: bool = True,
+        relevance_order: bool = True,
+        allocation: str = "relevance",
+        temperature: float = 0.1,
     ) -> None:
+        if allocation not in ("size", "relevance"):
+            raise ValueError(f"allocation must be 'size' or 'relevance', got {allocation!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.resources = resources or Resources()
         self.query_aware = query_aware
         self.relevance_order = relevance_order
+        self.allocation = allocation
+        self.temperature = temperature
         self.extractive = Extractive(resources=self.resources)
 
     def params(self) -> dict[str, Any]:
-        return {"query_aware": self.query_aware, "relevance_order": self.relevance_order}
+        return {"query_aware": self.query_aware, "relevance_order": self.relevance_order,
+                "allocation": self.allocation, "temperature": self.temperature}
 
-    def _ordered(self, query: str, passage: Passage) -> str:
-        """The chunk's sentences, most query-relevant first.
+    def _plan(self, query: str, passages: list[Passage], counts: list[int], budget: int) -> tuple[list[int], list[str]]:
+        """(token share per chunk, text to show the summarizer per chunk).
 
-        A small model's "summary" mostly restates the start of its input: putting the sentences
-        that matter to the question first makes the summary cover them.
+        allocation="size": shares ∝ chunk size (TCRA-LLM's setting). "relevance": ∝ size ×
+        exp((relevance - best) / temperature), so the chunks that matter to the question get most
+        of the budget and off-topic ones little or none (and no model call).
+        relevance_order: the chunk's sentences most query-relevant first, because a small model's
+        "summary" mostly restates the start of its input.
         """
-        spans = sentence_spans(passage.text)
-        if len(spans) < 2:
-            return passage.text
-        rel, _ = self.extractive.relevance(query, [passage], [spans])
-        return " ".join(passage.text[a:b] for a, b in (spans[i] for i in np.argsort(-rel, kind="stable")))
+        texts = [p.text for p in passages]
+        if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
+            return allocate(budget, counts), texts
+        spans = [sentence_spans(p.text) for p in passages]
+        rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
+        bounds = np.cumsum([0] + [len(s) for s in spans])
+        per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
+        if self.relevance_order:
+            texts = [
+                " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
+                for p, s, r in zip(passages, spans, per_passage, strict=True)
+            ]
+        if self.allocation == "size":
+            return allocate(budget, counts), texts
+        best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)
+        weights = np.exp((best - best.max()) / self.temperature)
+        return allocate_weighted(budget, counts, weights.tolist()), texts
 
-    def _summarize(self, query: str, passage: Passage, budget: int) -> tuple[str, int, int, float]:
+    def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
         from workers.runtime.meter import generate
 
@@ -293,10 +329,9 @@ class Summarize:
         # ≈ 0.75 words per token for English BPE vocabularies.
         words = max(3, int(budget * 0.7))
         template = SUMMARY_QUERY if self.query_aware else SUMMARY_GENERIC
-        text = self._ordered(query, passage) if self.query_aware and self.relevance_order else passage.text
         messages = [
             {"role": "system", "content": SUMMARY_SYSTEM},
-            {"role": "user", "content": template.format(query=query, title=passage.title, text=text, words=words)},
+            {"role": "user", "content": template.format(query=query, title=passage.title, text=shown, words=words)},
         ]
         result = generate(
             target=target,
@@ -318,12 +353,12 @@ class Summarize:
         budget = token_budget(target, before)
         if budget >= before:
             return identity(passages, before)
-        shares = allocate(budget, counts)
+        shares, shown = self._plan(query, passages, counts, budget)
         out: list[Passage] = []
         kept_spans: dict[int, list[Span]] = {}
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
-        for passage, count, share in zip(passages, counts, shares, strict=True):
+        for passage, count, share, text_shown in zip(passages, counts, shares, shown, strict=True):
             if share >= count:
                 text, spans = passage.text, [(0, len(passage.text))]
             elif share <= 0:
@@ -331,7 +366,7 @@ class Summarize:
             else:
                 summary = ""
                 if share >= MIN_SUMMARY_TOKENS:
-                    summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share)
+                    summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, text_shown)
                     prompt_tokens, completion_tokens, model_s = (
                         prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
                 if summary and count_tokens(summary) <= share:

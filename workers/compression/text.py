@@ -109,6 +109,39 @@ def allocate(budget: int, sizes: Sequence[int]) -> list[int]:
     return shares
 
 
+def allocate_weighted(budget: int, sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Split `budget` ∝ size × weight, no item above its size (water-filling), summing exactly
+    (unless only zero-weight items could take the rest: they never get any).
+
+    Items that would get more than their size are capped and their excess goes to the others in
+    the same proportion, until everything fits; then rounded by largest remainder.
+    """
+    total = sum(sizes)
+    budget = min(budget, total)
+    exact = [0.0] * len(sizes)
+    active = [i for i, (s, w) in enumerate(zip(sizes, weights, strict=True)) if s > 0 and w > 0]
+    left = float(budget)
+    while active and left > 1e-9:
+        mass = sum(sizes[i] * weights[i] for i in active)
+        capped = [i for i in active if left * sizes[i] * weights[i] / mass >= sizes[i] - exact[i]]
+        if not capped:
+            for i in active:
+                exact[i] += left * sizes[i] * weights[i] / mass
+            left = 0.0
+            break
+        for i in capped:
+            left -= sizes[i] - exact[i]
+            exact[i] = float(sizes[i])
+        active = [i for i in active if i not in capped]
+    shares = [min(int(x), n) for x, n in zip(exact, sizes, strict=True)]
+    # What zero-weight items could not take stays unallocated (left over in the loop above).
+    rest = int(round(sum(exact))) - sum(shares)
+    order = sorted((i for i in range(len(sizes)) if exact[i] > shares[i]), key=lambda i: exact[i] - shares[i], reverse=True)
+    for i in order[:rest]:
+        shares[i] += 1
+    return shares
+
+
 def tokens_of(count_tokens: Callable[[str], int], texts: Iterable[str]) -> int:
     return sum(count_tokens(t) for t in texts)
 

@@ -52,10 +52,11 @@ def test_a_summarizing_pipeline_bills_the_summaries_as_a_compress_stage(team_a, 
     run = query_run_execute(query_run_id=query_run_start(team=team_a, user=alice, pipeline=pipeline,
                                                          question="When was the Eiffel Tower completed?").pk)
     assert run.status == "succeeded"
-    assert run.context_tokens_after == 2 * len(PASSAGES) < run.context_tokens_before  # "in 1889" per chunk
+    # Most of the half-budget goes to the Eiffel chunk (relevance allocation), summarized as "in 1889".
+    assert 2 <= run.context_tokens_after <= run.context_tokens_before // 2
     row = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
-    assert row.prompt_tokens > run.context_tokens_before  # each chunk was read, with the instruction
-    assert row.completion_tokens == 2 * len(PASSAGES)
+    assert row.prompt_tokens > len(PASSAGES[0][1].split())  # the chunk was read, with the instruction
+    assert row.completion_tokens >= 2 and row.completion_tokens % 2 == 0  # "in 1889" per summarized chunk
     # The generation read the summaries, not the chunks.
     generate = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE)
     assert generate.prompt_tokens < run.context_tokens_before

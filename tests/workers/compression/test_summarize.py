@@ -14,6 +14,8 @@ QUERY = "When was the Eiffel Tower completed?"
 
 
 def summarize(bow, reply, **params):
+    """Per-chunk shares ∝ size (TCRA-LLM's setting) unless a test asks otherwise: easy to check by hand."""
+    params.setdefault("allocation", "size")
     return get_method("summarize", resources=Resources(generator=EchoTarget(reply=reply), embedder=bow), **params)
 
 
@@ -63,6 +65,32 @@ def test_it_caches_generic_summaries_per_chunk_and_budget(bow, passages, tmp_pat
     second = method.compress(query="other", passages=passages, target=0.5, count_tokens=count_words)
     assert first.model_prompt_tokens > 0 and second.model_prompt_tokens == 0
     assert second.passages == first.passages
+
+
+def test_it_gives_the_budget_to_the_relevant_chunks_with_relevance_allocation(bow, passages):
+    query = "When was the Eiffel Tower completed? Eiffel Tower tower completed"
+    method = summarize(bow, "completed in 1889", allocation="relevance", temperature=0.05)
+    result = method.compress(query=query, passages=passages, target=0.4, count_tokens=count_words)
+    # The cheese chunk shares no word with the question: it gets (almost) nothing and no model call.
+    assert 13 not in [p.chunk_id for p in result.passages if p.text == "completed in 1889"]
+    assert result.passages[0].chunk_id == 11
+    assert result.tokens_after <= round(0.4 * result.tokens_before)
+
+
+def test_it_shows_the_summarizer_the_most_relevant_sentences_first(bow, passages):
+    seen = []
+    method = get_method("summarize", resources=Resources(generator=EchoTarget(reply="x y z"), embedder=bow))
+    original = method._summarize
+
+    def spy(query, passage, budget, shown):
+        seen.append((passage.chunk_id, shown))
+        return original(query, passage, budget, shown)
+
+    method._summarize = spy
+    method.compress(query="How tall is it in metres?", passages=passages[:1], target=0.5, count_tokens=count_words)
+    (chunk_id, shown), = seen
+    assert shown.startswith("It is 330 metres tall.")
+    assert sorted(shown.split()) == sorted(passages[0].text.split())  # the same sentences, reordered
 
 
 @pytest.mark.slow

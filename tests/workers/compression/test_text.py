@@ -6,6 +6,7 @@ import pytest
 
 from workers.compression.text import (
     allocate,
+    allocate_weighted,
     merge_spans,
     protected_words,
     query_keywords,
@@ -60,6 +61,19 @@ def test_it_allocates_the_budget_exactly_and_proportionally(budget, sizes):
         # Largest remainder: every share is the exact proportion rounded down or up.
         exact = min(budget, sum(sizes)) * n / sum(sizes)
         assert int(exact) <= s <= int(exact) + 1
+
+
+@pytest.mark.parametrize(("budget", "sizes"), [(10, [3, 3, 4, 0]), (13, [1, 2, 3, 4, 5]), (50, [5, 5])])
+def test_it_allocates_with_equal_weights_like_the_plain_proportional_split(budget, sizes):
+    assert allocate_weighted(budget, sizes, [1.0] * len(sizes)) == allocate(budget, sizes)
+
+
+def test_it_caps_weighted_shares_at_each_items_size_and_passes_the_excess_on():
+    shares = allocate_weighted(60, [50, 50, 50], [10.0, 1.0, 0.0])
+    # The favourite would get 60 * 10/11 > 50: capped at its size, the other 10 go to the next.
+    assert shares == [50, 10, 0]
+    assert sum(allocate_weighted(37, [10, 20, 30, 40], [0.5, 2.0, 1.0, 0.1])) == 37
+    assert allocate_weighted(500, [10, 20], [1.0, 0.0]) == [10, 0]  # zero weight never gets any
 
 
 def test_it_reads_a_target_as_a_share_or_a_token_budget():
