@@ -73,6 +73,12 @@ class Extractive:
     paragraph ranks above an equally similar one in an off-topic paragraph, which helps the
     multi-hop case where the bridge sentence itself does not look like the question. Sentence
     vectors are query-independent and cached per chunk when a cache is given.
+
+    Redundancy (MMR): candidates are taken in order of λ·relevance − (1−λ)·penalty, where the
+    penalty is how far the candidate's highest cosine to an already chosen sentence exceeds
+    `redundancy_threshold`, scaled to [0, 1] (threshold 0 is classic MMR). Only near-duplicates
+    are penalised: the two supporting sentences of a multi-hop question are often similar to
+    each other, and classic MMR drops one of them (measured: docs/benchmarks-compression.md).
     """
 
     name = "extractive"
