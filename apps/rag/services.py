@@ -543,9 +543,6 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
 
 def query_run_wait(*, run: QueryRun, timeout_s: float, poll_s: float = 0.1) -> QueryRun:
     """Block until the run finishes or the timeout passes; returns the fresh row either way."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run.refresh_from_db()
-        if run.is_finished or time.monotonic() >= deadline:
-            return run
-        time.sleep(poll_s)
+    from apps.core.selectors import row_wait_finished
+
+    return row_wait_finished(row=run, timeout_s=timeout_s, poll_s=poll_s)
