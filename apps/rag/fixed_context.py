@@ -6,10 +6,14 @@ from its chunks' character offsets). With a fixed context the pipeline skips ret
 answer reads the whole context through the chosen attention backend
 (`Pipeline.attention_backend`: full | squeezed | retrieval, options in `attention_options`).
 
-- `fixed_context_prefill_start` enqueues the `attention.prefill` job on the `gpu` queue; the
-  job (`fixed_context_prefill_execute`) prefills the context once with the pipeline's local
-  model into the KV store under DATA_ROOT/kv-cache and builds the backend's key index beside
-  it, reporting progress on the Job row. Idempotent: a second run finds everything stored.
+- `fixed_context_prefill_start` reserves the prefill's worst-case cost against the team's
+  budgets (402 before anything runs when it does not fit) and enqueues the `attention.prefill`
+  job on the `gpu` queue; the job (`fixed_context_prefill_execute`) prefills the context once
+  with the pipeline's local model into the KV store under DATA_ROOT/kv-cache and builds the
+  backend's key index beside it, reporting progress on the Job row. Idempotent: a second run
+  finds everything stored. Its compute is billed as one `prefill` ledger row (the context
+  tokens prefilled, the device-seconds measured) that settles the job's reservation, once: a
+  retry of a job already billed writes nothing.
 - `fixed_context_run` is the query-time branch of `services._run_pipeline`: only the user's
   tokens are prefilled; the ledger row counts the fixed context as cached tokens when it came
   from the store (as fresh ones when it had to be computed now, e.g. after an eviction).
@@ -20,22 +24,37 @@ No torch or faiss at module level: the engine (`workers.attention`) is imported 
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from apps.core.errors import ValidationFailed
+from apps.core.models import Job
 from apps.core.services import job_start
 from apps.costs.metering import endpoint_target
-from apps.costs.models import EndpointKind, Stage
-from apps.costs.pricing import Usage, to_decimal
-from apps.costs.services import LedgerContext, price_current, usage_record
+from apps.costs.models import EndpointKind, Reservation, ReservationStatus, Stage, UsageRecord
+from apps.costs.pricing import Usage, to_decimal, worst_case_cost
+from apps.costs.services import (
+    LedgerContext,
+    PriceMissing,
+    budget_reserve,
+    price_current,
+    reservation_release,
+    reservation_settle,
+    usage_record,
+)
 from apps.rag.models import Pipeline, QueryRun
 
 logger = logging.getLogger(__name__)
 
 PREFILL_JOB_KIND = "attention.prefill"
+PREFILL_STAGE = "prefill"  # the ledger stage of the offline prefill's own compute
+# The hold lives while the job waits in the gpu queue and runs (its time limit is an hour);
+# an expired hold is taken again when the job starts, so the budget is checked before it runs.
+PREFILL_RESERVATION_TTL_S = 2 * 3600
 
 
 def _estimate_tokens(text: str) -> int:
@@ -148,32 +167,182 @@ def fixed_context_validate(*, values: dict[str, Any], endpoint_kind: str | None)
 # --------------------------------------------------------------------------- the prefill job
 
 
-def fixed_context_prefill_start(*, pipeline: Pipeline, user=None, backends: list[str] | None = None):
-    """Enqueue the offline prefill (+ index builds) of the pipeline's fixed context. -> the Job."""
+def fixed_context_prefill_estimate(*, pipeline: Pipeline) -> Decimal:
+    """The most the prefill job can cost: every context token fresh, the model's whole wall time.
+
+    The context is capped at the endpoint's context window (the engine truncates to what fits)
+    and at PARSIMONY_FIXED_CONTEXT_MAX_TOKENS when set. Raises PriceMissing without a price.
+    """
+    endpoint = pipeline.model_endpoint
+    tokens = fixed_context_token_estimate(pipeline=pipeline)
+    limit = getattr(settings, "PARSIMONY_FIXED_CONTEXT_MAX_TOKENS", None)
+    caps = [endpoint.context_window or tokens, int(limit) if limit else tokens]
+    return worst_case_cost(
+        price=price_current(model_name=endpoint.price_name),
+        prompt_tokens=min(tokens, *caps),
+        max_output_tokens=0,
+        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S,
+        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
+    )
+
+
+def _prefill_reserve(*, pipeline: Pipeline, user=None, api_key=None) -> Reservation:
+    """Hold the prefill's worst case against the team's budgets (BudgetExceeded, 402, when it does not fit)."""
+    return budget_reserve(
+        team=pipeline.team,
+        user=user,
+        api_key=api_key,
+        estimate=fixed_context_prefill_estimate(pipeline=pipeline),
+        description=f"{PREFILL_STAGE} of pipeline {pipeline.name} on {pipeline.model_endpoint.name}",
+        ttl_s=PREFILL_RESERVATION_TTL_S,
+    )
+
+
+def fixed_context_prefill_start(
+    *, pipeline: Pipeline, user=None, backends: list[str] | None = None, api_key=None
+) -> Job:
+    """Reserve the prefill's worst case and enqueue the offline prefill (+ index builds) of the
+    pipeline's fixed context. -> the Job (progress in thousandths).
+
+    Refuses (ValidationFailed, 400) a pipeline without a fixed context, a remote endpoint and
+    unknown backend names; (BudgetExceeded, 402) when a budget of the team, the user or the API
+    key cannot cover the worst case. Nothing is enqueued then.
+    """
     if not pipeline.has_fixed_context:
-        raise ValidationFailed(f"pipeline {pipeline.name!r} has no fixed context to prefill")
+        raise ValidationFailed(
+            f"pipeline {pipeline.name!r} has no fixed context to prefill",
+            code="no_fixed_context",
+            detail={"fields": {"fixed_context": "set a fixed context text or corpus first"}},
+        )
     if pipeline.model_endpoint.kind != EndpointKind.LOCAL:
-        raise ValidationFailed("a fixed context is prefilled with a local model; this pipeline's endpoint is remote")
+        raise ValidationFailed(
+            "a fixed context is prefilled with a local model; this pipeline's endpoint is remote",
+            code="remote_endpoint",
+            detail={"fields": {"model": pipeline.model_endpoint.name}},
+        )
     params: dict[str, Any] = {"pipeline_id": pipeline.pk}
     if backends:
         from workers.attention import BACKENDS
 
         unknown = sorted(set(backends) - set(BACKENDS))
         if unknown:
-            raise ValidationFailed(f"unknown attention backends {unknown} (valid: {', '.join(sorted(BACKENDS))})")
+            raise ValidationFailed(
+                f"unknown attention backends {unknown} (valid: {', '.join(sorted(BACKENDS))})",
+                code="unknown_backend",
+                detail={"fields": {"backends": f"valid: {', '.join(sorted(BACKENDS))}"}},
+            )
         params["backends"] = list(backends)
-    return job_start(kind=PREFILL_JOB_KIND, team=pipeline.team, created_by=user, params=params, total=1000)
+    with transaction.atomic():
+        reservation = _prefill_reserve(pipeline=pipeline, user=user, api_key=api_key)
+        params["reservation_id"] = reservation.pk
+        return job_start(kind=PREFILL_JOB_KIND, team=pipeline.team, created_by=user, params=params, total=1000)
+
+
+def _release_quietly(reservation: Reservation | None) -> None:
+    if reservation is not None and reservation.status == ReservationStatus.HELD:
+        try:
+            reservation_release(reservation=reservation)
+        except Exception:  # never hide the job's own error behind the release's
+            logger.exception("could not release reservation %s", reservation.pk)
+
+
+def _prefill_reservation(*, pipeline: Pipeline, params: dict[str, Any], job_id: int | None) -> Reservation | None:
+    """The job's hold; a new one when it is gone (expired while queued, released by a failed attempt).
+
+    None when the job was billed already (its reservation is settled): a retry bills nothing.
+    A new hold checks the budgets again, so an over-budget team's job fails here, before it runs.
+    """
+    reservation = None
+    if params.get("reservation_id") is not None:
+        reservation = Reservation.objects.select_related("user", "api_key").filter(pk=params["reservation_id"]).first()
+    if reservation is not None and reservation.status == ReservationStatus.SETTLED:
+        return None
+    if reservation is not None and reservation.status == ReservationStatus.HELD:
+        return reservation
+    user = reservation.user if reservation is not None else None
+    if user is None and job_id is not None:
+        job = Job.objects.select_related("created_by").filter(pk=job_id).first()
+        user = job.created_by if job is not None else None
+    renewed = _prefill_reserve(pipeline=pipeline, user=user, api_key=reservation.api_key if reservation else None)
+    if job_id is not None:  # a later retry finds (and settles) this one
+        Job.objects.filter(pk=job_id).update(params={**params, "reservation_id": renewed.pk})
+    return renewed
+
+
+def _prefill_seconds(result: dict[str, Any]) -> float:
+    """The compute the engine did now: the prefill (when the KV was not stored) and the index builds."""
+    seconds = float(result.get("prefill_s") or 0.0) if result.get("kv_computed") else 0.0
+    for index in (result.get("indexes") or {}).values():
+        if index.get("computed"):
+            seconds += float(index.get("build_s") or 0.0)
+    return seconds
+
+
+def fixed_context_prefill_bill(
+    *, pipeline: Pipeline, reservation: Reservation, result: dict[str, Any], on_gpu: bool
+) -> UsageRecord | None:
+    """One `prefill` ledger row for the compute in ``result``, settling ``reservation``, exactly once.
+
+    prompt_tokens: the context tokens prefilled now (0 when the KV came from the store);
+    GPU- or CPU-seconds: the engine's measured prefill and index-build time. Nothing computed:
+    no row, the hold is released. Idempotent per reservation (the row and the settlement commit
+    together, under the reservation's row lock): a second call returns the first row.
+    """
+    endpoint = pipeline.model_endpoint
+    tokens = int(result.get("context_tokens") or 0) if result.get("kv_computed") else 0
+    seconds = _prefill_seconds(result)
+    with transaction.atomic():
+        locked = Reservation.objects.select_for_update().select_related("user", "api_key").get(pk=reservation.pk)
+        billed = UsageRecord.objects.filter(reservation_id=locked.pk, stage=PREFILL_STAGE).first()
+        if billed is not None or locked.status == ReservationStatus.SETTLED:
+            return billed
+        if tokens == 0 and seconds <= 0:
+            _release_quietly(locked)
+            return None
+        try:
+            price = price_current(model_name=endpoint.price_name)
+        except PriceMissing:
+            logger.warning("no price for %s: prefill usage recorded at zero cost", endpoint.price_name)
+            price = None
+        share = to_decimal(round(seconds, 6))
+        record = usage_record(
+            context=LedgerContext(team=pipeline.team, user=locked.user, api_key=locked.api_key, pipeline_name=pipeline.name),
+            stage=PREFILL_STAGE,
+            model_name=endpoint.price_name,
+            usage=Usage(
+                prompt_tokens=tokens,
+                gpu_seconds=share if on_gpu else Decimal(0),
+                cpu_seconds=Decimal(0) if on_gpu else share,
+            ),
+            price=price,
+            latency_ms=int(1000 * seconds),
+            endpoint=endpoint,
+            reservation=locked,
+        )
+        reservation_settle(reservation=locked, actual=record.cost)
+    return record
 
 
 def fixed_context_prefill_execute(*, params: dict[str, Any], progress=None) -> dict[str, Any]:
-    """The job's body (in a worker): prefill, store, build indexes. Idempotent; progress in 1/1000."""
-    pipeline = Pipeline.objects.select_related("model_endpoint").filter(pk=params.get("pipeline_id")).first()
+    """The job's body (in a worker): prefill, store, build indexes, bill. Idempotent; progress in 1/1000.
+
+    ``progress`` is the task's Progress (its ``job_id`` lets a renewed reservation be kept on the job).
+    """
+    job_id = getattr(progress, "job_id", None)
+    pipeline = (
+        Pipeline.objects.select_related("model_endpoint", "team").filter(pk=params.get("pipeline_id")).first()
+    )
     if pipeline is None:
         logger.warning("pipeline %s does not exist; nothing to prefill", params.get("pipeline_id"))
+        held = Reservation.objects.filter(pk=params.get("reservation_id"), status=ReservationStatus.HELD).first()
+        _release_quietly(held)
         return {"skipped": "pipeline deleted"}
     text = pipeline_fixed_context_text(pipeline=pipeline)
     if not text.strip():
+        held = Reservation.objects.filter(pk=params.get("reservation_id"), status=ReservationStatus.HELD).first()
+        _release_quietly(held)
         raise ValidationFailed(f"pipeline {pipeline.name!r} has no fixed context to prefill")
+    reservation = _prefill_reservation(pipeline=pipeline, params=params, job_id=job_id)
     from workers.attention.fixed_context import prepare_fixed_context
 
     names = params.get("backends") or [pipeline.attention_backend]
@@ -183,11 +352,24 @@ def fixed_context_prefill_execute(*, params: dict[str, Any], progress=None) -> d
         if progress is not None:
             progress(int(1000 * min(1.0, fraction)), 1000, message)
 
-    result = prepare_fixed_context(
-        _local_model(pipeline), _kv_store(), system_prompt=pipeline.system_prompt, context_text=text,
-        backends=backends, config=_engine_config(), progress=report,
-    )
-    return {"pipeline_id": pipeline.pk, **result}
+    try:
+        model = _local_model(pipeline)
+        result = prepare_fixed_context(
+            model, _kv_store(), system_prompt=pipeline.system_prompt, context_text=text,
+            backends=backends, config=_engine_config(), progress=report,
+        )
+    except BaseException:
+        _release_quietly(reservation)
+        raise
+    if reservation is None:  # billed by an earlier attempt of this job: report that row, bill nothing
+        record = UsageRecord.objects.filter(reservation_id=params.get("reservation_id"), stage=PREFILL_STAGE).first()
+    else:
+        record = fixed_context_prefill_bill(
+            pipeline=pipeline, reservation=reservation, result=result,
+            on_gpu=str(getattr(model, "device", "cpu")).startswith("cuda"),
+        )
+    billed = {"usage_record_id": record.pk, "cost": str(record.cost)} if record is not None else None
+    return {"pipeline_id": pipeline.pk, **result, "billed": billed}
 
 
 # --------------------------------------------------------------------------- answering
@@ -253,6 +435,9 @@ def fixed_context_run(*, run: QueryRun, context: LedgerContext, stream, progress
 
 __all__ = [
     "PREFILL_JOB_KIND",
+    "PREFILL_STAGE",
+    "fixed_context_prefill_bill",
+    "fixed_context_prefill_estimate",
     "fixed_context_prefill_execute",
     "fixed_context_prefill_start",
     "fixed_context_run",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Count, QuerySet, Sum
 
+from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import UsageRecord
 from apps.rag.models import Pipeline, QueryRun
@@ -17,6 +18,18 @@ def pipeline_get(*, team, pipeline_id: int) -> Pipeline:
 
 def pipeline_by_name(*, team, name: str) -> Pipeline | None:
     return pipeline_list(team=team).filter(name=name).first()
+
+
+def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:
+    """The pipeline's newest fixed-context prefill job (the `attention.prefill` kind), if any."""
+    from apps.rag.fixed_context import PREFILL_JOB_KIND
+
+    return (
+        team_scoped(Job, pipeline.team_id)
+        .filter(kind=PREFILL_JOB_KIND, params__pipeline_id=pipeline.pk)
+        .order_by("-id")
+        .first()
+    )
 
 
 def query_run_list(*, team, user=None, pipeline=None) -> QuerySet[QueryRun]:
