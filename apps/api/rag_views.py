@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey
+from apps.api.serializers import JobOutputSerializer
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs import selectors as cost_selectors
@@ -22,6 +24,7 @@ from apps.costs import services as cost_services
 from apps.costs.models import Budget, BudgetPeriod, BudgetScope
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
+from apps.rag.fixed_context import fixed_context_prefill_start
 from apps.rag.models import QueryRun, Retriever
 
 
@@ -29,6 +32,20 @@ def _paginate(view: APIView, request, queryset, serializer_class):
     paginator = LimitOffsetPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _corpus_for(team, corpus_id: int | None):
+    """The team's corpus ``corpus_id`` (None clears); another team's id reads as unknown, like a missing one."""
+    from apps.corpora.models import Corpus
+
+    if corpus_id is None:
+        return None
+    corpus = team_scoped(Corpus, team).filter(pk=corpus_id).first()
+    if corpus is None:
+        raise ValidationFailed(
+            f"unknown corpus: {corpus_id}", detail={"fields": {"fixed_context_corpus": "not found"}}
+        )
+    return corpus
 
 
 def _corpora_for(team, ids: list[int]):
@@ -55,6 +72,12 @@ class PipelineOutputSerializer(serializers.Serializer):
     compression_target = serializers.FloatField()
     prompting_strategy = serializers.CharField()
     attention_backend = serializers.CharField()
+    attention_options = serializers.JSONField(help_text="Options of the attention backend (e.g. keep_fraction, top_k)")
+    fixed_context = serializers.CharField(help_text="A long text every question is answered from (empty: none)")
+    fixed_context_corpus = serializers.IntegerField(
+        source="fixed_context_corpus_id", allow_null=True, help_text="A corpus used as the fixed context (text wins)"
+    )
+    has_fixed_context = serializers.BooleanField()
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -74,14 +97,27 @@ class PipelineInputSerializer(serializers.Serializer):
     compression_method = serializers.CharField(required=False)
     compression_target = serializers.FloatField(required=False)
     prompting_strategy = serializers.CharField(required=False)
-    attention_backend = serializers.CharField(required=False)
+    attention_backend = serializers.CharField(required=False, help_text="full | squeezed | retrieval")
+    attention_options = serializers.JSONField(
+        required=False, help_text="An object: the fields of the backend's config (e.g. {\"keep_fraction\": 0.1})"
+    )
+    fixed_context = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False,
+        help_text="A long text every question is answered from (skips retrieval); blank clears it",
+    )
+    fixed_context_corpus = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The id of a corpus of this team used as the fixed context; null clears it"
+    )
     model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = serializers.IntegerField(required=False)
     system_prompt = serializers.CharField(required=False, allow_blank=True)
 
 
-def _pipeline_values(data: dict) -> dict:
-    return {key: data[key] for key in rag_services.PIPELINE_FIELDS if key in data}
+def _pipeline_values(team, data: dict) -> dict:
+    values = {key: data[key] for key in rag_services.PIPELINE_FIELDS if key in data}
+    if "fixed_context_corpus" in values:
+        values["fixed_context_corpus"] = _corpus_for(team, values["fixed_context_corpus"])
+    return values
 
 
 class PipelineListView(APIView):
@@ -102,7 +138,7 @@ class PipelineListView(APIView):
             model_endpoint=values["model"],
             corpora=_corpora_for(request.team, values.get("corpora", [])),
             created_by=request.user,
-            **_pipeline_values(values),
+            **_pipeline_values(request.team, values),
         )
         return Response(PipelineOutputSerializer(pipeline).data, status=status.HTTP_201_CREATED)
 
@@ -126,7 +162,7 @@ class PipelineDetailView(APIView):
             name=values.get("name", pipeline.name),
             model_endpoint=values.get("model") or pipeline.model_endpoint,
             corpora=_corpora_for(request.team, values["corpora"]) if "corpora" in values else None,
-            **_pipeline_values(values),
+            **_pipeline_values(request.team, values),
         )
         return Response(PipelineOutputSerializer(pipeline).data)
 
@@ -134,6 +170,53 @@ class PipelineDetailView(APIView):
     def delete(self, request, pipeline_id: int):
         rag_services.pipeline_delete(pipeline=rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PrefillInputSerializer(serializers.Serializer):
+    backends = serializers.ListField(
+        child=serializers.CharField(), required=False, allow_empty=True,
+        help_text="Attention backends whose indexes to build (default: the pipeline's own backend)",
+    )
+
+
+class PrefillJobOutputSerializer(JobOutputSerializer):
+    url = serializers.SerializerMethodField(help_text="Poll this for the job's status and progress")
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [*JobOutputSerializer.Meta.fields, "url"]
+
+    def get_url(self, job) -> str:
+        path = reverse("api-job", args=[job.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
+class PipelinePrefillView(APIView):
+    required_scope = "admin"
+
+    @extend_schema(
+        request=PrefillInputSerializer,
+        responses={202: PrefillJobOutputSerializer},
+        summary="Prefill the pipeline's fixed context (KV cache + attention indexes) in a gpu job; poll the job's url",
+        description=(
+            "Reserves the prefill's worst-case cost first (402 when a budget cannot cover it), then starts the "
+            "`attention.prefill` job. 400 when the pipeline has no fixed context, its model endpoint is remote, or "
+            "a backend name is unknown. The job's compute is billed as one `prefill` ledger row."
+        ),
+    )
+    def post(self, request, pipeline_id: int):
+        pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+        data = PrefillInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = fixed_context_prefill_start(
+            pipeline=pipeline,
+            user=request.user,
+            backends=data.validated_data.get("backends") or None,
+            api_key=request.auth if isinstance(request.auth, ApiKey) else None,
+        )
+        job.refresh_from_db()
+        body = PrefillJobOutputSerializer(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
 # --------------------------------------------------------------------------- queries

@@ -26,6 +26,11 @@ urlpatterns = [
     path("v1/documents/<int:document_id>", corpora_views.DocumentDetailView.as_view(), name="api-document"),
     path("v1/pipelines", rag_views.PipelineListView.as_view(), name="api-pipelines"),
     path("v1/pipelines/<int:pipeline_id>", rag_views.PipelineDetailView.as_view(), name="api-pipeline"),
+    path(
+        "v1/pipelines/<int:pipeline_id>/fixed-context/prefill",
+        rag_views.PipelinePrefillView.as_view(),
+        name="api-pipeline-prefill",
+    ),
     path("v1/queries", rag_views.QueryListView.as_view(), name="api-queries"),
     path("v1/queries/<int:query_id>", rag_views.QueryDetailView.as_view(), name="api-query"),
     path("v1/usage", rag_views.UsageView.as_view(), name="api-usage"),
