@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from django import forms
@@ -140,6 +141,11 @@ PIPELINE_EXTRA_HELP = {
     "attention_backend": "How a local model attends over the context: cheaper backends cut device-seconds "
     "on long prompts; no effect on remote endpoints.",
     "system_prompt": "Sent with every question: its tokens are paid on every query.",
+    "fixed_context": "With a fixed context retrieval is skipped: prefill it once (below, after saving) and each "
+    "question pays only for its own tokens plus the cached context.",
+    "fixed_context_corpus": "Used when the text above is empty: the corpus's documents in upload order.",
+    "attention_options": 'A JSON object, e.g. {"keep_fraction": 0.1} for squeezed or {"top_k": 64, "index": "hnsw"} '
+    "for retrieval; blank for the backend's defaults.",
 }
 
 
@@ -185,6 +191,15 @@ class PipelineForm(forms.Form):
     attention_backend = forms.ChoiceField(label="Attention")
     max_output_tokens = forms.IntegerField(min_value=1, max_value=32768, label="Max answer tokens")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    fixed_context = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8}), required=False, strip=False, label="Fixed context (text)"
+    )
+    fixed_context_corpus = forms.ChoiceField(required=False, label="Fixed context (corpus)")
+    attention_options = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        required=False,
+        label="Attention options (JSON)",
+    )
 
     def __init__(self, *args, endpoints=(), corpora=(), registry: dict[str, list[tuple[str, str]]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -192,6 +207,7 @@ class PipelineForm(forms.Form):
             field.help_text = pipeline_help(name)
         self.fields["model_endpoint"].choices = [(e.name, endpoint_label(e)) for e in endpoints]
         self.fields["corpora"].choices = [(str(c.pk), c.name) for c in corpora]
+        self.fields["fixed_context_corpus"].choices = [("", "— none —")] + [(str(c.pk), c.name) for c in corpora]
         # The registries' names as choices; each method's own one-line description in the help.
         for name, described in (registry or {}).items():
             if name in self.fields:
@@ -199,10 +215,28 @@ class PipelineForm(forms.Form):
                 # Rendered as a list inside the help text (so it is part of aria-describedby).
                 self.fields[name].options_help = [(value, text) for value, text in described if text]
 
+    def clean_attention_options(self) -> dict:
+        raw = (self.cleaned_data.get("attention_options") or "").strip()
+        if not raw:
+            return {}
+        try:
+            options = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+        if not isinstance(options, dict):
+            raise forms.ValidationError('Attention options must be a JSON object, e.g. {"keep_fraction": 0.1}.')
+        return options
+
     def values(self) -> dict:
+        """The pipeline options (the corpus of the fixed context as its id: the view resolves it in the team)."""
         data = dict(self.cleaned_data)
         data.pop("name"), data.pop("model_endpoint"), data.pop("corpora")
         return data
+
+
+def attention_options_text(options: dict | None) -> str:
+    """How a pipeline's attention options read in the form's JSON field ("" for none)."""
+    return json.dumps(options, indent=None, sort_keys=True) if options else ""
 
 
 # --------------------------------------------------------------------------- budgets

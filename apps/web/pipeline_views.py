@@ -1,4 +1,5 @@
-"""Pipelines: create and edit with a form that explains every option and its effect on cost."""
+"""Pipelines: create and edit with a form that explains every option and its effect on cost;
+start the prefill of a fixed context and follow its job (HTMX polling, like ingestion)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from apps.corpora import selectors as corpus_selectors
 from apps.costs.metering import endpoints_available
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
+from apps.rag.fixed_context import fixed_context_prefill_start
 from apps.rag.models import Pipeline
 from apps.web import selectors as web_selectors
 from apps.web.access import can, team_view
-from apps.web.forms import PipelineForm
+from apps.web.forms import PipelineForm, attention_options_text
 
 FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
     "compression_target", "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+    "fixed_context", "fixed_context_corpus", "attention_options",
 )
 
 
@@ -46,11 +49,30 @@ def _form(request, data=None, initial=None) -> PipelineForm:
 def _initial(pipeline: Pipeline | None) -> dict:
     if pipeline is None:
         defaults = {f.name: f.get_default() for f in Pipeline._meta.fields if f.name in FORM_FIELDS}
-        return {**defaults, "model_endpoint": "smollm2-135m-instruct"}
-    values = {name: getattr(pipeline, name) for name in FORM_FIELDS if name not in ("model_endpoint", "corpora")}
+        return {**defaults, "model_endpoint": "smollm2-135m-instruct", "fixed_context_corpus": "",
+                "attention_options": ""}
+    own = ("model_endpoint", "corpora", "fixed_context_corpus", "attention_options")
+    values = {name: getattr(pipeline, name) for name in FORM_FIELDS if name not in own}
     values["model_endpoint"] = pipeline.model_endpoint.name
     values["corpora"] = [str(pk) for pk in pipeline.corpora.values_list("pk", flat=True)]
+    values["fixed_context_corpus"] = str(pipeline.fixed_context_corpus_id or "")
+    values["attention_options"] = attention_options_text(pipeline.attention_options)
     return values
+
+
+def _pipeline_values(request, form: PipelineForm) -> dict:
+    """The form's options for pipeline_save, the fixed-context corpus resolved within the team."""
+    values = form.values()
+    corpus_id = values.pop("fixed_context_corpus", "")
+    values["fixed_context_corpus"] = (
+        corpus_selectors.corpus_list(team=request.team).filter(pk=corpus_id).first() if corpus_id else None
+    )
+    return values
+
+
+def _prefill_context(request, pipeline: Pipeline | None) -> dict:
+    job = rag_selectors.pipeline_prefill_job_latest(pipeline=pipeline) if pipeline is not None else None
+    return {"pipeline": pipeline, "prefill_job": job, "can_prefill": can(request, Role.ADMIN)}
 
 
 def _edit(request: HttpRequest, pipeline: Pipeline | None) -> HttpResponse:
@@ -69,7 +91,7 @@ def _edit(request: HttpRequest, pipeline: Pipeline | None) -> HttpResponse:
                     corpora=corpora,
                     pipeline=pipeline,
                     created_by=request.user,
-                    **form.values(),
+                    **_pipeline_values(request, form),
                 )
             except ServiceError as exc:
                 fields = (exc.detail or {}).get("fields") or {}
@@ -85,7 +107,8 @@ def _edit(request: HttpRequest, pipeline: Pipeline | None) -> HttpResponse:
             status = 400
     else:
         form = _form(request, initial=_initial(pipeline))
-    return render(request, "web/pipeline_form.html", {"form": form, "pipeline": pipeline}, status=status)
+    context = {"form": form, **_prefill_context(request, pipeline)}
+    return render(request, "web/pipeline_form.html", context, status=status)
 
 
 @team_view(Role.MEMBER)
@@ -105,3 +128,24 @@ def pipeline_delete(request: HttpRequest, pipeline_id: int) -> HttpResponse:
     rag_services.pipeline_delete(pipeline=pipeline)
     messages.success(request, f"Pipeline {pipeline.name} deleted.")
     return redirect("pipelines")
+
+
+@team_view(Role.ADMIN)
+@require_POST
+def pipeline_prefill(request: HttpRequest, pipeline_id: int) -> HttpResponse:
+    """Start the `attention.prefill` job of the pipeline's fixed context (budget reserved first)."""
+    pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+    try:
+        job = fixed_context_prefill_start(pipeline=pipeline, user=request.user)
+    except ServiceError as exc:
+        messages.error(request, f"The fixed context was not prefilled: {exc.message}")
+    else:
+        messages.success(request, f"Prefill job #{job.pk} started: its progress shows below.")
+    return redirect("pipeline-edit", pipeline_id=pipeline.pk)
+
+
+@team_view(Role.MEMBER)
+def pipeline_prefill_status(request: HttpRequest, pipeline_id: int) -> HttpResponse:
+    """The prefill job's status alone: HTMX polls it while the job runs."""
+    pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+    return render(request, "web/_prefill_status.html", _prefill_context(request, pipeline))

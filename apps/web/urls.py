@@ -39,6 +39,12 @@ urlpatterns = [
     path("pipelines/new/", pipeline_views.pipeline_create, name="pipeline-create"),
     path("pipelines/<int:pipeline_id>/edit/", pipeline_views.pipeline_edit, name="pipeline-edit"),
     path("pipelines/<int:pipeline_id>/delete/", pipeline_views.pipeline_delete, name="pipeline-delete"),
+    path("pipelines/<int:pipeline_id>/prefill/", pipeline_views.pipeline_prefill, name="pipeline-prefill"),
+    path(
+        "pipelines/<int:pipeline_id>/prefill/status/",
+        pipeline_views.pipeline_prefill_status,
+        name="pipeline-prefill-status",
+    ),
     # Usage and budgets
     path("usage/", usage_views.usage, name="usage"),
     path("usage/ledger.csv", usage_views.usage_csv, name="usage-csv"),
