@@ -106,10 +106,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=10, help="passages per question (HotpotQA has 10)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--positions", default="equalized", choices=["equalized", "integer"])
+    parser.add_argument("--answer-mode", default="superposed", choices=["superposed", "sequential", "recompute"],
+                        help="what the answer node sees after pruning (workers/prompting/superposition.py)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--variants", default="",
-                        help="extra warm superposition configs 'positions:k[:doc_weight]', "
-                             "e.g. 'integer:2,equalized:1,equalized:all,equalized:2:0'")
+                        help="extra warm superposition configs 'positions:k[:doc_weight[:answer_mode]]', "
+                             "e.g. 'integer:2,equalized:1,equalized:all,equalized:2:0,equalized:2:1:recompute'")
     parser.add_argument("--gold-reference", action="store_true", help="also naive RAG over the gold passages only")
     parser.add_argument("--batching-probe", type=int, default=5, help="questions on which flat vs batch is timed")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
@@ -127,17 +129,18 @@ def main() -> None:
     lm = load_causal_lm("smollm2-135m-instruct", cache_dir=args.model_cache, device="cpu")
     config = lm.model.config
     dataset_kind, tasks = load_tasks(args.dataset, args.limit, args.docs, args.threads)
-    sp_config = SuperpositionConfig(top_k=args.top_k, positions=args.positions)
+    sp_config = SuperpositionConfig(top_k=args.top_k, positions=args.positions, answer_mode=args.answer_mode)
     strategy = SuperpositionPrompting(sp_config)
     naive_strategy = NaivePrompting()
     variants = []
     for spec in filter(None, (v.strip() for v in args.variants.split(","))):
-        positions, k, weight = (spec.split(":") + ["", ""])[:3]
+        positions, k, weight, mode = (spec.split(":") + ["", "", ""])[:4]
         top_k = None if k == "all" else int(k or args.top_k)
         doc_weight = float(weight) if weight else 1.0
-        variants.append((f"superposition-warm[{positions},k={k or args.top_k},w={doc_weight:g}]",
+        mode = mode or "superposed"
+        variants.append((f"superposition-warm[{positions},k={k or args.top_k},w={doc_weight:g},{mode}]",
                          SuperpositionPrompting(SuperpositionConfig(top_k=top_k, positions=positions,
-                                                                    doc_weight=doc_weight))))
+                                                                    doc_weight=doc_weight, answer_mode=mode))))
     rows: dict[str, list[dict]] = {"naive": [], "superposition-cold": [], "superposition-warm": []}
     precompute_s: list[float] = []
     probe: dict[str, list[float]] = {"flat": [], "batch": []}
@@ -172,9 +175,15 @@ def main() -> None:
                 result = runner.generate(model=lm, system_prompt="", question=question, passages=passages,
                                          max_output_tokens=args.max_new_tokens, wall_time_limit_s=300, kv_store=store)
                 c, n_p, n_q, n_a = result.completion_tokens, len(prompt.preamble), len(prompt.query), len(prompt.answer)
-                kept_past = n_p + sum(len(prompt.docs[i]) + n_q for i in result.kept)
-                attended = sum(_pairs(n_q, n_p + len(d)) for d in prompt.docs) + _pairs(n_a, kept_past) + \
-                    _pairs(c, kept_past + n_a)
+                if runner.config.answer_mode == "recompute":  # kept docs + q + A computed over P
+                    n_in = sum(len(prompt.docs[i]) for i in result.kept) + n_q + n_a
+                    kept_past, answer_pairs = n_p, _pairs(n_in, n_p)
+                else:
+                    n_in = n_a
+                    kept_past = n_p + sum(len(prompt.docs[i]) + n_q for i in result.kept)
+                    answer_pairs = _pairs(n_a, kept_past)
+                attended = sum(_pairs(n_q, n_p + len(d)) for d in prompt.docs) + answer_pairs + \
+                    _pairs(c, kept_past + n_in)
                 logits = len(prompt.docs) * n_q + 1 + c
                 if label == "superposition-cold":
                     attended += _pairs(n_p, 0) + sum(_pairs(len(d), n_p) for d in prompt.docs)
@@ -254,7 +263,8 @@ def main() -> None:
     result_json = {
         "dataset": args.dataset.name, "dataset_format": dataset_kind, "n": len(tasks), "docs": args.docs,
         "model": lm.name, "torch_threads": args.threads,
-        "superposition": {"top_k": args.top_k, "positions": args.positions, "query_batching": sp_config.query_batching},
+        "superposition": {"top_k": args.top_k, "positions": args.positions, "query_batching": sp_config.query_batching,
+                          "answer_mode": args.answer_mode},
         "rows": table,
         "speedup_vs_naive": speedup,
         "precompute_s": {"per_question_p50": round(statistics.median(precompute_s), 3),

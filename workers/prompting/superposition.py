@@ -30,6 +30,14 @@ Pruning (Bayesian saliency): score_i = mean log P(q_i | P, d_i) + w * mean log P
 mean over the tokens of the node predicted from within the node (as in the reference); the top
 k paths are kept, the others' KV is dropped before the answer is computed.
 
+Answer modes. After pruning, the answer node attends to the kept paths superposed (the
+paper; cheapest), or laid one after another ("sequential": the cached document and query keys
+re-rotated to consecutive positions, best-scored path last, still no recompute; the paths
+still do not see each other), or the kept documents are recomputed as one ordinary prompt after
+the cached preamble ("recompute": the KV store then serves the scoring only, and the answer is
+exactly naive RAG over the kept documents, best-scored last; costs Σ|d_kept| + |q| more tokens).
+Small models lose accuracy when several paths share positions (docs/benchmarks-superposition.md).
+
 Billing: prompt_tokens counts every token the answer depends on (P, all documents, all query
 copies, A); cached_tokens is the part served from the KV store; prompt_tokens - cached_tokens
 were computed during this call.
@@ -73,6 +81,12 @@ class SuperpositionConfig:
     query_batching: Literal["flat", "batch"] = "batch"
     doc_weight: float = 1.0  # w in score = logP(q|P,d) + w * logP(d|P)
     instruction: str = INSTRUCTION
+    # What the answer node sees after pruning (see "Answer modes" in the module docstring):
+    # "superposed" = the kept paths' cached KV at their shared positions (the paper);
+    # "sequential" = the same cached KV, the kept paths moved one after another (best path last);
+    # "recompute" = the kept documents recomputed as one prompt P + d_a + d_b + q + A (the cache
+    # then only serves scoring; the answer equals naive RAG over the kept documents).
+    answer_mode: Literal["superposed", "sequential", "recompute"] = "superposed"
 
 
 # ============================================================================ 1. segments
@@ -448,28 +462,56 @@ def prepare_answer(
 
     # The answer node over P + kept paths (pruned paths' KV is simply not included).
     t2 = time.perf_counter()
+    n_a = len(prompt.answer)
+    n_layers = len(pre.entry.keys)
+    extra_tokens = 0  # tokens recomputed for the answer beyond A ("recompute" mode)
+    if config.answer_mode == "superposed":
+        segments = [(docs_kv[p], query_kv[p]) for p in kept]
+        answer_ids, start = list(prompt.answer), layout.answer_start(kept)
+    elif config.answer_mode == "sequential":
+        # Best-scored path last (nearest the question's answer); stored document keys sit at
+        # |P| + j, query keys at the layout's query positions: move both to consecutive slots.
+        segments, cursor = [], float(n_p)
+        for p in sorted(kept, key=lambda i: (scores[i], -i)):
+            n_d = fetched[p].n_tokens
+            doc_delta = torch.full((n_d,), cursor - n_p, dtype=torch.float64)
+            q_delta = torch.arange(len(prompt.query), dtype=torch.float64) + cursor + n_d - torch.tensor(
+                layout.query_positions[p], dtype=torch.float64)
+            segments.append((
+                ([rerotate_keys(rotary, k, doc_delta) for k in fetched[p].keys], fetched[p].values),
+                ([rerotate_keys(rotary, k, q_delta) for k in query_kv[p][0]], query_kv[p][1]),
+            ))
+            cursor += n_d + len(prompt.query)
+        answer_ids, start = list(prompt.answer), cursor
+    elif config.answer_mode == "recompute":
+        segments = []
+        ordered = sorted(kept, key=lambda i: (scores[i], -i))
+        answer_ids = [t for p in ordered for t in prompt.docs[p]] + list(prompt.query) + list(prompt.answer)
+        start = float(n_p)
+        extra_tokens = len(answer_ids) - n_a
+    else:
+        raise ValueError(f"answer_mode must be 'superposed', 'sequential' or 'recompute', got {config.answer_mode!r}")
     layers = []
-    for i in range(len(pre.entry.keys)):
-        ks = [pre.entry.keys[i]] + [t for p in kept for t in (docs_kv[p][0][i], query_kv[p][0][i])]
-        vs = [pre.entry.values[i]] + [t for p in kept for t in (docs_kv[p][1][i], query_kv[p][1][i])]
+    for i in range(n_layers):
+        ks = [pre.entry.keys[i]] + [t for d, q in segments for t in (d[0][i], q[0][i])]
+        vs = [pre.entry.values[i]] + [t for d, q in segments for t in (d[1][i], q[1][i])]
         layers.append((torch.cat(ks, dim=1)[None].to(device), torch.cat(vs, dim=1)[None].to(device)))
     past = layers[0][0].shape[2]
-    n_a = len(prompt.answer)
-    start = layout.answer_start(kept)
-    allowed = torch.ones(n_a, past + n_a, dtype=torch.bool, device=device).tril(diagonal=past)[None]
-    # Float position ids in both modes: RoPE computes position_ids.float() * inv_freq either way.
-    position_ids = (torch.arange(n_a, dtype=torch.float64) + start).float().to(device)[None]  # (1, |A|)
+    n_in = len(answer_ids)
+    allowed = torch.ones(n_in, past + n_in, dtype=torch.bool, device=device).tril(diagonal=past)[None]
+    # Float position ids in every mode: RoPE computes position_ids.float() * inv_freq either way.
+    position_ids = (torch.arange(n_in, dtype=torch.float64) + start).float().to(device)[None]  # (1, n_in)
     cache = _cache(model, layers)
-    out = model(input_ids=torch.tensor([prompt.answer], device=device), position_ids=position_ids,
+    out = model(input_ids=torch.tensor([answer_ids], device=device), position_ids=position_ids,
                 attention_mask=_mask(allowed, model.dtype), cache=cache, use_cache=True, logits_to_keep=1)
     timings["answer_s"] = time.perf_counter() - t2
 
     n_paths = len(prompt.docs)
-    prompt_tokens = n_p + sum(len(d) for d in prompt.docs) + n_paths * len(prompt.query) + n_a
+    prompt_tokens = n_p + sum(len(d) for d in prompt.docs) + n_paths * len(prompt.query) + n_a + extra_tokens
     return PreparedAnswer(
         cache=out.cache,
         first_logits=out.logits[0, -1],
-        next_position=start + n_a,
+        next_position=start + n_in,
         scores=scores,
         query_logprobs=[float(x) for x in q_logprob.tolist()],
         doc_logprobs=doc_logprob,

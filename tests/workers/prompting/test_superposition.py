@@ -268,3 +268,59 @@ def test_it_recomputes_a_corrupt_cached_document(smollm2, passages, tmp_path):
     assert again.cached_tokens == cold.prompt_tokens - len(prompt.docs[2]) - 3 * len(prompt.query) - len(prompt.answer)
     torch.testing.assert_close(again.first_logits, cold.first_logits, atol=1e-6, rtol=0)
     assert store.get(document_key(preamble_key(smollm2, prompt.preamble), EIFFEL, prompt.doc_texts[2])) is not None
+
+
+# ---------------------------------------------------------------- answer modes after pruning
+
+
+def naive_logits_over(model, prompt, order):
+    """Logits of the plain prompt P + d_a + d_b + ... + q + A, one forward, integer positions."""
+    ids = prompt.preamble + [t for i in order for t in prompt.docs[i]] + prompt.query + prompt.answer
+    with torch.inference_mode():
+        return model.model(input_ids=torch.tensor([ids])).logits[0, -1], len(ids)
+
+
+@pytest.mark.slow
+def test_it_answers_exactly_like_naive_rag_over_the_kept_documents_in_recompute_mode(smollm2, passages, tmp_path):
+    store = KVStore(tmp_path / "kv")
+    prepare(smollm2, passages, store=store, top_k=2)  # fills the store: both calls below are warm
+    prepared = prepare(smollm2, passages, store=store, top_k=2, answer_mode="recompute")
+    # Best-scored document last, right before the question.
+    order = sorted(prepared.kept, key=lambda i: prepared.scores[i])
+    reference, length = naive_logits_over(smollm2, alone_prompt(smollm2, passages), order)
+    torch.testing.assert_close(prepared.first_logits, reference, atol=2e-4, rtol=1e-5)
+    assert prepared.next_position == length
+    # The same paths are kept as in the superposed answer; only the answer node differs.
+    superposed = prepare(smollm2, passages, store=store, top_k=2)
+    assert superposed.kept == prepared.kept and superposed.scores == pytest.approx(prepared.scores)
+    # Billing: the kept documents and the question are computed again for the answer.
+    prompt = alone_prompt(smollm2, passages)
+    recomputed = sum(len(prompt.docs[i]) for i in prepared.kept) + len(prompt.query)
+    assert prepared.prompt_tokens == superposed.prompt_tokens + recomputed
+    assert prepared.cached_tokens == superposed.cached_tokens > 0
+
+
+@pytest.mark.slow
+def test_it_lays_the_kept_cached_paths_one_after_another_in_sequential_mode(smollm2, passages):
+    """With integer positions and one kept path, sequential == superposed == the naive prompt;
+    with two, the cache holds P, then each kept (d, q) at consecutive positions, best last."""
+    one = prepare(smollm2, passages, positions="integer", top_k=1, answer_mode="sequential")
+    best = one.kept[0]
+    reference, length = naive_logits_over(smollm2, alone_prompt(smollm2, passages), [best])
+    torch.testing.assert_close(one.first_logits, reference, atol=2e-4, rtol=1e-5)
+    assert one.next_position == length
+
+    two = prepare(smollm2, passages, top_k=2, answer_mode="sequential")
+    prompt = alone_prompt(smollm2, passages)
+    span = sum(len(prompt.docs[i]) + len(prompt.query) for i in two.kept)
+    assert two.next_position == len(prompt.preamble) + span + len(prompt.answer)
+    assert two.cache.get_seq_length() == len(prompt.preamble) + span + len(prompt.answer)
+    # Different from superposed (the paths no longer share positions), same scores and choice.
+    superposed = prepare(smollm2, passages, top_k=2)
+    assert two.kept == superposed.kept
+    assert not torch.allclose(two.first_logits, superposed.first_logits, atol=1e-3)
+
+
+def test_it_refuses_an_unknown_answer_mode(smollm2, passages):
+    with pytest.raises(ValueError, match="answer_mode"):
+        prepare(smollm2, passages, top_k=2, answer_mode="bogus")
