@@ -180,6 +180,8 @@ class PrefillInputSerializer(serializers.Serializer):
 
 
 class PrefillJobOutputSerializer(JobOutputSerializer):
+    # A plain string here: a second component with the job's status choices would rename the enum.
+    status = serializers.CharField(help_text="queued | running | succeeded | failed | cancelled")
     url = serializers.SerializerMethodField(help_text="Poll this for the job's status and progress")
 
     class Meta(JobOutputSerializer.Meta):
