@@ -38,10 +38,11 @@ sys.path, after the project's own packages, only when `embeddings_filter` is req
 
     .venv/bin/python -m pip install --target var/bench-deps -r benchmarks/requirements-langchain.txt
 
-End to end (`--answer-limit N`, default 30; 0 skips it): the first N examples of every
-method and target are answered by SmolLM2-135M-Instruct from the compressed context with the
-project's naive RAG prompt (the anchors' instruction wording), greedy, ≤ 32 new tokens; `em`,
-`f1` and `contained` (gold answer in the output) as in benchmarks/qa_metrics.py.
+End to end (`--answer-limit N`, default 30; 0 skips it): the first N examples of every method
+and target (`--answer-targets`: only those targets) are answered by SmolLM2-135M-Instruct from
+the compressed context with the project's naive RAG prompt (the anchors' instruction wording),
+greedy, ≤ 32 new tokens; `em`, `f1` and `contained` (gold answer in the output) as in
+benchmarks/qa_metrics.py.
 
 Cost: `net_saving_per_1k_usd` = {model: 1000 × (mean context tokens removed × the model's input
 price) − 1000 × mean compression cost per query} for the `--price-models` (default gpt-4o-mini,
@@ -346,6 +347,8 @@ def main() -> None:
                         help="run METHOD on the first N examples only (default: summarize=10)")
     parser.add_argument("--answer-limit", type=int, default=30,
                         help="answer the first N examples of every method and target with SmolLM2 (0: none)")
+    parser.add_argument("--answer-targets", nargs="+", type=float, default=None,
+                        help="answer only at these targets (default: every target; the `none` row always answers)")
     parser.add_argument("--contexts", choices=["retrieved", "gold+random"], default="retrieved",
                         help="SQuAD/NQ contexts: top-k retrieved from the pool, or gold + 4 random (anchors)")
     parser.add_argument("--top-k", type=int, default=5)
@@ -557,7 +560,9 @@ def main() -> None:
                 if pass_no == 1:  # with --cache-dir, later passes read what the first one cached
                     cold[key] = [r["seconds"] for r in results[key]]
                 # Only the last pass answers (answers do not depend on the cache).
-                results[key] = run_pass(name, key[1], n, args.answer_limit if pass_no == args.passes - 1 else 0)
+                answers = name == "none" or args.answer_targets is None or target in args.answer_targets
+                results[key] = run_pass(name, key[1], n,
+                                        args.answer_limit if answers and pass_no == args.passes - 1 else 0)
             write_summary(build_table(), done=False)  # a long run leaves what it has measured so far
     table = build_table()
     write_summary(table, done=True)
