@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from apps.accounts.models import Team
 from apps.core.errors import ValidationFailed
 from apps.core.models import Job
+from apps.costs.services import BudgetExceeded
 from apps.rag.fixed_context import fixed_context_prefill_start
 from apps.rag.models import Pipeline
 from apps.rag.services import pipeline_save
@@ -76,7 +77,7 @@ class Command(BaseCommand):
                 return
             extra = [b.strip() for b in opts["also_build"].split(",") if b.strip()]
             job = fixed_context_prefill_start(pipeline=row, backends=[row.attention_backend, *extra] if extra else None)
-        except ValidationFailed as exc:
+        except (ValidationFailed, BudgetExceeded) as exc:  # a budget refusal names the budget and the amount
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Prefill job #{job.pk} enqueued on the {job.queue} queue.")
         if not opts["wait"]:
