@@ -5,9 +5,12 @@
         --context-tokens 4096 --json kv.json
 
 Per document and context length (the document truncated to --context-tokens of SmolLM2's
-tokens, template included; the model has 8,192 positions, so 16k is out of reach):
-1. the fixed context is prefilled once (chunked, full attention) into a fresh KV store: the
-   one-off prefill cost, timed;
+tokens, template included; the model has 8,192 positions: past that, --rope-factor 2 extends
+them to 16,384 with YaRN, applied to the model itself, so to every method and every length of
+the run alike):
+1. the fixed context is prefilled once (chunked, full attention) into a fresh KV store (or the
+   --store folder, kept across runs: a second run then skips the prefill): the one-off prefill
+   cost, timed;
 2. each method's index is built once (k-means centroids, key ANN indexes): the one-off build
    cost, timed;
 3. per question, every method answers in turn (interleaved, so machine noise hits all alike),
@@ -59,11 +62,21 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_documents(dataset: Path, limit: int, questions: int, min_cl100k: int) -> tuple[str, list[dict]]:
-    """[{doc_id, text, qas: [{question, answers}]}]: long documents first by task preference."""
+def load_documents(dataset: Path, limit: int, questions: int, min_tokens: int,
+                   count_tokens: Any = None) -> tuple[str, list[dict]]:
+    """[{doc_id, text, qas: [{question, answers}]}]: long documents first by task preference.
+
+    L-Eval documents must hold at least `min_tokens` tokens: of the model's tokenizer when
+    `count_tokens` is given (SmolLM2's tokenizer needs more tokens than cl100k for the same text),
+    else of cl100k.
+    """
     leval = dataset / "documents_with_questions.jsonl"
     if leval.is_file():
-        docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_cl100k]
+        if count_tokens is None:
+            docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens]
+        else:  # cl100k counts first (cheap): only plausible documents are tokenized
+            docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens * 0.7
+                    and count_tokens(d["text"]) >= min_tokens]
         docs.sort(key=lambda d: (LEVAL_TASK_ORDER.index(d["task"]) if d["task"] in LEVAL_TASK_ORDER else 99,
                                  d["doc_id"]))
         out = []
@@ -142,6 +155,14 @@ def main() -> None:
                         help="decoding steps observed for cosine / recall (a separate, untimed pass)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
     parser.add_argument("--model-cache", type=Path, default=ROOT / "var" / "test-models")
+    parser.add_argument("--rope-factor", type=float, default=1.0,
+                        help="> 1: extend the model's positions by this factor (static RoPE scaling, every method)")
+    parser.add_argument("--rope-type", default="yarn", help="yarn | linear (with --rope-factor)")
+    parser.add_argument("--rope-attention-factor", type=float, default=1.0,
+                        help="YaRN's attention temperature (transformers' default 0.1 ln(factor) + 1 garbles "
+                             "SmolLM2's answers without fine-tuning; 1.0 keeps them)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="KV store folder kept across runs (default: a fresh temporary one)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -165,15 +186,25 @@ def main() -> None:
     set_torch_threads(args.threads)
     faiss.omp_set_num_threads(1)
     lengths = [int(x) for x in args.context_tokens.split(",") if x.strip()]
-    dataset_name, documents = load_documents(args.dataset, args.limit, args.questions, min_cl100k=max(lengths))
-    lm = load_causal_lm("smollm2-135m-instruct", cache_dir=args.model_cache, device="cpu")
+    rope = None
+    if args.rope_factor > 1:
+        rope = {"rope_type": args.rope_type, "factor": args.rope_factor}
+        if args.rope_type == "yarn":
+            rope["attention_factor"] = args.rope_attention_factor
+    lm = load_causal_lm("smollm2-135m-instruct", cache_dir=args.model_cache, device="cpu", rope_scaling=rope)
+    dataset_name, documents = load_documents(
+        args.dataset, args.limit, args.questions, min_tokens=max(lengths),
+        count_tokens=lambda text: len(lm.tokenizer.encode(text, add_special_tokens=False)))
+    if not documents:
+        raise SystemExit(f"no document of {args.dataset} holds {max(lengths)} tokens")
     if max(lengths) + 256 > max_positions(lm):
         raise SystemExit(f"--context-tokens {max(lengths)} does not fit the model's {max_positions(lm)} positions")
 
     questions: list[dict] = []
     builds: list[dict] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="attn-bench-") as tmp_dir:
+        tmp = args.store or tmp_dir
         for n_tokens in lengths:
             config = FixedContextConfig(max_context_tokens=n_tokens)
             methods = parse_methods(args.methods, n_tokens)
@@ -265,6 +296,8 @@ def main() -> None:
         "dataset": dataset_name,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model": lm.name,
+        "rope_scaling": rope,
+        "max_positions": max_positions(lm),
         "threads": args.threads,
         "max_new_tokens": args.max_new_tokens,
         "documents": [d["doc_id"] for d in documents],

@@ -10,6 +10,13 @@ Accepted sources for `load_causal_lm`:
 GGUF files are dequantized once (about 30 s, almost all in the pure-Python GGUF parser) and
 saved as safetensors under ``<cache_dir>/models/<stem>-<digest>/``; later loads read that copy
 in about 0.2 s with identical logits. Each model loads once per process.
+
+RoPE scaling (`rope_scaling=`, off by default): a model can be run past the positions it was
+trained on with a *static* RoPE extension, e.g. ``{"rope_type": "yarn", "factor": 2.0}`` takes
+SmolLM2 from 8,192 to 16,384 positions (YaRN, no fine-tuning). Only static types are accepted
+(``yarn``, ``linear``): dynamic NTK changes the frequencies with the current length, so keys
+cached at one length would not match queries at another. The scaled model gets its own name
+(``<name>+yarn2``), so KV caches of scaled and unscaled runs never mix.
 """
 
 from __future__ import annotations
@@ -172,7 +179,8 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------- loading
 
-_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache: dict[tuple[str, str, str, str], LoadedModel] = {}
+ROPE_TYPES = ("yarn", "linear")
 _cache_lock = threading.Lock()
 
 
@@ -208,20 +216,51 @@ def _resolve(source: str, cache_dir: Path) -> tuple[str, str, bool]:
     return source, source, True
 
 
+def rope_scaled(config: Any, rope_scaling: dict[str, Any]) -> tuple[Any, str]:
+    """Apply a static RoPE extension to a transformers config in place. -> (config, name suffix).
+
+    rope_scaling: {"rope_type": "yarn" | "linear", "factor": > 1, ...more rope parameters}.
+    max_position_embeddings becomes the original positions times the factor.
+    """
+    scaling = dict(rope_scaling)
+    rope_type = scaling.pop("rope_type", scaling.pop("type", "yarn"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"unsupported rope_type {rope_type!r} (valid: {', '.join(ROPE_TYPES)}; dynamic types "
+                         "change the frequencies with the length, which breaks cached keys)")
+    factor = float(scaling.pop("factor", 0))
+    if not factor > 1:
+        raise ValueError(f"rope scaling factor must be > 1, got {factor}")
+    base = dict(getattr(config, "rope_parameters", None) or {})
+    theta = base.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        raise ValueError("the model's config has no rope_theta: not a RoPE model")
+    original = int(base.get("original_max_position_embeddings") or config.max_position_embeddings)
+    params: dict[str, Any] = {"rope_type": rope_type, "rope_theta": theta, "factor": factor, **scaling}
+    if rope_type == "yarn":
+        params["original_max_position_embeddings"] = original
+    config.rope_parameters = params
+    config.max_position_embeddings = int(round(original * factor))
+    return config, f"+{rope_type}{factor:g}"
+
+
 def load_causal_lm(
-    source: str, *, cache_dir: Path, device: str | None = None, dtype: Any = None
+    source: str, *, cache_dir: Path, device: str | None = None, dtype: Any = None,
+    rope_scaling: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM (once per process per source/device/dtype) and return it.
+    """Load a causal LM (once per process per source/device/dtype/rope scaling) and return it.
+
+    `rope_scaling` (None: the model as trained) extends the positions with a static RoPE scaling,
+    see the module docstring; the returned model's name carries it (e.g. ``+yarn2``).
 
     Thread-safe: concurrent callers for the same model wait for the first load. The first load
     in a process also applies the torch thread default (see `set_torch_threads`) unless the
     process set it already.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
     dtype = dtype or _default_dtype(device)
-    key = (source, device, str(dtype))
+    key = (source, device, str(dtype), json.dumps(rope_scaling or {}, sort_keys=True))
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
@@ -238,7 +277,13 @@ def load_causal_lm(
         where, name, local_only = _resolve(source, Path(cache_dir))
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local_only)
+            extra: dict[str, Any] = {}
+            if rope_scaling:
+                config, suffix = rope_scaled(AutoConfig.from_pretrained(where, local_files_only=local_only),
+                                             rope_scaling)
+                extra["config"] = config
+                name += suffix
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local_only, **extra)
         except OSError as exc:
             # Offline: an HF id that is not in the local cache ends here.
             raise FileNotFoundError(
