@@ -15,6 +15,13 @@ retrieved and attended; the two partial attentions (static + user, retrieved) ar
 EXACTLY with log-sum-exp (`workers.attention.reference.merge_partials`): the result is softmax
 attention over the union, nothing approximated but the choice of keys. With ``top_k`` at least
 the middle's size every key is attended and the output equals full attention (tested).
+
+Decoding step (one query row), batched over the query heads: ``flat`` is exact maximum inner
+product search done as one batched matmul over the middle keys (query heads grouped by KV
+head, no copies) and one `topk`; the top-k scores are the attention logits, so only the
+retrieved *values* are gathered. The other kinds search their faiss / attention-aware index per
+KV head (all query heads of the group in one call), then gather the retrieved keys and values.
+The static set's logits join the retrieved ones in one softmax.
 """
 
 from __future__ import annotations
@@ -83,6 +90,17 @@ class RetrievalIndex:
     sink: int
     window: int
     anns: list[list[KeyANN]]  # [layer][kv head]
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)  # search-time helpers, never stored
+
+    def static_positions(self, n: int) -> torch.Tensor:
+        """The static set's positions (sinks, then the recent window), (S,) int64; cached."""
+        import torch
+
+        got = self._derived.get(("static", n))
+        if got is None:
+            got = self._derived[("static", n)] = torch.cat([torch.arange(self.sink),
+                                                            torch.arange(n - self.window, n)])
+        return got
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         import torch
@@ -168,6 +186,13 @@ class RetrievalAttention:
         n_heads, q_len, d = q.shape
         anns = self.index.anns[layer]
         n_rep = n_heads // len(anns)
+        if self.config.index == "flat":  # exact MIPS as a batched matmul (what IndexFlatIP computes)
+            fk, n = self.fixed.keys[layer], self.fixed.n_tokens
+            middle = fk[:, self.index.sink:n - self.index.window]  # (KVH, n_mid, D), a view
+            scores = torch.matmul(q.float().reshape(len(anns), n_rep * q_len, d), middle.transpose(1, 2))
+            if q_len == 1:
+                self.scanned += float(middle.shape[1] * n_heads)
+            return scores.topk(min(k, middle.shape[1]), dim=-1).indices.view(n_heads, q_len, -1)
         out = []
         for g, ann in enumerate(anns):
             x = q[g * n_rep:(g + 1) * n_rep].reshape(-1, d).float().numpy()  # (n_rep * Q, D)
@@ -193,6 +218,9 @@ class RetrievalAttention:
         if layer < self.config.dense_layers or (q_len > 1 and not self.config.sparse_prefill):
             self.stats.add(q_len, float(n), n)
             return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
+        n_mid = n - self.index.sink - self.index.window
+        if q_len == 1 and 0 < self.config.top_k < n_mid and self.diagnostics is None:
+            return self._decode_step(layer, q, key, value, mask, scaling).to(query.dtype)
         sink, window = self.index.sink, self.index.window
         n_mid = n - sink - window
         fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
@@ -237,6 +265,54 @@ class RetrievalAttention:
                 self.diagnostics.add("ann_recall", float(found.sum(-1).float().sum()) / k_exact, n_heads * q_len)
             self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
         return out[None].to(query.dtype)
+
+
+    def _decode_step(
+        self, layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        mask: torch.Tensor | None, scaling: float,
+    ) -> torch.Tensor:
+        """One decoding row, q (H, 1, D) -> (1, H, 1, D): static set + top_k retrieved keys, one softmax."""
+        import torch
+
+        fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
+        kvh, n, d = fk.shape
+        n_heads = q.shape[0]
+        n_rep = n_heads // kvh
+        sink, window = self.index.sink, self.index.window
+        k = self.config.top_k
+        grouped = q.reshape(kvh, n_rep, d).float()  # (KVH, n_rep, D): the query heads of each KV head
+        heads = torch.arange(kvh)[:, None, None] * n  # (KVH, 1, 1) flat offset of each KV head
+        if self.config.index == "flat":
+            # Exact MIPS: one batched matmul over the middle keys (a view: nothing copied), one topk;
+            # the top-k scores are the retrieved keys' logits, so only their values are gathered.
+            mid_scores = torch.matmul(grouped, fk[:, sink:n - window].transpose(1, 2))  # (KVH, n_rep, n_mid)
+            top_scores, ids = mid_scores.topk(k, dim=-1, sorted=False)  # (KVH, n_rep, k)
+            flat_ids = (ids + sink + heads).reshape(-1)
+            ret_logits = top_scores.reshape(n_heads, k) * scaling
+            valid = None
+        else:
+            ids = self.retrieve(layer, q, k).view(kvh, n_rep, k)  # -1 where the index found fewer
+            valid = (ids >= 0).reshape(n_heads, k)
+            flat_ids = (ids.clamp(min=0) + sink + heads).reshape(-1)
+            ret_k = fk.reshape(kvh * n, d).index_select(0, flat_ids).view(n_heads, k, d)
+            ret_logits = torch.matmul(ret_k, q.reshape(n_heads, d, 1)).view(n_heads, k) * scaling
+            ret_logits.masked_fill_(~valid, float("-inf"))
+        ret_v = fv.reshape(kvh * n, d).index_select(0, flat_ids).view(n_heads, k, d)  # (H, k, D)
+        static = self.index.static_positions(n)  # (S,)
+        st_k, st_v = fk.index_select(1, static), fv.index_select(1, static)  # (KVH, S, D), S = sink + window
+        st_logits = torch.matmul(grouped, st_k.transpose(1, 2)).reshape(n_heads, -1) * scaling  # (H, S)
+        logits = torch.cat([st_logits, ret_logits], dim=-1)  # (H, S + k): one softmax over both
+        lse = torch.logsumexp(logits, dim=-1)  # (H,)
+        safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        probs = torch.exp(logits - safe[:, None])
+        s = st_logits.shape[1]
+        fixed_out = (torch.matmul(probs[:, :s].view(kvh, n_rep, s), st_v).view(n_heads, d)
+                     + torch.matmul(probs[:, None, s:], ret_v).view(n_heads, d))  # (H, D)
+        user = user_partial(q, key, value, mask, scaling)
+        out, _ = merge_partials([(fixed_out[:, None], lse[:, None]), user])  # (H, 1, D)
+        retrieved = float(valid.sum()) / n_heads if valid is not None else float(k)
+        self.stats.add(1, retrieved + s, n)
+        return out[None]
 
 
 class RetrievalBackend:

@@ -13,12 +13,21 @@ and their keys attended *exactly*; the recent window of the fixed context (its l
 tokens) is always attended; the user's own tokens (everything after the fixed context) are
 attended densely with the causal mask. The three parts are merged exactly with log-sum-exp.
 
-Threshold: τ is one global number for all layers and heads (S_i is a probability, comparable
-across heads: flat heads keep many clusters, peaked heads few). It is calibrated from the last
-``n_proxy`` tokens of the fixed context used as proxy queries: the size-weighted quantile of
-their S_i such that ``keep_fraction`` (default 10%) of the clustered keys pass, averaged over
-layers, heads and proxies. At decode time the real share differs per question; it is measured
-(`stats`), not assumed.
+Threshold: by default (``calibration="global"``) τ is one number for all layers and heads (S_i
+is a probability, comparable across heads: flat heads keep many clusters, peaked heads few). It
+is calibrated from the last ``n_proxy`` tokens of the fixed context used as proxy queries: the
+size-weighted quantile of their S_i such that ``keep_fraction`` (default 10%) of the clustered
+keys pass, averaged over layers, heads and proxies. ``calibration="layer"`` / ``"head"``
+calibrate one τ per layer / per (layer, query head) the same way, each keeping
+``keep_fraction`` of its keys on the proxies. At decode time the real share differs per
+question; it is measured (`stats`), not assumed.
+
+Decoding step (one query row): the centroid scores of the 9 query heads are one batched matmul
+per layer against the (KVH, C, D) centroids (no per-head copies), the kept clusters of the
+query heads sharing a KV head are united, and the keys of the union plus the static keys
+(sinks, window) are read with ONE `index_select` from a per-layer layout computed once per
+index (the flat key positions in cluster order per KV head); each query head then masks the
+keys of clusters it did not keep, so every head attends exactly its own clusters.
 
 Hierarchical lookup (``hierarchical=True``): coarse centroids are scored first with their own
 calibrated threshold τ1 (keeping ``coarse_keep_fraction`` of the keys); only fine clusters
@@ -55,6 +64,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "squeezed/1"
+CALIBRATIONS = ("global", "layer", "head")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class SqueezedConfig:
     sink: int = 4  # first fixed-context tokens always attended (attention sinks; not in the paper)
     dense_layers: int = 0  # the first layers attend every key (flat attention there; measured)
     sparse_prefill: bool = True  # the user's tokens use the centroid lookup too (as in the paper)
+    calibration: str = "global"  # global | layer | head: one threshold, one per layer, one per (layer, head)
     n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
     hierarchical: bool = False
     coarse_fraction: float = 0.125  # coarse clusters per fine cluster (hierarchical)
@@ -84,6 +95,10 @@ class SqueezedConfig:
             raise ValueError(f"coarse_keep_fraction must be in (0, 1], got {self.coarse_keep_fraction}")
         if self.window < 0 or self.sink < 0 or self.dense_layers < 0 or self.n_proxy < 1:
             raise ValueError("window, sink and dense_layers must be >= 0 and n_proxy >= 1")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {self.calibration!r} (valid: {', '.join(CALIBRATIONS)})")
+        if self.calibration != "global" and self.hierarchical:
+            raise ValueError("per-layer or per-head calibration is for one level (hierarchical=false)")
 
     def build_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k in self.BUILD_FIELDS}
@@ -102,10 +117,37 @@ class SqueezedIndex:
     coarse: list[torch.Tensor] | None = None  # per layer (KVH, C1, D)
     coarse_log_sizes: list[torch.Tensor] | None = None  # per layer (KVH, C1)
     parent: list[torch.Tensor] | None = None  # per layer (KVH, C) int64
+    # Derived at search time, never stored: decode layouts per (layer, N), calibrations per setting.
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def hierarchical(self) -> bool:
         return self.coarse is not None
+
+    def decode_layout(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every fixed key of every KV head, as (flat position into keys.view(KVH * N, D), cluster id).
+
+        Cluster ids are global over the layer's KV heads: head g's cluster i is g * (C + 1) + i,
+        and g * (C + 1) + C is head g's static set (sinks + recent window), always attended.
+        Positions ascend within each KV head, so a gather of any subset reads memory in order.
+        Computed once per layer and cached on the index.
+        """
+        import torch
+
+        key = ("layout", layer, n)
+        got = self._derived.get(key)
+        if got is None:
+            labels = self.labels[layer]  # (KVH, Nc)
+            kvh, nc = labels.shape
+            c1 = self.centroids[layer].shape[1] + 1
+            start = self.start
+            heads = torch.arange(kvh)[:, None]  # (KVH, 1)
+            local = torch.arange(n).expand(kvh, n)  # (KVH, N)
+            cluster = torch.full((kvh, n), 0, dtype=torch.long) + heads * c1 + (c1 - 1)  # static by default
+            cluster[:, start:start + nc] = labels + heads * c1
+            got = ((local + heads * n).reshape(-1).contiguous(), cluster.reshape(-1).contiguous())
+            self._derived[key] = got
+        return got
 
     # -------------------------------------------------------------- persistence
 
@@ -208,10 +250,37 @@ def _weighted_quantile_threshold(log_s: torch.Tensor, sizes: torch.Tensor, keep:
 class Calibration:
     log_tau: float  # fine threshold (log space); -inf keeps everything
     log_tau_coarse: float = -math.inf
+    per_head: torch.Tensor | None = None  # (L, H) fine thresholds when calibrated per layer or head
+
+    def threshold(self, layer: int) -> float | torch.Tensor:
+        """The fine threshold for a layer: a number, or (H,) per query head."""
+        return self.log_tau if self.per_head is None else self.per_head[layer]
+
+
+def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int) -> torch.Tensor:
+    """(L, H) thresholds, each keeping `keep_fraction` of the clustered keys on its own proxies (or its layer's)."""
+    import torch
+
+    out = []
+    for layer in range(len(index.centroids)):
+        cents = repeat_kv(index.centroids[layer][None], n_rep)[0]  # (H, C, D)
+        log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+        log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling)  # (H, P, C)
+        sizes = log_sz.exp()[:, None, :].expand_as(log_s)
+        n_heads, n_proxy = log_s.shape[:2]
+        if config.calibration == "layer":
+            tau = _weighted_quantile_threshold(log_s, sizes, config.keep_fraction,
+                                               float(n_heads * n_proxy * index.n_clustered))
+            out.append(torch.full((n_heads,), tau))
+        else:
+            out.append(torch.tensor([
+                _weighted_quantile_threshold(log_s[h], sizes[h], config.keep_fraction, float(n_proxy * index.n_clustered))
+                for h in range(n_heads)]))
+    return torch.stack(out).float()  # (L, H)
 
 
 def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int) -> Calibration:
-    """Global thresholds from the proxy queries (see the module docstring)."""
+    """Thresholds from the proxy queries (see the module docstring)."""
     import torch
 
     if config.keep_fraction >= 1.0:
@@ -220,6 +289,8 @@ def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_re
     n_proxy = index.proxies.shape[2]
     total = float(n_layers * index.proxies.shape[1] * n_proxy * index.n_clustered)
     with torch.no_grad():
+        if config.calibration != "global" and not index.hierarchical:
+            return Calibration(-math.inf, per_head=_per_head_thresholds(index, config, scaling, n_rep))
         if not index.hierarchical:
             scores, sizes = [], []
             for layer in range(n_layers):
@@ -273,23 +344,41 @@ class SqueezedAttention:
 
     def _calibrated(self, scaling: float, n_rep: int) -> Calibration:
         if self.calibration is None:
-            self.calibration = calibrate(self.index, self.config, scaling, n_rep)
+            # Thresholds depend on the search-time budget only: cached on the index, shared by questions.
+            c = self.config
+            key = ("calibration", c.keep_fraction, c.coarse_keep_fraction, c.calibration, float(scaling), n_rep)
+            got = self.index._derived.get(key)
+            if got is None:
+                got = self.index._derived[key] = calibrate(self.index, c, scaling, n_rep)
+            self.calibration = got
         return self.calibration
 
     def select_clusters(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
         """q (H, Q, D) -> kept clusters (H, Q, C) bool."""
         import torch
 
-        n_rep = q.shape[0] // self.index.centroids[layer].shape[0]
+        kvh = self.index.centroids[layer].shape[0]
+        n_heads, q_len, d = q.shape
+        n_rep = n_heads // kvh
         cal = self._calibrated(scaling, n_rep)
+        if not self.index.hierarchical:
+            # One batched matmul per layer: the query heads of a KV head share its centroids (no copies).
+            cents = self.index.centroids[layer]  # (KVH, C, D)
+            log_sz = self.index.log_sizes[layer][:, None, :]  # (KVH, 1, C); -inf for empty clusters
+            s = torch.matmul(q.float().reshape(kvh, n_rep * q_len, d), cents.transpose(1, 2)) * scaling
+            log_s = s - torch.logsumexp(s + log_sz, dim=-1, keepdim=True)  # (KVH, n_rep * Q, C)
+            tau = cal.threshold(layer)
+            if isinstance(tau, float):
+                keep = log_s >= tau
+            else:  # per query head: (H,) -> (KVH, n_rep * Q, 1)
+                keep = log_s >= tau.view(kvh, n_rep, 1).expand(kvh, n_rep, q_len).reshape(kvh, -1, 1)
+            keep &= torch.isfinite(log_sz)  # empty clusters never count
+            if q_len == 1:
+                self.lookups += kvh * n_rep * cents.shape[1]
+            return keep.view(n_heads, q_len, -1)
         cents = repeat_kv(self.index.centroids[layer][None], n_rep)[0]  # (H, C, D)
         log_sz = repeat_kv(self.index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
         live = torch.isfinite(log_sz)[:, None, :]  # (H, 1, C): empty clusters never count
-        if not self.index.hierarchical:
-            log_s, _ = _log_scores(q, cents, log_sz, scaling)
-            if q.shape[1] == 1:
-                self.lookups += cents.shape[0] * cents.shape[1]
-            return (log_s >= cal.log_tau) & live
         cc = repeat_kv(self.index.coarse[layer][None], n_rep)[0]  # (H, C1, D)
         log_csz = repeat_kv(self.index.coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
         parent = repeat_kv(self.index.parent[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
@@ -315,9 +404,10 @@ class SqueezedAttention:
             self.stats.add(q_len, float(n), n)
             return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
         fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
-        kv_of_head = torch.arange(n_heads) // n_rep  # (H,)
-
         keep_c = self.select_clusters(layer, q, scaling)  # (H, Q, C)
+        if q_len == 1:
+            return self._decode_step(layer, q, keep_c, key, value, mask, scaling).to(query.dtype)
+        kv_of_head = torch.arange(n_heads) // n_rep  # (H,)
         labels = self.index.labels[layer][kv_of_head]  # (H, Nc)
         keep = keep_c.gather(-1, labels[:, None, :].expand(-1, q_len, -1))  # (H, Q, Nc): keys of kept clusters
         counts = keep.sum(-1)  # (H, Q): keys attended per query row
@@ -339,6 +429,49 @@ class SqueezedAttention:
             attended[..., static] = True
             self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
         return out[None].to(query.dtype)
+
+
+    def _decode_step(
+        self, layer: int, q: torch.Tensor, keep_c: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        mask: torch.Tensor | None, scaling: float,
+    ) -> torch.Tensor:
+        """One decoding row: q (H, 1, D), kept clusters (H, 1, C) -> (1, H, 1, D).
+
+        The union of the kept clusters of each KV head's query heads plus the static keys is read
+        with one index_select per K and V; each query head masks the clusters it did not keep.
+        """
+        import torch
+
+        fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
+        kvh, n, d = fk.shape
+        n_heads, _, n_clusters = keep_c.shape
+        n_rep = n_heads // kvh
+        positions, cluster = self.index.decode_layout(layer, n)  # (KVH * N,) each
+        keep = keep_c.view(kvh, n_rep, n_clusters)
+        always = torch.ones(kvh, n_rep, 1, dtype=torch.bool)  # each head's static set
+        keep_ext = torch.cat([keep, always], dim=-1)  # (KVH, n_rep, C + 1)
+        read = keep_ext.any(dim=1).view(-1).index_select(0, cluster)  # (KVH * N,): keys of a cluster some head of the group kept
+        chosen = cluster[read]  # (M,): cluster id of each read key
+        picked = positions[read]  # (M,) flat positions, ascending
+        sel_k = fk.reshape(kvh * n, d).index_select(0, picked)  # (M, D): the only fixed keys read
+        sel_v = fv.reshape(kvh * n, d).index_select(0, picked)
+        # allowed[h, m]: key m belongs to query head h's KV head and to a cluster h kept.
+        own = torch.eye(kvh, dtype=torch.bool)[:, None, :, None]  # (KVH, 1, KVH, 1)
+        allowed = (keep_ext[:, :, None, :] & own).reshape(n_heads, -1).index_select(1, chosen)  # (H, M)
+        scores = torch.matmul(q.reshape(n_heads, d).float(), sel_k.float().T) * scaling  # (H, M)
+        scores.masked_fill_(~allowed, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)  # (H,)
+        safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        fixed_out = torch.matmul(torch.exp(scores - safe[:, None]), sel_v.float())  # (H, D)
+        user = user_partial(q, key, value, mask, scaling)
+        out, _ = merge_partials([(fixed_out[:, None], lse[:, None]), user])  # (H, 1, D)
+        counts = allowed.sum(-1)  # (H,): fixed keys attended per query head, static included
+        self.stats.add(1, float(counts.sum()) / n_heads, n)
+        if self.diagnostics is not None:
+            hits = torch.zeros(n_heads, n, dtype=torch.int32)
+            hits.scatter_add_(1, (picked % n).expand(n_heads, -1), allowed.to(torch.int32))
+            self.diagnostics.observe(q, fk, fv, user, (hits > 0)[:, None, :], out, scaling)
+        return out[None]
 
 
 def padded_indices(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

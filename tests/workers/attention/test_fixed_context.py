@@ -165,3 +165,20 @@ def test_full_attention_answers_like_plain_greedy_generation(smollm2, tmp_path):
     expected = smollm2.tokenizer.decode(out[0, len(prompt.context_ids) + len(u_ids):], skip_special_tokens=True)
     assert result.text == expected
     assert "27" in result.text
+
+
+def test_a_static_rope_scaling_extends_the_positions_and_names_the_model(model_cache_dir):
+    from transformers import LlamaConfig
+
+    from workers.runtime.local_lm import load_causal_lm, rope_scaled
+
+    config, suffix = rope_scaled(LlamaConfig(max_position_embeddings=8192, rope_theta=1e5),
+                                 {"rope_type": "yarn", "factor": 2, "attention_factor": 1.0})
+    assert suffix == "+yarn2" and config.max_position_embeddings == 16384
+    assert config.rope_parameters == {"rope_type": "yarn", "rope_theta": 1e5, "factor": 2.0, "attention_factor": 1.0,
+                                      "original_max_position_embeddings": 8192}
+    with pytest.raises(ValueError, match="dynamic"):
+        rope_scaled(LlamaConfig(), {"rope_type": "dynamic", "factor": 2})
+    lm = load_causal_lm("smollm2-135m-instruct", cache_dir=model_cache_dir, device="cpu",
+                        rope_scaling={"rope_type": "yarn", "factor": 2, "attention_factor": 1.0})
+    assert lm.name.endswith("+yarn2") and max_positions(lm) == 16384

@@ -8,6 +8,7 @@ import torch
 
 from indexes.key_index import ANN_KINDS, build_key_ann, load_key_ann, recall_at_k
 from workers.attention import get_backend
+from workers.attention.base import Diagnostics
 from workers.attention.reference import FullAttention, partial_attention, repeat_kv
 from workers.attention.retrieval import RetrievalConfig, RetrievalIndex, load_index
 
@@ -70,6 +71,20 @@ def test_the_first_layers_can_stay_dense(random_context, user_step):
                                FullAttention(fixed).attend(0, query, key, value, mask, SCALE), atol=1e-4, rtol=0)
     state.attend(1, query, key, value, mask, SCALE)
     assert 0.5 < state.stats.fraction("decode") < 0.6  # (1 + (4 + 32 + 8) / 300) / 2
+
+
+@pytest.mark.parametrize("kind", ANN_KINDS)
+def test_the_batched_decoding_step_equals_the_general_path(random_context, user_step, kind):
+    # Diagnostics route a decoding step through the general (per-query key sets) path.
+    fixed, queries = random_context
+    backend = get_backend("retrieval", index=kind, top_k=12, sink=3, window=10)
+    index = backend.build(fixed, queries)
+    fast, general = backend.state(fixed, index), backend.state(fixed, index, Diagnostics())
+    query, key, value, mask = user_step(q_len=1, u_len=4)
+    for layer in range(fixed.n_layers):
+        torch.testing.assert_close(fast.attend(layer, query, key, value, mask, SCALE),
+                                   general.attend(layer, query, key, value, mask, SCALE), atol=1e-5, rtol=0)
+    assert fast.stats.fraction("decode") == pytest.approx(general.stats.fraction("decode"))
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "aware"])

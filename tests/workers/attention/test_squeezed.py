@@ -57,18 +57,22 @@ def test_it_equals_full_attention_when_every_cluster_is_kept(random_context, use
     assert state.stats.fraction("decode" if q_len == 1 else "prefill") == pytest.approx(1.0)
 
 
-def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_and_user_tokens(random_context, user_step):
-    state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2)
-    query, key, value, mask = user_step(q_len=2, u_len=4)
+@pytest.mark.parametrize("calibration", ["global", "head"])
+@pytest.mark.parametrize("q_len", [1, 2])  # 1: the batched decoding step; 2: the question's rows
+def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_and_user_tokens(
+        random_context, user_step, q_len, calibration):
+    state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2, calibration=calibration)
+    query, key, value, mask = user_step(q_len=q_len, u_len=4)
     layer = 1
     out = state.attend(layer, query, key, value, mask, SCALE)
     # Rebuild the selection independently and run the reference with a mask over [fixed, user].
     index = state.index
     keep_c = state.select_clusters(layer, query[0], SCALE)  # (H, Q, C)
-    allowed_fixed = torch.zeros(9, 2, fixed.n_tokens, dtype=torch.bool)
+    assert keep_c.any() and not keep_c.all()
+    allowed_fixed = torch.zeros(9, q_len, fixed.n_tokens, dtype=torch.bool)
     for h in range(9):
         labels = index.labels[layer][h // 3]
-        for qi in range(2):
+        for qi in range(q_len):
             kept = torch.isin(labels, torch.nonzero(keep_c[h, qi])[:, 0])
             allowed_fixed[h, qi, index.start:index.start + index.n_clustered] = kept
     allowed_fixed[..., :index.start] = True
@@ -78,12 +82,28 @@ def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_a
     all_v = torch.cat([fixed.values[layer][None], value], dim=2)
     expected = torch.stack([
         attention_reference(query[:, h:h + 1], all_k[:, h // 3:h // 3 + 1], all_v[:, h // 3:h // 3 + 1],
-                            torch.zeros(1, 1, 2, allowed.shape[-1]).masked_fill(~allowed[h][None, None], float("-inf")),
+                            torch.zeros(1, 1, q_len, allowed.shape[-1]).masked_fill(~allowed[h][None, None], float("-inf")),
                             SCALE)[:, 0]
         for h in range(9)
     ], dim=1)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
-    assert 0 < state.stats.fraction("prefill") < 0.5
+    assert 0 < state.stats.fraction("decode" if q_len == 1 else "prefill") < 1
+    assert state.stats.fraction("decode" if q_len == 1 else "prefill") == pytest.approx(
+        float(allowed_fixed.sum()) / allowed_fixed[..., 0].numel() / fixed.n_tokens)
+
+
+def test_per_head_calibration_keeps_the_requested_share_in_every_head_on_the_proxies(random_context):
+    fixed, queries = random_context
+    backend = get_backend("squeezed", keep_fraction=0.2, window=8, sink=0, n_proxy=32, calibration="head")
+    index = backend.build(fixed, queries)
+    state = backend.state(fixed, index)
+    for layer in range(fixed.n_layers):
+        keep_c = state.select_clusters(layer, index.proxies[layer], SCALE)  # (H, P, C)
+        sizes = index.log_sizes[layer].exp().repeat_interleave(3, 0)[:, None, :]  # (H, 1, C)
+        per_head = (keep_c * sizes).sum((1, 2)) / (keep_c.shape[1] * index.n_clustered)  # (H,)
+        assert torch.all((per_head > 0.15) & (per_head < 0.4)), per_head
+    with pytest.raises(ValueError, match="calibration"):
+        SqueezedConfig(calibration="per-token")
 
 
 @pytest.mark.parametrize("hierarchical", [False, True])
