@@ -3,6 +3,9 @@ strategies with `runs_model = True` (superposition) also run a local model thems
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from workers.prompting.base import ModelRunningStrategy, Passage, PromptingStrategy
 from workers.prompting.naive import NaivePrompting
 from workers.prompting.superposition import SuperpositionPrompting
@@ -13,11 +16,40 @@ STRATEGIES: dict[str, type[PromptingStrategy]] = {
 }
 
 
-def get_strategy(name: str) -> PromptingStrategy:
+def _strategy_class(name: str) -> type[PromptingStrategy]:
     try:
-        return STRATEGIES[name]()
+        return STRATEGIES[name]
     except KeyError:
         raise ValueError(f"unknown prompting strategy {name!r} (valid: {', '.join(sorted(STRATEGIES))})") from None
 
 
-__all__ = ["STRATEGIES", "ModelRunningStrategy", "Passage", "PromptingStrategy", "get_strategy"]
+def strategy_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The strategy's config dataclass built from plain options (None when it takes none).
+
+    Raises ValueError naming unknown options (with the valid ones) or impossible values."""
+    cls = _strategy_class(name)
+    options = dict(options or {})
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None:
+        if options:
+            raise ValueError(f"prompting strategy {name!r} takes no options (got {', '.join(sorted(options))})")
+        return None
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"unknown options for prompting strategy {name!r}: {', '.join(sorted(unknown))} "
+                         f"(valid: {', '.join(sorted(fields))})")
+    try:
+        return config_class(**options)
+    except TypeError as exc:
+        raise ValueError(f"bad options for prompting strategy {name!r}: {exc}") from None
+
+
+def get_strategy(name: str, options: dict[str, Any] | None = None) -> PromptingStrategy:
+    """A strategy instance by name, configured from plain options (a pipeline's `prompting_options`)."""
+    cls = _strategy_class(name)
+    config = strategy_config(name, options)
+    return cls() if config is None else cls(config)  # type: ignore[call-arg]
+
+
+__all__ = ["STRATEGIES", "ModelRunningStrategy", "Passage", "PromptingStrategy", "get_strategy", "strategy_config"]

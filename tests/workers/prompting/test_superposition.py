@@ -324,3 +324,19 @@ def test_it_lays_the_kept_cached_paths_one_after_another_in_sequential_mode(smol
 def test_it_refuses_an_unknown_answer_mode(smollm2, passages):
     with pytest.raises(ValueError, match="answer_mode"):
         prepare(smollm2, passages, top_k=2, answer_mode="bogus")
+
+
+def test_it_builds_a_configured_strategy_from_a_pipelines_plain_options():
+    from workers.prompting import strategy_config
+
+    strategy = get_strategy("superposition", {"top_k": 3, "answer_mode": "recompute", "positions": "integer"})
+    assert strategy.config == SuperpositionConfig(top_k=3, answer_mode="recompute", positions="integer")
+    assert get_strategy("superposition").config == SuperpositionConfig()
+    assert strategy_config("naive", {}) is None
+    with pytest.raises(ValueError, match="takes no options"):
+        strategy_config("naive", {"top_k": 2})
+    with pytest.raises(ValueError, match=r"unknown options .* topk .*valid: .*top_k"):
+        strategy_config("superposition", {"topk": 2})
+    for bad in ({"top_k": 0}, {"top_k": "2"}, {"positions": "diagonal"}, {"doc_weight": -1}, {"answer_mode": "x"}):
+        with pytest.raises(ValueError):
+            strategy_config("superposition", bad)
