@@ -22,6 +22,15 @@ head, no copies) and one `topk`; the top-k scores are the attention logits, so o
 retrieved *values* are gathered. The other kinds search their faiss / attention-aware index per
 KV head (all query heads of the group in one call), then gather the retrieved keys and values.
 The static set's logits join the retrieved ones in one softmax.
+
+Budget allocation (``allocation``, search time): ``uniform`` retrieves ``top_k`` keys for every
+layer and query head; ``calibrated`` keeps the same total (``top_k`` per layer and head on
+average) but splits it by the attention of the context's last tokens (the proxy queries kept
+with the index): with each head's keys ranked by their mean attention probability over the
+proxies, a key's marginal gain is its mean probability, and the budget goes to the largest
+gains over all layers and heads (the optimum for these concave recall curves). Flat heads get
+more keys, peaked heads fewer; each head retrieves its own number (>= 1), the measured
+``keys_fraction`` counts what was attended.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "retrieval/1"
+ALLOCATIONS = ("uniform", "calibrated")
+PROXY_QUERIES = 64  # the prefill's last queries kept with the index (budget calibration)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class RetrievalConfig:
     aware_lists: int = 0  # 0: about 2 * sqrt(sampled queries)
     aware_neighbours: int = 32  # nearest keys recorded per sampled prefill query
     aware_nprobe: int = 4  # attention-aware lists probed (search time)
+    allocation: str = "uniform"  # uniform | calibrated: top_k per head, or the same total split by proxy attention
     kmeans_iters: int = 20
     seed: int = 1234
 
@@ -75,6 +87,8 @@ class RetrievalConfig:
             raise ValueError(f"unknown retrieval index {self.index!r} (valid: {', '.join(ANN_KINDS)})")
         if self.top_k < 1 or self.sink < 0 or self.window < 0 or self.dense_layers < 0:
             raise ValueError("top_k must be >= 1; sink, window and dense_layers >= 0")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"unknown allocation {self.allocation!r} (valid: {', '.join(ALLOCATIONS)})")
 
     def build_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k in self.BUILD_FIELDS}
@@ -90,7 +104,35 @@ class RetrievalIndex:
     sink: int
     window: int
     anns: list[list[KeyANN]]  # [layer][kv head]
+    proxies: torch.Tensor | None = None  # (L, H, P, D) the prefill's last queries (budget calibration)
     _derived: dict = field(default_factory=dict, repr=False, compare=False)  # search-time helpers, never stored
+
+    def head_budgets(self, fixed: FixedKV, top_k: int, scaling: float) -> torch.Tensor:
+        """(L, H) keys to retrieve per layer and query head, `top_k` on average (see the module docstring)."""
+        import torch
+
+        key = ("budgets", top_k, float(scaling))
+        got = self._derived.get(key)
+        if got is not None:
+            return got
+        if self.proxies is None:
+            raise ValueError("calibrated allocation needs an index built with proxy queries: rebuild it")
+        n = fixed.n_tokens
+        gains = []
+        for layer in range(fixed.n_layers):
+            keys = fixed.keys[layer]  # (KVH, N, D)
+            q = self.proxies[layer].float()  # (H, P, D)
+            kvh, (n_heads, n_proxy, d) = keys.shape[0], q.shape
+            scores = torch.matmul(q.reshape(kvh, -1, d), keys.transpose(1, 2)).view(n_heads, n_proxy, n) * scaling
+            probs = torch.softmax(scores, dim=-1)[..., self.sink:n - self.window]  # (H, P, n_mid)
+            gains.append(probs.sort(dim=-1, descending=True).values.mean(1))  # (H, n_mid): mean prob by rank
+        gains_t = torch.stack(gains)  # (L, H, n_mid), non-increasing along the last dim
+        n_layers, n_heads, n_mid = gains_t.shape
+        total = min(top_k * n_layers * n_heads, gains_t.numel())
+        threshold = gains_t.reshape(-1).topk(total).values[-1]
+        got = (gains_t >= threshold).sum(-1).clamp(min=1, max=n_mid)  # (L, H)
+        self._derived[key] = got
+        return got
 
     def static_positions(self, n: int) -> torch.Tensor:
         """The static set's positions (sinks, then the recent window), (S,) int64; cached."""
@@ -106,6 +148,8 @@ class RetrievalIndex:
         import torch
 
         out = {"bounds": torch.tensor([self.sink, self.window])}
+        if self.proxies is not None:
+            out["proxies"] = self.proxies.half()
         for layer, heads in enumerate(self.anns):
             for h, ann in enumerate(heads):
                 for name, arr in ann.to_arrays().items():
@@ -145,7 +189,8 @@ def build_index(fixed: FixedKV, queries: torch.Tensor | None, config: RetrievalC
         anns.append(heads)
         if progress is not None:
             progress(layer + 1, fixed.n_layers)
-    return RetrievalIndex(sink=sink, window=window, anns=anns)
+    proxies = queries[:, :, -PROXY_QUERIES:].float() if queries is not None else None
+    return RetrievalIndex(sink=sink, window=window, anns=anns, proxies=proxies)
 
 
 def load_index(tensors: dict[str, Any], fixed: FixedKV, config: RetrievalConfig) -> RetrievalIndex:
@@ -164,7 +209,8 @@ def load_index(tensors: dict[str, Any], fixed: FixedKV, config: RetrievalConfig)
             arrays = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
             heads.append(load_key_ann(config.index, arrays, middle, config.params()))
         anns.append(heads)
-    return RetrievalIndex(sink=sink, window=window, anns=anns)
+    proxies = tensors["proxies"].float() if "proxies" in tensors else None
+    return RetrievalIndex(sink=sink, window=window, anns=anns, proxies=proxies)
 
 
 @dataclass
@@ -219,10 +265,11 @@ class RetrievalAttention:
             self.stats.add(q_len, float(n), n)
             return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
         n_mid = n - self.index.sink - self.index.window
-        if q_len == 1 and 0 < self.config.top_k < n_mid and self.diagnostics is None:
-            return self._decode_step(layer, q, key, value, mask, scaling).to(query.dtype)
+        budgets = self._budgets(layer, scaling)  # None (uniform) or (H,) keys per query head
+        k = min(n_mid, self.config.top_k if budgets is None else int(budgets.max()))
+        if q_len == 1 and 0 < k < n_mid and self.diagnostics is None:
+            return self._decode_step(layer, q, key, value, mask, scaling, k, budgets).to(query.dtype)
         sink, window = self.index.sink, self.index.window
-        n_mid = n - sink - window
         fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
         kv_of_head = torch.arange(n_heads) // n_rep
 
@@ -231,10 +278,17 @@ class RetrievalAttention:
         parts = [partial_attention(q, fk[:, static], fv[:, static], scaling)] if len(static) else []  # (KVH, S, D)
         # 2. retrieved middle keys (all of them when top_k covers the middle: exact).
         if n_mid > 0:
-            if self.config.top_k >= n_mid:
+            if k >= n_mid and budgets is None:
                 ids = torch.arange(n_mid).expand(n_heads, q_len, n_mid)  # (H, Q, n_mid)
             else:
-                ids = self.retrieve(layer, q, self.config.top_k)  # (H, Q, k)
+                ids = self.retrieve(layer, q, k)  # (H, Q, k)
+            if budgets is not None:  # keep each head's best budgets[h] of the retrieved keys
+                rk = fk[kv_of_head[:, None, None], ids.clamp(min=0) + sink]  # (H, Q, k, D)
+                score = torch.einsum("hqd,hqkd->hqk", q.float(), rk.float()).masked_fill(ids < 0, float("-inf"))
+                order = score.sort(dim=-1, descending=True)
+                ids = ids.gather(-1, order.indices)
+                rank = torch.arange(ids.shape[-1])
+                ids = ids.masked_fill((rank >= budgets[:, None, None]) | ~torch.isfinite(order.values), -1)
             valid = ids >= 0
             absolute = ids.clamp(min=0) + sink
             rk = fk[kv_of_head[:, None, None], absolute]  # (H, Q, k, D): only the retrieved keys are read
@@ -255,23 +309,34 @@ class RetrievalAttention:
             attended = hits > 0  # (H, Q, N)
             if n_mid > 0:
                 # ANN recall: retrieved ids vs the exact top-k of q·k over the middle keys.
-                k_exact = min(self.config.top_k, n_mid)
+                k_exact = min(k, n_mid)
                 grouped = q.float().reshape(fk.shape[0], n_rep * q_len, -1)  # (KVH, n_rep * Q, D)
                 mid_scores = torch.matmul(grouped, fk[:, sink:n - window].float().transpose(1, 2))
-                exact = mid_scores.view(n_heads, q_len, n_mid).topk(k_exact, dim=-1).indices  # (H, Q, k)
+                exact = mid_scores.view(n_heads, q_len, n_mid).topk(k_exact, dim=-1).indices  # (H, Q, k), best first
+                per_head = torch.full((n_heads,), k_exact) if budgets is None else budgets.clamp(max=k_exact)
                 hit = torch.zeros(n_heads, q_len, n_mid, dtype=torch.bool)
-                hit.scatter_(-1, exact, True)
-                found = hit.gather(-1, ids.clamp(min=0)) & valid
-                self.diagnostics.add("ann_recall", float(found.sum(-1).float().sum()) / k_exact, n_heads * q_len)
+                hit.scatter_(-1, exact, (torch.arange(k_exact) < per_head[:, None, None]).expand_as(exact))
+                found = hit.gather(-1, ids.clamp(min=0)) & valid  # (H, Q, k)
+                recall = found.sum(-1).float() / per_head[:, None].float()  # (H, Q)
+                self.diagnostics.add("ann_recall", float(recall.sum()), n_heads * q_len)
             self.diagnostics.observe(q, fk, fv, user, attended, out, scaling)
         return out[None].to(query.dtype)
 
 
+    def _budgets(self, layer: int, scaling: float) -> torch.Tensor | None:
+        """Keys to retrieve per query head in this layer, (H,), or None when every head retrieves top_k."""
+        if self.config.allocation == "uniform":
+            return None
+        return self.index.head_budgets(self.fixed, self.config.top_k, scaling)[layer]
+
     def _decode_step(
         self, layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        mask: torch.Tensor | None, scaling: float,
+        mask: torch.Tensor | None, scaling: float, k: int, budgets: torch.Tensor | None,
     ) -> torch.Tensor:
-        """One decoding row, q (H, 1, D) -> (1, H, 1, D): static set + top_k retrieved keys, one softmax."""
+        """One decoding row, q (H, 1, D) -> (1, H, 1, D): static set + k retrieved keys per head, one softmax.
+
+        budgets (H,) (calibrated allocation): head h keeps its best budgets[h] <= k retrieved keys.
+        """
         import torch
 
         fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
@@ -279,14 +344,13 @@ class RetrievalAttention:
         n_heads = q.shape[0]
         n_rep = n_heads // kvh
         sink, window = self.index.sink, self.index.window
-        k = self.config.top_k
         grouped = q.reshape(kvh, n_rep, d).float()  # (KVH, n_rep, D): the query heads of each KV head
         heads = torch.arange(kvh)[:, None, None] * n  # (KVH, 1, 1) flat offset of each KV head
         if self.config.index == "flat":
             # Exact MIPS: one batched matmul over the middle keys (a view: nothing copied), one topk;
             # the top-k scores are the retrieved keys' logits, so only their values are gathered.
             mid_scores = torch.matmul(grouped, fk[:, sink:n - window].transpose(1, 2))  # (KVH, n_rep, n_mid)
-            top_scores, ids = mid_scores.topk(k, dim=-1, sorted=False)  # (KVH, n_rep, k)
+            top_scores, ids = mid_scores.topk(k, dim=-1, sorted=budgets is not None)  # (KVH, n_rep, k)
             flat_ids = (ids + sink + heads).reshape(-1)
             ret_logits = top_scores.reshape(n_heads, k) * scaling
             valid = None
@@ -297,6 +361,14 @@ class RetrievalAttention:
             ret_k = fk.reshape(kvh * n, d).index_select(0, flat_ids).view(n_heads, k, d)
             ret_logits = torch.matmul(ret_k, q.reshape(n_heads, d, 1)).view(n_heads, k) * scaling
             ret_logits.masked_fill_(~valid, float("-inf"))
+            if budgets is not None:  # best first, as the flat topk returns them
+                ret_logits, order = ret_logits.sort(dim=-1, descending=True)
+                flat_ids = flat_ids.view(n_heads, k).gather(1, order).reshape(-1)
+                valid = torch.isfinite(ret_logits)
+        if budgets is not None:
+            keep = torch.arange(k)[None] < budgets[:, None]  # (H, k): each head's own budget
+            valid = keep if valid is None else valid & keep
+            ret_logits = ret_logits.masked_fill(~keep, float("-inf"))
         ret_v = fv.reshape(kvh * n, d).index_select(0, flat_ids).view(n_heads, k, d)  # (H, k, D)
         static = self.index.static_positions(n)  # (S,)
         st_k, st_v = fk.index_select(1, static), fv.index_select(1, static)  # (KVH, S, D), S = sink + window

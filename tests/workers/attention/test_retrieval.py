@@ -73,11 +73,12 @@ def test_the_first_layers_can_stay_dense(random_context, user_step):
     assert 0.5 < state.stats.fraction("decode") < 0.6  # (1 + (4 + 32 + 8) / 300) / 2
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "calibrated"])
 @pytest.mark.parametrize("kind", ANN_KINDS)
-def test_the_batched_decoding_step_equals_the_general_path(random_context, user_step, kind):
+def test_the_batched_decoding_step_equals_the_general_path(random_context, user_step, kind, allocation):
     # Diagnostics route a decoding step through the general (per-query key sets) path.
     fixed, queries = random_context
-    backend = get_backend("retrieval", index=kind, top_k=12, sink=3, window=10)
+    backend = get_backend("retrieval", index=kind, top_k=12, sink=3, window=10, allocation=allocation)
     index = backend.build(fixed, queries)
     fast, general = backend.state(fixed, index), backend.state(fixed, index, Diagnostics())
     query, key, value, mask = user_step(q_len=1, u_len=4)
@@ -85,6 +86,24 @@ def test_the_batched_decoding_step_equals_the_general_path(random_context, user_
         torch.testing.assert_close(fast.attend(layer, query, key, value, mask, SCALE),
                                    general.attend(layer, query, key, value, mask, SCALE), atol=1e-5, rtol=0)
     assert fast.stats.fraction("decode") == pytest.approx(general.stats.fraction("decode"))
+
+
+def test_calibrated_allocation_splits_the_same_total_by_the_proxies_attention(random_context, user_step):
+    fixed, queries = random_context
+    backend = get_backend("retrieval", index="flat", top_k=12, sink=3, window=10, allocation="calibrated")
+    index = backend.build(fixed, queries)
+    budgets = index.head_budgets(fixed, 12, SCALE)  # (L, H)
+    assert budgets.shape == (2, 9) and budgets.min() >= 1 and len(set(budgets.flatten().tolist())) > 1
+    assert budgets.float().mean() == pytest.approx(12, abs=1)
+    state = backend.state(fixed, index)
+    query, key, value, mask = user_step(q_len=1)
+    for layer in range(fixed.n_layers):
+        state.attend(layer, query, key, value, mask, SCALE)
+    assert state.stats.fraction("decode") == pytest.approx((3 + 10 + float(budgets.float().mean())) / fixed.n_tokens)
+    again = load_index(index.to_tensors(), fixed, backend.config)
+    assert torch.equal(again.head_budgets(fixed, 12, SCALE), budgets)
+    with pytest.raises(ValueError, match="allocation"):
+        RetrievalConfig(allocation="greedy")
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "aware"])
