@@ -45,13 +45,13 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_tasks(dataset: Path, limit: int, docs: int, threads: int) -> tuple[str, list[dict]]:
-    """[{question, answers, passages: [Passage]}] for the first `limit` questions."""
+def load_tasks(dataset: Path, limit: int, docs: int, threads: int, offset: int = 0) -> tuple[str, list[dict]]:
+    """[{question, answers, passages: [Passage]}] for `limit` questions from `offset` on."""
     from workers.prompting.base import Passage
 
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
-        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
+        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:offset + limit]:
             passages = [
                 Passage(chunk_id=n, title=p["title"], text="".join(p["sentences"]).strip())
                 for n, p in enumerate(row["paragraphs"][:docs])
@@ -66,7 +66,7 @@ def load_tasks(dataset: Path, limit: int, docs: int, threads: int) -> tuple[str,
     from workers.runtime.embedders import get_embedder
 
     pool = {p["pid"]: p for p in _read_jsonl(dataset / "passages.jsonl")}
-    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
+    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][offset:offset + limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in pool if pid not in set(gold)][: 5 * len(questions)]
     ids = list(dict.fromkeys(gold + others))
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many questions (to extend an earlier run)")
     parser.add_argument("--docs", type=int, default=10, help="passages per question (HotpotQA has 10)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--positions", default="equalized", choices=["equalized", "integer"])
@@ -128,7 +129,7 @@ def main() -> None:
     set_torch_threads(args.threads)
     lm = load_causal_lm("smollm2-135m-instruct", cache_dir=args.model_cache, device="cpu")
     config = lm.model.config
-    dataset_kind, tasks = load_tasks(args.dataset, args.limit, args.docs, args.threads)
+    dataset_kind, tasks = load_tasks(args.dataset, args.limit, args.docs, args.threads, args.offset)
     sp_config = SuperpositionConfig(top_k=args.top_k, positions=args.positions, answer_mode=args.answer_mode)
     strategy = SuperpositionPrompting(sp_config)
     naive_strategy = NaivePrompting()
@@ -261,7 +262,8 @@ def main() -> None:
         }
     gold_retrieved = [bool(t["gold"]) for t in tasks]
     result_json = {
-        "dataset": args.dataset.name, "dataset_format": dataset_kind, "n": len(tasks), "docs": args.docs,
+        "dataset": args.dataset.name, "dataset_format": dataset_kind, "n": len(tasks), "offset": args.offset,
+        "docs": args.docs,
         "model": lm.name, "torch_threads": args.threads,
         "superposition": {"top_k": args.top_k, "positions": args.positions, "query_batching": sp_config.query_batching,
                           "answer_mode": args.answer_mode},
