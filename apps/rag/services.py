@@ -81,6 +81,16 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             f"prompting strategy {values['prompting_strategy']!r} runs the model itself and needs a local model; "
             f"{model_endpoint.name!r} is a remote endpoint"
         )
+    options = values.get("prompting_options") or {}
+    if not isinstance(options, dict):
+        errors["prompting_options"] = "prompting options must be an object"
+    elif values.get("prompting_strategy", "naive") in STRATEGIES:  # an unknown name is reported above
+        from workers.prompting import strategy_config
+
+        try:
+            strategy_config(values.get("prompting_strategy", "naive"), options)
+        except ValueError as exc:
+            errors["prompting_options"] = str(exc)
     from apps.rag.fixed_context import fixed_context_validate
 
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
@@ -96,7 +106,7 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
 
 PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
-    "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+    "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus",
 )
 
@@ -117,7 +127,8 @@ def pipeline_save(
         raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
     if isinstance(model_endpoint, str):
         model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
-    current = {"prompting_strategy": pipeline.prompting_strategy, "attention_backend": pipeline.attention_backend,
+    current = {"prompting_strategy": pipeline.prompting_strategy, "prompting_options": pipeline.prompting_options,
+               "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
     pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
     if model_endpoint.team_id not in (None, team.pk):
@@ -156,17 +167,61 @@ def _estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 3)
 
 
+# Compression methods that run no language model (only MiniLM embeddings); any other method,
+# including one registered later, is assumed to use one when the reservation is sized.
+_COMPRESSION_WITHOUT_MODEL = frozenset({"none", "extractive", "semantic_prune"})
+# CPU seconds per retrieved chunk that bound a method's embedding work (sentence vectors, and one
+# vector per word-deletion variant for semantic_prune: ~1 s per chunk measured cold, 1 thread).
+_COMPRESS_EMBED_S_PER_CHUNK = 10.0
+# Seconds of model work per chunk: a summary call is cut by the meter at the summarizer's wall-time
+# limit (workers.compression.resources.Resources.generation_time_limit_s); the surprisal scorer's
+# single forward pass over a chunk takes a few seconds on CPU and is given the same bound.
+_COMPRESS_MODEL_S_PER_CHUNK = 60.0
+# Tokens a summary prompt adds to its chunk: the system message, instruction, question and title.
+_SUMMARY_PROMPT_OVERHEAD = 128
+
+
+def _compression_worst_case(
+    *, method: str, price, top_k: int, chunk_tokens: int, question_tokens: int
+) -> Decimal:
+    """The most the compress stage can bill: its CPU seconds and, for model methods, every model token.
+
+    The stage is billed at the endpoint's price (see `_run_pipeline`): `Usage(cpu_seconds=compute_s)`
+    plus the model's tokens when the endpoint's own model did the work. A summarize call per chunk
+    reads the chunk and the instruction and writes at most the chunk's size; the surprisal scorer
+    reads every chunk once with the question.
+    """
+    if method == "none":
+        return ZERO
+    chunk_prompt = 2 * chunk_tokens + 16  # as for generation: tokenizer mismatch and headers
+    seconds = top_k * _COMPRESS_EMBED_S_PER_CHUNK
+    prompt_tokens = completion_tokens = 0
+    if method not in _COMPRESSION_WITHOUT_MODEL:
+        seconds += top_k * _COMPRESS_MODEL_S_PER_CHUNK
+        prompt_tokens = top_k * (chunk_prompt + question_tokens + _SUMMARY_PROMPT_OVERHEAD)
+        completion_tokens = top_k * 2 * chunk_tokens
+    # Compress usage is recorded as CPU seconds whatever the device (a summary's wall time included).
+    return worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=completion_tokens,
+                           max_seconds=seconds, on_gpu=False)
+
+
 def _query_worst_case(
     *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
 ) -> Decimal:
     price = price_current(model_name=endpoint.price_name)
     prompt_tokens = 16 + sum(_estimate_tokens(str(m.get("content", ""))) + 8 for m in messages)
     prompt_tokens += _estimate_tokens(question)
+    compression = ZERO
     if pipeline is not None:
         prompt_tokens += _estimate_tokens(pipeline.system_prompt) + 64
         chunk_tokens = max((c.chunk_tokens for c in pipeline.corpora.all()), default=256)
         # 2x: the embedding tokenizer's count vs the generator's, plus the passage headers.
         prompt_tokens += pipeline.top_k * (2 * chunk_tokens + 16)
+        # The compress stage is billed to this reservation too (its own ledger row).
+        compression = _compression_worst_case(
+            method=pipeline.compression_method, price=price, top_k=pipeline.top_k, chunk_tokens=chunk_tokens,
+            question_tokens=_estimate_tokens(question),
+        )
         from apps.rag.fixed_context import fixed_context_token_estimate
 
         prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
@@ -181,7 +236,7 @@ def _query_worst_case(
     if pipeline is not None:
         embed_price = price_current(model_name=EMBEDDING_PRICE_NAME)
         estimate += worst_case_cost(price=embed_price, prompt_tokens=512, max_output_tokens=0, max_seconds=5.0)
-    return estimate
+    return estimate + compression
 
 
 @transaction.atomic
@@ -403,7 +458,7 @@ def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, 
         )
 
     progress(2, 3, "generating")
-    strategy = get_strategy(pipeline.prompting_strategy)
+    strategy = get_strategy(pipeline.prompting_strategy, pipeline.prompting_options)
     if getattr(strategy, "runs_model", False) and compressed.passages:
         call = _strategy_generate(
             strategy=strategy, run=run, endpoint=endpoint, target=target, context=context,

@@ -89,3 +89,53 @@ def test_a_helper_models_tokens_are_billed_as_cpu_time_not_at_the_endpoints_pric
     row = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
     assert (row.prompt_tokens, row.completion_tokens) == (0, 0)
     assert float(row.cpu_seconds) == pytest.approx(0.25)
+
+
+def _reserved(team, user, method: str):
+    run = query_run_start(team=team, user=user, pipeline=_pipeline(team, method, 0.5),
+                          question="When was the Eiffel Tower completed?")
+    return run.reservation.estimate
+
+
+def test_a_model_driven_compression_reserves_its_own_worst_case(team_a, alice):
+    reserved = {method: _reserved(team_a, alice, method)
+                for method in ("none", "extractive", "semantic_prune", "summarize", "surprisal_prune")}
+    # Embedding-only methods add a bound on their CPU seconds; model methods also their model work.
+    assert reserved["none"] < reserved["extractive"] == reserved["semantic_prune"]
+    assert reserved["summarize"] > reserved["extractive"]
+    assert reserved["surprisal_prune"] > reserved["extractive"]
+
+
+def test_a_slow_summarize_is_settled_within_the_reservation(team_a, alice, hits, monkeypatch, settings, tmp_path):
+    from workers import compression
+
+    class SlowSummaries:
+        """Every chunk summarized by a call that ran to the summarizer's time limit (60 s), full size out."""
+
+        name = "summarize"
+
+        def __init__(self, *, resources=None, **params):
+            self.resources = resources
+
+        def compress(self, *, query, passages, target, count_tokens):
+            sizes = [count_tokens(p.text) for p in passages]
+            return CompressedContext(
+                passages=passages, tokens_before=sum(sizes), tokens_after=sum(sizes), compute_s=60.0 * len(passages),
+                model_prompt_tokens=sum(sizes) + 100 * len(passages), model_completion_tokens=sum(sizes),
+            )
+
+    settings.DATA_ROOT = tmp_path
+    # A short generation cap: before the compress stage had its own bound, the reservation
+    # (sized on the generation's wall time) was smaller than two 60 s summary calls.
+    settings.PARSIMONY_MODEL_WALL_TIME_S = 10.0
+    monkeypatch.setitem(compression.METHODS, "summarize", SlowSummaries)
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="1889"))
+    start = query_run_start(team=team_a, user=alice, pipeline=_pipeline(team_a, "summarize", 0.5),
+                            question="When was the Eiffel Tower completed?")
+    run = query_run_execute(query_run_id=start.pk)
+    assert run.status == "succeeded"
+    compress = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
+    assert float(compress.cpu_seconds) == pytest.approx(120.0)
+    run.reservation.refresh_from_db()
+    assert run.cost == sum(r.cost for r in UsageRecord.objects.filter(query_run_id=run.pk))
+    assert run.cost <= run.reservation.estimate
