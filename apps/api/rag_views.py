@@ -71,6 +71,7 @@ class PipelineOutputSerializer(serializers.Serializer):
     compression_method = serializers.CharField()
     compression_target = serializers.FloatField()
     prompting_strategy = serializers.CharField()
+    prompting_options = serializers.JSONField(help_text="Options of the prompting strategy (e.g. top_k, answer_mode)")
     attention_backend = serializers.CharField()
     attention_options = serializers.JSONField(help_text="Options of the attention backend (e.g. keep_fraction, top_k)")
     fixed_context = serializers.CharField(help_text="A long text every question is answered from (empty: none)")
@@ -97,6 +98,11 @@ class PipelineInputSerializer(serializers.Serializer):
     compression_method = serializers.CharField(required=False)
     compression_target = serializers.FloatField(required=False)
     prompting_strategy = serializers.CharField(required=False)
+    prompting_options = serializers.JSONField(
+        required=False,
+        help_text="An object: the fields of the strategy's config (superposition: "
+        "{\"top_k\": 2, \"positions\": \"equalized\", \"answer_mode\": \"superposed\"})",
+    )
     attention_backend = serializers.CharField(required=False, help_text="full | squeezed | retrieval")
     attention_options = serializers.JSONField(
         required=False, help_text="An object: the fields of the backend's config (e.g. {\"keep_fraction\": 0.1})"

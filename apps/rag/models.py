@@ -37,6 +37,10 @@ class Pipeline(models.Model):
         default=1.0, help_text="≤ 1: share of context tokens to keep; > 1: a token budget for the context"
     )
     prompting_strategy = models.CharField(max_length=64, default="naive")
+    prompting_options = models.JSONField(
+        default=dict, blank=True,
+        help_text="Options of the prompting strategy (superposition: top_k, positions, answer_mode, doc_weight)",
+    )
     attention_backend = models.CharField(
         max_length=64, default="full",
         help_text="How answers attend to the fixed context's cached KV: full (exact), squeezed or retrieval (sparse)",

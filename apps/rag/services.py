@@ -81,6 +81,16 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             f"prompting strategy {values['prompting_strategy']!r} runs the model itself and needs a local model; "
             f"{model_endpoint.name!r} is a remote endpoint"
         )
+    options = values.get("prompting_options") or {}
+    if not isinstance(options, dict):
+        errors["prompting_options"] = "prompting options must be an object"
+    elif values.get("prompting_strategy", "naive") in STRATEGIES:  # an unknown name is reported above
+        from workers.prompting import strategy_config
+
+        try:
+            strategy_config(values.get("prompting_strategy", "naive"), options)
+        except ValueError as exc:
+            errors["prompting_options"] = str(exc)
     from apps.rag.fixed_context import fixed_context_validate
 
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
@@ -96,7 +106,7 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
 
 PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
-    "prompting_strategy", "attention_backend", "max_output_tokens", "system_prompt",
+    "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus",
 )
 
@@ -117,7 +127,8 @@ def pipeline_save(
         raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
     if isinstance(model_endpoint, str):
         model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
-    current = {"prompting_strategy": pipeline.prompting_strategy, "attention_backend": pipeline.attention_backend,
+    current = {"prompting_strategy": pipeline.prompting_strategy, "prompting_options": pipeline.prompting_options,
+               "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
     pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
     if model_endpoint.team_id not in (None, team.pk):
@@ -447,7 +458,7 @@ def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, 
         )
 
     progress(2, 3, "generating")
-    strategy = get_strategy(pipeline.prompting_strategy)
+    strategy = get_strategy(pipeline.prompting_strategy, pipeline.prompting_options)
     if getattr(strategy, "runs_model", False) and compressed.passages:
         call = _strategy_generate(
             strategy=strategy, run=run, endpoint=endpoint, target=target, context=context,

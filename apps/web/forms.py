@@ -144,6 +144,8 @@ PIPELINE_EXTRA_HELP = {
     "fixed_context": "With a fixed context retrieval is skipped: prefill it once (below, after saving) and each "
     "question pays only for its own tokens plus the cached context.",
     "fixed_context_corpus": "Used when the text above is empty: the corpus's documents in upload order.",
+    "prompting_options": 'A JSON object, e.g. {"top_k": 2, "answer_mode": "recompute"} for superposition '
+    "(paths kept, and whether the kept documents are recomputed for the answer); blank for the defaults.",
     "attention_options": 'A JSON object, e.g. {"keep_fraction": 0.1} for squeezed or {"top_k": 64, "index": "hnsw"} '
     "for retrieval; blank for the backend's defaults.",
 }
@@ -188,6 +190,11 @@ class PipelineForm(forms.Form):
     compression_method = forms.ChoiceField(label="Compression")
     compression_target = forms.FloatField(label="Compression target")
     prompting_strategy = forms.ChoiceField(label="Prompting")
+    prompting_options = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        required=False,
+        label="Prompting options (JSON)",
+    )
     attention_backend = forms.ChoiceField(label="Attention")
     max_output_tokens = forms.IntegerField(min_value=1, max_value=32768, label="Max answer tokens")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
@@ -216,16 +223,10 @@ class PipelineForm(forms.Form):
                 self.fields[name].options_help = [(value, text) for value, text in described if text]
 
     def clean_attention_options(self) -> dict:
-        raw = (self.cleaned_data.get("attention_options") or "").strip()
-        if not raw:
-            return {}
-        try:
-            options = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
-        if not isinstance(options, dict):
-            raise forms.ValidationError('Attention options must be a JSON object, e.g. {"keep_fraction": 0.1}.')
-        return options
+        return _json_object(self.cleaned_data.get("attention_options"), "Attention options", '{"keep_fraction": 0.1}')
+
+    def clean_prompting_options(self) -> dict:
+        return _json_object(self.cleaned_data.get("prompting_options"), "Prompting options", '{"top_k": 2}')
 
     def values(self) -> dict:
         """The pipeline options (the corpus of the fixed context as its id: the view resolves it in the team)."""
@@ -234,8 +235,22 @@ class PipelineForm(forms.Form):
         return data
 
 
+def _json_object(raw: str | None, what: str, example: str) -> dict:
+    """A form field's JSON text -> a dict ({} when blank), or a field error saying what is wrong."""
+    raw = (raw or "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+    if not isinstance(options, dict):
+        raise forms.ValidationError(f"{what} must be a JSON object, e.g. {example}.")
+    return options
+
+
 def attention_options_text(options: dict | None) -> str:
-    """How a pipeline's attention options read in the form's JSON field ("" for none)."""
+    """How a pipeline's attention (or prompting) options read in the form's JSON field ("" for none)."""
     return json.dumps(options, indent=None, sort_keys=True) if options else ""
 
 

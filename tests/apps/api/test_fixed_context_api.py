@@ -161,3 +161,19 @@ def test_the_schema_documents_the_fields_and_the_prefill_operation(api_client):
     assert {"fixed_context", "fixed_context_corpus", "attention_options"} <= set(
         schema["components"]["schemas"]["PipelineOutput"]["properties"])
     assert "url" in schema["components"]["schemas"]["PrefillJobOutput"]["properties"]
+
+
+def test_it_reads_and_writes_a_pipelines_prompting_options(admin):
+    created = admin.post("/api/v1/pipelines", {
+        "name": "sp", "model": "smollm2-135m-instruct", "prompting_strategy": "superposition",
+        "prompting_options": {"top_k": 1, "answer_mode": "recompute"},
+    }, format="json")
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["prompting_options"] == {"top_k": 1, "answer_mode": "recompute"}
+    refused = admin.patch(f"/api/v1/pipelines/{body['id']}", {"prompting_options": {"keep": 2}}, format="json")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert "unknown options for prompting strategy 'superposition': keep" in error["message"]
+    assert "prompting_options" in error["detail"]["fields"]
+    assert admin.get(f"/api/v1/pipelines/{body['id']}").json()["prompting_options"] == {"top_k": 1, "answer_mode": "recompute"}

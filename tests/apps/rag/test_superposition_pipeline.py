@@ -105,3 +105,60 @@ def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
     assert warm.cached_tokens == warm_row.cached_tokens and warm.prompt_tokens == warm_row.prompt_tokens
     assert warm.savings > 0 and warm.cost < warm.baseline_cost
     assert list((tmp_path / "kv-cache").rglob("*.safetensors"))
+
+
+def test_it_validates_the_prompting_options_against_the_strategy(team_a):
+    pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct",
+                             prompting_strategy="superposition", prompting_options={"top_k": 3, "answer_mode": "recompute"})
+    assert pipeline.prompting_options == {"top_k": 3, "answer_mode": "recompute"}
+    for options, message in [
+        ({"topk": 3}, "unknown options for prompting strategy 'superposition': topk"),
+        ({"top_k": 0}, "top_k must be an integer >= 1"),
+        ({"answer_mode": "both"}, "answer_mode must be"),
+        ([3], "prompting options must be an object"),
+    ]:
+        with pytest.raises(ValidationFailed, match=message) as caught:
+            pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", pipeline=pipeline,
+                          prompting_options=options)
+        assert "prompting_options" in caught.value.detail["fields"]
+    # Naive takes no options; switching a pipeline with options to naive needs them cleared.
+    with pytest.raises(ValidationFailed, match="'naive' takes no options"):
+        pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", pipeline=pipeline,
+                      prompting_strategy="naive")
+    naive = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", pipeline=pipeline,
+                          prompting_strategy="naive", prompting_options={})
+    assert naive.prompting_strategy == "naive" and naive.prompting_options == {}
+
+
+@pytest.mark.slow
+def test_a_pipeline_runs_superposition_with_its_own_options(team_a, alice, smollm2, monkeypatch, settings, tmp_path):
+    """top_k=1 with the kept document recomputed: the answer node reads one ordinary prompt, and the
+    recomputed document and question are billed as computed (not cached) tokens."""
+    from apps.corpora import selectors
+    from apps.corpora.services import corpus_create
+
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    hits = [
+        SimpleNamespace(
+            chunk=SimpleNamespace(pk=200 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
+                                  char_start=0, char_end=len(text)),
+            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
+        )
+        for n, (title, text) in enumerate(PASSAGES)
+    ]
+    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: hits)
+    corpus = corpus_create(team=team_a, name="facts")
+    rows = {}
+    for name, options in (("superposed", {"top_k": 1}), ("recompute", {"top_k": 1, "answer_mode": "recompute"})):
+        pipeline = pipeline_save(team=team_a, name=name, model_endpoint="smollm2-135m-instruct", corpora=[corpus],
+                                 prompting_strategy="superposition", prompting_options=options, max_output_tokens=16,
+                                 top_k=3)
+        for _ in range(2):  # the second run is warm
+            run = query_run_execute(query_run_id=query_run_start(
+                team=team_a, user=alice, pipeline=pipeline, question="who got the first nobel prize in physics").pk)
+        assert run.status == "succeeded" and "1901" in run.answer, run.answer
+        rows[name] = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE)
+    superposed, recompute = rows["superposed"], rows["recompute"]
+    assert recompute.cached_tokens == superposed.cached_tokens > 0
+    assert recompute.prompt_tokens > superposed.prompt_tokens  # the kept document and the question, again

@@ -104,3 +104,25 @@ def test_only_admins_prefill_and_other_teams_get_404(member_client, viewer_clien
     assert outsider_client.post(f"/pipelines/{handbook.pk}/prefill/").status_code == 404
     assert outsider_client.get(f"/pipelines/{handbook.pk}/prefill/status/").status_code == 404
     assert not Job.objects.exists()
+
+
+def test_it_saves_prompting_options_and_shows_their_errors_by_the_field(member_client, corpus, team_a, default_models_db):
+    values = _values(corpus, prompting_strategy="superposition", prompting_options='{"top_k": 3, "answer_mode": "recompute"}')
+    assert member_client.post("/pipelines/new/", values).status_code == 302
+    pipeline = Pipeline.objects.get(team=team_a, name="handbook")
+    assert pipeline.prompting_options == {"answer_mode": "recompute", "top_k": 3}
+    edit = member_client.get(f"/pipelines/{pipeline.pk}/edit/").content.decode()
+    assert "{&quot;answer_mode&quot;: &quot;recompute&quot;, &quot;top_k&quot;: 3}" in edit
+    for options, message in [
+        ('{"top_k": ', "Not valid JSON"),
+        ("[2]", "Prompting options must be a JSON object"),
+        ('{"topk": 2}', "unknown options for prompting strategy &#x27;superposition&#x27;: topk"),
+        ('{"answer_mode": "both"}', "answer_mode must be"),
+    ]:
+        page = member_client.post(f"/pipelines/{pipeline.pk}/edit/", {**values, "prompting_options": options})
+        assert page.status_code == 400, options
+        body = page.content.decode()
+        field = body.split('id="id_prompting_options_helptext"', 1)[1].split("</div>", 1)[0]
+        assert message in field, (options, field)
+    pipeline.refresh_from_db()
+    assert pipeline.prompting_options == {"answer_mode": "recompute", "top_k": 3}
