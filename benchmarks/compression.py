@@ -39,8 +39,8 @@ sys.path, after the project's own packages, only when `embeddings_filter` is req
     .venv/bin/python -m pip install --target var/bench-deps -r benchmarks/requirements-langchain.txt
 
 End to end (`--answer-limit N`, default 30; 0 skips it): the first N examples of every method
-and target (`--answer-targets`: only those targets) are answered by SmolLM2-135M-Instruct from
-the compressed context with the project's naive RAG prompt (the anchors' instruction wording),
+and target (`--answer-targets`, `--answer-methods`: only those) are answered by
+SmolLM2-135M-Instruct from the compressed context with the project's naive RAG prompt (the anchors' instruction wording),
 greedy, ≤ 32 new tokens; `em`, `f1` and `contained` (gold answer in the output) as in
 benchmarks/qa_metrics.py.
 
@@ -349,6 +349,8 @@ def main() -> None:
                         help="answer the first N examples of every method and target with SmolLM2 (0: none)")
     parser.add_argument("--answer-targets", nargs="+", type=float, default=None,
                         help="answer only at these targets (default: every target; the `none` row always answers)")
+    parser.add_argument("--answer-methods", nargs="+", default=None,
+                        help="answer only for these methods (default: every method)")
     parser.add_argument("--contexts", choices=["retrieved", "gold+random"], default="retrieved",
                         help="SQuAD/NQ contexts: top-k retrieved from the pool, or gold + 4 random (anchors)")
     parser.add_argument("--top-k", type=int, default=5)
@@ -560,7 +562,8 @@ def main() -> None:
                 if pass_no == 1:  # with --cache-dir, later passes read what the first one cached
                     cold[key] = [r["seconds"] for r in results[key]]
                 # Only the last pass answers (answers do not depend on the cache).
-                answers = name == "none" or args.answer_targets is None or target in args.answer_targets
+                answers = (name == "none" or args.answer_targets is None or target in args.answer_targets) and (
+                    args.answer_methods is None or name in args.answer_methods)
                 results[key] = run_pass(name, key[1], n,
                                         args.answer_limit if answers and pass_no == args.passes - 1 else 0)
             write_summary(build_table(), done=False)  # a long run leaves what it has measured so far
