@@ -372,6 +372,9 @@ class FixedContextResult(GenerationResult):
     keys_fraction: float = math.nan  # fixed-context keys attended per decoding step (mean over layers, heads)
     prefill_keys_fraction: float = math.nan  # the same for the user's tokens
     step_s: list[float] = field(default_factory=list)  # wall seconds per decoding step
+    # CPU seconds of this process per decoding step: what the step itself computed, without the time
+    # other processes held the cores (about the wall time on a quiet machine with one torch thread).
+    step_cpu_s: list[float] = field(default_factory=list)
     ttft_s: float = math.nan
     timings: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
@@ -383,6 +386,10 @@ class FixedContextResult(GenerationResult):
     @property
     def decode_ms_per_token(self) -> float:
         return 1000 * statistics.median(self.step_s) if self.step_s else math.nan
+
+    @property
+    def decode_cpu_ms_per_token(self) -> float:
+        return 1000 * statistics.median(self.step_cpu_s) if self.step_cpu_s else math.nan
 
 
 def answer(
@@ -432,6 +439,7 @@ def answer(
     timings: dict[str, float] = {}
     generated: list[int] = []
     step_s: list[float] = []
+    step_cpu_s: list[float] = []
     first_token_at = math.nan
     timed_out = False
 
@@ -464,10 +472,11 @@ def answer(
                     if time.perf_counter() > deadline:
                         timed_out = True
                         break
-                    s0 = time.perf_counter()
+                    s0, c0 = time.perf_counter(), time.process_time()
                     logits = forward_user(lm, state, cache, [token], position)
                     position += 1
                     step_s.append(time.perf_counter() - s0)
+                    step_cpu_s.append(time.process_time() - c0)
         if on_cuda:
             torch.cuda.synchronize(device)
         compute_s = time.perf_counter() - t0
@@ -506,6 +515,7 @@ def answer(
         keys_fraction=stats.fraction("decode"),
         prefill_keys_fraction=stats.fraction("prefill"),
         step_s=step_s,
+        step_cpu_s=step_cpu_s,
         ttft_s=first_token_at - called,
         timings=timings,
         diagnostics=diagnostics.summary() if diagnostics is not None else {},
