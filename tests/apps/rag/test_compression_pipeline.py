@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from apps.costs import metering
 from apps.costs.models import Stage, UsageRecord
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+from tests.apps.rag.conftest import fake_search_hits
 from workers.compression.base import CompressedContext
 from workers.runtime.meter import EchoTarget
 
@@ -21,18 +20,7 @@ PASSAGES = [
 
 @pytest.fixture
 def hits(monkeypatch):
-    from apps.corpora import selectors
-
-    found = [
-        SimpleNamespace(
-            chunk=SimpleNamespace(pk=100 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
-                                  char_start=0, char_end=len(text)),
-            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
-        )
-        for n, (title, text) in enumerate(PASSAGES)
-    ]
-    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: found)
-    return found
+    return fake_search_hits(monkeypatch, PASSAGES)
 
 
 def _pipeline(team, method: str, target: float):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +11,7 @@ from apps.core.errors import ValidationFailed
 from apps.costs import metering
 from apps.costs.models import ModelEndpoint, Stage, UsageRecord
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+from tests.apps.rag.conftest import fake_search_hits
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PASSAGES = [
@@ -61,20 +61,11 @@ def smollm2(tmp_path_factory):
 def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
     team_a, alice, smollm2, monkeypatch, settings, tmp_path
 ):
-    from apps.corpora import selectors
     from apps.corpora.services import corpus_create
 
     settings.DATA_ROOT = tmp_path
     monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
-    hits = [
-        SimpleNamespace(
-            chunk=SimpleNamespace(pk=100 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
-                                  char_start=0, char_end=len(text)),
-            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
-        )
-        for n, (title, text) in enumerate(PASSAGES)
-    ]
-    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: hits)
+    fake_search_hits(monkeypatch, PASSAGES, first_pk=100)
     corpus = corpus_create(team=team_a, name="facts")
     pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
                              prompting_strategy="superposition", max_output_tokens=16, top_k=3)
@@ -134,20 +125,11 @@ def test_it_validates_the_prompting_options_against_the_strategy(team_a):
 def test_a_pipeline_runs_superposition_with_its_own_options(team_a, alice, smollm2, monkeypatch, settings, tmp_path):
     """top_k=1 with the kept document recomputed: the answer node reads one ordinary prompt, and the
     recomputed document and question are billed as computed (not cached) tokens."""
-    from apps.corpora import selectors
     from apps.corpora.services import corpus_create
 
     settings.DATA_ROOT = tmp_path
     monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
-    hits = [
-        SimpleNamespace(
-            chunk=SimpleNamespace(pk=200 + n, text=text, document=SimpleNamespace(title=title), document_id=n,
-                                  char_start=0, char_end=len(text)),
-            score=1.0 - n / 10, retrievers={"dense": (n + 1, 1.0 - n / 10)},
-        )
-        for n, (title, text) in enumerate(PASSAGES)
-    ]
-    monkeypatch.setattr(selectors, "chunk_search_many", lambda **kwargs: hits)
+    fake_search_hits(monkeypatch, PASSAGES, first_pk=200)
     corpus = corpus_create(team=team_a, name="facts")
     rows = {}
     for name, options in (("superposed", {"top_k": 1}), ("recompute", {"top_k": 1, "answer_mode": "recompute"})):
