@@ -249,8 +249,8 @@ def _json_object(raw: str | None, what: str, example: str) -> dict:
     return options
 
 
-def attention_options_text(options: dict | None) -> str:
-    """How a pipeline's attention (or prompting) options read in the form's JSON field ("" for none)."""
+def options_text(options: dict | None) -> str:
+    """How a pipeline's attention or prompting options read in the form's JSON fields ("" for none)."""
     return json.dumps(options, indent=None, sort_keys=True) if options else ""
 
 

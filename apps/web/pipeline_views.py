@@ -18,7 +18,7 @@ from apps.rag.fixed_context import fixed_context_prefill_start
 from apps.rag.models import Pipeline
 from apps.web import selectors as web_selectors
 from apps.web.access import can, team_view
-from apps.web.forms import PipelineForm, attention_options_text
+from apps.web.forms import PipelineForm, options_text
 
 FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
@@ -56,8 +56,8 @@ def _initial(pipeline: Pipeline | None) -> dict:
     values["model_endpoint"] = pipeline.model_endpoint.name
     values["corpora"] = [str(pk) for pk in pipeline.corpora.values_list("pk", flat=True)]
     values["fixed_context_corpus"] = str(pipeline.fixed_context_corpus_id or "")
-    values["attention_options"] = attention_options_text(pipeline.attention_options)
-    values["prompting_options"] = attention_options_text(pipeline.prompting_options)
+    values["attention_options"] = options_text(pipeline.attention_options)
+    values["prompting_options"] = options_text(pipeline.prompting_options)
     return values
 
 

@@ -13,12 +13,12 @@ question over the cached KV with a backend. How it hooks into transformers: `bas
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from workers.attention.reference import FullBackend
 from workers.attention.retrieval import RetrievalBackend, RetrievalConfig
 from workers.attention.squeezed import SqueezedBackend, SqueezedConfig
+from workers.config_options import config_from_options
 
 BACKENDS: dict[str, type] = {
     FullBackend.name: FullBackend,
@@ -29,18 +29,7 @@ BACKENDS: dict[str, type] = {
 
 def backend_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The backend's config dataclass from plain options (None for "full"). Raises ValueError."""
-    cls = _backend_class(name)
-    options = dict(options or {})
-    if cls.config_class is None:
-        if options:
-            raise ValueError(f"attention backend {name!r} takes no options (got {', '.join(sorted(options))})")
-        return None
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ValueError(f"unknown options for attention backend {name!r}: {', '.join(sorted(unknown))} "
-                         f"(valid: {', '.join(sorted(fields))})")
-    return cls.config_class(**options)
+    return config_from_options(_backend_class(name).config_class, options, what=f"attention backend {name!r}")
 
 
 def _backend_class(name: str) -> type:

@@ -3,9 +3,9 @@ strategies with `runs_model = True` (superposition) also run a local model thems
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from workers.config_options import config_from_options
 from workers.prompting.base import ModelRunningStrategy, Passage, PromptingStrategy
 from workers.prompting.naive import NaivePrompting
 from workers.prompting.superposition import SuperpositionPrompting
@@ -27,22 +27,8 @@ def strategy_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The strategy's config dataclass built from plain options (None when it takes none).
 
     Raises ValueError naming unknown options (with the valid ones) or impossible values."""
-    cls = _strategy_class(name)
-    options = dict(options or {})
-    config_class = getattr(cls, "config_class", None)
-    if config_class is None:
-        if options:
-            raise ValueError(f"prompting strategy {name!r} takes no options (got {', '.join(sorted(options))})")
-        return None
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ValueError(f"unknown options for prompting strategy {name!r}: {', '.join(sorted(unknown))} "
-                         f"(valid: {', '.join(sorted(fields))})")
-    try:
-        return config_class(**options)
-    except TypeError as exc:
-        raise ValueError(f"bad options for prompting strategy {name!r}: {exc}") from None
+    config_class = getattr(_strategy_class(name), "config_class", None)
+    return config_from_options(config_class, options, what=f"prompting strategy {name!r}")
 
 
 def get_strategy(name: str, options: dict[str, Any] | None = None) -> PromptingStrategy:

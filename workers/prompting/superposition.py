@@ -481,6 +481,7 @@ def prepare_answer(
     n_a = len(prompt.answer)
     n_layers = len(pre.entry.keys)
     extra_tokens = 0  # tokens recomputed for the answer beyond A ("recompute" mode)
+    best_last = sorted(kept, key=lambda i: (scores[i], -i))  # the order of the laid-out modes
     if config.answer_mode == "superposed":
         segments = [(docs_kv[p], query_kv[p]) for p in kept]
         answer_ids, start = list(prompt.answer), layout.answer_start(kept)
@@ -488,7 +489,7 @@ def prepare_answer(
         # Best-scored path last (nearest the question's answer); stored document keys sit at
         # |P| + j, query keys at the layout's query positions: move both to consecutive slots.
         segments, cursor = [], float(n_p)
-        for p in sorted(kept, key=lambda i: (scores[i], -i)):
+        for p in best_last:
             n_d = fetched[p].n_tokens
             doc_delta = torch.full((n_d,), cursor - n_p, dtype=torch.float64)
             q_delta = torch.arange(len(prompt.query), dtype=torch.float64) + cursor + n_d - torch.tensor(
@@ -499,14 +500,11 @@ def prepare_answer(
             ))
             cursor += n_d + len(prompt.query)
         answer_ids, start = list(prompt.answer), cursor
-    elif config.answer_mode == "recompute":
+    else:  # "recompute" (SuperpositionConfig refuses any other mode)
         segments = []
-        ordered = sorted(kept, key=lambda i: (scores[i], -i))
-        answer_ids = [t for p in ordered for t in prompt.docs[p]] + list(prompt.query) + list(prompt.answer)
+        answer_ids = [t for p in best_last for t in prompt.docs[p]] + list(prompt.query) + list(prompt.answer)
         start = float(n_p)
         extra_tokens = len(answer_ids) - n_a
-    else:
-        raise ValueError(f"answer_mode must be 'superposed', 'sequential' or 'recompute', got {config.answer_mode!r}")
     layers = []
     for i in range(n_layers):
         ks = [pre.entry.keys[i]] + [t for d, q in segments for t in (d[0][i], q[0][i])]
