@@ -17,15 +17,16 @@ the run alike):
    greedy, --max-new-tokens, timed; then again for --diagnostic-tokens steps with diagnostics
    on (untimed: they add a full attention per layer and step): per decoding step, layer and
    head, the attention-output cosine vs full attention given the same inputs, the share of full
-   attention's mass on the attended keys (attn_recall), and for retrieval the ANN's recall of
-   the exact top-k.
+   attention's mass on the attended keys (attn_recall), that mass over the mass full attention's
+   own heaviest keys hold in a set of the same size (topk_mass_recall: 1.0 = the best selection
+   the budget allows), and for retrieval the ANN's recall of the exact top-k.
 
 Methods and budgets (--methods): `full`; `squeezed@B` (keep_fraction B of the clustered keys,
 calibrated on the context's last tokens; the measured fraction adds 4 sinks + a 64-token
 window); `retrieval@B` and `retrieval-<index>@B` (top_k = B * N minus the 36 static keys, so B
 is the target share of keys; index aware unless named); any of them `+option=value` for more
 backend options (e.g. `squeezed@0.1+dense_layers=2`). Reported per method, budget and length:
-keys_fraction (measured, decoding), output_cosine, attn_recall, ann_recall, answer_agreement
+keys_fraction (measured, decoding), output_cosine, attn_recall, topk_mass_recall, ann_recall, answer_agreement
 (token F1 of the answer vs full attention's answer), exact_agreement (identical answers),
 accuracy (gold answer contained in the answer: weak for a 135M model, reported for
 completeness), decode_ms_per_token (median step, wall) vs full's, decode_cpu_ms_per_token
@@ -235,7 +236,7 @@ def main() -> None:
                                         max_output_tokens=args.max_new_tokens, wall_time_limit_s=600, config=config)
                         if backend == "full":
                             reference = result.text
-                            diag = {"attn_recall": 1.0, "output_cosine": 1.0}
+                            diag = {"attn_recall": 1.0, "topk_mass_recall": 1.0, "output_cosine": 1.0}
                         else:
                             diagnostics = Diagnostics()
                             answer(lm, store=store, system_prompt="", context_text=doc["text"],
@@ -249,6 +250,7 @@ def main() -> None:
                             "keys_fraction": result.keys_fraction,
                             "prefill_keys_fraction": result.prefill_keys_fraction,
                             "output_cosine": diag.get("output_cosine"), "attn_recall": diag.get("attn_recall"),
+                            "topk_mass_recall": diag.get("topk_mass_recall"),
                             "ann_recall": diag.get("ann_recall", math.nan),
                             "answer_agreement": f1_score(result.text, [reference]) if reference is not None
                             else math.nan,
@@ -285,6 +287,7 @@ def main() -> None:
                 "keys_fraction": _mean([q["keys_fraction"] for q in mine]),
                 "output_cosine": _mean([q["output_cosine"] for q in mine]),
                 "attn_recall": _mean([q["attn_recall"] for q in mine]),
+                "topk_mass_recall": _mean([q["topk_mass_recall"] for q in mine]),
                 "ann_recall": _mean([q["ann_recall"] for q in mine]),
                 "answer_agreement": _mean([q["answer_agreement"] for q in mine]),
                 "exact_agreement": _mean([q["exact_agreement"] for q in mine]),
@@ -315,11 +318,11 @@ def main() -> None:
         "questions": questions,
     }
     args.json.write_text(json.dumps(out, indent=1, default=float))
-    print(f"\n{'method':34s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'ann':>5s} "
+    print(f"\n{'method':34s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'top-m':>6s} {'ann':>5s} "
           f"{'agree':>6s} {'exact':>5s} {'acc':>4s} {'ms/tok':>7s} {'full':>6s} {'cpu ms':>7s} {'full':>6s} {'build s':>7s}")
     for r in rows:
         print(f"{r['method']:34s} {r['budget'] or '-':>6} {r['context_tokens']:5d} {r['keys_fraction']:6.3f} "
-              f"{r['output_cosine']:6.3f} {r['attn_recall']:6.3f} {r['ann_recall']:5.2f} {r['answer_agreement']:6.2f} "
+              f"{r['output_cosine']:6.3f} {r['attn_recall']:6.3f} {r['topk_mass_recall']:6.3f} {r['ann_recall']:5.2f} {r['answer_agreement']:6.2f} "
               f"{r['exact_agreement']:5.2f} {r['accuracy']:4.2f} {r['decode_ms_per_token']:7.1f} "
               f"{r['full_decode_ms_per_token']:6.1f} {r['decode_cpu_ms_per_token']:7.1f} "
               f"{r['full_decode_cpu_ms_per_token']:6.1f} {r['index_build_s']:7.1f}")

@@ -151,12 +151,16 @@ class Diagnostics:
     """Per decoding step, layer and query head: how close a sparse backend is to full attention.
 
     attn_recall: share of the full attention mass on the fixed context that falls on the keys the
-    backend attended; output_cosine: cosine between the backend's attention output and full
+    backend attended; topk_mass_recall: that mass over the mass of the best set of the same size
+    (full attention's own top-m keys, m = the keys the backend attended for that query head), so
+    1.0 means the backend found the heaviest keys its budget could hold, whatever the model's
+    attention spread leaves outside any set of that size; output_cosine: cosine between the backend's attention output and full
     attention's, given the same inputs (the layer's own error, not the accumulated one).
     Costs a full attention per call: benchmarks only.
     """
 
     recall_sum: float = 0.0
+    topk_recall_sum: float = 0.0
     cosine_sum: float = 0.0
     rows: int = 0
     decode_only: bool = True
@@ -187,16 +191,24 @@ class Diagnostics:
         scores = torch.matmul(grouped, fixed_k.float().transpose(1, 2)).view(n_heads, q_len, -1) * scaling  # (H, Q, N)
         probs = torch.softmax(scores, dim=-1)
         recall = (probs * attended).sum(-1)  # (H, Q)
+        # The heaviest m keys per row, m = how many this row attended: the best any selection of
+        # that size could hold (sorted once, then a cumulative sum read at m).
+        m = attended.sum(-1)  # (H, Q)
+        best = torch.sort(probs, dim=-1, descending=True).values.cumsum(-1)  # (H, Q, N)
+        best_mass = best.gather(-1, (m - 1).clamp(min=0)[..., None])[..., 0].masked_fill(m == 0, 0.0)
+        topk_recall = torch.where(best_mass > 0, recall / best_mass.clamp(min=1e-12), torch.ones_like(recall))
         full_out, _ = merge_partials([partial_attention(q, fixed_k, fixed_v, scaling), user_part])
         cosine = torch.nn.functional.cosine_similarity(full_out, sparse_out.float(), dim=-1)  # (H, Q)
         self.recall_sum += float(recall.sum())
+        self.topk_recall_sum += float(topk_recall.clamp(max=1.0).sum())
         self.cosine_sum += float(cosine.sum())
         self.rows += recall.numel()
 
     def summary(self) -> dict[str, float]:
-        out = {"attn_recall": float("nan"), "output_cosine": float("nan")}
+        out = {"attn_recall": float("nan"), "topk_mass_recall": float("nan"), "output_cosine": float("nan")}
         if self.rows:
-            out = {"attn_recall": self.recall_sum / self.rows, "output_cosine": self.cosine_sum / self.rows}
+            out = {"attn_recall": self.recall_sum / self.rows, "topk_mass_recall": self.topk_recall_sum / self.rows,
+                   "output_cosine": self.cosine_sum / self.rows}
         for name, (total, count) in self.extra.items():
             out[name] = total / count if count else float("nan")
         return out

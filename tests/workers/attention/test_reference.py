@@ -83,3 +83,25 @@ def test_repeat_kv_gives_each_query_head_its_kv_head(n_rep):
     assert out.shape == (2, 3 * n_rep, 4, 5)
     for h in range(3 * n_rep):
         assert torch.equal(out[:, h], x[:, h // n_rep])
+
+
+def test_diagnostics_top_m_mass_recall_is_one_for_the_heaviest_keys_and_less_for_others():
+    from workers.attention.base import Diagnostics
+
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(4, 1, 16, generator=gen)  # (H, Q, D): 4 query heads over 2 KV heads
+    k = torch.randn(2, 64, 16, generator=gen) * 2  # (KVH, N, D)
+    v = torch.randn(2, 64, 16, generator=gen)
+    user = partial_attention(q, k[:, :1] * 0, v[:, :1] * 0, 0.25)
+    grouped = q.reshape(2, 2, 16)
+    scores = torch.matmul(grouped, k.transpose(1, 2)).view(4, 1, 64)  # (H, Q, N)
+    heaviest = torch.zeros(4, 1, 64, dtype=torch.bool).scatter_(-1, scores.topk(8, dim=-1).indices, True)
+    lightest = torch.zeros(4, 1, 64, dtype=torch.bool).scatter_(-1, (-scores).topk(8, dim=-1).indices, True)
+    out = torch.zeros(4, 1, 16)
+    best, worst = Diagnostics(), Diagnostics()
+    best.observe(q, k, v, user, heaviest, out, 0.25)
+    worst.observe(q, k, v, user, lightest, out, 0.25)
+    assert best.summary()["topk_mass_recall"] == pytest.approx(1.0, abs=1e-5)
+    # The plain mass recall is below 1 even for the best 8 of 64 keys: the rest hold some mass.
+    assert best.summary()["attn_recall"] < 1.0
+    assert worst.summary()["topk_mass_recall"] < 0.2
