@@ -61,6 +61,7 @@ class Unit:
     size: int
     score: float = 0.0
     protected: bool = False
+    group: int = -1  # the unit's sentence in relevance order (0 = most relevant); -1: no ranking
 
 
 def select(units: Sequence[Unit], budget: int) -> list[bool]:
@@ -68,16 +69,69 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
 
     Protected units are kept even when they alone exceed the budget (the caller reports the
     overshoot in tokens_after); a unit that does not fit is skipped so smaller ones can still.
+    Units ranked into groups (`group` >= 0: their sentence's relevance rank) first fill their
+    group's share of what protection left, by `dynamic_budgets` (the most relevant sentences kept
+    whole), then whatever the groups left goes to the best remaining units anywhere.
     """
     keep = [u.protected for u in units]
     left = budget - sum(u.size for u in units if u.protected)
-    for i in sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: -units[i].score):
+    order = sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: -units[i].score)
+    groups = max((u.group for u in units), default=-1) + 1
+    if groups and left > 0:
+        free = [0] * groups  # unprotected tokens per group, in rank order
+        for u in units:
+            if not u.protected and u.group >= 0:
+                free[u.group] += u.size
+        room = dynamic_budgets(free, left)
+        for i in order:
+            g = units[i].group
+            if g >= 0 and units[i].size <= min(room[g], left):
+                keep[i] = True
+                room[g] -= units[i].size
+                left -= units[i].size
+    for i in order:
         if left <= 0:
             break
-        if units[i].size <= left:
+        if not keep[i] and units[i].size <= left:
             keep[i] = True
             left -= units[i].size
     return keep
+
+
+# Shape of the dynamic ratio's decay over the relevance ranks (1 linear; 2 spares the head more).
+DYNAMIC_POWER = 2.0
+
+
+def dynamic_budgets(sizes: Sequence[int], budget: int, power: float | None = None) -> list[int]:
+    """Token budgets for sentences in relevance order: the best kept whole, later ones pruned harder.
+
+    LongLLMLingua's dynamic compression ratio at sentence level: sentence i (of m, 0 = most
+    relevant) keeps the share k_i = clip(1 - c * (i / (m - 1)) ** power, 0, 1) of its tokens, with c chosen
+    (bisection) so the budgets add up to `budget`. The answer usually sits in the one or two
+    most relevant sentences, which word pruning then leaves intact; the filler it removes comes
+    from the sentences that were only kept for context.
+    """
+    power = DYNAMIC_POWER if power is None else power
+    m = len(sizes)
+    total = sum(sizes)
+    if m == 0 or budget >= total:
+        return list(sizes)
+    if m == 1:
+        return [budget]
+
+    def kept(c: float) -> list[float]:
+        return [n * min(1.0, max(0.0, 1.0 - c * (i / (m - 1)) ** power)) for i, n in enumerate(sizes)]
+
+    lo, hi = 0.0, float(m) ** power  # this c drops everything after the first sentence
+    if sum(kept(hi)) > budget:  # even the first sentence alone is over budget
+        return [budget] + [0] * (m - 1)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if sum(kept(mid)) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return [int(x) for x in kept(hi)]
 
 
 def finish(
@@ -183,6 +237,16 @@ def coarse_select(sentences: list[Sentence], scores: np.ndarray, budget: int, fi
     return chosen
 
 
+def ranked_sentences(
+    sentences: list[Sentence], scores: np.ndarray, budget: int, fine_keep: float
+) -> tuple[list[Sentence], list[int]]:
+    """The coarse stage's sentences in text order, and each one's relevance rank (0 = best)."""
+    chosen = coarse_select(sentences, scores, budget, fine_keep)
+    rank_of = {i: r for r, i in enumerate(chosen)}
+    ordered = sorted(chosen)
+    return [sentences[i] for i in ordered], [rank_of[i] for i in ordered]
+
+
 def _relevance(resources: Resources, query: str, passages: list[Passage]) -> np.ndarray:
     """Query relevance of every sentence (passage order), the extractive method's ranking."""
     from workers.compression.summarize import Extractive
@@ -223,6 +287,7 @@ class SemanticPrune:
         fine_keep: float | None = 0.6,
         rounds: int = 1,
         protect: bool = True,
+        dynamic: bool = True,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -233,10 +298,11 @@ class SemanticPrune:
         self.fine_keep = fine_keep
         self.rounds = rounds
         self.protect = protect
+        self.dynamic = dynamic
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "rounds": self.rounds,
-                "protect": self.protect}
+                "protect": self.protect, "dynamic": self.dynamic}
 
     def impacts(self, windows: list[list[str]]) -> list[np.ndarray]:
         """Deletion impact of every word of every window: impact[i] = 1 - cos(e(w), e(w without word i)).
@@ -314,20 +380,24 @@ class SemanticPrune:
     def _prune(self, query, passages, budget, count_tokens, before, *, coarse: bool) -> CompressedContext:
         per_passage = sentences_of(passages, count_tokens, query_keywords(query) if self.protect else None)
         sentences = [s for group in per_passage for s in group]
+        ranks: list[int] | None = None
         if coarse and sentences:
             assert self.fine_keep is not None
-            chosen = coarse_select(sentences, _relevance(self.resources, query, passages), budget, self.fine_keep)
-            sentences = [sentences[i] for i in sorted(chosen)]
+            sentences, ranks = ranked_sentences(sentences, _relevance(self.resources, query, passages), budget,
+                                                self.fine_keep)
+        if not self.dynamic:
+            ranks = None
         units: list[Unit] = []
         windows: list[list[int]] = []  # unit indices per window
-        for sentence in sentences:
+        for n, sentence in enumerate(sentences):
+            group = ranks[n] if ranks is not None else -1
             for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
                 window = []
                 for span, size, flag in zip(sentence.words[k : k + MAX_WINDOW_WORDS],
                                             sentence.sizes[k : k + MAX_WINDOW_WORDS],
                                             sentence.protected[k : k + MAX_WINDOW_WORDS], strict=True):
                     window.append(len(units))
-                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag))
+                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag, group=group))
                 windows.append(window)
         # Without a sentence stage to drop sentences, protected words can outnumber the budget:
         # then protection becomes a priority (ranked above every other word), not a guarantee.
@@ -384,6 +454,7 @@ class SurprisalPrune:
         granularity: str = "word",
         protect: bool = True,
         aggregate: str = "max",
+        dynamic: bool = True,
     ) -> None:
         if granularity not in ("word", "token"):
             raise ValueError(f"granularity must be 'word' or 'token', got {granularity!r}")
@@ -397,10 +468,11 @@ class SurprisalPrune:
         self.granularity = granularity
         self.protect = protect
         self.aggregate = aggregate
+        self.dynamic = dynamic
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "granularity": self.granularity,
-                "protect": self.protect, "aggregate": self.aggregate}
+                "protect": self.protect, "aggregate": self.aggregate, "dynamic": self.dynamic}
 
     def prefix(self, query: str, passage: Passage) -> str:
         head = f"Question: {query}\n" if self.query_aware and query else ""
@@ -477,6 +549,7 @@ class SurprisalPrune:
         sentences = [s for group in per_passage for s in group]
         scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         read = 0
+        ranks: list[int] | None = None
 
         def scores_of(i: int) -> tuple[np.ndarray, np.ndarray]:
             nonlocal read
@@ -491,11 +564,13 @@ class SurprisalPrune:
                 rank = _relevance(self.resources, query, passages)
             else:
                 rank = np.array([self._mean_surprisal(s, *scores_of(s.passage)) for s in sentences])
-            chosen = coarse_select(sentences, rank, budget, self.fine_keep)
-            sentences = [sentences[i] for i in sorted(chosen)]
+            sentences, ranks = ranked_sentences(sentences, rank, budget, self.fine_keep)
+        if not self.dynamic:
+            ranks = None
 
         units: list[Unit] = []
-        for sentence in sentences:
+        for n, sentence in enumerate(sentences):
+            group = ranks[n] if ranks is not None else -1
             text = passages[sentence.passage].text
             surprisal, offsets = scores_of(sentence.passage)
             starts = np.array([w[0] for w in sentence.words], dtype=np.int64)
@@ -506,14 +581,15 @@ class SurprisalPrune:
             if self.granularity == "word":
                 for k, (span, size, flag) in enumerate(zip(sentence.words, sentence.sizes, sentence.protected, strict=True)):
                     mine = surprisal[owner == k]
-                    units.append(Unit(sentence.passage, span, size, self._aggregate(mine), flag))
+                    units.append(Unit(sentence.passage, span, size, self._aggregate(mine), flag, group))
             else:
                 for t in np.flatnonzero(owner >= 0):
                     a, b = int(offsets[t, 0]), int(offsets[t, 1])
                     while a < b and text[a].isspace():  # BPE tokens carry their leading space
                         a += 1
                     if b > a:
-                        units.append(Unit(sentence.passage, (a, b), 1, float(surprisal[t]), sentence.protected[owner[t]]))
+                        units.append(Unit(sentence.passage, (a, b), 1, float(surprisal[t]),
+                                          sentence.protected[owner[t]], group))
         result = finish(passages, units, select(units, budget), budget, count_tokens, before)
         result.model_prompt_tokens = read
         return result

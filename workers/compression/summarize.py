@@ -25,12 +25,16 @@ from workers.compression.base import CompressedContext
 from workers.compression.cache import cache_key
 from workers.compression.resources import Resources
 from workers.compression.text import (
+    STOPWORDS,
     Span,
     allocate,
     allocate_weighted,
+    protected_words,
+    query_keywords,
     render,
     sentence_spans,
     token_budget,
+    word_core,
     word_spans,
 )
 from workers.prompting.base import Passage
@@ -65,14 +69,106 @@ class _Sentence:
     tokens: int
 
 
+# Weight of the retrieval-rank prior in sentence relevance (see rank_prior); 0 ignores the order.
+# Chosen on a tuning split disjoint from the benchmark's questions (docs/benchmarks-compression.md).
+RANK_WEIGHT = 0.2
+
+
+def rank_prior(sentences_per_passage: list[int]) -> np.ndarray:
+    """(S,) the retrieval-rank prior of every sentence: -log2(1 + rank of its passage), rank 0 first.
+
+    Passages reach a compression method in the retriever's order (best first, after fusion and
+    reranking), and that order knows things one sentence's cosine does not (BM25 matches, the
+    reranker's cross-attention, the passage as a whole): the DCG discount turns it into a score
+    offset, 0 for the best passage, -1 for the second, -1.58 for the third, ...
+    """
+    ranks = np.repeat(np.arange(len(sentences_per_passage)), sentences_per_passage)  # (S,)
+    return -np.log2(1.0 + ranks)
+
+
+# Weight of the IDF-weighted query-term overlap (see lexical_overlap); 0 is embeddings only.
+LEXICAL_WEIGHT = 0.2
+
+
+def lexical_overlap(query: str, sentences: list[str]) -> np.ndarray:
+    """(S,) share of the query's content-word IDF mass each sentence contains, in [0, 1].
+
+    The lexical half of hybrid retrieval at sentence level: a factoid's answer sentence usually
+    repeats the question's rarest words (the entity asked about), which a 384-d sentence vector
+    blurs. IDF over the context's own sentences (smoothed), words matched on lower-cased cores.
+    """
+    terms = sorted(query_keywords(query))
+    if not terms or not sentences:
+        return np.zeros(len(sentences))
+    bags = [{word_core(w).lower() for w in s.split()} for s in sentences]
+    df = np.array([sum(t in bag for bag in bags) for t in terms], dtype=np.float64)  # (T,)
+    idf = np.log((len(bags) + 1) / (df + 0.5))  # (T,), > 0
+    hits = np.array([[t in bag for t in terms] for bag in bags], dtype=np.float64)  # (S, T)
+    return hits @ idf / idf.sum()
+
+
+# Weight of the expected-answer-type match (see answer_type_match); 0 turns it off.
+ANSWER_TYPE_WEIGHT = 0.2
+# Bonus of a passage's first sentence, which names what the passage is about ("X (born ...) is
+# an American basketball coach"): the answer to "who ..." is often only there.
+LEAD_WEIGHT = 0.1
+
+_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b")
+_MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
+_DIGIT = re.compile(r"\d")
+_NUMBER_WORD = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
+                          r"forty|fifty|hundred|thousand|million|billion|trillion|dozen)\b", re.IGNORECASE)
+
+
+def expected_answer_type(query: str) -> str | None:
+    """"date", "number" or "name" from the question's wh-phrase (classic QA answer typing), else None."""
+    q = query.strip().lower()
+    if re.match(r"^(when|what year|which year|what date|in what year|in which year|what century|what time)\b", q) \
+            or re.search(r"\b(what|which) (year|date|century|decade)\b", q):
+        return "date"
+    if re.match(r"^(how (many|much|long|old|far|big|tall|high|large|fast|often|deep))\b", q) \
+            or re.search(r"\b(what|which) (percentage|percent|number|amount|population)\b", q):
+        return "number"
+    if re.match(r"^(who|whom|whose|where|which (person|player|team|country|city|company|band|singer|actor))\b", q) \
+            or re.search(r"\bwho (is|was|are|were|sings|sang|plays|played|wrote|won|did|does|has|had)\b", q):
+        return "name"
+    return None
+
+
+def answer_type_match(query: str, sentences: list[str]) -> np.ndarray:
+    """(S,) 1.0 for the sentences that hold something of the question's expected answer type.
+
+    date: a year or a month name; number: a digit or a number word; name: a capitalised word
+    not at the sentence start and not one of the question's own words (the answer is rarely a
+    word of the question). 0 for every sentence when the type is unknown.
+    """
+    kind = expected_answer_type(query)
+    if kind is None or not sentences:
+        return np.zeros(len(sentences))
+    asked = query_keywords(query)
+    out = np.zeros(len(sentences))
+    for i, sentence in enumerate(sentences):
+        if kind == "date":
+            hit = bool(_YEAR.search(sentence) or _MONTH.search(sentence))
+        elif kind == "number":
+            hit = bool(_DIGIT.search(sentence) or _NUMBER_WORD.search(sentence))
+        else:
+            words = [word_core(w) for w in sentence.split()[1:]]
+            hit = any(w[:1].isupper() and w.lower() not in asked for w in words if w)
+        out[i] = float(hit)
+    return out
+
+
 class Extractive:
     """Query-relevant sentences by MiniLM similarity, MMR redundancy removal, original order.
 
-    Sentence relevance = cos(query, sentence) + `passage_weight` * cos(query, passage), the
-    passage vector being the normalised mean of its sentence vectors: a sentence in an on-topic
-    paragraph ranks above an equally similar one in an off-topic paragraph, which helps the
-    multi-hop case where the bridge sentence itself does not look like the question. Sentence
-    vectors are query-independent and cached per chunk when a cache is given.
+    Sentence relevance = cos(query, sentence) + `passage_weight` * cos(query, passage) +
+    `rank_weight` * rank_prior, the passage vector being the normalised mean of its sentence
+    vectors: a sentence in an on-topic paragraph ranks above an equally similar one in an
+    off-topic paragraph, which helps the multi-hop case where the bridge sentence itself does not
+    look like the question; and the retriever's order (passages arrive best first) breaks the
+    near-ties of cosine in favour of the passages it ranked higher. Sentence vectors are
+    query-independent and cached per chunk when a cache is given.
 
     Redundancy (MMR): candidates are taken in order of λ·relevance − (1−λ)·penalty, where the
     penalty is how far the candidate's highest cosine to an already chosen sentence exceeds
@@ -91,18 +187,32 @@ class Extractive:
         passage_weight: float = 0.5,
         title_context: bool = True,
         redundancy_threshold: float = 0.8,
+        rank_weight: float = RANK_WEIGHT,
+        lexical_weight: float = LEXICAL_WEIGHT,
+        answer_type_weight: float = ANSWER_TYPE_WEIGHT,
+        lead_weight: float = LEAD_WEIGHT,
     ) -> None:
         if not 0.0 <= mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
+        for label, value in (("rank_weight", rank_weight), ("lexical_weight", lexical_weight),
+                             ("answer_type_weight", answer_type_weight), ("lead_weight", lead_weight)):
+            if value < 0:
+                raise ValueError(f"{label} must be >= 0, got {value}")
         self.resources = resources or Resources()
         self.mmr_lambda = mmr_lambda
         self.passage_weight = passage_weight
         self.title_context = title_context
         self.redundancy_threshold = redundancy_threshold
+        self.rank_weight = rank_weight
+        self.lexical_weight = lexical_weight
+        self.answer_type_weight = answer_type_weight
+        self.lead_weight = lead_weight
 
     def params(self) -> dict[str, Any]:
         return {"mmr_lambda": self.mmr_lambda, "passage_weight": self.passage_weight,
-                "title_context": self.title_context, "redundancy_threshold": self.redundancy_threshold}
+                "title_context": self.title_context, "redundancy_threshold": self.redundancy_threshold,
+                "rank_weight": self.rank_weight, "lexical_weight": self.lexical_weight,
+                "answer_type_weight": self.answer_type_weight, "lead_weight": self.lead_weight}
 
     # ------------------------------------------------------------------ embeddings
 
@@ -159,6 +269,18 @@ class Extractive:
                     mean = vectors[rows].mean(axis=0)
                     mean /= np.linalg.norm(mean) or 1.0
                     rel[rows] += self.passage_weight * float(mean @ q)
+        if self.rank_weight and len(rel):
+            rel += self.rank_weight * rank_prior([len(s) for s in spans])
+        if self.lexical_weight and len(rel):
+            texts = [self._sentence_input(p, span) for p, passage_spans in zip(passages, spans, strict=True)
+                     for span in passage_spans]
+            rel += self.lexical_weight * lexical_overlap(query, texts)
+        if self.answer_type_weight and len(rel):
+            sentences = [p.text[a:b] for p, passage_spans in zip(passages, spans, strict=True) for a, b in passage_spans]
+            rel += self.answer_type_weight * answer_type_match(query, sentences)
+        if self.lead_weight and len(rel):
+            lead = np.concatenate([np.arange(len(s)) == 0 for s in spans]).astype(np.float64)  # (S,)
+            rel += self.lead_weight * lead
         return rel, vectors
 
     def select(
@@ -276,7 +398,10 @@ class Summarize:
         relevance_order: bool = True,
         allocation: str = "relevance",
         temperature: float = 0.1,
+        min_key_recall: float = 0.5,
     ) -> None:
+        if not 0.0 <= min_key_recall <= 1.0:
+            raise ValueError(f"min_key_recall must be in [0, 1], got {min_key_recall}")
         if allocation not in ("size", "relevance"):
             raise ValueError(f"allocation must be 'size' or 'relevance', got {allocation!r}")
         if not temperature > 0:
@@ -286,14 +411,37 @@ class Summarize:
         self.relevance_order = relevance_order
         self.allocation = allocation
         self.temperature = temperature
+        self.min_key_recall = min_key_recall
         self.extractive = Extractive(resources=self.resources)
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "relevance_order": self.relevance_order,
-                "allocation": self.allocation, "temperature": self.temperature}
+                "allocation": self.allocation, "temperature": self.temperature,
+                "min_key_recall": self.min_key_recall}
 
-    def _plan(self, query: str, passages: list[Passage], counts: list[int], budget: int) -> tuple[list[int], list[str]]:
-        """(token share per chunk, text to show the summarizer per chunk).
+    def faithful(self, query: str, key_sentence: str | None, summary: str) -> bool:
+        """Does the summary keep the key facts: at least `min_key_recall` of the names and numbers
+        of the chunk's most query-relevant sentence (the question's own words aside)?
+
+        A small model's summary often drops exactly the fact asked for while restating the
+        chunk's topic; such a summary is replaced by the extractive choice for that chunk.
+        """
+        if key_sentence is None or not self.min_key_recall:
+            return True
+        asked = query_keywords(query)
+        words = word_spans(key_sentence)
+        flags = protected_words(key_sentence, words, set())
+        terms = {word_core(key_sentence[a:b]).lower() for (a, b), f in zip(words, flags, strict=True) if f}
+        terms = {t for t in terms if t and t not in asked and t not in STOPWORDS}
+        if not terms:
+            return True
+        said = {word_core(w).lower() for w in summary.split()}
+        return len(terms & said) / len(terms) >= self.min_key_recall
+
+    def _plan(
+        self, query: str, passages: list[Passage], counts: list[int], budget: int
+    ) -> tuple[list[int], list[str], list[str | None]]:
+        """(token share per chunk, text to show the summarizer per chunk, its most relevant sentence).
 
         allocation="size": shares ∝ chunk size (TCRA-LLM's setting). "relevance": ∝ size ×
         exp((relevance - best) / temperature), so the chunks that matter to the question get most
@@ -303,21 +451,23 @@ class Summarize:
         """
         texts = [p.text for p in passages]
         if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
-            return allocate(budget, counts), texts
+            return allocate(budget, counts), texts, [None] * len(passages)
         spans = [sentence_spans(p.text) for p in passages]
         rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
         bounds = np.cumsum([0] + [len(s) for s in spans])
         per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
+        keys = [p.text[slice(*s[int(np.argmax(r))])] if len(r) else None
+                for p, s, r in zip(passages, spans, per_passage, strict=True)]
         if self.relevance_order:
             texts = [
                 " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
                 for p, s, r in zip(passages, spans, per_passage, strict=True)
             ]
         if self.allocation == "size":
-            return allocate(budget, counts), texts
+            return allocate(budget, counts), texts, keys
         best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)
         weights = np.exp((best - best.max()) / self.temperature)
-        return allocate_weighted(budget, counts, weights.tolist()), texts
+        return allocate_weighted(budget, counts, weights.tolist()), texts, keys
 
     def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
@@ -359,12 +509,14 @@ class Summarize:
         budget = token_budget(target, before)
         if budget >= before:
             return identity(passages, before)
-        shares, shown = self._plan(query, passages, counts, budget)
+        shares, shown, key_sentences = self._plan(query, passages, counts, budget)
         out: list[Passage] = []
         kept_spans: dict[int, list[Span]] = {}
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
-        for passage, count, share, text_shown in zip(passages, counts, shares, shown, strict=True):
+        for passage, count, share, text_shown, key_sentence in zip(
+            passages, counts, shares, shown, key_sentences, strict=True
+        ):
             if share >= count:
                 text, spans = passage.text, [(0, len(passage.text))]
             elif share <= 0:
@@ -375,11 +527,12 @@ class Summarize:
                     summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, text_shown)
                     prompt_tokens, completion_tokens, model_s = (
                         prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
-                if summary and count_tokens(summary) <= share:
+                if summary and count_tokens(summary) <= share and self.faithful(query, key_sentence, summary):
                     text, spans = summary, []
                 else:
                     # Empty, too long (tokenizers differ between the summarizer and the
-                    # pipeline), or too small a budget to summarize: keep the best sentences.
+                    # pipeline), unfaithful (lost the key sentence's names and numbers), or too
+                    # small a budget to summarize: keep the best sentences.
                     # A target > 1 is a token budget; a budget of 1 token must be given as a share.
                     one = float(share) if share > 1 else 1.0 / count
                     fallback = self.extractive.compress(

@@ -152,7 +152,7 @@ _NUMBER = re.compile(r"\d")
 _CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
 
 
-def _core(word: str) -> str:
+def word_core(word: str) -> str:
     """A word without surrounding punctuation (quotes, commas, brackets, possessive 's)."""
     core = word.strip("\"'“”‘’()[]{}.,;:!?")
     if core.endswith(("'s", "’s")):
@@ -162,7 +162,7 @@ def _core(word: str) -> str:
 
 def query_keywords(query: str) -> set[str]:
     """Lower-cased content words of the query (stopwords and 1-letter words dropped)."""
-    words = {_core(w).lower() for w in query.split()}
+    words = {word_core(w).lower() for w in query.split()}
     return {w for w in words if len(w) > 1 and w not in STOPWORDS}
 
 
@@ -177,18 +177,18 @@ def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> lis
     sentence_start = True
     for start, end in words:
         word = text[start:end]
-        core = _core(word)
+        core = word_core(word)
         lower = core.lower()
         capitalised = bool(core) and core[0].isupper()
         entity = capitalised and not (sentence_start and lower in STOPWORDS)
         flags.append(bool(_NUMBER.search(word)) or entity or lower in keywords)
         sentence_start = word.endswith((".", "!", "?", ":"))
     # Connectors between two capitalised protected words belong to the entity.
-    capital = [flags[i] and _core(text[s:e])[:1].isupper() for i, (s, e) in enumerate(words)]
+    capital = [flags[i] and word_core(text[s:e])[:1].isupper() for i, (s, e) in enumerate(words)]
     i = 1
     while i < len(words) - 1:
         j = i
-        while j < len(words) and not flags[j] and _core(text[slice(*words[j])]).lower() in _CONNECTORS:
+        while j < len(words) and not flags[j] and word_core(text[slice(*words[j])]).lower() in _CONNECTORS:
             j += 1
         if j > i and j < len(words) and capital[i - 1] and capital[j] and j - i <= 2:
             for k in range(i, j):

@@ -18,6 +18,10 @@ def extractive(bow, **params):
     return get_method("extractive", resources=Resources(embedder=bow), **params)
 
 
+# Cosine alone: no retrieval-rank prior, lexical overlap, answer typing or lead bonus.
+COSINE_ONLY = {"rank_weight": 0.0, "lexical_weight": 0.0, "answer_type_weight": 0.0, "lead_weight": 0.0}
+
+
 def assert_spans_index_the_original(passages, result):
     by_id = {p.chunk_id: p for p in passages}
     for out in result.passages:
@@ -45,7 +49,7 @@ def test_it_stays_within_the_budget_and_its_spans_index_the_original(bow, passag
 
 
 def test_it_matches_a_plain_top_k_by_cosine_without_mmr_or_context(bow, passages):
-    result = extractive(bow, mmr_lambda=1.0, passage_weight=0.0, title_context=False).compress(
+    result = extractive(bow, mmr_lambda=1.0, passage_weight=0.0, title_context=False, **COSINE_ONLY).compress(
         query=QUERY, passages=passages, target=0.4, count_tokens=count_words
     )
     # Reference: rank every sentence by cosine to the query, take greedily what fits.
@@ -69,8 +73,9 @@ def test_it_drops_a_near_duplicate_sentence_with_mmr(bow):
         Passage(3, "C", "The tower opened to visitors in May 1889."),
     ]
     budget = 2 * count_words(passages[0].text)
-    plain = extractive(bow, mmr_lambda=1.0, passage_weight=0.0, title_context=False)
-    mmr = extractive(bow, mmr_lambda=0.5, redundancy_threshold=0.8, passage_weight=0.0, title_context=False)
+    plain = extractive(bow, mmr_lambda=1.0, passage_weight=0.0, title_context=False, **COSINE_ONLY)
+    mmr = extractive(bow, mmr_lambda=0.5, redundancy_threshold=0.8, passage_weight=0.0, title_context=False,
+                     **COSINE_ONLY)
     query = "When was the tower in Paris completed?"
     without = plain.compress(query=query, passages=passages, target=budget, count_tokens=count_words)
     with_mmr = mmr.compress(query=query, passages=passages, target=budget, count_tokens=count_words)
@@ -103,3 +108,58 @@ def test_it_keeps_the_answer_sentence_with_the_real_minilm(minilm, smollm2_count
     assert "1889" in " ".join(p.text for p in result.passages)
     assert result.tokens_after <= round(0.33 * result.tokens_before)
     assert_spans_index_the_original(passages, result)
+
+
+def test_the_rank_prior_follows_the_dcg_discount_of_each_sentences_passage():
+    from workers.compression.summarize import rank_prior
+
+    np.testing.assert_allclose(rank_prior([2, 1, 3]), [0, 0, -1, -np.log2(3), -np.log2(3), -np.log2(3)])
+
+
+def test_between_equally_similar_sentences_it_keeps_the_one_the_retriever_ranked_higher(bow):
+    # The same sentence in two passages: cosine ties; the retrieval order (best first) decides.
+    passages = [
+        Passage(7, "", "Filler words here about nothing. The tower was completed in 1889."),
+        Passage(3, "", "The tower was completed in 1889. Filler words here about nothing."),
+    ]
+    budget = count_words("The tower was completed in 1889.")
+    query = "When was the tower completed?"
+    for order in (passages, passages[::-1]):
+        result = extractive(bow, passage_weight=0.0, title_context=False, **{**COSINE_ONLY, "rank_weight": 0.2}).compress(
+            query=query, passages=order, target=budget, count_tokens=count_words)
+        assert [p.chunk_id for p in result.passages] == [order[0].chunk_id]
+
+
+def test_lexical_overlap_weighs_the_rare_query_words_by_idf():
+    from workers.compression.summarize import lexical_overlap
+
+    sentences = ["Calipari coaches the team.", "The team won the game.", "The team lost the game.", "Nothing here."]
+    scores = lexical_overlap("Who coaches the Kentucky team, Calipari?", sentences)
+    assert scores[0] == scores.max() and scores[0] > scores[1]
+    assert scores[1] == pytest.approx(scores[2]) and scores[2] > scores[3] == 0
+    assert 0 <= scores.min() and scores.max() <= 1
+
+
+@pytest.mark.parametrize(("question", "kind"), [
+    ("when did britain set up the east india company", "date"),
+    ("In what year was the tower completed?", "date"),
+    ("how many people live in Naples", "number"),
+    ("who sings the pokemon theme song", "name"),
+    ("where will the next olympics be held", "name"),
+    ("what do the 3 dots mean in math", None),
+])
+def test_it_reads_the_expected_answer_type_from_the_wh_phrase(question, kind):
+    from workers.compression.summarize import expected_answer_type
+
+    assert expected_answer_type(question) == kind
+
+
+def test_answer_type_matching_marks_the_sentences_that_could_hold_the_answer():
+    from workers.compression.summarize import answer_type_match
+
+    sentences = ["It received a charter on 31 December 1600.", "It traded in the Indies.", "Trade grew in the 1700s."]
+    assert answer_type_match("When was the company founded?", sentences).tolist() == [1.0, 0.0, 1.0]
+    names = ["The song was sung by Jason Paige.", "The theme song was popular.", "Pokemon fans loved the theme song."]
+    # "Pokemon" is the question's own word, not a candidate answer.
+    assert answer_type_match("Who sang the Pokemon theme song?", names).tolist() == [1.0, 0.0, 0.0]
+    assert answer_type_match("What do the dots mean?", sentences).tolist() == [0.0, 0.0, 0.0]

@@ -203,3 +203,60 @@ def test_it_caches_query_independent_surprisals(smollm2, smollm2_count, passages
     assert second.passages == first.passages
     uncached = get_method("surprisal_prune", resources=Resources(scorer=smollm2), query_aware=False)
     assert uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=smollm2_count).passages == first.passages
+
+
+# ---------------------------------------------------------------------------- dynamic compression ratio
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+@pytest.mark.parametrize(("sizes", "budget"), [([10, 10, 10, 10], 24), ([30, 5, 12, 8, 20], 40), ([9, 9], 10)])
+def test_dynamic_budgets_spend_the_budget_sparing_the_most_relevant_sentences(sizes, budget, power):
+    from workers.compression.prune import dynamic_budgets
+
+    out = dynamic_budgets(sizes, budget, power)
+    assert budget - len(sizes) <= sum(out) <= budget  # floors lose at most one token each
+    shares = [b / n for b, n in zip(out, sizes, strict=True)]
+    assert shares[0] == 1.0 or len(sizes) == 1 or out[1:] == [0] * (len(sizes) - 1)
+    assert all(a >= b - 1 / min(sizes) for a, b in zip(shares, shares[1:], strict=False))  # non-increasing
+
+
+def test_dynamic_budgets_keep_everything_when_it_fits_and_cut_the_first_alone_when_nothing_else_fits():
+    from workers.compression.prune import dynamic_budgets
+
+    assert dynamic_budgets([5, 6], 20) == [5, 6]
+    assert dynamic_budgets([10, 4], 6) == [6, 0]
+
+
+def test_grouped_selection_spares_the_most_relevant_group_then_spends_the_rest_on_the_best_units():
+    from workers.compression.prune import Unit, select
+
+    def units(group: bool, protected_last: bool = False) -> list[Unit]:
+        g = (lambda k: k) if group else (lambda k: -1)
+        return [Unit(0, (0, 1), 1, score=0.1, group=g(0)), Unit(0, (2, 3), 1, score=0.2, group=g(0)),
+                Unit(0, (4, 5), 1, score=0.9, group=g(1)), Unit(0, (6, 7), 1, score=0.8, group=g(1), protected=protected_last)]
+    # Globally the two best are in the second sentence; ranked, the first sentence stays whole.
+    assert select(units(group=False), 2) == [False, False, True, True]
+    assert select(units(group=True), 2) == [True, True, False, False]
+    assert select(units(group=True), 3) == [True, True, True, False]
+    # A protected word elsewhere is paid for first; the rest still goes to the first sentence.
+    assert select(units(group=True, protected_last=True), 3) == [True, True, False, True]
+
+
+@pytest.mark.parametrize("method", ["semantic", "surprisal"])
+def test_with_the_dynamic_ratio_the_most_relevant_sentence_survives_whole(bow, passages, method):
+    from workers.compression.prune import SemanticPrune
+    from workers.compression.summarize import Extractive
+
+    def build(**params):
+        if method == "semantic":
+            return SemanticPrune(resources=Resources(embedder=bow), **params)
+        return fake(bow, **params)
+
+    rel, _ = Extractive(resources=Resources(embedder=bow)).relevance(
+        QUERY, passages, [sentence_spans(p.text) for p in passages])
+    spans = [(p, s) for p in passages for s in sentence_spans(p.text)]
+    best_passage, best = spans[int(np.argmax(rel))]
+    words = {(best_passage.chunk_id, w) for w in word_spans(best_passage.text, best)}
+    dynamic = build().compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words)
+    assert words <= kept_words(dynamic, passages)
+    assert dynamic.tokens_after <= round(0.4 * dynamic.tokens_before)

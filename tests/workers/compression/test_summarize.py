@@ -14,8 +14,13 @@ QUERY = "When was the Eiffel Tower completed?"
 
 
 def summarize(bow, reply, **params):
-    """Per-chunk shares ∝ size (TCRA-LLM's setting) unless a test asks otherwise: easy to check by hand."""
+    """Per-chunk shares ∝ size (TCRA-LLM's setting) unless a test asks otherwise: easy to check by hand.
+
+    The echo double's canned reply is no summary of any chunk: the faithfulness check is off
+    unless a test turns it on.
+    """
     params.setdefault("allocation", "size")
+    params.setdefault("min_key_recall", 0.0)
     return get_method("summarize", resources=Resources(generator=EchoTarget(reply=reply), embedder=bow), **params)
 
 
@@ -100,3 +105,15 @@ def test_it_summarizes_with_the_real_smollm2_within_budget(smollm2, smollm2_coun
     assert 0 < result.tokens_after <= round(0.6 * result.tokens_before)
     assert result.model_prompt_tokens > 0 and result.model_completion_tokens > 0
     assert result.model == "smollm2-135m-instruct" and result.compute_s > 0
+
+
+def test_it_rejects_a_summary_that_drops_the_key_sentences_names_and_numbers(bow, passages):
+    eiffel = passages[:1]  # key sentence: "The tower was completed in 1889 for the World's Fair."
+    faithful = summarize(bow, "Completed in 1889 for the World's Fair.", min_key_recall=0.5).compress(
+        query=QUERY, passages=eiffel, target=0.5, count_tokens=count_words)
+    assert faithful.passages[0].text == "Completed in 1889 for the World's Fair." and faithful.kept_spans[11] == []
+    vague = summarize(bow, "A famous tower in a big city.", min_key_recall=0.5).compress(
+        query=QUERY, passages=eiffel, target=0.5, count_tokens=count_words)
+    # Replaced by the chunk's extractive choice: original sentences, the answer among them.
+    assert vague.kept_spans[11] and "1889" in vague.passages[0].text
+    assert vague.model_completion_tokens > 0  # the rejected summary was still paid for
