@@ -14,10 +14,11 @@ of examples whose normalised gold answer (SQuAD normalisation) is still a substr
 compressed context, over the examples where it was in the full context; tokens are counted with
 the SmolLM2 tokenizer on passage texts (titles are not counted and not searched).
 
-Contexts: HotpotQA, all 10 paragraphs of each question in the file's (shuffled) order.
-SQuAD-format datasets (squad-v2-dev-sample, nq-open-oracle), the answerable questions with
-`--contexts retrieved` (default): the top-5 passages (`--top-k`) by MiniLM cosine similarity
-over the dataset's whole passage pool (passage text "title. text", the project's embedder
+Contexts, `--contexts retrieved` (default): the top-5 passages (`--top-k`) by MiniLM cosine,
+best first, as a pipeline's retriever hands them over. HotpotQA: of the question's own 10
+paragraphs (`--contexts given`: all 10 in the file's shuffled order instead; gold_in_context
+says whether both supporting paragraphs made the top k). SQuAD-format datasets
+(squad-v2-dev-sample, nq-open-oracle), the answerable questions: over the dataset's whole passage pool (passage text "title. text", the project's embedder
 loader; vectors cached under var/bench/pool-vectors), each example noting whether its gold
 passage is among them (`gold_in_context`); or `--contexts gold+random`: the gold paragraph plus
 4 random others, shuffled (seed 0) — the anchors' setting.
@@ -122,24 +123,42 @@ def load_examples(
     top_k: int = 5,
     distractors: int = 4,
     seed: int = 0,
+    offset: int = 0,
     embedder: Any = None,
     vector_cache: Path | None = None,
 ) -> tuple[str, list[dict]]:
     """[{id, question, answers, passages: [Passage], gold_in_context}] for a HotpotQA-sample or SQuAD/NQ folder.
 
-    SQuAD/NQ: `contexts="retrieved"` takes the top_k passages of the whole pool by MiniLM cosine
-    (`embedder` needed); `"gold+random"` the gold paragraph and `distractors` random others.
+    `contexts="retrieved"` (default, `embedder` needed): the top_k passages by MiniLM cosine, best
+    first — over the dataset's whole pool (SQuAD/NQ) or over the question's own 10 paragraphs
+    (HotpotQA). `"given"` (HotpotQA): all 10 paragraphs in the file's shuffled order.
+    `"gold+random"` (SQuAD/NQ): the gold paragraph and `distractors` random others.
+    Questions `offset` .. `offset + limit` (a disjoint split for tuning: `--offset`).
     """
+    import numpy as np
+
+    end = None if limit is None else offset + limit
     if (dataset / "questions_with_paragraphs.jsonl").exists():
+        if contexts not in ("retrieved", "given"):
+            raise ValueError(f"HotpotQA contexts must be 'retrieved' or 'given', got {contexts!r}")
+        rows = _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:end]
         examples = []
-        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl"):
+        for row in rows:
+            paragraphs = row["paragraphs"]
+            order = list(range(len(paragraphs)))
+            if contexts == "retrieved":
+                texts = [f"{p['title']}. {''.join(p['sentences']).strip()}" for p in paragraphs]
+                scores = embedder.encode(texts) @ embedder.encode([row["question"]])[0]  # (10,) cosine
+                order = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k]]
             passages = [
-                Passage(chunk_id=n, title=p["title"], text="".join(p["sentences"]).strip())
-                for n, p in enumerate(row["paragraphs"])
+                Passage(chunk_id=n, title=paragraphs[i]["title"], text="".join(paragraphs[i]["sentences"]).strip())
+                for n, i in enumerate(order)
             ]
+            # Both supporting paragraphs among the chosen ones (a 2-hop question needs both).
+            chosen = {paragraphs[i].get("pid") for i in order}
             examples.append({"id": row["qid"], "question": row["question"], "answers": [row["answer"]],
-                             "passages": passages, "gold_in_context": True})
-        return "hotpotqa", examples[:limit]
+                             "passages": passages, "gold_in_context": set(row.get("gold_pids") or []) <= chosen})
+        return "hotpotqa", examples
     if contexts not in ("retrieved", "gold+random"):
         raise ValueError(f"contexts must be 'retrieved' or 'gold+random', got {contexts!r}")
     pool = _read_jsonl(dataset / "passages.jsonl")
@@ -149,10 +168,8 @@ def load_examples(
         q for q in _read_jsonl(dataset / "questions.jsonl")
         # unanswerable (SQuAD 2.0 lists [""]): no gold answer to retain
         if not q.get("is_impossible") and any(a.strip() for a in q.get("answers", [])) and q.get("gold_pids")
-    ][:limit]
+    ][offset:end]
     if contexts == "retrieved":
-        import numpy as np
-
         texts = [f"{p['title']}. {p['text']}" if p.get("title") else p["text"] for p in pool]
         vectors = _pool_vectors(dataset, texts, embedder, vector_cache)
         queries = embedder.encode([q["question"] for q in questions])
@@ -351,8 +368,11 @@ def main() -> None:
                         help="answer only at these targets (default: every target; the `none` row always answers)")
     parser.add_argument("--answer-methods", nargs="+", default=None,
                         help="answer only for these methods (default: every method)")
-    parser.add_argument("--contexts", choices=["retrieved", "gold+random"], default="retrieved",
-                        help="SQuAD/NQ contexts: top-k retrieved from the pool, or gold + 4 random (anchors)")
+    parser.add_argument("--contexts", choices=["retrieved", "gold+random", "given"], default="retrieved",
+                        help="top-k retrieved (SQuAD/NQ: from the pool; HotpotQA: of the question's 10 paragraphs), "
+                             "gold + 4 random (SQuAD/NQ, the anchors'), or given (HotpotQA: all 10, file order)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many questions (a disjoint split, e.g. to tune a method's parameters on)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--price-file", type=Path, default=DEFAULT_PRICE_FILE)
     parser.add_argument("--price-models", nargs="+", default=DEFAULT_PRICE_MODELS)
@@ -397,7 +417,7 @@ def main() -> None:
     embedder = resources.get_embedder()
     embedder.encode(["warm up"])  # so the first example's latency is not the load time
     dataset_kind, examples = load_examples(args.dataset, args.limit, contexts=args.contexts, top_k=args.top_k,
-                                           embedder=embedder, vector_cache=args.vector_cache)
+                                           offset=args.offset, embedder=embedder, vector_cache=args.vector_cache)
     methods = {}
     for name in args.methods:
         if name not in BASELINES:
@@ -538,8 +558,9 @@ def main() -> None:
             "dataset": args.dataset.name,
             "n": len(examples),
             "format": dataset_kind,
-            "contexts": "all 10 paragraphs" if dataset_kind == "hotpotqa" else
-            (f"top-{args.top_k} retrieved (MiniLM)" if args.contexts == "retrieved" else "gold + 4 random"),
+            "contexts": {"retrieved": f"top-{args.top_k} retrieved (MiniLM)", "gold+random": "gold + 4 random",
+                         "given": "all 10 paragraphs, file order"}[args.contexts],
+            "offset": args.offset,
             "gold_in_context": round(statistics.mean(ex["gold_in_context"] for ex in examples), 4) if examples else None,
             "n_with_answer": sum(f["has_answer"] for f in full),
             "mean_context_tokens": round(statistics.mean(f["tokens"] for f in full), 1) if full else None,

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.compression import (  # noqa: E402
     kept_passages,
+    load_examples,
     load_prices,
     net_saving_per_1k,
     random_drop,
@@ -70,3 +71,36 @@ def test_prices_come_from_a_litellm_table(tmp_path):
     assert load_prices(table, ["m"]) == {"m": {"input": Decimal("0.0000025"), "output": Decimal("0.00001")}}
     with pytest.raises(SystemExit, match="no per-token price for 'x'"):
         load_prices(table, ["x"])
+
+
+class KeywordEmbedder:
+    """Unit vectors over a tiny vocabulary: cosine = shared keywords (enough to rank three paragraphs)."""
+
+    VOCAB = ("tower", "paris", "cheese", "milk", "river")
+
+    def encode(self, texts):
+        import numpy as np
+
+        rows = np.array([[float(w in t.lower()) for w in self.VOCAB] for t in texts]) + 1e-3
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_hotpotqa_contexts_are_the_top_k_paragraphs_by_similarity_best_first(tmp_path):
+    row = {"qid": "q1", "question": "Which tower is in Paris?", "answer": "Eiffel",
+           "gold_pids": ["q1-2", "q1-0"],
+           "paragraphs": [
+               {"pid": "q1-0", "title": "Paris", "sentences": ["Paris is a city. ", "It has a river."]},
+               {"pid": "q1-1", "title": "Cheese", "sentences": ["Cheese is made from milk."]},
+               {"pid": "q1-2", "title": "Eiffel Tower", "sentences": ["The tower is in Paris."]},
+           ]}
+    (tmp_path / "questions_with_paragraphs.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "qid": "q2"}))
+    kind, examples = load_examples(tmp_path, 1, top_k=2, embedder=KeywordEmbedder())
+    assert kind == "hotpotqa" and [e["id"] for e in examples] == ["q1"]
+    assert [p.title for p in examples[0]["passages"]] == ["Eiffel Tower", "Paris"]  # rank order, cheese cut
+    assert [p.chunk_id for p in examples[0]["passages"]] == [0, 1]
+    assert examples[0]["passages"][1].text == "Paris is a city. It has a river."
+    assert examples[0]["gold_in_context"]
+    _, given = load_examples(tmp_path, 1, contexts="given", offset=1)
+    assert [e["id"] for e in given] == ["q2"] and [p.title for p in given[0]["passages"]] == ["Paris", "Cheese", "Eiffel Tower"]
+    _, one = load_examples(tmp_path, 1, top_k=1, embedder=KeywordEmbedder())
+    assert not one[0]["gold_in_context"]  # a 2-hop question needs both supporting paragraphs
