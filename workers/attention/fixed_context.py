@@ -44,6 +44,7 @@ from workers.attention.base import (
 )
 from workers.attention.reference import FixedKV
 from workers.runtime.local_lm import LoadedModel
+from workers.runtime.memory import pin_mmap_threshold
 from workers.runtime.meter import GenerationResult
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def prefill_context(
     import torch
     from transformers import DynamicCache
 
+    pin_mmap_threshold()  # else the growing per-chunk buffers fragment the heap (workers/runtime/memory.py)
     model = lm.model
     n_layers = model.config.num_hidden_layers
     positions = sample_positions(len(ids), config)
