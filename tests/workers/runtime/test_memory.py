@@ -13,9 +13,10 @@ from workers.runtime.memory import pin_mmap_threshold
 ROOT = Path(__file__).resolve().parents[3]
 
 # A chunked prefill in miniature: 24 layers' caches growing by concatenation, and a score buffer
-# that grows with every chunk and is freed each time. Prints the peak RSS in MiB.
+# that grows with every chunk and is freed each time. Prints the peak RSS in MiB: VmHWM, which
+# starts afresh at exec (ru_maxrss would carry over the forking pytest process's own peak).
 PREFILL_LIKE = """
-import resource, sys
+import sys
 import torch
 sys.path.insert(0, {root!r})
 if {pin}:
@@ -27,7 +28,8 @@ for chunk in range(40):
         caches[layer] = torch.cat([caches[layer], torch.ones(2048, 64)])
         scores = torch.ones(8, 64, caches[layer].shape[0])
         del scores
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) // 1024)
 """
 
 
@@ -48,5 +50,5 @@ def test_it_pins_the_threshold_once_and_says_so():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc behaviour")
 def test_a_prefill_like_allocation_pattern_peaks_lower_with_the_threshold_pinned():
     default, pinned = peak_mib(pin=False), peak_mib(pin=True)
-    # 24 x 80k x 64 floats = 480 MiB stay live either way; the default heap keeps ~300 MiB more.
-    assert pinned < default - 150, (default, pinned)
+    # 24 x 80k x 64 floats = 480 MiB stay live either way; the default heap keeps 220-300 MiB more.
+    assert pinned < default - 100, (default, pinned)
