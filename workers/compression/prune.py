@@ -102,7 +102,7 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
 DYNAMIC_POWER = 2.0
 
 
-def dynamic_budgets(sizes: Sequence[int], budget: int, power: float | None = None) -> list[int]:
+def dynamic_budgets(sizes: Sequence[int], budget: int, power: float = DYNAMIC_POWER) -> list[int]:
     """Token budgets for sentences in relevance order: the best kept whole, later ones pruned harder.
 
     LongLLMLingua's dynamic compression ratio at sentence level: sentence i (of m, 0 = most
@@ -111,7 +111,6 @@ def dynamic_budgets(sizes: Sequence[int], budget: int, power: float | None = Non
     most relevant sentences, which word pruning then leaves intact; the filler it removes comes
     from the sentences that were only kept for context.
     """
-    power = DYNAMIC_POWER if power is None else power
     m = len(sizes)
     total = sum(sizes)
     if m == 0 or budget >= total:
