@@ -41,12 +41,14 @@ from workers.compression.cache import cache_key
 from workers.compression.resources import Resources
 from workers.compression.summarize import build, identity
 from workers.compression.text import (
+    STOPWORDS,
     Span,
     allocate,
     protected_words,
     query_keywords,
     sentence_spans,
     token_budget,
+    word_core,
     word_spans,
 )
 from workers.prompting.base import Passage
@@ -156,11 +158,12 @@ def finish(
     result = assemble()
     droppable = sorted((i for i, k in enumerate(keep) if k and not units[i].protected), key=lambda i: units[i].score)
     while result.tokens_after > budget and droppable:
-        # Drop roughly the excess at once (each unit is about one token), then re-measure.
+        # Drop about the excess at once (by the units' own sizes), then re-measure.
         excess = result.tokens_after - budget
-        for i in droppable[:excess]:
+        while droppable and excess > 0:
+            i = droppable.pop(0)
             keep[i] = False
-        droppable = droppable[excess:]
+            excess -= units[i].size
         result = assemble()
     return result
 
@@ -422,6 +425,40 @@ class SemanticPrune:
         return finish(passages, units, alive, budget, count_tokens, before)
 
 
+# A phrase unit spans at most this many words, so the word stage still chooses finely.
+MAX_PHRASE_WORDS = 6
+
+
+def phrases(text: str, words: Sequence[Span], protected: Sequence[bool]) -> list[list[int]]:
+    """Word indices grouped into phrases: runs of adjacent unprotected content words.
+
+    Two words join when both are content words (not stopwords), only whitespace separates them
+    and the first does not end in punctuation. A causal LM finds the rest of a name predictable
+    once it has seen its first word ("yellow" is surprising, "fever" after it is not), so
+    word-by-word surprisal pruning keeps "yellow" and drops "fever"; as one unit scored by its
+    most surprising word, the phrase is kept or dropped whole. Protected words stay units of
+    their own (they survive anyway, and protection must not spread to their neighbours).
+    """
+    def content(k: int) -> bool:
+        core = word_core(text[words[k][0]:words[k][1]]).lower()
+        return bool(core) and core not in STOPWORDS and not protected[k]
+
+    groups: list[list[int]] = []
+    for k in range(len(words)):
+        if (
+            groups
+            and len(groups[-1]) < MAX_PHRASE_WORDS
+            and content(k)
+            and content(groups[-1][-1])
+            and not text[words[k - 1][1]:words[k][0]].strip()
+            and text[words[k - 1][1] - 1].isalnum()
+        ):
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
 # ---------------------------------------------------------------------------- surprisal
 
 
@@ -438,7 +475,8 @@ class SurprisalPrune:
     Cost: one forward pass of the scorer per chunk that has a kept sentence, over (prefix + chunk)
     tokens (model_prompt_tokens reports them). `granularity="word"` (default) scores a word by
     the highest surprisal of its tokens and keeps or drops whole words, which keeps multi-token
-    names intact; `"token"` keeps single tokens like LLMLingua. `query_aware=False` conditions
+    names intact, and with `cohesion` (default) whole phrases of adjacent content words (see
+    `phrases`); `"token"` keeps single tokens like LLMLingua. `query_aware=False` conditions
     on the title only, prunes each chunk to its own share, and caches surprisals per chunk.
     """
 
@@ -454,6 +492,7 @@ class SurprisalPrune:
         protect: bool = True,
         aggregate: str = "max",
         dynamic: bool = True,
+        cohesion: bool = True,
     ) -> None:
         if granularity not in ("word", "token"):
             raise ValueError(f"granularity must be 'word' or 'token', got {granularity!r}")
@@ -468,10 +507,12 @@ class SurprisalPrune:
         self.protect = protect
         self.aggregate = aggregate
         self.dynamic = dynamic
+        self.cohesion = cohesion
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "granularity": self.granularity,
-                "protect": self.protect, "aggregate": self.aggregate, "dynamic": self.dynamic}
+                "protect": self.protect, "aggregate": self.aggregate, "dynamic": self.dynamic,
+                "cohesion": self.cohesion}
 
     def prefix(self, query: str, passage: Passage) -> str:
         head = f"Question: {query}\n" if self.query_aware and query else ""
@@ -578,9 +619,14 @@ class SurprisalPrune:
             inside = (last >= sentence.span[0]) & (last < sentence.span[1])
             owner = np.where(inside, np.searchsorted(starts, last, side="right") - 1, -1)  # (T,)
             if self.granularity == "word":
-                for k, (span, size, flag) in enumerate(zip(sentence.words, sentence.sizes, sentence.protected, strict=True)):
-                    mine = surprisal[owner == k]
-                    units.append(Unit(sentence.passage, span, size, self._aggregate(mine), flag, group))
+                scores = [self._aggregate(surprisal[owner == k]) for k in range(len(sentence.words))]
+                groups = (phrases(text, sentence.words, sentence.protected) if self.cohesion
+                          else [[k] for k in range(len(sentence.words))])
+                for ks in groups:
+                    span = (sentence.words[ks[0]][0], sentence.words[ks[-1]][1])
+                    size = sum(sentence.sizes[k] for k in ks)
+                    flag = any(sentence.protected[k] for k in ks)  # only single words are protected
+                    units.append(Unit(sentence.passage, span, size, max(scores[k] for k in ks), flag, group))
             else:
                 for t in np.flatnonzero(owner >= 0):
                     a, b = int(offsets[t, 0]), int(offsets[t, 1])

@@ -27,7 +27,6 @@ from workers.compression.resources import Resources
 from workers.compression.text import (
     STOPWORDS,
     Span,
-    allocate,
     allocate_weighted,
     protected_words,
     query_keywords,
@@ -376,6 +375,10 @@ SUMMARY_QUERY = (
 SUMMARY_GENERIC = "Passage ({title}):\n{text}\n\nSummarize the passage in at most {words} words. Keep the key facts."
 # Below this many tokens a summary cannot say anything; the extractive choice does better.
 MIN_SUMMARY_TOKENS = 8
+# A chunk's share below this many tokens is passed on to the next chunk: a word or two cut from
+# a sentence ("The", a bare name) costs tokens and tells the reader nothing.
+MIN_SHARE_TOKENS = 4
+KEY_SENTENCES = 2
 _PREAMBLE = re.compile(r"^(here is|here's|sure|summary)\b[^:\n]*:\s*", re.IGNORECASE)
 
 
@@ -419,55 +422,83 @@ class Summarize:
                 "allocation": self.allocation, "temperature": self.temperature,
                 "min_key_recall": self.min_key_recall}
 
-    def faithful(self, query: str, key_sentence: str | None, summary: str) -> bool:
-        """Does the summary keep the key facts: at least `min_key_recall` of the names and numbers
-        of the chunk's most query-relevant sentence (the question's own words aside)?
+    def faithful(self, query: str, key_sentence: str | None, summary: str, *, whole: bool = False) -> bool:
+        """Does the summary keep the key facts of the chunk's most query-relevant sentence?
 
         A small model's summary often drops exactly the fact asked for while restating the
-        chunk's topic; such a summary is replaced by the extractive choice for that chunk.
+        chunk's topic ("Knowsley United" for "Knowsley United Women"), or stops after a word;
+        such a summary is replaced by the extractive choice for that chunk. The key facts are
+        the sentence's names and numbers (its content words when it has none), the question's
+        own words aside. At least `min_key_recall` of them must be in the summary; all of the
+        names and numbers when `whole` (the chunk's share could hold the key sentence verbatim,
+        so the extractive choice would have kept every one of them). A summary of fewer than two
+        words, or with no content word beyond the question's, is never faithful.
         """
-        if key_sentence is None or not self.min_key_recall:
+        if not self.min_key_recall:
             return True
         asked = query_keywords(query)
+        said = {word_core(w).lower() for w in summary.split()}
+        if len(summary.split()) < 2 or not {w for w in said if w and w not in STOPWORDS and w not in asked}:
+            return False
+        if key_sentence is None:
+            return True
         words = word_spans(key_sentence)
         flags = protected_words(key_sentence, words, set())
-        terms = {word_core(key_sentence[a:b]).lower() for (a, b), f in zip(words, flags, strict=True) if f}
-        terms = {t for t in terms if t and t not in asked and t not in STOPWORDS}
-        if not terms:
+        cores = [word_core(key_sentence[a:b]).lower() for a, b in words]
+        terms = {t for t, f in zip(cores, flags, strict=True) if f and t and t not in asked and t not in STOPWORDS}
+        # Multi-word names count as wholes too: "Knowsley United" does not keep "Knowsley United
+        # Women" (whose last word the question happens to share).
+        names, run = set(), []
+        for core, flag in [*zip(cores, flags, strict=True), ("", False)]:
+            if flag and core and not core[0].isdigit():
+                run.append(core)
+                continue
+            if len(run) > 1 and not set(run) <= asked:
+                names.add(" ".join(run))
+            run = []
+        needed = 1.0 if whole else self.min_key_recall
+        if not terms and not names:  # no names or numbers: the sentence's content words, at the plain threshold
+            terms = {t for t in cores if len(t) > 1 and t not in asked and t not in STOPWORDS}
+            needed = self.min_key_recall
+        if not terms and not names:
             return True
-        said = {word_core(w).lower() for w in summary.split()}
-        return len(terms & said) / len(terms) >= self.min_key_recall
+        text = " " + " ".join(word_core(w).lower() for w in summary.split()) + " "
+        hits = len(terms & said) + sum(f" {name} " in text for name in names)
+        return hits / (len(terms) + len(names)) >= needed
 
     def _plan(
-        self, query: str, passages: list[Passage], counts: list[int], budget: int
-    ) -> tuple[list[int], list[str], list[str | None]]:
-        """(token share per chunk, text to show the summarizer per chunk, its most relevant sentence).
+        self, query: str, passages: list[Passage]
+    ) -> tuple[list[float], list[str], list[str | None], list[Span | None]]:
+        """(allocation weight, text to show the summarizer, key sentences, best sentence's span) per chunk.
 
-        allocation="size": shares ∝ chunk size (TCRA-LLM's setting). "relevance": ∝ size ×
-        exp((relevance - best) / temperature), so the chunks that matter to the question get most
-        of the budget and off-topic ones little or none (and no model call).
-        relevance_order: the chunk's sentences most query-relevant first, because a small model's
-        "summary" mostly restates the start of its input.
+        allocation="size": every chunk weighs 1, so shares are ∝ chunk size (TCRA-LLM's
+        setting). "relevance": exp((relevance - best) / temperature), so the chunks that matter
+        to the question get most of the budget and off-topic ones little or none (and no model
+        call). relevance_order: the chunk's sentences most query-relevant first, because a small
+        model's "summary" mostly restates the start of its input.
         """
         texts = [p.text for p in passages]
         if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
-            return allocate(budget, counts), texts, [None] * len(passages)
+            return [1.0] * len(passages), texts, [None] * len(passages), [None] * len(passages)
         spans = [sentence_spans(p.text) for p in passages]
         rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
         bounds = np.cumsum([0] + [len(s) for s in spans])
         per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
-        keys = [p.text[slice(*s[int(np.argmax(r))])] if len(r) else None
+        # The key facts a summary must keep: those of the chunk's KEY_SENTENCES most relevant
+        # sentences (the best one alone often sets the scene while the next holds the answer).
+        keys = [" ".join(p.text[slice(*s[k])] for k in sorted(np.argsort(-r, kind="stable")[:KEY_SENTENCES]))
+                if len(r) else None
                 for p, s, r in zip(passages, spans, per_passage, strict=True)]
+        best_spans = [s[int(np.argmax(r))] if len(r) else None for s, r in zip(spans, per_passage, strict=True)]
         if self.relevance_order:
             texts = [
                 " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
                 for p, s, r in zip(passages, spans, per_passage, strict=True)
             ]
         if self.allocation == "size":
-            return allocate(budget, counts), texts, keys
+            return [1.0] * len(passages), texts, keys, best_spans
         best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)
-        weights = np.exp((best - best.max()) / self.temperature)
-        return allocate_weighted(budget, counts, weights.tolist()), texts, keys
+        return np.exp((best - best.max()) / self.temperature).tolist(), texts, keys, best_spans
 
     def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
@@ -509,17 +540,23 @@ class Summarize:
         budget = token_budget(target, before)
         if budget >= before:
             return identity(passages, before)
-        shares, shown, key_sentences = self._plan(query, passages, counts, budget)
-        out: list[Passage] = []
+        weights, shown, key_sentences, best_spans = self._plan(query, passages)
+        # Chunks in allocation order (heaviest first). Each takes its share of what is left; a
+        # summary shorter than its share (they often are) passes the rest on to the chunks after
+        # it instead of wasting it, and a share too small to say anything is passed on whole.
+        order = sorted(range(len(passages)), key=lambda i: -weights[i])
+        texts: dict[int, str] = {}
         kept_spans: dict[int, list[Span]] = {}
+        left = budget
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
-        for passage, count, share, text_shown, key_sentence in zip(
-            passages, counts, shares, shown, key_sentences, strict=True
-        ):
+        for pos, i in enumerate(order):
+            passage, count, text_shown, key_sentence = passages[i], counts[i], shown[i], key_sentences[i]
+            rest = order[pos:]
+            share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
             if share >= count:
                 text, spans = passage.text, [(0, len(passage.text))]
-            elif share <= 0:
+            elif share < MIN_SHARE_TOKENS:
                 text, spans = "", []
             else:
                 summary = ""
@@ -527,7 +564,10 @@ class Summarize:
                     summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, text_shown)
                     prompt_tokens, completion_tokens, model_s = (
                         prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
-                if summary and count_tokens(summary) <= share and self.faithful(query, key_sentence, summary):
+                whole = key_sentence is not None and count_tokens(key_sentence) <= share
+                if summary and count_tokens(summary) <= share and self.faithful(
+                    query, key_sentence, summary, whole=whole
+                ):
                     text, spans = summary, []
                 else:
                     # Empty, too long (tokenizers differ between the summarizer and the
@@ -540,10 +580,21 @@ class Summarize:
                     )
                     text = fallback.passages[0].text if fallback.passages else ""
                     spans = fallback.kept_spans.get(passage.chunk_id, [])
+                    best = best_spans[i]
+                    if best is not None and not any(a <= best[0] and best[1] <= b for a, b in spans):
+                        # The chunk's best sentence is longer than its share, so the extractive
+                        # choice took lesser ones whole; the best one's first words (the subject
+                        # and its facts come first) usually carry more for the question.
+                        cut = fit_words(passage.text, best, share, count_tokens)
+                        if cut is not None:
+                            text, spans = passage.text[cut[0]:cut[1]], [cut]
             kept_spans[passage.chunk_id] = spans
             if text:
-                after += count_tokens(text)
-                out.append(Passage(chunk_id=passage.chunk_id, title=passage.title, text=text))
+                used = count_tokens(text)
+                after += used
+                left = max(left - used, 0)
+                texts[i] = text
+        out = [Passage(chunk_id=p.chunk_id, title=p.title, text=texts[i]) for i, p in enumerate(passages) if i in texts]
         return CompressedContext(
             passages=out,
             tokens_before=before,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers.compression import CompressionCache, Resources, get_method
-from workers.compression.prune import SurprisalPrune
+from workers.compression.prune import SurprisalPrune, phrases
 from workers.compression.text import protected_words, query_keywords, sentence_spans, word_spans
 from workers.prompting.base import Passage
 
@@ -130,7 +130,7 @@ def test_it_never_removes_protected_words_even_past_the_budget(bow, passages):
 
 def test_it_keeps_the_highest_surprisal_words_after_the_protected_ones(bow, passages):
     target = 0.6
-    result = fake(bow, fine_keep=None).compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
+    result = fake(bow, fine_keep=None, cohesion=False).compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
     # Reference: protected words, then the longest (= most surprising) words greedily to the budget.
     protected = protected_set(passages, QUERY)
     budget = round(target * result.tokens_before)
@@ -260,3 +260,32 @@ def test_with_the_dynamic_ratio_the_most_relevant_sentence_survives_whole(bow, p
     dynamic = build().compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words)
     assert words <= kept_words(dynamic, passages)
     assert dynamic.tokens_after <= round(0.4 * dynamic.tokens_before)
+
+
+def test_phrases_join_adjacent_content_words_but_not_across_punctuation_stopwords_or_protected_words():
+    text = "The city was hit by yellow fever outbreaks, and trade with Paris fell."
+    words = word_spans(text)
+    groups = phrases(text, words, protected_words(text, words, set()))
+    assert [" ".join(text[slice(*words[k])] for k in g) for g in groups] == [
+        "The", "city", "was", "hit", "by", "yellow fever outbreaks,", "and", "trade", "with", "Paris", "fell."]
+
+
+@pytest.mark.parametrize("budget", [2, 3, 4, 5, 6, 7])
+def test_with_cohesion_a_phrase_is_kept_or_dropped_whole(bow, budget):
+    # Word length as surprisal: "yellow" (6) outranks "fever" (5), so plain word pruning can
+    # keep "yellow" and drop "fever"; as a phrase they go together.
+    passage = [Passage(chunk_id=1, title="Tourism", text="The tourism trade was hit by yellow fever outbreaks.")]
+    words = [passage[0].text[a:b] for a, b in word_spans(passage[0].text)]
+
+    def kept(**params):
+        result = fake(bow, fine_keep=None, **params).compress(
+            query="What happened?", passages=passage, target=budget, count_tokens=count_words)
+        assert result.tokens_after <= budget
+        text = " " + result.passages[0].text + " " if result.passages else ""
+        return {w for w in words if f" {w} " in text}
+
+    cohesive = kept()
+    assert ("yellow" in cohesive) == ("fever" in cohesive) == ("outbreaks." in cohesive)
+    if budget == 3:
+        plain = kept(cohesion=False)
+        assert "yellow" in plain and "fever" not in plain

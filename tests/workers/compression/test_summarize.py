@@ -28,19 +28,49 @@ def test_it_uses_a_short_summary_per_chunk_and_reports_the_model_tokens(bow, pas
     result = summarize(bow, "completed in 1889").compress(
         query=QUERY, passages=passages, target=0.5, count_tokens=count_words
     )
-    assert [p.text for p in result.passages] == ["completed in 1889"] * len(passages)
-    assert result.tokens_after == 3 * len(passages) <= round(0.5 * result.tokens_before)
+    budget = round(0.5 * result.tokens_before)
+    # The first two chunks are summarized; their short summaries leave room that passes on to
+    # the last chunk, which then fits whole (no model call for it).
+    assert [p.text for p in result.passages] == ["completed in 1889"] * 2 + [passages[2].text]
+    assert result.tokens_after == 6 + count_words(passages[2].text) <= budget
     # No original characters survive verbatim in an abstractive summary.
-    assert result.kept_spans == {p.chunk_id: [] for p in passages}
-    assert result.model_completion_tokens == 3 * len(passages)
-    assert result.model_prompt_tokens > sum(count_words(p.text) for p in passages)  # chunk + question + instruction
+    assert result.kept_spans == {11: [], 12: [], 13: [(0, len(passages[2].text))]}
+    assert result.model_completion_tokens == 3 * 2
+    assert result.model_prompt_tokens > sum(count_words(p.text) for p in passages[:2])  # chunk + question + instruction
     assert result.model == "echo" and result.compute_s > 0
+
+
+def test_what_a_short_summary_leaves_of_its_share_goes_to_the_next_chunk(bow, passages):
+    seen = []
+    method = summarize(bow, "completed in 1889")
+    original = method._summarize
+
+    def spy(query, passage, budget, shown):
+        seen.append((passage.chunk_id, budget))
+        return original(query, passage, budget, shown)
+
+    method._summarize = spy
+    counts = [count_words(p.text) for p in passages]
+    method.compress(query=QUERY, passages=passages, target=0.3, count_tokens=count_words)
+    budget = round(0.3 * sum(counts))
+    first, second = allocate(budget, counts)[:2]
+    assert seen[0] == (11, first)
+    # The second chunk's share is taken from the budget less the 3 tokens used, not from the plan.
+    assert seen[1][0] == 12 and seen[1][1] == allocate(budget - 3, counts[1:])[0] > second
+
+
+def test_it_passes_on_a_share_too_small_to_say_anything(bow, passages):
+    # 5 tokens for three chunks: no chunk is cut to a word or two; the budget goes to one chunk.
+    result = summarize(bow, "").compress(query=QUERY, passages=passages, target=5, count_tokens=count_words)
+    assert result.tokens_after <= 5
+    assert len(result.passages) == 1 and count_words(result.passages[0].text) >= 4, result.passages
 
 
 def test_it_caps_each_summary_at_the_chunks_share_of_the_budget(bow, passages):
     long_reply = " ".join(["word"] * 500)
     result = summarize(bow, long_reply).compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
     shares = allocate(round(0.5 * result.tokens_before), [count_words(p.text) for p in passages])
+    # Every summary is cut at its share exactly, so nothing is left over to pass on.
     assert [count_words(p.text) for p in result.passages] == shares
 
 
@@ -50,10 +80,9 @@ def test_it_falls_back_to_extractive_when_the_summary_is_empty_or_too_long(bow, 
         return 2 * count_words(text)
 
     result = summarize(bow, reply).compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_double)
-    shares = allocate(round(0.5 * result.tokens_before), [count_double(p.text) for p in passages])
+    assert result.passages and result.tokens_after <= round(0.5 * result.tokens_before)
     by_id = {p.chunk_id: p for p in passages}
-    for out, share in zip(result.passages, shares, strict=False):
-        assert count_double(out.text) <= share
+    for out in result.passages:
         spans = result.kept_spans[out.chunk_id]
         assert spans and out.text == " ".join(by_id[out.chunk_id].text[a:b] for a, b in spans)
 
@@ -117,3 +146,29 @@ def test_it_rejects_a_summary_that_drops_the_key_sentences_names_and_numbers(bow
     # Replaced by the chunk's extractive choice: original sentences, the answer among them.
     assert vague.kept_spans[11] and "1889" in vague.passages[0].text
     assert vague.model_completion_tokens > 0  # the rejected summary was still paid for
+
+
+
+def test_a_summary_must_keep_every_name_and_number_when_the_key_sentence_would_fit(bow):
+    method = summarize(bow, "unused", min_key_recall=0.5)
+    key = "Knowsley United Women lost the 1994 final to Doncaster Belles."
+    query = "Who did the Doncaster Belles play in the 1994 final?"
+    partial = "Knowsley United lost the final."
+    assert method.faithful(query, key, partial)  # half of the names: enough when the sentence cannot fit
+    assert not method.faithful(query, key, partial, whole=True)  # the extractive choice would keep "Women"
+    assert method.faithful(query, key, "Knowsley United Women lost the final.", whole=True)
+
+
+@pytest.mark.parametrize("reply", ["The", "Doncaster", "the Doncaster Belles"])
+def test_a_summary_of_a_word_or_of_the_questions_own_words_is_not_faithful(bow, reply):
+    method = summarize(bow, "unused", min_key_recall=0.5)
+    assert not method.faithful("Who did the Doncaster Belles play?", None, reply)
+
+def test_a_rejected_summary_keeps_the_first_words_of_the_best_sentence_when_it_does_not_fit(bow, passages):
+    eiffel = passages[:1]
+    # 7 tokens: the best sentence (10 words, with the year) does not fit whole; the plain
+    # extractive choice would be the short "It is 330 metres tall." instead.
+    result = summarize(bow, "").compress(query=QUERY, passages=eiffel, target=7, count_tokens=count_words)
+    assert result.passages[0].text == "The tower was completed in 1889 for"
+    (a, b), = result.kept_spans[11]
+    assert eiffel[0].text[a:b] == result.passages[0].text and result.tokens_after == 7
