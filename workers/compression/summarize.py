@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -422,17 +422,18 @@ class Summarize:
                 "allocation": self.allocation, "temperature": self.temperature,
                 "min_key_recall": self.min_key_recall}
 
-    def faithful(self, query: str, key_sentence: str | None, summary: str, *, whole: bool = False) -> bool:
-        """Does the summary keep the key facts of the chunk's most query-relevant sentence?
+    def faithful(self, query: str, key_sentences: Sequence[str], summary: str, *, fits: int = 0) -> bool:
+        """Does the summary keep the key facts of the chunk's most query-relevant sentences?
 
         A small model's summary often drops exactly the fact asked for while restating the
         chunk's topic ("Knowsley United" for "Knowsley United Women"), or stops after a word;
         such a summary is replaced by the extractive choice for that chunk. The key facts are
-        the sentence's names and numbers (its content words when it has none), the question's
-        own words aside. At least `min_key_recall` of them must be in the summary; all of the
-        names and numbers when `whole` (the chunk's share could hold the key sentence verbatim,
-        so the extractive choice would have kept every one of them). A summary of fewer than two
-        words, or with no content word beyond the question's, is never faithful.
+        the names and numbers of `key_sentences` (best first; their content words when they have
+        none), the question's own words aside. Every one of those in the first `fits` sentences
+        must be in the summary (the chunk's share could hold those sentences verbatim, so the
+        extractive choice would have kept them all), and at least `min_key_recall` of all. A
+        summary of fewer than two words, or with no content word beyond the question's, is never
+        faithful.
         """
         if not self.min_key_recall:
             return True
@@ -440,35 +441,49 @@ class Summarize:
         said = {word_core(w).lower() for w in summary.split()}
         if len(summary.split()) < 2 or not {w for w in said if w and w not in STOPWORDS and w not in asked}:
             return False
-        if key_sentence is None:
-            return True
-        words = word_spans(key_sentence)
-        flags = protected_words(key_sentence, words, set())
-        cores = [word_core(key_sentence[a:b]).lower() for a, b in words]
-        terms = {t for t, f in zip(cores, flags, strict=True) if f and t and t not in asked and t not in STOPWORDS}
-        # Multi-word names count as wholes too: "Knowsley United" does not keep "Knowsley United
-        # Women" (whose last word the question happens to share).
-        names, run = set(), []
-        for core, flag in [*zip(cores, flags, strict=True), ("", False)]:
-            if flag and core and not core[0].isdigit():
-                run.append(core)
-                continue
-            if len(run) > 1 and not set(run) <= asked:
-                names.add(" ".join(run))
-            run = []
-        needed = 1.0 if whole else self.min_key_recall
-        if not terms and not names:  # no names or numbers: the sentence's content words, at the plain threshold
-            terms = {t for t in cores if len(t) > 1 and t not in asked and t not in STOPWORDS}
-            needed = self.min_key_recall
-        if not terms and not names:
-            return True
         text = " " + " ".join(word_core(w).lower() for w in summary.split()) + " "
-        hits = len(terms & said) + sum(f" {name} " in text for name in names)
-        return hits / (len(terms) + len(names)) >= needed
+        facts = [self._key_facts(sentence, asked) for sentence in key_sentences]
+        if not any(facts):  # no names or numbers: the content words, at the plain threshold
+            facts = [{t for t in (word_core(w).lower() for w in sentence.split())
+                      if len(t) > 1 and t not in asked and t not in STOPWORDS} for sentence in key_sentences]
+            fits = 0
+        every = set().union(*facts) if facts else set()
+        if not every:
+            return True
+
+        def kept(fact: str) -> bool:
+            return f" {fact} " in text if " " in fact else fact in said
+
+        required = set().union(*facts[:fits]) if fits else set()
+        if not all(kept(f) for f in required):
+            return False
+        return sum(kept(f) for f in every) / len(every) >= self.min_key_recall
+
+    @staticmethod
+    def _key_facts(sentence: str, asked: set[str]) -> set[str]:
+        """A sentence's names and numbers as lower-cased words, plus its multi-word names whole
+        ("Knowsley United" does not keep "Knowsley United Women", whose last word the question
+        happens to share)."""
+        words = word_spans(sentence)
+        flags = protected_words(sentence, words, set())
+        cores = [word_core(sentence[a:b]).lower() for a, b in words]
+        facts = {t for t, f in zip(cores, flags, strict=True) if f and t and t not in asked and t not in STOPWORDS}
+        runs: list[list[str]] = [[]]
+        for (a, b), core, flag in zip(words, cores, flags, strict=True):
+            raw = sentence[a:b]
+            name_word = flag and core and not core[0].isdigit() and (core not in STOPWORDS or core in ("of", "the"))
+            if not name_word or raw[0] in "([{\"'“‘":
+                runs.append([])  # a name ends at a plain word ("and"), an opening bracket or quote
+            if name_word:
+                runs[-1].append(core)
+                if raw[-1] in ",.;:!?)]}\"'”’":
+                    runs.append([])  # ... and at its own closing punctuation
+        facts |= {" ".join(run) for run in runs if len(run) > 1 and not set(run) <= asked}
+        return facts
 
     def _plan(
         self, query: str, passages: list[Passage]
-    ) -> tuple[list[float], list[str], list[str | None], list[Span | None]]:
+    ) -> tuple[list[float], list[str], list[list[str]], list[Span | None]]:
         """(allocation weight, text to show the summarizer, key sentences, best sentence's span) per chunk.
 
         allocation="size": every chunk weighs 1, so shares are ∝ chunk size (TCRA-LLM's
@@ -479,15 +494,14 @@ class Summarize:
         """
         texts = [p.text for p in passages]
         if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
-            return [1.0] * len(passages), texts, [None] * len(passages), [None] * len(passages)
+            return [1.0] * len(passages), texts, [[] for _ in passages], [None] * len(passages)
         spans = [sentence_spans(p.text) for p in passages]
         rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
         bounds = np.cumsum([0] + [len(s) for s in spans])
         per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
         # The key facts a summary must keep: those of the chunk's KEY_SENTENCES most relevant
         # sentences (the best one alone often sets the scene while the next holds the answer).
-        keys = [" ".join(p.text[slice(*s[k])] for k in sorted(np.argsort(-r, kind="stable")[:KEY_SENTENCES]))
-                if len(r) else None
+        keys = [[p.text[slice(*s[k])] for k in np.argsort(-r, kind="stable")[:KEY_SENTENCES]]
                 for p, s, r in zip(passages, spans, per_passage, strict=True)]
         best_spans = [s[int(np.argmax(r))] if len(r) else None for s, r in zip(spans, per_passage, strict=True)]
         if self.relevance_order:
@@ -527,6 +541,9 @@ class Summarize:
             wall_time_limit_s=self.resources.generation_time_limit_s,
         )
         text = _PREAMBLE.sub("", result.text.strip()).strip()
+        if result.completion_tokens >= budget and " " in text and not text.endswith((".", "!", "?", '"', ")")):
+            # Cut at the token cap: the last word may be a fragment ("Lombard" for "Lombardy").
+            text = text.rsplit(" ", 1)[0].rstrip(",;:")
         if key is not None and cache is not None and text:
             cache.put_json(key, {"text": text})
         return text, result.prompt_tokens, result.completion_tokens, result.compute_s
@@ -551,7 +568,7 @@ class Summarize:
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
         for pos, i in enumerate(order):
-            passage, count, text_shown, key_sentence = passages[i], counts[i], shown[i], key_sentences[i]
+            passage, count, text_shown, keys = passages[i], counts[i], shown[i], key_sentences[i]
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
             if share >= count:
@@ -564,10 +581,10 @@ class Summarize:
                     summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, text_shown)
                     prompt_tokens, completion_tokens, model_s = (
                         prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
-                whole = key_sentence is not None and count_tokens(key_sentence) <= share
-                if summary and count_tokens(summary) <= share and self.faithful(
-                    query, key_sentence, summary, whole=whole
-                ):
+                # How many of the key sentences (best first) the share could hold verbatim.
+                sizes = np.cumsum([count_tokens(k) for k in keys]) if keys else np.zeros(0)
+                fits = int((sizes <= share).sum())
+                if summary and count_tokens(summary) <= share and self.faithful(query, keys, summary, fits=fits):
                     text, spans = summary, []
                 else:
                     # Empty, too long (tokenizers differ between the summarizer and the

@@ -69,9 +69,14 @@ def test_it_passes_on_a_share_too_small_to_say_anything(bow, passages):
 def test_it_caps_each_summary_at_the_chunks_share_of_the_budget(bow, passages):
     long_reply = " ".join(["word"] * 500)
     result = summarize(bow, long_reply).compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
-    shares = allocate(round(0.5 * result.tokens_before), [count_words(p.text) for p in passages])
-    # Every summary is cut at its share exactly, so nothing is left over to pass on.
-    assert [count_words(p.text) for p in result.passages] == shares
+    budget = round(0.5 * result.tokens_before)
+    counts = [count_words(p.text) for p in passages]
+    # Every summary is cut at its share, less the last word (maybe a fragment at the cap), which
+    # then passes on to the next chunk's share.
+    first = allocate(budget, counts)[0]
+    second = allocate(budget - (first - 1), counts[1:])[0]
+    assert [count_words(p.text) for p in result.passages][:2] == [first - 1, second - 1]
+    assert result.tokens_after <= budget
 
 
 @pytest.mark.parametrize("reply", ["", "tok " * 200])
@@ -154,15 +159,26 @@ def test_a_summary_must_keep_every_name_and_number_when_the_key_sentence_would_f
     key = "Knowsley United Women lost the 1994 final to Doncaster Belles."
     query = "Who did the Doncaster Belles play in the 1994 final?"
     partial = "Knowsley United lost the final."
-    assert method.faithful(query, key, partial)  # half of the names: enough when the sentence cannot fit
-    assert not method.faithful(query, key, partial, whole=True)  # the extractive choice would keep "Women"
-    assert method.faithful(query, key, "Knowsley United Women lost the final.", whole=True)
+    assert method.faithful(query, [key], partial)  # half of the names: enough when the sentence cannot fit
+    assert not method.faithful(query, [key], partial, fits=1)  # the extractive choice would keep "Women"
+    assert method.faithful(query, [key], "Knowsley United Women lost the final.", fits=1)
+
+
+def test_every_fact_of_the_key_sentences_that_fit_must_stay_and_half_of_the_rest():
+    method = summarize(None, "unused", min_key_recall=0.5)
+    query = "What Italian region does Slinzega come from?"
+    keys = ["The Insubres were a Gaulish population settled in Insubria, now the region of Lombardy.",
+            "They were the founders of Mediolanum (Milan)."]
+    cut = "The Insubres were a Gaulish population settled in Insubria, now the region of"
+    assert method.faithful(query, keys, cut)  # 4 of 6 facts
+    assert not method.faithful(query, keys, cut, fits=1)  # the best sentence would fit: "Lombardy" must stay
+    assert method.faithful(query, keys, "The Gaulish Insubres of Insubria lived in Lombardy.", fits=1)
 
 
 @pytest.mark.parametrize("reply", ["The", "Doncaster", "the Doncaster Belles"])
 def test_a_summary_of_a_word_or_of_the_questions_own_words_is_not_faithful(bow, reply):
     method = summarize(bow, "unused", min_key_recall=0.5)
-    assert not method.faithful("Who did the Doncaster Belles play?", None, reply)
+    assert not method.faithful("Who did the Doncaster Belles play?", [], reply)
 
 def test_a_rejected_summary_keeps_the_first_words_of_the_best_sentence_when_it_does_not_fit(bow, passages):
     eiffel = passages[:1]
