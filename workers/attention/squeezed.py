@@ -74,7 +74,9 @@ class SqueezedConfig:
     window: int = 64  # last fixed-context tokens always attended
     sink: int = 4  # first fixed-context tokens always attended (attention sinks; not in the paper)
     dense_layers: int = 0  # the first layers attend every key (flat attention there; measured)
-    sparse_prefill: bool = True  # the user's tokens use the centroid lookup too (as in the paper)
+    # The question's own rows attend every fixed key: measured on 12 L-Eval questions at 4k, their
+    # centroid lookup cut answer agreement from 0.93 to 0.6x and was no faster on CPU.
+    sparse_prefill: bool = False
     calibration: str = "global"  # global | layer | head: one threshold, one per layer, one per (layer, head)
     n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
     hierarchical: bool = False

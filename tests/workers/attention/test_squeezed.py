@@ -48,7 +48,7 @@ def test_clusters_group_keys_by_direction_not_by_norm():
 @pytest.mark.parametrize("hierarchical", [False, True])
 @pytest.mark.parametrize("q_len", [1, 4])
 def test_it_equals_full_attention_when_every_cluster_is_kept(random_context, user_step, hierarchical, q_len):
-    state, fixed = _state(random_context, keep_fraction=1.0, hierarchical=hierarchical)
+    state, fixed = _state(random_context, keep_fraction=1.0, hierarchical=hierarchical, sparse_prefill=True)
     query, key, value, mask = user_step(q_len=q_len)
     for layer in range(fixed.n_layers):
         out = state.attend(layer, query, key, value, mask, SCALE)
@@ -61,7 +61,8 @@ def test_it_equals_full_attention_when_every_cluster_is_kept(random_context, use
 @pytest.mark.parametrize("q_len", [1, 2])  # 1: the batched decoding step; 2: the question's rows
 def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_and_user_tokens(
         random_context, user_step, q_len, calibration):
-    state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2, calibration=calibration)
+    state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2, calibration=calibration,
+                          sparse_prefill=True)
     query, key, value, mask = user_step(q_len=q_len, u_len=4)
     layer = 1
     out = state.attend(layer, query, key, value, mask, SCALE)
@@ -120,6 +121,19 @@ def test_the_calibrated_threshold_keeps_about_the_requested_share_on_the_proxy_q
         sizes = index.log_sizes[layer].exp().repeat_interleave(3, 0)[:, None, :]  # (H, 1, C)
         kept.append(float((keep_c * sizes).sum() / (keep_c.shape[0] * keep_c.shape[1] * index.n_clustered)))
     assert np.mean(kept) == pytest.approx(0.1, abs=0.03)
+
+
+def test_the_questions_rows_attend_every_key_unless_sparse_prefill_is_on(random_context, user_step):
+    query, key, value, mask = user_step(q_len=4)
+    dense, fixed = _state(random_context, keep_fraction=0.1)
+    sparse, _ = _state(random_context, keep_fraction=0.1, sparse_prefill=True)
+    torch.testing.assert_close(dense.attend(0, query, key, value, mask, SCALE),
+                               FullAttention(fixed).attend(0, query, key, value, mask, SCALE), atol=1e-4, rtol=0)
+    sparse.attend(0, query, key, value, mask, SCALE)
+    assert sparse.stats.fraction("prefill") < 0.9 < dense.stats.fraction("prefill") == 1.0
+    # Decoding steps use the centroid lookup either way.
+    dense.attend(0, *user_step(q_len=1), SCALE)
+    assert dense.stats.fraction("decode") < 0.9
 
 
 def test_a_tighter_budget_attends_fewer_keys(random_context, user_step):
