@@ -74,8 +74,9 @@ class SqueezedConfig:
     window: int = 64  # last fixed-context tokens always attended
     sink: int = 4  # first fixed-context tokens always attended (attention sinks; not in the paper)
     dense_layers: int = 0  # the first layers attend every key (flat attention there; measured)
-    # The question's own rows attend every fixed key: measured on 12 L-Eval questions at 4k, their
-    # centroid lookup cut answer agreement from 0.93 to 0.6x and was no faster on CPU.
+    # The question's own rows attend every fixed key: measured on 12 L-Eval questions, sending
+    # them through the centroid lookup cut answer agreement from 0.93 to 0.53 (4k) and from 0.95
+    # to 0.92 (8k), and that prefill took 2.1-2.6x as long on CPU (docs/benchmarks-attention.md).
     sparse_prefill: bool = False
     calibration: str = "global"  # global | layer | head: one threshold, one per layer, one per (layer, head)
     n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
