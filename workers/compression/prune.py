@@ -157,11 +157,13 @@ def finish(
 
     result = assemble()
     droppable = sorted((i for i, k in enumerate(keep) if k and not units[i].protected), key=lambda i: units[i].score)
-    while result.tokens_after > budget and droppable:
+    next_drop = 0  # droppable[:next_drop] are dropped already
+    while result.tokens_after > budget and next_drop < len(droppable):
         # Drop about the excess at once (by the units' own sizes), then re-measure.
         excess = result.tokens_after - budget
-        while droppable and excess > 0:
-            i = droppable.pop(0)
+        while next_drop < len(droppable) and excess > 0:
+            i = droppable[next_drop]
+            next_drop += 1
             keep[i] = False
             excess -= units[i].size
         result = assemble()
@@ -439,17 +441,15 @@ def phrases(text: str, words: Sequence[Span], protected: Sequence[bool]) -> list
     most surprising word, the phrase is kept or dropped whole. Protected words stay units of
     their own (they survive anyway, and protection must not spread to their neighbours).
     """
-    def content(k: int) -> bool:
-        core = word_core(text[words[k][0]:words[k][1]]).lower()
-        return bool(core) and core not in STOPWORDS and not protected[k]
-
+    cores = [word_core(text[a:b]).lower() for a, b in words]
+    content = [bool(c) and c not in STOPWORDS and not p for c, p in zip(cores, protected, strict=True)]
     groups: list[list[int]] = []
     for k in range(len(words)):
         if (
             groups
             and len(groups[-1]) < MAX_PHRASE_WORDS
-            and content(k)
-            and content(groups[-1][-1])
+            and content[k]
+            and content[k - 1]
             and not text[words[k - 1][1]:words[k][0]].strip()
             and text[words[k - 1][1] - 1].isalnum()
         ):

@@ -438,24 +438,23 @@ class Summarize:
         if not self.min_key_recall:
             return True
         asked = query_keywords(query)
-        said = {word_core(w).lower() for w in summary.split()}
-        if len(summary.split()) < 2 or not {w for w in said if w and w not in STOPWORDS and w not in asked}:
+        cores = [word_core(w).lower() for w in summary.split()]
+        said = set(cores)
+        if len(cores) < 2 or not {w for w in said if w and w not in STOPWORDS and w not in asked}:
             return False
-        text = " " + " ".join(word_core(w).lower() for w in summary.split()) + " "
+        text = " " + " ".join(cores) + " "
         facts = [self._key_facts(sentence, asked) for sentence in key_sentences]
         if not any(facts):  # no names or numbers: the content words, at the plain threshold
-            facts = [{t for t in (word_core(w).lower() for w in sentence.split())
-                      if len(t) > 1 and t not in asked and t not in STOPWORDS} for sentence in key_sentences]
+            facts = [query_keywords(sentence) - asked for sentence in key_sentences]
             fits = 0
-        every = set().union(*facts) if facts else set()
+        every = set().union(*facts)
         if not every:
             return True
 
         def kept(fact: str) -> bool:
             return f" {fact} " in text if " " in fact else fact in said
 
-        required = set().union(*facts[:fits]) if fits else set()
-        if not all(kept(f) for f in required):
+        if not all(kept(f) for f in set().union(*facts[:fits])):
             return False
         return sum(kept(f) for f in every) / len(every) >= self.min_key_recall
 
@@ -483,8 +482,8 @@ class Summarize:
 
     def _plan(
         self, query: str, passages: list[Passage]
-    ) -> tuple[list[float], list[str], list[list[str]], list[Span | None]]:
-        """(allocation weight, text to show the summarizer, key sentences, best sentence's span) per chunk.
+    ) -> tuple[list[float], list[str], list[list[Span]]]:
+        """(allocation weight, text to show the summarizer, its key sentences' spans best first) per chunk.
 
         allocation="size": every chunk weighs 1, so shares are ∝ chunk size (TCRA-LLM's
         setting). "relevance": exp((relevance - best) / temperature), so the chunks that matter
@@ -494,25 +493,23 @@ class Summarize:
         """
         texts = [p.text for p in passages]
         if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
-            return [1.0] * len(passages), texts, [[] for _ in passages], [None] * len(passages)
+            return [1.0] * len(passages), texts, [[] for _ in passages]
         spans = [sentence_spans(p.text) for p in passages]
         rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
         bounds = np.cumsum([0] + [len(s) for s in spans])
         per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
         # The key facts a summary must keep: those of the chunk's KEY_SENTENCES most relevant
         # sentences (the best one alone often sets the scene while the next holds the answer).
-        keys = [[p.text[slice(*s[k])] for k in np.argsort(-r, kind="stable")[:KEY_SENTENCES]]
-                for p, s, r in zip(passages, spans, per_passage, strict=True)]
-        best_spans = [s[int(np.argmax(r))] if len(r) else None for s, r in zip(spans, per_passage, strict=True)]
+        keys = [[s[k] for k in np.argsort(-r, kind="stable")[:KEY_SENTENCES]] for s, r in zip(spans, per_passage, strict=True)]
         if self.relevance_order:
             texts = [
                 " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
                 for p, s, r in zip(passages, spans, per_passage, strict=True)
             ]
         if self.allocation == "size":
-            return [1.0] * len(passages), texts, keys, best_spans
+            return [1.0] * len(passages), texts, keys
         best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)
-        return np.exp((best - best.max()) / self.temperature).tolist(), texts, keys, best_spans
+        return np.exp((best - best.max()) / self.temperature).tolist(), texts, keys
 
     def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
@@ -557,7 +554,7 @@ class Summarize:
         budget = token_budget(target, before)
         if budget >= before:
             return identity(passages, before)
-        weights, shown, key_sentences, best_spans = self._plan(query, passages)
+        weights, shown, key_spans = self._plan(query, passages)
         # Chunks in allocation order (heaviest first). Each takes its share of what is left; a
         # summary shorter than its share (they often are) passes the rest on to the chunks after
         # it instead of wasting it, and a share too small to say anything is passed on whole.
@@ -568,7 +565,8 @@ class Summarize:
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
         for pos, i in enumerate(order):
-            passage, count, text_shown, keys = passages[i], counts[i], shown[i], key_sentences[i]
+            passage, count, text_shown = passages[i], counts[i], shown[i]
+            keys = [passage.text[a:b] for a, b in key_spans[i]]
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
             if share >= count:
@@ -597,7 +595,7 @@ class Summarize:
                     )
                     text = fallback.passages[0].text if fallback.passages else ""
                     spans = fallback.kept_spans.get(passage.chunk_id, [])
-                    best = best_spans[i]
+                    best = key_spans[i][0] if key_spans[i] else None
                     if best is not None and not any(a <= best[0] and best[1] <= b for a, b in spans):
                         # The chunk's best sentence is longer than its share, so the extractive
                         # choice took lesser ones whole; the best one's first words (the subject
