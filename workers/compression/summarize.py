@@ -482,8 +482,9 @@ class Summarize:
 
     def _plan(
         self, query: str, passages: list[Passage]
-    ) -> tuple[list[float], list[str], list[list[Span]]]:
-        """(allocation weight, text to show the summarizer, its key sentences' spans best first) per chunk.
+    ) -> tuple[list[float], list[str], list[list[Span]], list[float]]:
+        """(allocation weight, text to show the summarizer, its key sentences' spans best first,
+        its best sentence's relevance) per chunk.
 
         allocation="size": every chunk weighs 1, so shares are ∝ chunk size (TCRA-LLM's
         setting). "relevance": exp((relevance - best) / temperature), so the chunks that matter
@@ -493,7 +494,7 @@ class Summarize:
         """
         texts = [p.text for p in passages]
         if not (self.query_aware and (self.relevance_order or self.allocation == "relevance")):
-            return [1.0] * len(passages), texts, [[] for _ in passages]
+            return [1.0] * len(passages), texts, [[] for _ in passages], [0.0] * len(passages)
         spans = [sentence_spans(p.text) for p in passages]
         rel, _ = self.extractive.relevance(query, passages, spans)  # (S,) in passage order
         bounds = np.cumsum([0] + [len(s) for s in spans])
@@ -506,10 +507,10 @@ class Summarize:
                 " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
                 for p, s, r in zip(passages, spans, per_passage, strict=True)
             ]
-        if self.allocation == "size":
-            return [1.0] * len(passages), texts, keys
         best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)
-        return np.exp((best - best.max()) / self.temperature).tolist(), texts, keys
+        if self.allocation == "size":
+            return [1.0] * len(passages), texts, keys, best.tolist()
+        return np.exp((best - best.max()) / self.temperature).tolist(), texts, keys, best.tolist()
 
     def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
         """(summary, prompt tokens, completion tokens, compute seconds) for one chunk; a cache hit costs 0."""
@@ -545,6 +546,28 @@ class Summarize:
             cache.put_json(key, {"text": text})
         return text, result.prompt_tokens, result.completion_tokens, result.compute_s
 
+    def _fallback(
+        self,
+        query: str,
+        passages: list[Passage],
+        budget: int,
+        key_spans: list[list[Span]],
+        best_relevance: list[float],
+        count_tokens: Callable[[str], int],
+    ) -> CompressedContext:
+        """The extractive choice over `passages` (the chunks left without a summary) in `budget` tokens."""
+        top = int(np.argmax(best_relevance))
+        if key_spans[top]:
+            best = key_spans[top][0]
+            if count_tokens(passages[top].text[best[0] : best[1]]) > budget:
+                # The most relevant sentence is longer than the whole budget, so the extractive
+                # choice would take lesser sentences whole; its first words (the subject and its
+                # facts come first) usually carry more for the question.
+                cut = fit_words(passages[top].text, best, budget, count_tokens)
+                if cut is not None:
+                    return build([passages[top]], {0: [cut]}, count_tokens, 0)
+        return self.extractive.compress(query=query, passages=passages, target=float(budget), count_tokens=count_tokens)
+
     def compress(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
     ) -> CompressedContext:
@@ -554,61 +577,62 @@ class Summarize:
         budget = token_budget(target, before)
         if budget >= before:
             return identity(passages, before)
-        weights, shown, key_spans = self._plan(query, passages)
+        weights, shown, key_spans, best_relevance = self._plan(query, passages)
         # Chunks in allocation order (heaviest first). Each takes its share of what is left; a
         # summary shorter than its share (they often are) passes the rest on to the chunks after
         # it instead of wasting it, and a share too small to say anything is passed on whole.
         order = sorted(range(len(passages)), key=lambda i: -weights[i])
         texts: dict[int, str] = {}
-        kept_spans: dict[int, list[Span]] = {}
+        kept_spans: dict[int, list[Span]] = {p.chunk_id: [] for p in passages}
+        deferred: list[int] = []  # chunks left to the extractive fallback, with the budget they leave
         left = budget
         after = prompt_tokens = completion_tokens = 0
         model_s = 0.0
         for pos, i in enumerate(order):
-            passage, count, text_shown = passages[i], counts[i], shown[i]
+            passage, count = passages[i], counts[i]
             keys = [passage.text[a:b] for a, b in key_spans[i]]
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
             if share >= count:
-                text, spans = passage.text, [(0, len(passage.text))]
-            elif share < MIN_SHARE_TOKENS:
-                text, spans = "", []
-            else:
-                summary = ""
-                if share >= MIN_SUMMARY_TOKENS:
-                    summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, text_shown)
-                    prompt_tokens, completion_tokens, model_s = (
-                        prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
-                # How many of the key sentences (best first) the share could hold verbatim.
-                sizes = np.cumsum([count_tokens(k) for k in keys]) if keys else np.zeros(0)
-                fits = int((sizes <= share).sum())
-                if summary and count_tokens(summary) <= share and self.faithful(query, keys, summary, fits=fits):
-                    text, spans = summary, []
-                else:
-                    # Empty, too long (tokenizers differ between the summarizer and the
-                    # pipeline), unfaithful (lost the key sentence's names and numbers), or too
-                    # small a budget to summarize: keep the best sentences.
-                    # A target > 1 is a token budget; a budget of 1 token must be given as a share.
-                    one = float(share) if share > 1 else 1.0 / count
-                    fallback = self.extractive.compress(
-                        query=query, passages=[passage], target=one, count_tokens=count_tokens
-                    )
-                    text = fallback.passages[0].text if fallback.passages else ""
-                    spans = fallback.kept_spans.get(passage.chunk_id, [])
-                    best = key_spans[i][0] if key_spans[i] else None
-                    if best is not None and not any(a <= best[0] and best[1] <= b for a, b in spans):
-                        # The chunk's best sentence is longer than its share, so the extractive
-                        # choice took lesser ones whole; the best one's first words (the subject
-                        # and its facts come first) usually carry more for the question.
-                        cut = fit_words(passage.text, best, share, count_tokens)
-                        if cut is not None:
-                            text, spans = passage.text[cut[0]:cut[1]], [cut]
-            kept_spans[passage.chunk_id] = spans
-            if text:
-                used = count_tokens(text)
+                texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]
+                after += count
+                left = max(left - count, 0)
+                continue
+            if share < MIN_SHARE_TOKENS:
+                deferred.append(i)  # its share passes on; its sentences stay candidates of the fallback
+                continue
+            summary = ""
+            if share >= MIN_SUMMARY_TOKENS:
+                summary, p_tokens, c_tokens, seconds = self._summarize(query, passage, share, shown[i])
+                prompt_tokens, completion_tokens, model_s = (
+                    prompt_tokens + p_tokens, completion_tokens + c_tokens, model_s + seconds)
+            # How many of the key sentences (best first) the share could hold verbatim.
+            sizes = np.cumsum([count_tokens(k) for k in keys]) if keys else np.zeros(0)
+            fits = int((sizes <= share).sum())
+            if summary and count_tokens(summary) <= share and self.faithful(query, keys, summary, fits=fits):
+                used = count_tokens(summary)
+                texts[i] = summary
                 after += used
                 left = max(left - used, 0)
-                texts[i] = text
+            else:
+                # Empty, too long (tokenizers differ between the summarizer and the pipeline),
+                # unfaithful (lost the key sentences' names and numbers), or too small a budget
+                # to summarize: the chunk's share is set aside for the extractive fallback.
+                deferred.append(i)
+                left = max(left - share, 0)
+        if deferred and budget - after >= MIN_SHARE_TOKENS:
+            # One extractive choice over every chunk without a summary, with all the budget the
+            # summaries left: a choice per chunk spends each share on that chunk's best sentences
+            # even where another chunk's sentence matters more (measured: the per-chunk fallback
+            # lost to truncation where extractive over all chunks did not).
+            fallback = self._fallback(query, [passages[i] for i in sorted(deferred)], budget - after,
+                                      [key_spans[i] for i in sorted(deferred)],
+                                      [best_relevance[i] for i in sorted(deferred)], count_tokens)
+            index = {p.chunk_id: i for i, p in enumerate(passages)}
+            for kept in fallback.passages:
+                texts[index[kept.chunk_id]] = kept.text
+                kept_spans[kept.chunk_id] = fallback.kept_spans[kept.chunk_id]
+                after += count_tokens(kept.text)
         out = [Passage(chunk_id=p.chunk_id, title=p.title, text=texts[i]) for i, p in enumerate(passages) if i in texts]
         return CompressedContext(
             passages=out,

@@ -188,3 +188,35 @@ def test_a_rejected_summary_keeps_the_first_words_of_the_best_sentence_when_it_d
     assert result.passages[0].text == "The tower was completed in 1889 for"
     (a, b), = result.kept_spans[11]
     assert eiffel[0].text[a:b] == result.passages[0].text and result.tokens_after == 7
+
+
+def test_rejected_summaries_share_one_extractive_choice_over_their_chunks(bow, passages):
+    # Every summary is empty, so every chunk is left to the fallback: one extractive choice over
+    # all of them with the whole budget, not a choice per chunk that would spend the cheese
+    # chunk's share on cheese.
+    result = summarize(bow, "").compress(query=QUERY, passages=passages, target=0.3, count_tokens=count_words)
+    extractive = get_method("extractive", resources=Resources(embedder=bow)).compress(
+        query=QUERY, passages=passages, target=float(round(0.3 * result.tokens_before)), count_tokens=count_words)
+    assert result.passages == extractive.passages and result.kept_spans == extractive.kept_spans
+    assert 13 not in [p.chunk_id for p in result.passages]
+    assert any("1889" in p.text for p in result.passages)
+    assert result.model_completion_tokens == 0 and result.model_prompt_tokens > 0  # the empty replies were paid
+
+
+def test_an_accepted_summary_leaves_the_rest_of_the_budget_to_the_fallback(bow, passages):
+    calls = []
+
+    def reply_for(query, passage, budget, shown):
+        calls.append(passage.chunk_id)
+        text = "Completed in 1889." if passage.chunk_id == 11 else ""
+        return text, 10, len(text.split()), 0.01
+
+    method = summarize(bow, "unused")
+    method._summarize = reply_for
+    result = method.compress(query=QUERY, passages=passages, target=0.3, count_tokens=count_words)
+    budget = round(0.3 * result.tokens_before)
+    assert result.passages[0].text == "Completed in 1889." and result.kept_spans[11] == []
+    rest = get_method("extractive", resources=Resources(embedder=bow)).compress(
+        query=QUERY, passages=passages[1:], target=float(budget - 3), count_tokens=count_words)
+    assert result.passages[1:] == rest.passages
+    assert result.tokens_after <= budget
