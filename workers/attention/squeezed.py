@@ -79,6 +79,9 @@ class SqueezedConfig:
     # to 0.92 (8k), and that prefill took 2.1-2.6x as long on CPU (docs/benchmarks-attention.md).
     sparse_prefill: bool = False
     calibration: str = "global"  # global | layer | head: one threshold, one per layer, one per (layer, head)
+    # Second-order cluster score: log S_i + s^2 |q|^2 var_i / 2, var_i the cluster's mean squared key
+    # deviation per dimension (E[exp(s q.k)] for keys spread around C_i, not exp(s q.C_i)).
+    spread: bool = False
     n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
     hierarchical: bool = False
     coarse_fraction: float = 0.125  # coarse clusters per fine cluster (hierarchical)
@@ -100,6 +103,8 @@ class SqueezedConfig:
             raise ValueError("window, sink and dense_layers must be >= 0 and n_proxy >= 1")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {self.calibration!r} (valid: {', '.join(CALIBRATIONS)})")
+        if self.spread and self.hierarchical:
+            raise ValueError("spread=true is for one level (hierarchical=false)")
         if self.calibration != "global" and self.hierarchical:
             raise ValueError("per-layer or per-head calibration is for one level (hierarchical=false)")
 
@@ -226,12 +231,41 @@ def build_index(fixed: FixedKV, proxies: torch.Tensor, config: SqueezedConfig, p
 # ---------------------------------------------------------------------------- scoring
 
 
+def cluster_spread(index: SqueezedIndex, fixed: FixedKV, layer: int) -> torch.Tensor:
+    """(KVH, C): each cluster's mean squared deviation of its keys from the centroid, per dimension.
+
+    Derived from the stored keys and labels (no index format change) once per layer, cached on
+    the index. Empty clusters get 0.
+    """
+    import torch
+
+    key = ("spread", layer)
+    got = index._derived.get(key)
+    if got is None:
+        keys = fixed.keys[layer][:, index.start:index.start + index.n_clustered].float()  # (KVH, Nc, D)
+        labels = index.labels[layer]  # (KVH, Nc)
+        cents = index.centroids[layer].float()  # (KVH, C, D)
+        dev = ((keys - cents.gather(1, labels[..., None].expand_as(keys))) ** 2).mean(-1)  # (KVH, Nc)
+        total = torch.zeros(cents.shape[:2]).scatter_add_(1, labels, dev)
+        count = torch.zeros(cents.shape[:2]).scatter_add_(1, labels, torch.ones_like(dev))
+        got = index._derived[key] = total / count.clamp(min=1)
+    return got
+
+
+def _spread_term(q: torch.Tensor, spread: torch.Tensor, scaling: float) -> torch.Tensor:
+    """s^2 |q|^2 var_i / 2 for q (G, Q, D) and spread (G, C) -> (G, Q, C)."""
+    return 0.5 * scaling**2 * (q.float() ** 2).sum(-1)[..., None] * spread[:, None, :]
+
+
 def _log_scores(q: torch.Tensor, cents: torch.Tensor, log_sizes: torch.Tensor, scaling: float,
-                log_den: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                log_den: torch.Tensor | None = None, spread: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """log S_i for q (H, Q, D) vs per-head centroids (H, C, D) -> (log S (H, Q, C), log denominator (H, Q))."""
     import torch
 
     s = torch.einsum("hqd,hcd->hqc", q.float(), cents) * scaling  # (H, Q, C)
+    if spread is not None:
+        s = s + _spread_term(q, spread, scaling)
     if log_den is None:
         log_den = torch.logsumexp(s + log_sizes[:, None, :], dim=-1)  # (H, Q)
     return s - log_den[..., None], log_den
@@ -260,7 +294,15 @@ class Calibration:
         return self.log_tau if self.per_head is None else self.per_head[layer]
 
 
-def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int) -> torch.Tensor:
+def _layer_spread(index: SqueezedIndex, fixed: FixedKV | None, layer: int, n_rep: int) -> torch.Tensor | None:
+    """(H, C) cluster spreads for the query heads of a layer, or None without a fixed KV."""
+    if fixed is None:
+        return None
+    return repeat_kv(cluster_spread(index, fixed, layer)[None, :, :, None], n_rep)[0, :, :, 0]
+
+
+def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int,
+                         fixed: FixedKV | None = None) -> torch.Tensor:
     """(L, H) thresholds, each keeping `keep_fraction` of the clustered keys on its own proxies (or its layer's)."""
     import torch
 
@@ -268,7 +310,8 @@ def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: 
     for layer in range(len(index.centroids)):
         cents = repeat_kv(index.centroids[layer][None], n_rep)[0]  # (H, C, D)
         log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
-        log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling)  # (H, P, C)
+        log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling,
+                               spread=_layer_spread(index, fixed, layer, n_rep))  # (H, P, C)
         sizes = log_sz.exp()[:, None, :].expand_as(log_s)
         n_heads, n_proxy = log_s.shape[:2]
         if config.calibration == "layer":
@@ -282,8 +325,9 @@ def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: 
     return torch.stack(out).float()  # (L, H)
 
 
-def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int) -> Calibration:
-    """Thresholds from the proxy queries (see the module docstring)."""
+def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_rep: int,
+              fixed: FixedKV | None = None) -> Calibration:
+    """Thresholds from the proxy queries (see the module docstring); `fixed` for `spread=True`."""
     import torch
 
     if config.keep_fraction >= 1.0:
@@ -293,13 +337,14 @@ def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_re
     total = float(n_layers * index.proxies.shape[1] * n_proxy * index.n_clustered)
     with torch.no_grad():
         if config.calibration != "global" and not index.hierarchical:
-            return Calibration(-math.inf, per_head=_per_head_thresholds(index, config, scaling, n_rep))
+            return Calibration(-math.inf, per_head=_per_head_thresholds(index, config, scaling, n_rep, fixed))
         if not index.hierarchical:
             scores, sizes = [], []
             for layer in range(n_layers):
                 cents = repeat_kv(index.centroids[layer][None], n_rep)[0]  # (H, C, D)
                 log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
-                log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling)  # (H, P, C)
+                log_s, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling,
+                                       spread=_layer_spread(index, fixed, layer, n_rep))  # (H, P, C)
                 scores.append(log_s)
                 sizes.append(log_sz.exp()[:, None, :].expand_as(log_s))
             return Calibration(_weighted_quantile_threshold(torch.stack(scores), torch.stack(sizes),
@@ -349,10 +394,11 @@ class SqueezedAttention:
         if self.calibration is None:
             # Thresholds depend on the search-time budget only: cached on the index, shared by questions.
             c = self.config
-            key = ("calibration", c.keep_fraction, c.coarse_keep_fraction, c.calibration, float(scaling), n_rep)
+            key = ("calibration", c.keep_fraction, c.coarse_keep_fraction, c.calibration, c.spread, float(scaling), n_rep)
             got = self.index._derived.get(key)
             if got is None:
-                got = self.index._derived[key] = calibrate(self.index, c, scaling, n_rep)
+                got = self.index._derived[key] = calibrate(self.index, c, scaling, n_rep,
+                                                           self.fixed if c.spread else None)
             self.calibration = got
         return self.calibration
 
@@ -368,7 +414,10 @@ class SqueezedAttention:
             # One batched matmul per layer: the query heads of a KV head share its centroids (no copies).
             cents = self.index.centroids[layer]  # (KVH, C, D)
             log_sz = self.index.log_sizes[layer][:, None, :]  # (KVH, 1, C); -inf for empty clusters
-            s = torch.matmul(q.float().reshape(kvh, n_rep * q_len, d), cents.transpose(1, 2)) * scaling
+            flat_q = q.float().reshape(kvh, n_rep * q_len, d)
+            s = torch.matmul(flat_q, cents.transpose(1, 2)) * scaling
+            if self.config.spread:
+                s = s + _spread_term(flat_q, cluster_spread(self.index, self.fixed, layer), scaling)
             log_s = s - torch.logsumexp(s + log_sz, dim=-1, keepdim=True)  # (KVH, n_rep * Q, C)
             tau = cal.threshold(layer)
             if isinstance(tau, float):

@@ -9,7 +9,14 @@ import torch
 from indexes.key_index import KeyCentroids
 from workers.attention import get_backend
 from workers.attention.reference import FullAttention, attention_reference
-from workers.attention.squeezed import SqueezedConfig, SqueezedIndex, build_index, calibrate
+from workers.attention.squeezed import (
+    SqueezedConfig,
+    SqueezedIndex,
+    _spread_term,
+    build_index,
+    calibrate,
+    cluster_spread,
+)
 
 SCALE = 0.125
 
@@ -57,12 +64,12 @@ def test_it_equals_full_attention_when_every_cluster_is_kept(random_context, use
     assert state.stats.fraction("decode" if q_len == 1 else "prefill") == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("calibration", ["global", "head"])
+@pytest.mark.parametrize(("calibration", "spread"), [("global", False), ("head", False), ("global", True)])
 @pytest.mark.parametrize("q_len", [1, 2])  # 1: the batched decoding step; 2: the question's rows
 def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_and_user_tokens(
-        random_context, user_step, q_len, calibration):
+        random_context, user_step, q_len, calibration, spread):
     state, fixed = _state(random_context, keep_fraction=0.1, window=16, sink=2, calibration=calibration,
-                          sparse_prefill=True)
+                          sparse_prefill=True, spread=spread)
     query, key, value, mask = user_step(q_len=q_len, u_len=4)
     layer = 1
     out = state.attend(layer, query, key, value, mask, SCALE)
@@ -123,6 +130,42 @@ def test_the_calibrated_threshold_keeps_about_the_requested_share_on_the_proxy_q
     assert np.mean(kept) == pytest.approx(0.1, abs=0.03)
 
 
+def test_cluster_spread_is_the_mean_squared_deviation_of_its_keys(random_context):
+    fixed, queries = random_context
+    index = build_index(fixed, queries, SqueezedConfig(window=8, sink=2))
+    spread = cluster_spread(index, fixed, 1)  # (KVH, C)
+    for h in range(3):
+        keys = fixed.keys[1][h, index.start:index.start + index.n_clustered]
+        labels = index.labels[1][h]
+        for c in torch.unique(labels)[:10]:
+            members = keys[labels == c]
+            expected = ((members - members.mean(0)) ** 2).mean()
+            assert float(spread[h, c]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_the_spread_term_brings_cluster_scores_closer_to_their_keys_mean_attention(random_context):
+    # A centroid's exp(s q.C) is below its keys' mean exp(s q.k) (Jensen): clusters whose keys
+    # spread widely hide their strong keys. The second-order term is closer to the truth.
+    fixed, queries = random_context
+    index = build_index(fixed, queries, SqueezedConfig(window=8, sink=0))
+    errors = {"plain": [], "spread": []}
+    for layer in range(fixed.n_layers):
+        q = queries[layer, ::3, :32]  # (KVH, P, D): one query head per KV head
+        keys = fixed.keys[layer][:, index.start:index.start + index.n_clustered]  # (KVH, Nc, D)
+        labels = index.labels[layer]
+        logits = torch.einsum("gpd,gnd->gpn", q, keys) * SCALE
+        n_clusters = index.centroids[layer].shape[1]
+        sizes = torch.zeros(3, n_clusters).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float))
+        mean_exp = torch.zeros(3, 32, n_clusters).scatter_add_(
+            2, labels[:, None, :].expand_as(logits), logits.exp()) / sizes.clamp(min=1)[:, None, :]
+        live = (sizes > 0)[:, None, :].expand_as(logits[..., :n_clusters])
+        plain = torch.einsum("gpd,gcd->gpc", q, index.centroids[layer]) * SCALE
+        corrected = plain + _spread_term(q, cluster_spread(index, fixed, layer), SCALE)
+        for name, s in (("plain", plain), ("spread", corrected)):
+            errors[name].append(float((s - mean_exp.log())[live].abs().mean()))
+    assert np.mean(errors["spread"]) < 0.85 * np.mean(errors["plain"]), errors
+
+
 def test_the_questions_rows_attend_every_key_unless_sparse_prefill_is_on(random_context, user_step):
     query, key, value, mask = user_step(q_len=4)
     dense, fixed = _state(random_context, keep_fraction=0.1)
@@ -163,3 +206,5 @@ def test_it_refuses_nonsense_budgets():
         SqueezedConfig(keep_fraction=0)
     with pytest.raises(ValueError, match="cluster_fraction"):
         SqueezedConfig(cluster_fraction=1.5)
+    with pytest.raises(ValueError, match="spread"):
+        SqueezedConfig(spread=True, hierarchical=True)
