@@ -174,17 +174,37 @@ def dense_attend(
     return out[None].to(query.dtype)  # (1, H, Q, D)
 
 
+KV_PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    # Round the fixed context's keys and values to this precision before attending: what storing
+    # the KV cache in half precision would change. A measuring aid (the sensitivity of a model's
+    # answers to a perturbation every deployment accepts); the store keeps float32 either way.
+    kv_precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.kv_precision not in KV_PRECISIONS:
+            raise ValueError(f"kv_precision must be one of {', '.join(KV_PRECISIONS)}, got {self.kv_precision!r}")
+
+
 class FullBackend:
     """Registry entry for full attention: no index, every fixed-context key attended."""
 
     name = "full"
     needs_index = False
-    config_class = None
+    config_class = FullConfig
 
-    def __init__(self, config: None = None) -> None:
-        self.config = None
+    def __init__(self, config: FullConfig | None = None) -> None:
+        self.config = config or FullConfig()
 
     def state(self, fixed: FixedKV, index: None = None, diagnostics: object = None) -> FullAttention:
+        if self.config.kv_precision != "float32":
+            import torch
+
+            dtype = getattr(torch, self.config.kv_precision)
+            fixed = FixedKV([k.to(dtype).to(k.dtype) for k in fixed.keys], [v.to(dtype).to(v.dtype) for v in fixed.values])
         return FullAttention(fixed)
 
 

@@ -105,3 +105,17 @@ def test_diagnostics_top_m_mass_recall_is_one_for_the_heaviest_keys_and_less_for
     # The plain mass recall is below 1 even for the best 8 of 64 keys: the rest hold some mass.
     assert best.summary()["attn_recall"] < 1.0
     assert worst.summary()["topk_mass_recall"] < 0.2
+
+
+def test_full_attention_over_a_half_precision_kv_is_close_to_but_not_the_float32_result(random_context, user_step):
+    from workers.attention import get_backend
+
+    fixed, _ = random_context
+    query, key, value, mask = user_step()
+    exact = get_backend("full").state(fixed).attend(0, query, key, value, mask, 0.125)
+    rounded = get_backend("full", kv_precision="bfloat16").state(fixed).attend(0, query, key, value, mask, 0.125)
+    assert not torch.equal(exact, rounded)
+    torch.testing.assert_close(rounded, exact, atol=5e-2, rtol=0)
+    assert fixed.keys[0].dtype == torch.float32  # the stored KV is untouched
+    with pytest.raises(ValueError, match="kv_precision"):
+        get_backend("full", kv_precision="int4")
