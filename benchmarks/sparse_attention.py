@@ -285,7 +285,7 @@ def main() -> None:
             decode = _median([q["decode_ms_per_token"] for q in mine])
             cpu = _median([q["decode_cpu_ms_per_token"] for q in mine])
             rows.append({
-                "method": label.partition("@")[0] + ("+" + label.partition("+")[2] if "+" in label else ""),
+                "method": label.partition("@")[0] + ("+" + label.partition("+")[2] if "@" in label and "+" in label else ""),
                 "budget": budget,
                 "context_tokens": n_tokens,
                 "questions": len(mine),
