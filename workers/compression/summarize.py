@@ -625,14 +625,15 @@ class Summarize:
             # summaries left: a choice per chunk spends each share on that chunk's best sentences
             # even where another chunk's sentence matters more (measured: the per-chunk fallback
             # lost to truncation where extractive over all chunks did not).
-            fallback = self._fallback(query, [passages[i] for i in sorted(deferred)], budget - after,
-                                      [key_spans[i] for i in sorted(deferred)],
-                                      [best_relevance[i] for i in sorted(deferred)], count_tokens)
-            index = {p.chunk_id: i for i, p in enumerate(passages)}
+            deferred.sort()  # passage order: the extractive rank prior reads it
+            fallback = self._fallback(query, [passages[i] for i in deferred], budget - after,
+                                      [key_spans[i] for i in deferred], [best_relevance[i] for i in deferred],
+                                      count_tokens)
+            index = {passages[i].chunk_id: i for i in deferred}
             for kept in fallback.passages:
                 texts[index[kept.chunk_id]] = kept.text
                 kept_spans[kept.chunk_id] = fallback.kept_spans[kept.chunk_id]
-                after += count_tokens(kept.text)
+            after += fallback.tokens_after  # its passages' token counts, already measured
         out = [Passage(chunk_id=p.chunk_id, title=p.title, text=texts[i]) for i, p in enumerate(passages) if i in texts]
         return CompressedContext(
             passages=out,
