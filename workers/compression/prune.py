@@ -64,6 +64,11 @@ class Unit:
     score: float = 0.0
     protected: bool = False
     group: int = -1  # the unit's sentence in relevance order (0 = most relevant); -1: no ranking
+    bridge: bool = False  # a function word joining its sentence neighbours (see `bridge_words`)
+
+
+# A run of at most this many dropped function words between two kept units is restored.
+MAX_BRIDGE = 2
 
 
 def select(units: Sequence[Unit], budget: int) -> list[bool]:
@@ -74,10 +79,45 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
     Units ranked into groups (`group` >= 0: their sentence's relevance rank) first fill their
     group's share of what protection left, by `dynamic_budgets` (the most relevant sentences kept
     whole), then whatever the groups left goes to the best remaining units anywhere.
+
+    Bridges: word pruning drops function words first (they move neither the embedding nor the
+    LM's surprise), which breaks multi-word answers apart ("current denomination of U.S.
+    currency" became "current denomination U.S. currency"). A unit kept next to a run of at most
+    MAX_BRIDGE dropped bridge units (`Unit.bridge`) with a kept unit on the run's other side
+    takes the run along when both fit; the run then scores as the weaker of its two neighbours,
+    so `finish` trims it no earlier than them.
     """
     keep = [u.protected for u in units]
     left = budget - sum(u.size for u in units if u.protected)
     order = sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: -units[i].score)
+
+    def closing(i: int) -> list[tuple[int, float]]:
+        """The dropped bridge units that keeping unit i would join to a kept unit, with their floor score."""
+        out: list[tuple[int, float]] = []
+        for step in (-1, 1):
+            run, j = [], i + step
+            while (0 <= j < len(units) and not keep[j] and units[j].bridge and len(run) < MAX_BRIDGE
+                   and units[j].passage == units[i].passage):
+                run.append(j)
+                j += step
+            if run and 0 <= j < len(units) and keep[j] and units[j].passage == units[i].passage:
+                out.extend((k, min(units[i].score, units[j].score)) for k in run)
+        return out
+
+    def take(i: int, room: int) -> int:
+        """Keep unit i (and the bridges it closes, when they fit too) within `room`; tokens spent."""
+        if keep[i] or units[i].size > room:
+            return 0
+        keep[i] = True
+        spent = units[i].size
+        run = closing(i)
+        if run and spent + sum(units[k].size for k, _ in run) <= room:
+            for k, floor in run:
+                keep[k] = True
+                units[k].score = max(units[k].score, floor)
+                spent += units[k].size
+        return spent
+
     groups = max((u.group for u in units), default=-1) + 1
     if groups and left > 0:
         free = [0] * groups  # unprotected tokens per group, in rank order
@@ -87,17 +127,37 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
         room = dynamic_budgets(free, left)
         for i in order:
             g = units[i].group
-            if g >= 0 and units[i].size <= min(room[g], left):
-                keep[i] = True
-                room[g] -= units[i].size
-                left -= units[i].size
+            if g >= 0:
+                spent = take(i, min(room[g], left))
+                room[g] -= spent
+                left -= spent
     for i in order:
         if left <= 0:
             break
-        if not keep[i] and units[i].size <= left:
-            keep[i] = True
-            left -= units[i].size
+        left -= take(i, left)
     return keep
+
+
+def bridge_words(text: str, words: Sequence[Span], protected: Sequence[bool]) -> list[bool]:
+    """Which words of one sentence are function words joining their neighbours into one phrase.
+
+    A bridge word is an unprotected stopword with a word before and after it in the sentence,
+    only whitespace on either side and no punctuation on it or ending the word before it
+    ("denomination *of* U.S."; not "1990, *and* ...").
+    """
+    out = []
+    for k, (a, b) in enumerate(words):
+        core = word_core(text[a:b]).lower()
+        out.append(
+            0 < k < len(words) - 1
+            and not protected[k]
+            and core in STOPWORDS
+            and text[a:b].lower() == core  # no punctuation attached
+            and not text[words[k - 1][1]:a].strip()
+            and not text[b:words[k + 1][0]].strip()
+            and text[words[k - 1][1] - 1].isalnum()
+        )
+    return out
 
 
 # Shape of the dynamic ratio's decay over the relevance ranks (1 linear; 2 spares the head more).
@@ -292,6 +352,7 @@ class SemanticPrune:
         rounds: int = 1,
         protect: bool = True,
         dynamic: bool = True,
+        bridge: bool = True,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -303,10 +364,11 @@ class SemanticPrune:
         self.rounds = rounds
         self.protect = protect
         self.dynamic = dynamic
+        self.bridge = bridge
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "rounds": self.rounds,
-                "protect": self.protect, "dynamic": self.dynamic}
+                "protect": self.protect, "dynamic": self.dynamic, "bridge": self.bridge}
 
     def impacts(self, windows: list[list[str]]) -> list[np.ndarray]:
         """Deletion impact of every word of every window: impact[i] = 1 - cos(e(w), e(w without word i)).
@@ -395,13 +457,17 @@ class SemanticPrune:
         windows: list[list[int]] = []  # unit indices per window
         for n, sentence in enumerate(sentences):
             group = ranks[n] if ranks is not None else -1
+            bridges = (bridge_words(passages[sentence.passage].text, sentence.words, sentence.protected)
+                       if self.bridge else [False] * len(sentence.words))
             for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
                 window = []
-                for span, size, flag in zip(sentence.words[k : k + MAX_WINDOW_WORDS],
-                                            sentence.sizes[k : k + MAX_WINDOW_WORDS],
-                                            sentence.protected[k : k + MAX_WINDOW_WORDS], strict=True):
+                for span, size, flag, joins in zip(sentence.words[k : k + MAX_WINDOW_WORDS],
+                                                   sentence.sizes[k : k + MAX_WINDOW_WORDS],
+                                                   sentence.protected[k : k + MAX_WINDOW_WORDS],
+                                                   bridges[k : k + MAX_WINDOW_WORDS], strict=True):
                     window.append(len(units))
-                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag, group=group))
+                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag, group=group,
+                                      bridge=joins))
                 windows.append(window)
         # Without a sentence stage to drop sentences, protected words can outnumber the budget:
         # then protection becomes a priority (ranked above every other word), not a guarantee.
@@ -493,6 +559,7 @@ class SurprisalPrune:
         aggregate: str = "max",
         dynamic: bool = True,
         cohesion: bool = True,
+        bridge: bool = True,
     ) -> None:
         if granularity not in ("word", "token"):
             raise ValueError(f"granularity must be 'word' or 'token', got {granularity!r}")
@@ -508,11 +575,12 @@ class SurprisalPrune:
         self.aggregate = aggregate
         self.dynamic = dynamic
         self.cohesion = cohesion
+        self.bridge = bridge
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "granularity": self.granularity,
                 "protect": self.protect, "aggregate": self.aggregate, "dynamic": self.dynamic,
-                "cohesion": self.cohesion}
+                "cohesion": self.cohesion, "bridge": self.bridge}
 
     def prefix(self, query: str, passage: Passage) -> str:
         head = f"Question: {query}\n" if self.query_aware and query else ""
@@ -622,11 +690,14 @@ class SurprisalPrune:
                 scores = [self._aggregate(surprisal[owner == k]) for k in range(len(sentence.words))]
                 groups = (phrases(text, sentence.words, sentence.protected) if self.cohesion
                           else [[k] for k in range(len(sentence.words))])
+                bridges = (bridge_words(text, sentence.words, sentence.protected) if self.bridge
+                           else [False] * len(sentence.words))
                 for ks in groups:
                     span = (sentence.words[ks[0]][0], sentence.words[ks[-1]][1])
                     size = sum(sentence.sizes[k] for k in ks)
                     flag = any(sentence.protected[k] for k in ks)  # only single words are protected
-                    units.append(Unit(sentence.passage, span, size, max(scores[k] for k in ks), flag, group))
+                    units.append(Unit(sentence.passage, span, size, max(scores[k] for k in ks), flag, group,
+                                      bridge=len(ks) == 1 and bridges[ks[0]]))
             else:
                 for t in np.flatnonzero(owner >= 0):
                     a, b = int(offsets[t, 0]), int(offsets[t, 1])

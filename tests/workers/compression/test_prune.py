@@ -130,7 +130,8 @@ def test_it_never_removes_protected_words_even_past_the_budget(bow, passages):
 
 def test_it_keeps_the_highest_surprisal_words_after_the_protected_ones(bow, passages):
     target = 0.6
-    result = fake(bow, fine_keep=None, cohesion=False).compress(query=QUERY, passages=passages, target=target, count_tokens=count_words)
+    result = fake(bow, fine_keep=None, cohesion=False, bridge=False).compress(
+        query=QUERY, passages=passages, target=target, count_tokens=count_words)
     # Reference: protected words, then the longest (= most surprising) words greedily to the budget.
     protected = protected_set(passages, QUERY)
     budget = round(target * result.tokens_before)
@@ -289,3 +290,53 @@ def test_with_cohesion_a_phrase_is_kept_or_dropped_whole(bow, budget):
     if budget == 3:
         plain = kept(cohesion=False)
         assert "yellow" in plain and "fever" not in plain
+
+
+def test_bridge_words_are_unpunctuated_function_words_inside_a_sentence():
+    from workers.compression.prune import bridge_words
+
+    text = "Its current denomination of U.S. currency is printed, and of course the ink is old"
+    words = word_spans(text)
+    flags = bridge_words(text, words, protected_words(text, words, set()))
+    # "and" follows a comma; "Its" starts the sentence; "old" ends it.
+    assert [text[slice(*w)] for w, f in zip(words, flags, strict=True) if f] == ["of", "is", "of", "the", "is"]
+
+
+@pytest.mark.parametrize("method", ["semantic", "surprisal"])
+def test_a_kept_word_takes_along_the_function_word_joining_it_to_a_kept_neighbour(bow, method):
+    from workers.compression.prune import SemanticPrune
+
+    # "United States" and "printed." are protected; the doubles score a word by its length, so
+    # "of" and "is" rank last, so plain pruning drops them and the
+    # answer phrase "denomination of United States currency" falls apart.
+    passage = [Passage(chunk_id=1, title="Money", text="Its current denomination of United States currency is printed.")]
+
+    def text(**params):
+        if method == "semantic":
+            class LengthImpact(SemanticPrune):  # impact = word length, like the surprisal double
+                def impacts(self, windows):
+                    return [np.array([len(w) / 100 for w in words]) for words in windows]
+
+            pruner = LengthImpact(resources=Resources(embedder=bow), fine_keep=None, **params)
+        else:
+            pruner = fake(bow, fine_keep=None, cohesion=False, **params)
+        result = pruner.compress(query="What is printed?", passages=passage, target=6, count_tokens=count_words)
+        assert result.tokens_after <= 6
+        return result.passages[0].text
+
+    assert "denomination of United States currency" in text()
+    assert " of " not in text(bridge=False)
+
+
+def test_a_bridge_that_does_not_fit_is_left_out_and_the_kept_word_still_counts():
+    from workers.compression.prune import Unit, select
+
+    def units(bridge: bool = True) -> list[Unit]:
+        return [Unit(0, (0, 1), 1, score=0.9), Unit(0, (2, 3), 1, score=0.0, bridge=bridge),
+                Unit(0, (4, 5), 1, score=0.8), Unit(0, (6, 7), 1, score=0.5)]
+
+    # Budget 3: "A of B" (the bridge joins the two best) rather than "A B C".
+    assert select(units(), 3) == [True, True, True, False]
+    # Budget 2: no room for the bridge; the two best are kept alone.
+    assert select(units(), 2) == [True, False, True, False]
+    assert select(units(bridge=False), 3) == [True, False, True, True]
