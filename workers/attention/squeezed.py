@@ -82,6 +82,11 @@ class SqueezedConfig:
     # Second-order cluster score: log S_i + s^2 |q|^2 var_i / 2, var_i the cluster's mean squared key
     # deviation per dimension (E[exp(s q.k)] for keys spread around C_i, not exp(s q.C_i)).
     spread: bool = False
+    # Estimate the clusters NOT kept from their centroids instead of dropping them: each adds
+    # N_i exp(s q.C_i) to the softmax denominator and that mass times its mean value V_i to the
+    # numerator (a first-order estimate of the tail the exact keys leave out; with spread=true the
+    # second-order score). Costs one mean value per cluster, counted in the keys attended.
+    estimate_rest: bool = False
     n_proxy: int = 64  # last fixed-context tokens used as proxy queries for calibration
     hierarchical: bool = False
     coarse_fraction: float = 0.125  # coarse clusters per fine cluster (hierarchical)
@@ -249,6 +254,23 @@ def cluster_spread(index: SqueezedIndex, fixed: FixedKV, layer: int) -> torch.Te
         total = torch.zeros(cents.shape[:2]).scatter_add_(1, labels, dev)
         count = torch.zeros(cents.shape[:2]).scatter_add_(1, labels, torch.ones_like(dev))
         got = index._derived[key] = total / count.clamp(min=1)
+    return got
+
+
+def cluster_value_means(index: SqueezedIndex, fixed: FixedKV, layer: int) -> torch.Tensor:
+    """(KVH, C, D): each cluster's mean value vector (0 for empty clusters), cached on the index."""
+    import torch
+
+    key = ("value_means", layer)
+    got = index._derived.get(key)
+    if got is None:
+        values = fixed.values[layer][:, index.start:index.start + index.n_clustered].float()  # (KVH, Nc, D)
+        labels = index.labels[layer]  # (KVH, Nc)
+        kvh, n_clusters = index.centroids[layer].shape[:2]
+        total = torch.zeros(kvh, n_clusters, values.shape[-1]).scatter_add_(
+            1, labels[..., None].expand_as(values), values)
+        count = torch.zeros(kvh, n_clusters).scatter_add_(1, labels, torch.ones(labels.shape))
+        got = index._derived[key] = total / count.clamp(min=1)[..., None]
     return got
 
 
@@ -441,6 +463,40 @@ class SqueezedAttention:
             self.lookups += float(cc.shape[0] * cc.shape[1] + under.sum())
         return under & (log_s2 >= cal.log_tau) & live
 
+    def _rest_reads(self, layer: int) -> float:
+        """Mean values read per query head for the estimate of the rest: one per live cluster (0 when off)."""
+        if not self.config.estimate_rest:
+            return 0.0
+        key = ("live_clusters", layer)
+        got = self.index._derived.get(key)
+        if got is None:
+            import torch
+
+            got = self.index._derived[key] = float(torch.isfinite(self.index.log_sizes[layer]).sum(-1).float().mean())
+        return got
+
+    def rest_partial(self, layer: int, q: torch.Tensor, keep_c: torch.Tensor, scaling: float,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clusters not kept, estimated from their centroids: q (H, Q, D), keep_c (H, Q, C) ->
+        (out (H, Q, D), lse (H, Q)), to merge with the exact parts (see `SqueezedConfig.estimate_rest`)."""
+        import torch
+
+        cents = self.index.centroids[layer]  # (KVH, C, D)
+        kvh, n_clusters, d = cents.shape
+        n_heads, q_len, _ = q.shape
+        n_rep = n_heads // kvh
+        flat_q = q.float().reshape(kvh, n_rep * q_len, d)
+        s = torch.matmul(flat_q, cents.transpose(1, 2)) * scaling  # (KVH, n_rep * Q, C)
+        if self.config.spread:
+            s = s + _spread_term(flat_q, cluster_spread(self.index, self.fixed, layer), scaling)
+        log_mass = (s + self.index.log_sizes[layer][:, None, :]).view(n_heads, q_len, n_clusters)
+        log_mass = log_mass.masked_fill(keep_c, float("-inf"))  # kept clusters are attended exactly
+        lse = torch.logsumexp(log_mass, dim=-1)  # (H, Q); -inf when every cluster is kept
+        safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        weights = torch.exp(log_mass - safe[..., None]).view(kvh, n_rep * q_len, n_clusters)
+        out = torch.matmul(weights, cluster_value_means(self.index, self.fixed, layer))  # (KVH, n_rep * Q, D)
+        return out.view(n_heads, q_len, d), lse
+
     def attend(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         mask: torch.Tensor | None, scaling: float,
@@ -472,9 +528,11 @@ class SqueezedAttention:
         static = torch.cat([torch.arange(start), torch.arange(start + nc, n)])  # sinks + recent window, always
         if len(static):
             parts.append(partial_attention(q, fk[:, static], fv[:, static], scaling))  # (KVH, S, D)
+        if self.config.estimate_rest:
+            parts.append(self.rest_partial(layer, q, keep_c, scaling))
         user = user_partial(q, key, value, mask, scaling)
         out, _ = merge_partials([*parts, user])
-        self.stats.add(q_len, float(counts.float().mean()) + len(static), n)
+        self.stats.add(q_len, float(counts.float().mean()) + len(static) + self._rest_reads(layer), n)
         if self.diagnostics is not None:
             attended = torch.zeros(n_heads, q_len, n, dtype=torch.bool)
             attended[..., start:start + nc] = keep
@@ -515,10 +573,13 @@ class SqueezedAttention:
         lse = torch.logsumexp(scores, dim=-1)  # (H,)
         safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
         fixed_out = torch.matmul(torch.exp(scores - safe[:, None]), sel_v.float())  # (H, D)
+        parts = [(fixed_out[:, None], lse[:, None])]
+        if self.config.estimate_rest:
+            parts.append(self.rest_partial(layer, q, keep_c, scaling))
         user = user_partial(q, key, value, mask, scaling)
-        out, _ = merge_partials([(fixed_out[:, None], lse[:, None]), user])  # (H, 1, D)
+        out, _ = merge_partials([*parts, user])  # (H, 1, D)
         counts = allowed.sum(-1)  # (H,): fixed keys attended per query head, static included
-        self.stats.add(1, float(counts.sum()) / n_heads, n)
+        self.stats.add(1, float(counts.sum()) / n_heads + self._rest_reads(layer), n)
         if self.diagnostics is not None:
             hits = torch.zeros(n_heads, n, dtype=torch.int32)
             hits.scatter_add_(1, (picked % n).expand(n_heads, -1), allowed.to(torch.int32))

@@ -16,6 +16,7 @@ from workers.attention.squeezed import (
     build_index,
     calibrate,
     cluster_spread,
+    cluster_value_means,
 )
 
 SCALE = 0.125
@@ -208,3 +209,63 @@ def test_it_refuses_nonsense_budgets():
         SqueezedConfig(cluster_fraction=1.5)
     with pytest.raises(ValueError, match="spread"):
         SqueezedConfig(spread=True, hierarchical=True)
+
+
+@pytest.mark.parametrize("q_len", [1, 2])  # 1: the batched decoding step; 2: the question's rows
+def test_estimate_rest_adds_each_dropped_cluster_as_one_key_of_its_mass_and_mean_value(random_context, user_step, q_len):
+    options = dict(keep_fraction=0.1, window=16, sink=2, sparse_prefill=True)
+    state, fixed = _state(random_context, estimate_rest=True, **options)
+    query, key, value, mask = user_step(q_len=q_len, u_len=4)
+    layer = 1
+    out = state.attend(layer, query, key, value, mask, SCALE)
+    # Plain computation: one softmax over [kept keys, static keys, one pseudo-key per dropped
+    # cluster with logit s q.C_i + log N_i and value V_i, user keys].
+    index = state.index
+    keep_c = state.select_clusters(layer, query[0], SCALE)  # (H, Q, C)
+    means = cluster_value_means(index, fixed, layer)  # (KVH, C, D)
+    nc = index.n_clustered
+    for h in range(9):
+        g = h // 3
+        labels = index.labels[layer][g]
+        keys_c = fixed.keys[layer][g, index.start:index.start + nc]
+        assert torch.allclose(means[g, int(labels[0])], fixed.values[layer][g, index.start:index.start + nc][labels == labels[0]].mean(0))
+        for qi in range(q_len):
+            q = query[0, h, qi]
+            kept = torch.isin(labels, torch.nonzero(keep_c[h, qi])[:, 0])
+            static = torch.cat([torch.arange(index.start), torch.arange(index.start + nc, fixed.n_tokens)])
+            exact_k = torch.cat([keys_c[kept], fixed.keys[layer][g, static]])
+            exact_v = torch.cat([fixed.values[layer][g, index.start:index.start + nc][kept], fixed.values[layer][g, static]])
+            dropped = torch.nonzero(~keep_c[h, qi] & torch.isfinite(index.log_sizes[layer][g]))[:, 0]
+            pseudo_logit = index.centroids[layer][g, dropped] @ q * SCALE + index.log_sizes[layer][g, dropped]
+            user_ok = mask[0, 0, qi] == 0
+            logits = torch.cat([exact_k @ q * SCALE, pseudo_logit, (key[0, g] @ q * SCALE)[user_ok]])
+            values = torch.cat([exact_v, means[g, dropped], value[0, g][user_ok]])
+            expected = torch.softmax(logits, 0) @ values
+            torch.testing.assert_close(out[0, h, qi], expected, atol=1e-4, rtol=0)
+    # One mean value per cluster is read, counted with the keys.
+    plain, _ = _state(random_context, **options)
+    plain.attend(layer, query, key, value, mask, SCALE)
+    phase = "decode" if q_len == 1 else "prefill"
+    n_clusters = float(torch.isfinite(index.log_sizes[layer]).sum(-1).float().mean())
+    assert state.stats.fraction(phase) == pytest.approx(plain.stats.fraction(phase) + n_clusters / fixed.n_tokens)
+
+
+def test_estimate_rest_brings_the_output_closer_to_full_attention_than_dropping_the_rest(random_context, user_step):
+    errors = {}
+    for estimate in (False, True):
+        state, fixed = _state(random_context, keep_fraction=0.05, window=8, sink=2, estimate_rest=estimate)
+        err = []
+        for seed in range(4):
+            step = user_step(q_len=1, seed=seed)
+            for layer in range(fixed.n_layers):
+                out = state.attend(layer, *step, SCALE)
+                full = FullAttention(fixed).attend(layer, *step, SCALE)
+                err.append(float((out - full).norm() / full.norm()))
+        errors[estimate] = np.mean(err)
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_estimate_rest_changes_nothing_when_every_cluster_is_kept(random_context, user_step):
+    state, fixed = _state(random_context, keep_fraction=1.0, estimate_rest=True)
+    step = user_step(q_len=1)
+    torch.testing.assert_close(state.attend(0, *step, SCALE), FullAttention(fixed).attend(0, *step, SCALE), atol=1e-4, rtol=0)
