@@ -105,13 +105,14 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
         return out
 
     def take(i: int, room: int) -> int:
-        """Keep unit i (and the bridges it closes, when they fit too) within `room`; tokens spent."""
+        """Keep unit i within `room` (and the bridges it closes, when they fit what is left overall); tokens spent."""
         if keep[i] or units[i].size > room:
             return 0
         keep[i] = True
         spent = units[i].size
         run = closing(i)
-        if run and spent + sum(units[k].size for k, _ in run) <= room:
+        # The bridges may overdraw the group's share (a soft split), never the whole budget.
+        if run and spent + sum(units[k].size for k, _ in run) <= left:
             for k, floor in run:
                 keep[k] = True
                 units[k].score = max(units[k].score, floor)
@@ -203,7 +204,7 @@ def finish(
     count_tokens: Callable[[str], int],
     before: int,
 ) -> CompressedContext:
-    """Render kept units; while the rendered text is over budget, drop the lowest-scoring kept units.
+    """Render kept units; while the rendered text is over budget, drop kept units (least relevant sentence first).
 
     Units are sized one by one but rendered joined, and tokenizers merge across spaces
     differently, so the sum of sizes only estimates the rendered count.
@@ -216,7 +217,11 @@ def finish(
         return build(passages, spans, count_tokens, before)
 
     result = assemble()
-    droppable = sorted((i for i, k in enumerate(keep) if k and not units[i].protected), key=lambda i: units[i].score)
+    # Trim from the least relevant sentence first (the highest group rank), lowest score first
+    # within it: the dynamic ratio kept the most relevant sentences whole, and trimming by score
+    # alone took their predictable words ("the 12th *century*") before any filler elsewhere.
+    droppable = sorted((i for i, k in enumerate(keep) if k and not units[i].protected),
+                       key=lambda i: (-units[i].group, units[i].score))
     next_drop = 0  # droppable[:next_drop] are dropped already
     while result.tokens_after > budget and next_drop < len(droppable):
         # Drop about the excess at once (by the units' own sizes), then re-measure.

@@ -340,3 +340,14 @@ def test_a_bridge_that_does_not_fit_is_left_out_and_the_kept_word_still_counts()
     # Budget 2: no room for the bridge; the two best are kept alone.
     assert select(units(), 2) == [True, False, True, False]
     assert select(units(bridge=False), 3) == [True, False, True, True]
+
+
+def test_an_overshoot_is_trimmed_from_the_least_relevant_sentence_first():
+    from workers.compression.prune import Unit, finish
+
+    passage = [Passage(chunk_id=1, title="t", text="alpha beta gamma delta")]
+    # Sentence 0 (most relevant) holds the low-scoring words; the renderer must still trim sentence 1.
+    units = [Unit(0, (0, 5), 1, score=0.1, group=0), Unit(0, (6, 10), 1, score=0.2, group=0),
+             Unit(0, (11, 16), 1, score=0.9, group=1), Unit(0, (17, 22), 1, score=0.8, group=1)]
+    result = finish(passage, units, [True] * 4, 3, count_words, 4)
+    assert result.passages[0].text == "alpha beta gamma"
