@@ -105,14 +105,13 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
         return out
 
     def take(i: int, room: int) -> int:
-        """Keep unit i within `room` (and the bridges it closes, when they fit what is left overall); tokens spent."""
+        """Keep unit i (and the bridges it closes, when they fit too) within `room`; tokens spent."""
         if keep[i] or units[i].size > room:
             return 0
         keep[i] = True
         spent = units[i].size
         run = closing(i)
-        # The bridges may overdraw the group's share (a soft split), never the whole budget.
-        if run and spent + sum(units[k].size for k, _ in run) <= left:
+        if run and spent + sum(units[k].size for k, _ in run) <= room:
             for k, floor in run:
                 keep[k] = True
                 units[k].score = max(units[k].score, floor)
