@@ -529,6 +529,25 @@ def phrases(text: str, words: Sequence[Span], protected: Sequence[bool]) -> list
     return groups
 
 
+def follows_protected(text: str, words: Sequence[Span], protected: Sequence[bool], k: int) -> bool:
+    """Word k is an unprotected content word right after a protected one ("U.S. *currency*", "12th *century*").
+
+    Only whitespace between them and no sentence punctuation ending the protected word (an
+    abbreviation's own dots, as in "U.S.", are part of it).
+    """
+    if k == 0 or protected[k] or not protected[k - 1]:
+        return False
+    core = word_core(text[slice(*words[k])]).lower()
+    before = text[slice(*words[k - 1])]
+    return (bool(core) and core not in STOPWORDS and not text[words[k - 1][1]:words[k][0]].strip()
+            and not before.endswith((",", ";", ":", "!", "?", ")")) and not _sentence_end(before))
+
+
+def _sentence_end(word: str) -> bool:
+    """A final period that ends a sentence, not an abbreviation's ("U.S.", "Dr.")."""
+    return word.endswith(".") and word.count(".") == 1 and len(word) > 3
+
+
 # ---------------------------------------------------------------------------- surprisal
 
 
@@ -700,7 +719,12 @@ class SurprisalPrune:
                     span = (sentence.words[ks[0]][0], sentence.words[ks[-1]][1])
                     size = sum(sentence.sizes[k] for k in ks)
                     flag = any(sentence.protected[k] for k in ks)  # only single words are protected
-                    units.append(Unit(sentence.passage, span, size, max(scores[k] for k in ks), flag, group,
+                    score = max(scores[k] for k in ks)
+                    if self.cohesion and not flag and follows_protected(text, sentence.words, sentence.protected, ks[0]):
+                        # The same reason as `phrases`: after "U.S." the LM predicts "currency", after
+                        # "12th" it predicts "century"; the head word scores as its protected modifier.
+                        score = max(score, scores[ks[0] - 1])
+                    units.append(Unit(sentence.passage, span, size, score, flag, group,
                                       bridge=len(ks) == 1 and bridges[ks[0]]))
             else:
                 for t in np.flatnonzero(owner >= 0):

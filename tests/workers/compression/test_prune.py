@@ -351,3 +351,31 @@ def test_an_overshoot_is_trimmed_from_the_least_relevant_sentence_first():
              Unit(0, (11, 16), 1, score=0.9, group=1), Unit(0, (17, 22), 1, score=0.8, group=1)]
     result = finish(passage, units, [True] * 4, 3, count_words, 4)
     assert result.passages[0].text == "alpha beta gamma"
+
+
+def test_follows_protected_marks_the_head_word_after_a_name_or_number():
+    from workers.compression.prune import follows_protected
+
+    text = "It is a denomination of U.S. currency since the 12th century, and Paris. The trade fell"
+    words = word_spans(text)
+    flags = protected_words(text, words, set())
+    heads = [text[slice(*w)] for k, w in enumerate(words) if follows_protected(text, words, flags, k)]
+    # Not "and" (a stopword, after a comma), not "The" (a stopword after a sentence end).
+    assert heads == ["currency", "century,"]
+
+
+def test_a_predictable_head_word_scores_as_its_protected_modifier():
+    class Predictable(FakeSurprisal):  # "currency" is predictable after "U.S.": surprisal 0.1
+        def surprisals(self, query, passage):
+            surprisal, offsets, n = super().surprisals(query, passage)
+            words = [passage.text[a:b] for a, b in offsets]
+            return np.array([0.1 if w.startswith("currency") else s for w, s in zip(words, surprisal, strict=True)]), offsets, n
+
+    passage = [Passage(chunk_id=1, title="Money", text="Its current denomination of U.S. currency is printed.")]
+
+    def text(**params):
+        pruner = Predictable(resources=Resources(), fine_keep=None, **params)
+        return pruner.compress(query="What is printed?", passages=passage, target=6, count_tokens=count_words).passages[0].text
+
+    assert "U.S. currency" in text()
+    assert "currency" not in text(cohesion=False)
