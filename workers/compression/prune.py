@@ -153,11 +153,15 @@ def bridge_words(text: str, words: Sequence[Span], protected: Sequence[bool]) ->
             and not protected[k]
             and core in STOPWORDS
             and text[a:b].lower() == core  # no punctuation attached
-            and not text[words[k - 1][1]:a].strip()
+            and flows_on(text, words, k)
             and not text[b:words[k + 1][0]].strip()
-            and text[words[k - 1][1] - 1].isalnum()
         )
     return out
+
+
+def flows_on(text: str, words: Sequence[Span], k: int) -> bool:
+    """Word k continues word k - 1's phrase: only whitespace between them, no punctuation ending k - 1."""
+    return not text[words[k - 1][1]:words[k][0]].strip() and text[words[k - 1][1] - 1].isalnum()
 
 
 # Shape of the dynamic ratio's decay over the relevance ranks (1 linear; 2 spares the head more).
@@ -520,8 +524,7 @@ def phrases(text: str, words: Sequence[Span], protected: Sequence[bool]) -> list
             and len(groups[-1]) < MAX_PHRASE_WORDS
             and content[k]
             and content[k - 1]
-            and not text[words[k - 1][1]:words[k][0]].strip()
-            and text[words[k - 1][1] - 1].isalnum()
+            and flows_on(text, words, k)
         ):
             groups[-1].append(k)
         else:
