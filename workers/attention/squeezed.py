@@ -424,8 +424,26 @@ class SqueezedAttention:
             self.calibration = got
         return self.calibration
 
-    def select_clusters(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
-        """q (H, Q, D) -> kept clusters (H, Q, C) bool."""
+    def cluster_scores(self, layer: int, q: torch.Tensor, scaling: float) -> torch.Tensor:
+        """s·q·Cᵢ (+ the spread term) for q (H, Q, D) -> (KVH, n_rep * Q, C).
+
+        One batched matmul per layer: the query heads of a KV head share its centroids (no copies).
+        The flat (non-hierarchical) selection and the estimate of the rest read the same logits,
+        so `attend` computes them once and hands them to both.
+        """
+        import torch
+
+        cents = self.index.centroids[layer]  # (KVH, C, D)
+        kvh, _, d = cents.shape
+        flat_q = q.float().reshape(kvh, -1, d)
+        s = torch.matmul(flat_q, cents.transpose(1, 2)) * scaling
+        if self.config.spread:
+            s = s + _spread_term(flat_q, cluster_spread(self.index, self.fixed, layer), scaling)
+        return s
+
+    def select_clusters(self, layer: int, q: torch.Tensor, scaling: float,
+                        centroid_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """q (H, Q, D) -> kept clusters (H, Q, C) bool; `centroid_scores`: `cluster_scores` if already computed."""
         import torch
 
         kvh = self.index.centroids[layer].shape[0]
@@ -433,13 +451,9 @@ class SqueezedAttention:
         n_rep = n_heads // kvh
         cal = self._calibrated(scaling, n_rep)
         if not self.index.hierarchical:
-            # One batched matmul per layer: the query heads of a KV head share its centroids (no copies).
             cents = self.index.centroids[layer]  # (KVH, C, D)
             log_sz = self.index.log_sizes[layer][:, None, :]  # (KVH, 1, C); -inf for empty clusters
-            flat_q = q.float().reshape(kvh, n_rep * q_len, d)
-            s = torch.matmul(flat_q, cents.transpose(1, 2)) * scaling
-            if self.config.spread:
-                s = s + _spread_term(flat_q, cluster_spread(self.index, self.fixed, layer), scaling)
+            s = centroid_scores if centroid_scores is not None else self.cluster_scores(layer, q, scaling)
             log_s = s - torch.logsumexp(s + log_sz, dim=-1, keepdim=True)  # (KVH, n_rep * Q, C)
             tau = cal.threshold(layer)
             if isinstance(tau, float):
@@ -476,19 +490,16 @@ class SqueezedAttention:
         return got
 
     def rest_partial(self, layer: int, q: torch.Tensor, keep_c: torch.Tensor, scaling: float,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     centroid_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The clusters not kept, estimated from their centroids: q (H, Q, D), keep_c (H, Q, C) ->
-        (out (H, Q, D), lse (H, Q)), to merge with the exact parts (see `SqueezedConfig.estimate_rest`)."""
+        (out (H, Q, D), lse (H, Q)), to merge with the exact parts (see `SqueezedConfig.estimate_rest`).
+        `centroid_scores`: `cluster_scores` if already computed."""
         import torch
 
-        cents = self.index.centroids[layer]  # (KVH, C, D)
-        kvh, n_clusters, d = cents.shape
+        kvh, n_clusters, d = self.index.centroids[layer].shape
         n_heads, q_len, _ = q.shape
         n_rep = n_heads // kvh
-        flat_q = q.float().reshape(kvh, n_rep * q_len, d)
-        s = torch.matmul(flat_q, cents.transpose(1, 2)) * scaling  # (KVH, n_rep * Q, C)
-        if self.config.spread:
-            s = s + _spread_term(flat_q, cluster_spread(self.index, self.fixed, layer), scaling)
+        s = centroid_scores if centroid_scores is not None else self.cluster_scores(layer, q, scaling)  # (KVH, n_rep * Q, C)
         log_mass = (s + self.index.log_sizes[layer][:, None, :]).view(n_heads, q_len, n_clusters)
         log_mass = log_mass.masked_fill(keep_c, float("-inf"))  # kept clusters are attended exactly
         lse = torch.logsumexp(log_mass, dim=-1)  # (H, Q); -inf when every cluster is kept
@@ -512,9 +523,10 @@ class SqueezedAttention:
             self.stats.add(q_len, float(n), n)
             return dense_attend(self.fixed, layer, query, key, value, mask, scaling)
         fk, fv = self.fixed.keys[layer], self.fixed.values[layer]  # (KVH, N, D)
-        keep_c = self.select_clusters(layer, q, scaling)  # (H, Q, C)
+        centroid_scores = None if self.index.hierarchical else self.cluster_scores(layer, q, scaling)
+        keep_c = self.select_clusters(layer, q, scaling, centroid_scores)  # (H, Q, C)
         if q_len == 1:
-            return self._decode_step(layer, q, keep_c, key, value, mask, scaling).to(query.dtype)
+            return self._decode_step(layer, q, keep_c, key, value, mask, scaling, centroid_scores).to(query.dtype)
         kv_of_head = torch.arange(n_heads) // n_rep  # (H,)
         labels = self.index.labels[layer][kv_of_head]  # (H, Nc)
         keep = keep_c.gather(-1, labels[:, None, :].expand(-1, q_len, -1))  # (H, Q, Nc): keys of kept clusters
@@ -529,7 +541,7 @@ class SqueezedAttention:
         if len(static):
             parts.append(partial_attention(q, fk[:, static], fv[:, static], scaling))  # (KVH, S, D)
         if self.config.estimate_rest:
-            parts.append(self.rest_partial(layer, q, keep_c, scaling))
+            parts.append(self.rest_partial(layer, q, keep_c, scaling, centroid_scores))
         user = user_partial(q, key, value, mask, scaling)
         out, _ = merge_partials([*parts, user])
         self.stats.add(q_len, float(counts.float().mean()) + len(static) + self._rest_reads(layer), n)
@@ -543,7 +555,7 @@ class SqueezedAttention:
 
     def _decode_step(
         self, layer: int, q: torch.Tensor, keep_c: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        mask: torch.Tensor | None, scaling: float,
+        mask: torch.Tensor | None, scaling: float, centroid_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One decoding row: q (H, 1, D), kept clusters (H, 1, C) -> (1, H, 1, D).
 
@@ -575,7 +587,7 @@ class SqueezedAttention:
         fixed_out = torch.matmul(torch.exp(scores - safe[:, None]), sel_v.float())  # (H, D)
         parts = [(fixed_out[:, None], lse[:, None])]
         if self.config.estimate_rest:
-            parts.append(self.rest_partial(layer, q, keep_c, scaling))
+            parts.append(self.rest_partial(layer, q, keep_c, scaling, centroid_scores))
         user = user_partial(q, key, value, mask, scaling)
         out, _ = merge_partials([*parts, user])  # (H, 1, D)
         counts = allowed.sum(-1)  # (H,): fixed keys attended per query head, static included
