@@ -373,6 +373,9 @@ def main() -> None:
                              "gold + 4 random (SQuAD/NQ, the anchors'), or given (HotpotQA: all 10, file order)")
     parser.add_argument("--offset", type=int, default=0,
                         help="skip this many questions (a disjoint split, e.g. to tune a method's parameters on)")
+    parser.add_argument("--only", type=int, nargs="+", default=None, metavar="INDEX",
+                        help="run just these questions (0-based positions in the dataset's question list, "
+                             "--offset ignored): e.g. the questions whose contexts a change touches")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--price-file", type=Path, default=DEFAULT_PRICE_FILE)
     parser.add_argument("--price-models", nargs="+", default=DEFAULT_PRICE_MODELS)
@@ -416,8 +419,14 @@ def main() -> None:
     resources = Resources(generator=lm, scorer=lm, model_cache_dir=args.model_cache, cache=cache)
     embedder = resources.get_embedder()
     embedder.encode(["warm up"])  # so the first example's latency is not the load time
+    if args.only:
+        args.offset, args.limit = 0, max(args.only) + 1
     dataset_kind, examples = load_examples(args.dataset, args.limit, contexts=args.contexts, top_k=args.top_k,
                                            offset=args.offset, embedder=embedder, vector_cache=args.vector_cache)
+    if args.only:
+        # Same contexts as a full run (retrieval does not depend on which questions run); random_drop's
+        # seed is the position in this list, so its rows differ from a full run's.
+        examples = [examples[i] for i in sorted(set(args.only)) if i < len(examples)]
     methods = {}
     for name in args.methods:
         if name not in BASELINES:
@@ -561,6 +570,7 @@ def main() -> None:
             "contexts": {"retrieved": f"top-{args.top_k} retrieved (MiniLM)", "gold+random": "gold + 4 random",
                          "given": "all 10 paragraphs, file order"}[args.contexts],
             "offset": args.offset,
+            "only": sorted(set(args.only)) if args.only else None,
             "gold_in_context": round(statistics.mean(ex["gold_in_context"] for ex in examples), 4) if examples else None,
             "n_with_answer": sum(f["has_answer"] for f in full),
             "mean_context_tokens": round(statistics.mean(f["tokens"] for f in full), 1) if full else None,

@@ -149,6 +149,7 @@ def tokens_of(count_tokens: Callable[[str], int], texts: Iterable[str]) -> int:
 # ---------------------------------------------------------------------------- protected spans
 
 _NUMBER = re.compile(r"\d")
+_OPENING_QUOTES = "\"“‘"  # not the ASCII apostrophe: "'s" and "'90s" start words too
 _CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
 
 
@@ -170,8 +171,10 @@ def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> lis
     """Which words must survive pruning: numbers, named entities, query words.
 
     Named entities are a heuristic, not NER: a run of capitalised words, except a capitalised
-    function word ("The", "In", "He") that starts a sentence; a run also covers the small
-    connectors inside it ("University *of* Oxford", "Lord *of the* Rings").
+    function word ("The", "In", "He") that starts a sentence, unless it opens a quotation: a
+    quoted capitalised phrase is a title ('"I Write Sins Not Tragedies" is a song', '"The
+    Raven"'), and its first word is part of the name. A run also covers the small connectors
+    inside it ("University *of* Oxford", "Lord *of the* Rings").
     """
     flags: list[bool] = []
     sentence_start = True
@@ -180,7 +183,8 @@ def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> lis
         core = word_core(word)
         lower = core.lower()
         capitalised = bool(core) and core[0].isupper()
-        entity = capitalised and not (sentence_start and lower in STOPWORDS)
+        opens_quote = word[:1] in _OPENING_QUOTES
+        entity = capitalised and not (sentence_start and lower in STOPWORDS and not opens_quote)
         flags.append(bool(_NUMBER.search(word)) or entity or lower in keywords)
         sentence_start = word.endswith((".", "!", "?", ":"))
     # Connectors between two capitalised protected words belong to the entity.

@@ -93,3 +93,12 @@ def test_it_protects_numbers_named_entities_and_query_words():
     assert kept == ["Lord", "of", "the", "Rings", "Tolkien", "1954.", "sold", "150", "copies"]
     # Capitalised function words at a sentence start are not entities; query stopwords are not keywords.
     assert "The" not in kept and "It" not in kept and "many" not in query_keywords("How many")
+
+
+def test_a_quoted_title_keeps_its_first_word_even_when_it_is_a_function_word():
+    # NQ: "panic at the disco song about a wedding" -> "I Write Sins Not Tragedies"; pruning "I"
+    # broke the answer. A quotation that opens a sentence with a capitalised word is a title.
+    text = '"I Write Sins Not Tragedies" is a song. “The Raven” is a poem. The song was a hit.'
+    words = word_spans(text)
+    kept = [text[a:b] for (a, b), flag in zip(words, protected_words(text, words, set()), strict=True) if flag]
+    assert kept == ['"I', "Write", "Sins", "Not", 'Tragedies"', "“The", "Raven”"]
