@@ -447,11 +447,10 @@ class SqueezedAttention:
         import torch
 
         kvh = self.index.centroids[layer].shape[0]
-        n_heads, q_len, d = q.shape
+        n_heads, q_len, _ = q.shape
         n_rep = n_heads // kvh
         cal = self._calibrated(scaling, n_rep)
         if not self.index.hierarchical:
-            cents = self.index.centroids[layer]  # (KVH, C, D)
             log_sz = self.index.log_sizes[layer][:, None, :]  # (KVH, 1, C); -inf for empty clusters
             s = centroid_scores if centroid_scores is not None else self.cluster_scores(layer, q, scaling)
             log_s = s - torch.logsumexp(s + log_sz, dim=-1, keepdim=True)  # (KVH, n_rep * Q, C)
@@ -462,7 +461,7 @@ class SqueezedAttention:
                 keep = log_s >= tau.view(kvh, n_rep, 1).expand(kvh, n_rep, q_len).reshape(kvh, -1, 1)
             keep &= torch.isfinite(log_sz)  # empty clusters never count
             if q_len == 1:
-                self.lookups += kvh * n_rep * cents.shape[1]
+                self.lookups += kvh * n_rep * log_sz.shape[-1]
             return keep.view(n_heads, q_len, -1)
         cents = repeat_kv(self.index.centroids[layer][None], n_rep)[0]  # (H, C, D)
         log_sz = repeat_kv(self.index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
