@@ -424,9 +424,12 @@ def main() -> None:
     dataset_kind, examples = load_examples(args.dataset, args.limit, contexts=args.contexts, top_k=args.top_k,
                                            offset=args.offset, embedder=embedder, vector_cache=args.vector_cache)
     if args.only:
+        missing = [i for i in args.only if not 0 <= i < len(examples)]
+        if missing:
+            parser.error(f"--only: no question at {missing} ({len(examples)} questions in {args.dataset})")
         # Same contexts as a full run (retrieval does not depend on which questions run); random_drop's
         # seed is the position in this list, so its rows differ from a full run's.
-        examples = [examples[i] for i in sorted(set(args.only)) if i < len(examples)]
+        examples = [examples[i] for i in sorted(set(args.only))]
     methods = {}
     for name in args.methods:
         if name not in BASELINES:
