@@ -74,11 +74,19 @@ MAX_BRIDGE = 2
 def select(units: Sequence[Unit], budget: int) -> list[bool]:
     """Keep protected units, then the highest-scoring others while they fit the budget.
 
-    Protected units are kept even when they alone exceed the budget (the caller reports the
-    overshoot in tokens_after); a unit that does not fit is skipped so smaller ones can still.
-    Units ranked into groups (`group` >= 0: their sentence's relevance rank) first fill their
-    group's share of what protection left, by `dynamic_budgets` (the most relevant sentences kept
-    whole), then whatever the groups left goes to the best remaining units anywhere.
+    Ungrouped units (`group` -1, no sentence ranking): protected units are kept even when they
+    alone exceed the budget (the caller reports the overshoot in tokens_after); a unit that does
+    not fit is skipped so smaller ones can still.
+
+    Units ranked into groups (`group` >= 0: their sentence's relevance rank) split the budget by
+    `dynamic_budgets` over each sentence's whole size, protected words included: the most
+    relevant sentences are kept whole, the later ones pruned harder. A sentence's protected
+    words are kept when its share covers them and the rest of the share goes to its best other
+    units. When the share is smaller than its protected words, the sentence keeps only as many
+    of them as fit, best score first (they stay protected: `finish` never trims them): protection of a
+    low-ranked sentence's names must not starve a better one (NQ #120: the city names of a
+    Toyota passage took the room of "They are an example of special economic zones", ranked
+    second). Whatever the shares leave goes to the best remaining units anywhere.
 
     Bridges: word pruning drops function words first (they move neither the embedding nor the
     LM's surprise), which breaks multi-word answers apart ("current denomination of U.S.
@@ -87,9 +95,10 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
     takes the run along when both fit; the run then scores as the weaker of its two neighbours,
     so `finish` trims it no earlier than them.
     """
-    keep = [u.protected for u in units]
-    left = budget - sum(u.size for u in units if u.protected)
-    order = sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: -units[i].score)
+    groups = max((u.group for u in units), default=-1) + 1
+    # Ungrouped protected units are kept outright; grouped ones only within their sentence's share.
+    keep = [u.protected and u.group < 0 for u in units]
+    left = budget - sum(u.size for u, k in zip(units, keep, strict=True) if k)
 
     def closing(i: int) -> list[tuple[int, float]]:
         """The dropped bridge units that keeping unit i would join to a kept unit, with their floor score."""
@@ -118,20 +127,26 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
                 spent += units[k].size
         return spent
 
-    groups = max((u.group for u in units), default=-1) + 1
     if groups and left > 0:
-        free = [0] * groups  # unprotected tokens per group, in rank order
+        sizes, guarded = [0] * groups, [0] * groups  # tokens per group in rank order: all, protected
         for u in units:
-            if not u.protected and u.group >= 0:
-                free[u.group] += u.size
-        room = dynamic_budgets(free, left)
-        for i in order:
-            g = units[i].group
-            if g >= 0:
-                spent = take(i, min(room[g], left))
-                room[g] -= spent
-                left -= spent
-    for i in order:
+            if u.group >= 0:
+                sizes[u.group] += u.size
+                guarded[u.group] += u.size if u.protected else 0
+        room = dynamic_budgets(sizes, left)
+        starved = [guarded[g] > room[g] for g in range(groups)]
+        for i, u in enumerate(units):
+            if u.group >= 0 and u.protected and not starved[u.group]:
+                keep[i] = True
+                room[u.group] -= u.size
+                left -= u.size
+        # The protected words still out are a starved sentence's: they go first within its share.
+        grouped = (i for i, u in enumerate(units) if not keep[i] and u.group >= 0)
+        for i in sorted(grouped, key=lambda i: (not units[i].protected, -units[i].score)):
+            spent = take(i, min(room[units[i].group], left))
+            room[units[i].group] -= spent
+            left -= spent
+    for i in sorted((i for i, u in enumerate(units) if not keep[i]), key=lambda i: (not units[i].protected, -units[i].score)):
         if left <= 0:
             break
         left -= take(i, left)
@@ -266,7 +281,8 @@ def sentences_of(
     for i, passage in enumerate(passages):
         text = passage.text
         words = word_spans(text)
-        flags = protected_words(text, words, keywords) if keywords is not None else [False] * len(words)
+        flags = (protected_words(text, words, keywords, names=[passage.title] if passage.title else [])
+                 if keywords is not None else [False] * len(words))
         by_start = {w[0]: k for k, w in enumerate(words)}
         sentences = []
         for span in sentence_spans(text):

@@ -464,7 +464,8 @@ class Summarize:
         ("Knowsley United" does not keep "Knowsley United Women", whose last word the question
         happens to share)."""
         words = word_spans(sentence)
-        flags = protected_words(sentence, words, set())
+        # A number's counted word ("15th *century*") is no fact of its own: the number is.
+        flags = protected_words(sentence, words, set(), counted=False)
         cores = [word_core(sentence[a:b]).lower() for a, b in words]
         facts = {t for t, f in zip(cores, flags, strict=True) if f and t and t not in asked and t not in STOPWORDS}
         runs: list[list[str]] = [[]]

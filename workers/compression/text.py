@@ -167,14 +167,25 @@ def query_keywords(query: str) -> set[str]:
     return {w for w in words if len(w) > 1 and w not in STOPWORDS}
 
 
-def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> list[bool]:
-    """Which words must survive pruning: numbers, named entities, query words.
+def protected_words(
+    text: str, words: Sequence[Span], keywords: set[str], names: Sequence[str] = (), *, counted: bool = True
+) -> list[bool]:
+    """Which words must survive pruning: numbers and what they count, named entities, query words.
 
     Named entities are a heuristic, not NER: a run of capitalised words, except a capitalised
     function word ("The", "In", "He") that starts a sentence, unless it opens a quotation: a
     quoted capitalised phrase is a title ('"I Write Sins Not Tragedies" is a song', '"The
     Raven"'), and its first word is part of the name. A run also covers the small connectors
     inside it ("University *of* Oxford", "Lord *of the* Rings").
+
+    `names` are phrases known to be names (a passage's title): where the text spells one out,
+    with the same capitals, all of its words are protected, the sentence-initial function word
+    of an unquoted title included ("*My* Summer Story, originally released as ..."). A
+    disambiguation in brackets ("Coming Home for Christmas (2017 film)") is not part of the name.
+
+    The content word right after a number, with only a space between, is what the number counts
+    or dates ("the 15th *century*", "474 *million* tonnes", "70 *percent*"); a causal LM finds it
+    predictable after the number, so it is protected with it (`counted=False`: not).
     """
     flags: list[bool] = []
     sentence_start = True
@@ -187,6 +198,14 @@ def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> lis
         entity = capitalised and not (sentence_start and lower in STOPWORDS and not opens_quote)
         flags.append(bool(_NUMBER.search(word)) or entity or lower in keywords)
         sentence_start = word.endswith((".", "!", "?", ":"))
+    for k in range(1, len(words) if counted else 0):
+        before = text[slice(*words[k - 1])]
+        core = word_core(text[slice(*words[k])]).lower()
+        if (_NUMBER.search(before) and before[-1:].isalnum() and core and core not in STOPWORDS
+                and core.isalpha() and not text[words[k - 1][1]:words[k][0]].strip()):
+            flags[k] = True
+    for name in names:
+        _protect_name(text, words, name, flags)
     # Connectors between two capitalised protected words belong to the entity.
     capital = [flags[i] and word_core(text[s:e])[:1].isupper() for i, (s, e) in enumerate(words)]
     i = 1
@@ -199,3 +218,19 @@ def protected_words(text: str, words: Sequence[Span], keywords: set[str]) -> lis
                 flags[k] = True
         i = max(j, i + 1)
     return flags
+
+
+_DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")
+
+
+def _protect_name(text: str, words: Sequence[Span], name: str, flags: list[bool]) -> None:
+    """Protect every occurrence of the word sequence `name` (cores compared with their capitals)."""
+    target = [c for c in (word_core(w) for w in _DISAMBIGUATION.sub("", name).split()) if c]
+    if not target:
+        return
+    cores = [word_core(text[a:b]) for a, b in words]
+    n = len(target)
+    for k in range(len(words) - n + 1):
+        if cores[k : k + n] == target:
+            for j in range(k, k + n):
+                flags[j] = True
