@@ -112,6 +112,32 @@ ANSWER_TYPE_WEIGHT = 0.2
 # an American basketball coach"): the answer to "who ..." is often only there.
 LEAD_WEIGHT = 0.1
 
+# Relevance added to every sentence of a passage once a chosen sentence names its title (see
+# `title_links`): the second hop of a multi-hop question. Set a priori like the other signals.
+HOP_WEIGHT = 0.2
+_DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")
+
+
+def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int]) -> list[set[int]]:
+    """For each sentence, the other passages whose title it spells out (and the question does not).
+
+    Multi-hop questions name the first entity; its passage names the second ("... principal
+    captain of King *Richard I of England*"), whose passage holds the answer ("... his mother,
+    Eleanor of Aquitaine") but looks nothing like the question. Titles are compared with their
+    capitals and without a bracketed disambiguation ("Coal Miner's Daughter (film)").
+    """
+    asked = query.lower()
+    patterns: list[re.Pattern[str] | None] = []
+    for passage in passages:
+        title = _DISAMBIGUATION.sub("", passage.title or "").strip()
+        named = len(title) < 3 or title.lower() in asked
+        patterns.append(None if named else re.compile(rf"(?<!\w){re.escape(title)}(?!\w)"))
+    return [
+        {j for j, pattern in enumerate(patterns) if j != owner[i] and pattern is not None and pattern.search(sentence)}
+        for i, sentence in enumerate(sentences)
+    ]
+
+
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b")
 _MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
 _DIGIT = re.compile(r"\d")
@@ -190,11 +216,13 @@ class Extractive:
         lexical_weight: float = LEXICAL_WEIGHT,
         answer_type_weight: float = ANSWER_TYPE_WEIGHT,
         lead_weight: float = LEAD_WEIGHT,
+        hop_weight: float = HOP_WEIGHT,
     ) -> None:
         if not 0.0 <= mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
         for label, value in (("rank_weight", rank_weight), ("lexical_weight", lexical_weight),
-                             ("answer_type_weight", answer_type_weight), ("lead_weight", lead_weight)):
+                             ("answer_type_weight", answer_type_weight), ("lead_weight", lead_weight),
+                             ("hop_weight", hop_weight)):
             if value < 0:
                 raise ValueError(f"{label} must be >= 0, got {value}")
         self.resources = resources or Resources()
@@ -206,12 +234,14 @@ class Extractive:
         self.lexical_weight = lexical_weight
         self.answer_type_weight = answer_type_weight
         self.lead_weight = lead_weight
+        self.hop_weight = hop_weight
 
     def params(self) -> dict[str, Any]:
         return {"mmr_lambda": self.mmr_lambda, "passage_weight": self.passage_weight,
                 "title_context": self.title_context, "redundancy_threshold": self.redundancy_threshold,
                 "rank_weight": self.rank_weight, "lexical_weight": self.lexical_weight,
-                "answer_type_weight": self.answer_type_weight, "lead_weight": self.lead_weight}
+                "answer_type_weight": self.answer_type_weight, "lead_weight": self.lead_weight,
+                "hop_weight": self.hop_weight}
 
     # ------------------------------------------------------------------ embeddings
 
@@ -283,9 +313,21 @@ class Extractive:
         return rel, vectors
 
     def select(
-        self, rel: np.ndarray, vectors: np.ndarray, sizes: list[int], budget: int
+        self,
+        rel: np.ndarray,
+        vectors: np.ndarray,
+        sizes: list[int],
+        budget: int,
+        links: list[set[int]] | None = None,
+        owner: np.ndarray | None = None,
     ) -> list[int]:
-        """Sentence indices chosen in MMR order until no remaining sentence fits the budget."""
+        """Sentence indices chosen in MMR order until no remaining sentence fits the budget.
+
+        `links[i]`: the passages sentence i names (`title_links`), `owner[i]` its passage. Once a
+        chosen sentence names a passage, every sentence of that passage gains `hop_weight`.
+        """
+        rel = rel.copy()
+        hopped: set[int] = set()
         chosen: list[int] = []
         left = budget
         candidates = set(range(len(sizes)))
@@ -299,6 +341,10 @@ class Extractive:
                 continue  # too long for what is left; a shorter one further down may fit
             chosen.append(best)
             left -= sizes[best]
+            if links is not None and owner is not None and self.hop_weight:
+                for j in links[best] - hopped:
+                    hopped.add(j)
+                    rel[owner == j] += self.hop_weight
             redundancy = np.maximum(redundancy, vectors @ vectors[best])
             penalty = np.clip(redundancy - thr, 0.0, None) / (1.0 - thr)
         return chosen
@@ -319,7 +365,12 @@ class Extractive:
             for span in passage_spans
         ]
         rel, vectors = self.relevance(query, passages, spans)
-        order = self.select(rel, vectors, [s.tokens for s in sentences], budget)
+        links = owner = None
+        if self.hop_weight and len(passages) > 1:
+            owner = np.array([s.passage for s in sentences], dtype=np.int64)  # (S,)
+            links = title_links(query, passages, [passages[s.passage].text[s.span[0]:s.span[1]] for s in sentences],
+                                owner)
+        order = self.select(rel, vectors, [s.tokens for s in sentences], budget, links, owner)
         keep: dict[int, list[Span]] = {i: [] for i in range(len(passages))}
         for index in order:
             keep[sentences[index].passage].append(sentences[index].span)
@@ -402,6 +453,7 @@ class Summarize:
         allocation: str = "relevance",
         temperature: float = 0.1,
         min_key_recall: float = 0.5,
+        hop_weight: float = 0.0,
     ) -> None:
         if not 0.0 <= min_key_recall <= 1.0:
             raise ValueError(f"min_key_recall must be in [0, 1], got {min_key_recall}")
@@ -415,7 +467,10 @@ class Summarize:
         self.allocation = allocation
         self.temperature = temperature
         self.min_key_recall = min_key_recall
-        self.extractive = Extractive(resources=self.resources)
+        # The fallback's extractive choice sees only the chunks left without a summary, so a
+        # title link to a summarized chunk cannot be followed; its measured rows use no hop (0).
+        self.hop_weight = hop_weight
+        self.extractive = Extractive(resources=self.resources, hop_weight=hop_weight)
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "relevance_order": self.relevance_order,

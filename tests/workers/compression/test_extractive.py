@@ -18,8 +18,9 @@ def extractive(bow, **params):
     return get_method("extractive", resources=Resources(embedder=bow), **params)
 
 
-# Cosine alone: no retrieval-rank prior, lexical overlap, answer typing or lead bonus.
-COSINE_ONLY = {"rank_weight": 0.0, "lexical_weight": 0.0, "answer_type_weight": 0.0, "lead_weight": 0.0}
+# Cosine alone: no retrieval-rank prior, lexical overlap, answer typing, lead bonus or title hop.
+COSINE_ONLY = {"rank_weight": 0.0, "lexical_weight": 0.0, "answer_type_weight": 0.0, "lead_weight": 0.0,
+               "hop_weight": 0.0}
 
 
 def assert_spans_index_the_original(passages, result):
@@ -163,3 +164,37 @@ def test_answer_type_matching_marks_the_sentences_that_could_hold_the_answer():
     # "Pokemon" is the question's own word, not a candidate answer.
     assert answer_type_match("Who sang the Pokemon theme song?", names).tolist() == [1.0, 0.0, 0.0]
     assert answer_type_match("What do the dots mean?", sentences).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_title_links_name_the_other_passages_a_sentence_spells_out_that_the_question_does_not():
+    from workers.compression.summarize import title_links
+
+    passages = [Passage(1, "Ralf D. Bode", ""), Passage(2, "Coal Miner's Daughter (film)", ""),
+                Passage(3, "Loretta Lynn", ""), Passage(4, "Ralf", "")]
+    sentences = ["Ralf D. Bode shot \"Coal Miner's Daughter\" about Loretta Lynn.",  # passage 1
+                 "coal miner's daughter is a film.",  # passage 2: other capitals, not the title
+                 "Loretta Lynnette sang."]  # passage 3: a longer word, not the title
+    links = title_links("Ralf D. Bode shot which film?", passages, sentences, [0, 1, 2])
+    # Not its own passage, not "Ralf D. Bode" or "Ralf" (the question names them), the film
+    # without its "(film)" disambiguation.
+    assert links == [{1, 2}, set(), set()]
+
+
+def test_a_chosen_sentence_that_names_another_passage_pulls_that_passage_in_the_second_hop(bow):
+    # HotpotQA's bridge questions: the answer's passage shares no word with the question; the
+    # first hop's sentence names it. Without the hop the off-topic look-alike wins the budget.
+    passages = [
+        Passage(1, "Walchelin de Ferriers", "Walchelin de Ferriers was principal captain of King Richard I of England."),
+        Passage(2, "Erchinoald", "Erchinoald was a kin of a mother of a king."),
+        Passage(3, "Richard I of England", "His parents were Henry II and Eleanor of Aquitaine."),
+    ]
+    query = "Who is the mother of the king that Walchelin de Ferriers was principal captain to?"
+    budget = count_words(passages[0].text) + count_words(passages[1].text)  # room for one of 2, 3 after 1
+
+    def kept(hop: float) -> list[int]:
+        method = extractive(bow, passage_weight=0.0, title_context=False, mmr_lambda=1.0, **{**COSINE_ONLY, "hop_weight": hop})
+        return [p.chunk_id for p in method.compress(query=query, passages=passages, target=budget,
+                                                    count_tokens=count_words).passages]
+
+    assert kept(0.0) == [1, 2]
+    assert kept(0.5) == [1, 3]
