@@ -217,6 +217,7 @@ class Extractive:
         answer_type_weight: float = ANSWER_TYPE_WEIGHT,
         lead_weight: float = LEAD_WEIGHT,
         hop_weight: float = HOP_WEIGHT,
+        cut_best: bool = True,
     ) -> None:
         if not 0.0 <= mmr_lambda <= 1.0:
             raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
@@ -235,13 +236,14 @@ class Extractive:
         self.answer_type_weight = answer_type_weight
         self.lead_weight = lead_weight
         self.hop_weight = hop_weight
+        self.cut_best = cut_best
 
     def params(self) -> dict[str, Any]:
         return {"mmr_lambda": self.mmr_lambda, "passage_weight": self.passage_weight,
                 "title_context": self.title_context, "redundancy_threshold": self.redundancy_threshold,
                 "rank_weight": self.rank_weight, "lexical_weight": self.lexical_weight,
                 "answer_type_weight": self.answer_type_weight, "lead_weight": self.lead_weight,
-                "hop_weight": self.hop_weight}
+                "hop_weight": self.hop_weight, "cut_best": self.cut_best}
 
     # ------------------------------------------------------------------ embeddings
 
@@ -370,12 +372,19 @@ class Extractive:
             owner = np.array([s.passage for s in sentences], dtype=np.int64)  # (S,)
             links = title_links(query, passages, [passages[s.passage].text[s.span[0]:s.span[1]] for s in sentences],
                                 owner)
-        order = self.select(rel, vectors, [s.tokens for s in sentences], budget, links, owner)
+        if self.cut_best and sentences and sentences[int(np.argmax(rel))].tokens > budget:
+            # The most relevant sentence alone is longer than the budget. Skipping it left the
+            # budget to lesser sentences ("who are the characters in yo gabba gabba": one long
+            # sentence names them all, and a fictional-character sentence elsewhere was kept);
+            # its first words, where the subject and its facts are, carry more.
+            order = []
+        else:
+            order = self.select(rel, vectors, [s.tokens for s in sentences], budget, links, owner)
         keep: dict[int, list[Span]] = {i: [] for i in range(len(passages))}
         for index in order:
             keep[sentences[index].passage].append(sentences[index].span)
         if not order and sentences and budget > 0:
-            # Every sentence is longer than the budget: keep the best one's first words.
+            # The best sentence is longer than the budget: keep its first words.
             best = sentences[int(np.argmax(rel))]
             cut = fit_words(passages[best.passage].text, best.span, budget, count_tokens)
             if cut is not None:
@@ -470,7 +479,9 @@ class Summarize:
         # The fallback's extractive choice sees only the chunks left without a summary, so a
         # title link to a summarized chunk cannot be followed; its measured rows use no hop (0).
         self.hop_weight = hop_weight
-        self.extractive = Extractive(resources=self.resources, hop_weight=hop_weight)
+        # cut_best=False: `_fallback` already keeps the first words of a best sentence longer than
+        # the budget, chosen by the whole context's ranking rather than the leftover chunks'.
+        self.extractive = Extractive(resources=self.resources, hop_weight=hop_weight, cut_best=False)
 
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "relevance_order": self.relevance_order,

@@ -198,3 +198,22 @@ def test_a_chosen_sentence_that_names_another_passage_pulls_that_passage_in_the_
 
     assert kept(0.0) == [1, 2]
     assert kept(0.5) == [1, 3]
+
+
+def test_a_best_sentence_longer_than_the_budget_keeps_its_first_words_not_lesser_sentences(bow):
+    # NQ "who are the characters in yo gabba gabba": one long sentence names them all; skipping
+    # it for being too long left the budget to an unrelated short sentence.
+    passages = [
+        Passage(1, "", "The characters of the show are Muno, Foofa, Brobee, Toodee and Plex, hosted by a DJ."),
+        Passage(2, "", "A fictional lawyer appeared in many episodes."),
+    ]
+    query = "Who are the characters of the show?"
+    budget = 8  # the long sentence has 16 words, the other 7
+
+    def kept(**params) -> str:
+        result = extractive(bow, **params).compress(query=query, passages=passages, target=budget, count_tokens=count_words)
+        assert result.tokens_after <= budget
+        return " ".join(p.text for p in result.passages)
+
+    assert kept() == "The characters of the show are Muno, Foofa,"
+    assert kept(cut_best=False) == "A fictional lawyer appeared in many episodes."
