@@ -33,6 +33,7 @@ from workers.compression.text import (
     render,
     sentence_spans,
     token_budget,
+    without_disambiguation,
     word_core,
     word_spans,
 )
@@ -115,7 +116,6 @@ LEAD_WEIGHT = 0.1
 # Relevance added to every sentence of a passage once a chosen sentence names its title (see
 # `title_links`): the second hop of a multi-hop question. Set a priori like the other signals.
 HOP_WEIGHT = 0.2
-_DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")
 
 
 def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int]) -> list[set[int]]:
@@ -129,7 +129,7 @@ def title_links(query: str, passages: list[Passage], sentences: list[str], owner
     asked = query.lower()
     patterns: list[re.Pattern[str] | None] = []
     for passage in passages:
-        title = _DISAMBIGUATION.sub("", passage.title or "").strip()
+        title = without_disambiguation(passage.title or "")
         named = len(title) < 3 or title.lower() in asked
         patterns.append(None if named else re.compile(rf"(?<!\w){re.escape(title)}(?!\w)"))
     return [

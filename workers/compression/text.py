@@ -223,9 +223,14 @@ def protected_words(
 _DISAMBIGUATION = re.compile(r"\s*\([^)]*\)\s*$")
 
 
+def without_disambiguation(title: str) -> str:
+    """A title without its bracketed disambiguation: "Coal Miner's Daughter (film)" -> "Coal Miner's Daughter"."""
+    return _DISAMBIGUATION.sub("", title).strip()
+
+
 def _protect_name(text: str, words: Sequence[Span], name: str, flags: list[bool]) -> None:
     """Protect every occurrence of the word sequence `name` (cores compared with their capitals)."""
-    target = [c for c in (word_core(w) for w in _DISAMBIGUATION.sub("", name).split()) if c]
+    target = [c for c in (word_core(w) for w in without_disambiguation(name).split()) if c]
     if not target:
         return
     cores = [word_core(text[a:b]) for a, b in words]
