@@ -67,6 +67,7 @@ class Unit:
     protected: bool = False
     group: int = -1  # the unit's sentence in relevance order (0 = most relevant); -1: no ranking
     bridge: bool = False  # a function word joining its sentence neighbours (see `bridge_words`)
+    head: bool = False  # the content word a protected word qualifies ("German *mathematician*")
 
 
 # A run of at most this many dropped function words between two kept units is restored.
@@ -85,8 +86,9 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
     relevant sentences are kept whole, the later ones pruned harder. A sentence's protected
     words are kept when its share covers them and the rest of the share goes to its best other
     units. When the share is smaller than its protected words, the sentence keeps only as many
-    of them as fit, best score first (they stay protected: `finish` never trims them): protection of a
-    low-ranked sentence's names must not starve a better one (NQ #120: the city names of a
+    of them as fit, best score first, together with the words they qualify (`Unit.head`: "German
+    *mathematician*", HotpotQA #56), ahead of its other words (protected ones stay protected:
+    `finish` never trims them): protection of a low-ranked sentence's names must not starve a better one (NQ #120: the city names of a
     Toyota passage took the room of "They are an example of special economic zones", ranked
     second). Whatever the shares leave goes to the best remaining units anywhere.
 
@@ -144,7 +146,7 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
                 left -= u.size
         # The protected words still out are a starved sentence's: they go first within its share.
         grouped = (i for i, u in enumerate(units) if not keep[i] and u.group >= 0)
-        for i in sorted(grouped, key=lambda i: (not units[i].protected, -units[i].score)):
+        for i in sorted(grouped, key=lambda i: (not (units[i].protected or units[i].head), -units[i].score)):
             spent = take(i, min(room[units[i].group], left))
             room[units[i].group] -= spent
             left -= spent
@@ -495,13 +497,15 @@ class SemanticPrune:
                        if self.bridge else [False] * len(sentence.words))
             for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
                 window = []
-                for span, size, flag, joins in zip(sentence.words[k : k + MAX_WINDOW_WORDS],
-                                                   sentence.sizes[k : k + MAX_WINDOW_WORDS],
-                                                   sentence.protected[k : k + MAX_WINDOW_WORDS],
-                                                   bridges[k : k + MAX_WINDOW_WORDS], strict=True):
+                text = passages[sentence.passage].text
+                for n_word, (span, size, flag, joins) in enumerate(
+                        zip(sentence.words[k : k + MAX_WINDOW_WORDS], sentence.sizes[k : k + MAX_WINDOW_WORDS],
+                            sentence.protected[k : k + MAX_WINDOW_WORDS], bridges[k : k + MAX_WINDOW_WORDS],
+                            strict=True), start=k):
                     window.append(len(units))
+                    head = follows_protected(text, sentence.words, sentence.protected, n_word)
                     units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag, group=group,
-                                      bridge=joins))
+                                      bridge=joins, head=head))
                 windows.append(window)
         # Without a sentence stage to drop sentences, protected words can outnumber the budget:
         # then protection becomes a priority (ranked above every other word), not a guarantee.
@@ -770,8 +774,9 @@ class SurprisalPrune:
                         # The same reason as `phrases`: after "U.S." the LM predicts "currency", after
                         # "12th" it predicts "century"; the head word scores as its protected modifier.
                         score = max(score, scores[ks[0] - 1])
+                    head = not flag and follows_protected(text, sentence.words, sentence.protected, ks[0])
                     units.append(Unit(sentence.passage, span, size, score, flag, group,
-                                      bridge=len(ks) == 1 and bridges[ks[0]]))
+                                      bridge=len(ks) == 1 and bridges[ks[0]], head=head))
             else:
                 for t in np.flatnonzero(owner >= 0):
                     a, b = int(offsets[t, 0]), int(offsets[t, 1])

@@ -149,6 +149,16 @@ def tokens_of(count_tokens: Callable[[str], int], texts: Iterable[str]) -> int:
 # ---------------------------------------------------------------------------- protected spans
 
 _NUMBER = re.compile(r"\d")
+NUMBER_WORDS = frozenset(
+    """two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen
+    seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
+    thousand million billion trillion dozen""".split()
+)
+
+
+def is_number(word: str) -> bool:
+    """A word with a digit, or a number word ("four", "twenty", "million"; not "one", a pronoun too)."""
+    return bool(_NUMBER.search(word)) or word_core(word).lower() in NUMBER_WORDS
 _OPENING_QUOTES = "\"“‘"  # not the ASCII apostrophe: "'s" and "'90s" start words too
 _CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
 
@@ -171,6 +181,8 @@ def protected_words(
     text: str, words: Sequence[Span], keywords: set[str], names: Sequence[str] = (), *, counted: bool = True
 ) -> list[bool]:
     """Which words must survive pruning: numbers and what they count, named entities, query words.
+
+    Numbers: a word with a digit or a number word ("four", "million"; `NUMBER_WORDS`).
 
     Named entities are a heuristic, not NER: a run of capitalised words, except a capitalised
     function word ("The", "In", "He") that starts a sentence, unless it opens a quotation: a
@@ -196,12 +208,12 @@ def protected_words(
         capitalised = bool(core) and core[0].isupper()
         opens_quote = word[:1] in _OPENING_QUOTES
         entity = capitalised and not (sentence_start and lower in STOPWORDS and not opens_quote)
-        flags.append(bool(_NUMBER.search(word)) or entity or lower in keywords)
+        flags.append(is_number(word) or entity or lower in keywords)
         sentence_start = word.endswith((".", "!", "?", ":"))
     for k in range(1, len(words) if counted else 0):
         before = text[slice(*words[k - 1])]
         core = word_core(text[slice(*words[k])]).lower()
-        if (_NUMBER.search(before) and before[-1:].isalnum() and core and core not in STOPWORDS
+        if (is_number(before) and before[-1:].isalnum() and core and core not in STOPWORDS
                 and core.isalpha() and not text[words[k - 1][1]:words[k][0]].strip()):
             flags[k] = True
     for name in names:

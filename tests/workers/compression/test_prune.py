@@ -151,13 +151,20 @@ def test_it_fits_the_budget_coarse_to_fine_and_keeps_protected_words_of_kept_sen
     assert_spans_index_the_original(passages, result)
     kept = kept_words(result, passages)
     # A kept sentence keeps every protected word, unless its share of the budget is smaller than
-    # them: then it keeps protected words only (and function words bridging them), nothing else.
-    protected = protected_set(passages, QUERY if params.get("query_aware", True) else "")
+    # them: then it keeps protected words, the words they qualify ("German *mathematician*") and
+    # function words bridging them, nothing else.
+    from workers.compression.prune import follows_protected
+
+    query = QUERY if params.get("query_aware", True) else ""
+    protected = protected_set(passages, query)
     for p in passages:
+        all_words = word_spans(p.text)
+        flags = protected_words(p.text, all_words, query_keywords(query), names=[p.title])
+        heads = {(p.chunk_id, w) for k, w in enumerate(all_words) if follows_protected(p.text, all_words, flags, k)}
         for s in sentence_spans(p.text):
             words = {(p.chunk_id, w) for w in word_spans(p.text, s)}
             if words & kept and not (words & protected) <= kept:
-                others = {p.text[a:b].lower() for _, (a, b) in (words & kept) - protected}
+                others = {p.text[a:b].lower() for _, (a, b) in (words & kept) - protected - heads}
                 assert others <= STOPWORDS, others
 
 
@@ -273,6 +280,26 @@ def test_names_of_a_low_ranked_sentence_do_not_take_the_room_of_a_better_one():
     assert keep[8:] == [True, True, True, False, False, False]
     # A share that holds them keeps them all, as before.
     assert select(best + second + names, 14) == [True] * 14
+
+
+def test_a_starved_sentence_keeps_the_word_its_protected_modifier_qualifies_before_others():
+    from workers.compression.prune import Unit, select
+
+    # HotpotQA #56: "Carl Runge ... was a German mathematician" ranked low; its share held its
+    # protected words but not "mathematician", the answer. A head word (surprisal scores it as its
+    # modifier) now competes with the protected words for the share, ahead of plain words.
+    best = [Unit(0, (2 * k, 2 * k + 1), 1, score=0.5, group=0) for k in range(6)]
+    low = [Unit(0, (20, 21), 1, score=0.9, protected=True, group=1),  # "German"
+           Unit(0, (22, 23), 1, score=0.9, group=1, head=True),  # "mathematician"
+           Unit(0, (24, 25), 1, score=0.95, group=1),  # a plain word, however surprising
+           Unit(0, (26, 27), 1, score=0.7, protected=True, group=1),  # "Carl"
+           Unit(0, (28, 29), 1, score=0.6, protected=True, group=1)]  # "Runge"
+    keep = select(best + low, 8)  # shares 6 and 2: the second sentence is starved
+    assert keep[:6] == [True] * 6
+    assert keep[6:] == [True, True, False, False, False]
+    for u in low:
+        u.head = False
+    assert select(best + low, 8)[6:] == [True, False, False, True, False]  # before: names only
 
 
 @pytest.mark.parametrize("method", ["semantic", "surprisal"])

@@ -129,3 +129,12 @@ def test_a_name_the_text_spells_out_is_protected_whole_even_its_sentence_initial
     titled = kept(["My Summer Story (1994 film)"])  # the bracketed disambiguation is not part of the name
     assert titled[:3] == ["My", "Summer", "Story,"]
     assert "my" not in titled  # the same words without the title's capitals are not the name
+
+
+def test_number_words_are_numbers_and_protect_what_they_count_too():
+    # HotpotQA #16: "songs that appear on their first four studio albums" lost "four".
+    text = "They recorded four studio albums and one live record, selling two million copies."
+    words = word_spans(text)
+    kept = [text[a:b] for (a, b), flag in zip(words, protected_words(text, words, set()), strict=True) if flag]
+    # "one" is a pronoun as often as a number ("one of the ..."): not protected.
+    assert kept == ["four", "studio", "two", "million", "copies."]
