@@ -46,6 +46,7 @@ from workers.compression.text import (
     STOPWORDS,
     Span,
     allocate,
+    flows_on,
     protected_words,
     query_keywords,
     sentence_spans,
@@ -88,9 +89,10 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
     units. When the share is smaller than its protected words, the sentence keeps only as many
     of them as fit, best score first, together with the words they qualify (`Unit.head`: "German
     *mathematician*", HotpotQA #56), ahead of its other words (protected ones stay protected:
-    `finish` never trims them): protection of a low-ranked sentence's names must not starve a better one (NQ #120: the city names of a
-    Toyota passage took the room of "They are an example of special economic zones", ranked
-    second). Whatever the shares leave goes to the best remaining units anywhere.
+    `finish` never trims them): protection of a low-ranked sentence's names must not starve a
+    better one (NQ #120: the city names of a Toyota passage took the room of "They are an example
+    of special economic zones", ranked second). Whatever the shares leave goes to the best
+    remaining units anywhere.
 
     Bridges: word pruning drops function words first (they move neither the embedding nor the
     LM's surprise), which breaks multi-word answers apart ("current denomination of U.S.
@@ -176,11 +178,6 @@ def bridge_words(text: str, words: Sequence[Span], protected: Sequence[bool]) ->
             and not text[b:words[k + 1][0]].strip()
         )
     return out
-
-
-def flows_on(text: str, words: Sequence[Span], k: int) -> bool:
-    """Word k continues word k - 1's phrase: only whitespace between them, no punctuation ending k - 1."""
-    return not text[words[k - 1][1]:words[k][0]].strip() and text[words[k - 1][1] - 1].isalnum()
 
 
 # Shape of the dynamic ratio's decay over the relevance ranks (1 linear; 2 spares the head more).
@@ -495,9 +492,9 @@ class SemanticPrune:
             group = ranks[n] if ranks is not None else -1
             bridges = (bridge_words(passages[sentence.passage].text, sentence.words, sentence.protected)
                        if self.bridge else [False] * len(sentence.words))
+            text = passages[sentence.passage].text
             for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
                 window = []
-                text = passages[sentence.passage].text
                 for n_word, (span, size, flag, joins) in enumerate(
                         zip(sentence.words[k : k + MAX_WINDOW_WORDS], sentence.sizes[k : k + MAX_WINDOW_WORDS],
                             sentence.protected[k : k + MAX_WINDOW_WORDS], bridges[k : k + MAX_WINDOW_WORDS],
@@ -770,11 +767,11 @@ class SurprisalPrune:
                     size = sum(sentence.sizes[k] for k in ks)
                     flag = any(sentence.protected[k] for k in ks)  # only single words are protected
                     score = max(scores[k] for k in ks)
-                    if self.cohesion and not flag and follows_protected(text, sentence.words, sentence.protected, ks[0]):
+                    head = not flag and follows_protected(text, sentence.words, sentence.protected, ks[0])
+                    if self.cohesion and head:
                         # The same reason as `phrases`: after "U.S." the LM predicts "currency", after
                         # "12th" it predicts "century"; the head word scores as its protected modifier.
                         score = max(score, scores[ks[0] - 1])
-                    head = not flag and follows_protected(text, sentence.words, sentence.protected, ks[0])
                     units.append(Unit(sentence.passage, span, size, score, flag, group,
                                       bridge=len(ks) == 1 and bridges[ks[0]], head=head))
             else:

@@ -367,11 +367,6 @@ class Extractive:
             for span in passage_spans
         ]
         rel, vectors = self.relevance(query, passages, spans)
-        links = owner = None
-        if self.hop_weight and len(passages) > 1:
-            owner = np.array([s.passage for s in sentences], dtype=np.int64)  # (S,)
-            links = title_links(query, passages, [passages[s.passage].text[s.span[0]:s.span[1]] for s in sentences],
-                                owner)
         if self.cut_best and sentences and sentences[int(np.argmax(rel))].tokens > budget:
             # The most relevant sentence alone is longer than the budget. Skipping it left the
             # budget to lesser sentences ("who are the characters in yo gabba gabba": one long
@@ -379,6 +374,11 @@ class Extractive:
             # its first words, where the subject and its facts are, carry more.
             order = []
         else:
+            links = owner = None
+            if self.hop_weight and len(passages) > 1:
+                owner = np.array([s.passage for s in sentences], dtype=np.int64)  # (S,)
+                links = title_links(query, passages,
+                                    [passages[s.passage].text[s.span[0]:s.span[1]] for s in sentences], owner)
             order = self.select(rel, vectors, [s.tokens for s in sentences], budget, links, owner)
         keep: dict[int, list[Span]] = {i: [] for i in range(len(passages))}
         for index in order:

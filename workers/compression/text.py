@@ -155,12 +155,18 @@ NUMBER_WORDS = frozenset(
     thousand million billion trillion dozen""".split()
 )
 
+_OPENING_QUOTES = "\"“‘"  # not the ASCII apostrophe: "'s" and "'90s" start words too
+_CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
+
 
 def is_number(word: str) -> bool:
     """A word with a digit, or a number word ("four", "twenty", "million"; not "one", a pronoun too)."""
     return bool(_NUMBER.search(word)) or word_core(word).lower() in NUMBER_WORDS
-_OPENING_QUOTES = "\"“‘"  # not the ASCII apostrophe: "'s" and "'90s" start words too
-_CONNECTORS = frozenset({"of", "the", "de", "and", "for", "la", "le", "von", "van", "del", "da"})
+
+
+def flows_on(text: str, words: Sequence[Span], k: int) -> bool:
+    """Word k continues word k - 1's phrase: only whitespace between them, no punctuation ending k - 1."""
+    return not text[words[k - 1][1]:words[k][0]].strip() and text[words[k - 1][1] - 1].isalnum()
 
 
 def word_core(word: str) -> str:
@@ -211,10 +217,9 @@ def protected_words(
         flags.append(is_number(word) or entity or lower in keywords)
         sentence_start = word.endswith((".", "!", "?", ":"))
     for k in range(1, len(words) if counted else 0):
-        before = text[slice(*words[k - 1])]
         core = word_core(text[slice(*words[k])]).lower()
-        if (is_number(before) and before[-1:].isalnum() and core and core not in STOPWORDS
-                and core.isalpha() and not text[words[k - 1][1]:words[k][0]].strip()):
+        if (is_number(text[slice(*words[k - 1])]) and flows_on(text, words, k)
+                and core.isalpha() and core not in STOPWORDS):
             flags[k] = True
     for name in names:
         _protect_name(text, words, name, flags)
