@@ -6,9 +6,10 @@ budget is spent; kept sentences stay in their original order.
 
 `summarize`: a local instruct model (SmolLM2-135M by default; any meter target) writes a
 query-focused summary of each chunk, with a per-chunk token budget proportional to the
-chunk's share of the context. A summary that comes back empty or longer than its budget is
-replaced by the extractive selection for that chunk, so the result is never longer than the
-original and never over budget.
+chunk's share of the context. A summary that comes back empty, longer than its budget or
+without the chunk's key facts is replaced by the extractive selection, pooled over every chunk
+without a summary (those whose share could keep them whole included), so the result is never
+longer than the original and never over budget.
 """
 
 from __future__ import annotations
@@ -661,8 +662,13 @@ class Summarize:
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
             if share >= count:
-                texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]
-                after += count
+                # Its share could keep it whole; it goes to the pooled extractive choice with its
+                # size set aside instead. Kept whole, a top chunk's weakest sentences took the room
+                # of a lesser chunk's answer sentence, as truncation does (SQuAD #0 at keep 50%:
+                # the first two chunks whole, "Ribonucleases and the RNA interference pathway ..."
+                # in the fifth lost); pooled, every sentence competes on relevance. Alone in the
+                # pool, or with the budget to spare, it is still kept whole.
+                deferred.append(i)
                 left = max(left - count, 0)
                 continue
             if share < MIN_SHARE_TOKENS:

@@ -116,6 +116,21 @@ def test_it_gives_the_budget_to_the_relevant_chunks_with_relevance_allocation(bo
     assert result.tokens_after <= round(0.4 * result.tokens_before)
 
 
+def test_a_chunk_its_share_could_keep_whole_still_competes_sentence_by_sentence(bow, passages):
+    # The first chunk is the question's best (weight 1) and its share covers it; the Paris chunk
+    # gets 6 words, too few for a summary. Kept whole, the tower chunk's "It is 330 metres tall."
+    # would take the room of the Olympics sentence, which answers the question; pooled, the
+    # extractive choice over both chunks trades the one for the other.
+    query = "When did the Eiffel Tower city Paris host the Summer Olympics?"
+    method = get_method("summarize", resources=Resources(generator=EchoTarget(reply=""), embedder=bow))
+    result = method.compress(query=query, passages=passages[:2], target=0.7, count_tokens=count_words)
+    kept = " ".join(p.text for p in result.passages)
+    assert "Paris hosted the Summer Olympics in 1900, 1924 and 2024." in kept
+    assert "It is 330 metres tall." not in kept
+    assert result.tokens_after <= round(0.7 * result.tokens_before)
+    assert result.model_prompt_tokens == 0  # no share was worth a summary
+
+
 def test_it_shows_the_summarizer_the_most_relevant_sentences_first(bow, passages):
     seen = []
     method = get_method("summarize", resources=Resources(generator=EchoTarget(reply="x y z"), embedder=bow))
