@@ -464,6 +464,7 @@ class Summarize:
         temperature: float = 0.1,
         min_key_recall: float = 0.5,
         hop_weight: float = 0.0,
+        pool_whole: bool = True,
     ) -> None:
         if not 0.0 <= min_key_recall <= 1.0:
             raise ValueError(f"min_key_recall must be in [0, 1], got {min_key_recall}")
@@ -477,6 +478,9 @@ class Summarize:
         self.allocation = allocation
         self.temperature = temperature
         self.min_key_recall = min_key_recall
+        # A chunk whose share could keep it whole joins the pooled extractive choice (False: it is
+        # kept whole, the behaviour before; measured side by side in docs/benchmarks-compression.md).
+        self.pool_whole = pool_whole
         # The fallback's extractive choice sees only the chunks left without a summary, so a
         # title link to a summarized chunk cannot be followed; its measured rows use no hop (0).
         self.hop_weight = hop_weight
@@ -487,7 +491,7 @@ class Summarize:
     def params(self) -> dict[str, Any]:
         return {"query_aware": self.query_aware, "relevance_order": self.relevance_order,
                 "allocation": self.allocation, "temperature": self.temperature,
-                "min_key_recall": self.min_key_recall}
+                "min_key_recall": self.min_key_recall, "pool_whole": self.pool_whole}
 
     def faithful(self, query: str, key_sentences: Sequence[str], summary: str, *, fits: int = 0) -> bool:
         """Does the summary keep the key facts of the chunk's most query-relevant sentences?
@@ -661,6 +665,11 @@ class Summarize:
             keys = [passage.text[a:b] for a, b in key_spans[i]]
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
+            if share >= count and not self.pool_whole:
+                texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]
+                after += count
+                left = max(left - count, 0)
+                continue
             if share >= count:
                 # Its share could keep it whole; it goes to the pooled extractive choice with its
                 # size set aside instead. Kept whole, a top chunk's weakest sentences took the room
