@@ -667,20 +667,19 @@ class Summarize:
             keys = [passage.text[a:b] for a, b in key_spans[i]]
             rest = order[pos:]
             share = allocate_weighted(left, [counts[j] for j in rest], [weights[j] for j in rest])[0]
-            if share >= count and not self.pool_whole:
-                texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]
-                after += count
-                left = max(left - count, 0)
-                continue
             if share >= count:
-                # Its share could keep it whole; it goes to the pooled extractive choice with its
-                # size set aside instead. Kept whole, a top chunk's weakest sentences took the room
-                # of a lesser chunk's answer sentence, as truncation does (SQuAD #0 at keep 50%:
-                # the first two chunks whole, "Ribonucleases and the RNA interference pathway ..."
-                # in the fifth lost); pooled, every sentence competes on relevance. Alone in the
-                # pool, or with the budget to spare, it is still kept whole.
-                deferred.append(i)
                 left = max(left - count, 0)
+                if self.pool_whole:
+                    # Its share could keep it whole; it goes to the pooled extractive choice with
+                    # its size set aside instead. Kept whole, a top chunk's weakest sentences took
+                    # the room of a lesser chunk's answer sentence, as truncation does (SQuAD #0 at
+                    # keep 50%: the first two chunks whole, "Ribonucleases and the RNA interference
+                    # pathway ..." in the fifth lost); pooled, every sentence competes on
+                    # relevance. Alone in the pool, or with the budget to spare, it stays whole.
+                    deferred.append(i)
+                else:
+                    texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]
+                    after += count
                 continue
             if share < MIN_SHARE_TOKENS:
                 deferred.append(i)  # its share passes on; its sentences stay candidates of the fallback
