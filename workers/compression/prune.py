@@ -490,19 +490,19 @@ class SemanticPrune:
         windows: list[list[int]] = []  # unit indices per window
         for n, sentence in enumerate(sentences):
             group = ranks[n] if ranks is not None else -1
-            bridges = (bridge_words(passages[sentence.passage].text, sentence.words, sentence.protected)
-                       if self.bridge else [False] * len(sentence.words))
             text = passages[sentence.passage].text
+            bridges = (bridge_words(text, sentence.words, sentence.protected)
+                       if self.bridge else [False] * len(sentence.words))
             for k in range(0, len(sentence.words), MAX_WINDOW_WORDS):
                 window = []
-                for n_word, (span, size, flag, joins) in enumerate(
-                        zip(sentence.words[k : k + MAX_WINDOW_WORDS], sentence.sizes[k : k + MAX_WINDOW_WORDS],
-                            sentence.protected[k : k + MAX_WINDOW_WORDS], bridges[k : k + MAX_WINDOW_WORDS],
-                            strict=True), start=k):
+                for w in range(k, min(k + MAX_WINDOW_WORDS, len(sentence.words))):
                     window.append(len(units))
-                    head = follows_protected(text, sentence.words, sentence.protected, n_word)
-                    units.append(Unit(passage=sentence.passage, span=span, size=size, protected=flag, group=group,
-                                      bridge=joins, head=head))
+                    flag = sentence.protected[w]
+                    # As in SurprisalPrune: only an unprotected word is a head (`select` ranks
+                    # protected words first anyway).
+                    head = not flag and follows_protected(text, sentence.words, sentence.protected, w)
+                    units.append(Unit(passage=sentence.passage, span=sentence.words[w], size=sentence.sizes[w],
+                                      protected=flag, group=group, bridge=bridges[w], head=head))
                 windows.append(window)
         # Without a sentence stage to drop sentences, protected words can outnumber the budget:
         # then protection becomes a priority (ranked above every other word), not a guarantee.

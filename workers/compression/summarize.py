@@ -368,7 +368,8 @@ class Extractive:
             for span in passage_spans
         ]
         rel, vectors = self.relevance(query, passages, spans)
-        if self.cut_best and sentences and sentences[int(np.argmax(rel))].tokens > budget:
+        best = sentences[int(np.argmax(rel))] if sentences else None
+        if self.cut_best and best is not None and best.tokens > budget:
             # The most relevant sentence alone is longer than the budget. Skipping it left the
             # budget to lesser sentences ("who are the characters in yo gabba gabba": one long
             # sentence names them all, and a fictional-character sentence elsewhere was kept);
@@ -384,9 +385,8 @@ class Extractive:
         keep: dict[int, list[Span]] = {i: [] for i in range(len(passages))}
         for index in order:
             keep[sentences[index].passage].append(sentences[index].span)
-        if not order and sentences and budget > 0:
+        if not order and best is not None and budget > 0:
             # The best sentence is longer than the budget: keep its first words.
-            best = sentences[int(np.argmax(rel))]
             cut = fit_words(passages[best.passage].text, best.span, budget, count_tokens)
             if cut is not None:
                 keep[best.passage].append(cut)
