@@ -45,6 +45,11 @@ SmolLM2-135M-Instruct from the compressed context with the project's naive RAG p
 greedy, ≤ 32 new tokens; `em`, `f1` and `contained` (gold answer in the output) as in
 benchmarks/qa_metrics.py.
 
+Against truncation: every method row run beside `truncation` at the same target carries
+`vs_truncation` = {won, lost, p_two_sided}: the questions whose answer it keeps and truncation
+loses, the other way round, and the exact sign test on those pairs (benchmarks/paired.py). A
+retention a question or two above truncation's is a win on that sample, not a proven one.
+
 Cost: `net_saving_per_1k_usd` = {model: 1000 × (mean context tokens removed × the model's input
 price) − 1000 × mean compression cost per query} for the `--price-models` (default gpt-4o-mini,
 gpt-4o; prices read from the shared LiteLLM table, `--price-file`). The compression cost is what
@@ -74,6 +79,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.paired import paired_vs  # noqa: E402
 from benchmarks.qa_metrics import contained, exact_match, f1_score  # noqa: E402
 from workers.compression.text import sentence_spans, token_budget  # noqa: E402
 from workers.prompting.base import Passage  # noqa: E402
@@ -553,6 +559,11 @@ def main() -> None:
         if any(r["chunks"] for r in rows):
             # What happened to the chunks, summed over examples (see chunk_outcomes).
             row["chunks"] = {k: sum(r["chunks"].get(k, 0) for r in rows) for k in ("whole", "partial", "rewritten", "dropped")}
+        baseline = results.get(("truncation", target))
+        if name not in ("none", "truncation") and baseline is not None:
+            # Over the questions with the answer in the full context, as retention is.
+            row["vs_truncation"] = paired_vs({r["id"]: r["retained"] for r in baseline if r["has_answer"]},
+                                             {r["id"]: r["retained"] for r in rows if r["has_answer"]})
         if len(rows) < len(examples):
             row["subset_retention"] = {
                 other: retention(other_rows, ids)
@@ -605,14 +616,18 @@ def main() -> None:
     write_summary(table, done=True)
     models = list(prices)
     print(f"{'method':<20} {'target':>6} {'n':>4} {'cut':>6} {'retain':>7} {'EM':>5} {'F1':>6} {'cont':>5} "
-          f"{'p50 ms':>9} " + " ".join(f"{'$/1k ' + m:>18}" for m in models))
+          f"{'p50 ms':>9} {'vs trunc':>13} " + " ".join(f"{'$/1k ' + m:>18}" for m in models))
+    def vs_truncation(row: dict) -> str:
+        vs = row.get("vs_truncation")
+        return "-" if vs is None else f"+{vs['won']}/-{vs['lost']} p={vs['p_two_sided']:.2f}"
+
     for row in table:
         def fmt(value: float | None, spec: str = ".3f") -> str:
             return "-" if value is None else format(value, spec)
 
         print(f"{row['method']:<20} {row['target']:>6} {row['n']:>4} {row['token_reduction']:>6.3f} "
               f"{fmt(row['answer_retention']):>7} {fmt(row['em'], '.2f'):>5} {fmt(row['f1']):>6} "
-              f"{fmt(row['contained'], '.2f'):>5} {row['latency_ms_p50']:>9.1f} "
+              f"{fmt(row['contained'], '.2f'):>5} {row['latency_ms_p50']:>9.1f} {vs_truncation(row):>13} "
               + " ".join(f"{row['net_saving_per_1k_usd'][m]:>18.5f}" for m in models))
 
 

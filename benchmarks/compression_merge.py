@@ -7,7 +7,8 @@ lines, places each at its question's position in the dataset, lets `--only` runs
 the parts said for their questions, and prints per method and target: questions, token cut
 (from the logged kept shares, rounded to 2 decimals per question), answer retention over the
 questions whose full context holds the answer (the `none` rows), compression latency p50 and
-the 0-based questions that lost the answer.
+the 0-based questions that lost the answer; with truncation's lines at the same target, the
+questions won and lost against it and the exact sign test's p (benchmarks/paired.py).
 
     python benchmarks/compression_merge.py part-a.log:0 part-b.log:150:75 \
         --only rerun.log:2,8,19      # the rerun's questions, as given to --only
@@ -21,8 +22,14 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.paired import paired_vs  # noqa: E402
 
 LINE = re.compile(r"^\[(\S+) @([\d.]+)\] (\d+)/(\d+) kept=(\S+) retained=(True|False) (\S+)s")
 
@@ -50,8 +57,14 @@ def summary(results: Results) -> list[str]:
         cut = 1 - statistics.mean(r[0] for r in rows.values())
         p50 = statistics.median(r[2] for r in rows.values())
         missed = sorted(q for q in pool if not rows[q][1])
+        paired = ""
+        baseline = results.get(("truncation", target))
+        if method != "truncation" and baseline:
+            vs = paired_vs({q: baseline[q][1] for q in baseline if has_answer.get(q, True)},
+                           {q: rows[q][1] for q in pool})
+            paired = f" vs truncation +{vs['won']} -{vs['lost']} p={vs['p_two_sided']:.3f}"
         lines.append(f"{method} @{target}: n={len(rows)} cut={cut:.3f} retained {kept}/{len(pool)} "
-                     f"= {100 * kept / max(len(pool), 1):.1f}% p50={p50:.2f}s missed={missed}")
+                     f"= {100 * kept / max(len(pool), 1):.1f}% p50={p50:.2f}s{paired} missed={missed}")
     return lines
 
 

@@ -53,3 +53,22 @@ def test_a_log_holding_two_runs_is_split_by_their_question_counts(tmp_path):
     read_log(log, lambda k: k + 10, 3, results)
     assert sorted(results[("truncation", "0.5")]) == [10, 11, 12]
     assert "missed=[11]" in summary(results)[0]
+
+
+def test_a_method_is_compared_question_by_question_with_truncation_at_its_target(tmp_path):
+    log = write(tmp_path / "run.log", [
+        "[none @1.0] 1/3 kept=1.00 retained=True 0.00s",
+        "[none @1.0] 2/3 kept=1.00 retained=True 0.00s",
+        "[none @1.0] 3/3 kept=1.00 retained=False 0.00s",  # no answer: left out of the pairs
+        "[truncation @0.2] 1/3 kept=0.20 retained=True 0.00s",
+        "[truncation @0.2] 2/3 kept=0.20 retained=False 0.00s",
+        "[truncation @0.2] 3/3 kept=0.20 retained=False 0.00s",
+        "[extractive @0.2] 1/3 kept=0.20 retained=False 0.10s",
+        "[extractive @0.2] 2/3 kept=0.20 retained=True 0.10s",
+        "[extractive @0.2] 3/3 kept=0.20 retained=True 0.10s",
+    ])
+    results = defaultdict(dict)
+    read_log(log, lambda k: k, None, results)
+    extractive, truncation = summary(results)
+    assert "retained 1/2 = 50.0% p50=0.10s vs truncation +1 -1 p=1.000 missed=[0]" in extractive
+    assert "vs truncation" not in truncation
