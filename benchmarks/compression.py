@@ -617,6 +617,7 @@ def main() -> None:
     models = list(prices)
     print(f"{'method':<20} {'target':>6} {'n':>4} {'cut':>6} {'retain':>7} {'EM':>5} {'F1':>6} {'cont':>5} "
           f"{'p50 ms':>9} {'vs trunc':>13} " + " ".join(f"{'$/1k ' + m:>18}" for m in models))
+
     def vs_truncation(row: dict) -> str:
         vs = row.get("vs_truncation")
         return "-" if vs is None else f"+{vs['won']}/-{vs['lost']} p={vs['p_two_sided']:.2f}"
