@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
@@ -68,3 +69,55 @@ def worst_case_cost(
         cpu_seconds=Decimal(0) if on_gpu else seconds,
     )
     return cost_of(usage=usage, price=price)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` where no tokenizer is at hand (the web process): 1 per 3 characters, rounded up."""
+    return math.ceil(len(text or "") / 3)
+
+
+class ChargedUsage(Protocol):
+    """A ledger row's usage and the prices it was charged at (``apps.costs.models.UsageRecord``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    gpu_seconds: Decimal
+    cpu_seconds: Decimal
+    price_input_per_mtok: Decimal
+    price_output_per_mtok: Decimal
+    price_cached_input_per_mtok: Decimal | None
+    price_per_gpu_second: Decimal
+    price_per_cpu_second: Decimal
+
+
+@dataclass(frozen=True)
+class PriceSnapshot:
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    per_gpu_second: Decimal
+    per_cpu_second: Decimal
+
+
+def baseline_generation_cost(record: ChargedUsage, baseline_prompt_tokens: int) -> Decimal:
+    """What a generation would have cost with the naive prompt, at the prices actually charged.
+
+    Tokens are counted exactly; device seconds are scaled by the token ratio (prefill and decode
+    both grow with the tokens processed) — an estimate, stated as such in docs/costs.md.
+    """
+    # Tokens served from a prefix/KV cache cost no device time: scale by the tokens computed.
+    actual_tokens = record.prompt_tokens - record.cached_tokens + record.completion_tokens
+    baseline_tokens = baseline_prompt_tokens + record.completion_tokens
+    scale = Decimal(baseline_tokens) / Decimal(actual_tokens) if actual_tokens else Decimal(1)
+    snapshot = PriceSnapshot(
+        record.price_input_per_mtok, record.price_output_per_mtok, record.price_cached_input_per_mtok,
+        record.price_per_gpu_second, record.price_per_cpu_second,
+    )
+    usage = Usage(
+        prompt_tokens=baseline_prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        gpu_seconds=record.gpu_seconds * scale,
+        cpu_seconds=record.cpu_seconds * scale,
+    )
+    return cost_of(usage=usage, price=snapshot)
