@@ -53,7 +53,9 @@ def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def kmeans_labels(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_labels(
+    x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """faiss k-means of x (n, D) into k clusters -> (centroids (k, D), labels (n,) int64)."""
     faiss = _faiss()
     n, d = x.shape
@@ -310,7 +312,9 @@ def build_key_ann(kind: str, keys: Any, *, queries: Any = None, params: dict[str
 
 
 def load_key_ann(kind: str, arrays: dict[str, np.ndarray], keys: Any, params: dict[str, Any]) -> KeyANN:
-    classes = {"flat": FlatIPIndex, "hnsw": FaissANNIndex, "ivf": FaissANNIndex, "aware": QueryRoutedIndex}
+    classes: dict[str, type[KeyANN]] = {
+        "flat": FlatIPIndex, "hnsw": FaissANNIndex, "ivf": FaissANNIndex, "aware": QueryRoutedIndex,
+    }
     if kind not in classes:
         raise ValueError(f"unknown key index kind {kind!r} (valid: {', '.join(ANN_KINDS)})")
     return classes[kind].from_arrays(arrays, keys, params)

@@ -183,7 +183,8 @@ class KVStore:
     def entries(self) -> list[tuple[str, int, float]]:
         """(relative path, bytes, last access) for every indexed entry, least recently used first."""
         with self._db() as db:
-            return [tuple(row) for row in db.execute("SELECT path, bytes, last_access FROM entries ORDER BY last_access, path")]
+            rows = db.execute("SELECT path, bytes, last_access FROM entries ORDER BY last_access, path")
+            return [tuple(row) for row in rows]
 
     # ------------------------------------------------------------------ writes
 

@@ -284,6 +284,7 @@ class AgentLoop:
                 messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{correction}"}
                 continue
             retried = False
+            assert parsed.tool is not None  # a "tool" reply always names its tool
             call_key = json.dumps([parsed.tool, parsed.arguments], sort_keys=True, default=str)
             if call_key in done:
                 # Small models repeat a call whose result they already have: that result answers.
@@ -327,7 +328,9 @@ class AgentLoop:
                             "type": "function",
                             "function": {
                                 "name": call.name,
-                                "arguments": call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments),
+                                "arguments": (
+                                    call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+                                ),
                             },
                         }
                         for call_id, call in zip(ids, reply.tool_calls, strict=True)
@@ -373,7 +376,10 @@ class AgentLoop:
             instruction = "Answer the task using the results of its steps. Be brief and give the final value."
         else:
             instruction = "Answer the task. Be brief."
-        messages = [{"role": "system", "content": self._system(instruction)}, {"role": "user", "content": "\n".join(lines)}]
+        messages = [
+            {"role": "system", "content": self._system(instruction)},
+            {"role": "user", "content": "\n".join(lines)},
+        ]
         reply = self._model(messages, on_token=self._on_answer_token, purpose="answer")
         return reply.text.strip()
 

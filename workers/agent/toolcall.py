@@ -133,7 +133,8 @@ DEMO_TOOL = json.dumps({
 DEMO_TURNS = (
     {"role": "user", "content": f"Tools:\n{DEMO_TOOL}\nTask: Is it raining in Paris?"},
     {"role": "assistant", "content": '{"tool": "get_weather", "arguments": {"city": "Paris"}}'},
-    {"role": "user", "content": "Result of get_weather: light rain, 12 C\nReply with the next tool call, or with the answer, as JSON."},
+    {"role": "user", "content": "Result of get_weather: light rain, 12 C\n"
+                                "Reply with the next tool call, or with the answer, as JSON."},
     {"role": "assistant", "content": '{"answer": "Yes, there is light rain in Paris (12 C)."}'},
 )
 NO_TOOL_YET = "no tool was called yet: call one of the tools first, with the numbers from the task"

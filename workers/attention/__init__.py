@@ -20,7 +20,10 @@ from workers.attention.retrieval import RetrievalBackend, RetrievalConfig
 from workers.attention.squeezed import SqueezedBackend, SqueezedConfig
 from workers.config_options import config_from_options
 
-BACKENDS: dict[str, type] = {
+# The backends share no base class; their common surface is `name`, `config_class` and the constructor.
+BackendClass = type[FullBackend] | type[SqueezedBackend] | type[RetrievalBackend]
+
+BACKENDS: dict[str, BackendClass] = {
     FullBackend.name: FullBackend,
     SqueezedBackend.name: SqueezedBackend,
     RetrievalBackend.name: RetrievalBackend,
@@ -32,7 +35,7 @@ def backend_config(name: str, options: dict[str, Any] | None = None) -> Any:
     return config_from_options(_backend_class(name).config_class, options, what=f"attention backend {name!r}")
 
 
-def _backend_class(name: str) -> type:
+def _backend_class(name: str) -> BackendClass:
     try:
         return BACKENDS[name]
     except KeyError:

@@ -103,7 +103,7 @@ class RetrievalIndex:
 
     sink: int
     window: int
-    anns: list[list[KeyANN]]  # [layer][kv head]
+    anns: list[list[KeyANN | None]]  # [layer][kv head]; None: the head has no middle keys
     proxies: torch.Tensor | None = None  # (L, H, P, D) the prefill's last queries (budget calibration)
     _derived: dict = field(default_factory=dict, repr=False, compare=False)  # search-time helpers, never stored
 
@@ -152,6 +152,8 @@ class RetrievalIndex:
             out["proxies"] = self.proxies.half()
         for layer, heads in enumerate(self.anns):
             for h, ann in enumerate(heads):
+                if ann is None:  # nothing stored: load_index rebuilds the None from the bounds
+                    continue
                 for name, arr in ann.to_arrays().items():
                     out[f"ann.{layer}.{h}.{name}"] = torch.from_numpy(np.ascontiguousarray(arr))
         return out
@@ -174,11 +176,11 @@ def build_index(fixed: FixedKV, queries: torch.Tensor | None, config: RetrievalC
     """An ANN per layer and KV head over the middle keys. queries: (L, H, P, D) sampled prefill queries."""
     n = fixed.n_tokens
     sink, window = _bounds(n, config)
-    anns: list[list[KeyANN]] = []
+    anns: list[list[KeyANN | None]] = []
     for layer in range(fixed.n_layers):
         kvh = fixed.keys[layer].shape[0]
         n_rep = queries.shape[1] // kvh if queries is not None else 1
-        heads = []
+        heads: list[KeyANN | None] = []
         for h in range(kvh):
             middle = fixed.keys[layer][h, sink:n - window]  # (n_mid, D)
             if middle.shape[0] == 0:
@@ -197,9 +199,9 @@ def load_index(tensors: dict[str, Any], fixed: FixedKV, config: RetrievalConfig)
     sink, window = (int(x) for x in tensors["bounds"].tolist())
     assert (sink, window) == _bounds(fixed.n_tokens, config), "the stored index was built for other bounds"
     n = fixed.n_tokens
-    anns = []
+    anns: list[list[KeyANN | None]] = []
     for layer in range(fixed.n_layers):
-        heads = []
+        heads: list[KeyANN | None] = []
         for h in range(fixed.keys[layer].shape[0]):
             middle = fixed.keys[layer][h, sink:n - window]
             if middle.shape[0] == 0:
@@ -241,6 +243,7 @@ class RetrievalAttention:
             return scores.topk(min(k, middle.shape[1]), dim=-1).indices.view(n_heads, q_len, -1)
         out = []
         for g, ann in enumerate(anns):
+            assert ann is not None, "a head without middle keys has no index to search"
             x = q[g * n_rep:(g + 1) * n_rep].reshape(-1, d).float().numpy()  # (n_rep * Q, D)
             ids = ann.search(x, k)  # (n_rep * Q, k')
             if ids.shape[1] < k:
@@ -406,7 +409,9 @@ class RetrievalBackend:
     def from_tensors(self, tensors: dict[str, Any], fixed: FixedKV) -> RetrievalIndex:
         return load_index(tensors, fixed, self.config)
 
-    def state(self, fixed: FixedKV, index: RetrievalIndex, diagnostics: Diagnostics | None = None) -> RetrievalAttention:
+    def state(
+        self, fixed: FixedKV, index: RetrievalIndex, diagnostics: Diagnostics | None = None
+    ) -> RetrievalAttention:
         return RetrievalAttention(fixed=fixed, index=index, config=self.config, diagnostics=diagnostics)
 
 

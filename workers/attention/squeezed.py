@@ -95,7 +95,9 @@ class SqueezedConfig:
     seed: int = 1234
 
     # What the stored index depends on; the rest are applied at search time (no rebuild).
-    BUILD_FIELDS = ("cluster_fraction", "window", "sink", "n_proxy", "hierarchical", "coarse_fraction", "kmeans_iters", "seed")
+    BUILD_FIELDS = (
+        "cluster_fraction", "window", "sink", "n_proxy", "hierarchical", "coarse_fraction", "kmeans_iters", "seed",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.cluster_fraction <= 1:
@@ -137,6 +139,11 @@ class SqueezedIndex:
     def hierarchical(self) -> bool:
         return self.coarse is not None
 
+    def coarse_levels(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """(coarse, coarse_log_sizes, parent) of a hierarchical index, which has all three."""
+        assert self.coarse is not None and self.coarse_log_sizes is not None and self.parent is not None
+        return self.coarse, self.coarse_log_sizes, self.parent
+
     def decode_layout(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every fixed key of every KV head, as (flat position into keys.view(KVH * N, D), cluster id).
 
@@ -173,10 +180,11 @@ class SqueezedIndex:
             out[f"centroids.{i}"] = self.centroids[i]
             out[f"log_sizes.{i}"] = self.log_sizes[i]
             out[f"labels.{i}"] = self.labels[i].to(torch.int32)
-            if self.coarse is not None:
-                out[f"coarse.{i}"] = self.coarse[i]
-                out[f"coarse_log_sizes.{i}"] = self.coarse_log_sizes[i]
-                out[f"parent.{i}"] = self.parent[i].to(torch.int32)
+            if self.hierarchical:
+                coarse, coarse_log_sizes, parent = self.coarse_levels()
+                out[f"coarse.{i}"] = coarse[i]
+                out[f"coarse_log_sizes.{i}"] = coarse_log_sizes[i]
+                out[f"parent.{i}"] = parent[i].to(torch.int32)
         return out
 
     @classmethod
@@ -197,6 +205,13 @@ class SqueezedIndex:
         )
         assert all(lab.shape[1] == index.n_clustered for lab in index.labels), "labels do not match the context"
         return index
+
+
+def _stack_heads(arrays: list[np.ndarray | None]) -> np.ndarray:
+    """np.stack of per-head arrays that a hierarchical build always fills."""
+    present = [a for a in arrays if a is not None]
+    assert len(present) == len(arrays)
+    return np.stack(present)
 
 
 def build_index(fixed: FixedKV, proxies: torch.Tensor, config: SqueezedConfig, progress: Any = None) -> SqueezedIndex:
@@ -221,9 +236,10 @@ def build_index(fixed: FixedKV, proxies: torch.Tensor, config: SqueezedConfig, p
         log_sizes.append(torch.from_numpy(np.log(np.stack([c.sizes for c in per_head]).astype(np.float32))))
         labels.append(torch.from_numpy(np.stack([c.labels for c in per_head])))  # (KVH, n_clustered)
         if n_coarse:
-            coarse.append(torch.from_numpy(np.stack([c.coarse for c in per_head])))  # (KVH, C1, D)
-            coarse_log_sizes.append(torch.from_numpy(np.log(np.stack([c.coarse_sizes for c in per_head]).astype(np.float32))))
-            parent.append(torch.from_numpy(np.stack([c.parent for c in per_head])))  # (KVH, C)
+            coarse.append(torch.from_numpy(_stack_heads([c.coarse for c in per_head])))  # (KVH, C1, D)
+            coarse_sizes = _stack_heads([c.coarse_sizes for c in per_head])
+            coarse_log_sizes.append(torch.from_numpy(np.log(coarse_sizes.astype(np.float32))))
+            parent.append(torch.from_numpy(_stack_heads([c.parent for c in per_head])))  # (KVH, C)
         if progress is not None:
             progress(layer + 1, fixed.n_layers)
     return SqueezedIndex(
@@ -342,7 +358,9 @@ def _per_head_thresholds(index: SqueezedIndex, config: SqueezedConfig, scaling: 
             out.append(torch.full((n_heads,), tau))
         else:
             out.append(torch.tensor([
-                _weighted_quantile_threshold(log_s[h], sizes[h], config.keep_fraction, float(n_proxy * index.n_clustered))
+                _weighted_quantile_threshold(
+                    log_s[h], sizes[h], config.keep_fraction, float(n_proxy * index.n_clustered)
+                )
                 for h in range(n_heads)]))
     return torch.stack(out).float()  # (L, H)
 
@@ -372,10 +390,11 @@ def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_re
             return Calibration(_weighted_quantile_threshold(torch.stack(scores), torch.stack(sizes),
                                                             config.keep_fraction, total))
         # Hierarchical: τ1 on the coarse level, then τ2 on the fine scores under kept coarse clusters.
+        coarse, coarse_log_sizes, parents = index.coarse_levels()
         coarse_scores, coarse_sizes, dens = [], [], []
         for layer in range(n_layers):
-            cc = repeat_kv(index.coarse[layer][None], n_rep)[0]  # (H, C1, D)
-            log_csz = repeat_kv(index.coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C1)
+            cc = repeat_kv(coarse[layer][None], n_rep)[0]  # (H, C1, D)
+            log_csz = repeat_kv(coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C1)
             log_s1, log_den = _log_scores(index.proxies[layer], cc, log_csz, scaling)
             coarse_scores.append(log_s1)
             coarse_sizes.append(log_csz.exp()[:, None, :].expand_as(log_s1))
@@ -386,7 +405,7 @@ def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_re
         for layer in range(n_layers):
             cents = repeat_kv(index.centroids[layer][None], n_rep)[0]
             log_sz = repeat_kv(index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
-            parent = repeat_kv(index.parent[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+            parent = repeat_kv(parents[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
             log_s2, _ = _log_scores(index.proxies[layer], cents, log_sz, scaling, log_den=dens[layer])
             under = (coarse_scores[layer] >= log_tau1).gather(-1, parent[:, None, :].expand_as(log_s2))
             fine_scores.append(log_s2.masked_fill(~under, -math.inf))
@@ -416,7 +435,9 @@ class SqueezedAttention:
         if self.calibration is None:
             # Thresholds depend on the search-time budget only: cached on the index, shared by questions.
             c = self.config
-            key = ("calibration", c.keep_fraction, c.coarse_keep_fraction, c.calibration, c.spread, float(scaling), n_rep)
+            key = (
+                "calibration", c.keep_fraction, c.coarse_keep_fraction, c.calibration, c.spread, float(scaling), n_rep,
+            )
             got = self.index._derived.get(key)
             if got is None:
                 got = self.index._derived[key] = calibrate(self.index, c, scaling, n_rep,
@@ -466,9 +487,10 @@ class SqueezedAttention:
         cents = repeat_kv(self.index.centroids[layer][None], n_rep)[0]  # (H, C, D)
         log_sz = repeat_kv(self.index.log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
         live = torch.isfinite(log_sz)[:, None, :]  # (H, 1, C): empty clusters never count
-        cc = repeat_kv(self.index.coarse[layer][None], n_rep)[0]  # (H, C1, D)
-        log_csz = repeat_kv(self.index.coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
-        parent = repeat_kv(self.index.parent[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
+        coarse, coarse_log_sizes, parents = self.index.coarse_levels()
+        cc = repeat_kv(coarse[layer][None], n_rep)[0]  # (H, C1, D)
+        log_csz = repeat_kv(coarse_log_sizes[layer][None, :, :, None], n_rep)[0, :, :, 0]
+        parent = repeat_kv(parents[layer][None, :, :, None], n_rep)[0, :, :, 0]  # (H, C)
         log_s1, log_den = _log_scores(q, cc, log_csz, scaling)
         under = (log_s1 >= cal.log_tau_coarse).gather(-1, parent[:, None, :].expand(-1, q.shape[1], -1))  # (H, Q, C)
         log_s2, _ = _log_scores(q, cents, log_sz, scaling, log_den=log_den)
@@ -498,7 +520,8 @@ class SqueezedAttention:
         kvh, n_clusters, d = self.index.centroids[layer].shape
         n_heads, q_len, _ = q.shape
         n_rep = n_heads // kvh
-        s = centroid_scores if centroid_scores is not None else self.cluster_scores(layer, q, scaling)  # (KVH, n_rep * Q, C)
+        # (KVH, n_rep * Q, C)
+        s = centroid_scores if centroid_scores is not None else self.cluster_scores(layer, q, scaling)
         log_mass = (s + self.index.log_sizes[layer][:, None, :]).view(n_heads, q_len, n_clusters)
         log_mass = log_mass.masked_fill(keep_c, float("-inf"))  # kept clusters are attended exactly
         lse = torch.logsumexp(log_mass, dim=-1)  # (H, Q); -inf when every cluster is kept
@@ -571,7 +594,8 @@ class SqueezedAttention:
         keep = keep_c.view(kvh, n_rep, n_clusters)
         always = torch.ones(kvh, n_rep, 1, dtype=torch.bool)  # each head's static set
         keep_ext = torch.cat([keep, always], dim=-1)  # (KVH, n_rep, C + 1)
-        read = keep_ext.any(dim=1).view(-1).index_select(0, cluster)  # (KVH * N,): keys of a cluster some head of the group kept
+        # (KVH * N,): keys of a cluster some head of the group kept
+        read = keep_ext.any(dim=1).view(-1).index_select(0, cluster)
         chosen = cluster[read]  # (M,): cluster id of each read key
         picked = positions[read]  # (M,) flat positions, ascending
         sel_k = fk.reshape(kvh * n, d).index_select(0, picked)  # (M, D): the only fixed keys read

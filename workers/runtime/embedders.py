@@ -70,8 +70,10 @@ class Embedder:
             if hasattr(self._model, "get_embedding_dimension")
             else self._model.get_sentence_embedding_dimension()
         )
+        max_seq_length = self._model.max_seq_length
+        assert dim is not None and max_seq_length is not None, "the embedder has no fixed dimension or length"
         self.dimension: int = int(dim)
-        self.max_seq_length: int = int(self._model.max_seq_length)
+        self.max_seq_length: int = int(max_seq_length)
         self.tokenizer: Any = self._model.tokenizer
         self._lock = threading.Lock()
 

@@ -164,7 +164,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # The weights are already dequantized to fp32; without this save_pretrained would record a
     # GGUF quantizer that cannot be reloaded from safetensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     config_path = out_dir / "config.json"
@@ -289,7 +289,7 @@ def load_causal_lm(
             raise FileNotFoundError(
                 f"cannot load model {source!r} from {where!r} (offline, local files only): {exc}"
             ) from exc
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' typing of `to` misses device strings
         model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

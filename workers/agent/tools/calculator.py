@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
+from collections.abc import Callable
+from typing import Any
 
 MAX_EXPRESSION_CHARS = 500
 MAX_INT_EXPONENT = 10_000
@@ -25,7 +27,7 @@ _BINARY = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
 
@@ -37,7 +39,7 @@ def _factorial(n):
     return math.factorial(n)
 
 
-_FUNCTIONS = {
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin,
     "acos": math.acos, "atan": math.atan, "log": math.log, "log10": math.log10, "log2": math.log2,
     "exp": math.exp, "abs": abs, "round": round, "floor": math.floor, "ceil": math.ceil,
@@ -88,7 +90,8 @@ def _eval(node: ast.AST):
 def calculator(expression: str) -> float:
     """Evaluate an arithmetic expression, e.g. "(3 + 4) * 2 / sqrt(16)" or "2**10 - log(e)".
 
-    :param expression: The arithmetic expression: numbers, + - * / // % ** and parentheses, the constants pi and e, and the functions sqrt, sin, cos, tan, log, exp, abs, round, min, max, factorial.
+    :param expression: The arithmetic expression: numbers, + - * / // % ** and parentheses, the
+        constants pi and e, and the functions sqrt, sin, cos, tan, log, exp, abs, round, min, max, factorial.
     :return: The value of the expression.
     """
     if not isinstance(expression, str) or not expression.strip():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -47,7 +49,7 @@ def add_days(start_date: str, days: int) -> str:
     :param days: How many days to add.
     :return: The resulting date as YYYY-MM-DD, with the weekday.
     """
-    if isinstance(days, float) and days.is_integer():
+    if isinstance(days, float) and float(days).is_integer():
         days = int(days)
     if not isinstance(days, int) or isinstance(days, bool) or abs(days) > 3_650_000:
         raise ValueError("days must be a whole number of at most 3,650,000")
@@ -55,4 +57,4 @@ def add_days(start_date: str, days: int) -> str:
     return f"{result.isoformat()} ({result.strftime('%A')})"
 
 
-DATETIME_TOOLS = [current_datetime, date_difference, add_days]
+DATETIME_TOOLS: list[Callable[..., Any]] = [current_datetime, date_difference, add_days]

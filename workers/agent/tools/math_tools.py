@@ -21,6 +21,8 @@ from __future__ import annotations
 import cmath
 import math
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 _MAX_FACTORIAL = 5_000
 _MAX_SEQUENCE = 10_000
@@ -410,6 +412,7 @@ def quadratic_formula(a: float, b: float, c: float) -> tuple:
     if a == 0:
         raise ValueError("a must not be 0 in a quadratic equation")
     discriminant = b * b - 4 * a * c
+    root: float | complex
     if discriminant >= 0:
         root = math.sqrt(discriminant)
     else:
@@ -761,7 +764,8 @@ def surface_area_of_pyramid(base_area: float, lateral_area: float) -> float:
 def volume_of_torus(major_radius: float, minor_radius: float) -> float:
     """Calculate the volume of a torus.
 
-    :param major_radius: The major radius of the torus (distance from the center of the tube to the center of the torus).
+    :param major_radius: The major radius of the torus (distance from the center of the tube to the
+        center of the torus).
     :param minor_radius: The minor radius of the torus (radius of the tube).
     :return: The volume of the torus.
     """
@@ -1113,7 +1117,8 @@ def prime_sieve(n: int) -> list:
 
 
 def euler_totient_function(n: int) -> int:
-    """Calculate Euler's Totient Function for a given n, which is the count of numbers less than n that are relatively prime to n.
+    """Calculate Euler's Totient Function for a given n, which is the count of numbers less than n
+    that are relatively prime to n.
 
     :param n: The input number.
     :return: The count of numbers less than n that are relatively prime to n.
@@ -1206,7 +1211,7 @@ def sum_of_divisors(n: int) -> int:
     return _sum_of_divisors(n)
 
 
-MATH_TOOLS = [
+MATH_TOOLS: list[Callable[..., Any]] = [
     add,
     subtract,
     multiply,
