@@ -42,8 +42,25 @@ worker-cpu: install
 worker-gpu: install
 	$(VENV)/bin/celery -A workers worker -Q gpu --concurrency 1 --pool solo --loglevel INFO
 
+# ruff (style, line length, complexity), the import contracts (pyproject.toml
+# [tool.importlinter]) and mypy on the engine (workers/, indexes/). All three run; any failure fails.
 lint: install
-	$(VENV)/bin/ruff check .
+	@status=0; \
+	echo "== ruff"; $(VENV)/bin/ruff check . || status=1; \
+	echo "== lint-imports"; $(VENV)/bin/lint-imports || status=1; \
+	echo "== mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# `make bench` lists the benchmarks and their documented commands;
+# `make bench BENCH=compression ARGS="--dataset ... --json ..."` runs one from the repository root.
+BENCH ?=
+ARGS ?=
+bench: install
+ifeq ($(strip $(BENCH)),)
+	@$(PY) -m benchmarks.common
+else
+	$(PY) -m benchmarks.$(BENCH) $(ARGS)
+endif
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,12 +1,12 @@
 """Context compression side by side: token reduction, gold-answer retention, end-to-end answers, cost.
 
     # defaults: every method and baseline at targets 0.5 0.33 0.2, contexts = top-5 retrieved passages
-    .venv/bin/python benchmarks/compression.py --dataset ../shared/data/squad-v2-dev-sample --limit 100 \
+    .venv/bin/python -m benchmarks.compression --dataset ../shared/data/squad-v2-dev-sample --limit 100 \
         --answer-limit 30 --method-limit summarize=10 --json var/bench/compression-squad.json
-    .venv/bin/python benchmarks/compression.py --dataset ../shared/data/hotpotqa-dev-distractor-sample100 \
+    .venv/bin/python -m benchmarks.compression --dataset ../shared/data/hotpotqa-dev-distractor-sample100 \
         --targets 0.33 --methods truncation random_drop extractive --answer-limit 0 --json var/bench/hp.json
     # the anchors' SQuAD setting (gold paragraph + 4 random ones), retention only
-    .venv/bin/python benchmarks/compression.py --dataset ../shared/data/squad-v2-dev-sample --contexts gold+random \
+    .venv/bin/python -m benchmarks.compression --dataset ../shared/data/squad-v2-dev-sample --contexts gold+random \
         --targets 0.33 --answer-limit 0 --json var/bench/squad-anchors.json
 
 Retention follows shared/notes/anchors.md so the numbers compare with its baselines: the share
@@ -76,13 +76,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.paired import paired_vs  # noqa: E402
-from benchmarks.qa_metrics import contained, exact_match, f1_score  # noqa: E402
-from workers.compression.text import sentence_spans, token_budget  # noqa: E402
-from workers.prompting.base import Passage  # noqa: E402
+from benchmarks.common import ROOT, read_jsonl, write_json
+from benchmarks.paired import paired_vs
+from benchmarks.qa_metrics import contained, exact_match, f1_score
+from workers.compression.text import sentence_spans, token_budget
+from workers.prompting.base import Passage
 
 BASELINES = ("truncation", "random_drop", "embeddings_filter")
 DEFAULT_METHODS = ["truncation", "random_drop", "embeddings_filter", "none", "extractive", "semantic_prune",
@@ -94,11 +92,6 @@ DEFAULT_PRICE_MODELS = ["gpt-4o-mini", "gpt-4o"]
 BENCH_DEPS = ROOT / "var" / "bench-deps"
 LANGCHAIN_INSTALL = ".venv/bin/python -m pip install --target var/bench-deps -r benchmarks/requirements-langchain.txt"
 MAX_NEW_TOKENS = 32
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 # --------------------------------------------------------------------------- contexts
@@ -147,7 +140,7 @@ def load_examples(
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         if contexts not in ("retrieved", "given"):
             raise ValueError(f"HotpotQA contexts must be 'retrieved' or 'given', got {contexts!r}")
-        rows = _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:end]
+        rows = read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:end]
         examples = []
         for row in rows:
             paragraphs = row["paragraphs"]
@@ -167,11 +160,11 @@ def load_examples(
         return "hotpotqa", examples
     if contexts not in ("retrieved", "gold+random"):
         raise ValueError(f"contexts must be 'retrieved' or 'gold+random', got {contexts!r}")
-    pool = _read_jsonl(dataset / "passages.jsonl")
+    pool = read_jsonl(dataset / "passages.jsonl")
     passages = {p["pid"]: p for p in pool}
     pids = sorted(passages)
     questions = [
-        q for q in _read_jsonl(dataset / "questions.jsonl")
+        q for q in read_jsonl(dataset / "questions.jsonl")
         # unanswerable (SQuAD 2.0 lists [""]): no gold answer to retain
         if not q.get("is_impossible") and any(a.strip() for a in q.get("answers", [])) and q.get("gold_pids")
     ][offset:end]
@@ -360,7 +353,7 @@ def _mean(values: list[float]) -> float | None:
     return round(statistics.mean(values), 4) if values else None
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901  -- the experiment driver, one flag after another; split it when it next changes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None, help="examples (default: all)")
@@ -574,7 +567,7 @@ def main() -> None:
     def write_summary(table: list[dict], done: bool) -> None:
         summary = summary_head(done) | {"rows": table}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
 
     def summary_head(done: bool) -> dict:
         return {

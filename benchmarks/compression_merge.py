@@ -10,7 +10,7 @@ questions whose full context holds the answer (the `none` rows), compression lat
 the 0-based questions that lost the answer; with truncation's lines at the same target, the
 questions won and lost against it and the exact sign test's p (benchmarks/paired.py).
 
-    python benchmarks/compression_merge.py part-a.log:0 part-b.log:150:75 \
+    python -m benchmarks.compression_merge part-a.log:0 part-b.log:150:75 \
         --only rerun.log:2,8,19      # the rerun's questions, as given to --only
 
 PART is LOG:OFFSET[:N]: the run's --offset, and its number of questions when the log also holds
@@ -22,14 +22,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.paired import paired_vs  # noqa: E402
+from benchmarks.paired import paired_vs
 
 LINE = re.compile(r"^\[(\S+) @([\d.]+)\] (\d+)/(\d+) kept=(\S+) retained=(True|False) (\S+)s")
 

@@ -1,6 +1,6 @@
 """Metering overhead and overspend under concurrency, on PostgreSQL.
 
-    .venv/bin/python benchmarks/metering.py --json out/metering.json [--requests 500]
+    .venv/bin/python -m benchmarks.metering --json out/metering.json [--requests 500]
 
 Phase 1 (overhead): each request runs the same EchoTarget call twice, interleaved and in
 alternating order: once through ``apps.costs.metering.model_call`` (price lookup, worst-case
@@ -34,7 +34,8 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import setup_django, write_json
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/parsimony_bench"
 
 
@@ -54,15 +55,8 @@ def _ensure_database(url: str) -> None:
 
 def _setup_django(url: str) -> None:
     os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
     os.environ.setdefault("PARSIMONY_INPROCESS_SYNC", "1")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    setup_django(migrate=True)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -243,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         requests=args.requests, concurrent=args.concurrent, threads=args.threads, fits=args.fits, warmup=args.warmup
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result, newline=True)
     print(json.dumps(result, indent=2))
     return 0 if result["target_met"] and result["concurrent"]["fit_ok"] else 1
 

@@ -1,8 +1,8 @@
 """RAG question answering through the real pipeline, several pipeline configs side by side.
 
-    .venv/bin/python benchmarks/rag_qa.py --dataset ../shared/data/nq-open-oracle --limit 40 --json nq.json
-    .venv/bin/python benchmarks/rag_qa.py --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --limit 30 --json hp.json
-    .venv/bin/python benchmarks/rag_qa.py --dataset ... --configs '[{"name": "top3", "top_k": 3}]'
+    .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/nq-open-oracle --limit 40 --json nq.json
+    .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --limit 30 --json hp.json
+    .venv/bin/python -m benchmarks.rag_qa --dataset ... --configs '[{"name": "top3", "top_k": 3}]'
 
 Datasets: the nq-open-oracle format (passages.jsonl + questions.jsonl with `answers`) — one corpus
 holding the chosen questions' gold passages plus 5 distractor passages per question — and the
@@ -30,10 +30,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer  # noqa: E402
+from benchmarks.common import ROOT, read_jsonl, setup_django, write_json
+from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer
 
 DEFAULT_CONFIGS = [
     {"name": "naive-dense-top5", "retriever": "dense", "top_k": 5},
@@ -46,7 +44,6 @@ CONFIG_DEFAULTS = {
 
 
 def _setup_django(tmp: Path) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
     os.environ["DATA_ROOT"] = os.environ.get("PARSIMONY_BENCH_DATA_ROOT", str(tmp / "data"))
     os.environ.setdefault("PARSIMONY_VAR_DIR", str(tmp / "var"))
     os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
@@ -54,17 +51,7 @@ def _setup_django(tmp: Path) -> None:
     os.environ["PARSIMONY_INPROCESS_SYNC"] = "1"
     os.environ.pop("CELERY_BROKER_URL", None)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    setup_django(migrate=True)
 
 
 def _records_jsonl(passages: list[dict]) -> bytes:
@@ -76,12 +63,12 @@ def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
     """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats."""
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
-        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
+        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
             passages = [{"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()} for p in row["paragraphs"]]
             tasks.append({"question": row["question"], "answers": [row["answer"]], "passages": passages, "corpus": row["qid"]})
         return "hotpotqa", tasks
-    passages = {p["pid"]: p for p in _read_jsonl(dataset / "passages.jsonl")}
-    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
+    passages = {p["pid"]: p for p in read_jsonl(dataset / "passages.jsonl")}
+    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in passages if pid not in set(gold)][: 5 * len(questions)]
     shared = [passages[pid] for pid in dict.fromkeys(gold + others)]
@@ -203,7 +190,7 @@ def main() -> None:
             "configs": results,
         }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2))
+    write_json(args.json, summary)
     print(json.dumps(summary, indent=2))
 
 

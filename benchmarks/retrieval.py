@@ -1,7 +1,7 @@
 """Retrieval benchmark through the real corpora pipeline.
 
-    .venv/bin/python benchmarks/retrieval.py --dataset ../shared/data/nq-open-oracle --json out.json
-    .venv/bin/python benchmarks/retrieval.py --dataset ../shared/data/nq-open-oracle --synthetic-chunks 10000 --json syn.json
+    .venv/bin/python -m benchmarks.retrieval --dataset ../shared/data/nq-open-oracle --json out.json
+    .venv/bin/python -m benchmarks.retrieval --dataset ../shared/data/nq-open-oracle --synthetic-chunks 10000 --json syn.json
 
 Sets up Django on a temporary SQLite database and DATA_ROOT (or the configured database
 with --use-configured-db), bulk-imports the passages (text = "title. text") as one
@@ -32,14 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import read_jsonl, setup_django, write_json
+
 EVAL_DEPTH = 100
 LATENCY_K = 10
 
 
 def _setup_django(tmp: Path, use_configured_db: bool) -> None:
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "apps.config.settings")
     os.environ["DATA_ROOT"] = str(tmp / "data")
     os.environ.setdefault("PARSIMONY_VAR_DIR", str(tmp / "var"))
     if not use_configured_db:
@@ -48,17 +47,7 @@ def _setup_django(tmp: Path, use_configured_db: bool) -> None:
     os.environ["PARSIMONY_INPROCESS_SYNC"] = "1"
     os.environ.pop("CELERY_BROKER_URL", None)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    setup_django(migrate=True)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -68,9 +57,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _load(dataset: Path, limit: int | None) -> tuple[list[dict], list[dict]]:
-    passages = _read_jsonl(dataset / "passages.jsonl")
+    passages = read_jsonl(dataset / "passages.jsonl")
     # Questions without a gold passage (none expected in the shared sets) cannot be scored.
-    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")]
+    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")]
     if limit:
         questions = questions[:limit]
         gold = {pid for q in questions for pid in q["gold_pids"]}
@@ -238,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result, extra = run_quality(dataset, args.limit)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result, newline=True)
     print(json.dumps(result, indent=2))
     if extra:
         print(json.dumps(extra), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Full vs squeezed vs retrieval attention over the same cached long contexts, same model, same run.
 
-    .venv/bin/python benchmarks/sparse_attention.py --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
-    .venv/bin/python benchmarks/sparse_attention.py --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
+    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
+    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
         --context-tokens 4096 --json kv.json
 
 Per document and context length (the document truncated to --context-tokens of SmolLM2's
@@ -40,7 +40,6 @@ full's, and the one-off prefill / index build seconds.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -51,20 +50,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.qa_metrics import contained, f1_score, normalize_answer  # noqa: E402
+from benchmarks.common import ROOT, read_jsonl, write_json
+from benchmarks.qa_metrics import contained, f1_score, normalize_answer
 
 DEFAULT_METHODS = "full,squeezed@0.1,squeezed@0.25,retrieval@0.03,retrieval@0.1,retrieval-hnsw@0.03"
 LEVAL_TASK_ORDER = ["natural_question", "scientific_qa", "quality", "multidoc_qa", "financial_qa", "tpo",
                     "coursera", "legal_contract_qa", "sci_fi", "paper_assistant"]
-
-
-def _jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def load_documents(dataset: Path, limit: int, questions: int, min_tokens: int,
@@ -78,9 +69,9 @@ def load_documents(dataset: Path, limit: int, questions: int, min_tokens: int,
     leval = dataset / "documents_with_questions.jsonl"
     if leval.is_file():
         if count_tokens is None:
-            docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens]
+            docs = [d for d in read_jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens]
         else:  # cl100k counts first (cheap): only plausible documents are tokenized
-            docs = [d for d in _jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens * 0.7
+            docs = [d for d in read_jsonl(leval) if d["n_tokens_cl100k"] >= min_tokens * 0.7
                     and count_tokens(d["text"]) >= min_tokens]
         docs.sort(key=lambda d: (LEVAL_TASK_ORDER.index(d["task"]) if d["task"] in LEVAL_TASK_ORDER else 99,
                                  d["doc_id"]))
@@ -93,7 +84,7 @@ def load_documents(dataset: Path, limit: int, questions: int, min_tokens: int,
     if not files:
         raise SystemExit(f"{dataset}: neither documents_with_questions.jsonl nor kv-retrieval-*_keys.jsonl.gz")
     out = []
-    for ex in _jsonl(files[-1])[:limit]:
+    for ex in read_jsonl(files[-1])[:limit]:
         records = ex["ordered_kv_records"]
         text = "JSON data:\n" + json.dumps(dict(records), indent=1)
         # Keys spread over the first 40% of the records (derived questions, see SOURCE.md): the JSON
@@ -322,7 +313,7 @@ def main() -> None:
         "builds": builds,
         "questions": questions,
     }
-    args.json.write_text(json.dumps(out, indent=1, default=float))
+    write_json(args.json, out, indent=1, default=float)
     print(f"\n{'method':34s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'top-m':>6s} {'ann':>5s} "
           f"{'agree':>6s} {'exact':>5s} {'acc':>4s} {'ms/tok':>7s} {'full':>6s} {'cpu ms':>7s} {'full':>6s} {'build s':>7s}")
     for r in rows:

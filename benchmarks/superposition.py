@@ -1,7 +1,7 @@
 """Superposition prompting vs naive RAG on the same questions, same model, same run (engine only).
 
-    .venv/bin/python benchmarks/superposition.py --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --json hp.json
-    .venv/bin/python benchmarks/superposition.py --dataset ../shared/data/nq-open-oracle --docs 10 --limit 20 --json nq.json
+    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --json hp.json
+    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/nq-open-oracle --docs 10 --limit 20 --json nq.json
 
 Per question, in this order (interleaved, so machine noise hits every method alike):
 1. naive: every passage in one prompt (workers.prompting.naive through the meter), greedy, ≤ 32 new tokens;
@@ -34,15 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.qa_metrics import contained, exact_match, f1_score  # noqa: E402
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+from benchmarks.common import ROOT, read_jsonl, write_json
+from benchmarks.qa_metrics import contained, exact_match, f1_score
 
 
 def load_tasks(dataset: Path, limit: int, docs: int, threads: int, offset: int = 0) -> tuple[str, list[dict]]:
@@ -51,7 +44,7 @@ def load_tasks(dataset: Path, limit: int, docs: int, threads: int, offset: int =
 
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
-        for row in _read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:offset + limit]:
+        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:offset + limit]:
             passages = [
                 Passage(chunk_id=n, title=p["title"], text="".join(p["sentences"]).strip())
                 for n, p in enumerate(row["paragraphs"][:docs])
@@ -65,8 +58,8 @@ def load_tasks(dataset: Path, limit: int, docs: int, threads: int, offset: int =
 
     from workers.runtime.embedders import get_embedder
 
-    pool = {p["pid"]: p for p in _read_jsonl(dataset / "passages.jsonl")}
-    questions = [q for q in _read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][offset:offset + limit]
+    pool = {p["pid"]: p for p in read_jsonl(dataset / "passages.jsonl")}
+    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][offset:offset + limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in pool if pid not in set(gold)][: 5 * len(questions)]
     ids = list(dict.fromkeys(gold + others))
@@ -282,7 +275,7 @@ def main() -> None:
                          for i, t in enumerate(tasks)],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result_json, indent=2, ensure_ascii=False))
+    write_json(args.json, result_json, ensure_ascii=False)
     print(json.dumps({k: v for k, v in result_json.items() if k != "per_question"}, indent=2))
 
 

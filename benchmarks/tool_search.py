@@ -1,6 +1,6 @@
 """Tool-library search quality and the prompt tokens it saves, plus the agent end to end on tulip math.
 
-    .venv/bin/python benchmarks/tool_search.py --json out/tool_search.json [--limit N]
+    .venv/bin/python -m benchmarks.tool_search --json out/tool_search.json [--limit N]
         [--decompose-limit N] [--agent-limit N] [--skip-agent] [--skip-decompose]
 
 Django-free: the same engine pieces the service runs (``indexes.tool_index`` over MiniLM
@@ -39,15 +39,14 @@ import math
 import platform
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmarks.common import ROOT as REPO_ROOT
+from benchmarks.common import read_jsonl, write_json
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 METATOOL = DATA / "metatool-tool-selection"
@@ -63,10 +62,6 @@ JSON_TYPES = {"float": "number", "int": "integer", "bool": "boolean", "str": "st
 
 def _half(key: str) -> int:
     return int(hashlib.sha256(f"tool-search:{key}".encode()).hexdigest(), 16) % 2
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _tulip_schema(entry: dict) -> tuple[str, dict]:
@@ -104,9 +99,9 @@ def load_libraries() -> dict[str, list[dict]]:
 
 
 def load_queries(limit: int | None) -> dict[str, list[dict]]:
-    single = _jsonl(METATOOL / "queries_single_tool.jsonl")
+    single = read_jsonl(METATOOL / "queries_single_tool.jsonl")
     evaluation = sorted((q for q in single if _half(q["qid"]) == 1), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest())
-    multi = _jsonl(METATOOL / "queries_multi_tool.jsonl")
+    multi = read_jsonl(METATOOL / "queries_multi_tool.jsonl")
     tasks = json.loads((TULIP / "tasks.json").read_text())
     return {
         "metatool-single": evaluation[:limit] if limit else evaluation,
@@ -119,7 +114,7 @@ def load_queries(limit: int | None) -> dict[str, list[dict]]:
 def metatool_examples() -> dict[str, list[str]]:
     """Up to EXAMPLES_PER_TOOL example requests per tool, from the half not used for evaluation."""
     pool: dict[str, list[str]] = {}
-    rows = sorted(_jsonl(METATOOL / "queries_single_tool.jsonl"), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest())
+    rows = sorted(read_jsonl(METATOOL / "queries_single_tool.jsonl"), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest())
     for query in rows:
         if _half(query["qid"]) != 0 or len(query["gold_tools"]) != 1:
             continue
@@ -408,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(f"wrote {args.json} in {out['seconds']} s")
     return 0
 
