@@ -65,4 +65,4 @@ def test_it_never_imports_django():
         "indexes.vector_index, indexes.bm25, indexes.hybrid, indexes.registry; "
         "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])
