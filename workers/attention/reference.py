@@ -204,7 +204,9 @@ class FullBackend:
             import torch
 
             dtype = getattr(torch, self.config.kv_precision)
-            fixed = FixedKV([k.to(dtype).to(k.dtype) for k in fixed.keys], [v.to(dtype).to(v.dtype) for v in fixed.values])
+            fixed = FixedKV(
+                [k.to(dtype).to(k.dtype) for k in fixed.keys], [v.to(dtype).to(v.dtype) for v in fixed.values]
+            )
         return FullAttention(fixed)
 
 
@@ -236,7 +238,10 @@ class AttendStats:
             self.prefill_rows += 1
 
     def fraction(self, phase: str = "decode") -> float:
-        keys, rows = (self.decode_keys, self.decode_rows) if phase == "decode" else (self.prefill_keys, self.prefill_rows)
+        if phase == "decode":
+            keys, rows = self.decode_keys, self.decode_rows
+        else:
+            keys, rows = self.prefill_keys, self.prefill_rows
         if not rows or not self.n_fixed:
             return float("nan")
         return keys / rows / self.n_fixed

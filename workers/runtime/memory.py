@@ -33,7 +33,8 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
             if name:
                 try:
                     libc = ctypes.CDLL(name)
-                    _pinned = bool(getattr(libc, "mallopt", None) and libc.mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1)
+                    mallopt = getattr(libc, "mallopt", None)
+                    _pinned = bool(mallopt and mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1)
                 except OSError:
                     _pinned = False
         return _pinned
