@@ -18,10 +18,11 @@ Contexts, `--contexts retrieved` (default): the top-5 passages (`--top-k`) by Mi
 best first, as a pipeline's retriever hands them over. HotpotQA: of the question's own 10
 paragraphs (`--contexts given`: all 10 in the file's shuffled order instead; gold_in_context
 says whether both supporting paragraphs made the top k). SQuAD-format datasets
-(squad-v2-dev-sample, nq-open-oracle), the answerable questions: over the dataset's whole passage pool (passage text "title. text", the project's embedder
-loader; vectors cached under var/bench/pool-vectors), each example noting whether its gold
-passage is among them (`gold_in_context`); or `--contexts gold+random`: the gold paragraph plus
-4 random others, shuffled (seed 0) — the anchors' setting.
+(squad-v2-dev-sample, nq-open-oracle), the answerable questions: over the dataset's whole
+passage pool (passage text "title. text", the project's embedder loader; vectors cached under
+var/bench/pool-vectors), each example noting whether its gold passage is among them
+(`gold_in_context`); or `--contexts gold+random`: the gold paragraph plus 4 random others,
+shuffled (seed 0) — the anchors' setting.
 
 Methods: the baselines `truncation` (the first N tokens of the concatenated context),
 `random_drop` (random sentences, seed = example index, until the budget) and
@@ -41,8 +42,8 @@ sys.path, after the project's own packages, only when `embeddings_filter` is req
 
 End to end (`--answer-limit N`, default 30; 0 skips it): the first N examples of every method
 and target (`--answer-targets`, `--answer-methods`: only those) are answered by
-SmolLM2-135M-Instruct from the compressed context with the project's naive RAG prompt (the anchors' instruction wording),
-greedy, ≤ 32 new tokens; `em`, `f1` and `contained` (gold answer in the output) as in
+SmolLM2-135M-Instruct from the compressed context with the project's naive RAG prompt (the
+anchors' instruction wording), greedy, ≤ 32 new tokens; `em`, `f1` and `contained` (gold answer in the output) as in
 benchmarks/qa_metrics.py.
 
 Against truncation: every method row run beside `truncation` at the same target carries
@@ -87,7 +88,9 @@ DEFAULT_METHODS = ["truncation", "random_drop", "embeddings_filter", "none", "ex
                    "surprisal_prune", "summarize"]
 DEFAULT_TARGETS = [0.5, 0.33, 0.2]
 DEFAULT_LIMITS = {"summarize": 10}
-DEFAULT_PRICE_FILE = ROOT.parent / "shared" / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
+DEFAULT_PRICE_FILE = (
+    ROOT.parent / "shared" / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
+)
 DEFAULT_PRICE_MODELS = ["gpt-4o-mini", "gpt-4o"]
 BENCH_DEPS = ROOT / "var" / "bench-deps"
 LANGCHAIN_INSTALL = ".venv/bin/python -m pip install --target var/bench-deps -r benchmarks/requirements-langchain.txt"
@@ -273,14 +276,17 @@ def import_embeddings_filter() -> Any:
         try:
             from langchain.retrievers.document_compressors import EmbeddingsFilter
         except ImportError:
-            raise SystemExit(f"the embeddings_filter baseline needs LangChain; install it with\n    {LANGCHAIN_INSTALL}") from None
+            raise SystemExit(
+                f"the embeddings_filter baseline needs LangChain; install it with\n    {LANGCHAIN_INSTALL}"
+            ) from None
     return EmbeddingsFilter
 
 
 def embeddings_filter(
     passages: list[Passage], query: str, budget: int, count_tokens: Callable[[str], int], lc_filter: Any
 ) -> list[Passage]:
-    """LangChain's EmbeddingsFilter at a token budget: its query-similarity ranking of the sentences, top ones until the budget."""
+    """LangChain's EmbeddingsFilter at a token budget: its query-similarity ranking of the sentences,
+    top ones until the budget."""
     from langchain_core.documents import Document
 
     units = sentence_units(passages)
@@ -452,7 +458,8 @@ def main() -> None:  # noqa: C901  -- the experiment driver, one flag after anot
                 "prompt_tokens": result.prompt_tokens, "answer_s": result.wall_s}
 
     def run_pass(name: str, target: float, n: int, answer_n: int) -> list[dict]:
-        """One pass of a method over the first n examples: retention, kept share, time; answers on the first answer_n."""
+        """One pass of a method over the first n examples: retention, kept share, time; answers on
+        the first answer_n."""
         rows = []
         for k, ex in enumerate(examples[:n]):
             budget = token_budget(target, full[k]["tokens"])
@@ -551,7 +558,9 @@ def main() -> None:  # noqa: C901  -- the experiment driver, one flag after anot
             }
         if any(r["chunks"] for r in rows):
             # What happened to the chunks, summed over examples (see chunk_outcomes).
-            row["chunks"] = {k: sum(r["chunks"].get(k, 0) for r in rows) for k in ("whole", "partial", "rewritten", "dropped")}
+            row["chunks"] = {
+                k: sum(r["chunks"].get(k, 0) for r in rows) for k in ("whole", "partial", "rewritten", "dropped")
+            }
         baseline = results.get(("truncation", target))
         if name not in ("none", "truncation") and baseline is not None:
             # Over the questions with the answer in the full context, as retention is.
@@ -578,7 +587,9 @@ def main() -> None:  # noqa: C901  -- the experiment driver, one flag after anot
                          "given": "all 10 paragraphs, file order"}[args.contexts],
             "offset": args.offset,
             "only": sorted(set(args.only)) if args.only else None,
-            "gold_in_context": round(statistics.mean(ex["gold_in_context"] for ex in examples), 4) if examples else None,
+            "gold_in_context": (
+                round(statistics.mean(ex["gold_in_context"] for ex in examples), 4) if examples else None
+            ),
             "n_with_answer": sum(f["has_answer"] for f in full),
             "mean_context_tokens": round(statistics.mean(f["tokens"] for f in full), 1) if full else None,
             "answer_limit": args.answer_limit,

@@ -1,7 +1,8 @@
 """RAG question answering through the real pipeline, several pipeline configs side by side.
 
     .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/nq-open-oracle --limit 40 --json nq.json
-    .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --limit 30 --json hp.json
+    .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/hotpotqa-dev-distractor-sample100 \\
+        --limit 30 --json hp.json
     .venv/bin/python -m benchmarks.rag_qa --dataset ... --configs '[{"name": "top3", "top_k": 3}]'
 
 Datasets: the nq-open-oracle format (passages.jsonl + questions.jsonl with `answers`) — one corpus
@@ -64,15 +65,23 @@ def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
         for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
-            passages = [{"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()} for p in row["paragraphs"]]
-            tasks.append({"question": row["question"], "answers": [row["answer"]], "passages": passages, "corpus": row["qid"]})
+            passages = [
+                {"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()}
+                for p in row["paragraphs"]
+            ]
+            tasks.append(
+                {"question": row["question"], "answers": [row["answer"]], "passages": passages, "corpus": row["qid"]}
+            )
         return "hotpotqa", tasks
     passages = {p["pid"]: p for p in read_jsonl(dataset / "passages.jsonl")}
     questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in passages if pid not in set(gold)][: 5 * len(questions)]
     shared = [passages[pid] for pid in dict.fromkeys(gold + others)]
-    tasks = [{"question": q["question"], "answers": q["answers"], "passages": shared, "corpus": "shared"} for q in questions]
+    tasks = [
+        {"question": q["question"], "answers": q["answers"], "passages": shared, "corpus": "shared"}
+        for q in questions
+    ]
     return "nq", tasks
 
 
@@ -133,7 +142,8 @@ def main() -> None:
             pipelines = {}
             for key, corpus in corpora.items():
                 pipelines[key] = pipeline_save(
-                    team=team, name=f"{config['name']}-{len(pipelines)}"[:120], model_endpoint=model, corpora=[corpus], **values
+                    team=team, name=f"{config['name']}-{len(pipelines)}"[:120], model_endpoint=model,
+                    corpora=[corpus], **values,
                 )
             rows = []
             for task in tasks:
@@ -142,8 +152,13 @@ def main() -> None:
                 run.refresh_from_db()
                 from apps.corpora.models import Chunk
 
-                context = " ".join(Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("text", flat=True))
-                remote = cost_of(usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens), price=remote_price)
+                context = " ".join(
+                    Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("text", flat=True)
+                )
+                remote = cost_of(
+                    usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens),
+                    price=remote_price,
+                )
                 rows.append(
                     {
                         "em": exact_match(run.answer, task["answers"]),

@@ -1,7 +1,8 @@
 """Retrieval benchmark through the real corpora pipeline.
 
     .venv/bin/python -m benchmarks.retrieval --dataset ../shared/data/nq-open-oracle --json out.json
-    .venv/bin/python -m benchmarks.retrieval --dataset ../shared/data/nq-open-oracle --synthetic-chunks 10000 --json syn.json
+    .venv/bin/python -m benchmarks.retrieval --dataset ../shared/data/nq-open-oracle --synthetic-chunks 10000 \\
+        --json syn.json
 
 Sets up Django on a temporary SQLite database and DATA_ROOT (or the configured database
 with --use-configured-db), bulk-imports the passages (text = "title. text") as one
@@ -116,7 +117,9 @@ def run_quality(dataset: Path, limit: int | None) -> tuple[dict, dict]:
 
     started = time.perf_counter()
     with torch.inference_mode():
-        embedder._model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        embedder._model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
     raw_s = time.perf_counter() - started
 
     pid_of = dict(Document.objects.filter(corpus=corpus).values_list("pk", "external_id"))
@@ -158,7 +161,10 @@ def run_quality(dataset: Path, limit: int | None) -> tuple[dict, dict]:
         "search_p50_ms": _percentile(search_ms, 50),
         "search_p95_ms": _percentile(search_ms, 95),
         "embed_query_p50_ms": _percentile(embed_ms, 50),
-    }, {"n_passages": len(passages), "n_chunks": n_chunks, "ingest_s": round(ingest_s, 2), "raw_encode_s": round(raw_s, 2)}
+    }, {
+        "n_passages": len(passages), "n_chunks": n_chunks, "ingest_s": round(ingest_s, 2),
+        "raw_encode_s": round(raw_s, 2),
+    }
 
 
 def run_synthetic(dataset: Path, n_chunks: int, n_queries: int = 300) -> dict:
@@ -175,7 +181,10 @@ def run_synthetic(dataset: Path, n_chunks: int, n_queries: int = 300) -> dict:
         corpus=corpus, title="synthetic", filename="synthetic.txt", sha256="0" * 64, status=DocumentStatus.PROCESSING
     )
     rows = [
-        Chunk(document=document, ordinal=i, text=f"{passages[i % len(passages)]['title']}. {passages[i % len(passages)]['text']}")
+        Chunk(
+            document=document, ordinal=i,
+            text=f"{passages[i % len(passages)]['title']}. {passages[i % len(passages)]['text']}",
+        )
         for i in range(n_chunks)
     ]
     Chunk.objects.bulk_create(rows, batch_size=2000)
@@ -187,7 +196,8 @@ def run_synthetic(dataset: Path, n_chunks: int, n_queries: int = 300) -> dict:
     vectors = rng.standard_normal((len(ids), embedder.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     services._index_apply(
-        corpus=corpus, dimension=embedder.dimension, remove_ids=[], add_ids=ids, vectors=vectors, also_documents=[document.pk]
+        corpus=corpus, dimension=embedder.dimension, remove_ids=[], add_ids=ids, vectors=vectors,
+        also_documents=[document.pk],
     )
     Document.objects.filter(pk=document.pk).update(status=DocumentStatus.READY)
     search_ms: list[float] = []
@@ -215,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, type=Path, help="folder with passages.jsonl and questions.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="first N questions; their gold passages + N others")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
-    parser.add_argument("--synthetic-chunks", type=int, default=None, help="measure search latency at this corpus size instead")
-    parser.add_argument("--use-configured-db", action="store_true", help="use DATABASE_URL instead of a temporary SQLite file")
+    parser.add_argument("--synthetic-chunks", type=int, default=None,
+                        help="measure search latency at this corpus size instead")
+    parser.add_argument("--use-configured-db", action="store_true",
+                        help="use DATABASE_URL instead of a temporary SQLite file")
     args = parser.parse_args(argv)
     dataset = args.dataset.resolve()
     with tempfile.TemporaryDirectory(prefix="parsimony-bench-") as tmp:

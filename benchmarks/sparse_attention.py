@@ -1,8 +1,9 @@
 """Full vs squeezed vs retrieval attention over the same cached long contexts, same model, same run.
 
-    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/leval-longdoc-qa --limit 2 --json attn.json
-    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/kv-retrieval-lost-in-the-middle --limit 1 \\
-        --context-tokens 4096 --json kv.json
+    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/leval-longdoc-qa --limit 2 \\
+        --json attn.json
+    .venv/bin/python -m benchmarks.sparse_attention --dataset ../shared/data/kv-retrieval-lost-in-the-middle \\
+        --limit 1 --context-tokens 4096 --json kv.json
 
 Per document and context length (the document truncated to --context-tokens of SmolLM2's
 tokens, template included; the model has 8,192 positions: past that, --rope-factor 2 extends
@@ -27,7 +28,8 @@ window); `retrieval@B` and `retrieval-<index>@B` (top_k = B * N minus the 36 sta
 is the target share of keys; index aware unless named); any of them `+option=value` for more
 backend options (e.g. `squeezed@0.1+dense_layers=2`). `full+kv_precision=bfloat16` is full
 attention over the fixed KV rounded to bfloat16: the agreement floor a half-precision KV cache
-sets, to read the sparse methods' agreement against (only plain `full` is the reference). Reported per method, budget and length:
+sets, to read the sparse methods' agreement against (only plain `full` is the reference). Reported
+per method, budget and length:
 keys_fraction (measured, decoding), output_cosine, attn_recall, topk_mass_recall, ann_recall, answer_agreement
 (token F1 of the answer vs full attention's answer), exact_agreement (identical answers),
 accuracy (gold answer contained in the answer: weak for a 135M model, reported for
@@ -250,7 +252,9 @@ def main() -> None:
                             "ann_recall": diag.get("ann_recall", math.nan),
                             "answer_agreement": f1_score(result.text, [reference]) if reference is not None
                             else math.nan,
-                            "exact_agreement": float(normalize_answer(result.text) == normalize_answer(reference or "")),
+                            "exact_agreement": float(
+                                normalize_answer(result.text) == normalize_answer(reference or "")
+                            ),
                             "accuracy": contained(result.text, qa["answers"]),
                             "decode_ms_per_token": result.decode_ms_per_token,
                             "decode_cpu_ms_per_token": result.decode_cpu_ms_per_token,
@@ -276,7 +280,8 @@ def main() -> None:
             decode = _median([q["decode_ms_per_token"] for q in mine])
             cpu = _median([q["decode_cpu_ms_per_token"] for q in mine])
             rows.append({
-                "method": label.partition("@")[0] + ("+" + label.partition("+")[2] if "@" in label and "+" in label else ""),
+                "method": label.partition("@")[0]
+                + ("+" + label.partition("+")[2] if "@" in label and "+" in label else ""),
                 "budget": budget,
                 "context_tokens": n_tokens,
                 "questions": len(mine),
@@ -314,11 +319,13 @@ def main() -> None:
         "questions": questions,
     }
     write_json(args.json, out, indent=1, default=float)
-    print(f"\n{'method':34s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'top-m':>6s} {'ann':>5s} "
-          f"{'agree':>6s} {'exact':>5s} {'acc':>4s} {'ms/tok':>7s} {'full':>6s} {'cpu ms':>7s} {'full':>6s} {'build s':>7s}")
+    print(f"\n{'method':34s} {'budget':>6s} {'N':>5s} {'keys':>6s} {'cos':>6s} {'recall':>6s} {'top-m':>6s} "
+          f"{'ann':>5s} {'agree':>6s} {'exact':>5s} {'acc':>4s} {'ms/tok':>7s} {'full':>6s} {'cpu ms':>7s} "
+          f"{'full':>6s} {'build s':>7s}")
     for r in rows:
         print(f"{r['method']:34s} {r['budget'] or '-':>6} {r['context_tokens']:5d} {r['keys_fraction']:6.3f} "
-              f"{r['output_cosine']:6.3f} {r['attn_recall']:6.3f} {r['topk_mass_recall']:6.3f} {r['ann_recall']:5.2f} {r['answer_agreement']:6.2f} "
+              f"{r['output_cosine']:6.3f} {r['attn_recall']:6.3f} {r['topk_mass_recall']:6.3f} {r['ann_recall']:5.2f} "
+              f"{r['answer_agreement']:6.2f} "
               f"{r['exact_agreement']:5.2f} {r['accuracy']:4.2f} {r['decode_ms_per_token']:7.1f} "
               f"{r['full_decode_ms_per_token']:6.1f} {r['decode_cpu_ms_per_token']:7.1f} "
               f"{r['full_decode_cpu_ms_per_token']:6.1f} {r['index_build_s']:7.1f}")

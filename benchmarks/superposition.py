@@ -1,7 +1,9 @@
 """Superposition prompting vs naive RAG on the same questions, same model, same run (engine only).
 
-    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/hotpotqa-dev-distractor-sample100 --json hp.json
-    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/nq-open-oracle --docs 10 --limit 20 --json nq.json
+    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/hotpotqa-dev-distractor-sample100 \\
+        --json hp.json
+    .venv/bin/python -m benchmarks.superposition --dataset ../shared/data/nq-open-oracle --docs 10 --limit 20 \\
+        --json nq.json
 
 Per question, in this order (interleaved, so machine noise hits every method alike):
 1. naive: every passage in one prompt (workers.prompting.naive through the meter), greedy, ≤ 32 new tokens;
@@ -188,7 +190,9 @@ def main() -> None:
                     "ttft_s": result.ttft_s, "query_prompt_tokens": result.fresh_prompt_tokens,
                     "cached_tokens": result.cached_tokens, "completion_tokens": c, "kept": result.kept,
                     "kept_gold": sorted(set(result.kept) & set(task["gold"])),
-                    "flops": forward_flops(config, tokens=result.fresh_prompt_tokens + c, logits=logits, attended=attended),
+                    "flops": forward_flops(
+                        config, tokens=result.fresh_prompt_tokens + c, logits=logits, attended=attended
+                    ),
                     "timings": {k: round(v, 4) for k, v in result.timings.items()},
                 })
 
@@ -205,7 +209,9 @@ def main() -> None:
             if args.gold_reference and task["gold"]:
                 gold_passages = [passages[i] for i in task["gold"]]
                 messages = naive_strategy.build_messages(system_prompt="", question=question, passages=gold_passages)
-                gold = generate(target=lm, messages=messages, max_output_tokens=args.max_new_tokens, wall_time_limit_s=300)
+                gold = generate(
+                    target=lm, messages=messages, max_output_tokens=args.max_new_tokens, wall_time_limit_s=300
+                )
                 rows.setdefault("naive-gold-only", []).append(
                     {**score(gold.text, answers), "text": gold.text, "latency_s": gold.wall_s, "ttft_s": math.nan,
                      "query_prompt_tokens": gold.prompt_tokens, "completion_tokens": gold.completion_tokens,

@@ -100,7 +100,9 @@ def load_libraries() -> dict[str, list[dict]]:
 
 def load_queries(limit: int | None) -> dict[str, list[dict]]:
     single = read_jsonl(METATOOL / "queries_single_tool.jsonl")
-    evaluation = sorted((q for q in single if _half(q["qid"]) == 1), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest())
+    evaluation = sorted(
+        (q for q in single if _half(q["qid"]) == 1), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest()
+    )
     multi = read_jsonl(METATOOL / "queries_multi_tool.jsonl")
     tasks = json.loads((TULIP / "tasks.json").read_text())
     return {
@@ -114,7 +116,9 @@ def load_queries(limit: int | None) -> dict[str, list[dict]]:
 def metatool_examples() -> dict[str, list[str]]:
     """Up to EXAMPLES_PER_TOOL example requests per tool, from the half not used for evaluation."""
     pool: dict[str, list[str]] = {}
-    rows = sorted(read_jsonl(METATOOL / "queries_single_tool.jsonl"), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest())
+    rows = sorted(
+        read_jsonl(METATOOL / "queries_single_tool.jsonl"), key=lambda q: hashlib.sha256(q["qid"].encode()).hexdigest()
+    )
     for query in rows:
         if _half(query["qid"]) != 0 or len(query["gold_tools"]) != 1:
             continue
@@ -220,7 +224,8 @@ class Bench:
             index_times.append(1000 * (time.perf_counter() - started))
         return {
             "search_ms_p50": round(_percentile(times, 0.5), 2), "search_ms_p95": round(_percentile(times, 0.95), 2),
-            "index_ms_p50": round(_percentile(index_times, 0.5), 3), "index_ms_p95": round(_percentile(index_times, 0.95), 3),
+            "index_ms_p50": round(_percentile(index_times, 0.5), 3),
+            "index_ms_p95": round(_percentile(index_times, 0.95), 3),
         }
 
     def row(self, *, dataset: str, mode: str, library: list[dict], queries: list[dict], store, any_of: bool,
@@ -236,7 +241,9 @@ class Bench:
             rankings = [[ranked] for ranked in self.rank(store, library, texts)]
         scores = score(rankings, [q["gold_tools"] for q in queries], any_of=any_of)
         definition = self.definition_tokens(library)
-        offered = [sum(definition[name] for name in {n for ranked in lists for n in ranked[:TOP_K]}) for lists in rankings]
+        offered = [
+            sum(definition[name] for name in {n for ranked in lists for n in ranked[:TOP_K]}) for lists in rankings
+        ]
         all_tokens = sum(definition.values())
         mean_offered = statistics.fmean(offered)
         row = {
@@ -280,9 +287,11 @@ class Bench:
                                   wall_time_limit_s=120, on_token=on_token)
                 usage["prompt"] += result.prompt_tokens
                 usage["completion"] += result.completion_tokens
-                usage["cost"] += cost_of(usage=Usage(prompt_tokens=result.prompt_tokens,
-                                                     completion_tokens=result.completion_tokens,
-                                                     cpu_seconds=to_decimal(round(result.compute_s, 6))), price=CpuPrice)
+                usage["cost"] += cost_of(
+                    usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                                cpu_seconds=to_decimal(round(result.compute_s, 6))),
+                    price=CpuPrice,
+                )
                 return ModelReply(text=result.text, finish_reason=result.finish_reason)
 
             def search(query, k):
@@ -293,7 +302,9 @@ class Bench:
 
             def on_tool_done(spec, arguments, outcome, usage=usage):
                 usage["tool_seconds"] += outcome.duration_ms / 1000
-                usage["cost"] += cost_of(usage=Usage(cpu_seconds=to_decimal(outcome.duration_ms / 1000)), price=CpuPrice)
+                usage["cost"] += cost_of(
+                    usage=Usage(cpu_seconds=to_decimal(outcome.duration_ms / 1000)), price=CpuPrice
+                )
 
             started = time.perf_counter()
             try:
@@ -305,20 +316,25 @@ class Bench:
                 answer, calls, called, offered, finish = f"error: {exc}", 0, [], [], "error"
             ok = solved(answer, task["valid_solutions"])
             results.append({
-                "task": task["qid"], "success": ok, "answer": answer[:300], "valid_solutions": task["valid_solutions"],
-                "gold_tools": task["gold_tools"], "tools_offered": offered, "tools_called": called, "model_calls": calls,
+                "task": task["qid"], "success": ok, "answer": answer[:300],
+                "valid_solutions": task["valid_solutions"], "gold_tools": task["gold_tools"],
+                "tools_offered": offered, "tools_called": called, "model_calls": calls,
                 "finish_reason": finish, "prompt_tokens": usage["prompt"], "completion_tokens": usage["completion"],
                 "cost": str(usage["cost"]), "seconds": round(time.perf_counter() - started, 1),
             })
-            print(json.dumps({k: results[-1][k] for k in ("task", "success", "tools_called", "model_calls", "seconds")}),
-                  flush=True)
+            print(
+                json.dumps({k: results[-1][k] for k in ("task", "success", "tools_called", "model_calls", "seconds")}),
+                flush=True,
+            )
         n = len(results)
         gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
         return {
             "tasks": n,
             "success": round(sum(r["success"] for r in results) / n, 4) if n else 0.0,
             "successes": sum(r["success"] for r in results),
-            "cost_per_task": str((sum(Decimal(r["cost"]) for r in results) / n).quantize(Decimal("0.0000000001"))) if n else "0",
+            "cost_per_task": (
+                str((sum(Decimal(r["cost"]) for r in results) / n).quantize(Decimal("0.0000000001"))) if n else "0"
+            ),
             "model_calls_per_task": round(statistics.fmean(r["model_calls"] for r in results), 2) if n else 0,
             "tool_calls_per_task": round(statistics.fmean(len(r["tools_called"]) for r in results), 2) if n else 0,
             "gold_tools_offered": round(statistics.fmean(gold_offered), 4) if n else 0,
@@ -373,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = bench.store(metatool)
     with_examples = bench.store(metatool, metatool_examples())
     for mode, store in (("raw", plain), ("raw+examples", with_examples)):
-        rows.append(bench.row(dataset="metatool-single", mode=mode, library=metatool, queries=queries["metatool-single"],
-                              store=store, any_of=True, decompose=False))
+        rows.append(bench.row(dataset="metatool-single", mode=mode, library=metatool,
+                              queries=queries["metatool-single"], store=store, any_of=True, decompose=False))
         rows.append(bench.row(dataset="metatool-multi", mode=mode, library=metatool, queries=queries["metatool-multi"],
                               store=store, any_of=False, decompose=False))
     if not args.skip_decompose:
@@ -387,19 +403,24 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("tulip-math-100", "tulip-math-685"):
         store = bench.store(libraries[name])
         for mode in ("raw",) if args.skip_decompose else ("raw", "decomposed"):
-            rows.append(bench.row(dataset=name, mode=mode, library=libraries[name], queries=queries["tulip"], store=store,
-                                  any_of=False, decompose=mode == "decomposed"))
+            rows.append(bench.row(dataset=name, mode=mode, library=libraries[name], queries=queries["tulip"],
+                                  store=store, any_of=False, decompose=mode == "decomposed"))
     agent = {} if args.skip_agent else bench.agent(queries["tulip"][: args.agent_limit])
     out = {
         "rows": rows,
         "agent": agent,
         "config": {
-            "top_k_offered": TOP_K, "embedder": "all-MiniLM-L6-v2 (name: description)", "examples_per_tool": EXAMPLES_PER_TOOL,
+            "top_k_offered": TOP_K, "embedder": "all-MiniLM-L6-v2 (name: description)",
+            "examples_per_tool": EXAMPLES_PER_TOOL,
             "token_counter": "SmolLM2-135M-Instruct tokenizer, compact JSON tool definitions",
-            "decompose_seconds_mean": round(statistics.fmean(bench.decompose_seconds), 2) if bench.decompose_seconds else None,
+            "decompose_seconds_mean": (
+                round(statistics.fmean(bench.decompose_seconds), 2) if bench.decompose_seconds else None
+            ),
             "limit": args.limit, "decompose_limit": args.decompose_limit, "agent_limit": args.agent_limit,
         },
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.machine()},
+        "machine": {
+            "python": platform.python_version(), "platform": platform.platform(), "processor": platform.machine(),
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
