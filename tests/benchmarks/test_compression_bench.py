@@ -1,15 +1,11 @@
 """The compression benchmark's pure helpers: equal-budget selection, passages rebuilt, money."""
 
 import json
-import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.compression import (  # noqa: E402
+from benchmarks.compression import (
     kept_passages,
     load_examples,
     load_prices,
@@ -67,7 +63,9 @@ def test_net_saving_is_the_removed_tokens_at_the_input_price_less_the_compressio
 
 def test_prices_come_from_a_litellm_table(tmp_path):
     table = tmp_path / "prices.json"
-    table.write_text(json.dumps({"m": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "mode": "chat"}}))
+    table.write_text(
+        json.dumps({"m": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "mode": "chat"}})
+    )
     assert load_prices(table, ["m"]) == {"m": {"input": Decimal("0.0000025"), "output": Decimal("0.00001")}}
     with pytest.raises(SystemExit, match="no per-token price for 'x'"):
         load_prices(table, ["x"])
@@ -101,6 +99,7 @@ def test_hotpotqa_contexts_are_the_top_k_paragraphs_by_similarity_best_first(tmp
     assert examples[0]["passages"][1].text == "Paris is a city. It has a river."
     assert examples[0]["gold_in_context"]
     _, given = load_examples(tmp_path, 1, contexts="given", offset=1)
-    assert [e["id"] for e in given] == ["q2"] and [p.title for p in given[0]["passages"]] == ["Paris", "Cheese", "Eiffel Tower"]
+    assert [e["id"] for e in given] == ["q2"]
+    assert [p.title for p in given[0]["passages"]] == ["Paris", "Cheese", "Eiffel Tower"]
     _, one = load_examples(tmp_path, 1, top_k=1, embedder=KeywordEmbedder())
     assert not one[0]["gold_in_context"]  # a 2-hop question needs both supporting paragraphs

@@ -1,12 +1,9 @@
 """Merging the compression benchmark's per-question log lines across parts and --only reruns."""
 
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.compression_merge import read_log, summary  # noqa: E402
+from benchmarks.compression_merge import read_log, summary
 
 
 def write(path: Path, lines: list[str]) -> str:

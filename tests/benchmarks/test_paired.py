@@ -1,13 +1,9 @@
 """The paired comparison behind the benchmarks' `vs_truncation`: discordant pairs and the exact sign test."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.paired import paired_vs, sign_test  # noqa: E402
+from benchmarks.paired import paired_vs, sign_test
 
 
 def test_won_and_lost_count_only_the_questions_where_the_two_disagree():

@@ -1,9 +1,5 @@
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer  # noqa: E402
+from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_answer
 
 
 def test_it_normalises_like_squad():
