@@ -1,26 +1,11 @@
 """Fusing ranked lists from several retrievers, with provenance.
 
-Why not plain RRF: on nq-open-oracle, reciprocal rank fusion (k=60, equal weights)
-of MiniLM and BM25 scores R@5 .970 against .992 for dense alone (anchors.md). RRF
-throws the score gap away: when dense is confident (a large margin at rank 1) a
-middling BM25 rank still drags the wrong passage up. The default fusion here is a
-convex combination of per-query z-normalised scores (top-100 of each retriever,
-shifted so a document missing from a list scores that list's floor) with dense
-weighted higher: 0.6 dense / 0.4 BM25.
-
-Tuning (squad-v2-dev-sample shared part, 295 questions / 247 paragraphs, MiniLM +
-bm25s/PyStemmer, top-100 each; nq-open-oracle was NOT looked at while choosing):
-    dense alone            R@1 .817  R@5 .946  MRR .875
-    bm25 alone             R@1 .902  R@5 .969  MRR .933
-    rrf k=60, equal        R@1 .878  R@5 .966  MRR .920
-    convex min-max w=.5/.6/.7/.8/.9   MRR .951/.943/.935/.913/.902
-    zscore         w=.5/.6/.7/.8/.9   MRR .955/.951/.939/.925/.903
-Score fusion beats RRF at every weight. SQuAD favours BM25 (its questions were
-written while reading the paragraph, so they share its words), so the SQuAD optimum
-(w=.5) over-trusts BM25 for natural questions, where dense is far stronger
-(anchors.md). Rule used: the largest dense weight whose SQuAD MRR is within 0.01 of
-the best -> z-score, w=0.6 (MRR .951, R@1 .922). Results on nq-open-oracle are
-reported in the engine's hand-over, measured after this choice was fixed.
+The default fusion is a convex combination of per-query z-normalised scores (top-100 of each
+retriever, shifted so a document missing from a list scores that list's floor), dense weighted
+0.6 and BM25 0.4. Why not plain reciprocal rank fusion: it throws the score gap away, so when dense
+is confident a middling BM25 rank still drags the wrong passage up; on nq-open-oracle it scored
+below dense alone. The weights were chosen on squad-v2-dev-sample before nq-open-oracle was looked
+at; the tuning table is in docs/benchmarks.md ("How the fusion was chosen").
 """
 
 from __future__ import annotations

@@ -2,27 +2,11 @@
 
 The sparse attention backends (`workers.attention.squeezed`, `workers.attention.retrieval`) build
 one of these per layer and KV head from the fixed context's post-RoPE keys, once, offline; at
-decode time they use them to pick the few keys worth attending.
-
-- `KeyCentroids`: faiss k-means over the L2-normalised keys (the *direction* of a key decides
-  which queries like it); each centroid is the mean of its cluster's unnormalised keys, so q·c
-  estimates the cluster's average score. Optional second (coarse) level: k-means over the fine
-  centroids, each coarse centroid the size-weighted mean of its fine centroids.
-- Key ANN indexes for maximum inner product search, all with `search(x (n, D), k) -> (ids (n, k))`
-  (-1 where fewer than k were found):
-  `FlatIPIndex` (faiss IndexFlatIP, exact: the baseline), `FaissANNIndex` (HNSW or IVF with the
-  inner-product metric), and `QueryRoutedIndex`, the attention-aware variant: queries and keys
-  of attention come from different distributions (RetrievalAttention's out-of-distribution
-  problem), so routing a decoding query to key clusters by q·centroid misses. Here the lists are
-  built from the *prefill queries*: k-means over sampled prefill queries gives routing centroids
-  in query space; each list holds the keys that the queries routed to it actually had among
-  their nearest keys (exact inner product), plus every key in the list of the routing centroid
-  that scores it highest (so each key is reachable). A decoding query is routed in query space
-  (in distribution) to `nprobe` lists and the union is scored exactly.
-
-Persistence: every index turns into a dict of plain arrays (faiss indexes via
-`faiss.serialize_index`, never pickle) that `workers.attention` writes as a safetensors artifact
-beside the KV in `indexes.kv_store.KVStore` (atomic temp file + rename, LRU-accounted).
+decode time they use them to pick the few keys worth attending. `KeyCentroids` serves squeezed
+attention; `FlatIPIndex`, `FaissANNIndex` and the attention-aware `QueryRoutedIndex` serve
+retrieval (all with `search(x (n, D), k) -> ids (n, k)`, -1 where fewer than k were found).
+Every index turns into a dict of plain arrays (faiss indexes via `faiss.serialize_index`, never
+pickle), stored as a safetensors artifact beside the KV in `indexes.kv_store.KVStore`.
 """
 
 from __future__ import annotations
@@ -82,6 +66,11 @@ def deserialize(data: np.ndarray) -> Any:
 @dataclass
 class KeyCentroids:
     """k-means over one head's keys. Empty clusters keep size 0 (never selected, no mass).
+
+    faiss k-means runs over the L2-normalised keys (the *direction* of a key decides which queries
+    like it); each centroid is the mean of its cluster's unnormalised keys, so q·c estimates the
+    cluster's average score. Optional second (coarse) level: k-means over the fine centroids, each
+    coarse centroid the size-weighted mean of its fine centroids.
 
     centroids (C, D): mean of each cluster's unnormalised keys; sizes (C,); labels (n,) cluster of
     each key. Coarse level (optional): coarse (C1, D), coarse_sizes (C1,), parent (C,) coarse
@@ -215,6 +204,14 @@ class FaissANNIndex:
 
 class QueryRoutedIndex:
     """Attention-aware lists: routed in query space, filled with the prefill queries' nearest keys.
+
+    Queries and keys of attention come from different distributions (RetrievalAttention's
+    out-of-distribution problem), so routing a decoding query to key clusters by q·centroid misses.
+    Here the lists are built from the *prefill queries*: k-means over sampled prefill queries gives
+    routing centroids in query space; each list holds the keys that the queries routed to it
+    actually had among their nearest keys (exact inner product), plus every key in the list of the
+    routing centroid that scores it highest (so each key is reachable). A decoding query is routed in
+    query space (in distribution) to `nprobe` lists and the union is scored exactly.
 
     keys (n, D), queries (m, D) sampled prefill queries of the heads that read these keys.
     lists: CSR (offsets (R+1,), ids) of key ids per routing centroid (R, D).

@@ -1,30 +1,10 @@
 """A disk store for transformer KV caches of prompt pieces (no Django here).
 
-Superposition prompting computes the KV cache of the preamble P, and of every document d_i
-given P, once; later queries load them instead of running the model over them again. This
-module only stores and finds those tensors; what they mean belongs to the caller
-(`workers.prompting.superposition`).
-
-Layout under the directory the caller passes (e.g. DATA_ROOT/kv-cache)::
-
-    <root>/index.sqlite3                       sizes and last-access times (the LRU sidecar)
-    <root>/.lock                               held by writers (fcntl), across processes
-    <root>/<model>/<preamble hash>/preamble.safetensors
-    <root>/<model>/<preamble hash>/chunk-<chunk id>-<text hash>.safetensors
-    <root>/<model>/<preamble hash>/preamble.<name>.safetensors   an artifact beside an entry (put_artifact):
-                                               key centroids, key ANN indexes, sampled queries
-
-An entry is one safetensors file: per layer ``k.<i>`` and ``v.<i>`` shaped (KV heads, T, head
-dim), ``token_ids`` (T,), and string metadata (format, layer count, anything the caller adds).
-Files are written to a temp file in the same folder and renamed, so a reader never sees half a
-file; a file that still fails to load (disk trouble, a foreign file) is deleted and reported as
-a miss, and the caller recomputes it. Everything here is a cache: deleting the directory is
-always safe (``clear()``), the next queries rebuild it.
-
-Size budget: after every write, least-recently-used entries are deleted until the total is
-within ``max_bytes``. Reads update the access time. The sidecar is SQLite (one row per file),
-so concurrent readers and writers in several worker processes stay consistent; writers also
-take the directory's file lock so that write-then-evict runs one process at a time.
+Superposition prompting and fixed contexts compute the KV cache of a prompt piece once; later
+queries load it instead of running the model over it again. This module only stores and finds
+those tensors (safetensors files, atomic writes, an SQLite LRU sidecar, a size budget); what they
+mean belongs to the caller. Everything here is a cache: deleting the directory is always safe.
+The layout and the guarantees are spelled out on `KVStore`.
 """
 
 from __future__ import annotations
@@ -107,7 +87,35 @@ def _slug(value: str) -> str:
 
 
 class KVStore:
-    """KV cache entries on disk with an LRU size budget. Safe across threads and processes."""
+    """KV cache entries on disk with an LRU size budget. Safe across threads and processes.
+
+    Superposition prompting computes the KV cache of the preamble P, and of every document d_i
+    given P, once; later queries load them instead of running the model over them again. This
+    module only stores and finds those tensors; what they mean belongs to the caller
+    (`workers.prompting.superposition`).
+
+    Layout under the directory the caller passes (e.g. DATA_ROOT/kv-cache)::
+
+        <root>/index.sqlite3                       sizes and last-access times (the LRU sidecar)
+        <root>/.lock                               held by writers (fcntl), across processes
+        <root>/<model>/<preamble hash>/preamble.safetensors
+        <root>/<model>/<preamble hash>/chunk-<chunk id>-<text hash>.safetensors
+        <root>/<model>/<preamble hash>/preamble.<name>.safetensors
+                                                   an artifact beside an entry (put_artifact):
+                                                   key centroids, key ANN indexes, sampled queries
+
+    An entry is one safetensors file: per layer ``k.<i>`` and ``v.<i>`` shaped (KV heads, T, head
+    dim), ``token_ids`` (T,), and string metadata (format, layer count, anything the caller adds).
+    Files are written to a temp file in the same folder and renamed, so a reader never sees half a
+    file; a file that still fails to load (disk trouble, a foreign file) is deleted and reported as
+    a miss, and the caller recomputes it. Everything here is a cache: deleting the directory is
+    always safe (``clear()``), the next queries rebuild it.
+
+    Size budget: after every write, least-recently-used entries are deleted until the total is
+    within ``max_bytes``. Reads update the access time. The sidecar is SQLite (one row per file),
+    so concurrent readers and writers in several worker processes stay consistent; writers also
+    take the directory's file lock so that write-then-evict runs one process at a time.
+    """
 
     def __init__(self, root: Path | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if max_bytes < 0:

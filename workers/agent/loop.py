@@ -1,24 +1,10 @@
 """The agent loop (after Tulip Agent): decompose, search the tool library, offer only what was found.
 
-Django-free: the caller passes three plain callables and gets plain data back.
-
-    model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply
-    search(query, k) -> list[ToolHit]            best first, with cosine scores
-    execute(tool, arguments) -> Any               runs one tool (raises on failure)
-
-1. Decompose the request into subtasks (one model call, a numbered list; junk -> the whole
-   request as the only subtask).
-2. For each subtask, search the library (top-k; hits below the similarity threshold are
-   dropped). When nothing passes, decompose that subtask further and search its parts, down to
-   ``max_depth`` levels.
-3. Solve the subtask with ONLY the tools found offered to the model: OpenAI-style tool calls
-   (``mode="openai"``) or the constrained JSON format (``mode="json"``, local models; one
-   corrective retry on an invalid reply). Each tool runs on its own thread under a timeout.
-4. Answer: a single solved subtask's answer is the answer; otherwise one more model call
-   composes it from the results (streamed through ``on_answer_token``).
-
-``step_limit`` caps the model calls of a run (decompositions included); at the cap the run
-stops and answers with what it has (finish_reason "step_limit").
+Django-free: the caller passes three plain callables (the model, the library search, the tool
+executor) and gets plain data back, so the service keeps persistence and billing and the loop can
+be tested and benchmarked alone. Offering only the tools found keeps the prompt to a few hundred
+tokens where the whole library would take thousands (docs/agents.md). The steps are spelled out on
+`AgentLoop`.
 """
 
 from __future__ import annotations
@@ -121,6 +107,29 @@ def _key(text: str) -> str:
 
 
 class AgentLoop:
+    """Decompose, search the library, solve with only the tools found, answer; bounded by ``step_limit``.
+
+    The callables:
+
+        model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply
+        search(query, k) -> list[ToolHit]            best first, with cosine scores
+        execute(tool, arguments) -> Any               runs one tool (raises on failure)
+
+    1. Decompose the request into subtasks (one model call, a numbered list; junk -> the whole
+       request as the only subtask).
+    2. For each subtask, search the library (top-k; hits below the similarity threshold are
+       dropped). When nothing passes, decompose that subtask further and search its parts, down to
+       ``max_depth`` levels.
+    3. Solve the subtask with ONLY the tools found offered to the model: OpenAI-style tool calls
+       (``mode="openai"``) or the constrained JSON format (``mode="json"``, local models; one
+       corrective retry on an invalid reply). Each tool runs on its own thread under a timeout.
+    4. Answer: a single solved subtask's answer is the answer; otherwise one more model call
+       composes it from the results (streamed through ``on_answer_token``).
+
+    ``step_limit`` caps the model calls of a run (decompositions included); at the cap the run
+    stops and answers with what it has (finish_reason "step_limit").
+    """
+
     def __init__(
         self,
         *,

@@ -1,23 +1,11 @@
 """Full attention, computed plainly: the reference every sparse backend is tested against.
 
-Two forms of the same computation:
-
-- `attention_reference(query, key, value, mask, scaling)`: transformers' eager attention
-  (scores, additive mask, softmax in fp32, weighted sum), GQA by repeating KV heads.
-- `partial_attention(...)` + `merge_partials(...)`: attention over a *part* of the keys returns
-  its output together with the log-sum-exp of its scores; two parts over disjoint key sets merge
-  EXACTLY into attention over their union:
-
-      lse = logaddexp(lse_a, lse_b)
-      out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b
-
-  (softmax over A ∪ B = each part's softmax re-weighted by its share of the total mass). The
-  sparse backends compute one part densely (recent window, the user's tokens) and one part over
-  selected or retrieved keys, then merge.
-
-`FullAttention` is the "full" backend over a fixed context whose KV sits outside the model's
-cache (see `workers.attention.base`): every fixed-context key is attended, exactly.
-No Django here.
+`attention_reference` is transformers' eager attention (scores, additive mask, softmax in fp32,
+weighted sum; GQA by repeating KV heads). `partial_attention` + `merge_partials` compute the same
+thing in parts: attention over disjoint key sets, each returned with the log-sum-exp of its
+scores, merges exactly into attention over their union — which is how the sparse backends combine
+a dense part (recent window, the user's tokens) with selected or retrieved keys. `FullAttention`
+is the "full" backend over a fixed context whose KV sits outside the model's cache. No Django here.
 """
 
 from __future__ import annotations
@@ -102,7 +90,15 @@ def partial_attention(
 
 
 def merge_partials(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact softmax over the union of disjoint key sets from per-part (out (H, Q, D), lse (H, Q))."""
+    """Exact softmax over the union of disjoint key sets from per-part (out (H, Q, D), lse (H, Q)).
+
+    For two parts A and B:
+
+        lse = logaddexp(lse_a, lse_b)
+        out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b
+
+    (softmax over A ∪ B = each part's softmax re-weighted by its share of the total mass).
+    """
     import torch
 
     assert parts, "nothing to merge"

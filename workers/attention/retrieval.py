@@ -1,36 +1,12 @@
 """RetrievalAttention (Liu et al., 2024) over a cached fixed context (no Django here).
 
-The fixed context's keys split in two disjoint sets per layer and KV head:
-
-- the static set: the first ``sink`` tokens (attention sinks) and the last ``window`` tokens,
-  always attended, densely, together with the user's own tokens (causal mask);
-- the middle: an inner-product ANN index over its keys (`indexes.key_index`): ``flat``
-  (faiss IndexFlatIP: exact, the baseline), ``hnsw`` / ``ivf`` (faiss ANN, inner-product metric),
-  or ``aware``: the attention-aware variant built from the prefill queries' nearest keys and
-  routed in query space (queries and keys are differently distributed, which makes off-the-shelf
-  ANN indexes miss the keys a query attends to; measured in docs/benchmarks-attention.md).
-
-Per query (each query head searches its KV head's index) the ``top_k`` keys of largest q·k are
-retrieved and attended; the two partial attentions (static + user, retrieved) are merged
-EXACTLY with log-sum-exp (`workers.attention.reference.merge_partials`): the result is softmax
-attention over the union, nothing approximated but the choice of keys. With ``top_k`` at least
-the middle's size every key is attended and the output equals full attention (tested).
-
-Decoding step (one query row), batched over the query heads: ``flat`` is exact maximum inner
-product search done as one batched matmul over the middle keys (query heads grouped by KV
-head, no copies) and one `topk`; the top-k scores are the attention logits, so only the
-retrieved *values* are gathered. The other kinds search their faiss / attention-aware index per
-KV head (all query heads of the group in one call), then gather the retrieved keys and values.
-The static set's logits join the retrieved ones in one softmax.
-
-Budget allocation (``allocation``, search time): ``uniform`` retrieves ``top_k`` keys for every
-layer and query head; ``calibrated`` keeps the same total (``top_k`` per layer and head on
-average) but splits it by the attention of the context's last tokens (the proxy queries kept
-with the index): with each head's keys ranked by their mean attention probability over the
-proxies, a key's marginal gain is its mean probability, and the budget goes to the largest
-gains over all layers and heads (the optimum for these concave recall curves). Flat heads get
-more keys, peaked heads fewer; each head retrieves its own number (>= 1), the measured
-``keys_fraction`` counts what was attended.
+The fixed context's keys split per layer and KV head into a static set (attention sinks and the
+recent window, always attended with the user's own tokens) and the middle, searched with an
+inner-product ANN index (`indexes.key_index`) for each query's top-k keys. The two partial
+attentions merge exactly with log-sum-exp, so only the choice of keys is approximate. Why: a
+decoding step reads a few percent of the keys; the attention-aware index routes in query space
+because off-the-shelf ANN indexes miss the keys a query attends to. The method is spelled out on
+`RetrievalAttention`; measurements in docs/benchmarks-attention.md.
 """
 
 from __future__ import annotations
@@ -217,7 +193,40 @@ def load_index(tensors: dict[str, Any], fixed: FixedKV, config: RetrievalConfig)
 
 @dataclass
 class RetrievalAttention:
-    """The retrieval backend bound to one fixed context (its KV and its per-head ANN indexes)."""
+    """The retrieval backend bound to one fixed context (its KV and its per-head ANN indexes).
+
+    The fixed context's keys split in two disjoint sets per layer and KV head:
+
+    - the static set: the first ``sink`` tokens (attention sinks) and the last ``window`` tokens,
+      always attended, densely, together with the user's own tokens (causal mask);
+    - the middle: an inner-product ANN index over its keys (`indexes.key_index`): ``flat``
+      (faiss IndexFlatIP: exact, the baseline), ``hnsw`` / ``ivf`` (faiss ANN, inner-product metric),
+      or ``aware``: the attention-aware variant built from the prefill queries' nearest keys and
+      routed in query space (queries and keys are differently distributed, which makes off-the-shelf
+      ANN indexes miss the keys a query attends to; measured in docs/benchmarks-attention.md).
+
+    Per query (each query head searches its KV head's index) the ``top_k`` keys of largest q·k are
+    retrieved and attended; the two partial attentions (static + user, retrieved) are merged
+    EXACTLY with log-sum-exp (`workers.attention.reference.merge_partials`): the result is softmax
+    attention over the union, nothing approximated but the choice of keys. With ``top_k`` at least
+    the middle's size every key is attended and the output equals full attention (tested).
+
+    Decoding step (one query row), batched over the query heads: ``flat`` is exact maximum inner
+    product search done as one batched matmul over the middle keys (query heads grouped by KV
+    head, no copies) and one `topk`; the top-k scores are the attention logits, so only the
+    retrieved *values* are gathered. The other kinds search their faiss / attention-aware index per
+    KV head (all query heads of the group in one call), then gather the retrieved keys and values.
+    The static set's logits join the retrieved ones in one softmax.
+
+    Budget allocation (``allocation``, search time): ``uniform`` retrieves ``top_k`` keys for every
+    layer and query head; ``calibrated`` keeps the same total (``top_k`` per layer and head on
+    average) but splits it by the attention of the context's last tokens (the proxy queries kept
+    with the index): with each head's keys ranked by their mean attention probability over the
+    proxies, a key's marginal gain is its mean probability, and the budget goes to the largest
+    gains over all layers and heads (the optimum for these concave recall curves). Flat heads get
+    more keys, peaked heads fewer; each head retrieves its own number (>= 1), the measured
+    ``keys_fraction`` counts what was attended.
+    """
 
     fixed: FixedKV
     index: RetrievalIndex

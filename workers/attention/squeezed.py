@@ -1,43 +1,11 @@
 """Squeezed Attention (Hooper et al., 2024) over a cached fixed context (no Django here).
 
-Offline, per layer and KV head (`build_index`):
-  the fixed context's keys outside the recent window are clustered by faiss k-means on their
-  L2-normalised directions into ``cluster_fraction * N`` clusters (default 5%); each centroid
-  C_i is the mean of its cluster's unnormalised keys and N_i its size. Optional second level:
-  coarse centroids over the fine ones (`indexes.key_index.KeyCentroids`).
-
-Online, for a query q of one query head (`SqueezedAttention.attend`):
-  S_i = exp(s q·C_i) / Σ_j N_j exp(s q·C_j)  (s = the attention scale)
-estimates the attention probability of one key of cluster i. Clusters with S_i ≥ τ are kept
-and their keys attended *exactly*; the recent window of the fixed context (its last ``window``
-tokens) is always attended; the user's own tokens (everything after the fixed context) are
-attended densely with the causal mask. The three parts are merged exactly with log-sum-exp.
-
-Threshold: by default (``calibration="global"``) τ is one number for all layers and heads (S_i
-is a probability, comparable across heads: flat heads keep many clusters, peaked heads few). It
-is calibrated from the last ``n_proxy`` tokens of the fixed context used as proxy queries: the
-size-weighted quantile of their S_i such that ``keep_fraction`` (default 10%) of the clustered
-keys pass, averaged over layers, heads and proxies. ``calibration="layer"`` / ``"head"``
-calibrate one τ per layer / per (layer, query head) the same way, each keeping
-``keep_fraction`` of its keys on the proxies. At decode time the real share differs per
-question; it is measured (`stats`), not assumed.
-
-Decoding step (one query row): the centroid scores of the 9 query heads are one batched matmul
-per layer against the (KVH, C, D) centroids (no per-head copies), the kept clusters of the
-query heads sharing a KV head are united, and the keys of the union plus the static keys
-(sinks, window) are read with ONE `index_select` from a per-layer layout computed once per
-index (the flat key positions in cluster order per KV head); each query head then masks the
-keys of clusters it did not keep, so every head attends exactly its own clusters.
-
-Hierarchical lookup (``hierarchical=True``): coarse centroids are scored first with their own
-calibrated threshold τ1 (keeping ``coarse_keep_fraction`` of the keys); only fine clusters
-under a kept coarse cluster are scored, against the coarse level's denominator
-Σ_j N_j exp(s q·C1_j), with τ2 calibrated the same way. On this CPU the fine scores are computed
-for every cluster and masked (one small matmul is cheaper than a gather); `lookups` counts the
-centroids a lookup-bound kernel would compare.
-
-Keep-everything setting: ``keep_fraction=1.0`` (τ = 0: every cluster passes) equals full
-attention up to float rounding (tested).
+Offline, the fixed context's keys are clustered per layer and KV head (`build_index`); at each
+decoding step a query scores the cluster centroids and attends, exactly, only the keys of the
+clusters whose estimated attention clears a calibrated threshold, plus the recent window and the
+user's own tokens, merged exactly with log-sum-exp. Why: a step then reads a small share of a long
+cached context instead of all of it. The method is spelled out on `SqueezedAttention`; options in
+docs/attention.md, measurements in docs/benchmarks-attention.md.
 """
 
 from __future__ import annotations
@@ -420,7 +388,47 @@ def calibrate(index: SqueezedIndex, config: SqueezedConfig, scaling: float, n_re
 
 @dataclass
 class SqueezedAttention:
-    """The squeezed backend bound to one fixed context (its KV, its index, calibrated thresholds)."""
+    """The squeezed backend bound to one fixed context (its KV, its index, calibrated thresholds).
+
+    Offline, per layer and KV head (`build_index`):
+      the fixed context's keys outside the recent window are clustered by faiss k-means on their
+      L2-normalised directions into ``cluster_fraction * N`` clusters (default 5%); each centroid
+      C_i is the mean of its cluster's unnormalised keys and N_i its size. Optional second level:
+      coarse centroids over the fine ones (`indexes.key_index.KeyCentroids`).
+
+    Online, for a query q of one query head (`SqueezedAttention.attend`):
+      S_i = exp(s q·C_i) / Σ_j N_j exp(s q·C_j)  (s = the attention scale)
+    estimates the attention probability of one key of cluster i. Clusters with S_i ≥ τ are kept
+    and their keys attended *exactly*; the recent window of the fixed context (its last ``window``
+    tokens) is always attended; the user's own tokens (everything after the fixed context) are
+    attended densely with the causal mask. The three parts are merged exactly with log-sum-exp.
+
+    Threshold: by default (``calibration="global"``) τ is one number for all layers and heads (S_i
+    is a probability, comparable across heads: flat heads keep many clusters, peaked heads few). It
+    is calibrated from the last ``n_proxy`` tokens of the fixed context used as proxy queries: the
+    size-weighted quantile of their S_i such that ``keep_fraction`` (default 10%) of the clustered
+    keys pass, averaged over layers, heads and proxies. ``calibration="layer"`` / ``"head"``
+    calibrate one τ per layer / per (layer, query head) the same way, each keeping
+    ``keep_fraction`` of its keys on the proxies. At decode time the real share differs per
+    question; it is measured (`stats`), not assumed.
+
+    Decoding step (one query row): the centroid scores of the 9 query heads are one batched matmul
+    per layer against the (KVH, C, D) centroids (no per-head copies), the kept clusters of the
+    query heads sharing a KV head are united, and the keys of the union plus the static keys
+    (sinks, window) are read with ONE `index_select` from a per-layer layout computed once per
+    index (the flat key positions in cluster order per KV head); each query head then masks the
+    keys of clusters it did not keep, so every head attends exactly its own clusters.
+
+    Hierarchical lookup (``hierarchical=True``): coarse centroids are scored first with their own
+    calibrated threshold τ1 (keeping ``coarse_keep_fraction`` of the keys); only fine clusters
+    under a kept coarse cluster are scored, against the coarse level's denominator
+    Σ_j N_j exp(s q·C1_j), with τ2 calibrated the same way. On this CPU the fine scores are computed
+    for every cluster and masked (one small matmul is cheaper than a gather); `lookups` counts the
+    centroids a lookup-bound kernel would compare.
+
+    Keep-everything setting: ``keep_fraction=1.0`` (τ = 0: every cluster passes) equals full
+    attention up to float rounding (tested).
+    """
 
     fixed: FixedKV
     index: SqueezedIndex

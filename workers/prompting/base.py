@@ -1,3 +1,11 @@
+"""The prompting-strategy interface: what every strategy in `workers.prompting` provides (no Django here).
+
+A strategy turns a question and its retrieved passages into chat messages for any endpoint; a
+strategy that needs the model's internals (KV caches, masks, positions: superposition) also runs
+the model itself and returns a meter result, so the caller bills it like any other generation.
+Strategies are chosen by name from the registry (docs/prompting.md).
+"""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
