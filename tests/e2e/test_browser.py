@@ -93,7 +93,7 @@ def live_app(live_server, settings, tmp_path, monkeypatch, default_models):
         time.sleep(1.5)
         return real_ingest(documents=documents, progress=paced_progress)
 
-    monkeypatch.setattr(corpus_services, "documents_ingest", paced_ingest)
+    monkeypatch.setattr(corpus_services.ingestion, "documents_ingest", paced_ingest)
     yield live_server
     corpus_store.cache_clear()
     # The background job threads keep their database connections: close them on their own threads.

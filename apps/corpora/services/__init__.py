@@ -21,10 +21,11 @@ from apps.corpora.services.embedding import EMBED_BATCH, EMBED_SLAB
 from apps.corpora.services.index_build import (
     REBUILD_KIND,
     corpus_index_rebuild,
+    corpus_index_rebuild_by_id,
     corpus_index_rebuild_start,
     index_apply,
 )
-from apps.corpora.services.ingestion import document_ingest, documents_ingest
+from apps.corpora.services.ingestion import document_ingest, documents_ingest, documents_ingest_by_ids
 
 __all__ = [
     "EMBED_BATCH",
@@ -35,6 +36,7 @@ __all__ = [
     "corpus_create",
     "corpus_delete",
     "corpus_index_rebuild",
+    "corpus_index_rebuild_by_id",
     "corpus_index_rebuild_start",
     "corpus_update",
     "document_delete",
@@ -42,6 +44,7 @@ __all__ = [
     "document_upload",
     "documents_import_records",
     "documents_ingest",
+    "documents_ingest_by_ids",
     "documents_ingest_start",
     "index_apply",
 ]

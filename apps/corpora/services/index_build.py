@@ -7,6 +7,7 @@ texts in the database. Every write holds the corpus folder's lock around load ->
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +19,8 @@ from apps.core.services import job_start
 from apps.corpora.models import Chunk, Corpus, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
 from apps.corpora.services.embedding import ProgressFn, embedder_for, embedding_usage_record, encode_in_slabs
+
+logger = logging.getLogger(__name__)
 
 REBUILD_KIND = "corpora.rebuild_index"
 
@@ -134,6 +137,15 @@ def corpus_index_rebuild(*, corpus: Corpus, progress: ProgressFn | None = None) 
             corpus=corpus, embedder=embedder, tokens_by_user={None: sum(r[2] for r in rows)}, seconds=seconds
         )
     return {"chunks": vector_index.count, "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
+
+
+def corpus_index_rebuild_by_id(*, corpus_id: int | None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """What a rebuild job does: rebuild the corpus if it still exists (else report it missing)."""
+    corpus = Corpus.objects.filter(pk=corpus_id).first()
+    if corpus is None:
+        logger.warning("corpus %s no longer exists: nothing to rebuild", corpus_id)
+        return {"chunks": 0, "missing": True}
+    return corpus_index_rebuild(corpus=corpus, progress=progress)
 
 
 def corpus_index_rebuild_start(*, corpus: Corpus, user: Any = None) -> Job:

@@ -14,6 +14,7 @@ vectors and chunks of the earlier attempt, so exactly one copy remains.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -26,6 +27,8 @@ from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
 from apps.corpora.services.embedding import ProgressFn, embedder_for, embedding_usage_record, encode_in_slabs
 from apps.corpora.services.index_build import index_apply
 from apps.corpora.services.storage import default_title, original_read
+
+logger = logging.getLogger(__name__)
 
 
 def documents_ingest(*, documents: Iterable[Document], progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -45,6 +48,18 @@ def documents_ingest(*, documents: Iterable[Document], progress: ProgressFn | No
         done_before += part["chunks"]
         for key in result:
             result[key] += part[key]
+    return result
+
+
+def documents_ingest_by_ids(*, document_ids: Iterable[int], progress: ProgressFn | None = None) -> dict[str, Any]:
+    """What an ingestion job does: ingest the documents still present, counting the deleted ones as ``missing``."""
+    ids = [int(i) for i in document_ids]
+    documents = list(Document.objects.filter(pk__in=ids).order_by("pk"))
+    missing = len(ids) - len(documents)
+    if missing:
+        logger.info("%d document(s) were deleted before ingestion", missing)
+    result = documents_ingest(documents=documents, progress=progress)
+    result["missing"] = missing
     return result
 
 
