@@ -195,7 +195,7 @@ def run_synthetic(dataset: Path, n_chunks: int, n_queries: int = 300) -> dict:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(ids), embedder.dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    services._index_apply(
+    services.index_apply(
         corpus=corpus, dimension=embedder.dimension, remove_ids=[], add_ids=ids, vectors=vectors,
         also_documents=[document.pk],
     )

@@ -1,7 +1,9 @@
 """The Celery app. Start workers with ``celery -A workers worker -Q gpu`` (or ``-Q cpu``).
 
 Settings come from Django's (the CELERY_* names); Celery's Django fix-up calls
-django.setup() in the worker, so tasks can use the ORM.
+django.setup() in the worker, so tasks can use the ORM. The web process sends jobs by task
+name through this app (``apps.core.dispatch``, named by settings.PARSIMONY_CELERY_APP); in
+the embedded default (no broker) it imports ``TASK_MODULES`` and runs the task in-process.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ app = Celery("parsimony", include=TASK_MODULES)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [KombuQueue(queue.value) for queue in Queue]
 app.conf.task_default_queue = Queue.CPU.value
-# Each job task declares its queue (workers.tasks.base.job_task); anything else goes to cpu.
+# Each job task declares its queue (apps.core.jobs, workers.tasks.base.job_task); anything else goes to cpu.
 app.conf.task_routes = ("workers.tasks.base.route_task",)
 app.conf.task_create_missing_queues = False
 app.conf.worker_hijack_root_logger = False

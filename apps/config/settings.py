@@ -149,6 +149,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minim
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
 # Redis redelivers an unacknowledged task after this many seconds; it must exceed the time limit.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 300}
+# The Celery app that jobs are sent through, by dotted path: apps/ names it rather than importing
+# workers/ (in-process mode looks the task up in its registry and runs it here).
+PARSIMONY_CELERY_APP = "workers.celery.app"
 # In-process mode: run tasks synchronously in the caller (tests) instead of on a thread.
 PARSIMONY_INPROCESS_SYNC = env_bool("PARSIMONY_INPROCESS_SYNC", False)
 # A running job whose heartbeat is older than this may be claimed again (its worker died).

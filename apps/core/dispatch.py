@@ -1,22 +1,49 @@
-"""Sending tasks: to Celery when a broker is configured, else to an in-process thread pool.
+"""Sending tasks by name: to Celery when a broker is configured, else to an in-process thread pool.
 
-The embedded default (no broker) still runs jobs in the background, one per queue at a time,
-so the web UI shows live progress exactly as it does with real workers.
+``apps`` never imports the task modules: the Celery app is named in settings
+(``PARSIMONY_CELERY_APP``) and tasks are sent by name (``apps.core.jobs.job_task_name``).
+The embedded default (no broker) looks the task up in that app's registry and runs it here,
+in the background, one per queue at a time, so the web UI shows live progress exactly as it
+does with real workers.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
+from django.utils.module_loading import import_string
+
+from apps.core.models import Job
 
 logger = logging.getLogger(__name__)
 
 _executors: dict[str, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
+
+
+def celery_app() -> Any:
+    """The project's Celery app (``settings.PARSIMONY_CELERY_APP``), imported on first use."""
+    return import_string(settings.PARSIMONY_CELERY_APP)
+
+
+def registered_task(name: str) -> Any:
+    """The task called ``name`` in the Celery app's registry, importing the app's task modules
+    first if needed (a worker does this at start; the web process only in in-process mode)."""
+    app = celery_app()
+    if name not in app.tasks:
+        with _lock:
+            for module in app.conf.include or ():
+                importlib.import_module(module)
+    try:
+        return app.tasks[name]
+    except KeyError:
+        raise ValueError(f"no task named {name!r} is registered with the Celery app") from None
 
 
 def _executor(queue: str) -> ThreadPoolExecutor:
@@ -26,14 +53,14 @@ def _executor(queue: str) -> ThreadPoolExecutor:
         return _executors[queue]
 
 
-def _run_in_process(task, args: tuple) -> None:
+def _run_in_process(task: Any, args: tuple) -> None:
     try:
         task.apply(args=args, throw=False)
     except Exception:  # the task records its own failure on the Job row
         logger.exception("in-process task %s crashed", task.name)
 
 
-def _run_on_thread(task, args: tuple) -> None:
+def _run_on_thread(task: Any, args: tuple) -> None:
     try:
         _run_in_process(task, args)
     finally:
@@ -41,13 +68,15 @@ def _run_on_thread(task, args: tuple) -> None:
         close_old_connections()
 
 
-def task_send(*, task, args: tuple, queue: str) -> None:
-    """Send ``task(*args)`` after the current transaction commits."""
+def task_send(*, task_name: str, args: tuple, queue: str) -> None:
+    """Send the task called ``task_name`` with ``args`` to ``queue`` after the current transaction commits."""
 
     def send() -> None:
         if settings.CELERY_BROKER_URL:
-            task.apply_async(args=args, queue=queue)
-        elif settings.PARSIMONY_INPROCESS_SYNC:
+            celery_app().send_task(task_name, args=args, queue=queue)
+            return
+        task = registered_task(task_name)
+        if settings.PARSIMONY_INPROCESS_SYNC:
             _run_in_process(task, args)
         else:
             _executor(queue).submit(_run_on_thread, task, args)
@@ -55,5 +84,6 @@ def task_send(*, task, args: tuple, queue: str) -> None:
     transaction.on_commit(send)
 
 
-def job_enqueue(*, job, task) -> None:
-    task_send(task=task, args=(job.pk,), queue=job.queue)
+def job_enqueue(*, job: Job, task: str) -> None:
+    """Send the job's id to the task named ``task`` (see ``apps.core.jobs.job_task_name``), on the job's queue."""
+    task_send(task_name=task, args=(job.pk,), queue=job.queue)

@@ -1,4 +1,7 @@
-"""Writes to Job rows. Claiming is a conditional UPDATE, so two workers never run one job."""
+"""Writes to Job rows. Claiming is a conditional UPDATE, so two workers never run one job.
+
+Jobs are enqueued by task name (``apps.core.dispatch``): nothing here imports ``workers``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from apps.core import dispatch
 from apps.core.errors import JobCancelled
+from apps.core.jobs import job_kind_queue, job_task_name
 from apps.core.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -44,13 +49,13 @@ def job_start(
     params: dict[str, Any] | None = None,
     total: int = 0,
 ) -> Job:
-    """Create a job row and enqueue its task once the surrounding transaction commits."""
-    from apps.core.dispatch import job_enqueue
-    from workers.tasks.registry import task_for_kind
+    """Create a job row and enqueue its task, by name, once the surrounding transaction commits.
 
-    task, queue = task_for_kind(kind)
+    An unknown ``kind`` raises ValueError listing the known ones (``apps.core.jobs``).
+    """
+    queue = job_kind_queue(kind)
     job = job_create(kind=kind, team=team, created_by=created_by, params=params, queue=queue, total=total)
-    job_enqueue(job=job, task=task)
+    dispatch.job_enqueue(job=job, task=job_task_name(kind))
     return job
 
 

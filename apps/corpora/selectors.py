@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
+from indexes.corpus_store import CorpusIndexStore
 
 FILTER_SLACK = 10  # extra candidates fetched so that filtering out non-ready chunks still leaves k
 
@@ -56,6 +59,11 @@ def chunk_count(*, corpus: Corpus) -> int:
     return Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY).count()
 
 
+def corpus_index_store() -> CorpusIndexStore:
+    """The corpus index files under ``DATA_ROOT/indexes`` (read per call: tests change DATA_ROOT)."""
+    return CorpusIndexStore(Path(settings.DATA_ROOT) / "indexes", faiss_threads=settings.PARSIMONY_TORCH_THREADS)
+
+
 # --------------------------------------------------------------------------- search
 
 
@@ -84,8 +92,6 @@ class _PrecomputedQuery:
 
 
 def _embed_query(model_name: str, query: str, timings: dict | None) -> np.ndarray:
-    from django.conf import settings
-
     from workers.runtime.embedders import get_embedder
 
     embedder = get_embedder(model_name, threads=settings.PARSIMONY_TORCH_THREADS)
@@ -130,10 +136,9 @@ def chunk_search(
         raise ValidationFailed("k must be at least 1")
     if not (query or "").strip():
         raise ValidationFailed("the query is empty")
-    from apps.corpora.indexing import indexes_for_search
     from indexes.registry import get_retriever
 
-    loaded = indexes_for_search(corpus.pk)
+    loaded = corpus_index_store().for_search(corpus.pk)
     needs_dense = retriever in ("dense", "hybrid")
     if (needs_dense and loaded.vector_index is None) or (retriever != "dense" and loaded.bm25_index is None):
         if timings is not None:
@@ -168,7 +173,6 @@ def chunk_search_many(
         raise ValidationFailed("k must be at least 1")
     if not (query or "").strip():
         raise ValidationFailed("the query is empty")
-    from apps.corpora.indexing import indexes_for_search
     from indexes.hybrid import DEFAULT_FUSION_METHOD, SearchHit, fuse, hybrid_weights
     from indexes.registry import DEFAULT_CANDIDATES
 
@@ -177,8 +181,9 @@ def chunk_search_many(
     search_seconds = 0.0
     dense: list[tuple[int, float]] = []
     bm25: list[tuple[int, float]] = []
+    store = corpus_index_store()
     for corpus in corpora:
-        loaded = indexes_for_search(corpus.pk)
+        loaded = store.for_search(corpus.pk)
         if retriever in ("dense", "hybrid") and loaded.vector_index is not None:
             if corpus.embedding_model not in vectors:
                 vectors[corpus.embedding_model] = _embed_query(corpus.embedding_model, query, timings)

@@ -68,15 +68,15 @@ def browser(monkeypatch):
 @pytest.fixture
 def live_app(live_server, settings, tmp_path, monkeypatch, default_models):
     """The live server with jobs on background threads, a private DATA_ROOT, a paced echo model."""
-    from apps.corpora import indexing
     from apps.corpora import services as corpus_services
     from apps.costs import metering
+    from indexes import corpus_store
     from workers.runtime.meter import EchoTarget
 
     settings.PARSIMONY_INPROCESS_SYNC = False
     settings.DATA_ROOT = tmp_path / "data"
     settings.DATA_ROOT.mkdir()
-    indexing._CACHE.clear()
+    corpus_store.cache_clear()
     monkeypatch.setattr(
         metering, "_target_override",
         lambda endpoint: EchoTarget(name=endpoint.name, reply=ANSWER, seconds_per_token=0.25),
@@ -93,9 +93,9 @@ def live_app(live_server, settings, tmp_path, monkeypatch, default_models):
         time.sleep(1.5)
         return real_ingest(documents=documents, progress=paced_progress)
 
-    monkeypatch.setattr(corpus_services, "documents_ingest", paced_ingest)
+    monkeypatch.setattr(corpus_services.ingestion, "documents_ingest", paced_ingest)
     yield live_server
-    indexing._CACHE.clear()
+    corpus_store.cache_clear()
     # The background job threads keep their database connections: close them on their own threads.
     from django.db import connections
 

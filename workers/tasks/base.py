@@ -1,5 +1,8 @@
 """The base for every job task: claim atomically, report progress, record the outcome.
 
+``job_task`` registers a function as the Celery task named ``apps.core.jobs.job_task_name(kind)``;
+the web process sends jobs by that name and never imports this package.
+
 Retry policy: ``RetryableJobError`` (and database connection errors) are retried with
 back-off; everything else is permanent and marks the job failed with its message.
 """
@@ -19,14 +22,14 @@ from django.db import OperationalError
 
 from apps.core import services as job_services
 from apps.core.errors import JobCancelled, RetryableJobError
+from apps.core.jobs import job_kind_register, job_task_name
 from apps.core.models import Job
 from workers.celery import app
 from workers.queues import Queue
 
 logger = logging.getLogger(__name__)
 
-# kind -> (task, queue) and task name -> queue; filled by @job_task.
-JOB_TASKS: dict[str, tuple[Task, str]] = {}
+# task name -> queue, for tasks sent without one; filled by @job_task (and workers.tasks.costs).
 TASK_QUEUES: dict[str, str] = {}
 
 
@@ -83,12 +86,17 @@ class JobTask(Task):
 
 
 def job_task(*, kind: str, queue: Queue, soft_time_limit: int | None = None, time_limit: int | None = None):
-    """Register ``fn(job, progress) -> result dict`` as the Celery task that runs jobs of ``kind``."""
+    """Register ``fn(job, progress) -> result dict`` as the Celery task that runs jobs of ``kind``.
+
+    ``queue`` must match the kind's entry in ``apps.core.jobs.JOB_QUEUES`` (a kind not listed
+    there, such as a test's, is added).
+    """
+    job_kind_register(kind=kind, queue=queue.value)
 
     def decorate(fn: Callable[[Job, Progress], dict[str, Any] | None]) -> Task:
         # Task options become attributes of the generated task class, job_function included.
         options: dict[str, Any] = {
-            "name": f"parsimony.{kind}",
+            "name": job_task_name(kind),
             "base": JobTask,
             "bind": True,
             "job_function": staticmethod(fn),
@@ -104,7 +112,6 @@ def job_task(*, kind: str, queue: Queue, soft_time_limit: int | None = None, tim
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
         task = app.task(**options)(run)
-        JOB_TASKS[kind] = (task, queue.value)
         TASK_QUEUES[options["name"]] = queue.value
         return task
 

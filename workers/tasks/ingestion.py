@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from apps.core.models import Job
 from workers.queues import Queue
 from workers.tasks.base import Progress, job_task
-
-logger = logging.getLogger(__name__)
 
 
 @job_task(kind="corpora.ingest", queue=Queue.GPU)
@@ -18,27 +14,14 @@ def ingest_documents(job: Job, progress: Progress) -> dict:
     Ready and failed documents are skipped, so a redelivered job does no work twice;
     documents left ``processing`` by a killed worker are redone from the start.
     """
-    from apps.corpora.models import Document
-    from apps.corpora.services import documents_ingest
+    from apps.corpora.services import documents_ingest_by_ids
 
-    ids = [int(i) for i in job.params.get("document_ids", [])]
-    documents = list(Document.objects.filter(pk__in=ids).order_by("pk"))
-    missing = len(ids) - len(documents)
-    if missing:
-        logger.info("job %s: %d document(s) were deleted before ingestion", job.pk, missing)
-    result = documents_ingest(documents=documents, progress=progress)
-    result["missing"] = missing
-    return result
+    return documents_ingest_by_ids(document_ids=job.params.get("document_ids", []), progress=progress)
 
 
 @job_task(kind="corpora.rebuild_index", queue=Queue.GPU)
 def rebuild_index(job: Job, progress: Progress) -> dict:
     """Rebuild a corpus's FAISS and BM25 indexes from the database."""
-    from apps.corpora.models import Corpus
-    from apps.corpora.services import corpus_index_rebuild
+    from apps.corpora.services import corpus_index_rebuild_by_id
 
-    corpus = Corpus.objects.filter(pk=job.params.get("corpus_id")).first()
-    if corpus is None:
-        logger.warning("job %s: corpus %s no longer exists", job.pk, job.params.get("corpus_id"))
-        return {"chunks": 0, "missing": True}
-    return corpus_index_rebuild(corpus=corpus, progress=progress)
+    return corpus_index_rebuild_by_id(corpus_id=job.params.get("corpus_id"), progress=progress)

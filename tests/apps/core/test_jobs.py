@@ -4,10 +4,12 @@ import pytest
 from django.utils import timezone
 
 from apps.core import services
+from apps.core.dispatch import celery_app, registered_task
 from apps.core.errors import JobCancelled, RetryableJobError
+from apps.core.jobs import JOB_QUEUES, job_kind_queue, job_task_name
 from apps.core.models import Job, JobStatus
 from workers.queues import Queue
-from workers.tasks.base import job_task
+from workers.tasks.base import job_task, route_task
 
 pytestmark = pytest.mark.django_db
 
@@ -88,8 +90,7 @@ def test_a_failing_job_records_a_clear_message(team_a, django_capture_on_commit_
 def test_running_a_task_twice_does_the_work_once(team_a, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         job = services.job_start(kind="test.counts_to_three", team=team_a)
-    task, _ = __import__("workers.tasks.registry", fromlist=["x"]).task_for_kind("test.counts_to_three")
-    task.apply(args=(job.pk,))
+    counts_to_three.apply(args=(job.pk,))
     assert Job.objects.get(pk=job.pk).attempts == 1
 
 
@@ -99,15 +100,47 @@ def test_an_unknown_job_kind_is_refused_with_the_known_ones(team_a):
 
 
 def test_a_missing_job_row_is_logged_and_skipped(db):
-    from workers.tasks.registry import task_for_kind
-
-    task, _ = task_for_kind("test.counts_to_three")
-    assert task.apply(args=(987654,)).successful()
+    assert counts_to_three.apply(args=(987654,)).successful()
 
 
 def test_job_tasks_use_late_acks_time_limits_and_their_queue():
-    from workers.tasks.registry import task_for_kind
+    from workers.tasks.diagnostics import probe_gpu
 
-    task, queue = task_for_kind("diagnostics.probe_gpu")
-    assert (task.acks_late, task.reject_on_worker_lost, queue) == (True, True, "gpu")
-    assert task.soft_time_limit == 120 and task.time_limit == 180
+    assert (probe_gpu.acks_late, probe_gpu.reject_on_worker_lost) == (True, True)
+    assert probe_gpu.soft_time_limit == 120 and probe_gpu.time_limit == 180
+    assert job_kind_queue("diagnostics.probe_gpu") == "gpu"
+    assert route_task("parsimony.diagnostics.probe_gpu", (), {}, {}) == {"queue": "gpu"}
+
+
+def test_every_job_kind_has_a_registered_task():
+    for kind in JOB_QUEUES:
+        assert registered_task(job_task_name(kind)).name == f"parsimony.{kind}"
+
+
+def test_a_job_task_must_keep_its_kinds_queue():
+    with pytest.raises(ValueError, match="'rag.query' runs on the 'gpu' queue"):
+        job_task(kind="rag.query", queue=Queue.CPU)
+
+
+def test_jobs_are_sent_by_task_name_to_their_queue_when_a_broker_is_set(
+    team_a, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    sent = []
+    settings.CELERY_BROKER_URL = "redis://broker.invalid:6379/0"
+    monkeypatch.setattr(celery_app(), "send_task", lambda name, **options: sent.append((name, options)))
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.job_start(kind="corpora.rebuild_index", team=team_a, params={"corpus_id": 1})
+    assert sent == [("parsimony.corpora.rebuild_index", {"args": (job.pk,), "queue": "gpu"})]
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+
+
+def test_the_core_app_imports_no_task_module():
+    import subprocess
+    import sys
+
+    code = (
+        "import django, sys; django.setup(); import apps.core.services, apps.core.dispatch;"
+        "sys.exit(any(m.startswith('workers') for m in sys.modules))"
+    )
+    env = {**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "apps.config.settings"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0

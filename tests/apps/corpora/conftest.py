@@ -13,11 +13,11 @@ from apps.corpora.services import corpus_create
 def _data_root(settings, tmp_path):
     settings.DATA_ROOT = tmp_path / "data"
     settings.DATA_ROOT.mkdir()
-    from apps.corpora import indexing
+    from indexes import corpus_store
 
-    indexing._CACHE.clear()
+    corpus_store.cache_clear()
     yield
-    indexing._CACHE.clear()
+    corpus_store.cache_clear()
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from apps.core.models import Job, JobStatus
-from apps.corpora import services
-from apps.corpora.indexing import corpus_index_dir, indexes_for_search
 from apps.corpora.models import Chunk, Document, DocumentStatus
-from apps.corpora.selectors import chunk_search, chunk_search_many
+from apps.corpora.selectors import chunk_search, chunk_search_many, corpus_index_store
 from apps.corpora.services import (
     corpus_create,
     corpus_index_rebuild,
@@ -17,6 +15,7 @@ from apps.corpora.services import (
     document_ingest,
     document_upload,
     documents_import_records,
+    ingestion,
 )
 from apps.costs.models import UsageRecord
 from tests.apps.corpora.conftest import COFFEE, VOLCANO, ZEBRA, make_docx, make_pdf
@@ -32,7 +31,7 @@ def _upload(django_capture_on_commit_callbacks, **kwargs) -> Document:
 
 
 def _vector_ids(corpus) -> set[int]:
-    loaded = indexes_for_search(corpus.pk)
+    loaded = corpus_index_store().for_search(corpus.pk)
     return set(loaded.vector_index.ids().tolist()) if loaded.vector_index is not None else set()
 
 
@@ -115,32 +114,32 @@ def test_it_removes_a_deleted_documents_vectors_so_search_no_longer_returns_it(c
 
 @pytest.mark.parametrize(
     ("crash_at", "step_completes"),
-    [("_chunks_replace", False), ("_index_apply", False), ("_index_apply", True), ("_documents_mark_ready", False)],
+    [("_chunks_replace", False), ("index_apply", False), ("index_apply", True), ("_documents_mark_ready", False)],
 )
 def test_it_leaves_exactly_one_copy_after_a_crash_and_a_retry(corpus, monkeypatch, crash_at, step_completes):
     document = document_upload(corpus=corpus, filename="zebra.txt", data=(ZEBRA + "\n\n" + VOLCANO).encode(), start_job=False)
-    real = getattr(services, crash_at)
+    real = getattr(ingestion, crash_at)
 
     def crash(**kwargs):
         if step_completes:
             real(**kwargs)  # the step completes, then the worker dies before the next one
         raise KeyboardInterrupt("worker killed")
 
-    monkeypatch.setattr(services, crash_at, crash)
+    monkeypatch.setattr(ingestion, crash_at, crash)
     with pytest.raises(KeyboardInterrupt):
         document_ingest(document=document)
     document.refresh_from_db()
     assert document.status == DocumentStatus.PROCESSING
     # A half-indexed document is never visible to search.
     assert chunk_search(corpus=corpus, query="zebras", retriever="hybrid") == []
-    monkeypatch.setattr(services, crash_at, real)
+    monkeypatch.setattr(ingestion, crash_at, real)
     document = document_ingest(document=document)
     assert document.status == DocumentStatus.READY
     chunk_ids = list(document.chunks.values_list("vector_id", flat=True))
     assert len(chunk_ids) == len(set(chunk_ids)) >= 1
     assert sorted(document.chunks.values_list("ordinal", flat=True)) == list(range(len(chunk_ids)))
     assert _vector_ids(corpus) == set(chunk_ids)
-    assert indexes_for_search(corpus.pk).bm25_index.count == len(chunk_ids)
+    assert corpus_index_store().for_search(corpus.pk).bm25_index.count == len(chunk_ids)
 
 
 def test_it_rebuilds_an_index_from_the_database_that_searches_like_the_live_one(corpus, django_capture_on_commit_callbacks):
@@ -148,10 +147,10 @@ def test_it_rebuilds_an_index_from_the_database_that_searches_like_the_live_one(
         _upload(django_capture_on_commit_callbacks, corpus=corpus, filename=name, data=text.encode())
     queries = ["black and white stripes", "lava and ash", "espresso pressure", "animals on the savanna"]
     live = {(q, r): [(h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)] for q in queries for r in ("dense", "bm25", "hybrid")}
-    before = (corpus_index_dir(corpus.pk) / "dense" / "vectors.faiss").read_bytes()
+    before = (corpus_index_store().folder(corpus.pk) / "dense" / "vectors.faiss").read_bytes()
     result = corpus_index_rebuild(corpus=corpus)
     assert result["chunks"] == Chunk.objects.count()
-    assert (corpus_index_dir(corpus.pk) / "dense" / "vectors.faiss").read_bytes() != b"" and before
+    assert (corpus_index_store().folder(corpus.pk) / "dense" / "vectors.faiss").read_bytes() != b"" and before
     rebuilt = {(q, r): [(h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)] for q in queries for r in ("dense", "bm25", "hybrid")}
     assert rebuilt == live
 
@@ -217,9 +216,9 @@ def test_it_keeps_search_team_scoped(team_a, team_b, django_capture_on_commit_ca
 
 def test_it_reloads_the_cached_index_only_when_the_files_change(corpus, django_capture_on_commit_callbacks):
     _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="zebra.txt", data=ZEBRA.encode())
-    first = indexes_for_search(corpus.pk)
-    assert indexes_for_search(corpus.pk) is first
+    first = corpus_index_store().for_search(corpus.pk)
+    assert corpus_index_store().for_search(corpus.pk) is first
     _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="volcano.txt", data=VOLCANO.encode())
-    second = indexes_for_search(corpus.pk)
+    second = corpus_index_store().for_search(corpus.pk)
     assert second is not first and second.vector_index.count == Chunk.objects.count()
     assert np.isfinite(second.vector_index.search(np.ones((1, 384), dtype=np.float32) / np.sqrt(384), 1)[0]).all()
