@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.core.scoping import team_scoped
 from apps.costs.models import ZERO, Budget, UsageRecord
-from apps.costs.services import period_start
+from apps.costs.services.budgets import period_start
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ from typing import Any
 
 from workers.compression.base import CompressedContext, CompressionMethod
 from workers.compression.cache import CompressionCache
+from workers.compression.extractive import Extractive
 from workers.compression.none import NoCompression
-from workers.compression.prune import SemanticPrune, SurprisalPrune
 from workers.compression.resources import Resources
-from workers.compression.summarize import Extractive, Summarize
+from workers.compression.semantic_prune import SemanticPrune
+from workers.compression.summarize import Summarize
+from workers.compression.surprisal_prune import SurprisalPrune
 
 METHODS: dict[str, type[CompressionMethod]] = {
     NoCompression.name: NoCompression,

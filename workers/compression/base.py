@@ -1,9 +1,12 @@
+"""What a compression method returns, its protocol, and the result builders methods share."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from workers.compression.text import Span, render
 from workers.prompting.base import Passage
 
 
@@ -30,3 +33,30 @@ class CompressionMethod(Protocol):
     def compress(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
     ) -> CompressedContext: ...
+
+
+def identity(passages: list[Passage], tokens: int) -> CompressedContext:
+    return CompressedContext(
+        passages=list(passages),
+        tokens_before=tokens,
+        tokens_after=tokens,
+        kept_spans={p.chunk_id: [(0, len(p.text))] for p in passages},
+    )
+
+
+def build(
+    passages: list[Passage], keep: dict[int, list[Span]], count_tokens: Callable[[str], int], before: int
+) -> CompressedContext:
+    """A CompressedContext from kept spans per passage index; passages that keep nothing are dropped."""
+    out: list[Passage] = []
+    kept_spans: dict[int, list[Span]] = {}
+    after = 0
+    for i, passage in enumerate(passages):
+        spans = sorted(keep.get(i, []))
+        kept_spans[passage.chunk_id] = spans
+        if not spans:
+            continue
+        text = render(passage.text, spans)
+        after += count_tokens(text)
+        out.append(Passage(chunk_id=passage.chunk_id, title=passage.title, text=text))
+    return CompressedContext(passages=out, tokens_before=before, tokens_after=after, kept_spans=kept_spans)

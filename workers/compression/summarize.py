@@ -1,15 +1,9 @@
-"""Summarization compression (TCRA-LLM's first family): extractive and abstractive.
+"""`summarize`: a local instruct model (SmolLM2-135M by default; any meter target) writes a
+query-focused summary of each chunk, within a share of the budget weighted by the chunk's relevance.
 
-`extractive`: keep the sentences most relevant to the query (MiniLM cosine), choosing them in
-maximal-marginal-relevance order so near-duplicates do not eat the budget, until the token
-budget is spent; kept sentences stay in their original order.
-
-`summarize`: a local instruct model (SmolLM2-135M by default; any meter target) writes a
-query-focused summary of each chunk, with a per-chunk token budget proportional to the
-chunk's share of the context. A summary that comes back empty, longer than its budget or
-without the chunk's key facts is replaced by the extractive selection, pooled over every chunk
-without a summary (those whose share could keep them whole included), so the result is never
-longer than the original and never over budget.
+A summary that is empty, over its share or drops the chunk's key facts is replaced by one
+pooled `extractive` choice over every chunk left without a summary, so the result is never
+longer than the original nor over budget. Why the rules: docs/compression.md.
 """
 
 from __future__ import annotations
@@ -17,13 +11,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext
+from workers.compression.base import CompressedContext, build, identity
 from workers.compression.cache import cache_key
+from workers.compression.extractive import HOP_WEIGHT, Extractive, fit_words
 from workers.compression.resources import Resources
 from workers.compression.text import (
     STOPWORDS,
@@ -31,395 +25,12 @@ from workers.compression.text import (
     allocate_weighted,
     protected_words,
     query_keywords,
-    render,
     sentence_spans,
     token_budget,
-    without_disambiguation,
     word_core,
     word_spans,
 )
 from workers.prompting.base import Passage
-
-
-def identity(passages: list[Passage], tokens: int) -> CompressedContext:
-    return CompressedContext(
-        passages=list(passages),
-        tokens_before=tokens,
-        tokens_after=tokens,
-        kept_spans={p.chunk_id: [(0, len(p.text))] for p in passages},
-    )
-
-
-def fit_words(text: str, span: Span, budget: int, count_tokens: Callable[[str], int]) -> Span | None:
-    """The longest word-prefix of `span` whose text has at most `budget` tokens (binary search)."""
-    words = word_spans(text, span)
-    lo, hi = 0, len(words)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count_tokens(text[span[0] : words[mid - 1][1]]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return (span[0], words[lo - 1][1]) if lo else None
-
-
-@dataclass
-class _Sentence:
-    passage: int  # index into passages
-    span: Span
-    tokens: int
-
-
-# Weight of the retrieval-rank prior in sentence relevance (see rank_prior); 0 ignores the order.
-# Chosen on a tuning split disjoint from the benchmark's questions (docs/benchmarks-compression.md).
-RANK_WEIGHT = 0.2
-
-
-def rank_prior(sentences_per_passage: list[int]) -> np.ndarray:
-    """(S,) the retrieval-rank prior of every sentence: -log2(1 + rank of its passage), rank 0 first.
-
-    Passages reach a compression method in the retriever's order (best first, after fusion and
-    reranking), and that order knows things one sentence's cosine does not (BM25 matches, the
-    reranker's cross-attention, the passage as a whole): the DCG discount turns it into a score
-    offset, 0 for the best passage, -1 for the second, -1.58 for the third, ...
-    """
-    ranks = np.repeat(np.arange(len(sentences_per_passage)), sentences_per_passage)  # (S,)
-    return -np.log2(1.0 + ranks)
-
-
-# Weight of the IDF-weighted query-term overlap (see lexical_overlap); 0 is embeddings only.
-LEXICAL_WEIGHT = 0.2
-
-
-def lexical_overlap(query: str, sentences: list[str]) -> np.ndarray:
-    """(S,) share of the query's content-word IDF mass each sentence contains, in [0, 1].
-
-    The lexical half of hybrid retrieval at sentence level: a factoid's answer sentence usually
-    repeats the question's rarest words (the entity asked about), which a 384-d sentence vector
-    blurs. IDF over the context's own sentences (smoothed), words matched on lower-cased cores.
-    """
-    terms = sorted(query_keywords(query))
-    if not terms or not sentences:
-        return np.zeros(len(sentences))
-    bags = [{word_core(w).lower() for w in s.split()} for s in sentences]
-    df = np.array([sum(t in bag for bag in bags) for t in terms], dtype=np.float64)  # (T,)
-    idf = np.log((len(bags) + 1) / (df + 0.5))  # (T,), > 0
-    hits = np.array([[t in bag for t in terms] for bag in bags], dtype=np.float64)  # (S, T)
-    return hits @ idf / idf.sum()
-
-
-# Weight of the expected-answer-type match (see answer_type_match); 0 turns it off.
-ANSWER_TYPE_WEIGHT = 0.2
-# Bonus of a passage's first sentence, which names what the passage is about ("X (born ...) is
-# an American basketball coach"): the answer to "who ..." is often only there.
-LEAD_WEIGHT = 0.1
-
-# Relevance added to every sentence of a passage once a chosen sentence names its title (see
-# `title_links`): the second hop of a multi-hop question. Set a priori like the other signals.
-HOP_WEIGHT = 0.2
-
-
-def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int]) -> list[set[int]]:
-    """For each sentence, the other passages whose title it spells out (and the question does not).
-
-    Multi-hop questions name the first entity; its passage names the second ("... principal
-    captain of King *Richard I of England*"), whose passage holds the answer ("... his mother,
-    Eleanor of Aquitaine") but looks nothing like the question. Titles are compared with their
-    capitals and without a bracketed disambiguation ("Coal Miner's Daughter (film)").
-    """
-    asked = query.lower()
-    patterns: list[re.Pattern[str] | None] = []
-    for passage in passages:
-        title = without_disambiguation(passage.title or "")
-        named = len(title) < 3 or title.lower() in asked
-        patterns.append(None if named else re.compile(rf"(?<!\w){re.escape(title)}(?!\w)"))
-    return [
-        {j for j, pattern in enumerate(patterns) if j != owner[i] and pattern is not None and pattern.search(sentence)}
-        for i, sentence in enumerate(sentences)
-    ]
-
-
-_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b")
-_MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
-_DIGIT = re.compile(r"\d")
-_NUMBER_WORD = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
-                          r"forty|fifty|hundred|thousand|million|billion|trillion|dozen)\b", re.IGNORECASE)
-
-
-def expected_answer_type(query: str) -> str | None:
-    """"date", "number" or "name" from the question's wh-phrase (classic QA answer typing), else None."""
-    q = query.strip().lower()
-    if re.match(r"^(when|what year|which year|what date|in what year|in which year|what century|what time)\b", q) \
-            or re.search(r"\b(what|which) (year|date|century|decade)\b", q):
-        return "date"
-    if re.match(r"^(how (many|much|long|old|far|big|tall|high|large|fast|often|deep))\b", q) \
-            or re.search(r"\b(what|which) (percentage|percent|number|amount|population)\b", q):
-        return "number"
-    if re.match(r"^(who|whom|whose|where|which (person|player|team|country|city|company|band|singer|actor))\b", q) \
-            or re.search(r"\bwho (is|was|are|were|sings|sang|plays|played|wrote|won|did|does|has|had)\b", q):
-        return "name"
-    return None
-
-
-def answer_type_match(query: str, sentences: list[str]) -> np.ndarray:
-    """(S,) 1.0 for the sentences that hold something of the question's expected answer type.
-
-    date: a year or a month name; number: a digit or a number word; name: a capitalised word
-    not at the sentence start and not one of the question's own words (the answer is rarely a
-    word of the question). 0 for every sentence when the type is unknown.
-    """
-    kind = expected_answer_type(query)
-    if kind is None or not sentences:
-        return np.zeros(len(sentences))
-    asked = query_keywords(query)
-    out = np.zeros(len(sentences))
-    for i, sentence in enumerate(sentences):
-        if kind == "date":
-            hit = bool(_YEAR.search(sentence) or _MONTH.search(sentence))
-        elif kind == "number":
-            hit = bool(_DIGIT.search(sentence) or _NUMBER_WORD.search(sentence))
-        else:
-            words = [word_core(w) for w in sentence.split()[1:]]
-            hit = any(w[:1].isupper() and w.lower() not in asked for w in words if w)
-        out[i] = float(hit)
-    return out
-
-
-class Extractive:
-    """Query-relevant sentences by MiniLM similarity, MMR redundancy removal, original order.
-
-    Sentence relevance = cos(query, sentence) + `passage_weight` * cos(query, passage) +
-    `rank_weight` * rank_prior, the passage vector being the normalised mean of its sentence
-    vectors: a sentence in an on-topic paragraph ranks above an equally similar one in an
-    off-topic paragraph, which helps the multi-hop case where the bridge sentence itself does not
-    look like the question; and the retriever's order (passages arrive best first) breaks the
-    near-ties of cosine in favour of the passages it ranked higher. Sentence vectors are
-    query-independent and cached per chunk when a cache is given.
-
-    Redundancy (MMR): candidates are taken in order of λ·relevance − (1−λ)·penalty, where the
-    penalty is how far the candidate's highest cosine to an already chosen sentence exceeds
-    `redundancy_threshold`, scaled to [0, 1] (threshold 0 is classic MMR). Only near-duplicates
-    are penalised: the two supporting sentences of a multi-hop question are often similar to
-    each other, and classic MMR drops one of them (measured: docs/benchmarks-compression.md).
-    """
-
-    name = "extractive"
-
-    def __init__(
-        self,
-        *,
-        resources: Resources | None = None,
-        mmr_lambda: float = 0.5,
-        passage_weight: float = 0.5,
-        title_context: bool = True,
-        redundancy_threshold: float = 0.8,
-        rank_weight: float = RANK_WEIGHT,
-        lexical_weight: float = LEXICAL_WEIGHT,
-        answer_type_weight: float = ANSWER_TYPE_WEIGHT,
-        lead_weight: float = LEAD_WEIGHT,
-        hop_weight: float = HOP_WEIGHT,
-        cut_best: bool = True,
-    ) -> None:
-        if not 0.0 <= mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
-        for label, value in (("rank_weight", rank_weight), ("lexical_weight", lexical_weight),
-                             ("answer_type_weight", answer_type_weight), ("lead_weight", lead_weight),
-                             ("hop_weight", hop_weight)):
-            if value < 0:
-                raise ValueError(f"{label} must be >= 0, got {value}")
-        self.resources = resources or Resources()
-        self.mmr_lambda = mmr_lambda
-        self.passage_weight = passage_weight
-        self.title_context = title_context
-        self.redundancy_threshold = redundancy_threshold
-        self.rank_weight = rank_weight
-        self.lexical_weight = lexical_weight
-        self.answer_type_weight = answer_type_weight
-        self.lead_weight = lead_weight
-        self.hop_weight = hop_weight
-        self.cut_best = cut_best
-
-    def params(self) -> dict[str, Any]:
-        return {"mmr_lambda": self.mmr_lambda, "passage_weight": self.passage_weight,
-                "title_context": self.title_context, "redundancy_threshold": self.redundancy_threshold,
-                "rank_weight": self.rank_weight, "lexical_weight": self.lexical_weight,
-                "answer_type_weight": self.answer_type_weight, "lead_weight": self.lead_weight,
-                "hop_weight": self.hop_weight, "cut_best": self.cut_best}
-
-    # ------------------------------------------------------------------ embeddings
-
-    def _sentence_vectors(self, passages: list[Passage], spans: list[list[Span]]) -> np.ndarray:
-        """(S, D) normalised vectors of every sentence of every passage, in passage order."""
-        embedder = self.resources.get_embedder()
-        cache = self.resources.cache
-        model = str(getattr(embedder, "model_path", type(embedder).__name__))
-        parts: list[np.ndarray | None] = []
-        todo: list[str] = []
-        keys = [
-            cache_key("extractive/sentences", {"model": model, "title": self.title_context}, p.text, None,
-                      title=p.title if self.title_context else "")
-            for p in passages
-        ]
-        for key, passage, passage_spans in zip(keys, passages, spans, strict=True):
-            hit = cache.get_array(key) if cache is not None else None
-            if hit is not None and hit.shape[0] == len(passage_spans):
-                parts.append(hit)
-                continue
-            parts.append(None)
-            todo.extend(self._sentence_input(passage, span) for span in passage_spans)
-        fresh = embedder.encode(todo) if todo else None  # (len(todo), D)
-        out, offset = [], 0
-        for key, passage_spans, part in zip(keys, spans, parts, strict=True):
-            if part is None:
-                assert fresh is not None
-                part = fresh[offset : offset + len(passage_spans)]
-                offset += len(passage_spans)
-                if cache is not None:
-                    cache.put_array(key, part.astype(np.float32))
-            out.append(part)
-        dim = int(getattr(embedder, "dimension", 384))
-        return np.concatenate(out, axis=0) if out else np.zeros((0, dim), dtype=np.float32)
-
-    def _sentence_input(self, passage: Passage, span: Span) -> str:
-        sentence = passage.text[span[0] : span[1]]
-        # The title names the entity the sentence is about ("He was born in ..."): without it
-        # pronoun-led sentences look unrelated to a question that names the entity.
-        return f"{passage.title}. {sentence}" if self.title_context and passage.title else sentence
-
-    # ------------------------------------------------------------------ selection
-
-    def relevance(self, query: str, passages: list[Passage], spans: list[list[Span]]) -> tuple[np.ndarray, np.ndarray]:
-        """(relevance (S,), sentence vectors (S, D)) for every sentence in passage order."""
-        vectors = self._sentence_vectors(passages, spans)  # (S, D)
-        q = self.resources.get_embedder().encode([query])[0]  # (D,)
-        rel = vectors @ q  # (S,)
-        if self.passage_weight and len(rel):
-            owner = np.repeat(np.arange(len(passages)), [len(s) for s in spans])  # (S,)
-            for i in range(len(passages)):
-                rows = owner == i
-                if rows.any():
-                    mean = vectors[rows].mean(axis=0)
-                    mean /= np.linalg.norm(mean) or 1.0
-                    rel[rows] += self.passage_weight * float(mean @ q)
-        if self.rank_weight and len(rel):
-            rel += self.rank_weight * rank_prior([len(s) for s in spans])
-        if self.lexical_weight and len(rel):
-            texts = [self._sentence_input(p, span) for p, passage_spans in zip(passages, spans, strict=True)
-                     for span in passage_spans]
-            rel += self.lexical_weight * lexical_overlap(query, texts)
-        if self.answer_type_weight and len(rel):
-            sentences = [p.text[a:b] for p, passage_spans in zip(passages, spans, strict=True) for a, b in passage_spans]
-            rel += self.answer_type_weight * answer_type_match(query, sentences)
-        if self.lead_weight and len(rel):
-            lead = np.concatenate([np.arange(len(s)) == 0 for s in spans]).astype(np.float64)  # (S,)
-            rel += self.lead_weight * lead
-        return rel, vectors
-
-    def select(
-        self,
-        rel: np.ndarray,
-        vectors: np.ndarray,
-        sizes: list[int],
-        budget: int,
-        links: list[set[int]] | None = None,
-        owner: np.ndarray | None = None,
-    ) -> list[int]:
-        """Sentence indices chosen in MMR order until no remaining sentence fits the budget.
-
-        `links[i]`: the passages sentence i names (`title_links`), `owner[i]` its passage. Once a
-        chosen sentence names a passage, every sentence of that passage gains `hop_weight`.
-        """
-        rel = rel.copy()
-        hopped: set[int] = set()
-        chosen: list[int] = []
-        left = budget
-        candidates = set(range(len(sizes)))
-        redundancy = np.full(len(sizes), -1.0)  # max cos to any chosen sentence, (S,)
-        thr = min(self.redundancy_threshold, 0.99)
-        penalty = np.zeros(len(sizes))  # (S,)
-        while candidates and left > 0:
-            best = max(candidates, key=lambda i: self.mmr_lambda * rel[i] - (1 - self.mmr_lambda) * penalty[i])
-            candidates.discard(best)
-            if sizes[best] > left:
-                continue  # too long for what is left; a shorter one further down may fit
-            chosen.append(best)
-            left -= sizes[best]
-            if links is not None and owner is not None and self.hop_weight:
-                for j in links[best] - hopped:
-                    hopped.add(j)
-                    rel[owner == j] += self.hop_weight
-            redundancy = np.maximum(redundancy, vectors @ vectors[best])
-            penalty = np.clip(redundancy - thr, 0.0, None) / (1.0 - thr)
-        return chosen
-
-    def compress(
-        self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
-    ) -> CompressedContext:
-        started = time.perf_counter()
-        counts = [count_tokens(p.text) for p in passages]
-        before = sum(counts)
-        budget = token_budget(target, before)
-        if budget >= before:
-            return identity(passages, before)
-        spans = [sentence_spans(p.text) for p in passages]
-        sentences = [
-            _Sentence(i, span, count_tokens(p.text[span[0] : span[1]]))
-            for i, (p, passage_spans) in enumerate(zip(passages, spans, strict=True))
-            for span in passage_spans
-        ]
-        rel, vectors = self.relevance(query, passages, spans)
-        best = sentences[int(np.argmax(rel))] if sentences else None
-        if self.cut_best and best is not None and best.tokens > budget:
-            # The most relevant sentence alone is longer than the budget. Skipping it left the
-            # budget to lesser sentences ("who are the characters in yo gabba gabba": one long
-            # sentence names them all, and a fictional-character sentence elsewhere was kept);
-            # its first words, where the subject and its facts are, carry more.
-            order = []
-        else:
-            links = owner = None
-            if self.hop_weight and len(passages) > 1:
-                owner = np.array([s.passage for s in sentences], dtype=np.int64)  # (S,)
-                links = title_links(query, passages,
-                                    [passages[s.passage].text[s.span[0]:s.span[1]] for s in sentences], owner)
-            order = self.select(rel, vectors, [s.tokens for s in sentences], budget, links, owner)
-        keep: dict[int, list[Span]] = {i: [] for i in range(len(passages))}
-        for index in order:
-            keep[sentences[index].passage].append(sentences[index].span)
-        if not order and best is not None and budget > 0:
-            # The best sentence is longer than the budget: keep its first words.
-            cut = fit_words(passages[best.passage].text, best.span, budget, count_tokens)
-            if cut is not None:
-                keep[best.passage].append(cut)
-        result = build(passages, keep, count_tokens, before)
-        # Rendering joins sentences with single spaces, which can tokenize a little differently
-        # from counting them one by one: drop the least relevant choices until it fits.
-        while result.tokens_after > budget and order:
-            dropped = sentences[order.pop()]
-            keep[dropped.passage].remove(dropped.span)
-            result = build(passages, keep, count_tokens, before)
-        result.compute_s = time.perf_counter() - started
-        return result
-
-
-def build(
-    passages: list[Passage], keep: dict[int, list[Span]], count_tokens: Callable[[str], int], before: int
-) -> CompressedContext:
-    """A CompressedContext from kept spans per passage index; passages that keep nothing are dropped."""
-    out: list[Passage] = []
-    kept_spans: dict[int, list[Span]] = {}
-    after = 0
-    for i, passage in enumerate(passages):
-        spans = sorted(keep.get(i, []))
-        kept_spans[passage.chunk_id] = spans
-        if not spans:
-            continue
-        text = render(passage.text, spans)
-        after += count_tokens(text)
-        out.append(Passage(chunk_id=passage.chunk_id, title=passage.title, text=text))
-    return CompressedContext(passages=out, tokens_before=before, tokens_after=after, kept_spans=kept_spans)
-
-
-# ---------------------------------------------------------------------------- abstractive
 
 
 def model_label(target: Any) -> str:
@@ -672,10 +283,9 @@ class Summarize:
                 if self.pool_whole:
                     # Its share could keep it whole; it goes to the pooled extractive choice with
                     # its size set aside instead. Kept whole, a top chunk's weakest sentences took
-                    # the room of a lesser chunk's answer sentence, as truncation does (SQuAD #0 at
-                    # keep 50%: the first two chunks whole, "Ribonucleases and the RNA interference
-                    # pathway ..." in the fifth lost); pooled, every sentence competes on
-                    # relevance. Alone in the pool, or with the budget to spare, it stays whole.
+                    # the room of a lesser chunk's answer sentence, as truncation does (case notes
+                    # in docs/compression.md); pooled, every sentence competes on relevance.
+                    # Alone in the pool, or with the budget to spare, it stays whole.
                     deferred.append(i)
                 else:
                     texts[i], kept_spans[passage.chunk_id] = passage.text, [(0, len(passage.text))]

@@ -112,7 +112,7 @@ def test_it_keeps_the_answer_sentence_with_the_real_minilm(minilm, smollm2_count
 
 
 def test_the_rank_prior_follows_the_dcg_discount_of_each_sentences_passage():
-    from workers.compression.summarize import rank_prior
+    from workers.compression.extractive import rank_prior
 
     np.testing.assert_allclose(rank_prior([2, 1, 3]), [0, 0, -1, -np.log2(3), -np.log2(3), -np.log2(3)])
 
@@ -132,7 +132,7 @@ def test_between_equally_similar_sentences_it_keeps_the_one_the_retriever_ranked
 
 
 def test_lexical_overlap_weighs_the_rare_query_words_by_idf():
-    from workers.compression.summarize import lexical_overlap
+    from workers.compression.extractive import lexical_overlap
 
     sentences = ["Calipari coaches the team.", "The team won the game.", "The team lost the game.", "Nothing here."]
     scores = lexical_overlap("Who coaches the Kentucky team, Calipari?", sentences)
@@ -150,13 +150,13 @@ def test_lexical_overlap_weighs_the_rare_query_words_by_idf():
     ("what do the 3 dots mean in math", None),
 ])
 def test_it_reads_the_expected_answer_type_from_the_wh_phrase(question, kind):
-    from workers.compression.summarize import expected_answer_type
+    from workers.compression.extractive import expected_answer_type
 
     assert expected_answer_type(question) == kind
 
 
 def test_answer_type_matching_marks_the_sentences_that_could_hold_the_answer():
-    from workers.compression.summarize import answer_type_match
+    from workers.compression.extractive import answer_type_match
 
     sentences = ["It received a charter on 31 December 1600.", "It traded in the Indies.", "Trade grew in the 1700s."]
     assert answer_type_match("When was the company founded?", sentences).tolist() == [1.0, 0.0, 1.0]
@@ -167,7 +167,7 @@ def test_answer_type_matching_marks_the_sentences_that_could_hold_the_answer():
 
 
 def test_title_links_name_the_other_passages_a_sentence_spells_out_that_the_question_does_not():
-    from workers.compression.summarize import title_links
+    from workers.compression.extractive import title_links
 
     passages = [Passage(1, "Ralf D. Bode", ""), Passage(2, "Coal Miner's Daughter (film)", ""),
                 Passage(3, "Loretta Lynn", ""), Passage(4, "Ralf", "")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers.compression import CompressionCache, Resources, get_method
-from workers.compression.prune import SurprisalPrune, phrases
+from workers.compression.surprisal_prune import SurprisalPrune, phrases
 from workers.compression.text import STOPWORDS, protected_words, query_keywords, sentence_spans, word_spans
 from workers.prompting.base import Passage
 
@@ -153,7 +153,7 @@ def test_it_fits_the_budget_coarse_to_fine_and_keeps_protected_words_of_kept_sen
     # A kept sentence keeps every protected word, unless its share of the budget is smaller than
     # them: then it keeps protected words, the words they qualify ("German *mathematician*") and
     # function words bridging them, nothing else.
-    from workers.compression.prune import follows_protected
+    from workers.compression.pruning import follows_protected
 
     query = QUERY if params.get("query_aware", True) else ""
     protected = protected_set(passages, query)
@@ -233,7 +233,7 @@ def test_one_context_at_several_targets_runs_the_scorer_once(smollm2, smollm2_co
 @pytest.mark.parametrize("power", [1.0, 2.0])
 @pytest.mark.parametrize(("sizes", "budget"), [([10, 10, 10, 10], 24), ([30, 5, 12, 8, 20], 40), ([9, 9], 10)])
 def test_dynamic_budgets_spend_the_budget_sparing_the_most_relevant_sentences(sizes, budget, power):
-    from workers.compression.prune import dynamic_budgets
+    from workers.compression.pruning import dynamic_budgets
 
     out = dynamic_budgets(sizes, budget, power)
     assert sum(out) == budget  # rounded by largest remainder, not floors
@@ -243,14 +243,14 @@ def test_dynamic_budgets_spend_the_budget_sparing_the_most_relevant_sentences(si
 
 
 def test_dynamic_budgets_keep_everything_when_it_fits_and_cut_the_first_alone_when_nothing_else_fits():
-    from workers.compression.prune import dynamic_budgets
+    from workers.compression.pruning import dynamic_budgets
 
     assert dynamic_budgets([5, 6], 20) == [5, 6]
     assert dynamic_budgets([10, 4], 6) == [6, 0]
 
 
 def test_grouped_selection_spares_the_most_relevant_group_then_spends_the_rest_on_the_best_units():
-    from workers.compression.prune import Unit, select
+    from workers.compression.pruning import Unit, select
 
     def units(group: bool, protected_last: bool = False) -> list[Unit]:
         g = (lambda k: k) if group else (lambda k: -1)
@@ -265,7 +265,7 @@ def test_grouped_selection_spares_the_most_relevant_group_then_spends_the_rest_o
 
 
 def test_names_of_a_low_ranked_sentence_do_not_take_the_room_of_a_better_one():
-    from workers.compression.prune import Unit, select
+    from workers.compression.pruning import Unit, select
 
     # NQ #120: the answer sentence ranked second (4 plain words) lost its words to the city names
     # of sentences ranked far below it, because every protected word was paid for first.
@@ -283,7 +283,7 @@ def test_names_of_a_low_ranked_sentence_do_not_take_the_room_of_a_better_one():
 
 
 def test_a_starved_sentence_keeps_the_word_its_protected_modifier_qualifies_before_others():
-    from workers.compression.prune import Unit, select
+    from workers.compression.pruning import Unit, select
 
     # HotpotQA #56: "Carl Runge ... was a German mathematician" ranked low; its share held its
     # protected words but not "mathematician", the answer. A head word (surprisal scores it as its
@@ -304,8 +304,8 @@ def test_a_starved_sentence_keeps_the_word_its_protected_modifier_qualifies_befo
 
 @pytest.mark.parametrize("method", ["semantic", "surprisal"])
 def test_with_the_dynamic_ratio_the_most_relevant_sentence_survives_whole(bow, passages, method):
-    from workers.compression.prune import SemanticPrune
-    from workers.compression.summarize import Extractive
+    from workers.compression.extractive import Extractive
+    from workers.compression.semantic_prune import SemanticPrune
 
     def build(**params):
         if method == "semantic":
@@ -352,7 +352,7 @@ def test_with_cohesion_a_phrase_is_kept_or_dropped_whole(bow, budget):
 
 
 def test_bridge_words_are_unpunctuated_function_words_inside_a_sentence():
-    from workers.compression.prune import bridge_words
+    from workers.compression.pruning import bridge_words
 
     text = "Its current denomination of U.S. currency is printed, and of course the ink is old"
     words = word_spans(text)
@@ -363,7 +363,7 @@ def test_bridge_words_are_unpunctuated_function_words_inside_a_sentence():
 
 @pytest.mark.parametrize("method", ["semantic", "surprisal"])
 def test_a_kept_word_takes_along_the_function_word_joining_it_to_a_kept_neighbour(bow, method):
-    from workers.compression.prune import SemanticPrune
+    from workers.compression.semantic_prune import SemanticPrune
 
     # "United States" and "printed." are protected; the doubles score a word by its length, so
     # "of" and "is" rank last, so plain pruning drops them and the
@@ -388,7 +388,7 @@ def test_a_kept_word_takes_along_the_function_word_joining_it_to_a_kept_neighbou
 
 
 def test_a_bridge_that_does_not_fit_is_left_out_and_the_kept_word_still_counts():
-    from workers.compression.prune import Unit, select
+    from workers.compression.pruning import Unit, select
 
     def units(bridge: bool = True) -> list[Unit]:
         return [Unit(0, (0, 1), 1, score=0.9), Unit(0, (2, 3), 1, score=0.0, bridge=bridge),
@@ -402,7 +402,7 @@ def test_a_bridge_that_does_not_fit_is_left_out_and_the_kept_word_still_counts()
 
 
 def test_an_overshoot_is_trimmed_from_the_least_relevant_sentence_first():
-    from workers.compression.prune import Unit, finish
+    from workers.compression.pruning import Unit, finish
 
     passage = [Passage(chunk_id=1, title="t", text="alpha beta gamma delta")]
     # Sentence 0 (most relevant) holds the low-scoring words; the renderer must still trim sentence 1.
@@ -413,7 +413,7 @@ def test_an_overshoot_is_trimmed_from_the_least_relevant_sentence_first():
 
 
 def test_follows_protected_marks_the_head_word_after_a_name_or_number():
-    from workers.compression.prune import follows_protected
+    from workers.compression.pruning import follows_protected
 
     text = "It is a denomination of U.S. currency since the 12th century, and Paris. The trade fell"
     words = word_spans(text)

@@ -1,33 +1,27 @@
-"""Writes for the price book, budgets, reservations and the ledger.
+"""Writes for budgets and their reservations: hold the worst case before work runs, settle or release after.
 
-Budget enforcement happens before work runs: ``budget_reserve`` holds the worst-case cost
-against every budget that applies, atomically (row locks on PostgreSQL, a process lock on
-SQLite), and refuses with 402 if any would go over. ``reservation_settle`` swaps the hold
-for the actual cost; ``reservation_release`` drops it on failure; expired holds (dead
-workers) are released by ``reservations_expire``.
+``budget_reserve`` holds the worst-case cost against every budget that applies, atomically (row
+locks on PostgreSQL, a process lock on SQLite), and refuses with 402 if any would go over.
+``reservation_settle`` swaps the hold for the actual cost; ``reservation_release`` drops it on
+failure; expired holds (dead workers) are released by ``reservations_expire``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
-from apps.costs import statements
+from apps.costs import postgres_hot_path
 from apps.costs.models import (
-    ZERO,
     Budget,
     BudgetPeriod,
     BudgetScope,
@@ -35,130 +29,21 @@ from apps.costs.models import (
     Price,
     Reservation,
     ReservationStatus,
-    UsageRecord,
 )
-from apps.costs.pricing import Usage, cached_input_price, cost_of, money
+from apps.costs.services.alerts import budget_describe, soft_alerts_after_commit, windows_due_alert
+from apps.costs.services.backend import TryAgain, budget_lock, on_postgresql
+from apps.costs.services.prices import PriceStale
 
 logger = logging.getLogger(__name__)
 
 RESERVATION_TTL_S = 900
 _EXPIRY_SWEEP_EVERY_S = 30.0
 _last_expiry_sweep = 0.0
-# SQLite has no row locks: serialise budget writes within the (single) embedded process.
-_sqlite_budget_lock = threading.RLock()
 
 
 class BudgetExceeded(ServiceError):
     code = "budget_exceeded"
     http_status = 402
-
-
-class PriceMissing(ValidationFailed):
-    code = "price_missing"
-
-
-class TryAgain(ServiceError):
-    """Rows a statement depends on kept changing under it (practically never): the request may be retried."""
-
-    code = "try_again"
-    http_status = 503
-
-
-def _on_postgresql() -> bool:
-    return connection.vendor == "postgresql"
-
-
-@contextmanager
-def _budget_lock():
-    if connection.vendor == "sqlite":
-        with _sqlite_budget_lock:
-            yield
-    else:
-        yield
-
-
-# --------------------------------------------------------------------------- price book
-
-
-def price_current(*, model_name: str, at: datetime | None = None) -> Price:
-    """The price in force for ``model_name`` at ``at`` (now by default)."""
-    at = at or timezone.now()
-    price = Price.objects.filter(model_name=model_name, effective_from__lte=at).order_by("-effective_from").first()
-    if price is None:
-        raise PriceMissing(
-            f"the price book has no price for model {model_name!r}: add one in the admin or run manage.py import_prices",
-            detail={"model": model_name},
-        )
-    return price
-
-
-# model name -> the Price row last seen in force for it (PostgreSQL hot path only).
-_price_cache: dict[str, Price] = {}
-
-
-class PriceStale(Exception):
-    """A cached price is no longer the one in force (a statement that checked it did nothing)."""
-
-
-def price_for_call(*, model_name: str, fresh: bool = False) -> Price:
-    """The price to charge a model call: ``price_current`` on SQLite; on PostgreSQL from a per-process cache.
-
-    A cached row is never trusted blindly: the statement that uses it (the reservation, or the
-    ledger row of a call under a caller's reservation) checks in the database that it is still
-    the row in force for the model at that moment with the same values, and does nothing
-    otherwise (``PriceStale``); the caller then asks again with ``fresh=True``. So a new price,
-    even one back-dated before now, applies from the next statement on, in every process.
-    """
-    if not _on_postgresql():
-        return price_current(model_name=model_name)
-    price = None if fresh else _price_cache.get(model_name)
-    if price is None:
-        price = price_current(model_name=model_name)
-        _price_cache[model_name] = price
-    return price
-
-
-def price_set(
-    *,
-    model_name: str,
-    input_per_mtok: Decimal,
-    output_per_mtok: Decimal,
-    cached_input_per_mtok: Decimal | None = None,
-    per_gpu_second: Decimal = ZERO,
-    per_cpu_second: Decimal = ZERO,
-    effective_from: datetime | None = None,
-    provider: str = "",
-    source: str = "",
-) -> tuple[Price, bool]:
-    """Record a price from ``effective_from`` on. Returns (price, created).
-
-    Idempotent: when the latest price at that date already has these values, nothing is added.
-    History is kept: a different price is a new row; old ledger rows keep what they were charged.
-    """
-    effective_from = effective_from or timezone.now()
-    values = {
-        "input_per_mtok": Decimal(input_per_mtok),
-        "output_per_mtok": Decimal(output_per_mtok),
-        "cached_input_per_mtok": None if cached_input_per_mtok is None else Decimal(cached_input_per_mtok),
-        "per_gpu_second": Decimal(per_gpu_second),
-        "per_cpu_second": Decimal(per_cpu_second),
-    }
-    latest = (
-        Price.objects.filter(model_name=model_name, effective_from__lte=effective_from)
-        .order_by("-effective_from")
-        .first()
-    )
-    if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
-        return latest, False
-    price, created = Price.objects.update_or_create(
-        model_name=model_name,
-        effective_from=effective_from,
-        defaults={**values, "provider": provider, "source": source},
-    )
-    return price, created
-
-
-# --------------------------------------------------------------------------- budgets
 
 
 def period_start(period: str, at: datetime) -> datetime:
@@ -193,15 +78,6 @@ def budget_window(*, budget: Budget, at: datetime | None = None) -> BudgetWindow
     return window
 
 
-def _describe(budget: Budget) -> str:
-    target = {
-        BudgetScope.TEAM: f"team '{budget.team.name}'",
-        BudgetScope.USER: f"user '{getattr(budget.user, 'username', '?')}'",
-        BudgetScope.API_KEY: f"API key '{getattr(budget.api_key, 'name', '?')}'",
-    }[BudgetScope(budget.scope)]
-    return f"the {budget.period} budget of {target}"
-
-
 def _windows_locked(*, budgets: list[Budget], at: datetime) -> list[BudgetWindow]:
     """The current window of each budget, locked FOR UPDATE in primary-key order (no deadlocks).
 
@@ -226,12 +102,12 @@ def budget_exceeded_error(*, budget: Budget, window: BudgetWindow, estimate: Dec
     """The 402 for a request that does not fit: names the budget, its limit, spent, reserved, estimate, overage."""
     over_by = window.spent + window.reserved + estimate - budget.hard_limit
     return BudgetExceeded(
-        f"{_describe(budget)} would be exceeded: limit ${budget.hard_limit:.6f}, spent "
+        f"{budget_describe(budget)} would be exceeded: limit ${budget.hard_limit:.6f}, spent "
         f"${window.spent:.6f}, reserved ${window.reserved:.6f}, this request needs up to "
         f"${estimate:.6f} (over by ${over_by:.6f})",
         detail={
             "budget_id": budget.pk,
-            "budget": _describe(budget),
+            "budget": budget_describe(budget),
             "scope": budget.scope,
             "period": budget.period,
             "period_start": window.period_start.isoformat(),
@@ -255,7 +131,7 @@ def budget_reserve(
 ) -> Reservation:
     """Hold ``estimate`` against every applicable budget, or raise BudgetExceeded naming the first that blocks.
 
-    PostgreSQL: one statement (``statements.reserve``): the applicable budgets, their windows
+    PostgreSQL: one statement (``postgres_hot_path.reserve``): the applicable budgets, their windows
     locked FOR UPDATE in id order, the check, the bump, the reservation and its window links.
     SQLite: the ORM under the process lock.
     """
@@ -281,12 +157,12 @@ def _reserve(
     _maybe_sweep_expired()
     now = timezone.now()
     user = user if getattr(user, "pk", None) else None
-    if _on_postgresql():
+    if on_postgresql():
         return _reserve_one_statement(
             team=team, estimate=estimate, user=user, api_key=api_key, description=description,
             ttl_s=ttl_s, price=price, now=now,
         )
-    with _budget_lock(), transaction.atomic():
+    with budget_lock(), transaction.atomic():
         budgets = list(budgets_applicable(team=team, user=user, api_key=api_key))
         windows = _windows_locked(budgets=budgets, at=now) if budgets else []
         budget_by_id = {budget.pk: budget for budget in budgets}
@@ -326,7 +202,7 @@ def _reserve_one_statement(*, team, estimate, user, api_key, description, ttl_s,
     # A window missing for this period (its first request) is created, then the statement runs
     # again; a budget added meanwhile can need one more round, hence a few attempts.
     for _ in range(5):
-        outcome = statements.reserve(
+        outcome = postgres_hot_path.reserve(
             reservation=reservation,
             team_id=team.pk,
             user_id=user.pk if user is not None else None,
@@ -352,16 +228,16 @@ def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservat
     """Replace the hold by the actual cost. A hold that already expired (or was released) still books the spend.
 
     Idempotent: settling a settled reservation changes nothing. Joins the caller's transaction
-    when there is one. PostgreSQL: one statement (``statements.settle``).
+    when there is one. PostgreSQL: one statement (``postgres_hot_path.settle``).
     """
     finished_at = timezone.now()
-    if _on_postgresql():
-        outcome = statements.settle(reservation_id=reservation.pk, actual=actual, finished_at=finished_at)
+    if on_postgresql():
+        outcome = postgres_hot_path.settle(reservation_id=reservation.pk, actual=actual, finished_at=finished_at)
         if outcome.was is None:  # settled already (or gone): nothing booked
             return Reservation.objects.get(pk=reservation.pk)
-        _soft_alerts_after_commit(_windows_due_alert(outcome.windows))
+        soft_alerts_after_commit(windows_due_alert(outcome.windows))
     else:
-        with _budget_lock(), transaction.atomic(savepoint=False):
+        with budget_lock(), transaction.atomic(savepoint=False):
             # The conditional UPDATE claims the hold; a concurrent expiry or settle sees it gone.
             held = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.HELD).update(
                 status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
@@ -378,26 +254,11 @@ def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservat
                     status=ReservationStatus.SETTLED, actual=actual, finished_at=finished_at
                 )
                 due = list(BudgetWindow.objects.filter(reservations=current.pk).values_list("pk", flat=True))
-            _soft_alerts_after_commit(due)
+            soft_alerts_after_commit(due)
     reservation.status = ReservationStatus.SETTLED
     reservation.actual = actual
     reservation.finished_at = finished_at
     return reservation
-
-
-def _soft_alerts_after_commit(window_ids: list[int]) -> None:
-    if window_ids:
-        transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=window_ids))
-
-
-def _windows_due_alert(rows) -> list[int]:
-    """The windows among ``(id, spent, soft_alert_sent_at, hard_limit, soft_limit_percent)`` due a soft alert."""
-    due = []
-    for window_id, spent, alert_sent_at, hard_limit, percent in rows:
-        soft_limit = (Decimal(str(hard_limit)) * int(percent) / 100).quantize(Decimal("0.0000000001"))
-        if alert_sent_at is None and Decimal(str(spent)) >= soft_limit:
-            due.append(window_id)
-    return due
 
 
 def _windows_settle(*, reservation_id: int, estimate: Decimal, actual: Decimal) -> list[int]:
@@ -419,7 +280,7 @@ def _windows_settle(*, reservation_id: int, estimate: Decimal, actual: Decimal) 
             [estimate, actual, reservation_id],
         )
         rows = cursor.fetchall()
-    return _windows_due_alert(rows)
+    return windows_due_alert(rows)
 
 
 def _release(current: Reservation, status: str) -> None:
@@ -431,16 +292,16 @@ def _release(current: Reservation, status: str) -> None:
 
 def reservation_release(*, reservation: Reservation) -> Reservation:
     """The work failed before costing anything billable: give the hold back."""
-    if _on_postgresql():
+    if on_postgresql():
         finished_at = timezone.now()
-        if statements.release(
+        if postgres_hot_path.release(
             reservation_id=reservation.pk, status=ReservationStatus.RELEASED, finished_at=finished_at
         ):
             reservation.status = ReservationStatus.RELEASED
             reservation.finished_at = finished_at
             return reservation
         return Reservation.objects.get(pk=reservation.pk)
-    with _budget_lock(), transaction.atomic():
+    with budget_lock(), transaction.atomic():
         current = Reservation.objects.select_for_update().get(pk=reservation.pk)
         if current.status == ReservationStatus.HELD:
             _release(current, ReservationStatus.RELEASED)
@@ -454,16 +315,16 @@ def reservations_expire(*, now: datetime | None = None) -> int:
     for reservation_id in Reservation.objects.filter(status=ReservationStatus.HELD, expires_at__lt=now).values_list(
         "pk", flat=True
     ):
-        if _on_postgresql():
+        if on_postgresql():
             # One statement each: still held and past its expiry when locked, or left alone.
-            expired += statements.release(
+            expired += postgres_hot_path.release(
                 reservation_id=reservation_id,
                 status=ReservationStatus.EXPIRED,
                 finished_at=timezone.now(),
                 expired_before=now,
             )
             continue
-        with _budget_lock(), transaction.atomic():
+        with budget_lock(), transaction.atomic():
             current = Reservation.objects.select_for_update().get(pk=reservation_id)
             if current.status == ReservationStatus.HELD and current.expires_at < now:
                 _release(current, ReservationStatus.EXPIRED)
@@ -479,52 +340,6 @@ def _maybe_sweep_expired() -> None:
     if time.monotonic() - _last_expiry_sweep >= _EXPIRY_SWEEP_EVERY_S:
         _last_expiry_sweep = time.monotonic()
         reservations_expire()
-
-
-def budget_soft_alerts_send(*, window_ids: list[int] | None = None, reservation_id: int | None = None) -> int:
-    """E-mail the team's owners and admins once per period when spend passes a budget's soft limit.
-
-    Checks the given windows (or those of a reservation); one query when no alert is due.
-    """
-    from apps.accounts.models import Membership, Role
-
-    windows = BudgetWindow.objects.filter(soft_alert_sent_at=None)
-    if reservation_id is not None:
-        windows = windows.filter(reservations=reservation_id)
-    else:
-        windows = windows.filter(pk__in=window_ids or [])
-    # spent >= hard_limit × percent / 100, compared in SQL so that no row comes back when none is due.
-    windows = windows.filter(spent__gte=F("budget__hard_limit") * F("budget__soft_limit_percent") / 100)
-    sent = 0
-    for window in windows.select_related("budget", "budget__team", "budget__user", "budget__api_key"):
-        budget = window.budget
-        if window.spent < budget.soft_limit:
-            continue
-        # Claim the alert with a conditional update so concurrent settlements send it once.
-        if not BudgetWindow.objects.filter(pk=window.pk, soft_alert_sent_at=None).update(
-            soft_alert_sent_at=timezone.now()
-        ):
-            continue
-        recipients = list(
-            Membership.objects.filter(team=budget.team, role__in=[Role.OWNER, Role.ADMIN])
-            .exclude(user__email="")
-            .order_by("user__email")
-            .values_list("user__email", flat=True)
-        )
-        if recipients:
-            send_mail(
-                subject=f"[Parsimony] {budget.soft_limit_percent}% of {_describe(budget)} used",
-                message=(
-                    f"{_describe(budget)} has spent ${window.spent:.4f} of its ${budget.hard_limit:.4f} limit "
-                    f"this period (soft limit {budget.soft_limit_percent}%). Requests that would go over the "
-                    f"limit will be refused with HTTP 402."
-                ),
-                from_email=None,
-                recipient_list=recipients,
-                fail_silently=True,
-            )
-        sent += 1
-    return sent
 
 
 def budget_save(
@@ -559,149 +374,3 @@ def budget_save(
     budget.enabled = enabled
     budget.save()
     return budget
-
-
-# --------------------------------------------------------------------------- ledger
-
-
-@dataclass(frozen=True)
-class LedgerContext:
-    """Who a model call is billed to, and what it belonged to."""
-
-    team: object
-    user: object | None = None
-    api_key: object | None = None
-    query_run_id: int | None = None
-    agent_run_id: int | None = None
-    pipeline_name: str = ""
-
-
-def usage_record(
-    *,
-    context: LedgerContext,
-    stage: str,
-    model_name: str,
-    usage: Usage,
-    price: Price | None,
-    latency_ms: int = 0,
-    finish_reason: str = "",
-    endpoint=None,
-    reservation: Reservation | None = None,
-) -> UsageRecord:
-    """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row)."""
-    record = _usage_record_build(
-        context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
-        finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
-    )
-    with _budget_lock():  # SQLite: one writer at a time
-        record.save(force_insert=True)
-    return record
-
-
-def _usage_record_build(
-    *, context, stage, model_name, usage, price, latency_ms, finish_reason, endpoint, reservation
-) -> UsageRecord:
-    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it."""
-    cost = cost_of(usage=usage, price=price) if price is not None else ZERO
-    return UsageRecord(
-        team=context.team,
-        user=context.user if getattr(context.user, "pk", None) else None,
-        api_key=context.api_key,
-        query_run_id=context.query_run_id,
-        agent_run_id=context.agent_run_id,
-        pipeline_name=context.pipeline_name,
-        stage=stage,
-        model_name=model_name,
-        endpoint=endpoint,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        gpu_seconds=money_seconds(usage.gpu_seconds),
-        cpu_seconds=money_seconds(usage.cpu_seconds),
-        latency_ms=latency_ms,
-        finish_reason=finish_reason[:32],
-        cost=cost,
-        price=price,
-        price_input_per_mtok=price.input_per_mtok if price else ZERO,
-        price_output_per_mtok=price.output_per_mtok if price else ZERO,
-        price_cached_input_per_mtok=cached_input_price(price) if price else ZERO,
-        price_per_gpu_second=price.per_gpu_second if price else ZERO,
-        price_per_cpu_second=price.per_cpu_second if price else ZERO,
-        reservation=reservation,
-    )
-
-
-def _usage_record_and_settle(
-    *,
-    context: LedgerContext,
-    stage: str,
-    model_name: str,
-    usage: Usage,
-    price: Price,
-    priced_at: datetime,
-    latency_ms: int,
-    finish_reason: str,
-    endpoint,
-    reservation: Reservation | None,
-    settle: bool,
-) -> UsageRecord:
-    """The metered call's ledger row, and (``settle``) the settlement of its own ``reservation`` to the row's cost.
-
-    PostgreSQL: one statement, so the row commits with its spend. Without ``settle`` the row
-    is only written while ``price`` (possibly cached) is still the one in force at ``priced_at``;
-    otherwise it is charged again at the fresh price. (With ``settle`` the reservation's own
-    statement already checked the price.) SQLite: the ORM, in one transaction under the lock.
-    """
-    if not _on_postgresql():
-        with _budget_lock(), transaction.atomic():
-            record = usage_record(
-                context=context, stage=stage, model_name=model_name, usage=usage, price=price,
-                latency_ms=latency_ms, finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
-            )
-            if settle:
-                reservation_settle(reservation=reservation, actual=record.cost)
-        return record
-    for _ in range(5):
-        record = _usage_record_build(
-            context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
-            finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
-        )
-        finished_at = timezone.now()
-        outcome = statements.settle(
-            reservation_id=reservation.pk if settle else None,
-            actual=record.cost,
-            finished_at=finished_at,
-            record=record,
-            price=None if settle else price,
-            price_at=priced_at,
-        )
-        if outcome.record_id is None:  # the price changed since it was cached: charge the one in force
-            price = price_for_call(model_name=price.model_name, fresh=True)
-            continue
-        if settle and outcome.was is not None:
-            reservation.status = ReservationStatus.SETTLED
-            reservation.actual = record.cost
-            reservation.finished_at = finished_at
-            _soft_alerts_after_commit(_windows_due_alert(outcome.windows))
-        return record
-    raise TryAgain(f"the price of {model_name!r} kept changing while the call was being billed; try again")
-
-
-def money_seconds(value) -> Decimal:
-    return Decimal(str(value)).quantize(Decimal("0.000001"))
-
-
-__all__ = [
-    "BudgetExceeded",
-    "LedgerContext",
-    "PriceMissing",
-    "budget_reserve",
-    "budget_save",
-    "money",
-    "price_current",
-    "price_set",
-    "reservation_release",
-    "reservation_settle",
-    "reservations_expire",
-    "usage_record",
-]

@@ -5,7 +5,8 @@ that statement is its own transaction (autocommit), so a reservation costs one r
 ledger row plus its settlement another, instead of BEGIN / several statements / COMMIT. Inside a
 caller's transaction they simply join it.
 
-The guarantees are the ORM path's (``services.py``), kept inside the statement:
+The guarantees are the ORM path's (``apps.costs.services.budgets`` and ``.ledger``), kept inside
+the statement:
 
 - reserve: the current window of every applicable budget is locked ``FOR UPDATE`` in primary-key
   order (the same order everywhere: no deadlocks), every window is checked
@@ -20,10 +21,11 @@ The guarantees are the ORM path's (``services.py``), kept inside the statement:
   same statement, so it commits with its spend.
 - an optional price check makes a statement do nothing (and say so) unless the given Price row is
   still the one in force for its model at ``at`` with the same values: this is what makes the
-  per-process price cache in ``services.price_for_call`` safe.
+  per-process price cache in ``services.prices.price_for_call`` safe.
 
 Table and column names come from the models' ``_meta``; values are bound as psycopg parameters.
-SQLite does not use this module (``services.py`` keeps the ORM code and its process lock there).
+SQLite does not use this module: the services keep the ORM code, and ``services.backend`` the
+process lock.
 """
 
 from __future__ import annotations

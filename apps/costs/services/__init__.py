@@ -1,0 +1,59 @@
+"""Writes for costs, one module per concern; this package re-exports their names for importers.
+
+- ``prices``: the price book (``price_current``, ``price_for_call``, ``price_set``);
+- ``budgets``: budgets and their reservations (``budget_reserve``, ``reservation_settle``, ...);
+- ``alerts``: soft-limit e-mails (``budget_soft_alerts_send``);
+- ``ledger``: usage records (``usage_record``, ``LedgerContext``);
+- ``backend``: the PostgreSQL vs SQLite write path (``TryAgain``).
+
+New code may import from the concern's module directly.
+"""
+
+from __future__ import annotations
+
+from apps.costs.pricing import money
+from apps.costs.services.alerts import budget_soft_alerts_send
+from apps.costs.services.backend import TryAgain
+from apps.costs.services.budgets import (
+    RESERVATION_TTL_S,
+    BudgetExceeded,
+    _reserve,
+    budget_exceeded_error,
+    budget_reserve,
+    budget_save,
+    budget_window,
+    budgets_applicable,
+    period_start,
+    reservation_release,
+    reservation_settle,
+    reservations_expire,
+)
+from apps.costs.services.ledger import LedgerContext, _usage_record_and_settle, money_seconds, usage_record
+from apps.costs.services.prices import PriceMissing, PriceStale, price_current, price_for_call, price_set
+
+__all__ = [
+    "RESERVATION_TTL_S",
+    "BudgetExceeded",
+    "LedgerContext",
+    "PriceMissing",
+    "PriceStale",
+    "TryAgain",
+    "_reserve",
+    "_usage_record_and_settle",
+    "budget_exceeded_error",
+    "budget_reserve",
+    "budget_save",
+    "budget_soft_alerts_send",
+    "budget_window",
+    "budgets_applicable",
+    "money",
+    "money_seconds",
+    "period_start",
+    "price_current",
+    "price_for_call",
+    "price_set",
+    "reservation_release",
+    "reservation_settle",
+    "reservations_expire",
+    "usage_record",
+]

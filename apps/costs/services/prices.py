@@ -1,0 +1,98 @@
+"""The price book: the price in force, the per-process cache of the hot path, new prices.
+
+Prices are versioned: a new price is a new row from its ``effective_from`` on, and ledger rows keep
+the price they were charged at.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from apps.core.errors import ValidationFailed
+from apps.costs.models import ZERO, Price
+from apps.costs.services.backend import on_postgresql
+
+
+class PriceMissing(ValidationFailed):
+    code = "price_missing"
+
+
+class PriceStale(Exception):
+    """A cached price is no longer the one in force (a statement that checked it did nothing)."""
+
+
+def price_current(*, model_name: str, at: datetime | None = None) -> Price:
+    """The price in force for ``model_name`` at ``at`` (now by default)."""
+    at = at or timezone.now()
+    price = Price.objects.filter(model_name=model_name, effective_from__lte=at).order_by("-effective_from").first()
+    if price is None:
+        raise PriceMissing(
+            f"the price book has no price for model {model_name!r}: add one in the admin or run manage.py import_prices",
+            detail={"model": model_name},
+        )
+    return price
+
+
+# model name -> the Price row last seen in force for it (PostgreSQL hot path only).
+_price_cache: dict[str, Price] = {}
+
+
+def price_for_call(*, model_name: str, fresh: bool = False) -> Price:
+    """The price to charge a model call: ``price_current`` on SQLite; on PostgreSQL from a per-process cache.
+
+    A cached row is never trusted blindly: the statement that uses it (the reservation, or the
+    ledger row of a call under a caller's reservation) checks in the database that it is still
+    the row in force for the model at that moment with the same values, and does nothing
+    otherwise (``PriceStale``); the caller then asks again with ``fresh=True``. So a new price,
+    even one back-dated before now, applies from the next statement on, in every process.
+    """
+    if not on_postgresql():
+        return price_current(model_name=model_name)
+    price = None if fresh else _price_cache.get(model_name)
+    if price is None:
+        price = price_current(model_name=model_name)
+        _price_cache[model_name] = price
+    return price
+
+
+def price_set(
+    *,
+    model_name: str,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Decimal | None = None,
+    per_gpu_second: Decimal = ZERO,
+    per_cpu_second: Decimal = ZERO,
+    effective_from: datetime | None = None,
+    provider: str = "",
+    source: str = "",
+) -> tuple[Price, bool]:
+    """Record a price from ``effective_from`` on. Returns (price, created).
+
+    Idempotent: when the latest price at that date already has these values, nothing is added.
+    History is kept: a different price is a new row; old ledger rows keep what they were charged.
+    """
+    effective_from = effective_from or timezone.now()
+    values = {
+        "input_per_mtok": Decimal(input_per_mtok),
+        "output_per_mtok": Decimal(output_per_mtok),
+        "cached_input_per_mtok": None if cached_input_per_mtok is None else Decimal(cached_input_per_mtok),
+        "per_gpu_second": Decimal(per_gpu_second),
+        "per_cpu_second": Decimal(per_cpu_second),
+    }
+    latest = (
+        Price.objects.filter(model_name=model_name, effective_from__lte=effective_from)
+        .order_by("-effective_from")
+        .first()
+    )
+    if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
+        return latest, False
+    price, created = Price.objects.update_or_create(
+        model_name=model_name,
+        effective_from=effective_from,
+        defaults={**values, "provider": provider, "source": source},
+    )
+    return price, created
