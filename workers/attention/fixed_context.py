@@ -144,9 +144,10 @@ def prefill_context(
             if progress is not None:
                 progress(min(1.0, (start + chunk.shape[1]) / len(ids)), "prefilling the fixed context")
     assert cache.get_seq_length() == len(ids)
+    layers: list[Any] = list(cache.layers)  # full-attention layers: .keys / .values (1, KVH, N, D)
     entry = KVEntry(
-        keys=[layer.keys[0].cpu().contiguous() for layer in cache.layers],  # (KVH, N, D) each, post-RoPE
-        values=[layer.values[0].cpu().contiguous() for layer in cache.layers],
+        keys=[layer.keys[0].cpu().contiguous() for layer in layers],  # (KVH, N, D) each, post-RoPE
+        values=[layer.values[0].cpu().contiguous() for layer in layers],
         token_ids=list(ids),
         meta={"layout": LAYOUT_VERSION, "start": "0"},
     )
@@ -219,10 +220,10 @@ def ensure_context(
         return _Ensured(loaded, True, 0.0)
     if store is not None:
         entry = store.get(key)
-        queries = store.get_artifact(key, QUERIES_ARTIFACT)
+        stored_queries = store.get_artifact(key, QUERIES_ARTIFACT)
         n_layers = lm.model.config.num_hidden_layers
-        if entry is not None and entry.token_ids == ids and len(entry.keys) == n_layers and queries is not None:
-            tensors, _ = queries
+        if entry is not None and entry.token_ids == ids and len(entry.keys) == n_layers and stored_queries is not None:
+            tensors, _ = stored_queries
             loaded = LoadedContext(key, FixedKV(entry.keys, entry.values), tensors["queries"].float(),
                                    tensors["positions"].tolist())
             _remember(_contexts, mem_key, loaded, _MAX_CONTEXTS)

@@ -18,6 +18,7 @@ from typing import Any, Union
 
 from workers.runtime.decode import (
     FinishReason,
+    PickToken,
     causal_lm_steps,
     decode,
     eos_ids,
@@ -211,7 +212,7 @@ def _generate_local(
     import torch
 
     prompt_ids = _chat_ids(target, messages)
-    pick = greedy
+    pick: PickToken = greedy
     if temperature > 0:
         config = target.model.generation_config
         pick = sampler(temperature, top_k=config.top_k or 50, top_p=config.top_p or 1.0)
