@@ -1,24 +1,11 @@
 """Answering questions over a long fixed context whose KV is computed once (no Django here).
 
-A pipeline's fixed context (a handbook, a contract, a set of files) sits at the start of every
-prompt, so its KV cache can be computed once and reused by every question:
-
-    [chat template head, instruction, "Document:", the document]  |  [question, template tail]  → answer
-     └───────────── fixed context: prefilled once (offline) ────┘    └─ the user's tokens: prefilled per question
-
-Offline (`prepare_fixed_context`, run by the `gpu` queue job): the fixed context is prefilled in
-chunks with plain full attention, its KV written to `indexes.kv_store.KVStore` together with a
-sample of the prefill's queries (the last tokens as proxy queries for the squeezed threshold, a
-strided sample for the attention-aware retrieval index), then each backend's index is built and
-stored beside the KV.
-
-At query time (`answer`): the KV and the backend's index come from the store (or are built now,
-billed as fresh compute when missing), only the user's tokens are run through the model (at
-positions N, N+1, ...: the fixed context occupies [0, N)), and decoding is greedy under the
-meter's caps with streaming. The fixed context's KV stays *outside* the model's cache: the
-attention backend (`workers.attention`) reads from it only the keys it picks. Billing: every
-token the answer depends on is a prompt token; the fixed context is `cached_tokens` when it
-came from the store.
+A pipeline's fixed context (a handbook, a contract) sits at the start of every prompt, so its KV
+is prefilled once (`prepare_fixed_context`, offline) into `indexes.kv_store` with each attention
+backend's index. A question (`answer`) then runs only the user's tokens, at positions after the
+context, and decodes greedily; the context's KV stays outside the model's cache, and the
+backend (`workers.attention`) reads from it only the keys it picks. Layout, jobs and billing:
+docs/attention.md.
 """
 
 from __future__ import annotations
@@ -43,6 +30,7 @@ from workers.attention.base import (
     attention_implementation,
 )
 from workers.attention.reference import FixedKV
+from workers.runtime.decode import decode, eos_ids
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.memory import pin_mmap_threshold
 from workers.runtime.meter import GenerationResult
@@ -156,9 +144,10 @@ def prefill_context(
             if progress is not None:
                 progress(min(1.0, (start + chunk.shape[1]) / len(ids)), "prefilling the fixed context")
     assert cache.get_seq_length() == len(ids)
+    layers: list[Any] = list(cache.layers)  # full-attention layers: .keys / .values (1, KVH, N, D)
     entry = KVEntry(
-        keys=[layer.keys[0].cpu().contiguous() for layer in cache.layers],  # (KVH, N, D) each, post-RoPE
-        values=[layer.values[0].cpu().contiguous() for layer in cache.layers],
+        keys=[layer.keys[0].cpu().contiguous() for layer in layers],  # (KVH, N, D) each, post-RoPE
+        values=[layer.values[0].cpu().contiguous() for layer in layers],
         token_ids=list(ids),
         meta={"layout": LAYOUT_VERSION, "start": "0"},
     )
@@ -231,10 +220,10 @@ def ensure_context(
         return _Ensured(loaded, True, 0.0)
     if store is not None:
         entry = store.get(key)
-        queries = store.get_artifact(key, QUERIES_ARTIFACT)
+        stored_queries = store.get_artifact(key, QUERIES_ARTIFACT)
         n_layers = lm.model.config.num_hidden_layers
-        if entry is not None and entry.token_ids == ids and len(entry.keys) == n_layers and queries is not None:
-            tensors, _ = queries
+        if entry is not None and entry.token_ids == ids and len(entry.keys) == n_layers and stored_queries is not None:
+            tensors, _ = stored_queries
             loaded = LoadedContext(key, FixedKV(entry.keys, entry.values), tensors["queries"].float(),
                                    tensors["positions"].tolist())
             _remember(_contexts, mem_key, loaded, _MAX_CONTEXTS)
@@ -418,8 +407,6 @@ def answer(
     import torch
     from transformers import DynamicCache
 
-    from workers.runtime.meter import _CallbackStreamer, _eos_ids
-
     if max_output_tokens < 1:
         raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
     if not wall_time_limit_s > 0:
@@ -433,17 +420,8 @@ def answer(
     n_ctx = len(prompt.context_ids)
     if n_ctx + len(u_ids) + max_output_tokens > max_positions(lm):
         max_output_tokens = max(1, max_positions(lm) - n_ctx - len(u_ids))
-    streamer = _CallbackStreamer(tokenizer, on_token, None) if on_token is not None else None
-    if streamer is not None:
-        streamer.put(torch.tensor([u_ids]))  # the first put is the prompt: skipped
-    eos = _eos_ids(lm)
     on_cuda = device.startswith("cuda")
     timings: dict[str, float] = {}
-    generated: list[int] = []
-    step_s: list[float] = []
-    step_cpu_s: list[float] = []
-    first_token_at = math.nan
-    timed_out = False
 
     with lm.lock:
         t0 = time.perf_counter()
@@ -456,69 +434,45 @@ def answer(
             with attention_implementation(model):
                 t1 = time.perf_counter()
                 cache = DynamicCache(config=model.config)  # the user's tokens only
-                logits = forward_user(lm, state, cache, u_ids, n_ctx)
+                first_logits = forward_user(lm, state, cache, u_ids, n_ctx)
                 timings["user_prefill_s"] = time.perf_counter() - t1
                 position = n_ctx + len(u_ids)
-                deadline = t0 + wall_time_limit_s
-                while True:
-                    token = int(torch.argmax(logits))
-                    generated.append(token)
-                    if math.isnan(first_token_at):
-                        first_token_at = time.perf_counter()
-                    keep_going = True
-                    if streamer is not None:
-                        streamer.put(torch.tensor([token]))
-                        keep_going = streamer.error is None
-                    if token in eos or len(generated) >= max_output_tokens or not keep_going:
-                        break
-                    if time.perf_counter() > deadline:
-                        timed_out = True
-                        break
-                    s0, c0 = time.perf_counter(), time.process_time()
+
+                def step(token: int) -> torch.Tensor:
+                    nonlocal position
                     logits = forward_user(lm, state, cache, [token], position)
                     position += 1
-                    step_s.append(time.perf_counter() - s0)
-                    step_cpu_s.append(time.process_time() - c0)
+                    return logits
+
+                decoded = decode(first_logits=first_logits, step=step, tokenizer=tokenizer, eos=eos_ids(lm),
+                                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s,
+                                 on_token=on_token)
         if on_cuda:
             torch.cuda.synchronize(device)
         compute_s = time.perf_counter() - t0
-    timings["decode_s"] = float(sum(step_s))
+    timings["decode_s"] = decoded.decode_s
 
-    text = tokenizer.decode(generated, skip_special_tokens=True)
-    error = None
-    if streamer is not None and streamer.error is not None:
-        finish, error = "error", f"on_token failed: {streamer.error!r}"
-    elif generated and generated[-1] in eos:
-        finish = "stop"
-    elif len(generated) >= max_output_tokens:
-        finish = "length"
-    elif timed_out:
-        finish = "time_limit"
-    else:
-        finish = "stop"
-    if streamer is not None:
-        streamer.finish(text)
     stats = state.stats
     return FixedContextResult(
-        text=text,
-        finish_reason=finish,  # type: ignore[arg-type]
+        text=decoded.text,
+        finish_reason=decoded.finish_reason,
         prompt_tokens=n_ctx + len(u_ids),
-        completion_tokens=len(generated),
+        completion_tokens=len(decoded.token_ids),
         cached_tokens=n_ctx if ctx.hit else 0,
         wall_s=time.perf_counter() - called,
         gpu_s=compute_s if on_cuda else 0.0,
         compute_s=compute_s,
         model=lm.name,
-        error=error,
+        error=decoded.error,
         backend=chosen.name,
         context_tokens=n_ctx,
         user_tokens=len(u_ids),
         truncated_tokens=prompt.truncated_tokens,
         keys_fraction=stats.fraction("decode"),
         prefill_keys_fraction=stats.fraction("prefill"),
-        step_s=step_s,
-        step_cpu_s=step_cpu_s,
-        ttft_s=first_token_at - called,
+        step_s=decoded.step_s,
+        step_cpu_s=decoded.step_cpu_s,
+        ttft_s=decoded.first_token_at - called,
         timings=timings,
         diagnostics=diagnostics.summary() if diagnostics is not None else {},
     )

@@ -1,46 +1,11 @@
 """Superposition prompting (Merth et al., ICML 2024): documents in parallel paths, pruned before answering.
 
-The prompt is a ForkJoin graph instead of one long sequence:
-
-    P ──> d_1 ──> q_1 ──┐
-      ├─> d_2 ──> q_2 ──┼──> A ──> generated tokens
-      └─> d_N ──> q_N ──┘
-
-- P: the preamble: chat template prefix, system message, instruction, "Context:".
-- d_i: one retrieved document; q_i: the question, repeated on every path.
-- A: the answer node (end of the user turn, start of the assistant turn).
-Every node attends to its ancestors only: paths never see each other, so the KV of (P, d_i)
-does not depend on which other documents were retrieved and can be computed once and cached
-(`indexes.kv_store`). At query time only the N copies of the question (one forward, batched
-across paths) and the answer are computed.
-
-Positions. `positions="equalized"` (the paper's path equalization): with L_i the document
-lengths and H = N / sum(1 / L_i) their harmonic mean, document i's tokens sit H / L_i apart from
-|P| on, so every path spans [|P|, |P| + H); every query starts at |P| + H and the answer at
-|P| + H + |q|. These are fractional: LlamaRotaryEmbedding computes `position_ids.float() *
-inv_freq`, so float position ids work (tested). Cached document KV is computed once at the
-natural positions |P| + j and its keys (post-RoPE) are re-rotated to the equalized positions
-at query time: exact for the keys the queries and the answer see, while the document's own
-internal states keep unit spacing (the reference recomputes the document at the spread
-positions, which no per-document cache can do, since H depends on the other documents).
-`positions="integer"`: path i's tokens follow P one by one (d_i at |P| + j, q_i right after),
-the answer after the longest kept path; with one document this is exactly the naive prompt.
-
-Pruning (Bayesian saliency): score_i = mean log P(q_i | P, d_i) + w * mean log P(d_i | P), each
-mean over the tokens of the node predicted from within the node (as in the reference); the top
-k paths are kept, the others' KV is dropped before the answer is computed.
-
-Answer modes. After pruning, the answer node attends to the kept paths superposed (the
-paper; cheapest), or laid one after another ("sequential": the cached document and query keys
-re-rotated to consecutive positions, best-scored path last, still no recompute; the paths
-still do not see each other), or the kept documents are recomputed as one ordinary prompt after
-the cached preamble ("recompute": the KV store then serves the scoring only, and the answer is
-exactly naive RAG over the kept documents, best-scored last; costs Σ|d_kept| + |q| more tokens).
-Small models lose accuracy when several paths share positions (docs/benchmarks-superposition.md).
-
-Billing: prompt_tokens counts every token the answer depends on (P, all documents, all query
-copies, A); cached_tokens is the part served from the KV store; prompt_tokens - cached_tokens
-were computed during this call.
+The prompt is a fork-join graph: a preamble P, one path (d_i, q_i) per retrieved document with
+the question repeated on each, an answer node A. Paths never see each other, so the KV of
+(P, d_i) does not depend on which other documents were retrieved and is computed once and
+cached (`indexes.kv_store`); a query then runs only the question copies, scores the paths
+(Bayesian saliency), keeps the top k and answers from them. Positions, answer modes and billing:
+docs/prompting.md.
 
 torch is imported inside the functions: the web process imports the strategy registry (for
 names and validation) and must stay free of torch.
@@ -48,7 +13,6 @@ names and validation) and must stay free of torch.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from indexes.kv_store import KVEntry, KVKey, KVStore, text_hash
 from workers.prompting.base import Passage
 from workers.prompting.naive import INSTRUCTION, NaivePrompting
+from workers.runtime.decode import Step, decode, eos_ids
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.meter import GenerationResult
 
@@ -551,36 +516,25 @@ class SuperpositionResult(GenerationResult):
         return self.prompt_tokens - self.cached_tokens
 
 
-def _decode(
-    lm: LoadedModel,
-    prepared: PreparedAnswer,
-    max_output_tokens: int,
-    deadline: float,
-    on_id: Callable[[int], bool],
-) -> tuple[list[int], bool]:
-    """Greedy decoding from the prepared cache. `on_id` returns False to stop. -> (ids, timed_out)."""
+def answer_steps(lm: LoadedModel, prepared: PreparedAnswer) -> Step:
+    """A step function continuing the prepared answer: each token at the next (float) position,
+    attending to the whole cache (P, the kept paths, A, the tokens so far). Grows `prepared.cache`."""
     import torch
 
-    from workers.runtime.meter import _eos_ids
-
     model, device = lm.model, lm.device
-    eos = _eos_ids(lm)
-    cache, logits, position = prepared.cache, prepared.first_logits, prepared.next_position
-    generated: list[int] = []
-    while True:
-        token = int(torch.argmax(logits))
-        generated.append(token)
-        keep_going = on_id(token)
-        if token in eos or len(generated) >= max_output_tokens or not keep_going:
-            return generated, False
-        if time.perf_counter() > deadline:
-            return generated, True
+    cache, position = prepared.cache, prepared.next_position
+
+    def step(token: int) -> torch.Tensor:
+        nonlocal cache, position
         kv_len = cache.get_seq_length()
         position_ids = torch.tensor([[position]], dtype=torch.float32, device=device)  # (1, 1)
-        mask = torch.zeros(1, 1, 1, kv_len + 1, dtype=model.dtype, device=device)
+        mask = torch.zeros(1, 1, 1, kv_len + 1, dtype=model.dtype, device=device)  # (1, 1, 1, K + 1): sees all
         out = model(input_ids=torch.tensor([[token]], device=device), position_ids=position_ids, attention_mask=mask,
                     cache=cache, use_cache=True, logits_to_keep=1)
-        cache, logits, position = out.cache, out.logits[0, -1], position + 1
+        cache, position = out.cache, position + 1
+        return out.logits[0, -1]
+
+    return step
 
 
 # ============================================================================ 6. the strategy
@@ -650,8 +604,6 @@ class SuperpositionPrompting:
         """
         import torch
 
-        from workers.runtime.meter import _CallbackStreamer
-
         if max_output_tokens < 1:
             raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
         if not wall_time_limit_s > 0:
@@ -660,19 +612,7 @@ class SuperpositionPrompting:
         tokenizer = model.tokenizer
         prompt = build_forkjoin(tokenizer, system_prompt=system_prompt, question=question, passages=passages,
                                 instruction=self.config.instruction)
-        streamer = _CallbackStreamer(tokenizer, on_token, None) if on_token is not None else None
-        if streamer is not None:
-            streamer.put(torch.tensor([prompt.answer]))  # the first put is the prompt: skipped
         on_cuda = model.device.startswith("cuda")
-        first_token_at: list[float] = []
-
-        def on_id(token: int) -> bool:
-            if not first_token_at:
-                first_token_at.append(time.perf_counter())
-            if streamer is None:
-                return True
-            streamer.put(torch.tensor([token]))
-            return streamer.error is None
 
         with model.lock:
             t0 = time.perf_counter()  # compute starts once we hold the model
@@ -681,42 +621,28 @@ class SuperpositionPrompting:
             with torch.inference_mode():
                 prepared = prepare_answer(model, prompt, passages, self.config, kv_store)
                 t1 = time.perf_counter()
-                generated, timed_out = _decode(model, prepared, max_output_tokens, t0 + wall_time_limit_s, on_id)
+                decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
+                                 tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,
+                                 deadline=t0 + wall_time_limit_s, on_token=on_token)
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             compute_s = time.perf_counter() - t0
         prepared.timings["decode_s"] = time.perf_counter() - t1
 
-        from workers.runtime.meter import _eos_ids
-
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        error = None
-        if streamer is not None and streamer.error is not None:
-            finish, error = "error", f"on_token failed: {streamer.error!r}"
-        elif generated and generated[-1] in _eos_ids(model):
-            finish = "stop"
-        elif len(generated) >= max_output_tokens:
-            finish = "length"
-        elif timed_out:
-            finish = "time_limit"
-        else:
-            finish = "stop"
-        if streamer is not None:
-            streamer.finish(text)
         return SuperpositionResult(
-            text=text,
-            finish_reason=finish,  # type: ignore[arg-type]
+            text=decoded.text,
+            finish_reason=decoded.finish_reason,
             prompt_tokens=prepared.prompt_tokens,
-            completion_tokens=len(generated),
+            completion_tokens=len(decoded.token_ids),
             cached_tokens=prepared.cached_tokens,
             wall_s=time.perf_counter() - called,
             gpu_s=compute_s if on_cuda else 0.0,
             compute_s=compute_s,
             model=model.name,
-            error=error,
+            error=decoded.error,
             scores=prepared.scores,
             kept=prepared.kept,
-            ttft_s=(first_token_at[0] - called) if first_token_at else math.nan,
+            ttft_s=decoded.first_token_at - called,
             timings=prepared.timings,
         )
 
@@ -728,6 +654,7 @@ __all__ = [
     "SuperpositionConfig",
     "SuperpositionPrompting",
     "SuperpositionResult",
+    "answer_steps",
     "build_forkjoin",
     "compute_kv",
     "forward_queries",

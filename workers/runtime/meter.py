@@ -1,18 +1,11 @@
 """The meter: the one entry point for every model call, and the numbers we bill from.
 
-`generate()` runs a chat completion on a local model (`LoadedModel`), an OpenAI-compatible
-endpoint (`OpenAICompatConfig` or an open `OpenAICompatClient`), or the `EchoTarget` test
-double, under two hard caps (output tokens and wall time), and returns a `GenerationResult`
-with the token counts and device seconds the caller bills.
-
-Counting rules (local models):
-- prompt_tokens = the ids of the model's own chat template applied to `messages` with the
-  generation prompt appended, i.e. exactly what the model read;
-- completion_tokens = the ids the model generated, counted as ids (never re-tokenized text),
-  including the final end-of-sequence token when the model emitted one: it cost a decode step;
-- cached_tokens = 0 (no prefix cache in this path yet).
-Runaway prompts ("repeat this forever") are cut at `max_output_tokens` (finish_reason
-"length") or at the wall-time limit ("time_limit"), and the tokens that ran are still reported.
+`generate()` runs one chat completion on a local model (`LoadedModel`), an OpenAI-compatible
+endpoint or the `EchoTarget` test double under two hard caps (output tokens, wall time) and
+returns a `GenerationResult` with the token counts and device seconds the caller bills. Local
+models count exactly: prompt_tokens are the chat template's ids (what the model read),
+completion_tokens the ids generated, a final EOS included (it cost a step); their decoding is
+`workers.runtime.decode`, shared with the other local generation paths.
 """
 
 from __future__ import annotations
@@ -21,8 +14,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Union
 
+from workers.runtime.decode import (
+    FinishReason,
+    PickToken,
+    causal_lm_steps,
+    decode,
+    eos_ids,
+    greedy,
+    sampler,
+    truncate_at_stop,
+)
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.openai_compat import (
     ChatCompletion,
@@ -30,8 +33,6 @@ from workers.runtime.openai_compat import (
     OpenAICompatClient,
     OpenAICompatConfig,
 )
-
-FinishReason = Literal["stop", "length", "time_limit", "error"]
 
 # Per-message overhead used when estimating chat tokens for endpoints without a local
 # tokenizer (the OpenAI cookbook's figure for ChatML-style formats: role + delimiters).
@@ -151,13 +152,6 @@ def count_chat_tokens(target: Target, messages: list[dict[str, Any]]) -> int:
     return content + _CHAT_TOKENS_PER_MESSAGE * len(messages) + _CHAT_TOKENS_PRIMING
 
 
-def _truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    if not stop:
-        return text, False
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -206,66 +200,6 @@ def generate(
 # ---------------------------------------------------------------------------- local models
 
 
-class _CallbackStreamer:
-    """A transformers streamer that calls `on_token` with new text as ids arrive.
-
-    Decodes the whole generated sequence each step (cheap next to a decode step) and emits the
-    new suffix, holding back a trailing partial UTF-8 character and anything that could still
-    become a stop string, so the pieces always concatenate to the final text. A callback that
-    raises (client went away) stops generation instead of losing the usage numbers.
-    """
-
-    def __init__(self, tokenizer: Any, on_token: Callable[[str], None], stop: list[str] | None) -> None:
-        self.tokenizer = tokenizer
-        self.on_token = on_token
-        self.stop = [s for s in (stop or []) if s]
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.error: BaseException | None = None
-        self._seen_prompt = False
-
-    def put(self, value: Any) -> None:
-        if not self._seen_prompt:  # generate() first passes the prompt ids
-            self._seen_prompt = True
-            return
-        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        if self.error is not None:
-            return
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        text, hit = _truncate_at_stop(text, self.stop)
-        safe = len(text) if hit else len(text) - self._held_back(text)
-        self._emit_upto(text[:safe])
-
-    def _held_back(self, text: str) -> int:
-        # Longest suffix of text that is a proper prefix of some stop string.
-        longest = 0
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(text)), longest, -1):
-                if text.endswith(s[:k]):
-                    longest = k
-                    break
-        return longest
-
-    def _emit_upto(self, text: str) -> None:
-        if self.error is not None or len(text) <= len(self.emitted) or not text.startswith(self.emitted):
-            return
-        piece = text[len(self.emitted) :]
-        self.emitted = text
-        try:
-            self.on_token(piece)
-        except Exception as exc:  # noqa: BLE001 - any callback failure must stop generation
-            self.error = exc
-
-    def end(self) -> None:
-        # The meter flushes with the final text itself (after stop-string truncation).
-        pass
-
-    def finish(self, final_text: str) -> None:
-        self._emit_upto(final_text)
-
-
 def _generate_local(
     target: LoadedModel,
     messages: list[dict[str, Any]],
@@ -276,106 +210,41 @@ def _generate_local(
     stop: list[str] | None,
 ) -> GenerationResult:
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
 
-    tokenizer = target.tokenizer
     prompt_ids = _chat_ids(target, messages)
-    streamer = _CallbackStreamer(tokenizer, on_token, stop) if on_token is not None else None
-
-    class _Caps(StoppingCriteria):
-        """Wall-time deadline and callback failure. Checked after every generated token, so the
-        prefill itself cannot be interrupted and at least one token is always generated."""
-
-        def __init__(self, deadline: float) -> None:
-            self.deadline = deadline
-            self.timed_out = False
-
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            if time.perf_counter() > self.deadline:
-                self.timed_out = True
-            done = self.timed_out or (streamer is not None and streamer.error is not None)
-            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-    eos_ids = _eos_ids(target)
-    on_cuda = target.device.startswith("cuda")
-    gen_kwargs: dict[str, Any] = {
-        "max_new_tokens": max_output_tokens,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": sorted(eos_ids) or None,
-    }
+    pick: PickToken = greedy
     if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=temperature)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if stop:
-        gen_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-
+        config = target.model.generation_config
+        pick = sampler(temperature, top_k=config.top_k or 50, top_p=config.top_p or 1.0)
+    on_cuda = target.device.startswith("cuda")
     with target.lock:
         # The deadline starts once we hold the model: time queued behind another call is not
         # this call's compute (wall_s still includes it).
         t0 = time.perf_counter()
-        caps = _Caps(t0 + wall_time_limit_s)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=target.device)
         if on_cuda:
             torch.cuda.synchronize(target.device)
         with torch.inference_mode():
-            output = target.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                stopping_criteria=StoppingCriteriaList([caps]),
-                streamer=streamer,
-                **gen_kwargs,
+            first_logits, step = causal_lm_steps(target, prompt_ids)
+            decoded = decode(
+                first_logits=first_logits, step=step, tokenizer=target.tokenizer, eos=eos_ids(target),
+                max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,
+                stop=stop, prompt_ids=prompt_ids, pick=pick,
             )
         if on_cuda:
             torch.cuda.synchronize(target.device)
         compute_s = time.perf_counter() - t0
-
-    generated = output[0, len(prompt_ids) :].tolist()
-    # A batch of one is never padded, but cut at the first EOS (kept: it was computed) anyway.
-    for i, tok_id in enumerate(generated):
-        if tok_id in eos_ids:
-            generated = generated[: i + 1]
-            break
-    text, stop_hit = _truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
-
-    finish: FinishReason
-    error: str | None = None
-    if streamer is not None and streamer.error is not None:
-        finish, error = "error", f"on_token failed: {streamer.error!r}"
-    elif stop_hit or (generated and generated[-1] in eos_ids):
-        finish = "stop"
-    elif len(generated) >= max_output_tokens:
-        finish = "length"
-    elif caps.timed_out:
-        finish = "time_limit"
-    else:
-        finish = "stop"
-    if streamer is not None:
-        streamer.finish(text)
     return GenerationResult(
-        text=text,
-        finish_reason=finish,
+        text=decoded.text,
+        finish_reason=decoded.finish_reason,
         prompt_tokens=len(prompt_ids),
-        completion_tokens=len(generated),
+        completion_tokens=len(decoded.token_ids),
         cached_tokens=0,
         wall_s=0.0,
         gpu_s=compute_s if on_cuda else 0.0,
         compute_s=compute_s,
         model=target.name,
-        error=error,
+        error=decoded.error,
     )
-
-
-def _eos_ids(target: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    configured = getattr(target.model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    if target.tokenizer.eos_token_id is not None:
-        ids.add(int(target.tokenizer.eos_token_id))
-    return ids
 
 
 # ---------------------------------------------------------------------------- endpoints
@@ -507,7 +376,7 @@ def _generate_echo(
         source = _content_text(users[-1].get("content")) if users else ""
     words = source.split()
     # Stop strings are known up front for an echo: cut the reply once, stream up to the cut.
-    limit_chars = len(_truncate_at_stop(" ".join(words), stop)[0]) if stop else None
+    limit_chars = len(truncate_at_stop(" ".join(words), stop)[0]) if stop else None
     out: list[str] = []
     emitted = ""
     finish: FinishReason = "stop"

@@ -25,15 +25,17 @@ def test_it_counts_prompt_tokens_with_the_models_chat_template(smollm2):
 
 @pytest.mark.slow
 def test_it_counts_exactly_the_generated_ids(smollm2, monkeypatch):
-    seen = {}
-    original = smollm2.model.generate
+    import workers.runtime.meter as meter
 
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        seen["new_ids"] = out.shape[1] - kwargs["input_ids"].shape[1]
+    seen = {}
+    original = meter.decode
+
+    def spy(**kwargs):
+        out = original(**kwargs)
+        seen["new_ids"] = len(out.token_ids)
         return out
 
-    monkeypatch.setattr(smollm2.model, "generate", spy)
+    monkeypatch.setattr(meter, "decode", spy)
     result = generate(target=smollm2, messages=QUESTION, max_output_tokens=40, wall_time_limit_s=60)
     assert result.finish_reason == "stop"
     assert "Paris" in result.text

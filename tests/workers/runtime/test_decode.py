@@ -1,0 +1,305 @@
+"""The shared decode loop: stop conditions and finish reasons on scripted steps, then on the real SmolLM2
+against transformers' `generate` and against the loops the meter, fixed-context attention and
+superposition ran before they shared it."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from workers.runtime.decode import (
+    TextStream,
+    causal_lm_steps,
+    decode,
+    eos_ids,
+    finish_reason,
+    greedy,
+    sampler,
+    truncate_at_stop,
+)
+
+EOS = 0
+VOCAB = 256
+
+
+class ByteTokenizer:
+    """Token ids are UTF-8 bytes; id 0 is the end of sequence (a special token)."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        kept = [i for i in ids if not (skip_special_tokens and i == EOS)]
+        return bytes(kept).decode("utf-8", errors="replace")
+
+
+def one_hot(token: int) -> torch.Tensor:
+    logits = torch.zeros(VOCAB)
+    logits[token] = 1.0
+    return logits
+
+
+def scripted(text: str, *, then_eos: bool = True, sleep_s: float = 0.0):
+    """-> (first logits, step) that make a greedy decode produce `text` byte by byte (then EOS)."""
+    ids = list(text.encode("utf-8")) + ([EOS] if then_eos else [])
+    calls: list[int] = []
+
+    def step(token: int) -> torch.Tensor:
+        calls.append(token)
+        if sleep_s:
+            time.sleep(sleep_s)
+        i = len(calls)
+        return one_hot(ids[i] if i < len(ids) else ord("x"))
+
+    step.calls = calls  # type: ignore[attr-defined]
+    return one_hot(ids[0]), step
+
+
+def run(text: str, *, max_new_tokens: int = 100, deadline: float | None = None, **kwargs):
+    first, step = scripted(text, then_eos=kwargs.pop("then_eos", True), sleep_s=kwargs.pop("sleep_s", 0.0))
+    result = decode(first_logits=first, step=step, tokenizer=ByteTokenizer(), eos={EOS},
+                    max_new_tokens=max_new_tokens, deadline=deadline if deadline is not None else math.inf, **kwargs)
+    return result, step.calls
+
+
+# ---------------------------------------------------------------------------- scripted steps
+
+
+def test_it_stops_at_eos_counts_it_and_leaves_it_out_of_the_text():
+    result, calls = run("hi.")
+    assert result.token_ids == [ord("h"), ord("i"), ord("."), EOS]
+    assert result.text == "hi." and result.finish_reason == "stop" and result.error is None
+    assert len(calls) == 3  # one step per token after the first, none after EOS
+    assert len(result.step_s) == len(result.step_cpu_s) == 3 and result.decode_s >= 0
+
+
+def test_it_stops_at_max_new_tokens_with_finish_reason_length():
+    result, calls = run("abcdefgh", max_new_tokens=4)
+    assert result.text == "abcd" and result.finish_reason == "length"
+    assert len(calls) == 3
+
+
+def test_eos_as_the_last_allowed_token_is_a_stop_not_a_length():
+    result, _ = run("ab", max_new_tokens=3)
+    assert result.token_ids[-1] == EOS and result.finish_reason == "stop"
+
+
+def test_it_produces_one_token_when_the_deadline_has_already_passed():
+    result, calls = run("abcdef", deadline=time.perf_counter() - 1)
+    assert result.token_ids == [ord("a")] and result.finish_reason == "time_limit" and calls == []
+
+
+def test_it_checks_the_deadline_after_every_token():
+    result, _ = run("a" * 50, deadline=time.perf_counter() + 0.05, sleep_s=0.02)
+    assert result.finish_reason == "time_limit"
+    assert 1 <= len(result.token_ids) < 50
+
+
+def test_a_failing_callback_stops_at_once_with_finish_reason_error_and_keeps_the_tokens():
+    def hang_up(piece: str) -> None:
+        raise ConnectionError("client went away")
+
+    result, calls = run("abcdef", on_token=hang_up)
+    assert result.finish_reason == "error" and "client went away" in result.error
+    assert result.token_ids == [ord("a")] and calls == []
+    assert result.text == "a"  # the usage and text are still reported
+
+
+def test_streamed_pieces_concatenate_to_the_text_and_hold_back_a_partial_character():
+    pieces: list[str] = []
+    result, _ = run("café au lait", on_token=pieces.append)
+    assert "".join(pieces) == result.text == "café au lait"
+    assert all("\ufffd" not in p for p in pieces)  # "é" is two bytes: never streamed half
+    assert "é" in pieces or any(p.endswith("é") for p in pieces)
+
+
+def test_the_stream_holds_back_what_could_become_a_stop_string_and_never_streams_it():
+    pieces: list[str] = []
+    stream = TextStream(ByteTokenizer(), pieces.append, stop=["STOP"])
+    for b in b"abc ST":
+        stream.add(b)
+    assert "".join(pieces) == "abc "  # "ST" may start "STOP"
+    for b in b"OP and more":
+        stream.add(b)
+    stream.finish("abc ")
+    assert "".join(pieces) == "abc "
+
+
+def test_held_back_text_is_flushed_when_no_stop_string_follows():
+    pieces: list[str] = []
+    stream = TextStream(ByteTokenizer(), pieces.append, stop=["STOP"])
+    for b in b"abc ST":
+        stream.add(b)
+    stream.finish("abc ST")
+    assert "".join(pieces) == "abc ST"
+
+
+def test_the_finish_reason_prefers_a_failed_callback_then_the_models_end_then_the_caps():
+    base = dict(callback_failed=False, stop_hit=False, ended_with_eos=False, n_generated=3, max_new_tokens=10,
+                timed_out=False)
+    assert finish_reason(**base) == "stop"
+    assert finish_reason(**{**base, "timed_out": True}) == "time_limit"
+    assert finish_reason(**{**base, "timed_out": True, "n_generated": 10}) == "length"
+    assert finish_reason(**{**base, "n_generated": 10, "ended_with_eos": True}) == "stop"
+    assert finish_reason(**{**base, "n_generated": 10, "stop_hit": True}) == "stop"
+    assert finish_reason(**{**base, "ended_with_eos": True, "callback_failed": True}) == "error"
+
+
+def test_truncate_at_stop_cuts_before_the_earliest_stop_string():
+    assert truncate_at_stop("one, two. three", [".", ","]) == ("one", True)
+    assert truncate_at_stop("one two", ["x", ""]) == ("one two", False)
+    assert truncate_at_stop("one two", None) == ("one two", False)
+
+
+def test_it_refuses_a_cap_below_one_token():
+    with pytest.raises(ValueError):
+        run("a", max_new_tokens=0)
+
+
+def test_a_top_k_1_sampler_picks_the_greedy_token_and_sampling_needs_a_temperature():
+    logits = torch.tensor([0.1, 2.0, 1.9, -3.0])
+    pick = sampler(0.7, top_k=1)
+    assert {pick(logits) for _ in range(20)} == {greedy(logits)} == {1}
+    assert {sampler(1.0, top_k=2)(logits) for _ in range(200)} <= {1, 2}
+    with pytest.raises(ValueError):
+        sampler(0.0)
+
+
+# ---------------------------------------------------------------------------- the real model
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+    [{"role": "user", "content": "Write a short poem about the sea."}],
+]
+
+
+def _prompt_ids(lm, messages) -> list[int]:
+    return list(lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False))
+
+
+def _decode_directly(lm, prompt_ids, max_new_tokens, stop=None):
+    with torch.inference_mode():
+        first, step = causal_lm_steps(lm, prompt_ids)
+        return decode(first_logits=first, step=step, tokenizer=lm.tokenizer, eos=eos_ids(lm),
+                      max_new_tokens=max_new_tokens, deadline=math.inf, stop=stop, prompt_ids=prompt_ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [None, ["\n", "sea"]])
+def test_it_decodes_token_for_token_like_transformers_generate(smollm2, stop):
+    # transformers' generate is what the meter ran before the shared loop.
+    for messages in CHATS:
+        ids = _prompt_ids(smollm2, messages)
+        got = _decode_directly(smollm2, ids, 24, stop=stop)
+        extra = {"stop_strings": stop, "tokenizer": smollm2.tokenizer} if stop else {}
+        with torch.inference_mode():
+            out = smollm2.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                         max_new_tokens=24, do_sample=False, eos_token_id=sorted(eos_ids(smollm2)),
+                                         pad_token_id=smollm2.tokenizer.pad_token_id, **extra)
+        assert got.token_ids == out[0, len(ids):].tolist()
+
+
+@pytest.mark.slow
+def test_the_meter_gives_what_decode_gives_directly(smollm2):
+    from workers.runtime.meter import generate
+
+    for messages in CHATS:
+        pieces: list[str] = []
+        metered = generate(target=smollm2, messages=messages, max_output_tokens=24, wall_time_limit_s=120,
+                           on_token=pieces.append, stop=["sea"])
+        direct = _decode_directly(smollm2, _prompt_ids(smollm2, messages), 24, stop=["sea"])
+        assert (metered.text, metered.completion_tokens, metered.finish_reason) == (
+            direct.text, len(direct.token_ids), direct.finish_reason)
+        assert "".join(pieces) == metered.text
+
+
+def _old_greedy_loop(first_logits, step, eos, max_new_tokens):
+    """The loop fixed-context attention and superposition each carried before sharing `decode`."""
+    generated: list[int] = []
+    logits = first_logits
+    while True:
+        token = int(torch.argmax(logits))
+        generated.append(token)
+        if token in eos or len(generated) >= max_new_tokens:
+            return generated
+        logits = step(token)
+
+
+@pytest.mark.slow
+def test_fixed_context_attention_answers_as_its_own_loop_did(smollm2, tmp_path):
+    from indexes.kv_store import KVStore
+    from tests.workers.attention.handbook import HANDBOOK, QUESTION
+    from workers.attention import get_backend
+    from workers.attention.base import attention_implementation
+    from workers.attention.fixed_context import (
+        FixedContextConfig,
+        answer,
+        build_context,
+        clear_process_cache,
+        ensure_context,
+        forward_user,
+        max_positions,
+        user_ids,
+    )
+    from workers.runtime.local_lm import LoadedModel
+
+    lm: LoadedModel = smollm2
+    store = KVStore(tmp_path)
+    clear_process_cache()
+    try:
+        result = answer(lm, store=store, system_prompt="", context_text=HANDBOOK, question=QUESTION,
+                        max_output_tokens=16, wall_time_limit_s=120)
+        prompt = build_context(lm.tokenizer, system_prompt="", context_text=HANDBOOK, max_positions=max_positions(lm))
+        u_ids = user_ids(lm.tokenizer, prompt, QUESTION)
+        n_ctx = len(prompt.context_ids)
+        with torch.inference_mode():
+            ctx = ensure_context(lm, store, prompt.context_ids, FixedContextConfig())
+            state = get_backend("full").state(ctx.value.fixed, None, None)
+            with attention_implementation(lm.model):
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=lm.model.config)
+                position = [n_ctx + len(u_ids)]
+
+                def step(token: int) -> torch.Tensor:
+                    logits = forward_user(lm, state, cache, [token], position[0])
+                    position[0] += 1
+                    return logits
+
+                ids = _old_greedy_loop(forward_user(lm, state, cache, u_ids, n_ctx), step, eos_ids(lm), 16)
+    finally:
+        clear_process_cache()
+    assert result.completion_tokens == len(ids)
+    assert result.text == lm.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_superposition_answers_as_its_own_loop_did(smollm2):
+    from tests.workers.prompting.conftest import EIFFEL, NOBEL, PARIS
+    from tests.workers.prompting.conftest import QUESTION as NOBEL_QUESTION
+    from workers.prompting.superposition import SuperpositionPrompting
+
+    strategy = SuperpositionPrompting()
+    passages = [NOBEL, PARIS, EIFFEL]
+    result = strategy.generate(model=smollm2, system_prompt="", question=NOBEL_QUESTION, passages=passages,
+                               max_output_tokens=16, wall_time_limit_s=120)
+    prepared = strategy.prepare(model=smollm2, system_prompt="", question=NOBEL_QUESTION, passages=passages)
+    model = smollm2.model
+    cache, position = prepared.cache, [prepared.next_position]
+
+    def step(token: int) -> torch.Tensor:  # the pre-refactor `_decode` step, verbatim
+        nonlocal cache
+        kv_len = cache.get_seq_length()
+        position_ids = torch.tensor([[position[0]]], dtype=torch.float32)
+        mask = torch.zeros(1, 1, 1, kv_len + 1, dtype=model.dtype)
+        out = model(input_ids=torch.tensor([[token]]), position_ids=position_ids, attention_mask=mask,
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        cache, position[0] = out.cache, position[0] + 1
+        return out.logits[0, -1]
+
+    with torch.inference_mode():
+        ids = _old_greedy_loop(prepared.first_logits, step, eos_ids(smollm2), 16)
+    assert result.completion_tokens == len(ids)
+    assert result.text == smollm2.tokenizer.decode(ids, skip_special_tokens=True)
+    assert "Röntgen" in result.text or "1901" in result.text

@@ -1,0 +1,301 @@
+"""The one token-by-token decode loop behind every local generation (no Django, torch lazily).
+
+The meter (`workers.runtime.meter`), fixed-context attention (`workers.attention.fixed_context`)
+and superposition prompting (`workers.prompting.superposition`) each prepare their own prompt
+state (a plain cache, a fixed context outside the cache, a fork-join cache) and hand `decode` the
+first logits and a step function; the loop owns what they must agree on, so the bill and the
+stream mean the same thing everywhere: EOS ids, the stop conditions (max tokens, EOS, stop
+strings, the wall-time deadline, a failing `on_token`), streaming text pieces, and the finish
+reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from workers.runtime.local_lm import LoadedModel
+
+FinishReason = Literal["stop", "length", "time_limit", "error"]
+# Feeds one token id to the model at the next position -> the next token's logits (V,).
+Step = Callable[[int], "torch.Tensor"]
+# Picks the next token id from logits (V,): `greedy` or a `sampler(...)`.
+PickToken = Callable[["torch.Tensor"], int]
+
+
+# ---------------------------------------------------------------------------- stop conditions
+
+
+def eos_ids(lm: LoadedModel) -> frozenset[int]:
+    """End-of-sequence ids: the generation config's (one or several) and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(lm.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(int(lm.tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """`text` cut before the first stop string it contains -> (text, whether one was found)."""
+    if not stop:
+        return text, False
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def finish_reason(
+    *, callback_failed: bool, stop_hit: bool, ended_with_eos: bool, n_generated: int, max_new_tokens: int,
+    timed_out: bool,
+) -> FinishReason:
+    """Why generation ended. A failing callback wins (the caller must know the stream broke),
+    then the model's own end (EOS or a stop string), then the caps."""
+    if callback_failed:
+        return "error"
+    if stop_hit or ended_with_eos:
+        return "stop"
+    if n_generated >= max_new_tokens:
+        return "length"
+    if timed_out:
+        return "time_limit"
+    return "stop"
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+class TextStream:
+    """Calls `on_token` with new text as token ids arrive.
+
+    Decodes the whole generated sequence each step (cheap next to a decode step) and emits the
+    new suffix, holding back a trailing partial UTF-8 character and anything that could still
+    become a stop string, so the pieces always concatenate to the final text. A callback that
+    raises (client went away) is recorded in `error` instead of losing the usage numbers; the
+    loop then stops.
+    """
+
+    def __init__(self, tokenizer: Any, on_token: Callable[[str], None], stop: list[str] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.on_token = on_token
+        self.stop = [s for s in (stop or []) if s]
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.error: BaseException | None = None
+
+    def add(self, token_id: int) -> None:
+        self.ids.append(int(token_id))
+        if self.error is not None:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        text, hit = truncate_at_stop(text, self.stop)
+        safe = len(text) if hit else len(text) - self._held_back(text)
+        self._emit_upto(text[:safe])
+
+    def finish(self, final_text: str) -> None:
+        """Emit whatever of the final text (after stop-string truncation) is still held back."""
+        self._emit_upto(final_text)
+
+    def _held_back(self, text: str) -> int:
+        # Longest suffix of text that is a proper prefix of some stop string.
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(text)), longest, -1):
+                if text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+    def _emit_upto(self, text: str) -> None:
+        if self.error is not None or len(text) <= len(self.emitted) or not text.startswith(self.emitted):
+            return
+        piece = text[len(self.emitted) :]
+        self.emitted = text
+        try:
+            self.on_token(piece)
+        except Exception as exc:  # noqa: BLE001 - any callback failure must stop generation
+            self.error = exc
+
+
+# ---------------------------------------------------------------------------- token choice
+
+
+def greedy(logits: torch.Tensor) -> int:
+    """The most likely token (the first one on ties, as transformers' greedy search)."""
+    import torch
+
+    return int(torch.argmax(logits))
+
+
+def sampler(temperature: float, *, top_k: int | None = 50, top_p: float | None = 1.0) -> PickToken:
+    """Sampling as transformers' `generate(do_sample=True)` does it: temperature, top-k, top-p."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 to sample, got {temperature}")
+    warpers: list[Any] = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def pick(logits: torch.Tensor) -> int:
+        import torch
+
+        scores = logits.float()[None]  # (1, V)
+        for warp in warpers:
+            scores = warp(None, scores)
+        return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)[0, 0])
+
+    return pick
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class DecodeResult:
+    """What one decode produced. `text` is cut before the first stop string; `token_ids` are every
+    id generated (the final EOS included: it cost a step), the ones that produced a stop string too."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    error: str | None = None
+    step_s: list[float] = field(default_factory=list)  # wall seconds per step (forward) after the first token
+    step_cpu_s: list[float] = field(default_factory=list)  # this process's CPU seconds per step
+    first_token_at: float = math.nan  # time.perf_counter() when the first token was picked
+
+    @property
+    def decode_s(self) -> float:
+        return float(sum(self.step_s))
+
+
+def decode(
+    *,
+    first_logits: torch.Tensor,
+    step: Step,
+    tokenizer: Any,
+    eos: frozenset[int] | set[int],
+    max_new_tokens: int,
+    deadline: float,
+    on_token: Callable[[str], None] | None = None,
+    stop: list[str] | None = None,
+    prompt_ids: list[int] | None = None,
+    pick: PickToken = greedy,
+) -> DecodeResult:
+    """Decode from `first_logits` (the last prompt position's logits, (V,)) until a stop condition.
+
+    After each token: stream it, then stop on EOS, `max_new_tokens`, a failing `on_token`, a stop
+    string at the end of the sequence (transformers' StopStringCriteria, which may match across
+    the end of `prompt_ids`), or `deadline` (a `time.perf_counter()` value) passed. The deadline
+    is checked only after a token, so at least one token is always produced.
+    """
+    import torch
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stream = TextStream(tokenizer, on_token, stop) if on_token is not None else None
+    stop_criteria = None
+    if stop:
+        from transformers import StopStringCriteria
+
+        stop_criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop))
+    # The stop criteria read only the sequence's last `maximum_token_len` ids.
+    tail = list(prompt_ids or [])[-stop_criteria.maximum_token_len :] if stop_criteria is not None else []
+
+    generated: list[int] = []
+    step_s: list[float] = []
+    step_cpu_s: list[float] = []
+    first_token_at = math.nan
+    timed_out = False
+    logits = first_logits
+    while True:
+        token = pick(logits)
+        generated.append(token)
+        if math.isnan(first_token_at):
+            first_token_at = time.perf_counter()
+        if stream is not None:
+            stream.add(token)
+        done = token in eos or len(generated) >= max_new_tokens or (stream is not None and stream.error is not None)
+        if stop_criteria is not None and not done:
+            tail = (tail + [token])[-stop_criteria.maximum_token_len :]
+            done = bool(stop_criteria(torch.tensor([tail]), None)[0])
+        # Checked whatever else ended it, as transformers evaluates all its stopping criteria.
+        timed_out = time.perf_counter() > deadline
+        if done or timed_out:
+            break
+        s0, c0 = time.perf_counter(), time.process_time()
+        logits = step(token)
+        step_s.append(time.perf_counter() - s0)
+        step_cpu_s.append(time.process_time() - c0)
+
+    text, stop_hit = truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
+    callback_error = stream.error if stream is not None else None
+    finish = finish_reason(
+        callback_failed=callback_error is not None, stop_hit=stop_hit, ended_with_eos=generated[-1] in eos,
+        n_generated=len(generated), max_new_tokens=max_new_tokens, timed_out=timed_out,
+    )
+    if stream is not None:
+        stream.finish(text)
+    return DecodeResult(
+        token_ids=generated,
+        text=text,
+        finish_reason=finish,
+        error=f"on_token failed: {callback_error!r}" if callback_error is not None else None,
+        step_s=step_s,
+        step_cpu_s=step_cpu_s,
+        first_token_at=first_token_at,
+    )
+
+
+def causal_lm_steps(lm: LoadedModel, prompt_ids: list[int]) -> tuple[torch.Tensor, Step]:
+    """Prefill `prompt_ids` into a fresh cache -> (the last position's logits (V,), a step function).
+
+    The plain causal LM path, called as transformers' `generate` calls the model (an all-ones
+    attention mask, logits of the last position only), so greedy outputs match it token for token.
+    Caller holds the model lock and inference mode.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    model, device = lm.model, lm.device
+    cache = DynamicCache(config=model.config)
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    mask = torch.ones_like(input_ids)  # (1, T), grows by one per step
+    out = model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+
+    def step(token: int) -> torch.Tensor:
+        nonlocal mask
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        nxt = model(input_ids=torch.tensor([[token]], dtype=torch.long, device=device), attention_mask=mask,
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        return nxt.logits[0, -1]
+
+    return out.logits[0, -1], step
+
+
+__all__ = [
+    "DecodeResult",
+    "FinishReason",
+    "PickToken",
+    "Step",
+    "TextStream",
+    "causal_lm_steps",
+    "decode",
+    "eos_ids",
+    "finish_reason",
+    "greedy",
+    "sampler",
+    "truncate_at_stop",
+]
