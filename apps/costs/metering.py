@@ -17,14 +17,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
+from apps.costs.billing import generation_bill
 from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
-from apps.costs.pricing import Usage, to_decimal, worst_case_cost
+from apps.costs.pricing import worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceStale,
     TryAgain,
     _reserve,
-    _usage_record_and_settle,
     price_current,
     price_for_call,
     reservation_release,
@@ -153,25 +153,15 @@ def model_call(
         if own_reservation is not None:
             reservation_release(reservation=own_reservation)
         raise
-    local_cpu_seconds = result.compute_s if (endpoint.kind == EndpointKind.LOCAL and not result.gpu_s) else 0.0
     # The ledger row and the settlement commit together: never a row without its spend booked.
-    record = _usage_record_and_settle(
+    record = generation_bill(
         context=context,
-        stage=stage,
-        model_name=endpoint.price_name,
-        usage=Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens,
-            gpu_seconds=to_decimal(result.gpu_s),
-            cpu_seconds=to_decimal(local_cpu_seconds),
-        ),
-        price=price,
-        priced_at=priced_at,
-        latency_ms=int(result.wall_s * 1000),
-        finish_reason=result.finish_reason,
         endpoint=endpoint,
+        result=result,
+        price=price,
         reservation=reservation or own_reservation,
+        stage=stage,
+        priced_at=priced_at,
         settle=own_reservation is not None,
     )
     return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls)

@@ -14,9 +14,10 @@ answer reads the whole context through the chosen attention backend
   finds everything stored. Its compute is billed as one `prefill` ledger row (the context
   tokens prefilled, the device-seconds measured) that settles the job's reservation, once: a
   retry of a job already billed writes nothing.
-- `fixed_context_run` is the query-time branch of `services._run_pipeline`: only the user's
-  tokens are prefilled; the ledger row counts the fixed context as cached tokens when it came
-  from the store (as fresh ones when it had to be computed now, e.g. after an eviction).
+- Answering is the engine's (`workers.rag.pipeline`, run by `services.query_run_execute`):
+  only the user's tokens are prefilled; the ledger row counts the fixed context as cached
+  tokens when it came from the store (as fresh ones when it was computed now, e.g. after an
+  eviction). This module gives it the context text and the KV store.
 
 No torch or faiss at module level: the engine (`workers.attention`) is imported in functions.
 """
@@ -35,8 +36,8 @@ from apps.core.errors import ValidationFailed
 from apps.core.models import Job
 from apps.core.services import job_start
 from apps.costs.metering import endpoint_target
-from apps.costs.models import EndpointKind, Reservation, ReservationStatus, Stage, UsageRecord
-from apps.costs.pricing import Usage, to_decimal, worst_case_cost
+from apps.costs.models import EndpointKind, Reservation, ReservationStatus, UsageRecord
+from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceMissing,
@@ -46,7 +47,7 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
-from apps.rag.models import Pipeline, QueryRun
+from apps.rag.models import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ PREFILL_STAGE = "prefill"  # the ledger stage of the offline prefill's own compu
 # The hold lives while the job waits in the gpu queue and runs (its time limit is an hour);
 # an expired hold is taken again when the job starts, so the budget is checked before it runs.
 PREFILL_RESERVATION_TTL_S = 2 * 3600
-
-
-def _estimate_tokens(text: str) -> int:
-    return -(-len(text) // 3)  # the web process holds no tokenizer: 1 token per 3 characters, rounded up
 
 
 # --------------------------------------------------------------------------- reads
@@ -100,7 +97,7 @@ def pipeline_fixed_context_text(*, pipeline: Pipeline) -> str:
 def fixed_context_token_estimate(*, pipeline: Pipeline) -> int:
     """A conservative token count of the fixed context, for worst-case reservations (0 without one)."""
     if pipeline.fixed_context.strip():
-        return _estimate_tokens(pipeline.fixed_context)
+        return estimate_tokens(pipeline.fixed_context)
     if pipeline.fixed_context_corpus_id is None:
         return 0
     from django.db.models import Sum
@@ -115,7 +112,8 @@ def fixed_context_token_estimate(*, pipeline: Pipeline) -> int:
 # --------------------------------------------------------------------------- the engine's inputs
 
 
-def _kv_store() -> Any:
+def kv_store() -> Any:
+    """The KV store under DATA_ROOT/kv-cache: prefilled fixed contexts and superposition's documents."""
     from indexes.kv_store import DEFAULT_MAX_BYTES, KVStore
 
     return KVStore(
@@ -124,11 +122,16 @@ def _kv_store() -> Any:
     )
 
 
+def fixed_context_max_tokens() -> int | None:
+    """PARSIMONY_FIXED_CONTEXT_MAX_TOKENS: the most context tokens prefilled (None: the model's window)."""
+    limit = getattr(settings, "PARSIMONY_FIXED_CONTEXT_MAX_TOKENS", None)
+    return int(limit) if limit else None
+
+
 def _engine_config() -> Any:
     from workers.attention.fixed_context import FixedContextConfig
 
-    limit = getattr(settings, "PARSIMONY_FIXED_CONTEXT_MAX_TOKENS", None)
-    return FixedContextConfig(max_context_tokens=int(limit) if limit else None)
+    return FixedContextConfig(max_context_tokens=fixed_context_max_tokens())
 
 
 def _local_model(pipeline: Pipeline) -> Any:
@@ -355,7 +358,7 @@ def fixed_context_prefill_execute(*, params: dict[str, Any], progress=None) -> d
     try:
         model = _local_model(pipeline)
         result = prepare_fixed_context(
-            model, _kv_store(), system_prompt=pipeline.system_prompt, context_text=text,
+            model, kv_store(), system_prompt=pipeline.system_prompt, context_text=text,
             backends=backends, config=_engine_config(), progress=report,
         )
     except BaseException:
@@ -372,76 +375,16 @@ def fixed_context_prefill_execute(*, params: dict[str, Any], progress=None) -> d
     return {"pipeline_id": pipeline.pk, **result, "billed": billed}
 
 
-# --------------------------------------------------------------------------- answering
-
-
-def fixed_context_run(*, run: QueryRun, context: LedgerContext, stream, progress) -> dict[str, Any]:
-    """Answer a run of a pipeline with a fixed context (the branch of services._run_pipeline)."""
-    from apps.costs.metering import MeteredCall
-    from apps.rag.services import _baseline_generation_cost
-    from workers.attention.fixed_context import answer
-
-    pipeline = run.pipeline
-    endpoint = pipeline.model_endpoint
-    progress(1, 3, "loading the fixed context")
-    model = _local_model(pipeline)
-    text = pipeline_fixed_context_text(pipeline=pipeline)
-    if not text.strip():
-        raise ValidationFailed(f"pipeline {pipeline.name!r} has an empty fixed context")
-    price = price_current(model_name=endpoint.price_name)
-    progress(2, 3, "generating")
-    result = answer(
-        model,
-        store=_kv_store(),
-        system_prompt=pipeline.system_prompt,
-        context_text=text,
-        question=run.question,
-        backend=pipeline.attention_backend,
-        options=pipeline.attention_options or {},
-        max_output_tokens=max(1, min(run.max_output_tokens, endpoint.max_output_tokens)),
-        wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
-        on_token=stream,
-        config=_engine_config(),
-    )
-    record = usage_record(
-        context=context,
-        stage=Stage.GENERATE,
-        model_name=endpoint.price_name,
-        usage=Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens,
-            gpu_seconds=to_decimal(result.gpu_s),
-            cpu_seconds=to_decimal(0.0 if result.gpu_s else result.compute_s),
-        ),
-        price=price,
-        latency_ms=int(result.wall_s * 1000),
-        finish_reason=result.finish_reason,
-        endpoint=endpoint,
-        reservation=run.reservation,
-    )
-    call = MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
-    # The baseline: the same prompt with nothing cached (the whole fixed context prefilled per question).
-    baseline = _baseline_generation_cost(call.record, result.prompt_tokens)
-    return {
-        "answer": call.text,
-        "finish_reason": call.finish_reason,
-        "citations": [],
-        "baseline": baseline,
-        "context_tokens_before": result.context_tokens + result.truncated_tokens,
-        "context_tokens_after": result.context_tokens,
-    }
-
-
 __all__ = [
     "PREFILL_JOB_KIND",
     "PREFILL_STAGE",
     "fixed_context_prefill_bill",
     "fixed_context_prefill_estimate",
     "fixed_context_prefill_execute",
+    "fixed_context_max_tokens",
     "fixed_context_prefill_start",
-    "fixed_context_run",
     "fixed_context_token_estimate",
     "fixed_context_validate",
+    "kv_store",
     "pipeline_fixed_context_text",
 ]

@@ -1,18 +1,16 @@
-"""Writes for pipelines and query runs; the RAG pipeline itself.
+"""Writes for pipelines and query runs: persistence, reservation and settlement around the engine.
 
 query_run_start (web process): validate, reserve the worst-case cost against every budget,
-create the QueryRun and its Job, enqueue on the `gpu` queue. query_run_execute (worker):
-retrieve → compress → prompt → generate, every step metered into the ledger, the answer
-streamed into the QueryRun row, the reservation settled to the actual cost, and the savings
-computed against naive RAG with the same model.
+create the QueryRun and its Job, enqueue on the `gpu` queue. query_run_execute (worker): load
+the run, hand the engine (``workers.rag.pipeline``) its hooks (search, model, ledger rows, the
+answer stream into the row), then write the outcome, settle the reservation to the ledger's
+total and record the savings against naive RAG with the same model.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,18 @@ from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
+from apps.core.streaming import AnswerStream
+from apps.costs.billing import generation_bill
 from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
-from apps.costs.pricing import Usage, cost_of, money, to_decimal, worst_case_cost
+from apps.costs.pricing import (
+    Usage,
+    baseline_generation_cost,
+    estimate_tokens,
+    money,
+    to_decimal,
+    worst_case_cost,
+)
 from apps.costs.services import (
     LedgerContext,
     budget_reserve,
@@ -35,13 +42,18 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
+from apps.rag.fixed_context import (
+    fixed_context_max_tokens,
+    fixed_context_token_estimate,
+    fixed_context_validate,
+    kv_store,
+    pipeline_fixed_context_text,
+)
 from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
-# Streaming: write the growing answer to the row at most this often.
-STREAM_FLUSH_S = 0.15
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -91,8 +103,6 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             strategy_config(values.get("prompting_strategy", "naive"), options)
         except ValueError as exc:
             errors["prompting_options"] = str(exc)
-    from apps.rag.fixed_context import fixed_context_validate
-
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
     if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
         errors["top_k"] = "top_k must be between 1 and 100"
@@ -162,11 +172,6 @@ def pipeline_delete(*, pipeline: Pipeline) -> None:
 # --------------------------------------------------------------------------- starting a query
 
 
-def _estimate_tokens(text: str) -> int:
-    # The web process holds no tokenizer: a conservative 1 token per 3 characters.
-    return math.ceil(len(text) / 3)
-
-
 # Compression methods that run no language model (only MiniLM embeddings); any other method,
 # including one registered later, is assumed to use one when the reservation is sized.
 _COMPRESSION_WITHOUT_MODEL = frozenset({"none", "extractive", "semantic_prune"})
@@ -209,21 +214,19 @@ def _query_worst_case(
     *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
 ) -> Decimal:
     price = price_current(model_name=endpoint.price_name)
-    prompt_tokens = 16 + sum(_estimate_tokens(str(m.get("content", ""))) + 8 for m in messages)
-    prompt_tokens += _estimate_tokens(question)
+    prompt_tokens = 16 + sum(estimate_tokens(str(m.get("content", ""))) + 8 for m in messages)
+    prompt_tokens += estimate_tokens(question)
     compression = ZERO
     if pipeline is not None:
-        prompt_tokens += _estimate_tokens(pipeline.system_prompt) + 64
+        prompt_tokens += estimate_tokens(pipeline.system_prompt) + 64
         chunk_tokens = max((c.chunk_tokens for c in pipeline.corpora.all()), default=256)
         # 2x: the embedding tokenizer's count vs the generator's, plus the passage headers.
         prompt_tokens += pipeline.top_k * (2 * chunk_tokens + 16)
         # The compress stage is billed to this reservation too (its own ledger row).
         compression = _compression_worst_case(
             method=pipeline.compression_method, price=price, top_k=pipeline.top_k, chunk_tokens=chunk_tokens,
-            question_tokens=_estimate_tokens(question),
+            question_tokens=estimate_tokens(question),
         )
-        from apps.rag.fixed_context import fixed_context_token_estimate
-
         prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
     is_local = endpoint.kind == EndpointKind.LOCAL
     estimate = worst_case_cost(
@@ -295,233 +298,158 @@ def query_run_start(
 # --------------------------------------------------------------------------- running a query
 
 
-class _AnswerStream:
-    """Collects streamed text and writes it to the QueryRun row, throttled."""
+class _QueryHooks:
+    """The engine's hooks for one run (``workers.rag.pipeline.PipelineHooks``): search, the endpoint's
+    model, the KV store, and the ledger rows, each written under the run's reservation."""
 
-    def __init__(self, run_id: int) -> None:
-        self.run_id = run_id
-        self.text = ""
-        self._flushed_at = 0.0
+    def __init__(self, *, run: QueryRun, context: LedgerContext) -> None:
+        self.run = run
+        self.context = context
+        self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
+        self.retrieval_record: UsageRecord | None = None
+        self.generation_record: UsageRecord | None = None
+        self._target: Any = None
 
-    def __call__(self, piece: str) -> None:
-        self.text += piece
-        now = time.monotonic()
-        if now - self._flushed_at >= STREAM_FLUSH_S:
-            self.flush()
-            self._flushed_at = now
+    def retrieve(self, question: str, k: int) -> list[Any]:
+        from apps.corpora.selectors import chunk_search_many
+        from workers.rag.pipeline import RetrievedChunk
 
-    def flush(self) -> None:
-        QueryRun.objects.filter(pk=self.run_id).update(answer=self.text)
+        pipeline = self.run.pipeline
+        corpora = list(pipeline.corpora.all())
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        hits = chunk_search_many(
+            corpora=corpora, query=question, retriever=pipeline.retriever, k=k, timings=timings
+        ) if corpora else []
+        retrieve_s = time.perf_counter() - started
+        self.retrieval_record = usage_record(
+            context=self.context,
+            stage=Stage.RETRIEVE,
+            model_name=EMBEDDING_PRICE_NAME,
+            usage=Usage(
+                # The query embedding is the model work of retrieval; index search is bookkeeping.
+                prompt_tokens=estimate_tokens(question),
+                cpu_seconds=to_decimal(round(timings.get("embed_query_ms", 1000 * retrieve_s) / 1000, 6)),
+            ),
+            price=price_current(model_name=EMBEDDING_PRICE_NAME),
+            latency_ms=int(retrieve_s * 1000),
+        )
+        return [
+            RetrievedChunk(
+                chunk_id=hit.chunk.pk, document_id=hit.chunk.document_id, title=hit.chunk.document.title,
+                text=hit.chunk.text, start=hit.chunk.char_start, end=hit.chunk.char_end, score=hit.score,
+                retrievers=dict(hit.retrievers),
+            )
+            for hit in hits
+        ]
+
+    def model(self) -> Any:
+        if self._target is None:
+            self._target = endpoint_target(self.endpoint)
+        return self._target
+
+    def local_model(self) -> Any | None:
+        from workers.runtime.local_lm import LoadedModel
+
+        if self.endpoint.kind != EndpointKind.LOCAL:
+            return None
+        target = self.model()
+        return target if isinstance(target, LoadedModel) else None
+
+    def kv_store(self) -> Any:
+        return kv_store()
+
+    def fixed_context_text(self) -> str:
+        return pipeline_fixed_context_text(pipeline=self.run.pipeline)
+
+    def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
+        usage_record(
+            context=self.context,
+            stage=Stage.COMPRESS,
+            model_name=self.endpoint.price_name,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cpu_seconds=to_decimal(round(compute_s, 6)),
+            ),
+            price=price_current(model_name=self.endpoint.price_name),
+            latency_ms=int(compute_s * 1000),
+        )
+
+    def generate(self, messages: list[dict], on_token) -> MeteredCall:
+        call = model_call(
+            endpoint=self.endpoint,
+            messages=messages,
+            context=self.context,
+            max_output_tokens=self.run.max_output_tokens,
+            on_token=on_token,
+            reservation=self.run.reservation,
+        )
+        self.generation_record = call.record
+        return call
+
+    def metered(self, generate):
+        price = price_current(model_name=self.endpoint.price_name)
+        result = generate()
+        self.generation_record = generation_bill(
+            context=self.context, endpoint=self.endpoint, result=result, price=price,
+            reservation=self.run.reservation,
+        )
+        return result
+
+    def baseline(self, baseline_prompt_tokens: int | None) -> Decimal | None:
+        """The naive baseline's cost: the same retrieval, and the generation with the naive prompt."""
+        if baseline_prompt_tokens is None or self.generation_record is None:
+            return None
+        generation = baseline_generation_cost(self.generation_record, baseline_prompt_tokens)
+        if self.retrieval_record is None:
+            return generation
+        return self.retrieval_record.cost + generation
 
 
-@dataclass(frozen=True)
-class _PriceSnapshot:
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None
-    per_gpu_second: Decimal
-    per_cpu_second: Decimal
+def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
+    from workers.rag.pipeline import PipelineConfig
 
-
-def _baseline_generation_cost(record: UsageRecord, baseline_prompt_tokens: int) -> Decimal:
-    """What the generation would have cost with the naive prompt, at the prices actually charged.
-
-    Tokens are counted exactly; device seconds are scaled by the token ratio (prefill and decode
-    both grow with the tokens processed) — an estimate, stated as such in docs/costs.md.
-    """
-    # Tokens served from a prefix/KV cache cost no device time: scale by the tokens computed.
-    actual_tokens = record.prompt_tokens - record.cached_tokens + record.completion_tokens
-    baseline_tokens = baseline_prompt_tokens + record.completion_tokens
-    scale = Decimal(baseline_tokens) / Decimal(actual_tokens) if actual_tokens else Decimal(1)
-    snapshot = _PriceSnapshot(
-        record.price_input_per_mtok, record.price_output_per_mtok, record.price_cached_input_per_mtok,
-        record.price_per_gpu_second, record.price_per_cpu_second,
+    pipeline = run.pipeline
+    return PipelineConfig(
+        name=pipeline.name,
+        model_name=endpoint.name,
+        system_prompt=pipeline.system_prompt,
+        top_k=pipeline.top_k,
+        compression_method=pipeline.compression_method,
+        compression_target=pipeline.compression_target,
+        prompting_strategy=pipeline.prompting_strategy,
+        prompting_options=pipeline.prompting_options,
+        fixed_context=pipeline.has_fixed_context,
+        attention_backend=pipeline.attention_backend,
+        attention_options=pipeline.attention_options,
+        fixed_context_max_tokens=fixed_context_max_tokens(),
+        max_output_tokens=max(1, min(run.max_output_tokens, endpoint.max_output_tokens)),
+        wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
+        # Query-independent compression work is cached on disk under the data root, shared by
+        # every pipeline of this process.
+        compression_cache_dir=Path(settings.DATA_ROOT) / "compression-cache",
+        model_cache_dir=Path(settings.DATA_ROOT),
     )
-    usage = Usage(
-        prompt_tokens=baseline_prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        gpu_seconds=record.gpu_seconds * scale,
-        cpu_seconds=record.cpu_seconds * scale,
-    )
-    return cost_of(usage=usage, price=snapshot)
 
 
 def _ledger_total(run_id: int) -> Decimal:
     return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
 
 
-def _strategy_generate(*, strategy, run: QueryRun, endpoint: ModelEndpoint, target, context: LedgerContext,
-                       passages: list, stream: _AnswerStream) -> MeteredCall:
-    """Generation by a strategy that runs the local model itself (superposition), billed like model_call:
-    one ledger row under the run's reservation, KV-store hits as cached tokens, compute as device seconds."""
-    from indexes.kv_store import KVStore
-    from workers.runtime.local_lm import LoadedModel
+def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -> Any:
+    """The engine's answer for the run: its pipeline's, or a direct call's (no pipeline)."""
+    from workers.rag.pipeline import PipelineError, run_direct, run_pipeline
 
-    if endpoint.kind != EndpointKind.LOCAL or not isinstance(target, LoadedModel):
-        raise ValidationFailed(f"prompting strategy {strategy.name!r} needs a local model; {endpoint.name!r} is not one")
-    store = KVStore(Path(settings.DATA_ROOT) / "kv-cache", max_bytes=settings.PARSIMONY_KV_CACHE_MAX_BYTES)
-    price = price_current(model_name=endpoint.price_name)
-    result = strategy.generate(
-        model=target,
-        system_prompt=run.pipeline.system_prompt,
-        question=run.question,
-        passages=passages,
-        max_output_tokens=max(1, min(run.max_output_tokens, endpoint.max_output_tokens)),
-        wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
-        on_token=stream,
-        kv_store=store,
-    )
-    record = usage_record(
-        context=context,
-        stage=Stage.GENERATE,
-        model_name=endpoint.price_name,
-        usage=Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            cached_tokens=result.cached_tokens,
-            gpu_seconds=to_decimal(result.gpu_s),
-            cpu_seconds=to_decimal(0.0 if result.gpu_s else result.compute_s),
-        ),
-        price=price,
-        latency_ms=int(result.wall_s * 1000),
-        finish_reason=result.finish_reason,
-        endpoint=endpoint,
-        reservation=run.reservation,
-    )
-    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record)
-
-
-def _run_pipeline(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
-    from apps.corpora.selectors import chunk_search_many
-    from workers.compression import pipeline_method
-    from workers.prompting import Passage, get_strategy
-    from workers.runtime.meter import count_chat_tokens, count_tokens
-
-    pipeline = run.pipeline
-    if pipeline.has_fixed_context:  # answered over the cached fixed context (apps/rag/fixed_context.py)
-        from apps.rag.fixed_context import fixed_context_run
-
-        return fixed_context_run(run=run, context=context, stream=stream, progress=progress)
-    corpora = list(pipeline.corpora.all())
-    progress(0, 3, "retrieving")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    hits = chunk_search_many(
-        corpora=corpora, query=run.question, retriever=pipeline.retriever, k=pipeline.top_k, timings=timings
-    ) if corpora else []
-    retrieve_s = time.perf_counter() - started
-    retrieve_record = usage_record(
-        context=context,
-        stage=Stage.RETRIEVE,
-        model_name=EMBEDDING_PRICE_NAME,
-        usage=Usage(
-            # The query embedding is the model work of retrieval; index search is bookkeeping.
-            prompt_tokens=_estimate_tokens(run.question),
-            cpu_seconds=to_decimal(round(timings.get("embed_query_ms", 1000 * retrieve_s) / 1000, 6)),
-        ),
-        price=price_current(model_name=EMBEDDING_PRICE_NAME),
-        latency_ms=int(retrieve_s * 1000),
-    )
-    passages = [Passage(chunk_id=hit.chunk.pk, title=hit.chunk.document.title, text=hit.chunk.text) for hit in hits]
-
-    progress(1, 3, "compressing")
-    endpoint = pipeline.model_endpoint
-    target = endpoint_target(endpoint)
-    # The pipeline's own model summarizes (and scores, when local); query-independent work is
-    # cached on disk under the data root, shared by every pipeline of this process.
-    compressed = pipeline_method(
-        pipeline.compression_method,
-        target=target,
-        cache_dir=settings.DATA_ROOT / "compression-cache",
-        model_cache_dir=settings.DATA_ROOT,
-    ).compress(
-        query=run.question,
-        passages=passages,
-        target=pipeline.compression_target,
-        count_tokens=lambda text: count_tokens(target, text),
-    )
-    if pipeline.compression_method != "none" and (compressed.compute_s or compressed.model_prompt_tokens):
-        # Tokens read by a helper model that is not the endpoint's (the local surprisal scorer
-        # beside a remote endpoint) are not the endpoint's tokens: that work is billed as CPU time.
-        own_model = compressed.model in ("", getattr(target, "name", None), getattr(target, "display_name", None))
-        usage_record(
-            context=context,
-            stage=Stage.COMPRESS,
-            model_name=endpoint.price_name,
-            usage=Usage(
-                prompt_tokens=compressed.model_prompt_tokens if own_model else 0,
-                completion_tokens=compressed.model_completion_tokens if own_model else 0,
-                cpu_seconds=to_decimal(round(compressed.compute_s, 6)),
-            ),
-            price=price_current(model_name=endpoint.price_name),
-            latency_ms=int(compressed.compute_s * 1000),
-        )
-
-    progress(2, 3, "generating")
-    strategy = get_strategy(pipeline.prompting_strategy, pipeline.prompting_options)
-    if getattr(strategy, "runs_model", False) and compressed.passages:
-        call = _strategy_generate(
-            strategy=strategy, run=run, endpoint=endpoint, target=target, context=context,
-            passages=compressed.passages, stream=stream,
-        )
-    else:
-        messages = strategy.build_messages(
-            system_prompt=pipeline.system_prompt, question=run.question, passages=compressed.passages
-        )
-        call = model_call(
-            endpoint=endpoint,
-            messages=messages,
-            context=context,
-            max_output_tokens=run.max_output_tokens,
-            on_token=stream,
-            reservation=run.reservation,
-        )
-    # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
-    naive = get_strategy("naive").build_messages(
-        system_prompt=pipeline.system_prompt, question=run.question, passages=passages
-    )
-    baseline_prompt_tokens = count_chat_tokens(target, naive)
-    baseline = retrieve_record.cost + _baseline_generation_cost(call.record, baseline_prompt_tokens)
-
-    citations = []
-    for n, (hit, passage) in enumerate(zip(hits, passages, strict=True), start=1):
-        chunk = hit.chunk
-        citations.append(
-            {
-                "n": n,
-                "chunk_id": chunk.pk,
-                "document_id": chunk.document_id,
-                "document_title": chunk.document.title,
-                "start": chunk.char_start,
-                "end": chunk.char_end,
-                "snippet": passage.text[:300],
-                "score": round(float(hit.score), 6),
-                "retrievers": {name: [rank, round(float(score), 6)] for name, (rank, score) in hit.retrievers.items()},
-                "cited": f"[{n}]" in call.text,
-            }
-        )
-    return {
-        "answer": call.text,
-        "finish_reason": call.finish_reason,
-        "citations": citations,
-        "baseline": baseline,
-        "context_tokens_before": compressed.tokens_before,
-        "context_tokens_after": compressed.tokens_after,
-    }
-
-
-def _run_direct(run: QueryRun, context: LedgerContext, stream: _AnswerStream, progress) -> dict:
-    progress(2, 3, "generating")
-    messages = run.messages or [{"role": "user", "content": run.question}]
-    call = model_call(
-        endpoint=run.endpoint,
-        messages=messages,
-        context=context,
-        max_output_tokens=run.max_output_tokens,
-        on_token=stream,
-        reservation=run.reservation,
-    )
-    return {"answer": call.text, "finish_reason": call.finish_reason, "citations": [], "baseline": None}
+    try:
+        if run.pipeline_id:
+            config = _engine_config(run, hooks.endpoint)
+            return run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress,
+                                on_token=stream)
+        messages = run.messages or [{"role": "user", "content": run.question}]
+        return run_direct(messages=messages, hooks=hooks, progress=progress, on_token=stream)
+    except PipelineError as exc:
+        raise ValidationFailed(str(exc)) from exc
 
 
 def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
@@ -544,11 +472,10 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         query_run_id=run.pk,
         pipeline_name=run.pipeline.name if run.pipeline_id else "",
     )
-    stream = _AnswerStream(run.pk)
+    stream = AnswerStream(QueryRun, run.pk)
+    hooks = _QueryHooks(run=run, context=context)
     try:
-        outcome = _run_pipeline(run, context, stream, progress) if run.pipeline_id else _run_direct(
-            run, context, stream, progress
-        )
+        outcome = _answer(run, hooks, stream, progress)
     except Exception as exc:
         actual = _ledger_total(run.pk)
         if run.reservation_id:
@@ -572,20 +499,22 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
     actual = totals["cost"] or ZERO
-    baseline = outcome["baseline"] if outcome["baseline"] is not None else actual
+    baseline = hooks.baseline(outcome.baseline_prompt_tokens)
+    if baseline is None:  # a direct call is its own baseline
+        baseline = actual
     if run.reservation_id:
         reservation_settle(reservation=run.reservation, actual=actual)
     progress(3, 3, "done")
     QueryRun.objects.filter(pk=run.pk).update(
         status=QueryStatus.SUCCEEDED,
-        answer=outcome["answer"],
-        finish_reason=outcome["finish_reason"],
-        citations=outcome["citations"],
+        answer=outcome.answer,
+        finish_reason=outcome.finish_reason,
+        citations=outcome.citations,
         prompt_tokens=generation["prompt"] or 0,
         completion_tokens=generation["completion"] or 0,
         cached_tokens=generation["cached"] or 0,
-        context_tokens_before=outcome.get("context_tokens_before", 0),
-        context_tokens_after=outcome.get("context_tokens_after", 0),
+        context_tokens_before=outcome.context_tokens_before,
+        context_tokens_after=outcome.context_tokens_after,
         cost=actual,
         baseline_cost=money(baseline),
         savings=money(baseline - actual),

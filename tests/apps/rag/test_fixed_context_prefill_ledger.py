@@ -47,7 +47,7 @@ def engine(monkeypatch):
 
     monkeypatch.setattr("workers.attention.fixed_context.prepare_fixed_context", prepare)
     monkeypatch.setattr(fixed_context, "_local_model", lambda pipeline: SimpleNamespace(device="cpu"))
-    monkeypatch.setattr(fixed_context, "_kv_store", lambda: None)
+    monkeypatch.setattr(fixed_context, "kv_store", lambda: None)
     return state
 
 

@@ -70,16 +70,16 @@ def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
     pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
                              prompting_strategy="superposition", max_output_tokens=16, top_k=3)
 
-    from apps.rag import services
+    from apps.core.streaming import AnswerStream
 
     pieces: list[str] = []
-    original_call = services._AnswerStream.__call__
+    original_call = AnswerStream.__call__
 
     def recording(self, piece: str) -> None:
         pieces.append(piece)
         original_call(self, piece)
 
-    monkeypatch.setattr(services._AnswerStream, "__call__", recording)
+    monkeypatch.setattr(AnswerStream, "__call__", recording)
     runs = []
     for _ in range(2):
         run = query_run_start(team=team_a, user=alice, pipeline=pipeline,

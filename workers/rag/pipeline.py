@@ -1,0 +1,309 @@
+"""One RAG query on plain data: retrieve → compress → prompt → generate, or answer over a fixed context.
+
+Django-free, like ``workers.agent.loop``: the service hands in a ``PipelineHooks`` object (search,
+the endpoint's model, the KV store, ledger rows) plus ``progress`` and ``on_token`` callables,
+and gets a ``PipelineResult`` back. The engine decides what runs and in which order; the service
+decides what it costs and where it is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from workers.prompting.base import Passage
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+TokenFn = Callable[[str], None]  # one streamed piece of the answer
+STEPS = 3  # progress: retrieve (or load the fixed context), compress, generate
+
+
+class PipelineError(ValueError):
+    """The pipeline cannot run as configured (e.g. a strategy that needs a local model on a remote one)."""
+
+
+class Generated(Protocol):
+    """What any generation returns that the pipeline reads (a metered call, a meter GenerationResult)."""
+
+    text: str
+    finish_reason: str
+
+
+GeneratedT = TypeVar("GeneratedT", bound=Generated)
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    """One retrieval hit, best first: the chunk's text and where it came from."""
+
+    chunk_id: int
+    document_id: int
+    title: str
+    text: str
+    start: int  # character offsets into the document
+    end: int
+    score: float
+    retrievers: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (rank, score)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A pipeline's settings as plain values (the service copies them from its row and settings)."""
+
+    name: str = ""  # the pipeline's, for messages
+    model_name: str = ""  # the endpoint's, for messages
+    system_prompt: str = ""
+    top_k: int = 5
+    compression_method: str = "none"
+    compression_target: float = 1.0
+    prompting_strategy: str = "naive"
+    prompting_options: dict[str, Any] | None = None
+    fixed_context: bool = False  # answer over the fixed context instead of retrieving
+    attention_backend: str = "full"
+    attention_options: dict[str, Any] | None = None
+    fixed_context_max_tokens: int | None = None
+    # Caps for generations the engine runs itself (superposition, fixed context); a metered
+    # call through ``PipelineHooks.generate`` applies the service's own.
+    max_output_tokens: int = 256
+    wall_time_limit_s: float = 120.0
+    compression_cache_dir: Path | None = None  # query-independent compression work (None: no cache)
+    model_cache_dir: Path | None = None  # where helper models (the surprisal scorer) live
+
+
+@dataclass
+class PipelineResult:
+    answer: str
+    finish_reason: str
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    # Prompt tokens of the baseline generation (naive RAG over every retrieved chunk, or the
+    # fixed context with nothing cached); None for a direct call, which has no baseline.
+    baseline_prompt_tokens: int | None = None
+    context_tokens_before: int = 0
+    context_tokens_after: int = 0
+
+
+class PipelineHooks(Protocol):
+    """What the service provides for one run; each method that spends money writes its ledger row."""
+
+    def retrieve(self, question: str, k: int) -> list[RetrievedChunk]:
+        """The pipeline's corpora searched for ``question``, best first; bills the retrieval."""
+        ...
+
+    def model(self) -> Any:
+        """The endpoint's meter target: a loaded local model or a remote endpoint's config."""
+        ...
+
+    def local_model(self) -> Any | None:
+        """The endpoint's loaded local model (``LoadedModel``), None when it is not one."""
+        ...
+
+    def kv_store(self) -> Any:
+        """The KV store of cached prefixes and fixed contexts (``indexes.kv_store.KVStore``)."""
+        ...
+
+    def fixed_context_text(self) -> str:
+        """The pipeline's fixed context as one text ("" when it has none)."""
+        ...
+
+    def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
+        """Bill the compress stage: the endpoint model's tokens and the seconds it took."""
+        ...
+
+    def generate(self, messages: list[dict[str, Any]], on_token: TokenFn) -> Generated:
+        """One metered model call on the endpoint (reserved, run and billed by the service)."""
+        ...
+
+    def metered(self, generate: Callable[[], GeneratedT]) -> GeneratedT:
+        """Run a generation the engine does with the local model itself and bill its result
+        (a meter ``GenerationResult``); prices are fixed before it starts, as for ``generate``."""
+        ...
+
+
+def _ignore_progress(done: int, total: int, message: str) -> None:
+    pass
+
+
+def _ignore_token(piece: str) -> None:
+    pass
+
+
+def run_pipeline(
+    *,
+    question: str,
+    config: PipelineConfig,
+    hooks: PipelineHooks,
+    progress: ProgressFn = _ignore_progress,
+    on_token: TokenFn = _ignore_token,
+) -> PipelineResult:
+    """Answer ``question`` with the pipeline: over its fixed context when it has one, else by RAG."""
+    if config.fixed_context:
+        return _answer_fixed_context(question=question, config=config, hooks=hooks, progress=progress,
+                                     on_token=on_token)
+    return _answer_with_retrieval(question=question, config=config, hooks=hooks, progress=progress,
+                                  on_token=on_token)
+
+
+def run_direct(
+    *,
+    messages: list[dict[str, Any]],
+    hooks: PipelineHooks,
+    progress: ProgressFn = _ignore_progress,
+    on_token: TokenFn = _ignore_token,
+) -> PipelineResult:
+    """A chat sent to the endpoint as it is (no pipeline): one metered call, no citations, no baseline."""
+    progress(2, STEPS, "generating")
+    call = hooks.generate(messages, on_token)
+    return PipelineResult(answer=call.text, finish_reason=call.finish_reason)
+
+
+def _answer_with_retrieval(
+    *, question: str, config: PipelineConfig, hooks: PipelineHooks, progress: ProgressFn, on_token: TokenFn
+) -> PipelineResult:
+    from workers.compression import pipeline_method
+    from workers.prompting import get_strategy
+    from workers.runtime.meter import count_chat_tokens, count_tokens
+
+    progress(0, STEPS, "retrieving")
+    chunks = hooks.retrieve(question, config.top_k)
+    passages = [Passage(chunk_id=chunk.chunk_id, title=chunk.title, text=chunk.text) for chunk in chunks]
+
+    progress(1, STEPS, "compressing")
+    target = hooks.model()
+    # The pipeline's own model summarizes (and scores, when local).
+    compressed = pipeline_method(
+        config.compression_method,
+        target=target,
+        cache_dir=config.compression_cache_dir,
+        model_cache_dir=config.model_cache_dir,
+    ).compress(
+        query=question,
+        passages=passages,
+        target=config.compression_target,
+        count_tokens=lambda text: count_tokens(target, text),
+    )
+    if config.compression_method != "none" and (compressed.compute_s or compressed.model_prompt_tokens):
+        # Tokens read by a helper model that is not the endpoint's (the local surprisal scorer
+        # beside a remote endpoint) are not the endpoint's tokens: that work is billed as CPU time.
+        own_names = ("", getattr(target, "name", None), getattr(target, "display_name", None))
+        own_model = compressed.model in own_names
+        hooks.bill_compression(
+            prompt_tokens=compressed.model_prompt_tokens if own_model else 0,
+            completion_tokens=compressed.model_completion_tokens if own_model else 0,
+            compute_s=compressed.compute_s,
+        )
+
+    progress(2, STEPS, "generating")
+    strategy = get_strategy(config.prompting_strategy, config.prompting_options)
+    call: Generated
+    if getattr(strategy, "runs_model", False) and compressed.passages:
+        model = hooks.local_model()
+        if model is None:
+            raise PipelineError(
+                f"prompting strategy {strategy.name!r} needs a local model; {config.model_name!r} is not one"
+            )
+        store = hooks.kv_store()
+        call = hooks.metered(lambda: strategy.generate(  # type: ignore[attr-defined]
+            model=model,
+            system_prompt=config.system_prompt,
+            question=question,
+            passages=compressed.passages,
+            max_output_tokens=config.max_output_tokens,
+            wall_time_limit_s=config.wall_time_limit_s,
+            on_token=on_token,
+            kv_store=store,
+        ))
+    else:
+        messages = strategy.build_messages(
+            system_prompt=config.system_prompt, question=question, passages=compressed.passages
+        )
+        call = hooks.generate(messages, on_token)
+    # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
+    naive = get_strategy("naive").build_messages(system_prompt=config.system_prompt, question=question,
+                                                 passages=passages)
+    return PipelineResult(
+        answer=call.text,
+        finish_reason=call.finish_reason,
+        citations=citations(chunks, call.text),
+        baseline_prompt_tokens=count_chat_tokens(target, naive),
+        context_tokens_before=compressed.tokens_before,
+        context_tokens_after=compressed.tokens_after,
+    )
+
+
+def citations(chunks: list[RetrievedChunk], answer: str) -> list[dict[str, Any]]:
+    """One citation per retrieved chunk, numbered as the prompt numbers passages; ``cited`` when the
+    answer mentions ``[n]``."""
+    return [
+        {
+            "n": n,
+            "chunk_id": chunk.chunk_id,
+            "document_id": chunk.document_id,
+            "document_title": chunk.title,
+            "start": chunk.start,
+            "end": chunk.end,
+            "snippet": chunk.text[:300],
+            "score": round(float(chunk.score), 6),
+            "retrievers": {
+                name: [rank, round(float(score), 6)] for name, (rank, score) in chunk.retrievers.items()
+            },
+            "cited": f"[{n}]" in answer,
+        }
+        for n, chunk in enumerate(chunks, start=1)
+    ]
+
+
+def _answer_fixed_context(
+    *, question: str, config: PipelineConfig, hooks: PipelineHooks, progress: ProgressFn, on_token: TokenFn
+) -> PipelineResult:
+    """Only the user's tokens are prefilled: the fixed context comes from the KV store (or is
+    prefilled now, e.g. after an eviction) and is read through the pipeline's attention backend."""
+    from workers.attention.fixed_context import FixedContextConfig, answer
+
+    progress(1, STEPS, "loading the fixed context")
+    model = hooks.local_model()
+    if model is None:
+        raise PipelineError(f"a fixed context is answered by a local model; {config.model_name!r} is not one")
+    text = hooks.fixed_context_text()
+    if not text.strip():
+        raise PipelineError(f"pipeline {config.name!r} has an empty fixed context")
+
+    def generate() -> Any:
+        progress(2, STEPS, "generating")
+        return answer(
+            model,
+            store=hooks.kv_store(),
+            system_prompt=config.system_prompt,
+            context_text=text,
+            question=question,
+            backend=config.attention_backend,
+            options=config.attention_options or {},
+            max_output_tokens=config.max_output_tokens,
+            wall_time_limit_s=config.wall_time_limit_s,
+            on_token=on_token,
+            config=FixedContextConfig(max_context_tokens=config.fixed_context_max_tokens),
+        )
+
+    result = hooks.metered(generate)
+    return PipelineResult(
+        answer=result.text,
+        finish_reason=result.finish_reason,
+        # The baseline: the same prompt with nothing cached (the whole fixed context prefilled per question).
+        baseline_prompt_tokens=result.prompt_tokens,
+        context_tokens_before=result.context_tokens + result.truncated_tokens,
+        context_tokens_after=result.context_tokens,
+    )
+
+
+__all__ = [
+    "Generated",
+    "PipelineConfig",
+    "PipelineError",
+    "PipelineHooks",
+    "PipelineResult",
+    "RetrievedChunk",
+    "citations",
+    "run_direct",
+    "run_pipeline",
+]
