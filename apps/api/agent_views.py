@@ -1,33 +1,18 @@
-"""REST: tools, agents and agent runs (one view per operation, thin), and the agent path of
-the OpenAI-compatible chat endpoint (`model` = an agent's name)."""
+"""REST: tools, agents and agent runs (one view per operation, thin).
+
+The OpenAI-compatible chat answer of an agent (`model` = an agent's name) is in
+`apps.api.openai_views`, its shapes in `apps.api.openai_format`."""
 
 from __future__ import annotations
 
-import time
-
-from django.conf import settings
-from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.models import ApiKey
 from apps.agents import selectors, services
-from apps.agents.models import AgentRun, AgentRunStatus, ToolKind
-from apps.core.errors import ValidationFailed
-
-
-def _paginate(view: APIView, request, queryset, serializer_class):
-    paginator = LimitOffsetPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
-
-
-def _api_key(request) -> ApiKey | None:
-    return request.auth if isinstance(request.auth, ApiKey) else None
-
+from apps.agents.models import ToolKind
+from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 
 # --------------------------------------------------------------------------- tools
 
@@ -62,7 +47,7 @@ class ToolListView(APIView):
 
     @extend_schema(responses=ToolOutputSerializer(many=True), summary="The tools the team's agents can use (its own and global)")
     def get(self, request):
-        return _paginate(self, request, selectors.tool_list(team=request.team), ToolOutputSerializer)
+        return paginated_response(self, request, selectors.tool_list(team=request.team), ToolOutputSerializer)
 
     @extend_schema(request=ToolInputSerializer, responses={201: ToolOutputSerializer}, summary="Create a tool (indexed at once)")
     def post(self, request):
@@ -135,7 +120,7 @@ class AgentListView(APIView):
 
     @extend_schema(responses=AgentOutputSerializer(many=True), summary="The team's agents")
     def get(self, request):
-        return _paginate(self, request, selectors.agent_list(team=request.team), AgentOutputSerializer)
+        return paginated_response(self, request, selectors.agent_list(team=request.team), AgentOutputSerializer)
 
     @extend_schema(request=AgentInputSerializer, responses={201: AgentOutputSerializer}, summary="Create an agent")
     def post(self, request):
@@ -210,7 +195,7 @@ class AgentRunListView(APIView):
 
     @extend_schema(responses=AgentRunOutputSerializer(many=True), summary="The team's agent runs, newest first")
     def get(self, request):
-        return _paginate(self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer)
+        return paginated_response(self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer)
 
     @extend_schema(
         request=AgentRunInputSerializer,
@@ -221,21 +206,11 @@ class AgentRunListView(APIView):
         data = AgentRunInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        agents = selectors.agent_list(team=request.team)
-        agent = agents.filter(name=values["agent"]).first()
-        if agent is None and values["agent"].isdigit():
-            agent = agents.filter(pk=int(values["agent"])).first()
-        if agent is None:
-            known = ", ".join(agents.values_list("name", flat=True)) or "none"
-            raise ValidationFailed(f"unknown agent {values['agent']!r} (available: {known})", code="unknown_agent")
+        agent = find_by_name_or_id(selectors.agent_list(team=request.team), values["agent"], noun="agent")
         run = services.agent_run_start(team=request.team, agent=agent, request=values["request"],
-                                       user=request.user, api_key=_api_key(request))
-        if values["mode"] == "sync":
-            run = services.agent_run_wait(run=run, timeout_s=values.get("timeout_s", settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S))
-        else:
-            run.refresh_from_db()
-        code = status.HTTP_200_OK if run.is_finished else status.HTTP_202_ACCEPTED
-        return Response(AgentRunOutputSerializer(run).data, status=code)
+                                       user=request.user, api_key=request_api_key(request))
+        return started_run_response(run, mode=values["mode"], timeout_s=values.get("timeout_s"),
+                                    wait=services.agent_run_wait, serializer_class=AgentRunOutputSerializer)
 
 
 class AgentRunDetailView(APIView):
@@ -244,88 +219,3 @@ class AgentRunDetailView(APIView):
     @extend_schema(responses=AgentRunOutputSerializer, summary="One agent run: steps, tools, tokens, cost per stage")
     def get(self, request, run_id: int):
         return Response(AgentRunOutputSerializer(selectors.agent_run_get(team=request.team, agent_run_id=run_id)).data)
-
-
-# --------------------------------------------------------------------------- OpenAI-compatible
-
-
-def _usage(run: AgentRun) -> dict:
-    usage = selectors.agent_run_usage(run=run)  # the ledger's totals of the run's model calls
-    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-            "prompt_tokens_details": {"cached_tokens": 0}}
-
-
-def _parsimony(run: AgentRun) -> dict:
-    return {"agent_run_id": run.pk, "cost": str(run.cost), "model_calls": run.model_calls,
-            "tools_offered": run.tools_offered, "tools_called": run.tools_called}
-
-
-def _finish_reason(run: AgentRun) -> str:
-    return "length" if run.finish_reason in ("length", "step_limit") else "stop"
-
-
-def agent_chat_completion(request, *, agent, name: str, messages: list[dict], stream: bool, include_usage: bool):
-    """The OpenAI chat answer of an agent: like the pipeline path (the last user message is the request)."""
-    from apps.api.openai_views import openai_error
-
-    run = services.agent_run_start(team=request.team, agent=agent, messages=messages, user=request.user,
-                                   api_key=_api_key(request))
-    if stream:
-        response = StreamingHttpResponse(_stream(run.pk, name, include_usage), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        response["X-Parsimony-Agent-Run"] = str(run.pk)
-        return response
-    run = services.agent_run_wait(run=run, timeout_s=settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S)
-    if run.status == AgentRunStatus.FAILED:
-        return openai_error(message=f"the agent run failed: {run.error}", http_status=502, code="upstream_error")
-    if not run.is_finished:
-        return openai_error(message=f"the agent is still working; poll GET /api/v1/agent-runs/{run.pk}",
-                            http_status=504, code="timeout")
-    body = {
-        "id": f"chatcmpl-agent-{run.pk}",
-        "object": "chat.completion",
-        "created": int(run.created_at.timestamp()),
-        "model": name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": run.answer},
-                     "finish_reason": _finish_reason(run)}],
-        "usage": _usage(run),
-        "parsimony": _parsimony(run),
-    }
-    response = Response(body, status=status.HTTP_200_OK)
-    response["X-Parsimony-Agent-Run"] = str(run.pk)
-    response["X-Parsimony-Cost"] = str(run.cost)
-    return response
-
-
-def _stream(run_id: int, model: str, include_usage: bool):
-    """Relay the answer as it grows in the AgentRun row."""
-    from django.db import close_old_connections
-
-    from apps.api.openai_views import STREAM_POLL_S, _sse
-
-    base = {"id": f"chatcmpl-agent-{run_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    sent = 0
-    deadline = time.monotonic() + settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S * 3
-    try:
-        while True:
-            run = AgentRun.objects.get(pk=run_id)
-            if len(run.answer) > sent:
-                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": run.answer[sent:]}, "finish_reason": None}]})
-                sent = len(run.answer)
-            if run.is_finished:
-                break
-            if time.monotonic() > deadline:
-                yield _sse({"error": {"message": "timed out waiting for the agent", "type": "server_error", "code": "timeout"}})
-                return
-            time.sleep(STREAM_POLL_S)
-        if run.status == AgentRunStatus.FAILED:
-            yield _sse({"error": {"message": f"the agent run failed: {run.error}", "type": "server_error", "code": "upstream_error"}})
-            return
-        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(run)}]})
-        if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(run), "parsimony": _parsimony(run)})
-        yield _sse("[DONE]")
-    finally:
-        close_old_connections()

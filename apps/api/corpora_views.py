@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.shortcuts import paginated_response
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
 from apps.corpora import selectors as corpus_selectors
@@ -95,9 +95,7 @@ class CorpusListView(APIView):
 
     @extend_schema(responses=CorpusOutputSerializer(many=True), summary="The team's corpora")
     def get(self, request):
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(corpus_selectors.corpus_list(team=request.team), request, view=self)
-        return paginator.get_paginated_response(CorpusOutputSerializer(page, many=True).data)
+        return paginated_response(self, request, corpus_selectors.corpus_list(team=request.team), CorpusOutputSerializer)
 
     @extend_schema(request=CorpusInputSerializer, responses={201: CorpusOutputSerializer}, summary="Create a corpus")
     def post(self, request):
@@ -135,10 +133,8 @@ class DocumentListView(APIView):
     @extend_schema(responses=DocumentOutputSerializer(many=True), summary="A corpus's documents and their status")
     def get(self, request, corpus_id: int):
         corpus = _corpus(request, corpus_id)
-        paginator = LimitOffsetPagination()
         documents = corpus_selectors.document_list(corpus=corpus, status=request.query_params.get("status"))
-        page = paginator.paginate_queryset(documents, request, view=self)
-        return paginator.get_paginated_response(DocumentOutputSerializer(page, many=True).data)
+        return paginated_response(self, request, documents, DocumentOutputSerializer)
 
     @extend_schema(
         request={"multipart/form-data": UploadInputSerializer},

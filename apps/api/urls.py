@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from apps.api import agent_views, corpora_views, rag_views, views
+from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
@@ -24,18 +24,18 @@ urlpatterns = [
     path("v1/corpora/<int:corpus_id>/documents", corpora_views.DocumentListView.as_view(), name="api-documents"),
     path("v1/corpora/<int:corpus_id>/search", corpora_views.SearchView.as_view(), name="api-search"),
     path("v1/documents/<int:document_id>", corpora_views.DocumentDetailView.as_view(), name="api-document"),
-    path("v1/pipelines", rag_views.PipelineListView.as_view(), name="api-pipelines"),
-    path("v1/pipelines/<int:pipeline_id>", rag_views.PipelineDetailView.as_view(), name="api-pipeline"),
+    path("v1/pipelines", pipeline_views.PipelineListView.as_view(), name="api-pipelines"),
+    path("v1/pipelines/<int:pipeline_id>", pipeline_views.PipelineDetailView.as_view(), name="api-pipeline"),
     path(
         "v1/pipelines/<int:pipeline_id>/fixed-context/prefill",
-        rag_views.PipelinePrefillView.as_view(),
+        pipeline_views.PipelinePrefillView.as_view(),
         name="api-pipeline-prefill",
     ),
-    path("v1/queries", rag_views.QueryListView.as_view(), name="api-queries"),
-    path("v1/queries/<int:query_id>", rag_views.QueryDetailView.as_view(), name="api-query"),
-    path("v1/usage", rag_views.UsageView.as_view(), name="api-usage"),
-    path("v1/budgets", rag_views.BudgetListView.as_view(), name="api-budgets"),
-    path("v1/budgets/<int:budget_id>", rag_views.BudgetDetailView.as_view(), name="api-budget"),
+    path("v1/queries", query_views.QueryListView.as_view(), name="api-queries"),
+    path("v1/queries/<int:query_id>", query_views.QueryDetailView.as_view(), name="api-query"),
+    path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
+    path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
+    path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),
     path("v1/tools", agent_views.ToolListView.as_view(), name="api-tools"),
     path("v1/tools/<int:tool_id>", agent_views.ToolDetailView.as_view(), name="api-tool"),
     path("v1/agents", agent_views.AgentListView.as_view(), name="api-agents"),

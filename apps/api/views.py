@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from apps.api.permissions import request_scopes
 from apps.api.serializers import JobOutputSerializer
+from apps.api.shortcuts import paginated_response
 from apps.core import selectors as job_selectors
 from apps.core import services as job_services
 
@@ -34,14 +35,10 @@ class MeView(APIView):
 class JobListView(APIView):
     @extend_schema(responses=JobOutputSerializer(many=True), summary="The team's background jobs, newest first")
     def get(self, request):
-        from rest_framework.pagination import LimitOffsetPagination
-
         jobs = job_selectors.job_list(
             team=request.team, kind=request.query_params.get("kind"), status=request.query_params.get("status")
         )
-        paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(jobs, request, view=self)
-        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+        return paginated_response(self, request, jobs, JobOutputSerializer)
 
 
 class JobDetailView(APIView):

@@ -1,0 +1,208 @@
+"""REST: pipelines (create, read, change, delete) and the prefill of a pipeline's fixed context.
+One view per operation, thin."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.api.serializers import JobOutputSerializer
+from apps.api.shortcuts import paginated_response, request_api_key
+from apps.core.errors import ValidationFailed
+from apps.core.scoping import team_scoped
+from apps.corpora.models import Corpus
+from apps.rag import selectors as rag_selectors
+from apps.rag import services as rag_services
+from apps.rag.fixed_context import fixed_context_prefill_start
+
+
+def _corpus_for(team, corpus_id: int | None):
+    """The team's corpus ``corpus_id`` (None clears); another team's id reads as unknown, like a missing one."""
+    if corpus_id is None:
+        return None
+    corpus = team_scoped(Corpus, team).filter(pk=corpus_id).first()
+    if corpus is None:
+        raise ValidationFailed(
+            f"unknown corpus: {corpus_id}", detail={"fields": {"fixed_context_corpus": "not found"}}
+        )
+    return corpus
+
+
+def _corpora_for(team, ids: list[int]):
+    corpora = list(team_scoped(Corpus, team).filter(pk__in=ids))
+    missing = sorted(set(ids) - {c.pk for c in corpora})
+    if missing:
+        raise ValidationFailed(f"unknown corpora: {missing}", detail={"fields": {"corpora": "not found"}})
+    return corpora
+
+
+class PipelineOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    corpora = serializers.SerializerMethodField()
+    retriever = serializers.CharField()
+    top_k = serializers.IntegerField()
+    compression_method = serializers.CharField()
+    compression_target = serializers.FloatField()
+    prompting_strategy = serializers.CharField()
+    prompting_options = serializers.JSONField(help_text="Options of the prompting strategy (e.g. top_k, answer_mode)")
+    attention_backend = serializers.CharField()
+    attention_options = serializers.JSONField(help_text="Options of the attention backend (e.g. keep_fraction, top_k)")
+    fixed_context = serializers.CharField(help_text="A long text every question is answered from (empty: none)")
+    fixed_context_corpus = serializers.IntegerField(
+        source="fixed_context_corpus_id", allow_null=True, help_text="A corpus used as the fixed context (text wins)"
+    )
+    has_fixed_context = serializers.BooleanField()
+    model = serializers.CharField(source="model_endpoint.name")
+    max_output_tokens = serializers.IntegerField()
+    system_prompt = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_corpora(self, pipeline) -> list[int]:
+        return [corpus.pk for corpus in pipeline.corpora.all()]
+
+
+class PipelineInputSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=120)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
+    corpora = serializers.ListField(child=serializers.IntegerField(), required=False)
+    retriever = serializers.CharField(required=False)
+    top_k = serializers.IntegerField(required=False)
+    compression_method = serializers.CharField(required=False)
+    compression_target = serializers.FloatField(required=False)
+    prompting_strategy = serializers.CharField(required=False)
+    prompting_options = serializers.JSONField(
+        required=False,
+        help_text="An object: the fields of the strategy's config (superposition: "
+        "{\"top_k\": 2, \"positions\": \"equalized\", \"answer_mode\": \"superposed\"})",
+    )
+    attention_backend = serializers.CharField(required=False, help_text="full | squeezed | retrieval")
+    attention_options = serializers.JSONField(
+        required=False, help_text="An object: the fields of the backend's config (e.g. {\"keep_fraction\": 0.1})"
+    )
+    fixed_context = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False,
+        help_text="A long text every question is answered from (skips retrieval); blank clears it",
+    )
+    fixed_context_corpus = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The id of a corpus of this team used as the fixed context; null clears it"
+    )
+    model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
+    max_output_tokens = serializers.IntegerField(required=False)
+    system_prompt = serializers.CharField(required=False, allow_blank=True)
+
+
+def _pipeline_values(team, data: dict) -> dict:
+    values = {key: data[key] for key in rag_services.PIPELINE_FIELDS if key in data}
+    if "fixed_context_corpus" in values:
+        values["fixed_context_corpus"] = _corpus_for(team, values["fixed_context_corpus"])
+    return values
+
+
+class PipelineListView(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses=PipelineOutputSerializer(many=True), summary="The team's pipelines")
+    def get(self, request):
+        return paginated_response(self, request, rag_selectors.pipeline_list(team=request.team), PipelineOutputSerializer)
+
+    @extend_schema(request=PipelineInputSerializer, responses={201: PipelineOutputSerializer}, summary="Create a pipeline")
+    def post(self, request):
+        data = PipelineInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        pipeline = rag_services.pipeline_save(
+            team=request.team,
+            name=values["name"],
+            model_endpoint=values["model"],
+            corpora=_corpora_for(request.team, values.get("corpora", [])),
+            created_by=request.user,
+            **_pipeline_values(request.team, values),
+        )
+        return Response(PipelineOutputSerializer(pipeline).data, status=status.HTTP_201_CREATED)
+
+
+class PipelineDetailView(APIView):
+    required_scope = "admin"
+
+    @extend_schema(responses=PipelineOutputSerializer, summary="One pipeline")
+    def get(self, request, pipeline_id: int):
+        return Response(PipelineOutputSerializer(rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)).data)
+
+    @extend_schema(request=PipelineInputSerializer(partial=True), responses=PipelineOutputSerializer, summary="Change a pipeline")
+    def patch(self, request, pipeline_id: int):
+        pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+        data = PipelineInputSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        pipeline = rag_services.pipeline_save(
+            team=request.team,
+            pipeline=pipeline,
+            name=values.get("name", pipeline.name),
+            model_endpoint=values.get("model") or pipeline.model_endpoint,
+            corpora=_corpora_for(request.team, values["corpora"]) if "corpora" in values else None,
+            **_pipeline_values(request.team, values),
+        )
+        return Response(PipelineOutputSerializer(pipeline).data)
+
+    @extend_schema(responses={204: None}, summary="Delete a pipeline")
+    def delete(self, request, pipeline_id: int):
+        rag_services.pipeline_delete(pipeline=rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --------------------------------------------------------------------------- fixed-context prefill
+
+
+class PrefillInputSerializer(serializers.Serializer):
+    backends = serializers.ListField(
+        child=serializers.CharField(), required=False, allow_empty=True,
+        help_text="Attention backends whose indexes to build (default: the pipeline's own backend)",
+    )
+
+
+class PrefillJobOutputSerializer(JobOutputSerializer):
+    # A plain string here: a second component with the job's status choices would rename the enum.
+    status = serializers.CharField(help_text="queued | running | succeeded | failed | cancelled")
+    url = serializers.SerializerMethodField(help_text="Poll this for the job's status and progress")
+
+    class Meta(JobOutputSerializer.Meta):
+        fields = [*JobOutputSerializer.Meta.fields, "url"]
+
+    def get_url(self, job) -> str:
+        path = reverse("api-job", args=[job.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
+class PipelinePrefillView(APIView):
+    required_scope = "admin"
+
+    @extend_schema(
+        request=PrefillInputSerializer,
+        responses={202: PrefillJobOutputSerializer},
+        summary="Prefill the pipeline's fixed context (KV cache + attention indexes) in a gpu job; poll the job's url",
+        description=(
+            "Reserves the prefill's worst-case cost first (402 when a budget cannot cover it), then starts the "
+            "`attention.prefill` job. 400 when the pipeline has no fixed context, its model endpoint is remote, or "
+            "a backend name is unknown. The job's compute is billed as one `prefill` ledger row."
+        ),
+    )
+    def post(self, request, pipeline_id: int):
+        pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+        data = PrefillInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = fixed_context_prefill_start(
+            pipeline=pipeline,
+            user=request.user,
+            backends=data.validated_data.get("backends") or None,
+            api_key=request_api_key(request),
+        )
+        job.refresh_from_db()
+        body = PrefillJobOutputSerializer(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})

@@ -1,0 +1,89 @@
+"""REST: queries (ask a pipeline, sync or async; read the answer with its per-stage cost).
+One view per operation, thin."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.rag import selectors as rag_selectors
+from apps.rag import services as rag_services
+
+
+class QueryRunOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    pipeline = serializers.CharField(source="pipeline.name", allow_null=True, default=None)
+    model = serializers.CharField(source="endpoint.name", allow_null=True, default=None)
+    question = serializers.CharField()
+    answer = serializers.CharField()
+    finish_reason = serializers.CharField()
+    error = serializers.CharField()
+    citations = serializers.JSONField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    context_tokens_before = serializers.IntegerField()
+    context_tokens_after = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+    baseline_cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+    savings = serializers.DecimalField(max_digits=24, decimal_places=10)
+    latency_ms = serializers.IntegerField()
+    job_id = serializers.IntegerField(allow_null=True)
+    stages = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_stages(self, run) -> list[dict]:
+        return [
+            {**row, "cost": str(row["cost"]), "gpu_seconds": str(row["gpu_seconds"]), "cpu_seconds": str(row["cpu_seconds"])}
+            for row in rag_selectors.query_run_stages(run=run)
+        ]
+
+
+class QueryInputSerializer(serializers.Serializer):
+    pipeline = serializers.CharField(help_text="A pipeline name (or id)")
+    question = serializers.CharField(max_length=20_000)
+    mode = serializers.ChoiceField(choices=["sync", "async"], default="sync")
+    timeout_s = serializers.FloatField(required=False, min_value=0.1, max_value=600)
+    max_output_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
+
+
+class QueryListView(APIView):
+    required_scope = "query"
+
+    @extend_schema(responses=QueryRunOutputSerializer(many=True), summary="The team's queries, newest first")
+    def get(self, request):
+        return paginated_response(self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer)
+
+    @extend_schema(
+        request=QueryInputSerializer,
+        responses={200: QueryRunOutputSerializer, 202: QueryRunOutputSerializer},
+        summary="Ask a pipeline: sync waits up to timeout_s (then 202 with the job to poll); async returns 202 at once",
+    )
+    def post(self, request):
+        data = QueryInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        pipeline = find_by_name_or_id(rag_selectors.pipeline_list(team=request.team), values["pipeline"], noun="pipeline")
+        run = rag_services.query_run_start(
+            team=request.team,
+            pipeline=pipeline,
+            question=values["question"],
+            max_output_tokens=values.get("max_output_tokens"),
+            user=request.user,
+            api_key=request_api_key(request),
+        )
+        return started_run_response(run, mode=values["mode"], timeout_s=values.get("timeout_s"),
+                                    wait=rag_services.query_run_wait, serializer_class=QueryRunOutputSerializer)
+
+
+class QueryDetailView(APIView):
+    required_scope = "query"
+
+    @extend_schema(responses=QueryRunOutputSerializer, summary="One query: answer, citations, per-stage cost")
+    def get(self, request, query_id: int):
+        return Response(QueryRunOutputSerializer(rag_selectors.query_run_get(team=request.team, query_run_id=query_id)).data)
