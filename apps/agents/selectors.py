@@ -1,4 +1,8 @@
-"""Reads for tools, agents and agent runs. A team sees its own tools and the global ones."""
+"""Reads for tools, agents and agent runs. A team sees its own tools and the global ones.
+
+Pages read the engine's tool registries (built-in callables, HTTP methods) through here, never
+from ``workers`` themselves.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +48,20 @@ def http_allowed_hosts() -> list[str]:
     return list(HttpAllowedHost.objects.values_list("host", flat=True))
 
 
+def tool_http_methods() -> tuple[str, ...]:
+    """The HTTP methods an http tool may use (the engine's ``workers.agent.http_tool.METHODS``)."""
+    from workers.agent.http_tool import METHODS
+
+    return tuple(METHODS)
+
+
+def tool_callable_names() -> list[str]:
+    """The built-in callables a python tool may run, by name (``workers.agent.tools``)."""
+    from workers.agent.tools import callable_names
+
+    return list(callable_names())
+
+
 @dataclass(frozen=True)
 class ToolMatch:
     tool: Tool
@@ -63,7 +81,8 @@ def tool_search(*, team, query: str, k: int = 5, timings: dict | None = None) ->
     vector, embed_s = indexing.embed_query(query)
     started = time.perf_counter()
     pairs = indexing.tool_store().search_vector(vector, scopes=indexing.team_scopes(team), k=k * 2 + 4)
-    rows = {tool.pk: tool for tool in tool_list(team=team, enabled=True).filter(pk__in=[pk for pk, _ in pairs])}
+    found = tool_list(team=team, enabled=True).filter(pk__in=[pk for pk, _ in pairs])
+    rows = {tool.pk: tool for tool in found}
     matches: list[ToolMatch] = []
     names: dict[str, int] = {}
     for pk, score in pairs:
@@ -72,7 +91,8 @@ def tool_search(*, team, query: str, k: int = 5, timings: dict | None = None) ->
             continue
         if tool.name in names:
             if tool.team_id is not None:  # the team's own wins over the global one
-                matches[names[tool.name]] = ToolMatch(tool=tool, score=max(score, matches[names[tool.name]].score))
+                shadowed = matches[names[tool.name]]
+                matches[names[tool.name]] = ToolMatch(tool=tool, score=max(score, shadowed.score))
             continue
         names[tool.name] = len(matches)
         matches.append(ToolMatch(tool=tool, score=float(score)))

@@ -5,6 +5,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("apps.api.urls")),
     path("v1/", include("apps.api.openai_urls")),
-    path("agents/", include("apps.agents.urls")),
     path("", include("apps.web.urls")),
 ]

@@ -1,11 +1,19 @@
+"""Reads for pipelines, query runs and savings; the names a pipeline may choose, for the pages.
+
+The engine's registries (compression methods, prompting strategies, attention backends) are read
+here, lazily, so that pages and the API never import ``workers`` themselves.
+"""
+
 from __future__ import annotations
+
+import sys
 
 from django.db.models import Count, QuerySet, Sum
 
 from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import UsageRecord
-from apps.rag.models import Pipeline, QueryRun
+from apps.rag.models import Pipeline, QueryRun, Retriever
 
 
 def pipeline_list(*, team) -> QuerySet[Pipeline]:
@@ -73,8 +81,52 @@ def savings_by(*, team, since=None, until=None, field: str = "pipeline") -> list
         runs = runs.filter(created_at__gte=since)
     if until:
         runs = runs.filter(created_at__lt=until)
-    group = {"pipeline": "pipeline__name", "user": "user__username", "api_key": "api_key__name"}.get(field, field)
+    columns = {"pipeline": "pipeline__name", "user": "user__username", "api_key": "api_key__name"}
+    group = columns.get(field, field)
     rows = runs.values(group).annotate(
         runs=Count("id"), cost=Sum("cost"), baseline_cost=Sum("baseline_cost"), savings=Sum("savings")
     ).order_by(group)
     return [{"key": row.pop(group), **row} for row in rows]
+
+
+def pipeline_option_names() -> dict[str, list[str]]:
+    """The valid names of each pipeline option, from the engine's registries (sorted)."""
+    from workers.compression import METHODS
+    from workers.prompting import STRATEGIES
+
+    attention = ["full"]
+    try:
+        from workers.attention import BACKENDS
+
+        attention = sorted(BACKENDS)
+    except ImportError:
+        pass
+    return {
+        "compression_method": sorted(METHODS),
+        "prompting_strategy": sorted(STRATEGIES),
+        "attention_backend": attention,
+        "retriever": list(Retriever.values),
+    }
+
+
+def _describe(cls) -> str:
+    module_doc = getattr(sys.modules.get(cls.__module__), "__doc__", "")
+    doc = getattr(cls, "description", None) or cls.__doc__ or module_doc
+    return (doc or "").strip().split("\n")[0].strip()
+
+
+def pipeline_option_choices() -> dict[str, list[tuple[str, str]]]:
+    """Choices for the pipeline form: each method's name (as pipeline_validate knows them) with
+    its own one-line description ("" when it has none)."""
+    from workers.compression import METHODS
+    from workers.prompting import STRATEGIES
+
+    names = pipeline_option_names()
+    described = {"compression_method": METHODS, "prompting_strategy": STRATEGIES}
+    choices: dict[str, list[tuple[str, str]]] = {}
+    for field in ("compression_method", "prompting_strategy", "attention_backend"):
+        registry = described.get(field, {})
+        choices[field] = [
+            (name, _describe(registry[name]) if name in registry else "") for name in names[field]
+        ]
+    return choices

@@ -100,6 +100,18 @@ def corpus_documents(request: HttpRequest, corpus_id: int) -> HttpResponse:
     return render(request, "web/_documents.html", context)
 
 
+def _upload_summary(*, queued: int, duplicates: int, failed: int) -> str:
+    """One sentence on what a drop of files did ("" when it did none of these)."""
+    parts = []
+    if queued:
+        parts.append(f"{queued} file(s) uploaded and queued for ingestion")
+    if duplicates:
+        parts.append(f"{duplicates} already in the corpus")
+    if failed:
+        parts.append(f"{failed} refused (see the error in the table)")
+    return "; ".join(parts) + "." if parts else ""
+
+
 @team_view(Role.MEMBER)
 @require_POST
 def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
@@ -115,7 +127,9 @@ def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
         data = upload.read()
         try:
             if name.lower().endswith(RECORD_EXTENSIONS):
-                created = corpus_services.documents_import_records(corpus=corpus, filename=name, data=data, user=request.user)
+                created = corpus_services.documents_import_records(
+                    corpus=corpus, filename=name, data=data, user=request.user
+                )
                 messages.info(request, f"{name}: {len(created)} record(s) imported.")
                 continue
             document = corpus_services.document_upload(
@@ -134,15 +148,9 @@ def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
     # One ingestion job for the whole drop: one progress bar, one model load.
     if queued:
         corpus_services.documents_ingest_start(documents=queued, user=request.user)
-    parts = []
-    if queued:
-        parts.append(f"{len(queued)} file(s) uploaded and queued for ingestion")
-    if duplicates:
-        parts.append(f"{duplicates} already in the corpus")
-    if failed:
-        parts.append(f"{failed} refused (see the error in the table)")
-    if parts:
-        messages.success(request, "; ".join(parts) + ".")
+    summary = _upload_summary(queued=len(queued), duplicates=duplicates, failed=failed)
+    if summary:
+        messages.success(request, summary)
     for error in errors:
         messages.error(request, error)
     return redirect("corpus-detail", corpus_id=corpus.pk)

@@ -16,13 +16,13 @@ from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
 from apps.rag.fixed_context import fixed_context_prefill_start
 from apps.rag.models import Pipeline
-from apps.web import selectors as web_selectors
 from apps.web.access import can, team_view
 from apps.web.forms import PipelineForm, options_text
 
 FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
-    "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
+    "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens",
+    "system_prompt",
     "fixed_context", "fixed_context_corpus", "attention_options",
 )
 
@@ -42,7 +42,7 @@ def _form(request, data=None, initial=None) -> PipelineForm:
         initial=initial,
         endpoints=endpoints_available(team=request.team),
         corpora=corpus_selectors.corpus_list(team=request.team),
-        registry=web_selectors.pipeline_method_choices(),
+        registry=rag_selectors.pipeline_option_choices(),
     )
 
 
@@ -81,9 +81,8 @@ def _edit(request: HttpRequest, pipeline: Pipeline | None) -> HttpResponse:
     if request.method == "POST":
         form = _form(request, request.POST)
         if form.is_valid():
-            corpora = list(
-                corpus_selectors.corpus_list(team=request.team).filter(pk__in=form.cleaned_data["corpora"] or [])
-            )
+            chosen = form.cleaned_data["corpora"] or []
+            corpora = list(corpus_selectors.corpus_list(team=request.team).filter(pk__in=chosen))
             try:
                 saved = rag_services.pipeline_save(
                     team=request.team,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from django.db.models import Count, Q, Sum
@@ -55,16 +54,14 @@ def corpus_list_with_counts(*, team):
 
 def document_rows(*, corpus: Corpus, limit: int = 200) -> list[DocumentRow]:
     """The corpus's documents, newest first, each with the ingestion job that carries it (if running)."""
-    documents = list(
-        corpus.documents.annotate(n_chunks=Count("chunks")).select_related("uploaded_by").order_by("-created_at", "-id")[
-            :limit
-        ]
-    )
+    newest_first = corpus.documents.annotate(n_chunks=Count("chunks")).order_by("-created_at", "-id")
+    documents = list(newest_first.select_related("uploaded_by")[:limit])
     active_ids = {d.pk for d in documents if d.status in ACTIVE_DOCUMENT_STATUSES}
     job_by_document: dict[int, Job] = {}
     if active_ids:
         # Key lookups on JSON work on PostgreSQL and SQLite alike; membership is checked here.
-        jobs = team_scoped(Job, corpus.team_id).filter(kind=INGEST_KIND, params__corpus_id=corpus.pk).order_by("-id")[:50]
+        ingest_jobs = team_scoped(Job, corpus.team_id).filter(kind=INGEST_KIND, params__corpus_id=corpus.pk)
+        jobs = ingest_jobs.order_by("-id")[:50]
         for job in jobs:
             for document_id in job.params.get("document_ids", []):
                 if document_id in active_ids and document_id not in job_by_document:
@@ -114,30 +111,6 @@ def savings_totals(*, team, since=None) -> dict:
     prompt = totals["prompt_tokens"]
     totals["cached_percent"] = round(100 * totals["cached_tokens"] / prompt, 1) if prompt else 0.0
     baseline = totals["baseline_cost"] or 0
-    totals["savings_percent"] = round(float(100 * (totals["savings"] or 0) / baseline), 1) if baseline else 0.0
+    savings = totals["savings"] or 0
+    totals["savings_percent"] = round(float(100 * savings / baseline), 1) if baseline else 0.0
     return totals
-
-
-def _describe(cls) -> str:
-    doc = getattr(cls, "description", None) or cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", "")
-    return (doc or "").strip().split("\n")[0].strip()
-
-
-def pipeline_method_choices() -> dict[str, list[tuple[str, str]]]:
-    """Choices for the pipeline form: the registries' names (as pipeline_validate knows them),
-    each with the method's own one-line description ("" when it has none)."""
-    from apps.rag.services import _registry_names
-    from workers.compression import METHODS
-    from workers.prompting import STRATEGIES
-
-    names = _registry_names()
-    described = {"compression_method": METHODS, "prompting_strategy": STRATEGIES}
-    out: dict[str, list[tuple[str, str]]] = {}
-    for field in ("compression_method", "prompting_strategy", "attention_backend"):
-        registry = described.get(field, {})
-        choices = []
-        for name in names[field]:
-            about = _describe(registry[name]) if name in registry else ""
-            choices.append((name, about))
-        out[field] = choices
-    return out

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from apps.web import ask_views, corpus_views, pipeline_views, team_views, usage_views, views
+from apps.web import agent_views, ask_views, corpus_views, pipeline_views, team_views, usage_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -16,7 +16,9 @@ urlpatterns = [
     path("team/members/<int:membership_id>/role/", team_views.member_role, name="member-role"),
     path("team/members/<int:membership_id>/remove/", team_views.member_remove, name="member-remove"),
     path("team/invitations/", team_views.invitation_create, name="invitation-create"),
-    path("team/invitations/<int:invitation_id>/revoke/", team_views.invitation_revoke, name="invitation-revoke"),
+    path(
+        "team/invitations/<int:invitation_id>/revoke/", team_views.invitation_revoke, name="invitation-revoke"
+    ),
     path("invite/<str:token>/", team_views.invitation_accept, name="invitation-accept"),
     path("team/api-keys/", team_views.api_keys, name="api-keys"),
     path("team/api-keys/new/", team_views.api_key_create, name="api-key-create"),
@@ -50,4 +52,16 @@ urlpatterns = [
     path("usage/ledger.csv", usage_views.usage_csv, name="usage-csv"),
     path("usage/budgets/new/", usage_views.budget_create, name="budget-create"),
     path("usage/budgets/<int:budget_id>/edit/", usage_views.budget_edit, name="budget-edit"),
+    # Agents and the tool library
+    path("agents/", agent_views.agent_list, name="agents"),
+    path("agents/new/", agent_views.agent_create, name="agent-create"),
+    path("agents/<int:agent_id>/", agent_views.agent_detail, name="agent-detail"),
+    path("agents/<int:agent_id>/edit/", agent_views.agent_edit, name="agent-edit"),
+    path("agents/<int:agent_id>/delete/", agent_views.agent_delete, name="agent-delete"),
+    path("agents/runs/<int:run_id>/", agent_views.agent_run, name="agent-run"),
+    path("agents/runs/<int:run_id>/live/", agent_views.agent_run_live, name="agent-run-live"),
+    path("agents/tools/", agent_views.tool_list, name="tools"),
+    path("agents/tools/new/", agent_views.tool_create, name="tool-create"),
+    path("agents/tools/<int:tool_id>/edit/", agent_views.tool_edit, name="tool-edit"),
+    path("agents/tools/<int:tool_id>/delete/", agent_views.tool_delete, name="tool-delete"),
 ]

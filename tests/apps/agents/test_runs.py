@@ -56,7 +56,7 @@ def test_only_the_tools_found_reach_the_models_prompt(team_a, builtin_tools, scr
         prompts.append(kwargs["messages"][-1]["content"])
         return real(**kwargs)
 
-    monkeypatch.setattr("apps.agents.services.model_call", spy)
+    monkeypatch.setattr("apps.agents.services.runs.model_call", spy)
     script.say(*area_script())
     run = _start(team_a, make_agent(team_a, top_k=3))
     step_prompt = prompts[1]

@@ -1,4 +1,4 @@
-"""Web fixtures: a temporary DATA_ROOT, logged-in clients per role, team A's objects."""
+"""Web fixtures: a temporary DATA_ROOT, logged-in clients per role, team A's objects, the agents' fixtures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from django.test import Client
 
 from apps.accounts.models import Role
 from apps.accounts.services import membership_set
+
+# The agent pages use the agents area's fixtures: the built-in tools, a scripted model, an agent factory.
+from tests.apps.agents.conftest import builtin_tools, make_agent, script  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

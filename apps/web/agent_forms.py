@@ -1,4 +1,7 @@
-"""Browser forms for tools and agents; the services validate again and own every write."""
+"""Browser forms for tools and agents; the services validate again and own every write.
+
+The engine's registries (built-in callables, HTTP methods) come through ``apps.agents.selectors``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,12 @@ import json
 
 from django import forms
 
+from apps.agents import selectors as agent_selectors
 from apps.agents.models import Agent, ToolKind
-from workers.agent.http_tool import METHODS
+
+
+def http_method_choices() -> list[tuple[str, str]]:
+    return [(method, method) for method in agent_selectors.tool_http_methods()]
 
 
 class JSONTextField(forms.CharField):
@@ -40,13 +47,19 @@ class ToolForm(forms.Form):
     callable = forms.ChoiceField(required=False, help_text="python: the built-in function it runs")
     url = forms.CharField(
         required=False, max_length=2000,
-        help_text="http: the endpoint; {name} placeholders are filled from the arguments. Its host must be on the allow-list.",
+        help_text=(
+            "http: the endpoint; {name} placeholders are filled from the arguments. "
+            "Its host must be on the allow-list."
+        ),
     )
-    method = forms.ChoiceField(choices=[(m, m) for m in METHODS], required=False)
+    method = forms.ChoiceField(choices=http_method_choices, required=False)
     corpus = forms.TypedChoiceField(coerce=int, required=False, help_text="retrieval: the corpus it searches")
-    k = forms.IntegerField(min_value=1, max_value=20, initial=3, required=False, help_text="retrieval: passages returned")
+    k = forms.IntegerField(
+        min_value=1, max_value=20, initial=3, required=False, help_text="retrieval: passages returned"
+    )
     parameters = JSONTextField(
-        required=False, help_text="A JSON schema of type object. Blank: the built-in's own (python) or a query (retrieval)."
+        required=False,
+        help_text="A JSON schema of type object. Blank: the built-in's own (python) or a query (retrieval).",
     )
     examples = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 3}),
@@ -79,7 +92,8 @@ class ToolForm(forms.Form):
         config = tool.config or {}
         return {
             "name": tool.name, "description": tool.description, "kind": tool.kind,
-            "callable": config.get("callable", ""), "url": config.get("url", ""), "method": config.get("method", "GET"),
+            "callable": config.get("callable", ""), "url": config.get("url", ""),
+            "method": config.get("method", "GET"),
             "corpus": config.get("corpus_id"), "k": config.get("k", 3), "parameters": tool.parameters,
             "examples": "\n".join(tool.examples or []), "enabled": tool.enabled,
         }
@@ -88,15 +102,23 @@ class ToolForm(forms.Form):
 class AgentForm(forms.Form):
     name = forms.SlugField(max_length=120, help_text="Also the `model` name on the OpenAI-compatible API")
     description = forms.CharField(max_length=500, required=False)
-    model_endpoint = forms.ChoiceField(label="Model", help_text="Local models get the JSON tool-call format; "
-                                                                 "OpenAI-compatible endpoints native tool calling")
+    model_endpoint = forms.ChoiceField(
+        label="Model",
+        help_text=(
+            "Local models get the JSON tool-call format; OpenAI-compatible endpoints native tool calling"
+        ),
+    )
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     top_k = forms.IntegerField(min_value=1, max_value=50, help_text=Agent._meta.get_field("top_k").help_text)
     similarity_threshold = forms.FloatField(
         min_value=-1, max_value=1, help_text=Agent._meta.get_field("similarity_threshold").help_text
     )
-    max_depth = forms.IntegerField(min_value=0, max_value=5, help_text=Agent._meta.get_field("max_depth").help_text)
-    step_limit = forms.IntegerField(min_value=1, max_value=64, help_text=Agent._meta.get_field("step_limit").help_text)
+    max_depth = forms.IntegerField(
+        min_value=0, max_value=5, help_text=Agent._meta.get_field("max_depth").help_text
+    )
+    step_limit = forms.IntegerField(
+        min_value=1, max_value=64, help_text=Agent._meta.get_field("step_limit").help_text
+    )
     tool_timeout_s = forms.FloatField(min_value=0.1, max_value=600, label="Tool timeout (s)")
     max_output_tokens = forms.IntegerField(min_value=1, max_value=32_768, help_text="Per model call")
 
@@ -112,6 +134,8 @@ class AgentForm(forms.Form):
 
 class RunForm(forms.Form):
     request = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "e.g. What is the area of a circle with a radius of 3 m?"}),
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": "e.g. What is the area of a circle with a radius of 3 m?"}
+        ),
         max_length=20_000, label="Request",
     )

@@ -14,11 +14,12 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.models import Role
 from apps.agents import selectors, services
-from apps.agents.forms import AgentForm, RunForm, ToolForm
 from apps.agents.models import Agent, Tool
 from apps.core.errors import ServiceError
+from apps.corpora.selectors import corpus_list
 from apps.costs.metering import endpoints_available
 from apps.web.access import can, team_view
+from apps.web.agent_forms import AgentForm, RunForm, ToolForm
 
 
 def _apply_error(form, exc: ServiceError) -> None:
@@ -48,10 +49,8 @@ def tool_list(request: HttpRequest) -> HttpResponse:
 
 
 def _tool_form(request, data=None, initial=None) -> ToolForm:
-    from apps.corpora.selectors import corpus_list
-    from workers.agent.tools import callable_names
-
-    return ToolForm(data, initial=initial, callables=callable_names(), corpora=corpus_list(team=request.team))
+    callables = selectors.tool_callable_names()
+    return ToolForm(data, initial=initial, callables=callables, corpora=corpus_list(team=request.team))
 
 
 def _tool_edit(request: HttpRequest, tool: Tool | None) -> HttpResponse:
@@ -60,12 +59,15 @@ def _tool_edit(request: HttpRequest, tool: Tool | None) -> HttpResponse:
         form = _tool_form(request, request.POST)
         if form.is_valid():
             try:
+                values = form.service_values()
                 if tool is None:
-                    saved = services.tool_create(team=request.team, created_by=request.user, **form.service_values())
+                    saved = services.tool_create(team=request.team, created_by=request.user, **values)
                     messages.success(request, f"Tool '{saved.name}' created and indexed.")
                 else:
-                    saved = services.tool_update(tool=tool, **form.service_values())
-                    messages.success(request, f"Tool '{saved.name}' saved (version {saved.version}) and re-indexed.")
+                    saved = services.tool_update(tool=tool, **values)
+                    messages.success(
+                        request, f"Tool '{saved.name}' saved (version {saved.version}) and re-indexed."
+                    )
                 return redirect("tools")
             except ServiceError as exc:
                 _apply_error(form, exc)
@@ -73,7 +75,8 @@ def _tool_edit(request: HttpRequest, tool: Tool | None) -> HttpResponse:
         else:
             status = 400
     else:
-        form = _tool_form(request, initial=ToolForm.initial_for(tool) if tool else {"kind": "python", "enabled": True, "k": 3})
+        initial = ToolForm.initial_for(tool) if tool else {"kind": "python", "enabled": True, "k": 3}
+        form = _tool_form(request, initial=initial)
     return render(request, "agents/tool_form.html", {"form": form, "tool": tool}, status=status)
 
 
@@ -124,8 +127,9 @@ def _agent_edit(request: HttpRequest, agent: Agent | None) -> HttpResponse:
         if form.is_valid():
             try:
                 saved = services.agent_save(
-                    team=request.team, name=form.cleaned_data["name"], model_endpoint=form.cleaned_data["model_endpoint"],
-                    agent=agent, created_by=request.user, **form.values(),
+                    team=request.team, name=form.cleaned_data["name"],
+                    model_endpoint=form.cleaned_data["model_endpoint"], agent=agent, created_by=request.user,
+                    **form.values(),
                 )
                 messages.success(request, f"Agent '{saved.name}' saved.")
                 return redirect("agent-detail", agent_id=saved.pk)
@@ -168,8 +172,9 @@ def agent_detail(request: HttpRequest, agent_id: int) -> HttpResponse:
             raise PermissionDenied("only the team's members and above can run agents")
         if form.is_valid():
             try:
-                run = services.agent_run_start(team=request.team, agent=agent, request=form.cleaned_data["request"],
-                                               user=request.user)
+                run = services.agent_run_start(
+                    team=request.team, agent=agent, request=form.cleaned_data["request"], user=request.user
+                )
                 return redirect("agent-run", run_id=run.pk)
             except ServiceError as exc:
                 form.add_error(None, exc.message)

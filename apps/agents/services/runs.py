@@ -1,0 +1,324 @@
+"""Agent runs: reserve and start one (web process), execute it (worker), wait for it.
+
+``agent_run_start`` reserves the worst case of ``step_limit`` model calls plus tool time (402
+when a budget refuses), creates the AgentRun and its Job on the gpu queue. ``agent_run_execute``
+runs ``workers.agent.loop.AgentLoop`` with three callables wired here: the model (every call
+through ``metering.model_call``, stage agent-step, under the run's reservation), the tool search
+(the query embedding metered as retrieve), and tool execution (each call metered as a "tool"
+ledger row with its latency). Steps and the answer stream into the AgentRun row as they happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.agents.models import Agent, AgentRun, AgentRunStatus
+from apps.agents.services.tool_calls import tool_callable
+from apps.agents.services.tools import TOOL_PRICE_NAME
+from apps.core.errors import ValidationFailed
+from apps.core.services import job_start
+from apps.core.streaming import AnswerStream
+from apps.costs.metering import model_call
+from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
+from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
+from apps.costs.services import (
+    LedgerContext,
+    PriceMissing,
+    budget_reserve,
+    price_current,
+    reservation_release,
+    reservation_settle,
+    usage_record,
+)
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+
+Progress = Callable[..., None]
+
+
+# --------------------------------------------------------------------------- starting a run
+
+
+def _price_or_none(name: str):
+    try:
+        return price_current(model_name=name)
+    except PriceMissing:
+        return None
+
+
+def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | None = None) -> Decimal:
+    """The most a run can cost: step_limit model calls at a full prompt and every output token, plus tools."""
+    endpoint = agent.model_endpoint
+    price = price_current(model_name=endpoint.price_name)
+    # Per call: system prompt, request, up to top_k tool definitions per search level, the growing
+    # conversation (each earlier step's output and tool result), capped by the context window.
+    prompt = 64 + estimate_tokens(agent.system_prompt) + 2 * estimate_tokens(request)
+    prompt += sum(estimate_tokens(str(m.get("content", ""))) + 8 for m in messages or [])
+    prompt += agent.top_k * (agent.max_depth + 1) * 200
+    prompt += agent.step_limit * (agent.max_output_tokens + 200)
+    prompt = min(prompt, endpoint.context_window)
+    is_local = endpoint.kind == EndpointKind.LOCAL
+    per_call = worst_case_cost(
+        price=price,
+        prompt_tokens=prompt,
+        max_output_tokens=min(agent.max_output_tokens, endpoint.max_output_tokens),
+        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
+        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
+    )
+    estimate = agent.step_limit * per_call
+    # Every model call may trigger tool calls (a few in OpenAI mode), each up to the timeout.
+    tool_price = _price_or_none(TOOL_PRICE_NAME)
+    if tool_price is not None:
+        estimate += worst_case_cost(
+            price=tool_price, prompt_tokens=0, max_output_tokens=0,
+            max_seconds=agent.step_limit * 4 * agent.tool_timeout_s,
+        )
+    embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
+    if embed_price is not None:
+        searches = agent.step_limit * 5 + 1
+        estimate += searches * worst_case_cost(
+            price=embed_price, prompt_tokens=128, max_output_tokens=0, max_seconds=5.0
+        )
+    return estimate
+
+
+def _reservation_ttl_s(agent: Agent) -> int:
+    """How long the hold lives: every step at the longest model call and tool call, with room to spare."""
+    return int(agent.step_limit * (settings.PARSIMONY_MODEL_WALL_TIME_S + agent.tool_timeout_s) * 1.5 + 300)
+
+
+@transaction.atomic
+def agent_run_start(
+    *,
+    team,
+    agent: Agent,
+    request: str = "",
+    messages: list[dict] | None = None,
+    user=None,
+    api_key=None,
+) -> AgentRun:
+    """Reserve the worst case (402 when a budget would go over), create the run, enqueue it."""
+    if agent.team_id != team.pk:
+        raise ValidationFailed("that agent belongs to another team")
+    messages = messages or []
+    request = (request or "").strip()
+    if not request and messages:
+        last_user = (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user")
+        request = next(last_user, "").strip()
+    if not request:
+        raise ValidationFailed("the request is empty")
+    if not agent.model_endpoint.enabled:
+        raise ValidationFailed(f"model {agent.model_endpoint.name!r} is disabled")
+    estimate = agent_run_worst_case(agent=agent, request=request, messages=messages)
+    reservation = budget_reserve(
+        team=team, user=user, api_key=api_key, estimate=estimate, description=f"agent {agent.name}",
+        ttl_s=_reservation_ttl_s(agent),
+    )
+    run = AgentRun.objects.create(
+        team=team, agent=agent, user=user if getattr(user, "pk", None) else None, api_key=api_key,
+        reservation=reservation, request=request, messages=messages,
+    )
+    run.job = job_start(
+        kind="agents.run", team=team, created_by=user, params={"agent_run_id": run.pk}, total=agent.step_limit
+    )
+    run.save(update_fields=["job"])
+    return run
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _engine_config(agent: Agent):
+    from workers.agent.loop import AgentConfig
+
+    return AgentConfig(
+        mode="openai" if agent.model_endpoint.kind == EndpointKind.OPENAI else "json",
+        top_k=agent.top_k,
+        threshold=agent.similarity_threshold,
+        max_depth=agent.max_depth,
+        step_limit=agent.step_limit,
+        tool_timeout_s=agent.tool_timeout_s,
+        system_prompt=agent.system_prompt,
+    )
+
+
+def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
+    """The engine's three callables (and its hooks), bound to this run."""
+    from apps.agents.selectors import tool_search
+    from workers.agent.loop import ModelReply, ToolCallRequest, ToolHit, ToolSpec
+
+    agent = run.agent
+    endpoint = agent.model_endpoint
+    callables: dict[int, Any] = {}
+    embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
+    tool_price = _price_or_none(TOOL_PRICE_NAME)
+    state = {"calls": 0}
+
+    def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
+        cap = min(max_tokens or agent.max_output_tokens, agent.max_output_tokens)
+        call = model_call(
+            endpoint=endpoint, messages=messages, context=context, stage=Stage.AGENT_STEP,
+            max_output_tokens=cap, on_token=on_token, reservation=run.reservation, tools=tools,
+        )
+        state["calls"] += 1
+        calls = state["calls"]
+        progress(min(calls, agent.step_limit), agent.step_limit, f"model call {calls} ({purpose})")
+        return ModelReply(
+            text=call.text,
+            finish_reason=call.finish_reason,
+            tool_calls=[
+                ToolCallRequest(
+                    id=str(c.get("id") or ""),
+                    name=str((c.get("function") or {}).get("name", "")),
+                    arguments=(c.get("function") or {}).get("arguments") or "{}",
+                )
+                for c in call.tool_calls or []
+            ],
+        )
+
+    def search(query: str, k: int) -> list[ToolHit]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        matches = tool_search(team=run.team, query=query, k=k, timings=timings)
+        usage_record(
+            context=context, stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
+            usage=Usage(prompt_tokens=estimate_tokens(query),
+                        cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
+            price=embed_price, latency_ms=int((time.perf_counter() - started) * 1000),
+            finish_reason="tool-search",
+        )
+        hits = []
+        for match in matches:
+            if match.tool.pk not in callables:
+                callables[match.tool.pk] = tool_callable(tool=match.tool)
+            hits.append(ToolHit(
+                tool=ToolSpec(name=match.tool.name, description=match.tool.description,
+                              parameters=match.tool.parameters, key=match.tool.pk),
+                score=match.score,
+            ))
+        return hits
+
+    def execute(spec, arguments: dict[str, Any]) -> Any:
+        return callables[spec.key](arguments)
+
+    def on_tool_done(spec, arguments, outcome) -> None:
+        usage_record(
+            context=context, stage=Stage.TOOL, model_name=f"tool/{spec.name}"[:200],
+            usage=Usage(cpu_seconds=to_decimal(round(outcome.duration_ms / 1000, 6))),
+            price=tool_price, latency_ms=outcome.duration_ms,
+            finish_reason="timeout" if outcome.timed_out else ("error" if outcome.error else "ok"),
+        )
+
+    def on_update(steps: list[dict]) -> None:
+        AgentRun.objects.filter(pk=run.pk).update(steps=steps)
+
+    return model, search, execute, on_tool_done, on_update
+
+
+def _fail_orphan(run: AgentRun) -> AgentRun:
+    """The run's agent was deleted before it started: fail it and give the hold back."""
+    AgentRun.objects.filter(pk=run.pk).update(
+        status=AgentRunStatus.FAILED, error="the agent was deleted", finished_at=timezone.now()
+    )
+    if run.reservation_id:
+        reservation_release(reservation=run.reservation)
+    run.refresh_from_db()
+    return run
+
+
+def _record_failure(run: AgentRun, loop, exc: Exception, stream: AnswerStream, started: float) -> None:
+    """Settle what the ledger holds so far (or release the hold) and store the failure."""
+    actual = UsageRecord.objects.filter(agent_run_id=run.pk).aggregate(total=Sum("cost"))["total"] or ZERO
+    if run.reservation_id:
+        if actual > 0:
+            reservation_settle(reservation=run.reservation, actual=actual)
+        else:
+            reservation_release(reservation=run.reservation)
+    AgentRun.objects.filter(pk=run.pk).update(
+        status=AgentRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000], cost=actual,
+        steps=loop.steps, tools_offered=loop.tools_offered, tools_called=loop.tools_called,
+        model_calls=loop.model_calls, latency_ms=int((time.perf_counter() - started) * 1000),
+        finished_at=timezone.now(), answer=stream.text,
+    )
+
+
+def _record_success(run: AgentRun, result, started: float) -> None:
+    """Settle the reservation at the ledger's total and store the answer, tokens and cost."""
+    records = UsageRecord.objects.filter(agent_run_id=run.pk)
+    actual = records.aggregate(cost=Sum("cost"))["cost"] or ZERO
+    tokens = records.filter(stage=Stage.AGENT_STEP).aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
+    )
+    if run.reservation_id:
+        reservation_settle(reservation=run.reservation, actual=actual)
+    AgentRun.objects.filter(pk=run.pk).update(
+        status=AgentRunStatus.SUCCEEDED,
+        answer=result.answer,
+        finish_reason=result.finish_reason,
+        steps=result.steps,
+        tools_offered=result.tools_offered,
+        tools_called=result.tools_called,
+        model_calls=result.model_calls,
+        prompt_tokens=tokens["prompt"] or 0,
+        completion_tokens=tokens["completion"] or 0,
+        cost=actual,
+        latency_ms=int((time.perf_counter() - started) * 1000),
+        finished_at=timezone.now(),
+    )
+
+
+def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) -> AgentRun | None:
+    """Run an agent (in a worker). A finished run is left alone; a retried one starts over."""
+    from workers.agent.loop import AgentLoop
+
+    progress = progress or (lambda *args, **kwargs: None)
+    run = (
+        AgentRun.objects.select_related(
+            "agent", "agent__model_endpoint", "team", "user", "api_key", "reservation"
+        )
+        .filter(pk=agent_run_id)
+        .first()
+    )
+    if run is None:
+        logger.warning("agent run %s does not exist", agent_run_id)
+        return None
+    if run.is_finished:
+        return run
+    if run.agent is None:
+        return _fail_orphan(run)
+    AgentRun.objects.filter(pk=run.pk).update(status=AgentRunStatus.RUNNING, answer="", error="", steps=[])
+    started = time.perf_counter()
+    context = LedgerContext(team=run.team, user=run.user, api_key=run.api_key, agent_run_id=run.pk)
+    # The final answer is stripped: the stream drops leading white space too, so it is its prefix.
+    stream = AnswerStream(AgentRun, run.pk, strip_leading=True)
+    model, search, execute, on_tool_done, on_update = _wire(run, context, progress)
+    loop = AgentLoop(
+        config=_engine_config(run.agent), model=model, search=search, execute=execute,
+        on_update=on_update, on_tool_done=on_tool_done, on_answer_token=stream,
+    )
+    try:
+        result = loop.run(run.request)
+    except Exception as exc:
+        _record_failure(run, loop, exc, stream, started)
+        raise
+    _record_success(run, result, started)
+    run.refresh_from_db()
+    return run
+
+
+def agent_run_wait(*, run: AgentRun, timeout_s: float, poll_s: float = 0.1) -> AgentRun:
+    """Block until the run finishes or the timeout passes; returns the fresh row either way."""
+    from apps.core.selectors import row_wait_finished
+
+    return row_wait_finished(row=run, timeout_s=timeout_s, poll_s=poll_s)
