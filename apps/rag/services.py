@@ -49,7 +49,8 @@ from apps.rag.fixed_context import (
     kv_store,
     pipeline_fixed_context_text,
 )
-from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
+from apps.rag.models import Pipeline, QueryRun, QueryStatus
+from apps.rag.selectors import pipeline_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -59,32 +60,13 @@ EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
 # --------------------------------------------------------------------------- pipelines
 
 
-def _registry_names() -> dict[str, list[str]]:
-    from workers.compression import METHODS
-    from workers.prompting import STRATEGIES
-
-    attention = ["full"]
-    try:
-        from workers.attention import BACKENDS
-
-        attention = sorted(BACKENDS)
-    except ImportError:
-        pass
-    return {
-        "compression_method": sorted(METHODS),
-        "prompting_strategy": sorted(STRATEGIES),
-        "attention_backend": attention,
-        "retriever": list(Retriever.values),
-    }
-
-
 def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint | None = None) -> None:
     """Reject unknown method names (listing the valid ones), nonsensical numbers, and strategies
     that run the model themselves (superposition) on a remote endpoint."""
     from workers.prompting import STRATEGIES
 
     errors: dict[str, str] = {}
-    for field, valid in _registry_names().items():
+    for field, valid in pipeline_option_names().items():
         if field in values and values[field] not in valid:
             errors[field] = f"unknown {field.replace('_', ' ')} {values[field]!r} (valid: {', '.join(valid)})"
     strategy = STRATEGIES.get(values.get("prompting_strategy", ""))

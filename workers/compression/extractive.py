@@ -100,7 +100,7 @@ LEAD_WEIGHT = 0.1
 HOP_WEIGHT = 0.2
 
 
-def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int]) -> list[set[int]]:
+def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int] | np.ndarray) -> list[set[int]]:
     """For each sentence, the other passages whose title it spells out (and the question does not).
 
     Multi-hop questions name the first entity; its passage names the second ("... principal

@@ -81,7 +81,8 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
         """The dropped bridge units that keeping unit i would join to a kept unit, with their floor score."""
         out: list[tuple[int, float]] = []
         for step in (-1, 1):
-            run, j = [], i + step
+            run: list[int] = []
+            j = i + step
             while (0 <= j < len(units) and not keep[j] and units[j].bridge and len(run) < MAX_BRIDGE
                    and units[j].passage == units[i].passage):
                 run.append(j)

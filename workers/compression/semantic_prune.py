@@ -116,8 +116,9 @@ class SemanticPrune:
                 impact = (1.0 - variants @ base).astype(np.float32).astype(np.float64)  # (n,)
                 row += 1 + len(words)
             out[k] = impact
-            if cache is not None and keys[k] is not None:
-                cache.put_array(keys[k], impact.astype(np.float32))
+            key = keys[k]
+            if cache is not None and key is not None:
+                cache.put_array(key, impact.astype(np.float32))
         return [x for x in out if x is not None]
 
     def compress(

@@ -173,9 +173,9 @@ class SurprisalPrune:
             # Row t predicts token t + 1: the passage tokens are predicted by rows P-1 .. P+T-2.
             logprobs = torch.log_softmax(logits[len(prefix_ids) - 1 : -1].float(), dim=-1)  # (T, V)
             target = torch.tensor(ids, device=logprobs.device)  # (T,)
-            surprisal = -logprobs.gather(1, target[:, None])[:, 0]  # (T,)
+            surprisal_t = -logprobs.gather(1, target[:, None])[:, 0]  # (T,)
             # float32 like the cached copy, so cached and fresh runs rank ties alike.
-            surprisal = surprisal.cpu().numpy().astype(np.float32).astype(np.float64)
+            surprisal = surprisal_t.cpu().numpy().astype(np.float32).astype(np.float64)
         if key is not None and cache is not None:
             cache.put_array(key, np.concatenate([surprisal[:, None], offsets], axis=1).astype(np.float32))
         with self._memo_lock:
