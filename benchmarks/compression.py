@@ -385,7 +385,11 @@ def main() -> None:  # noqa: C901  -- the experiment driver, one flag after anot
     parser.add_argument("--price-file", type=Path, default=DEFAULT_PRICE_FILE)
     parser.add_argument("--price-models", nargs="+", default=DEFAULT_PRICE_MODELS)
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--model-cache", type=Path, default=Path(os.environ.get("PARSIMONY_MODEL_CACHE_DIR", ROOT / "var" / "test-models")))
+    parser.add_argument(
+        "--model-cache",
+        type=Path,
+        default=Path(os.environ.get("PARSIMONY_MODEL_CACHE_DIR", ROOT / "var" / "test-models")),
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="an on-disk compression cache for the methods (default: none, every call cold)")
@@ -393,7 +397,9 @@ def main() -> None:  # noqa: C901  -- the experiment driver, one flag after anot
                         help="where the retrieval pool's vectors are kept between runs")
     parser.add_argument("--passes", type=int, default=1,
                         help="run every method this many times; with --cache-dir the later passes are warm")
-    parser.add_argument("--params", default="{}", help='JSON {method: {param: value}} passed to the method constructors')
+    parser.add_argument(
+        "--params", default="{}", help="JSON {method: {param: value}} passed to the method constructors"
+    )
     args = parser.parse_args()
 
     from workers.compression import CompressionCache, get_method

@@ -71,7 +71,17 @@ class AgentAdmin(admin.ModelAdmin):
 
 @admin.register(AgentRun)
 class AgentRunAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "team", "agent", "status", "finish_reason", "model_calls", "cost", "latency_ms", "created_at"]
+    list_display = [
+        "__str__",
+        "team",
+        "agent",
+        "status",
+        "finish_reason",
+        "model_calls",
+        "cost",
+        "latency_ms",
+        "created_at",
+    ]
     list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["request", "answer", "error"]
     list_select_related = ["team", "agent"]

@@ -45,11 +45,18 @@ class ToolInputSerializer(serializers.Serializer):
 class ToolListView(APIView):
     required_scopes = {"POST": "admin"}
 
-    @extend_schema(responses=ToolOutputSerializer(many=True), summary="The tools the team's agents can use (its own and global)")
+    @extend_schema(
+        responses=ToolOutputSerializer(many=True),
+        summary="The tools the team's agents can use (its own and global)",
+    )
     def get(self, request):
         return paginated_response(self, request, selectors.tool_list(team=request.team), ToolOutputSerializer)
 
-    @extend_schema(request=ToolInputSerializer, responses={201: ToolOutputSerializer}, summary="Create a tool (indexed at once)")
+    @extend_schema(
+        request=ToolInputSerializer,
+        responses={201: ToolOutputSerializer},
+        summary="Create a tool (indexed at once)",
+    )
     def post(self, request):
         data = ToolInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -139,7 +146,9 @@ class AgentDetailView(APIView):
     def get(self, request, agent_id: int):
         return Response(AgentOutputSerializer(selectors.agent_get(team=request.team, agent_id=agent_id)).data)
 
-    @extend_schema(request=AgentInputSerializer(partial=True), responses=AgentOutputSerializer, summary="Change an agent")
+    @extend_schema(
+        request=AgentInputSerializer(partial=True), responses=AgentOutputSerializer, summary="Change an agent"
+    )
     def patch(self, request, agent_id: int):
         agent = selectors.agent_get(team=request.team, agent_id=agent_id)
         data = AgentInputSerializer(data=request.data, partial=True)

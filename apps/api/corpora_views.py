@@ -95,7 +95,9 @@ class CorpusListView(APIView):
 
     @extend_schema(responses=CorpusOutputSerializer(many=True), summary="The team's corpora")
     def get(self, request):
-        return paginated_response(self, request, corpus_selectors.corpus_list(team=request.team), CorpusOutputSerializer)
+        return paginated_response(
+            self, request, corpus_selectors.corpus_list(team=request.team), CorpusOutputSerializer
+        )
 
     @extend_schema(request=CorpusInputSerializer, responses={201: CorpusOutputSerializer}, summary="Create a corpus")
     def post(self, request):
@@ -112,7 +114,11 @@ class CorpusDetailView(APIView):
     def get(self, request, corpus_id: int):
         return Response(CorpusOutputSerializer(_corpus(request, corpus_id)).data)
 
-    @extend_schema(request=CorpusInputSerializer(partial=True), responses=CorpusOutputSerializer, summary="Change a corpus")
+    @extend_schema(
+        request=CorpusInputSerializer(partial=True),
+        responses=CorpusOutputSerializer,
+        summary="Change a corpus",
+    )
     def patch(self, request, corpus_id: int):
         corpus = _corpus(request, corpus_id)
         data = CorpusInputSerializer(data=request.data, partial=True)
@@ -187,5 +193,7 @@ class SearchView(APIView):
         values = data.validated_data
         if not values["query"].strip():
             raise ValidationFailed("the query is empty")
-        hits = corpus_selectors.chunk_search(corpus=corpus, query=values["query"], retriever=values["retriever"], k=values["k"])
+        hits = corpus_selectors.chunk_search(
+            corpus=corpus, query=values["query"], retriever=values["retriever"], k=values["k"]
+        )
         return Response({"count": len(hits), "results": SearchHitSerializer(hits, many=True).data})

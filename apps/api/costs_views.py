@@ -23,7 +23,14 @@ from apps.rag import selectors as rag_selectors
 # --------------------------------------------------------------------------- usage
 
 
-GROUPS = {"day": "day", "model": "model_name", "user": "user", "api_key": "api_key", "pipeline": "pipeline_name", "stage": "stage"}
+GROUPS = {
+    "day": "day",
+    "model": "model_name",
+    "user": "user",
+    "api_key": "api_key",
+    "pipeline": "pipeline_name",
+    "stage": "stage",
+}
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
@@ -55,15 +62,29 @@ class UsageView(APIView):
         rows = cost_selectors.usage_by(records=records, field=GROUPS[group])
         total = sum((row["cost"] for row in rows), Decimal(0))
         savings_field = {"pipeline": "pipeline", "user": "user", "api_key": "api_key"}.get(group)
-        savings = rag_selectors.savings_by(team=request.team, since=since, until=until, field=savings_field or "pipeline")
+        savings = rag_selectors.savings_by(
+            team=request.team, since=since, until=until, field=savings_field or "pipeline"
+        )
         return Response(
             {
                 "group_by": group,
                 "total_cost": str(total),
-                "rows": [{**row, "key": str(row["key"]) if row["key"] is not None else None, "cost": str(row["cost"])} for row in rows],
+                "rows": [
+                    {
+                        **row,
+                        "key": str(row["key"]) if row["key"] is not None else None,
+                        "cost": str(row["cost"]),
+                    }
+                    for row in rows
+                ],
                 "savings": [
-                    {**row, "key": row["key"], "cost": str(row["cost"] or 0), "baseline_cost": str(row["baseline_cost"] or 0),
-                     "savings": str(row["savings"] or 0)}
+                    {
+                        **row,
+                        "key": row["key"],
+                        "cost": str(row["cost"] or 0),
+                        "baseline_cost": str(row["baseline_cost"] or 0),
+                        "savings": str(row["savings"] or 0),
+                    }
                     for row in savings
                 ],
             }
@@ -114,12 +135,18 @@ def _budget_targets(team, values: dict) -> dict:
 class BudgetListView(APIView):
     required_scopes = {"POST": "admin"}
 
-    @extend_schema(responses=BudgetOutputSerializer(many=True), summary="Budgets with this period's spend (members read)")
+    @extend_schema(
+        responses=BudgetOutputSerializer(many=True), summary="Budgets with this period's spend (members read)"
+    )
     def get(self, request):
         statuses = cost_selectors.team_budget_statuses(team=request.team)
         return Response({"count": len(statuses), "results": BudgetOutputSerializer(statuses, many=True).data})
 
-    @extend_schema(request=BudgetInputSerializer, responses={201: BudgetOutputSerializer}, summary="Create a budget (admins)")
+    @extend_schema(
+        request=BudgetInputSerializer,
+        responses={201: BudgetOutputSerializer},
+        summary="Create a budget (admins)",
+    )
     def post(self, request):
         data = BudgetInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -144,7 +171,11 @@ class BudgetDetailView(APIView):
         budget = team_object_or_404(Budget, request.team, pk=budget_id)
         return Response(BudgetOutputSerializer(cost_selectors.budget_status(budget=budget)).data)
 
-    @extend_schema(request=BudgetInputSerializer(partial=True), responses=BudgetOutputSerializer, summary="Change a budget (admins)")
+    @extend_schema(
+        request=BudgetInputSerializer(partial=True),
+        responses=BudgetOutputSerializer,
+        summary="Change a budget (admins)",
+    )
     def patch(self, request, budget_id: int):
         budget = team_object_or_404(Budget, request.team, pk=budget_id)
         data = BudgetInputSerializer(data=request.data, partial=True)

@@ -168,7 +168,11 @@ def chat_completion_response(shape: ChatRunShape, *, run: Any, model: str) -> Re
         "created": int(run.created_at.timestamp()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": run.answer}, "finish_reason": shape.finish_reason(run)}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": run.answer},
+                "finish_reason": shape.finish_reason(run),
+            }
         ],
         "usage": shape.usage(run),
         "parsimony": shape.parsimony(run),
@@ -190,9 +194,16 @@ def chat_completion_stream_response(
     )
 
 
-def chat_completion_chunks(shape: ChatRunShape, *, run_id: int, model: str, include_usage: bool) -> Iterator[dict | str]:
+def chat_completion_chunks(
+    shape: ChatRunShape, *, run_id: int, model: str, include_usage: bool
+) -> Iterator[dict | str]:
     """The chunks of a streamed answer: role, the answer's growth, finish reason, usage (when asked), [DONE]."""
-    base = {"id": f"{shape.id_prefix}{run_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    base = {
+        "id": f"{shape.id_prefix}{run_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     sent = 0
     rows = rows_until_finished(
@@ -201,13 +212,22 @@ def chat_completion_chunks(shape: ChatRunShape, *, run_id: int, model: str, incl
     try:
         for run in rows:
             if len(run.answer) > sent:
-                yield {**base, "choices": [{"index": 0, "delta": {"content": run.answer[sent:]}, "finish_reason": None}]}
+                yield {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"content": run.answer[sent:]}, "finish_reason": None}],
+                }
                 sent = len(run.answer)
     except RowWaitTimedOut:
         yield {"error": {"message": shape.stream_timeout_message, "type": "server_error", "code": "timeout"}}
         return
     if run.status == shape.failed_status:
-        yield {"error": {"message": f"{shape.failed_message}: {run.error}", "type": "server_error", "code": "upstream_error"}}
+        yield {
+            "error": {
+                "message": f"{shape.failed_message}: {run.error}",
+                "type": "server_error",
+                "code": "upstream_error",
+            }
+        }
         return
     yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": shape.finish_reason(run)}]}
     if include_usage:

@@ -49,7 +49,9 @@ class OpenAIView(APIView):
             return openai_error(message=str(exc.detail), http_status=403, code="permission_denied")
         if isinstance(exc, serializers.ValidationError):
             field = next(iter(exc.detail), None) if isinstance(exc.detail, dict) else None
-            return openai_error(message=f"invalid request: {exc.detail}", http_status=400, param=field, code="invalid_request")
+            return openai_error(
+                message=f"invalid request: {exc.detail}", http_status=400, param=field, code="invalid_request"
+            )
         if isinstance(exc, APIException):
             return openai_error(message=str(exc.detail), http_status=exc.status_code, code=exc.default_code)
         return super().handle_exception(exc)
@@ -81,7 +83,9 @@ class ChatCompletionsView(OpenAIView):
         messages = [{"role": m["role"], "content": message_text(m["content"])} for m in values["messages"]]
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if not question.strip():
-            return openai_error(message="the messages contain no user message with text", http_status=400, param="messages")
+            return openai_error(
+                message="the messages contain no user message with text", http_status=400, param="messages"
+            )
         name = values["model"]
         pipeline = rag_selectors.pipeline_by_name(team=request.team, name=name)
         agent = endpoint = None
@@ -90,7 +94,12 @@ class ChatCompletionsView(OpenAIView):
         if pipeline is None and agent is None:
             endpoint = endpoints_available(team=request.team).filter(name=name).order_by("team_id").last()
             if endpoint is None:
-                return openai_error(message=f"The model `{name}` does not exist", http_status=404, code="model_not_found", param="model")
+                return openai_error(
+                    message=f"The model `{name}` does not exist",
+                    http_status=404,
+                    code="model_not_found",
+                    param="model",
+                )
         if agent is not None:
             shape, wait = AGENT_RUN_CHAT, agent_services.agent_run_wait
             run = agent_services.agent_run_start(
@@ -126,8 +135,13 @@ class ModelsView(OpenAIView):
             for p in rag_selectors.pipeline_list(team=request.team)
         ]
         data += [
-            {"id": e.name, "object": "model", "created": int(e.created_at.timestamp()),
-             "owned_by": request.team.slug if e.team_id else "parsimony", "parsimony": {"kind": "model", "type": e.kind}}
+            {
+                "id": e.name,
+                "object": "model",
+                "created": int(e.created_at.timestamp()),
+                "owned_by": request.team.slug if e.team_id else "parsimony",
+                "parsimony": {"kind": "model", "type": e.kind},
+            }
             for e in endpoints_available(team=request.team)
         ]
         data += [

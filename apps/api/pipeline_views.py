@@ -90,7 +90,9 @@ class PipelineInputSerializer(serializers.Serializer):
         help_text="A long text every question is answered from (skips retrieval); blank clears it",
     )
     fixed_context_corpus = serializers.IntegerField(
-        required=False, allow_null=True, help_text="The id of a corpus of this team used as the fixed context; null clears it"
+        required=False,
+        allow_null=True,
+        help_text="The id of a corpus of this team used as the fixed context; null clears it",
     )
     model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = serializers.IntegerField(required=False)
@@ -109,9 +111,15 @@ class PipelineListView(APIView):
 
     @extend_schema(responses=PipelineOutputSerializer(many=True), summary="The team's pipelines")
     def get(self, request):
-        return paginated_response(self, request, rag_selectors.pipeline_list(team=request.team), PipelineOutputSerializer)
+        return paginated_response(
+            self, request, rag_selectors.pipeline_list(team=request.team), PipelineOutputSerializer
+        )
 
-    @extend_schema(request=PipelineInputSerializer, responses={201: PipelineOutputSerializer}, summary="Create a pipeline")
+    @extend_schema(
+        request=PipelineInputSerializer,
+        responses={201: PipelineOutputSerializer},
+        summary="Create a pipeline",
+    )
     def post(self, request):
         data = PipelineInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -132,9 +140,17 @@ class PipelineDetailView(APIView):
 
     @extend_schema(responses=PipelineOutputSerializer, summary="One pipeline")
     def get(self, request, pipeline_id: int):
-        return Response(PipelineOutputSerializer(rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)).data)
+        return Response(
+            PipelineOutputSerializer(
+                rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+            ).data
+        )
 
-    @extend_schema(request=PipelineInputSerializer(partial=True), responses=PipelineOutputSerializer, summary="Change a pipeline")
+    @extend_schema(
+        request=PipelineInputSerializer(partial=True),
+        responses=PipelineOutputSerializer,
+        summary="Change a pipeline",
+    )
     def patch(self, request, pipeline_id: int):
         pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
         data = PipelineInputSerializer(data=request.data, partial=True)

@@ -39,7 +39,12 @@ class QueryRunOutputSerializer(serializers.Serializer):
 
     def get_stages(self, run) -> list[dict]:
         return [
-            {**row, "cost": str(row["cost"]), "gpu_seconds": str(row["gpu_seconds"]), "cpu_seconds": str(row["cpu_seconds"])}
+            {
+                **row,
+                "cost": str(row["cost"]),
+                "gpu_seconds": str(row["gpu_seconds"]),
+                "cpu_seconds": str(row["cpu_seconds"]),
+            }
             for row in rag_selectors.query_run_stages(run=run)
         ]
 
@@ -57,7 +62,9 @@ class QueryListView(APIView):
 
     @extend_schema(responses=QueryRunOutputSerializer(many=True), summary="The team's queries, newest first")
     def get(self, request):
-        return paginated_response(self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer)
+        return paginated_response(
+            self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer
+        )
 
     @extend_schema(
         request=QueryInputSerializer,
@@ -68,7 +75,9 @@ class QueryListView(APIView):
         data = QueryInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        pipeline = find_by_name_or_id(rag_selectors.pipeline_list(team=request.team), values["pipeline"], noun="pipeline")
+        pipeline = find_by_name_or_id(
+            rag_selectors.pipeline_list(team=request.team), values["pipeline"], noun="pipeline"
+        )
         run = rag_services.query_run_start(
             team=request.team,
             pipeline=pipeline,
@@ -86,4 +95,8 @@ class QueryDetailView(APIView):
 
     @extend_schema(responses=QueryRunOutputSerializer, summary="One query: answer, citations, per-stage cost")
     def get(self, request, query_id: int):
-        return Response(QueryRunOutputSerializer(rag_selectors.query_run_get(team=request.team, query_run_id=query_id)).data)
+        return Response(
+            QueryRunOutputSerializer(
+                rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
+            ).data
+        )

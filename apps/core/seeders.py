@@ -27,7 +27,9 @@ def seed_docs_corpus(team, user, stdout) -> None:
     queued = []
     for path in paths:
         if path.is_file():
-            document = document_upload(corpus=corpus, filename=path.name, data=path.read_bytes(), user=user, start_job=False)
+            document = document_upload(
+                corpus=corpus, filename=path.name, data=path.read_bytes(), user=user, start_job=False
+            )
             if document.status in (DocumentStatus.QUEUED, DocumentStatus.PROCESSING):
                 queued.append(document)
     if queued:
@@ -51,7 +53,9 @@ def seed_agent_tools(team, user, stdout) -> None:
     from apps.corpora.models import Corpus
 
     counts = builtin_tools_load()
-    stdout.write(f"Built-in tools: {counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged.")
+    stdout.write(
+        f"Built-in tools: {counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged."
+    )
     docs = Corpus.objects.filter(team=team, name="Parsimony docs").first()
     if docs is not None and not Tool.objects.filter(team=team, name="search_parsimony_docs").exists():
         tool_create(

@@ -10,7 +10,16 @@ from apps.corpora.models import Chunk, Corpus, Document
 
 @admin.register(Corpus)
 class CorpusAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "embedding_model", "index_type", "chunk_tokens", "overlap_tokens", "n_documents", "created_at"]
+    list_display = [
+        "name",
+        "team",
+        "embedding_model",
+        "index_type",
+        "chunk_tokens",
+        "overlap_tokens",
+        "n_documents",
+        "created_at",
+    ]
     list_filter = ["team", "index_type", "embedding_model"]
     search_fields = ["name", "description"]
     readonly_fields = ["created_at"]

@@ -58,7 +58,9 @@ class Document(models.Model):
     media_type = models.CharField(max_length=120, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)
     size = models.PositiveBigIntegerField(default=0)
-    status = models.CharField(max_length=16, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED, db_index=True
+    )
     error = models.TextField(blank=True)
     token_count = models.PositiveIntegerField(default=0)
     external_id = models.CharField(max_length=255, blank=True, db_index=True)
@@ -92,7 +94,9 @@ class Chunk(models.Model):
 
     class Meta:
         ordering = ["document_id", "ordinal"]
-        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_ordinal_unique_per_document")]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "ordinal"], name="chunk_ordinal_unique_per_document")
+        ]
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.ordinal}"

@@ -27,7 +27,18 @@ def _bar(percent: float, warn: bool) -> str:
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "team", "scope", "period", "hard_limit", "soft_limit_percent", "spent", "reserved", "usage_bar", "enabled"]
+    list_display = [
+        "__str__",
+        "team",
+        "scope",
+        "period",
+        "hard_limit",
+        "soft_limit_percent",
+        "spent",
+        "reserved",
+        "usage_bar",
+        "enabled",
+    ]
     list_filter = ["team", "scope", "period", "enabled"]
     autocomplete_fields = ["user", "api_key"]
     change_form_template = "admin/costs/budget/change_form.html"

@@ -130,7 +130,11 @@ def model_call(
     """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own."""
     from workers.runtime.meter import generate
 
-    cap = endpoint.max_output_tokens if max_output_tokens is None else min(max_output_tokens, endpoint.max_output_tokens)
+    cap = (
+        endpoint.max_output_tokens
+        if max_output_tokens is None
+        else min(max_output_tokens, endpoint.max_output_tokens)
+    )
     # PostgreSQL: a per-process cached price, which the reservation (or the ledger row) checks is
     # still in force in the same statement; SQLite: looked up every call.
     priced_at = timezone.now()
@@ -164,11 +168,15 @@ def model_call(
         priced_at=priced_at,
         settle=own_reservation is not None,
     )
-    return MeteredCall(text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls)
+    return MeteredCall(
+        text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls
+    )
 
 
 def _reserve_for_call(endpoint, target, messages, cap, price, context, stage) -> tuple[Reservation, Price]:
-    """Reserve the call's worst case at ``price``; when that (cached) price is no longer in force, at the one that is."""
+    """Reserve the call's worst case at ``price``.
+
+    When that (cached) price is no longer in force, reserve at the one that is."""
     from workers.runtime.meter import count_chat_tokens
 
     prompt_tokens = count_chat_tokens(target, messages)

@@ -314,7 +314,8 @@ def _settle_sql(*, settle: bool, record: bool, price_check: bool) -> str:
     if settle:
         select += ["booked.id", "booked.spent", "booked.alert_sent_at", f"b.{b['hard_limit']}",
                    f"b.{b['soft_limit_percent']}"]
-        source = f"(SELECT 1) AS one LEFT JOIN booked ON TRUE LEFT JOIN {_table(Budget)} AS b ON b.{b_pk} = booked.budget_id"
+        source = (f"(SELECT 1) AS one LEFT JOIN booked ON TRUE "
+                  f"LEFT JOIN {_table(Budget)} AS b ON b.{b_pk} = booked.budget_id")
     else:
         select += ["NULL"] * 5
         source = "(SELECT 1) AS one"

@@ -53,7 +53,10 @@ def cost_of(*, usage: Usage, price: PriceLike) -> Decimal:
         + usage.cached_tokens * cached_input_price(price)
         + usage.completion_tokens * price.output_per_mtok
     ) / MILLION
-    device_cost = to_decimal(usage.gpu_seconds) * price.per_gpu_second + to_decimal(usage.cpu_seconds) * price.per_cpu_second
+    device_cost = (
+        to_decimal(usage.gpu_seconds) * price.per_gpu_second
+        + to_decimal(usage.cpu_seconds) * price.per_cpu_second
+    )
     return money(token_cost + device_cost)
 
 

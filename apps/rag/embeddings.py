@@ -25,7 +25,9 @@ from apps.costs.services import (
 EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
 
 
-def embeddings_create(*, team, model: str, texts: list[str], user=None, api_key=None, timeout_s: float | None = None) -> dict:
+def embeddings_create(
+    *, team, model: str, texts: list[str], user=None, api_key=None, timeout_s: float | None = None
+) -> dict:
     if model not in EMBEDDING_MODELS:
         raise ValidationFailed(
             f"unknown embedding model {model!r} (available: {', '.join(EMBEDDING_MODELS)})", code="model_not_found"
@@ -35,7 +37,9 @@ def embeddings_create(*, team, model: str, texts: list[str], user=None, api_key=
     # MiniLM on one CPU thread: ~15 texts/s; allow twice that time plus model load.
     estimate = worst_case_cost(price=price, prompt_tokens=estimated_tokens, max_output_tokens=0,
                                max_seconds=10.0 + 0.15 * len(texts), on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda")
-    reservation = budget_reserve(team=team, user=user, api_key=api_key, estimate=estimate, description=f"embeddings on {model}")
+    reservation = budget_reserve(
+        team=team, user=user, api_key=api_key, estimate=estimate, description=f"embeddings on {model}"
+    )
     job = job_start(
         kind="embeddings.create", team=team, created_by=user,
         params={"model": model, "texts": texts, "reservation_id": reservation.pk,

@@ -295,7 +295,11 @@ def fixed_context_prefill_bill(
     tokens = int(result.get("context_tokens") or 0) if result.get("kv_computed") else 0
     seconds = _prefill_seconds(result)
     with transaction.atomic():
-        locked = Reservation.objects.select_for_update(of=("self",)).select_related("user", "api_key").get(pk=reservation.pk)
+        locked = (
+            Reservation.objects.select_for_update(of=("self",))
+            .select_related("user", "api_key")
+            .get(pk=reservation.pk)
+        )
         billed = UsageRecord.objects.filter(reservation_id=locked.pk, stage=PREFILL_STAGE).first()
         if billed is not None or locked.status == ReservationStatus.SETTLED:
             return billed
@@ -309,7 +313,9 @@ def fixed_context_prefill_bill(
             price = None
         share = to_decimal(round(seconds, 6))
         record = usage_record(
-            context=LedgerContext(team=pipeline.team, user=locked.user, api_key=locked.api_key, pipeline_name=pipeline.name),
+            context=LedgerContext(
+                team=pipeline.team, user=locked.user, api_key=locked.api_key, pipeline_name=pipeline.name
+            ),
             stage=PREFILL_STAGE,
             model_name=endpoint.price_name,
             usage=Usage(

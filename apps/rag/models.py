@@ -109,7 +109,9 @@ class QueryRun(models.Model):
     context_tokens_before = models.PositiveIntegerField(default=0)
     context_tokens_after = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(**MONEY, default=ZERO)
-    baseline_cost = models.DecimalField(**MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed")
+    baseline_cost = models.DecimalField(
+        **MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed"
+    )
     savings = models.DecimalField(**MONEY, default=ZERO)
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

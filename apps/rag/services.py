@@ -70,7 +70,11 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
         if field in values and values[field] not in valid:
             errors[field] = f"unknown {field.replace('_', ' ')} {values[field]!r} (valid: {', '.join(valid)})"
     strategy = STRATEGIES.get(values.get("prompting_strategy", ""))
-    if model_endpoint is not None and getattr(strategy, "runs_model", False) and model_endpoint.kind != EndpointKind.LOCAL:
+    if (
+        model_endpoint is not None
+        and getattr(strategy, "runs_model", False)
+        and model_endpoint.kind != EndpointKind.LOCAL
+    ):
         errors["prompting_strategy"] = (
             f"prompting strategy {values['prompting_strategy']!r} runs the model itself and needs a local model; "
             f"{model_endpoint.name!r} is a remote endpoint"

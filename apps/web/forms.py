@@ -208,7 +208,14 @@ class PipelineForm(forms.Form):
         label="Attention options (JSON)",
     )
 
-    def __init__(self, *args, endpoints=(), corpora=(), registry: dict[str, list[tuple[str, str]]] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        endpoints=(),
+        corpora=(),
+        registry: dict[str, list[tuple[str, str]]] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         for name, field in self.fields.items():
             field.help_text = pipeline_help(name)

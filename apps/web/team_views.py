@@ -135,7 +135,11 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         else:
             form = SignUpForm(request.POST)
             if not form.is_valid():
-                return render(request, "web/invitation.html", {"invitation": invitation, "state": "pending", "form": form})
+                return render(
+                    request,
+                    "web/invitation.html",
+                    {"invitation": invitation, "state": "pending", "form": form},
+                )
             user = account_services.user_create(
                 username=form.cleaned_data["username"],
                 password=form.cleaned_data["password1"],

@@ -61,7 +61,9 @@ def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
-    result = _manage("check", env={"PARSIMONY_ENV": "production", "ALLOWED_HOSTS": "x.example", "DATA_ROOT": str(tmp_path)})
+    result = _manage(
+        "check", env={"PARSIMONY_ENV": "production", "ALLOWED_HOSTS": "x.example", "DATA_ROOT": str(tmp_path)}
+    )
     assert result.returncode != 0
     assert "SECRET_KEY is required" in result.stderr
 

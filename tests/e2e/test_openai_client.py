@@ -45,7 +45,9 @@ def test_non_stream_usage_equals_the_ledger(openai_client, echo_model):
 
 def test_non_stream_response_headers_carry_cost_and_savings(live_key, echo_model):
     key, base_url = live_key
-    raw = openai.OpenAI(api_key=key.raw_key, base_url=base_url, max_retries=0).chat.completions.with_raw_response.create(
+    raw = openai.OpenAI(
+        api_key=key.raw_key, base_url=base_url, max_retries=0
+    ).chat.completions.with_raw_response.create(
         model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hello"}]
     )
     run = QueryRun.objects.get(pk=int(raw.headers["x-parsimony-query-run"]))
@@ -78,7 +80,9 @@ def test_stream_delivers_the_answer_and_usage_equal_to_the_ledger(openai_client,
 def test_an_exhausted_budget_is_a_402_in_openais_error_shape(openai_client, echo_model, team_a):
     budget_save(team=team_a, hard_limit=Decimal("0"), period="month")
     with pytest.raises(openai.APIStatusError) as raised:
-        openai_client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hi"}])
+        openai_client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hi"}]
+        )
     assert raised.value.status_code == 402
     error = raised.value.body
     assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"

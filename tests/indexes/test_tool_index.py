@@ -65,7 +65,9 @@ def test_a_second_store_sees_writes_of_the_first(tmp_path):
 
 def test_examples_pull_a_tools_vector_towards_its_usage():
     plain = tool_vectors([WEATHER], bag_of_words)[0]
-    with_examples = tool_vectors([ToolDocument(10, "weather", "The weather in a city.", ("add days", "add days"))], bag_of_words)[0]
+    with_examples = tool_vectors(
+        [ToolDocument(10, "weather", "The weather in a city.", ("add days", "add days"))], bag_of_words
+    )[0]
     query = bag_of_words(["add days"])[0]
     assert float(with_examples @ query) > float(plain @ query)
     assert np.linalg.norm(with_examples) == pytest.approx(1.0)

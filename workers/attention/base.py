@@ -154,8 +154,9 @@ class Diagnostics:
     backend attended; topk_mass_recall: that mass over the mass of the best set of the same size
     (full attention's own top-m keys, m = the keys the backend attended for that query head), so
     1.0 means the backend found the heaviest keys its budget could hold, whatever the model's
-    attention spread leaves outside any set of that size; output_cosine: cosine between the backend's attention output and full
-    attention's, given the same inputs (the layer's own error, not the accumulated one).
+    attention spread leaves outside any set of that size; output_cosine: cosine between the
+    backend's attention output and full attention's, given the same inputs (the layer's own
+    error, not the accumulated one).
     Costs a full attention per call: benchmarks only.
     """
 

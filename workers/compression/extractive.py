@@ -100,7 +100,9 @@ LEAD_WEIGHT = 0.1
 HOP_WEIGHT = 0.2
 
 
-def title_links(query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int] | np.ndarray) -> list[set[int]]:
+def title_links(
+    query: str, passages: list[Passage], sentences: list[str], owner: Sequence[int] | np.ndarray
+) -> list[set[int]]:
     """For each sentence, the other passages whose title it spells out (and the question does not).
 
     Multi-hop questions name the first entity; its passage names the second ("... principal
@@ -289,7 +291,11 @@ class Extractive:
                      for span in passage_spans]
             rel += self.lexical_weight * lexical_overlap(query, texts)
         if self.answer_type_weight and len(rel):
-            sentences = [p.text[a:b] for p, passage_spans in zip(passages, spans, strict=True) for a, b in passage_spans]
+            sentences = [
+                p.text[a:b]
+                for p, passage_spans in zip(passages, spans, strict=True)
+                for a, b in passage_spans
+            ]
             rel += self.answer_type_weight * answer_type_match(query, sentences)
         if self.lead_weight and len(rel):
             lead = np.concatenate([np.arange(len(s)) == 0 for s in spans]).astype(np.float64)  # (S,)

@@ -47,6 +47,21 @@ class Unit:
 MAX_BRIDGE = 2
 
 
+def _closing(units: Sequence[Unit], keep: list[bool], i: int) -> list[tuple[int, float]]:
+    """The dropped bridge units that keeping unit i would join to a kept unit, with their floor score."""
+    out: list[tuple[int, float]] = []
+    for step in (-1, 1):
+        run: list[int] = []
+        j = i + step
+        while (0 <= j < len(units) and not keep[j] and units[j].bridge and len(run) < MAX_BRIDGE
+               and units[j].passage == units[i].passage):
+            run.append(j)
+            j += step
+        if run and 0 <= j < len(units) and keep[j] and units[j].passage == units[i].passage:
+            out.extend((k, min(units[i].score, units[j].score)) for k in run)
+    return out
+
+
 def select(units: Sequence[Unit], budget: int) -> list[bool]:
     """Keep protected units, then the highest-scoring others while they fit the budget.
 
@@ -77,27 +92,13 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
     keep = [u.protected and u.group < 0 for u in units]
     left = budget - sum(u.size for u, k in zip(units, keep, strict=True) if k)
 
-    def closing(i: int) -> list[tuple[int, float]]:
-        """The dropped bridge units that keeping unit i would join to a kept unit, with their floor score."""
-        out: list[tuple[int, float]] = []
-        for step in (-1, 1):
-            run: list[int] = []
-            j = i + step
-            while (0 <= j < len(units) and not keep[j] and units[j].bridge and len(run) < MAX_BRIDGE
-                   and units[j].passage == units[i].passage):
-                run.append(j)
-                j += step
-            if run and 0 <= j < len(units) and keep[j] and units[j].passage == units[i].passage:
-                out.extend((k, min(units[i].score, units[j].score)) for k in run)
-        return out
-
     def take(i: int, room: int) -> int:
         """Keep unit i (and the bridges it closes, when they fit too) within `room`; tokens spent."""
         if keep[i] or units[i].size > room:
             return 0
         keep[i] = True
         spent = units[i].size
-        run = closing(i)
+        run = _closing(units, keep, i)
         if run and spent + sum(units[k].size for k, _ in run) <= room:
             for k, floor in run:
                 keep[k] = True
@@ -124,7 +125,10 @@ def select(units: Sequence[Unit], budget: int) -> list[bool]:
             spent = take(i, min(room[units[i].group], left))
             room[units[i].group] -= spent
             left -= spent
-    for i in sorted((i for i, u in enumerate(units) if not keep[i]), key=lambda i: (not units[i].protected, -units[i].score)):
+    for i in sorted(
+        (i for i, u in enumerate(units) if not keep[i]),
+        key=lambda i: (not units[i].protected, -units[i].score),
+    ):
         if left <= 0:
             break
         left -= take(i, left)

@@ -186,10 +186,15 @@ class Summarize:
         per_passage = [rel[bounds[i] : bounds[i + 1]] for i in range(len(passages))]
         # The key facts a summary must keep: those of the chunk's KEY_SENTENCES most relevant
         # sentences (the best one alone often sets the scene while the next holds the answer).
-        keys = [[s[k] for k in np.argsort(-r, kind="stable")[:KEY_SENTENCES]] for s, r in zip(spans, per_passage, strict=True)]
+        keys = [
+            [s[k] for k in np.argsort(-r, kind="stable")[:KEY_SENTENCES]]
+            for s, r in zip(spans, per_passage, strict=True)
+        ]
         if self.relevance_order:
             texts = [
-                " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable"))) if len(s) > 1 else p.text
+                " ".join(p.text[a:b] for a, b in (s[k] for k in np.argsort(-r, kind="stable")))
+                if len(s) > 1
+                else p.text
                 for p, s, r in zip(passages, spans, per_passage, strict=True)
             ]
         best = np.array([float(r.max()) if len(r) else -1.0 for r in per_passage])  # (P,)

@@ -202,7 +202,10 @@ class SurprisalPrune:
                 self._prune("", [p], share, count_tokens, n)
                 for p, n, share in zip(passages, counts, allocate(budget, counts), strict=True)
             ]
-            kept = {i: part.kept_spans.get(p.chunk_id, []) for i, (p, part) in enumerate(zip(passages, parts, strict=True))}
+            kept = {
+                i: part.kept_spans.get(p.chunk_id, [])
+                for i, (p, part) in enumerate(zip(passages, parts, strict=True))
+            }
             result = build(passages, kept, count_tokens, before)
             result.model_prompt_tokens = sum(part.model_prompt_tokens for part in parts)
         result.compute_s = time.perf_counter() - started

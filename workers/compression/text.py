@@ -136,7 +136,11 @@ def allocate_weighted(budget: int, sizes: Sequence[int], weights: Sequence[float
     shares = [min(int(x), n) for x, n in zip(exact, sizes, strict=True)]
     # What zero-weight items could not take stays unallocated (left over in the loop above).
     rest = int(round(sum(exact))) - sum(shares)
-    order = sorted((i for i in range(len(sizes)) if exact[i] > shares[i]), key=lambda i: exact[i] - shares[i], reverse=True)
+    order = sorted(
+        (i for i in range(len(sizes)) if exact[i] > shares[i]),
+        key=lambda i: exact[i] - shares[i],
+        reverse=True,
+    )
     for i in order[:rest]:
         shares[i] += 1
     return shares

@@ -56,14 +56,26 @@ class SuperpositionConfig:
     def __post_init__(self) -> None:
         # Pipelines build this from user-supplied JSON: refuse bad values when they are saved.
         checks = [
-            (self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1), "top_k must be an integer >= 1 or null (keep all)"),
+            (
+                self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1),
+                "top_k must be an integer >= 1 or null (keep all)",
+            ),
             (self.positions in ("equalized", "integer"), "positions must be 'equalized' or 'integer'"),
             (self.query_batching in ("flat", "batch"), "query_batching must be 'flat' or 'batch'"),
-            (isinstance(self.doc_weight, (int, float)) and not isinstance(self.doc_weight, bool) and self.doc_weight >= 0,
-             "doc_weight must be a number >= 0"),
-            (isinstance(self.instruction, str) and self.instruction.strip() != "", "instruction must be a non-empty string"),
-            (self.answer_mode in ("superposed", "sequential", "recompute"),
-             "answer_mode must be 'superposed', 'sequential' or 'recompute'"),
+            (
+                isinstance(self.doc_weight, (int, float))
+                and not isinstance(self.doc_weight, bool)
+                and self.doc_weight >= 0,
+                "doc_weight must be a number >= 0",
+            ),
+            (
+                isinstance(self.instruction, str) and self.instruction.strip() != "",
+                "instruction must be a non-empty string",
+            ),
+            (
+                self.answer_mode in ("superposed", "sequential", "recompute"),
+                "answer_mode must be 'superposed', 'sequential' or 'recompute'",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -99,7 +99,10 @@ def corpus_update(
     )
     if new["embedding_model"] != corpus.embedding_model and Chunk.objects.filter(document__corpus=corpus).exists():
         raise ValidationFailed("the embedding model of a corpus with documents cannot change; create a new corpus")
-    if new["name"] != corpus.name and Corpus.objects.filter(team_id=corpus.team_id, name=new["name"]).exclude(pk=corpus.pk).exists():
+    if (
+        new["name"] != corpus.name
+        and Corpus.objects.filter(team_id=corpus.team_id, name=new["name"]).exclude(pk=corpus.pk).exists()
+    ):
         raise ValidationFailed(f"this team already has a corpus named {new['name']!r}")
     for key, value in new.items():
         setattr(corpus, key, value)

@@ -116,7 +116,13 @@ def documents_import_records(
     try:
         check_size(len(data), settings.PARSIMONY_MAX_UPLOAD_BYTES)
         records = list(
-            iter_records(filename=filename, data=data, text_field=text_field, title_field=title_field, id_field=id_field)
+            iter_records(
+                filename=filename,
+                data=data,
+                text_field=text_field,
+                title_field=title_field,
+                id_field=id_field,
+            )
         )
     except DocumentParseError as exc:
         raise ValidationFailed(f"{filename}: {exc.message}", detail={"filename": filename}) from exc

@@ -64,7 +64,10 @@ def index_apply(
         vector_index = loaded.vector_index
         if vector_index is None:
             vector_index = VectorIndex(
-                dimension=dimension, index_type=corpus.index_type, model=corpus.embedding_model, expected_count=len(add_ids)
+                dimension=dimension,
+                index_type=corpus.index_type,
+                model=corpus.embedding_model,
+                expected_count=len(add_ids),
             )
         vector_index.remove(list(remove_ids) + list(add_ids))
         if add_ids:
@@ -108,7 +111,10 @@ def corpus_index_rebuild(*, corpus: Corpus, progress: ProgressFn | None = None) 
     texts = [r[1] for r in rows]
     vectors, seconds = encode_in_slabs(embedder, texts, progress)
     vector_index = VectorIndex(
-        dimension=embedder.dimension, index_type=corpus.index_type, model=corpus.embedding_model, expected_count=len(ids)
+        dimension=embedder.dimension,
+        index_type=corpus.index_type,
+        model=corpus.embedding_model,
+        expected_count=len(ids),
     )
     if ids:
         vector_index.add(ids, vectors)

@@ -83,7 +83,9 @@ def _document_fail(document: Document, message: str) -> None:
     document.status, document.error = DocumentStatus.FAILED, message
 
 
-def _parse_and_chunk(corpus: Corpus, documents: list[Document], embedder: Any) -> tuple[list[Document], dict[int, list]]:
+def _parse_and_chunk(
+    corpus: Corpus, documents: list[Document], embedder: Any
+) -> tuple[list[Document], dict[int, list]]:
     """Step 1: the documents that parsed into at least one chunk, and their chunks; others fail."""
     from workers.ingest.chunking import chunk_text
     from workers.ingest.parsers import DocumentParseError, parse_document
@@ -125,7 +127,9 @@ def _chunks_replace(*, documents: list[Document], chunked: dict[int, list]) -> t
         doc_ids = [d.pk for d in documents]
         old_ids = [
             int(v)
-            for v in Chunk.objects.filter(document_id__in=doc_ids).exclude(vector_id=None).values_list("vector_id", flat=True)
+            for v in Chunk.objects.filter(document_id__in=doc_ids)
+            .exclude(vector_id=None)
+            .values_list("vector_id", flat=True)
         ]
         Chunk.objects.filter(document_id__in=doc_ids).delete()
         rows = [
@@ -143,8 +147,10 @@ def _chunks_replace(*, documents: list[Document], chunked: dict[int, list]) -> t
         Chunk.objects.bulk_create(rows, batch_size=1000)
         Chunk.objects.filter(document_id__in=doc_ids, vector_id=None).update(vector_id=F("pk"))
         new_ids: dict[int, list[int]] = defaultdict(list)
-        for doc_id, vector_id in Chunk.objects.filter(document_id__in=doc_ids).order_by("document_id", "ordinal").values_list(
-            "document_id", "vector_id"
+        for doc_id, vector_id in (
+            Chunk.objects.filter(document_id__in=doc_ids)
+            .order_by("document_id", "ordinal")
+            .values_list("document_id", "vector_id")
         ):
             new_ids[doc_id].append(int(vector_id))
     return old_ids, new_ids
@@ -191,7 +197,10 @@ def _ingest_corpus_batch(documents: list[Document], progress: ProgressFn | None,
     )
     token_counts = {d.pk: sum(p.token_count for p in chunked[d.pk]) for d in ok}
     tokens_by_user: dict[Any, int] = defaultdict(int)
-    uploaders = {d.pk: d.uploaded_by for d in Document.objects.filter(pk__in=token_counts).select_related("uploaded_by")}
+    uploaders = {
+        d.pk: d.uploaded_by
+        for d in Document.objects.filter(pk__in=token_counts).select_related("uploaded_by")
+    }
     for doc_id, tokens in token_counts.items():
         tokens_by_user[uploaders[doc_id]] += tokens
     _documents_mark_ready(

@@ -30,7 +30,8 @@ def price_current(*, model_name: str, at: datetime | None = None) -> Price:
     price = Price.objects.filter(model_name=model_name, effective_from__lte=at).order_by("-effective_from").first()
     if price is None:
         raise PriceMissing(
-            f"the price book has no price for model {model_name!r}: add one in the admin or run manage.py import_prices",
+            f"the price book has no price for model {model_name!r}: "
+            "add one in the admin or run manage.py import_prices",
             detail={"model": model_name},
         )
     return price

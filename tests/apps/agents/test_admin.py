@@ -12,10 +12,20 @@ def test_the_admin_manages_tools_and_the_allow_list_and_reindexes_on_save(client
     from apps.agents.models import HttpAllowedHost
 
     client.force_login(make_user("root", is_superuser=True))
-    for url in ["/admin/agents/tool/", "/admin/agents/httpallowedhost/", "/admin/agents/agent/", "/admin/agents/agentrun/",
-                "/admin/agents/tool/add/"]:
+    for url in [
+        "/admin/agents/tool/",
+        "/admin/agents/httpallowedhost/",
+        "/admin/agents/agent/",
+        "/admin/agents/agentrun/",
+        "/admin/agents/tool/add/",
+    ]:
         assert client.get(url).status_code == 200, url
-    assert client.post("/admin/agents/httpallowedhost/add/", {"host": "api.weather.test", "note": "demo"}).status_code == 302
+    assert (
+        client.post(
+            "/admin/agents/httpallowedhost/add/", {"host": "api.weather.test", "note": "demo"}
+        ).status_code
+        == 302
+    )
     assert HttpAllowedHost.objects.filter(host="api.weather.test").exists()
     form = {"team": "", "name": "to_kelvin", "description": "Convert Celsius to Kelvin.", "kind": "python",
             "parameters": "{}", "config": '{"callable": "add"}', "examples": "[]", "enabled": "on"}

@@ -9,7 +9,9 @@ from apps.costs.models import Stage, UsageRecord
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_real_smollm2_run_on_an_easy_math_task_completes_and_is_metered(team_a, builtin_tools, make_agent, model_cache_dir):
+def test_a_real_smollm2_run_on_an_easy_math_task_completes_and_is_metered(
+    team_a, builtin_tools, make_agent, model_cache_dir
+):
     from workers.runtime.local_lm import load_causal_lm, set_torch_threads
 
     set_torch_threads(1)

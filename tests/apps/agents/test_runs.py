@@ -130,18 +130,33 @@ def test_an_openai_endpoint_agent_uses_native_tool_calling(team_a, builtin_tools
     payloads = []
     replies = [
         {"content": "1. Calculate the area of the rectangle"},
-        {"content": None, "tool_calls": [{"id": "c1", "type": "function",
-                                          "function": {"name": "area_rectangle", "arguments": '{"length": 8, "width": 5}'}}]},
+        {
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "area_rectangle", "arguments": '{"length": 8, "width": 5}'},
+                }
+            ],
+        },
         {"content": "The area is 40."},
     ]
 
     def handler(request):
         payloads.append(json.loads(request.content))
         message = replies.pop(0)
-        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", **message}, "finish_reason": "stop"}],
-                                         "usage": {"prompt_tokens": 50, "completion_tokens": 5}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"role": "assistant", **message}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 5},
+            },
+        )
 
-    client = OpenAICompatClient(OpenAICompatConfig(base_url="http://llm.test/v1", model="m"), transport=httpx.MockTransport(handler))
+    client = OpenAICompatClient(
+        OpenAICompatConfig(base_url="http://llm.test/v1", model="m"), transport=httpx.MockTransport(handler)
+    )
     monkeypatch.setattr(metering, "_target_override", lambda endpoint: client)
     run = _start(team_a, make_agent(team_a, model="remote"))
     assert run.status == AgentRunStatus.SUCCEEDED, run.error
@@ -158,7 +173,11 @@ def test_a_retrieval_tool_searches_the_teams_corpus_on_its_own_thread(team_a, al
 
     corpus = corpus_create(team=team_a, name="Handbook", user=alice, chunk_tokens=64, overlap_tokens=8)
     text = b"Zebras are African equines with black-and-white stripes. Their stripes may deter biting flies."
-    documents_ingest(documents=[document_upload(corpus=corpus, filename="zebra.txt", data=text, user=alice, start_job=False)])
+    documents_ingest(
+        documents=[
+            document_upload(corpus=corpus, filename="zebra.txt", data=text, user=alice, start_job=False)
+        ]
+    )
     services.tool_create(team=team_a, name="handbook", kind="retrieval", config={"corpus_id": corpus.pk, "k": 2},
                          description="Search the animal handbook: zebras, their stripes and habits.")
     script.say(

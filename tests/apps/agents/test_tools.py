@@ -19,8 +19,14 @@ def _names(matches):
 
 
 def test_it_creates_a_tool_and_the_search_finds_it(team_a, alice):
-    tool = services.tool_create(team=team_a, name="stock_price", description="Look up the current price of a stock ticker.",
-                                kind=ToolKind.PYTHON, config={"callable": "calculator"}, created_by=alice)
+    tool = services.tool_create(
+        team=team_a,
+        name="stock_price",
+        description="Look up the current price of a stock ticker.",
+        kind=ToolKind.PYTHON,
+        config={"callable": "calculator"},
+        created_by=alice,
+    )
     assert tool.version == 1 and tool.parameters["required"] == ["expression"]  # the callable's schema by default
     assert tool_store().ids(team_a.pk) == [tool.pk]
     matches = selectors.tool_search(team=team_a, query="what does a share of ACME cost now?", k=3)
@@ -106,7 +112,9 @@ def test_another_teams_tools_are_invisible(team_a, team_b):
 def test_global_tools_are_visible_to_every_team_but_editable_by_none(team_a, team_b, builtin_tools):
     assert builtin_tools == {"created": 104, "updated": 0, "unchanged": 0}
     for team in (team_a, team_b):
-        assert _names(selectors.tool_search(team=team, query="area of a rectangle 8 by 5 meters", k=1)) == ["area_rectangle"]
+        assert _names(selectors.tool_search(team=team, query="area of a rectangle 8 by 5 meters", k=1)) == [
+            "area_rectangle"
+        ]
     area = Tool.objects.get(name="area_rectangle")
     assert selectors.tool_get(team=team_a, tool_id=area.pk) == area
     with pytest.raises(Http404):
@@ -136,7 +144,12 @@ def test_loading_the_built_in_tools_is_idempotent_and_refreshes_changed_ones(bui
 def test_the_rebuild_command_restores_a_lost_index(team_a, builtin_tools, capsys):
     import shutil
 
-    services.tool_create(team=team_a, name="helper", description="Convert miles to kilometres.", config={"callable": "multiply"})
+    services.tool_create(
+        team=team_a,
+        name="helper",
+        description="Convert miles to kilometres.",
+        config={"callable": "multiply"},
+    )
     shutil.rmtree(tool_store().folder("global"))
     assert selectors.tool_search(team=team_a, query="volume of a sphere", k=1)[0].tool.name == "helper"
     call_command("rebuild_tool_index")

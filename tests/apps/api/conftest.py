@@ -10,11 +10,17 @@ from workers.runtime.meter import EchoTarget
 
 @pytest.fixture
 def echo_model(monkeypatch):
-    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="Paris is the capital [1]"))
+    monkeypatch.setattr(
+        metering,
+        "_target_override",
+        lambda endpoint: EchoTarget(name=endpoint.name, reply="Paris is the capital [1]"),
+    )
 
 
 @pytest.fixture
 def empty_pipeline(team_a, db):
     from apps.rag.services import pipeline_save
 
-    return pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[], max_output_tokens=32)
+    return pipeline_save(
+        team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[], max_output_tokens=32
+    )

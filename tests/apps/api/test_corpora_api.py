@@ -26,7 +26,9 @@ def data_root(settings, tmp_path):
 
 def test_a_team_uploads_searches_and_asks_with_citations(team_a, make_api_key, api_client, data_root, echo_model):
     client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
-    corpus = client.post("/api/v1/corpora", {"name": "Handbook", "chunk_tokens": 32, "overlap_tokens": 4}, format="json").json()
+    corpus = client.post(
+        "/api/v1/corpora", {"name": "Handbook", "chunk_tokens": 32, "overlap_tokens": 4}, format="json"
+    ).json()
     uploaded = client.post(
         f"/api/v1/corpora/{corpus['id']}/documents",
         {"file": SimpleUploadedFile("handbook.txt", HANDBOOK, content_type="text/plain")},
@@ -36,15 +38,27 @@ def test_a_team_uploads_searches_and_asks_with_citations(team_a, make_api_key, a
     document = client.get(f"/api/v1/documents/{uploaded.json()[0]['id']}").json()
     assert document["status"] == "ready" and document["chunks"] >= 2
 
-    hits = client.post(f"/api/v1/corpora/{corpus['id']}/search", {"query": "hotel reimbursement per night", "k": 2}, format="json").json()
+    hits = client.post(
+        f"/api/v1/corpora/{corpus['id']}/search",
+        {"query": "hotel reimbursement per night", "k": 2},
+        format="json",
+    ).json()
     assert "180 euros" in hits["results"][0]["text"]
     assert set(hits["results"][0]["retrievers"]) <= {"dense", "bm25"} and hits["results"][0]["retrievers"]
 
     bad = client.post(f"/api/v1/corpora/{corpus['id']}/search", {"query": "x", "retriever": "magic"}, format="json")
     assert bad.status_code == 400 and "dense" in bad.json()["error"]["message"]
 
-    client.post("/api/v1/pipelines", {"name": "handbook-qa", "model": "smollm2-135m-instruct", "corpora": [corpus["id"]], "top_k": 2}, format="json")
-    answer = client.post("/api/v1/queries", {"pipeline": "handbook-qa", "question": "How much is a hotel night reimbursed?"}, format="json").json()
+    client.post(
+        "/api/v1/pipelines",
+        {"name": "handbook-qa", "model": "smollm2-135m-instruct", "corpora": [corpus["id"]], "top_k": 2},
+        format="json",
+    )
+    answer = client.post(
+        "/api/v1/queries",
+        {"pipeline": "handbook-qa", "question": "How much is a hotel night reimbursed?"},
+        format="json",
+    ).json()
     assert answer["status"] == "succeeded"
     first = answer["citations"][0]
     assert first["document_title"] and first["end"] > first["start"]
@@ -60,7 +74,9 @@ def test_a_corrupt_upload_fails_with_a_clear_error_and_loses_nothing(team_a, mak
         f"/api/v1/corpora/{corpus['id']}/documents", {"file": SimpleUploadedFile("a.txt", HANDBOOK)}, format="multipart"
     ).json()[0]
     bad = client.post(
-        f"/api/v1/corpora/{corpus['id']}/documents", {"file": SimpleUploadedFile("b.pdf", b"%PDF-1.4 garbage")}, format="multipart"
+        f"/api/v1/corpora/{corpus['id']}/documents",
+        {"file": SimpleUploadedFile("b.pdf", b"%PDF-1.4 garbage")},
+        format="multipart",
     ).json()[0]
     assert client.get(f"/api/v1/documents/{bad['id']}").json()["status"] == "failed"
     assert "PDF" in client.get(f"/api/v1/documents/{bad['id']}").json()["error"]

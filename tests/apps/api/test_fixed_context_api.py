@@ -81,7 +81,10 @@ def test_it_rejects_attention_options_the_backend_does_not_have_naming_the_field
     not_an_object = admin.post("/api/v1/pipelines", {"name": "p", "model": "smollm2-135m-instruct",
                                                      "attention_options": [1, 2]}, format="json")
     assert not_an_object.status_code == 400
-    assert not_an_object.json()["error"]["detail"]["fields"]["attention_options"] == "attention options must be an object"
+    assert (
+        not_an_object.json()["error"]["detail"]["fields"]["attention_options"]
+        == "attention options must be an object"
+    )
     assert not Pipeline.objects.exists()
 
 
@@ -176,4 +179,7 @@ def test_it_reads_and_writes_a_pipelines_prompting_options(admin):
     error = refused.json()["error"]
     assert "unknown options for prompting strategy 'superposition': keep" in error["message"]
     assert "prompting_options" in error["detail"]["fields"]
-    assert admin.get(f"/api/v1/pipelines/{body['id']}").json()["prompting_options"] == {"top_k": 1, "answer_mode": "recompute"}
+    assert admin.get(f"/api/v1/pipelines/{body['id']}").json()["prompting_options"] == {
+        "top_k": 1,
+        "answer_mode": "recompute",
+    }

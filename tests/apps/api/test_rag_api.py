@@ -16,7 +16,9 @@ def _client(api_client, key):
 
 def test_it_creates_a_pipeline_and_rejects_unknown_methods_with_the_valid_ones(team_a, make_api_key, api_client):
     client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
-    created = client.post("/api/v1/pipelines", {"name": "docs-qa", "model": "smollm2-135m-instruct", "top_k": 3}, format="json")
+    created = client.post(
+        "/api/v1/pipelines", {"name": "docs-qa", "model": "smollm2-135m-instruct", "top_k": 3}, format="json"
+    )
     assert created.status_code == 201, created.json()
     assert created.json()["compression_method"] == "none"
     bad = client.post(
@@ -33,9 +35,13 @@ def test_it_creates_a_pipeline_and_rejects_unknown_methods_with_the_valid_ones(t
     assert "unknown model 'gpt-9' (available: smollm2-135m-instruct)" in unknown_model.json()["error"]["message"]
 
 
-def test_a_sync_query_answers_with_per_stage_cost_from_the_ledger(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+def test_a_sync_query_answers_with_per_stage_cost_from_the_ledger(
+    team_a, make_api_key, api_client, echo_model, empty_pipeline
+):
     client = _client(api_client, make_api_key(team_a))
-    response = client.post("/api/v1/queries", {"pipeline": "plain", "question": "What is the capital of France?"}, format="json")
+    response = client.post(
+        "/api/v1/queries", {"pipeline": "plain", "question": "What is the capital of France?"}, format="json"
+    )
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["status"] == "succeeded"
@@ -57,7 +63,9 @@ def test_an_async_query_returns_a_job_to_poll(team_a, make_api_key, api_client, 
     assert client.get(f"/api/v1/queries/{response.json()['id']}").json()["status"] == "succeeded"
 
 
-def test_an_exhausted_budget_refuses_with_402_naming_the_budget(team_a, make_api_key, api_client, echo_model, empty_pipeline):
+def test_an_exhausted_budget_refuses_with_402_naming_the_budget(
+    team_a, make_api_key, api_client, echo_model, empty_pipeline
+):
     budget_save(team=team_a, hard_limit=Decimal("0.0000001"), period="day")
     client = _client(api_client, make_api_key(team_a))
     response = client.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json")

@@ -29,7 +29,10 @@ def make_pdf(text_lines: list[str]) -> bytes:
     """A minimal valid one-page PDF with real text (Helvetica), xref offsets computed."""
     content = (
         "BT /F1 12 Tf 72 720 Td 14 TL "
-        + " ".join("(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '" for line in text_lines)
+        + " ".join(
+            "(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '"
+            for line in text_lines
+        )
         + " ET"
     )
     objects = [

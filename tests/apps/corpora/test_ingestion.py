@@ -41,11 +41,19 @@ def test_it_ingests_txt_md_html_pdf_and_docx_into_ready_documents_with_chunks(
     files = {
         "zebra.txt": ZEBRA.encode(),
         "volcano.md": f"# Volcanoes\n\n{VOLCANO}".encode(),
-        "coffee.html": f"<html><head><title>Coffee</title><script>var hidden=1</script></head><body><p>{COFFEE}</p></body></html>".encode(),
-        "report.pdf": make_pdf(["Parsimony keeps retrieval costs low.", "Budgets are enforced before work runs."]),
+        "coffee.html": (
+            "<html><head><title>Coffee</title><script>var hidden=1</script></head>"
+            f"<body><p>{COFFEE}</p></body></html>"
+        ).encode(),
+        "report.pdf": make_pdf(
+            ["Parsimony keeps retrieval costs low.", "Budgets are enforced before work runs."]
+        ),
         "memo.docx": make_docx(["The quarterly memo discusses glaciers melting in Greenland."]),
     }
-    documents = {name: _upload(django_capture_on_commit_callbacks, corpus=corpus, filename=name, data=data, user=alice) for name, data in files.items()}
+    documents = {
+        name: _upload(django_capture_on_commit_callbacks, corpus=corpus, filename=name, data=data, user=alice)
+        for name, data in files.items()
+    }
     for name, document in documents.items():
         assert document.status == DocumentStatus.READY, (name, document.error)
         assert document.chunks.count() >= 1
@@ -93,14 +101,18 @@ def test_it_marks_a_bad_document_failed_and_leaves_the_corpus_untouched(
 def test_it_creates_no_new_chunks_for_a_duplicate_upload(corpus, django_capture_on_commit_callbacks):
     first = _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="zebra.txt", data=ZEBRA.encode())
     chunks = Chunk.objects.count()
-    again = _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="copy-of-zebra.txt", data=ZEBRA.encode())
+    again = _upload(
+        django_capture_on_commit_callbacks, corpus=corpus, filename="copy-of-zebra.txt", data=ZEBRA.encode()
+    )
     assert again.pk == first.pk
     assert Chunk.objects.count() == chunks
     assert Document.objects.count() == 1
     assert Job.objects.filter(kind="corpora.ingest").count() == 1
 
 
-def test_it_removes_a_deleted_documents_vectors_so_search_no_longer_returns_it(corpus, django_capture_on_commit_callbacks):
+def test_it_removes_a_deleted_documents_vectors_so_search_no_longer_returns_it(
+    corpus, django_capture_on_commit_callbacks
+):
     zebra = _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="zebra.txt", data=ZEBRA.encode())
     _upload(django_capture_on_commit_callbacks, corpus=corpus, filename="volcano.txt", data=VOLCANO.encode())
     zebra_ids = set(zebra.chunks.values_list("vector_id", flat=True))
@@ -108,7 +120,10 @@ def test_it_removes_a_deleted_documents_vectors_so_search_no_longer_returns_it(c
     document_delete(document=zebra)
     assert not (zebra_ids & _vector_ids(corpus))
     for retriever in ("dense", "bm25", "hybrid"):
-        assert all(hit.chunk.document_id != zebra.pk for hit in chunk_search(corpus=corpus, query="striped zebras", retriever=retriever, k=5))
+        assert all(
+            hit.chunk.document_id != zebra.pk
+            for hit in chunk_search(corpus=corpus, query="striped zebras", retriever=retriever, k=5)
+        )
     assert chunk_search(corpus=corpus, query="zebras", retriever="bm25") == []
 
 
@@ -117,7 +132,9 @@ def test_it_removes_a_deleted_documents_vectors_so_search_no_longer_returns_it(c
     [("_chunks_replace", False), ("index_apply", False), ("index_apply", True), ("_documents_mark_ready", False)],
 )
 def test_it_leaves_exactly_one_copy_after_a_crash_and_a_retry(corpus, monkeypatch, crash_at, step_completes):
-    document = document_upload(corpus=corpus, filename="zebra.txt", data=(ZEBRA + "\n\n" + VOLCANO).encode(), start_job=False)
+    document = document_upload(
+        corpus=corpus, filename="zebra.txt", data=(ZEBRA + "\n\n" + VOLCANO).encode(), start_job=False
+    )
     real = getattr(ingestion, crash_at)
 
     def crash(**kwargs):
@@ -142,16 +159,30 @@ def test_it_leaves_exactly_one_copy_after_a_crash_and_a_retry(corpus, monkeypatc
     assert corpus_index_store().for_search(corpus.pk).bm25_index.count == len(chunk_ids)
 
 
-def test_it_rebuilds_an_index_from_the_database_that_searches_like_the_live_one(corpus, django_capture_on_commit_callbacks):
+def test_it_rebuilds_an_index_from_the_database_that_searches_like_the_live_one(
+    corpus, django_capture_on_commit_callbacks
+):
     for name, text in (("zebra.txt", ZEBRA), ("volcano.txt", VOLCANO), ("coffee.txt", COFFEE)):
         _upload(django_capture_on_commit_callbacks, corpus=corpus, filename=name, data=text.encode())
     queries = ["black and white stripes", "lava and ash", "espresso pressure", "animals on the savanna"]
-    live = {(q, r): [(h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)] for q in queries for r in ("dense", "bm25", "hybrid")}
+    live = {
+        (q, r): [
+            (h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)
+        ]
+        for q in queries
+        for r in ("dense", "bm25", "hybrid")
+    }
     before = (corpus_index_store().folder(corpus.pk) / "dense" / "vectors.faiss").read_bytes()
     result = corpus_index_rebuild(corpus=corpus)
     assert result["chunks"] == Chunk.objects.count()
     assert (corpus_index_store().folder(corpus.pk) / "dense" / "vectors.faiss").read_bytes() != b"" and before
-    rebuilt = {(q, r): [(h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)] for q in queries for r in ("dense", "bm25", "hybrid")}
+    rebuilt = {
+        (q, r): [
+            (h.chunk.pk, round(h.score, 4)) for h in chunk_search(corpus=corpus, query=q, retriever=r, k=3)
+        ]
+        for q in queries
+        for r in ("dense", "bm25", "hybrid")
+    }
     assert rebuilt == live
 
 
@@ -184,11 +215,25 @@ def test_it_imports_jsonl_and_csv_records_as_one_document_each(corpus, django_ca
         b'{"pid": "p2", "title": "Volcano", "text": "Etna erupts often."}\n'
     )
     with django_capture_on_commit_callbacks(execute=True):
-        created = documents_import_records(corpus=corpus, filename="passages.jsonl", data=jsonl, text_field="text", title_field="title", id_field="pid")
+        created = documents_import_records(
+            corpus=corpus,
+            filename="passages.jsonl",
+            data=jsonl,
+            text_field="text",
+            title_field="title",
+            id_field="pid",
+        )
     assert [d.external_id for d in created] == ["p1", "p2"]
     csv_data = b"id,name,body\nc1,Coffee,Espresso is strong coffee.\nc2,Tea,Green tea is mild.\n"
     with django_capture_on_commit_callbacks(execute=True):
-        more = documents_import_records(corpus=corpus, filename="more.csv", data=csv_data, text_field="body", title_field="name", id_field="id")
+        more = documents_import_records(
+            corpus=corpus,
+            filename="more.csv",
+            data=csv_data,
+            text_field="body",
+            title_field="name",
+            id_field="id",
+        )
     assert len(more) == 2
     assert set(Document.objects.values_list("status", flat=True)) == {DocumentStatus.READY}
     assert Document.objects.get(external_id="c1").title == "Coffee"

@@ -113,8 +113,12 @@ def test_it_uses_a_reservation_the_caller_holds_without_settling_it(echo_endpoin
 
     budget_save(team=team_a, hard_limit=Decimal(1000), period="total")
     held = budget_reserve(team=team_a, estimate=Decimal(100))
-    first = model_call(endpoint=echo_endpoint, messages=[{"role": "user", "content": "a"}], context=ctx, reservation=held)
-    second = model_call(endpoint=echo_endpoint, messages=[{"role": "user", "content": "b"}], context=ctx, reservation=held)
+    first = model_call(
+        endpoint=echo_endpoint, messages=[{"role": "user", "content": "a"}], context=ctx, reservation=held
+    )
+    second = model_call(
+        endpoint=echo_endpoint, messages=[{"role": "user", "content": "b"}], context=ctx, reservation=held
+    )
     assert Reservation.objects.count() == 1
     held.refresh_from_db()
     assert held.status == ReservationStatus.HELD

@@ -79,7 +79,10 @@ def test_setting_the_same_price_again_adds_nothing(db):
     jan = datetime(2026, 1, 1, tzinfo=UTC)
     _, first = price_set(model_name="m", input_per_mtok=Decimal(1), output_per_mtok=Decimal(2), effective_from=jan)
     _, again = price_set(
-        model_name="m", input_per_mtok=Decimal("1.0"), output_per_mtok=Decimal(2), effective_from=jan + timedelta(days=9)
+        model_name="m",
+        input_per_mtok=Decimal("1.0"),
+        output_per_mtok=Decimal(2),
+        effective_from=jan + timedelta(days=9),
     )
     assert (first, again) == (True, False)
     assert Price.objects.filter(model_name="m").count() == 1
@@ -164,7 +167,10 @@ def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_histo
 
     table = json.loads(LITELLM.read_text())
     names = [n for n, e in table.items() if n in set(Price.objects.values_list("model_name", flat=True))][:3]
-    modified = {name: {**table[name], "input_cost_per_token": table[name]["input_cost_per_token"] * 2} for name in names}
+    modified = {
+        name: {**table[name], "input_cost_per_token": table[name]["input_cost_per_token"] * 2}
+        for name in names
+    }
     for name in names:
         if not modified[name]["input_cost_per_token"]:
             modified[name]["input_cost_per_token"] = 1e-06

@@ -37,7 +37,9 @@ def test_it_validates_attention_options_and_keeps_sparse_backends_on_local_model
     with pytest.raises(ValidationFailed, match="keep_fraction must be in"):
         pipeline_save(team=team_a, name="p", model_endpoint="smollm2-135m-instruct", attention_backend="squeezed",
                       attention_options={"keep_fraction": 2})
-    with pytest.raises(ValidationFailed, match="unknown attention backend 'sparse' \\(valid: full, retrieval, squeezed\\)"):
+    with pytest.raises(
+        ValidationFailed, match="unknown attention backend 'sparse' \\(valid: full, retrieval, squeezed\\)"
+    ):
         pipeline_save(team=team_a, name="p", model_endpoint="smollm2-135m-instruct", attention_backend="sparse")
     with pytest.raises(ValidationFailed, match="needs a local model endpoint"):
         pipeline_save(team=team_a, name="p", model_endpoint=remote_endpoint, attention_backend="retrieval")

@@ -99,8 +99,13 @@ def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
 
 
 def test_it_validates_the_prompting_options_against_the_strategy(team_a):
-    pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct",
-                             prompting_strategy="superposition", prompting_options={"top_k": 3, "answer_mode": "recompute"})
+    pipeline = pipeline_save(
+        team=team_a,
+        name="sp",
+        model_endpoint="smollm2-135m-instruct",
+        prompting_strategy="superposition",
+        prompting_options={"top_k": 3, "answer_mode": "recompute"},
+    )
     assert pipeline.prompting_options == {"top_k": 3, "answer_mode": "recompute"}
     for options, message in [
         ({"topk": 3}, "unknown options for prompting strategy 'superposition': topk"),

@@ -28,8 +28,18 @@ def test_a_member_creates_edits_and_deletes_a_tool_in_the_browser(owner, team_a)
     assert created.status_code == 302, created.content.decode()[:2000]
     tool = Tool.objects.get(team=team_a, name="double")
     assert tool_store().ids(team_a.pk) == [tool.pk]
-    edited = owner.post(f"/agents/tools/{tool.pk}/edit/", {"name": "double", "description": "Multiply by two.", "kind": "python",
-                                                           "callable": "multiply", "method": "GET", "k": 3, "enabled": "on"})
+    edited = owner.post(
+        f"/agents/tools/{tool.pk}/edit/",
+        {
+            "name": "double",
+            "description": "Multiply by two.",
+            "kind": "python",
+            "callable": "multiply",
+            "method": "GET",
+            "k": 3,
+            "enabled": "on",
+        },
+    )
     assert edited.status_code == 302
     tool.refresh_from_db()
     assert (tool.version, tool.description) == (2, "Multiply by two.")
@@ -40,9 +50,18 @@ def test_a_member_creates_edits_and_deletes_a_tool_in_the_browser(owner, team_a)
 
 
 def test_the_tool_form_shows_the_services_errors(owner):
-    response = owner.post("/agents/tools/new/", {"name": "weather", "description": "Weather.", "kind": "http",
-                                                 "url": "https://nowhere.test/{city}", "method": "GET", "k": 3,
-                                                 "parameters": '{"type": "object", "properties": {"city": {"type": "string"}}}'})
+    response = owner.post(
+        "/agents/tools/new/",
+        {
+            "name": "weather",
+            "description": "Weather.",
+            "kind": "http",
+            "url": "https://nowhere.test/{city}",
+            "method": "GET",
+            "k": 3,
+            "parameters": '{"type": "object", "properties": {"city": {"type": "string"}}}',
+        },
+    )
     assert response.status_code == 400
     assert "not on the allow-list" in response.content.decode()
     bad_json = owner.post("/agents/tools/new/", {"name": "x", "description": "d", "kind": "python", "callable": "add",
@@ -81,7 +100,9 @@ def test_a_member_creates_an_agent_in_the_browser(owner, team_a):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_running_an_agent_shows_its_steps_in_the_polled_fragment(client, alice, team_a, builtin_tools, script, make_agent):
+def test_running_an_agent_shows_its_steps_in_the_polled_fragment(
+    client, alice, team_a, builtin_tools, script, make_agent
+):
     client.force_login(alice)
     agent = make_agent(team_a)
     script.say(*area_script())
@@ -95,7 +116,9 @@ def test_running_an_agent_shows_its_steps_in_the_polled_fragment(client, alice, 
     assert fragment.lstrip().startswith('<div id="agent-run-live"')
     assert "hx-get" not in fragment.split(">")[0]  # finished: the polling stops
     assert "<code>area_rectangle</code>" in fragment
-    assert "&quot;length&quot;: 8" in fragment and "= <code>40</code>" in fragment  # the call, its arguments, its result
+    assert (
+        "&quot;length&quot;: 8" in fragment and "= <code>40</code>" in fragment
+    )  # the call, its arguments, its result
     assert "agent-step" in fragment and "tool" in fragment
 
 

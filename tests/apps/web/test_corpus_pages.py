@@ -22,14 +22,18 @@ def test_it_lists_and_creates_corpora(member_client, corpus):
     page = member_client.get("/corpora/")
     assert page.status_code == 200 and b"Handbook" in page.content
     assert b'<label for="id_name">' in page.content
-    response = member_client.post("/corpora/new/", {"name": "Wiki", "chunk_tokens": 128, "overlap_tokens": 16, "index_type": "auto"})
+    response = member_client.post(
+        "/corpora/new/", {"name": "Wiki", "chunk_tokens": 128, "overlap_tokens": 16, "index_type": "auto"}
+    )
     wiki = Corpus.objects.get(name="Wiki")
     assert response.status_code == 302 and response.url == f"/corpora/{wiki.pk}/"
     assert wiki.chunk_tokens == 128
 
 
 def test_a_duplicate_corpus_name_is_shown_as_an_error(member_client, corpus):
-    page = member_client.post("/corpora/new/", {"name": "Handbook", "chunk_tokens": 64, "overlap_tokens": 8, "index_type": "auto"})
+    page = member_client.post(
+        "/corpora/new/", {"name": "Handbook", "chunk_tokens": 64, "overlap_tokens": 8, "index_type": "auto"}
+    )
     assert page.status_code == 400
     assert b"already has a corpus named" in page.content
 
@@ -38,7 +42,12 @@ def test_viewers_cannot_create_upload_or_delete(viewer_client, corpus):
     page = viewer_client.get(f"/corpora/{corpus.pk}/")
     assert page.status_code == 200
     assert b'type="file"' not in page.content and b"New corpus" not in viewer_client.get("/corpora/").content
-    assert viewer_client.post("/corpora/new/", {"name": "X", "chunk_tokens": 64, "overlap_tokens": 8, "index_type": "auto"}).status_code == 403
+    assert (
+        viewer_client.post(
+            "/corpora/new/", {"name": "X", "chunk_tokens": 64, "overlap_tokens": 8, "index_type": "auto"}
+        ).status_code
+        == 403
+    )
     response = viewer_client.post(f"/corpora/{corpus.pk}/upload/", {"files": _files(("z.txt", ZEBRA))})
     assert response.status_code == 403
     assert not Document.objects.exists()
@@ -60,10 +69,14 @@ def test_members_upload_several_files_into_one_ingestion_job(member_client, corp
     assert b"2 file(s) uploaded and queued" in page.content
 
 
-def test_the_documents_table_polls_while_ingesting_and_shows_progress(member_client, corpus, django_capture_on_commit_callbacks):
+def test_the_documents_table_polls_while_ingesting_and_shows_progress(
+    member_client, corpus, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=False):
         member_client.post(f"/corpora/{corpus.pk}/upload/", {"files": _files(("zebra.txt", ZEBRA))})
-    Job.objects.filter(kind="corpora.ingest").update(status="running", progress_done=3, progress_total=4, message="3 / 4 chunks embedded")
+    Job.objects.filter(kind="corpora.ingest").update(
+        status="running", progress_done=3, progress_total=4, message="3 / 4 chunks embedded"
+    )
     Document.objects.update(status=DocumentStatus.PROCESSING)
     rows = member_client.get(f"/corpora/{corpus.pk}/documents/", HTTP_HX_REQUEST="true")
     assert rows.status_code == 200

@@ -106,8 +106,14 @@ def test_only_admins_prefill_and_other_teams_get_404(member_client, viewer_clien
     assert not Job.objects.exists()
 
 
-def test_it_saves_prompting_options_and_shows_their_errors_by_the_field(member_client, corpus, team_a, default_models_db):
-    values = _values(corpus, prompting_strategy="superposition", prompting_options='{"top_k": 3, "answer_mode": "recompute"}')
+def test_it_saves_prompting_options_and_shows_their_errors_by_the_field(
+    member_client, corpus, team_a, default_models_db
+):
+    values = _values(
+        corpus,
+        prompting_strategy="superposition",
+        prompting_options='{"top_k": 3, "answer_mode": "recompute"}',
+    )
     assert member_client.post("/pipelines/new/", values).status_code == 302
     pipeline = Pipeline.objects.get(team=team_a, name="handbook")
     assert pipeline.prompting_options == {"answer_mode": "recompute", "top_k": 3}

@@ -86,7 +86,13 @@ def test_an_invitation_link_lets_a_new_person_sign_up_and_join(owner_client, tea
     page = client.get(link)
     assert b'<label for="id_username">' in page.content
     response = client.post(
-        link, {"username": "newbie", "email": "", "password1": "a-very-long-pass-phrase", "password2": "a-very-long-pass-phrase"}
+        link,
+        {
+            "username": "newbie",
+            "email": "",
+            "password1": "a-very-long-pass-phrase",
+            "password2": "a-very-long-pass-phrase",
+        },
     )
     assert response.status_code == 302
     assert Membership.objects.get(team=team_a, user__username="newbie").role == Role.MEMBER
@@ -95,7 +101,9 @@ def test_an_invitation_link_lets_a_new_person_sign_up_and_join(owner_client, tea
 
 def test_a_sign_up_with_mismatched_passwords_shows_the_error(owner_client):
     link = _invite(owner_client)
-    page = Client().post(link, {"username": "x1", "password1": "a-very-long-pass-phrase", "password2": "other-pass-phrase-9"})
+    page = Client().post(
+        link, {"username": "x1", "password1": "a-very-long-pass-phrase", "password2": "other-pass-phrase-9"}
+    )
     assert page.status_code == 200
     assert b"didn" in page.content or b"match" in page.content
     assert not Membership.objects.filter(user__username="x1").exists()

@@ -31,7 +31,16 @@ def test_the_dashboard_shows_spend_per_day_and_breakdowns(member_client, spend):
     data = json.loads(re.search(r'<script id="spend-data" type="application/json">(.*?)</script>', body).group(1))
     assert len(data["labels"]) == 30 and data["values"][-1] == pytest.approx(0.75)
     assert "/static/admincharts/chart.min.js" in body  # the packaged Chart.js, served locally
-    for text in ("By model", "By user", "By API key", "By pipeline", "gpt-4o-mini", "local/smollm2-135m", "alice", "test key"):
+    for text in (
+        "By model",
+        "By user",
+        "By API key",
+        "By pipeline",
+        "gpt-4o-mini",
+        "local/smollm2-135m",
+        "alice",
+        "test key",
+    ):
         assert text in body, text
     assert "$0.75" in body
     assert "Savings from compression and caching" in body
@@ -54,12 +63,18 @@ def test_the_ledger_exports_as_csv(member_client, spend):
 def test_admins_create_and_edit_budgets_members_only_read(member_client, owner_client, team_a, spend):
     assert member_client.get("/usage/budgets/new/").status_code == 403
     response = owner_client.post(
-        "/usage/budgets/new/", {"scope": "team", "period": "month", "hard_limit": "1.00", "soft_limit_percent": 50, "enabled": "on"}
+        "/usage/budgets/new/",
+        {"scope": "team", "period": "month", "hard_limit": "1.00", "soft_limit_percent": 50, "enabled": "on"},
     )
     assert response.status_code == 302
     budget = Budget.objects.get(team=team_a)
     assert budget.hard_limit == Decimal("1.00") and budget.enabled
-    assert member_client.post(f"/usage/budgets/{budget.pk}/edit/", {"scope": "team", "period": "day", "hard_limit": "5"}).status_code == 403
+    assert (
+        member_client.post(
+            f"/usage/budgets/{budget.pk}/edit/", {"scope": "team", "period": "day", "hard_limit": "5"}
+        ).status_code
+        == 403
+    )
     owner_client.post(
         f"/usage/budgets/{budget.pk}/edit/",
         {"scope": "api_key", "api_key": spend.pk, "period": "day", "hard_limit": "2", "soft_limit_percent": 80},
@@ -67,11 +82,18 @@ def test_admins_create_and_edit_budgets_members_only_read(member_client, owner_c
     budget.refresh_from_db()
     assert budget.scope == "api_key" and budget.api_key == spend and not budget.enabled
     page = member_client.get("/usage/").content.decode()
-    assert 'role="progressbar"' in page and "Day budget of key test key" in page and "Edit" not in page.split("Budgets")[-1].split("</section>")[0]
+    assert (
+        'role="progressbar"' in page
+        and "Day budget of key test key" in page
+        and "Edit" not in page.split("Budgets")[-1].split("</section>")[0]
+    )
 
 
 def test_a_user_budget_needs_its_member(owner_client):
-    page = owner_client.post("/usage/budgets/new/", {"scope": "user", "period": "month", "hard_limit": "1", "soft_limit_percent": 80})
+    page = owner_client.post(
+        "/usage/budgets/new/",
+        {"scope": "user", "period": "month", "hard_limit": "1", "soft_limit_percent": 80},
+    )
     assert page.status_code == 400 and b"Choose the member" in page.content
 
 

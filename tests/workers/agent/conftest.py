@@ -42,7 +42,9 @@ class ScriptedModel:
 class CannedSearch:
     """search(query, k): hits chosen by keywords in the query; everything else scores low."""
 
-    def __init__(self, rules: dict[str, list[tuple[str, float]]], low: tuple[str, float] | None = ("add", 0.05)) -> None:
+    def __init__(
+        self, rules: dict[str, list[tuple[str, float]]], low: tuple[str, float] | None = ("add", 0.05)
+    ) -> None:
         self.rules = rules
         self.low = low
         self.queries: list[str] = []

@@ -29,8 +29,15 @@ def test_it_fills_url_placeholders_and_sends_the_rest_as_query_or_json():
         seen["body"] = request.content
         return httpx.Response(200, json={"temp": 21})
 
-    result = http_call(url="https://api.example.com/weather/{city}", method="GET", arguments={"city": "São Paulo", "units": "c"},
-                       allowed_hosts=ALLOWED, timeout_s=1, max_bytes=1000, transport=_transport(handler))
+    result = http_call(
+        url="https://api.example.com/weather/{city}",
+        method="GET",
+        arguments={"city": "São Paulo", "units": "c"},
+        allowed_hosts=ALLOWED,
+        timeout_s=1,
+        max_bytes=1000,
+        transport=_transport(handler),
+    )
     assert result == {"temp": 21}
     assert seen["url"] == "https://api.example.com/weather/S%C3%A3o%20Paulo?units=c"
     http_call(url="https://api.example.com/echo", method="POST", arguments={"a": 1}, allowed_hosts=ALLOWED,

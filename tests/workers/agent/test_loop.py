@@ -26,9 +26,17 @@ def test_it_answers_with_a_tool_found_for_the_one_subtask():
     assert result.tools_called == ["area_rectangle"]
     assert result.model_calls == 3
     step = result.steps[1]
-    assert step["tools_found"] == [{"name": "area_rectangle", "score": 0.72}, {"name": "perimeter_rectangle", "score": 0.55}]
+    assert step["tools_found"] == [
+        {"name": "area_rectangle", "score": 0.72},
+        {"name": "perimeter_rectangle", "score": 0.55},
+    ]
     call = step["calls"][0]["tool_calls"][0]
-    assert (call["tool"], call["arguments"], call["result"], call["error"]) == ("area_rectangle", {"length": 8, "width": 5}, 40, None)
+    assert (call["tool"], call["arguments"], call["result"], call["error"]) == (
+        "area_rectangle",
+        {"length": 8, "width": 5},
+        40,
+        None,
+    )
     assert call["duration_ms"] >= 0
     assert "Result of area_rectangle: 40" in model.calls[2]["messages"][-1]["content"]
 
@@ -67,14 +75,23 @@ def test_it_decomposes_a_subtask_without_tools_further_down_to_the_depth_limit()
 
 def test_it_stops_decomposing_at_max_depth():
     search = CannedSearch({})
-    model = ScriptedModel("1. Do something vague", "1. Something vague, part one\n2. Something vague, part two", "I cannot tell.")
+    model = ScriptedModel(
+        "1. Do something vague",
+        "1. Something vague, part one\n2. Something vague, part two",
+        "I cannot tell.",
+    )
     result = _run(model, search, max_depth=1, threshold=0.5, request="Something vague")
     step = result.steps[1]
     assert [s["depth"] for s in step["searches"]] == [0, 1, 1]  # depth-1 parts are not decomposed again
     assert len(step["decompositions"]) == 1
     assert step["tools_offered"] == []
     assert result.answer == "I cannot tell."  # answered without tools, in the composition call
-    zero = _run(ScriptedModel("1. Do something vague", "No idea."), CannedSearch({}), max_depth=0, request="Something vague")
+    zero = _run(
+        ScriptedModel("1. Do something vague", "No idea."),
+        CannedSearch({}),
+        max_depth=0,
+        request="Something vague",
+    )
     assert zero.steps[1]["decompositions"] == []
 
 
@@ -86,7 +103,11 @@ def test_a_further_decomposition_must_leave_two_calls_to_solve():
 
 
 def test_junk_decomposition_falls_back_to_the_whole_request():
-    model = ScriptedModel("sure!!! 40 40 40", '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}', '{"answer": "40"}')
+    model = ScriptedModel(
+        "sure!!! 40 40 40",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "40"}',
+    )
     result = _run(model, CannedSearch(RECTANGLE))
     assert result.steps[0]["fell_back"] is True
     assert result.steps[1]["subtask"] == "What is the area of a rectangle 8 by 5?"
@@ -203,7 +224,12 @@ def test_several_subtasks_chain_results_and_compose_one_answer():
 def test_openai_mode_sends_tool_definitions_and_feeds_results_back():
     model = ScriptedModel(
         "1. Calculate the area of the rectangle",
-        ModelReply(text="", tool_calls=[ToolCallRequest(id="c1", name="area_rectangle", arguments='{"length": 8, "width": 5}')]),
+        ModelReply(
+            text="",
+            tool_calls=[
+                ToolCallRequest(id="c1", name="area_rectangle", arguments='{"length": 8, "width": 5}')
+            ],
+        ),
         ModelReply(text="", tool_calls=[ToolCallRequest(id="c2", name="volume_sphere", arguments="{}")]),
         "The area is 40.",
     )

@@ -57,12 +57,17 @@ def test_the_minimal_validator_agrees_with_jsonschema(monkeypatch):
     problems = [str(p) for p in validate_arguments(schema, {"length": "x", "depth": 2})[1]]
     assert "'width' is a required property" in problems
     assert all("depth" not in p for p in problems)  # dropped before validation
-    assert [str(p) for p in _minimal_validate(schema, {"length": 1, "width": 2, "depth": 2})] == ["unexpected property 'depth'"]
+    assert [str(p) for p in _minimal_validate(schema, {"length": 1, "width": 2, "depth": 2})] == [
+        "unexpected property 'depth'"
+    ]
     assert any(p.startswith("length:") for p in problems)
 
 
 def test_it_parses_numbered_lists_and_falls_back_on_junk():
-    text = "Here are the steps:\n1. Calculate the area of the rectangle\n2) Take the square root of the area\n- Find the circumference of the circle"
+    text = (
+        "Here are the steps:\n1. Calculate the area of the rectangle\n"
+        "2) Take the square root of the area\n- Find the circumference of the circle"
+    )
     assert parse_subtasks(text, max_steps=5) == [
         "Calculate the area of the rectangle",
         "Take the square root of the area",
@@ -71,7 +76,9 @@ def test_it_parses_numbered_lists_and_falls_back_on_junk():
     assert parse_subtasks("1. a\n2. Reply only with a numbered list\n3. 42", max_steps=5) == []
     assert parse_subtasks("1. <first step>\n2. <second step>\n3. Take the <last step>", max_steps=5) == []
     invented = "1. Calculate the area of the rectangle\n2. Find the maximum value in a list of integers"
-    assert parse_subtasks(invented, max_steps=5, task="Area of a rectangle 8 by 5?") == ["Calculate the area of the rectangle"]
+    assert parse_subtasks(invented, max_steps=5, task="Area of a rectangle 8 by 5?") == [
+        "Calculate the area of the rectangle"
+    ]
     assert subtasks_or_whole("The answer is 40!!!", task="Area of 8x5?", max_steps=5) == (["Area of 8x5?"], True)
     repeated = "1. Add the two numbers\n2. Add the two numbers\n3. add the two numbers."
     assert parse_subtasks(repeated, max_steps=5) == ["Add the two numbers"]

@@ -136,7 +136,9 @@ def test_preparing_a_fixed_context_is_idempotent(smollm2, tmp_path):
                                    config=CONFIG)
     assert first["kv_computed"] and all(i["computed"] for i in first["indexes"].values())
     assert not second["kv_computed"] and not any(i["computed"] for i in second["indexes"].values())
-    assert sorted(p.name for p in tmp_path.rglob("*.safetensors")) == files and len(files) == 4  # KV, queries, 2 indexes
+    assert (
+        sorted(p.name for p in tmp_path.rglob("*.safetensors")) == files and len(files) == 4
+    )  # KV, queries, 2 indexes
     assert second["context_tokens"] == first["context_tokens"] > 500
 
 

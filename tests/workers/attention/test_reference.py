@@ -46,7 +46,11 @@ def test_it_merges_partial_attentions_exactly_like_softmax_over_the_union():
 
 def test_it_gives_no_mass_to_a_part_whose_keys_are_all_masked():
     gen = torch.Generator().manual_seed(4)
-    q, k, v = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 10, 8, generator=gen), torch.randn(2, 10, 8, generator=gen)
+    q, k, v = (
+        torch.randn(2, 3, 8, generator=gen),
+        torch.randn(2, 10, 8, generator=gen),
+        torch.randn(2, 10, 8, generator=gen),
+    )
     empty = partial_attention(q, k, v, 0.3, allowed=torch.zeros(2, 3, 10, dtype=torch.bool))
     assert torch.isneginf(empty[1]).all() and (empty[0] == 0).all()
     full = partial_attention(q, k, v, 0.3)

@@ -48,7 +48,9 @@ def test_clusters_group_keys_by_direction_not_by_norm():
     # Two directions, each at very different norms: clustering the normalised keys finds the directions.
     a, b = torch.zeros(16), torch.zeros(16)
     a[0], b[1] = 1.0, 1.0
-    keys = torch.cat([a * s for s in torch.linspace(0.1, 10, 50)] + [b * s for s in torch.linspace(0.1, 10, 50)]).view(100, 16)
+    keys = torch.cat(
+        [a * s for s in torch.linspace(0.1, 10, 50)] + [b * s for s in torch.linspace(0.1, 10, 50)]
+    ).view(100, 16)
     c = KeyCentroids.build(keys, 2)
     assert len(set(c.labels[:50])) == 1 and len(set(c.labels[50:])) == 1 and c.labels[0] != c.labels[50]
 
@@ -89,12 +91,21 @@ def test_it_attends_exactly_to_the_keys_of_the_kept_clusters_plus_sinks_window_a
     allowed = torch.cat([allowed_fixed, (mask[0] == 0).expand(9, -1, -1)], dim=-1)  # (H, Q, N + U)
     all_k = torch.cat([fixed.keys[layer][None], key], dim=2)
     all_v = torch.cat([fixed.values[layer][None], value], dim=2)
-    expected = torch.stack([
-        attention_reference(query[:, h:h + 1], all_k[:, h // 3:h // 3 + 1], all_v[:, h // 3:h // 3 + 1],
-                            torch.zeros(1, 1, q_len, allowed.shape[-1]).masked_fill(~allowed[h][None, None], float("-inf")),
-                            SCALE)[:, 0]
-        for h in range(9)
-    ], dim=1)
+    expected = torch.stack(
+        [
+            attention_reference(
+                query[:, h : h + 1],
+                all_k[:, h // 3 : h // 3 + 1],
+                all_v[:, h // 3 : h // 3 + 1],
+                torch.zeros(1, 1, q_len, allowed.shape[-1]).masked_fill(
+                    ~allowed[h][None, None], float("-inf")
+                ),
+                SCALE,
+            )[:, 0]
+            for h in range(9)
+        ],
+        dim=1,
+    )
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
     assert 0 < state.stats.fraction("decode" if q_len == 1 else "prefill") < 1
     assert state.stats.fraction("decode" if q_len == 1 else "prefill") == pytest.approx(
@@ -212,7 +223,9 @@ def test_it_refuses_nonsense_budgets():
 
 
 @pytest.mark.parametrize("q_len", [1, 2])  # 1: the batched decoding step; 2: the question's rows
-def test_estimate_rest_adds_each_dropped_cluster_as_one_key_of_its_mass_and_mean_value(random_context, user_step, q_len):
+def test_estimate_rest_adds_each_dropped_cluster_as_one_key_of_its_mass_and_mean_value(
+    random_context, user_step, q_len
+):
     options = dict(keep_fraction=0.1, window=16, sink=2, sparse_prefill=True)
     state, fixed = _state(random_context, estimate_rest=True, **options)
     query, key, value, mask = user_step(q_len=q_len, u_len=4)
@@ -228,13 +241,18 @@ def test_estimate_rest_adds_each_dropped_cluster_as_one_key_of_its_mass_and_mean
         g = h // 3
         labels = index.labels[layer][g]
         keys_c = fixed.keys[layer][g, index.start:index.start + nc]
-        assert torch.allclose(means[g, int(labels[0])], fixed.values[layer][g, index.start:index.start + nc][labels == labels[0]].mean(0))
+        assert torch.allclose(
+            means[g, int(labels[0])],
+            fixed.values[layer][g, index.start : index.start + nc][labels == labels[0]].mean(0),
+        )
         for qi in range(q_len):
             q = query[0, h, qi]
             kept = torch.isin(labels, torch.nonzero(keep_c[h, qi])[:, 0])
             static = torch.cat([torch.arange(index.start), torch.arange(index.start + nc, fixed.n_tokens)])
             exact_k = torch.cat([keys_c[kept], fixed.keys[layer][g, static]])
-            exact_v = torch.cat([fixed.values[layer][g, index.start:index.start + nc][kept], fixed.values[layer][g, static]])
+            exact_v = torch.cat(
+                [fixed.values[layer][g, index.start : index.start + nc][kept], fixed.values[layer][g, static]]
+            )
             dropped = torch.nonzero(~keep_c[h, qi] & torch.isfinite(index.log_sizes[layer][g]))[:, 0]
             pseudo_logit = index.centroids[layer][g, dropped] @ q * SCALE + index.log_sizes[layer][g, dropped]
             user_ok = mask[0, 0, qi] == 0
@@ -268,4 +286,6 @@ def test_estimate_rest_brings_the_output_closer_to_full_attention_than_dropping_
 def test_estimate_rest_changes_nothing_when_every_cluster_is_kept(random_context, user_step):
     state, fixed = _state(random_context, keep_fraction=1.0, estimate_rest=True)
     step = user_step(q_len=1)
-    torch.testing.assert_close(state.attend(0, *step, SCALE), FullAttention(fixed).attend(0, *step, SCALE), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        state.attend(0, *step, SCALE), FullAttention(fixed).attend(0, *step, SCALE), atol=1e-4, rtol=0
+    )

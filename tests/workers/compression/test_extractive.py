@@ -126,8 +126,9 @@ def test_between_equally_similar_sentences_it_keeps_the_one_the_retriever_ranked
     budget = count_words("The tower was completed in 1889.")
     query = "When was the tower completed?"
     for order in (passages, passages[::-1]):
-        result = extractive(bow, passage_weight=0.0, title_context=False, **{**COSINE_ONLY, "rank_weight": 0.2}).compress(
-            query=query, passages=order, target=budget, count_tokens=count_words)
+        result = extractive(
+            bow, passage_weight=0.0, title_context=False, **{**COSINE_ONLY, "rank_weight": 0.2}
+        ).compress(query=query, passages=order, target=budget, count_tokens=count_words)
         assert [p.chunk_id for p in result.passages] == [order[0].chunk_id]
 
 
@@ -184,7 +185,11 @@ def test_a_chosen_sentence_that_names_another_passage_pulls_that_passage_in_the_
     # HotpotQA's bridge questions: the answer's passage shares no word with the question; the
     # first hop's sentence names it. Without the hop the off-topic look-alike wins the budget.
     passages = [
-        Passage(1, "Walchelin de Ferriers", "Walchelin de Ferriers was principal captain of King Richard I of England."),
+        Passage(
+            1,
+            "Walchelin de Ferriers",
+            "Walchelin de Ferriers was principal captain of King Richard I of England.",
+        ),
         Passage(2, "Erchinoald", "Erchinoald was a kin of a mother of a king."),
         Passage(3, "Richard I of England", "His parents were Henry II and Eleanor of Aquitaine."),
     ]
@@ -192,7 +197,9 @@ def test_a_chosen_sentence_that_names_another_passage_pulls_that_passage_in_the_
     budget = count_words(passages[0].text) + count_words(passages[1].text)  # room for one of 2, 3 after 1
 
     def kept(hop: float) -> list[int]:
-        method = extractive(bow, passage_weight=0.0, title_context=False, mmr_lambda=1.0, **{**COSINE_ONLY, "hop_weight": hop})
+        method = extractive(
+            bow, passage_weight=0.0, title_context=False, mmr_lambda=1.0, **{**COSINE_ONLY, "hop_weight": hop}
+        )
         return [p.chunk_id for p in method.compress(query=query, passages=passages, target=budget,
                                                     count_tokens=count_words).passages]
 
@@ -211,7 +218,9 @@ def test_a_best_sentence_longer_than_the_budget_keeps_its_first_words_not_lesser
     budget = 8  # the long sentence has 16 words, the other 7
 
     def kept(**params) -> str:
-        result = extractive(bow, **params).compress(query=query, passages=passages, target=budget, count_tokens=count_words)
+        result = extractive(bow, **params).compress(
+            query=query, passages=passages, target=budget, count_tokens=count_words
+        )
         assert result.tokens_after <= budget
         return " ".join(p.text for p in result.passages)
 

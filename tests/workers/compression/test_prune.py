@@ -102,7 +102,10 @@ def test_it_caches_query_independent_results_and_impacts(bow, passages, tmp_path
     assert len(bow.calls) == calls  # no embedding at all the second time
     assert second.passages == first.passages and second.kept_spans == first.kept_spans
     uncached = get_method("semantic_prune", resources=Resources(embedder=bow), query_aware=False)
-    assert uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words).passages == first.passages
+    assert (
+        uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=count_words).passages
+        == first.passages
+    )
 
 
 # ---------------------------------------------------------------------------- surprisal_prune
@@ -212,7 +215,10 @@ def test_it_caches_query_independent_surprisals(smollm2, smollm2_count, passages
     assert first.model_prompt_tokens > 0 and second.model_prompt_tokens == 0  # the scorer did not run
     assert second.passages == first.passages
     uncached = get_method("surprisal_prune", resources=Resources(scorer=smollm2), query_aware=False)
-    assert uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=smollm2_count).passages == first.passages
+    assert (
+        uncached.compress(query=QUERY, passages=passages, target=0.4, count_tokens=smollm2_count).passages
+        == first.passages
+    )
 
 
 @pytest.mark.slow
@@ -222,7 +228,10 @@ def test_one_context_at_several_targets_runs_the_scorer_once(smollm2, smollm2_co
     again = method.compress(query=QUERY, passages=passages, target=0.33, count_tokens=smollm2_count)
     assert first.model_prompt_tokens > 0 and again.model_prompt_tokens == 0  # scored from memory
     fresh = get_method("surprisal_prune", resources=Resources(scorer=smollm2, embedder=minilm))
-    assert fresh.compress(query=QUERY, passages=passages, target=0.33, count_tokens=smollm2_count).passages == again.passages
+    assert (
+        fresh.compress(query=QUERY, passages=passages, target=0.33, count_tokens=smollm2_count).passages
+        == again.passages
+    )
     other = method.compress(query="Who designed it?", passages=passages, target=0.33, count_tokens=smollm2_count)
     assert other.model_prompt_tokens > 0  # another question conditions the scores: scored again
 
@@ -254,8 +263,13 @@ def test_grouped_selection_spares_the_most_relevant_group_then_spends_the_rest_o
 
     def units(group: bool, protected_last: bool = False) -> list[Unit]:
         g = (lambda k: k) if group else (lambda k: -1)
-        return [Unit(0, (0, 1), 1, score=0.1, group=g(0)), Unit(0, (2, 3), 1, score=0.2, group=g(0)),
-                Unit(0, (4, 5), 1, score=0.9, group=g(1)), Unit(0, (6, 7), 1, score=0.8, group=g(1), protected=protected_last)]
+        return [
+            Unit(0, (0, 1), 1, score=0.1, group=g(0)),
+            Unit(0, (2, 3), 1, score=0.2, group=g(0)),
+            Unit(0, (4, 5), 1, score=0.9, group=g(1)),
+            Unit(0, (6, 7), 1, score=0.8, group=g(1), protected=protected_last),
+        ]
+
     # Globally the two best are in the second sentence; ranked, the first sentence stays whole.
     assert select(units(group=False), 2) == [False, False, True, True]
     assert select(units(group=True), 2) == [True, True, False, False]
@@ -368,7 +382,11 @@ def test_a_kept_word_takes_along_the_function_word_joining_it_to_a_kept_neighbou
     # "United States" and "printed." are protected; the doubles score a word by its length, so
     # "of" and "is" rank last, so plain pruning drops them and the
     # answer phrase "denomination of United States currency" falls apart.
-    passage = [Passage(chunk_id=1, title="Money", text="Its current denomination of United States currency is printed.")]
+    passage = [
+        Passage(
+            chunk_id=1, title="Money", text="Its current denomination of United States currency is printed."
+        )
+    ]
 
     def text(**params):
         if method == "semantic":
@@ -431,13 +449,23 @@ def test_a_predictable_head_word_scores_as_its_protected_modifier():
         def surprisals(self, query, passage):
             surprisal, offsets, n = super().surprisals(query, passage)
             words = [passage.text[a:b] for a, b in offsets]
-            return np.array([0.1 if w.startswith("currency") else s for w, s in zip(words, surprisal, strict=True)]), offsets, n
+            return (
+                np.array(
+                    [0.1 if w.startswith("currency") else s for w, s in zip(words, surprisal, strict=True)]
+                ),
+                offsets,
+                n,
+            )
 
     passage = [Passage(chunk_id=1, title="Money", text="Its current denomination of U.S. currency is printed.")]
 
     def text(**params):
         pruner = Predictable(resources=Resources(), fine_keep=None, **params)
-        return pruner.compress(query="What is printed?", passages=passage, target=6, count_tokens=count_words).passages[0].text
+        return (
+            pruner.compress(query="What is printed?", passages=passage, target=6, count_tokens=count_words)
+            .passages[0]
+            .text
+        )
 
     assert "U.S. currency" in text()
     assert "currency" not in text(cohesion=False)

@@ -130,7 +130,9 @@ def test_a_chunk_its_share_could_keep_whole_still_competes_sentence_by_sentence(
     assert result.tokens_after <= round(0.7 * result.tokens_before)
     assert result.model_prompt_tokens == 0  # no share was worth a summary
     # pool_whole=False, the behaviour before: the tower chunk whole, the Olympics sentence lost.
-    before = get_method("summarize", resources=Resources(generator=EchoTarget(reply=""), embedder=bow), pool_whole=False)
+    before = get_method(
+        "summarize", resources=Resources(generator=EchoTarget(reply=""), embedder=bow), pool_whole=False
+    )
     kept = " ".join(p.text for p in before.compress(query=query, passages=passages[:2], target=0.7,
                                                      count_tokens=count_words).passages)
     assert kept.startswith(passages[0].text) and "1900, 1924 and 2024." not in kept

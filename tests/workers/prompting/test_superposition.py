@@ -90,8 +90,14 @@ def test_it_matches_the_naive_prompts_logits_with_one_document_and_integer_posit
     ids = prompt.preamble + prompt.docs[0] + prompt.query + prompt.answer
     # The same text as the naive prompt, minus its "[1] " numbering.
     naive_text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"{INSTRUCTION}\n\nContext:\nTitle: {NOBEL.title}\n{NOBEL.text}\n\nQuestion: {QUESTION}"}],
-        add_generation_prompt=True, tokenize=False,
+        [
+            {
+                "role": "user",
+                "content": f"{INSTRUCTION}\n\nContext:\nTitle: {NOBEL.title}\n{NOBEL.text}\n\nQuestion: {QUESTION}",
+            }
+        ],
+        add_generation_prompt=True,
+        tokenize=False,
     )
     assert ids == tokenizer.encode(naive_text, add_special_tokens=False)
     with torch.inference_mode():

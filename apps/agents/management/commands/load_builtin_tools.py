@@ -20,5 +20,6 @@ class Command(BaseCommand):
         except KeyError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
-            f"Built-in tools: {counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged."
+            f"Built-in tools: {counts['created']} created, {counts['updated']} updated, "
+            f"{counts['unchanged']} unchanged."
         )

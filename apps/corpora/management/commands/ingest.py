@@ -59,7 +59,9 @@ class Command(BaseCommand):
                 documents.append(document)
             else:
                 skipped += 1
-        self.stdout.write(f"{len(documents)} document(s) to ingest into '{target.name}' (#{target.pk}), {skipped} already there")
+        self.stdout.write(
+            f"{len(documents)} document(s) to ingest into '{target.name}' (#{target.pk}), {skipped} already there"
+        )
         result = documents_ingest(documents=documents, progress=progress_bar(self.stdout))
         self.stdout.write("")
         for document in documents:

@@ -81,5 +81,7 @@ class Command(BaseCommand):
                 else:
                     unchanged += 1
         self.stdout.write(
-            self.style.SUCCESS(f"prices: {created} added, {unchanged} unchanged, {skipped} skipped (no per-token price)")
+            self.style.SUCCESS(
+                f"prices: {created} added, {unchanged} unchanged, {skipped} skipped (no per-token price)"
+            )
         )

@@ -52,21 +52,7 @@ class Command(BaseCommand):
         row = Pipeline.objects.filter(team=team_row, name=pipeline).select_related("model_endpoint").first()
         if row is None:
             raise CommandError(f"team {team!r} has no pipeline {pipeline!r}")
-        values: dict = {}
-        if opts["text_file"]:
-            values["fixed_context"] = opts["text_file"].read_text(encoding="utf-8")
-            values["fixed_context_corpus"] = None
-        elif opts["corpus"]:
-            corpus = team_row.corpora.filter(name=opts["corpus"]).first()
-            if corpus is None:
-                raise CommandError(f"team {team!r} has no corpus {opts['corpus']!r}")
-            values["fixed_context"], values["fixed_context_corpus"] = "", corpus
-        elif opts["clear"]:
-            values["fixed_context"], values["fixed_context_corpus"] = "", None
-        if opts["backend"]:
-            values["attention_backend"] = opts["backend"]
-        if opts["option"] or opts["backend"]:
-            values["attention_options"] = dict(opts["option"])
+        values = self._changes(team_row, team, opts)
         try:
             if values:
                 row = pipeline_save(team=team_row, name=row.name, model_endpoint=row.model_endpoint, pipeline=row,
@@ -82,6 +68,34 @@ class Command(BaseCommand):
         self.stdout.write(f"Prefill job #{job.pk} enqueued on the {job.queue} queue.")
         if not opts["wait"]:
             return
+        self._wait(job)
+        self.stdout.write("")
+        if job.status != "succeeded":
+            raise CommandError(f"job #{job.pk} {job.status}: {job.error}")
+        self.stdout.write(json.dumps(Job.objects.get(pk=job.pk).result, indent=1))
+
+    @staticmethod
+    def _changes(team_row: Team, team: str, opts: dict) -> dict:
+        """The pipeline fields the options change."""
+        values: dict = {}
+        if opts["text_file"]:
+            values["fixed_context"] = opts["text_file"].read_text(encoding="utf-8")
+            values["fixed_context_corpus"] = None
+        elif opts["corpus"]:
+            corpus = team_row.corpora.filter(name=opts["corpus"]).first()
+            if corpus is None:
+                raise CommandError(f"team {team!r} has no corpus {opts['corpus']!r}")
+            values["fixed_context"], values["fixed_context_corpus"] = "", corpus
+        elif opts["clear"]:
+            values["fixed_context"], values["fixed_context_corpus"] = "", None
+        if opts["backend"]:
+            values["attention_backend"] = opts["backend"]
+        if opts["option"] or opts["backend"]:
+            values["attention_options"] = dict(opts["option"])
+        return values
+
+    def _wait(self, job: Job) -> None:
+        """Print the job's progress on one line until it finishes."""
         while True:
             job.refresh_from_db()
             self.stdout.write(f"\r[{job.progress_percent:3d}%] {job.message:60s}", ending="")
@@ -89,7 +103,3 @@ class Command(BaseCommand):
             if job.is_finished:
                 break
             time.sleep(1.0)
-        self.stdout.write("")
-        if job.status != "succeeded":
-            raise CommandError(f"job #{job.pk} {job.status}: {job.error}")
-        self.stdout.write(json.dumps(Job.objects.get(pk=job.pk).result, indent=1))
