@@ -5,6 +5,9 @@ Tests run on PostgreSQL when DATABASE_URL points at it (CI), else on SQLite.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from apps.accounts.models import Role
@@ -91,3 +94,24 @@ def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the converted SmolLM2 is kept: PARSIMONY_TEST_MODEL_CACHE (a folder, kept between runs), else a
+    session tmp folder."""
+    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
+        path = Path(os.environ["PARSIMONY_TEST_MODEL_CACHE"]).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache_dir: Path):
+    """One real SmolLM2-135M-Instruct for the whole session, on the CPU (one thread by default: the test
+    process shares two cores with whatever else runs)."""
+    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
+
+    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
+    return load_causal_lm("smollm2-135m-instruct", cache_dir=model_cache_dir, device="cpu")

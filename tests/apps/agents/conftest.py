@@ -69,14 +69,3 @@ def area_script(*extra: Iterable[str]) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory):
-    """Where the converted SmolLM2 is cached: var/test-models when PARSIMONY_TEST_MODEL_CACHE is set."""
-    import os
-    from pathlib import Path
-
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        path = Path(__file__).resolve().parents[3] / "var" / "test-models"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("model-cache")

@@ -6,10 +6,8 @@ Prices are chosen so that money is easy to read: $1 per input token and $2 per o
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,6 @@ from apps.costs.models import ModelEndpoint
 from apps.costs.services import LedgerContext, price_set
 from workers.runtime.meter import EchoTarget
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 EARLY = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -57,11 +54,3 @@ def ctx(team_a, alice):
     return LedgerContext(team=team_a, user=alice)
 
 
-@pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the engine keeps the converted SmolLM2: persistent when PARSIMONY_TEST_MODEL_CACHE is set."""
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        path = REPO_ROOT / "var" / "test-models"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("model-cache")

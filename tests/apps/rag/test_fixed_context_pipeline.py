@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from apps.core.errors import ValidationFailed
@@ -19,8 +16,6 @@ from apps.rag.fixed_context import (
 )
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.workers.attention.handbook import HANDBOOK, QUESTION
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -77,19 +72,6 @@ def test_only_a_local_pipeline_with_a_fixed_context_can_be_prefilled(team_a):
     with pytest.raises(ValidationFailed, match="has no fixed context"):
         fixed_context_prefill_start(pipeline=plain)
     assert fixed_context_prefill_execute(params={"pipeline_id": 10**9}) == {"skipped": "pipeline deleted"}
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
-
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        cache = REPO_ROOT / "var" / "test-models"
-        cache.mkdir(parents=True, exist_ok=True)
-    else:
-        cache = tmp_path_factory.mktemp("model-cache")
-    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
-    return load_causal_lm("smollm2-135m-instruct", cache_dir=cache, device="cpu")
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from apps.core.errors import ValidationFailed
@@ -13,7 +10,6 @@ from apps.costs.models import ModelEndpoint, Stage, UsageRecord
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.apps.rag.conftest import fake_search_hits
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 PASSAGES = [
     ("List of Nobel laureates in Physics",
      "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Conrad Röntgen, of Germany."),
@@ -42,19 +38,6 @@ def test_it_rejects_superposition_on_a_remote_endpoint_at_validation(team_a, rem
     # Switching a superposition pipeline to a remote endpoint is refused too.
     with pytest.raises(ValidationFailed, match="needs a local model"):
         pipeline_save(team=team_a, name="local-sp", model_endpoint=remote_endpoint, pipeline=local)
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
-
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        cache = REPO_ROOT / "var" / "test-models"
-        cache.mkdir(parents=True, exist_ok=True)
-    else:
-        cache = tmp_path_factory.mktemp("model-cache")
-    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
-    return load_causal_lm("smollm2-135m-instruct", cache_dir=cache, device="cpu")
 
 
 @pytest.mark.slow

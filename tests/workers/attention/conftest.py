@@ -1,34 +1,11 @@
-"""Fixtures for the attention backend tests: random fixed contexts, one real SmolLM2 per session, a handbook.
+"""Fixtures for the attention backend tests: random fixed contexts and a handbook.
 
-The converted model is cached under var/test-models when PARSIMONY_TEST_MODEL_CACHE is set
-(as in tests/workers/runtime), else in a session tmp folder.
+The session's real SmolLM2 (`smollm2`) comes from tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        path = REPO_ROOT / "var" / "test-models"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="session")
-def smollm2(model_cache_dir: Path):
-    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
-
-    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
-    return load_causal_lm("smollm2-135m-instruct", cache_dir=model_cache_dir, device="cpu")
 
 
 @pytest.fixture

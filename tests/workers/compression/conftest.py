@@ -2,23 +2,18 @@
 
 The doubles keep the selection logic testable in milliseconds: a bag-of-words embedder (cosine
 = shared words) and whitespace "tokens". Real-model tests are marked slow and share one
-SmolLM2 (converted under var/test-models when PARSIMONY_TEST_MODEL_CACHE is set, like the
-runtime tests) and the process-wide MiniLM.
+SmolLM2 (`smollm2`, tests/conftest.py) and the process-wide MiniLM.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from workers.prompting.base import Passage
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 class BagOfWordsEmbedder:
@@ -80,23 +75,6 @@ def passages() -> list[Passage]:
             text="Cheese is a dairy product. It is made from milk. Many kinds of cheese come from France.",
         ),
     ]
-
-
-@pytest.fixture(scope="session")
-def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("PARSIMONY_TEST_MODEL_CACHE"):
-        path = REPO_ROOT / "var" / "test-models"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="session")
-def smollm2(model_cache_dir: Path):
-    from workers.runtime.local_lm import load_causal_lm, set_torch_threads
-
-    set_torch_threads(int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
-    return load_causal_lm("smollm2-135m-instruct", cache_dir=model_cache_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
