@@ -21,7 +21,7 @@ from apps.rag.fixed_context import (
     fixed_context_prefill_start,
 )
 from apps.rag.services import pipeline_save
-from tests.apps.rag.test_fixed_context_pipeline import local_model, smollm2  # noqa: F401 - fixtures
+from tests.apps.rag.test_fixed_context_pipeline import local_model  # noqa: F401 - fixture (smollm2: tests/conftest.py)
 from tests.workers.attention.handbook import HANDBOOK
 from workers.tasks.base import Progress
 
