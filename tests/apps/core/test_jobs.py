@@ -5,36 +5,11 @@ from django.utils import timezone
 
 from apps.core import services
 from apps.core.dispatch import celery_app, registered_task
-from apps.core.errors import JobCancelled, RetryableJobError
-from apps.core.jobs import JOB_QUEUES, job_kind_queue, job_task_name
+from apps.core.errors import JobCancelled
+from apps.core.jobs import JOB_QUEUES, job_task_name
 from apps.core.models import Job, JobStatus
-from workers.queues import Queue
-from workers.tasks.base import job_task, route_task
 
 pytestmark = pytest.mark.django_db
-
-
-@job_task(kind="test.counts_to_three", queue=Queue.CPU)
-def counts_to_three(job, progress):
-    for step in range(1, 4):
-        progress(step, 3, f"step {step}")
-    return {"counted": 3}
-
-
-@job_task(kind="test.breaks", queue=Queue.CPU)
-def breaks(job, progress):
-    raise ValueError("the uploaded file is not a PDF")
-
-
-ATTEMPTS = {"n": 0}
-
-
-@job_task(kind="test.flaky", queue=Queue.GPU)
-def flaky(job, progress):
-    ATTEMPTS["n"] += 1
-    if ATTEMPTS["n"] < 2:
-        raise RetryableJobError("database busy")
-    return {"attempt": ATTEMPTS["n"]}
 
 
 def test_a_job_is_claimed_once(team_a):
@@ -70,56 +45,14 @@ def test_a_cancelled_job_stops_at_its_next_progress_report(team_a):
         services.job_progress(job_id=job.pk, done=1)
 
 
-def test_a_job_task_runs_reports_progress_and_succeeds(team_a, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        job = services.job_start(kind="test.counts_to_three", team=team_a)
-    job.refresh_from_db()
-    assert job.status == JobStatus.SUCCEEDED
-    assert (job.progress_done, job.progress_total, job.result) == (3, 3, {"counted": 3})
-    assert job.finished_at is not None and job.started_at is not None
-
-
-def test_a_failing_job_records_a_clear_message(team_a, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        job = services.job_start(kind="test.breaks", team=team_a)
-    job.refresh_from_db()
-    assert job.status == JobStatus.FAILED
-    assert job.error == "ValueError: the uploaded file is not a PDF"
-
-
-def test_running_a_task_twice_does_the_work_once(team_a, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        job = services.job_start(kind="test.counts_to_three", team=team_a)
-    counts_to_three.apply(args=(job.pk,))
-    assert Job.objects.get(pk=job.pk).attempts == 1
-
-
 def test_an_unknown_job_kind_is_refused_with_the_known_ones(team_a):
     with pytest.raises(ValueError, match="unknown job kind 'nope'.*diagnostics.probe_cpu"):
         services.job_start(kind="nope", team=team_a)
 
 
-def test_a_missing_job_row_is_logged_and_skipped(db):
-    assert counts_to_three.apply(args=(987654,)).successful()
-
-
-def test_job_tasks_use_late_acks_time_limits_and_their_queue():
-    from workers.tasks.diagnostics import probe_gpu
-
-    assert (probe_gpu.acks_late, probe_gpu.reject_on_worker_lost) == (True, True)
-    assert probe_gpu.soft_time_limit == 120 and probe_gpu.time_limit == 180
-    assert job_kind_queue("diagnostics.probe_gpu") == "gpu"
-    assert route_task("parsimony.diagnostics.probe_gpu", (), {}, {}) == {"queue": "gpu"}
-
-
 def test_every_job_kind_has_a_registered_task():
     for kind in JOB_QUEUES:
         assert registered_task(job_task_name(kind)).name == f"parsimony.{kind}"
-
-
-def test_a_job_task_must_keep_its_kinds_queue():
-    with pytest.raises(ValueError, match="'rag.query' runs on the 'gpu' queue"):
-        job_task(kind="rag.query", queue=Queue.CPU)
 
 
 def test_jobs_are_sent_by_task_name_to_their_queue_when_a_broker_is_set(
