@@ -12,7 +12,7 @@ from typing import Protocol
 
 from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
 from apps.costs.pricing import Usage, to_decimal
-from apps.costs.services import LedgerContext, _usage_record_and_settle, usage_record
+from apps.costs.services.ledger import LedgerContext, _usage_record_and_settle, usage_record
 
 
 class GenerationOutcome(Protocol):

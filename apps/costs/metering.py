@@ -24,11 +24,13 @@ from apps.costs.services import (
     LedgerContext,
     PriceStale,
     TryAgain,
-    _reserve,
     price_current,
     price_for_call,
     reservation_release,
 )
+
+# The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
+from apps.costs.services.budgets import _reserve
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
 _target_override: Callable[[ModelEndpoint], Any] | None = None

@@ -17,7 +17,6 @@ from apps.costs.services.backend import TryAgain
 from apps.costs.services.budgets import (
     RESERVATION_TTL_S,
     BudgetExceeded,
-    _reserve,
     budget_exceeded_error,
     budget_reserve,
     budget_save,
@@ -28,7 +27,7 @@ from apps.costs.services.budgets import (
     reservation_settle,
     reservations_expire,
 )
-from apps.costs.services.ledger import LedgerContext, _usage_record_and_settle, money_seconds, usage_record
+from apps.costs.services.ledger import LedgerContext, money_seconds, usage_record
 from apps.costs.services.prices import PriceMissing, PriceStale, price_current, price_for_call, price_set
 
 __all__ = [
@@ -38,8 +37,6 @@ __all__ = [
     "PriceMissing",
     "PriceStale",
     "TryAgain",
-    "_reserve",
-    "_usage_record_and_settle",
     "budget_exceeded_error",
     "budget_reserve",
     "budget_save",
