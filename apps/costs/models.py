@@ -89,6 +89,10 @@ class Stage(models.TextChoices):
     GENERATE = "generate"
     AGENT_STEP = "agent-step"
     TOOL = "tool"
+    PREFILL = "prefill"
+    # What a remote endpoint reported beyond the bound its call reserved: billed in full, never
+    # dropped, as its own row (apps.costs.billing).
+    OVERAGE = "overage"
 
 
 class UsageRecord(models.Model):

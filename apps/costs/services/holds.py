@@ -1,0 +1,125 @@
+"""Spending under a hold: reserve a bound before the work, write ledger rows under it, settle to their sum.
+
+Every cost-bearing path (``apps.costs.cost_paths``) uses this one machinery, in one process or
+across two (the web process opens the hold, the worker resumes it from the reservation id):
+
+    hold = hold_open(path="ingest", context=context, estimate=bound, description="...")
+    ... hold.record(stage=..., model_name=..., usage=..., price=...) ...
+    hold.settle()        # the reservation becomes the sum of its rows; no rows: released
+
+``spending(...)`` does the same as a context manager: on an error it settles what was billed
+(or releases the hold when nothing was) and re-raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Sum
+
+from apps.costs.cost_paths import cost_path
+from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
+from apps.costs.pricing import Usage
+from apps.costs.services.budgets import RESERVATION_TTL_S, budget_reserve, reservation_release, reservation_settle
+from apps.costs.services.ledger import LedgerContext, usage_record
+
+
+@dataclass
+class Hold:
+    """A reservation and the ledger rows written under it."""
+
+    reservation: Reservation
+    context: LedgerContext
+    path: str = ""
+
+    def record(
+        self,
+        *,
+        stage: str,
+        model_name: str,
+        usage: Usage,
+        price: Price | None,
+        latency_ms: int = 0,
+        finish_reason: str = "",
+        endpoint=None,
+    ) -> UsageRecord:
+        """Write one ledger row under this hold (settlement later books the sum)."""
+        return usage_record(
+            context=self.context, stage=stage, model_name=model_name, usage=usage, price=price,
+            latency_ms=latency_ms, finish_reason=finish_reason, endpoint=endpoint, reservation=self.reservation,
+        )
+
+    @property
+    def estimate(self) -> Decimal:
+        return self.reservation.estimate
+
+    def spent(self) -> Decimal:
+        """What the rows under this hold cost so far."""
+        total = UsageRecord.objects.filter(reservation_id=self.reservation.pk).aggregate(total=Sum("cost"))["total"]
+        return total or ZERO
+
+    def remaining(self) -> Decimal:
+        """What the hold still covers (never negative)."""
+        return max(ZERO, self.reservation.estimate - self.spent())
+
+    def settle(self) -> Reservation:
+        """Book the rows' sum and give the rest of the hold back; with no rows, release it. Idempotent."""
+        if not UsageRecord.objects.filter(reservation_id=self.reservation.pk).exists():
+            return self.release()
+        self.reservation = reservation_settle(reservation=self.reservation, actual=self.spent())
+        return self.reservation
+
+    def release(self) -> Reservation:
+        """Nothing billable ran: give the whole hold back."""
+        if self.reservation.status == ReservationStatus.HELD:
+            self.reservation = reservation_release(reservation=self.reservation)
+        return self.reservation
+
+
+def hold_open(
+    *,
+    path: str,
+    context: LedgerContext,
+    estimate: Decimal,
+    description: str = "",
+    ttl_s: int = RESERVATION_TTL_S,
+) -> Hold:
+    """Reserve ``estimate`` for a listed cost path against every applicable budget (402 if one would go over)."""
+    cost_path(path)  # an unlisted path is a programming error, not a silent free ride
+    reservation = budget_reserve(
+        team=context.team, user=context.user, api_key=context.api_key, estimate=estimate,
+        description=(description or path)[:255], ttl_s=ttl_s,
+    )
+    return Hold(reservation=reservation, context=context, path=path)
+
+
+def hold_resume(*, reservation: Reservation | int, context: LedgerContext, path: str = "") -> Hold:
+    """The hold opened elsewhere (the web process), by its reservation (or its id), in the worker."""
+    if not isinstance(reservation, Reservation):
+        reservation = Reservation.objects.get(pk=reservation)
+    return Hold(reservation=reservation, context=context, path=path)
+
+
+@contextmanager
+def spending(
+    *,
+    path: str,
+    context: LedgerContext,
+    estimate: Decimal,
+    description: str = "",
+    ttl_s: int = RESERVATION_TTL_S,
+) -> Iterator[Hold]:
+    """``hold_open``, the work, then settle; on an error settle what was billed (or release) and re-raise."""
+    hold = hold_open(path=path, context=context, estimate=estimate, description=description, ttl_s=ttl_s)
+    try:
+        yield hold
+    except BaseException:
+        hold.settle()
+        raise
+    hold.settle()
+
+
+__all__ = ["Hold", "hold_open", "hold_resume", "spending"]
