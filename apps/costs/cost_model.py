@@ -37,16 +37,22 @@ def throughput_for(*, model: str, queue: str = "gpu") -> Throughput:
     return DEFAULT_THROUGHPUT
 
 
-def device_seconds_estimate(*, model: str, tokens_in: int, tokens_out: int = 0, queue: str = "gpu") -> tuple[float, str]:
+def device_seconds_estimate(
+    *, model: str, tokens_in: int, tokens_out: int = 0, queue: str = "gpu"
+) -> tuple[float, str]:
     """(predicted device-seconds, device) of one call: no safety factor — an estimate."""
     speed = throughput_for(model=model, queue=queue)
     seconds = speed.overhead_s + tokens_in / speed.prefill_tps + tokens_out / speed.decode_tps
     return seconds, speed.device
 
 
-def device_seconds_bound(*, model: str, tokens_in: int, tokens_out: int = 0, queue: str = "gpu") -> tuple[float, str]:
+def device_seconds_bound(
+    *, model: str, tokens_in: int, tokens_out: int = 0, queue: str = "gpu"
+) -> tuple[float, str]:
     """(device-seconds a reservation holds, device): the estimate × SAFETY_FACTOR."""
-    seconds, device = device_seconds_estimate(model=model, tokens_in=tokens_in, tokens_out=tokens_out, queue=queue)
+    seconds, device = device_seconds_estimate(
+        model=model, tokens_in=tokens_in, tokens_out=tokens_out, queue=queue
+    )
     return seconds * SAFETY_FACTOR, device
 
 

@@ -32,7 +32,9 @@ COST_PATHS: dict[str, CostPath] = {
         CostPath("kv_prefill", "prefill", "prefilling a pipeline's fixed context into the KV store"),
         CostPath("agent_step", "agent-step", "one agent step: tool search, the model call, its tool calls"),
         CostPath("model_call", "generate", "a metered model call that reserves for itself"),
-        CostPath("shadow_baseline", "generate", "the naive pipeline run for real to measure a query's savings"),
+        CostPath(
+            "shadow_baseline", "generate", "the naive pipeline run for real to measure a query's savings"
+        ),
     )
 }
 

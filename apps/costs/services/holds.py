@@ -23,7 +23,12 @@ from django.db.models import Sum
 from apps.costs.cost_paths import cost_path
 from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
 from apps.costs.pricing import Usage
-from apps.costs.services.budgets import RESERVATION_TTL_S, budget_reserve, reservation_release, reservation_settle
+from apps.costs.services.budgets import (
+    RESERVATION_TTL_S,
+    budget_reserve,
+    reservation_release,
+    reservation_settle,
+)
 from apps.costs.services.ledger import LedgerContext, usage_record
 
 
@@ -48,8 +53,15 @@ class Hold:
     ) -> UsageRecord:
         """Write one ledger row under this hold (settlement later books the sum)."""
         return usage_record(
-            context=self.context, stage=stage, model_name=model_name, usage=usage, price=price,
-            latency_ms=latency_ms, finish_reason=finish_reason, endpoint=endpoint, reservation=self.reservation,
+            context=self.context,
+            stage=stage,
+            model_name=model_name,
+            usage=usage,
+            price=price,
+            latency_ms=latency_ms,
+            finish_reason=finish_reason,
+            endpoint=endpoint,
+            reservation=self.reservation,
         )
 
     @property
@@ -58,7 +70,9 @@ class Hold:
 
     def spent(self) -> Decimal:
         """What the rows under this hold cost so far."""
-        total = UsageRecord.objects.filter(reservation_id=self.reservation.pk).aggregate(total=Sum("cost"))["total"]
+        total = UsageRecord.objects.filter(reservation_id=self.reservation.pk).aggregate(total=Sum("cost"))[
+            "total"
+        ]
         return total or ZERO
 
     def remaining(self) -> Decimal:
@@ -90,8 +104,12 @@ def hold_open(
     """Reserve ``estimate`` for a listed cost path against every applicable budget (402 if one would go over)."""
     cost_path(path)  # an unlisted path is a programming error, not a silent free ride
     reservation = budget_reserve(
-        team=context.team, user=context.user, api_key=context.api_key, estimate=estimate,
-        description=(description or path)[:255], ttl_s=ttl_s,
+        team=context.team,
+        user=context.user,
+        api_key=context.api_key,
+        estimate=estimate,
+        description=(description or path)[:255],
+        ttl_s=ttl_s,
     )
     return Hold(reservation=reservation, context=context, path=path)
 
