@@ -24,6 +24,7 @@ TASK_MODULES = [
     "workers.tasks.costs",
     "workers.tasks.agents",
     "workers.tasks.attention",
+    "workers.tasks.profiles",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)
@@ -45,5 +46,11 @@ app.conf.beat_schedule = {
         "task": "costs.expire_reservations",
         "schedule": 60.0,
         "options": {"queue": Queue.CPU.value, "expires": 55},
+    },
+    # Worker profiles (the device-time cost model) follow each worker's own ledger rows.
+    "costs.refit_worker_profiles": {
+        "task": "costs.refit_worker_profiles",
+        "schedule": 300.0,
+        "options": {"queue": Queue.CPU.value, "expires": 290},
     },
 }

@@ -230,10 +230,13 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# The device the gpu-queue workers run on; worst-case cost holds price local compute accordingly.
-PARSIMONY_WORKER_DEVICE = env_str("PARSIMONY_WORKER_DEVICE", "cpu")
-if PARSIMONY_WORKER_DEVICE not in {"cpu", "cuda"}:
-    raise ImproperlyConfiguredEnv(f"PARSIMONY_WORKER_DEVICE={PARSIMONY_WORKER_DEVICE!r}: use 'cpu' or 'cuda'")
+# The device a worker advertises (and is priced at): blank detects it (cuda when torch sees a GPU).
+# Reservations price local compute at the device of the slowest live worker (apps.costs.cost_model).
+PARSIMONY_WORKER_DEVICE = env_str("PARSIMONY_WORKER_DEVICE", "")
+if PARSIMONY_WORKER_DEVICE not in {"", "cpu", "cuda"}:
+    raise ImproperlyConfiguredEnv(f"PARSIMONY_WORKER_DEVICE={PARSIMONY_WORKER_DEVICE!r}: use 'cpu', 'cuda' or blank")
+# A worker profile not refreshed (heartbeat) for this long is ignored by the cost model.
+PARSIMONY_WORKER_PROFILE_TTL_S = env_float("PARSIMONY_WORKER_PROFILE_TTL_S", 300.0)
 # Synchronous API queries wait this long before answering 202 with the job to poll.
 PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120.0)
 

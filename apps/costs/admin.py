@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.html import format_html
 
-from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord
+from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
 from apps.costs.selectors import budget_status, spend_per_day
 
 
@@ -168,4 +168,25 @@ class ReservationAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Reservation._meta.fields]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(WorkerProfile)
+class WorkerProfileAdmin(admin.ModelAdmin):
+    """Read-only: the workers write their own profiles (measured at start, refit from the ledger)."""
+
+    list_display = [
+        "hostname", "model_name", "device", "queues", "prefill_tps", "decode_tps", "overhead_s", "source",
+        "samples", "measured_at", "last_seen",
+    ]
+    list_filter = ["device", "source", "model_name"]
+    search_fields = ["hostname", "model_name"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

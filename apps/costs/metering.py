@@ -13,13 +13,20 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
 from apps.costs.billing import generation_bill
+from apps.costs.cost_model import (
+    device_cost,
+    device_seconds_bound,
+    device_seconds_estimate,
+    per_second_price,
+    throughput_for,
+)
 from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
-from apps.costs.pricing import worst_case_cost
+from apps.costs.pricing import MONEY_QUANTUM, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceStale,
@@ -31,6 +38,7 @@ from apps.costs.services import (
 
 # The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
 from apps.costs.services.budgets import _reserve
+from apps.costs.services.profiles import profile_after_call, profile_ensure
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
 _target_override: Callable[[ModelEndpoint], Any] | None = None
@@ -78,10 +86,6 @@ def endpoint_target(endpoint: ModelEndpoint):
     raise ValidationFailed(f"model {endpoint.name!r} has an unknown kind {endpoint.kind!r}")
 
 
-def _on_gpu(target) -> bool:
-    return str(getattr(target, "device", "cpu")).startswith("cuda")
-
-
 def call_estimate(
     *, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int, price: Price | None = None
 ) -> tuple[int, Decimal]:
@@ -94,14 +98,56 @@ def call_estimate(
 
 
 def _worst_case(endpoint: ModelEndpoint, target, price: Price, prompt_tokens: int, max_output_tokens: int) -> Decimal:
-    is_local = endpoint.kind == EndpointKind.LOCAL
-    return worst_case_cost(
-        price=price,
-        prompt_tokens=prompt_tokens,
-        max_output_tokens=max_output_tokens,
-        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
-        on_gpu=_on_gpu(target),
+    tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
+    if endpoint.kind != EndpointKind.LOCAL:
+        return tokens
+    # Device time from the cost model: the slowest live worker's seconds, at its device's price.
+    seconds, device = device_seconds_bound(
+        model=endpoint.price_name, tokens_in=prompt_tokens, tokens_out=max_output_tokens, price=price
     )
+    return tokens + device_cost(price=price, seconds=seconds, device=device)
+
+
+def _local_model(target) -> bool:
+    from workers.runtime.local_lm import LoadedModel
+
+    return isinstance(target, LoadedModel)
+
+
+def hold_budget_s(
+    *, reservation: Reservation, price: Price, device: str, prompt_tokens: int, max_output_tokens: int
+) -> float | None:
+    """The device-seconds ``reservation`` can still pay for on ``device``: what it still covers (its
+    estimate − the rows already billed under it − this call's token cost at most) ÷ the price of a
+    second there. None when device time is free at ``price`` (nothing to enforce)."""
+    per_second = per_second_price(price=price, device=device)
+    if per_second <= 0:
+        return None
+    billed = UsageRecord.objects.filter(reservation_id=reservation.pk).aggregate(total=Sum("cost"))["total"]
+    tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
+    # One quantum short of the rest, so the row's rounding (half up, 10 places) cannot pass it.
+    left = reservation.estimate - (billed or Decimal(0)) - tokens - MONEY_QUANTUM
+    return max(0.0, float(left / per_second) * (1 - 1e-9))
+
+
+def _hold_kwargs(endpoint: ModelEndpoint, target, reservation: Reservation, price: Price, messages, cap) -> dict:
+    """``generate``'s hold arguments for a local model: budget_s and the cost model's predictions."""
+    from workers.runtime.meter import count_chat_tokens
+
+    prompt_tokens = count_chat_tokens(target, messages)
+    device = str(getattr(target, "device", "cpu"))
+    budget_s = hold_budget_s(
+        reservation=reservation, price=price, device=device, prompt_tokens=prompt_tokens, max_output_tokens=cap
+    )
+    if budget_s is None:
+        return {}
+    estimate, _ = device_seconds_estimate(model=endpoint.price_name, tokens_in=prompt_tokens)
+    speed = throughput_for(model=endpoint.price_name)
+    return {
+        "budget_s": budget_s,
+        "expected_prefill_s": estimate,
+        "expected_step_s": 1.0 / speed.decode_tps if speed.decode_tps else 0.0,
+    }
 
 
 @dataclass
@@ -142,10 +188,14 @@ def model_call(
     priced_at = timezone.now()
     price = price_for_call(model_name=endpoint.price_name)
     target = endpoint_target(endpoint)
+    local = _local_model(target)
+    if local:  # embedded mode: measure this process's speed on the model's first use
+        profile_ensure(model_name=endpoint.price_name, target=target)
     own_reservation = None
     if reservation is None:
         own_reservation, price = _reserve_for_call(endpoint, target, messages, cap, price, context, stage)
     try:
+        hold = _hold_kwargs(endpoint, target, reservation or own_reservation, price, messages, cap) if local else {}
         result = generate(
             target=target,
             messages=messages,
@@ -154,6 +204,7 @@ def model_call(
             on_token=on_token,
             stop=stop,
             **({"tools": tools} if tools else {}),
+            **hold,
         )
     except Exception:
         if own_reservation is not None:
@@ -170,6 +221,8 @@ def model_call(
         priced_at=priced_at,
         settle=own_reservation is not None,
     )
+    if local:
+        profile_after_call(model_name=endpoint.price_name)
     return MeteredCall(
         text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls
     )

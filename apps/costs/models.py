@@ -125,6 +125,10 @@ class UsageRecord(models.Model):
     price_per_gpu_second = models.DecimalField(**MONEY, default=ZERO)
     price_per_cpu_second = models.DecimalField(**MONEY, default=ZERO)
     reservation = models.ForeignKey("Reservation", on_delete=models.SET_NULL, null=True, blank=True)
+    # Which device and worker ran it (device-time rows): the cost model refits each worker's profile
+    # from its own rows (apps.costs.services.profiles).
+    device = models.CharField(max_length=16, blank=True)
+    worker = models.CharField(max_length=255, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -232,3 +236,41 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"reservation #{self.pk} ${self.estimate} ({self.status})"
+
+
+class ProfileSource(models.TextChoices):
+    MEASURED = "measured", "measured when the worker started"
+    LEDGER = "ledger", "refreshed from the worker's ledger rows"
+
+
+class WorkerProfile(models.Model):
+    """How fast one worker runs one model, on which device: what device-time reservations are sized from.
+
+    Written by the worker itself (apps.costs.services.profiles); ``last_seen`` is its heartbeat,
+    and profiles not seen for PARSIMONY_WORKER_PROFILE_TTL_S are ignored (apps.costs.cost_model).
+    """
+
+    hostname = models.CharField(max_length=255, help_text="The worker (Celery node name, or host:pid in-process)")
+    queues = models.CharField(max_length=255, help_text="Comma-separated queues the worker consumes")
+    device = models.CharField(max_length=16, help_text="cpu or cuda")
+    model_name = models.CharField(max_length=200, help_text="The price book's name for the model")
+    prefill_tps = models.FloatField(help_text="Prompt tokens read per second")
+    decode_tps = models.FloatField(help_text="Tokens generated per second (0 for embedders)")
+    overhead_s = models.FloatField(help_text="Seconds per call beyond the per-token time")
+    source = models.CharField(max_length=16, choices=ProfileSource.choices, default=ProfileSource.MEASURED)
+    samples = models.PositiveIntegerField(default=0, help_text="Ledger rows the last refit used")
+    measured_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["model_name", "hostname"]
+        constraints = [
+            models.UniqueConstraint(fields=["hostname", "model_name"], name="one_profile_per_worker_and_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hostname} {self.model_name} on {self.device}"
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q for q in self.queues.split(",") if q]

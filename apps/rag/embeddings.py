@@ -11,6 +11,7 @@ from django.conf import settings
 from apps.core.errors import ServiceError, ValidationFailed
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
+from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.models import Stage
 from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
@@ -34,9 +35,11 @@ def embeddings_create(
         )
     price = price_current(model_name=EMBEDDING_MODELS[model])
     estimated_tokens = sum(math.ceil(len(t) / 3) for t in texts)
-    # MiniLM on one CPU thread: ~15 texts/s; allow twice that time plus model load.
-    estimate = worst_case_cost(price=price, prompt_tokens=estimated_tokens, max_output_tokens=0,
-                               max_seconds=10.0 + 0.15 * len(texts), on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda")
+    # Device time: the cost model's bound for MiniLM, at the device of the worker that would run it.
+    seconds, device = device_seconds_bound(model=EMBEDDING_MODELS[model], tokens_in=estimated_tokens, price=price)
+    estimate = worst_case_cost(
+        price=price, prompt_tokens=estimated_tokens, max_output_tokens=0
+    ) + device_cost(price=price, seconds=seconds, device=device)
     reservation = budget_reserve(
         team=team, user=user, api_key=api_key, estimate=estimate, description=f"embeddings on {model}"
     )

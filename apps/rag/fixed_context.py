@@ -35,6 +35,7 @@ from django.db import transaction
 from apps.core.errors import ValidationFailed
 from apps.core.models import Job
 from apps.core.services import job_start
+from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import endpoint_target
 from apps.costs.models import EndpointKind, Reservation, ReservationStatus, UsageRecord
 from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
@@ -180,12 +181,12 @@ def fixed_context_prefill_estimate(*, pipeline: Pipeline) -> Decimal:
     tokens = fixed_context_token_estimate(pipeline=pipeline)
     limit = getattr(settings, "PARSIMONY_FIXED_CONTEXT_MAX_TOKENS", None)
     caps = [endpoint.context_window or tokens, int(limit) if limit else tokens]
-    return worst_case_cost(
-        price=price_current(model_name=endpoint.price_name),
-        prompt_tokens=min(tokens, *caps),
-        max_output_tokens=0,
-        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S,
-        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
+    price = price_current(model_name=endpoint.price_name)
+    prompt_tokens = min(tokens, *caps)
+    # Device time: the cost model's prefill bound, at the device of the worker that would run it.
+    seconds, device = device_seconds_bound(model=endpoint.price_name, tokens_in=prompt_tokens, price=price)
+    return worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=0) + device_cost(
+        price=price, seconds=seconds, device=device
     )
 
 

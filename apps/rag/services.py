@@ -24,6 +24,7 @@ from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.billing import generation_bill
+from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
@@ -161,13 +162,10 @@ def pipeline_delete(*, pipeline: Pipeline) -> None:
 # Compression methods that run no language model (only MiniLM embeddings); any other method,
 # including one registered later, is assumed to use one when the reservation is sized.
 _COMPRESSION_WITHOUT_MODEL = frozenset({"none", "extractive", "semantic_prune"})
-# CPU seconds per retrieved chunk that bound a method's embedding work (sentence vectors, and one
-# vector per word-deletion variant for semantic_prune: ~1 s per chunk measured cold, 1 thread).
-_COMPRESS_EMBED_S_PER_CHUNK = 10.0
-# Seconds of model work per chunk: a summary call is cut by the meter at the summarizer's wall-time
-# limit (workers.compression.resources.Resources.generation_time_limit_s); the surprisal scorer's
-# single forward pass over a chunk takes a few seconds on CPU and is given the same bound.
-_COMPRESS_MODEL_S_PER_CHUNK = 60.0
+# Embedding tokens a method reads per chunk token (device seconds from the cost model's MiniLM
+# throughput): extractive embeds each sentence once (and the question); semantic_prune embeds one
+# variant per word, each as long as its sentence window (at most 48 words, ~64 word pieces).
+_COMPRESS_EMBED_TOKENS_PER_CHUNK_TOKEN = {"extractive": 1, "semantic_prune": 64}
 # Tokens a summary prompt adds to its chunk: the system message, instruction, question and title.
 _SUMMARY_PROMPT_OVERHEAD = 128
 
@@ -185,15 +183,23 @@ def _compression_worst_case(
     if method == "none":
         return ZERO
     chunk_prompt = 2 * chunk_tokens + 16  # as for generation: tokenizer mismatch and headers
-    seconds = top_k * _COMPRESS_EMBED_S_PER_CHUNK
+    # Device seconds from the cost model (the slowest live worker's MiniLM, and the endpoint's model).
+    per_token = _COMPRESS_EMBED_TOKENS_PER_CHUNK_TOKEN.get(method, 64)
+    seconds, _ = device_seconds_bound(
+        model=EMBEDDING_PRICE_NAME, tokens_in=top_k * (chunk_prompt * per_token + question_tokens)
+    )
     prompt_tokens = completion_tokens = 0
     if method not in _COMPRESSION_WITHOUT_MODEL:
-        seconds += top_k * _COMPRESS_MODEL_S_PER_CHUNK
         prompt_tokens = top_k * (chunk_prompt + question_tokens + _SUMMARY_PROMPT_OVERHEAD)
         completion_tokens = top_k * 2 * chunk_tokens
+        model_seconds, _ = device_seconds_bound(
+            model=price.model_name, tokens_in=prompt_tokens, tokens_out=completion_tokens
+        )
+        seconds += model_seconds
     # Compress usage is recorded as CPU seconds whatever the device (a summary's wall time included).
-    return worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=completion_tokens,
-                           max_seconds=seconds, on_gpu=False)
+    return worst_case_cost(
+        price=price, prompt_tokens=prompt_tokens, max_output_tokens=completion_tokens
+    ) + device_cost(price=price, seconds=seconds, device="cpu")
 
 
 def _query_worst_case(
@@ -215,16 +221,18 @@ def _query_worst_case(
         )
         prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
     is_local = endpoint.kind == EndpointKind.LOCAL
-    estimate = worst_case_cost(
-        price=price,
-        prompt_tokens=prompt_tokens,
-        max_output_tokens=max_output_tokens,
-        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
-        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
-    )
+    estimate = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
+    if is_local:  # device time: the cost model's bound, at the device of the worker that would run it
+        seconds, device = device_seconds_bound(
+            model=endpoint.price_name, tokens_in=prompt_tokens, tokens_out=max_output_tokens, price=price
+        )
+        estimate += device_cost(price=price, seconds=seconds, device=device)
     if pipeline is not None:
         embed_price = price_current(model_name=EMBEDDING_PRICE_NAME)
-        estimate += worst_case_cost(price=embed_price, prompt_tokens=512, max_output_tokens=0, max_seconds=5.0)
+        embed_seconds, embed_device = device_seconds_bound(model=EMBEDDING_PRICE_NAME, tokens_in=512, price=embed_price)
+        estimate += worst_case_cost(price=embed_price, prompt_tokens=512, max_output_tokens=0) + device_cost(
+            price=embed_price, seconds=embed_seconds, device=embed_device
+        )
     return estimate + compression
 
 

@@ -5,8 +5,13 @@ and superposition prompting (`workers.prompting.superposition`) each prepare the
 state (a plain cache, a fixed context outside the cache, a fork-join cache) and hand `decode` the
 first logits and a step function; the loop owns what they must agree on, so the bill and the
 stream mean the same thing everywhere: EOS ids, the stop conditions (max tokens, EOS, stop
-strings, the wall-time deadline, a failing `on_token`), streaming text pieces, and the finish
-reason.
+strings, the wall-time deadline, the hold's device-second budget, a failing `on_token`), streaming
+text pieces, and the finish reason.
+
+The budget (`budget_s`, the device-seconds the caller's hold can still pay for) is enforced
+before each step: the loop stops ("budget") when the compute already spent plus the expected
+next step (the slowest of the recent steps) would pass it, so the seconds billed stay within
+the hold (the meter also clamps them; see docs/costs.md, "The hold is enforced").
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ if TYPE_CHECKING:
 
     from workers.runtime.local_lm import LoadedModel
 
-FinishReason = Literal["stop", "length", "time_limit", "error"]
+FinishReason = Literal["stop", "length", "time_limit", "budget", "error"]
 # Feeds one token id to the model at the next position -> the next token's logits (V,).
 Step = Callable[[int], "torch.Tensor"]
 # Picks the next token id from logits (V,): `greedy` or a `sampler(...)`.
@@ -55,10 +60,10 @@ def truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
 
 def finish_reason(
     *, callback_failed: bool, stop_hit: bool, ended_with_eos: bool, n_generated: int, max_new_tokens: int,
-    timed_out: bool,
+    timed_out: bool, out_of_budget: bool = False,
 ) -> FinishReason:
     """Why generation ended. A failing callback wins (the caller must know the stream broke),
-    then the model's own end (EOS or a stop string), then the caps."""
+    then the model's own end (EOS or a stop string), then the caps (tokens, time, the hold)."""
     if callback_failed:
         return "error"
     if stop_hit or ended_with_eos:
@@ -67,7 +72,19 @@ def finish_reason(
         return "length"
     if timed_out:
         return "time_limit"
+    if out_of_budget:
+        return "budget"
     return "stop"
+
+
+# How many recent steps predict the next one (their maximum: a step rarely gets faster suddenly).
+_RECENT_STEPS = 4
+
+
+def next_step_s(step_s: list[float], first_step_s: float) -> float:
+    """The expected cost of the next decode step: the slowest of the last few, or a first guess."""
+    recent = step_s[-_RECENT_STEPS:]
+    return max(recent) if recent else first_step_s
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -193,6 +210,10 @@ def decode(
     stop: list[str] | None = None,
     prompt_ids: list[int] | None = None,
     pick: PickToken = greedy,
+    budget_s: float | None = None,
+    compute_started: float | None = None,
+    first_step_s: float = 0.0,
+    ignore_eos: bool = False,
 ) -> DecodeResult:
     """Decode from `first_logits` (the last prompt position's logits, (V,)) until a stop condition.
 
@@ -200,6 +221,12 @@ def decode(
     string at the end of the sequence (transformers' StopStringCriteria, which may match across
     the end of `prompt_ids`), or `deadline` (a `time.perf_counter()` value) passed. The deadline
     is checked only after a token, so at least one token is always produced.
+
+    `budget_s`: the device-seconds the hold can pay for, counted from `compute_started` (a
+    `time.perf_counter()` value: when the call's compute began, so the prefill counts; default:
+    now). Before each step the loop stops with "budget" when the seconds since then plus the
+    expected next step (`next_step_s`; `first_step_s` before any step was timed) would pass it.
+    `ignore_eos`: decode through EOS (calibration measures full lengths).
     """
     import torch
 
@@ -219,6 +246,10 @@ def decode(
     step_cpu_s: list[float] = []
     first_token_at = math.nan
     timed_out = False
+    out_of_budget = False
+    budget_from = time.perf_counter() if compute_started is None else compute_started
+    no_eos: frozenset[int] = frozenset()
+    eos = no_eos if ignore_eos else eos
     logits = first_logits
     while True:
         token = pick(logits)
@@ -235,6 +266,11 @@ def decode(
         timed_out = time.perf_counter() > deadline
         if done or timed_out:
             break
+        if budget_s is not None and (
+            time.perf_counter() - budget_from + next_step_s(step_s, first_step_s) > budget_s
+        ):
+            out_of_budget = True
+            break
         s0, c0 = time.perf_counter(), time.process_time()
         logits = step(token)
         step_s.append(time.perf_counter() - s0)
@@ -245,6 +281,7 @@ def decode(
     finish = finish_reason(
         callback_failed=callback_error is not None, stop_hit=stop_hit, ended_with_eos=generated[-1] in eos,
         n_generated=len(generated), max_new_tokens=max_new_tokens, timed_out=timed_out,
+        out_of_budget=out_of_budget,
     )
     if stream is not None:
         stream.finish(text)
@@ -296,6 +333,7 @@ __all__ = [
     "eos_ids",
     "finish_reason",
     "greedy",
+    "next_step_s",
     "sampler",
     "truncate_at_stop",
 ]

@@ -6,6 +6,11 @@ returns a `GenerationResult` with the token counts and device seconds the caller
 models count exactly: prompt_tokens are the chat template's ids (what the model read),
 completion_tokens the ids generated, a final EOS included (it cost a step); their decoding is
 `workers.runtime.decode`, shared with the other local generation paths.
+
+`budget_s` (the device-seconds the caller's hold can still pay for) bounds local compute: a
+prefill expected to exceed it does not start (0 tokens, finish_reason "budget"), decoding stops
+before a step that would pass it ("budget"), and the device seconds reported are clamped to it,
+so a bill computed from them never exceeds the hold.
 """
 
 from __future__ import annotations
@@ -165,8 +170,15 @@ def generate(
     temperature: float = 0.0,
     stop: list[str] | None = None,
     tools: list[dict[str, Any]] | None = None,
+    budget_s: float | None = None,
+    expected_prefill_s: float = 0.0,
+    expected_step_s: float = 0.0,
 ) -> GenerationResult:
     """Run one chat completion under hard caps and report what it used.
+
+    `budget_s`: device-seconds the hold still covers (None: unbounded); `expected_prefill_s` /
+    `expected_step_s`: the cost model's prediction for this prompt's prefill and one decode step
+    (before the first step is timed). Reported `compute_s` / `gpu_s` never exceed `budget_s`.
 
     `on_token` receives text pieces as they are produced; their concatenation equals the final
     `text`. Temperature 0 means greedy decoding. `stop` strings end generation and are not
@@ -180,10 +192,13 @@ def generate(
         raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
     if not wall_time_limit_s > 0:
         raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
+    if budget_s is not None and not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
     started = time.perf_counter()
     if isinstance(target, LoadedModel):
         result = _generate_local(
-            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop
+            target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop,
+            _Budget(budget_s, expected_prefill_s, expected_step_s),
         )
     elif isinstance(target, EchoTarget):
         result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
@@ -194,7 +209,18 @@ def generate(
     else:
         raise TypeError(f"unsupported generation target: {type(target).__name__}")
     result.wall_s = time.perf_counter() - started
+    if budget_s is not None:
+        # The clamp: what the last step overran its prediction by is not billed (docs/costs.md).
+        result.compute_s = min(result.compute_s, budget_s)
+        result.gpu_s = min(result.gpu_s, budget_s)
     return result
+
+
+@dataclass(frozen=True)
+class _Budget:
+    seconds: float | None = None
+    expected_prefill_s: float = 0.0
+    expected_step_s: float = 0.0
 
 
 # ---------------------------------------------------------------------------- local models
@@ -208,10 +234,20 @@ def _generate_local(
     on_token: Callable[[str], None] | None,
     temperature: float,
     stop: list[str] | None,
+    budget: _Budget | None = None,
 ) -> GenerationResult:
     import torch
 
+    budget = budget or _Budget()
     prompt_ids = _chat_ids(target, messages)
+    if budget.seconds is not None and budget.expected_prefill_s > budget.seconds:
+        # The hold cannot pay for reading the prompt: run nothing, bill nothing.
+        return GenerationResult(
+            text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+            wall_s=0.0, gpu_s=0.0, compute_s=0.0, model=target.name,
+            error=f"the hold covers {budget.seconds:.3f} device-seconds, the prefill needs "
+            f"~{budget.expected_prefill_s:.3f}",
+        )
     pick: PickToken = greedy
     if temperature > 0:
         config = target.model.generation_config
@@ -228,7 +264,8 @@ def _generate_local(
             decoded = decode(
                 first_logits=first_logits, step=step, tokenizer=target.tokenizer, eos=eos_ids(target),
                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,
-                stop=stop, prompt_ids=prompt_ids, pick=pick,
+                stop=stop, prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=t0,
+                first_step_s=budget.expected_step_s,
             )
         if on_cuda:
             torch.cuda.synchronize(target.device)

@@ -27,6 +27,7 @@ from apps.agents.services.tools import TOOL_PRICE_NAME
 from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
 from apps.core.streaming import AnswerStream
+from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
 from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
@@ -69,13 +70,13 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
     prompt += agent.step_limit * (agent.max_output_tokens + 200)
     prompt = min(prompt, endpoint.context_window)
     is_local = endpoint.kind == EndpointKind.LOCAL
-    per_call = worst_case_cost(
-        price=price,
-        prompt_tokens=prompt,
-        max_output_tokens=min(agent.max_output_tokens, endpoint.max_output_tokens),
-        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if is_local else 0.0,
-        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
-    )
+    output = min(agent.max_output_tokens, endpoint.max_output_tokens)
+    per_call = worst_case_cost(price=price, prompt_tokens=prompt, max_output_tokens=output)
+    if is_local:  # device time: the cost model's bound, at the device of the worker that would run it
+        seconds, device = device_seconds_bound(
+            model=endpoint.price_name, tokens_in=prompt, tokens_out=output, price=price
+        )
+        per_call += device_cost(price=price, seconds=seconds, device=device)
     estimate = agent.step_limit * per_call
     # Every model call may trigger tool calls (a few in OpenAI mode), each up to the timeout.
     tool_price = _price_or_none(TOOL_PRICE_NAME)
@@ -87,8 +88,12 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
     embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
     if embed_price is not None:
         searches = agent.step_limit * 5 + 1
-        estimate += searches * worst_case_cost(
-            price=embed_price, prompt_tokens=128, max_output_tokens=0, max_seconds=5.0
+        embed_seconds, embed_device = device_seconds_bound(
+            model=EMBEDDING_PRICE_NAME, tokens_in=128, price=embed_price
+        )
+        estimate += searches * (
+            worst_case_cost(price=embed_price, prompt_tokens=128, max_output_tokens=0)
+            + device_cost(price=embed_price, seconds=embed_seconds, device=embed_device)
         )
     return estimate
 

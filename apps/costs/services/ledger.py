@@ -20,6 +20,7 @@ from apps.costs.services.alerts import soft_alerts_after_commit, windows_due_ale
 from apps.costs.services.backend import TryAgain, budget_lock, on_postgresql
 from apps.costs.services.budgets import reservation_settle
 from apps.costs.services.prices import price_for_call
+from apps.costs.services.profiles import usage_row_origin
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def _usage_record_build(
 ) -> UsageRecord:
     """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it."""
     cost = cost_of(usage=usage, price=price) if price is not None else ZERO
+    device, worker = usage_row_origin(gpu_seconds=usage.gpu_seconds, cpu_seconds=usage.cpu_seconds)
     return UsageRecord(
         team=context.team,
         user=context.user if getattr(context.user, "pk", None) else None,
@@ -86,6 +88,8 @@ def _usage_record_build(
         price_per_gpu_second=price.per_gpu_second if price else ZERO,
         price_per_cpu_second=price.per_cpu_second if price else ZERO,
         reservation=reservation,
+        device=device,
+        worker=worker,
     )
 
 

@@ -1,0 +1,141 @@
+"""Measure how fast this process runs a model: the numbers behind device-time reservations (no Django).
+
+A worker calibrates each local model it serves when it starts (a few seconds): a causal LM's
+prefill throughput (prompt tokens per second, from a long and a short prompt), decode
+throughput (greedy steps after the long prompt, through EOS) and the fixed per-call overhead;
+an embedder's tokens per second. Everything runs the real paths (`workers.runtime.decode`,
+`Embedder.encode`), so what is measured is what a call costs. `apps.costs` stores the result
+as the worker's profile and prices reservations from it (docs/costs.md, "The cost model").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from workers.runtime.decode import causal_lm_steps, decode, eos_ids, greedy
+
+if TYPE_CHECKING:
+    from workers.runtime.embedders import Embedder
+    from workers.runtime.local_lm import LoadedModel
+
+# Plain prose, repeated to the length wanted: representative of RAG prompts.
+_FILLER = (
+    "The committee reviewed the quarterly report on water usage in the northern district and "
+    "asked the engineers to explain why consumption rose while the population stayed the same. "
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One model's measured speed on one device. Embedders: decode_tps is 0 (they only read)."""
+
+    device: str
+    prefill_tps: float  # tokens read per second
+    decode_tps: float  # tokens generated per second
+    overhead_s: float  # per call, beyond the per-token time
+    took_s: float  # how long measuring took
+
+
+def detect_device(explicit: str | None = None) -> str:
+    """``explicit`` when set ("cpu" / "cuda"), else "cuda" when torch sees a GPU, else "cpu"."""
+    if explicit:
+        return explicit
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _filler_ids(tokenizer, n: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += tokenizer.encode(_FILLER, add_special_tokens=False)
+    return ids[:n]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def _timed_call(lm: LoadedModel, prompt_ids: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """One call as the meter runs it -> (prefill seconds, decode seconds, decode steps)."""
+    import torch
+
+    with lm.lock, torch.inference_mode():
+        _sync(lm.device)
+        t0 = time.perf_counter()
+        first_logits, step = causal_lm_steps(lm, prompt_ids)
+        _sync(lm.device)
+        t1 = time.perf_counter()
+        result = decode(
+            first_logits=first_logits,
+            step=step,
+            tokenizer=lm.tokenizer,
+            eos=eos_ids(lm),
+            max_new_tokens=new_tokens,
+            deadline=float("inf"),
+            pick=greedy,
+            ignore_eos=True,
+        )
+        _sync(lm.device)
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, len(result.step_s)
+
+
+def calibrate_causal_lm(lm: LoadedModel, *, prompt_tokens: int = 384, decode_tokens: int = 32) -> Calibration:
+    """Prefill and decode throughput and per-call overhead of ``lm`` on its device (a few seconds on CPU).
+
+    Prefill: the slope between a ``prompt_tokens`` prompt and a 16-token one (so fixed costs
+    are not counted per token); overhead: the short prompt's time beyond that slope. Decode:
+    ``decode_tokens`` greedy steps after the long prompt (a realistic cache), EOS ignored.
+    """
+    started = time.perf_counter()
+    short_n = 16
+    long_ids = _filler_ids(lm.tokenizer, prompt_tokens)
+    short_ids = long_ids[:short_n]
+    _timed_call(lm, short_ids, 2)  # warm-up: first-call allocations are not a per-call cost
+    short_prefill, _, _ = _timed_call(lm, short_ids, 1)
+    long_prefill, decode_s, steps = _timed_call(lm, long_ids, decode_tokens)
+    per_token = max((long_prefill - short_prefill) / (prompt_tokens - short_n), 1e-6)
+    prefill_tps = 1.0 / per_token
+    overhead_s = max(short_prefill - short_n * per_token, 0.0)
+    decode_tps = steps / decode_s if decode_s > 0 and steps else prefill_tps
+    return Calibration(
+        device=lm.device,
+        prefill_tps=prefill_tps,
+        decode_tps=decode_tps,
+        overhead_s=overhead_s,
+        took_s=time.perf_counter() - started,
+    )
+
+
+def calibrate_embedder(embedder: Embedder, *, texts: int = 32) -> Calibration:
+    """Tokens per second ``embedder.encode`` reads (a batch of ``texts`` passages) and its per-call overhead."""
+    started = time.perf_counter()
+    words = _FILLER.split()
+    batch = [" ".join(words[: 8 + (i * 7) % len(words)]) * 2 for i in range(texts)]
+    tokens = sum(len(ids) for ids in embedder.tokenizer(batch, truncation=True)["input_ids"])
+    embedder.encode(batch[:2])  # warm-up
+    t0 = time.perf_counter()
+    embedder.encode(batch[:1])
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embedder.encode(batch)
+    many = time.perf_counter() - t0
+    one_tokens = len(embedder.tokenizer(batch[:1], truncation=True)["input_ids"][0])
+    per_token = max((many - one) / max(tokens - one_tokens, 1), 1e-7)
+    overhead_s = max(one - one_tokens * per_token, 0.0)
+    return Calibration(
+        device=str(embedder.device),
+        prefill_tps=1.0 / per_token,
+        decode_tps=0.0,
+        overhead_s=overhead_s,
+        took_s=time.perf_counter() - started,
+    )
+
+
+__all__ = ["Calibration", "calibrate_causal_lm", "calibrate_embedder", "detect_device"]
