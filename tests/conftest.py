@@ -22,6 +22,14 @@ def _tasks_in_process(settings, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cost_model():
+    # The cost model caches live worker profiles for a few seconds; each test has its own database.
+    from apps.costs.cost_model import throughput_cache_clear
+
+    throughput_cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _default_models_after_flush(request):
     # Transactional tests flush the tables, seed migrations included: put the defaults back.
     marker = request.node.get_closest_marker("django_db")

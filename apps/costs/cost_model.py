@@ -67,23 +67,21 @@ def _live_profiles(model: str, queue: str) -> list[Throughput]:
     from datetime import timedelta
 
     from django.conf import settings
-    from django.db.models import Q
     from django.utils import timezone
 
     from apps.costs.models import WorkerProfile
-    from apps.costs.worker_identity import worker_name
+    from apps.costs.worker_identity import local_speed, worker_queues
 
     fresh = timezone.now() - timedelta(seconds=settings.PARSIMONY_WORKER_PROFILE_TTL_S)
-    rows = WorkerProfile.objects.filter(
-        Q(last_seen__gte=fresh) | Q(hostname=worker_name()), model_name=model, queues__contains=queue
-    )
+    rows = WorkerProfile.objects.filter(last_seen__gte=fresh, model_name=model, queues__contains=queue)
     speeds = [
-        Throughput(
-            device=r.device, prefill_tps=r.prefill_tps, decode_tps=r.decode_tps, overhead_s=r.overhead_s
-        )
+        Throughput(device=r.device, prefill_tps=r.prefill_tps, decode_tps=r.decode_tps, overhead_s=r.overhead_s)
         for r in rows
         if queue in r.queue_list
     ]
+    own = local_speed(model)  # this process's own measurement: live while it runs
+    if own is not None and queue in worker_queues():
+        speeds.append(Throughput(*own))
     _cache[key] = (time.monotonic(), speeds)
     return speeds
 

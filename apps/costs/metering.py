@@ -19,9 +19,9 @@ from django.utils import timezone
 from apps.core.errors import ValidationFailed
 from apps.costs.billing import generation_bill
 from apps.costs.cost_model import (
+    Throughput,
     device_cost,
     device_seconds_bound,
-    device_seconds_estimate,
     per_second_price,
     throughput_for,
 )
@@ -39,6 +39,7 @@ from apps.costs.services import (
 # The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
 from apps.costs.services.budgets import _reserve
 from apps.costs.services.profiles import profile_after_call, profile_ensure
+from apps.costs.worker_identity import local_speed
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
 _target_override: Callable[[ModelEndpoint], Any] | None = None
@@ -141,11 +142,12 @@ def _hold_kwargs(endpoint: ModelEndpoint, target, reservation: Reservation, pric
     )
     if budget_s is None:
         return {}
-    estimate, _ = device_seconds_estimate(model=endpoint.price_name, tokens_in=prompt_tokens)
-    speed = throughput_for(model=endpoint.price_name)
+    # The call runs here: this process's own measurement when it has one, else the cost model's.
+    own = local_speed(endpoint.price_name)
+    speed = Throughput(*own) if own else throughput_for(model=endpoint.price_name, tokens_in=prompt_tokens)
     return {
         "budget_s": budget_s,
-        "expected_prefill_s": estimate,
+        "expected_prefill_s": speed.overhead_s + prompt_tokens / speed.prefill_tps,
         "expected_step_s": 1.0 / speed.decode_tps if speed.decode_tps else 0.0,
     }
 

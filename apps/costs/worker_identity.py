@@ -12,6 +12,9 @@ import socket
 from typing import Any
 
 _identity: dict[str, Any] = {}
+# model (price name) -> (device, prefill_tps, decode_tps, overhead_s) this process measured itself:
+# live by definition while the process runs (an in-process deployment runs its own work).
+_local_speeds: dict[str, tuple[str, float, float, float]] = {}
 
 
 def worker_identity_set(*, hostname: str, queues: list[str]) -> None:
@@ -29,3 +32,16 @@ def worker_queues() -> list[str]:
     from workers.queues import Queue
 
     return _identity.get("queues") or sorted(q.value for q in Queue)
+
+
+def local_speed_set(*, model: str, device: str, prefill_tps: float, decode_tps: float, overhead_s: float) -> None:
+    _local_speeds[model] = (device, prefill_tps, decode_tps, overhead_s)
+
+
+def local_speed(model: str) -> tuple[str, float, float, float] | None:
+    """What this process measured for ``model`` (None before it calibrated it)."""
+    return _local_speeds.get(model)
+
+
+def local_speeds_forget() -> None:
+    _local_speeds.clear()

@@ -20,7 +20,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.costs.models import ProfileSource, UsageRecord, WorkerProfile
-from apps.costs.worker_identity import worker_identity_set, worker_name, worker_queues
+from apps.costs.worker_identity import (
+    local_speed_set,
+    local_speeds_forget,
+    worker_identity_set,
+    worker_name,
+    worker_queues,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,10 @@ def profile_write(
     )
     if profile.hostname == worker_name():
         _calibrated[model_name] = profile
+        local_speed_set(
+            model=model_name, device=device, prefill_tps=profile.prefill_tps, decode_tps=profile.decode_tps,
+            overhead_s=profile.overhead_s,
+        )
     cost_model.throughput_cache_clear()
     return profile
 
@@ -210,6 +220,7 @@ def profiles_forget_local() -> None:
     """Forget this process's calibrations (tests; a worker after its models changed)."""
     _calibrated.clear()
     _calls_since_refit.clear()
+    local_speeds_forget()
 
 
 def worker_profiles_advertise(

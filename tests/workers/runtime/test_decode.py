@@ -95,6 +95,32 @@ def test_it_checks_the_deadline_after_every_token():
     assert 1 <= len(result.token_ids) < 50
 
 
+def test_it_stops_before_a_step_the_budget_cannot_pay_for_with_finish_reason_budget():
+    started = time.perf_counter()
+    result, calls = run("a" * 200, budget_s=0.2, compute_started=started, sleep_s=0.02, first_step_s=0.02)
+    spent = time.perf_counter() - started
+    assert result.finish_reason == "budget"
+    assert 3 <= len(calls) < 200 and len(result.token_ids) == len(calls) + 1
+    assert spent <= 0.2 + 0.01  # the last step started only if its predicted time still fitted
+
+
+def test_a_budget_too_small_for_one_step_still_yields_the_first_token_without_stepping():
+    result, calls = run("abc", budget_s=0.01, first_step_s=0.05)
+    assert result.token_ids == [ord("a")] and result.finish_reason == "budget" and calls == []
+
+
+def test_without_a_budget_the_same_decode_runs_to_its_cap():
+    result, _ = run("a" * 30, max_new_tokens=20, sleep_s=0.001)
+    assert result.finish_reason == "length" and len(result.token_ids) == 20
+
+
+def test_the_model_ending_wins_over_the_budget():
+    result, _ = run("ab", budget_s=0.0)
+    assert result.finish_reason == "budget"  # no step: the first token only, the budget stopped it
+    result, _ = run("a", budget_s=10.0)
+    assert result.finish_reason == "stop"
+
+
 def test_a_failing_callback_stops_at_once_with_finish_reason_error_and_keeps_the_tokens():
     def hang_up(piece: str) -> None:
         raise ConnectionError("client went away")
