@@ -88,8 +88,9 @@ def _reserved(team, user, method: str):
 def test_a_model_driven_compression_reserves_its_own_worst_case(team_a, alice):
     reserved = {method: _reserved(team_a, alice, method)
                 for method in ("none", "extractive", "semantic_prune", "summarize", "surprisal_prune")}
-    # Embedding-only methods add a bound on their CPU seconds; model methods also their model work.
-    assert reserved["none"] < reserved["extractive"] == reserved["semantic_prune"]
+    # Embedding-only methods add a bound on their embedding seconds (the cost model's MiniLM speed:
+    # semantic_prune embeds a variant per word); model methods also their model work.
+    assert reserved["none"] < reserved["extractive"] < reserved["semantic_prune"]
     assert reserved["summarize"] > reserved["extractive"]
     assert reserved["surprisal_prune"] > reserved["extractive"]
 

@@ -139,12 +139,14 @@ def test_a_job_whose_hold_expired_in_the_queue_checks_the_budget_again_before_it
     assert engine.calls == 0 and not UsageRecord.objects.exists()
 
 
-def test_the_hold_is_the_context_at_most_one_window_and_the_models_whole_wall_time(handbook, settings):
-    settings.PARSIMONY_MODEL_WALL_TIME_S = 100.0
+def test_the_hold_is_the_context_at_most_one_window_at_the_cost_models_prefill_bound(handbook):
+    from apps.costs.cost_model import device_cost, device_seconds_bound
+
     price = price_current(model_name="local/smollm2-135m-instruct")
-    tokens = fixed_context.fixed_context_token_estimate(pipeline=handbook)
+    tokens = min(fixed_context.fixed_context_token_estimate(pipeline=handbook), 8192)
+    seconds, device = device_seconds_bound(model=price.model_name, tokens_in=tokens, price=price)
     assert fixed_context.fixed_context_prefill_estimate(pipeline=handbook) == cost_of(
-        usage=Usage(prompt_tokens=min(tokens, 8192), cpu_seconds=Decimal(100)), price=price)
+        usage=Usage(prompt_tokens=tokens), price=price) + device_cost(price=price, seconds=seconds, device=device)
 
 
 @pytest.mark.slow
