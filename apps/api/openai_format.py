@@ -101,6 +101,7 @@ def _query_run_usage(run: QueryRun) -> dict:
 def _query_run_parsimony(run: QueryRun) -> dict:
     return {
         "query_run_id": run.pk,
+        "finish_reason": run.finish_reason,  # the run's own ("budget" reads as OpenAI's "length")
         "cost": str(run.cost),
         "baseline_cost": str(run.baseline_cost),
         "savings": str(run.savings),
@@ -135,7 +136,7 @@ QUERY_RUN_CHAT = ChatRunShape(
     failed_message="the model call failed",
     stream_timeout_message="timed out waiting for the answer",
     still_running_message="the answer is still being generated; poll GET /api/v1/queries/{}",
-    length_reasons=("length", "time_limit"),
+    length_reasons=("length", "time_limit", "budget"),  # "budget": the hold ran out (docs/costs.md)
     usage=_query_run_usage,
     parsimony=_query_run_parsimony,
     cost_headers=_query_run_cost_headers,
@@ -149,7 +150,7 @@ AGENT_RUN_CHAT = ChatRunShape(
     failed_message="the agent run failed",
     stream_timeout_message="timed out waiting for the agent",
     still_running_message="the agent is still working; poll GET /api/v1/agent-runs/{}",
-    length_reasons=("length", "step_limit"),
+    length_reasons=("length", "step_limit", "budget"),
     usage=_agent_run_usage,
     parsimony=_agent_run_parsimony,
     cost_headers=lambda run: {"X-Parsimony-Cost": str(run.cost)},

@@ -84,7 +84,6 @@ def advertise() -> None:
         return
     _start["advertised"] = True
     device = worker_device()
-    close_old_connections()
     worker_profiles_advertise(hostname=_start["hostname"], queues=_start["queues"], targets=_model_targets(device))
     threading.Thread(target=_heartbeat_forever, name="parsimony-profile-heartbeat", daemon=True).start()
 
