@@ -57,15 +57,16 @@ def _model_targets(device: str) -> list[tuple[str, Callable[[], Any]]]:
     targets: dict[str, Callable[[], Any]] = {}
     for endpoint in ModelEndpoint.objects.filter(kind=EndpointKind.LOCAL, enabled=True).order_by("team_id", "pk"):
         source = endpoint.source or "smollm2-135m-instruct"
-        targets.setdefault(
-            endpoint.price_name,
-            lambda source=source: load_causal_lm(source, cache_dir=settings.DATA_ROOT, device=device),
-        )
+        targets.setdefault(endpoint.price_name, _loader(load_causal_lm, source, device))
     embedding_model = settings.PARSIMONY_DEFAULT_EMBEDDING_MODEL
     targets.setdefault(
         EMBEDDING_PRICE_NAME, lambda: get_embedder(embedding_model, threads=settings.PARSIMONY_TORCH_THREADS)
     )
     return list(targets.items())
+
+
+def _loader(load: Callable[..., Any], source: str, device: str) -> Callable[[], Any]:
+    return lambda: load(source, cache_dir=settings.DATA_ROOT, device=device)
 
 
 def _heartbeat_forever() -> None:
