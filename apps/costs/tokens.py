@@ -13,6 +13,7 @@ Tokenizers are loaded lazily and cached per process (torch is never imported her
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -93,4 +94,48 @@ def text_tokens_bound(endpoint: ModelEndpoint, text: str) -> int:
     return text_tokens(endpoint_tokenizer(endpoint), text)
 
 
-__all__ = ["endpoint_tokenizer", "prompt_tokens_bound", "text_tokens_bound", "tokenizer_kind"]
+def texts_tokens_max(endpoint: ModelEndpoint, texts: list[str]) -> int:
+    """The largest ``text_tokens_bound`` over ``texts`` (batched; 0 for none)."""
+    from workers.runtime.token_count import texts_tokens_max as count_max
+
+    return count_max(endpoint_tokenizer(endpoint), texts)
+
+
+_embedding_tokenizers: dict[str, Any] = {}
+
+
+def embedding_tokens(model: str, texts: list[str]) -> int:
+    """Exactly the tokens an embedding model (e.g. "all-MiniLM-L6-v2") reads for ``texts``.
+
+    The same count as the embeddings worker bills (its tokenizer, special tokens, truncation to
+    the tokenizer's maximum); only the tokenizer is loaded (cached per process).
+    """
+    if not texts:
+        return 0
+    with _lock:
+        tokenizer = _embedding_tokenizers.get(model)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from workers.runtime.embedders import resolve_model_path
+
+            path = Path(resolve_model_path(model))
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            # sentence-transformers truncates at its own max_seq_length (MiniLM: 256, not the tokenizer's 512).
+            config = path / "sentence_bert_config.json"
+            if config.exists():
+                limit = json.loads(config.read_text()).get("max_seq_length")
+                if limit:
+                    tokenizer.model_max_length = int(limit)
+            _embedding_tokenizers[model] = tokenizer
+    return sum(len(ids) for ids in tokenizer(list(texts), truncation=True)["input_ids"])
+
+
+__all__ = [
+    "embedding_tokens",
+    "endpoint_tokenizer",
+    "prompt_tokens_bound",
+    "text_tokens_bound",
+    "texts_tokens_max",
+    "tokenizer_kind",
+]

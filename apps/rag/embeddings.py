@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from decimal import Decimal
 
@@ -21,6 +20,7 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
+from apps.costs.tokens import embedding_tokens
 
 EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
 
@@ -33,7 +33,8 @@ def embeddings_create(
             f"unknown embedding model {model!r} (available: {', '.join(EMBEDDING_MODELS)})", code="model_not_found"
         )
     price = price_current(model_name=EMBEDDING_MODELS[model])
-    estimated_tokens = sum(math.ceil(len(t) / 3) for t in texts)
+    # Exact: the embedding model's own tokenizer, as the worker counts when it bills.
+    estimated_tokens = embedding_tokens(model, texts)
     # MiniLM on one CPU thread: ~15 texts/s; allow twice that time plus model load.
     estimate = worst_case_cost(price=price, prompt_tokens=estimated_tokens, max_output_tokens=0,
                                max_seconds=10.0 + 0.15 * len(texts), on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda")

@@ -180,6 +180,21 @@ def text_tokens(tokenizer: Any | None, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
+def texts_tokens_max(tokenizer: Any | None, texts: list[str], batch_size: int = 256) -> int:
+    """The largest ``text_tokens`` over ``texts`` (0 for none), counted in batches."""
+    best = 0
+    for start in range(0, len(texts), batch_size):
+        batch = [t or "" for t in texts[start : start + batch_size]]
+        if tokenizer is None:
+            counts = [len(t.encode("utf-8")) for t in batch]
+        elif _is_tiktoken(tokenizer):
+            counts = [len(ids) for ids in tokenizer.encode_ordinary_batch(batch)]
+        else:
+            counts = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+        best = max(best, *counts)
+    return best
+
+
 def chat_template_ids(
     tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None
 ) -> list[int]:
@@ -242,5 +257,6 @@ __all__ = [
     "encoding_for_model",
     "normalized",
     "text_tokens",
+    "texts_tokens_max",
     "tiktoken_encoding",
 ]
