@@ -57,9 +57,11 @@ def test_non_stream_response_headers_carry_cost_and_savings(live_key, echo_model
 
 
 @pytest.fixture
-def slow_echo_model(monkeypatch):
+def slow_echo_model(monkeypatch, settings):
     # 0.3 s per word: the answer is written to the row in several flushes (every 0.15 s) and the SSE
-    # view polls every 0.05 s, so a working stream delivers it in several chunks.
+    # view polls every 0.05 s, so a working stream delivers it in several chunks. The run goes to a
+    # worker thread as in production (run inline, it would finish before the response starts).
+    settings.PARSIMONY_INPROCESS_SYNC = False
     monkeypatch.setattr(
         metering,
         "_target_override",
