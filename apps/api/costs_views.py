@@ -103,6 +103,9 @@ class BudgetOutputSerializer(serializers.Serializer):
     period_start = serializers.DateTimeField()
     spent = serializers.DecimalField(max_digits=24, decimal_places=10)
     reserved = serializers.DecimalField(max_digits=24, decimal_places=10)
+    overage = serializers.DecimalField(
+        max_digits=24, decimal_places=10, help_text="of spent: billed by remote endpoints beyond their calls' bounds"
+    )
     remaining = serializers.DecimalField(max_digits=24, decimal_places=10)
     used_percent = serializers.FloatField()
     over_soft_limit = serializers.BooleanField()

@@ -36,6 +36,7 @@ class BudgetAdmin(admin.ModelAdmin):
         "soft_limit_percent",
         "spent",
         "reserved",
+        "overage",
         "usage_bar",
         "enabled",
     ]
@@ -50,6 +51,10 @@ class BudgetAdmin(admin.ModelAdmin):
     @admin.display(description="reserved now")
     def reserved(self, budget: Budget) -> str:
         return f"${budget_status(budget=budget).reserved:.4f}"
+
+    @admin.display(description="overage this period")
+    def overage(self, budget: Budget) -> str:
+        return f"${budget_status(budget=budget).overage:.4f}"
 
     @admin.display(description="used")
     def usage_bar(self, budget: Budget) -> str:

@@ -39,6 +39,7 @@ from apps.costs.services import (
 # The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
 from apps.costs.services.budgets import _reserve
 from apps.costs.services.profiles import profile_after_call, profile_ensure
+from apps.costs.tokens import endpoint_tokenizer, prompt_tokens_bound
 from apps.costs.worker_identity import local_speed
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
@@ -72,11 +73,9 @@ def endpoint_target(endpoint: ModelEndpoint):
         api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
         if endpoint.api_key_env and not api_key:
             raise ValidationFailed(f"model {endpoint.name!r}: environment variable {endpoint.api_key_env} is not set")
-        tokenizer = None
-        if endpoint.tokenizer:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(endpoint.tokenizer, local_files_only=True)
+        # The endpoint's named HF tokenizer, or tiktoken's encoding for an OpenAI-family model: the
+        # meter's fallback counts (usage not reported) and compression budgets are then exact.
+        tokenizer = endpoint_tokenizer(endpoint)
         return OpenAICompatConfig(
             base_url=endpoint.base_url,
             model=endpoint.remote_model or endpoint.name,
@@ -91,11 +90,23 @@ def call_estimate(
     *, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int, price: Price | None = None
 ) -> tuple[int, Decimal]:
     """(prompt tokens, worst-case cost) of a call, for reservations (``price``: the one in force by default)."""
-    from workers.runtime.meter import count_chat_tokens
-
-    prompt_tokens = count_chat_tokens(target, messages)
+    prompt_tokens = call_prompt_bound(endpoint, target, messages)
     price = price or price_current(model_name=endpoint.price_name)
     return prompt_tokens, _worst_case(endpoint, target, price, prompt_tokens, max_output_tokens)
+
+
+def call_prompt_bound(endpoint: ModelEndpoint, target, messages: list[dict], tools: list[dict] | None = None) -> int:
+    """The most prompt tokens one call can be billed without an overage row (``apps.costs.tokens``).
+
+    A loaded local model (or the engine's echo double) counts its own prompt exactly; a remote
+    endpoint is counted with its tokenizer, tiktoken, or the UTF-8 byte bound.
+    """
+    from workers.runtime.local_lm import LoadedModel
+    from workers.runtime.meter import EchoTarget, count_chat_tokens
+
+    if isinstance(target, (LoadedModel, EchoTarget)):
+        return count_chat_tokens(target, messages)
+    return prompt_tokens_bound(endpoint, messages, tools)
 
 
 def _worst_case(endpoint: ModelEndpoint, target, price: Price, prompt_tokens: int, max_output_tokens: int) -> Decimal:
@@ -193,9 +204,12 @@ def model_call(
     local = _local_model(target)
     if local:  # embedded mode: measure this process's speed on the model's first use
         profile_ensure(model_name=endpoint.price_name, target=target)
+    # Counted before the call: a remote endpoint reporting more than this (or more output than the
+    # max_tokens sent) is billed in full, the excess as its own overage row (billing.generation_bill).
+    prompt_bound = call_prompt_bound(endpoint, target, messages, tools)
     own_reservation = None
     if reservation is None:
-        own_reservation, price = _reserve_for_call(endpoint, target, messages, cap, price, context, stage)
+        own_reservation, price = _reserve_for_call(endpoint, target, prompt_bound, cap, price, context, stage)
     try:
         hold = _hold_kwargs(endpoint, target, reservation or own_reservation, price, messages, cap) if local else {}
         result = generate(
@@ -222,6 +236,8 @@ def model_call(
         stage=stage,
         priced_at=priced_at,
         settle=own_reservation is not None,
+        prompt_tokens_bound=prompt_bound,
+        max_output_tokens=cap,
     )
     if local:
         profile_after_call(model_name=endpoint.price_name)
@@ -230,13 +246,10 @@ def model_call(
     )
 
 
-def _reserve_for_call(endpoint, target, messages, cap, price, context, stage) -> tuple[Reservation, Price]:
-    """Reserve the call's worst case at ``price``.
+def _reserve_for_call(endpoint, target, prompt_tokens, cap, price, context, stage) -> tuple[Reservation, Price]:
+    """Reserve the call's worst case (``prompt_tokens``: its bound) at ``price``.
 
     When that (cached) price is no longer in force, reserve at the one that is."""
-    from workers.runtime.meter import count_chat_tokens
-
-    prompt_tokens = count_chat_tokens(target, messages)
     for _ in range(5):
         try:
             reservation = _reserve(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
@@ -72,11 +71,6 @@ def worst_case_cost(
         cpu_seconds=Decimal(0) if on_gpu else seconds,
     )
     return cost_of(usage=usage, price=price)
-
-
-def estimate_tokens(text: str) -> int:
-    """Tokens of ``text`` where no tokenizer is at hand (the web process): 1 per 3 characters, rounded up."""
-    return math.ceil(len(text or "") / 3)
 
 
 class ChargedUsage(Protocol):

@@ -11,7 +11,7 @@ from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from apps.core.scoping import team_scoped
-from apps.costs.models import ZERO, Budget, UsageRecord
+from apps.costs.models import ZERO, Budget, BudgetWindow, Stage, UsageRecord
 from apps.costs.services.budgets import period_start
 
 
@@ -21,6 +21,9 @@ class BudgetStatus:
     period_start: datetime
     spent: Decimal
     reserved: Decimal
+    # Of ``spent``: what remote endpoints billed beyond their calls' bounds (``overage`` rows); only
+    # these can take spent past the hard limit.
+    overage: Decimal = ZERO
 
     @property
     def used_percent(self) -> float:
@@ -45,7 +48,16 @@ def budget_status(*, budget: Budget, at: datetime | None = None) -> BudgetStatus
         period_start=start,
         spent=window.spent if window else ZERO,
         reserved=window.reserved if window else ZERO,
+        overage=budget_window_overage(window=window) if window else ZERO,
     )
+
+
+def budget_window_overage(*, window: BudgetWindow) -> Decimal:
+    """The overage booked in a budget window: the ``overage`` ledger rows under its reservations."""
+    total = UsageRecord.objects.filter(stage=Stage.OVERAGE, reservation__windows=window).aggregate(
+        total=Sum("cost")
+    )["total"]
+    return total or ZERO
 
 
 def team_budget_statuses(*, team) -> list[BudgetStatus]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from decimal import Decimal
 
@@ -22,6 +21,7 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
+from apps.costs.tokens import embedding_tokens
 
 EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
 
@@ -34,7 +34,8 @@ def embeddings_create(
             f"unknown embedding model {model!r} (available: {', '.join(EMBEDDING_MODELS)})", code="model_not_found"
         )
     price = price_current(model_name=EMBEDDING_MODELS[model])
-    estimated_tokens = sum(math.ceil(len(t) / 3) for t in texts)
+    # Exact: the embedding model's own tokenizer, as the worker counts when it bills.
+    estimated_tokens = embedding_tokens(model, texts)
     # Device time: the cost model's bound for MiniLM, at the device of the worker that would run it.
     seconds, device = device_seconds_bound(model=EMBEDDING_MODELS[model], tokens_in=estimated_tokens, price=price)
     estimate = worst_case_cost(

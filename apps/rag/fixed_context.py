@@ -38,7 +38,7 @@ from apps.core.services import job_start
 from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import endpoint_target
 from apps.costs.models import EndpointKind, Reservation, ReservationStatus, UsageRecord
-from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
+from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceMissing,
@@ -96,18 +96,17 @@ def pipeline_fixed_context_text(*, pipeline: Pipeline) -> str:
 
 
 def fixed_context_token_estimate(*, pipeline: Pipeline) -> int:
-    """A conservative token count of the fixed context, for worst-case reservations (0 without one)."""
-    if pipeline.fixed_context.strip():
-        return estimate_tokens(pipeline.fixed_context)
-    if pipeline.fixed_context_corpus_id is None:
+    """The fixed context's tokens in the generator's tokenizer, for worst-case reservations (0 without one).
+
+    Exact for a local model (its tokenizer over the text it will prefill), + a few tokens for the
+    edges where the context meets the rest of the prompt; a corpus's text is rebuilt to count it.
+    """
+    from apps.costs.tokens import text_tokens_bound
+
+    text = pipeline_fixed_context_text(pipeline=pipeline)
+    if not text:
         return 0
-    from django.db.models import Sum
-
-    from apps.corpora.models import Document
-
-    counted = Document.objects.filter(corpus_id=pipeline.fixed_context_corpus_id).aggregate(n=Sum("token_count"))["n"]
-    # 2x: the embedding tokenizer's count vs the generator's, plus titles.
-    return 2 * int(counted or 0) + 64
+    return text_tokens_bound(pipeline.model_endpoint, text) + 8
 
 
 # --------------------------------------------------------------------------- the engine's inputs

@@ -30,7 +30,6 @@ from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRec
 from apps.costs.pricing import (
     Usage,
     baseline_generation_cost,
-    estimate_tokens,
     money,
     to_decimal,
     worst_case_cost,
@@ -43,6 +42,7 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
+from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound, texts_tokens_max
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
     fixed_context_token_estimate,
@@ -56,6 +56,7 @@ from apps.rag.selectors import pipeline_option_names
 logger = logging.getLogger(__name__)
 
 EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -182,7 +183,7 @@ def _compression_worst_case(
     """
     if method == "none":
         return ZERO
-    chunk_prompt = 2 * chunk_tokens + 16  # as for generation: tokenizer mismatch and headers
+    chunk_prompt = chunk_tokens  # a passage's bound in the model's tokens, its header included
     # Device seconds from the cost model (the slowest live worker's MiniLM, and the endpoint's model).
     per_token = _COMPRESS_EMBED_TOKENS_PER_CHUNK_TOKEN.get(method, 64)
     seconds, _ = device_seconds_bound(
@@ -202,22 +203,56 @@ def _compression_worst_case(
     ) + device_cost(price=price, seconds=seconds, device="cpu")
 
 
+# The prompting strategies' instruction text and framing ("Context:", "Question:", separators): well
+# above the longest instruction in workers/prompting.
+_PROMPT_FRAMING_TOKENS = 128
+# A passage tokenized inside the prompt can differ from its count alone where it meets its neighbours.
+_PASSAGE_EDGE_TOKENS = 4
+_passage_cache: dict[tuple, int] = {}
+
+
+def _passage_tokens_max(endpoint: ModelEndpoint, pipeline: Pipeline) -> int:
+    """The most generator tokens one retrieved passage ("[n] Title: <title>\n<chunk text>") takes in the prompt.
+
+    Counted over every chunk of the pipeline's corpora with the generator's tokenizer (exact; the
+    UTF-8 byte bound without one), cached per process until a corpus's chunks change.
+    """
+    from django.db.models import Count, Max
+
+    from apps.corpora.models import Chunk
+    from apps.costs.tokens import tokenizer_kind
+
+    corpus_ids = sorted(pipeline.corpora.values_list("pk", flat=True))
+    if not corpus_ids:
+        return 0
+    chunks = Chunk.objects.filter(document__corpus_id__in=corpus_ids)
+    version = chunks.aggregate(n=Count("pk"), last=Max("pk"))
+    key = (tokenizer_kind(endpoint), endpoint.source, endpoint.tokenizer, endpoint.remote_model,
+           endpoint.price_name, tuple(corpus_ids), version["n"], version["last"], pipeline.top_k)
+    if key not in _passage_cache:
+        marker = f"[{pipeline.top_k}] Title: "
+        texts = [f"{marker}{title}\n{text}\n\n" for text, title in chunks.values_list("text", "document__title")]
+        _passage_cache[key] = texts_tokens_max(endpoint, texts) + _PASSAGE_EDGE_TOKENS if texts else 0
+    return _passage_cache[key]
+
+
 def _query_worst_case(
     *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
 ) -> Decimal:
     price = price_current(model_name=endpoint.price_name)
-    prompt_tokens = 16 + sum(estimate_tokens(str(m.get("content", ""))) + 8 for m in messages)
-    prompt_tokens += estimate_tokens(question)
+    # The generator's own tokens (apps.costs.tokens): the conversation and the question as one more message.
+    prompt_tokens = prompt_tokens_bound(endpoint, [*messages, {"role": "user", "content": question}])
     compression = ZERO
     if pipeline is not None:
-        prompt_tokens += estimate_tokens(pipeline.system_prompt) + 64
-        chunk_tokens = max((c.chunk_tokens for c in pipeline.corpora.all()), default=256)
-        # 2x: the embedding tokenizer's count vs the generator's, plus the passage headers.
-        prompt_tokens += pipeline.top_k * (2 * chunk_tokens + 16)
+        system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline.system_prompt else []
+        # + the prompting strategy's instruction and framing around the question and passages.
+        prompt_tokens += text_tokens_bound(endpoint, pipeline.system_prompt) + len(system) * 16 + _PROMPT_FRAMING_TOKENS
+        passage_tokens = _passage_tokens_max(endpoint, pipeline)
+        prompt_tokens += pipeline.top_k * passage_tokens
         # The compress stage is billed to this reservation too (its own ledger row).
         compression = _compression_worst_case(
-            method=pipeline.compression_method, price=price, top_k=pipeline.top_k, chunk_tokens=chunk_tokens,
-            question_tokens=estimate_tokens(question),
+            method=pipeline.compression_method, price=price, top_k=pipeline.top_k, chunk_tokens=passage_tokens,
+            question_tokens=text_tokens_bound(endpoint, question),
         )
         prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
     is_local = endpoint.kind == EndpointKind.LOCAL
@@ -322,7 +357,7 @@ class _QueryHooks:
             model_name=EMBEDDING_PRICE_NAME,
             usage=Usage(
                 # The query embedding is the model work of retrieval; index search is bookkeeping.
-                prompt_tokens=estimate_tokens(question),
+                prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [question]),
                 cpu_seconds=to_decimal(round(timings.get("embed_query_ms", 1000 * retrieve_s) / 1000, 6)),
             ),
             price=price_current(model_name=EMBEDDING_PRICE_NAME),

@@ -56,7 +56,20 @@ def test_non_stream_response_headers_carry_cost_and_savings(live_key, echo_model
     assert Decimal(raw.headers["x-parsimony-baseline-cost"]) == run.baseline_cost
 
 
-def test_stream_delivers_the_answer_and_usage_equal_to_the_ledger(openai_client, echo_model):
+@pytest.fixture
+def slow_echo_model(monkeypatch, settings):
+    # 0.3 s per word: the answer is written to the row in several flushes (every 0.15 s) and the SSE
+    # view polls every 0.05 s, so a working stream delivers it in several chunks. The run goes to a
+    # worker thread as in production (run inline, it would finish before the response starts).
+    settings.PARSIMONY_INPROCESS_SYNC = False
+    monkeypatch.setattr(
+        metering,
+        "_target_override",
+        lambda endpoint: EchoTarget(name=endpoint.name, reply="The answer is forty two.", seconds_per_token=0.3),
+    )
+
+
+def test_stream_delivers_the_answer_and_usage_equal_to_the_ledger(openai_client, slow_echo_model):
     stream = openai_client.chat.completions.create(
         model="smollm2-135m-instruct",
         messages=[{"role": "user", "content": "Tell me the answer"}],
@@ -72,6 +85,8 @@ def test_stream_delivers_the_answer_and_usage_equal_to_the_ledger(openai_client,
             usage = chunk.usage
             run_id = int(chunk.id.removeprefix("chatcmpl-"))
     assert "".join(pieces) == "The answer is forty two."
+    # Streamed, not delivered at the end: the answer arrived in more than one content chunk.
+    assert len([piece for piece in pieces if piece]) > 1, pieces
     assert finish == "stop"
     record = _generation_ledger(run_id)
     assert (usage.prompt_tokens, usage.completion_tokens) == (record.prompt_tokens, record.completion_tokens)

@@ -309,3 +309,42 @@ def clear_model_cache() -> None:
     """Forget every loaded model (tests; freeing memory in a long-lived worker)."""
     with _cache_lock:
         _cache.clear()
+
+
+_tokenizers: dict[str, Any] = {}
+
+
+def load_tokenizer(source: str, *, cache_dir: Path) -> Any:
+    """Only the tokenizer of the local model ``source`` (same sources as `load_causal_lm`), cached per process.
+
+    For counting prompt tokens where the weights are not needed (the web process's reservations).
+    A loaded model's tokenizer is reused; a GGUF not converted yet gives its tokenizer from its metadata.
+    """
+    with _cache_lock:
+        hit = _tokenizers.get(source)
+        if hit is not None:
+            return hit
+        for key, loaded in _cache.items():
+            if key[0] == source:
+                _tokenizers[source] = loaded.tokenizer
+                return loaded.tokenizer
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf_path() if source == SMOLLM2_ALIAS else Path(source).expanduser()
+        where = source
+        try:
+            is_gguf = gguf.suffix.lower() == ".gguf"
+            converted = not is_gguf or (converted_dir_for(gguf, cache_dir) / _CONVERTED_MARKER).exists()
+            if not converted:
+                # Not converted yet: read the tokenizer from the GGUF's metadata (seconds, no weights).
+                where = str(gguf)
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            else:
+                where, _name, local_only = _resolve(source, Path(cache_dir))
+                tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"cannot load the tokenizer of {source!r} from {where!r} (offline): {exc}"
+            ) from exc
+        _tokenizers[source] = tokenizer
+        return tokenizer

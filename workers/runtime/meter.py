@@ -38,9 +38,9 @@ from workers.runtime.openai_compat import (
     OpenAICompatClient,
     OpenAICompatConfig,
 )
+from workers.runtime.token_count import chat_template_ids, chat_tokens_bound, content_text, text_tokens
 
-# Per-message overhead used when estimating chat tokens for endpoints without a local
-# tokenizer (the OpenAI cookbook's figure for ChatML-style formats: role + delimiters).
+# Estimates for endpoints without a known tokenizer (compression budgets, savings; never reservations).
 _CHAT_TOKENS_PER_MESSAGE = 4
 _CHAT_TOKENS_PRIMING = 3
 _CHARS_PER_TOKEN = 4
@@ -99,26 +99,11 @@ Target = Union[LoadedModel, OpenAICompatConfig, OpenAICompatClient, EchoTarget] 
 # ---------------------------------------------------------------------------- token counting
 
 
-def _content_text(content: Any) -> str:
-    # OpenAI allows content as a list of parts; only text parts count here.
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return str(content)
-
-
-def _normalized(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**m, "content": _content_text(m.get("content"))} for m in messages]
+_content_text = content_text
 
 
 def _chat_ids(target: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
-    ids = target.tokenizer.apply_chat_template(
-        _normalized(messages), add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return list(ids)
+    return chat_template_ids(target.tokenizer, messages)
 
 
 def _openai_config(target: OpenAICompatConfig | OpenAICompatClient) -> OpenAICompatConfig:
@@ -129,30 +114,35 @@ def count_tokens(target: Target, text: str) -> int:
     """Tokens in `text` for `target`.
 
     Exact for local models (their tokenizer, no special tokens added). For OpenAI-compatible
-    endpoints: the config's `tokenizer` when set, else an estimate of ceil(len(text) / 4), the
-    usual English average; use it for reservations, never for the bill. EchoTarget: words.
+    endpoints: exact with the config's `tokenizer` (an HF tokenizer or a tiktoken encoding), else
+    an estimate of ceil(len(text) / 4), the usual English average, for compression budgets and
+    savings; reservations use `workers.runtime.token_count`'s bounds instead. EchoTarget: words.
     """
     if isinstance(target, LoadedModel):
         return len(target.tokenizer.encode(text, add_special_tokens=False))
     if isinstance(target, EchoTarget):
         return len(text.split())
-    config = _openai_config(target)
-    if config.tokenizer is not None:
-        return len(config.tokenizer.encode(text))
-    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+    tokenizer = _openai_config(target).tokenizer
+    if tokenizer is None:
+        return math.ceil(len(text) / _CHARS_PER_TOKEN)
+    return text_tokens(tokenizer, text)
 
 
-def count_chat_tokens(target: Target, messages: list[dict[str, Any]]) -> int:
+def count_chat_tokens(target: Target, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> int:
     """Prompt tokens for a chat, as the model would read it (with the generation prompt).
 
-    Exact for local models (their chat template). For endpoints: the sum of `count_tokens`
-    over contents plus 4 per message and 3 for the reply priming (an estimate for
-    reservations). EchoTarget: words over all contents.
+    Exact for local models (their chat template). For endpoints with a `tokenizer`:
+    `token_count.chat_tokens_bound` (exact contents plus a bounded chat overhead); without one,
+    `count_tokens`' estimate over contents plus 4 per message and 3 for the reply priming.
+    EchoTarget: words over all contents.
     """
     if isinstance(target, LoadedModel):
         return len(_chat_ids(target, messages))
     if isinstance(target, EchoTarget):
         return sum(len(_content_text(m.get("content")).split()) for m in messages)
+    tokenizer = _openai_config(target).tokenizer
+    if tokenizer is not None:
+        return chat_tokens_bound(tokenizer, messages, tools)
     content = sum(count_tokens(target, _content_text(m.get("content"))) for m in messages)
     return content + _CHAT_TOKENS_PER_MESSAGE * len(messages) + _CHAT_TOKENS_PRIMING
 

@@ -30,7 +30,7 @@ from apps.core.streaming import AnswerStream
 from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
-from apps.costs.pricing import Usage, estimate_tokens, to_decimal, worst_case_cost
+from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceMissing,
@@ -40,10 +40,12 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
+from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
 
 Progress = Callable[..., None]
 
@@ -64,8 +66,11 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
     price = price_current(model_name=endpoint.price_name)
     # Per call: system prompt, request, up to top_k tool definitions per search level, the growing
     # conversation (each earlier step's output and tool result), capped by the context window.
-    prompt = 64 + estimate_tokens(agent.system_prompt) + 2 * estimate_tokens(request)
-    prompt += sum(estimate_tokens(str(m.get("content", ""))) + 8 for m in messages or [])
+    # The generator's own tokens (apps.costs.tokens); the request can appear twice (as the task and
+    # as the last user message).
+    prompt = 64 + prompt_tokens_bound(endpoint, [
+        {"role": "system", "content": agent.system_prompt}, *(messages or []), {"role": "user", "content": request},
+    ]) + text_tokens_bound(endpoint, request)
     prompt += agent.top_k * (agent.max_depth + 1) * 200
     prompt += agent.step_limit * (agent.max_output_tokens + 200)
     prompt = min(prompt, endpoint.context_window)
@@ -198,7 +203,7 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
         matches = tool_search(team=run.team, query=query, k=k, timings=timings)
         usage_record(
             context=context, stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
-            usage=Usage(prompt_tokens=estimate_tokens(query),
+            usage=Usage(prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [query]),
                         cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
             price=embed_price, latency_ms=int((time.perf_counter() - started) * 1000),
             finish_reason="tool-search",

@@ -2,6 +2,9 @@
 
 Settlement finds the windows due an alert (in the statement that books the spend where it can)
 and the alert is sent after commit, claimed with a conditional update so it goes out once.
+
+Overage alerts: every ``overage`` ledger row (a remote endpoint billed more than its call's bound,
+``apps.costs.billing``) e-mails the same people after commit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,47 @@ def budget_describe(budget: Budget) -> str:
     return f"the {budget.period} budget of {target}"
 
 
+def _admin_emails(team) -> list[str]:
+    from apps.accounts.models import Membership, Role
+
+    return list(
+        Membership.objects.filter(team=team, role__in=[Role.OWNER, Role.ADMIN])
+        .exclude(user__email="")
+        .order_by("user__email")
+        .values_list("user__email", flat=True)
+    )
+
+
+def overage_alert_after_commit(record_id: int) -> None:
+    transaction.on_commit(lambda: overage_alert_send(record_id=record_id))
+
+
+def overage_alert_send(*, record_id: int) -> bool:
+    """E-mail the team's owners and admins about one overage row; False when nobody could be told."""
+    from apps.costs.models import UsageRecord
+
+    record = UsageRecord.objects.select_related("team").filter(pk=record_id).first()
+    if record is None:
+        return False
+    recipients = _admin_emails(record.team)
+    if not recipients:
+        return False
+    send_mail(
+        subject=f"[Parsimony] {record.model_name} billed ${record.cost:.6f} over a call's reserved bound",
+        message=(
+            f"Team '{record.team.name}': the endpoint {record.model_name!r} reported more tokens than the "
+            f"call's reservation counted ({record.prompt_tokens} prompt and {record.completion_tokens} "
+            f"completion tokens over). The excess is billed in full as an 'overage' ledger row "
+            f"(#{record.pk}, ${record.cost:.6f}) and counts against the team's budgets, even past a hard limit. "
+            f"A tokenizer set on the endpoint makes its reservations exact."
+        ),
+        from_email=None,
+        recipient_list=recipients,
+        fail_silently=True,
+    )
+    return True
+
+
 def soft_alerts_after_commit(window_ids: list[int]) -> None:
     if window_ids:
         transaction.on_commit(lambda: budget_soft_alerts_send(window_ids=window_ids))
@@ -47,8 +91,6 @@ def budget_soft_alerts_send(*, window_ids: list[int] | None = None, reservation_
 
     Checks the given windows (or those of a reservation); one query when no alert is due.
     """
-    from apps.accounts.models import Membership, Role
-
     windows = BudgetWindow.objects.filter(soft_alert_sent_at=None)
     if reservation_id is not None:
         windows = windows.filter(reservations=reservation_id)
@@ -66,12 +108,7 @@ def budget_soft_alerts_send(*, window_ids: list[int] | None = None, reservation_
             soft_alert_sent_at=timezone.now()
         ):
             continue
-        recipients = list(
-            Membership.objects.filter(team=budget.team, role__in=[Role.OWNER, Role.ADMIN])
-            .exclude(user__email="")
-            .order_by("user__email")
-            .values_list("user__email", flat=True)
-        )
+        recipients = _admin_emails(budget.team)
         if recipients:
             send_mail(
                 subject=f"[Parsimony] {budget.soft_limit_percent}% of {budget_describe(budget)} used",
