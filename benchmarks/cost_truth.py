@@ -10,8 +10,9 @@ SQuAD 2.0 sample (../shared/data/squad-v2-dev-sample), rebuild its index, search
 SmolLM2 (naive, extractive, semantic_prune, summarize, superposition, fixed-context with its KV
 prefill) and on a fake OpenAI-compatible endpoint on loopback (tests/support/fake_openai.py) that
 streams slowly and reports up to 2x the prompt tokens it read, agents on both, /v1/chat/completions,
-and a concurrent phase (``--concurrent`` >= 100 cheap requests from ``--threads`` threads: searches,
-remote calls, tiny local generations) against a budget that binds. PARSIMONY_SHADOW_BASELINE
+``apps.costs.metering.model_call`` reserving for itself, and a concurrent phase (``--concurrent``
+>= 100 cheap requests from ``--threads`` threads: REST searches, remote calls through the API and
+through model_call, tiny local generations) against a budget that binds. PARSIMONY_SHADOW_BASELINE
 defaults to 1.0 here, so every query also runs its naive baseline for real (where implemented).
 
 A monitor thread samples every budget window of the run's teams throughout (its own connection, so
@@ -350,6 +351,35 @@ def step_chat_completions(run: Run, args) -> None:
             run.count(_outcome(response.status_code))
 
 
+def _model_call(endpoint, context, question: str, *, stream: bool = False) -> str:
+    from apps.costs.metering import model_call
+    from apps.costs.services import BudgetExceeded
+
+    try:
+        model_call(
+            endpoint=endpoint,
+            messages=[{"role": "user", "content": question}],
+            context=context,
+            max_output_tokens=MAX_OUT,
+            on_token=(lambda _piece: None) if stream else None,
+        )
+    except BudgetExceeded:
+        return "refused"
+    return "ok"
+
+
+def step_model_calls(run: Run, args) -> None:
+    """The metered call that reserves for itself, local and remote (the model_call path)."""
+    from apps.costs.metering import endpoint_resolve
+    from apps.costs.services import LedgerContext
+
+    context = LedgerContext(team=run.team, user=run.user)
+    local = endpoint_resolve(team=run.team, name=LOCAL_MODEL)
+    for i, endpoint in enumerate((local, *run.remotes.values())):
+        for q in run.questions[:2]:
+            run.count(_model_call(endpoint, context, q["question"], stream=bool(i % 2)))
+
+
 def step_concurrent(run: Run, args) -> None:
     """``--concurrent`` cheap requests from ``--threads`` threads against a budget that binds."""
     from django.db import connections
@@ -357,7 +387,7 @@ def step_concurrent(run: Run, args) -> None:
     from apps.accounts.models import Role
     from apps.accounts.services import api_key_create, membership_set, team_create, user_create
     from apps.costs.models import ModelEndpoint
-    from apps.costs.services import budget_save
+    from apps.costs.services import LedgerContext, budget_save
 
     run.race_team = team_create(name=f"cost-truth-race-{run.tag}")
     run.race_user = user_create(username=f"cost-truth-race-{run.tag}", password="cost-truth-password-unused")
@@ -390,6 +420,7 @@ def step_concurrent(run: Run, args) -> None:
     budget_save(team=run.race_team, hard_limit=Decimal(args.race_limit_usd), period="total")
     rng = random.Random(23)
     questions = [q["question"] for q in run.questions] or ["What is this about?"]
+    context = LedgerContext(team=run.race_team, user=run.race_user)
 
     def one(i: int) -> str:
         client = _client(run, race=True)
@@ -402,6 +433,8 @@ def step_concurrent(run: Run, args) -> None:
                     {"query": question, "k": 3},
                     content_type="application/json",
                 )
+            elif kind == 2:  # the metered call that reserves for itself (apps.costs.metering.model_call)
+                return _model_call(remote, context, question, stream=rng.random() < 0.5)
             else:
                 model = LOCAL_MODEL if kind == 3 else remote.name
                 stream = rng.random() < 0.5
@@ -438,6 +471,7 @@ STEPS: list[tuple[str, Callable[[Run, Any], None]]] = [
     ("fixed_context", step_fixed_context),
     ("agents", step_agents),
     ("chat_completions", step_chat_completions),
+    ("model_calls", step_model_calls),
     ("concurrent", step_concurrent),
 ]
 
@@ -659,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passages", type=int, default=30, help="SQuAD paragraphs to ingest")
     parser.add_argument("--questions", type=int, default=2, help="questions per pipeline kind")
     parser.add_argument(
-        "--concurrent", type=int, default=120, help="requests in the concurrent phase (>= 100)"
+        "--concurrent", type=int, default=200, help="requests in the concurrent phase (>= 100)"
     )
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--race-limit-usd", default="0.0004", help="the concurrent team's hard limit")
