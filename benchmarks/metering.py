@@ -11,9 +11,13 @@ Each request also times one durable single-row write (an autocommitted no-op UPD
 benchmark's budget row): ``db_commit_p50_ms`` / ``db_commit_p95_ms`` are the cost of one commit
 (WAL flush) on this machine at that moment, the floor under each committed step of a call.
 
-Phase 2 (overspend): ``--concurrent`` requests from ``--threads`` threads against a budget
-that fits exactly ``--fits`` of them (each call's actual cost equals its estimate).
-overspend = max(0, spent - limit); ``fit_ok`` says whether exactly ``--fits`` succeeded.
+Phase 2 (overspend): ``--concurrent`` requests from ``--threads`` threads against a budget that
+fits about ``--fits`` worst cases, each call costing other than its estimate: local calls (an
+EchoTarget billed per CPU-second) of varying length and speed, and remote calls over HTTP to a
+fake OpenAI-compatible endpoint on loopback (tests/support/fake_openai.py), half of which report
+twice the prompt tokens they read. overspend = max(0, spent - limit - overage rows);
+``fit_ok``: every call that fitted succeeded (no errors, all reservations settled, reserved 0,
+spent = the ledger rows).
 
 DATABASE_URL defaults to postgresql://postgres@127.0.0.1:5432/parsimony_bench; the database
 is created when missing and migrated.
@@ -93,7 +97,11 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
     price_set(model_name=price_name, input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"))
     cap = 16
     endpoint = ModelEndpoint.objects.create(
-        team=team, name=f"echo-{tag}", kind="openai", base_url="http://echo.invalid/v1", price_name=price_name,
+        team=team,
+        name=f"echo-{tag}",
+        kind="openai",
+        base_url="http://echo.invalid/v1",
+        price_name=price_name,
         max_output_tokens=cap,
     )
     # A team budget and a user budget: the usual case of two windows locked per call.
@@ -148,40 +156,119 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         commit_s.append(commit())
 
     # ------------------------------------------------------------------ concurrent phase
+    # Actual differs from the estimate: local calls (a test target billed per CPU-second) run a
+    # varying number of words at varying speed, under their wall-time bound; remote calls go to a
+    # fake OpenAI-compatible endpoint on loopback that streams slowly and, for half of them,
+    # reports twice the prompt tokens it read (more than the bound: only overage rows may cover it).
+    import random
+
+    from django.db.models import Sum
+
+    from apps.costs.models import Reservation, ReservationStatus, Stage, UsageRecord
+    from apps.costs.pricing import money
+    from tests.support.fake_openai import FakeOpenAIServer
+
     ctag = uuid.uuid4().hex[:8]
     cteam = team_create(name=f"bench-concurrent-{ctag}")
-    full = EchoTarget(reply=" ".join(["word"] * cap))  # actual == estimate: exactly `fits` fit
-    metering._target_override = lambda _endpoint: full
-    cendpoint = ModelEndpoint.objects.create(
-        team=cteam, name=f"echo-{ctag}", kind="openai", base_url="http://echo.invalid/v1", price_name=price_name,
-        max_output_tokens=cap,
+    local_price = f"bench/local-{ctag}"
+    price_set(
+        model_name=local_price,
+        input_per_mtok=Decimal("0.15"),
+        output_per_mtok=Decimal("0.60"),
+        per_cpu_second=Decimal("0.0001"),
     )
+    cendpoints = [
+        ModelEndpoint.objects.create(
+            team=cteam, name=f"local-{ctag}", kind="local", price_name=local_price, max_output_tokens=cap
+        )
+    ]
+    rng = random.Random(9)
+    real_target = metering.endpoint_target
+
+    def target_for(endpoint):
+        if endpoint.kind == "local":
+            words = rng.randint(2, cap + 4)
+            return EchoTarget(reply=" ".join(["word"] * words), seconds_per_token=rng.uniform(0.0, 0.01))
+        return real_target(endpoint)
+
+    metering._target_override = None  # phase 1's echo: the remote endpoints resolve for real now
+    # The local calls' wall-time bound (what they reserve in CPU-seconds); they need at most ~0.2 s.
+    wall_before, settings.PARSIMONY_MODEL_WALL_TIME_S = settings.PARSIMONY_MODEL_WALL_TIME_S, 1.0
+    metering.endpoint_target = target_for
     cmessages = [{"role": "user", "content": "one two three four"}]
-    from apps.costs.metering import call_estimate
+    with (
+        FakeOpenAIServer(prompt_token_factor=1.0, chunk_delay_s=0.005, reply="a short answer") as honest,
+        FakeOpenAIServer(
+            prompt_token_factor=2.0, chunk_delay_s=0.005, reply="word " * 40, tokens_per_chunk=2
+        ) as over,
+    ):
+        for name, server in (("honest", honest), ("over", over)):
+            cendpoints.append(
+                ModelEndpoint.objects.create(
+                    team=cteam,
+                    name=f"{name}-{ctag}",
+                    kind="openai",
+                    base_url=server.base_url,
+                    remote_model="gpt-4o-mini",
+                    price_name=price_name,
+                    max_output_tokens=cap,
+                )
+            )
+        # A limit that fits about `fits` average worst cases: some calls fit, the rest are refused.
+        full = EchoTarget(reply=" ".join(["word"] * cap))
+        estimates = [
+            metering.call_estimate(
+                endpoint=e,
+                target=full if e.kind == "local" else real_target(e),
+                messages=cmessages,
+                max_output_tokens=cap,
+            )[1]
+            for e in cendpoints
+        ]
+        cbudget = budget_save(
+            team=cteam, hard_limit=money(sum(estimates) / len(estimates) * fits), period="day"
+        )
+        ccontext = LedgerContext(team=cteam)
 
-    _, per_call = call_estimate(endpoint=cendpoint, target=full, messages=cmessages, max_output_tokens=cap)
-    cbudget = budget_save(team=cteam, hard_limit=per_call * fits, period="day")
-    ccontext = LedgerContext(team=cteam)
+        def one(i: int) -> str:
+            endpoint = cendpoints[i % len(cendpoints)]
+            try:
+                metering.model_call(
+                    endpoint=endpoint,
+                    messages=cmessages,
+                    context=ccontext,
+                    on_token=(lambda _piece: None) if i % 2 else None,
+                    wall_time_limit_s=None if endpoint.kind == "local" else 30.0,
+                )
+                return "ok"
+            except BudgetExceeded:
+                return "refused"
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                return f"error: {type(exc).__name__}: {exc}"
+            finally:
+                connections.close_all()
 
-    def one(_: int) -> str:
-        try:
-            metering.model_call(endpoint=cendpoint, messages=cmessages, context=ccontext)
-            return "ok"
-        except BudgetExceeded:
-            return "refused"
-        except Exception as exc:  # noqa: BLE001 - reported, not hidden
-            return f"error: {type(exc).__name__}: {exc}"
-        finally:
-            connections.close_all()
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        outcomes = list(pool.map(one, range(concurrent)))
-    concurrent_s = time.perf_counter() - t0
-    metering._target_override = None
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            outcomes = list(pool.map(one, range(concurrent)))
+        concurrent_s = time.perf_counter() - t0
+    metering.endpoint_target = real_target
+    settings.PARSIMONY_MODEL_WALL_TIME_S = wall_before
     status = budget_status(budget=cbudget)
-    overspend = max(Decimal(0), status.spent - cbudget.hard_limit)
+    rows = UsageRecord.objects.filter(team=cteam)
+    overage = rows.filter(stage=Stage.OVERAGE).aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    rows_total = rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    overspend = max(Decimal(0), status.spent - cbudget.hard_limit - overage)
     errors = sorted({o for o in outcomes if o.startswith("error")})
+    settled = Reservation.objects.filter(team=cteam, status=ReservationStatus.SETTLED)
+    ratios = [float(r.actual / r.estimate) for r in settled if r.estimate]
+    # Every call that fitted succeeded: no errors, every reservation settled, the books balance.
+    fit_ok = (
+        not errors
+        and settled.count() == outcomes.count("ok") == Reservation.objects.filter(team=cteam).count()
+        and status.reserved == 0
+        and status.spent == rows_total
+    )
 
     return {
         "requests": requests,
@@ -202,10 +289,14 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
             "requests": concurrent,
             "threads": threads,
             "fits": fits,
+            "endpoints": ["local (varying seconds)", "remote (honest)", "remote (reports 2x prompt tokens)"],
             "succeeded": outcomes.count("ok"),
             "refused": outcomes.count("refused"),
             "errors": errors[:5],
-            "fit_ok": outcomes.count("ok") == fits,
+            "fit_ok": fit_ok,
+            "actual_over_estimate_min": round(min(ratios), 4) if ratios else None,
+            "actual_over_estimate_max": round(max(ratios), 4) if ratios else None,
+            "provider_overage_usd": str(overage),
             "limit_usd": str(cbudget.hard_limit),
             "spent_usd": str(status.spent),
             "reserved_usd": str(status.reserved),
@@ -215,14 +306,17 @@ def run(*, requests: int, concurrent: int, threads: int, fits: int, warmup: int)
         "target_met": _percentile(overhead_s, 0.95) * 1000 <= 5 and overspend == 0,
         "database": connection.vendor,
         "database_server": connection.cursor().connection.info.server_version
-        if connection.vendor == "postgresql" else None,
+        if connection.vendor == "postgresql"
+        else None,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", required=True, type=Path, help="write the results here")
     parser.add_argument("--requests", type=int, default=500, help="paired requests in the overhead phase")
     parser.add_argument("--concurrent", type=int, default=200, help="requests in the concurrent phase")
@@ -234,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_database(url)
     _setup_django(url)
     result = run(
-        requests=args.requests, concurrent=args.concurrent, threads=args.threads, fits=args.fits, warmup=args.warmup
+        requests=args.requests,
+        concurrent=args.concurrent,
+        threads=args.threads,
+        fits=args.fits,
+        warmup=args.warmup,
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, result, newline=True)

@@ -108,7 +108,10 @@ def hold_open(
         user=context.user,
         api_key=context.api_key,
         estimate=estimate,
-        description=(description or path)[:255],
+        # The path leads the description, so the ledger can always tell which path a hold served.
+        description=(
+            description if description.startswith(path) else f"{path}: {description}" if description else path
+        )[:255],
         ttl_s=ttl_s,
     )
     return Hold(reservation=reservation, context=context, path=path)
