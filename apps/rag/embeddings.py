@@ -1,8 +1,12 @@
-"""Embeddings for the OpenAI-compatible API: budgeted, metered, computed on the gpu queue."""
+"""Embeddings for the OpenAI-compatible API: budgeted, metered, computed on the gpu queue.
+
+Cost path ``embeddings_api``: the request reserves a hold (the cost model's bound of the texts'
+tokens, bounded by their UTF-8 bytes) before the job exists; the worker resumes it, writes the
+``embed`` row under it and settles.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from decimal import Decimal
 
@@ -12,17 +16,20 @@ from apps.core.errors import ServiceError, ValidationFailed
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
 from apps.costs.models import Stage
-from apps.costs.pricing import Usage, to_decimal, worst_case_cost
-from apps.costs.services import (
-    LedgerContext,
-    budget_reserve,
-    price_current,
-    reservation_release,
-    reservation_settle,
-    usage_record,
-)
+from apps.costs.pricing import Usage, to_decimal
+from apps.costs.services import LedgerContext, price_current
+from apps.costs.services.holds import hold_open, hold_resume
 
 EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
+
+
+def embeddings_bound(*, model: str, texts: list[str]) -> Decimal:
+    """What a request reserves: the cost model's bound of embedding the texts (UTF-8 bytes bound their
+    tokens; each text adds its two special tokens)."""
+    from apps.corpora.services.embedding import embedding_bound
+
+    tokens = sum(len(t.encode("utf-8")) + 2 for t in texts)
+    return embedding_bound(model_name=model, tokens=tokens, price=price_current(model_name=EMBEDDING_MODELS[model]))
 
 
 def embeddings_create(
@@ -32,19 +39,21 @@ def embeddings_create(
         raise ValidationFailed(
             f"unknown embedding model {model!r} (available: {', '.join(EMBEDDING_MODELS)})", code="model_not_found"
         )
-    price = price_current(model_name=EMBEDDING_MODELS[model])
-    estimated_tokens = sum(math.ceil(len(t) / 3) for t in texts)
-    # MiniLM on one CPU thread: ~15 texts/s; allow twice that time plus model load.
-    estimate = worst_case_cost(price=price, prompt_tokens=estimated_tokens, max_output_tokens=0,
-                               max_seconds=10.0 + 0.15 * len(texts), on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda")
-    reservation = budget_reserve(
-        team=team, user=user, api_key=api_key, estimate=estimate, description=f"embeddings on {model}"
+    hold = hold_open(
+        path="embeddings_api",
+        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        estimate=embeddings_bound(model=model, texts=texts),
+        description=f"embeddings on {model}",
     )
-    job = job_start(
-        kind="embeddings.create", team=team, created_by=user,
-        params={"model": model, "texts": texts, "reservation_id": reservation.pk,
-                "user_id": getattr(user, "pk", None), "api_key_id": getattr(api_key, "pk", None)},
-    )
+    try:
+        job = job_start(
+            kind="embeddings.create", team=team, created_by=user,
+            params={"model": model, "texts": texts, "reservation_id": hold.reservation.pk,
+                    "user_id": getattr(user, "pk", None), "api_key_id": getattr(api_key, "pk", None)},
+        )
+    except BaseException:
+        hold.release()
+        raise
     deadline = time.monotonic() + (timeout_s or settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S)
     while True:
         job.refresh_from_db()
@@ -68,7 +77,14 @@ def embeddings_compute(*, job: Job) -> dict:
     from workers.runtime.embedders import get_embedder
 
     params = job.params
-    reservation = Reservation.objects.get(pk=params["reservation_id"])
+    context = LedgerContext(
+        team=job.team,
+        user=get_user_model().objects.filter(pk=params.get("user_id")).first(),
+        api_key=ApiKey.objects.filter(pk=params.get("api_key_id")).first(),
+    )
+    hold = hold_resume(
+        reservation=Reservation.objects.get(pk=params["reservation_id"]), context=context, path="embeddings_api"
+    )
     try:
         embedder = get_embedder(params["model"])
         started = time.perf_counter()
@@ -76,15 +92,10 @@ def embeddings_compute(*, job: Job) -> dict:
         seconds = time.perf_counter() - started
         tokens = sum(len(ids) for ids in embedder.tokenizer(params["texts"], truncation=True)["input_ids"])
     except Exception:
-        reservation_release(reservation=reservation)
+        hold.release()
         raise
     on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    record = usage_record(
-        context=LedgerContext(
-            team=job.team,
-            user=get_user_model().objects.filter(pk=params.get("user_id")).first(),
-            api_key=ApiKey.objects.filter(pk=params.get("api_key_id")).first(),
-        ),
+    hold.record(
         stage=Stage.EMBED,
         model_name=EMBEDDING_MODELS[params["model"]],
         usage=Usage(
@@ -94,7 +105,6 @@ def embeddings_compute(*, job: Job) -> dict:
         ),
         price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
         latency_ms=int(seconds * 1000),
-        reservation=reservation,
     )
-    reservation_settle(reservation=reservation, actual=record.cost)
+    hold.settle()
     return {"vectors": [[round(float(x), 7) for x in row] for row in vectors], "tokens": tokens}
