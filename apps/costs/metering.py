@@ -128,8 +128,13 @@ def model_call(
     wall_time_limit_s: float | None = None,
     stop: list[str] | None = None,
     tools: list[dict] | None = None,
+    reserve: Callable[[Any], Reservation | None] | None = None,
 ) -> MeteredCall:
-    """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own."""
+    """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own.
+
+    ``reserve``: called with the engine target once it is resolved, before anything runs; returns
+    the reservation the call bills under (an agent step's hold, sized from the exact prompt).
+    """
     from workers.runtime.meter import generate
 
     cap = (
@@ -142,6 +147,8 @@ def model_call(
     priced_at = timezone.now()
     price = price_for_call(model_name=endpoint.price_name)
     target = endpoint_target(endpoint)
+    if reserve is not None:
+        reservation = reserve(target) or reservation
     own_reservation = None
     if reservation is None:
         own_reservation, price = _reserve_for_call(endpoint, target, messages, cap, price, context, stage)

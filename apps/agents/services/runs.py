@@ -127,9 +127,9 @@ def agent_step_bound(*, agent: Agent, call_worst_case: Decimal) -> Decimal:
 def _first_prompt_tokens(agent: Agent, request: str, messages: list[dict]) -> int:
     """Prompt tokens of the run's first model call (the decomposition), in the web process.
 
-    Counted by the endpoint's own counter where that needs no model load (remote endpoints, the
-    tests' engine double); a local model's prompt is bounded by its UTF-8 bytes plus the chat
-    template's tokens per message instead of loading the model here.
+    Counted by the endpoint's own counter where that needs no model load (remote endpoints); a
+    local model's prompt is bounded by its UTF-8 bytes plus the chat template's tokens per message
+    instead of loading the model here.
     """
     from apps.costs import metering
     from workers.agent.decompose import decompose_messages
@@ -138,7 +138,7 @@ def _first_prompt_tokens(agent: Agent, request: str, messages: list[dict]) -> in
     first = decompose_messages(request, max_steps=_engine_config(agent).max_subtasks)
     first = [*first, *({"role": "user", "content": str(m.get("content", ""))} for m in messages)]
     endpoint = agent.model_endpoint
-    if endpoint.kind != EndpointKind.LOCAL or metering._target_override is not None:
+    if endpoint.kind == EndpointKind.OPENAI:
         return count_chat_tokens(metering.endpoint_target(endpoint), first)
     return 16 + sum(len(str(m.get("content", "")).encode("utf-8")) + 8 for m in first)
 
@@ -241,7 +241,8 @@ class _StepHolds:
             if run.reservation_id else None
         )
 
-    def before_call(self, messages: list[dict], tools: list[dict] | None, cap: int) -> Hold | None:
+    def before_call(self, target: Any, messages: list[dict], tools: list[dict] | None, cap: int) -> Hold | None:
+        """The hold the next model call bills under (``target``: its resolved engine target)."""
         from apps.costs import metering
         from workers.agent.loop import BudgetReached
 
@@ -253,8 +254,7 @@ class _StepHolds:
         # Tool definitions are part of the prompt: counted as one more message.
         counted = [*messages, {"role": "system", "content": json.dumps(tools)}] if tools else messages
         _, call_worst = metering.call_estimate(
-            endpoint=endpoint, target=metering.endpoint_target(endpoint), messages=counted,
-            max_output_tokens=min(cap, endpoint.max_output_tokens),
+            endpoint=endpoint, target=target, messages=counted, max_output_tokens=min(cap, endpoint.max_output_tokens)
         )
         try:
             self.current = hold_open(
@@ -298,10 +298,14 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
 
     def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
         cap = min(max_tokens or agent.max_output_tokens, agent.max_output_tokens)
-        hold = holds.before_call(messages, tools, cap)
+
+        def reserve(target):
+            hold = holds.before_call(target, messages, tools, cap)
+            return hold.reservation if hold is not None else None
+
         call = model_call(
             endpoint=endpoint, messages=messages, context=context, stage=Stage.AGENT_STEP,
-            max_output_tokens=cap, on_token=on_token, reservation=hold.reservation if hold else None, tools=tools,
+            max_output_tokens=cap, on_token=on_token, tools=tools, reserve=reserve,
         )
         state["calls"] += 1
         calls = state["calls"]
