@@ -378,3 +378,13 @@ def test_an_agent_run_holds_one_step_at_a_time_and_stops_when_the_next_does_not_
     assert window.spent == run.cost <= limit
     assert window.reserved == 0
     assert not Reservation.objects.filter(status=ReservationStatus.HELD).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_embeddings_api_bills_under_its_hold(budget, api):
+    response = api.post("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": [TEXT, "stripes"]}, format="json")
+    assert response.status_code == 200, response.content
+    assert len(response.json()["data"]) == 2
+    _settled_to_rows(UsageRecord.objects.filter(stage="embed"))
+    _window_matches_ledger(budget)
