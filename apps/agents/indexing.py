@@ -11,6 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,31 @@ _store: ToolIndexStore | None = None
 _store_lock = threading.Lock()
 _vectors: OrderedDict[str, object] = OrderedDict()
 _vectors_lock = threading.Lock()
+# What the texts embedded inside ``embedding_meter()`` cost: seconds, texts and tokens (cache hits are free).
+_meter: ContextVar[dict | None] = ContextVar("tool_embedding_meter", default=None)
+
+
+@contextmanager
+def embedding_meter() -> Iterator[dict]:
+    """Count the embedding work done inside the block: {"seconds", "texts", "tokens"} (for the ledger row)."""
+    meter = {"seconds": 0.0, "texts": 0, "tokens": 0}
+    token = _meter.set(meter)
+    try:
+        yield meter
+    finally:
+        _meter.reset(token)
+
+
+def _encode(texts: list[str]) -> object:
+    embedder = _embedder()
+    started = time.perf_counter()
+    vectors = embedder.encode(texts)
+    meter = _meter.get()
+    if meter is not None:
+        meter["seconds"] += time.perf_counter() - started
+        meter["texts"] += len(texts)
+        meter["tokens"] += sum(len(ids) for ids in embedder.tokenizer(texts, truncation=True)["input_ids"])
+    return vectors
 
 
 def _embedder():
@@ -42,7 +70,7 @@ def embed_texts(texts) -> object:
     texts = list(texts)
     missing = [t for t in dict.fromkeys(texts) if t not in _vectors]
     if missing:
-        fresh = _embedder().encode(missing)
+        fresh = _encode(missing)
         with _vectors_lock:
             for text, vector in zip(missing, fresh, strict=True):
                 _vectors[text] = vector
@@ -52,7 +80,7 @@ def embed_texts(texts) -> object:
     with _vectors_lock:
         rows = [_vectors.get(t) for t in texts]
     if any(row is None for row in rows):  # evicted meanwhile: encode those again
-        return _embedder().encode(texts)
+        return _encode(texts)
     return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 384), dtype=np.float32)
 
 
@@ -61,6 +89,11 @@ def embed_query(text: str) -> tuple[object, float]:
     started = time.perf_counter()
     vector = _embedder().encode_query(text)
     return vector, time.perf_counter() - started
+
+
+def query_tokens(text: str) -> int:
+    """Tokens of a query as the tool embedder reads it (special tokens included)."""
+    return len(_embedder().tokenizer(text, truncation=True)["input_ids"])
 
 
 def index_root() -> Path:

@@ -77,7 +77,7 @@ class ToolDetailView(APIView):
         tool = selectors.tool_get(team=request.team, tool_id=tool_id, editable=True)
         data = ToolInputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        tool = services.tool_update(tool=tool, **data.validated_data)
+        tool = services.tool_update(tool=tool, user=request.user, **data.validated_data)
         return Response(ToolOutputSerializer(tool).data)
 
     @extend_schema(responses={204: None}, summary="Delete one of the team's tools")

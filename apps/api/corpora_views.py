@@ -8,7 +8,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.shortcuts import paginated_response
+from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
 from apps.corpora import selectors as corpus_selectors
@@ -162,9 +162,15 @@ class DocumentListView(APIView):
                 text_field=data.validated_data["text_field"],
                 title_field=data.validated_data["title_field"],
                 id_field=data.validated_data.get("id_field") or None,
+                user=request.user,
+                api_key=request_api_key(request),
             )
         else:
-            documents = [corpus_services.document_upload(corpus=corpus, filename=name, data=content, user=request.user)]
+            documents = [
+                corpus_services.document_upload(
+                    corpus=corpus, filename=name, data=content, user=request.user, api_key=request_api_key(request)
+                )
+            ]
         return Response(DocumentOutputSerializer(documents, many=True).data, status=status.HTTP_201_CREATED)
 
 
@@ -193,7 +199,8 @@ class SearchView(APIView):
         values = data.validated_data
         if not values["query"].strip():
             raise ValidationFailed("the query is empty")
-        hits = corpus_selectors.chunk_search(
-            corpus=corpus, query=values["query"], retriever=values["retriever"], k=values["k"]
+        hits = corpus_services.corpus_search(
+            corpora=corpus, query=values["query"], retriever=values["retriever"], k=values["k"], path="search_api",
+            user=request.user, api_key=request_api_key(request),
         )
         return Response({"count": len(hits), "results": SearchHitSerializer(hits, many=True).data})

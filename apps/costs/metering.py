@@ -187,8 +187,13 @@ def model_call(
     wall_time_limit_s: float | None = None,
     stop: list[str] | None = None,
     tools: list[dict] | None = None,
+    reserve: Callable[[Any], Reservation | None] | None = None,
 ) -> MeteredCall:
-    """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own."""
+    """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own.
+
+    ``reserve``: called with the engine target once it is resolved, before anything runs; returns
+    the reservation the call bills under (an agent step's hold, sized from the exact prompt).
+    """
     from workers.runtime.meter import generate
 
     cap = (
@@ -207,6 +212,8 @@ def model_call(
     # Counted before the call: a remote endpoint reporting more than this (or more output than the
     # max_tokens sent) is billed in full, the excess as its own overage row (billing.generation_bill).
     prompt_bound = call_prompt_bound(endpoint, target, messages, tools)
+    if reserve is not None:
+        reservation = reserve(target) or reservation
     own_reservation = None
     if reservation is None:
         own_reservation, price = _reserve_for_call(endpoint, target, prompt_bound, cap, price, context, stage)

@@ -1,4 +1,9 @@
-"""Embeddings for the OpenAI-compatible API: budgeted, metered, computed on the gpu queue."""
+"""Embeddings for the OpenAI-compatible API: budgeted, metered, computed on the gpu queue.
+
+Cost path ``embeddings_api``: the request reserves a hold (the cost model's bound of the texts'
+tokens, counted with the model's tokenizer) before the job exists; the worker resumes it, writes the
+``embed`` row under it and settles.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,22 @@ from django.conf import settings
 from apps.core.errors import ServiceError, ValidationFailed
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
-from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.models import Stage
-from apps.costs.pricing import Usage, to_decimal, worst_case_cost
-from apps.costs.services import (
-    LedgerContext,
-    budget_reserve,
-    price_current,
-    reservation_release,
-    reservation_settle,
-    usage_record,
-)
-from apps.costs.tokens import embedding_tokens
+from apps.costs.pricing import Usage, to_decimal
+from apps.costs.services import LedgerContext, price_current
+from apps.costs.services.holds import hold_open, hold_resume
 
 EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
+
+
+def embeddings_bound(*, model: str, texts: list[str]) -> Decimal:
+    """What a request reserves: the cost model's bound of embedding the texts' tokens, counted exactly
+    with the embedding model's own tokenizer, as the worker counts when it bills."""
+    from apps.corpora.services.embedding import embedding_bound
+    from apps.costs.tokens import embedding_tokens
+
+    tokens = embedding_tokens(model, texts)
+    return embedding_bound(model_name=model, tokens=tokens, price=price_current(model_name=EMBEDDING_MODELS[model]))
 
 
 def embeddings_create(
@@ -33,22 +40,21 @@ def embeddings_create(
         raise ValidationFailed(
             f"unknown embedding model {model!r} (available: {', '.join(EMBEDDING_MODELS)})", code="model_not_found"
         )
-    price = price_current(model_name=EMBEDDING_MODELS[model])
-    # Exact: the embedding model's own tokenizer, as the worker counts when it bills.
-    estimated_tokens = embedding_tokens(model, texts)
-    # Device time: the cost model's bound for MiniLM, at the device of the worker that would run it.
-    seconds, device = device_seconds_bound(model=EMBEDDING_MODELS[model], tokens_in=estimated_tokens, price=price)
-    estimate = worst_case_cost(
-        price=price, prompt_tokens=estimated_tokens, max_output_tokens=0
-    ) + device_cost(price=price, seconds=seconds, device=device)
-    reservation = budget_reserve(
-        team=team, user=user, api_key=api_key, estimate=estimate, description=f"embeddings on {model}"
+    hold = hold_open(
+        path="embeddings_api",
+        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        estimate=embeddings_bound(model=model, texts=texts),
+        description=f"embeddings on {model}",
     )
-    job = job_start(
-        kind="embeddings.create", team=team, created_by=user,
-        params={"model": model, "texts": texts, "reservation_id": reservation.pk,
-                "user_id": getattr(user, "pk", None), "api_key_id": getattr(api_key, "pk", None)},
-    )
+    try:
+        job = job_start(
+            kind="embeddings.create", team=team, created_by=user,
+            params={"model": model, "texts": texts, "reservation_id": hold.reservation.pk,
+                    "user_id": getattr(user, "pk", None), "api_key_id": getattr(api_key, "pk", None)},
+        )
+    except BaseException:
+        hold.release()
+        raise
     deadline = time.monotonic() + (timeout_s or settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S)
     while True:
         job.refresh_from_db()
@@ -72,7 +78,14 @@ def embeddings_compute(*, job: Job) -> dict:
     from workers.runtime.embedders import get_embedder
 
     params = job.params
-    reservation = Reservation.objects.get(pk=params["reservation_id"])
+    context = LedgerContext(
+        team=job.team,
+        user=get_user_model().objects.filter(pk=params.get("user_id")).first(),
+        api_key=ApiKey.objects.filter(pk=params.get("api_key_id")).first(),
+    )
+    hold = hold_resume(
+        reservation=Reservation.objects.get(pk=params["reservation_id"]), context=context, path="embeddings_api"
+    )
     try:
         embedder = get_embedder(params["model"])
         started = time.perf_counter()
@@ -80,15 +93,10 @@ def embeddings_compute(*, job: Job) -> dict:
         seconds = time.perf_counter() - started
         tokens = sum(len(ids) for ids in embedder.tokenizer(params["texts"], truncation=True)["input_ids"])
     except Exception:
-        reservation_release(reservation=reservation)
+        hold.release()
         raise
     on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    record = usage_record(
-        context=LedgerContext(
-            team=job.team,
-            user=get_user_model().objects.filter(pk=params.get("user_id")).first(),
-            api_key=ApiKey.objects.filter(pk=params.get("api_key_id")).first(),
-        ),
+    hold.record(
         stage=Stage.EMBED,
         model_name=EMBEDDING_MODELS[params["model"]],
         usage=Usage(
@@ -98,7 +106,6 @@ def embeddings_compute(*, job: Job) -> dict:
         ),
         price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
         latency_ms=int(seconds * 1000),
-        reservation=reservation,
     )
-    reservation_settle(reservation=reservation, actual=record.cost)
+    hold.settle()
     return {"vectors": [[round(float(x), 7) for x in row] for row in vectors], "tokens": tokens}

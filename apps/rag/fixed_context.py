@@ -42,12 +42,12 @@ from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
     PriceMissing,
-    budget_reserve,
     price_current,
     reservation_release,
     reservation_settle,
     usage_record,
 )
+from apps.costs.services.holds import hold_open
 from apps.rag.models import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -191,14 +191,13 @@ def fixed_context_prefill_estimate(*, pipeline: Pipeline) -> Decimal:
 
 def _prefill_reserve(*, pipeline: Pipeline, user=None, api_key=None) -> Reservation:
     """Hold the prefill's worst case against the team's budgets (BudgetExceeded, 402, when it does not fit)."""
-    return budget_reserve(
-        team=pipeline.team,
-        user=user,
-        api_key=api_key,
+    return hold_open(
+        path="kv_prefill",
+        context=LedgerContext(team=pipeline.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
         estimate=fixed_context_prefill_estimate(pipeline=pipeline),
         description=f"{PREFILL_STAGE} of pipeline {pipeline.name} on {pipeline.model_endpoint.name}",
         ttl_s=PREFILL_RESERVATION_TTL_S,
-    )
+    ).reservation
 
 
 def fixed_context_prefill_start(

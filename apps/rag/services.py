@@ -36,12 +36,12 @@ from apps.costs.pricing import (
 )
 from apps.costs.services import (
     LedgerContext,
-    budget_reserve,
     price_current,
     reservation_release,
     reservation_settle,
     usage_record,
 )
+from apps.costs.services.holds import hold_open
 from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound, texts_tokens_max
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
@@ -300,14 +300,13 @@ def query_run_start(
     estimate = _query_worst_case(
         endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
     )
-    reservation = budget_reserve(
-        team=team,
-        user=user,
-        api_key=api_key,
+    reservation = hold_open(
+        path="query",
+        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
         estimate=estimate,
         description=f"query on {pipeline.name if pipeline else target_endpoint.name}",
         ttl_s=int(settings.PARSIMONY_MODEL_WALL_TIME_S * 3 + 300),
-    )
+    ).reservation
     run = QueryRun.objects.create(
         team=team,
         pipeline=pipeline,

@@ -38,14 +38,20 @@ def _apply_error(form, exc: ServiceError) -> None:
 def tool_list(request: HttpRequest) -> HttpResponse:
     tools = selectors.tool_list(team=request.team)
     query = (request.GET.get("q") or "").strip()
-    matches = selectors.tool_search(team=request.team, query=query, k=10) if query else None
+    matches, status = None, 200
+    if query:
+        try:
+            matches = services.tool_search_billed(team=request.team, query=query, k=10, user=request.user)
+        except ServiceError as exc:  # a budget refused the search
+            messages.error(request, exc.message)
+            status = exc.http_status
     return render(request, "agents/tools.html", {
         "own_tools": [t for t in tools if t.team_id is not None],
         "global_tools": [t for t in tools if t.team_id is None],
         "query": query,
         "matches": matches,
         "can_edit": can(request, Role.MEMBER),
-    })
+    }, status=status)
 
 
 def _tool_form(request, data=None, initial=None) -> ToolForm:
@@ -64,7 +70,7 @@ def _tool_edit(request: HttpRequest, tool: Tool | None) -> HttpResponse:
                     saved = services.tool_create(team=request.team, created_by=request.user, **values)
                     messages.success(request, f"Tool '{saved.name}' created and indexed.")
                 else:
-                    saved = services.tool_update(tool=tool, **values)
+                    saved = services.tool_update(tool=tool, user=request.user, **values)
                     messages.success(
                         request, f"Tool '{saved.name}' saved (version {saved.version}) and re-indexed."
                     )

@@ -61,17 +61,19 @@ def _rows_context(corpus) -> dict:
 def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
     corpus = corpus_selectors.corpus_get(team=request.team, corpus_id=corpus_id)
     search_form = SearchForm(request.GET or None)
-    hits, search_error = None, ""
+    hits, search_error, status = None, "", 200
     if search_form.is_bound and search_form.is_valid():
         try:
-            hits = corpus_selectors.chunk_search(
-                corpus=corpus,
+            hits = corpus_services.corpus_search(
+                corpora=corpus,
                 query=search_form.cleaned_data["q"],
                 retriever=search_form.cleaned_data.get("retriever") or "hybrid",
                 k=10,
+                path="search_ui",
+                user=request.user,
             )
         except ServiceError as exc:
-            search_error = exc.message
+            search_error, status = exc.message, exc.http_status
     context = {
         **_rows_context(corpus),
         "upload_form": UploadForm(),
@@ -83,7 +85,7 @@ def corpus_detail(request: HttpRequest, corpus_id: int) -> HttpResponse:
         "can_delete": can(request, Role.ADMIN),
         "max_upload_mb": _max_upload_mb(),
     }
-    return render(request, "web/corpus_detail.html", context)
+    return render(request, "web/corpus_detail.html", context, status=status)
 
 
 def _max_upload_mb() -> int:
@@ -120,11 +122,43 @@ def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Choose at least one file to upload.")
         return redirect("corpus-detail", corpus_id=corpus.pk)
-    queued, failed, duplicates, errors = [], 0, 0, []
     started = timezone.now()
-    for upload in form.cleaned_data["files"]:
-        name = upload.name or "upload"
-        data = upload.read()
+    files = [(upload.name or "upload", upload.read()) for upload in form.cleaned_data["files"]]
+    # One hold for the drop's files (records files reserve their own), before anything is stored.
+    try:
+        hold = corpus_services.ingest_hold_open(
+            corpus=corpus,
+            text_bytes=[
+                corpus_services.upload_text_bytes(filename=name, data=data)
+                for name, data in files
+                if not name.lower().endswith(RECORD_EXTENSIONS)
+            ],
+            user=request.user,
+        )
+    except ServiceError as exc:  # a budget refused it: nothing was stored
+        messages.error(request, exc.message)
+        response = corpus_detail(request, corpus_id=corpus.pk)
+        response.status_code = exc.http_status
+        return response
+    try:
+        queued, failed, duplicates, errors = _store_drop(request, corpus, files, started)
+    except BaseException:
+        hold.release()
+        raise
+    # One ingestion job for the whole drop: one progress bar, one model load (no job: the hold is released).
+    corpus_services.documents_ingest_start(documents=queued, user=request.user, hold=hold)
+    summary = _upload_summary(queued=len(queued), duplicates=duplicates, failed=failed)
+    if summary:
+        messages.success(request, summary)
+    for error in errors:
+        messages.error(request, error)
+    return redirect("corpus-detail", corpus_id=corpus.pk)
+
+
+def _store_drop(request, corpus, files: list[tuple[str, bytes]], started) -> tuple[list, int, int, list[str]]:
+    """Store a drop's files: (documents queued, failed count, duplicates count, error messages)."""
+    queued, failed, duplicates, errors = [], 0, 0, []
+    for name, data in files:
         try:
             if name.lower().endswith(RECORD_EXTENSIONS):
                 created = corpus_services.documents_import_records(
@@ -145,15 +179,7 @@ def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
                 queued.append(document)
         else:
             duplicates += 1
-    # One ingestion job for the whole drop: one progress bar, one model load.
-    if queued:
-        corpus_services.documents_ingest_start(documents=queued, user=request.user)
-    summary = _upload_summary(queued=len(queued), duplicates=duplicates, failed=failed)
-    if summary:
-        messages.success(request, summary)
-    for error in errors:
-        messages.error(request, error)
-    return redirect("corpus-detail", corpus_id=corpus.pk)
+    return queued, failed, duplicates, errors
 
 
 @team_view(Role.ADMIN)

@@ -96,6 +96,11 @@ class StepLimitReached(Exception):
     pass
 
 
+class BudgetReached(Exception):
+    """Raised by the ``model`` callable when the budget does not cover the next step: the run stops
+    and answers with what it has (finish_reason "budget"), like at the step limit."""
+
+
 ModelFn = Callable[..., ModelReply]
 SearchFn = Callable[[str, int], list[ToolHit]]
 ExecuteFn = Callable[[ToolSpec, dict[str, Any]], Any]
@@ -127,7 +132,9 @@ class AgentLoop:
        composes it from the results (streamed through ``on_answer_token``).
 
     ``step_limit`` caps the model calls of a run (decompositions included); at the cap the run
-    stops and answers with what it has (finish_reason "step_limit").
+    stops and answers with what it has (finish_reason "step_limit"). A ``model`` callable that
+    raises ``BudgetReached`` (its budget does not cover the call) stops it the same way
+    (finish_reason "budget").
     """
 
     def __init__(
@@ -164,7 +171,11 @@ class AgentLoop:
         if self.model_calls >= self.config.step_limit:
             raise StepLimitReached(f"the step limit of {self.config.step_limit} model calls is reached")
         self.model_calls += 1
-        return self._model_fn(messages, **kwargs)
+        try:
+            return self._model_fn(messages, **kwargs)
+        except BudgetReached:
+            self.model_calls -= 1  # refused before it ran
+            raise
 
     def _search(self, query: str, depth: int) -> tuple[list[ToolHit], dict[str, Any]]:
         hits = list(self._search_fn(query, self.config.top_k))[: self.config.top_k]
@@ -434,11 +445,16 @@ class AgentLoop:
             else:
                 answer = self._compose(request, solved)
                 self.steps.append({"type": "answer", "model_output": answer})
-        except StepLimitReached as exc:
-            finish = "step_limit"
+        except (StepLimitReached, BudgetReached) as exc:
+            over_budget = isinstance(exc, BudgetReached)
+            finish = "budget" if over_budget else "step_limit"
             results = [(s, r) for s, r in solved if r is not None]
             partial = "; ".join(f"{s}: {r}" for s, r in results)
-            answer = f"Stopped at the step limit ({self.config.step_limit} model calls)."
+            answer = (
+                f"Stopped: the budget does not cover another step (after {self.model_calls} model calls)."
+                if over_budget
+                else f"Stopped at the step limit ({self.config.step_limit} model calls)."
+            )
             if partial:
                 answer += f" Results so far: {partial}"
             self.steps.append({"type": "stopped", "reason": str(exc)})

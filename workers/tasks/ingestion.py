@@ -16,7 +16,11 @@ def ingest_documents(job: Job, progress: Progress) -> dict:
     """
     from apps.corpora.services import documents_ingest_by_ids
 
-    return documents_ingest_by_ids(document_ids=job.params.get("document_ids", []), progress=progress)
+    return documents_ingest_by_ids(
+        document_ids=job.params.get("document_ids", []),
+        progress=progress,
+        reservation_id=job.params.get("reservation_id"),
+    )
 
 
 @job_task(kind="corpora.rebuild_index", queue=Queue.GPU)
@@ -24,4 +28,6 @@ def rebuild_index(job: Job, progress: Progress) -> dict:
     """Rebuild a corpus's FAISS and BM25 indexes from the database."""
     from apps.corpora.services import corpus_index_rebuild_by_id
 
-    return corpus_index_rebuild_by_id(corpus_id=job.params.get("corpus_id"), progress=progress)
+    return corpus_index_rebuild_by_id(
+        corpus_id=job.params.get("corpus_id"), progress=progress, reservation_id=job.params.get("reservation_id")
+    )

@@ -23,7 +23,10 @@ from apps.agents.services.tools import (
     http_host_allow,
     tool_create,
     tool_delete,
+    tool_index_bound,
     tool_index_rebuild,
+    tool_search_billed,
+    tool_search_bound,
     tool_update,
     tool_validate,
 )
@@ -45,7 +48,10 @@ __all__ = [
     "tool_callable",
     "tool_create",
     "tool_delete",
+    "tool_index_bound",
     "tool_index_rebuild",
+    "tool_search_billed",
+    "tool_search_bound",
     "tool_update",
     "tool_validate",
 ]

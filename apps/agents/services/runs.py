@@ -1,15 +1,20 @@
 """Agent runs: reserve and start one (web process), execute it (worker), wait for it.
 
-``agent_run_start`` reserves the worst case of ``step_limit`` model calls plus tool time (402
-when a budget refuses), creates the AgentRun and its Job on the gpu queue. ``agent_run_execute``
-runs ``workers.agent.loop.AgentLoop`` with three callables wired here: the model (every call
-through ``metering.model_call``, stage agent-step, under the run's reservation), the tool search
-(the query embedding metered as retrieve), and tool execution (each call metered as a "tool"
-ledger row with its latency). Steps and the answer stream into the AgentRun row as they happen.
+Each step holds its own reservation (cost path ``agent_step``): a step is one model call, the tool
+calls it makes and the tool searches that follow it. ``agent_run_start`` reserves the first step's
+bound (402 when a budget refuses: no run), creates the AgentRun (``reservation``: that first hold)
+and its Job on the gpu queue. In the worker, each later model call first settles the previous
+step's hold and reserves its own bound from its exact prompt; when a budget refuses it the run
+ends cleanly with its partial answer and finish reason "budget". The run's cost is the sum of its
+ledger rows. ``agent_run_execute`` runs ``workers.agent.loop.AgentLoop`` with three callables
+wired here: the model (every call through ``metering.model_call``, stage agent-step), the tool
+search (the query embedding metered as retrieve), and tool execution (each call metered as a
+"tool" ledger row with its latency). Steps and the answer stream into the AgentRun row.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,14 +37,13 @@ from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
 from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
+    BudgetExceeded,
     LedgerContext,
     PriceMissing,
-    budget_reserve,
     price_current,
     reservation_release,
-    reservation_settle,
-    usage_record,
 )
+from apps.costs.services.holds import Hold, hold_open, hold_resume
 from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
 
 logger = logging.getLogger(__name__)
@@ -103,6 +107,74 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
     return estimate
 
 
+# Tool searches between two model calls: one per subtask (at most max_subtasks) and one more level.
+_SEARCHES_PER_STEP = 6
+_TOOL_CALLS_PER_STEP = 4  # an OpenAI-mode reply may ask for a few tool calls at once
+_QUERY_TOKENS_BOUND = 256  # the tool embedder truncates a query to this many tokens
+
+
+def agent_step_bound(*, agent: Agent, call_worst_case: Decimal) -> Decimal:
+    """What one step reserves: its model call's worst case, plus the tool calls it can make (each up
+    to the tool timeout) and the tool searches that can follow it."""
+    from apps.agents.services.tools import TOOL_EMBEDDING_PRICE_NAME
+    from apps.corpora.services.embedding import embedding_bound
+
+    estimate = call_worst_case
+    tool_price = _price_or_none(TOOL_PRICE_NAME)
+    if tool_price is not None:
+        estimate += worst_case_cost(
+            price=tool_price, prompt_tokens=0, max_output_tokens=0,
+            max_seconds=_TOOL_CALLS_PER_STEP * agent.tool_timeout_s,
+        )
+    embed_price = _price_or_none(TOOL_EMBEDDING_PRICE_NAME)
+    if embed_price is not None:
+        estimate += _SEARCHES_PER_STEP * embedding_bound(
+            model_name="all-MiniLM-L6-v2", tokens=_QUERY_TOKENS_BOUND, price=embed_price
+        )
+    return estimate
+
+
+def _first_prompt_tokens(agent: Agent, request: str, messages: list[dict]) -> int:
+    """Prompt tokens of the run's first model call (the decomposition), in the web process.
+
+    Counted by the endpoint's own counter where that needs no model load (remote endpoints); a
+    local model's prompt is bounded by its UTF-8 bytes plus the chat template's tokens per message
+    instead of loading the model here.
+    """
+    from apps.costs import metering
+    from workers.agent.decompose import decompose_messages
+    from workers.runtime.meter import count_chat_tokens
+
+    first = decompose_messages(request, max_steps=_engine_config(agent).max_subtasks)
+    first = [*first, *({"role": "user", "content": str(m.get("content", ""))} for m in messages)]
+    endpoint = agent.model_endpoint
+    if endpoint.kind == EndpointKind.OPENAI:
+        return count_chat_tokens(metering.endpoint_target(endpoint), first)
+    return 16 + sum(len(str(m.get("content", "")).encode("utf-8")) + 8 for m in first)
+
+
+def agent_first_step_bound(*, agent: Agent, request: str, messages: list[dict] | None = None) -> Decimal:
+    """What starting a run reserves: its first step's bound (the decomposition call and what follows it)."""
+    from workers.agent.loop import DECOMPOSE_MAX_TOKENS
+
+    endpoint = agent.model_endpoint
+    prompt = min(_first_prompt_tokens(agent, request, messages or []), endpoint.context_window)
+    cap = min(DECOMPOSE_MAX_TOKENS, agent.max_output_tokens, endpoint.max_output_tokens)
+    call = worst_case_cost(
+        price=price_current(model_name=endpoint.price_name),
+        prompt_tokens=prompt,
+        max_output_tokens=cap,
+        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if endpoint.kind == EndpointKind.LOCAL else 0.0,
+        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
+    )
+    return agent_step_bound(agent=agent, call_worst_case=call)
+
+
+def _step_ttl_s(agent: Agent) -> int:
+    """How long a step's hold lives: its model call and its tool calls, with room to spare."""
+    return int((settings.PARSIMONY_MODEL_WALL_TIME_S + _TOOL_CALLS_PER_STEP * agent.tool_timeout_s) * 1.5 + 300)
+
+
 def _reservation_ttl_s(agent: Agent) -> int:
     """How long the hold lives: every step at the longest model call and tool call, with room to spare."""
     return int(agent.step_limit * (settings.PARSIMONY_MODEL_WALL_TIME_S + agent.tool_timeout_s) * 1.5 + 300)
@@ -118,7 +190,7 @@ def agent_run_start(
     user=None,
     api_key=None,
 ) -> AgentRun:
-    """Reserve the worst case (402 when a budget would go over), create the run, enqueue it."""
+    """Reserve the first step (402 when a budget would go over), create the run, enqueue it."""
     if agent.team_id != team.pk:
         raise ValidationFailed("that agent belongs to another team")
     messages = messages or []
@@ -130,11 +202,14 @@ def agent_run_start(
         raise ValidationFailed("the request is empty")
     if not agent.model_endpoint.enabled:
         raise ValidationFailed(f"model {agent.model_endpoint.name!r} is disabled")
-    estimate = agent_run_worst_case(agent=agent, request=request, messages=messages)
-    reservation = budget_reserve(
-        team=team, user=user, api_key=api_key, estimate=estimate, description=f"agent {agent.name}",
+    # The first hold may wait in the queue before its step runs: it lives as long as a whole run.
+    reservation = hold_open(
+        path="agent_step",
+        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        estimate=agent_first_step_bound(agent=agent, request=request, messages=messages),
+        description=f"agent {agent.name} step 1",
         ttl_s=_reservation_ttl_s(agent),
-    )
+    ).reservation
     run = AgentRun.objects.create(
         team=team, agent=agent, user=user if getattr(user, "pk", None) else None, api_key=api_key,
         reservation=reservation, request=request, messages=messages,
@@ -163,7 +238,63 @@ def _engine_config(agent: Agent):
     )
 
 
-def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
+class _StepHolds:
+    """A run's step holds: the first was reserved when the run started; each later model call settles
+    the previous step's and reserves its own from its exact prompt (``BudgetReached`` when refused)."""
+
+    def __init__(self, run: AgentRun, context: LedgerContext) -> None:
+        self.run = run
+        self.context = context
+        self.steps = 0
+        self.current: Hold | None = (
+            hold_resume(reservation=run.reservation, context=context, path="agent_step")
+            if run.reservation_id else None
+        )
+
+    def before_call(self, target: Any, messages: list[dict], tools: list[dict] | None, cap: int) -> Hold | None:
+        """The hold the next model call bills under (``target``: its resolved engine target)."""
+        from apps.costs import metering
+        from workers.agent.loop import BudgetReached
+
+        self.steps += 1
+        if self.steps == 1 and self.current is not None:
+            return self.current
+        self.settle()
+        endpoint = self.run.agent.model_endpoint
+        # Tool definitions are part of the prompt: counted as one more message.
+        counted = [*messages, {"role": "system", "content": json.dumps(tools)}] if tools else messages
+        _, call_worst = metering.call_estimate(
+            endpoint=endpoint, target=target, messages=counted, max_output_tokens=min(cap, endpoint.max_output_tokens)
+        )
+        try:
+            self.current = hold_open(
+                path="agent_step", context=self.context,
+                estimate=agent_step_bound(agent=self.run.agent, call_worst_case=call_worst),
+                description=f"agent {self.run.agent.name} step {self.steps}",
+                ttl_s=_step_ttl_s(self.run.agent),
+            )
+        except BudgetExceeded as exc:
+            self.steps -= 1
+            raise BudgetReached(exc.message) from exc
+        return self.current
+
+    def record(self, **row: Any) -> None:
+        """A ledger row of the current step (a search before the first call: under the first hold)."""
+        if self.current is not None:
+            self.current.record(**row)
+        else:
+            from apps.costs.services import usage_record
+
+            usage_record(context=self.context, **row)
+
+    def settle(self) -> None:
+        """Book the current step's rows (none: release it)."""
+        if self.current is not None:
+            self.current.settle()
+            self.current = None
+
+
+def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _StepHolds):
     """The engine's three callables (and its hooks), bound to this run."""
     from apps.agents.selectors import tool_search
     from workers.agent.loop import ModelReply, ToolCallRequest, ToolHit, ToolSpec
@@ -177,9 +308,14 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
 
     def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
         cap = min(max_tokens or agent.max_output_tokens, agent.max_output_tokens)
+
+        def reserve(target):
+            hold = holds.before_call(target, messages, tools, cap)
+            return hold.reservation if hold is not None else None
+
         call = model_call(
             endpoint=endpoint, messages=messages, context=context, stage=Stage.AGENT_STEP,
-            max_output_tokens=cap, on_token=on_token, reservation=run.reservation, tools=tools,
+            max_output_tokens=cap, on_token=on_token, tools=tools, reserve=reserve,
         )
         state["calls"] += 1
         calls = state["calls"]
@@ -201,8 +337,8 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
         started = time.perf_counter()
         timings: dict[str, float] = {}
         matches = tool_search(team=run.team, query=query, k=k, timings=timings)
-        usage_record(
-            context=context, stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
+        holds.record(
+            stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
             usage=Usage(prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [query]),
                         cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
             price=embed_price, latency_ms=int((time.perf_counter() - started) * 1000),
@@ -223,8 +359,8 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress):
         return callables[spec.key](arguments)
 
     def on_tool_done(spec, arguments, outcome) -> None:
-        usage_record(
-            context=context, stage=Stage.TOOL, model_name=f"tool/{spec.name}"[:200],
+        holds.record(
+            stage=Stage.TOOL, model_name=f"tool/{spec.name}"[:200],
             usage=Usage(cpu_seconds=to_decimal(round(outcome.duration_ms / 1000, 6))),
             price=tool_price, latency_ms=outcome.duration_ms,
             finish_reason="timeout" if outcome.timed_out else ("error" if outcome.error else "ok"),
@@ -247,14 +383,12 @@ def _fail_orphan(run: AgentRun) -> AgentRun:
     return run
 
 
-def _record_failure(run: AgentRun, loop, exc: Exception, stream: AnswerStream, started: float) -> None:
-    """Settle what the ledger holds so far (or release the hold) and store the failure."""
+def _record_failure(
+    run: AgentRun, loop, exc: Exception, stream: AnswerStream, started: float, holds: _StepHolds
+) -> None:
+    """Settle what the current step billed (or release its hold) and store the failure."""
+    holds.settle()
     actual = UsageRecord.objects.filter(agent_run_id=run.pk).aggregate(total=Sum("cost"))["total"] or ZERO
-    if run.reservation_id:
-        if actual > 0:
-            reservation_settle(reservation=run.reservation, actual=actual)
-        else:
-            reservation_release(reservation=run.reservation)
     AgentRun.objects.filter(pk=run.pk).update(
         status=AgentRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000], cost=actual,
         steps=loop.steps, tools_offered=loop.tools_offered, tools_called=loop.tools_called,
@@ -263,15 +397,14 @@ def _record_failure(run: AgentRun, loop, exc: Exception, stream: AnswerStream, s
     )
 
 
-def _record_success(run: AgentRun, result, started: float) -> None:
-    """Settle the reservation at the ledger's total and store the answer, tokens and cost."""
+def _record_success(run: AgentRun, result, started: float, holds: _StepHolds) -> None:
+    """Settle the last step's hold and store the answer, tokens and cost (the sum of the run's rows)."""
+    holds.settle()
     records = UsageRecord.objects.filter(agent_run_id=run.pk)
     actual = records.aggregate(cost=Sum("cost"))["cost"] or ZERO
     tokens = records.filter(stage=Stage.AGENT_STEP).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
     )
-    if run.reservation_id:
-        reservation_settle(reservation=run.reservation, actual=actual)
     AgentRun.objects.filter(pk=run.pk).update(
         status=AgentRunStatus.SUCCEEDED,
         answer=result.answer,
@@ -312,7 +445,8 @@ def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) ->
     context = LedgerContext(team=run.team, user=run.user, api_key=run.api_key, agent_run_id=run.pk)
     # The final answer is stripped: the stream drops leading white space too, so it is its prefix.
     stream = AnswerStream(AgentRun, run.pk, strip_leading=True)
-    model, search, execute, on_tool_done, on_update = _wire(run, context, progress)
+    holds = _StepHolds(run, context)
+    model, search, execute, on_tool_done, on_update = _wire(run, context, progress, holds)
     loop = AgentLoop(
         config=_engine_config(run.agent), model=model, search=search, execute=execute,
         on_update=on_update, on_tool_done=on_tool_done, on_answer_token=stream,
@@ -320,9 +454,9 @@ def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) ->
     try:
         result = loop.run(run.request)
     except Exception as exc:
-        _record_failure(run, loop, exc, stream, started)
+        _record_failure(run, loop, exc, stream, started, holds)
         raise
-    _record_success(run, result, started)
+    _record_success(run, result, started, holds)
     run.refresh_from_db()
     return run
 

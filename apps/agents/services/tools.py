@@ -1,11 +1,17 @@
 """The tool library: validate, create, change and delete tools; the http allow-list; built-in packs.
 
 Every change re-indexes that tool (``apps.agents.indexing.tool_index_sync``), so the library
-search never offers a tool as it was before the change.
+search never offers a tool as it was before the change. Embedding a team's tool is a cost path
+(``tool_index``): the change reserves the bound of the tool's texts before anything is saved
+(402: nothing changes), the embedding is billed under that hold, and it is settled. The global
+library (team None) is the operator's and is not billed.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -14,6 +20,10 @@ from apps.agents import indexing
 from apps.agents.models import HttpAllowedHost, Tool, ToolKind, tool_name_validator
 from apps.agents.selectors import http_allowed_hosts
 from apps.core.errors import ValidationFailed
+from apps.costs.models import ZERO
+from apps.costs.services import BudgetExceeded
+
+logger = logging.getLogger(__name__)
 
 # Tool calls are billed per second of wall time at this price, when the price book has it
 # (load_builtin_tools adds it at the local CPU price); otherwise they are metered at zero.
@@ -21,6 +31,45 @@ TOOL_PRICE_NAME = "local/agent-tools"
 RETRIEVAL_MAX_K = 20
 RETRIEVERS = ("dense", "bm25", "hybrid")
 TOOL_FIELDS = ("name", "description", "parameters", "kind", "config", "examples", "enabled")
+TOOL_EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+
+
+def tool_index_bound(*, name: str, description: str, examples: list[str] | tuple[str, ...] = ()) -> Decimal:
+    """The most embedding one tool's texts (``name: description`` and each example) can cost:
+    UTF-8 bytes bound their tokens, two special tokens each."""
+    from apps.corpora.services.embedding import embedding_bound
+    from indexes.tool_index import tool_text
+
+    texts = [tool_text(name, description), *[e for e in examples if str(e).strip()]]
+    tokens = sum(len(str(t).encode("utf-8")) + 2 for t in texts)
+    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens)
+
+
+@contextmanager
+def _tool_index_spending(*, team, user, bound: Decimal, description: str):
+    """Reserve a team's tool embedding (402 before anything changes), then bill what the block embedded."""
+    from apps.costs.models import Stage
+    from apps.costs.pricing import Usage, to_decimal
+    from apps.costs.services import LedgerContext, PriceMissing, price_current
+    from apps.costs.services.holds import spending
+
+    if team is None:  # the global library: the operator's, not a team's
+        yield
+        return
+    context = LedgerContext(team=team, user=user if getattr(user, "pk", None) else None)
+    with spending(path="tool_index", context=context, estimate=bound, description=description[:255]) as hold:
+        with indexing.embedding_meter() as meter:
+            yield
+        if meter["texts"]:
+            try:
+                price = price_current(model_name=TOOL_EMBEDDING_PRICE_NAME)
+            except PriceMissing:
+                price = None
+            hold.record(
+                stage=Stage.EMBED, model_name=TOOL_EMBEDDING_PRICE_NAME,
+                usage=Usage(prompt_tokens=meter["tokens"], cpu_seconds=to_decimal(round(meter["seconds"], 6))),
+                price=price, latency_ms=int(meter["seconds"] * 1000), finish_reason="tool-index",
+            )
 
 
 def _python_config(*, name: str, config: dict, parameters: Any, errors: dict[str, str]) -> tuple[dict, Any]:
@@ -160,21 +209,61 @@ def tool_create(
         examples=examples,
     )
     _check_name_free(team=team, name=name)
-    try:
-        with transaction.atomic():
-            tool = Tool.objects.create(
-                team=team, name=name, description=description.strip(), kind=kind, parameters=parameters,
-                config=config, examples=examples, enabled=enabled,
-                created_by=created_by if getattr(created_by, "pk", None) else None,
-            )
-    except IntegrityError as exc:
-        raise ValidationFailed(f"a tool called {name!r} already exists", code="duplicate") from exc
-    indexing.tool_index_sync(tool)
+    bound = tool_index_bound(name=name, description=description.strip(), examples=examples) if enabled else ZERO
+    with _tool_index_spending(team=team, user=created_by, bound=bound, description=f"index tool {name}"):
+        try:
+            with transaction.atomic():
+                tool = Tool.objects.create(
+                    team=team, name=name, description=description.strip(), kind=kind, parameters=parameters,
+                    config=config, examples=examples, enabled=enabled,
+                    created_by=created_by if getattr(created_by, "pk", None) else None,
+                )
+        except IntegrityError as exc:
+            raise ValidationFailed(f"a tool called {name!r} already exists", code="duplicate") from exc
+        indexing.tool_index_sync(tool)
     return tool
 
 
-def tool_update(*, tool: Tool, **changes: Any) -> Tool:
-    """Change a tool; the version goes up by one when anything changed, and the tool is re-indexed."""
+def tool_search_bound(query: str) -> Decimal:
+    """The most embedding a tool-search query can cost (UTF-8 bytes bound its tokens)."""
+    from apps.corpora.services.embedding import embedding_bound
+
+    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=len(query.encode("utf-8")) + 2)
+
+
+def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None) -> list:
+    """The library search the tools page runs (cost path ``tool_search``): the query embedding is
+    reserved (402 before it runs), billed as a ``retrieve`` row, settled. Empty queries cost nothing."""
+    from apps.agents.selectors import tool_search
+    from apps.costs.models import Stage
+    from apps.costs.pricing import Usage, to_decimal
+    from apps.costs.services import LedgerContext, PriceMissing, price_current
+    from apps.costs.services.holds import spending
+
+    query = (query or "").strip()
+    if not query or k < 1:
+        return []
+    context = LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key)
+    timings: dict[str, float] = {}
+    with spending(path="tool_search", context=context, estimate=tool_search_bound(query),
+                  description="tool search") as hold:
+        matches = tool_search(team=team, query=query, k=k, timings=timings)
+        try:
+            price = price_current(model_name=TOOL_EMBEDDING_PRICE_NAME)
+        except PriceMissing:
+            price = None
+        seconds = timings.get("embed_s", 0.0)
+        hold.record(
+            stage=Stage.RETRIEVE, model_name=TOOL_EMBEDDING_PRICE_NAME,
+            usage=Usage(prompt_tokens=indexing.query_tokens(query), cpu_seconds=to_decimal(round(seconds, 6))),
+            price=price, latency_ms=int(seconds * 1000), finish_reason="tool-search",
+        )
+    return matches
+
+
+def tool_update(*, tool: Tool, user: Any = None, **changes: Any) -> Tool:
+    """Change a tool; the version goes up by one when anything changed, and the tool is re-indexed
+    (billed to ``user``'s team under a hold, see the module docstring)."""
     unknown = set(changes) - set(TOOL_FIELDS)
     if unknown:
         raise ValidationFailed(f"unknown tool fields: {', '.join(sorted(unknown))}")
@@ -193,11 +282,15 @@ def tool_update(*, tool: Tool, **changes: Any) -> Tool:
     if all(getattr(tool, field) == values[field] for field in TOOL_FIELDS):
         return tool
     _check_name_free(team=tool.team, name=values["name"], exclude=tool.pk)
-    for field in TOOL_FIELDS:
-        setattr(tool, field, values[field])
-    tool.version += 1
-    tool.save()
-    indexing.tool_index_sync(tool)
+    bound = ZERO
+    if values["enabled"]:
+        bound = tool_index_bound(name=values["name"], description=values["description"], examples=values["examples"])
+    with _tool_index_spending(team=tool.team, user=user, bound=bound, description=f"index tool {values['name']}"):
+        for field in TOOL_FIELDS:
+            setattr(tool, field, values[field])
+        tool.version += 1
+        tool.save()
+        indexing.tool_index_sync(tool)
     return tool
 
 
@@ -216,8 +309,17 @@ def tool_index_rebuild(*, team=None, include_global: bool = True) -> dict[str, i
     counts: dict[str, int] = {}
     teams = [team] if team is not None else list(Team.objects.all())
     for each in teams:
-        tools = Tool.objects.filter(team=each, enabled=True).order_by("pk")
-        counts[f"team {each.pk}"] = store.rebuild(each.pk, [indexing.document_of(t) for t in tools])
+        tools = list(Tool.objects.filter(team=each, enabled=True).order_by("pk"))
+        bound = sum(
+            (tool_index_bound(name=t.name, description=t.description, examples=t.examples or ()) for t in tools), ZERO
+        )
+        try:
+            with _tool_index_spending(team=each, user=None, bound=bound, description="rebuild the tool index"):
+                counts[f"team {each.pk}"] = store.rebuild(each.pk, [indexing.document_of(t) for t in tools])
+        except BudgetExceeded as exc:
+            if team is not None:
+                raise
+            logger.warning("team %s: tool index not rebuilt: %s", each.pk, exc.message)
     if include_global:
         tools = Tool.objects.filter(team=None, enabled=True).order_by("pk")
         counts[GLOBAL_SCOPE] = store.rebuild(GLOBAL_SCOPE, [indexing.document_of(t) for t in tools])

@@ -4,7 +4,8 @@
 - ``documents``: uploads, bulk record imports, starting ingestion jobs, deletes;
 - ``ingestion``: parse -> chunk -> embed -> index a batch of documents (crash-safe steps);
 - ``index_build``: exact id changes to a corpus's FAISS/BM25 indexes, full rebuilds;
-- ``embedding``: the embedder, encoding in slabs, the embedding ledger rows;
+- ``embedding``: the embedder, encoding in slabs, the embedding bound and ledger rows;
+- ``search``: the metered corpus search the pages and the API call (``corpus_search``);
 - ``storage``: the original files under ``DATA_ROOT/uploads``.
 """
 
@@ -16,6 +17,8 @@ from apps.corpora.services.documents import (
     document_upload,
     documents_import_records,
     documents_ingest_start,
+    ingest_hold_open,
+    upload_text_bytes,
 )
 from apps.corpora.services.embedding import EMBED_BATCH, EMBED_SLAB
 from apps.corpora.services.index_build import (
@@ -24,8 +27,10 @@ from apps.corpora.services.index_build import (
     corpus_index_rebuild_by_id,
     corpus_index_rebuild_start,
     index_apply,
+    rebuild_hold_open,
 )
 from apps.corpora.services.ingestion import document_ingest, documents_ingest, documents_ingest_by_ids
+from apps.corpora.services.search import corpus_search
 
 __all__ = [
     "EMBED_BATCH",
@@ -38,6 +43,7 @@ __all__ = [
     "corpus_index_rebuild",
     "corpus_index_rebuild_by_id",
     "corpus_index_rebuild_start",
+    "corpus_search",
     "corpus_update",
     "document_delete",
     "document_ingest",
@@ -47,4 +53,7 @@ __all__ = [
     "documents_ingest_by_ids",
     "documents_ingest_start",
     "index_apply",
+    "ingest_hold_open",
+    "rebuild_hold_open",
+    "upload_text_bytes",
 ]

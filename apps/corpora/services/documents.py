@@ -1,4 +1,10 @@
-"""Documents in and out of a corpus: uploads, bulk record imports, starting ingestion jobs, deletes."""
+"""Documents in and out of a corpus: uploads, bulk record imports, starting ingestion jobs, deletes.
+
+Ingestion spends (embedding): every job carries a hold (cost path ``ingest``) opened here, in the
+web process, BEFORE anything is stored, with a bound of the embedding work of the uploaded text;
+a budget that refuses it (402) leaves no Document, no file and no Job. The worker resumes the
+hold from ``job.params["reservation_id"]``, bills under it and settles (``ingestion``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import mimetypes
 import os
 from collections import defaultdict
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -17,32 +24,121 @@ from apps.core.models import Job
 from apps.core.services import job_start
 from apps.corpora.models import Corpus, Document, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
+from apps.corpora.services.embedding import embedding_bound, text_tokens_bound
 from apps.corpora.services.index_build import bm25_rebuild, index_apply
-from apps.corpora.services.storage import default_title, original_remove, original_store, safe_filename
+from apps.corpora.services.storage import (
+    default_title,
+    original_read,
+    original_remove,
+    original_store,
+    safe_filename,
+)
+from apps.costs.services import LedgerContext
+from apps.costs.services.holds import Hold, hold_open
 
 INGEST_KIND = "corpora.ingest"
 INGEST_JOB_DOCUMENTS = 500  # documents per ingestion job (bulk imports are split)
+# An ingestion hold lives until its job has run: it may wait behind other jobs on the gpu queue.
+INGEST_HOLD_TTL_S = 6 * 3600
+_COMPRESSED_FORMATS = (".pdf", ".docx")  # their bytes do not bound their text: extract it
 
 
-def documents_ingest_start(*, documents: Iterable[Document], user: Any = None) -> list[Job]:
-    """Start ingestion jobs on the gpu queue (one per INGEST_JOB_DOCUMENTS documents, per corpus)."""
+def upload_text_bytes(*, filename: str, data: bytes) -> int:
+    """UTF-8 bytes of the text an upload yields (what bounds its embedding tokens); 0 when it yields none.
+
+    Text formats: the decoded text re-encoded (a stray byte decoded as U+FFFD counts 3). PDF and
+    DOCX are compressed, so their text is extracted to count it.
+    """
+    from workers.ingest.parsers import DocumentParseError, decode_text, parse_document
+
+    ext = os.path.splitext(filename)[1].lower()
+    try:
+        if ext in _COMPRESSED_FORMATS:
+            return len(parse_document(filename=filename, data=data).text.encode("utf-8"))
+        return len(decode_text(data).encode("utf-8"))
+    except DocumentParseError:
+        return 0  # the worker will fail it without embedding anything
+
+
+def ingest_bound(*, corpus: Corpus, text_bytes: Iterable[int]) -> Decimal:
+    """The most embedding texts of these sizes (UTF-8 bytes) into ``corpus`` can cost."""
+    tokens = sum(
+        text_tokens_bound(size, chunk_tokens=corpus.chunk_tokens, overlap_tokens=corpus.overlap_tokens)
+        for size in text_bytes
+    )
+    return embedding_bound(model_name=corpus.embedding_model, tokens=tokens)
+
+
+def ingest_hold_open(*, corpus: Corpus, text_bytes: Iterable[int], user: Any = None, api_key: Any = None) -> Hold:
+    """Reserve the embedding of texts of these sizes into ``corpus`` (402 BudgetExceeded when a budget refuses)."""
+    sizes = list(text_bytes)
+    return hold_open(
+        path="ingest",
+        context=LedgerContext(team=corpus.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        estimate=ingest_bound(corpus=corpus, text_bytes=sizes),
+        description=f"ingest {len(sizes)} document(s) into {corpus.name}",
+        ttl_s=INGEST_HOLD_TTL_S,
+    )
+
+
+def _stored_text_bytes(document: Document) -> int:
+    """``upload_text_bytes`` of a stored document (its stored file's extension picks the format)."""
+    from workers.ingest.parsers import DocumentParseError
+
+    try:
+        data = original_read(document)
+    except (DocumentParseError, OSError):
+        return 0
+    return upload_text_bytes(filename="stored" + os.path.splitext(document.file_path)[1], data=data)
+
+
+def _ingest_job_start(*, corpus_id: int, team: Any, documents: list[Document], user: Any, hold: Hold) -> Job:
+    params = {
+        "corpus_id": corpus_id,
+        "document_ids": [d.pk for d in documents],
+        "reservation_id": hold.reservation.pk,
+    }
+    return job_start(kind=INGEST_KIND, team=team, created_by=user, params=params)
+
+
+def documents_ingest_start(
+    *, documents: Iterable[Document], user: Any = None, api_key: Any = None, hold: Hold | None = None
+) -> list[Job]:
+    """Start ingestion jobs on the gpu queue, each under its own hold.
+
+    With ``hold`` (opened by the caller before it stored anything): one job for all the documents.
+    Without: one job per INGEST_JOB_DOCUMENTS documents per corpus, each batch reserving from its
+    stored texts first; when one is refused, the others are released and nothing starts.
+    """
+    documents = list(documents)
+    if hold is not None:
+        if not documents:
+            hold.release()
+            return []
+        return [
+            _ingest_job_start(corpus_id=documents[0].corpus_id, team=documents[0].corpus.team,
+                              documents=documents, user=user, hold=hold)
+        ]
     by_corpus: dict[int, list[Document]] = defaultdict(list)
     for document in documents:
         by_corpus[document.corpus_id].append(document)
-    jobs = []
-    for corpus_id, docs in by_corpus.items():
-        team = docs[0].corpus.team
-        for i in range(0, len(docs), INGEST_JOB_DOCUMENTS):
-            batch = docs[i : i + INGEST_JOB_DOCUMENTS]
-            jobs.append(
-                job_start(
-                    kind=INGEST_KIND,
-                    team=team,
-                    created_by=user,
-                    params={"corpus_id": corpus_id, "document_ids": [d.pk for d in batch]},
-                )
-            )
-    return jobs
+    planned: list[tuple[Corpus, list[Document], Hold]] = []
+    try:
+        for docs in by_corpus.values():
+            corpus = docs[0].corpus
+            for i in range(0, len(docs), INGEST_JOB_DOCUMENTS):
+                batch = docs[i : i + INGEST_JOB_DOCUMENTS]
+                sizes = [_stored_text_bytes(d) for d in batch]
+                planned.append((corpus, batch, ingest_hold_open(corpus=corpus, text_bytes=sizes, user=user,
+                                                                api_key=api_key)))
+    except BaseException:
+        for _, _, opened in planned:
+            opened.release()
+        raise
+    return [
+        _ingest_job_start(corpus_id=corpus.pk, team=corpus.team, documents=batch, user=user, hold=opened)
+        for corpus, batch, opened in planned
+    ]
 
 
 def document_upload(
@@ -53,13 +149,16 @@ def document_upload(
     user: Any = None,
     media_type: str | None = None,
     start_job: bool = True,
+    api_key: Any = None,
 ) -> Document:
     """Store an uploaded file and queue its ingestion.
 
     Oversize or unsupported files become a failed Document (with the reason) at once and
     change nothing else. A file identical (sha256) to a non-failed document of the corpus
-    returns that document: no new chunks. ``start_job=False`` leaves it queued for a caller
-    that ingests in-process (``documents_ingest``).
+    returns that document: no new chunks. With ``start_job`` the embedding is reserved first
+    (402 BudgetExceeded: nothing is stored). ``start_job=False`` leaves it queued for a caller
+    that reserves itself (``ingest_hold_open`` + ``documents_ingest_start(hold=...)``) or ingests
+    in-process (``documents_ingest``, which reserves its own hold).
     """
     from workers.ingest.parsers import SUPPORTED_EXTENSIONS, DocumentParseError, check_size
 
@@ -86,10 +185,20 @@ def document_upload(
             raise DocumentParseError(f"unsupported file type {shown} (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     except DocumentParseError as exc:
         return Document.objects.create(**base, status=DocumentStatus.FAILED, error=exc.message)
-    path = original_store(corpus=corpus, sha256=sha256, ext=ext, data=data)
-    document = Document.objects.create(**base, file_path=path, status=DocumentStatus.QUEUED)
+    hold = None
     if start_job:
-        documents_ingest_start(documents=[document], user=user)
+        hold = ingest_hold_open(
+            corpus=corpus, text_bytes=[upload_text_bytes(filename=filename, data=data)], user=user, api_key=api_key
+        )
+    try:
+        path = original_store(corpus=corpus, sha256=sha256, ext=ext, data=data)
+        document = Document.objects.create(**base, file_path=path, status=DocumentStatus.QUEUED)
+        if hold is not None:
+            documents_ingest_start(documents=[document], user=user, hold=hold)
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
     return document
 
 
@@ -103,12 +212,14 @@ def documents_import_records(
     id_field: str | None = None,
     user: Any = None,
     start_job: bool = True,
+    api_key: Any = None,
 ) -> list[Document]:
     """Bulk import: one Document per .jsonl line / .csv row, then batched ingestion jobs.
 
     A bad record rejects the whole file (ValidationFailed naming the line): nothing is
     created. Records identical to a document already in the corpus (or earlier in the file)
-    are skipped. Returns the documents created.
+    are skipped. With ``start_job`` each batch's embedding is reserved before anything is
+    stored (402: nothing is). Returns the documents created.
     """
     from workers.ingest.parsers import DocumentParseError, check_size, iter_records
 
@@ -128,20 +239,26 @@ def documents_import_records(
         raise ValidationFailed(f"{filename}: {exc.message}", detail={"filename": filename}) from exc
     seen = set(corpus.documents.exclude(status=DocumentStatus.FAILED).values_list("sha256", flat=True))
     uploader = user if getattr(user, "pk", None) else None
-    to_create: list[Document] = []
+    fresh: list[tuple[int, Any, bytes, str]] = []
     for number, record in enumerate(records, start=1):
         body = record.text.encode("utf-8")
         sha256 = hashlib.sha256(body).hexdigest()
         if sha256 in seen:
             continue
         seen.add(sha256)
-        path = original_store(corpus=corpus, sha256=sha256, ext=".txt", data=body, fsync=False)
-        to_create.append(
+        fresh.append((number, record, body, sha256))
+    holds: list[Hold] = []
+    try:
+        if start_job:
+            for i in range(0, len(fresh), INGEST_JOB_DOCUMENTS):
+                sizes = [len(body) for _, _, body, _ in fresh[i : i + INGEST_JOB_DOCUMENTS]]
+                holds.append(ingest_hold_open(corpus=corpus, text_bytes=sizes, user=user, api_key=api_key))
+        to_create = [
             Document(
                 corpus=corpus,
                 title=record.title[:500],
                 filename=f"{filename}#{record.external_id or number}"[:500],
-                file_path=path,
+                file_path=original_store(corpus=corpus, sha256=sha256, ext=".txt", data=body, fsync=False),
                 media_type="text/plain",
                 sha256=sha256,
                 size=len(body),
@@ -149,14 +266,20 @@ def documents_import_records(
                 uploaded_by=uploader,
                 status=DocumentStatus.QUEUED,
             )
-        )
-    with transaction.atomic():
-        created = Document.objects.bulk_create(to_create, batch_size=500)
-        if created and created[0].pk is None:  # databases that do not return ids from bulk inserts
-            shas = [d.sha256 for d in to_create]
-            created = list(corpus.documents.filter(sha256__in=shas, status=DocumentStatus.QUEUED).order_by("pk"))
-        if start_job and created:
-            documents_ingest_start(documents=created, user=user)
+            for number, record, body, sha256 in fresh
+        ]
+        with transaction.atomic():
+            created = Document.objects.bulk_create(to_create, batch_size=500)
+            if created and created[0].pk is None:  # databases that do not return ids from bulk inserts
+                shas = [d.sha256 for d in to_create]
+                created = list(corpus.documents.filter(sha256__in=shas, status=DocumentStatus.QUEUED).order_by("pk"))
+            for index, hold in enumerate(holds):
+                batch = created[index * INGEST_JOB_DOCUMENTS : (index + 1) * INGEST_JOB_DOCUMENTS]
+                documents_ingest_start(documents=batch, user=user, hold=hold)
+    except BaseException:
+        for hold in holds:
+            hold.release()
+        raise
     return created
 
 

@@ -1,4 +1,9 @@
-"""Embedding chunk texts for a corpus, and billing it: one ledger row per uploader, stage ``embed``."""
+"""Embedding chunk texts for a corpus, and billing it: one ledger row per uploader, stage ``embed``.
+
+Embedding spends under a hold (``apps.costs.services.holds``): ``embedding_bound`` is what a hold
+reserves before the work (device-seconds from ``apps.costs.cost_model`` priced at the embedding
+model's price), ``embedding_usage_record`` writes the rows under it.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +58,55 @@ def encode_in_slabs(
     return vectors, seconds
 
 
-def embedding_usage_record(*, corpus: Corpus, embedder: Any, tokens_by_user: dict[Any, int], seconds: float) -> None:
-    """Bill ``seconds`` of embedding, shared among the users by their tokens (zero cost without a price)."""
+def embedding_price(model_name: str):
+    """The price in force for an embedding model (by its model name or path), or None when it has none."""
+    from apps.costs.services import PriceMissing, price_current
+
+    try:
+        return price_current(model_name=price_name(model_name))
+    except PriceMissing:
+        return None
+
+
+def text_tokens_bound(text_bytes: int, *, chunk_tokens: int = 0, overlap_tokens: int = 0) -> int:
+    """An upper bound of the embedding tokens of a text of ``text_bytes`` UTF-8 bytes, chunked with overlap.
+
+    A WordPiece/BPE token covers at least one byte, so bytes bound the tokens; overlapping chunks
+    embed the overlap twice (x chunk / (chunk - overlap)); each chunk adds two special tokens.
+    """
+    if text_bytes <= 0:
+        return 0
+    if chunk_tokens > overlap_tokens >= 0 and chunk_tokens > 0:
+        stride = chunk_tokens - overlap_tokens
+        tokens = -(-text_bytes * chunk_tokens // stride)
+        return tokens + 2 * (text_bytes // stride + 1)
+    return text_bytes + 2
+
+
+def embedding_bound(*, model_name: str, tokens: int, price: Any = None) -> Decimal:
+    """What a hold reserves to embed ``tokens`` with ``model_name``: the cost model's bound of its
+    device-seconds, priced at the model's price (zero when it has none, or nothing to embed)."""
+    from apps.costs.cost_model import device_cost, device_seconds_bound
+    from apps.costs.models import ZERO
+
+    price = price if price is not None else embedding_price(model_name)
+    if price is None or tokens <= 0:
+        return ZERO
+    seconds, device = device_seconds_bound(model=price_name(model_name), tokens_in=tokens)
+    return device_cost(price=price, seconds=seconds, device=device)
+
+
+def embedding_usage_record(
+    *,
+    corpus: Corpus,
+    embedder: Any,
+    tokens_by_user: dict[Any, int],
+    seconds: float,
+    reservation: Any = None,
+    api_key: Any = None,
+) -> None:
+    """Bill ``seconds`` of embedding, shared among the users by their tokens (zero cost without a price),
+    under ``reservation`` (the hold the caller settles)."""
     from apps.costs.pricing import Usage, to_decimal
     from apps.costs.services import LedgerContext, PriceMissing, price_current, usage_record
 
@@ -71,7 +123,7 @@ def embedding_usage_record(*, corpus: Corpus, embedder: Any, tokens_by_user: dic
     for user, tokens in tokens_by_user.items():
         share = to_decimal(round(seconds * tokens / total_tokens, 6))
         usage_record(
-            context=LedgerContext(team=corpus.team, user=user),
+            context=LedgerContext(team=corpus.team, user=user, api_key=api_key),
             stage="embed",
             model_name=model_name,
             usage=Usage(
@@ -81,4 +133,5 @@ def embedding_usage_record(*, corpus: Corpus, embedder: Any, tokens_by_user: dic
             ),
             price=price,
             latency_ms=int(1000 * seconds * tokens / total_tokens),
+            reservation=reservation,
         )

@@ -3,6 +3,10 @@
 FAISS holds vectors only, keyed by ``Chunk.vector_id``; BM25 is always rebuilt from the chunk
 texts in the database. Every write holds the corpus folder's lock around load -> modify -> save
 (``indexes.corpus_store``), so two workers never lose each other's changes.
+
+A rebuild re-embeds every chunk (cost path ``index_rebuild``): it reserves the bound of its
+chunks' exact token counts before the job exists (402: no job), the worker bills under that
+hold and settles it; an in-process rebuild (``manage.py rebuild_index``) reserves its own.
 """
 
 from __future__ import annotations
@@ -12,17 +16,28 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q, Sum
 
 from apps.core.models import Job
 from apps.core.services import job_start
 from apps.corpora.models import Chunk, Corpus, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
-from apps.corpora.services.embedding import ProgressFn, embedder_for, embedding_usage_record, encode_in_slabs
+from apps.corpora.services.embedding import (
+    ProgressFn,
+    embedder_for,
+    embedding_bound,
+    embedding_usage_record,
+    encode_in_slabs,
+)
+from apps.costs.services import LedgerContext
+from apps.costs.services.holds import Hold, hold_open, hold_resume
 
 logger = logging.getLogger(__name__)
 
 REBUILD_KIND = "corpora.rebuild_index"
+REBUILD_HOLD_TTL_S = 6 * 3600  # the job may wait behind others on the gpu queue
+# Chunks ingested while a rebuild runs are embedded too: room for them in its hold.
+_REBUILD_LATE_SLACK = 1.25
 
 
 def _bm25_pairs(corpus: Corpus, *, also_documents: Iterable[int] = ()) -> list[tuple[int, str]]:
@@ -90,16 +105,50 @@ def bm25_rebuild(*, corpus: Corpus) -> None:
     store.forget(corpus.pk)
 
 
-def corpus_index_rebuild(*, corpus: Corpus, progress: ProgressFn | None = None) -> dict[str, Any]:
+def rebuild_bound(*, corpus: Corpus):
+    """The most re-embedding ``corpus``'s ready chunks can cost (their exact tokens, 2 special tokens each)."""
+    totals = Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY).aggregate(
+        tokens=Sum("token_count"), n=Count("id")
+    )
+    tokens = int(((totals["tokens"] or 0) + 2 * (totals["n"] or 0)) * _REBUILD_LATE_SLACK)
+    return embedding_bound(model_name=corpus.embedding_model, tokens=tokens)
+
+
+def rebuild_hold_open(*, corpus: Corpus, user: Any = None, api_key: Any = None) -> Hold:
+    """Reserve a rebuild of ``corpus`` (402 BudgetExceeded when a budget refuses it)."""
+    return hold_open(
+        path="index_rebuild",
+        context=LedgerContext(team=corpus.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        estimate=rebuild_bound(corpus=corpus),
+        description=f"rebuild the index of {corpus.name}",
+        ttl_s=REBUILD_HOLD_TTL_S,
+    )
+
+
+def corpus_index_rebuild(
+    *, corpus: Corpus, progress: ProgressFn | None = None, hold: Hold | None = None
+) -> dict[str, Any]:
     """Rebuild FAISS and BM25 from the database (chunks of ready documents), re-embedding the texts.
 
     The new index type is resolved by size ("auto"); both are saved atomically and swapped in.
+    Billed under ``hold`` (settled here); without one it reserves its own first (402 when refused).
     """
+    corpus = Corpus.objects.select_related("team").get(pk=corpus.pk)
+    hold = hold or rebuild_hold_open(corpus=corpus)
+    try:
+        result = _rebuild(corpus=corpus, progress=progress, hold=hold)
+    except BaseException:
+        hold.settle()
+        raise
+    hold.settle()
+    return result
+
+
+def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict[str, Any]:
     from indexes.bm25 import BM25Index
     from indexes.corpus_store import LoadedIndexes
     from indexes.vector_index import VectorIndex
 
-    corpus = Corpus.objects.select_related("team").get(pk=corpus.pk)
     embedder = embedder_for(corpus.embedding_model)
     rows = list(
         Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY)
@@ -140,20 +189,38 @@ def corpus_index_rebuild(*, corpus: Corpus, progress: ProgressFn | None = None) 
         )
     with transaction.atomic():
         embedding_usage_record(
-            corpus=corpus, embedder=embedder, tokens_by_user={None: sum(r[2] for r in rows)}, seconds=seconds
+            corpus=corpus, embedder=embedder, tokens_by_user={hold.context.user: sum(r[2] for r in rows)},
+            seconds=seconds, reservation=hold.reservation, api_key=hold.context.api_key,
         )
     return {"chunks": vector_index.count, "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
 
 
-def corpus_index_rebuild_by_id(*, corpus_id: int | None, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """What a rebuild job does: rebuild the corpus if it still exists (else report it missing)."""
+def corpus_index_rebuild_by_id(
+    *, corpus_id: int | None, progress: ProgressFn | None = None, reservation_id: int | None = None
+) -> dict[str, Any]:
+    """What a rebuild job does: rebuild the corpus if it still exists (else report it missing), under
+    the hold its start opened (``reservation_id``)."""
+    hold = None
+    if reservation_id is not None:
+        from apps.costs.models import Reservation
+
+        reservation = Reservation.objects.select_related("team", "user", "api_key").get(pk=reservation_id)
+        context = LedgerContext(team=reservation.team, user=reservation.user, api_key=reservation.api_key)
+        hold = hold_resume(reservation=reservation, context=context, path="index_rebuild")
     corpus = Corpus.objects.filter(pk=corpus_id).first()
     if corpus is None:
         logger.warning("corpus %s no longer exists: nothing to rebuild", corpus_id)
+        if hold is not None:
+            hold.release()
         return {"chunks": 0, "missing": True}
-    return corpus_index_rebuild(corpus=corpus, progress=progress)
+    return corpus_index_rebuild(corpus=corpus, progress=progress, hold=hold)
 
 
-def corpus_index_rebuild_start(*, corpus: Corpus, user: Any = None) -> Job:
-    """Rebuild the corpus's indexes in a background job on the gpu queue."""
-    return job_start(kind=REBUILD_KIND, team=corpus.team, created_by=user, params={"corpus_id": corpus.pk})
+@transaction.atomic
+def corpus_index_rebuild_start(*, corpus: Corpus, user: Any = None, api_key: Any = None) -> Job:
+    """Reserve the rebuild (402 BudgetExceeded: no job), then run it in a background job on the gpu queue."""
+    hold = rebuild_hold_open(corpus=corpus, user=user, api_key=api_key)
+    return job_start(
+        kind=REBUILD_KIND, team=corpus.team, created_by=user,
+        params={"corpus_id": corpus.pk, "reservation_id": hold.reservation.pk},
+    )

@@ -10,6 +10,12 @@
 A worker killed anywhere in between leaves the documents ``processing``; searches only
 return chunks of ready documents, and the retry starts again at 1, first removing the
 vectors and chunks of the earlier attempt, so exactly one copy remains.
+
+Billing (cost path ``ingest``): a job resumes the hold its upload opened (``reservation_id``
+in its params) and settles it to its rows when done (a failure settles what was billed, or
+releases it). Called without a hold (``manage.py ingest``, the demo seeder), each corpus's
+batch opens its own after parsing, sized from its exact chunk tokens; a budget that refuses it
+fails that batch's documents with the budget's message.
 """
 
 from __future__ import annotations
@@ -23,19 +29,35 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 
+from apps.core.errors import ServiceError
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
-from apps.corpora.services.embedding import ProgressFn, embedder_for, embedding_usage_record, encode_in_slabs
+from apps.corpora.services.embedding import (
+    ProgressFn,
+    embedder_for,
+    embedding_bound,
+    embedding_usage_record,
+    encode_in_slabs,
+)
 from apps.corpora.services.index_build import index_apply
 from apps.corpora.services.storage import default_title, original_read
+from apps.costs.services import LedgerContext
+from apps.costs.services.holds import Hold, hold_open, hold_resume
 
 logger = logging.getLogger(__name__)
 
+# An in-process batch's hold lives while it embeds (its bound, with room for a slow machine).
+_BATCH_HOLD_TTL_S = 6 * 3600
 
-def documents_ingest(*, documents: Iterable[Document], progress: ProgressFn | None = None) -> dict[str, Any]:
+
+def documents_ingest(
+    *, documents: Iterable[Document], progress: ProgressFn | None = None, hold: Hold | None = None
+) -> dict[str, Any]:
     """Parse, chunk, embed and index documents (steps 1-5 of the module docstring).
 
     Idempotent: ready and failed documents are skipped; queued or processing ones (a crashed
     earlier attempt) are done again from the start. Returns counts for the Job result.
+    ``hold``: the reservation the embedding is billed under (settled here); None: each corpus's
+    batch reserves its own.
     """
     documents = [d for d in documents if d.status in (DocumentStatus.QUEUED, DocumentStatus.PROCESSING)]
     result = {"documents": 0, "ready": 0, "failed": 0, "chunks": 0, "tokens": 0}
@@ -43,22 +65,42 @@ def documents_ingest(*, documents: Iterable[Document], progress: ProgressFn | No
     for document in documents:
         by_corpus[document.corpus_id].append(document)
     done_before = 0
-    for docs in by_corpus.values():
-        part = _ingest_corpus_batch(docs, progress, done_before)
-        done_before += part["chunks"]
-        for key in result:
-            result[key] += part[key]
+    try:
+        for docs in by_corpus.values():
+            part = _ingest_corpus_batch(docs, progress, done_before, hold)
+            done_before += part["chunks"]
+            for key in result:
+                result[key] += part[key]
+    except BaseException:
+        if hold is not None:
+            hold.settle()  # what was billed (no rows: released)
+        raise
+    if hold is not None:
+        hold.settle()
     return result
 
 
-def documents_ingest_by_ids(*, document_ids: Iterable[int], progress: ProgressFn | None = None) -> dict[str, Any]:
-    """What an ingestion job does: ingest the documents still present, counting the deleted ones as ``missing``."""
+def documents_ingest_by_ids(
+    *,
+    document_ids: Iterable[int],
+    progress: ProgressFn | None = None,
+    reservation_id: int | None = None,
+) -> dict[str, Any]:
+    """What an ingestion job does: ingest the documents still present, counting the deleted ones as
+    ``missing``, under the hold its upload opened (``reservation_id``)."""
     ids = [int(i) for i in document_ids]
-    documents = list(Document.objects.filter(pk__in=ids).order_by("pk"))
+    documents = list(Document.objects.filter(pk__in=ids).select_related("corpus__team").order_by("pk"))
     missing = len(ids) - len(documents)
     if missing:
         logger.info("%d document(s) were deleted before ingestion", missing)
-    result = documents_ingest(documents=documents, progress=progress)
+    hold = None
+    if reservation_id is not None:
+        from apps.costs.models import Reservation
+
+        reservation = Reservation.objects.select_related("team", "user", "api_key").get(pk=reservation_id)
+        context = LedgerContext(team=reservation.team, user=reservation.user, api_key=reservation.api_key)
+        hold = hold_resume(reservation=reservation, context=context, path="ingest")
+    result = documents_ingest(documents=documents, progress=progress, hold=hold)
     result["missing"] = missing
     return result
 
@@ -169,20 +211,62 @@ def _documents_mark_ready(
         ledger()
 
 
-def _ingest_corpus_batch(documents: list[Document], progress: ProgressFn | None, done_before: int) -> dict[str, Any]:
+def _batch_hold_open(corpus: Corpus, ok: list[Document], chunked: dict[int, list]) -> Hold:
+    """An in-process batch's own hold: its exact chunk tokens (plus two special tokens a chunk), bounded."""
+    tokens = sum(piece.token_count + 2 for document in ok for piece in chunked[document.pk])
+    return hold_open(
+        path="ingest",
+        context=LedgerContext(team=corpus.team),
+        estimate=embedding_bound(model_name=corpus.embedding_model, tokens=tokens),
+        description=f"ingest {len(ok)} document(s) into {corpus.name}",
+        ttl_s=_BATCH_HOLD_TTL_S,
+    )
+
+
+def _ingest_corpus_batch(
+    documents: list[Document], progress: ProgressFn | None, done_before: int, hold: Hold | None
+) -> dict[str, Any]:
     corpus = Corpus.objects.select_related("team").get(pk=documents[0].corpus_id)
     Document.objects.filter(pk__in=[d.pk for d in documents]).update(status=DocumentStatus.PROCESSING, error="")
     embedder = embedder_for(corpus.embedding_model)
     ok, chunked = _parse_and_chunk(corpus, documents, embedder)
     result = {"documents": len(documents), "ready": 0, "failed": len(documents) - len(ok), "chunks": 0, "tokens": 0}
+    if not ok:
+        return result
+    if hold is not None:
+        return _embed_and_index(corpus, embedder, ok, chunked, progress, done_before, hold, result)
+    try:
+        own = _batch_hold_open(corpus, ok, chunked)
+    except ServiceError as exc:  # a budget refused it: these documents are not embedded
+        for document in ok:
+            _document_fail(document, exc.message)
+        result["failed"] = len(documents)
+        return result
+    try:
+        result = _embed_and_index(corpus, embedder, ok, chunked, progress, done_before, own, result)
+    except BaseException:
+        own.settle()
+        raise
+    own.settle()
+    return result
 
+
+def _embed_and_index(
+    corpus: Corpus,
+    embedder: Any,
+    ok: list[Document],
+    chunked: dict[int, list],
+    progress: ProgressFn | None,
+    done_before: int,
+    hold: Hold,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Steps 2-5 for the documents that parsed, billed under ``hold`` (settled by the caller)."""
     texts = [piece.text for document in ok for piece in chunked[document.pk]]
     total = done_before + len(texts)
     if progress is not None:
         progress(done_before, total, f"embedding {len(texts)} chunks of {len(ok)} documents")
     vectors, seconds = encode_in_slabs(embedder, texts, progress, done_before=done_before, total=total)
-    if not ok:
-        return result
 
     old_ids, new_ids = _chunks_replace(documents=ok, chunked=chunked)
     add_ids = [vector_id for document in ok for vector_id in new_ids[document.pk]]
@@ -208,7 +292,8 @@ def _ingest_corpus_batch(documents: list[Document], progress: ProgressFn | None,
         documents=ok,
         token_counts=token_counts,
         ledger=lambda: embedding_usage_record(
-            corpus=corpus, embedder=embedder, tokens_by_user=tokens_by_user, seconds=seconds
+            corpus=corpus, embedder=embedder, tokens_by_user=tokens_by_user, seconds=seconds,
+            reservation=hold.reservation, api_key=hold.context.api_key,
         ),
     )
     result.update(ready=len(ok), chunks=len(add_ids), tokens=sum(token_counts.values()))

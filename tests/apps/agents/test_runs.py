@@ -40,8 +40,10 @@ def test_a_run_answers_and_meters_every_model_and_tool_call(team_a, alice, built
     assert run.completion_tokens == sum(r.completion_tokens for r in steps)
     assert run.cost == sum(r.cost for r in ledger)
     assert run.model_calls == 3
-    reservation = Reservation.objects.get(pk=run.reservation_id)
-    assert reservation.status == "settled" and reservation.actual == run.cost
+    # One hold per step (the first one reserved when the run started), each settled to its rows.
+    holds = Reservation.objects.filter(pk__in=ledger.values("reservation_id"))
+    assert run.reservation_id in {h.pk for h in holds} and holds.count() == 3
+    assert all(h.status == "settled" for h in holds) and sum(h.actual for h in holds) == run.cost
     assert run.job.status == "succeeded" and run.job.queue == "gpu"
     call = run.steps[1]["calls"][0]["tool_calls"][0]
     assert call["result"] == 40 and call["arguments"] == {"length": 8, "width": 5}
