@@ -103,6 +103,7 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         "query_run_id": run.pk,
         "cost": str(run.cost),
         "baseline_cost": str(run.baseline_cost),
+        "baseline_kind": run.baseline_kind,
         "savings": str(run.savings),
         "citations": run.citations,
     }
@@ -112,6 +113,7 @@ def _query_run_cost_headers(run: QueryRun) -> dict[str, str]:
     return {
         "X-Parsimony-Cost": str(run.cost),
         "X-Parsimony-Baseline-Cost": str(run.baseline_cost),
+        "X-Parsimony-Baseline-Kind": run.baseline_kind,
         "X-Parsimony-Savings": str(run.savings),
     }
 
