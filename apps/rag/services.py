@@ -321,6 +321,7 @@ class _QueryHooks:
             ),
             price=price_current(model_name=EMBEDDING_PRICE_NAME),
             latency_ms=int(retrieve_s * 1000),
+            reservation=self.reservation,
         )
         return [
             RetrievedChunk(
@@ -362,6 +363,7 @@ class _QueryHooks:
             ),
             price=price_current(model_name=self.endpoint.price_name),
             latency_ms=int(compute_s * 1000),
+            reservation=self.reservation,
         )
 
     def generate(self, messages: list[dict], on_token) -> MeteredCall:
