@@ -9,6 +9,10 @@ the operator team), and reports ``apps.rag.selectors.savings_accuracy``: per pip
 claimed baselines (exact tokens + the cost model's device-time estimate), the sum of measured ones
 (the shadow runs' ledger rows), and error = claimed / measured - 1. Target: within ±10%.
 
+--calibrate fits the cost model's throughput (overhead, prefill and decode tokens per second) to
+timed generations of this model on this machine first, standing in for the per-worker
+measurement of ``apps.costs.cost_model`` until it has one; without it the static defaults are used.
+
 DATABASE_URL defaults to postgresql://postgres@127.0.0.1:5432/parsimony_savings_bench (created when
 missing, migrated); --model-cache is where the converted SmolLM2 lives (as for the tests).
 """
@@ -59,6 +63,34 @@ def _corpus(team, passages: int):
     return corpus
 
 
+def _calibrate(samples: int = 12) -> dict:
+    """Fit seconds = overhead + tokens_in / prefill_tps + tokens_out / decode_tps to timed generations of
+    naive-sized prompts, and make the cost model use it (this process only)."""
+    import numpy as np
+
+    from apps.costs import cost_model
+    from apps.costs.metering import endpoint_target
+    from apps.costs.models import ModelEndpoint
+    from workers.runtime.meter import generate
+
+    target = endpoint_target(ModelEndpoint.objects.get(name="smollm2-135m-instruct", team=None))
+    texts = [json.loads(line)["text"] for line in (DATA / "passages.jsonl").read_text().splitlines()[:samples]]
+    rows, seconds = [], []
+    for n in range(len(texts)):
+        context = " ".join(texts[n : n + 1 + n % 4])  # 1 to 4 passages: prompts of several lengths
+        for max_out in (1, 24):
+            result = generate(target=target, messages=[{"role": "user", "content": f"{context}\n\nSummarize."}],
+                              max_output_tokens=max_out, wall_time_limit_s=120)
+            rows.append([1.0, result.prompt_tokens, result.completion_tokens])
+            seconds.append(result.gpu_s or result.compute_s)
+    (overhead, per_in, per_out), *_ = np.linalg.lstsq(np.array(rows), np.array(seconds), rcond=None)
+    speed = cost_model.Throughput(device=cost_model.DEFAULT_THROUGHPUT.device, prefill_tps=1 / max(per_in, 1e-6),
+                                  decode_tps=1 / max(per_out, 1e-6), overhead_s=max(0.0, float(overhead)))
+    cost_model.throughput_for = lambda *, model, queue="gpu": speed
+    return {"samples": len(rows), "overhead_s": speed.overhead_s, "prefill_tps": speed.prefill_tps,
+            "decode_tps": speed.decode_tps}
+
+
 def _money(value: Decimal) -> str:
     return format(value, "f")
 
@@ -71,6 +103,7 @@ def main() -> None:
     parser.add_argument("--max-output-tokens", type=int, default=24)
     parser.add_argument("--model-cache", type=Path, default=Path(os.environ.get(
         "PARSIMONY_TEST_MODEL_CACHE", ROOT / "var" / "test-models")))
+    parser.add_argument("--calibrate", action="store_true", help="fit the cost model to this machine first")
     parser.add_argument("--database-url", default=os.environ.get("SAVINGS_DATABASE_URL", DEFAULT_URL))
     args = parser.parse_args()
     data_root = Path(tempfile.mkdtemp(prefix="savings-bench-"))
@@ -84,6 +117,7 @@ def main() -> None:
     from apps.rag.selectors import savings_accuracy, savings_accuracy_overall
     from apps.rag.services import pipeline_save, query_run_start
 
+    calibration = _calibrate() if args.calibrate else None
     team = team_create(name="savings-bench")
     questions = [json.loads(line) for line in (DATA / "questions.jsonl").read_text().splitlines()[: args.questions]]
     corpus = _corpus(team, passages=max(10, args.questions * 2))
@@ -114,7 +148,7 @@ def main() -> None:
         "overall": {**overall, "claimed_baseline_usd": _money(overall["claimed_baseline_usd"]),
                     "measured_baseline_usd": _money(overall["measured_baseline_usd"])},
         "cost_model": {"device": speed.device, "prefill_tps": speed.prefill_tps, "decode_tps": speed.decode_tps,
-                       "overhead_s": speed.overhead_s},
+                       "overhead_s": speed.overhead_s, "calibrated": calibration is not None},
         "runs": runs,
         "settings": {"questions": args.questions, "top_k": args.top_k, "max_output_tokens": args.max_output_tokens,
                      "torch_threads": os.environ.get("PARSIMONY_TORCH_THREADS", "1")},
