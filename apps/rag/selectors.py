@@ -14,6 +14,7 @@ from django.db.models import Count, QuerySet, Sum
 from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import ZERO, UsageRecord
+from apps.costs.pricing import money
 from apps.rag.models import Pipeline, QueryRun, Retriever
 
 
@@ -90,7 +91,9 @@ def savings_by(*, team, since=None, until=None, field: str = "pipeline") -> list
     return [{"key": row.pop(group), **row} for row in rows]
 
 
-def _accuracy_row(claimed: Decimal, measured: Decimal, runs: int) -> dict:
+def _accuracy_row(claimed: Decimal | None, measured: Decimal | None, runs: int) -> dict:
+    # Sums quantized to the stored 10 places (SQLite sums come back with more).
+    claimed, measured = money(claimed or ZERO), money(measured or ZERO)
     error = float(claimed / measured - 1) if measured else None
     return {"claimed_baseline_usd": claimed, "measured_baseline_usd": measured, "error": error, "runs": runs}
 
@@ -117,7 +120,7 @@ def savings_accuracy(team=None, since=None) -> dict[str, dict]:
         .order_by("pipeline__name")
     )
     return {
-        row["pipeline__name"] or "": _accuracy_row(row["claimed"] or ZERO, row["measured"] or ZERO, row["runs"])
+        row["pipeline__name"] or "": _accuracy_row(row["claimed"], row["measured"], row["runs"])
         for row in rows
     }
 
@@ -127,7 +130,7 @@ def savings_accuracy_overall(team=None, since=None) -> dict:
     totals = _runs_with_shadow(team, since).aggregate(
         runs=Count("id"), claimed=Sum("baseline_cost"), measured=Sum("measured_baseline_cost")
     )
-    return _accuracy_row(totals["claimed"] or ZERO, totals["measured"] or ZERO, totals["runs"])
+    return _accuracy_row(totals["claimed"], totals["measured"], totals["runs"])
 
 
 def pipeline_option_names() -> dict[str, list[str]]:
