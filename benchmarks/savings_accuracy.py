@@ -115,7 +115,7 @@ def main() -> None:
     from django.db import transaction
 
     from apps.accounts.services import team_create
-    from apps.costs.cost_model import throughput_for
+    from apps.costs import cost_model
     from apps.rag.models import QueryRun
     from apps.rag.selectors import savings_accuracy, savings_accuracy_overall
     from apps.rag.services import pipeline_save, query_run_start
@@ -145,13 +145,13 @@ def main() -> None:
         for name, row in savings_accuracy(team=team).items()
     }
     overall = savings_accuracy_overall(team=team)
-    speed = throughput_for(model="smollm2-135m-instruct")
+    speed = cost_model.throughput_for(model="smollm2-135m-instruct")
     result = {
         "savings": accuracy,
         "overall": {**overall, "claimed_baseline_usd": _money(overall["claimed_baseline_usd"]),
                     "measured_baseline_usd": _money(overall["measured_baseline_usd"])},
         "cost_model": {"device": speed.device, "prefill_tps": speed.prefill_tps, "decode_tps": speed.decode_tps,
-                       "overhead_s": speed.overhead_s, "calibrated": calibration is not None},
+                       "overhead_s": speed.overhead_s, "calibration": calibration},
         "runs": runs,
         "settings": {"questions": args.questions, "top_k": args.top_k, "max_output_tokens": args.max_output_tokens,
                      "torch_threads": os.environ.get("PARSIMONY_TORCH_THREADS", "1")},
