@@ -50,7 +50,8 @@ class UsageView(APIView):
             OpenApiParameter("until", str, description="ISO date/datetime (exclusive)"),
         ],
         responses={200: OpenApiTypes.OBJECT},
-        summary="Spend and tokens grouped by day, model, user, API key, pipeline or stage, with savings",
+        summary="Spend and tokens grouped by day, model, user, API key, pipeline or stage, with savings "
+        "(and, per pipeline, the claimed baseline against the measured one where shadow runs measured it)",
     )
     def get(self, request):
         group = request.query_params.get("group_by", "day")
@@ -87,8 +88,23 @@ class UsageView(APIView):
                     }
                     for row in savings
                 ],
+                "savings_accuracy": [
+                    _accuracy_json(pipeline, row)
+                    for pipeline, row in rag_selectors.savings_accuracy(team=request.team, since=since).items()
+                ],
             }
         )
+
+
+def _accuracy_json(pipeline: str, row: dict) -> dict:
+    """One pipeline's claimed vs measured baseline (runs with a shadow baseline only)."""
+    return {
+        "pipeline": pipeline,
+        "runs": row["runs"],
+        "claimed_baseline_cost": str(row["claimed_baseline_usd"]),
+        "measured_baseline_cost": str(row["measured_baseline_usd"]),
+        "error": row["error"],
+    }
 
 
 class BudgetOutputSerializer(serializers.Serializer):

@@ -104,6 +104,7 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         "finish_reason": run.finish_reason,  # the run's own ("budget" reads as OpenAI's "length")
         "cost": str(run.cost),
         "baseline_cost": str(run.baseline_cost),
+        "baseline_kind": run.baseline_kind,
         "savings": str(run.savings),
         "citations": run.citations,
     }
@@ -113,6 +114,7 @@ def _query_run_cost_headers(run: QueryRun) -> dict[str, str]:
     return {
         "X-Parsimony-Cost": str(run.cost),
         "X-Parsimony-Baseline-Cost": str(run.baseline_cost),
+        "X-Parsimony-Baseline-Kind": run.baseline_kind,
         "X-Parsimony-Savings": str(run.savings),
     }
 

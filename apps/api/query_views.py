@@ -30,6 +30,14 @@ class QueryRunOutputSerializer(serializers.Serializer):
     context_tokens_after = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=24, decimal_places=10)
     baseline_cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+    baseline_kind = serializers.CharField(
+        help_text="How baseline_cost was obtained: exact (token prices), estimate (device time from the cost "
+        "model), measured (a direct call: what ran)"
+    )
+    measured_baseline_cost = serializers.DecimalField(
+        max_digits=24, decimal_places=10, allow_null=True,
+        help_text="The naive pipeline run for real (a shadow baseline, paid by the operator); null without one",
+    )
     savings = serializers.DecimalField(max_digits=24, decimal_places=10)
     latency_ms = serializers.IntegerField()
     job_id = serializers.IntegerField(allow_null=True)

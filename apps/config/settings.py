@@ -237,6 +237,13 @@ if PARSIMONY_WORKER_DEVICE not in {"", "cpu", "cuda"}:
     raise ImproperlyConfiguredEnv(f"PARSIMONY_WORKER_DEVICE={PARSIMONY_WORKER_DEVICE!r}: use 'cpu', 'cuda' or blank")
 # A worker profile not refreshed (heartbeat) for this long is ignored by the cost model.
 PARSIMONY_WORKER_PROFILE_TTL_S = env_float("PARSIMONY_WORKER_PROFILE_TTL_S", 300.0)
+# Savings: the share of pipeline queries (0..1) that also run the naive pipeline for real (a "shadow"
+# billed to the operator team) to measure the baseline the savings claim; 1.0 in the benchmark.
+PARSIMONY_SHADOW_BASELINE = env_float("PARSIMONY_SHADOW_BASELINE", 0.0)
+if not 0.0 <= PARSIMONY_SHADOW_BASELINE <= 1.0:
+    raise ImproperlyConfiguredEnv(f"PARSIMONY_SHADOW_BASELINE={PARSIMONY_SHADOW_BASELINE!r}: use a share from 0 to 1")
+# The team (by slug, created on demand) that pays for shadow baselines, with its own budgets.
+PARSIMONY_OPERATOR_TEAM = env_str("PARSIMONY_OPERATOR_TEAM", "operator")
 # Synchronous API queries wait this long before answering 202 with the job to poll.
 PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120.0)
 

@@ -19,6 +19,7 @@ JOB_QUEUES: dict[str, str] = {
     "corpora.ingest": "gpu",
     "corpora.rebuild_index": "gpu",
     "rag.query": "gpu",
+    "rag.shadow_baseline": "gpu",  # the naive pipeline beside a sampled query (apps.rag.shadow)
     "embeddings.create": "gpu",
     "agents.run": "gpu",
     "attention.prefill": "gpu",

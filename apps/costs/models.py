@@ -105,6 +105,8 @@ class UsageRecord(models.Model):
     api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True)
     query_run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     agent_run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    # A shadow baseline's rows (billed to the operator team): the query run whose savings they measure.
+    shadow_of_query_run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     pipeline_name = models.CharField(max_length=120, blank=True, db_index=True)
     stage = models.CharField(max_length=16, choices=Stage.choices, db_index=True)
     model_name = models.CharField(max_length=200, db_index=True)

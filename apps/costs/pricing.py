@@ -97,24 +97,9 @@ class PriceSnapshot:
     per_cpu_second: Decimal
 
 
-def baseline_generation_cost(record: ChargedUsage, baseline_prompt_tokens: int) -> Decimal:
-    """What a generation would have cost with the naive prompt, at the prices actually charged.
-
-    Tokens are counted exactly; device seconds are scaled by the token ratio (prefill and decode
-    both grow with the tokens processed) — an estimate, stated as such in docs/costs.md.
-    """
-    # Tokens served from a prefix/KV cache cost no device time: scale by the tokens computed.
-    actual_tokens = record.prompt_tokens - record.cached_tokens + record.completion_tokens
-    baseline_tokens = baseline_prompt_tokens + record.completion_tokens
-    scale = Decimal(baseline_tokens) / Decimal(actual_tokens) if actual_tokens else Decimal(1)
-    snapshot = PriceSnapshot(
+def price_charged(record: ChargedUsage) -> PriceSnapshot:
+    """The prices a ledger row was charged at, as a price (for pricing a counterfactual the same way)."""
+    return PriceSnapshot(
         record.price_input_per_mtok, record.price_output_per_mtok, record.price_cached_input_per_mtok,
         record.price_per_gpu_second, record.price_per_cpu_second,
     )
-    usage = Usage(
-        prompt_tokens=baseline_prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        gpu_seconds=record.gpu_seconds * scale,
-        cpu_seconds=record.cpu_seconds * scale,
-    )
-    return cost_of(usage=usage, price=snapshot)

@@ -82,6 +82,14 @@ class QueryStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class BaselineKind(models.TextChoices):
+    """How a run's baseline (the naive pipeline's cost, which its savings are claimed against) was obtained."""
+
+    EXACT = "exact", "exact (token-priced)"
+    ESTIMATE = "estimate", "estimate (cost model)"
+    MEASURED = "measured", "measured"
+
+
 class QueryRun(models.Model):
     """One question through a pipeline (or one chat call to a model endpoint), with its cost."""
 
@@ -112,6 +120,14 @@ class QueryRun(models.Model):
     baseline_cost = models.DecimalField(
         **MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed"
     )
+    baseline_kind = models.CharField(
+        max_length=16, choices=BaselineKind.choices, blank=True,
+        help_text="exact: token prices; estimate: device time from the cost model; measured: what ran",
+    )
+    measured_baseline_cost = models.DecimalField(
+        **MONEY, null=True, blank=True,
+        help_text="The naive pipeline run for real (a shadow baseline, billed to the operator team)",
+    )
     savings = models.DecimalField(**MONEY, default=ZERO)
     latency_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -140,4 +156,4 @@ class QueryRun(models.Model):
         return self.endpoint.name if self.endpoint_id else ""
 
 
-__all__ = ["Decimal", "Pipeline", "QueryRun", "QueryStatus", "Retriever"]
+__all__ = ["BaselineKind", "Decimal", "Pipeline", "QueryRun", "QueryStatus", "Retriever"]

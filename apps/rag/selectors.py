@@ -7,12 +7,14 @@ here, lazily, so that pages and the API never import ``workers`` themselves.
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 
 from django.db.models import Count, QuerySet, Sum
 
 from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
-from apps.costs.models import UsageRecord
+from apps.costs.models import ZERO, UsageRecord
+from apps.costs.pricing import money
 from apps.rag.models import Pipeline, QueryRun, Retriever
 
 
@@ -87,6 +89,48 @@ def savings_by(*, team, since=None, until=None, field: str = "pipeline") -> list
         runs=Count("id"), cost=Sum("cost"), baseline_cost=Sum("baseline_cost"), savings=Sum("savings")
     ).order_by(group)
     return [{"key": row.pop(group), **row} for row in rows]
+
+
+def _accuracy_row(claimed: Decimal | None, measured: Decimal | None, runs: int) -> dict:
+    # Sums quantized to the stored 10 places (SQLite sums come back with more).
+    claimed, measured = money(claimed or ZERO), money(measured or ZERO)
+    error = float(claimed / measured - 1) if measured else None
+    return {"claimed_baseline_usd": claimed, "measured_baseline_usd": measured, "error": error, "runs": runs}
+
+
+def _runs_with_shadow(team=None, since=None) -> QuerySet[QueryRun]:
+    runs = QueryRun.objects.filter(status="succeeded", measured_baseline_cost__isnull=False)
+    if team is not None:
+        runs = team_scoped(runs, team)
+    if since:
+        runs = runs.filter(created_at__gte=since)
+    return runs
+
+
+def savings_accuracy(team=None, since=None) -> dict[str, dict]:
+    """Claimed vs measured baseline per pipeline name, over the runs that have a shadow baseline.
+
+    ``{pipeline_name: {"claimed_baseline_usd", "measured_baseline_usd" (Decimal sums), "error"
+    (claimed / measured - 1, a float; None when nothing was measured), "runs"}}``; all teams when
+    ``team`` is None (the benchmark, the operator)."""
+    rows = (
+        _runs_with_shadow(team, since)
+        .values("pipeline__name")
+        .annotate(runs=Count("id"), claimed=Sum("baseline_cost"), measured=Sum("measured_baseline_cost"))
+        .order_by("pipeline__name")
+    )
+    return {
+        row["pipeline__name"] or "": _accuracy_row(row["claimed"], row["measured"], row["runs"])
+        for row in rows
+    }
+
+
+def savings_accuracy_overall(team=None, since=None) -> dict:
+    """``savings_accuracy`` over every pipeline together (the same keys, one row)."""
+    totals = _runs_with_shadow(team, since).aggregate(
+        runs=Count("id"), claimed=Sum("baseline_cost"), measured=Sum("measured_baseline_cost")
+    )
+    return _accuracy_row(totals["claimed"], totals["measured"], totals["runs"])
 
 
 def pipeline_option_names() -> dict[str, list[str]]:

@@ -23,13 +23,13 @@ from django.utils import timezone
 from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
 from apps.core.streaming import AnswerStream
+from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
 from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
     Usage,
-    baseline_generation_cost,
     money,
     to_decimal,
     worst_case_cost,
@@ -50,7 +50,7 @@ from apps.rag.fixed_context import (
     kv_store,
     pipeline_fixed_context_text,
 )
-from apps.rag.models import Pipeline, QueryRun, QueryStatus
+from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus
 from apps.rag.selectors import pipeline_option_names
 
 logger = logging.getLogger(__name__)
@@ -330,9 +330,11 @@ class _QueryHooks:
     """The engine's hooks for one run (``workers.rag.pipeline.PipelineHooks``): search, the endpoint's
     model, the KV store, and the ledger rows, each written under the run's reservation."""
 
-    def __init__(self, *, run: QueryRun, context: LedgerContext) -> None:
+    def __init__(self, *, run: QueryRun, context: LedgerContext, reservation: Any = None) -> None:
         self.run = run
         self.context = context
+        # The hold the rows are written under: the run's, or a shadow baseline's (apps.rag.shadow).
+        self.reservation = reservation or run.reservation
         self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
         self.retrieval_record: UsageRecord | None = None
         self.generation_record: UsageRecord | None = None
@@ -361,6 +363,7 @@ class _QueryHooks:
             ),
             price=price_current(model_name=EMBEDDING_PRICE_NAME),
             latency_ms=int(retrieve_s * 1000),
+            reservation=self.reservation,
         )
         return [
             RetrievedChunk(
@@ -402,6 +405,7 @@ class _QueryHooks:
             ),
             price=price_current(model_name=self.endpoint.price_name),
             latency_ms=int(compute_s * 1000),
+            reservation=self.reservation,
         )
 
     def generate(self, messages: list[dict], on_token) -> MeteredCall:
@@ -411,7 +415,7 @@ class _QueryHooks:
             context=self.context,
             max_output_tokens=self.run.max_output_tokens,
             on_token=on_token,
-            reservation=self.run.reservation,
+            reservation=self.reservation,
         )
         self.generation_record = call.record
         return call
@@ -421,18 +425,23 @@ class _QueryHooks:
         result = generate()
         self.generation_record = generation_bill(
             context=self.context, endpoint=self.endpoint, result=result, price=price,
-            reservation=self.run.reservation,
+            reservation=self.reservation,
         )
         return result
 
-    def baseline(self, baseline_prompt_tokens: int | None) -> Decimal | None:
-        """The naive baseline's cost: the same retrieval, and the generation with the naive prompt."""
+    def baseline(self, baseline_prompt_tokens: int | None) -> tuple[Decimal, str] | None:
+        """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt
+        (``apps.costs.baseline``: exact for token prices, a cost-model estimate for device time).
+
+        This run's extra work (compression calls, superposition's path prefill, a fixed context's
+        prefill) is in its actual cost, never in the baseline."""
         if baseline_prompt_tokens is None or self.generation_record is None:
             return None
-        generation = baseline_generation_cost(self.generation_record, baseline_prompt_tokens)
-        if self.retrieval_record is None:
-            return generation
-        return self.retrieval_record.cost + generation
+        generation, kind = naive_generation_cost(
+            record=self.generation_record, prompt_tokens=baseline_prompt_tokens, model=self.endpoint.price_name
+        )
+        retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
+        return retrieval + generation, kind
 
 
 def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
@@ -527,9 +536,9 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
     actual = totals["cost"] or ZERO
-    baseline = hooks.baseline(outcome.baseline_prompt_tokens)
-    if baseline is None:  # a direct call is its own baseline
-        baseline = actual
+    claimed = hooks.baseline(outcome.baseline_prompt_tokens)
+    # A direct call is its own baseline: what ran is the measurement.
+    baseline, baseline_kind = claimed if claimed is not None else (actual, BaselineKind.MEASURED)
     if run.reservation_id:
         reservation_settle(reservation=run.reservation, actual=actual)
     progress(3, 3, "done")
@@ -545,11 +554,17 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         context_tokens_after=outcome.context_tokens_after,
         cost=actual,
         baseline_cost=money(baseline),
+        baseline_kind=baseline_kind,
         savings=money(baseline - actual),
         latency_ms=int((time.perf_counter() - started) * 1000),
         finished_at=timezone.now(),
     )
     run.refresh_from_db()
+    if claimed is not None:
+        from apps.rag.shadow import shadow_baseline_maybe_start
+
+        # After the answer is stored: the team never waits for its shadow (its own job, same queue).
+        shadow_baseline_maybe_start(run=run)
     return run
 
 

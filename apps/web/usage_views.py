@@ -64,6 +64,11 @@ def usage(request: HttpRequest) -> HttpResponse:
         "breakdowns": breakdowns,
         "savings": rag_selectors.savings_by(team=request.team, since=since, field="pipeline"),
         "savings_totals": web_selectors.savings_totals(team=request.team, since=since),
+        "savings_accuracy": [
+            {"pipeline": pipeline, **row,
+             "error_percent": None if row["error"] is None else round(100 * row["error"], 1)}
+            for pipeline, row in rag_selectors.savings_accuracy(team=request.team, since=since).items()
+        ],
         "budgets": cost_selectors.team_budget_statuses(team=request.team),
         "manage": can(request, Role.ADMIN),
     }

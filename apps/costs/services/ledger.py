@@ -33,6 +33,8 @@ class LedgerContext:
     query_run_id: int | None = None
     agent_run_id: int | None = None
     pipeline_name: str = ""
+    # A shadow baseline's rows point back to the query run whose savings they measure.
+    shadow_of_query_run_id: int | None = None
 
 
 def usage_record(
@@ -69,6 +71,7 @@ def _usage_record_build(
         api_key=context.api_key,
         query_run_id=context.query_run_id,
         agent_run_id=context.agent_run_id,
+        shadow_of_query_run_id=context.shadow_of_query_run_id,
         pipeline_name=context.pipeline_name,
         stage=stage,
         model_name=model_name,

@@ -115,3 +115,25 @@ def test_every_endpoint_returns_404_for_another_teams_objects(
             assert other.delete(url).status_code == 404, url
     assert other.post("/api/v1/queries", {"pipeline": "plain", "question": "Hi?"}, format="json").status_code == 400
     assert other.get("/api/v1/queries").json()["count"] == 0
+
+
+def test_usage_reports_claimed_vs_measured_baselines_of_runs_with_a_shadow(team_a, team_b, make_api_key, api_client):
+    from apps.costs.defaults import ensure_default_models
+    from apps.rag.services import pipeline_save
+
+    ensure_default_models()
+    mine = pipeline_save(team=team_a, name="squeezed", model_endpoint="smollm2-135m-instruct")
+    theirs = pipeline_save(team=team_b, name="squeezed", model_endpoint="smollm2-135m-instruct")
+    for team, pipeline, claimed, measured in (
+        (team_a, mine, "0.0011", "0.0010"), (team_a, mine, "0.0010", "0.0010"), (team_a, mine, "0.0050", None),
+        (team_b, theirs, "0.0100", "0.0010"),
+    ):
+        QueryRun.objects.create(team=team, pipeline=pipeline, question="q", status="succeeded",
+                                baseline_cost=Decimal(claimed), baseline_kind="estimate",
+                                measured_baseline_cost=None if measured is None else Decimal(measured))
+    body = _client(api_client, make_api_key(team_a)).get("/api/v1/usage?group_by=pipeline").json()
+    # Only the team's runs that have a shadow: 0.0021 claimed against 0.0020 measured.
+    assert body["savings_accuracy"] == [{
+        "pipeline": "squeezed", "runs": 2, "claimed_baseline_cost": "0.0021000000",
+        "measured_baseline_cost": "0.0020000000", "error": pytest.approx(0.05),
+    }]

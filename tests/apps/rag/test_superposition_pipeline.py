@@ -77,7 +77,14 @@ def test_a_superposition_query_streams_its_answer_and_bills_cached_documents(
     assert cold_row.cached_tokens == 0 < warm_row.cached_tokens < warm_row.prompt_tokens == cold_row.prompt_tokens
     assert warm_row.reservation_id == warm.reservation_id and warm_row.cpu_seconds > 0
     assert warm.cached_tokens == warm_row.cached_tokens and warm.prompt_tokens == warm_row.prompt_tokens
-    assert warm.savings > 0 and warm.cost < warm.baseline_cost
+    # The naive baseline does not depend on this run's caching or speed: the same naive prompt and the
+    # same answer give the same claimed baseline, device time from the cost model (an estimate).
+    def naive_generation(run):  # the baseline less the retrieval, which both paid (timed, so it varies)
+        return run.baseline_cost - UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.RETRIEVE).cost
+
+    assert warm.baseline_kind == cold.baseline_kind == "estimate"
+    assert naive_generation(warm) == naive_generation(cold) > 0
+    assert warm.savings == warm.baseline_cost - warm.cost
     assert list((tmp_path / "kv-cache").rglob("*.safetensors"))
 
 

@@ -119,3 +119,15 @@ def test_members_see_their_own_team_only(outsider_client, spend, team_a):
     rows = b"".join(outsider_client.get("/usage/ledger.csv?days=all").streaming_content).decode().strip().splitlines()
     assert len(rows) == 1
     assert outsider_client.get(f"/usage/budgets/{budget.pk}/edit/").status_code == 404
+
+
+def test_the_savings_card_shows_claimed_against_measured_baselines(member_client, team_a, pipeline):
+    from apps.rag.models import QueryRun
+
+    QueryRun.objects.create(team=team_a, pipeline=pipeline, question="q", status="succeeded",
+                            baseline_cost=Decimal("0.0012"), baseline_kind="estimate",
+                            measured_baseline_cost=Decimal("0.0010"))
+    body = member_client.get("/usage/").content.decode()
+    assert "Claimed vs measured baseline" in body
+    row = re.search(r"<tr><td>handbook-qa</td>.*?</tr>", body.split("Claimed vs measured baseline")[1]).group(0)
+    assert ">1<" in row and "20.0%" in row  # one question, claimed 20% over the measured
