@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, 
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
     Usage,
+    cost_of,
     money,
     to_decimal,
     worst_case_cost,
@@ -394,18 +395,42 @@ class _QueryHooks:
         return pipeline_fixed_context_text(pipeline=self.run.pipeline)
 
     def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
+        """The compress stage's row, its device seconds clamped to the stage's share of the hold.
+
+        As with a generation stopped by its hold, device time past the bound the run reserved for
+        this stage (``_compression_worst_case``) is the operator's, not billed: settlement ≤ hold.
+        """
+        price = price_current(model_name=self.endpoint.price_name)
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                      cpu_seconds=to_decimal(round(compute_s, 6)))
+        bound = self._compression_bound(price)
+        if bound is not None and cost_of(usage=usage, price=price) > bound and price.per_cpu_second > 0:
+            tokens_cost = cost_of(usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+                                  price=price)
+            seconds = max(Decimal(0), (bound - tokens_cost) / price.per_cpu_second)
+            clamped = min(usage.cpu_seconds, seconds.quantize(Decimal("0.000001"), rounding=ROUND_DOWN))
+            logger.warning("query #%s: compression ran %.3f s, past its bound; billing %s s",
+                           self.run.pk, compute_s, clamped)
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cpu_seconds=clamped)
         usage_record(
             context=self.context,
             stage=Stage.COMPRESS,
             model_name=self.endpoint.price_name,
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cpu_seconds=to_decimal(round(compute_s, 6)),
-            ),
-            price=price_current(model_name=self.endpoint.price_name),
+            usage=usage,
+            price=price,
             latency_ms=int(compute_s * 1000),
             reservation=self.reservation,
+        )
+
+    def _compression_bound(self, price) -> Decimal | None:
+        """What the run's hold reserved for the compress stage (None: not a pipeline run)."""
+        pipeline = self.run.pipeline
+        if pipeline is None:
+            return None
+        return _compression_worst_case(
+            method=pipeline.compression_method, price=price, top_k=pipeline.top_k,
+            chunk_tokens=_passage_tokens_max(self.endpoint, pipeline),
+            question_tokens=text_tokens_bound(self.endpoint, self.run.question),
         )
 
     def generate(self, messages: list[dict], on_token) -> MeteredCall:

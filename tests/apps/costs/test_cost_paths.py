@@ -10,7 +10,6 @@ holds one step at a time and stops cleanly when the next step does not fit.
 from __future__ import annotations
 
 import html
-import importlib
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -181,13 +180,25 @@ def _model_call(ctx) -> tuple[int, str]:
 
 
 def _shadow_baseline(ctx) -> tuple[int, str]:
-    # The shadow baseline (a sampled query's naive pipeline run for real) is another part of issue 23;
-    # its entry point replaces this skip when it lands.
-    try:
-        importlib.import_module("apps.rag.shadow")
-    except ImportError:
-        pytest.skip("the shadow baseline has no entry point yet (apps.rag.shadow)")
-    raise AssertionError("write the shadow baseline's $0-budget trigger")
+    # The operator account pays for shadow baselines: here it is the team whose budget is $0.
+    import logging
+
+    from apps.rag.services import pipeline_save
+    from apps.rag.shadow_run import shadow_baseline_execute
+
+    ctx["settings"].PARSIMONY_OPERATOR_TEAM = ctx["team"].slug
+    pipeline = pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct",
+                             corpora=[ctx["corpus"]])
+    run = QueryRun.objects.create(team=ctx["team"], pipeline=pipeline, endpoint=pipeline.model_endpoint,
+                                  question="Why stripes?", status="succeeded", max_output_tokens=16)
+    caplog = ctx["request"].getfixturevalue("caplog")
+    with caplog.at_level(logging.INFO, logger="apps.rag.shadow_run"):
+        assert shadow_baseline_execute(query_run_id=run.pk) is None
+    run.refresh_from_db()
+    assert run.measured_baseline_cost is None
+    refused = [r.getMessage() for r in caplog.records if "refused by the operator's budget" in r.getMessage()]
+    assert refused, "the shadow baseline was not refused"
+    return 402, refused[0]
 
 
 TRIGGERS: dict[str, Callable] = {
@@ -351,7 +362,7 @@ def test_an_agent_run_holds_one_step_at_a_time_and_stops_when_the_next_does_not_
     script.say(*area_script())
     dry = _agent_run(team_a, alice, agent)
     assert (dry.status, dry.finish_reason, dry.model_calls) == ("succeeded", "stop", 3), dry.error
-    holds = list(Reservation.objects.filter(description__startswith="agent calc step").order_by("pk"))
+    holds = list(Reservation.objects.filter(description__contains="agent calc step").order_by("pk"))
     assert [h.description[-6:] for h in holds] == ["step 1", "step 2", "step 3"]
     assert holds[0].pk == dry.reservation_id
     assert all(h.status == ReservationStatus.SETTLED for h in holds)

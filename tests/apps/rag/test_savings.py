@@ -55,7 +55,7 @@ def test_a_token_priced_baseline_is_exact():
     assert cost == Decimal("0.0001470000")  # 900 × $0.15/M + 20 × $0.60/M
 
 
-def test_device_time_comes_from_the_cost_model_not_the_real_runs_seconds_scaled():
+def test_device_time_comes_from_the_cost_model_not_the_real_runs_seconds_scaled(db):
     """A slow compressed run (many seconds for few tokens) used to inflate its own baseline by the token
     ratio; the baseline now does not depend on how long the real run took."""
     fast = _row(cpu_seconds=Decimal("1.5"))
