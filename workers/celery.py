@@ -46,4 +46,9 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"queue": Queue.CPU.value, "expires": 55},
     },
+    "costs.reconcile_ledger": {
+        "task": "costs.reconcile_ledger",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": Queue.CPU.value, "expires": 3600},
+    },
 }
