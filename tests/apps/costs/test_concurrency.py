@@ -11,6 +11,7 @@ from django.db import connection, connections
 from apps.costs import metering
 from apps.costs.metering import model_call
 from apps.costs.models import Reservation, ReservationStatus, UsageRecord
+from apps.costs.reconciliation import ledger_reconcile
 from apps.costs.selectors import budget_status
 from apps.costs.services import BudgetExceeded, LedgerContext, budget_save
 from workers.runtime.meter import EchoTarget
@@ -54,3 +55,5 @@ def test_it_never_overspends_under_concurrency_and_the_ones_that_fit_succeed(
     assert Reservation.objects.filter(status=ReservationStatus.SETTLED).count() == FITS
     assert not Reservation.objects.filter(status=ReservationStatus.HELD).exists()
     assert connection.vendor in {"postgresql", "sqlite"}
+    # The ledger the race wrote reconciles: rows, windows, reservations (CI's reconciliation step).
+    assert [str(difference) for difference in ledger_reconcile()] == []
