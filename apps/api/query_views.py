@@ -8,7 +8,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.serializers import MoneyField
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
 
@@ -28,9 +30,9 @@ class QueryRunOutputSerializer(serializers.Serializer):
     cached_tokens = serializers.IntegerField()
     context_tokens_before = serializers.IntegerField()
     context_tokens_after = serializers.IntegerField()
-    cost = serializers.DecimalField(max_digits=24, decimal_places=10)
-    baseline_cost = serializers.DecimalField(max_digits=24, decimal_places=10)
-    savings = serializers.DecimalField(max_digits=24, decimal_places=10)
+    cost = MoneyField()
+    baseline_cost = MoneyField()
+    savings = MoneyField()
     latency_ms = serializers.IntegerField()
     job_id = serializers.IntegerField(allow_null=True)
     stages = serializers.SerializerMethodField()
@@ -41,7 +43,7 @@ class QueryRunOutputSerializer(serializers.Serializer):
         return [
             {
                 **row,
-                "cost": str(row["cost"]),
+                "cost": money_str(row["cost"]),
                 "gpu_seconds": str(row["gpu_seconds"]),
                 "cpu_seconds": str(row["cpu_seconds"]),
             }

@@ -5,13 +5,13 @@
 leaves the service as text (REST and OpenAI-compatible JSON, the CSV export, ``X-Parsimony-*``
 headers, 402 details) goes through ``money_str``: fixed point, 10 decimal places (the ledger's
 precision, ``apps.costs.models.MONEY``), rounded half-up, ``-`` only for negative amounts.
-The UI shows dollars for people instead (``money_display``, the ``dollars`` template filter).
+The UI shows dollars for people instead (the ``usd`` template filter, ``apps.web.templatetags``).
 """
 
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 PLACES = 10
 QUANTUM = Decimal(1).scaleb(-PLACES)  # 0.0000000001
@@ -28,28 +28,11 @@ def money_str(value: Decimal | int | str | None) -> str | None:
     amount = value if isinstance(value, Decimal) else Decimal(str(value))
     if not amount.is_finite():
         raise ValueError(f"money must be a finite amount, not {amount}")
-    text = format(amount.quantize(QUANTUM, rounding=ROUND_HALF_UP), "f")
+    with localcontext() as context:
+        context.prec = 60  # quantize needs room for every integer digit plus the 10 places
+        text = format(amount.quantize(QUANTUM, rounding=ROUND_HALF_UP), "f")
     return "0." + "0" * PLACES if text == "-0." + "0" * PLACES else text
 
 
 def is_money_str(text: str) -> bool:
     return bool(_MONEY_RE.match(text))
-
-
-def money_display(value: Decimal | int | str | None) -> str:
-    """Dollars for people: cents from $1 up (``$1.23``), two significant digits below (``$0.000634``)."""
-    if value is None:
-        return ""
-    amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    sign = "-" if amount < 0 else ""
-    amount = abs(amount)
-    if amount == 0:
-        return "$0.00"
-    if amount >= 1:
-        return f"{sign}${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
-    if amount >= Decimal("0.01"):
-        return f"{sign}${format(amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP), 'f')}"
-    # Below a cent: three significant digits, however small (never an exponent), at most 10 places.
-    places = min(PLACES, -amount.adjusted() + 2)
-    shown = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return f"{sign}${format(shown, 'f')}"

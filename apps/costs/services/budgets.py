@@ -31,6 +31,7 @@ from apps.costs.models import (
     ReservationStatus,
     UsageRecord,
 )
+from apps.costs.money_format import money_str
 from apps.costs.services.alerts import budget_describe, soft_alerts_after_commit, windows_due_alert
 from apps.costs.services.backend import TryAgain, budget_lock, on_postgresql
 from apps.costs.services.prices import PriceStale
@@ -148,11 +149,11 @@ def budget_exceeded_error(*, budget: Budget, window: BudgetWindow, estimate: Dec
             "scope": budget.scope,
             "period": budget.period,
             "period_start": window.period_start.isoformat(),
-            "limit": str(budget.hard_limit),
-            "spent": str(window.spent),
-            "reserved": str(window.reserved),
-            "estimate": str(estimate),
-            "over_by": str(over_by),
+            "limit": money_str(budget.hard_limit),
+            "spent": money_str(window.spent),
+            "reserved": money_str(window.reserved),
+            "estimate": money_str(estimate),
+            "over_by": money_str(over_by),
         },
     )
 
