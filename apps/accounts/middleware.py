@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from auditlog.middleware import AuditlogMiddleware
 
+from apps.accounts.models import ApiKey
 from apps.accounts.selectors import membership_get, user_teams
 
 SESSION_KEY = "active_team_id"
@@ -54,8 +55,9 @@ class AuditActorMiddleware(AuditlogMiddleware):
         data = super().get_extra_data(request)
 
         def api_key() -> dict | None:
-            key = getattr(request, "api_key", None)
-            return {"api_key_id": key.pk, "api_key": key.name} if key is not None else None
+            # DRF copies the authentication's ``auth`` (the ApiKey) onto the Django request.
+            key = getattr(request, "auth", None)
+            return {"api_key_id": key.pk, "api_key": key.name} if isinstance(key, ApiKey) else None
 
         data["additional_data"] = api_key
         return _ActorFromRequest(request, data)
