@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey, Membership
-from apps.api.serializers import MoneyField
+from apps.api.serializers import MoneyField, list_of
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs import selectors as cost_selectors
@@ -138,7 +138,8 @@ class BudgetListView(APIView):
     required_scopes = {"POST": "admin"}
 
     @extend_schema(
-        responses=BudgetOutputSerializer(many=True), summary="Budgets with this period's spend (members read)"
+        responses=list_of(BudgetOutputSerializer, paginated=False),
+        summary="Budgets with this period's spend (members read)",
     )
     def get(self, request):
         statuses = cost_selectors.team_budget_statuses(team=request.team)

@@ -8,7 +8,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.serializers import MoneyField
+from apps.api.serializers import MoneyField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
@@ -62,7 +62,7 @@ class QueryInputSerializer(serializers.Serializer):
 class QueryListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=QueryRunOutputSerializer(many=True), summary="The team's queries, newest first")
+    @extend_schema(responses=list_of(QueryRunOutputSerializer), summary="The team's queries, newest first")
     def get(self, request):
         return paginated_response(
             self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer

@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from apps.core.models import Job
@@ -34,3 +34,14 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "id", "kind", "status", "progress_done", "progress_total", "progress_percent", "message",
             "error", "result", "attempts", "created_at", "started_at", "finished_at",
         ]
+
+
+def list_of(serializer_class: type[serializers.BaseSerializer], *, paginated: bool = True) -> serializers.Serializer:
+    """The OpenAPI schema of a list response as the views send it: ``{"count", "results"}``, plus ``next`` and
+    ``previous`` when it is one limit/offset page (``shortcuts.paginated_response``)."""
+    fields: dict = {"count": serializers.IntegerField(), "results": serializer_class(many=True)}
+    if paginated:
+        fields["next"] = serializers.URLField(allow_null=True)
+        fields["previous"] = serializers.URLField(allow_null=True)
+    name = serializer_class.__name__.removesuffix("Serializer")
+    return inline_serializer(name=f"{'Paginated' if paginated else ''}{name}List", fields=fields)

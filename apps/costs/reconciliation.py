@@ -25,12 +25,14 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.apps import apps as django_apps
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
 from apps.costs.models import ZERO, BudgetWindow, Reservation, ReservationStatus, UsageRecord
 from apps.costs.money_format import money_str
 from apps.costs.pricing import PriceSnapshot, Usage, cost_of
+from apps.costs.services.backend import on_postgresql
 from apps.costs.services.budgets import period_end
 
 
@@ -54,15 +56,24 @@ class Difference:
 
 
 def ledger_reconcile(since: datetime | None = None, now: datetime | None = None) -> list[Difference]:
-    """Every difference between the ledger, the budget windows, the reservations and the runs (none: [])."""
-    now = now or timezone.now()
-    return [
-        *_row_costs(since),
-        *_windows(since),
-        *_reservations(since, now),
-        *_runs("rag", "QueryRun", "query_run_id", "query_run_cost", since),
-        *_runs("agents", "AgentRun", "agent_run_id", "agent_run_cost", since),
-    ]
+    """Every difference between the ledger, the budget windows, the reservations and the runs (none: []).
+
+    On PostgreSQL every query reads one snapshot (a read-only repeatable-read transaction), so a
+    reconciliation while requests settle never sees a row without its window's spend.
+    """
+    snapshot = on_postgresql() and not connection.in_atomic_block
+    with transaction.atomic():
+        if snapshot:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        now = now or timezone.now()
+        return [
+            *_row_costs(since),
+            *_windows(since),
+            *_reservations(since, now),
+            *_runs("rag", "QueryRun", "query_run_id", "query_run_cost", since),
+            *_runs("agents", "AgentRun", "agent_run_id", "agent_run_cost", since),
+        ]
 
 
 def _since(queryset, since: datetime | None, field: str = "created_at"):

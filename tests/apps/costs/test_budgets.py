@@ -232,6 +232,7 @@ def test_a_budget_created_mid_period_starts_from_the_ledgers_spend(team_a, alice
     # Then a $40 month budget for the team and a $20 one for alice.
     team_budget = budget_save(team=team_a, hard_limit=Decimal(40), period="month")
     alice_budget = budget_save(team=team_a, scope="user", user=alice, hard_limit=Decimal(20), period="month")
+    assert budget_status(budget=team_budget).spent == 36  # shown so before any request
     # The first request sees the prior spend: $36 of $40 spent, so a $5 hold is refused ...
     with pytest.raises(BudgetExceeded) as caught:
         budget_reserve(team=team_a, user=carol, estimate=Decimal(5))
