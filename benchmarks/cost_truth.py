@@ -608,45 +608,25 @@ def reconcile_differences(since) -> int | None:
     return None
 
 
-def savings(run: Run) -> dict[str, Any]:
-    """Per pipeline kind: claimed vs measured baseline (the "savings" slice's savings_accuracy)."""
-    try:
-        from apps.rag.selectors import savings_accuracy  # type: ignore[attr-defined]
-    except ImportError:
-        savings_accuracy = None
-    out: dict[str, Any] = {}
-    if savings_accuracy is not None:
-        for row in savings_accuracy(team=run.team, since=run.started_at):
-            row = dict(row)
-            name = str(row.pop("pipeline", row.pop("pipeline_name", "?")))
-            kind = next(
-                (
-                    k
-                    for k in (*PIPELINE_KINDS, "fixed-context", *run.remotes)
-                    if name.startswith(k.replace("_", "-"))
-                ),
-                name,
-            )
-            out[kind] = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in row.items()}
-        return out
-    # Until then: the claimed baselines from the query runs, nothing measured.
-    from apps.rag.models import QueryRun
+def _kind(run: Run, name: str) -> str:
+    kinds = (*PIPELINE_KINDS, "fixed-context", *run.remotes)
+    return next((k for k in kinds if name.startswith(k.replace("_", "-"))), name)
 
-    for run_row in QueryRun.objects.filter(team=run.team, pipeline__isnull=False).select_related("pipeline"):
-        name = run_row.pipeline.name
-        kind = next(
-            (
-                k
-                for k in (*PIPELINE_KINDS, "fixed-context", *run.remotes)
-                if name.startswith(k.replace("_", "-"))
-            ),
-            name,
-        )
-        entry = out.setdefault(
-            kind, {"claimed_baseline_usd": Decimal(0), "measured_baseline_usd": None, "error": None}
-        )
-        entry["claimed_baseline_usd"] += run_row.baseline_cost or Decimal(0)
-    return {k: {**v, "claimed_baseline_usd": str(v["claimed_baseline_usd"])} for k, v in out.items()}
+
+def savings(run: Run) -> dict[str, Any]:
+    """Per pipeline kind: the claimed baseline vs the measured (shadow) one and the error
+    (``apps.rag.selectors.savings_accuracy`` over this run's team since the run started)."""
+    from apps.rag.selectors import savings_accuracy
+
+    out: dict[str, Any] = {}
+    for name, row in savings_accuracy(team=run.team, since=run.started_at).items():
+        out[_kind(run, name)] = {
+            "claimed_baseline_usd": str(row["claimed_baseline_usd"]),
+            "measured_baseline_usd": str(row["measured_baseline_usd"]),
+            "error": None if row["error"] is None else round(float(row["error"]), 4),
+            "runs": row["runs"],
+        }
+    return out
 
 
 def measure(run: Run, monitor: WindowMonitor) -> dict[str, Any]:

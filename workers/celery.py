@@ -53,4 +53,9 @@ app.conf.beat_schedule = {
         "schedule": 300.0,
         "options": {"queue": Queue.CPU.value, "expires": 290},
     },
+    "costs.reconcile_ledger": {
+        "task": "costs.reconcile_ledger",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": Queue.CPU.value, "expires": 3600},
+    },
 }

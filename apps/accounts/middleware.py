@@ -1,7 +1,10 @@
-"""Sets ``request.team`` and ``request.membership`` from the session's active team."""
+"""Sets ``request.team`` and ``request.membership`` from the session's active team; names the audit log's actor."""
 
 from __future__ import annotations
 
+from auditlog.middleware import AuditlogMiddleware
+
+from apps.accounts.models import ApiKey
 from apps.accounts.selectors import membership_get, user_teams
 
 SESSION_KEY = "active_team_id"
@@ -26,3 +29,35 @@ class ActiveTeamMiddleware:
             request.team = team
             request.membership = membership_get(user=user, team=team)
         return self.get_response(request)
+
+
+class _ActorFromRequest(dict):
+    """The audit log's request context, with the actor read when an entry is written, not when the request
+    arrived: REST requests authenticate inside the view (DRF sets ``request.user`` to the key's creator)."""
+
+    def __init__(self, request, data: dict) -> None:
+        super().__init__(data)
+        self._request = request
+
+    def get(self, key, default=None):
+        if key == "actor":
+            return AuditlogMiddleware._get_actor(self._request)
+        return super().get(key, default)
+
+
+class AuditActorMiddleware(AuditlogMiddleware):
+    """django-auditlog's middleware for session (admin, UI) and API-key (REST) requests alike.
+
+    A change made with an API key also records the key (``additional_data``): the actor is its creator.
+    """
+
+    def get_extra_data(self, request):
+        data = super().get_extra_data(request)
+
+        def api_key() -> dict | None:
+            # DRF copies the authentication's ``auth`` (the ApiKey) onto the Django request.
+            key = getattr(request, "auth", None)
+            return {"api_key_id": key.pk, "api_key": key.name} if isinstance(key, ApiKey) else None
+
+        data["additional_data"] = api_key
+        return _ActorFromRequest(request, data)

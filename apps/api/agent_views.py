@@ -12,7 +12,9 @@ from rest_framework.views import APIView
 
 from apps.agents import selectors, services
 from apps.agents.models import ToolKind
+from apps.api.serializers import MoneyField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.costs.money_format import money_str
 
 # --------------------------------------------------------------------------- tools
 
@@ -46,7 +48,7 @@ class ToolListView(APIView):
     required_scopes = {"POST": "admin"}
 
     @extend_schema(
-        responses=ToolOutputSerializer(many=True),
+        responses=list_of(ToolOutputSerializer),
         summary="The tools the team's agents can use (its own and global)",
     )
     def get(self, request):
@@ -125,7 +127,7 @@ def _agent_values(data: dict) -> dict:
 class AgentListView(APIView):
     required_scopes = {"POST": "admin"}
 
-    @extend_schema(responses=AgentOutputSerializer(many=True), summary="The team's agents")
+    @extend_schema(responses=list_of(AgentOutputSerializer), summary="The team's agents")
     def get(self, request):
         return paginated_response(self, request, selectors.agent_list(team=request.team), AgentOutputSerializer)
 
@@ -181,7 +183,7 @@ class AgentRunOutputSerializer(serializers.Serializer):
     model_calls = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
-    cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+    cost = MoneyField()
     latency_ms = serializers.IntegerField()
     job_id = serializers.IntegerField(allow_null=True)
     stages = serializers.SerializerMethodField()
@@ -189,7 +191,7 @@ class AgentRunOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
     def get_stages(self, run) -> list[dict]:
-        return [{**row, "cost": str(row["cost"])} for row in selectors.agent_run_stages(run=run)]
+        return [{**row, "cost": money_str(row["cost"])} for row in selectors.agent_run_stages(run=run)]
 
 
 class AgentRunInputSerializer(serializers.Serializer):
@@ -202,7 +204,7 @@ class AgentRunInputSerializer(serializers.Serializer):
 class AgentRunListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=AgentRunOutputSerializer(many=True), summary="The team's agent runs, newest first")
+    @extend_schema(responses=list_of(AgentRunOutputSerializer), summary="The team's agent runs, newest first")
     def get(self, request):
         return paginated_response(self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer)
 

@@ -8,6 +8,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.serializers import list_of
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
@@ -93,7 +94,7 @@ def _corpus(request, corpus_id: int):
 class CorpusListView(APIView):
     required_scope = "ingest"
 
-    @extend_schema(responses=CorpusOutputSerializer(many=True), summary="The team's corpora")
+    @extend_schema(responses=list_of(CorpusOutputSerializer), summary="The team's corpora")
     def get(self, request):
         return paginated_response(
             self, request, corpus_selectors.corpus_list(team=request.team), CorpusOutputSerializer
@@ -136,7 +137,7 @@ class DocumentListView(APIView):
     required_scope = "ingest"
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    @extend_schema(responses=DocumentOutputSerializer(many=True), summary="A corpus's documents and their status")
+    @extend_schema(responses=list_of(DocumentOutputSerializer), summary="A corpus's documents and their status")
     def get(self, request, corpus_id: int):
         corpus = _corpus(request, corpus_id)
         documents = corpus_selectors.document_list(corpus=corpus, status=request.query_params.get("status"))
@@ -190,7 +191,7 @@ class DocumentDetailView(APIView):
 class SearchView(APIView):
     required_scope = "query"
 
-    @extend_schema(request=SearchInputSerializer, responses=SearchHitSerializer(many=True),
+    @extend_schema(request=SearchInputSerializer, responses=list_of(SearchHitSerializer, paginated=False),
                    summary="Search a corpus (dense, bm25 or hybrid); hits say which retriever found them")
     def post(self, request, corpus_id: int):
         corpus = _corpus(request, corpus_id)

@@ -13,11 +13,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey, Membership
+from apps.api.serializers import MoneyField, list_of
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs import selectors as cost_selectors
 from apps.costs import services as cost_services
 from apps.costs.models import Budget, BudgetPeriod, BudgetScope
+from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 
 # --------------------------------------------------------------------------- usage
@@ -69,12 +71,12 @@ class UsageView(APIView):
         return Response(
             {
                 "group_by": group,
-                "total_cost": str(total),
+                "total_cost": money_str(total),
                 "rows": [
                     {
                         **row,
                         "key": str(row["key"]) if row["key"] is not None else None,
-                        "cost": str(row["cost"]),
+                        "cost": money_str(row["cost"]),
                     }
                     for row in rows
                 ],
@@ -82,9 +84,9 @@ class UsageView(APIView):
                     {
                         **row,
                         "key": row["key"],
-                        "cost": str(row["cost"] or 0),
-                        "baseline_cost": str(row["baseline_cost"] or 0),
-                        "savings": str(row["savings"] or 0),
+                        "cost": money_str(row["cost"] or 0),
+                        "baseline_cost": money_str(row["baseline_cost"] or 0),
+                        "savings": money_str(row["savings"] or 0),
                     }
                     for row in savings
                 ],
@@ -113,16 +115,14 @@ class BudgetOutputSerializer(serializers.Serializer):
     user = serializers.CharField(source="budget.user.username", allow_null=True, default=None)
     api_key = serializers.IntegerField(source="budget.api_key_id", allow_null=True)
     period = serializers.CharField(source="budget.period")
-    hard_limit = serializers.DecimalField(source="budget.hard_limit", max_digits=24, decimal_places=10)
+    hard_limit = MoneyField(source="budget.hard_limit")
     soft_limit_percent = serializers.IntegerField(source="budget.soft_limit_percent")
     enabled = serializers.BooleanField(source="budget.enabled")
     period_start = serializers.DateTimeField()
-    spent = serializers.DecimalField(max_digits=24, decimal_places=10)
-    reserved = serializers.DecimalField(max_digits=24, decimal_places=10)
-    overage = serializers.DecimalField(
-        max_digits=24, decimal_places=10, help_text="of spent: billed by remote endpoints beyond their calls' bounds"
-    )
-    remaining = serializers.DecimalField(max_digits=24, decimal_places=10)
+    spent = MoneyField()
+    reserved = MoneyField()
+    overage = MoneyField(help_text="of spent: billed by remote endpoints beyond their calls' bounds")
+    remaining = MoneyField()
     used_percent = serializers.FloatField()
     over_soft_limit = serializers.BooleanField()
 
@@ -155,7 +155,8 @@ class BudgetListView(APIView):
     required_scopes = {"POST": "admin"}
 
     @extend_schema(
-        responses=BudgetOutputSerializer(many=True), summary="Budgets with this period's spend (members read)"
+        responses=list_of(BudgetOutputSerializer, paginated=False),
+        summary="Budgets with this period's spend (members read)",
     )
     def get(self, request):
         statuses = cost_selectors.team_budget_statuses(team=request.team)

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from apps.agents import selectors as agent_selectors
 from apps.agents.models import AgentRun, AgentRunStatus
 from apps.api.sse import RowWaitTimedOut, rows_until_finished, sse_response
+from apps.costs.money_format import money_str
 from apps.rag.models import QueryRun, QueryStatus
 
 OPENAI_ERROR_TYPES = {
@@ -102,20 +103,20 @@ def _query_run_parsimony(run: QueryRun) -> dict:
     return {
         "query_run_id": run.pk,
         "finish_reason": run.finish_reason,  # the run's own ("budget" reads as OpenAI's "length")
-        "cost": str(run.cost),
-        "baseline_cost": str(run.baseline_cost),
+        "cost": money_str(run.cost),
+        "baseline_cost": money_str(run.baseline_cost),
         "baseline_kind": run.baseline_kind,
-        "savings": str(run.savings),
+        "savings": money_str(run.savings),
         "citations": run.citations,
     }
 
 
 def _query_run_cost_headers(run: QueryRun) -> dict[str, str]:
     return {
-        "X-Parsimony-Cost": str(run.cost),
-        "X-Parsimony-Baseline-Cost": str(run.baseline_cost),
+        "X-Parsimony-Cost": money_str(run.cost),
+        "X-Parsimony-Baseline-Cost": money_str(run.baseline_cost),
         "X-Parsimony-Baseline-Kind": run.baseline_kind,
-        "X-Parsimony-Savings": str(run.savings),
+        "X-Parsimony-Savings": money_str(run.savings),
     }
 
 
@@ -126,7 +127,7 @@ def _agent_run_usage(run: AgentRun) -> dict:
 
 
 def _agent_run_parsimony(run: AgentRun) -> dict:
-    return {"agent_run_id": run.pk, "cost": str(run.cost), "model_calls": run.model_calls,
+    return {"agent_run_id": run.pk, "cost": money_str(run.cost), "model_calls": run.model_calls,
             "tools_offered": run.tools_offered, "tools_called": run.tools_called}
 
 
@@ -155,7 +156,7 @@ AGENT_RUN_CHAT = ChatRunShape(
     length_reasons=("length", "step_limit", "budget"),
     usage=_agent_run_usage,
     parsimony=_agent_run_parsimony,
-    cost_headers=lambda run: {"X-Parsimony-Cost": str(run.cost)},
+    cost_headers=lambda run: {"X-Parsimony-Cost": money_str(run.cost)},
 )
 
 

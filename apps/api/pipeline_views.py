@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.serializers import JobOutputSerializer
+from apps.api.serializers import JobOutputSerializer, list_of
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_scoped
@@ -109,7 +109,7 @@ def _pipeline_values(team, data: dict) -> dict:
 class PipelineListView(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses=PipelineOutputSerializer(many=True), summary="The team's pipelines")
+    @extend_schema(responses=list_of(PipelineOutputSerializer), summary="The team's pipelines")
     def get(self, request):
         return paginated_response(
             self, request, rag_selectors.pipeline_list(team=request.team), PipelineOutputSerializer

@@ -8,7 +8,9 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.serializers import MoneyField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
 
@@ -28,17 +30,17 @@ class QueryRunOutputSerializer(serializers.Serializer):
     cached_tokens = serializers.IntegerField()
     context_tokens_before = serializers.IntegerField()
     context_tokens_after = serializers.IntegerField()
-    cost = serializers.DecimalField(max_digits=24, decimal_places=10)
-    baseline_cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+    cost = MoneyField()
+    baseline_cost = MoneyField()
     baseline_kind = serializers.CharField(
         help_text="How baseline_cost was obtained: exact (token prices), estimate (device time from the cost "
         "model), measured (a direct call: what ran)"
     )
-    measured_baseline_cost = serializers.DecimalField(
-        max_digits=24, decimal_places=10, allow_null=True,
+    measured_baseline_cost = MoneyField(
+        allow_null=True,
         help_text="The naive pipeline run for real (a shadow baseline, paid by the operator); null without one",
     )
-    savings = serializers.DecimalField(max_digits=24, decimal_places=10)
+    savings = MoneyField()
     latency_ms = serializers.IntegerField()
     job_id = serializers.IntegerField(allow_null=True)
     stages = serializers.SerializerMethodField()
@@ -49,7 +51,7 @@ class QueryRunOutputSerializer(serializers.Serializer):
         return [
             {
                 **row,
-                "cost": str(row["cost"]),
+                "cost": money_str(row["cost"]),
                 "gpu_seconds": str(row["gpu_seconds"]),
                 "cpu_seconds": str(row["cpu_seconds"]),
             }
@@ -68,7 +70,7 @@ class QueryInputSerializer(serializers.Serializer):
 class QueryListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=QueryRunOutputSerializer(many=True), summary="The team's queries, newest first")
+    @extend_schema(responses=list_of(QueryRunOutputSerializer), summary="The team's queries, newest first")
     def get(self, request):
         return paginated_response(
             self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer

@@ -1,6 +1,28 @@
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from apps.core.models import Job
+from apps.costs.money_format import MONEY_EXAMPLE, MONEY_PATTERN, money_str
+
+MONEY_SCHEMA = {
+    "type": "string",
+    "format": "decimal",
+    "pattern": MONEY_PATTERN,
+    "example": MONEY_EXAMPLE,
+    "description": "USD as a plain decimal string, 10 decimal places, never an exponent",
+}
+
+
+@extend_schema_field(MONEY_SCHEMA)
+class MoneyField(serializers.DecimalField):
+    """A read-only USD amount in the one money format (``apps.costs.money_format.money_str``)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("read_only", True)
+        super().__init__(max_digits=24, decimal_places=10, **kwargs)
+
+    def to_representation(self, value) -> str | None:
+        return money_str(value)
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -12,3 +34,14 @@ class JobOutputSerializer(serializers.ModelSerializer):
             "id", "kind", "status", "progress_done", "progress_total", "progress_percent", "message",
             "error", "result", "attempts", "created_at", "started_at", "finished_at",
         ]
+
+
+def list_of(serializer_class: type[serializers.BaseSerializer], *, paginated: bool = True) -> serializers.Serializer:
+    """The OpenAPI schema of a list response as the views send it: ``{"count", "results"}``, plus ``next`` and
+    ``previous`` when it is one limit/offset page (``shortcuts.paginated_response``)."""
+    fields: dict = {"count": serializers.IntegerField(), "results": serializer_class(many=True)}
+    if paginated:
+        fields["next"] = serializers.URLField(allow_null=True)
+        fields["previous"] = serializers.URLField(allow_null=True)
+    name = serializer_class.__name__.removesuffix("Serializer")
+    return inline_serializer(name=f"{'Paginated' if paginated else ''}{name}List", fields=fields)

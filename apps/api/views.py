@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.permissions import request_scopes
-from apps.api.serializers import JobOutputSerializer
+from apps.api.serializers import JobOutputSerializer, list_of
 from apps.api.shortcuts import paginated_response
 from apps.core import selectors as job_selectors
 from apps.core import services as job_services
@@ -33,7 +33,7 @@ class MeView(APIView):
 
 
 class JobListView(APIView):
-    @extend_schema(responses=JobOutputSerializer(many=True), summary="The team's background jobs, newest first")
+    @extend_schema(responses=list_of(JobOutputSerializer), summary="The team's background jobs, newest first")
     def get(self, request):
         jobs = job_selectors.job_list(
             team=request.team, kind=request.query_params.get("kind"), status=request.query_params.get("status")

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "auditlog",
     "apps.core",
     "apps.accounts",
     "apps.costs",
@@ -70,11 +71,23 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.accounts.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.accounts.middleware.ActiveTeamMiddleware",
 ]
+
+# The audit log of money and access settings (django-auditlog): who changed which of these, when,
+# old and new values; the actor comes from the request (AuditActorMiddleware). docs/costs.md.
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    "costs.Budget",
+    "costs.Price",
+    "costs.ModelEndpoint",
+    # The secret's digest never enters the log; last use is not a setting (it changes on every request).
+    {"model": "accounts.ApiKey", "exclude_fields": ["secret_hash", "last_used_at"]},
+    "accounts.Membership",
+)
 
 ROOT_URLCONF = "apps.config.urls"
 WSGI_APPLICATION = "apps.config.wsgi.application"

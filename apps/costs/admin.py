@@ -10,6 +10,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.html import format_html
 
 from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
+from apps.costs.money_format import money_str
 from apps.costs.selectors import budget_status, spend_per_day
 
 
@@ -121,9 +122,11 @@ def ledger_csv_response(records, filename: str = "ledger.csv") -> StreamingHttpR
                     getattr(record.api_key, "name", ""), record.pipeline_name, record.query_run_id or "",
                     record.agent_run_id or "", record.stage, record.model_name, record.prompt_tokens,
                     record.completion_tokens, record.cached_tokens, record.gpu_seconds, record.cpu_seconds,
-                    record.latency_ms, record.finish_reason, record.cost, record.price_input_per_mtok,
-                    record.price_output_per_mtok, record.price_cached_input_per_mtok,
-                    record.price_per_gpu_second, record.price_per_cpu_second,
+                    record.latency_ms, record.finish_reason, *map(money_str, (
+                        record.cost, record.price_input_per_mtok, record.price_output_per_mtok,
+                        record.price_cached_input_per_mtok, record.price_per_gpu_second,
+                        record.price_per_cpu_second,
+                    )),
                 ]
             )
 

@@ -198,6 +198,9 @@ class BudgetWindow(models.Model):
     period_start = models.DateTimeField()
     spent = models.DecimalField(**MONEY, default=ZERO)
     reserved = models.DecimalField(**MONEY, default=ZERO)
+    # The ledger's spend in this period for the budget's scope when the window was created (a budget
+    # created mid-period starts from it); included in ``spent``, kept apart so reconciliation can check it.
+    opening_spent = models.DecimalField(**MONEY, default=ZERO)
     soft_alert_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.core.scoping import team_scoped
 from apps.costs.models import ZERO, Budget, BudgetWindow, Stage, UsageRecord
-from apps.costs.services.budgets import period_start
+from apps.costs.services.budgets import budget_ledger_spend, period_start
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ def budget_status(*, budget: Budget, at: datetime | None = None) -> BudgetStatus
     return BudgetStatus(
         budget=budget,
         period_start=start,
-        spent=window.spent if window else ZERO,
+        # No window yet (a budget created mid-period, before its first request): the one it will
+        # open with, the ledger's spend in the period.
+        spent=window.spent if window else budget_ledger_spend(budget=budget, start=start),
         reserved=window.reserved if window else ZERO,
         overage=budget_window_overage(window=window) if window else ZERO,
     )

@@ -38,6 +38,7 @@ from apps.core.services import job_start
 from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import endpoint_target
 from apps.costs.models import EndpointKind, Reservation, ReservationStatus, UsageRecord
+from apps.costs.money_format import money_str
 from apps.costs.pricing import Usage, to_decimal, worst_case_cost
 from apps.costs.services import (
     LedgerContext,
@@ -376,7 +377,7 @@ def fixed_context_prefill_execute(*, params: dict[str, Any], progress=None) -> d
             pipeline=pipeline, reservation=reservation, result=result,
             on_gpu=str(getattr(model, "device", "cpu")).startswith("cuda"),
         )
-    billed = {"usage_record_id": record.pk, "cost": str(record.cost)} if record is not None else None
+    billed = {"usage_record_id": record.pk, "cost": money_str(record.cost)} if record is not None else None
     return {"pipeline_id": pipeline.pk, **result, "billed": billed}
 
 

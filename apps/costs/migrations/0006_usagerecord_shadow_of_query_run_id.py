@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('costs', '0004_worker_profiles'),
+        ('costs', '0005_budgetwindow_opening_spent'),
     ]
 
     operations = [

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
@@ -29,7 +29,9 @@ from apps.costs.models import (
     Price,
     Reservation,
     ReservationStatus,
+    UsageRecord,
 )
+from apps.costs.money_format import money_str
 from apps.costs.services.alerts import budget_describe, soft_alerts_after_commit, windows_due_alert
 from apps.costs.services.backend import TryAgain, budget_lock, on_postgresql
 from apps.costs.services.prices import PriceStale
@@ -72,10 +74,46 @@ def budgets_applicable(*, team, user=None, api_key=None):
     return Budget.objects.filter(who, team=team, enabled=True).order_by("pk")
 
 
-def budget_window(*, budget: Budget, at: datetime | None = None) -> BudgetWindow:
-    start = period_start(budget.period, at or timezone.now())
-    window, _ = BudgetWindow.objects.get_or_create(budget=budget, period_start=start)
+def period_end(period: str, start: datetime) -> datetime | None:
+    """The start of the period after the one that starts at ``start`` (None: the total period never ends)."""
+    if period == BudgetPeriod.TOTAL:
+        return None
+    # Past the end of the period by less than a period (DST days are 23-25 h, months 28-31 days).
+    ahead = {BudgetPeriod.DAY: timedelta(hours=36), BudgetPeriod.WEEK: timedelta(days=7, hours=12)}
+    return period_start(period, start + ahead.get(period, timedelta(days=32)))
+
+
+def budget_ledger_spend(*, budget: Budget, start: datetime) -> Decimal:
+    """What the ledger holds for ``budget``'s scope (team, user or API key) in the period from ``start``."""
+    rows = UsageRecord.objects.filter(team_id=budget.team_id, created_at__gte=start)
+    end = period_end(budget.period, start)
+    if end is not None:
+        rows = rows.filter(created_at__lt=end)
+    if budget.scope == BudgetScope.USER:
+        rows = rows.filter(user_id=budget.user_id)
+    elif budget.scope == BudgetScope.API_KEY:
+        rows = rows.filter(api_key_id=budget.api_key_id)
+    return rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+
+
+def window_get_or_create(*, budget: Budget, start: datetime) -> BudgetWindow:
+    """``budget``'s window for the period from ``start``; a new one opens at the ledger's spend in that period.
+
+    A budget created mid-period thus starts from what its scope already spent, not from $0; the
+    amount is kept as ``opening_spent`` (part of ``spent``) for reconciliation.
+    """
+    window = BudgetWindow.objects.filter(budget=budget, period_start=start).first()
+    if window is not None:
+        return window
+    opening = budget_ledger_spend(budget=budget, start=start)
+    window, _ = BudgetWindow.objects.get_or_create(
+        budget=budget, period_start=start, defaults={"spent": opening, "opening_spent": opening}
+    )
     return window
+
+
+def budget_window(*, budget: Budget, at: datetime | None = None) -> BudgetWindow:
+    return window_get_or_create(budget=budget, start=period_start(budget.period, at or timezone.now()))
 
 
 def _windows_locked(*, budgets: list[Budget], at: datetime) -> list[BudgetWindow]:
@@ -93,7 +131,7 @@ def _windows_locked(*, budgets: list[Budget], at: datetime) -> list[BudgetWindow
         have = {window.budget_id for window in windows}
         for budget in budgets:
             if budget.pk not in have:
-                BudgetWindow.objects.get_or_create(budget=budget, period_start=starts[budget.pk])
+                window_get_or_create(budget=budget, start=starts[budget.pk])
         windows = list(locked.all())
     return windows
 
@@ -111,11 +149,11 @@ def budget_exceeded_error(*, budget: Budget, window: BudgetWindow, estimate: Dec
             "scope": budget.scope,
             "period": budget.period,
             "period_start": window.period_start.isoformat(),
-            "limit": str(budget.hard_limit),
-            "spent": str(window.spent),
-            "reserved": str(window.reserved),
-            "estimate": str(estimate),
-            "over_by": str(over_by),
+            "limit": money_str(budget.hard_limit),
+            "spent": money_str(window.spent),
+            "reserved": money_str(window.reserved),
+            "estimate": money_str(estimate),
+            "over_by": money_str(over_by),
         },
     )
 
@@ -220,7 +258,7 @@ def _reserve_one_statement(*, team, estimate, user, api_key, description, ttl_s,
             budget.hard_limit = outcome.blocking_hard_limit  # the limit the statement checked against
             raise budget_exceeded_error(budget=budget, window=outcome.blocking, estimate=estimate)
         for budget in Budget.objects.filter(pk__in=outcome.missing_budget_ids):
-            BudgetWindow.objects.get_or_create(budget=budget, period_start=period_start(budget.period, now))
+            window_get_or_create(budget=budget, start=period_start(budget.period, now))
     raise TryAgain("could not reserve budget: the budget windows kept changing; try again")
 
 

@@ -6,6 +6,7 @@ A metered call under its own reservation writes its row and settles the reservat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -62,7 +63,13 @@ def usage_record(
 def _usage_record_build(
     *, context, stage, model_name, usage, price, latency_ms, finish_reason, endpoint, reservation
 ) -> UsageRecord:
-    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it."""
+    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it.
+
+    The cost is computed from the seconds as the row stores them (6 places), so that recomputing a
+    row from what it holds (``apps.costs.reconciliation``) gives its cost exactly."""
+    usage = dataclasses.replace(
+        usage, gpu_seconds=money_seconds(usage.gpu_seconds), cpu_seconds=money_seconds(usage.cpu_seconds)
+    )
     cost = cost_of(usage=usage, price=price) if price is not None else ZERO
     device, worker = usage_row_origin(gpu_seconds=usage.gpu_seconds, cpu_seconds=usage.cpu_seconds)
     return UsageRecord(

@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.accounts.models import Role
 from apps.accounts.services import membership_set
 from apps.costs.metering import model_call
-from apps.costs.models import BudgetWindow, Reservation, ReservationStatus
+from apps.costs.models import BudgetWindow, Reservation, ReservationStatus, UsageRecord
 from apps.costs.selectors import budget_status, team_budget_alerts
 from apps.costs.services import (
     BudgetExceeded,
@@ -99,9 +99,17 @@ def test_it_applies_user_and_api_key_budgets_alongside_the_team_budget(team_a, a
 
 
 def test_it_ignores_other_teams_and_disabled_budgets(team_a, team_b):
-    budget_save(team=team_b, hard_limit=Decimal(0), period="total")
-    budget_save(team=team_a, hard_limit=Decimal(0), period="total", enabled=False)
-    budget_reserve(team=team_a, estimate=Decimal(1000))
+    other_team = budget_save(team=team_b, hard_limit=Decimal(0), period="total")
+    disabled = budget_save(team=team_a, hard_limit=Decimal(0), period="total", enabled=False)
+    held = budget_reserve(team=team_a, estimate=Decimal(1000))  # a $0 limit on either would refuse it
+    assert held.status == ReservationStatus.HELD and held.estimate == Decimal(1000)
+    assert not held.windows.exists()  # held against no budget at all
+    assert budget_status(budget=other_team).reserved == 0
+    assert budget_status(budget=disabled).reserved == 0
+    # Team B's own request still meets its $0 budget.
+    with pytest.raises(BudgetExceeded) as caught:
+        budget_reserve(team=team_b, estimate=Decimal("0.01"))
+    assert caught.value.detail["budget_id"] == other_team.pk
 
 
 def test_it_releases_a_dead_workers_reservation_by_expiry(team_a):
@@ -211,3 +219,44 @@ def test_the_expiry_task_is_registered_and_routed_to_cpu():
     import workers.tasks.costs  # noqa: F401
     assert "costs.expire_reservations" in app.tasks
     assert route_task("costs.expire_reservations", (), {}, {}) == {"queue": "cpu"}
+
+
+def test_a_budget_created_mid_period_starts_from_the_ledgers_spend(team_a, alice, make_user, echo_endpoint, echo):
+    # Spend first, with no budget: $18 by alice (2 prompt tokens at $1, 8 output at $2), $18 by carol.
+    carol = make_user("carol")
+    membership_set(team=team_a, user=carol, role=Role.MEMBER)
+    echo.target = EchoTarget(reply="w " * 8)
+    messages = [{"role": "user", "content": "one two"}]
+    model_call(endpoint=echo_endpoint, messages=messages, context=LedgerContext(team=team_a, user=alice))
+    model_call(endpoint=echo_endpoint, messages=messages, context=LedgerContext(team=team_a, user=carol))
+    # Then a $40 month budget for the team and a $20 one for alice.
+    team_budget = budget_save(team=team_a, hard_limit=Decimal(40), period="month")
+    alice_budget = budget_save(team=team_a, scope="user", user=alice, hard_limit=Decimal(20), period="month")
+    assert budget_status(budget=team_budget).spent == 36  # shown so before any request
+    # The first request sees the prior spend: $36 of $40 spent, so a $5 hold is refused ...
+    with pytest.raises(BudgetExceeded) as caught:
+        budget_reserve(team=team_a, user=carol, estimate=Decimal(5))
+    assert caught.value.detail["budget_id"] == team_budget.pk
+    assert Decimal(caught.value.detail["spent"]) == 36
+    # ... and alice's own budget opened at her $18.
+    with pytest.raises(BudgetExceeded) as caught:
+        budget_reserve(team=team_a, user=alice, estimate=Decimal(3))
+    assert caught.value.detail["budget_id"] == alice_budget.pk
+    assert Decimal(caught.value.detail["spent"]) == 18
+    # Spend after the window opened adds to it once (not counted again as opening spend).
+    held = budget_reserve(team=team_a, user=carol, estimate=Decimal(4))
+    reservation_settle(reservation=held, actual=Decimal(4))
+    window = BudgetWindow.objects.get(budget=team_budget)
+    assert (window.spent, window.opening_spent) == (Decimal(40), Decimal(36))
+
+
+def test_a_new_budgets_opening_spend_counts_only_its_period(team_a, alice, echo_endpoint, echo):
+    echo.target = EchoTarget(reply="w " * 8)
+    model_call(
+        endpoint=echo_endpoint, messages=[{"role": "user", "content": "one two"}],
+        context=LedgerContext(team=team_a, user=alice),
+    )
+    UsageRecord.objects.update(created_at=timezone.now() - timedelta(days=40))  # last month's spend
+    budget = budget_save(team=team_a, hard_limit=Decimal(10), period="day")
+    budget_reserve(team=team_a, estimate=Decimal(10))  # fits: nothing spent today
+    assert BudgetWindow.objects.get(budget=budget).opening_spent == 0

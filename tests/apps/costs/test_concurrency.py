@@ -35,6 +35,7 @@ from apps.costs.models import (
     Stage,
     UsageRecord,
 )
+from apps.costs.reconciliation import ledger_reconcile
 from apps.costs.services import BudgetExceeded, LedgerContext, budget_save, price_set
 from tests.apps.costs.conftest import EARLY
 from tests.support.fake_openai import FakeOpenAIServer
@@ -211,3 +212,5 @@ def test_racing_calls_never_overspend_beyond_recorded_overage_and_the_ones_that_
                 f"{r}: actual {r.actual} > estimate {r.estimate}, overage {overage}"
             )
     assert connection.vendor in {"postgresql", "sqlite"}
+    # The ledger the race wrote reconciles: rows, windows, reservations (CI's reconciliation step).
+    assert [str(difference) for difference in ledger_reconcile()] == []
