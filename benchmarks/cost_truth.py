@@ -36,7 +36,6 @@ linked into a temporary DATA_ROOT; otherwise SmolLM2 is converted there first (s
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -116,6 +115,7 @@ class Run:
     user: Any = None
     key: str = ""
     race_team: Any = None
+    operator_team: Any = None  # pays this run's shadow baselines (PARSIMONY_OPERATOR_TEAM, per run)
     race_user: Any = None
     race_key: str = ""
     corpus: Any = None
@@ -163,6 +163,12 @@ def step_setup(run: Run, args) -> None:
 
     call_command("import_prices", str(PRICES), "--only", REMOTE_PRICE, verbosity=0)
     run.team = team_create(name=f"cost-truth-{run.tag}")
+    from django.conf import settings
+
+    from apps.rag.shadow import operator_team
+
+    settings.PARSIMONY_OPERATOR_TEAM = f"cost-truth-operator-{run.tag}"
+    run.operator_team = operator_team()
     run.user = user_create(username=f"cost-truth-{run.tag}", password="cost-truth-password-unused")
     membership_set(team=run.team, user=run.user, role=Role.OWNER)
     scopes = ["read", "query", "ingest"]
@@ -243,6 +249,14 @@ def step_tools(run: Run, args) -> None:
     builtin_tools_load(packs=["math"])
     tool_index_rebuild(team=run.team)
     run.count("ok")
+    # A team's own tool is embedded into its index on the team's budget (built-in tools are global).
+    response = _client(run).post(
+        "/api/v1/tools",
+        {"name": f"rectangle-area-{run.tag}", "description": "The area of a rectangle from its length and width.",
+         "config": {"callable": "area_rectangle"}},
+        content_type="application/json",
+    )
+    run.count(_outcome(response.status_code))
     web = _web_client(run)
     for query in ("area of a circle", "greatest common divisor", "convert degrees to radians"):
         run.count(_outcome(web.get("/agents/tools/", {"q": query}).status_code))
@@ -585,6 +599,21 @@ def hold_over_actual(team_ids: list[int]) -> list[float]:
     return [float(r.estimate / r.actual) for r in settled]
 
 
+def hold_over_actual_by_path(team_ids: list[int]) -> dict[str, dict[str, float | int]]:
+    """hold / actual per cost path: how many, p50, p95, max."""
+    from apps.costs.models import Reservation, ReservationStatus
+
+    ratios: dict[str, list[float]] = {}
+    settled = Reservation.objects.filter(team_id__in=team_ids, status=ReservationStatus.SETTLED, actual__gt=0)
+    for r in settled:
+        ratios.setdefault(_path_of(r.description) or "?", []).append(float(r.estimate / r.actual))
+    return {
+        path: {"n": len(v), "p50": round(_percentile(v, 0.5), 2), "p95": round(_percentile(v, 0.95), 2),
+               "max": round(max(v), 2)}
+        for path, v in sorted(ratios.items())
+    }
+
+
 def paths_checked(team_ids: list[int]) -> tuple[list[str], dict[str, int]]:
     from apps.costs.models import Reservation, UsageRecord
 
@@ -597,15 +626,11 @@ def paths_checked(team_ids: list[int]) -> tuple[list[str], dict[str, int]]:
     return sorted(seen), seen
 
 
-def reconcile_differences(since) -> int | None:
-    """len(ledger_reconcile(since=...)) from the "ledger" slice; None while it is not there."""
-    for module in ("apps.costs.services.reconcile", "apps.costs.services", "apps.costs.selectors"):
-        try:
-            reconcile = importlib.import_module(module).ledger_reconcile
-        except (ImportError, AttributeError):
-            continue
-        return len(reconcile(since=since))
-    return None
+def reconcile_differences(since) -> int:
+    """How many differences ``apps.costs.reconciliation.ledger_reconcile`` finds in what this run wrote."""
+    from apps.costs.reconciliation import ledger_reconcile
+
+    return len(ledger_reconcile(since=since))
 
 
 def _kind(run: Run, name: str) -> str:
@@ -633,7 +658,7 @@ def measure(run: Run, monitor: WindowMonitor) -> dict[str, Any]:
     from apps.costs.cost_paths import COST_PATHS
     from apps.costs.models import Reservation, ReservationStatus, Stage, UsageRecord
 
-    team_ids = [t.pk for t in (run.team, run.race_team) if t is not None]
+    team_ids = [t.pk for t in (run.team, run.race_team, run.operator_team) if t is not None]
     overspend, windows = overspend_usd(team_ids, monitor)
     ratios = hold_over_actual(team_ids)
     checked, per_path = paths_checked(team_ids)
@@ -652,6 +677,7 @@ def measure(run: Run, monitor: WindowMonitor) -> dict[str, Any]:
         "detail": {
             "outcomes": run.outcomes,
             "reservations_per_path": per_path,
+            "hold_over_actual_by_path": hold_over_actual_by_path(team_ids),
             "reservations": reservations.count(),
             "reservations_held": reservations.filter(status=ReservationStatus.HELD).count(),
             "ledger_rows": UsageRecord.objects.filter(team_id__in=team_ids).count(),
@@ -671,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", required=True, type=Path, help="write the results here")
     parser.add_argument("--passages", type=int, default=30, help="SQuAD paragraphs to ingest")
-    parser.add_argument("--questions", type=int, default=2, help="questions per pipeline kind")
+    parser.add_argument("--questions", type=int, default=6, help="questions per pipeline kind")
     parser.add_argument(
         "--concurrent", type=int, default=200, help="requests in the concurrent phase (>= 100)"
     )
@@ -687,7 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         from django.utils import timezone
 
         run = Run(tag=uuid.uuid4().hex[:8], started_at=timezone.now())
-        monitor = WindowMonitor(lambda: [t.pk for t in (run.team, run.race_team) if t is not None])
+        monitor = WindowMonitor(
+            lambda: [t.pk for t in (run.team, run.race_team, run.operator_team) if t is not None]
+        )
         monitor.start()
         t_all = time.perf_counter()
         try:

@@ -264,11 +264,10 @@ def _query_worst_case(
         )
         estimate += device_cost(price=price, seconds=seconds, device=device)
     if pipeline is not None:
-        embed_price = price_current(model_name=EMBEDDING_PRICE_NAME)
-        embed_seconds, embed_device = device_seconds_bound(model=EMBEDDING_PRICE_NAME, tokens_in=512, price=embed_price)
-        estimate += worst_case_cost(price=embed_price, prompt_tokens=512, max_output_tokens=0) + device_cost(
-            price=embed_price, seconds=embed_seconds, device=embed_device
-        )
+        from apps.corpora.services.search import search_bound
+
+        # Retrieval: the question embedded once per embedding model of the corpora, counted exactly.
+        estimate += search_bound(corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever)
     return estimate + compression
 
 
@@ -360,7 +359,8 @@ class _QueryHooks:
             usage=Usage(
                 # The query embedding is the model work of retrieval; index search is bookkeeping.
                 prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [question]),
-                cpu_seconds=to_decimal(round(timings.get("embed_query_ms", 1000 * retrieve_s) / 1000, 6)),
+                cpu_seconds=to_decimal(round(timings.get(
+                    "embed_query_ms", 0.0 if pipeline.retriever == "bm25" else 1000 * retrieve_s) / 1000, 6)),
             ),
             price=price_current(model_name=EMBEDDING_PRICE_NAME),
             latency_ms=int(retrieve_s * 1000),
@@ -462,6 +462,14 @@ class _QueryHooks:
         prefill) is in its actual cost, never in the baseline."""
         if baseline_prompt_tokens is None or self.generation_record is None:
             return None
+        record = self.generation_record
+        # An endpoint that bills more prompt tokens than we count (its excess is this run's overage
+        # row) would bill the naive prompt the same way: scale by what it reported for this one.
+        over = UsageRecord.objects.filter(
+            reservation_id=record.reservation_id, query_run_id=self.run.pk, stage=Stage.OVERAGE
+        ).aggregate(tokens=Sum("prompt_tokens"))["tokens"]
+        if over and record.prompt_tokens:
+            baseline_prompt_tokens = -(-baseline_prompt_tokens * (record.prompt_tokens + over) // record.prompt_tokens)
         generation, kind = naive_generation_cost(
             record=self.generation_record, prompt_tokens=baseline_prompt_tokens, model=self.endpoint.price_name
         )

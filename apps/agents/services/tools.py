@@ -35,13 +35,14 @@ TOOL_EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
 
 
 def tool_index_bound(*, name: str, description: str, examples: list[str] | tuple[str, ...] = ()) -> Decimal:
-    """The most embedding one tool's texts (``name: description`` and each example) can cost:
-    UTF-8 bytes bound their tokens, two special tokens each."""
+    """The most embedding one tool's texts (``name: description`` and each example) can cost: their
+    tokens counted exactly with the tool embedder's tokenizer."""
     from apps.corpora.services.embedding import embedding_bound
+    from apps.costs.tokens import embedding_tokens
     from indexes.tool_index import tool_text
 
-    texts = [tool_text(name, description), *[e for e in examples if str(e).strip()]]
-    tokens = sum(len(str(t).encode("utf-8")) + 2 for t in texts)
+    texts = [tool_text(name, description), *[str(e) for e in examples if str(e).strip()]]
+    tokens = embedding_tokens(indexing.TOOL_EMBEDDING_MODEL, texts)
     return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens)
 
 
@@ -225,10 +226,12 @@ def tool_create(
 
 
 def tool_search_bound(query: str) -> Decimal:
-    """The most embedding a tool-search query can cost (UTF-8 bytes bound its tokens)."""
+    """The most embedding a tool-search query can cost (its tokens counted with the embedder's tokenizer)."""
     from apps.corpora.services.embedding import embedding_bound
+    from apps.costs.tokens import embedding_tokens
 
-    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=len(query.encode("utf-8")) + 2)
+    tokens = embedding_tokens(indexing.TOOL_EMBEDDING_MODEL, [query])
+    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens)
 
 
 def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None) -> list:

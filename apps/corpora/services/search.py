@@ -17,7 +17,6 @@ from apps.corpora.services.embedding import (
     embedding_bound,
     embedding_price,
     price_name,
-    text_tokens_bound,
 )
 from apps.costs.models import ZERO, Stage
 from apps.costs.pricing import Usage, to_decimal
@@ -28,12 +27,18 @@ SEARCH_PATHS = ("search_ui", "search_api")
 
 
 def search_bound(*, corpora: list[Corpus], query: str, retriever: str) -> Decimal:
-    """The most embedding ``query`` once per embedding model of ``corpora`` can cost (UTF-8 bytes bound its tokens)."""
+    """The most embedding ``query`` once per embedding model of ``corpora`` can cost: its tokens counted
+    exactly with each model's tokenizer (as the search bills them)."""
+    from apps.costs.tokens import embedding_tokens
+
     if retriever == "bm25":
         return ZERO
-    tokens = text_tokens_bound(len(query.encode("utf-8")))
     return sum(
-        (embedding_bound(model_name=model, tokens=tokens) for model in {c.embedding_model for c in corpora}), ZERO
+        (
+            embedding_bound(model_name=model, tokens=embedding_tokens(model, [query]))
+            for model in {c.embedding_model for c in corpora}
+        ),
+        ZERO,
     )
 
 

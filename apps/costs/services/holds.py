@@ -110,7 +110,7 @@ def hold_open(
         estimate=estimate,
         # The path leads the description, so the ledger can always tell which path a hold served.
         description=(
-            description if description.startswith(path) else f"{path}: {description}" if description else path
+            description if description.startswith(f"{path}:") else f"{path}: {description}" if description else path
         )[:255],
         ttl_s=ttl_s,
     )
