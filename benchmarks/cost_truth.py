@@ -171,7 +171,7 @@ def step_setup(run: Run, args) -> None:
     run.operator_team = operator_team()
     run.user = user_create(username=f"cost-truth-{run.tag}", password="cost-truth-password-unused")
     membership_set(team=run.team, user=run.user, role=Role.OWNER)
-    scopes = ["read", "query", "ingest"]
+    scopes = ["read", "query", "ingest", "admin"]
     run.key = api_key_create(team=run.team, name="bench", scopes=scopes, created_by=run.user).raw_key
     # Generous windows: the point here is that every path reserves and settles, and never goes over.
     budget_save(team=run.team, hard_limit=Decimal(50), period="total")
