@@ -26,7 +26,7 @@ from apps.core.streaming import AnswerStream
 from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
 from apps.costs.cost_model import device_cost, device_seconds_bound
-from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, model_call
+from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, hold_budget_s, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
     Usage,
@@ -453,6 +453,19 @@ class _QueryHooks:
             reservation=self.reservation,
         )
         return result
+
+    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
+        """The device-seconds the run's hold still pays for an engine generation (superposition,
+        fixed-context answers): as ``model_call``'s, ``metering.hold_budget_s`` on the run's
+        reservation at the endpoint's price and the loaded model's device. None: unbounded."""
+        if self.reservation is None:
+            return None
+        model = self.local_model()
+        return hold_budget_s(
+            reservation=self.reservation, price=price_current(model_name=self.endpoint.price_name),
+            device=str(getattr(model, "device", "cpu")), prompt_tokens=prompt_tokens,
+            max_output_tokens=max_output_tokens,
+        )
 
     def baseline(self, baseline_prompt_tokens: int | None) -> tuple[Decimal, str] | None:
         """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt

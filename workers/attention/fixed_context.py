@@ -383,6 +383,16 @@ class FixedContextResult(GenerationResult):
         return 1000 * statistics.median(self.step_cpu_s) if self.step_cpu_s else math.nan
 
 
+def answer_prompt_tokens(
+    lm: LoadedModel, *, system_prompt: str, context_text: str, question: str,
+    config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
+) -> int:
+    """The prompt tokens `answer` bills for this question: the fixed context (as truncated) and the user's."""
+    prompt = build_context(lm.tokenizer, system_prompt=system_prompt, context_text=context_text,
+                           max_positions=max_positions(lm), config=config)
+    return len(prompt.context_ids) + len(user_ids(lm.tokenizer, prompt, question))
+
+
 def answer(
     lm: LoadedModel,
     *,
@@ -397,12 +407,16 @@ def answer(
     on_token: Callable[[str], None] | None = None,
     config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
     diagnostics: Diagnostics | None = None,
+    budget_s: float | None = None,
 ) -> FixedContextResult:
     """Answer `question` over the fixed context with an attention backend, greedily, streaming.
 
     Like meter.generate: the wall-time limit is checked after every generated token (at least
     one is produced); a failing `on_token` stops generation with finish_reason "error" while the
-    usage is still reported.
+    usage is still reported. `budget_s` (the device-seconds the caller's hold still pays for;
+    None: unbounded) bounds the compute, a fixed context prefilled now included: 0 runs nothing,
+    decoding stops with "budget" before a step that would pass it, and the seconds reported are
+    clamped to it (docs/costs.md, "The hold is enforced").
     """
     import torch
     from transformers import DynamicCache
@@ -411,8 +425,17 @@ def answer(
         raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
     if not wall_time_limit_s > 0:
         raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
+    if budget_s is not None and not budget_s >= 0:
+        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
     chosen = get_backend(backend, **(options or {}))
     called = time.perf_counter()
+    if budget_s is not None and budget_s <= 0:
+        # The hold cannot pay for any compute: run nothing, bill nothing.
+        return FixedContextResult(
+            text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+            wall_s=time.perf_counter() - called, gpu_s=0.0, compute_s=0.0, model=lm.name,
+            error="the hold covers no device time", backend=chosen.name,
+        )
     tokenizer, model, device = lm.tokenizer, lm.model, lm.device
     prompt = build_context(tokenizer, system_prompt=system_prompt, context_text=context_text,
                            max_positions=max_positions(lm), config=config)
@@ -446,10 +469,13 @@ def answer(
 
                 decoded = decode(first_logits=first_logits, step=step, tokenizer=tokenizer, eos=eos_ids(lm),
                                  max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s,
-                                 on_token=on_token)
+                                 on_token=on_token, budget_s=budget_s, compute_started=t0)
         if on_cuda:
             torch.cuda.synchronize(device)
         compute_s = time.perf_counter() - t0
+    if budget_s is not None:
+        # As the meter: what the last step overran its prediction by is not billed.
+        compute_s = min(compute_s, budget_s)
     timings["decode_s"] = decoded.decode_s
 
     stats = state.stats
@@ -486,6 +512,7 @@ __all__ = [
     "FixedContextResult",
     "LoadedContext",
     "answer",
+    "answer_prompt_tokens",
     "backend_config",
     "build_context",
     "clear_process_cache",

@@ -38,7 +38,17 @@ class PromptingStrategy(Protocol):
 
 
 class ModelRunningStrategy(PromptingStrategy, Protocol):
-    """A strategy that runs a local model itself and returns a meter-compatible GenerationResult."""
+    """A strategy that runs a local model itself and returns a meter-compatible GenerationResult.
+
+    `budget_s`: the device-seconds the caller's hold still pays for (None: unbounded); the
+    strategy stops with finish_reason "budget" there and reports no more seconds than it.
+    `prompt_tokens_bound`: the most prompt tokens `generate` can report for these arguments (the
+    caller prices the hold's token share from it before generating).
+    """
+
+    def prompt_tokens_bound(
+        self, *, model: Any, system_prompt: str, question: str, passages: Sequence[Passage]
+    ) -> int: ...
 
     def generate(
         self,
@@ -51,4 +61,5 @@ class ModelRunningStrategy(PromptingStrategy, Protocol):
         wall_time_limit_s: float,
         on_token: Callable[[str], None] | None = None,
         kv_store: Any = None,  # indexes.kv_store.KVStore
+        budget_s: float | None = None,
     ) -> Any: ...  # a workers.runtime.meter.GenerationResult

@@ -13,6 +13,7 @@ names and validation) and must stay free of torch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -566,6 +567,17 @@ class SuperpositionPrompting:
         """The naive prompt: what a plain generate() gets (estimates, no passages, remote endpoints)."""
         return NaivePrompting().build_messages(system_prompt=system_prompt, question=question, passages=passages)
 
+    def prompt_tokens_bound(
+        self, *, model: LoadedModel, system_prompt: str, question: str, passages: Sequence[Passage]
+    ) -> int:
+        """The most prompt tokens `generate` can bill for this question: P, every path (d_i and its
+        query), A, and in "recompute" mode every document and the query again (the kept ones are recomputed)."""
+        prompt = build_forkjoin(model.tokenizer, system_prompt=system_prompt, question=question, passages=passages,
+                                instruction=self.config.instruction)
+        docs = sum(len(d) for d in prompt.docs)
+        again = docs + len(prompt.query) if self.config.answer_mode == "recompute" else 0
+        return len(prompt.preamble) + docs + again + len(prompt.docs) * len(prompt.query) + len(prompt.answer)
+
     def precompute(
         self, *, model: LoadedModel, store: KVStore, system_prompt: str, passages: Sequence[Passage]
     ) -> dict[str, float]:
@@ -607,12 +619,16 @@ class SuperpositionPrompting:
         wall_time_limit_s: float,
         on_token: Callable[[str], None] | None = None,
         kv_store: KVStore | None = None,
+        budget_s: float | None = None,
     ) -> SuperpositionResult:
         """Answer with greedy decoding under the meter's caps, streaming text pieces to `on_token`.
 
         Like meter.generate: the wall-time limit is checked after every generated token (so at
         least one token is produced), and a failing `on_token` stops generation with
-        finish_reason "error" while the usage is still reported.
+        finish_reason "error" while the usage is still reported. `budget_s` (the device-seconds
+        the caller's hold still pays for; None: unbounded) bounds the compute as it bounds the
+        meter's: 0 runs nothing, decoding stops with "budget" before a step that would pass it,
+        and the seconds reported are clamped to it (docs/costs.md, "The hold is enforced").
         """
         import torch
 
@@ -620,8 +636,17 @@ class SuperpositionPrompting:
             raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
         if not wall_time_limit_s > 0:
             raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
+        if budget_s is not None and not budget_s >= 0:
+            raise ValueError(f"budget_s must be >= 0, got {budget_s}")
         called = time.perf_counter()
         tokenizer = model.tokenizer
+        if budget_s is not None and budget_s <= 0:
+            # The hold cannot pay for any compute: run nothing, bill nothing.
+            return SuperpositionResult(
+                text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+                wall_s=time.perf_counter() - called, gpu_s=0.0, compute_s=0.0, model=model.name,
+                error="the hold covers no device time", ttft_s=math.nan,
+            )
         prompt = build_forkjoin(tokenizer, system_prompt=system_prompt, question=question, passages=passages,
                                 instruction=self.config.instruction)
         on_cuda = model.device.startswith("cuda")
@@ -635,11 +660,15 @@ class SuperpositionPrompting:
                 t1 = time.perf_counter()
                 decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
                                  tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,
-                                 deadline=t0 + wall_time_limit_s, on_token=on_token)
+                                 deadline=t0 + wall_time_limit_s, on_token=on_token, budget_s=budget_s,
+                                 compute_started=t0)
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             compute_s = time.perf_counter() - t0
         prepared.timings["decode_s"] = time.perf_counter() - t1
+        if budget_s is not None:
+            # As the meter: what the last step overran its prediction by is not billed.
+            compute_s = min(compute_s, budget_s)
 
         return SuperpositionResult(
             text=decoded.text,

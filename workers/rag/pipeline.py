@@ -120,6 +120,12 @@ class PipelineHooks(Protocol):
         (a meter ``GenerationResult``); prices are fixed before it starts, as for ``generate``."""
         ...
 
+    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
+        """The device-seconds the run's hold can still pay for a local generation of at most
+        ``prompt_tokens`` in and ``max_output_tokens`` out (after the rows already billed under it
+        and that generation's token cost); None: unbounded (device time is free)."""
+        ...
+
 
 def _ignore_progress(done: int, total: int, message: str) -> None:
     pass
@@ -204,6 +210,10 @@ def _answer_with_retrieval(
                 f"prompting strategy {strategy.name!r} needs a local model; {config.model_name!r} is not one"
             )
         store = hooks.kv_store()
+        bound = strategy.prompt_tokens_bound(  # type: ignore[attr-defined]
+            model=model, system_prompt=config.system_prompt, question=question, passages=compressed.passages
+        )
+        # The hold is enforced: the strategy stops with "budget" where the run's reservation ends.
         call = hooks.metered(lambda: strategy.generate(  # type: ignore[attr-defined]
             model=model,
             system_prompt=config.system_prompt,
@@ -213,6 +223,7 @@ def _answer_with_retrieval(
             wall_time_limit_s=config.wall_time_limit_s,
             on_token=on_token,
             kv_store=store,
+            budget_s=hooks.generation_budget_s(bound, config.max_output_tokens),
         ))
     else:
         messages = strategy.build_messages(
@@ -259,7 +270,7 @@ def _answer_fixed_context(
 ) -> PipelineResult:
     """Only the user's tokens are prefilled: the fixed context comes from the KV store (or is
     prefilled now, e.g. after an eviction) and is read through the pipeline's attention backend."""
-    from workers.attention.fixed_context import FixedContextConfig, answer
+    from workers.attention.fixed_context import FixedContextConfig, answer, answer_prompt_tokens
 
     progress(1, STEPS, "loading the fixed context")
     model = hooks.local_model()
@@ -269,8 +280,12 @@ def _answer_fixed_context(
     if not text.strip():
         raise PipelineError(f"pipeline {config.name!r} has an empty fixed context")
 
+    fixed = FixedContextConfig(max_context_tokens=config.fixed_context_max_tokens)
+
     def generate() -> Any:
         progress(2, STEPS, "generating")
+        prompt_tokens = answer_prompt_tokens(model, system_prompt=config.system_prompt, context_text=text,
+                                             question=question, config=fixed)
         return answer(
             model,
             store=hooks.kv_store(),
@@ -282,7 +297,9 @@ def _answer_fixed_context(
             max_output_tokens=config.max_output_tokens,
             wall_time_limit_s=config.wall_time_limit_s,
             on_token=on_token,
-            config=FixedContextConfig(max_context_tokens=config.fixed_context_max_tokens),
+            config=fixed,
+            # The hold is enforced: the answer stops with "budget" where the run's reservation ends.
+            budget_s=hooks.generation_budget_s(prompt_tokens, config.max_output_tokens),
         )
 
     result = hooks.metered(generate)

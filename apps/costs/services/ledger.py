@@ -2,26 +2,36 @@
 
 A metered call under its own reservation writes its row and settles the reservation together
 (one statement on PostgreSQL, so the row commits with its spend).
+
+A row written under a hold never takes the hold's rows past its estimate through device time
+(``hold_clamp``): its GPU/CPU seconds are cut so that the rows under the reservation stay within
+it, the seconds left out are logged and not billed. Token costs are never cut (a remote
+endpoint's excess is its overage row, ``apps.costs.billing``). See docs/costs.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from apps.costs import postgres_hot_path
 from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
-from apps.costs.pricing import Usage, cached_input_price, cost_of
+from apps.costs.pricing import MONEY_QUANTUM, Usage, cached_input_price, cost_of
 from apps.costs.services.alerts import soft_alerts_after_commit, windows_due_alert
 from apps.costs.services.backend import TryAgain, budget_lock, on_postgresql
 from apps.costs.services.budgets import reservation_settle
 from apps.costs.services.prices import price_for_call
 from apps.costs.services.profiles import usage_row_origin
+
+logger = logging.getLogger(__name__)
+
+_SECONDS = Decimal("0.000001")  # the ledger's precision for device seconds
 
 
 @dataclass(frozen=True)
@@ -50,26 +60,73 @@ def usage_record(
     endpoint=None,
     reservation: Reservation | None = None,
 ) -> UsageRecord:
-    """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row)."""
-    record = _usage_record_build(
-        context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
-        finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
-    )
+    """Write one ledger row, charging ``usage`` at ``price`` (copied onto the row).
+
+    Under a ``reservation`` the row's device seconds are clamped to what the hold still covers
+    (``hold_clamp``)."""
     with budget_lock():  # SQLite: one writer at a time
+        if reservation is not None and price is not None and _has_seconds(usage):
+            usage = hold_clamp(usage=usage, price=price, reservation=reservation,
+                               billed=hold_billed(reservation), stage=stage)
+        record = _usage_record_build(
+            context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
+            finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,
+        )
         record.save(force_insert=True)
     return record
+
+
+def _seconds_as_stored(usage: Usage) -> Usage:
+    return replace(usage, gpu_seconds=money_seconds(usage.gpu_seconds), cpu_seconds=money_seconds(usage.cpu_seconds))
+
+
+def _has_seconds(usage: Usage) -> bool:
+    return bool(usage.gpu_seconds) or bool(usage.cpu_seconds)
+
+
+def hold_billed(reservation: Reservation) -> Decimal:
+    """What the rows already written under ``reservation`` cost."""
+    total = UsageRecord.objects.filter(reservation_id=reservation.pk).aggregate(total=Sum("cost"))["total"]
+    return total or ZERO
+
+
+def hold_clamp(*, usage: Usage, price: Price, reservation: Reservation, billed: Decimal, stage: str = "") -> Usage:
+    """``usage`` with its device seconds cut so that ``billed`` (the rows already under ``reservation``)
+    plus its cost stays within the reservation's estimate: settlement ≤ hold.
+
+    Only device time is cut, in proportion (GPU and CPU alike), rounded down to the ledger's
+    precision; token costs stay whole (a remote endpoint's excess is the overage row's business).
+    The seconds left out are the operator's: logged as a warning, not billed.
+    """
+    usage = _seconds_as_stored(usage)
+    room = reservation.estimate - billed
+    if cost_of(usage=usage, price=price) <= room:
+        return usage
+    gpu, cpu = Decimal(str(usage.gpu_seconds)), Decimal(str(usage.cpu_seconds))
+    device = gpu * price.per_gpu_second + cpu * price.per_cpu_second
+    if device <= 0:
+        return usage  # free device time: nothing here to clamp
+    tokens = cost_of(usage=replace(usage, gpu_seconds=Decimal(0), cpu_seconds=Decimal(0)), price=price)
+    # One quantum short, so the row's rounding (half up, 10 places) cannot pass the room left.
+    share = max(Decimal(0), min(Decimal(1), (room - tokens - MONEY_QUANTUM) / device))
+    clamped = replace(usage, gpu_seconds=(gpu * share).quantize(_SECONDS, rounding=ROUND_DOWN),
+                      cpu_seconds=(cpu * share).quantize(_SECONDS, rounding=ROUND_DOWN))
+    if cost_of(usage=clamped, price=price) > room:
+        clamped = replace(usage, gpu_seconds=Decimal(0), cpu_seconds=Decimal(0))
+    unbilled = (gpu - clamped.gpu_seconds) + (cpu - clamped.cpu_seconds)
+    logger.warning(
+        "reservation #%s (%s): a %s row would take its rows past the hold's %s; %s device-seconds not billed",
+        reservation.pk, reservation.description, stage or "ledger", reservation.estimate, unbilled,
+    )
+    return clamped
 
 
 def _usage_record_build(
     *, context, stage, model_name, usage, price, latency_ms, finish_reason, endpoint, reservation
 ) -> UsageRecord:
-    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it.
-
-    The cost is computed from the seconds as the row stores them (6 places), so that recomputing a
-    row from what it holds (``apps.costs.reconciliation``) gives its cost exactly."""
-    usage = dataclasses.replace(
-        usage, gpu_seconds=money_seconds(usage.gpu_seconds), cpu_seconds=money_seconds(usage.cpu_seconds)
-    )
+    """The (unsaved) ledger row for ``usage`` charged at ``price``, with the prices copied onto it."""
+    # Charged for the seconds the row keeps (6 places), so the row recomputes to its own cost.
+    usage = _seconds_as_stored(usage)
     cost = cost_of(usage=usage, price=price) if price is not None else ZERO
     device, worker = usage_row_origin(gpu_seconds=usage.gpu_seconds, cpu_seconds=usage.cpu_seconds)
     return UsageRecord(
@@ -133,7 +190,15 @@ def _usage_record_and_settle(
             if settle:
                 reservation_settle(reservation=reservation, actual=record.cost)
         return record
+    # The hold's clamp (``hold_clamp``). A call settling its own reservation is its only row: nothing
+    # to read back (the hot path stays one statement); under a caller's hold, the rows so far.
+    billed = None
+    if reservation is not None and _has_seconds(usage):
+        billed = ZERO if settle else hold_billed(reservation)
+    unclamped = usage
     for _ in range(5):
+        if billed is not None:
+            usage = hold_clamp(usage=unclamped, price=price, reservation=reservation, billed=billed, stage=stage)
         record = _usage_record_build(
             context=context, stage=stage, model_name=model_name, usage=usage, price=price, latency_ms=latency_ms,
             finish_reason=finish_reason, endpoint=endpoint, reservation=reservation,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from apps.core.errors import ValidationFailed
@@ -145,6 +147,41 @@ def test_a_question_is_answered_over_the_cached_fixed_context_and_billed_as_cach
     claimed, kind = naive_generation_cost(record=row, prompt_tokens=row.prompt_tokens, model="smollm2-135m-instruct")
     assert run.baseline_kind == kind == "estimate" and run.baseline_cost == claimed
     assert run.savings == run.baseline_cost - run.cost
+
+
+@pytest.mark.slow
+def test_a_fixed_context_answer_stops_where_its_hold_ends(
+    team_a, alice, local_model, django_capture_on_commit_callbacks
+):
+    """The hold is enforced in the engine: a hold that pays for part of the answer cuts it short with
+    finish_reason "budget"; one that pays for nothing runs nothing; both settle within their estimate."""
+    from apps.costs.models import Reservation
+    from apps.costs.pricing import money
+
+    pipeline = pipeline_save(team=team_a, name="handbook", model_endpoint="smollm2-135m-instruct",
+                             fixed_context=HANDBOOK, attention_backend="full", max_output_tokens=32)
+    with django_capture_on_commit_callbacks(execute=True):
+        fixed_context_prefill_start(pipeline=pipeline, user=alice)
+
+    def execute(estimate=None):
+        run = query_run_start(team=team_a, user=alice, pipeline=pipeline, question=QUESTION)
+        if estimate is not None:  # a smaller hold than the worst case the run reserved
+            Reservation.objects.filter(pk=run.reservation_id).update(estimate=estimate)
+        run = query_run_execute(query_run_id=run.pk)
+        assert run.status == "succeeded", run.error
+        return run, UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE)
+
+    full, full_row = execute()
+    assert full_row.completion_tokens >= 6, full.answer
+    cut, cut_row = execute(estimate=money(full_row.cost * 4 / 10))
+    assert (cut.finish_reason, cut_row.finish_reason) == ("budget", "budget")
+    assert cut_row.completion_tokens < full_row.completion_tokens and full.answer.startswith(cut.answer.strip())
+    nothing, nothing_row = execute(estimate=Decimal(0))
+    assert nothing.finish_reason == "budget" and nothing.answer == ""
+    assert (nothing_row.completion_tokens, nothing_row.cpu_seconds, nothing_row.cost) == (0, 0, 0)
+    for run in (cut, nothing):
+        reservation = Reservation.objects.get(pk=run.reservation_id)
+        assert run.cost == reservation.actual <= reservation.estimate
 
 
 def test_the_command_attaches_a_fixed_context_and_a_backend(team_a, tmp_path):

@@ -26,8 +26,8 @@ from tests.workers.attention.handbook import HANDBOOK
 from workers.tasks.base import Progress
 
 COMPUTED = {
-    "context_tokens": 700, "document_tokens": 690, "truncated_tokens": 0, "kv_computed": True, "prefill_s": 2.5,
-    "indexes": {"squeezed-abc": {"computed": True, "build_s": 0.5}}, "stored_bytes": 1234,
+    "context_tokens": 700, "document_tokens": 690, "truncated_tokens": 0, "kv_computed": True, "prefill_s": 1.0,
+    "indexes": {"squeezed-abc": {"computed": True, "build_s": 0.25}}, "stored_bytes": 1234,
 }
 CACHED = {**COMPUTED, "kv_computed": False, "indexes": {"squeezed-abc": {"computed": False, "build_s": 0.0}}}
 
@@ -72,13 +72,25 @@ def test_it_bills_the_prefill_as_one_prefill_row_of_the_pipelines_team(
     assert (row.team, row.user, row.pipeline_name) == (team_a, alice, "handbook")
     assert row.model_name == "local/smollm2-135m-instruct" and row.endpoint == handbook.model_endpoint
     assert row.prompt_tokens == 700 and row.completion_tokens == row.cached_tokens == 0
-    assert row.cpu_seconds == Decimal("3.0") and row.gpu_seconds == 0  # the prefill and the index build
-    assert row.cost == cost_of(usage=Usage(prompt_tokens=700, cpu_seconds=Decimal("3.0")), price=row.price) > 0
+    assert row.cpu_seconds == Decimal("1.25") and row.gpu_seconds == 0  # the prefill and the index build
+    assert row.cost == cost_of(usage=Usage(prompt_tokens=700, cpu_seconds=Decimal("1.25")), price=row.price) > 0
     assert row.price_per_cpu_second == CPU_PER_SECOND  # the price it was charged at, copied
     reservation = Reservation.objects.get(pk=job.params["reservation_id"])
     assert reservation.status == "settled" and reservation.actual == row.cost and row.reservation == reservation
     assert job.result["billed"] == {"usage_record_id": row.pk, "cost": str(row.cost)}
     assert job.result["context_tokens"] == 700
+
+
+def test_a_prefill_slower_than_its_hold_is_billed_up_to_the_hold(
+    alice, handbook, engine, django_capture_on_commit_callbacks
+):
+    engine.report["prefill_s"] = 600.0  # far past what the cost model's bound reserved
+    job = _run(handbook, alice, django_capture_on_commit_callbacks)
+    assert job.status == "succeeded", job.error
+    row = UsageRecord.objects.get(stage=PREFILL_STAGE)
+    reservation = Reservation.objects.get(pk=job.params["reservation_id"])
+    assert 0 < row.cpu_seconds < Decimal("600") and row.prompt_tokens == 700
+    assert reservation.actual == row.cost <= reservation.estimate  # the seconds past the hold are not billed
 
 
 def test_a_retry_of_the_same_job_does_not_bill_twice(alice, handbook, engine, django_capture_on_commit_callbacks):

@@ -139,3 +139,48 @@ def test_a_pipeline_runs_superposition_with_its_own_options(team_a, alice, smoll
     superposed, recompute = rows["superposed"], rows["recompute"]
     assert recompute.cached_tokens == superposed.cached_tokens > 0
     assert recompute.prompt_tokens > superposed.prompt_tokens  # the kept document and the question, again
+
+
+@pytest.mark.slow
+def test_a_superposition_answer_stops_where_its_hold_ends(
+    team_a, alice, smollm2, monkeypatch, settings, tmp_path, caplog
+):
+    """The hold is enforced in the engine: a run whose reservation pays for under half of its answer's
+    device time stops with finish_reason "budget", and its rows settle within the reservation."""
+    import logging
+
+    from apps.corpora.services import corpus_create
+    from apps.costs.models import Reservation, ReservationStatus
+    from apps.costs.pricing import money
+
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    fake_search_hits(monkeypatch, PASSAGES, first_pk=300)
+    corpus = corpus_create(team=team_a, name="facts")
+    pipeline = pipeline_save(team=team_a, name="sp", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
+                             prompting_strategy="superposition", max_output_tokens=40, top_k=3)
+    question = "describe the eiffel tower and paris in detail"
+
+    def execute(estimate=None):
+        run = query_run_start(team=team_a, user=alice, pipeline=pipeline, question=question)
+        if estimate is not None:  # a smaller hold than the worst case the run reserved
+            Reservation.objects.filter(pk=run.reservation_id).update(estimate=estimate)
+        return query_run_execute(query_run_id=run.pk)
+
+    execute()  # cold: fills the KV store
+    full = execute()
+    rows = {row.stage: row for row in UsageRecord.objects.filter(query_run_id=full.pk)}
+    assert full.finish_reason in ("stop", "length") and rows[Stage.GENERATE].completion_tokens >= 8, full.answer
+    hold = money(10 * rows[Stage.RETRIEVE].cost + rows[Stage.GENERATE].cost * 4 / 10)
+    with caplog.at_level(logging.WARNING, logger="apps.costs.services.ledger"):
+        cut = execute(estimate=hold)
+    # The engine stopped in time: the ledger's own clamp had nothing of the generation to cut.
+    assert "a generate row" not in caplog.text
+    assert cut.status == "succeeded" and cut.finish_reason == "budget"
+    generated = UsageRecord.objects.get(query_run_id=cut.pk, stage=Stage.GENERATE)
+    assert generated.finish_reason == "budget"
+    assert generated.completion_tokens < rows[Stage.GENERATE].completion_tokens
+    assert full.answer.startswith(cut.answer.strip())  # greedy: the same answer, cut short
+    reservation = Reservation.objects.get(pk=cut.reservation_id)
+    assert reservation.status == ReservationStatus.SETTLED
+    assert cut.cost == reservation.actual <= reservation.estimate == hold

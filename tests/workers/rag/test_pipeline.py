@@ -44,6 +44,7 @@ class FakeHooks:
     reply: str = "It was completed in 1889 [1]."
     calls: list[tuple] = field(default_factory=list)
     store: object = field(default_factory=object)
+    budget_s: float | None = None
 
     def retrieve(self, question: str, k: int) -> list[RetrievedChunk]:
         self.calls.append(("retrieve", question, k))
@@ -78,6 +79,10 @@ class FakeHooks:
         result = generate()
         self.calls.append(("metered:billed", result))
         return result
+
+    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
+        self.calls.append(("generation_budget_s", prompt_tokens, max_output_tokens))
+        return self.budget_s
 
     def names(self) -> list[str]:
         return [call[0] for call in self.calls]
@@ -186,6 +191,9 @@ class _RunsModel:
     def build_messages(self, *, system_prompt, question, passages):
         return [{"role": "user", "content": question}]
 
+    def prompt_tokens_bound(self, *, model, system_prompt, question, passages):
+        return 40 + len(passages)
+
     def generate(self, **kwargs):
         _RunsModel.seen = kwargs
         kwargs["on_token"]("superposed")
@@ -195,12 +203,14 @@ class _RunsModel:
 def test_a_strategy_that_runs_the_model_generates_under_the_meter_with_the_local_model(monkeypatch):
     monkeypatch.setitem(prompting.STRATEGIES, "runs-model", _RunsModel)
     local = object()
-    hooks = FakeHooks(local=local)
+    hooks = FakeHooks(local=local, budget_s=0.25)
     result, _, pieces = _run(hooks, prompting_strategy="runs-model", max_output_tokens=16,
                              wall_time_limit_s=9.0)
     assert hooks.names() == [
-        "retrieve", "model", "local_model", "kv_store", "metered:start", "metered:billed",
+        "retrieve", "model", "local_model", "kv_store", "metered:start", "generation_budget_s", "metered:billed",
     ]
+    # The hold is enforced: the budget is asked for the strategy's prompt bound, inside the meter.
+    assert ("generation_budget_s", 42, 16) in hooks.calls and _RunsModel.seen["budget_s"] == 0.25
     seen = _RunsModel.seen
     assert seen["model"] is local and seen["kv_store"] is hooks.store
     assert (seen["max_output_tokens"], seen["wall_time_limit_s"]) == (16, 9.0)
@@ -240,15 +250,17 @@ def test_a_fixed_context_is_answered_over_the_kv_store_without_retrieval(monkeyp
                           truncated_tokens=30)
 
     monkeypatch.setattr(fixed_context, "answer", answer)
+    monkeypatch.setattr(fixed_context, "answer_prompt_tokens", lambda model, **kwargs: 120)
     local = object()
-    hooks = FakeHooks(local=local)
+    hooks = FakeHooks(local=local, budget_s=1.5)
     result, progress, _ = _run(hooks, fixed_context=True, attention_backend="squeezed",
                                attention_options={"keep_fraction": 0.5}, fixed_context_max_tokens=512,
                                max_output_tokens=8, wall_time_limit_s=5.0)
     assert progress == [(1, 3, "loading the fixed context"), (2, 3, "generating")]
     assert hooks.names() == [
-        "local_model", "fixed_context_text", "metered:start", "kv_store", "metered:billed",
+        "local_model", "fixed_context_text", "metered:start", "kv_store", "generation_budget_s", "metered:billed",
     ]
+    assert ("generation_budget_s", 120, 8) in hooks.calls and seen["budget_s"] == 1.5
     assert seen["model"] is local and seen["store"] is hooks.store
     assert seen["context_text"] == "The fixed context."
     assert (seen["backend"], seen["options"]) == ("squeezed", {"keep_fraction": 0.5})
