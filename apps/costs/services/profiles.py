@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from apps.costs.models import ProfileSource, UsageRecord, WorkerProfile
+from apps.costs.models import ProfileSource, Stage, UsageRecord, WorkerProfile
 from apps.costs.worker_identity import (
     local_speed_set,
     local_speeds_forget,
@@ -30,8 +30,15 @@ from apps.costs.worker_identity import (
 
 logger = logging.getLogger(__name__)
 
-# The share of ledger rows a refit profile must predict at or above (then SAFETY_FACTOR on top).
-REFIT_PERCENTILE = 0.9
+# A refit profile predicts the median of its worker's rows: the cost model says what a call typically
+# takes (savings estimates use that), and reservations add SAFETY_FACTOR on top of it. (A high
+# percentile here would count the margin twice and inflate every claimed baseline.)
+REFIT_PERCENTILE = 0.5
+# The rows that measure each kind of profile: a generator's calls, an embedder's encodes. Other
+# stages billed to the same model (compression's embedding and summary seconds, a KV prefill with
+# its index build) are not one call of prompt in, tokens out, and would skew the fit.
+_GENERATION_STAGES = (Stage.GENERATE, Stage.AGENT_STEP)
+_EMBEDDING_STAGES = (Stage.EMBED, Stage.RETRIEVE)
 REFIT_MIN_ROWS = 5
 REFIT_MAX_ROWS = 200
 # A refit after every this many metered calls in a process (the beat task refits all of them too).
@@ -154,7 +161,7 @@ def _row_seconds(row: UsageRecord) -> float:
 
 
 def profile_refit(*, profile: WorkerProfile, window: timedelta = timedelta(days=1)) -> WorkerProfile | None:
-    """Rescale ``profile`` so it predicts at least REFIT_PERCENTILE of its worker's recent rows.
+    """Rescale ``profile`` so it predicts the median (REFIT_PERCENTILE) of its worker's recent calls.
 
     Each row's device seconds are compared with the profile's prediction for its tokens; the
     throughputs are divided (and the overhead multiplied) by that percentile of the ratios.
@@ -167,6 +174,7 @@ def profile_refit(*, profile: WorkerProfile, window: timedelta = timedelta(days=
             model_name=profile.model_name,
             device=profile.device,
             created_at__gte=timezone.now() - window,
+            stage__in=_GENERATION_STAGES if profile.decode_tps > 0 else _EMBEDDING_STAGES,
         )
         .exclude(finish_reason="budget")
         .order_by("-created_at")[:REFIT_MAX_ROWS]

@@ -101,6 +101,9 @@ def test_ledger_rows_record_the_device_and_worker_and_refit_the_profile(team_a):
             usage=Usage(prompt_tokens=100, completion_tokens=10, cpu_seconds=Decimal(str(seconds))),
         )
     assert (record.device, record.worker) == ("cpu", worker_name())
+    # A compress row on the same model (embedding seconds, no tokens) is not a call: the fit ignores it.
+    usage_record(context=LedgerContext(team=team_a), stage="compress", model_name=MODEL, price=price,
+                 usage=Usage(cpu_seconds=Decimal("30")))
     token_row = usage_record(context=LedgerContext(team=team_a), stage="generate", model_name="x", price=None,
                              usage=Usage(prompt_tokens=3))
     assert (token_row.device, token_row.worker) == ("", "")
