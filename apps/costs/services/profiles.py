@@ -173,7 +173,9 @@ def profile_refit(*, profile: WorkerProfile, window: timedelta = timedelta(days=
             worker=profile.hostname,
             model_name=profile.model_name,
             device=profile.device,
-            created_at__gte=timezone.now() - window,
+            # Only calls since the profile was last measured or refit: a restarted worker (maybe on
+            # other hardware) starts from its own start-up measurement, not from its past.
+            created_at__gte=max(timezone.now() - window, profile.measured_at),
             stage__in=_GENERATION_STAGES if profile.decode_tps > 0 else _EMBEDDING_STAGES,
         )
         .exclude(finish_reason="budget")
