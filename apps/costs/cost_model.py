@@ -34,7 +34,7 @@ class Throughput:
 # ~1,400 tok/s. The defaults are rounded towards slower so an unmeasured worker is not under-held.
 DEFAULT_THROUGHPUT = Throughput(device="cpu", prefill_tps=300.0, decode_tps=12.0, overhead_s=0.15)
 DEFAULT_THROUGHPUTS = {
-    "local/all-minilm-l6-v2": Throughput(device="cpu", prefill_tps=1200.0, decode_tps=0.0, overhead_s=0.05),
+    "local/all-minilm-l6-v2": Throughput(device="cpu", prefill_tps=1200.0, decode_tps=0.0, overhead_s=0.03),
 }
 # The call shape a worker is compared on when no tokens are given ("the slowest worker").
 _REFERENCE_TOKENS = (512, 128)
