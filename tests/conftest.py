@@ -23,10 +23,14 @@ def _tasks_in_process(settings, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_cost_model():
-    # The cost model caches live worker profiles for a few seconds; each test has its own database.
+    # The cost model caches live worker profiles for a few seconds, and this process keeps its own
+    # calibrations (what it measured, or a profile a test wrote for it): each test has its own database
+    # and starts from the documented defaults.
     from apps.costs.cost_model import throughput_cache_clear
+    from apps.costs.services.profiles import profiles_forget_local
 
     throughput_cache_clear()
+    profiles_forget_local()
 
 
 @pytest.fixture(autouse=True)
