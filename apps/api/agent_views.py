@@ -49,6 +49,7 @@ class ToolListView(APIView):
 
     @extend_schema(
         responses=list_of(ToolOutputSerializer),
+        operation_id="api_v1_tools_list",
         summary="The tools the team's agents can use (its own and global)",
     )
     def get(self, request):
@@ -127,7 +128,11 @@ def _agent_values(data: dict) -> dict:
 class AgentListView(APIView):
     required_scopes = {"POST": "admin"}
 
-    @extend_schema(responses=list_of(AgentOutputSerializer), summary="The team's agents")
+    @extend_schema(
+        operation_id="api_v1_agents_list",
+        responses=list_of(AgentOutputSerializer),
+        summary="The team's agents",
+    )
     def get(self, request):
         return paginated_response(self, request, selectors.agent_list(team=request.team), AgentOutputSerializer)
 
@@ -204,7 +209,11 @@ class AgentRunInputSerializer(serializers.Serializer):
 class AgentRunListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=list_of(AgentRunOutputSerializer), summary="The team's agent runs, newest first")
+    @extend_schema(
+        operation_id="api_v1_agent_runs_list",
+        responses=list_of(AgentRunOutputSerializer),
+        summary="The team's agent runs, newest first",
+    )
     def get(self, request):
         return paginated_response(self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer)
 

@@ -94,7 +94,11 @@ def _corpus(request, corpus_id: int):
 class CorpusListView(APIView):
     required_scope = "ingest"
 
-    @extend_schema(responses=list_of(CorpusOutputSerializer), summary="The team's corpora")
+    @extend_schema(
+        operation_id="api_v1_corpora_list",
+        responses=list_of(CorpusOutputSerializer),
+        summary="The team's corpora",
+    )
     def get(self, request):
         return paginated_response(
             self, request, corpus_selectors.corpus_list(team=request.team), CorpusOutputSerializer
@@ -137,7 +141,11 @@ class DocumentListView(APIView):
     required_scope = "ingest"
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    @extend_schema(responses=list_of(DocumentOutputSerializer), summary="A corpus's documents and their status")
+    @extend_schema(
+        operation_id="api_v1_corpora_documents_list",
+        responses=list_of(DocumentOutputSerializer),
+        summary="A corpus's documents and their status",
+    )
     def get(self, request, corpus_id: int):
         corpus = _corpus(request, corpus_id)
         documents = corpus_selectors.document_list(corpus=corpus, status=request.query_params.get("status"))

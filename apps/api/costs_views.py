@@ -156,6 +156,7 @@ class BudgetListView(APIView):
 
     @extend_schema(
         responses=list_of(BudgetOutputSerializer, paginated=False),
+        operation_id="api_v1_budgets_list",
         summary="Budgets with this period's spend (members read)",
     )
     def get(self, request):

@@ -109,7 +109,11 @@ def _pipeline_values(team, data: dict) -> dict:
 class PipelineListView(APIView):
     required_scope = "admin"
 
-    @extend_schema(responses=list_of(PipelineOutputSerializer), summary="The team's pipelines")
+    @extend_schema(
+        operation_id="api_v1_pipelines_list",
+        responses=list_of(PipelineOutputSerializer),
+        summary="The team's pipelines",
+    )
     def get(self, request):
         return paginated_response(
             self, request, rag_selectors.pipeline_list(team=request.team), PipelineOutputSerializer

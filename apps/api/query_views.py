@@ -70,7 +70,11 @@ class QueryInputSerializer(serializers.Serializer):
 class QueryListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=list_of(QueryRunOutputSerializer), summary="The team's queries, newest first")
+    @extend_schema(
+        operation_id="api_v1_queries_list",
+        responses=list_of(QueryRunOutputSerializer),
+        summary="The team's queries, newest first",
+    )
     def get(self, request):
         return paginated_response(
             self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer

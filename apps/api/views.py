@@ -33,7 +33,11 @@ class MeView(APIView):
 
 
 class JobListView(APIView):
-    @extend_schema(responses=list_of(JobOutputSerializer), summary="The team's background jobs, newest first")
+    @extend_schema(
+        operation_id="api_v1_jobs_list",
+        responses=list_of(JobOutputSerializer),
+        summary="The team's background jobs, newest first",
+    )
     def get(self, request):
         jobs = job_selectors.job_list(
             team=request.team, kind=request.query_params.get("kind"), status=request.query_params.get("status")

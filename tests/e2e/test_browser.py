@@ -84,14 +84,14 @@ def live_app(live_server, settings, tmp_path, monkeypatch, default_models):
     # Pace the (real) ingestion a little, so the page shows it queued and in progress before done.
     real_ingest = corpus_services.documents_ingest
 
-    def paced_ingest(*, documents, progress=None):
+    def paced_ingest(*, documents, progress=None, **kwargs):
         def paced_progress(*args, **kwargs):
             if progress is not None:
                 progress(*args, **kwargs)
             time.sleep(0.5)
 
         time.sleep(1.5)
-        return real_ingest(documents=documents, progress=paced_progress)
+        return real_ingest(documents=documents, progress=paced_progress, **kwargs)
 
     monkeypatch.setattr(corpus_services.ingestion, "documents_ingest", paced_ingest)
     yield live_server

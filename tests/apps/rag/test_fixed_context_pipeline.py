@@ -144,7 +144,9 @@ def test_a_question_is_answered_over_the_cached_fixed_context_and_billed_as_cach
     # estimate): whether it beats the actual depends on the calibrated throughput (docs/costs.md).
     from apps.costs.baseline import naive_generation_cost
 
-    claimed, kind = naive_generation_cost(record=row, prompt_tokens=row.prompt_tokens, model="smollm2-135m-instruct")
+    claimed, kind = naive_generation_cost(
+        record=row, prompt_tokens=row.prompt_tokens, model="local/smollm2-135m-instruct"
+    )
     assert run.baseline_kind == kind == "estimate" and run.baseline_cost == claimed
     assert run.savings == run.baseline_cost - run.cost
 

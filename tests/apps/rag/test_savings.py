@@ -60,14 +60,14 @@ def test_device_time_comes_from_the_cost_model_not_the_real_runs_seconds_scaled(
     ratio; the baseline now does not depend on how long the real run took."""
     fast = _row(cpu_seconds=Decimal("1.5"))
     slow = _row(cpu_seconds=Decimal("40"))
-    fast_cost, kind = naive_generation_cost(record=fast, prompt_tokens=900, model="smollm2-135m-instruct")
-    slow_cost, _ = naive_generation_cost(record=slow, prompt_tokens=900, model="smollm2-135m-instruct")
+    fast_cost, kind = naive_generation_cost(record=fast, prompt_tokens=900, model="local/smollm2-135m-instruct")
+    slow_cost, _ = naive_generation_cost(record=slow, prompt_tokens=900, model="local/smollm2-135m-instruct")
     assert kind == "estimate" and fast_cost == slow_cost
-    seconds, _ = device_seconds_estimate(model="smollm2-135m-instruct", tokens_in=900, tokens_out=20)
+    seconds, _ = device_seconds_estimate(model="local/smollm2-135m-instruct", tokens_in=900, tokens_out=20)
     assert fast_cost == device_cost(price=price_charged(fast), seconds=seconds, device="cpu")
     # Charged GPU seconds: the counterfactual is priced at the GPU-second price the run was charged.
     gpu_cost, _ = naive_generation_cost(record=_row(gpu_seconds=Decimal("0.2")), prompt_tokens=900,
-                                        model="smollm2-135m-instruct")
+                                        model="local/smollm2-135m-instruct")
     assert gpu_cost == device_cost(price=price_charged(fast), seconds=seconds, device="cuda") > fast_cost
 
 
