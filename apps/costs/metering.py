@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
@@ -38,6 +38,7 @@ from apps.costs.services import (
 
 # The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
 from apps.costs.services.budgets import _reserve
+from apps.costs.services.ledger import hold_billed
 from apps.costs.services.profiles import profile_after_call, profile_ensure
 from apps.costs.tokens import endpoint_tokenizer, prompt_tokens_bound
 from apps.costs.worker_identity import local_speed
@@ -135,10 +136,9 @@ def hold_budget_s(
     per_second = per_second_price(price=price, device=device)
     if per_second <= 0:
         return None
-    billed = UsageRecord.objects.filter(reservation_id=reservation.pk).aggregate(total=Sum("cost"))["total"]
     tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
     # One quantum short of the rest, so the row's rounding (half up, 10 places) cannot pass it.
-    left = reservation.estimate - (billed or Decimal(0)) - tokens - MONEY_QUANTUM
+    left = reservation.estimate - hold_billed(reservation) - tokens - MONEY_QUANTUM
     return max(0.0, float(left / per_second) * (1 - 1e-9))
 
 

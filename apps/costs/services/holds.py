@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Sum
-
 from apps.costs.cost_paths import cost_path
 from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
 from apps.costs.pricing import Usage
@@ -29,7 +27,7 @@ from apps.costs.services.budgets import (
     reservation_release,
     reservation_settle,
 )
-from apps.costs.services.ledger import LedgerContext, usage_record
+from apps.costs.services.ledger import LedgerContext, hold_billed, usage_record
 
 
 @dataclass
@@ -70,10 +68,7 @@ class Hold:
 
     def spent(self) -> Decimal:
         """What the rows under this hold cost so far."""
-        total = UsageRecord.objects.filter(reservation_id=self.reservation.pk).aggregate(total=Sum("cost"))[
-            "total"
-        ]
-        return total or ZERO
+        return hold_billed(self.reservation)
 
     def remaining(self) -> Decimal:
         """What the hold still covers (never negative)."""
