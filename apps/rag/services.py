@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, 
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
     Usage,
-    cost_of,
     money,
     to_decimal,
     worst_case_cost,
@@ -43,6 +42,7 @@ from apps.costs.services import (
     usage_record,
 )
 from apps.costs.services.holds import hold_open
+from apps.costs.services.ledger import device_seconds_within
 from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound, texts_tokens_max
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
@@ -237,6 +237,14 @@ def _passage_tokens_max(endpoint: ModelEndpoint, pipeline: Pipeline) -> int:
     return _passage_cache[key]
 
 
+def _pipeline_compression_bound(*, endpoint: ModelEndpoint, pipeline: Pipeline, question: str, price) -> Decimal:
+    """What a query reserves for ``pipeline``'s compress stage (and the most that stage is billed)."""
+    return _compression_worst_case(
+        method=pipeline.compression_method, price=price, top_k=pipeline.top_k,
+        chunk_tokens=_passage_tokens_max(endpoint, pipeline), question_tokens=text_tokens_bound(endpoint, question),
+    )
+
+
 def _query_worst_case(
     *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
 ) -> Decimal:
@@ -248,13 +256,9 @@ def _query_worst_case(
         system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline.system_prompt else []
         # + the prompting strategy's instruction and framing around the question and passages.
         prompt_tokens += text_tokens_bound(endpoint, pipeline.system_prompt) + len(system) * 16 + _PROMPT_FRAMING_TOKENS
-        passage_tokens = _passage_tokens_max(endpoint, pipeline)
-        prompt_tokens += pipeline.top_k * passage_tokens
+        prompt_tokens += pipeline.top_k * _passage_tokens_max(endpoint, pipeline)
         # The compress stage is billed to this reservation too (its own ledger row).
-        compression = _compression_worst_case(
-            method=pipeline.compression_method, price=price, top_k=pipeline.top_k, chunk_tokens=passage_tokens,
-            question_tokens=text_tokens_bound(endpoint, question),
-        )
+        compression = _pipeline_compression_bound(endpoint=endpoint, pipeline=pipeline, question=question, price=price)
         prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
     is_local = endpoint.kind == EndpointKind.LOCAL
     estimate = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
@@ -398,20 +402,20 @@ class _QueryHooks:
         """The compress stage's row, its device seconds clamped to the stage's share of the hold.
 
         As with a generation stopped by its hold, device time past the bound the run reserved for
-        this stage (``_compression_worst_case``) is the operator's, not billed: settlement ≤ hold.
+        this stage (``_pipeline_compression_bound``) is the operator's, not billed: settlement ≤ hold.
         """
         price = price_current(model_name=self.endpoint.price_name)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       cpu_seconds=to_decimal(round(compute_s, 6)))
-        bound = self._compression_bound(price)
-        if bound is not None and cost_of(usage=usage, price=price) > bound and price.per_cpu_second > 0:
-            tokens_cost = cost_of(usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-                                  price=price)
-            seconds = max(Decimal(0), (bound - tokens_cost) / price.per_cpu_second)
-            clamped = min(usage.cpu_seconds, seconds.quantize(Decimal("0.000001"), rounding=ROUND_DOWN))
-            logger.warning("query #%s: compression ran %.3f s, past its bound; billing %s s",
-                           self.run.pk, compute_s, clamped)
-            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cpu_seconds=clamped)
+        if self.run.pipeline is not None:
+            bound = _pipeline_compression_bound(
+                endpoint=self.endpoint, pipeline=self.run.pipeline, question=self.run.question, price=price
+            )
+            clamped = device_seconds_within(usage=usage, price=price, room=bound)
+            if clamped.cpu_seconds != usage.cpu_seconds:
+                logger.warning("query #%s: compression ran %.3f s, past its bound; billing %s s",
+                               self.run.pk, compute_s, clamped.cpu_seconds)
+            usage = clamped
         usage_record(
             context=self.context,
             stage=Stage.COMPRESS,
@@ -420,17 +424,6 @@ class _QueryHooks:
             price=price,
             latency_ms=int(compute_s * 1000),
             reservation=self.reservation,
-        )
-
-    def _compression_bound(self, price) -> Decimal | None:
-        """What the run's hold reserved for the compress stage (None: not a pipeline run)."""
-        pipeline = self.run.pipeline
-        if pipeline is None:
-            return None
-        return _compression_worst_case(
-            method=pipeline.compression_method, price=price, top_k=pipeline.top_k,
-            chunk_tokens=_passage_tokens_max(self.endpoint, pipeline),
-            question_tokens=text_tokens_bound(self.endpoint, self.run.question),
         )
 
     def generate(self, messages: list[dict], on_token) -> MeteredCall:

@@ -94,12 +94,27 @@ def hold_clamp(*, usage: Usage, price: Price, reservation: Reservation, billed: 
     """``usage`` with its device seconds cut so that ``billed`` (the rows already under ``reservation``)
     plus its cost stays within the reservation's estimate: settlement ≤ hold.
 
-    Only device time is cut, in proportion (GPU and CPU alike), rounded down to the ledger's
-    precision; token costs stay whole (a remote endpoint's excess is the overage row's business).
     The seconds left out are the operator's: logged as a warning, not billed.
     """
     usage = _seconds_as_stored(usage)
-    room = reservation.estimate - billed
+    clamped = device_seconds_within(usage=usage, price=price, room=reservation.estimate - billed)
+    if clamped != usage:
+        unbilled = (usage.gpu_seconds - clamped.gpu_seconds) + (usage.cpu_seconds - clamped.cpu_seconds)
+        logger.warning(
+            "reservation #%s (%s): a %s row would take its rows past the hold's %s; %s device-seconds not billed",
+            reservation.pk, reservation.description, stage or "ledger", reservation.estimate, unbilled,
+        )
+    return clamped
+
+
+def device_seconds_within(*, usage: Usage, price: Price, room: Decimal) -> Usage:
+    """``usage`` with its device seconds cut so that its cost at ``price`` stays within ``room``.
+
+    Only device time is cut, in proportion (GPU and CPU alike), rounded down to the ledger's
+    precision; token costs stay whole (a remote endpoint's excess is the overage row's business).
+    Unchanged when it fits, or when its device time is free at ``price``.
+    """
+    usage = _seconds_as_stored(usage)
     if cost_of(usage=usage, price=price) <= room:
         return usage
     gpu, cpu = Decimal(str(usage.gpu_seconds)), Decimal(str(usage.cpu_seconds))
@@ -113,11 +128,6 @@ def hold_clamp(*, usage: Usage, price: Price, reservation: Reservation, billed: 
                       cpu_seconds=(cpu * share).quantize(_SECONDS, rounding=ROUND_DOWN))
     if cost_of(usage=clamped, price=price) > room:
         clamped = replace(usage, gpu_seconds=Decimal(0), cpu_seconds=Decimal(0))
-    unbilled = (gpu - clamped.gpu_seconds) + (cpu - clamped.cpu_seconds)
-    logger.warning(
-        "reservation #%s (%s): a %s row would take its rows past the hold's %s; %s device-seconds not billed",
-        reservation.pk, reservation.description, stage or "ledger", reservation.estimate, unbilled,
-    )
     return clamped
 
 
