@@ -26,28 +26,15 @@ from apps.costs.models import BudgetWindow, ModelEndpoint, Reservation, Reservat
 from apps.costs.services import BudgetExceeded, LedgerContext, budget_save
 from apps.rag.models import QueryRun
 from tests.apps.agents.conftest import area_script, script  # noqa: F401  (the scripted model fixture)
+from tests.apps.corpora import conftest as corpora_fixtures
 
 pytestmark = pytest.mark.django_db
 
+# The corpora tests' fixtures: a fresh DATA_ROOT for every test (autouse) and the team's corpus.
+_data_root = corpora_fixtures._data_root
+corpus = corpora_fixtures.corpus
+
 TEXT = "Zebras are African equines with black-and-white stripes. They live in herds on the savanna."
-
-
-@pytest.fixture(autouse=True)
-def _data_root(settings, tmp_path):
-    settings.DATA_ROOT = tmp_path / "data"
-    settings.DATA_ROOT.mkdir()
-    from indexes import corpus_store
-
-    corpus_store.cache_clear()
-    yield
-    corpus_store.cache_clear()
-
-
-@pytest.fixture
-def corpus(team_a, alice):
-    from apps.corpora.services import corpus_create
-
-    return corpus_create(team=team_a, name="Handbook", user=alice, chunk_tokens=64, overlap_tokens=8)
 
 
 @pytest.fixture
