@@ -42,7 +42,7 @@ def embeddings_create(
         )
     hold = hold_open(
         path="embeddings_api",
-        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=team, user=user, api_key=api_key),
         estimate=embeddings_bound(model=model, texts=texts),
         description=f"embeddings on {model}",
     )

@@ -194,7 +194,7 @@ def _prefill_reserve(*, pipeline: Pipeline, user=None, api_key=None) -> Reservat
     """Hold the prefill's worst case against the team's budgets (BudgetExceeded, 402, when it does not fit)."""
     return hold_open(
         path="kv_prefill",
-        context=LedgerContext(team=pipeline.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=pipeline.team, user=user, api_key=api_key),
         estimate=fixed_context_prefill_estimate(pipeline=pipeline),
         description=f"{PREFILL_STAGE} of pipeline {pipeline.name} on {pipeline.model_endpoint.name}",
         ttl_s=PREFILL_RESERVATION_TTL_S,

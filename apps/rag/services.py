@@ -306,7 +306,7 @@ def query_run_start(
     )
     reservation = hold_open(
         path="query",
-        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=team, user=user, api_key=api_key),
         estimate=estimate,
         description=f"query on {pipeline.name if pipeline else target_endpoint.name}",
         ttl_s=int(settings.PARSIMONY_MODEL_WALL_TIME_S * 3 + 300),

@@ -205,7 +205,7 @@ def agent_run_start(
     # The first hold may wait in the queue before its step runs: it lives as long as a whole run.
     reservation = hold_open(
         path="agent_step",
-        context=LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=team, user=user, api_key=api_key),
         estimate=agent_first_step_bound(agent=agent, request=request, messages=messages),
         description=f"agent {agent.name} step 1",
         ttl_s=_reservation_ttl_s(agent),

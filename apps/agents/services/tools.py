@@ -57,7 +57,7 @@ def _tool_index_spending(*, team, user, bound: Decimal, description: str):
     if team is None:  # the global library: the operator's, not a team's
         yield
         return
-    context = LedgerContext(team=team, user=user if getattr(user, "pk", None) else None)
+    context = LedgerContext(team=team, user=user)
     with spending(path="tool_index", context=context, estimate=bound, description=description[:255]) as hold:
         with indexing.embedding_meter() as meter:
             yield
@@ -246,7 +246,7 @@ def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None)
     query = (query or "").strip()
     if not query or k < 1:
         return []
-    context = LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key)
+    context = LedgerContext(team=team, user=user, api_key=api_key)
     timings: dict[str, float] = {}
     with spending(path="tool_search", context=context, estimate=tool_search_bound(query),
                   description="tool search") as hold:

@@ -74,7 +74,7 @@ def ingest_hold_open(*, corpus: Corpus, text_bytes: Iterable[int], user: Any = N
     sizes = list(text_bytes)
     return hold_open(
         path="ingest",
-        context=LedgerContext(team=corpus.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=corpus.team, user=user, api_key=api_key),
         estimate=ingest_bound(corpus=corpus, text_bytes=sizes),
         description=f"ingest {len(sizes)} document(s) into {corpus.name}",
         ttl_s=INGEST_HOLD_TTL_S,

@@ -118,7 +118,7 @@ def rebuild_hold_open(*, corpus: Corpus, user: Any = None, api_key: Any = None) 
     """Reserve a rebuild of ``corpus`` (402 BudgetExceeded when a budget refuses it)."""
     return hold_open(
         path="index_rebuild",
-        context=LedgerContext(team=corpus.team, user=user if getattr(user, "pk", None) else None, api_key=api_key),
+        context=LedgerContext(team=corpus.team, user=user, api_key=api_key),
         estimate=rebuild_bound(corpus=corpus),
         description=f"rebuild the index of {corpus.name}",
         ttl_s=REBUILD_HOLD_TTL_S,

@@ -65,7 +65,7 @@ def corpus_search(
     if retriever == "bm25" or not corpora:
         return chunk_search_many(corpora=corpora, query=query, retriever=retriever, k=k, timings=timings)
     team = corpora[0].team
-    context = LedgerContext(team=team, user=user if getattr(user, "pk", None) else None, api_key=api_key)
+    context = LedgerContext(team=team, user=user, api_key=api_key)
     timings = {} if timings is None else timings
     with spending(
         path=path, context=context, estimate=search_bound(corpora=corpora, query=query, retriever=retriever),

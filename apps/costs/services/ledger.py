@@ -47,6 +47,11 @@ class LedgerContext:
     # A shadow baseline's rows point back to the query run whose savings they measure.
     shadow_of_query_run_id: int | None = None
 
+    def __post_init__(self) -> None:
+        # An anonymous or unsaved user (the web process's AnonymousUser, a script's None) bills as nobody.
+        if not getattr(self.user, "pk", None):
+            object.__setattr__(self, "user", None)
+
 
 def usage_record(
     *,
@@ -141,7 +146,7 @@ def _usage_record_build(
     device, worker = usage_row_origin(gpu_seconds=usage.gpu_seconds, cpu_seconds=usage.cpu_seconds)
     return UsageRecord(
         team=context.team,
-        user=context.user if getattr(context.user, "pk", None) else None,
+        user=context.user,
         api_key=context.api_key,
         query_run_id=context.query_run_id,
         agent_run_id=context.agent_run_id,
