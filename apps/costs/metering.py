@@ -142,11 +142,11 @@ def hold_budget_s(
     return max(0.0, float(left / per_second) * (1 - 1e-9))
 
 
-def _hold_kwargs(endpoint: ModelEndpoint, target, reservation: Reservation, price: Price, messages, cap) -> dict:
-    """``generate``'s hold arguments for a local model: budget_s and the cost model's predictions."""
-    from workers.runtime.meter import count_chat_tokens
-
-    prompt_tokens = count_chat_tokens(target, messages)
+def _hold_kwargs(
+    endpoint: ModelEndpoint, target, reservation: Reservation, price: Price, prompt_tokens: int, cap: int
+) -> dict:
+    """``generate``'s hold arguments for a local model: budget_s and the cost model's predictions
+    (``prompt_tokens``: the local model's own count, as ``call_prompt_bound`` made it)."""
     device = str(getattr(target, "device", "cpu"))
     budget_s = hold_budget_s(
         reservation=reservation, price=price, device=device, prompt_tokens=prompt_tokens, max_output_tokens=cap
@@ -218,7 +218,7 @@ def model_call(
     if reservation is None:
         own_reservation, price = _reserve_for_call(endpoint, target, prompt_bound, cap, price, context, stage)
     try:
-        hold = _hold_kwargs(endpoint, target, reservation or own_reservation, price, messages, cap) if local else {}
+        hold = _hold_kwargs(endpoint, target, reservation or own_reservation, price, prompt_bound, cap) if local else {}
         result = generate(
             target=target,
             messages=messages,
