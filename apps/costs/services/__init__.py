@@ -24,6 +24,7 @@ from apps.costs.services.budgets import (
     budgets_applicable,
     period_start,
     reservation_release,
+    reservation_extend,
     reservation_settle,
     reservations_expire,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "price_for_call",
     "price_set",
     "reservation_release",
+    "reservation_extend",
     "reservation_settle",
     "reservations_expire",
     "usage_record",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -260,6 +261,42 @@ def _reserve_one_statement(*, team, estimate, user, api_key, description, ttl_s,
         for budget in Budget.objects.filter(pk__in=outcome.missing_budget_ids):
             window_get_or_create(budget=budget, start=period_start(budget.period, now))
     raise TryAgain("could not reserve budget: the budget windows kept changing; try again")
+
+
+def reservation_extend(*, reservation: Reservation, amount: Decimal) -> Reservation:
+    """Grow a held reservation by ``amount`` on the windows it holds, or raise BudgetExceeded naming the
+    first that would go over (nothing changed then).
+
+    A hold covers what its work has spent plus the bound of the step about to run (docs/costs.md,
+    "Holds grow with the work"); each step extends it here before it starts. Locks as settlement does
+    (the reservation, then its windows in primary-key order), so the two cannot deadlock. The
+    ``reservation`` object is updated in place (its estimate) and returned.
+    """
+    if amount < 0:
+        raise ValidationFailed("a hold cannot be extended by a negative amount")
+    if amount == 0:
+        return reservation
+    lock = nullcontext() if on_postgresql() else budget_lock()
+    with lock, transaction.atomic():
+        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        if current.status != ReservationStatus.HELD:
+            raise ValidationFailed(f"reservation #{current.pk} is {current.status}, not held: it cannot grow")
+        windows = list(
+            BudgetWindow.objects.select_for_update()
+            .filter(reservations=current.pk)
+            .order_by("pk")
+            .select_related("budget")
+        )
+        for window in windows:
+            budget = window.budget
+            if budget.enabled and window.spent + window.reserved + amount > budget.hard_limit:
+                raise budget_exceeded_error(budget=budget, window=window, estimate=amount)
+        if windows:
+            BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(reserved=F("reserved") + amount)
+        Reservation.objects.filter(pk=current.pk).update(estimate=F("estimate") + amount)
+    reservation.estimate = current.estimate + amount
+    reservation.status = current.status
+    return reservation
 
 
 def reservation_settle(*, reservation: Reservation, actual: Decimal) -> Reservation:

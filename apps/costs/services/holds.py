@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from apps.costs.cost_paths import cost_path
 from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
-from apps.costs.pricing import Usage
+from apps.costs.pricing import MONEY_QUANTUM, Usage
 from apps.costs.services.budgets import (
     RESERVATION_TTL_S,
     budget_reserve,
+    reservation_extend,
     reservation_release,
     reservation_settle,
 )
@@ -73,6 +74,18 @@ class Hold:
     def remaining(self) -> Decimal:
         """What the hold still covers (never negative)."""
         return max(ZERO, self.reservation.estimate - self.spent())
+
+    def ensure(self, next_bound: Decimal) -> Decimal:
+        """Make the hold cover what was spent under it plus ``next_bound`` (the step about to run),
+        growing it when it does not (BudgetExceeded, nothing changed, when that would go over a
+        budget). Returns by how much it grew. A hold never shrinks while held: its estimate is the
+        most it ever blocked."""
+        # Rounded up to the stored 10 places, so the stored hold is never short of the bound.
+        grow = (self.spent() + next_bound - self.reservation.estimate).quantize(MONEY_QUANTUM, rounding=ROUND_CEILING)
+        if grow <= 0:
+            return ZERO
+        reservation_extend(reservation=self.reservation, amount=grow)
+        return grow
 
     def settle(self) -> Reservation:
         """Book the rows' sum and give the rest of the hold back; with no rows, release it. Idempotent."""
