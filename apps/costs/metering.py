@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from decimal import ROUND_CEILING, Decimal
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db.models import Q
@@ -26,13 +26,15 @@ from apps.costs.cost_model import (
     throughput_for,
 )
 from apps.costs.models import EndpointKind, ModelEndpoint, Price, Reservation, Stage, UsageRecord
-from apps.costs.pricing import MONEY_QUANTUM, worst_case_cost
+from apps.costs.pricing import MONEY_QUANTUM, to_decimal, worst_case_cost
 from apps.costs.services import (
+    BudgetExceeded,
     LedgerContext,
     PriceStale,
     TryAgain,
     price_current,
     price_for_call,
+    reservation_extend,
     reservation_release,
 )
 
@@ -42,6 +44,16 @@ from apps.costs.services.ledger import hold_billed
 from apps.costs.services.profiles import profile_after_call, profile_ensure
 from apps.costs.tokens import endpoint_tokenizer, prompt_tokens_bound
 from apps.costs.worker_identity import local_speed
+
+if TYPE_CHECKING:
+    from workers.runtime.decode import Allowance
+
+# Local generation grows its hold while decoding (``hold_allowance``): it starts covering the prefill and
+# GROWTH_FIRST_TOKENS steps, then grows by slices of max(GROWTH_MIN_TOKENS steps, GROWTH_FRACTION of the
+# compute so far), so a hold ends within one slice of what was spent, with few extensions per call.
+GROWTH_FIRST_TOKENS = 16
+GROWTH_MIN_TOKENS = 8
+GROWTH_FRACTION = 0.25
 
 # Tests may swap in the engine's EchoTarget for speed; production resolves real targets.
 _target_override: Callable[[ModelEndpoint], Any] | None = None
@@ -90,7 +102,8 @@ def endpoint_target(endpoint: ModelEndpoint):
 def call_estimate(
     *, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int, price: Price | None = None
 ) -> tuple[int, Decimal]:
-    """(prompt tokens, worst-case cost) of a call, for reservations (``price``: the one in force by default)."""
+    """(prompt tokens, what the call's hold must cover before it starts) (``price``: the one in force by
+    default): a remote call's worst case; a local generation's start, its decoding grows the hold."""
     prompt_tokens = call_prompt_bound(endpoint, target, messages)
     price = price or price_current(model_name=endpoint.price_name)
     return prompt_tokens, _worst_case(endpoint, target, price, prompt_tokens, max_output_tokens)
@@ -115,6 +128,13 @@ def _worst_case(endpoint: ModelEndpoint, target, price: Price, prompt_tokens: in
     if endpoint.kind != EndpointKind.LOCAL:
         return tokens
     # Device time from the cost model: the slowest live worker's seconds, at its device's price.
+    """What a call's hold must cover before it starts. A loaded local model: ``local_start_bound`` (its
+    decoding grows the hold, ``hold_allowance``). Another local target (the engine's echo double) cannot
+    grow its hold: the whole call's device-time bound. A remote endpoint: every token at its price."""
+    if _local_model(target):
+        return local_start_bound(
+            model=endpoint.price_name, price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
+        )
     seconds, device = device_seconds_bound(
         model=endpoint.price_name, tokens_in=prompt_tokens, tokens_out=max_output_tokens, price=price
     )
@@ -142,22 +162,107 @@ def hold_budget_s(
     return max(0.0, float(left / per_second) * (1 - 1e-9))
 
 
+def local_start_bound(*, model: str, price: Price, prompt_tokens: int, max_output_tokens: int) -> Decimal:
+    """What a local generation's hold must cover before it starts: every token it can be billed at
+    the token prices (the whole output cap; local token prices are usually 0) and the device-seconds
+    bound of its prefill and first ``GROWTH_FIRST_TOKENS`` decode steps. Decoding then grows the hold
+    (``hold_allowance``)."""
+    tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
+    seconds, device = device_seconds_bound(
+        model=model, tokens_in=prompt_tokens, tokens_out=min(GROWTH_FIRST_TOKENS, max_output_tokens), price=price
+    )
+    return tokens + device_cost(price=price, seconds=seconds, device=device)
+
+
+def hold_allowance(
+    *, reservation: Reservation, price: Price, device: str, prompt_tokens: int, max_output_tokens: int
+) -> Allowance | None:
+    """The device-seconds ``reservation`` pays for a local generation on ``device``, growing as it decodes.
+
+    Starts at ``hold_budget_s``. When the next decode step would pass it, the hold is extended
+    (``reservation_extend``) to the compute so far plus one more slice: max(GROWTH_MIN_TOKENS steps,
+    GROWTH_FRACTION × the compute so far), or, when a budget refuses that, just the next step; when
+    even that is refused the generation stops with finish_reason "budget". A hold thus ends at most
+    one slice above what its generation spent. None when device time is free at ``price``.
+    """
+    from workers.runtime.decode import Allowance
+
+    per_second = per_second_price(price=price, device=device)
+    if per_second <= 0:
+        return None
+    tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
+
+    def covered() -> float:
+        return hold_budget_s(
+            reservation=reservation, price=price, device=device, prompt_tokens=prompt_tokens,
+            max_output_tokens=max_output_tokens,
+        ) or 0.0
+
+    def grow(needed_s: float, step_s: float) -> float:
+        billed = hold_billed(reservation)
+        for seconds in (needed_s + max(GROWTH_MIN_TOKENS * step_s, GROWTH_FRACTION * needed_s), needed_s):
+            # What hold_budget_s needs to find ``seconds`` left (its quantum and 1e-9 margin, and more).
+            try:
+                _hold_cover(reservation, billed + tokens + 2 * MONEY_QUANTUM
+                            + to_decimal(seconds * (1 + 1e-6)) * per_second)
+                break
+            except BudgetExceeded:
+                continue
+        return covered()
+
+    return Allowance(covered(), grow)
+
+
+def _hold_cover(reservation: Reservation, needed: Decimal) -> None:
+    """Grow ``reservation`` to ``needed`` if it holds less (BudgetExceeded when a budget refuses)."""
+    if needed > reservation.estimate:
+        reservation_extend(
+            reservation=reservation,
+            amount=(needed - reservation.estimate).quantize(MONEY_QUANTUM, rounding=ROUND_CEILING),
+        )
+
+
+def generation_allowance(
+    *, model: str, reservation: Reservation, price: Price, device: str, prompt_tokens: int, max_output_tokens: int,
+    prefill_tokens: int | None = None,
+) -> Allowance | None:
+    """A local generation's growing allowance under ``reservation``: the hold first grows to cover the
+    generation's start (``local_start_bound``, with ``prefill_tokens`` read: ``prompt_tokens`` by
+    default) on top of what was billed under it, if it does not already; a budget that refuses leaves
+    the allowance at what is left (the generation then stops with "budget" where it ends)."""
+    start = local_start_bound(
+        model=model, price=price, prompt_tokens=prompt_tokens if prefill_tokens is None else prefill_tokens,
+        max_output_tokens=max_output_tokens,
+    )
+    if prefill_tokens is not None and prefill_tokens != prompt_tokens:  # every prompt token at its price
+        start += worst_case_cost(price=price, prompt_tokens=prompt_tokens - prefill_tokens, max_output_tokens=0)
+    try:
+        _hold_cover(reservation, hold_billed(reservation) + start)
+    except BudgetExceeded:
+        pass
+    return hold_allowance(
+        reservation=reservation, price=price, device=device, prompt_tokens=prompt_tokens,
+        max_output_tokens=max_output_tokens,
+    )
+
+
 def _hold_kwargs(
     endpoint: ModelEndpoint, target, reservation: Reservation, price: Price, prompt_tokens: int, cap: int
 ) -> dict:
-    """``generate``'s hold arguments for a local model: budget_s and the cost model's predictions
-    (``prompt_tokens``: the local model's own count, as ``call_prompt_bound`` made it)."""
-    device = str(getattr(target, "device", "cpu"))
-    budget_s = hold_budget_s(
-        reservation=reservation, price=price, device=device, prompt_tokens=prompt_tokens, max_output_tokens=cap
+    """``generate``'s hold arguments for a local model: a growing allowance and the cost model's
+    predictions (``prompt_tokens``: the local model's own count, as ``call_prompt_bound`` made it).
+    The hold first grows to cover the call's start (``local_start_bound``) if it does not already."""
+    allowance = generation_allowance(
+        model=endpoint.price_name, reservation=reservation, price=price,
+        device=str(getattr(target, "device", "cpu")), prompt_tokens=prompt_tokens, max_output_tokens=cap,
     )
-    if budget_s is None:
+    if allowance is None:
         return {}
     # The call runs here: this process's own measurement when it has one, else the cost model's.
     own = local_speed(endpoint.price_name)
     speed = Throughput(*own) if own else throughput_for(model=endpoint.price_name, tokens_in=prompt_tokens)
     return {
-        "budget_s": budget_s,
+        "budget_s": allowance,
         "expected_prefill_s": speed.overhead_s + prompt_tokens / speed.prefill_tps,
         "expected_step_s": 1.0 / speed.decode_tps if speed.decode_tps else 0.0,
     }

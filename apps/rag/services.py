@@ -26,7 +26,14 @@ from apps.core.streaming import AnswerStream
 from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
 from apps.costs.cost_model import device_cost, device_seconds_bound
-from apps.costs.metering import MeteredCall, endpoint_resolve, endpoint_target, hold_budget_s, model_call
+from apps.costs.metering import (
+    MeteredCall,
+    call_estimate,
+    endpoint_resolve,
+    endpoint_target,
+    generation_allowance,
+    model_call,
+)
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.pricing import (
     Usage,
@@ -41,12 +48,11 @@ from apps.costs.services import (
     reservation_settle,
     usage_record,
 )
-from apps.costs.services.holds import hold_open
+from apps.costs.services.holds import hold_open, hold_resume
 from apps.costs.services.ledger import device_seconds_within
 from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound, texts_tokens_max
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
-    fixed_context_token_estimate,
     fixed_context_validate,
     kv_store,
     pipeline_fixed_context_text,
@@ -245,34 +251,37 @@ def _pipeline_compression_bound(*, endpoint: ModelEndpoint, pipeline: Pipeline, 
     )
 
 
-def _query_worst_case(
+def _query_start_bound(
     *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
 ) -> Decimal:
+    """What a query's hold covers when it is admitted: its first steps, the rest grows the hold as it runs.
+
+    Retrieval (the question embedded once per embedding model of the corpora, counted exactly) and
+    the start of a generation over the prompt without its passages: the conversation, the question,
+    the system prompt and the strategy's framing, read by the generator (``apps.costs.tokens``) with
+    every output token for a remote endpoint or the first decode steps for a local model
+    (``metering.local_start_bound``). Later steps grow the hold before they run, from what is then
+    known exactly (docs/costs.md, "Holds grow with the work"): the compress stage (``_QueryHooks
+    .retrieve``), the generation's exact prompt (``model_call``) and its decoding.
+    """
+    from apps.costs.metering import local_start_bound
+
     price = price_current(model_name=endpoint.price_name)
-    # The generator's own tokens (apps.costs.tokens): the conversation and the question as one more message.
     prompt_tokens = prompt_tokens_bound(endpoint, [*messages, {"role": "user", "content": question}])
-    compression = ZERO
     if pipeline is not None:
         system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline.system_prompt else []
-        # + the prompting strategy's instruction and framing around the question and passages.
         prompt_tokens += text_tokens_bound(endpoint, pipeline.system_prompt) + len(system) * 16 + _PROMPT_FRAMING_TOKENS
-        prompt_tokens += pipeline.top_k * _passage_tokens_max(endpoint, pipeline)
-        # The compress stage is billed to this reservation too (its own ledger row).
-        compression = _pipeline_compression_bound(endpoint=endpoint, pipeline=pipeline, question=question, price=price)
-        prompt_tokens += fixed_context_token_estimate(pipeline=pipeline)
-    is_local = endpoint.kind == EndpointKind.LOCAL
-    estimate = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
-    if is_local:  # device time: the cost model's bound, at the device of the worker that would run it
-        seconds, device = device_seconds_bound(
-            model=endpoint.price_name, tokens_in=prompt_tokens, tokens_out=max_output_tokens, price=price
+    if endpoint.kind == EndpointKind.LOCAL:
+        estimate = local_start_bound(
+            model=endpoint.price_name, price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
         )
-        estimate += device_cost(price=price, seconds=seconds, device=device)
+    else:
+        estimate = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
     if pipeline is not None:
         from apps.corpora.services.search import search_bound
 
-        # Retrieval: the question embedded once per embedding model of the corpora, counted exactly.
         estimate += search_bound(corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever)
-    return estimate + compression
+    return estimate
 
 
 @transaction.atomic
@@ -287,7 +296,7 @@ def query_run_start(
     user=None,
     api_key=None,
 ) -> QueryRun:
-    """Reserve the worst case (402 if a budget would go over), create the run, enqueue it."""
+    """Hold the query's first steps (402 if a budget would go over), create the run, enqueue it."""
     if (pipeline is None) == (endpoint is None):
         raise ValidationFailed("a query names exactly one pipeline or one model endpoint")
     messages = messages or []
@@ -301,7 +310,7 @@ def query_run_start(
         raise ValidationFailed(f"model {target_endpoint.name!r} is disabled")
     cap = max_output_tokens or (pipeline.max_output_tokens if pipeline else target_endpoint.max_output_tokens)
     cap = max(1, min(cap, target_endpoint.max_output_tokens))
-    estimate = _query_worst_case(
+    estimate = _query_start_bound(
         endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
     )
     reservation = hold_open(
@@ -370,6 +379,16 @@ class _QueryHooks:
             latency_ms=int(retrieve_s * 1000),
             reservation=self.reservation,
         )
+        if self.reservation is not None and pipeline.compression_method != "none":
+            # The compress stage runs next: the hold grows to cover it before it starts.
+            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(
+                _pipeline_compression_bound(
+                    endpoint=self.endpoint,
+                    pipeline=pipeline,
+                    question=question,
+                    price=price_current(model_name=self.endpoint.price_name),
+                )
+            )
         return [
             RetrievedChunk(
                 chunk_id=hit.chunk.pk, document_id=hit.chunk.document_id, title=hit.chunk.document.title,
@@ -427,11 +446,21 @@ class _QueryHooks:
         )
 
     def generate(self, messages: list[dict], on_token) -> MeteredCall:
+        cap = self.run.max_output_tokens
+        if self.reservation is not None and self.local_model() is None:
+            # A remote call cannot grow its hold once sent: the hold grows to the call's bound, its
+            # prompt now exactly known, before it is (402 from a budget: nothing sent, nothing billed).
+            # A local model's hold grows while it decodes instead (``metering.generation_allowance``).
+            _, bound = call_estimate(
+                endpoint=self.endpoint, target=self.model(), messages=messages,
+                max_output_tokens=min(cap, self.endpoint.max_output_tokens),
+            )
+            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(bound)
         call = model_call(
             endpoint=self.endpoint,
             messages=messages,
             context=self.context,
-            max_output_tokens=self.run.max_output_tokens,
+            max_output_tokens=cap,
             on_token=on_token,
             reservation=self.reservation,
         )
@@ -447,17 +476,19 @@ class _QueryHooks:
         )
         return result
 
-    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
-        """The device-seconds the run's hold still pays for an engine generation (superposition,
-        fixed-context answers): as ``model_call``'s, ``metering.hold_budget_s`` on the run's
-        reservation at the endpoint's price and the loaded model's device. None: unbounded."""
+    def generation_budget_s(
+        self, prompt_tokens: int, max_output_tokens: int, prefill_tokens: int | None = None
+    ) -> Any:
+        """The device-seconds the run's hold pays for an engine generation (superposition, fixed-context
+        answers), growing as it decodes: as ``model_call``'s, ``metering.generation_allowance`` on the
+        run's reservation at the endpoint's price and the loaded model's device. None: unbounded."""
         if self.reservation is None:
             return None
         model = self.local_model()
-        return hold_budget_s(
-            reservation=self.reservation, price=price_current(model_name=self.endpoint.price_name),
-            device=str(getattr(model, "device", "cpu")), prompt_tokens=prompt_tokens,
-            max_output_tokens=max_output_tokens,
+        return generation_allowance(
+            model=self.endpoint.price_name, reservation=self.reservation,
+            price=price_current(model_name=self.endpoint.price_name), device=str(getattr(model, "device", "cpu")),
+            prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens, prefill_tokens=prefill_tokens,
         )
 
     def baseline(self, baseline_prompt_tokens: int | None) -> tuple[Decimal, str] | None:

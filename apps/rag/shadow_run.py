@@ -20,7 +20,7 @@ from apps.costs.pricing import money
 from apps.costs.services import BudgetExceeded, LedgerContext
 from apps.costs.services.holds import spending
 from apps.rag.models import QueryRun, QueryStatus
-from apps.rag.services import _engine_config, _query_worst_case, _QueryHooks
+from apps.rag.services import _engine_config, _query_start_bound, _QueryHooks
 from apps.rag.shadow import SHADOW_PIPELINE_PREFIX, operator_team
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
         pipeline_name=f"{SHADOW_PIPELINE_PREFIX}{run.pipeline.name}"[:120],
         shadow_of_query_run_id=run.pk,
     )
-    estimate = _query_worst_case(
+    estimate = _query_start_bound(
         endpoint=endpoint,
         pipeline=naive,
         question=run.question,

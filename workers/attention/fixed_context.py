@@ -30,7 +30,7 @@ from workers.attention.base import (
     attention_implementation,
 )
 from workers.attention.reference import FixedKV
-from workers.runtime.decode import decode, eos_ids
+from workers.runtime.decode import Allowance, as_allowance, decode, eos_ids
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.memory import pin_mmap_threshold
 from workers.runtime.meter import GenerationResult
@@ -388,9 +388,19 @@ def answer_prompt_tokens(
     config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
 ) -> int:
     """The prompt tokens `answer` bills for this question: the fixed context (as truncated) and the user's."""
+    return sum(answer_prompt_parts(lm, system_prompt=system_prompt, context_text=context_text, question=question,
+                                   config=config))
+
+
+def answer_prompt_parts(
+    lm: LoadedModel, *, system_prompt: str, context_text: str, question: str,
+    config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
+) -> tuple[int, int]:
+    """(fixed-context tokens (as truncated), the user's tokens) of `answer`'s prompt: a cached context
+    is not prefilled again, so only the user's tokens are read per question."""
     prompt = build_context(lm.tokenizer, system_prompt=system_prompt, context_text=context_text,
                            max_positions=max_positions(lm), config=config)
-    return len(prompt.context_ids) + len(user_ids(lm.tokenizer, prompt, question))
+    return len(prompt.context_ids), len(user_ids(lm.tokenizer, prompt, question))
 
 
 def answer(
@@ -407,7 +417,7 @@ def answer(
     on_token: Callable[[str], None] | None = None,
     config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
     diagnostics: Diagnostics | None = None,
-    budget_s: float | None = None,
+    budget_s: float | Allowance | None = None,
 ) -> FixedContextResult:
     """Answer `question` over the fixed context with an attention backend, greedily, streaming.
 
@@ -425,11 +435,10 @@ def answer(
         raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
     if not wall_time_limit_s > 0:
         raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
-    if budget_s is not None and not budget_s >= 0:
-        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
+    budget = as_allowance(budget_s)  # ValueError when negative
     chosen = get_backend(backend, **(options or {}))
     called = time.perf_counter()
-    if budget_s is not None and budget_s <= 0:
+    if budget is not None and not budget.covers(1e-9):
         # The hold cannot pay for any compute: run nothing, bill nothing.
         return FixedContextResult(
             text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
@@ -469,13 +478,13 @@ def answer(
 
                 decoded = decode(first_logits=first_logits, step=step, tokenizer=tokenizer, eos=eos_ids(lm),
                                  max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s,
-                                 on_token=on_token, budget_s=budget_s, compute_started=t0)
+                                 on_token=on_token, budget_s=budget, compute_started=t0)
         if on_cuda:
             torch.cuda.synchronize(device)
         compute_s = time.perf_counter() - t0
-    if budget_s is not None:
+    if budget is not None:
         # As the meter: what the last step overran its prediction by is not billed.
-        compute_s = min(compute_s, budget_s)
+        compute_s = min(compute_s, budget.seconds)
     timings["decode_s"] = decoded.decode_s
 
     stats = state.stats
@@ -512,6 +521,7 @@ __all__ = [
     "FixedContextResult",
     "LoadedContext",
     "answer",
+    "answer_prompt_parts",
     "answer_prompt_tokens",
     "backend_config",
     "build_context",

@@ -40,8 +40,9 @@ class PromptingStrategy(Protocol):
 class ModelRunningStrategy(PromptingStrategy, Protocol):
     """A strategy that runs a local model itself and returns a meter-compatible GenerationResult.
 
-    `budget_s`: the device-seconds the caller's hold still pays for (None: unbounded); the
-    strategy stops with finish_reason "budget" there and reports no more seconds than it.
+    `budget_s`: the device-seconds the caller's hold still pays for (None: unbounded), or an
+    `Allowance` that grows the hold as decoding goes on; the strategy stops with finish_reason
+    "budget" where the hold ends and reports no more seconds than it covered.
     `prompt_tokens_bound`: the most prompt tokens `generate` can report for these arguments (the
     caller prices the hold's token share from it before generating).
     """
@@ -61,5 +62,5 @@ class ModelRunningStrategy(PromptingStrategy, Protocol):
         wall_time_limit_s: float,
         on_token: Callable[[str], None] | None = None,
         kv_store: Any = None,  # indexes.kv_store.KVStore
-        budget_s: float | None = None,
+        budget_s: float | Any | None = None,  # seconds, or a workers.runtime.decode.Allowance
     ) -> Any: ...  # a workers.runtime.meter.GenerationResult

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from indexes.kv_store import KVEntry, KVKey, KVStore, text_hash
 from workers.prompting.base import Passage
 from workers.prompting.naive import INSTRUCTION, NaivePrompting
-from workers.runtime.decode import Step, decode, eos_ids
+from workers.runtime.decode import Allowance, Step, as_allowance, decode, eos_ids
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.meter import GenerationResult
 
@@ -619,7 +619,7 @@ class SuperpositionPrompting:
         wall_time_limit_s: float,
         on_token: Callable[[str], None] | None = None,
         kv_store: KVStore | None = None,
-        budget_s: float | None = None,
+        budget_s: float | Allowance | None = None,
     ) -> SuperpositionResult:
         """Answer with greedy decoding under the meter's caps, streaming text pieces to `on_token`.
 
@@ -636,11 +636,10 @@ class SuperpositionPrompting:
             raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
         if not wall_time_limit_s > 0:
             raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
-        if budget_s is not None and not budget_s >= 0:
-            raise ValueError(f"budget_s must be >= 0, got {budget_s}")
+        budget = as_allowance(budget_s)  # ValueError when negative
         called = time.perf_counter()
         tokenizer = model.tokenizer
-        if budget_s is not None and budget_s <= 0:
+        if budget is not None and not budget.covers(1e-9):
             # The hold cannot pay for any compute: run nothing, bill nothing.
             return SuperpositionResult(
                 text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
@@ -660,15 +659,15 @@ class SuperpositionPrompting:
                 t1 = time.perf_counter()
                 decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
                                  tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,
-                                 deadline=t0 + wall_time_limit_s, on_token=on_token, budget_s=budget_s,
+                                 deadline=t0 + wall_time_limit_s, on_token=on_token, budget_s=budget,
                                  compute_started=t0)
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             compute_s = time.perf_counter() - t0
         prepared.timings["decode_s"] = time.perf_counter() - t1
-        if budget_s is not None:
+        if budget is not None:
             # As the meter: what the last step overran its prediction by is not billed.
-            compute_s = min(compute_s, budget_s)
+            compute_s = min(compute_s, budget.seconds)
 
         return SuperpositionResult(
             text=decoded.text,

@@ -120,10 +120,13 @@ class PipelineHooks(Protocol):
         (a meter ``GenerationResult``); prices are fixed before it starts, as for ``generate``."""
         ...
 
-    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
-        """The device-seconds the run's hold can still pay for a local generation of at most
-        ``prompt_tokens`` in and ``max_output_tokens`` out (after the rows already billed under it
-        and that generation's token cost); None: unbounded (device time is free)."""
+    def generation_budget_s(
+        self, prompt_tokens: int, max_output_tokens: int, prefill_tokens: int | None = None
+    ) -> Any:
+        """The device-seconds the run's hold pays for a local generation of at most ``prompt_tokens``
+        in (``prefill_tokens`` of them read now: all by default) and ``max_output_tokens`` out: a
+        ``workers.runtime.decode.Allowance`` that grows the hold as decoding goes on, or a float
+        limit; None: unbounded (device time is free)."""
         ...
 
 
@@ -270,7 +273,7 @@ def _answer_fixed_context(
 ) -> PipelineResult:
     """Only the user's tokens are prefilled: the fixed context comes from the KV store (or is
     prefilled now, e.g. after an eviction) and is read through the pipeline's attention backend."""
-    from workers.attention.fixed_context import FixedContextConfig, answer, answer_prompt_tokens
+    from workers.attention.fixed_context import FixedContextConfig, answer, answer_prompt_parts
 
     progress(1, STEPS, "loading the fixed context")
     model = hooks.local_model()
@@ -284,8 +287,9 @@ def _answer_fixed_context(
 
     def generate() -> Any:
         progress(2, STEPS, "generating")
-        prompt_tokens = answer_prompt_tokens(model, system_prompt=config.system_prompt, context_text=text,
-                                             question=question, config=fixed)
+        context_tokens, user_tokens = answer_prompt_parts(
+            model, system_prompt=config.system_prompt, context_text=text, question=question, config=fixed
+        )
         return answer(
             model,
             store=hooks.kv_store(),
@@ -299,7 +303,11 @@ def _answer_fixed_context(
             on_token=on_token,
             config=fixed,
             # The hold is enforced: the answer stops with "budget" where the run's reservation ends.
-            budget_s=hooks.generation_budget_s(prompt_tokens, config.max_output_tokens),
+            # The context is normally cached (prefilled when the pipeline was saved): the hold starts
+            # from the user's tokens and grows if the context must be prefilled again.
+            budget_s=hooks.generation_budget_s(
+                context_tokens + user_tokens, config.max_output_tokens, prefill_tokens=user_tokens
+            ),
         )
 
     result = hooks.metered(generate)

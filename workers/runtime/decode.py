@@ -77,6 +77,42 @@ def finish_reason(
     return "stop"
 
 
+class Allowance:
+    """The device-seconds a caller's hold pays for, which may grow while the work goes on.
+
+    `seconds`: what the hold covers now, counted from when the call's compute began. `grow(needed_s,
+    step_s)`: asked when the next step would pass `seconds` (needed_s: the compute so far plus that
+    step; step_s: one step's expected seconds); the caller's service tries to extend its hold and
+    returns what it covers afterwards (unchanged when a budget refuses). Without `grow` it is a
+    plain limit. A plain float wherever a budget is taken means `Allowance(float)`.
+    """
+
+    def __init__(self, seconds: float, grow: Callable[[float, float], float] | None = None) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"budget_s must be >= 0, got {seconds}")
+        self.seconds = float(seconds)
+        self.grow = grow
+        self.grown = 0  # how many times the hold grew (diagnostics)
+
+    def covers(self, needed_s: float, step_s: float = 0.0) -> bool:
+        """Whether the hold pays for `needed_s` seconds, growing it first when it does not."""
+        if needed_s <= self.seconds:
+            return True
+        if self.grow is not None:
+            granted = float(self.grow(needed_s, step_s))
+            if granted > self.seconds:
+                self.seconds = granted
+                self.grown += 1
+        return needed_s <= self.seconds
+
+
+def as_allowance(budget_s: float | Allowance | None) -> Allowance | None:
+    """`budget_s` as an Allowance (None: unbounded); raises ValueError for a negative limit."""
+    if budget_s is None or isinstance(budget_s, Allowance):
+        return budget_s
+    return Allowance(budget_s)
+
+
 # How many recent steps predict the next one (their maximum: a step rarely gets faster suddenly).
 _RECENT_STEPS = 4
 
@@ -192,6 +228,7 @@ class DecodeResult:
     step_s: list[float] = field(default_factory=list)  # wall seconds per step (forward) after the first token
     step_cpu_s: list[float] = field(default_factory=list)  # this process's CPU seconds per step
     first_token_at: float = math.nan  # time.perf_counter() when the first token was picked
+    budget_s: float | None = None  # the device-seconds the hold covered at the end (None: unbounded)
 
     @property
     def decode_s(self) -> float:
@@ -210,7 +247,7 @@ def decode(
     stop: list[str] | None = None,
     prompt_ids: list[int] | None = None,
     pick: PickToken = greedy,
-    budget_s: float | None = None,
+    budget_s: float | Allowance | None = None,
     compute_started: float | None = None,
     first_step_s: float = 0.0,
     ignore_eos: bool = False,
@@ -225,7 +262,8 @@ def decode(
     `budget_s`: the device-seconds the hold can pay for, counted from `compute_started` (a
     `time.perf_counter()` value: when the call's compute began, so the prefill counts; default:
     now). Before each step the loop stops with "budget" when the seconds since then plus the
-    expected next step (`next_step_s`; `first_step_s` before any step was timed) would pass it.
+    expected next step (`next_step_s`; `first_step_s` before any step was timed) would pass it
+    and the hold does not grow to cover it (an `Allowance` with `grow`).
     `ignore_eos`: decode through EOS (calibration measures full lengths).
     """
     import torch
@@ -247,6 +285,7 @@ def decode(
     first_token_at = math.nan
     timed_out = False
     out_of_budget = False
+    budget = as_allowance(budget_s)
     budget_from = time.perf_counter() if compute_started is None else compute_started
     no_eos: frozenset[int] = frozenset()
     eos = no_eos if ignore_eos else eos
@@ -266,11 +305,11 @@ def decode(
         timed_out = time.perf_counter() > deadline
         if done or timed_out:
             break
-        if budget_s is not None and (
-            time.perf_counter() - budget_from + next_step_s(step_s, first_step_s) > budget_s
-        ):
-            out_of_budget = True
-            break
+        if budget is not None:
+            expected = next_step_s(step_s, first_step_s)
+            if not budget.covers(time.perf_counter() - budget_from + expected, expected):
+                out_of_budget = True
+                break
         s0, c0 = time.perf_counter(), time.process_time()
         logits = step(token)
         step_s.append(time.perf_counter() - s0)
@@ -293,6 +332,7 @@ def decode(
         step_s=step_s,
         step_cpu_s=step_cpu_s,
         first_token_at=first_token_at,
+        budget_s=budget.seconds if budget is not None else None,
     )
 
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from workers.runtime.decode import (
+    Allowance,
     FinishReason,
     PickToken,
+    as_allowance,
     causal_lm_steps,
     decode,
     eos_ids,
@@ -160,15 +162,16 @@ def generate(
     temperature: float = 0.0,
     stop: list[str] | None = None,
     tools: list[dict[str, Any]] | None = None,
-    budget_s: float | None = None,
+    budget_s: float | Allowance | None = None,
     expected_prefill_s: float = 0.0,
     expected_step_s: float = 0.0,
 ) -> GenerationResult:
     """Run one chat completion under hard caps and report what it used.
 
-    `budget_s`: device-seconds the hold still covers (None: unbounded); `expected_prefill_s` /
-    `expected_step_s`: the cost model's prediction for this prompt's prefill and one decode step
-    (before the first step is timed). Reported `compute_s` / `gpu_s` never exceed `budget_s`.
+    `budget_s`: device-seconds the hold still covers (None: unbounded), or an `Allowance` that can
+    grow the hold as decoding goes on; `expected_prefill_s` / `expected_step_s`: the cost model's
+    prediction for this prompt's prefill and one decode step (before the first step is timed).
+    Reported `compute_s` / `gpu_s` never exceed what the hold covered at the end.
 
     `on_token` receives text pieces as they are produced; their concatenation equals the final
     `text`. Temperature 0 means greedy decoding. `stop` strings end generation and are not
@@ -182,13 +185,12 @@ def generate(
         raise ValueError(f"max_output_tokens must be >= 1, got {max_output_tokens}")
     if not wall_time_limit_s > 0:
         raise ValueError(f"wall_time_limit_s must be > 0, got {wall_time_limit_s}")
-    if budget_s is not None and not budget_s >= 0:
-        raise ValueError(f"budget_s must be >= 0, got {budget_s}")
+    allowance = as_allowance(budget_s)
     started = time.perf_counter()
     if isinstance(target, LoadedModel):
         result = _generate_local(
             target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop,
-            _Budget(budget_s, expected_prefill_s, expected_step_s),
+            _Budget(allowance, expected_prefill_s, expected_step_s),
         )
     elif isinstance(target, EchoTarget):
         result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
@@ -199,16 +201,16 @@ def generate(
     else:
         raise TypeError(f"unsupported generation target: {type(target).__name__}")
     result.wall_s = time.perf_counter() - started
-    if budget_s is not None:
+    if allowance is not None:
         # The clamp: what the last step overran its prediction by is not billed (docs/costs.md).
-        result.compute_s = min(result.compute_s, budget_s)
-        result.gpu_s = min(result.gpu_s, budget_s)
+        result.compute_s = min(result.compute_s, allowance.seconds)
+        result.gpu_s = min(result.gpu_s, allowance.seconds)
     return result
 
 
 @dataclass(frozen=True)
 class _Budget:
-    seconds: float | None = None
+    seconds: Allowance | None = None
     expected_prefill_s: float = 0.0
     expected_step_s: float = 0.0
 
@@ -230,12 +232,14 @@ def _generate_local(
 
     budget = budget or _Budget()
     prompt_ids = _chat_ids(target, messages)
-    if budget.seconds is not None and budget.expected_prefill_s > budget.seconds:
+    if budget.seconds is not None and not budget.seconds.covers(
+        budget.expected_prefill_s, budget.expected_step_s
+    ):
         # The hold cannot pay for reading the prompt: run nothing, bill nothing.
         return GenerationResult(
             text="", finish_reason="budget", prompt_tokens=0, completion_tokens=0, cached_tokens=0,
             wall_s=0.0, gpu_s=0.0, compute_s=0.0, model=target.name,
-            error=f"the hold covers {budget.seconds:.3f} device-seconds, the prefill needs "
+            error=f"the hold covers {budget.seconds.seconds:.3f} device-seconds, the prefill needs "
             f"~{budget.expected_prefill_s:.3f}",
         )
     pick: PickToken = greedy

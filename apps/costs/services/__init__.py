@@ -23,8 +23,8 @@ from apps.costs.services.budgets import (
     budget_window,
     budgets_applicable,
     period_start,
-    reservation_release,
     reservation_extend,
+    reservation_release,
     reservation_settle,
     reservations_expire,
 )

@@ -20,7 +20,8 @@ from apps.costs.cost_model import (
 )
 from apps.costs.models import ModelEndpoint, ProfileSource, Reservation, UsageRecord, WorkerProfile
 from apps.costs.pricing import Usage
-from apps.costs.services import LedgerContext, budget_reserve, price_current, usage_record
+from apps.costs.selectors import budget_status
+from apps.costs.services import LedgerContext, budget_reserve, budget_save, price_current, usage_record
 from apps.costs.services.profiles import (
     profile_refit,
     profile_write,
@@ -127,17 +128,47 @@ def local_endpoint(db, smollm2, monkeypatch):
     return ModelEndpoint.objects.get(name="smollm2-135m-instruct")
 
 
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
 @pytest.mark.slow
-def test_a_real_local_call_under_a_tiny_hold_stops_with_budget_and_costs_at_most_the_hold(local_endpoint, team_a):
+def test_a_real_local_call_stops_with_budget_where_the_budget_ends_and_costs_at_most_the_hold(
+    local_endpoint, team_a
+):
     price = price_current(model_name=MODEL)
+    limit = (price.per_cpu_second * Decimal("2.5")).quantize(Decimal("1E-10"))
+    budget = budget_save(team=team_a, hard_limit=limit, period="day")
     hold = budget_reserve(team=team_a, estimate=(price.per_cpu_second * Decimal("0.6")).quantize(Decimal("1E-10")))
     call = metering.model_call(
         endpoint=local_endpoint, context=LedgerContext(team=team_a), reservation=hold, max_output_tokens=200,
-        messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        messages=STORY,
     )
     assert call.finish_reason == "budget"
     assert call.record.finish_reason == "budget" and call.record.completion_tokens < 200
+    # The hold grew while decoding, up to what the budget allowed, never past it.
+    hold.refresh_from_db()
+    assert price.per_cpu_second * Decimal("0.6") < hold.estimate <= limit
     assert Decimal(0) < call.record.cost <= hold.estimate
+    status = budget_status(budget=budget)
+    assert status.spent + status.reserved <= limit
+
+
+@pytest.mark.slow
+def test_a_real_local_call_grows_its_hold_while_decoding_and_ends_within_a_slice_of_its_cost(local_endpoint, team_a):
+    price = price_current(model_name=MODEL)
+    metering.model_call(endpoint=local_endpoint, context=LedgerContext(team=team_a), messages=STORY,
+                        max_output_tokens=4)  # calibrates this process on first use
+    hold = budget_reserve(team=team_a, estimate=(price.per_cpu_second * Decimal("0.3")).quantize(Decimal("1E-10")))
+    call = metering.model_call(
+        endpoint=local_endpoint, context=LedgerContext(team=team_a), reservation=hold, max_output_tokens=64,
+        messages=STORY,
+    )
+    # No budget binds: the call runs to its cap, its hold grown from 0.3 s to what it needed.
+    assert call.finish_reason == "length" and call.record.completion_tokens == 64
+    hold.refresh_from_db()
+    assert call.cost <= hold.estimate
+    # It ends at most one growth slice (a quarter of the compute, or 8 steps) above the cost.
+    assert hold.estimate <= call.cost * Decimal("1.5")
 
 
 @pytest.mark.slow

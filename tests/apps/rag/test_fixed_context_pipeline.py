@@ -17,6 +17,7 @@ from apps.rag.fixed_context import (
     pipeline_fixed_context_text,
 )
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
+from tests.support.holds import refuse_hold_growth
 from tests.workers.attention.handbook import HANDBOOK, QUESTION
 
 
@@ -153,7 +154,7 @@ def test_a_question_is_answered_over_the_cached_fixed_context_and_billed_as_cach
 
 @pytest.mark.slow
 def test_a_fixed_context_answer_stops_where_its_hold_ends(
-    team_a, alice, local_model, django_capture_on_commit_callbacks
+    team_a, alice, local_model, django_capture_on_commit_callbacks, monkeypatch
 ):
     """The hold is enforced in the engine: a hold that pays for part of the answer cuts it short with
     finish_reason "budget"; one that pays for nothing runs nothing; both settle within their estimate."""
@@ -175,7 +176,9 @@ def test_a_fixed_context_answer_stops_where_its_hold_ends(
 
     full, full_row = execute()
     assert full_row.completion_tokens >= 6, full.answer
+    refused = refuse_hold_growth(monkeypatch)  # as when the budget has no room left to grow into
     cut, cut_row = execute(estimate=money(full_row.cost * 4 / 10))
+    assert refused
     assert (cut.finish_reason, cut_row.finish_reason) == ("budget", "budget")
     assert cut_row.completion_tokens < full_row.completion_tokens and full.answer.startswith(cut.answer.strip())
     nothing, nothing_row = execute(estimate=Decimal(0))

@@ -9,6 +9,7 @@ from apps.costs import metering
 from apps.costs.models import ModelEndpoint, Stage, UsageRecord
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.apps.rag.conftest import fake_search_hits
+from tests.support.holds import refuse_hold_growth
 
 PASSAGES = [
     ("List of Nobel laureates in Physics",
@@ -172,6 +173,7 @@ def test_a_superposition_answer_stops_where_its_hold_ends(
     rows = {row.stage: row for row in UsageRecord.objects.filter(query_run_id=full.pk)}
     assert full.finish_reason in ("stop", "length") and rows[Stage.GENERATE].completion_tokens >= 8, full.answer
     hold = money(10 * rows[Stage.RETRIEVE].cost + rows[Stage.GENERATE].cost * 4 / 10)
+    refused = refuse_hold_growth(monkeypatch)  # as when the budget has no room left to grow into
     with caplog.at_level(logging.WARNING, logger="apps.costs.services.ledger"):
         cut = execute(estimate=hold)
     # The engine stopped in time: the ledger's own clamp had nothing of the generation to cut.
@@ -184,3 +186,4 @@ def test_a_superposition_answer_stops_where_its_hold_ends(
     reservation = Reservation.objects.get(pk=cut.reservation_id)
     assert reservation.status == ReservationStatus.SETTLED
     assert cut.cost == reservation.actual <= reservation.estimate == hold
+    assert refused  # the engine asked to grow the hold before it stopped

@@ -80,8 +80,13 @@ class FakeHooks:
         self.calls.append(("metered:billed", result))
         return result
 
-    def generation_budget_s(self, prompt_tokens: int, max_output_tokens: int) -> float | None:
-        self.calls.append(("generation_budget_s", prompt_tokens, max_output_tokens))
+    def generation_budget_s(
+        self, prompt_tokens: int, max_output_tokens: int, prefill_tokens: int | None = None
+    ) -> float | None:
+        self.calls.append(
+            ("generation_budget_s", prompt_tokens, max_output_tokens)
+            + (() if prefill_tokens is None else (prefill_tokens,))
+        )
         return self.budget_s
 
     def names(self) -> list[str]:
@@ -250,7 +255,7 @@ def test_a_fixed_context_is_answered_over_the_kv_store_without_retrieval(monkeyp
                           truncated_tokens=30)
 
     monkeypatch.setattr(fixed_context, "answer", answer)
-    monkeypatch.setattr(fixed_context, "answer_prompt_tokens", lambda model, **kwargs: 120)
+    monkeypatch.setattr(fixed_context, "answer_prompt_parts", lambda model, **kwargs: (100, 20))
     local = object()
     hooks = FakeHooks(local=local, budget_s=1.5)
     result, progress, _ = _run(hooks, fixed_context=True, attention_backend="squeezed",
@@ -260,7 +265,8 @@ def test_a_fixed_context_is_answered_over_the_kv_store_without_retrieval(monkeyp
     assert hooks.names() == [
         "local_model", "fixed_context_text", "metered:start", "kv_store", "generation_budget_s", "metered:billed",
     ]
-    assert ("generation_budget_s", 120, 8) in hooks.calls and seen["budget_s"] == 1.5
+    # The hold starts from the user's 20 tokens (the context is cached); all 120 are billed.
+    assert ("generation_budget_s", 120, 8, 20) in hooks.calls and seen["budget_s"] == 1.5
     assert seen["model"] is local and seen["store"] is hooks.store
     assert seen["context_text"] == "The fixed context."
     assert (seen["backend"], seen["options"]) == ("squeezed", {"keep_fraction": 0.5})
