@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.agent.decompose import decompose_messages, subtasks_or_whole
-from workers.agent.executor import ToolOutcome, call_with_timeout, result_text
+from workers.agent.executor import ToolOutcome, ToolTime, call_with_timeout, result_text
 from workers.agent.schema import compact_definition, tool_definition, validate_arguments
 from workers.agent.toolcall import (
     DEMO_TURNS,
@@ -97,8 +97,14 @@ class StepLimitReached(Exception):
 
 
 class BudgetReached(Exception):
-    """Raised by the ``model`` callable when the budget does not cover the next step: the run stops
-    and answers with what it has (finish_reason "budget"), like at the step limit."""
+    """Raised by the ``model`` or ``search`` callable when the budget does not cover the next step
+    (or by the loop when it stopped a tool the budget no longer paid for): the run stops and
+    answers with what it has (finish_reason "budget"), like at the step limit. ``what``: what the
+    budget did not cover, for the answer."""
+
+    def __init__(self, message: str = "", *, what: str = "another step") -> None:
+        super().__init__(message)
+        self.what = what
 
 
 ModelFn = Callable[..., ModelReply]
@@ -119,6 +125,7 @@ class AgentLoop:
         model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply
         search(query, k) -> list[ToolHit]            best first, with cosine scores
         execute(tool, arguments) -> Any               runs one tool (raises on failure)
+        tool_time: ToolTime | None                    how tool time is paid for (None: unmetered)
 
     1. Decompose the request into subtasks (one model call, a numbered list; junk -> the whole
        request as the only subtask).
@@ -127,14 +134,16 @@ class AgentLoop:
        ``max_depth`` levels.
     3. Solve the subtask with ONLY the tools found offered to the model: OpenAI-style tool calls
        (``mode="openai"``) or the constrained JSON format (``mode="json"``, local models; one
-       corrective retry on an invalid reply). Each tool runs on its own thread under a timeout.
+       corrective retry on an invalid reply). Each tool runs on its own thread under a timeout,
+       for as long as ``tool_time`` pays (held in slices, ``workers.agent.executor``).
     4. Answer: a single solved subtask's answer is the answer; otherwise one more model call
        composes it from the results (streamed through ``on_answer_token``).
 
     ``step_limit`` caps the model calls of a run (decompositions included); at the cap the run
     stops and answers with what it has (finish_reason "step_limit"). A ``model`` callable that
     raises ``BudgetReached`` (its budget does not cover the call) stops it the same way
-    (finish_reason "budget").
+    (finish_reason "budget"), and so do a ``search`` that raises it and a tool call stopped
+    because its budget refused more time (the tool's error is recorded in its step).
     """
 
     def __init__(
@@ -147,8 +156,10 @@ class AgentLoop:
         on_update: Callable[[list[dict[str, Any]]], None] | None = None,
         on_tool_done: ToolDoneFn | None = None,
         on_answer_token: Callable[[str], None] | None = None,
+        tool_time: ToolTime | None = None,
     ) -> None:
         self.config = config
+        self._tool_time = tool_time
         self._model_fn = model
         self._search_fn = search
         self._execute_fn = execute
@@ -229,7 +240,10 @@ class AgentLoop:
 
     def _run_tool(self, tool: ToolSpec, arguments: dict[str, Any], record: dict[str, Any]) -> ToolOutcome:
         outcome = call_with_timeout(
-            lambda: self._execute_fn(tool, arguments), timeout_s=self.config.tool_timeout_s, name=tool.name
+            lambda: self._execute_fn(tool, arguments),
+            timeout_s=self.config.tool_timeout_s,
+            name=tool.name,
+            time_paid=self._tool_time,
         )
         self.tools_called.append(tool.name)
         record["tool_calls"].append(
@@ -244,6 +258,9 @@ class AgentLoop:
         if self._on_tool_done is not None:
             self._on_tool_done(tool, arguments, outcome)
         self._update()
+        if outcome.budget_stopped:
+            # Telling the model would take a model call, which the budget cannot pay either.
+            raise BudgetReached(f"{tool.name}: {outcome.error}", what=f"more time for the tool {tool.name}")
         return outcome
 
     # ------------------------------------------------------------------ solving one subtask
@@ -451,7 +468,8 @@ class AgentLoop:
             results = [(s, r) for s, r in solved if r is not None]
             partial = "; ".join(f"{s}: {r}" for s, r in results)
             answer = (
-                f"Stopped: the budget does not cover another step (after {self.model_calls} model calls)."
+                f"Stopped: the budget does not cover {getattr(exc, 'what', 'another step')} "
+                f"(after {self.model_calls} model calls)."
                 if over_budget
                 else f"Stopped at the step limit ({self.config.step_limit} model calls)."
             )
@@ -481,10 +499,11 @@ def run_agent(
     on_update: Callable[[list[dict[str, Any]]], None] | None = None,
     on_tool_done: ToolDoneFn | None = None,
     on_answer_token: Callable[[str], None] | None = None,
+    tool_time: ToolTime | None = None,
 ) -> AgentResult:
     """Run the agent on one request (see the module docstring)."""
     loop = AgentLoop(
         config=config, model=model, search=search, execute=execute,
-        on_update=on_update, on_tool_done=on_tool_done, on_answer_token=on_answer_token,
+        on_update=on_update, on_tool_done=on_tool_done, on_answer_token=on_answer_token, tool_time=tool_time,
     )
     return loop.run(request)

@@ -1,11 +1,15 @@
 """Agent runs: reserve and start one (web process), execute it (worker), wait for it.
 
 Each step holds its own reservation (cost path ``agent_step``): a step is one model call, the tool
-calls it makes and the tool searches that follow it. ``agent_run_start`` reserves the first step's
-bound (402 when a budget refuses: no run), creates the AgentRun (``reservation``: that first hold)
-and its Job on the gpu queue. In the worker, each later model call first settles the previous
-step's hold and reserves its own bound from its exact prompt; when a budget refuses it the run
-ends cleanly with its partial answer and finish reason "budget". The run's cost is the sum of its
+calls it makes and the tool searches that follow it, and its hold grows with that work
+(``_StepHolds``). ``agent_run_start`` reserves the first model call's bound (402 when a budget
+refuses: no run), creates the AgentRun (``reservation``: that first hold) and its Job on the gpu
+queue. In the worker, each later model call first settles the previous step's hold and opens its
+own with the call's bound from its exact prompt; each tool search grows the step's hold by that
+search's bound (its query's exact tokens), and each tool call's time is held in slices while it
+runs (``workers.agent.executor.ToolTime``). When a budget refuses a step or a search the run ends
+cleanly with its partial answer and finish reason "budget"; a refused slice stops the tool, billed
+at most what the hold paid for, and ends the run the same way. The run's cost is the sum of its
 ledger rows. ``agent_run_execute`` runs ``workers.agent.loop.AgentLoop`` with three callables
 wired here: the model (every call through ``metering.model_call``, stage agent-step), the tool
 search (the query embedding metered as retrieve), and tool execution (each call metered as a
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -32,10 +37,10 @@ from apps.agents.services.tools import TOOL_PRICE_NAME
 from apps.core.errors import ValidationFailed
 from apps.core.services import job_start
 from apps.core.streaming import AnswerStream
-from apps.costs.cost_model import device_cost, device_seconds_bound
+from apps.costs.cost_model import device_cost, device_seconds_bound, per_second_price
 from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
-from apps.costs.pricing import Usage, to_decimal, worst_case_cost
+from apps.costs.pricing import MONEY_QUANTUM, Usage, cost_of, to_decimal, worst_case_cost
 from apps.costs.services import (
     BudgetExceeded,
     LedgerContext,
@@ -107,67 +112,26 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
     return estimate
 
 
-# Tool searches between two model calls: one per subtask (at most max_subtasks) and one more level.
-_SEARCHES_PER_STEP = 6
-_TOOL_CALLS_PER_STEP = 4  # an OpenAI-mode reply may ask for a few tool calls at once
-_QUERY_TOKENS_BOUND = 256  # the tool embedder truncates a query to this many tokens
+_TOOL_CALLS_PER_STEP = 4  # for hold lifetimes only: an OpenAI-mode reply may ask for a few tool calls at once
 
 
-def agent_step_bound(*, agent: Agent, call_worst_case: Decimal) -> Decimal:
-    """What one step reserves: its model call's worst case, plus the tool calls it can make (each up
-    to the tool timeout) and the tool searches that can follow it."""
-    from apps.agents.services.tools import TOOL_EMBEDDING_PRICE_NAME
-    from apps.corpora.services.embedding import embedding_bound
-
-    estimate = call_worst_case
-    tool_price = _price_or_none(TOOL_PRICE_NAME)
-    if tool_price is not None:
-        estimate += worst_case_cost(
-            price=tool_price, prompt_tokens=0, max_output_tokens=0,
-            max_seconds=_TOOL_CALLS_PER_STEP * agent.tool_timeout_s,
-        )
-    embed_price = _price_or_none(TOOL_EMBEDDING_PRICE_NAME)
-    if embed_price is not None:
-        estimate += _SEARCHES_PER_STEP * embedding_bound(
-            model_name="all-MiniLM-L6-v2", tokens=_QUERY_TOKENS_BOUND, price=embed_price
-        )
-    return estimate
+def _call_prompt(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The messages a call's prompt is counted from (tool definitions: one more message)."""
+    return [*messages, {"role": "system", "content": json.dumps(tools)}] if tools else messages
 
 
-def _first_prompt_tokens(agent: Agent, request: str, messages: list[dict]) -> int:
-    """Prompt tokens of the run's first model call (the decomposition), in the web process.
-
-    Counted by the endpoint's own counter where that needs no model load (remote endpoints); a
-    local model's prompt is bounded by its UTF-8 bytes plus the chat template's tokens per message
-    instead of loading the model here.
-    """
+def agent_first_step_bound(*, agent: Agent, request: str) -> Decimal:
+    """What starting a run reserves: its first model call's bound (the decomposition), from the cost
+    model, for exactly the prompt the worker will send (the endpoint's own tokenizer, no weights
+    loaded). The searches and tool calls that follow grow the hold when they run (``_StepHolds``)."""
     from apps.costs import metering
     from workers.agent.decompose import decompose_messages
-    from workers.runtime.meter import count_chat_tokens
-
-    first = decompose_messages(request, max_steps=_engine_config(agent).max_subtasks)
-    first = [*first, *({"role": "user", "content": str(m.get("content", ""))} for m in messages)]
-    endpoint = agent.model_endpoint
-    if endpoint.kind == EndpointKind.OPENAI:
-        return count_chat_tokens(metering.endpoint_target(endpoint), first)
-    return 16 + sum(len(str(m.get("content", "")).encode("utf-8")) + 8 for m in first)
-
-
-def agent_first_step_bound(*, agent: Agent, request: str, messages: list[dict] | None = None) -> Decimal:
-    """What starting a run reserves: its first step's bound (the decomposition call and what follows it)."""
     from workers.agent.loop import DECOMPOSE_MAX_TOKENS
 
     endpoint = agent.model_endpoint
-    prompt = min(_first_prompt_tokens(agent, request, messages or []), endpoint.context_window)
+    messages = decompose_messages(request, max_steps=_engine_config(agent).max_subtasks)
     cap = min(DECOMPOSE_MAX_TOKENS, agent.max_output_tokens, endpoint.max_output_tokens)
-    call = worst_case_cost(
-        price=price_current(model_name=endpoint.price_name),
-        prompt_tokens=prompt,
-        max_output_tokens=cap,
-        max_seconds=settings.PARSIMONY_MODEL_WALL_TIME_S if endpoint.kind == EndpointKind.LOCAL else 0.0,
-        on_gpu=settings.PARSIMONY_WORKER_DEVICE == "cuda",
-    )
-    return agent_step_bound(agent=agent, call_worst_case=call)
+    return metering.call_estimate(endpoint=endpoint, target=None, messages=messages, max_output_tokens=cap)[1]
 
 
 def _step_ttl_s(agent: Agent) -> int:
@@ -206,7 +170,7 @@ def agent_run_start(
     reservation = hold_open(
         path="agent_step",
         context=LedgerContext(team=team, user=user, api_key=api_key),
-        estimate=agent_first_step_bound(agent=agent, request=request, messages=messages),
+        estimate=agent_first_step_bound(agent=agent, request=request),
         description=f"agent {agent.name} step 1",
         ttl_s=_reservation_ttl_s(agent),
     ).reservation
@@ -239,13 +203,21 @@ def _engine_config(agent: Agent):
 
 
 class _StepHolds:
-    """A run's step holds: the first was reserved when the run started; each later model call settles
-    the previous step's and reserves its own from its exact prompt (``BudgetReached`` when refused)."""
+    """A run's step holds, each grown with its work ("holds grow with the work", docs/costs.md).
+
+    A step is one model call and what follows it until the next: the tool calls it asks for and the
+    tool searches. Its hold is opened with the model call's bound only (the first one when the run
+    started; each later one settles the previous step's and opens its own from its exact prompt);
+    each search and each slice of tool time then ``ensure``s the hold covers what was spent plus
+    that search's or slice's bound. A refused step or search raises ``BudgetReached``; a refused
+    slice stops the tool (``tool_extend`` returns False).
+    """
 
     def __init__(self, run: AgentRun, context: LedgerContext) -> None:
         self.run = run
         self.context = context
         self.steps = 0
+        self.tool_price = _price_or_none(TOOL_PRICE_NAME)
         self.current: Hold | None = (
             hold_resume(reservation=run.reservation, context=context, path="agent_step")
             if run.reservation_id else None
@@ -257,26 +229,61 @@ class _StepHolds:
         from workers.agent.loop import BudgetReached
 
         self.steps += 1
-        if self.steps == 1 and self.current is not None:
-            return self.current
-        self.settle()
         endpoint = self.run.agent.model_endpoint
-        # Tool definitions are part of the prompt: counted as one more message.
-        counted = [*messages, {"role": "system", "content": json.dumps(tools)}] if tools else messages
         _, call_worst = metering.call_estimate(
-            endpoint=endpoint, target=target, messages=counted, max_output_tokens=min(cap, endpoint.max_output_tokens)
+            endpoint=endpoint, target=target, messages=_call_prompt(messages, tools),
+            max_output_tokens=min(cap, endpoint.max_output_tokens),
         )
         try:
-            self.current = hold_open(
-                path="agent_step", context=self.context,
-                estimate=agent_step_bound(agent=self.run.agent, call_worst_case=call_worst),
-                description=f"agent {self.run.agent.name} step {self.steps}",
-                ttl_s=_step_ttl_s(self.run.agent),
-            )
+            if self.steps == 1 and self.current is not None:
+                # Reserved by agent_run_start from the same prompt; grown if the cost model moved since.
+                self.current.ensure(call_worst)
+            else:
+                self.settle()
+                self.current = hold_open(
+                    path="agent_step", context=self.context, estimate=call_worst,
+                    description=f"agent {self.run.agent.name} step {self.steps}",
+                    ttl_s=_step_ttl_s(self.run.agent),
+                )
         except BudgetExceeded as exc:
             self.steps -= 1
             raise BudgetReached(exc.message) from exc
         return self.current
+
+    def ensure(self, bound: Decimal, *, what: str) -> None:
+        """Grow the current step's hold to cover ``bound`` more work (``BudgetReached`` when refused)."""
+        from workers.agent.loop import BudgetReached
+
+        if self.current is None or bound <= 0:
+            return
+        try:
+            self.current.ensure(bound)
+        except BudgetExceeded as exc:
+            raise BudgetReached(exc.message, what=what) from exc
+
+    # Tool time (``workers.agent.executor.ToolTime``): billed per CPU-second at the tool price.
+
+    def _tool_per_second(self) -> Decimal:
+        return per_second_price(price=self.tool_price, device="cpu") if self.tool_price is not None else ZERO
+
+    def tool_paid_s(self) -> float:
+        """The seconds of tool time the current hold already pays for (inf: tool time is free)."""
+        per_second = self._tool_per_second()
+        if self.current is None or per_second <= 0:
+            return math.inf
+        # One quantum short of the rest, so the row's rounding (half up, 10 places) cannot pass it.
+        left = self.current.estimate - self.current.spent() - MONEY_QUANTUM
+        return max(0.0, float(left / per_second) * (1 - 1e-9))
+
+    def tool_extend(self, seconds: float) -> bool:
+        """Make the current hold pay for ``seconds`` of the running tool call; False when a budget refuses."""
+        if self.current is None or self._tool_per_second() <= 0:
+            return True
+        try:
+            self.current.ensure(_tool_cost(self.tool_price, math.ceil(seconds * 1e6) / 1e6))
+        except BudgetExceeded:
+            return False
+        return True
 
     def record(self, **row: Any) -> None:
         """A ledger row of the current step (a search before the first call: under the first hold)."""
@@ -294,16 +301,29 @@ class _StepHolds:
             self.current = None
 
 
+def _tool_cost(price, seconds: float) -> Decimal:
+    return cost_of(usage=Usage(cpu_seconds=to_decimal(seconds)), price=price)
+
+
+def _tool_seconds_billed(outcome) -> float:
+    """A tool call's billed CPU-seconds: its duration, at most what its hold paid for (6 places, down)."""
+    seconds = outcome.duration_ms / 1000
+    if outcome.paid_s is not None:
+        seconds = min(seconds, outcome.paid_s)
+    return math.floor(seconds * 1e6) / 1e6
+
+
 def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _StepHolds):
     """The engine's three callables (and its hooks), bound to this run."""
     from apps.agents.selectors import tool_search
+    from apps.corpora.services.embedding import embedding_bound
+    from workers.agent.executor import ToolTime
     from workers.agent.loop import ModelReply, ToolCallRequest, ToolHit, ToolSpec
 
     agent = run.agent
     endpoint = agent.model_endpoint
     callables: dict[int, Any] = {}
     embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
-    tool_price = _price_or_none(TOOL_PRICE_NAME)
     state = {"calls": 0}
 
     def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
@@ -334,13 +354,18 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
         )
 
     def search(query: str, k: int) -> list[ToolHit]:
+        # Its query's exact tokens (the embedder's tokenizer, cached): the hold grows by this search's bound.
+        tokens = embedding_tokens(DEFAULT_EMBEDDING_MODEL, [query]) if query.strip() else 0
+        holds.ensure(
+            embedding_bound(model_name=DEFAULT_EMBEDDING_MODEL, tokens=tokens, price=embed_price),
+            what="another tool search",
+        )
         started = time.perf_counter()
         timings: dict[str, float] = {}
         matches = tool_search(team=run.team, query=query, k=k, timings=timings)
         holds.record(
             stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
-            usage=Usage(prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [query]),
-                        cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
+            usage=Usage(prompt_tokens=tokens, cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
             price=embed_price, latency_ms=int((time.perf_counter() - started) * 1000),
             finish_reason="tool-search",
         )
@@ -359,17 +384,21 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
         return callables[spec.key](arguments)
 
     def on_tool_done(spec, arguments, outcome) -> None:
+        if outcome.budget_stopped and outcome.paid_s == 0:
+            return  # refused before it started: nothing ran
+        reason = "budget" if outcome.budget_stopped else "timeout" if outcome.timed_out else "error"
+        reason = reason if outcome.error else "ok"
         holds.record(
             stage=Stage.TOOL, model_name=f"tool/{spec.name}"[:200],
-            usage=Usage(cpu_seconds=to_decimal(round(outcome.duration_ms / 1000, 6))),
-            price=tool_price, latency_ms=outcome.duration_ms,
-            finish_reason="timeout" if outcome.timed_out else ("error" if outcome.error else "ok"),
+            usage=Usage(cpu_seconds=to_decimal(_tool_seconds_billed(outcome))),
+            price=holds.tool_price, latency_ms=outcome.duration_ms, finish_reason=reason,
         )
 
     def on_update(steps: list[dict]) -> None:
         AgentRun.objects.filter(pk=run.pk).update(steps=steps)
 
-    return model, search, execute, on_tool_done, on_update
+    tool_time = ToolTime(paid_s=holds.tool_paid_s, extend=holds.tool_extend)
+    return model, search, execute, on_tool_done, on_update, tool_time
 
 
 def _fail_orphan(run: AgentRun) -> AgentRun:
@@ -446,10 +475,10 @@ def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) ->
     # The final answer is stripped: the stream drops leading white space too, so it is its prefix.
     stream = AnswerStream(AgentRun, run.pk, strip_leading=True)
     holds = _StepHolds(run, context)
-    model, search, execute, on_tool_done, on_update = _wire(run, context, progress, holds)
+    model, search, execute, on_tool_done, on_update, tool_time = _wire(run, context, progress, holds)
     loop = AgentLoop(
         config=_engine_config(run.agent), model=model, search=search, execute=execute,
-        on_update=on_update, on_tool_done=on_tool_done, on_answer_token=stream,
+        on_update=on_update, on_tool_done=on_tool_done, on_answer_token=stream, tool_time=tool_time,
     )
     try:
         result = loop.run(run.request)
