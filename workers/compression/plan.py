@@ -178,6 +178,7 @@ class CompressionPlan:
     embed_calls / embed_texts / embed_tokens: `encode` calls to the sentence embedder (MiniLM),
     their texts, and the tokens those texts hold by `embed_token_counts`.
     exact: True when every count is what the run will do (nothing depends on a model's output).
+    on_model_call: see the field (a hold that grows call by call, or a decode-time allowance).
     """
 
     method: str
@@ -193,6 +194,12 @@ class CompressionPlan:
     embed_texts: int = 0
     embed_tokens: int = 0
     exact: bool = True
+    # Set by the caller before `compress(plan=...)`: called before each model call with that call
+    # counted exactly (its prompt's tokens now that its text is known, its cap); it may raise to
+    # stop the run, and returns more keyword arguments for the meter's `generate` (or None).
+    on_model_call: Callable[[ModelCall], dict[str, Any] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
     work: Work | None = field(default=None, repr=False, compare=False)
     fingerprint: str = field(default="", repr=False, compare=False)
 

@@ -229,8 +229,13 @@ class Summarize:
         return cache_key(self.name, {"model": str(getattr(target, "name", target))}, passage.text, budget,
                          title=passage.title)
 
-    def _summarize(self, query: str, passage: Passage, budget: int, shown: str) -> tuple[str, int, int, float]:
-        """(summary, prompt tokens, completion tokens, compute seconds) of one model call for one chunk."""
+    def _summarize(
+        self, query: str, passage: Passage, budget: int, shown: str, options: dict[str, Any] | None = None
+    ) -> tuple[str, int, int, float]:
+        """(summary, prompt tokens, completion tokens, compute seconds) of one model call for one chunk.
+
+        `options`: more keyword arguments for the meter's `generate` (the caller's hold: `budget_s`, ...).
+        """
         from workers.runtime.meter import generate
 
         result = generate(
@@ -238,6 +243,7 @@ class Summarize:
             messages=self._messages(query, passage, shown, summary_words(budget)),
             max_output_tokens=budget,
             wall_time_limit_s=self.resources.generation_time_limit_s,
+            **(options or {}),
         )
         text = _PREAMBLE.sub("", result.text.strip()).strip()
         if result.completion_tokens >= budget and " " in text and not text.endswith((".", "!", "?", '"', ")")):
@@ -457,7 +463,13 @@ class Summarize:
             hit = work.get_json(key) if key is not None else None
             if hit is not None:
                 return hit["text"], 0
-            text, p_tokens, c_tokens, seconds = self._summarize(query, passages[i], cap, shown[i])
+            options = None
+            if plan is not None and plan.on_model_call is not None:
+                # The call about to run, counted exactly now that its share and text are known.
+                messages = self._messages(query, passages[i], shown[i], summary_words(cap))
+                generator = self.resources.get_generator()
+                options = plan.on_model_call(ModelCall(chat_tokens_bound_for(generator, messages), cap))
+            text, p_tokens, c_tokens, seconds = self._summarize(query, passages[i], cap, shown[i], options)
             work.model_calls += 1
             spent["prompt"] += p_tokens
             spent["completion"] += c_tokens

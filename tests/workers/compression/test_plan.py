@@ -180,9 +180,9 @@ def test_summarize_passes_the_planned_cap_to_the_meter(bow, passages):
     method = echo_summarize(bow, "word " * 200, allocation="size", relevance_order=False, query_aware=False)
     original = method._summarize
 
-    def spy(query, passage, budget, shown):
+    def spy(query, passage, budget, shown, options=None):
         seen.append((passage.chunk_id, budget))
-        return original(query, passage, budget, shown)
+        return original(query, passage, budget, shown, options)
 
     method._summarize = spy
     plan, result = planned_and_ran(method, passages, 0.5)
@@ -208,6 +208,31 @@ def test_summaries_that_write_more_than_they_leave_stop_at_the_completion_cap(bo
     assert result.model_calls == 6
     assert result.model_completion_tokens == completion_cap(budget, 6) == plan.completion_tokens == 120 + 6 * 16
     assert plan.violations(result) == []
+
+
+def test_the_caller_sees_each_summary_call_counted_exactly_before_it_runs(bow, passages):
+    method = echo_summarize(bow, "completed in 1889 for the fair", temperature=10.0)
+    plan = method.plan(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
+    seen = []
+
+    def before(call):
+        seen.append(call)
+        return {"stop": [" for"]}  # more arguments for the meter's generate
+
+    plan.on_model_call = before
+    result = method.compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words, plan=plan)
+    assert 0 < len(seen) == result.model_calls <= len(plan.model_calls)
+    assert sum(call.prompt_tokens for call in seen) == result.model_prompt_tokens  # exact, per call
+    assert max(call.max_output_tokens for call in seen) <= max(c.max_output_tokens for c in plan.model_calls)
+    assert "completed in 1889" in [p.text for p in result.passages]  # the stop string reached the meter
+
+    def refuse(call):
+        raise RuntimeError("budget exceeded")
+
+    again = method.plan(query=QUERY, passages=passages, target=0.5, count_tokens=count_words)
+    again.on_model_call = refuse
+    with pytest.raises(RuntimeError, match="budget exceeded"):
+        method.compress(query=QUERY, passages=passages, target=0.5, count_tokens=count_words, plan=again)
 
 
 def test_a_cached_summary_costs_no_call_in_the_plan_or_the_run(bow, passages, tmp_path):
@@ -289,8 +314,13 @@ def test_extractive_counts_minilms_tokens_exactly(minilm, smollm2_count, passage
 def test_real_summaries_stay_within_the_plan_uncached_and_cached(smollm2, smollm2_count, minilm, passages, tmp_path):
     # The pipeline's setting (query-aware, relevance weights): a bound, not exact.
     aware = get_method("summarize", resources=Resources(generator=smollm2, embedder=minilm))
-    plan, result = planned_and_ran(aware, passages[:2], 0.5, count_tokens=smollm2_count)
-    assert plan.violations(result) == [] and result.model_calls > 0
+    plan = aware.plan(query=QUERY, passages=passages[:2], target=0.5, count_tokens=smollm2_count)
+    seen = []
+    plan.on_model_call = seen.append  # returns None: no more arguments for the meter
+    result = aware.compress(query=QUERY, passages=passages[:2], target=0.5, count_tokens=smollm2_count, plan=plan)
+    assert plan.violations(result) == [] and result.model_calls == len(seen) > 0
+    assert sum(call.prompt_tokens for call in seen) == result.model_prompt_tokens  # the chat template, exactly
+    assert result.model_completion_tokens <= sum(call.max_output_tokens for call in seen)
     assert plan.model == result.model == "smollm2-135m-instruct"
     assert all(call.max_output_tokens >= MIN_SUMMARY_TOKENS for call in plan.model_calls)
     # Generic summaries, cached: the first run's calls are bounded, the second makes none.
