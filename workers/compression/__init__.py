@@ -3,6 +3,9 @@
     get_method("extractive")                                  # defaults: MiniLM, SmolLM2, no cache
     get_method("summarize", resources=Resources(generator=lm, cache=CompressionCache(dir)))
     get_method("surprisal_prune", resources=..., query_aware=False)   # method parameters by keyword
+
+    plan = method.plan(query=q, passages=ps, target=0.5, count_tokens=count)   # the bound, no model run
+    result = method.compress(query=q, passages=ps, target=0.5, count_tokens=count, plan=plan)
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from workers.compression.base import CompressedContext, CompressionMethod
+from workers.compression.base import CompressedContext
 from workers.compression.cache import CompressionCache
 from workers.compression.extractive import Extractive
 from workers.compression.none import NoCompression
+from workers.compression.plan import CompressionMethod, CompressionPlan, ModelCall
 from workers.compression.resources import Resources
 from workers.compression.semantic_prune import SemanticPrune
 from workers.compression.summarize import Summarize
@@ -81,9 +85,11 @@ def pipeline_method(
 
 __all__ = [
     "METHODS",
+    "ModelCall",
     "CompressedContext",
     "CompressionCache",
     "CompressionMethod",
+    "CompressionPlan",
     "Resources",
     "get_method",
     "pipeline_method",

@@ -1,10 +1,9 @@
-"""What a compression method returns, its protocol, and the result builders methods share."""
+"""What a compression method returns, and the result builders methods share (the protocol: plan.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from workers.compression.text import Span, render
 from workers.prompting.base import Passage
@@ -25,14 +24,16 @@ class CompressedContext:
     # The model that read/wrote the model_*_tokens above (as the meter names it), "" when none:
     # the pipeline bills those tokens at its endpoint's price only when it is the endpoint's model.
     model: str = ""
-
-
-class CompressionMethod(Protocol):
-    name: str
-
-    def compress(
-        self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
-    ) -> CompressedContext: ...
+    # What the call ran, to compare with its CompressionPlan (workers/compression/plan.py):
+    # meter calls; sentence-embedder encode calls, their texts and tokens (special tokens
+    # included); forward passes of a local scorer and the tokens they read (surprisal_prune,
+    # which also reports those tokens as model_prompt_tokens).
+    model_calls: int = 0
+    embed_calls: int = 0
+    embed_texts: int = 0
+    embed_tokens: int = 0
+    scorer_passes: int = 0
+    scorer_tokens: int = 0
 
 
 def identity(passages: list[Passage], tokens: int) -> CompressedContext:

@@ -18,6 +18,7 @@ import numpy as np
 
 from workers.compression.base import CompressedContext, build, identity
 from workers.compression.cache import cache_key
+from workers.compression.plan import CompressionPlan, Work, check, new_plan, start
 from workers.compression.resources import Resources
 from workers.compression.text import (
     Span,
@@ -231,37 +232,64 @@ class Extractive:
 
     # ------------------------------------------------------------------ embeddings
 
-    def _sentence_vectors(self, passages: list[Passage], spans: list[list[Span]]) -> np.ndarray:
+    @staticmethod
+    def _model_name(embedder: Any) -> str:
+        return str(getattr(embedder, "model_path", type(embedder).__name__))
+
+    def _vector_key(self, passage: Passage, model: str) -> str:
+        """Where a passage's sentence vectors are cached (query-independent)."""
+        return cache_key("extractive/sentences", {"model": model, "title": self.title_context}, passage.text, None,
+                         title=passage.title if self.title_context else "")
+
+    def _sentence_vectors(self, passages: list[Passage], spans: list[list[Span]], work: Work) -> np.ndarray:
         """(S, D) normalised vectors of every sentence of every passage, in passage order."""
         embedder = self.resources.get_embedder()
-        cache = self.resources.cache
-        model = str(getattr(embedder, "model_path", type(embedder).__name__))
+        model = self._model_name(embedder)
+        dim = int(getattr(embedder, "dimension", 384))
         parts: list[np.ndarray | None] = []
         todo: list[str] = []
-        keys = [
-            cache_key("extractive/sentences", {"model": model, "title": self.title_context}, p.text, None,
-                      title=p.title if self.title_context else "")
-            for p in passages
-        ]
+        keys = [self._vector_key(p, model) for p in passages]
         for key, passage, passage_spans in zip(keys, passages, spans, strict=True):
-            hit = cache.get_array(key) if cache is not None else None
-            if hit is not None and hit.shape[0] == len(passage_spans):
+            hit = work.get_array(key, (len(passage_spans),))
+            if hit is not None:
                 parts.append(hit)
                 continue
             parts.append(None)
             todo.extend(self._sentence_input(passage, span) for span in passage_spans)
-        fresh = embedder.encode(todo) if todo else None  # (len(todo), D)
+        fresh = work.encode(embedder, todo) if todo else np.zeros((0, dim), dtype=np.float32)  # (len(todo), D)
         out, offset = [], 0
         for key, passage_spans, part in zip(keys, spans, parts, strict=True):
             if part is None:
-                assert fresh is not None
                 part = fresh[offset : offset + len(passage_spans)]
                 offset += len(passage_spans)
-                if cache is not None:
-                    cache.put_array(key, part.astype(np.float32))
+                work.put_array(key, part.astype(np.float32))
             out.append(part)
-        dim = int(getattr(embedder, "dimension", 384))
         return np.concatenate(out, axis=0) if out else np.zeros((0, dim), dtype=np.float32)
+
+    def _query_vector(self, query: str, work: Work) -> np.ndarray:
+        """(D,) the query's vector, encoded once per compress call."""
+        embedder = self.resources.get_embedder()
+        key = ("extractive/query", self._model_name(embedder), query)
+        if key not in work.memory:
+            work.memory[key] = work.encode(embedder, [query])[0]
+        return work.memory[key]
+
+    def plan_relevance(
+        self, plan: CompressionPlan, query: str, passages: list[Passage], spans: list[list[Span]]
+    ) -> None:
+        """Count on `plan` what `relevance` will encode with `plan.work`: exactly the sentences of the
+        passages whose vectors are neither cached nor already computed in this call (cached ones are
+        pinned), and the query unless this call has it already."""
+        assert plan.work is not None
+        embedder = self.resources.get_embedder()
+        model = self._model_name(embedder)
+        todo: list[str] = []
+        for passage, passage_spans in zip(passages, spans, strict=True):
+            if plan.work.get_array(self._vector_key(passage, model), (len(passage_spans),)) is None:
+                todo.extend(self._sentence_input(passage, span) for span in passage_spans)
+        plan.add_encode(embedder, todo)
+        if ("extractive/query", model, query) not in plan.work.memory:
+            plan.add_encode(embedder, [query])
 
     def _sentence_input(self, passage: Passage, span: Span) -> str:
         sentence = passage.text[span[0] : span[1]]
@@ -271,10 +299,15 @@ class Extractive:
 
     # ------------------------------------------------------------------ selection
 
-    def relevance(self, query: str, passages: list[Passage], spans: list[list[Span]]) -> tuple[np.ndarray, np.ndarray]:
-        """(relevance (S,), sentence vectors (S, D)) for every sentence in passage order."""
-        vectors = self._sentence_vectors(passages, spans)  # (S, D)
-        q = self.resources.get_embedder().encode([query])[0]  # (D,)
+    def relevance(
+        self, query: str, passages: list[Passage], spans: list[list[Span]], work: Work | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(relevance (S,), sentence vectors (S, D)) for every sentence in passage order.
+
+        `work`: the compress call's (its cache view and tally); None: a fresh one on the cache."""
+        work = work if work is not None else Work(self.resources.cache)
+        vectors = self._sentence_vectors(passages, spans, work)  # (S, D)
+        q = self._query_vector(query, work)  # (D,)
         rel = vectors @ q  # (S,)
         if self.passage_weight and len(rel):
             owner = np.repeat(np.arange(len(passages)), [len(s) for s in spans])  # (S,)
@@ -339,9 +372,34 @@ class Extractive:
             penalty = np.clip(redundancy - thr, 0.0, None) / (1.0 - thr)
         return chosen
 
-    def compress(
+    def plan(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressionPlan:
+        """Exact: one encode of every sentence not cached (as "title. sentence"), one of the query."""
+        before = sum(count_tokens(p.text) for p in passages)
+        budget = token_budget(target, before)
+        plan = new_plan(self, query=query, passages=passages, target=target, tokens_before=before, budget=budget)
+        if budget < before:
+            self.plan_relevance(plan, query, passages, [sentence_spans(p.text) for p in passages])
+        return plan
+
+    def compress(
+        self,
+        *,
+        query: str,
+        passages: list[Passage],
+        target: float,
+        count_tokens: Callable[[str], int],
+        plan: CompressionPlan | None = None,
     ) -> CompressedContext:
+        work = start(self, plan, query=query, passages=passages, target=target)
+        result = self.compress_with(query, passages, target, count_tokens, work)
+        return check(plan, work.report(result))
+
+    def compress_with(
+        self, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int], work: Work
+    ) -> CompressedContext:
+        """`compress` with the call's Work (summarize's fallback shares its own)."""
         started = time.perf_counter()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
@@ -354,7 +412,7 @@ class Extractive:
             for i, (p, passage_spans) in enumerate(zip(passages, spans, strict=True))
             for span in passage_spans
         ]
-        rel, vectors = self.relevance(query, passages, spans)
+        rel, vectors = self.relevance(query, passages, spans, work)
         best = sentences[int(np.argmax(rel))] if sentences else None
         if self.cut_best and best is not None and best.tokens > budget:
             # The most relevant sentence alone is longer than the budget. Skipping it left the

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from workers.compression.base import CompressedContext
+from workers.compression.plan import CompressionPlan, check, new_plan, start
 from workers.prompting.base import Passage
 
 
@@ -15,13 +16,27 @@ class NoCompression:
         # Accepts the shared resources like every method so callers can build any method alike.
         del resources
 
-    def compress(
+    def plan(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
-    ) -> CompressedContext:
+    ) -> CompressionPlan:
+        """No work at all."""
         tokens = sum(count_tokens(p.text) for p in passages)
-        return CompressedContext(
+        return new_plan(self, query=query, passages=passages, target=target, tokens_before=tokens, budget=tokens)
+
+    def compress(
+        self,
+        *,
+        query: str,
+        passages: list[Passage],
+        target: float,
+        count_tokens: Callable[[str], int],
+        plan: CompressionPlan | None = None,
+    ) -> CompressedContext:
+        start(self, plan, query=query, passages=passages, target=target)
+        tokens = sum(count_tokens(p.text) for p in passages)
+        return check(plan, CompressedContext(
             passages=list(passages),
             tokens_before=tokens,
             tokens_after=tokens,
             kept_spans={p.chunk_id: [(0, len(p.text))] for p in passages},
-        )
+        ))

@@ -16,6 +16,7 @@ import numpy as np
 
 from workers.compression.base import CompressedContext, build
 from workers.compression.extractive import Extractive
+from workers.compression.plan import CompressionPlan, Work
 from workers.compression.resources import Resources
 from workers.compression.text import (
     STOPWORDS,
@@ -319,11 +320,16 @@ def ranked_sentences(
     return [sentences[i] for i in ordered], [rank_of[i] for i in ordered]
 
 
-def _relevance(resources: Resources, query: str, passages: list[Passage]) -> np.ndarray:
+def _relevance(resources: Resources, query: str, passages: list[Passage], work: Work | None = None) -> np.ndarray:
     """Query relevance of every sentence (passage order), the extractive method's ranking."""
     extractive = Extractive(resources=resources)
-    rel, _ = extractive.relevance(query, passages, [sentence_spans(p.text) for p in passages])
+    rel, _ = extractive.relevance(query, passages, [sentence_spans(p.text) for p in passages], work)
     return rel
+
+
+def plan_relevance(resources: Resources, plan: CompressionPlan, query: str, passages: list[Passage]) -> None:
+    """Count on `plan` the encodes `_relevance` will make with `plan.work` (exact)."""
+    Extractive(resources=resources).plan_relevance(plan, query, passages, [sentence_spans(p.text) for p in passages])
 
 
 def follows_protected(text: str, words: Sequence[Span], protected: Sequence[bool], k: int) -> bool:

@@ -15,13 +15,24 @@ import numpy as np
 
 from workers.compression.base import CompressedContext, build, identity
 from workers.compression.cache import cache_key
+from workers.compression.plan import (
+    CompressionPlan,
+    Work,
+    check,
+    embed_token_counts,
+    knapsack_bound,
+    new_plan,
+    start,
+)
 from workers.compression.pruning import (
     PROTECTED_MAX_SHARE,
+    Sentence,
     Unit,
     _relevance,
     bridge_words,
     finish,
     follows_protected,
+    plan_relevance,
     ranked_sentences,
     select,
     sentences_of,
@@ -78,30 +89,39 @@ class SemanticPrune:
         return {"query_aware": self.query_aware, "fine_keep": self.fine_keep, "rounds": self.rounds,
                 "protect": self.protect, "dynamic": self.dynamic, "bridge": self.bridge}
 
-    def impacts(self, windows: list[list[str]]) -> list[np.ndarray]:
+    @staticmethod
+    def window_inputs(words: list[str]) -> list[str]:
+        """The texts one window's impacts encode: the window, then each single-word deletion of it
+        (nothing for a lone word, whose impact is 1 by definition)."""
+        if len(words) <= 1:
+            return []
+        return [" ".join(words)] + [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+
+    def _window_key(self, model: str, words: list[str]) -> str:
+        return cache_key(f"{self.name}/impacts", {"model": model}, " ".join(words))
+
+    def impacts(self, windows: list[list[str]], work: Work | None = None) -> list[np.ndarray]:
         """Deletion impact of every word of every window: impact[i] = 1 - cos(e(w), e(w without word i)).
 
         All variants of all windows not in the cache go to the embedder in one encode call;
         results are cached per window text (query- and target-independent).
         """
+        work = work if work is not None else Work(self.resources.cache)
         embedder = self.resources.get_embedder()
-        cache = self.resources.cache
         model = str(getattr(embedder, "model_path", type(embedder).__name__))
         out: list[np.ndarray | None] = []
-        keys: list[str | None] = []
+        keys: list[str] = []
         inputs: list[str] = []
         for words in windows:
-            key = cache_key(f"{self.name}/impacts", {"model": model}, " ".join(words)) if cache is not None else None
-            hit = cache.get_array(key) if cache is not None and key is not None else None
+            key = self._window_key(model, words)
+            hit = work.get_array(key, (len(words),))
             keys.append(key)
-            if hit is not None and hit.shape == (len(words),):
+            if hit is not None:
                 out.append(hit.astype(np.float64))
                 continue
             out.append(None)
-            if len(words) > 1:
-                inputs.append(" ".join(words))
-                inputs.extend(" ".join(words[:i] + words[i + 1 :]) for i in range(len(words)))
-        vectors = embedder.encode(inputs) if inputs else None  # (windows + words, D), normalised
+            inputs.extend(self.window_inputs(words))
+        vectors = work.encode(embedder, inputs) if inputs else None  # (windows + words, D), normalised
         row = 0
         for k, words in enumerate(windows):
             if out[k] is not None:
@@ -116,49 +136,136 @@ class SemanticPrune:
                 impact = (1.0 - variants @ base).astype(np.float32).astype(np.float64)  # (n,)
                 row += 1 + len(words)
             out[k] = impact
-            key = keys[k]
-            if cache is not None and key is not None:
-                cache.put_array(key, impact.astype(np.float32))
+            work.put_array(keys[k], impact.astype(np.float32))
         return [x for x in out if x is not None]
 
-    def compress(
+    def _windows_cost(
+        self, plan: CompressionPlan, passages: list[Passage], sentences: list[Sentence]
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Per sentence: (texts, tokens) its windows encode in the first round (the windows not cached;
+        the cached ones are pinned in plan.work), and (texts, tokens) of all its windows, which bound
+        any later round's (a later round encodes the same windows with fewer live words: fewer
+        texts, each a word subsequence of one counted here, so no more tokens under a tokenizer that
+        splits at whitespace first, as MiniLM's WordPiece does)."""
+        assert plan.work is not None
+        embedder = self.resources.get_embedder()
+        model = str(getattr(embedder, "model_path", type(embedder).__name__))
+        inputs: list[str] = []
+        owners: list[tuple[int, bool]] = []  # (sentence, its window is cached)
+        for n, sentence in enumerate(sentences):
+            text = passages[sentence.passage].text
+            words = [text[a:b] for a, b in sentence.words]
+            for k in range(0, len(words), MAX_WINDOW_WORDS):
+                window = words[k : k + MAX_WINDOW_WORDS]
+                cached = plan.work.get_array(self._window_key(model, window), (len(window),)) is not None
+                texts = self.window_inputs(window)
+                inputs.extend(texts)
+                owners.extend([(n, cached)] * len(texts))
+        first_texts, first_tokens = [0] * len(sentences), [0] * len(sentences)
+        all_texts, all_tokens = [0] * len(sentences), [0] * len(sentences)
+        for (n, cached), tokens in zip(owners, embed_token_counts(embedder, inputs), strict=True):
+            all_texts[n] += 1
+            all_tokens[n] += tokens
+            if not cached:
+                first_texts[n] += 1
+                first_tokens[n] += tokens
+        return first_texts, first_tokens, all_texts, all_tokens
+
+    def _plan_rounds(
+        self, plan: CompressionPlan, costs: tuple[list[int], ...], bound: Callable[[list[int]], int]
+    ) -> None:
+        """Add the encodes of `rounds` pruning rounds over sentences with these costs (`bound` sums a
+        per-sentence count over the sentences the run may prune)."""
+        first_texts, first_tokens, all_texts, all_tokens = costs
+        later = self.rounds - 1
+        texts, every = bound(first_texts), bound(all_texts)
+        plan.embed_calls += (1 if texts else 0) + (later if every else 0)
+        plan.embed_texts += texts + later * every
+        plan.embed_tokens += bound(first_tokens) + later * bound(all_tokens)
+
+    def plan(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressionPlan:
+        """The relevance encode (exact, as `extractive`), then the deletion variants of the windows.
+
+        Query-aware with a coarse stage: the sentences it keeps add up to at most budget /
+        fine_keep tokens, so the variants' texts and tokens are bounded by the best such choice
+        (`knapsack_bound`, over every sentence's exact counts); without one, every sentence's
+        windows are counted exactly. Query-independent: every chunk whose result is not cached.
+        """
+        counts = [count_tokens(p.text) for p in passages]
+        before = sum(counts)
+        budget = token_budget(target, before)
+        plan = new_plan(self, query=query, passages=passages, target=target, tokens_before=before, budget=budget)
+        if budget >= before:
+            return plan
+        plan.exact = self.rounds == 1
+        if not self.query_aware:
+            assert plan.work is not None
+            for passage, share in zip(passages, allocate(budget, counts), strict=True):
+                if plan.work.get_json(cache_key(self.name, self.params(), passage.text, share)) is not None:
+                    continue
+                sentences = sentences_of([passage], count_tokens, None)[0]
+                self._plan_rounds(plan, self._windows_cost(plan, [passage], sentences), sum)
+            return plan
+        sentences = [s for group in sentences_of(passages, count_tokens, None) for s in group]
+        coarse = self.fine_keep is not None and bool(sentences)
+        costs = self._windows_cost(plan, passages, sentences)
+        if not coarse:
+            self._plan_rounds(plan, costs, sum)
+            return plan
+        assert self.fine_keep is not None
+        plan_relevance(self.resources, plan, query, passages)
+        limit = budget / self.fine_keep
+        sizes = [s.tokens for s in sentences]
+        self._plan_rounds(plan, costs, lambda values: knapsack_bound(list(zip(sizes, values, strict=True)), limit))
+        plan.exact = False
+        return plan
+
+    def compress(
+        self,
+        *,
+        query: str,
+        passages: list[Passage],
+        target: float,
+        count_tokens: Callable[[str], int],
+        plan: CompressionPlan | None = None,
     ) -> CompressedContext:
+        work = start(self, plan, query=query, passages=passages, target=target)
         started = time.perf_counter()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
         if budget >= before:
-            return identity(passages, before)
+            return check(plan, identity(passages, before))
         if self.query_aware:
-            result = self._prune(query, passages, budget, count_tokens, before, coarse=self.fine_keep is not None)
+            result = self._prune(query, passages, budget, count_tokens, before, work,
+                                 coarse=self.fine_keep is not None)
         else:
-            result = self._per_chunk(passages, counts, budget, count_tokens, before)
+            result = self._per_chunk(passages, counts, budget, count_tokens, before, work)
         result.compute_s = time.perf_counter() - started
-        return result
+        return check(plan, work.report(result))
 
-    def _per_chunk(self, passages, counts, budget, count_tokens, before) -> CompressedContext:
+    def _per_chunk(self, passages, counts, budget, count_tokens, before, work: Work) -> CompressedContext:
         """Query-independent: each chunk pruned alone to its share, whole results cached."""
-        cache = self.resources.cache
         kept: dict[int, list[Span]] = {}
         for i, (passage, share) in enumerate(zip(passages, allocate(budget, counts), strict=True)):
             key = cache_key(self.name, self.params(), passage.text, share)
-            hit = cache.get_json(key) if cache is not None else None
+            hit = work.get_json(key)
             if hit is None:
-                one = self._prune("", [passage], share, count_tokens, counts[i], coarse=False)
+                one = self._prune("", [passage], share, count_tokens, counts[i], work, coarse=False)
                 hit = [list(s) for s in one.kept_spans.get(passage.chunk_id, [])]
-                if cache is not None:
-                    cache.put_json(key, hit)
+                work.put_json(key, hit)
             kept[i] = [(a, b) for a, b in hit]
         return build(passages, kept, count_tokens, before)
 
-    def _prune(self, query, passages, budget, count_tokens, before, *, coarse: bool) -> CompressedContext:
+    def _prune(self, query, passages, budget, count_tokens, before, work: Work, *, coarse: bool) -> CompressedContext:
         per_passage = sentences_of(passages, count_tokens, query_keywords(query) if self.protect else None)
         sentences = [s for group in per_passage for s in group]
         ranks: list[int] | None = None
         if coarse and sentences:
             assert self.fine_keep is not None
-            sentences, ranks = ranked_sentences(sentences, _relevance(self.resources, query, passages), budget,
+            sentences, ranks = ranked_sentences(sentences, _relevance(self.resources, query, passages, work), budget,
                                                 self.fine_keep)
         if not self.dynamic:
             ranks = None
@@ -193,7 +300,7 @@ class SemanticPrune:
             live_windows = [[j for j in w if alive[j]] for w in windows]
             live_windows = [w for w in live_windows if w]
             texts = [[passages[units[j].passage].text[slice(*units[j].span)] for j in w] for w in live_windows]
-            for window, impact in zip(live_windows, self.impacts(texts), strict=True):
+            for window, impact in zip(live_windows, self.impacts(texts, work), strict=True):
                 for j, value in zip(window, impact, strict=True):
                     units[j].score = float(value) + boost[j]  # impacts lie in [0, 1]
             live = [j for j in range(len(units)) if alive[j]]

@@ -17,6 +17,7 @@ import numpy as np
 
 from workers.compression.base import CompressedContext, build, identity
 from workers.compression.cache import cache_key
+from workers.compression.plan import CompressionPlan, Work, check, knapsack_bound, new_plan, start
 from workers.compression.pruning import (
     Sentence,
     Unit,
@@ -24,6 +25,7 @@ from workers.compression.pruning import (
     bridge_words,
     finish,
     follows_protected,
+    plan_relevance,
     ranked_sentences,
     select,
     sentences_of,
@@ -137,36 +139,62 @@ class SurprisalPrune:
         head = f"Question: {query}\n" if self.query_aware and query else ""
         return f"{head}Title: {passage.title}\nText:"
 
-    def surprisals(self, query: str, passage: Passage) -> tuple[np.ndarray, np.ndarray, int]:
-        """(-log p per passage token (T,), char offsets into passage.text (T, 2), tokens the scorer read).
+    def _scorer_inputs(self, lm: Any, query: str, passage: Passage) -> tuple[list[int], list[int], np.ndarray]:
+        """(prefix ids, passage ids, passage token char offsets (T, 2)): what the scorer reads for a passage.
 
         The passage is tokenized on its own after the prefix ids, so offsets index into its text
-        and the first passage token is conditioned on the prefix. Cached when the prefix is
-        query-independent.
+        and the first passage token is conditioned on the prefix.
         """
-        import torch
-
-        lm = self.resources.get_scorer()
-        cache = self.resources.cache
-        key = None
-        if cache is not None and not (self.query_aware and query):
-            key = cache_key(f"{self.name}/surprisal", {"model": lm.name}, passage.text, None,
-                            prefix=self.prefix("", passage))
-            hit = cache.get_array(key)
-            if hit is not None:
-                return hit[:, 0].astype(np.float64), hit[:, 1:].astype(np.int64), 0
-        memo_key = (str(lm.name), self.prefix(query, passage), passage.text)
-        with self._memo_lock:
-            if memo_key in self._memo:
-                self._memo.move_to_end(memo_key)
-                surprisal, offsets = self._memo[memo_key]
-                return surprisal, offsets, 0  # the scorer did not run
         tokenizer = lm.tokenizer
         # The leading space makes the first word tokenize as it does mid-text (after "Text:").
         encoded = tokenizer(" " + passage.text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoded["input_ids"])
         offsets = np.array([(max(a - 1, 0), max(b - 1, 0)) for a, b in encoded["offset_mapping"]], dtype=np.int64)
         prefix_ids = tokenizer.encode(self.prefix(query, passage), add_special_tokens=False)
+        return prefix_ids, ids, offsets.reshape(-1, 2)
+
+    def _cache_key(self, lm: Any, query: str, passage: Passage) -> str | None:
+        """The disk cache's key for a passage's surprisals: only a query-independent prefix is cached."""
+        if self.resources.cache is None or (self.query_aware and query):
+            return None
+        return cache_key(f"{self.name}/surprisal", {"model": lm.name}, passage.text, None,
+                         prefix=self.prefix("", passage))
+
+    def _known(self, lm: Any, query: str, passage: Passage, work: Work) -> tuple[np.ndarray, np.ndarray] | None:
+        """A passage's (surprisal, offsets) without running the scorer: this call's, the memo's or the
+        cache's (pinned in `work` for the rest of the call), else None."""
+        memo_key = (str(lm.name), self.prefix(query, passage), passage.text)
+        pinned = work.memory.get(("surprisal", *memo_key))
+        if pinned is not None:
+            return pinned
+        with self._memo_lock:
+            hit = self._memo.get(memo_key)
+            if hit is not None:
+                self._memo.move_to_end(memo_key)
+        if hit is None:
+            key = self._cache_key(lm, query, passage)
+            array = work.get_array(key) if key is not None else None
+            if array is not None:
+                hit = (array[:, 0].astype(np.float64), array[:, 1:].astype(np.int64))
+        if hit is not None:
+            work.memory[("surprisal", *memo_key)] = hit
+        return hit
+
+    def surprisals(
+        self, query: str, passage: Passage, work: Work | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(-log p per passage token (T,), char offsets into passage.text (T, 2), tokens the scorer read).
+
+        Cached when the prefix is query-independent; memoized per (scorer, prefix, passage).
+        """
+        import torch
+
+        work = work if work is not None else Work(self.resources.cache)
+        lm = self.resources.get_scorer()
+        known = self._known(lm, query, passage, work)
+        if known is not None:
+            return known[0], known[1], 0  # the scorer did not run
+        prefix_ids, ids, offsets = self._scorer_inputs(lm, query, passage)
         input_ids = torch.tensor([prefix_ids + ids], dtype=torch.long, device=lm.device)  # (1, P + T)
         with lm.lock, torch.inference_mode():
             logits = lm.model(input_ids=input_ids).logits[0]  # (P + T, V)
@@ -176,30 +204,83 @@ class SurprisalPrune:
             surprisal_t = -logprobs.gather(1, target[:, None])[:, 0]  # (T,)
             # float32 like the cached copy, so cached and fresh runs rank ties alike.
             surprisal = surprisal_t.cpu().numpy().astype(np.float32).astype(np.float64)
-        if key is not None and cache is not None:
-            cache.put_array(key, np.concatenate([surprisal[:, None], offsets], axis=1).astype(np.float32))
+        work.scorer_passes += 1
+        work.scorer_tokens += len(prefix_ids) + len(ids)
+        key = self._cache_key(lm, query, passage)
+        if key is not None:
+            work.put_array(key, np.concatenate([surprisal[:, None], offsets], axis=1).astype(np.float32))
+        memo_key = (str(lm.name), self.prefix(query, passage), passage.text)
+        work.memory[("surprisal", *memo_key)] = (surprisal, offsets)
         with self._memo_lock:
             self._memo[memo_key] = (surprisal, offsets)
             while len(self._memo) > MEMO_SIZE:
                 self._memo.popitem(last=False)
         return surprisal, offsets, len(prefix_ids) + len(ids)
 
-    def compress(
+    def plan(
         self, *, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int]
+    ) -> CompressionPlan:
+        """One scorer pass per passage it will score, each of exactly (prefix + passage) tokens.
+
+        Passages already scored (memo, cache) cost nothing and are pinned. With a question and a
+        coarse stage, only passages holding a kept sentence are scored and the kept sentences add up
+        to at most budget / fine_keep tokens: the passes and tokens are bounded by the best such
+        choice (`knapsack_bound`, a passage weighing its shortest sentence); the relevance encode
+        is exact, as `extractive`'s. Otherwise every passage with a sentence (and a share of the
+        budget, without a question) is scored.
+        """
+        counts = [count_tokens(p.text) for p in passages]
+        before = sum(counts)
+        budget = token_budget(target, before)
+        plan = new_plan(self, query=query, passages=passages, target=target, tokens_before=before, budget=budget)
+        if budget >= before:
+            return plan
+        assert plan.work is not None
+        lm = self.resources.get_scorer()
+        plan.scorer = str(lm.name)
+        question = query if self.query_aware and query else ""
+        shares = [budget] * len(passages) if question else allocate(budget, counts)
+        per_passage = sentences_of(passages, count_tokens, None)
+        costs: list[tuple[int, int]] = []  # (weight, scorer tokens) per passage it may score
+        for passage, sentences, share in zip(passages, per_passage, shares, strict=True):
+            if share <= 0 or not sentences or self._known(lm, question, passage, plan.work) is not None:
+                continue
+            prefix_ids, ids, _ = self._scorer_inputs(lm, question, passage)
+            costs.append((min(s.tokens for s in sentences), len(prefix_ids) + len(ids)))
+        if question and self.fine_keep is not None and any(per_passage):
+            plan_relevance(self.resources, plan, question, passages)
+            limit = budget / self.fine_keep
+            plan.scorer_passes = knapsack_bound([(w, 1) for w, _ in costs], limit)
+            plan.scorer_tokens = knapsack_bound(costs, limit)
+            plan.exact = False
+        else:
+            plan.scorer_passes = len(costs)
+            plan.scorer_tokens = sum(tokens for _, tokens in costs)
+        return plan
+
+    def compress(
+        self,
+        *,
+        query: str,
+        passages: list[Passage],
+        target: float,
+        count_tokens: Callable[[str], int],
+        plan: CompressionPlan | None = None,
     ) -> CompressedContext:
+        work = start(self, plan, query=query, passages=passages, target=target)
         started = time.perf_counter()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
         if budget >= before:
-            return identity(passages, before)
+            return check(plan, identity(passages, before))
         if self.query_aware and query:
-            result = self._prune(query, passages, budget, count_tokens, before)
+            result = self._prune(query, passages, budget, count_tokens, before, work)
         else:
             # Query-independent: every chunk keeps its own share, so its result depends on the
             # chunk alone (and its surprisals come from the cache after the first time).
             parts = [
-                self._prune("", [p], share, count_tokens, n)
+                self._prune("", [p], share, count_tokens, n, work)
                 for p, n, share in zip(passages, counts, allocate(budget, counts), strict=True)
             ]
             kept = {
@@ -211,9 +292,9 @@ class SurprisalPrune:
         result.compute_s = time.perf_counter() - started
         if result.model_prompt_tokens:
             result.model = str(self.resources.get_scorer().name)
-        return result
+        return check(plan, work.report(result))
 
-    def _prune(self, query, passages, budget, count_tokens, before) -> CompressedContext:
+    def _prune(self, query, passages, budget, count_tokens, before, work: Work) -> CompressedContext:
         if budget <= 0:
             return build(passages, {}, count_tokens, before)
         keywords = query_keywords(query) if self.protect else None
@@ -226,14 +307,14 @@ class SurprisalPrune:
         def scores_of(i: int) -> tuple[np.ndarray, np.ndarray]:
             nonlocal read
             if i not in scored:
-                surprisal, offsets, n = self.surprisals(query, passages[i])
+                surprisal, offsets, n = self.surprisals(query, passages[i], work)
                 scored[i] = (surprisal, offsets)
                 read += n
             return scored[i]
 
         if self.fine_keep is not None and sentences:
             if query:
-                rank = _relevance(self.resources, query, passages)
+                rank = _relevance(self.resources, query, passages, work)
             else:
                 rank = np.array([self._mean_surprisal(s, *scores_of(s.passage)) for s in sentences])
             sentences, ranks = ranked_sentences(sentences, rank, budget, self.fine_keep)

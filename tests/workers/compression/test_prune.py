@@ -114,7 +114,7 @@ def test_it_caches_query_independent_results_and_impacts(bow, passages, tmp_path
 class FakeSurprisal(SurprisalPrune):
     """Surprisal double: one "token" per word, surprisal = word length (long words are rare)."""
 
-    def surprisals(self, query, passage):
+    def surprisals(self, query, passage, work=None):
         spans = word_spans(passage.text)
         return np.array([b - a for a, b in spans], dtype=float), np.array(spans, dtype=np.int64), 0
 
@@ -391,7 +391,7 @@ def test_a_kept_word_takes_along_the_function_word_joining_it_to_a_kept_neighbou
     def text(**params):
         if method == "semantic":
             class LengthImpact(SemanticPrune):  # impact = word length, like the surprisal double
-                def impacts(self, windows):
+                def impacts(self, windows, work=None):
                     return [np.array([len(w) / 100 for w in words]) for words in windows]
 
             pruner = LengthImpact(resources=Resources(embedder=bow), fine_keep=None, **params)
@@ -446,7 +446,7 @@ def test_follows_protected_marks_the_head_word_after_a_name_or_number():
 
 def test_a_predictable_head_word_scores_as_its_protected_modifier():
     class Predictable(FakeSurprisal):  # "currency" is predictable after "U.S.": surprisal 0.1
-        def surprisals(self, query, passage):
+        def surprisals(self, query, passage, work=None):
             surprisal, offsets, n = super().surprisals(query, passage)
             words = [passage.text[a:b] for a, b in offsets]
             return (

@@ -45,9 +45,9 @@ def test_what_a_short_summary_leaves_of_its_share_goes_to_the_next_chunk(bow, pa
     method = summarize(bow, "completed in 1889")
     original = method._summarize
 
-    def spy(query, passage, budget, shown):
+    def spy(query, passage, budget, shown, options=None):
         seen.append((passage.chunk_id, budget))
-        return original(query, passage, budget, shown)
+        return original(query, passage, budget, shown, options)
 
     method._summarize = spy
     counts = [count_words(p.text) for p in passages]
@@ -143,9 +143,9 @@ def test_it_shows_the_summarizer_the_most_relevant_sentences_first(bow, passages
     method = get_method("summarize", resources=Resources(generator=EchoTarget(reply="x y z"), embedder=bow))
     original = method._summarize
 
-    def spy(query, passage, budget, shown):
+    def spy(query, passage, budget, shown, options=None):
         seen.append((passage.chunk_id, shown))
-        return original(query, passage, budget, shown)
+        return original(query, passage, budget, shown, options)
 
     method._summarize = spy
     method.compress(query="How tall is it in metres?", passages=passages[:1], target=0.5, count_tokens=count_words)
@@ -228,7 +228,7 @@ def test_rejected_summaries_share_one_extractive_choice_over_their_chunks(bow, p
 def test_an_accepted_summary_leaves_the_rest_of_the_budget_to_the_fallback(bow, passages):
     calls = []
 
-    def reply_for(query, passage, budget, shown):
+    def reply_for(query, passage, budget, shown, options=None):
         calls.append(passage.chunk_id)
         text = "Completed in 1889." if passage.chunk_id == 11 else ""
         return text, 10, len(text.split()), 0.01
