@@ -247,6 +247,13 @@ def generation_allowance(
     )
 
 
+def local_speed_or_model(model: str, *, tokens_in: int) -> Throughput:
+    """How fast ``model`` runs a call here: this process's own measurement when it has one (the call
+    runs here), else the cost model's (the slowest live worker's, or the default)."""
+    own = local_speed(model)
+    return Throughput(*own) if own else throughput_for(model=model, tokens_in=tokens_in)
+
+
 def _hold_kwargs(
     endpoint: ModelEndpoint, target, reservation: Reservation, price: Price, prompt_tokens: int, cap: int
 ) -> dict:
@@ -259,9 +266,7 @@ def _hold_kwargs(
     )
     if allowance is None:
         return {}
-    # The call runs here: this process's own measurement when it has one, else the cost model's.
-    own = local_speed(endpoint.price_name)
-    speed = Throughput(*own) if own else throughput_for(model=endpoint.price_name, tokens_in=prompt_tokens)
+    speed = local_speed_or_model(endpoint.price_name, tokens_in=prompt_tokens)
     return {
         "budget_s": allowance,
         "expected_prefill_s": speed.overhead_s + prompt_tokens / speed.prefill_tps,

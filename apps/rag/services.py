@@ -25,7 +25,6 @@ from apps.core.services import job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
-from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import (
     MeteredCall,
     call_estimate,
@@ -50,7 +49,7 @@ from apps.costs.services import (
 )
 from apps.costs.services.holds import hold_open, hold_resume
 from apps.costs.services.ledger import device_seconds_within
-from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound, texts_tokens_max
+from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
     fixed_context_validate,
@@ -167,88 +166,9 @@ def pipeline_delete(*, pipeline: Pipeline) -> None:
 # --------------------------------------------------------------------------- starting a query
 
 
-# Compression methods that run no language model (only MiniLM embeddings); any other method,
-# including one registered later, is assumed to use one when the reservation is sized.
-_COMPRESSION_WITHOUT_MODEL = frozenset({"none", "extractive", "semantic_prune"})
-# Embedding tokens a method reads per chunk token (device seconds from the cost model's MiniLM
-# throughput): extractive embeds each sentence once (and the question); semantic_prune embeds one
-# variant per word, each as long as its sentence window (at most 48 words, ~64 word pieces).
-_COMPRESS_EMBED_TOKENS_PER_CHUNK_TOKEN = {"extractive": 1, "semantic_prune": 64}
-# Tokens a summary prompt adds to its chunk: the system message, instruction, question and title.
-_SUMMARY_PROMPT_OVERHEAD = 128
-
-
-def _compression_worst_case(
-    *, method: str, price, top_k: int, chunk_tokens: int, question_tokens: int
-) -> Decimal:
-    """The most the compress stage can bill: its CPU seconds and, for model methods, every model token.
-
-    The stage is billed at the endpoint's price (see `_run_pipeline`): `Usage(cpu_seconds=compute_s)`
-    plus the model's tokens when the endpoint's own model did the work. A summarize call per chunk
-    reads the chunk and the instruction and writes at most the chunk's size; the surprisal scorer
-    reads every chunk once with the question.
-    """
-    if method == "none":
-        return ZERO
-    chunk_prompt = chunk_tokens  # a passage's bound in the model's tokens, its header included
-    # Device seconds from the cost model (the slowest live worker's MiniLM, and the endpoint's model).
-    per_token = _COMPRESS_EMBED_TOKENS_PER_CHUNK_TOKEN.get(method, 64)
-    seconds, _ = device_seconds_bound(
-        model=EMBEDDING_PRICE_NAME, tokens_in=top_k * (chunk_prompt * per_token + question_tokens)
-    )
-    prompt_tokens = completion_tokens = 0
-    if method not in _COMPRESSION_WITHOUT_MODEL:
-        prompt_tokens = top_k * (chunk_prompt + question_tokens + _SUMMARY_PROMPT_OVERHEAD)
-        completion_tokens = top_k * 2 * chunk_tokens
-        model_seconds, _ = device_seconds_bound(
-            model=price.model_name, tokens_in=prompt_tokens, tokens_out=completion_tokens
-        )
-        seconds += model_seconds
-    # Compress usage is recorded as CPU seconds whatever the device (a summary's wall time included).
-    return worst_case_cost(
-        price=price, prompt_tokens=prompt_tokens, max_output_tokens=completion_tokens
-    ) + device_cost(price=price, seconds=seconds, device="cpu")
-
-
 # The prompting strategies' instruction text and framing ("Context:", "Question:", separators): well
 # above the longest instruction in workers/prompting.
 _PROMPT_FRAMING_TOKENS = 128
-# A passage tokenized inside the prompt can differ from its count alone where it meets its neighbours.
-_PASSAGE_EDGE_TOKENS = 4
-_passage_cache: dict[tuple, int] = {}
-
-
-def _passage_tokens_max(endpoint: ModelEndpoint, pipeline: Pipeline) -> int:
-    """The most generator tokens one retrieved passage ("[n] Title: <title>\n<chunk text>") takes in the prompt.
-
-    Counted over every chunk of the pipeline's corpora with the generator's tokenizer (exact; the
-    UTF-8 byte bound without one), cached per process until a corpus's chunks change.
-    """
-    from django.db.models import Count, Max
-
-    from apps.corpora.models import Chunk
-    from apps.costs.tokens import tokenizer_kind
-
-    corpus_ids = sorted(pipeline.corpora.values_list("pk", flat=True))
-    if not corpus_ids:
-        return 0
-    chunks = Chunk.objects.filter(document__corpus_id__in=corpus_ids)
-    version = chunks.aggregate(n=Count("pk"), last=Max("pk"))
-    key = (tokenizer_kind(endpoint), endpoint.source, endpoint.tokenizer, endpoint.remote_model,
-           endpoint.price_name, tuple(corpus_ids), version["n"], version["last"], pipeline.top_k)
-    if key not in _passage_cache:
-        marker = f"[{pipeline.top_k}] Title: "
-        texts = [f"{marker}{title}\n{text}\n\n" for text, title in chunks.values_list("text", "document__title")]
-        _passage_cache[key] = texts_tokens_max(endpoint, texts) + _PASSAGE_EDGE_TOKENS if texts else 0
-    return _passage_cache[key]
-
-
-def _pipeline_compression_bound(*, endpoint: ModelEndpoint, pipeline: Pipeline, question: str, price) -> Decimal:
-    """What a query reserves for ``pipeline``'s compress stage (and the most that stage is billed)."""
-    return _compression_worst_case(
-        method=pipeline.compression_method, price=price, top_k=pipeline.top_k,
-        chunk_tokens=_passage_tokens_max(endpoint, pipeline), question_tokens=text_tokens_bound(endpoint, question),
-    )
 
 
 def _query_start_bound(
@@ -351,6 +271,7 @@ class _QueryHooks:
         self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
         self.retrieval_record: UsageRecord | None = None
         self.generation_record: UsageRecord | None = None
+        self.compression: Any = None  # the compress stage's share of the hold (apps.rag.compression_hold)
         self._target: Any = None
 
     def retrieve(self, question: str, k: int) -> list[Any]:
@@ -379,16 +300,6 @@ class _QueryHooks:
             latency_ms=int(retrieve_s * 1000),
             reservation=self.reservation,
         )
-        if self.reservation is not None and pipeline.compression_method != "none":
-            # The compress stage runs next: the hold grows to cover it before it starts.
-            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(
-                _pipeline_compression_bound(
-                    endpoint=self.endpoint,
-                    pipeline=pipeline,
-                    question=question,
-                    price=price_current(model_name=self.endpoint.price_name),
-                )
-            )
         return [
             RetrievedChunk(
                 chunk_id=hit.chunk.pk, document_id=hit.chunk.document_id, title=hit.chunk.document.title,
@@ -417,19 +328,30 @@ class _QueryHooks:
     def fixed_context_text(self) -> str:
         return pipeline_fixed_context_text(pipeline=self.run.pipeline)
 
+    def compression_planned(self, plan: Any) -> Any:
+        """Grow the run's hold by the compress stage's plan, then call by call (``CompressionHold``)."""
+        from apps.rag.compression_hold import CompressionHold
+
+        if self.reservation is None:
+            return None
+        self.compression = CompressionHold(
+            hold=hold_resume(reservation=self.reservation, context=self.context, path="query"),
+            price=price_current(model_name=self.endpoint.price_name), model=self.endpoint.price_name,
+            local=self.local_model() is not None,
+        )
+        return self.compression.planned(plan)
+
     def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
         """The compress stage's row, its device seconds clamped to the stage's share of the hold.
 
-        As with a generation stopped by its hold, device time past the bound the run reserved for
-        this stage (``_pipeline_compression_bound``) is the operator's, not billed: settlement ≤ hold.
+        As with a generation stopped by its hold, device time past the bound the stage grew the hold
+        by (``CompressionHold.bound``) is the operator's, not billed: settlement ≤ hold.
         """
         price = price_current(model_name=self.endpoint.price_name)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       cpu_seconds=to_decimal(round(compute_s, 6)))
-        if self.run.pipeline is not None:
-            bound = _pipeline_compression_bound(
-                endpoint=self.endpoint, pipeline=self.run.pipeline, question=self.run.question, price=price
-            )
+        if self.compression is not None:
+            bound = self.compression.bound
             clamped = device_seconds_within(usage=usage, price=price, room=bound)
             if clamped.cpu_seconds != usage.cpu_seconds:
                 logger.warning("query #%s: compression ran %.3f s, past its bound; billing %s s",

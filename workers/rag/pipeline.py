@@ -107,6 +107,13 @@ class PipelineHooks(Protocol):
         """The pipeline's fixed context as one text ("" when it has none)."""
         ...
 
+    def compression_planned(self, plan: Any) -> Callable[[Any], dict[str, Any] | None] | None:
+        """The compress stage is about to run ``plan`` (``workers.compression.CompressionPlan``): grow
+        the run's hold by its bound without its model calls, and return the plan's ``on_model_call``
+        (called before each model call, counted exactly: it grows the hold for that call and returns
+        the meter's extra arguments), or None."""
+        ...
+
     def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
         """Bill the compress stage: the endpoint model's tokens and the seconds it took."""
         ...
@@ -181,16 +188,19 @@ def _answer_with_retrieval(
     progress(1, STEPS, "compressing")
     target = hooks.model()
     # The pipeline's own model summarizes (and scores, when local).
-    compressed = pipeline_method(
+    method = pipeline_method(
         config.compression_method,
         target=target,
         cache_dir=config.compression_cache_dir,
         model_cache_dir=config.model_cache_dir,
-    ).compress(
-        query=question,
-        passages=passages,
-        target=config.compression_target,
-        count_tokens=lambda text: count_tokens(target, text),
+    )
+    count = lambda text: count_tokens(target, text)  # noqa: E731 - the methods take a plain callable
+    # The stage's bound before it runs (no model runs to plan it): the hold grows by it, and each
+    # model call the method then makes grows it again before it runs (``on_model_call``).
+    plan = method.plan(query=question, passages=passages, target=config.compression_target, count_tokens=count)
+    plan.on_model_call = hooks.compression_planned(plan)
+    compressed = method.compress(
+        query=question, passages=passages, target=config.compression_target, count_tokens=count, plan=plan
     )
     if config.compression_method != "none" and (compressed.compute_s or compressed.model_prompt_tokens):
         # Tokens read by a helper model that is not the endpoint's (the local surprisal scorer

@@ -6,11 +6,15 @@ import pytest
 
 from apps.costs import metering
 from apps.costs.models import Stage, UsageRecord
+from apps.costs.services import BudgetExceeded
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.apps.rag.conftest import fake_search_hits
+from tests.support.holds import refuse_hold_growth
 from workers.compression.base import CompressedContext
+from workers.compression.plan import CompressionPlan, ModelCall
 from workers.runtime.meter import EchoTarget
 
+ENDPOINT = "smollm2-135m-instruct"
 PASSAGES = [
     ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was completed in 1889 for the "
                      "World's Fair and is 330 metres tall. It was designed by the company of Gustave Eiffel."),
@@ -63,7 +67,10 @@ def test_a_helper_models_tokens_are_billed_as_cpu_time_not_at_the_endpoints_pric
         def __init__(self, *, resources=None):
             self.resources = resources
 
-        def compress(self, *, query, passages, target, count_tokens):
+        def plan(self, *, query, passages, target, count_tokens):
+            return CompressionPlan(method=self.name, scorer="some-local-scorer", scorer_passes=1, scorer_tokens=500)
+
+        def compress(self, *, query, passages, target, count_tokens, plan=None):
             tokens = sum(count_tokens(p.text) for p in passages)
             return CompressedContext(passages=passages[:1], tokens_before=tokens, tokens_after=count_tokens(
                 passages[0].text), compute_s=0.25, model_prompt_tokens=500, model="some-local-scorer")
@@ -79,31 +86,60 @@ def test_a_helper_models_tokens_are_billed_as_cpu_time_not_at_the_endpoints_pric
     assert float(row.cpu_seconds) == pytest.approx(0.25)
 
 
-def _reserved(team, user, method: str):
-    run = query_run_start(team=team, user=user, pipeline=_pipeline(team, method, 0.5),
+def _spy_on_the_stage(monkeypatch) -> dict:
+    """What the compress stage's hold saw: the plan, the hold before and after it grew, the stage's bound."""
+    from apps.rag import compression_hold
+
+    seen: dict = {}
+    planned = compression_hold.CompressionHold.planned
+
+    def spy(self, plan):
+        seen.update(plan=plan, before=self.hold.reservation.estimate, spent=self.hold.spent())
+        hook = planned(self, plan)
+        seen.update(after=self.hold.reservation.estimate, bound=self.bound)
+        return hook
+
+    monkeypatch.setattr(compression_hold.CompressionHold, "planned", spy)
+    return seen
+
+
+def test_the_compress_stage_grows_the_hold_by_its_plan_before_it_runs(team_a, alice, hits, monkeypatch, settings,
+                                                                      tmp_path):
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="1889"))
+    seen = _spy_on_the_stage(monkeypatch)
+    run = query_run_start(team=team_a, user=alice, pipeline=_pipeline(team_a, "extractive", 0.5),
                           question="When was the Eiffel Tower completed?")
-    return run.reservation.estimate
+    run = query_run_execute(query_run_id=run.pk)
+    assert run.status == "succeeded", run.error
+    # extractive embeds every sentence and the question once: its plan counts them exactly.
+    plan = seen["plan"]
+    assert plan.exact and plan.embed_calls >= 1 and plan.embed_tokens > 0 and not plan.model_calls
+    # Before the stage ran, the hold covered what was spent (retrieval) plus the stage's bound.
+    assert seen["bound"] > 0 and seen["after"] >= seen["spent"] + seen["bound"]
+    compress = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
+    assert 0 < compress.cost <= seen["bound"]
+    run.reservation.refresh_from_db()
+    assert run.cost == run.reservation.actual <= run.reservation.estimate
 
 
-def test_a_model_driven_compression_reserves_its_own_worst_case(team_a, alice):
-    reserved = {method: _reserved(team_a, alice, method)
-                for method in ("none", "extractive", "semantic_prune", "summarize", "surprisal_prune")}
-    # Embedding-only methods add a bound on their embedding seconds (the cost model's MiniLM speed:
-    # semantic_prune embeds a variant per word); model methods also their model work.
-    # These corpora are empty: the passages' bound is 0 tokens, so semantic_prune's per-word variants add nothing.
-    assert reserved["none"] < reserved["extractive"] <= reserved["semantic_prune"]
-    assert reserved["summarize"] > reserved["extractive"]
-    assert reserved["surprisal_prune"] > reserved["extractive"]
+def test_a_compress_stage_the_budget_cannot_grow_into_stops_the_run_before_it_runs(
+    team_a, alice, hits, monkeypatch, settings, tmp_path
+):
+    from apps.costs.models import Reservation
 
-
-def test_semantic_prunes_bound_grows_with_the_passages_it_embeds_a_variant_of_per_word(db):
-    from apps.costs.services import price_current
-    from apps.rag.services import _compression_worst_case
-
-    price = price_current(model_name="local/smollm2-135m-instruct")
-    bound = {method: _compression_worst_case(method=method, price=price, top_k=5, chunk_tokens=256, question_tokens=8)
-             for method in ("extractive", "semantic_prune")}
-    assert bound["extractive"] < bound["semantic_prune"]
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply="1889"))
+    run = query_run_start(team=team_a, user=alice, pipeline=_pipeline(team_a, "semantic_prune", 0.5),
+                          question="When was the Eiffel Tower completed?")
+    Reservation.objects.filter(pk=run.reservation_id).update(estimate=0)  # a hold with no room left
+    refused = refuse_hold_growth(monkeypatch)
+    with pytest.raises(BudgetExceeded):
+        query_run_execute(query_run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and "grow" in run.error and refused
+    # Nothing of the stage or the generation ran.
+    assert not UsageRecord.objects.filter(query_run_id=run.pk, stage__in=[Stage.COMPRESS, Stage.GENERATE]).exists()
 
 
 def test_a_slow_summarize_is_settled_within_the_reservation(team_a, alice, hits, monkeypatch, settings, tmp_path):
@@ -117,7 +153,15 @@ def test_a_slow_summarize_is_settled_within_the_reservation(team_a, alice, hits,
         def __init__(self, *, resources=None, **params):
             self.resources = resources
 
-        def compress(self, *, query, passages, target, count_tokens):
+        def plan(self, *, query, passages, target, count_tokens):
+            # One 40-token summary call per chunk; the run below is far slower than its bound.
+            sizes = [count_tokens(p.text) for p in passages]
+            return CompressionPlan(method=self.name, model=ENDPOINT,
+                                   model_calls=[ModelCall(size + 100, 40) for size in sizes])
+
+        def compress(self, *, query, passages, target, count_tokens, plan=None):
+            for call in plan.model_calls:  # each call grows the hold before it runs
+                plan.on_model_call(call)
             sizes = [count_tokens(p.text) for p in passages]
             return CompressedContext(
                 passages=passages, tokens_before=sum(sizes), tokens_after=sum(sizes), compute_s=60.0 * len(passages),
@@ -135,8 +179,8 @@ def test_a_slow_summarize_is_settled_within_the_reservation(team_a, alice, hits,
     run = query_run_execute(query_run_id=start.pk)
     assert run.status == "succeeded"
     compress = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.COMPRESS)
-    # The patched retrieval returns passages its (empty) corpus never held, so they are far past the
-    # bound the run reserved for the stage: the seconds past it are not billed (settlement <= hold).
+    # 120 s of summaries against a bound of two 140-token prompts and 40-token summaries: the seconds
+    # past the bound the stage grew the hold by are not billed (settlement <= hold).
     assert 0 <= float(compress.cpu_seconds) < 120.0
     run.reservation.refresh_from_db()
     assert run.cost == sum(r.cost for r in UsageRecord.objects.filter(query_run_id=run.pk))

@@ -14,6 +14,7 @@ import pytest
 
 from workers import compression, prompting
 from workers.compression.base import CompressedContext
+from workers.compression.plan import CompressionPlan, ModelCall
 from workers.rag.pipeline import (
     PipelineConfig,
     PipelineError,
@@ -66,6 +67,9 @@ class FakeHooks:
         self.calls.append(("fixed_context_text",))
         return self.context_text
 
+    def compression_planned(self, plan: Any) -> None:
+        self.calls.append(("compression_planned", plan))
+
     def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
         self.calls.append(("bill_compression", prompt_tokens, completion_tokens, compute_s))
 
@@ -111,9 +115,11 @@ def test_it_retrieves_compresses_and_generates_in_order():
     hooks = FakeHooks()
     result, progress, pieces = _run(hooks)
     assert progress == [(0, 3, "retrieving"), (1, 3, "compressing"), (2, 3, "generating")]
-    assert hooks.names() == ["retrieve", "model", "generate"]  # "none" compresses nothing: nothing billed
+    # "none" plans nothing (the hold grows by nothing) and compresses nothing: nothing billed.
+    assert hooks.names() == ["retrieve", "model", "compression_planned", "generate"]
+    assert hooks.calls[2][1].method == "none" and not hooks.calls[2][1].model_calls
     assert hooks.calls[0] == ("retrieve", "When was the tower completed?", 2)
-    prompt = hooks.calls[2][1]
+    prompt = hooks.calls[3][1]
     assert prompt[0] == {"role": "system", "content": "Answer briefly."}
     assert CHUNKS[0].text in prompt[-1]["content"] and CHUNKS[1].text in prompt[-1]["content"]
     assert (result.answer, result.finish_reason) == (hooks.reply, "stop") and pieces == [hooks.reply]
@@ -144,7 +150,10 @@ class _ShortenTo1:
     def __init__(self, *, resources=None, **params):
         self.resources = resources
 
-    def compress(self, *, query, passages, target, count_tokens):
+    def plan(self, *, query, passages, target, count_tokens):
+        return CompressionPlan(method=self.name, model=self.model, model_calls=[ModelCall(40, 6)])
+
+    def compress(self, *, query, passages, target, count_tokens, plan=None):
         return CompressedContext(
             passages=passages[:1], tokens_before=sum(count_tokens(p.text) for p in passages),
             tokens_after=count_tokens(passages[0].text), compute_s=0.5, model_prompt_tokens=40,
@@ -157,13 +166,15 @@ def test_a_compression_that_did_work_is_billed_and_only_its_passages_reach_the_p
     hooks = FakeHooks()
     result, _, _ = _run(hooks, compression_method="shorten", compression_target=0.5,
                         compression_cache_dir=tmp_path)
-    assert hooks.names() == ["retrieve", "model", "bill_compression", "generate"]
-    assert hooks.calls[2] == ("bill_compression", 40, 6, 0.5)
-    prompt = hooks.calls[3][1][-1]["content"]
+    assert hooks.names() == ["retrieve", "model", "compression_planned", "bill_compression", "generate"]
+    # The hold grew by the method's plan before it ran; then the stage was billed.
+    assert hooks.calls[2][1].model_calls == [ModelCall(40, 6)]
+    assert hooks.calls[3] == ("bill_compression", 40, 6, 0.5)
+    prompt = hooks.calls[4][1][-1]["content"]
     assert CHUNKS[0].text in prompt and CHUNKS[1].text not in prompt
     assert result.context_tokens_after < result.context_tokens_before
     # The baseline still reads every chunk, uncompressed; citations list every retrieved chunk.
-    assert result.baseline_prompt_tokens > count_chat_tokens(hooks.target, hooks.calls[3][1])
+    assert result.baseline_prompt_tokens > count_chat_tokens(hooks.target, hooks.calls[4][1])
     assert len(result.citations) == 2
 
 
@@ -174,7 +185,7 @@ def test_a_helper_models_tokens_are_not_billed_as_the_endpoints(monkeypatch):
     monkeypatch.setitem(compression.METHODS, "shorten", OnAHelper)
     hooks = FakeHooks()
     _run(hooks, compression_method="shorten")
-    assert hooks.calls[2] == ("bill_compression", 0, 0, 0.5)  # its seconds only
+    assert hooks.calls[3] == ("bill_compression", 0, 0, 0.5)  # its seconds only
 
 
 @dataclass
@@ -212,7 +223,8 @@ def test_a_strategy_that_runs_the_model_generates_under_the_meter_with_the_local
     result, _, pieces = _run(hooks, prompting_strategy="runs-model", max_output_tokens=16,
                              wall_time_limit_s=9.0)
     assert hooks.names() == [
-        "retrieve", "model", "local_model", "kv_store", "metered:start", "generation_budget_s", "metered:billed",
+        "retrieve", "model", "compression_planned", "local_model", "kv_store", "metered:start",
+        "generation_budget_s", "metered:billed",
     ]
     # The hold is enforced: the budget is asked for the strategy's prompt bound, inside the meter.
     assert ("generation_budget_s", 42, 16) in hooks.calls and _RunsModel.seen["budget_s"] == 0.25
@@ -240,7 +252,7 @@ def test_with_nothing_retrieved_a_model_running_strategy_falls_back_to_a_plain_c
     monkeypatch.setitem(prompting.STRATEGIES, "runs-model", _RunsModel)
     hooks = FakeHooks(chunks=[])
     result, _, _ = _run(hooks, prompting_strategy="runs-model")
-    assert hooks.names() == ["retrieve", "model", "generate"]
+    assert hooks.names() == ["retrieve", "model", "compression_planned", "generate"]
     assert result.citations == [] and result.context_tokens_before == 0
 
 
