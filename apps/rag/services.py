@@ -181,8 +181,8 @@ def _query_start_bound(
     the system prompt and the strategy's framing, read by the generator (``apps.costs.tokens``) with
     every output token for a remote endpoint or the first decode steps for a local model
     (``metering.local_start_bound``). Later steps grow the hold before they run, from what is then
-    known exactly (docs/costs.md, "Holds grow with the work"): the compress stage (``_QueryHooks
-    .retrieve``), the generation's exact prompt (``model_call``) and its decoding.
+    known exactly (docs/costs.md, "Holds grow with the work"): the compress stage by its plan
+    (``_QueryHooks.compression_planned``), the generation's exact prompt and its decoding.
     """
     from apps.costs.metering import local_start_bound
 
