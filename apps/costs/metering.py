@@ -124,22 +124,15 @@ def call_prompt_bound(endpoint: ModelEndpoint, target, messages: list[dict], too
 
 
 def _worst_case(endpoint: ModelEndpoint, target, price: Price, prompt_tokens: int, max_output_tokens: int) -> Decimal:
-    """What a call's hold must cover before it starts. A loaded local model (or, with no ``target``
-    yet, a local endpoint: its worker will load one): ``local_start_bound``, its decoding grows the
-    hold (``hold_allowance``). Another local target (the engine's echo double) cannot grow its hold:
-    the whole call's device-time bound. A remote endpoint: every token at its price."""
-    if _local_model(target) or (target is None and endpoint.kind == EndpointKind.LOCAL):
+    """What a call's hold must cover before it starts: for a local endpoint (whatever runs it: the
+    loaded model, none yet in the web process, the engine's echo double in tests)
+    ``local_start_bound``, its decoding growing the hold (``hold_allowance``); for a remote endpoint
+    every token at its price."""
+    if endpoint.kind == EndpointKind.LOCAL:
         return local_start_bound(
             model=endpoint.price_name, price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
         )
-    tokens = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
-    if endpoint.kind != EndpointKind.LOCAL:
-        return tokens
-    # Device time from the cost model: the slowest live worker's seconds, at its device's price.
-    seconds, device = device_seconds_bound(
-        model=endpoint.price_name, tokens_in=prompt_tokens, tokens_out=max_output_tokens, price=price
-    )
-    return tokens + device_cost(price=price, seconds=seconds, device=device)
+    return worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
 
 
 def _local_model(target) -> bool:
