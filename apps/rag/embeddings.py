@@ -2,7 +2,8 @@
 
 Cost path ``embeddings_api``: the request reserves a hold (the cost model's bound of encoding the
 texts: their tokens counted with the model's tokenizer, padded per batch) before the job exists;
-the worker resumes it, writes the ``embed`` row under it and settles.
+the worker resumes it, makes it cover its own bound (its measured speed, its batches), writes the
+``embed`` row under it and settles.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def embeddings_compute(*, job: Job) -> dict:
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import ApiKey
-    from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed
+    from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
     from apps.costs.models import Reservation
 
     params = job.params
@@ -90,6 +91,14 @@ def embeddings_compute(*, job: Job) -> dict:
     )
     try:
         embedder = embedder_for(params["model"])
+        # The request reserved for the slowest worker it could not name: this one's own bound (its speed,
+        # its batches) must fit too before it runs (a refusal fails the job; nothing is billed).
+        hold.ensure(
+            texts_bound(
+                model_name=params["model"], texts=params["texts"], slab=None, here=True,
+                tokenizer=embedder.tokenizer, price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
+            )
+        )
         vectors, seconds = embedder.encode_timed(params["texts"], batch_size=embed_batch(embedder.device))
         tokens = sum(len(ids) for ids in embedder.tokenizer(params["texts"], truncation=True)["input_ids"])
     except Exception:

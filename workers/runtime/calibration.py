@@ -115,14 +115,22 @@ def calibrate_causal_lm(lm: LoadedModel, *, prompt_tokens: int = 384, decode_tok
     )
 
 
-def calibrate_embedder(embedder: Embedder, *, texts: int = 16, queries: int = 5) -> Calibration:
+def _query_after_a_pause(embedder: Embedder, query: str, pause_s: float = 0.05) -> float:
+    """One query's device-seconds, timed as a request meets the model: after other work ran (a
+    query right after another finds caches warm and costs less than one arriving on its own)."""
+    time.sleep(pause_s)
+    return embedder.encode_timed([query], batch_size=1)[1]
+
+
+def calibrate_embedder(embedder: Embedder, *, texts: int = 16, rounds: int = 2, queries: int = 5) -> Calibration:
     """The per-token rate and per-call overhead of ``embedder.encode``, on the two shapes that bound its work.
 
-    - Rate: one batch of ``texts`` passages at the model's maximum length, the slowest shape per
-      token (attention grows with the length), so a call's padded tokens ÷ this rate bound its token
-      part (a batch of shorter texts goes faster per token).
-    - Overhead: a one-query call (what a search pays), the median of ``queries``, less its tokens
-      at that rate: a one-query call is predicted as what it measured.
+    - Rate: a batch of ``texts`` passages at the model's maximum length (``rounds`` times, averaged),
+      the costliest shape per token (attention grows with the length), so a call's padded tokens ÷
+      this rate bound its token part (a batch of shorter texts goes faster per token).
+    - Overhead: a one-query call (what a search pays), the median of ``queries`` each after a short
+      pause (as requests arrive), less its tokens at that rate: a one-query call is predicted as
+      what it measured.
 
     Timed as calls are billed: the seconds the call held the model (``Embedder.encode_timed``).
     """
@@ -136,9 +144,9 @@ def calibrate_embedder(embedder: Embedder, *, texts: int = 16, queries: int = 5)
     query_tokens = len(embedder.tokenizer([query], truncation=True)["input_ids"][0])
     embedder.encode(batch[:2], batch_size=2)  # warm-up: first-call allocations are not a per-call cost
     embedder.encode([query])
-    _, many = embedder.encode_timed(batch, batch_size=texts)
-    per_token = max(many / tokens, 1e-7)
-    one = statistics.median(embedder.encode_timed([query], batch_size=1)[1] for _ in range(max(queries, 1)))
+    many = sum(embedder.encode_timed(batch, batch_size=texts)[1] for _ in range(max(rounds, 1)))
+    per_token = max(many / (tokens * max(rounds, 1)), 1e-7)
+    one = statistics.median(_query_after_a_pause(embedder, query) for _ in range(max(queries, 1)))
     return Calibration(
         device=str(embedder.device),
         prefill_tps=1.0 / per_token,

@@ -137,7 +137,7 @@ def embedding_price(model_name: str):
 Call = tuple[Sequence[int], Sequence[int]]  # one encode call: its texts' characters and tokens
 
 
-def _padded(chars: Sequence[int], tokens: Sequence[int], batch_size: int) -> int:
+def padded_tokens(chars: Sequence[int], tokens: Sequence[int], batch_size: int) -> int:
     """Tokens one ``Embedder.encode`` call computes: texts sorted by character length (longest first),
     batches of ``batch_size``, each padded to its longest text in tokens. Texts of equal character
     length may be batched in either order, so a batch's width is the most tokens of any text whose
@@ -213,7 +213,7 @@ def calls_bound(*, model_name: str, calls: Sequence[Call], price: Any = None, he
         return ZERO
     speed = _throughput(model_name, price, sum(sum(tokens) for _, tokens in calls), here)
     batch = embed_batch(speed.device)
-    padded = sum(_padded(chars, tokens, batch) for chars, tokens in calls)
+    padded = sum(padded_tokens(chars, tokens, batch) for chars, tokens in calls)
     seconds = SAFETY_FACTOR * (len(calls) * speed.overhead_s + padded / max(speed.prefill_tps, 1e-9))
     return device_cost(price=price, seconds=seconds, device=speed.device)
 
