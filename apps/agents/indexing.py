@@ -44,6 +44,14 @@ def embedding_meter() -> Iterator[dict]:
         _meter.reset(token)
 
 
+def embedding_tokens(model: str, texts: list[str]) -> int:
+    """The tokens the model reads for ``texts``, counted with a tokenizer of its own (the embedder's
+    is reconfigured by every encode: not shared across threads)."""
+    from apps.costs.tokens import embedding_tokens as count
+
+    return count(model, texts)
+
+
 def _encode(texts: list[str]) -> object:
     embedder = _embedder()
     # The model's device-seconds (not a wait for its lock), in the corpora's batches for its device.
@@ -52,7 +60,7 @@ def _encode(texts: list[str]) -> object:
     if meter is not None:
         meter["seconds"] += seconds
         meter["texts"] += len(texts)
-        meter["tokens"] += sum(len(ids) for ids in embedder.tokenizer(texts, truncation=True)["input_ids"])
+        meter["tokens"] += embedding_tokens(TOOL_EMBEDDING_MODEL, texts)
     return vectors
 
 
@@ -97,7 +105,7 @@ def embed_query(text: str) -> tuple[object, float]:
 
 def query_tokens(text: str) -> int:
     """Tokens of a query as the tool embedder reads it (special tokens included)."""
-    return len(_embedder().tokenizer(text, truncation=True)["input_ids"])
+    return embedding_tokens(TOOL_EMBEDDING_MODEL, [text])
 
 
 def index_root() -> Path:

@@ -79,6 +79,7 @@ def embeddings_compute(*, job: Job) -> dict:
     from apps.accounts.models import ApiKey
     from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
     from apps.costs.models import Reservation
+    from apps.costs.tokens import embedding_tokens
 
     params = job.params
     context = LedgerContext(
@@ -96,11 +97,11 @@ def embeddings_compute(*, job: Job) -> dict:
         hold.ensure(
             texts_bound(
                 model_name=params["model"], texts=params["texts"], slab=None, here=True,
-                tokenizer=embedder.tokenizer, price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
+                price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
             )
         )
         vectors, seconds = embedder.encode_timed(params["texts"], batch_size=embed_batch(embedder.device))
-        tokens = sum(len(ids) for ids in embedder.tokenizer(params["texts"], truncation=True)["input_ids"])
+        tokens = embedding_tokens(params["model"], params["texts"])
     except Exception:
         hold.release()
         raise

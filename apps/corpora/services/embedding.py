@@ -38,6 +38,8 @@ EMBED_BATCH_CPU = 16
 
 ProgressFn = Callable[..., None]
 
+# The queue a web process's own embedder profile names: none of the job queues.
+WEB_PROFILE_QUEUE = "web"
 _measure_lock = threading.Lock()
 _measured: dict[int, Any] = {}  # id(embedder) -> its Calibration (measured once per loaded embedder)
 
@@ -57,6 +59,7 @@ def embedder_measure(*, model_name: str, embedder: Any) -> None:
     the process uses it, then kept live. A Celery worker measured its embedder when it started; an
     in-process deployment, and a web process that embeds its own search queries, measure here."""
     from apps.costs.services.profiles import local_profile, profile_write, profiles_heartbeat
+    from apps.costs.worker_identity import is_worker
 
     name = price_name(model_name)
     if local_profile(name) is not None:
@@ -77,6 +80,9 @@ def embedder_measure(*, model_name: str, embedder: Any) -> None:
         profile_write(
             model_name=name, device=measured.device, prefill_tps=measured.prefill_tps, decode_tps=0.0,
             overhead_s=measured.overhead_s,
+            # A web process next to Celery workers embeds only its own requests (searches, the tool
+            # index): it serves no job queue, so it must not bound the workers' jobs.
+            queues=None if embeds_in_this_process(job=True) or is_worker() else [WEB_PROFILE_QUEUE],
         )
 
 
@@ -162,22 +168,16 @@ def slab_calls(chars: Sequence[int], tokens: Sequence[int], slab: int | None = E
     return [(chars[i : i + step], tokens[i : i + step]) for i in range(0, len(tokens), step)]
 
 
-def texts_calls(
-    model_name: str, texts: Sequence[str], *, slab: int | None = EMBED_SLAB, tokenizer: Any = None
-) -> list[Call]:
+def texts_calls(model_name: str, texts: Sequence[str], *, slab: int | None = EMBED_SLAB) -> list[Call]:
     """``slab_calls`` of ``texts``, their tokens counted as the model reads them (special tokens included,
-    truncated at its maximum): with ``tokenizer`` (a loaded embedder's) or the model's own, loaded
-    without its weights."""
+    truncated at its maximum) with the model's own tokenizer, loaded without its weights (a tokenizer
+    of its own: the embedder's is reconfigured by every encode, so it is not shared across threads)."""
     from apps.costs.tokens import embedding_token_counts
 
     texts = list(texts)
     if not texts:
         return []
-    if tokenizer is None:
-        tokens = embedding_token_counts(model_name, texts)
-    else:
-        tokens = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
-    return slab_calls([len(t) for t in texts], tokens, slab)
+    return slab_calls([len(t) for t in texts], embedding_token_counts(model_name, texts), slab)
 
 
 def _throughput(model_name: str, price: Any, tokens: int, here: bool):
@@ -218,17 +218,13 @@ def calls_bound(*, model_name: str, calls: Sequence[Call], price: Any = None, he
     return device_cost(price=price, seconds=seconds, device=speed.device)
 
 
-def embedding_bound(
-    *, model_name: str, tokens: int, calls: int = 1, price: Any = None, here: bool = False
-) -> Decimal:
-    """``calls_bound`` of ``calls`` one-text calls reading ``tokens`` tokens in all (a query: one call)."""
+def embedding_bound(*, model_name: str, tokens: int, price: Any = None, here: bool = False) -> Decimal:
+    """``calls_bound`` of one call reading one text of ``tokens`` tokens (a query)."""
     if tokens <= 0:
         from apps.costs.models import ZERO
 
         return ZERO
-    calls = max(calls, 1)
-    each = [(tokens // calls) + (1 if i < tokens % calls else 0) for i in range(calls)]
-    return calls_bound(model_name=model_name, calls=[([1], [n]) for n in each], price=price, here=here)
+    return calls_bound(model_name=model_name, calls=[([1], [tokens])], price=price, here=here)
 
 
 def texts_bound(
@@ -238,10 +234,9 @@ def texts_bound(
     slab: int | None = EMBED_SLAB,
     price: Any = None,
     here: bool = False,
-    tokenizer: Any = None,
 ) -> Decimal:
     """``calls_bound`` of embedding ``texts`` in order, ``slab`` texts per encode call (None: one call)."""
-    calls = texts_calls(model_name, texts, slab=slab, tokenizer=tokenizer)
+    calls = texts_calls(model_name, texts, slab=slab)
     return calls_bound(model_name=model_name, calls=calls, price=price, here=here)
 
 

@@ -175,7 +175,7 @@ def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict
     ids = [int(r[0]) for r in rows]
     texts = [r[1] for r in rows]
     # The hold covers these chunks (the start counted the same rows; more may be ready by now).
-    bound = texts_bound(model_name=corpus.embedding_model, texts=texts, here=True, tokenizer=embedder.tokenizer)
+    bound = texts_bound(model_name=corpus.embedding_model, texts=texts, here=True)
     hold.ensure(bound)
     vectors, seconds = encode_in_slabs(embedder, texts, progress)
     vector_index = VectorIndex(
@@ -198,9 +198,7 @@ def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict
         late = sorted(set(current) - set(ids))
         if late:
             late_texts = [current[i] for i in late]
-            late_bound = texts_bound(
-                model_name=corpus.embedding_model, texts=late_texts, here=True, tokenizer=embedder.tokenizer
-            )
+            late_bound = texts_bound(model_name=corpus.embedding_model, texts=late_texts, here=True)
             try:
                 hold.ensure(bound + late_bound)
             except ServiceError:  # a budget refused them: bill what ran, keep the old index

@@ -217,7 +217,7 @@ def _batch_bound(corpus: Corpus, embedder: Any, ok: list[Document], chunked: dic
     """The bound of embedding the batch's chunks here as ``_embed_and_index`` will: their exact tokens,
     padded per batch, one call per slab (``embedding.calls_bound``)."""
     texts = [piece.text for document in ok for piece in chunked[document.pk]]
-    return texts_bound(model_name=corpus.embedding_model, texts=texts, here=True, tokenizer=embedder.tokenizer)
+    return texts_bound(model_name=corpus.embedding_model, texts=texts, here=True)
 
 
 def _batch_hold_open(corpus: Corpus, bound: Decimal, ok: list[Document]) -> Hold:

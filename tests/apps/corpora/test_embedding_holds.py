@@ -217,6 +217,20 @@ def test_a_process_measures_its_embedder_on_first_use_and_holds_from_its_own_num
 
 
 @pytest.mark.slow
+def test_a_web_process_next_to_workers_advertises_its_embedder_on_no_job_queue(corpus, alice, settings):
+    from apps.costs.cost_model import DEFAULT_THROUGHPUTS, throughput_cache_clear, throughput_for
+    from apps.costs.models import WorkerProfile
+    from apps.costs.worker_identity import local_speeds_forget
+
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # jobs would go to workers; searches run here
+    corpus_search(corpora=[corpus], query="zebra stripes", path="search_api", user=alice)
+    assert WorkerProfile.objects.get(model_name=MODEL).queue_list == ["web"]
+    local_speeds_forget()  # as another process sees it: not a worker that serves the gpu queue
+    throughput_cache_clear()
+    assert throughput_for(model=MODEL, queue="gpu") == DEFAULT_THROUGHPUTS[MODEL]
+
+
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_real_minilm_runs_fit_under_their_holds_tightly(team_a, alice, caplog):
     """Every embedding path once or more with the real MiniLM, this process measured on first use.
