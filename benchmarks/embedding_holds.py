@@ -14,8 +14,11 @@ reservation it splits hold / actual into three factors whose product it is:
 - ``model``: the cost model's seconds for the billed tokens ÷ the seconds billed (how far the
   throughput / per-call overhead in force over-predicts; below 1: the work ran slower than predicted).
 
-The throughput in force is read once the run is over (``throughput_for``); a hold that grew
-(``Hold.ensure``) counts with its final estimate, the most it blocked.
+The throughput in force is read once the run is over (``throughput_for``), so the split is
+approximate where the profile changed during the run (measured on first use, refit every 20
+calls); ``tokens`` compares with the tokens the rows bill (an ingestion row bills its chunks'
+tokens without the special tokens and the batches' padding, which the hold counts). A hold that
+grew (``Hold.ensure``) counts with its final estimate, the most it blocked.
 """
 
 from __future__ import annotations
