@@ -44,15 +44,10 @@ def embedding_meter() -> Iterator[dict]:
         _meter.reset(token)
 
 
-def embedding_tokens(model: str, texts: list[str]) -> int:
-    """The tokens the model reads for ``texts``, counted with a tokenizer of its own (the embedder's
-    is reconfigured by every encode: not shared across threads)."""
-    from apps.costs.tokens import embedding_tokens as count
-
-    return count(model, texts)
-
-
 def _encode(texts: list[str]) -> object:
+    from apps.corpora.services.embedding import embed_batch
+    from apps.costs.tokens import embedding_tokens
+
     embedder = _embedder()
     # The model's device-seconds (not a wait for its lock), in the corpora's batches for its device.
     vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
@@ -60,14 +55,9 @@ def _encode(texts: list[str]) -> object:
     if meter is not None:
         meter["seconds"] += seconds
         meter["texts"] += len(texts)
+        # Counted with a tokenizer of its own: the embedder's is reconfigured by every encode.
         meter["tokens"] += embedding_tokens(TOOL_EMBEDDING_MODEL, texts)
     return vectors
-
-
-def embed_batch(device: str) -> int:
-    from apps.corpora.services.embedding import embed_batch as batch
-
-    return batch(device)
 
 
 def _embedder():
@@ -105,6 +95,8 @@ def embed_query(text: str) -> tuple[object, float]:
 
 def query_tokens(text: str) -> int:
     """Tokens of a query as the tool embedder reads it (special tokens included)."""
+    from apps.costs.tokens import embedding_tokens
+
     return embedding_tokens(TOOL_EMBEDDING_MODEL, [text])
 
 

@@ -213,7 +213,7 @@ def _documents_mark_ready(
         ledger()
 
 
-def _batch_bound(corpus: Corpus, embedder: Any, ok: list[Document], chunked: dict[int, list]) -> Decimal:
+def _batch_bound(corpus: Corpus, ok: list[Document], chunked: dict[int, list]) -> Decimal:
     """The bound of embedding the batch's chunks here as ``_embed_and_index`` will: their exact tokens,
     padded per batch, one call per slab (``embedding.calls_bound``)."""
     texts = [piece.text for document in ok for piece in chunked[document.pk]]
@@ -241,7 +241,7 @@ def _ingest_corpus_batch(
     result = {"documents": len(documents), "ready": 0, "failed": len(documents) - len(ok), "chunks": 0, "tokens": 0}
     if not ok:
         return result
-    bound = _batch_bound(corpus, embedder, ok, chunked)
+    bound = _batch_bound(corpus, ok, chunked)
     own = None
     try:
         if hold is None:
