@@ -9,7 +9,6 @@ torch and faiss load on first use, never at import.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,14 +45,18 @@ def embedding_meter() -> Iterator[dict]:
 
 
 def _encode(texts: list[str]) -> object:
+    from apps.corpora.services.embedding import embed_batch
+    from apps.costs.tokens import embedding_tokens
+
     embedder = _embedder()
-    started = time.perf_counter()
-    vectors = embedder.encode(texts)
+    # The model's device-seconds (not a wait for its lock), in the corpora's batches for its device.
+    vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
     meter = _meter.get()
     if meter is not None:
-        meter["seconds"] += time.perf_counter() - started
+        meter["seconds"] += seconds
         meter["texts"] += len(texts)
-        meter["tokens"] += sum(len(ids) for ids in embedder.tokenizer(texts, truncation=True)["input_ids"])
+        # Counted with a tokenizer of its own: the embedder's is reconfigured by every encode.
+        meter["tokens"] += embedding_tokens(TOOL_EMBEDDING_MODEL, texts)
     return vectors
 
 
@@ -85,15 +88,16 @@ def embed_texts(texts) -> object:
 
 
 def embed_query(text: str) -> tuple[object, float]:
-    """(vector, seconds spent embedding): queries are not cached (they are billed)."""
-    started = time.perf_counter()
-    vector = _embedder().encode_query(text)
-    return vector, time.perf_counter() - started
+    """(vector, seconds the model spent embedding it): queries are not cached (they are billed)."""
+    vectors, seconds = _embedder().encode_timed([text], batch_size=1)
+    return vectors[0], seconds
 
 
 def query_tokens(text: str) -> int:
     """Tokens of a query as the tool embedder reads it (special tokens included)."""
-    return len(_embedder().tokenizer(text, truncation=True)["input_ids"])
+    from apps.costs.tokens import embedding_tokens
+
+    return embedding_tokens(TOOL_EMBEDDING_MODEL, [text])
 
 
 def index_root() -> Path:

@@ -104,14 +104,9 @@ def texts_tokens_max(endpoint: ModelEndpoint, texts: list[str]) -> int:
 _embedding_tokenizers: dict[str, Any] = {}
 
 
-def embedding_tokens(model: str, texts: list[str]) -> int:
-    """Exactly the tokens an embedding model (e.g. "all-MiniLM-L6-v2") reads for ``texts``.
-
-    The same count as the embeddings worker bills (its tokenizer, special tokens, truncation to
-    the tokenizer's maximum); only the tokenizer is loaded (cached per process).
-    """
-    if not texts:
-        return 0
+def embedding_tokenizer(model: str) -> Any:
+    """The fast tokenizer of an embedding model (a known name such as "all-MiniLM-L6-v2", or a folder),
+    truncating where the model does; only the tokenizer is loaded (cached per process, no torch)."""
     with _lock:
         tokenizer = _embedding_tokenizers.get(model)
         if tokenizer is None:
@@ -128,10 +123,29 @@ def embedding_tokens(model: str, texts: list[str]) -> int:
                 if limit:
                     tokenizer.model_max_length = int(limit)
             _embedding_tokenizers[model] = tokenizer
-    return sum(len(ids) for ids in tokenizer(list(texts), truncation=True)["input_ids"])
+    return tokenizer
+
+
+def embedding_token_counts(model: str, texts: list[str]) -> list[int]:
+    """Exactly the tokens an embedding model reads for each of ``texts`` (special tokens included,
+    truncated at the model's maximum), as the embedder tokenizes them."""
+    if not texts:
+        return []
+    return [len(ids) for ids in embedding_tokenizer(model)(list(texts), truncation=True)["input_ids"]]
+
+
+def embedding_tokens(model: str, texts: list[str]) -> int:
+    """Exactly the tokens an embedding model (e.g. "all-MiniLM-L6-v2") reads for ``texts``.
+
+    The same count as the embeddings worker bills (its tokenizer, special tokens, truncation to
+    the tokenizer's maximum); only the tokenizer is loaded (cached per process).
+    """
+    return sum(embedding_token_counts(model, texts))
 
 
 __all__ = [
+    "embedding_token_counts",
+    "embedding_tokenizer",
     "embedding_tokens",
     "endpoint_tokenizer",
     "prompt_tokens_bound",

@@ -22,6 +22,11 @@ def worker_identity_set(*, hostname: str, queues: list[str]) -> None:
     _identity.update(hostname=hostname, queues=sorted(set(queues)))
 
 
+def is_worker() -> bool:
+    """Whether this process is a Celery worker (its start set its identity)."""
+    return bool(_identity.get("hostname"))
+
+
 def worker_name() -> str:
     """The name this process writes on its profiles and ledger rows (host:pid when not a Celery worker)."""
     return _identity.get("hostname") or f"{socket.gethostname()}:{os.getpid()}"

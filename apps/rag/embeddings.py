@@ -1,7 +1,8 @@
 """Embeddings for the OpenAI-compatible API: budgeted, metered, computed on the gpu queue.
 
-Cost path ``embeddings_api``: the request reserves a hold (the cost model's bound of the texts'
-tokens, counted with the model's tokenizer) before the job exists; the worker resumes it, writes the
+Cost path ``embeddings_api``: the request reserves a hold (the cost model's bound of encoding the
+texts: their tokens counted with the model's tokenizer, padded per batch) before the job exists;
+the worker resumes it, makes it cover its own bound (its measured speed, its batches), writes the
 ``embed`` row under it and settles.
 """
 
@@ -24,13 +25,15 @@ EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
 
 
 def embeddings_bound(*, model: str, texts: list[str]) -> Decimal:
-    """What a request reserves: the cost model's bound of embedding the texts' tokens, counted exactly
-    with the embedding model's own tokenizer, as the worker counts when it bills."""
-    from apps.corpora.services.embedding import embedding_bound
-    from apps.costs.tokens import embedding_tokens
+    """What a request reserves: the cost model's bound of one encode call over the texts, their tokens
+    counted exactly with the embedding model's own tokenizer (as the worker bills them) and padded per
+    batch as the embedder pads them. Measured here first when this process runs the job (no broker)."""
+    from apps.corpora.services.embedding import embeds_in_this_process, texts_bound
 
-    tokens = embedding_tokens(model, texts)
-    return embedding_bound(model_name=model, tokens=tokens, price=price_current(model_name=EMBEDDING_MODELS[model]))
+    return texts_bound(
+        model_name=model, texts=texts, slab=None, price=price_current(model_name=EMBEDDING_MODELS[model]),
+        here=embeds_in_this_process(job=True),
+    )
 
 
 def embeddings_create(
@@ -74,8 +77,9 @@ def embeddings_compute(*, job: Job) -> dict:
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import ApiKey
+    from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
     from apps.costs.models import Reservation
-    from workers.runtime.embedders import get_embedder
+    from apps.costs.tokens import embedding_tokens
 
     params = job.params
     context = LedgerContext(
@@ -87,11 +91,17 @@ def embeddings_compute(*, job: Job) -> dict:
         reservation=Reservation.objects.get(pk=params["reservation_id"]), context=context, path="embeddings_api"
     )
     try:
-        embedder = get_embedder(params["model"])
-        started = time.perf_counter()
-        vectors = embedder.encode(params["texts"])
-        seconds = time.perf_counter() - started
-        tokens = sum(len(ids) for ids in embedder.tokenizer(params["texts"], truncation=True)["input_ids"])
+        embedder = embedder_for(params["model"])
+        # The request reserved for the slowest worker it could not name: this one's own bound (its speed,
+        # its batches) must fit too before it runs (a refusal fails the job; nothing is billed).
+        hold.ensure(
+            texts_bound(
+                model_name=params["model"], texts=params["texts"], slab=None, here=True,
+                price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
+            )
+        )
+        vectors, seconds = embedder.encode_timed(params["texts"], batch_size=embed_batch(embedder.device))
+        tokens = embedding_tokens(params["model"], params["texts"])
     except Exception:
         hold.release()
         raise
@@ -107,5 +117,6 @@ def embeddings_compute(*, job: Job) -> dict:
         price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
         latency_ms=int(seconds * 1000),
     )
+    embedding_billed(params["model"])
     hold.settle()
     return {"vectors": [[round(float(x), 7) for x in row] for row in vectors], "tokens": tokens}

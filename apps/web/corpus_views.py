@@ -128,8 +128,8 @@ def corpus_upload(request: HttpRequest, corpus_id: int) -> HttpResponse:
     try:
         hold = corpus_services.ingest_hold_open(
             corpus=corpus,
-            text_bytes=[
-                corpus_services.upload_text_bytes(filename=name, data=data)
+            texts=[
+                corpus_services.upload_text(filename=name, data=data)
                 for name, data in files
                 if not name.lower().endswith(RECORD_EXTENSIONS)
             ],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,22 @@ def resolve_model_path(name_or_path: str) -> str:
     raise ValueError(
         f"unknown embedding model {name_or_path!r}: not a known name ({known}) and no such local path"
     )
+
+
+def device_clock(device: str) -> Callable[[], float]:
+    """The clock that measures an embedding's device-seconds on ``device``.
+
+    On a CPU with one torch thread (the reference set-up, ``PARSIMONY_TORCH_THREADS=1``) the model
+    computes on the calling thread, so that thread's CPU time is exactly the CPU-seconds it used:
+    time the CPU spent on other threads or processes meanwhile is theirs. Otherwise (a GPU, or
+    torch's own thread pool doing the work) the wall time it held the model.
+    """
+    if not str(device).startswith("cuda"):
+        import torch
+
+        if torch.get_num_threads() == 1:
+            return time.thread_time
+    return time.perf_counter
 
 
 class Embedder:
@@ -88,14 +106,22 @@ class Embedder:
         Texts are sorted by length (longest first) before batching so each batch pads
         to similar lengths, then put back in input order.
         """
+        return self.encode_timed(texts, batch_size=batch_size)[0]
+
+    def encode_timed(self, texts: list[str] | tuple[str, ...], *, batch_size: int = 64) -> tuple[np.ndarray, float]:
+        """``encode`` and the device-seconds the call used (``device_clock``), counted while it held
+        the model: waiting for another thread's call (the model runs one call at a time) is that
+        call's time, not this one's."""
         texts = list(texts)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32), 0.0
         order = np.argsort([-len(t) for t in texts], kind="stable")
         ordered = [texts[i] for i in order]
         import torch
 
+        clock = device_clock(self.device)
         with self._lock, torch.inference_mode():
+            started = clock()
             # One batch per call into sentence-transformers: its own length sort is
             # then a no-op and its progress/overhead stays out of the loop.
             out = self._model.encode(
@@ -105,9 +131,10 @@ class Embedder:
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
+            seconds = clock() - started
         vectors = np.empty_like(out, dtype=np.float32)
         vectors[order] = out
-        return vectors
+        return vectors, seconds
 
     def encode_query(self, text: str) -> np.ndarray:
         """(dimension,) float32, L2-normalised."""

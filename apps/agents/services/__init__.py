@@ -29,6 +29,7 @@ from apps.agents.services.tools import (
     tool_search_bound,
     tool_update,
     tool_validate,
+    tools_index_bound,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "tool_search_bound",
     "tool_update",
     "tool_validate",
+    "tools_index_bound",
 ]

@@ -34,21 +34,32 @@ TOOL_FIELDS = ("name", "description", "parameters", "kind", "config", "examples"
 TOOL_EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
 
 
-def tool_index_bound(*, name: str, description: str, examples: list[str] | tuple[str, ...] = ()) -> Decimal:
-    """The most embedding one tool's texts (``name: description`` and each example) can cost: their
-    tokens counted exactly with the tool embedder's tokenizer."""
-    from apps.corpora.services.embedding import embedding_bound
-    from apps.costs.tokens import embedding_tokens
+def tools_index_bound(tools: list[tuple[str, str, list[str] | tuple[str, ...]]]) -> Decimal:
+    """The most embedding these tools' texts can cost, as the index embeds them
+    (``indexes.tool_index.tool_vectors``): one call for every ``name: description``, one for every
+    example, their tokens counted exactly with the tool embedder's tokenizer and padded per batch.
+    Texts the embedder's cache already holds cost nothing, so this bounds what is billed. Measured
+    on this process's own embedder (it embeds them: ``embedding.embedder_for``).
+    """
+    from apps.corpora.services.embedding import calls_bound, texts_calls
     from indexes.tool_index import tool_text
 
-    texts = [tool_text(name, description), *[str(e) for e in examples if str(e).strip()]]
-    tokens = embedding_tokens(indexing.TOOL_EMBEDDING_MODEL, texts)
-    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens)
+    model = indexing.TOOL_EMBEDDING_MODEL
+    bases = list(dict.fromkeys(tool_text(name, description) for name, description, _ in tools))
+    examples = list(dict.fromkeys(str(e) for _, _, some in tools for e in some if str(e).strip()))
+    calls = texts_calls(model, bases, slab=None) + texts_calls(model, examples, slab=None)
+    return calls_bound(model_name=model, calls=calls, here=True)
+
+
+def tool_index_bound(*, name: str, description: str, examples: list[str] | tuple[str, ...] = ()) -> Decimal:
+    """``tools_index_bound`` of one tool."""
+    return tools_index_bound([(name, description, examples)])
 
 
 @contextmanager
 def _tool_index_spending(*, team, user, bound: Decimal, description: str):
     """Reserve a team's tool embedding (402 before anything changes), then bill what the block embedded."""
+    from apps.corpora.services.embedding import embedding_billed
     from apps.costs.models import Stage
     from apps.costs.pricing import Usage, to_decimal
     from apps.costs.services import LedgerContext, PriceMissing, price_current
@@ -71,6 +82,7 @@ def _tool_index_spending(*, team, user, bound: Decimal, description: str):
                 usage=Usage(prompt_tokens=meter["tokens"], cpu_seconds=to_decimal(round(meter["seconds"], 6))),
                 price=price, latency_ms=int(meter["seconds"] * 1000), finish_reason="tool-index",
             )
+            embedding_billed(indexing.TOOL_EMBEDDING_MODEL)
 
 
 def _python_config(*, name: str, config: dict, parameters: Any, errors: dict[str, str]) -> tuple[dict, Any]:
@@ -210,7 +222,9 @@ def tool_create(
         examples=examples,
     )
     _check_name_free(team=team, name=name)
-    bound = tool_index_bound(name=name, description=description.strip(), examples=examples) if enabled else ZERO
+    bound = ZERO  # the global library (team None) is the operator's: nothing to reserve
+    if enabled and team is not None:
+        bound = tool_index_bound(name=name, description=description.strip(), examples=examples)
     with _tool_index_spending(team=team, user=created_by, bound=bound, description=f"index tool {name}"):
         try:
             with transaction.atomic():
@@ -226,18 +240,20 @@ def tool_create(
 
 
 def tool_search_bound(query: str) -> Decimal:
-    """The most embedding a tool-search query can cost (its tokens counted with the embedder's tokenizer)."""
+    """The most embedding a tool-search query can cost: one call, its tokens counted with the embedder's
+    tokenizer, measured on this process's own embedder (it embeds the query)."""
     from apps.corpora.services.embedding import embedding_bound
     from apps.costs.tokens import embedding_tokens
 
     tokens = embedding_tokens(indexing.TOOL_EMBEDDING_MODEL, [query])
-    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens)
+    return embedding_bound(model_name=indexing.TOOL_EMBEDDING_MODEL, tokens=tokens, here=True)
 
 
 def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None) -> list:
     """The library search the tools page runs (cost path ``tool_search``): the query embedding is
     reserved (402 before it runs), billed as a ``retrieve`` row, settled. Empty queries cost nothing."""
     from apps.agents.selectors import tool_search
+    from apps.corpora.services.embedding import embedding_billed
     from apps.costs.models import Stage
     from apps.costs.pricing import Usage, to_decimal
     from apps.costs.services import LedgerContext, PriceMissing, price_current
@@ -261,6 +277,7 @@ def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None)
             usage=Usage(prompt_tokens=indexing.query_tokens(query), cpu_seconds=to_decimal(round(seconds, 6))),
             price=price, latency_ms=int(seconds * 1000), finish_reason="tool-search",
         )
+        embedding_billed(indexing.TOOL_EMBEDDING_MODEL)
     return matches
 
 
@@ -286,7 +303,7 @@ def tool_update(*, tool: Tool, user: Any = None, **changes: Any) -> Tool:
         return tool
     _check_name_free(team=tool.team, name=values["name"], exclude=tool.pk)
     bound = ZERO
-    if values["enabled"]:
+    if values["enabled"] and tool.team is not None:
         bound = tool_index_bound(name=values["name"], description=values["description"], examples=values["examples"])
     with _tool_index_spending(team=tool.team, user=user, bound=bound, description=f"index tool {values['name']}"):
         for field in TOOL_FIELDS:
@@ -313,9 +330,7 @@ def tool_index_rebuild(*, team=None, include_global: bool = True) -> dict[str, i
     teams = [team] if team is not None else list(Team.objects.all())
     for each in teams:
         tools = list(Tool.objects.filter(team=each, enabled=True).order_by("pk"))
-        bound = sum(
-            (tool_index_bound(name=t.name, description=t.description, examples=t.examples or ()) for t in tools), ZERO
-        )
+        bound = tools_index_bound([(t.name, t.description, t.examples or ()) for t in tools]) if tools else ZERO
         try:
             with _tool_index_spending(team=each, user=None, bound=bound, description="rebuild the tool index"):
                 counts[f"team {each.pk}"] = store.rebuild(each.pk, [indexing.document_of(t) for t in tools])

@@ -18,7 +18,7 @@ from apps.corpora.services.documents import (
     documents_import_records,
     documents_ingest_start,
     ingest_hold_open,
-    upload_text_bytes,
+    upload_text,
 )
 from apps.corpora.services.embedding import EMBED_BATCH, EMBED_SLAB
 from apps.corpora.services.index_build import (
@@ -55,5 +55,5 @@ __all__ = [
     "index_apply",
     "ingest_hold_open",
     "rebuild_hold_open",
-    "upload_text_bytes",
+    "upload_text",
 ]

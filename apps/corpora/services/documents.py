@@ -1,7 +1,8 @@
 """Documents in and out of a corpus: uploads, bulk record imports, starting ingestion jobs, deletes.
 
 Ingestion spends (embedding): every job carries a hold (cost path ``ingest``) opened here, in the
-web process, BEFORE anything is stored, with a bound of the embedding work of the uploaded text;
+web process, BEFORE anything is stored, with a bound of the embedding work of the uploaded text
+(parsed and chunked as the worker will, counted with the embedding model's tokenizer);
 a budget that refuses it (402) leaves no Document, no file and no Job. The worker resumes the
 hold from ``job.params["reservation_id"]``, bills under it and settles (``ingestion``).
 """
@@ -24,7 +25,7 @@ from apps.core.models import Job
 from apps.core.services import job_start
 from apps.corpora.models import Corpus, Document, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
-from apps.corpora.services.embedding import embedding_bound, text_tokens_bound
+from apps.corpora.services.embedding import embeds_in_this_process, texts_bound
 from apps.corpora.services.index_build import bm25_rebuild, index_apply
 from apps.corpora.services.storage import (
     default_title,
@@ -40,56 +41,68 @@ INGEST_KIND = "corpora.ingest"
 INGEST_JOB_DOCUMENTS = 500  # documents per ingestion job (bulk imports are split)
 # An ingestion hold lives until its job has run: it may wait behind other jobs on the gpu queue.
 INGEST_HOLD_TTL_S = 6 * 3600
-_COMPRESSED_FORMATS = (".pdf", ".docx")  # their bytes do not bound their text: extract it
 
 
-def upload_text_bytes(*, filename: str, data: bytes) -> int:
-    """UTF-8 bytes of the text an upload yields (what bounds its embedding tokens); 0 when it yields none.
+def upload_text(*, filename: str, data: bytes) -> str:
+    """The text ingestion will read from an upload (parsed as the worker parses it); "" when it yields
+    none (the worker fails it without embedding anything)."""
+    from workers.ingest.parsers import DocumentParseError, parse_document
 
-    Text formats: the decoded text re-encoded (a stray byte decoded as U+FFFD counts 3). PDF and
-    DOCX are compressed, so their text is extracted to count it.
-    """
-    from workers.ingest.parsers import DocumentParseError, decode_text, parse_document
-
-    ext = os.path.splitext(filename)[1].lower()
     try:
-        if ext in _COMPRESSED_FORMATS:
-            return len(parse_document(filename=filename, data=data).text.encode("utf-8"))
-        return len(decode_text(data).encode("utf-8"))
+        return parse_document(filename=filename, data=data).text
     except DocumentParseError:
-        return 0  # the worker will fail it without embedding anything
+        return ""
 
 
-def ingest_bound(*, corpus: Corpus, text_bytes: Iterable[int]) -> Decimal:
-    """The most embedding texts of these sizes (UTF-8 bytes) into ``corpus`` can cost."""
-    tokens = sum(
-        text_tokens_bound(size, chunk_tokens=corpus.chunk_tokens, overlap_tokens=corpus.overlap_tokens)
-        for size in text_bytes
-    )
-    return embedding_bound(model_name=corpus.embedding_model, tokens=tokens)
+def ingest_bound(*, corpus: Corpus, texts: Iterable[str]) -> Decimal:
+    """The most embedding these parsed texts into ``corpus`` can cost, in the order its job embeds them.
+
+    Each text is chunked exactly as ingestion chunks it (the corpus's chunk and overlap sizes, the
+    embedding model's own tokenizer, loaded without its weights), and the chunks' encode work is
+    bounded (``embedding.calls_bound``: their exact tokens, padded per batch as the embedder pads).
+    The worker checks the hold against the chunks it really made before it embeds (``Hold.ensure``).
+    """
+    from apps.costs.tokens import embedding_tokenizer
+    from workers.ingest.chunking import chunk_text
+
+    tokenizer = embedding_tokenizer(corpus.embedding_model)
+    max_tokens = int(tokenizer.model_max_length) - int(tokenizer.num_special_tokens_to_add(False))
+    pieces = [
+        piece.text
+        for text in texts
+        if text
+        for piece in chunk_text(
+            text,
+            tokenizer=tokenizer,
+            chunk_tokens=corpus.chunk_tokens,
+            overlap_tokens=corpus.overlap_tokens,
+            max_tokens=max_tokens,
+        )
+    ]
+    return texts_bound(model_name=corpus.embedding_model, texts=pieces, here=embeds_in_this_process(job=True))
 
 
-def ingest_hold_open(*, corpus: Corpus, text_bytes: Iterable[int], user: Any = None, api_key: Any = None) -> Hold:
-    """Reserve the embedding of texts of these sizes into ``corpus`` (402 BudgetExceeded when a budget refuses)."""
-    sizes = list(text_bytes)
+def ingest_hold_open(*, corpus: Corpus, texts: Iterable[str], user: Any = None, api_key: Any = None) -> Hold:
+    """Reserve the embedding of these parsed texts into ``corpus`` (402 BudgetExceeded when a budget refuses)."""
+    texts = list(texts)
     return hold_open(
         path="ingest",
         context=LedgerContext(team=corpus.team, user=user, api_key=api_key),
-        estimate=ingest_bound(corpus=corpus, text_bytes=sizes),
-        description=f"ingest {len(sizes)} document(s) into {corpus.name}",
+        estimate=ingest_bound(corpus=corpus, texts=texts),
+        description=f"ingest {len(texts)} document(s) into {corpus.name}",
         ttl_s=INGEST_HOLD_TTL_S,
     )
 
 
-def _stored_text_bytes(document: Document) -> int:
-    """``upload_text_bytes`` of a stored document (its stored file's extension picks the format)."""
+def _stored_text(document: Document) -> str:
+    """``upload_text`` of a stored document (its stored file's extension picks the format)."""
     from workers.ingest.parsers import DocumentParseError
 
     try:
         data = original_read(document)
     except (DocumentParseError, OSError):
-        return 0
-    return upload_text_bytes(filename="stored" + os.path.splitext(document.file_path)[1], data=data)
+        return ""
+    return upload_text(filename="stored" + os.path.splitext(document.file_path)[1], data=data)
 
 
 def _ingest_job_start(*, corpus_id: int, team: Any, documents: list[Document], user: Any, hold: Hold) -> Job:
@@ -128,8 +141,8 @@ def documents_ingest_start(
             corpus = docs[0].corpus
             for i in range(0, len(docs), INGEST_JOB_DOCUMENTS):
                 batch = docs[i : i + INGEST_JOB_DOCUMENTS]
-                sizes = [_stored_text_bytes(d) for d in batch]
-                planned.append((corpus, batch, ingest_hold_open(corpus=corpus, text_bytes=sizes, user=user,
+                texts = [_stored_text(d) for d in batch]
+                planned.append((corpus, batch, ingest_hold_open(corpus=corpus, texts=texts, user=user,
                                                                 api_key=api_key)))
     except BaseException:
         for _, _, opened in planned:
@@ -188,7 +201,7 @@ def document_upload(
     hold = None
     if start_job:
         hold = ingest_hold_open(
-            corpus=corpus, text_bytes=[upload_text_bytes(filename=filename, data=data)], user=user, api_key=api_key
+            corpus=corpus, texts=[upload_text(filename=filename, data=data)], user=user, api_key=api_key
         )
     try:
         path = original_store(corpus=corpus, sha256=sha256, ext=ext, data=data)
@@ -251,8 +264,10 @@ def documents_import_records(
     try:
         if start_job:
             for i in range(0, len(fresh), INGEST_JOB_DOCUMENTS):
-                sizes = [len(body) for _, _, body, _ in fresh[i : i + INGEST_JOB_DOCUMENTS]]
-                holds.append(ingest_hold_open(corpus=corpus, text_bytes=sizes, user=user, api_key=api_key))
+                # Stored as .txt: the worker parses each record's text as a text file.
+                batch = fresh[i : i + INGEST_JOB_DOCUMENTS]
+                texts = [upload_text(filename="record.txt", data=body) for _, _, body, _ in batch]
+                holds.append(ingest_hold_open(corpus=corpus, texts=texts, user=user, api_key=api_key))
         to_create = [
             Document(
                 corpus=corpus,

@@ -5,8 +5,10 @@ texts in the database. Every write holds the corpus folder's lock around load ->
 (``indexes.corpus_store``), so two workers never lose each other's changes.
 
 A rebuild re-embeds every chunk (cost path ``index_rebuild``): it reserves the bound of its
-chunks' exact token counts before the job exists (402: no job), the worker bills under that
-hold and settles it; an in-process rebuild (``manage.py rebuild_index``) reserves its own.
+chunks' exact token counts before the job exists (402: no job); the worker makes the hold cover
+the chunks it embeds (``Hold.ensure``: chunks that became ready since, and those ingested while
+it runs), bills under it and settles it; an in-process rebuild (``manage.py rebuild_index``)
+reserves its own.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Q
 
+from apps.core.errors import ServiceError
 from apps.core.models import Job
 from apps.core.services import job_start
 from apps.corpora.models import Chunk, Corpus, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
 from apps.corpora.services.embedding import (
     ProgressFn,
+    calls_bound,
     embedder_for,
-    embedding_bound,
     embedding_usage_record,
+    embeds_in_this_process,
     encode_in_slabs,
+    slab_calls,
+    texts_bound,
 )
 from apps.costs.services import LedgerContext
 from apps.costs.services.holds import Hold, hold_open, hold_resume
@@ -36,8 +42,6 @@ logger = logging.getLogger(__name__)
 
 REBUILD_KIND = "corpora.rebuild_index"
 REBUILD_HOLD_TTL_S = 6 * 3600  # the job may wait behind others on the gpu queue
-# Chunks ingested while a rebuild runs are embedded too: room for them in its hold.
-_REBUILD_LATE_SLACK = 1.25
 
 
 def _bm25_pairs(corpus: Corpus, *, also_documents: Iterable[int] = ()) -> list[tuple[int, str]]:
@@ -106,12 +110,24 @@ def bm25_rebuild(*, corpus: Corpus) -> None:
 
 
 def rebuild_bound(*, corpus: Corpus):
-    """The most re-embedding ``corpus``'s ready chunks can cost (their exact tokens, 2 special tokens each)."""
-    totals = Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY).aggregate(
-        tokens=Sum("token_count"), n=Count("id")
+    """The most re-embedding ``corpus``'s ready chunks can cost, as the rebuild embeds them (by vector id, one
+    call per slab): their exact tokens as the model reads them (stored count + its special tokens),
+    padded per batch (``embedding.calls_bound``). Chunks that arrive while it runs are covered by
+    the job itself (``Hold.ensure`` before it embeds them)."""
+    from django.db.models.functions import Length
+
+    from apps.costs.tokens import embedding_tokenizer
+
+    tokenizer = embedding_tokenizer(corpus.embedding_model)
+    specials, limit = int(tokenizer.num_special_tokens_to_add(False)), int(tokenizer.model_max_length)
+    rows = list(
+        Chunk.objects.filter(document__corpus=corpus, document__status=DocumentStatus.READY)
+        .exclude(vector_id=None)
+        .order_by("vector_id")
+        .values_list("token_count", Length("text"))
     )
-    tokens = int(((totals["tokens"] or 0) + 2 * (totals["n"] or 0)) * _REBUILD_LATE_SLACK)
-    return embedding_bound(model_name=corpus.embedding_model, tokens=tokens)
+    calls = slab_calls([r[1] for r in rows], [min(r[0] + specials, limit) for r in rows])
+    return calls_bound(model_name=corpus.embedding_model, calls=calls, here=embeds_in_this_process(job=True))
 
 
 def rebuild_hold_open(*, corpus: Corpus, user: Any = None, api_key: Any = None) -> Hold:
@@ -158,6 +174,9 @@ def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict
     )
     ids = [int(r[0]) for r in rows]
     texts = [r[1] for r in rows]
+    # The hold covers these chunks (the start counted the same rows; more may be ready by now).
+    bound = texts_bound(model_name=corpus.embedding_model, texts=texts, here=True)
+    hold.ensure(bound)
     vectors, seconds = encode_in_slabs(embedder, texts, progress)
     vector_index = VectorIndex(
         dimension=embedder.dimension,
@@ -178,7 +197,14 @@ def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict
         vector_index.remove([i for i in ids if i not in current])
         late = sorted(set(current) - set(ids))
         if late:
-            late_vectors, late_seconds = encode_in_slabs(embedder, [current[i] for i in late], None)
+            late_texts = [current[i] for i in late]
+            late_bound = texts_bound(model_name=corpus.embedding_model, texts=late_texts, here=True)
+            try:
+                hold.ensure(bound + late_bound)
+            except ServiceError:  # a budget refused them: bill what ran, keep the old index
+                _rebuild_bill(corpus, embedder, hold, rows, seconds)
+                raise
+            late_vectors, late_seconds = encode_in_slabs(embedder, late_texts, None)
             vector_index.add(late, late_vectors)
             seconds += late_seconds
         bm25_index = BM25Index.build(sorted(current.items()))
@@ -187,12 +213,17 @@ def _rebuild(*, corpus: Corpus, progress: ProgressFn | None, hold: Hold) -> dict
         store.remember(
             corpus.pk, LoadedIndexes(stamp=store.stamp(corpus.pk), vector_index=vector_index, bm25_index=bm25_index)
         )
+    _rebuild_bill(corpus, embedder, hold, rows, seconds)
+    return {"chunks": vector_index.count, "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
+
+
+def _rebuild_bill(corpus: Corpus, embedder: Any, hold: Hold, rows: list, seconds: float) -> None:
+    """The rebuild's ``embed`` row under its hold."""
     with transaction.atomic():
         embedding_usage_record(
             corpus=corpus, embedder=embedder, tokens_by_user={hold.context.user: sum(r[2] for r in rows)},
             seconds=seconds, reservation=hold.reservation, api_key=hold.context.api_key,
         )
-    return {"chunks": vector_index.count, "index_type": vector_index.index_type, "encode_seconds": round(seconds, 3)}
 
 
 def corpus_index_rebuild_by_id(

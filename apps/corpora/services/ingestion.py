@@ -12,10 +12,11 @@ return chunks of ready documents, and the retry starts again at 1, first removin
 vectors and chunks of the earlier attempt, so exactly one copy remains.
 
 Billing (cost path ``ingest``): a job resumes the hold its upload opened (``reservation_id``
-in its params) and settles it to its rows when done (a failure settles what was billed, or
+in its params), makes it cover the bound of the chunks it really made before embedding them
+(``Hold.ensure``), and settles it to its rows when done (a failure settles what was billed, or
 releases it). Called without a hold (``manage.py ingest``, the demo seeder), each corpus's
-batch opens its own after parsing, sized from its exact chunk tokens; a budget that refuses it
-fails that batch's documents with the budget's message.
+batch opens its own after parsing, sized from its exact chunks; a budget that refuses the hold
+(or its growth) fails that batch's documents with the budget's message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -34,9 +36,9 @@ from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
 from apps.corpora.services.embedding import (
     ProgressFn,
     embedder_for,
-    embedding_bound,
     embedding_usage_record,
     encode_in_slabs,
+    texts_bound,
 )
 from apps.corpora.services.index_build import index_apply
 from apps.corpora.services.storage import default_title, original_read
@@ -211,13 +213,19 @@ def _documents_mark_ready(
         ledger()
 
 
-def _batch_hold_open(corpus: Corpus, ok: list[Document], chunked: dict[int, list]) -> Hold:
-    """An in-process batch's own hold: its exact chunk tokens (plus two special tokens a chunk), bounded."""
-    tokens = sum(piece.token_count + 2 for document in ok for piece in chunked[document.pk])
+def _batch_bound(corpus: Corpus, ok: list[Document], chunked: dict[int, list]) -> Decimal:
+    """The bound of embedding the batch's chunks here as ``_embed_and_index`` will: their exact tokens,
+    padded per batch, one call per slab (``embedding.calls_bound``)."""
+    texts = [piece.text for document in ok for piece in chunked[document.pk]]
+    return texts_bound(model_name=corpus.embedding_model, texts=texts, here=True)
+
+
+def _batch_hold_open(corpus: Corpus, bound: Decimal, ok: list[Document]) -> Hold:
+    """An in-process batch's own hold: the bound of its exact chunks."""
     return hold_open(
         path="ingest",
         context=LedgerContext(team=corpus.team),
-        estimate=embedding_bound(model_name=corpus.embedding_model, tokens=tokens),
+        estimate=bound,
         description=f"ingest {len(ok)} document(s) into {corpus.name}",
         ttl_s=_BATCH_HOLD_TTL_S,
     )
@@ -233,15 +241,21 @@ def _ingest_corpus_batch(
     result = {"documents": len(documents), "ready": 0, "failed": len(documents) - len(ok), "chunks": 0, "tokens": 0}
     if not ok:
         return result
-    if hold is not None:
-        return _embed_and_index(corpus, embedder, ok, chunked, progress, done_before, hold, result)
+    bound = _batch_bound(corpus, ok, chunked)
+    own = None
     try:
-        own = _batch_hold_open(corpus, ok, chunked)
+        if hold is None:
+            hold = own = _batch_hold_open(corpus, bound, ok)
+        else:
+            # The upload reserved the chunks it expected: make sure the hold covers the ones made.
+            hold.ensure(bound)
     except ServiceError as exc:  # a budget refused it: these documents are not embedded
         for document in ok:
             _document_fail(document, exc.message)
         result["failed"] = len(documents)
         return result
+    if own is None:
+        return _embed_and_index(corpus, embedder, ok, chunked, progress, done_before, hold, result)
     try:
         result = _embed_and_index(corpus, embedder, ok, chunked, progress, done_before, own, result)
     except BaseException:

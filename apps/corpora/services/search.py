@@ -14,6 +14,7 @@ from apps.corpora.models import Corpus
 from apps.corpora.selectors import ChunkHit, chunk_search_many
 from apps.corpora.services.embedding import (
     embedder_for,
+    embedding_billed,
     embedding_bound,
     embedding_price,
     price_name,
@@ -26,16 +27,20 @@ from apps.costs.services.holds import spending
 SEARCH_PATHS = ("search_ui", "search_api")
 
 
-def search_bound(*, corpora: list[Corpus], query: str, retriever: str) -> Decimal:
-    """The most embedding ``query`` once per embedding model of ``corpora`` can cost: its tokens counted
-    exactly with each model's tokenizer (as the search bills them)."""
+def search_bound(*, corpora: list[Corpus], query: str, retriever: str, here: bool = False) -> Decimal:
+    """The most embedding ``query`` once per embedding model of ``corpora`` can cost: one call each, its
+    tokens counted exactly with each model's tokenizer (as the search bills them).
+
+    ``here``: this process embeds the query (``corpus_search``): the bound comes from its own
+    measured embedder (measured on first use), not the documented defaults.
+    """
     from apps.costs.tokens import embedding_tokens
 
     if retriever == "bm25":
         return ZERO
     return sum(
         (
-            embedding_bound(model_name=model, tokens=embedding_tokens(model, [query]))
+            embedding_bound(model_name=model, tokens=embedding_tokens(model, [query]), here=here)
             for model in {c.embedding_model for c in corpora}
         ),
         ZERO,
@@ -43,7 +48,9 @@ def search_bound(*, corpora: list[Corpus], query: str, retriever: str) -> Decima
 
 
 def _query_tokens(model_name: str, query: str) -> int:
-    return len(embedder_for(model_name).tokenizer(query, truncation=True)["input_ids"])
+    from apps.costs.tokens import embedding_tokens
+
+    return embedding_tokens(model_name, [query])
 
 
 def corpus_search(
@@ -68,7 +75,9 @@ def corpus_search(
     context = LedgerContext(team=team, user=user, api_key=api_key)
     timings = {} if timings is None else timings
     with spending(
-        path=path, context=context, estimate=search_bound(corpora=corpora, query=query, retriever=retriever),
+        path=path,
+        context=context,
+        estimate=search_bound(corpora=corpora, query=query, retriever=retriever, here=True),
         description=f"search {', '.join(c.name for c in corpora)}"[:255],
     ) as hold:
         hits = chunk_search_many(corpora=corpora, query=query, retriever=retriever, k=k, timings=timings)
@@ -90,4 +99,5 @@ def corpus_search(
                 latency_ms=int(seconds * 1000),
                 finish_reason=path,
             )
+            embedding_billed(model)
     return hits

@@ -64,3 +64,27 @@ def test_a_prefill_the_budget_cannot_pay_for_does_not_start(smollm2):
     assert result.finish_reason == "budget"
     assert (result.prompt_tokens, result.completion_tokens, result.compute_s) == (0, 0, 0.0)
     assert "prefill" in (result.error or "")
+
+
+def test_minilm_calibration_predicts_a_lone_query_and_a_batch_of_full_length_passages():
+    import statistics
+    import time
+
+    from workers.runtime.embedders import get_embedder
+
+    embedder = get_embedder("all-MiniLM-L6-v2", device="cpu", threads=1)
+    measured = calibrate_embedder(embedder)
+    query = "When did the Normans conquer England?"
+    tokens = len(embedder.tokenizer([query], truncation=True)["input_ids"][0])
+    seconds = []
+    for _ in range(5):
+        time.sleep(0.05)
+        seconds.append(embedder.encode_timed([query], batch_size=1)[1])
+    predicted = measured.overhead_s + tokens / measured.prefill_tps
+    # Noisy neighbours: a wide band; the safety factor covers the rest (docs/costs.md).
+    assert predicted / 2 < statistics.median(seconds) < predicted * 2
+    passages = [("The river rose after the storm and the town council met to discuss the levees. " * 30)] * 16
+    read = sum(len(ids) for ids in embedder.tokenizer(passages, truncation=True)["input_ids"])
+    assert read == 16 * embedder.max_seq_length
+    predicted = measured.overhead_s + read / measured.prefill_tps
+    assert predicted / 2 < embedder.encode_timed(passages, batch_size=16)[1] < predicted * 2
