@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from workers.runtime.decode import (
+    Allowance,
     TextStream,
+    as_allowance,
     causal_lm_steps,
     decode,
     eos_ids,
@@ -102,6 +104,37 @@ def test_it_stops_before_a_step_the_budget_cannot_pay_for_with_finish_reason_bud
     assert result.finish_reason == "budget"
     assert 3 <= len(calls) < 200 and len(result.token_ids) == len(calls) + 1
     assert spent <= 0.2 + 0.01  # the last step started only if its predicted time still fitted
+
+
+def test_an_allowance_grows_while_decoding_in_slices_and_stops_where_growth_is_refused():
+    asked: list[tuple[float, float]] = []
+    cap_s = 0.15  # the budget lets the hold grow to 0.15 s of compute, no further
+
+    def grow(needed_s: float, step_s: float) -> float:
+        asked.append((needed_s, step_s))
+        want = needed_s + max(4 * step_s, 0.25 * needed_s)
+        return want if want <= cap_s else (needed_s if needed_s <= cap_s else allowance.seconds)
+
+    allowance = Allowance(0.03, grow)
+    started = time.perf_counter()
+    result, calls = run("a" * 200, budget_s=allowance, compute_started=started, sleep_s=0.01, first_step_s=0.01)
+    assert result.finish_reason == "budget" and 5 <= len(calls) < 200
+    # It asked only when the next step would pass the hold, growing by slices, not once a step.
+    assert 1 < allowance.grown < len(calls) / 2 and len(asked) >= allowance.grown
+    assert 0.03 < allowance.seconds <= cap_s and result.budget_s == allowance.seconds
+    assert all(needed > 0 and step > 0 for needed, step in asked)
+
+
+def test_an_allowance_without_growth_is_a_plain_limit_and_refuses_a_negative_one():
+    assert as_allowance(None) is None
+    plain = as_allowance(0.5)
+    assert isinstance(plain, Allowance) and plain.covers(0.5) and not plain.covers(0.6)
+    assert plain.seconds == 0.5 and plain.grown == 0
+    with pytest.raises(ValueError, match="budget_s must be >= 0"):
+        as_allowance(-1.0)
+    # A grow that grants less than needed changes nothing but is still asked.
+    stingy = Allowance(0.1, lambda needed, step: 0.05)
+    assert not stingy.covers(0.2) and stingy.seconds == 0.1 and stingy.grown == 0
 
 
 def test_a_budget_too_small_for_one_step_still_yields_the_first_token_without_stepping():
