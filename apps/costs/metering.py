@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -34,12 +34,12 @@ from apps.costs.services import (
     TryAgain,
     price_current,
     price_for_call,
-    reservation_extend,
     reservation_release,
 )
 
 # The metered call's one-commit reservation (the PostgreSQL hot path's entry): internal to apps/costs.
 from apps.costs.services.budgets import _reserve
+from apps.costs.services.holds import hold_cover
 from apps.costs.services.ledger import hold_billed
 from apps.costs.services.profiles import profile_after_call, profile_ensure
 from apps.costs.tokens import endpoint_tokenizer, prompt_tokens_bound
@@ -168,6 +168,13 @@ def local_start_bound(*, model: str, price: Price, prompt_tokens: int, max_outpu
     return tokens + device_cost(price=price, seconds=seconds, device=device)
 
 
+def growth_steps(needed_s: float, step_s: float) -> tuple[float, float]:
+    """The device-seconds a growing hold asks to cover, in order, when a decode step would pass it: the
+    compute so far plus one slice (max(GROWTH_MIN_TOKENS steps, GROWTH_FRACTION of it)), else just the
+    next step."""
+    return needed_s + max(GROWTH_MIN_TOKENS * step_s, GROWTH_FRACTION * needed_s), needed_s
+
+
 def hold_allowance(
     *, reservation: Reservation, price: Price, device: str, prompt_tokens: int, max_output_tokens: int
 ) -> Allowance | None:
@@ -194,10 +201,10 @@ def hold_allowance(
 
     def grow(needed_s: float, step_s: float) -> float:
         billed = hold_billed(reservation)
-        for seconds in (needed_s + max(GROWTH_MIN_TOKENS * step_s, GROWTH_FRACTION * needed_s), needed_s):
+        for seconds in growth_steps(needed_s, step_s):
             # What hold_budget_s needs to find ``seconds`` left (its quantum and 1e-9 margin, and more).
             try:
-                _hold_cover(reservation, billed + tokens + 2 * MONEY_QUANTUM
+                hold_cover(reservation, billed + tokens + 2 * MONEY_QUANTUM
                             + to_decimal(seconds * (1 + 1e-6)) * per_second)
                 break
             except BudgetExceeded:
@@ -205,15 +212,6 @@ def hold_allowance(
         return covered()
 
     return Allowance(covered(), grow)
-
-
-def _hold_cover(reservation: Reservation, needed: Decimal) -> None:
-    """Grow ``reservation`` to ``needed`` if it holds less (BudgetExceeded when a budget refuses)."""
-    if needed > reservation.estimate:
-        reservation_extend(
-            reservation=reservation,
-            amount=(needed - reservation.estimate).quantize(MONEY_QUANTUM, rounding=ROUND_CEILING),
-        )
 
 
 def generation_allowance(
@@ -231,7 +229,7 @@ def generation_allowance(
     if prefill_tokens is not None and prefill_tokens != prompt_tokens:  # every prompt token at its price
         start += worst_case_cost(price=price, prompt_tokens=prompt_tokens - prefill_tokens, max_output_tokens=0)
     try:
-        _hold_cover(reservation, hold_billed(reservation) + start)
+        hold_cover(reservation, hold_billed(reservation) + start)
     except BudgetExceeded:
         pass
     return hold_allowance(

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from apps.costs.cost_model import SAFETY_FACTOR, device_cost, per_second_price, throughput_for
-from apps.costs.metering import GROWTH_FIRST_TOKENS, GROWTH_FRACTION, GROWTH_MIN_TOKENS, local_speed_or_model
+from apps.costs.metering import GROWTH_FIRST_TOKENS, growth_steps, local_speed_or_model
 from apps.costs.models import ZERO, Price
 from apps.costs.pricing import MONEY_QUANTUM, to_decimal, worst_case_cost
 from apps.costs.services import BudgetExceeded
@@ -91,7 +91,7 @@ class CompressionHold:
             return max(0.0, float((self.bound - base - MONEY_QUANTUM) / per_second))
 
         def grow(needed_s: float, step: float) -> float:
-            for seconds in (needed_s + max(GROWTH_MIN_TOKENS * step, GROWTH_FRACTION * needed_s), needed_s):
+            for seconds in growth_steps(needed_s, step):
                 try:
                     self._grow_to(base + 2 * MONEY_QUANTUM + to_decimal(seconds * (1 + 1e-6)) * per_second)
                     break

@@ -9,7 +9,6 @@ from apps.costs.services import BudgetExceeded
 
 def refuse_hold_growth(monkeypatch: Any) -> list[Any]:
     """Make every attempt to grow a hold fail as a full budget would; returns the refused amounts."""
-    from apps.costs import metering
     from apps.costs.services import holds
 
     refused: list[Any] = []
@@ -18,6 +17,6 @@ def refuse_hold_growth(monkeypatch: Any) -> list[Any]:
         refused.append(amount)
         raise BudgetExceeded(f"test: reservation #{reservation.pk} may not grow by ${amount}")
 
-    monkeypatch.setattr(metering, "reservation_extend", refuse)
+    # Every hold grows through ``holds.hold_cover`` (``Hold.ensure``, the metered generations' allowances).
     monkeypatch.setattr(holds, "reservation_extend", refuse)
     return refused

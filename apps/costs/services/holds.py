@@ -80,12 +80,7 @@ class Hold:
         growing it when it does not (BudgetExceeded, nothing changed, when that would go over a
         budget). Returns by how much it grew. A hold never shrinks while held: its estimate is the
         most it ever blocked."""
-        # Rounded up to the stored 10 places, so the stored hold is never short of the bound.
-        grow = (self.spent() + next_bound - self.reservation.estimate).quantize(MONEY_QUANTUM, rounding=ROUND_CEILING)
-        if grow <= 0:
-            return ZERO
-        reservation_extend(reservation=self.reservation, amount=grow)
-        return grow
+        return hold_cover(self.reservation, self.spent() + next_bound)
 
     def settle(self) -> Reservation:
         """Book the rows' sum and give the rest of the hold back; with no rows, release it. Idempotent."""
@@ -99,6 +94,17 @@ class Hold:
         if self.reservation.status == ReservationStatus.HELD:
             self.reservation = reservation_release(reservation=self.reservation)
         return self.reservation
+
+
+def hold_cover(reservation: Reservation, needed: Decimal) -> Decimal:
+    """Grow a held ``reservation`` to ``needed`` if it holds less (BudgetExceeded, nothing changed, when
+    a budget refuses); returns by how much it grew. The growth is rounded up to the stored 10 places,
+    so the stored hold is never short of ``needed``."""
+    grow = (needed - reservation.estimate).quantize(MONEY_QUANTUM, rounding=ROUND_CEILING)
+    if grow <= 0:
+        return ZERO
+    reservation_extend(reservation=reservation, amount=grow)
+    return grow
 
 
 def hold_open(
@@ -151,4 +157,4 @@ def spending(
     hold.settle()
 
 
-__all__ = ["Hold", "hold_open", "hold_resume", "spending"]
+__all__ = ["Hold", "hold_cover", "hold_open", "hold_resume", "spending"]
