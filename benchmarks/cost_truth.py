@@ -650,8 +650,32 @@ def savings(run: Run) -> dict[str, Any]:
             "measured_baseline_usd": str(row["measured_baseline_usd"]),
             "error": None if row["error"] is None else round(float(row["error"]), 4),
             "runs": row["runs"],
+            **_savings_tokens(run, name),
         }
     return out
+
+
+def _savings_tokens(run: Run, pipeline_name: str) -> dict[str, int]:
+    """Where a claimed baseline can part from the measured one, in tokens: the claim prices the
+    naive prompt with the run's own output length; the shadow generates its own answer."""
+    from django.db.models import Sum
+
+    from apps.costs.models import Stage, UsageRecord
+    from apps.rag.models import QueryRun
+
+    runs = QueryRun.objects.filter(
+        team=run.team, created_at__gte=run.started_at, pipeline__name=pipeline_name,
+        measured_baseline_cost__isnull=False,
+    )
+    shadow = UsageRecord.objects.filter(
+        shadow_of_query_run_id__in=runs.values("pk"), stage=Stage.GENERATE
+    ).aggregate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+    own = runs.aggregate(completion=Sum("completion_tokens"))
+    return {
+        "completion_tokens_claimed": own["completion"] or 0,
+        "completion_tokens_measured": shadow["completion"] or 0,
+        "prompt_tokens_measured": shadow["prompt"] or 0,
+    }
 
 
 def measure(run: Run, monitor: WindowMonitor) -> dict[str, Any]:

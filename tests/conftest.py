@@ -33,6 +33,30 @@ def _fresh_cost_model():
     profiles_forget_local()
 
 
+_CALIBRATIONS: dict[tuple, object] = {}
+
+
+@pytest.fixture(autouse=True)
+def _calibrate_each_model_once_per_session(monkeypatch):
+    # A model's speed belongs to this process and machine, not to a test's database: each test still
+    # writes its own profile on first use (as a fresh worker does), from the session's one real
+    # measurement of that model, instead of spending seconds re-measuring it in every test.
+    # (tests/workers/runtime/test_calibration.py imports the functions themselves and measures anew.)
+    import workers.runtime.calibration as calibration
+
+    for name in ("calibrate_causal_lm", "calibrate_embedder"):
+        original = getattr(calibration, name)
+
+        def once(target, *args, _original=original, _name=name, **kwargs):
+            key = (_name, id(target), args, tuple(sorted(kwargs.items())))
+            hit = _CALIBRATIONS.get(key)
+            if hit is None or hit[0] is not target:
+                hit = _CALIBRATIONS[key] = (target, _original(target, *args, **kwargs))
+            return hit[1]
+
+        monkeypatch.setattr(calibration, name, once)
+
+
 @pytest.fixture(autouse=True)
 def _default_models_after_flush(request):
     # Transactional tests flush the tables, seed migrations included: put the defaults back.

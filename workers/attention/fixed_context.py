@@ -31,6 +31,7 @@ from workers.attention.base import (
 )
 from workers.attention.reference import FixedKV
 from workers.runtime.decode import Allowance, as_allowance, decode, eos_ids
+from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.memory import pin_mmap_threshold
 from workers.runtime.meter import GenerationResult
@@ -230,9 +231,10 @@ def ensure_context(
             return _Ensured(loaded, True, 0.0)
         if entry is not None and entry.token_ids != ids:  # a foreign file under our key
             store.delete(key)
-    started = time.perf_counter()
+    clock = device_clock(lm.device)  # the prefill is billed by its device-seconds
+    started = clock()
     entry, queries, positions = prefill_context(lm, ids, config, progress)
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     if store is not None:
         store.put(key, entry)
         store.put_artifact(key, QUERIES_ARTIFACT, {
@@ -455,8 +457,9 @@ def answer(
     on_cuda = device.startswith("cuda")
     timings: dict[str, float] = {}
 
+    clock = device_clock(device)
     with lm.lock:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), clock()  # the wall-time deadline; the billed device-seconds
         with torch.inference_mode():
             ctx = ensure_context(lm, store, prompt.context_ids, config)
             timings["context_s"] = ctx.seconds
@@ -478,10 +481,10 @@ def answer(
 
                 decoded = decode(first_logits=first_logits, step=step, tokenizer=tokenizer, eos=eos_ids(lm),
                                  max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s,
-                                 on_token=on_token, budget_s=budget, compute_started=t0)
+                                 on_token=on_token, budget_s=budget, compute_started=c0, clock=clock)
         if on_cuda:
             torch.cuda.synchronize(device)
-        compute_s = time.perf_counter() - t0
+        compute_s = clock() - c0
     if budget is not None:
         # As the meter: what the last step overran its prediction by is not billed.
         compute_s = min(compute_s, budget.seconds)

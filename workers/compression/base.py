@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from workers.compression.text import Span, render
 from workers.prompting.base import Passage
+from workers.runtime.device_clock import device_clock
 
 
 @dataclass
@@ -34,6 +35,12 @@ class CompressedContext:
     embed_tokens: int = 0
     scorer_passes: int = 0
     scorer_tokens: int = 0
+
+
+def stage_clock() -> Callable[[], float]:
+    """The clock a compress stage's ``compute_s`` is read on: the stage is billed as CPU-seconds, those
+    of the thread that runs it (``device_clock("cpu")``; its summary calls are billed the same way)."""
+    return device_clock("cpu")
 
 
 def identity(passages: list[Passage], tokens: int) -> CompressedContext:

@@ -9,14 +9,13 @@ cheapest method and the fallback of `summarize`. Why each signal: docs/compressi
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity
+from workers.compression.base import CompressedContext, build, identity, stage_clock
 from workers.compression.cache import cache_key
 from workers.compression.plan import CompressionPlan, Work, check, new_plan, start
 from workers.compression.resources import Resources
@@ -400,7 +399,8 @@ class Extractive:
         self, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int], work: Work
     ) -> CompressedContext:
         """`compress` with the call's Work (summarize's fallback shares its own)."""
-        started = time.perf_counter()
+        clock = stage_clock()
+        started = clock()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
@@ -441,5 +441,5 @@ class Extractive:
             dropped = sentences[order.pop()]
             keep[dropped.passage].remove(dropped.span)
             result = build(passages, keep, count_tokens, before)
-        result.compute_s = time.perf_counter() - started
+        result.compute_s = clock() - started
         return result

@@ -7,13 +7,12 @@ round; impacts are cached per sentence window. Selection and rendering: `pruning
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity
+from workers.compression.base import CompressedContext, build, identity, stage_clock
 from workers.compression.cache import cache_key
 from workers.compression.plan import (
     CompressionPlan,
@@ -232,7 +231,8 @@ class SemanticPrune:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        started = time.perf_counter()
+        clock = stage_clock()
+        started = clock()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
@@ -243,7 +243,7 @@ class SemanticPrune:
                                  coarse=self.fine_keep is not None)
         else:
             result = self._per_chunk(passages, counts, budget, count_tokens, before, work)
-        result.compute_s = time.perf_counter() - started
+        result.compute_s = clock() - started
         return check(plan, work.report(result))
 
     def _per_chunk(self, passages, counts, budget, count_tokens, before, work: Work) -> CompressedContext:

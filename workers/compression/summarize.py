@@ -9,14 +9,13 @@ longer than the original nor over budget. Why the rules: docs/compression.md.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity
+from workers.compression.base import CompressedContext, build, identity, stage_clock
 from workers.compression.cache import cache_key
 from workers.compression.extractive import HOP_WEIGHT, Extractive, fit_words
 from workers.compression.plan import CompressionPlan, ModelCall, Work, check, new_plan, start
@@ -447,7 +446,8 @@ class Summarize:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        started = time.perf_counter()
+        clock = stage_clock()
+        started = clock()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
@@ -500,8 +500,8 @@ class Summarize:
             tokens_before=before,
             tokens_after=after,
             kept_spans=kept_spans,
-            # Wall time of the whole method; the model share of it is inside (model_s).
-            compute_s=max(time.perf_counter() - started, model_s),
+            # The whole method on the stage clock; the model share of it is inside (model_s).
+            compute_s=max(clock() - started, model_s),
             model_prompt_tokens=spent["prompt"],
             model_completion_tokens=spent["completion"],
             model=model_label(self.resources.generator) if spent["prompt"] else "",

@@ -8,14 +8,13 @@ Selection and rendering: `pruning`.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity
+from workers.compression.base import CompressedContext, build, identity, stage_clock
 from workers.compression.cache import cache_key
 from workers.compression.plan import CompressionPlan, Work, check, knapsack_bound, new_plan, start
 from workers.compression.pruning import (
@@ -268,7 +267,8 @@ class SurprisalPrune:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        started = time.perf_counter()
+        clock = stage_clock()
+        started = clock()
         counts = [count_tokens(p.text) for p in passages]
         before = sum(counts)
         budget = token_budget(target, before)
@@ -289,7 +289,7 @@ class SurprisalPrune:
             }
             result = build(passages, kept, count_tokens, before)
             result.model_prompt_tokens = sum(part.model_prompt_tokens for part in parts)
-        result.compute_s = time.perf_counter() - started
+        result.compute_s = clock() - started
         if result.model_prompt_tokens:
             result.model = str(self.resources.get_scorer().name)
         return check(plan, work.report(result))

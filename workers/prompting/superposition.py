@@ -23,6 +23,7 @@ from indexes.kv_store import KVEntry, KVKey, KVStore, text_hash
 from workers.prompting.base import Passage
 from workers.prompting.naive import INSTRUCTION, NaivePrompting
 from workers.runtime.decode import Allowance, Step, as_allowance, decode, eos_ids
+from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.meter import GenerationResult
 
@@ -267,9 +268,10 @@ def fetch_kv(
             return _Fetch(entry, True, 0.0)
         if entry is not None:  # same key, different content: a stale or foreign file
             store.delete(key)
-    started = time.perf_counter()
+    clock = device_clock(lm.device)  # a path's prefill is billed by its device-seconds
+    started = clock()
     entry = compute_kv(lm, ids, prefix)
-    compute_s = time.perf_counter() - started
+    compute_s = clock() - started
     if store is not None:
         store.put(key, entry)
     return _Fetch(entry, False, compute_s)
@@ -586,7 +588,8 @@ class SuperpositionPrompting:
 
         prompt = build_forkjoin(model.tokenizer, system_prompt=system_prompt, question="", passages=passages,
                                 instruction=self.config.instruction)
-        started = time.perf_counter()
+        clock = device_clock(model.device)
+        started = clock()
         computed = 0
         with model.lock, torch.inference_mode():
             pkey = preamble_key(model, prompt.preamble)
@@ -594,7 +597,7 @@ class SuperpositionPrompting:
             computed += not pre.hit
             for passage, ids, text in zip(passages, prompt.docs, prompt.doc_texts, strict=True):
                 computed += not fetch_kv(model, store, document_key(pkey, passage, text), ids, pre.entry).hit
-        return {"computed": computed, "total": len(passages) + 1, "seconds": time.perf_counter() - started}
+        return {"computed": computed, "total": len(passages) + 1, "seconds": clock() - started}
 
     def prepare(
         self, *, model: LoadedModel, system_prompt: str, question: str, passages: Sequence[Passage],
@@ -650,8 +653,10 @@ class SuperpositionPrompting:
                                 instruction=self.config.instruction)
         on_cuda = model.device.startswith("cuda")
 
+        clock = device_clock(model.device)
         with model.lock:
-            t0 = time.perf_counter()  # compute starts once we hold the model
+            # Compute starts once we hold the model: the wall-time deadline, the billed device-seconds.
+            t0, c0 = time.perf_counter(), clock()
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             with torch.inference_mode():
@@ -660,10 +665,10 @@ class SuperpositionPrompting:
                 decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
                                  tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,
                                  deadline=t0 + wall_time_limit_s, on_token=on_token, budget_s=budget,
-                                 compute_started=t0)
+                                 compute_started=c0, clock=clock)
             if on_cuda:
                 torch.cuda.synchronize(model.device)
-            compute_s = time.perf_counter() - t0
+            compute_s = clock() - c0
         prepared.timings["decode_s"] = time.perf_counter() - t1
         if budget is not None:
             # As the meter: what the last step overran its prediction by is not billed.

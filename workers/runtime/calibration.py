@@ -4,8 +4,8 @@ A worker calibrates each local model it serves when it starts (a few seconds): a
 prefill throughput (prompt tokens per second, from a long and a short prompt), decode
 throughput (greedy steps after the long prompt, through EOS) and the fixed per-call overhead;
 an embedder's tokens per second at its longest inputs and the overhead of a one-query call.
-Everything runs the real paths (`workers.runtime.decode`, `Embedder.encode`), so what is
-measured is what a call costs. `apps.costs` stores the result
+Everything runs the real paths (`workers.runtime.decode`, `Embedder.encode`) on the clock calls are
+billed by (`workers.runtime.device_clock`), so what is measured is what a call costs. `apps.costs` stores the result
 as the worker's profile and prices reservations from it (docs/costs.md, "The cost model").
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from workers.runtime.decode import causal_lm_steps, decode, eos_ids, greedy
+from workers.runtime.device_clock import device_clock
 
 if TYPE_CHECKING:
     from workers.runtime.embedders import Embedder
@@ -64,15 +65,17 @@ def _sync(device: str) -> None:
 
 
 def _timed_call(lm: LoadedModel, prompt_ids: list[int], new_tokens: int) -> tuple[float, float, int]:
-    """One call as the meter runs it -> (prefill seconds, decode seconds, decode steps)."""
+    """One call as the meter runs and bills it -> (prefill seconds, decode seconds, decode steps),
+    on the billing clock (``workers.runtime.device_clock``)."""
     import torch
 
+    clock = device_clock(lm.device)
     with lm.lock, torch.inference_mode():
         _sync(lm.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         first_logits, step = causal_lm_steps(lm, prompt_ids)
         _sync(lm.device)
-        t1 = time.perf_counter()
+        t1 = clock()
         result = decode(
             first_logits=first_logits,
             step=step,
@@ -84,7 +87,7 @@ def _timed_call(lm: LoadedModel, prompt_ids: list[int], new_tokens: int) -> tupl
             ignore_eos=True,
         )
         _sync(lm.device)
-        t2 = time.perf_counter()
+        t2 = clock()
     return t1 - t0, t2 - t1, len(result.step_s)
 
 

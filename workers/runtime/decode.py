@@ -227,6 +227,7 @@ class DecodeResult:
     error: str | None = None
     step_s: list[float] = field(default_factory=list)  # wall seconds per step (forward) after the first token
     step_cpu_s: list[float] = field(default_factory=list)  # this process's CPU seconds per step
+    step_device_s: list[float] = field(default_factory=list)  # per step on the billing clock (`clock`)
     first_token_at: float = math.nan  # time.perf_counter() when the first token was picked
     budget_s: float | None = None  # the device-seconds the hold covered at the end (None: unbounded)
 
@@ -251,6 +252,7 @@ def decode(
     compute_started: float | None = None,
     first_step_s: float = 0.0,
     ignore_eos: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> DecodeResult:
     """Decode from `first_logits` (the last prompt position's logits, (V,)) until a stop condition.
 
@@ -259,11 +261,13 @@ def decode(
     the end of `prompt_ids`), or `deadline` (a `time.perf_counter()` value) passed. The deadline
     is checked only after a token, so at least one token is always produced.
 
-    `budget_s`: the device-seconds the hold can pay for, counted from `compute_started` (a
-    `time.perf_counter()` value: when the call's compute began, so the prefill counts; default:
-    now). Before each step the loop stops with "budget" when the seconds since then plus the
-    expected next step (`next_step_s`; `first_step_s` before any step was timed) would pass it
-    and the hold does not grow to cover it (an `Allowance` with `grow`).
+    `budget_s`: the device-seconds the hold can pay for, counted from `compute_started` (a `clock()`
+    value: when the call's compute began, so the prefill counts; default: now). `clock` is the
+    billing clock (`workers.runtime.device_clock`: the calling thread's CPU time on a one-thread
+    CPU); the wall-time `deadline` stays on `time.perf_counter`. Before each step the loop stops
+    with "budget" when the seconds since then plus the expected next step (`next_step_s`;
+    `first_step_s` before any step was timed) would pass it and the hold does not grow to cover
+    it (an `Allowance` with `grow`).
     `ignore_eos`: decode through EOS (calibration measures full lengths).
     """
     import torch
@@ -282,11 +286,12 @@ def decode(
     generated: list[int] = []
     step_s: list[float] = []
     step_cpu_s: list[float] = []
+    step_device_s: list[float] = []
     first_token_at = math.nan
     timed_out = False
     out_of_budget = False
     budget = as_allowance(budget_s)
-    budget_from = time.perf_counter() if compute_started is None else compute_started
+    budget_from = clock() if compute_started is None else compute_started
     no_eos: frozenset[int] = frozenset()
     eos = no_eos if ignore_eos else eos
     logits = first_logits
@@ -306,14 +311,15 @@ def decode(
         if done or timed_out:
             break
         if budget is not None:
-            expected = next_step_s(step_s, first_step_s)
-            if not budget.covers(time.perf_counter() - budget_from + expected, expected):
+            expected = next_step_s(step_device_s, first_step_s)
+            if not budget.covers(clock() - budget_from + expected, expected):
                 out_of_budget = True
                 break
-        s0, c0 = time.perf_counter(), time.process_time()
+        s0, c0, d0 = time.perf_counter(), time.process_time(), clock()
         logits = step(token)
         step_s.append(time.perf_counter() - s0)
         step_cpu_s.append(time.process_time() - c0)
+        step_device_s.append(clock() - d0)
 
     text, stop_hit = truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
     callback_error = stream.error if stream is not None else None
@@ -331,6 +337,7 @@ def decode(
         error=f"on_token failed: {callback_error!r}" if callback_error is not None else None,
         step_s=step_s,
         step_cpu_s=step_cpu_s,
+        step_device_s=step_device_s,
         first_token_at=first_token_at,
         budget_s=budget.seconds if budget is not None else None,
     )

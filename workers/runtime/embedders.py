@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from workers.runtime.device_clock import device_clock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,22 +47,6 @@ def resolve_model_path(name_or_path: str) -> str:
     raise ValueError(
         f"unknown embedding model {name_or_path!r}: not a known name ({known}) and no such local path"
     )
-
-
-def device_clock(device: str) -> Callable[[], float]:
-    """The clock that measures an embedding's device-seconds on ``device``.
-
-    On a CPU with one torch thread (the reference set-up, ``PARSIMONY_TORCH_THREADS=1``) the model
-    computes on the calling thread, so that thread's CPU time is exactly the CPU-seconds it used:
-    time the CPU spent on other threads or processes meanwhile is theirs. Otherwise (a GPU, or
-    torch's own thread pool doing the work) the wall time it held the model.
-    """
-    if not str(device).startswith("cuda"):
-        import torch
-
-        if torch.get_num_threads() == 1:
-            return time.thread_time
-    return time.perf_counter
 
 
 class Embedder:

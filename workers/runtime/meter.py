@@ -33,6 +33,7 @@ from workers.runtime.decode import (
     sampler,
     truncate_at_stop,
 )
+from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.openai_compat import (
     ChatCompletion,
@@ -53,8 +54,9 @@ class GenerationResult:
     """What one model call produced and consumed.
 
     gpu_s: accelerator seconds of local model work (CUDA, measured between synchronizes); 0.0
-    on CPU and for remote endpoints. compute_s: wall seconds of local model compute (CPU or
-    GPU, excluding waiting for the model lock), so that local CPU work can be priced per second;
+    on CPU and for remote endpoints. compute_s: device-seconds of local model compute on the
+    billing clock (`workers.runtime.device_clock`: the thread's CPU time on a one-thread CPU, wall
+    time held on a GPU; never waiting for the model lock), so local work is priced per second;
     0.0 for remote endpoints. usage_estimated: True when the token counts are our estimate
     because the endpoint did not report them (timeouts, dropped streams, no usage field).
     """
@@ -247,10 +249,11 @@ def _generate_local(
         config = target.model.generation_config
         pick = sampler(temperature, top_k=config.top_k or 50, top_p=config.top_p or 1.0)
     on_cuda = target.device.startswith("cuda")
+    clock = device_clock(target.device)
     with target.lock:
         # The deadline starts once we hold the model: time queued behind another call is not
-        # this call's compute (wall_s still includes it).
-        t0 = time.perf_counter()
+        # this call's compute (wall_s still includes it). Compute is billed on the device clock.
+        t0, c0 = time.perf_counter(), clock()
         if on_cuda:
             torch.cuda.synchronize(target.device)
         with torch.inference_mode():
@@ -258,12 +261,12 @@ def _generate_local(
             decoded = decode(
                 first_logits=first_logits, step=step, tokenizer=target.tokenizer, eos=eos_ids(target),
                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,
-                stop=stop, prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=t0,
-                first_step_s=budget.expected_step_s,
+                stop=stop, prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=c0,
+                first_step_s=budget.expected_step_s, clock=clock,
             )
         if on_cuda:
             torch.cuda.synchronize(target.device)
-        compute_s = time.perf_counter() - t0
+        compute_s = clock() - c0
     return GenerationResult(
         text=decoded.text,
         finish_reason=decoded.finish_reason,

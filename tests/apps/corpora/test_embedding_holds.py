@@ -299,15 +299,3 @@ def test_an_encode_is_billed_for_its_own_work_not_for_waiting_on_another_call():
     other.join()
     assert waited >= 0.45
     assert 0 < seconds < 0.3
-
-
-def test_a_one_thread_cpu_embedder_is_timed_by_its_thread_cpu_time(monkeypatch):
-    import torch
-
-    from workers.runtime.embedders import device_clock
-
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert device_clock("cpu") is time.thread_time
-    assert device_clock("cuda") is time.perf_counter
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert device_clock("cpu") is time.perf_counter
