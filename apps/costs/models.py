@@ -265,6 +265,9 @@ class WorkerProfile(models.Model):
     source = models.CharField(max_length=16, choices=ProfileSource.choices, default=ProfileSource.MEASURED)
     samples = models.PositiveIntegerField(default=0, help_text="Ledger rows the last refit used")
     measured_at = models.DateTimeField()
+    # When the worker last measured the model itself (its start): a refit learns only from calls since
+    # then (a restarted worker, maybe on other hardware, does not inherit its past).
+    calibrated_at = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(db_index=True)
 
     class Meta:

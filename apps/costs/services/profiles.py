@@ -40,9 +40,11 @@ REFIT_PERCENTILE = 0.5
 _GENERATION_STAGES = (Stage.GENERATE, Stage.AGENT_STEP)
 _EMBEDDING_STAGES = (Stage.EMBED, Stage.RETRIEVE)
 REFIT_MIN_ROWS = 5
-REFIT_MAX_ROWS = 200
+# A refit reads the worker's most recent this many calls (a rolling window: the profile follows a
+# machine that gets busier or faster within minutes, and one odd call moves its median little).
+REFIT_WINDOW_ROWS = 40
 # A refit after every this many metered calls in a process (the beat task refits all of them too).
-REFIT_EVERY_CALLS = 20
+REFIT_EVERY_CALLS = 10
 # Heartbeats from calls are written at most this often per process.
 _HEARTBEAT_EVERY_S = 30.0
 
@@ -80,20 +82,21 @@ def profile_write(
     from apps.costs import cost_model
 
     now = timezone.now()
+    defaults = {
+        "queues": ",".join(queues or worker_queues()),
+        "device": device,
+        "prefill_tps": float(prefill_tps),
+        "decode_tps": float(decode_tps),
+        "overhead_s": float(overhead_s),
+        "source": source,
+        "samples": samples,
+        "measured_at": now,
+        "last_seen": now,
+    }
+    if source == ProfileSource.MEASURED:
+        defaults["calibrated_at"] = now  # a refit keeps the start-up measurement's time
     profile, _ = WorkerProfile.objects.update_or_create(
-        hostname=hostname or worker_name(),
-        model_name=model_name,
-        defaults={
-            "queues": ",".join(queues or worker_queues()),
-            "device": device,
-            "prefill_tps": float(prefill_tps),
-            "decode_tps": float(decode_tps),
-            "overhead_s": float(overhead_s),
-            "source": source,
-            "samples": samples,
-            "measured_at": now,
-            "last_seen": now,
-        },
+        hostname=hostname or worker_name(), model_name=model_name, defaults=defaults
     )
     if profile.hostname == worker_name():
         _calibrated[model_name] = profile
@@ -163,23 +166,27 @@ def _row_seconds(row: UsageRecord) -> float:
 def profile_refit(*, profile: WorkerProfile, window: timedelta = timedelta(days=1)) -> WorkerProfile | None:
     """Rescale ``profile`` so it predicts the median (REFIT_PERCENTILE) of its worker's recent calls.
 
-    Each row's device seconds are compared with the profile's prediction for its tokens; the
-    throughputs are divided (and the overhead multiplied) by that percentile of the ratios.
-    Rows the hold cut short (finish_reason "budget") are clamped, so they are left out. None
-    when there are too few rows to say.
+    Each of the worker's last REFIT_WINDOW_ROWS calls since it calibrated (at most ``window`` back)
+    has its device seconds compared with the profile's prediction for its tokens; the throughputs
+    are divided (and the overhead multiplied) by that percentile of the ratios, so repeated refits
+    are a rolling median. Rows the hold cut short (finish_reason "budget") are clamped, and rows
+    that reused cached KV (superposition paths, a fixed context) did other work than a plain call
+    of their tokens: both are left out. None when there are too few rows to say.
     """
+    since = profile.calibrated_at or profile.measured_at
     rows = list(
         UsageRecord.objects.filter(
             worker=profile.hostname,
             model_name=profile.model_name,
             device=profile.device,
-            # Only calls since the profile was last measured or refit: a restarted worker (maybe on
-            # other hardware) starts from its own start-up measurement, not from its past.
-            created_at__gte=max(timezone.now() - window, profile.measured_at),
+            # Only calls since the worker measured the model: a restarted worker (maybe on other
+            # hardware) starts from its own start-up measurement, not from its past.
+            created_at__gte=max(timezone.now() - window, since),
             stage__in=_GENERATION_STAGES if profile.decode_tps > 0 else _EMBEDDING_STAGES,
+            cached_tokens=0,
         )
         .exclude(finish_reason="budget")
-        .order_by("-created_at")[:REFIT_MAX_ROWS]
+        .order_by("-created_at")[:REFIT_WINDOW_ROWS]
     )
     ratios = []
     for row in rows:

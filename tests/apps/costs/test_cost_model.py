@@ -114,6 +114,34 @@ def test_ledger_rows_record_the_device_and_worker_and_refit_the_profile(team_a):
     assert throughput_for(model=MODEL).prefill_tps == pytest.approx(500)
 
 
+def test_a_refit_is_a_rolling_median_of_the_last_calls_since_calibration_without_cached_kv_calls(team_a):
+    from apps.costs.services.profiles import REFIT_WINDOW_ROWS
+
+    profile = _profile(worker_name(), prefill=1000, decode=100, overhead=0.0)
+    price = price_current(model_name=MODEL)
+
+    def calls(n, slowdown, cached=0):
+        for _ in range(n):
+            usage_record(
+                context=LedgerContext(team=team_a), stage="generate", model_name=MODEL, price=price,
+                usage=Usage(prompt_tokens=100, completion_tokens=10, cached_tokens=cached,
+                            cpu_seconds=Decimal(str((100 / 1000 + 10 / 100) * slowdown))),
+            )
+
+    calls(REFIT_WINDOW_ROWS, 2.0)
+    first = profile_refit(profile=profile)
+    assert first.prefill_tps == pytest.approx(500) and first.samples == REFIT_WINDOW_ROWS
+    assert first.calibrated_at == profile.calibrated_at is not None  # a refit keeps the measurement's time
+    # The machine gets slower: a third of the window at 3x the first measurement is not yet the median...
+    calls(REFIT_WINDOW_ROWS // 3, 3.0)
+    # ...and calls that reused cached KV (here absurdly fast) are not plain calls: never counted.
+    calls(REFIT_WINDOW_ROWS, 0.01, cached=90)
+    assert profile_refit(profile=first).prefill_tps == pytest.approx(500)
+    # Once most of the window is slower, the profile follows (rows before the last refit still count).
+    calls(REFIT_WINDOW_ROWS // 3, 3.0)
+    assert profile_refit(profile=WorkerProfile.objects.get(pk=profile.pk)).prefill_tps == pytest.approx(1000 / 3)
+
+
 def test_a_starting_worker_advertises_a_measured_profile(smollm2):
     written = worker_profiles_advertise(hostname="celery@test", queues=["gpu"], targets=[(MODEL, lambda: smollm2)])
     profile = WorkerProfile.objects.get(hostname="celery@test", model_name=MODEL)
