@@ -216,6 +216,7 @@ def job_holds_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
     again as long as it first did. ``work_stopped`` False (a cancelled job whose worker is still
     stopping): left to that worker; ``job_holds_settle_ended`` is the backstop if it dies first."""
     if not work_stopped:
+        job_holds_link(job=job)  # so the backstop finds it
         return
     keep = (job.params or {}).get("reservation_id") if outcome == JobEnd.REDELIVERED else None
     for reservation in _job_holds(job).select_related("team", "user", "api_key"):
