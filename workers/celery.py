@@ -25,6 +25,7 @@ TASK_MODULES = [
     "workers.tasks.agents",
     "workers.tasks.attention",
     "workers.tasks.profiles",
+    "workers.tasks.jobs",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)
@@ -42,6 +43,13 @@ app.conf.task_ignore_result = True
 # `celery -A workers beat`: periodic bookkeeping. Without beat (the embedded default),
 # budget_reserve still sweeps expired reservations itself, at most every 30 s.
 app.conf.beat_schedule = {
+    # Recovery after a worker dies (docs/reliability.md). The interval is the setting
+    # PARSIMONY_JOB_REAP_EVERY_S, read from the environment here: this module does not load Django.
+    "core.reap_jobs": {
+        "task": "core.reap_jobs",
+        "schedule": float(os.environ.get("PARSIMONY_JOB_REAP_EVERY_S") or 30.0),
+        "options": {"queue": Queue.CPU.value, "expires": 25},
+    },
     "costs.expire_reservations": {
         "task": "costs.expire_reservations",
         "schedule": 60.0,

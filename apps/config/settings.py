@@ -160,15 +160,23 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
-# Redis redelivers an unacknowledged task after this many seconds; it must exceed the time limit.
+# Redis redelivers an unacknowledged task after this many seconds; it must exceed the time limit (a
+# running task is not redelivered). A dead worker's job is recovered sooner by the reaper (heartbeats,
+# below): this redelivery is only its backstop, and a claim skips a job that is alive elsewhere.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 300}
 # The Celery app that jobs are sent through, by dotted path: apps/ names it rather than importing
 # workers/ (in-process mode looks the task up in its registry and runs it here).
 PARSIMONY_CELERY_APP = "workers.celery.app"
 # In-process mode: run tasks synchronously in the caller (tests) instead of on a thread.
 PARSIMONY_INPROCESS_SYNC = env_bool("PARSIMONY_INPROCESS_SYNC", False)
-# A running job whose heartbeat is older than this may be claimed again (its worker died).
-PARSIMONY_JOB_STALE_AFTER_S = env_int("PARSIMONY_JOB_STALE_AFTER_S", 600, minimum=5)
+# Recovery after a worker dies (docs/reliability.md): a running job's worker beats its heartbeat (and
+# extends its holds) every PARSIMONY_JOB_HEARTBEAT_S; the reaper (beat task core.reap_jobs, every
+# PARSIMONY_JOB_REAP_EVERY_S) redelivers or fails a job whose heartbeat is older than
+# PARSIMONY_JOB_STALE_AFTER_S; an idempotent kind is redelivered while attempts < PARSIMONY_JOB_MAX_ATTEMPTS.
+PARSIMONY_JOB_HEARTBEAT_S = env_float("PARSIMONY_JOB_HEARTBEAT_S", 15.0)
+PARSIMONY_JOB_STALE_AFTER_S = env_int("PARSIMONY_JOB_STALE_AFTER_S", 60, minimum=2)
+PARSIMONY_JOB_REAP_EVERY_S = env_float("PARSIMONY_JOB_REAP_EVERY_S", 30.0)
+PARSIMONY_JOB_MAX_ATTEMPTS = env_int("PARSIMONY_JOB_MAX_ATTEMPTS", 3, minimum=1)
 # torch threads per worker process: 1 keeps a 2-core machine responsive (see docs/operations.md).
 PARSIMONY_TORCH_THREADS = env_int("PARSIMONY_TORCH_THREADS", 1, minimum=1)
 PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)

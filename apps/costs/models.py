@@ -234,6 +234,10 @@ class Reservation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     windows = models.ManyToManyField(BudgetWindow, related_name="reservations", blank=True)
+    # The job whose work spends under this hold: its heartbeat extends the hold, its end settles it.
+    job = models.ForeignKey(
+        "core.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -21,7 +21,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.errors import ValidationFailed
-from apps.core.services import job_start
+from apps.core.jobs import JobEnd
+from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
@@ -251,7 +252,10 @@ def query_run_start(
         messages=messages,
         max_output_tokens=cap,
     )
-    run.job = job_start(kind="rag.query", team=team, created_by=user, params={"query_run_id": run.pk}, total=3)
+    run.job = job_start(
+        kind="rag.query", team=team, created_by=user,
+        params={"query_run_id": run.pk, "reservation_id": reservation.pk}, total=3,
+    )
     run.save(update_fields=["job"])
     return run
 
@@ -479,6 +483,13 @@ def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -
         return run_direct(messages=messages, hooks=hooks, progress=progress, on_token=stream)
     except PipelineError as exc:
         raise ValidationFailed(str(exc)) from exc
+
+
+def query_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True) -> None:
+    """The query job ended without its task finishing the run (``apps.core.services.job_end``): the run
+    is failed with the reason, at the cost of the ledger rows it wrote."""
+    for run_id in QueryRun.objects.filter(job=job).values_list("pk", flat=True):
+        job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=_ledger_total(run_id))
 
 
 def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:

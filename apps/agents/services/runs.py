@@ -35,7 +35,8 @@ from apps.agents.models import Agent, AgentRun, AgentRunStatus
 from apps.agents.services.tool_calls import tool_callable
 from apps.agents.services.tools import TOOL_PRICE_NAME
 from apps.core.errors import ValidationFailed
-from apps.core.services import job_start
+from apps.core.jobs import JobEnd
+from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.cost_model import device_cost, device_seconds_bound, per_second_price
 from apps.costs.metering import model_call
@@ -179,7 +180,8 @@ def agent_run_start(
         reservation=reservation, request=request, messages=messages,
     )
     run.job = job_start(
-        kind="agents.run", team=team, created_by=user, params={"agent_run_id": run.pk}, total=agent.step_limit
+        kind="agents.run", team=team, created_by=user,
+        params={"agent_run_id": run.pk, "reservation_id": reservation.pk}, total=agent.step_limit,
     )
     run.save(update_fields=["job"])
     return run
@@ -448,6 +450,14 @@ def _record_success(run: AgentRun, result, started: float, holds: _StepHolds) ->
         latency_ms=int((time.perf_counter() - started) * 1000),
         finished_at=timezone.now(),
     )
+
+
+def agent_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True) -> None:
+    """The agent job ended without its task finishing the run (``apps.core.services.job_end``): the run
+    is failed with the reason, at the cost of the ledger rows it wrote (its step holds: ``job_holds_end``)."""
+    for run_id in AgentRun.objects.filter(job=job).values_list("pk", flat=True):
+        spent = UsageRecord.objects.filter(agent_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+        job_run_end(runs=AgentRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=spent)
 
 
 def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) -> AgentRun | None:

@@ -21,8 +21,9 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.core.errors import ValidationFailed
+from apps.core.jobs import JobEnd
 from apps.core.models import Job
-from apps.core.services import job_start
+from apps.core.services import job_start, jobs_reap
 from apps.corpora.models import Corpus, Document, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
 from apps.corpora.services.embedding import embeds_in_this_process, texts_bound
@@ -168,7 +169,9 @@ def document_upload(
 
     Oversize or unsupported files become a failed Document (with the reason) at once and
     change nothing else. A file identical (sha256) to a non-failed document of the corpus
-    returns that document: no new chunks. With ``start_job`` the embedding is reserved first
+    returns that document: no new chunks. One identical to a failed document (or one stuck under a
+    dead worker's job, which ``jobs_reap`` fails first) queues that document again: it really ingests.
+    With ``start_job`` the embedding is reserved first
     (402 BudgetExceeded: nothing is stored). ``start_job=False`` leaves it queued for a caller
     that reserves itself (``ingest_hold_open`` + ``documents_ingest_start(hold=...)``) or ingests
     in-process (``documents_ingest``, which reserves its own hold).
@@ -177,9 +180,13 @@ def document_upload(
 
     filename = safe_filename(filename)
     sha256 = hashlib.sha256(data).hexdigest()
-    existing = corpus.documents.filter(sha256=sha256).exclude(status=DocumentStatus.FAILED).order_by("pk").first()
+    jobs_reap()  # a document stuck under a dead worker's job is failed (or redelivered) first
+    same = corpus.documents.filter(sha256=sha256)
+    existing = same.exclude(status=DocumentStatus.FAILED).order_by("pk").first()
     if existing is not None:
         return existing
+    # The same file failed before: this upload ingests that document again (its chunks are replaced).
+    again = same.exclude(file_path="").order_by("-pk").first()
     ext = os.path.splitext(filename)[1].lower()
     guessed = media_type or mimetypes.guess_type(filename)[0] or ""
     base = {
@@ -205,13 +212,23 @@ def document_upload(
         )
     try:
         path = original_store(corpus=corpus, sha256=sha256, ext=ext, data=data)
-        document = Document.objects.create(**base, file_path=path, status=DocumentStatus.QUEUED)
+        if again is not None:
+            document = _document_queue_again(again, file_path=path, filename=filename, uploaded_by=base["uploaded_by"])
+        else:
+            document = Document.objects.create(**base, file_path=path, status=DocumentStatus.QUEUED)
         if hold is not None:
             documents_ingest_start(documents=[document], user=user, hold=hold)
     except BaseException:
         if hold is not None:
             hold.release()
         raise
+    return document
+
+
+def _document_queue_again(document: Document, **fields: Any) -> Document:
+    """A failed document uploaded again: queued for ingestion, as uploaded now."""
+    Document.objects.filter(pk=document.pk).update(status=DocumentStatus.QUEUED, error="", **fields)
+    document.refresh_from_db()
     return document
 
 
@@ -231,8 +248,9 @@ def documents_import_records(
 
     A bad record rejects the whole file (ValidationFailed naming the line): nothing is
     created. Records identical to a document already in the corpus (or earlier in the file)
-    are skipped. With ``start_job`` each batch's embedding is reserved before anything is
-    stored (402: nothing is). Returns the documents created.
+    are skipped; records whose document failed (or was stuck under a dead worker) are ingested again in
+    that document. With ``start_job`` each batch's embedding is reserved before anything is stored
+    (402: nothing is). Returns the documents created or queued again.
     """
     from workers.ingest.parsers import DocumentParseError, check_size, iter_records
 
@@ -250,7 +268,13 @@ def documents_import_records(
         )
     except DocumentParseError as exc:
         raise ValidationFailed(f"{filename}: {exc.message}", detail={"filename": filename}) from exc
+    jobs_reap()  # documents stuck under a dead worker's job are failed (or redelivered) first
     seen = set(corpus.documents.exclude(status=DocumentStatus.FAILED).values_list("sha256", flat=True))
+    # Records whose document failed before are ingested again, in that document (its chunks replaced).
+    failed = dict(
+        corpus.documents.filter(status=DocumentStatus.FAILED).exclude(file_path="").order_by("pk")
+        .values_list("sha256", "pk")
+    )
     uploader = user if getattr(user, "pk", None) else None
     fresh: list[tuple[int, Any, bytes, str]] = []
     for number, record in enumerate(records, start=1):
@@ -268,12 +292,16 @@ def documents_import_records(
                 batch = fresh[i : i + INGEST_JOB_DOCUMENTS]
                 texts = [upload_text(filename="record.txt", data=body) for _, _, body, _ in batch]
                 holds.append(ingest_hold_open(corpus=corpus, texts=texts, user=user, api_key=api_key))
+        stored = {
+            sha256: original_store(corpus=corpus, sha256=sha256, ext=".txt", data=body, fsync=False)
+            for _, _, body, sha256 in fresh
+        }
         to_create = [
             Document(
                 corpus=corpus,
                 title=record.title[:500],
                 filename=f"{filename}#{record.external_id or number}"[:500],
-                file_path=original_store(corpus=corpus, sha256=sha256, ext=".txt", data=body, fsync=False),
+                file_path=stored[sha256],
                 media_type="text/plain",
                 sha256=sha256,
                 size=len(body),
@@ -282,20 +310,39 @@ def documents_import_records(
                 status=DocumentStatus.QUEUED,
             )
             for number, record, body, sha256 in fresh
+            if sha256 not in failed
         ]
+        again = [failed[sha256] for _, _, _, sha256 in fresh if sha256 in failed]
         with transaction.atomic():
             created = Document.objects.bulk_create(to_create, batch_size=500)
             if created and created[0].pk is None:  # databases that do not return ids from bulk inserts
                 shas = [d.sha256 for d in to_create]
                 created = list(corpus.documents.filter(sha256__in=shas, status=DocumentStatus.QUEUED).order_by("pk"))
+            Document.objects.filter(pk__in=again).update(status=DocumentStatus.QUEUED, error="", uploaded_by=uploader)
+            by_sha = {d.sha256: d for d in [*created, *Document.objects.filter(pk__in=again)]}
+            documents = [by_sha[sha256] for _, _, _, sha256 in fresh]
             for index, hold in enumerate(holds):
-                batch = created[index * INGEST_JOB_DOCUMENTS : (index + 1) * INGEST_JOB_DOCUMENTS]
+                batch = documents[index * INGEST_JOB_DOCUMENTS : (index + 1) * INGEST_JOB_DOCUMENTS]
                 documents_ingest_start(documents=batch, user=user, hold=hold)
     except BaseException:
         for hold in holds:
             hold.release()
         raise
-    return created
+    return documents
+
+
+def ingest_job_end(*, job: Job, outcome: JobEnd, reason: str, work_stopped: bool = True) -> None:
+    """An ingestion job ended without finishing its documents (``apps.core.services.job_end``): those still
+    queued or processing go back to queued when it is redelivered (its next attempt redoes them from the
+    start), else fail with the reason, so a re-upload ingests them again (``document_upload``)."""
+    unfinished = Document.objects.filter(
+        pk__in=job.params.get("document_ids", []), status__in=(DocumentStatus.QUEUED, DocumentStatus.PROCESSING)
+    )
+    if outcome == JobEnd.REDELIVERED:
+        unfinished.update(status=DocumentStatus.QUEUED, error="")
+    else:
+        why = "ingestion cancelled" if outcome == JobEnd.CANCELLED else f"ingestion failed: {reason}"
+        unfinished.update(status=DocumentStatus.FAILED, error=why[:10_000])
 
 
 def document_delete(*, document: Document) -> None:

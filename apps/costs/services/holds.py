@@ -16,8 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from apps.core.jobs import JobEnd, current_job_id
+from apps.core.models import FINISHED_STATUSES
 from apps.costs.cost_paths import cost_path
 from apps.costs.models import ZERO, Price, Reservation, ReservationStatus, UsageRecord
 from apps.costs.pricing import MONEY_QUANTUM, Usage
@@ -128,6 +135,10 @@ def hold_open(
         )[:255],
         ttl_s=ttl_s,
     )
+    job_id = current_job_id.get()
+    if job_id is not None:  # opened by a job's task: its heartbeat extends it, its end settles it
+        Reservation.objects.filter(pk=reservation.pk).update(job_id=job_id)
+        reservation.job_id = job_id
     return Hold(reservation=reservation, context=context, path=path)
 
 
@@ -157,4 +168,83 @@ def spending(
     hold.settle()
 
 
-__all__ = ["Hold", "hold_cover", "hold_open", "hold_resume", "spending"]
+# --------------------------------------------------------------------------- holds under a job
+# A job's holds: those its task opened (``Reservation.job``, set by ``hold_open``) and the one it was
+# started under (``job.params["reservation_id"]``, linked when a worker claims it).
+
+
+def _job_holds(job) -> QuerySet[Reservation]:
+    linked = Q(job_id=job.pk)
+    started_under = (job.params or {}).get("reservation_id")
+    if started_under is not None:
+        linked |= Q(pk=started_under)
+    return Reservation.objects.filter(linked, status=ReservationStatus.HELD)
+
+
+def job_hold_lease_s() -> int:
+    """How far ahead of each heartbeat a running job's holds are kept: past the moment the reaper settles
+    them if the worker dies (stale after PARSIMONY_JOB_STALE_AFTER_S, reaped within PARSIMONY_JOB_REAP_EVERY_S),
+    so no hold expires under running work and none outlives a dead worker's reaping."""
+    return int(2 * settings.PARSIMONY_JOB_STALE_AFTER_S + settings.PARSIMONY_JOB_REAP_EVERY_S)
+
+
+def job_holds_link(*, job) -> None:
+    """Link the hold a job was started under to it (its worker claimed it)."""
+    started_under = (job.params or {}).get("reservation_id")
+    if started_under is not None:
+        Reservation.objects.filter(pk=started_under, job=None).update(job_id=job.pk)
+
+
+def job_holds_extend(*, job_id: int) -> int:
+    """A heartbeat: keep the job's held holds from expiring for another lease (one UPDATE; a hold whose
+    expiry is further away already is left alone, never shortened)."""
+    until = timezone.now() + timedelta(seconds=job_hold_lease_s())
+    return Reservation.objects.filter(job_id=job_id, status=ReservationStatus.HELD, expires_at__lt=until).update(
+        expires_at=until
+    )
+
+
+def _hold_settle(reservation: Reservation) -> None:
+    context = LedgerContext(team=reservation.team, user=reservation.user, api_key=reservation.api_key)
+    Hold(reservation=reservation, context=context).settle()
+
+
+def job_holds_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True) -> None:
+    """A job ended without its task settling its holds (``apps.core.services.job_end``): settle each to the
+    ledger rows written under it (none: released). Rows already written stay, so nothing is billed twice
+    or lost. A redelivered job keeps the hold it was started under (its next attempt resumes it), living
+    again as long as it first did. ``work_stopped`` False (a cancelled job whose worker is still
+    stopping): left to that worker; ``job_holds_settle_ended`` is the backstop if it dies first."""
+    if not work_stopped:
+        job_holds_link(job=job)  # so the backstop finds it
+        return
+    keep = (job.params or {}).get("reservation_id") if outcome == JobEnd.REDELIVERED else None
+    for reservation in _job_holds(job).select_related("team", "user", "api_key"):
+        if reservation.pk == keep:
+            lifetime = max(reservation.expires_at - reservation.created_at, timedelta(seconds=job_hold_lease_s()))
+            Reservation.objects.filter(pk=keep).update(expires_at=timezone.now() + lifetime)
+            continue
+        _hold_settle(reservation)
+
+
+def job_holds_settle_ended(*, now: datetime | None = None) -> int:
+    """The backstop (beat task ``core.reap_jobs``): settle the holds still held by jobs that have ended
+    and whose worker has stopped beating (a cancelled job's worker that died before it settled them)."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.PARSIMONY_JOB_STALE_AFTER_S)
+    ended = Reservation.objects.filter(
+        Q(job__heartbeat_at=None) | Q(job__heartbeat_at__lt=stale_before),
+        status=ReservationStatus.HELD,
+        job__status__in=FINISHED_STATUSES,
+    ).select_related("team", "user", "api_key")
+    settled = 0
+    for reservation in ended:
+        _hold_settle(reservation)
+        settled += 1
+    return settled
+
+
+__all__ = [
+    "Hold", "hold_cover", "hold_open", "hold_resume", "job_hold_lease_s", "job_holds_end", "job_holds_extend",
+    "job_holds_link", "job_holds_settle_ended", "spending",
+]

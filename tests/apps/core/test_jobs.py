@@ -34,7 +34,7 @@ def test_a_finished_job_is_never_claimed_again(team_a):
     job = services.job_create(kind="x", team=team_a)
     services.job_claim(job_id=job.pk, worker="w")
     services.job_succeed(job_id=job.pk, result={})
-    assert services.job_claim(job_id=job.pk, worker="w", redelivered=True) is False
+    assert services.job_claim(job_id=job.pk, worker="w") is False
 
 
 def test_a_cancelled_job_stops_at_its_next_progress_report(team_a):

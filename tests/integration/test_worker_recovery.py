@@ -1,0 +1,147 @@
+"""Fault tests: SIGKILL a real gpu worker mid-ingest and mid-generation, and the reaper (run by celery beat on
+a cpu worker, as in production) recovers the work: the ingestion is redelivered to a new gpu worker and
+completes with each chunk and ledger row once; the query fails with the reason, its hold settled to its
+ledger rows. Heartbeat, stale timeout and reaper interval are shortened here (``FAST``); docs/reliability.md
+has the measured times.
+
+``PARSIMONY_RECOVERY_TEST_DEFAULTS=1`` runs them with the production defaults instead (minutes, to measure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from decimal import Decimal
+
+import pytest
+from django.db.models import Count, Q
+
+from apps.core.models import FINISHED_STATUSES, Job, JobStatus
+from apps.corpora.models import Chunk, DocumentStatus
+from apps.corpora.services import corpus_create, documents_import_records
+from apps.costs.models import ModelEndpoint, Reservation, ReservationStatus, UsageRecord
+from apps.costs.reconciliation import ledger_reconcile
+from apps.costs.services import budget_save, price_set
+from apps.rag.models import QueryRun
+from apps.rag.services import query_run_start
+from tests.integration.conftest import wait_for
+from tests.support.fake_openai import FakeOpenAIServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+FAST = (
+    {}
+    if os.environ.get("PARSIMONY_RECOVERY_TEST_DEFAULTS")
+    else {"PARSIMONY_JOB_HEARTBEAT_S": "0.5", "PARSIMONY_JOB_STALE_AFTER_S": "3", "PARSIMONY_JOB_REAP_EVERY_S": "1"}
+)
+RECOVERY_TIMEOUT_S = 60 if FAST else 240
+
+
+def _beat_and_cpu_worker(processes, tmp_path):
+    """As in production: celery beat, and a cpu worker that runs the reaper it schedules."""
+    beat = processes.start("beat", "-s", str(tmp_path / "beat-schedule"), log_name="beat.log")
+    return beat, processes.worker("cpu", queues="cpu")
+
+
+def _kill(worker) -> float:
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    return time.monotonic()
+
+
+@pytest.fixture(autouse=True)
+def _no_local_chat_model(db):
+    # A worker calibrates each enabled local model when it starts (a minute for the chat model on a small
+    # CPU): these tests use the embedder and a remote endpoint only.
+    ModelEndpoint.objects.filter(kind="local").update(enabled=False)
+
+
+def _no_open_holds() -> None:
+    assert not Reservation.objects.filter(status=ReservationStatus.HELD).exists()
+
+
+def test_an_ingestion_whose_worker_is_killed_mid_embedding_is_redelivered_and_completes_once(
+    celery_processes, team_a, alice, tmp_path
+):
+    processes = celery_processes(**FAST)
+    beat, cpu = _beat_and_cpu_worker(processes, tmp_path)
+    first = processes.worker("gpu-first", queues="gpu")
+    corpus = corpus_create(team=team_a, name="Facts", user=alice, chunk_tokens=64, overlap_tokens=8)
+    texts = [  # a few seconds of embedding on one CPU thread, one chunk each
+        f"Fact {i}: the river number {i} flows north for {i * 7} kilometres past {i} towns, "
+        f"{i + 3} bridges and {i * 2} mills before it meets the sea near harbour {i % 17}." for i in range(200)
+    ]
+    records = "\n".join(json.dumps({"text": text}) for text in texts).encode()
+    documents = documents_import_records(corpus=corpus, filename="facts.jsonl", data=records, user=alice)
+    job = Job.objects.get(kind="corpora.ingest")
+
+    embedding = wait_for(
+        lambda: Job.objects.filter(Q(message__startswith="embedding") | Q(status__in=FINISHED_STATUSES), pk=job.pk)
+        .first(),
+        timeout=120, processes=processes, alive=[first, beat, cpu],
+    )
+    assert embedding.status == JobStatus.RUNNING, (embedding.status, embedding.error, embedding.result)
+    killed_at = _kill(first)
+    assert corpus.documents.filter(status=DocumentStatus.PROCESSING).count() == len(documents)
+    second = processes.worker("gpu-second", queues="gpu")
+
+    reaped = wait_for(
+        lambda: Job.objects.filter(pk=job.pk).exclude(status=JobStatus.RUNNING, attempts=1).first(),
+        timeout=RECOVERY_TIMEOUT_S, processes=processes, alive=[second, beat, cpu],
+    )
+    reaped_s = time.monotonic() - killed_at
+    done = wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status__in=FINISHED_STATUSES).first(),
+        timeout=RECOVERY_TIMEOUT_S, processes=processes, alive=[second, beat, cpu],
+    )
+    done_s = time.monotonic() - killed_at
+    print(f"\ningestion: reaped {reaped_s:.1f} s after the kill, done {done_s:.1f} s after it ({FAST or 'defaults'})")
+
+    assert reaped.attempts == 2 or reaped.error.endswith("redelivered"), (reaped.status, reaped.error)
+    assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 2), done.error
+    assert corpus.documents.filter(status=DocumentStatus.READY).count() == len(documents)
+    chunks = Chunk.objects.filter(document__corpus=corpus)
+    assert not chunks.values("document_id", "ordinal").annotate(n=Count("pk")).filter(n__gt=1).exists()
+    assert chunks.count() == len(documents)  # one short chunk each
+    assert UsageRecord.objects.filter(reservation_id=job.params["reservation_id"]).count() == 1
+    _no_open_holds()
+    assert ledger_reconcile() == []
+
+
+def test_a_query_whose_worker_is_killed_mid_generation_fails_with_the_reason_and_holds_nothing(
+    celery_processes, team_a, alice, tmp_path
+):
+    processes = celery_processes(**FAST)
+    beat, cpu = _beat_and_cpu_worker(processes, tmp_path)
+    first = processes.worker("gpu-first", queues="gpu")
+    price_set(model_name="test/fake-gpt", input_per_mtok=Decimal(1), output_per_mtok=Decimal(2))
+    budget_save(team=team_a, hard_limit=Decimal(100), period="day")
+    with FakeOpenAIServer(reply="slowly " * 400, chunk_delay_s=0.1, tokens_per_chunk=1) as server:
+        endpoint = ModelEndpoint.objects.create(
+            name="fake-gpt", kind="openai", base_url=server.base_url, remote_model="gpt-4o-mini",
+            price_name="test/fake-gpt", max_output_tokens=400,
+        )
+        run = query_run_start(
+            team=team_a, endpoint=endpoint, messages=[{"role": "user", "content": "Go on."}], user=alice
+        )
+        wait_for(
+            lambda: QueryRun.objects.filter(pk=run.pk, status="running").exclude(answer="").exists(),
+            timeout=120, processes=processes, alive=[first, beat, cpu],
+        )
+        killed_at = _kill(first)
+
+    # Failing it takes no gpu worker: the cpu worker runs the reaper.
+    job = wait_for(
+        lambda: Job.objects.filter(pk=run.job_id, status__in=FINISHED_STATUSES).first(),
+        timeout=RECOVERY_TIMEOUT_S, processes=processes, alive=[beat, cpu],
+    )
+    print(f"\nquery: failed {time.monotonic() - killed_at:.1f} s after the kill ({FAST or 'defaults'})")
+
+    assert job.status == JobStatus.FAILED and "lost: no heartbeat" in job.error
+    run.refresh_from_db()
+    assert run.status == "failed" and "no heartbeat" in run.error and run.finished_at is not None
+    assert run.cost == sum(row.cost for row in UsageRecord.objects.filter(query_run_id=run.pk))
+    _no_open_holds()
+    assert ledger_reconcile() == []
