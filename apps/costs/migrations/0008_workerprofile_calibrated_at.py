@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('costs', '0006_usagerecord_shadow_of_query_run_id'),
+        ('costs', '0007_reservation_job'),
     ]
 
     operations = [
