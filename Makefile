@@ -40,7 +40,7 @@ worker-cpu: install
 	$(VENV)/bin/celery -A workers worker -Q cpu --concurrency 2 --loglevel INFO
 
 worker-gpu: install
-	$(VENV)/bin/celery -A workers worker -Q gpu --concurrency 1 --pool solo --loglevel INFO
+	$(VENV)/bin/celery -A workers worker -Q gpu --pool prefork --concurrency 1 --loglevel INFO
 
 # ruff (style, line length, complexity), the import contracts (pyproject.toml
 # [tool.importlinter]) and mypy on the engine (workers/, indexes/). All three run; any failure fails.

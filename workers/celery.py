@@ -26,6 +26,7 @@ TASK_MODULES = [
     "workers.tasks.attention",
     "workers.tasks.profiles",
     "workers.tasks.jobs",
+    "workers.tasks.limits",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)
@@ -39,6 +40,10 @@ app.conf.worker_hijack_root_logger = False
 app.conf.broker_connection_retry_on_startup = True
 app.conf.task_track_started = False
 app.conf.task_ignore_result = True
+# gpu workers run the prefork pool (concurrency 1) so task time limits are enforced: a child past its
+# hard limit is killed and replaced. A new child loads and calibrates its models before it reports up
+# (workers.tasks.profiles): give it minutes, not Celery's default 4 s.
+app.conf.worker_proc_alive_timeout = 600.0
 
 # `celery -A workers beat`: periodic bookkeeping. Without beat (the embedded default),
 # budget_reserve still sweeps expired reservations itself, at most every 30 s.

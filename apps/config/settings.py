@@ -180,6 +180,8 @@ PARSIMONY_JOB_MAX_ATTEMPTS = env_int("PARSIMONY_JOB_MAX_ATTEMPTS", 3, minimum=1)
 # torch threads per worker process: 1 keeps a 2-core machine responsive (see docs/operations.md).
 PARSIMONY_TORCH_THREADS = env_int("PARSIMONY_TORCH_THREADS", 1, minimum=1)
 PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)
+# The most prompt tokens one request may send a model, whatever its context window (apps.costs.tokens.prompt_check).
+PARSIMONY_MAX_PROMPT_TOKENS = env_int("PARSIMONY_MAX_PROMPT_TOKENS", 32_768, minimum=1)
 # Disk budget of the superposition KV store under DATA_ROOT/kv-cache (LRU eviction beyond it).
 PARSIMONY_KV_CACHE_MAX_BYTES = env_int("PARSIMONY_KV_CACHE_MAX_BYTES", 2 * 1024**3, minimum=0)
 # Corpora: the upload size limit (bytes) and the embedding model new corpora use.

@@ -18,6 +18,7 @@ TASK_NAME_PREFIX = "parsimony."
 JOB_QUEUES: dict[str, str] = {
     "diagnostics.probe_cpu": "cpu",
     "diagnostics.probe_gpu": "gpu",
+    "diagnostics.time_limit_gpu": "gpu",  # checks that the gpu pool enforces time limits (operations.md)
     "corpora.ingest": "gpu",
     "corpora.rebuild_index": "gpu",
     "rag.query": "gpu",

@@ -1,7 +1,9 @@
 """The metered model call: resolve an endpoint, reserve budget, run the engine's meter, write the ledger.
 
 Every model call in Parsimony goes through ``model_call`` (directly, or with a reservation the
-caller already holds for a whole query), so every token is counted and priced the same way.
+caller already holds for a whole query), so every token is counted and priced the same way, and every
+prompt is checked against the model's context window and the per-request ceiling before it is
+reserved or run (``apps.costs.tokens.prompt_check``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from apps.costs.services.budgets import _reserve
 from apps.costs.services.holds import hold_cover
 from apps.costs.services.ledger import hold_billed
 from apps.costs.services.profiles import profile_after_call, profile_ensure
-from apps.costs.tokens import endpoint_tokenizer, prompt_tokens_bound
+from apps.costs.tokens import endpoint_tokenizer, prompt_check, prompt_tokens_bound
 from apps.costs.worker_identity import local_speed
 
 if TYPE_CHECKING:
@@ -308,12 +310,15 @@ def model_call(
     priced_at = timezone.now()
     price = price_for_call(model_name=endpoint.price_name)
     target = endpoint_target(endpoint)
+    # Refused before anything is measured, reserved or run when it cannot fit the model's window or the
+    # ceiling. Counted before the call: a remote endpoint reporting more than this (or more output than
+    # the max_tokens sent) is billed in full, the excess as its own overage row (billing.generation_bill).
+    checked = prompt_check(endpoint, messages, max_output_tokens=cap, tools=tools, target=target,
+                           count=lambda: call_prompt_bound(endpoint, target, messages, tools))
+    prompt_bound = checked if checked is not None else call_prompt_bound(endpoint, target, messages, tools)
     local = _local_model(target)
     if local:  # embedded mode: measure this process's speed on the model's first use
         profile_ensure(model_name=endpoint.price_name, target=target)
-    # Counted before the call: a remote endpoint reporting more than this (or more output than the
-    # max_tokens sent) is billed in full, the excess as its own overage row (billing.generation_bill).
-    prompt_bound = call_prompt_bound(endpoint, target, messages, tools)
     if reserve is not None:
         reservation = reserve(target) or reservation
     own_reservation = None

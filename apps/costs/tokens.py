@@ -9,18 +9,26 @@ What counts an endpoint's tokens (``endpoint_tokenizer``), in order:
 - none known: ``None``, i.e. the UTF-8 byte bound (see docs/costs.md for what it assumes).
 
 Tokenizers are loaded lazily and cached per process (torch is never imported here).
+
+``prompt_check`` refuses a prompt that cannot fit the model's context window with its output cap, or
+passes the per-request ceiling ``PARSIMONY_MAX_PROMPT_TOKENS``, before anything is reserved or sent
+(``ContextLengthExceeded``: 400, code ``context_length_exceeded``, naming the limit and the tokens).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from apps.core.errors import ValidationFailed
 from apps.costs.models import EndpointKind, ModelEndpoint
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _tokenizers: dict[tuple[str, str], Any] = {}
@@ -101,6 +109,71 @@ def texts_tokens_max(endpoint: ModelEndpoint, texts: list[str]) -> int:
     return count_max(endpoint_tokenizer(endpoint), texts)
 
 
+class ContextLengthExceeded(ValidationFailed):
+    """A prompt too long for the model's context window (with the output cap) or the per-request ceiling."""
+
+    code = "context_length_exceeded"
+
+
+def endpoint_context_window(endpoint: ModelEndpoint, target: Any = None) -> int | None:
+    """The tokens ``endpoint``'s model can read, prompt and output together (None: unknown).
+
+    A local model: its config's window (``max_position_embeddings``; the loaded ``target``'s when given,
+    else read from its files without the weights), ``endpoint.context_window`` only when the model's
+    files do not say. A remote endpoint: ``endpoint.context_window``.
+    """
+    from workers.runtime.local_lm import LoadedModel, context_window, model_context_window
+
+    if isinstance(target, LoadedModel):
+        return context_window(target)
+    if endpoint.kind == EndpointKind.LOCAL and target is None:
+        source = endpoint.source or "smollm2-135m-instruct"
+        try:
+            return model_context_window(source, cache_dir=Path(settings.DATA_ROOT))
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("context window of %s unknown (%s); using the endpoint's %s", source, exc,
+                           endpoint.context_window)
+    return endpoint.context_window or None
+
+
+def prompt_check(
+    endpoint: ModelEndpoint, messages: list[dict], *, max_output_tokens: int, tools: list[dict] | None = None,
+    target: Any = None, count: Any = None, extra_tokens: int = 0,
+) -> int | None:
+    """Refuse a prompt that cannot run on ``endpoint``: raise ``ContextLengthExceeded`` when its tokens
+    plus ``max_output_tokens`` pass the context window (``endpoint_context_window``) or its tokens pass
+    ``PARSIMONY_MAX_PROMPT_TOKENS``. -> the tokens counted (None when not counted exactly).
+
+    First a lower bound from the UTF-8 bytes over the tokenizer's longest token (no tokenizing: a 1.2 MB
+    prompt is refused in well under a millisecond once the tokenizer is loaded), then the exact count
+    (``count()``, default ``prompt_tokens_bound``) plus ``extra_tokens`` (framing added later). Endpoints
+    with no known tokenizer (the byte bound) are refused on the lower bound only (assuming no token over
+    ``UNKNOWN_MAX_TOKEN_BYTES`` bytes): their byte count is a bound far above the real count.
+    ``target``: the engine's object, when resolved (its window and, for the echo double, its count).
+    """
+    from workers.runtime.meter import EchoTarget, count_chat_tokens
+    from workers.runtime.token_count import PromptTooLong, chat_prompt_check, prompt_limit_check
+
+    window = endpoint_context_window(endpoint, target)
+    ceiling = settings.PARSIMONY_MAX_PROMPT_TOKENS
+    try:
+        if isinstance(target, EchoTarget):  # the test double counts words: no byte bound applies
+            tokens = count_chat_tokens(target, messages) + extra_tokens
+            prompt_limit_check(tokens=tokens, max_output_tokens=max_output_tokens, context_window=window,
+                               ceiling=ceiling)
+            return tokens
+        tokenizer = endpoint_tokenizer(endpoint)
+        if tokenizer is None:
+            chat_prompt_check(None, messages, count=lambda: 0, max_output_tokens=max_output_tokens,
+                              context_window=window, ceiling=ceiling)
+            return None
+        counter = count or (lambda: prompt_tokens_bound(endpoint, messages, tools))
+        return chat_prompt_check(tokenizer, messages, count=lambda: counter() + extra_tokens,
+                                 max_output_tokens=max_output_tokens, context_window=window, ceiling=ceiling)
+    except PromptTooLong as exc:
+        raise ContextLengthExceeded(f"model {endpoint.name!r}: {exc}", detail=exc.detail()) from exc
+
+
 _embedding_tokenizers: dict[str, Any] = {}
 
 
@@ -129,9 +202,14 @@ def embedding_tokenizer(model: str) -> Any:
 def embedding_token_counts(model: str, texts: list[str]) -> list[int]:
     """Exactly the tokens an embedding model reads for each of ``texts`` (special tokens included,
     truncated at the model's maximum), as the embedder tokenizes them."""
+    from workers.runtime.token_count import embedding_input
+
     if not texts:
         return []
-    return [len(ids) for ids in embedding_tokenizer(model)(list(texts), truncation=True)["input_ids"]]
+    tokenizer = embedding_tokenizer(model)
+    # As the embedder: only the part of a text the model can read is tokenized (megabytes cost nothing).
+    cut = [embedding_input(t, tokenizer.model_max_length) for t in texts]
+    return [len(ids) for ids in tokenizer(cut, truncation=True)["input_ids"]]
 
 
 def embedding_tokens(model: str, texts: list[str]) -> int:
@@ -144,10 +222,13 @@ def embedding_tokens(model: str, texts: list[str]) -> int:
 
 
 __all__ = [
+    "ContextLengthExceeded",
     "embedding_token_counts",
     "embedding_tokenizer",
     "embedding_tokens",
+    "endpoint_context_window",
     "endpoint_tokenizer",
+    "prompt_check",
     "prompt_tokens_bound",
     "text_tokens_bound",
     "texts_tokens_max",

@@ -50,7 +50,13 @@ from apps.costs.services import (
 )
 from apps.costs.services.holds import hold_open, hold_resume
 from apps.costs.services.ledger import device_seconds_within
-from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
+from apps.costs.tokens import (
+    embedding_tokens,
+    endpoint_context_window,
+    prompt_check,
+    prompt_tokens_bound,
+    text_tokens_bound,
+)
 from apps.rag.fixed_context import (
     fixed_context_max_tokens,
     fixed_context_validate,
@@ -231,6 +237,12 @@ def query_run_start(
         raise ValidationFailed(f"model {target_endpoint.name!r} is disabled")
     cap = max_output_tokens or (pipeline.max_output_tokens if pipeline else target_endpoint.max_output_tokens)
     cap = max(1, min(cap, target_endpoint.max_output_tokens))
+    # Before any hold: a question (with the conversation, or the pipeline's system prompt and framing)
+    # that cannot fit the model's window with the output cap is a 400; passages are fitted later.
+    system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline and pipeline.system_prompt else []
+    asked = messages or [{"role": "user", "content": question}]
+    prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
+                 extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
     estimate = _query_start_bound(
         endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
     )
@@ -444,6 +456,8 @@ def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
     from workers.rag.pipeline import PipelineConfig
 
     pipeline = run.pipeline
+    cap = max(1, min(run.max_output_tokens, endpoint.max_output_tokens))
+    window, ceiling = endpoint_context_window(endpoint), settings.PARSIMONY_MAX_PROMPT_TOKENS
     return PipelineConfig(
         name=pipeline.name,
         model_name=endpoint.name,
@@ -457,7 +471,9 @@ def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
         attention_backend=pipeline.attention_backend,
         attention_options=pipeline.attention_options,
         fixed_context_max_tokens=fixed_context_max_tokens(),
-        max_output_tokens=max(1, min(run.max_output_tokens, endpoint.max_output_tokens)),
+        max_output_tokens=cap,
+        # Passages beyond what fits the model's window (with the output cap) and the ceiling are dropped.
+        max_prompt_tokens=min(window - cap if window else ceiling, ceiling),
         wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
         # Query-independent compression work is cached on disk under the data root, shared by
         # every pipeline of this process.

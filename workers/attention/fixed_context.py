@@ -30,7 +30,7 @@ from workers.attention.base import (
     attention_implementation,
 )
 from workers.attention.reference import FixedKV
-from workers.runtime.decode import Allowance, as_allowance, decode, eos_ids
+from workers.runtime.decode import Allowance, PrefillStopped, as_allowance, decode, eos_ids
 from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.memory import pin_mmap_threshold
@@ -121,12 +121,14 @@ def sample_positions(n: int, config: FixedContextConfig) -> list[int]:
 
 
 def prefill_context(
-    lm: LoadedModel, ids: list[int], config: FixedContextConfig, progress: Progress | None = None
+    lm: LoadedModel, ids: list[int], config: FixedContextConfig, progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> tuple[KVEntry, torch.Tensor, list[int]]:
     """Run the fixed context through the model (chunked, full attention, causal).
 
-    -> (its KV as a KVEntry, sampled queries (L, H, P, D), their positions). Caller holds the
-    model lock and inference mode.
+    -> (its KV as a KVEntry, sampled queries (L, H, P, D), their positions). `deadline` (a
+    `time.perf_counter()` value; None: none, as for the offline precompute) is checked between
+    chunks: passed, `PrefillStopped`. Caller holds the model lock and inference mode.
     """
     import torch
     from transformers import DynamicCache
@@ -139,6 +141,8 @@ def prefill_context(
     cache = DynamicCache(config=model.config)
     with attention_implementation(model):
         for start in range(0, len(ids), config.prefill_chunk):
+            if deadline is not None and start > 0 and time.perf_counter() > deadline:
+                raise PrefillStopped(prefilled=start, total=len(ids))
             chunk = torch.tensor([ids[start:start + config.prefill_chunk]], device=lm.device)  # (1, C)
             # Positions and the causal mask follow from the cache's length (registered mask function).
             model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1, **{CAPTURE_KWARG: capture})
@@ -209,9 +213,10 @@ class _Ensured:
 
 def ensure_context(
     lm: LoadedModel, store: KVStore | None, ids: list[int], config: FixedContextConfig,
-    progress: Progress | None = None,
+    progress: Progress | None = None, deadline: float | None = None,
 ) -> _Ensured:
-    """The fixed context's KV and sampled queries: memory, else the store, else a prefill (stored)."""
+    """The fixed context's KV and sampled queries: memory, else the store, else a prefill (stored) that
+    stops at `deadline` (`prefill_context`)."""
     import torch
 
     key = context_key(lm, ids)
@@ -233,7 +238,7 @@ def ensure_context(
             store.delete(key)
     clock = device_clock(lm.device)  # the prefill is billed by its device-seconds
     started = clock()
-    entry, queries, positions = prefill_context(lm, ids, config, progress)
+    entry, queries, positions = prefill_context(lm, ids, config, progress, deadline)
     seconds = clock() - started
     if store is not None:
         store.put(key, entry)
@@ -461,7 +466,19 @@ def answer(
     with lm.lock:
         t0, c0 = time.perf_counter(), clock()  # the wall-time deadline; the billed device-seconds
         with torch.inference_mode():
-            ctx = ensure_context(lm, store, prompt.context_ids, config)
+            try:
+                ctx = ensure_context(lm, store, prompt.context_ids, config, deadline=t0 + wall_time_limit_s)
+            except PrefillStopped as stopped:
+                # The context had to be prefilled again and ran out of time: no answer, the compute billed.
+                compute_s = clock() - c0
+                if budget is not None:
+                    compute_s = min(compute_s, budget.seconds)
+                return FixedContextResult(
+                    text="", finish_reason="time_limit", prompt_tokens=stopped.prefilled, completion_tokens=0,
+                    cached_tokens=0, wall_s=time.perf_counter() - called, gpu_s=compute_s if on_cuda else 0.0,
+                    compute_s=compute_s, model=lm.name, backend=chosen.name,
+                    error=f"the fixed context's {stopped} (wall-time limit {wall_time_limit_s:g} s)",
+                )
             timings["context_s"] = ctx.seconds
             idx = ensure_index(chosen, ctx.value, store)
             timings["index_s"] = idx.seconds

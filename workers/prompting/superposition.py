@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from indexes.kv_store import KVEntry, KVKey, KVStore, text_hash
 from workers.prompting.base import Passage
 from workers.prompting.naive import INSTRUCTION, NaivePrompting
-from workers.runtime.decode import Allowance, Step, as_allowance, decode, eos_ids
+from workers.runtime.decode import Allowance, PrefillStopped, Step, as_allowance, decode, eos_ids
 from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.meter import GenerationResult
@@ -413,8 +413,12 @@ def prepare_answer(
     passages: Sequence[Passage],
     config: SuperpositionConfig,
     store: KVStore | None,
+    deadline: float | None = None,
 ) -> PreparedAnswer:
-    """P and documents (store or compute) -> query paths -> scores -> prune -> answer node."""
+    """P and documents (store or compute) -> query paths -> scores -> prune -> answer node.
+
+    `deadline` (a `time.perf_counter()` value; None: none) is checked between documents' prefills:
+    passed, `PrefillStopped` (each path is one retrieved passage: a chunk's worth of tokens)."""
     import torch
 
     if not prompt.docs:
@@ -429,7 +433,11 @@ def prepare_answer(
     timings["doc_compute_s"] += pre.compute_s
     cached_tokens = pre.entry.n_tokens if pre.hit else 0
     fetched = []
-    for passage, ids, text in zip(passages, prompt.docs, prompt.doc_texts, strict=True):
+    n_read = pre.entry.n_tokens
+    for i, (passage, ids, text) in enumerate(zip(passages, prompt.docs, prompt.doc_texts, strict=True)):
+        if deadline is not None and i > 0 and time.perf_counter() > deadline:
+            raise PrefillStopped(prefilled=n_read, total=n_read + sum(len(d) for d in prompt.docs[i:]))
+        n_read += len(ids)
         got = fetch_kv(lm, store, document_key(pkey, passage, text), ids, pre.entry)
         timings["doc_compute_s"] += got.compute_s
         cached_tokens += got.entry.n_tokens if got.hit else 0
@@ -660,7 +668,20 @@ class SuperpositionPrompting:
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             with torch.inference_mode():
-                prepared = prepare_answer(model, prompt, passages, self.config, kv_store)
+                try:
+                    prepared = prepare_answer(model, prompt, passages, self.config, kv_store,
+                                              deadline=t0 + wall_time_limit_s)
+                except PrefillStopped as stopped:
+                    # Out of time between two documents: no answer, the compute so far billed.
+                    compute_s = clock() - c0
+                    if budget is not None:
+                        compute_s = min(compute_s, budget.seconds)
+                    return SuperpositionResult(
+                        text="", finish_reason="time_limit", prompt_tokens=stopped.prefilled, completion_tokens=0,
+                        cached_tokens=0, wall_s=time.perf_counter() - called, gpu_s=compute_s if on_cuda else 0.0,
+                        compute_s=compute_s, model=model.name, ttft_s=math.nan,
+                        error=f"superposition's {stopped} (wall-time limit {wall_time_limit_s:g} s)",
+                    )
                 t1 = time.perf_counter()
                 decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
                                  tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,

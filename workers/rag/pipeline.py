@@ -67,6 +67,9 @@ class PipelineConfig:
     # Caps for generations the engine runs itself (superposition, fixed context); a metered
     # call through ``PipelineHooks.generate`` applies the service's own.
     max_output_tokens: int = 256
+    # The most prompt tokens the generation may read (the context window less the output cap, and the
+    # per-request ceiling); passages that would pass it are dropped, lowest-ranked first. None: no limit.
+    max_prompt_tokens: int | None = None
     wall_time_limit_s: float = 120.0
     compression_cache_dir: Path | None = None  # query-independent compression work (None: no cache)
     model_cache_dir: Path | None = None  # where helper models (the surprisal scorer) live
@@ -223,15 +226,23 @@ def _answer_with_retrieval(
                 f"prompting strategy {strategy.name!r} needs a local model; {config.model_name!r} is not one"
             )
         store = hooks.kv_store()
-        bound = strategy.prompt_tokens_bound(  # type: ignore[attr-defined]
-            model=model, system_prompt=config.system_prompt, question=question, passages=compressed.passages
-        )
+
+        def path_bound(kept: list[Passage]) -> int:
+            return int(strategy.prompt_tokens_bound(  # type: ignore[attr-defined]
+                model=model, system_prompt=config.system_prompt, question=question, passages=kept
+            ))
+
+        kept = fit_passages(list(compressed.passages), path_bound, config.max_prompt_tokens)
+        if not kept:
+            raise PipelineError(f"the question leaves no room for a passage within {config.max_prompt_tokens} "
+                                "prompt tokens (the model's window less max_tokens, or the ceiling)")
+        bound = path_bound(kept)
         # The hold is enforced: the strategy stops with "budget" where the run's reservation ends.
         call = hooks.metered(lambda: strategy.generate(  # type: ignore[attr-defined]
             model=model,
             system_prompt=config.system_prompt,
             question=question,
-            passages=compressed.passages,
+            passages=kept,
             max_output_tokens=config.max_output_tokens,
             wall_time_limit_s=config.wall_time_limit_s,
             on_token=on_token,
@@ -239,10 +250,12 @@ def _answer_with_retrieval(
             budget_s=hooks.generation_budget_s(bound, config.max_output_tokens),
         ))
     else:
-        messages = strategy.build_messages(
-            system_prompt=config.system_prompt, question=question, passages=compressed.passages
-        )
-        call = hooks.generate(messages, on_token)
+        def build(kept: list[Passage]) -> list[dict[str, Any]]:
+            return strategy.build_messages(system_prompt=config.system_prompt, question=question, passages=kept)
+
+        kept = fit_passages(list(compressed.passages), lambda kept: count_chat_tokens(target, build(kept)),
+                            config.max_prompt_tokens)
+        call = hooks.generate(build(kept), on_token)
     # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
     naive = get_strategy("naive").build_messages(system_prompt=config.system_prompt, question=question,
                                                  passages=passages)
@@ -254,6 +267,25 @@ def _answer_with_retrieval(
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
     )
+
+
+def fit_passages(
+    passages: list[Passage], count: Callable[[list[Passage]], int], limit: int | None
+) -> list[Passage]:
+    """The longest head of ``passages`` (ranked best first) whose prompt (``count``: its tokens) fits
+    ``limit`` (None: all of them): the lowest-ranked passages are dropped first, whole. Bisects on the
+    number kept, so a prompt is counted O(log n) times. Kept empty when the question alone passes the
+    limit (the metered call then refuses it: ``apps.costs.tokens.prompt_check``)."""
+    if limit is None or not passages or count(passages) <= limit:
+        return passages
+    lo, hi = 0, len(passages) - 1  # the most kept that may fit lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(passages[:mid]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return passages[:lo]
 
 
 def citations(chunks: list[RetrievedChunk], answer: str) -> list[dict[str, Any]]:

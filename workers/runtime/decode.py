@@ -6,7 +6,8 @@ state (a plain cache, a fixed context outside the cache, a fork-join cache) and 
 first logits and a step function; the loop owns what they must agree on, so the bill and the
 stream mean the same thing everywhere: EOS ids, the stop conditions (max tokens, EOS, stop
 strings, the wall-time deadline, the hold's device-second budget, a failing `on_token`), streaming
-text pieces, and the finish reason.
+text pieces, and the finish reason. Prompts are prefilled in chunks (`chunked_prefill`) with the same
+deadline checked between chunks, so the wall-time limit bounds a long prompt's prefill too.
 
 The budget (`budget_s`, the device-seconds the caller's hold can still pay for) is enforced
 before each step: the loop stops ("budget") when the compute already spent plus the expected
@@ -17,6 +18,7 @@ the hold (the meter also clamps them; see docs/costs.md, "The hold is enforced")
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -343,11 +345,66 @@ def decode(
     )
 
 
-def causal_lm_steps(lm: LoadedModel, prompt_ids: list[int]) -> tuple[torch.Tensor, Step]:
+# Prompts are read this many tokens per forward pass, the wall-time deadline checked between passes, so a
+# long prompt stops within the limit plus one chunk (SmolLM2 on one CPU core: ~270 tokens/s, so ~2 s per
+# chunk; on a GPU milliseconds). PARSIMONY_PREFILL_CHUNK_TOKENS overrides it per process.
+PREFILL_CHUNK_TOKENS = 512
+
+
+def prefill_chunk_tokens() -> int:
+    """The prefill chunk: PARSIMONY_PREFILL_CHUNK_TOKENS, else ``PREFILL_CHUNK_TOKENS``."""
+    raw = os.environ.get("PARSIMONY_PREFILL_CHUNK_TOKENS", "").strip()
+    value = int(raw) if raw else PREFILL_CHUNK_TOKENS
+    if value < 1:
+        raise ValueError(f"PARSIMONY_PREFILL_CHUNK_TOKENS must be >= 1, got {value}")
+    return value
+
+
+class PrefillStopped(Exception):
+    """The prefill reached its deadline between two chunks: ``prefilled`` of ``total`` prompt tokens read."""
+
+    def __init__(self, *, prefilled: int, total: int) -> None:
+        self.prefilled, self.total = prefilled, total
+        super().__init__(f"the prefill passed its deadline after {prefilled:,} of {total:,} prompt tokens")
+
+
+def chunked_prefill(
+    model: Any, input_ids: torch.Tensor, cache: Any, *, deadline: float | None = None,
+    chunk_tokens: int | None = None, past_tokens: int = 0, **model_kwargs: Any,
+) -> Any:
+    """Run ``input_ids`` (1, T) through ``model`` into ``cache`` in chunks -> the last chunk's output.
+
+    Each chunk is one forward pass with an all-ones attention mask over the cache so far (``past_tokens``
+    already in it) plus the chunk, as the cached decode steps run, so the last position's logits match
+    one pass over the whole prompt (to float tolerance; tested). Between chunks, ``deadline`` (a
+    ``time.perf_counter()`` value; None: none) is checked: passed, it raises ``PrefillStopped``.
+    """
+    import torch
+
+    chunk = chunk_tokens or prefill_chunk_tokens()
+    total = int(input_ids.shape[1])
+    assert total >= 1, "an empty prompt has nothing to prefill"
+    out = None
+    for start in range(0, total, chunk):
+        # Between chunks, as between decode steps: the first always runs (a cost of one chunk).
+        if deadline is not None and start > 0 and time.perf_counter() > deadline:
+            raise PrefillStopped(prefilled=start, total=total)
+        piece = input_ids[:, start : start + chunk]  # (1, ≤ chunk)
+        mask = torch.ones((1, past_tokens + start + piece.shape[1]), dtype=torch.long, device=input_ids.device)
+        out = model(input_ids=piece, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1,
+                    **model_kwargs)
+    return out
+
+
+def causal_lm_steps(
+    lm: LoadedModel, prompt_ids: list[int], *, deadline: float | None = None, chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, Step]:
     """Prefill `prompt_ids` into a fresh cache -> (the last position's logits (V,), a step function).
 
     The plain causal LM path, called as transformers' `generate` calls the model (an all-ones
     attention mask, logits of the last position only), so greedy outputs match it token for token.
+    The prompt is read in chunks (``chunked_prefill``; a prompt within one chunk is one pass, as
+    `generate`'s), checking ``deadline`` between them: ``PrefillStopped`` when it passed.
     Caller holds the model lock and inference mode.
     """
     import torch
@@ -356,8 +413,8 @@ def causal_lm_steps(lm: LoadedModel, prompt_ids: list[int]) -> tuple[torch.Tenso
     model, device = lm.model, lm.device
     cache = DynamicCache(config=model.config)
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    out = chunked_prefill(model, input_ids, cache, deadline=deadline, chunk_tokens=chunk_tokens)
     mask = torch.ones_like(input_ids)  # (1, T), grows by one per step
-    out = model(input_ids=input_ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
 
     def step(token: int) -> torch.Tensor:
         nonlocal mask
@@ -372,15 +429,19 @@ def causal_lm_steps(lm: LoadedModel, prompt_ids: list[int]) -> tuple[torch.Tenso
 __all__ = [
     "DecodeResult",
     "FinishReason",
+    "PREFILL_CHUNK_TOKENS",
     "PickToken",
+    "PrefillStopped",
     "Step",
     "TextStream",
     "causal_lm_steps",
+    "chunked_prefill",
     "decode",
     "eos_ids",
     "finish_reason",
     "greedy",
     "next_step_s",
+    "prefill_chunk_tokens",
     "sampler",
     "truncate_at_stop",
 ]

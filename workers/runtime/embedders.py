@@ -3,6 +3,8 @@
 Offline by construction: HF_HUB_OFFLINE is set and models load from local folders
 only, so a missing model fails fast instead of hanging on a download. Vectors are
 float32 and L2-normalised, so inner product == cosine (the FAISS indexes rely on it).
+Texts longer than the model reads (max_seq_length tokens) are truncated, as sentence-transformers
+does; only their first ``EMBED_CHARS_PER_TOKEN`` characters per token are tokenized at all.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from workers.runtime.device_clock import device_clock
+from workers.runtime.token_count import embedding_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,7 +99,9 @@ class Embedder:
         """``encode`` and the device-seconds the call used (``device_clock``), counted while it held
         the model: waiting for another thread's call (the model runs one call at a time) is that
         call's time, not this one's."""
-        texts = list(texts)
+        # The model reads max_seq_length tokens of each text (the rest is truncated): only the part it can
+        # read is tokenized, so a megabyte text costs what a page does (``token_count.embedding_input``).
+        texts = [embedding_input(t, self.max_seq_length) for t in texts]
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32), 0.0
         order = np.argsort([-len(t) for t in texts], kind="stable")

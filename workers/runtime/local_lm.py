@@ -311,6 +311,61 @@ def clear_model_cache() -> None:
         _cache.clear()
 
 
+def context_window(lm: LoadedModel) -> int:
+    """The positions ``lm`` can read: its config's max_position_embeddings (or the equivalent field)."""
+    return _config_window(lm.model.config.to_dict())
+
+
+def _config_window(config: dict[str, Any]) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        if config.get(key):
+            return int(config[key])
+    text = config.get("text_config") or {}
+    if text:
+        return _config_window(text)
+    raise ValueError("the model's config names no context length (max_position_embeddings or equivalent)")
+
+
+_windows: dict[str, int] = {}
+
+
+def model_context_window(source: str, *, cache_dir: Path) -> int:
+    """The context window of the local model ``source`` (same sources as `load_causal_lm`) without its
+    weights, cached per process: a loaded model's config, else the converted folder's config.json, else
+    (a GGUF not converted yet) its ``<arch>.context_length`` metadata. For the web process's checks."""
+    with _cache_lock:
+        if source in _windows:
+            return _windows[source]
+        loaded = next((lm for key, lm in _cache.items() if key[0] == source and key[3] == "{}"), None)
+    if loaded is not None:
+        window = context_window(loaded)
+    else:
+        gguf = smollm2_gguf_path() if source == SMOLLM2_ALIAS else Path(source).expanduser()
+        is_gguf = gguf.suffix.lower() == ".gguf"
+        folder = converted_dir_for(gguf, cache_dir) if is_gguf else Path(_resolve(source, Path(cache_dir))[0])
+        if (folder / "config.json").is_file() and (not is_gguf or (folder / _CONVERTED_MARKER).exists()):
+            window = _config_window(json.loads((folder / "config.json").read_text()))
+        elif is_gguf:
+            window = _gguf_context_length(gguf)
+        else:  # an HF id in the local cache
+            from transformers import AutoConfig
+
+            window = _config_window(AutoConfig.from_pretrained(source, local_files_only=True).to_dict())
+    with _cache_lock:
+        _windows[source] = window
+    return window
+
+
+def _gguf_context_length(path: Path) -> int:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch_field = reader.fields["general.architecture"]
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    field_ = reader.fields[f"{arch}.context_length"]
+    return int(field_.parts[field_.data[0]][0])
+
+
 _tokenizers: dict[str, Any] = {}
 
 

@@ -7,6 +7,10 @@ models count exactly: prompt_tokens are the chat template's ids (what the model 
 completion_tokens the ids generated, a final EOS included (it cost a step); their decoding is
 `workers.runtime.decode`, shared with the other local generation paths.
 
+The wall-time limit bounds a local call from when it holds the model: the prompt is prefilled in
+chunks with the deadline checked between them (a prompt out of time ends with finish_reason
+"time_limit", 0 tokens generated, the chunks read billed), then between decode steps.
+
 `budget_s` (the device-seconds the caller's hold can still pay for) bounds local compute: a
 prefill expected to exceed it does not start (0 tokens, finish_reason "budget"), decoding stops
 before a step that would pass it ("budget"), and the device seconds reported are clamped to it,
@@ -25,6 +29,7 @@ from workers.runtime.decode import (
     Allowance,
     FinishReason,
     PickToken,
+    PrefillStopped,
     as_allowance,
     causal_lm_steps,
     decode,
@@ -257,7 +262,18 @@ def _generate_local(
         if on_cuda:
             torch.cuda.synchronize(target.device)
         with torch.inference_mode():
-            first_logits, step = causal_lm_steps(target, prompt_ids)
+            try:
+                first_logits, step = causal_lm_steps(target, prompt_ids, deadline=t0 + wall_time_limit_s)
+            except PrefillStopped as stopped:
+                # The prompt ran out of time before its last chunk: no token, the chunks read are billed.
+                if on_cuda:
+                    torch.cuda.synchronize(target.device)
+                compute_s = clock() - c0
+                return GenerationResult(
+                    text="", finish_reason="time_limit", prompt_tokens=stopped.prefilled, completion_tokens=0,
+                    cached_tokens=0, wall_s=0.0, gpu_s=compute_s if on_cuda else 0.0, compute_s=compute_s,
+                    model=target.name, error=f"{stopped} (wall-time limit {wall_time_limit_s:g} s)",
+                )
             decoded = decode(
                 first_logits=first_logits, step=step, tokenizer=target.tokenizer, eos=eos_ids(target),
                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,

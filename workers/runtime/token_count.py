@@ -247,15 +247,157 @@ def chat_tokens_bound(
     return total
 
 
+# ---------------------------------------------------------------------------- context limits
+
+# An unknown tokenizer (a remote endpoint without one): no token is assumed to span more bytes than this
+# (the longest tokens of the BPE vocabularies we know: SmolLM2 81 bytes, cl100k 128, o200k 128).
+UNKNOWN_MAX_TOKEN_BYTES = 128
+# Normalizers that never shrink a text by more than a UTF-8 character's bytes per character they read
+# (no deletions): a byte lower bound stays a bound when divided by 4. Any other normalizer (BERT's clean
+# text, strip, strip accents) can delete input outright, so no byte bound exists for it.
+_SAFE_NORMALIZERS = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Prepend", "Replace"}
+_max_bytes: dict[int, tuple[Any, int | None]] = {}
+
+
+class PromptTooLong(ValueError):
+    """A prompt that cannot be run: more tokens than the model's context window leaves after the output
+    cap, or than the per-request ceiling. ``tokens`` is exact when ``exact``, else a lower bound (the
+    text was not tokenized: it provably cannot fit)."""
+
+    def __init__(self, *, tokens: int, exact: bool, limit: int, limit_name: str, max_output_tokens: int = 0) -> None:
+        self.tokens, self.exact, self.limit, self.limit_name = tokens, exact, limit, limit_name
+        self.max_output_tokens = max_output_tokens
+        counted = f"{tokens:,} tokens" if exact else f"at least {tokens:,} tokens"
+        if limit_name == "context_window":
+            message = (
+                f"this model's context window is {limit:,} tokens; the prompt has {counted} and "
+                f"max_tokens is {max_output_tokens:,} ({limit - max_output_tokens:,} tokens left for the prompt)"
+            )
+        else:
+            message = f"the prompt has {counted}, over the per-request ceiling of {limit:,} prompt tokens"
+        super().__init__(message)
+
+    def detail(self) -> dict[str, Any]:
+        return {"limit": self.limit, "limit_name": self.limit_name, "prompt_tokens": self.tokens,
+                "prompt_tokens_exact": self.exact, "max_output_tokens": self.max_output_tokens}
+
+
+def _normalizer_types(node: Any) -> list[str]:
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        return [t for child in node.get("normalizers", []) for t in _normalizer_types(child)]
+    return [str(node.get("type"))]
+
+
+def max_token_bytes(tokenizer: Any | None) -> int | None:
+    """The most UTF-8 bytes of input one token of ``tokenizer`` can stand for (cached per tokenizer), for
+    cheap lower bounds on token counts; None when no such bound exists (a normalizer that deletes text).
+
+    HF tokenizers: the longest vocabulary entry (added and special tokens included: their text in a prompt
+    becomes one token): its characters for byte-level BPE (one character per byte), else the UTF-8 bytes
+    of the entry as written, which never undercounts (SentencePiece writes a space as 3-byte "▁", byte
+    fallback a byte as "<0x41>"); times 4 when a non-deleting normalizer may shrink the input first.
+    tiktoken: the longest token's bytes. None (no tokenizer known): ``UNKNOWN_MAX_TOKEN_BYTES``, an
+    assumption.
+    """
+    if tokenizer is None:
+        return UNKNOWN_MAX_TOKEN_BYTES
+    hit = _max_bytes.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    value: int | None
+    if _is_tiktoken(tokenizer):
+        value = max([len(b) for b in tokenizer.token_byte_values()]
+                    + [len(t.encode("utf-8")) for t in tokenizer.special_tokens_set])
+    else:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            value = None
+        else:
+            normalizer = backend.normalizer
+            types = _normalizer_types(json.loads(normalizer.__getstate__())) if normalizer is not None else []
+            added = set(tokenizer.get_added_vocab())
+            # Byte-level BPE writes each byte as one character: an entry's length is its bytes.
+            byte_level = type(backend.decoder).__name__ == "ByteLevel"
+            longest = max(
+                len(token) if byte_level and token not in added else len(token.encode("utf-8"))
+                for token in tokenizer.get_vocab()
+            )
+            value = None if any(t not in _SAFE_NORMALIZERS for t in types) else (4 if types else 1) * longest
+    _max_bytes[id(tokenizer)] = (tokenizer, value)
+    return value
+
+
+def chat_tokens_lower_bound(tokenizer: Any | None, messages: list[dict[str, Any]]) -> int:
+    """A lower bound on a chat's prompt tokens without tokenizing it: each content's UTF-8 bytes over the
+    longest token's (``max_token_bytes``); 0 when no bound exists. Milliseconds even for megabytes."""
+    per_token = max_token_bytes(tokenizer)
+    if not per_token:
+        return 0
+    return sum(-(-len(content_text(m.get("content")).encode("utf-8")) // per_token) for m in messages)
+
+
+def prompt_limit_check(
+    *, tokens: int, exact: bool = True, max_output_tokens: int, context_window: int | None, ceiling: int | None
+) -> None:
+    """Raise ``PromptTooLong`` when ``tokens`` prompt tokens plus ``max_output_tokens`` do not fit
+    ``context_window`` (None: unknown, not checked) or the prompt passes ``ceiling`` (None: none)."""
+    if context_window is not None and tokens + max_output_tokens > context_window:
+        raise PromptTooLong(tokens=tokens, exact=exact, limit=context_window, limit_name="context_window",
+                            max_output_tokens=max_output_tokens)
+    if ceiling is not None and tokens > ceiling:
+        raise PromptTooLong(tokens=tokens, exact=exact, limit=ceiling, limit_name="max_prompt_tokens",
+                            max_output_tokens=max_output_tokens)
+
+
+def chat_prompt_check(
+    tokenizer: Any | None, messages: list[dict[str, Any]], *, count: Any, max_output_tokens: int,
+    context_window: int | None, ceiling: int | None,
+) -> int:
+    """Check a chat prompt against the limits -> its token count (``count()``: the exact count or bound).
+
+    First a lower bound from the contents' bytes (``chat_tokens_lower_bound``): a prompt that provably
+    cannot fit is refused without tokenizing (a 1.2 MB prompt in milliseconds); otherwise ``count()`` is
+    checked. Raises ``PromptTooLong``.
+    """
+    # The bound first: count() (tokenizing) runs only for a prompt that may fit.
+    prompt_limit_check(tokens=chat_tokens_lower_bound(tokenizer, messages), exact=False,
+                       max_output_tokens=max_output_tokens, context_window=context_window, ceiling=ceiling)
+    tokens = int(count())
+    prompt_limit_check(tokens=tokens, max_output_tokens=max_output_tokens, context_window=context_window,
+                       ceiling=ceiling)
+    return tokens
+
+
+# Embedding inputs: the embedder reads at most max_seq_length tokens (the rest is truncated, as
+# sentence-transformers does); only this many characters per token of a text are tokenized at all, so a
+# megabyte input costs what a page does. Real text averages 4-6 characters per token; WordPiece splits
+# any word over 100 characters into pieces or one [UNK], so the first max_seq_length tokens are kept.
+EMBED_CHARS_PER_TOKEN = 64
+
+
+def embedding_input(text: str, max_seq_length: int) -> str:
+    """``text`` cut to what an embedder reading ``max_seq_length`` tokens can use (see EMBED_CHARS_PER_TOKEN)."""
+    return text[: max(1, max_seq_length) * EMBED_CHARS_PER_TOKEN]
+
+
 __all__ = [
     "BYTES_PER_MESSAGE",
     "BYTES_PRIMING",
     "TIKTOKEN_ENCODINGS",
     "chat_template_ids",
+    "EMBED_CHARS_PER_TOKEN",
+    "PromptTooLong",
+    "chat_prompt_check",
     "chat_tokens_bound",
+    "chat_tokens_lower_bound",
     "content_text",
+    "embedding_input",
     "encoding_for_model",
+    "max_token_bytes",
     "normalized",
+    "prompt_limit_check",
     "text_tokens",
     "texts_tokens_max",
     "tiktoken_encoding",

@@ -56,3 +56,27 @@ def probe_cpu(job: Job, progress: Progress) -> dict:
 def probe_gpu(job: Job, progress: Progress) -> dict:
     """Probe a `gpu` queue worker (reports whether CUDA is visible)."""
     return _probe(job, progress)
+
+
+# The limits of the time-limit probe: short, so checking a worker costs seconds.
+LIMIT_PROBE_SOFT_S = 1
+LIMIT_PROBE_HARD_S = 2
+
+
+@job_task(kind="diagnostics.time_limit_gpu", queue=Queue.GPU, soft_time_limit=LIMIT_PROBE_SOFT_S,
+          time_limit=LIMIT_PROBE_HARD_S)
+def time_limit_gpu(job: Job, progress: Progress) -> dict:
+    """Check that the `gpu` worker's pool enforces task time limits: block for `block_s` (default 10) as
+    a long model forward does (deaf to the soft limit's signal, SIGUSR1, until it returns). A pool that
+    enforces limits (prefork) kills the process at the hard limit and the job fails with "hard time
+    limit exceeded" (``workers.tasks.limits``); a pool that does not (solo) lets it succeed."""
+    import signal
+
+    block_s = min(float(job.params.get("block_s", 10)), 60.0)
+    progress(0, 1, f"blocking for {block_s:g} s (soft limit {LIMIT_PROBE_SOFT_S} s, hard {LIMIT_PROBE_HARD_S} s)")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        time.sleep(block_s)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    return {"blocked_s": block_s, "time_limits_enforced": False, "pid": os.getpid()}

@@ -50,7 +50,7 @@ from apps.costs.services import (
     reservation_release,
 )
 from apps.costs.services.holds import Hold, hold_open, hold_resume
-from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
+from apps.costs.tokens import embedding_tokens, prompt_check, prompt_tokens_bound, text_tokens_bound
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,11 @@ def agent_run_start(
         raise ValidationFailed("the request is empty")
     if not agent.model_endpoint.enabled:
         raise ValidationFailed(f"model {agent.model_endpoint.name!r} is disabled")
+    # Before any hold: a request that cannot fit the model's window (with a step's output cap) is a 400.
+    endpoint = agent.model_endpoint
+    prompt_check(endpoint, [{"role": "system", "content": agent.system_prompt}, *messages,
+                            {"role": "user", "content": request}],
+                 max_output_tokens=min(agent.max_output_tokens, endpoint.max_output_tokens))
     # The first hold may wait in the queue before its step runs: it lives as long as a whole run.
     reservation = hold_open(
         path="agent_step",

@@ -251,7 +251,9 @@ def test_it_stops_at_the_output_cap_the_deadline_and_a_failing_callback(smollm2,
     capped = strategy.generate(**kwargs, max_output_tokens=3, wall_time_limit_s=120)
     assert capped.finish_reason == "length" and capped.completion_tokens == 3
     late = strategy.generate(**kwargs, max_output_tokens=32, wall_time_limit_s=1e-6)
-    assert late.finish_reason == "time_limit" and late.completion_tokens == 1
+    # The deadline is checked between the documents' prefills too: it stops there, before any token.
+    assert late.finish_reason == "time_limit" and late.completion_tokens == 0
+    assert 0 < late.prompt_tokens < capped.prompt_tokens
 
     def hang_up(piece: str) -> None:
         raise ConnectionError("client went away")
