@@ -5,6 +5,7 @@ The OpenAI-compatible chat answer of an agent (`model` = an agent's name) is in
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -12,6 +13,7 @@ from rest_framework.views import APIView
 
 from apps.agents import selectors, services
 from apps.agents.models import ToolKind
+from apps.api.permissions import only_own_runs
 from apps.api.serializers import MoneyField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
@@ -235,7 +237,11 @@ class AgentRunListView(APIView):
 
 class AgentRunDetailView(APIView):
     required_scope = "query"
+    required_scopes = {"GET": ("read", "query")}  # a query-only key polls the runs it started
 
     @extend_schema(responses=AgentRunOutputSerializer, summary="One agent run: steps, tools, tokens, cost per stage")
     def get(self, request, run_id: int):
-        return Response(AgentRunOutputSerializer(selectors.agent_run_get(team=request.team, agent_run_id=run_id)).data)
+        run = selectors.agent_run_get(team=request.team, agent_run_id=run_id)
+        if only_own_runs(request) and run.api_key_id != request.auth.pk:
+            raise Http404("not found")
+        return Response(AgentRunOutputSerializer(run).data)

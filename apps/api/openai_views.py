@@ -59,7 +59,25 @@ class OpenAIView(APIView):
 
 class ChatMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool", "developer"])
-    content = serializers.JSONField()
+    content = serializers.JSONField(
+        help_text="A string, null, or a list of content parts (objects with a string `type`; a `text` part's "
+        "`text` is a string)"
+    )
+
+    def validate_content(self, content):
+        """OpenAI's content: a string, null, or parts; a part of another type (an image) carries no text."""
+        if content is None or isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise serializers.ValidationError("content must be a string, null or a list of content parts")
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type", "text"), str):
+                raise serializers.ValidationError(f"content part {index} must be an object with a string `type`")
+            if "text" in part and not isinstance(part["text"], str):
+                raise serializers.ValidationError(
+                    f"content part {index}: `text` must be a string, not {type(part['text']).__name__}"
+                )
+        return content
 
 
 class ChatCompletionInputSerializer(serializers.Serializer):

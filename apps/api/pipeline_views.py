@@ -74,7 +74,10 @@ class PipelineInputSerializer(serializers.Serializer):
     retriever = serializers.CharField(required=False)
     top_k = serializers.IntegerField(required=False)
     compression_method = serializers.CharField(required=False)
-    compression_target = serializers.FloatField(required=False)
+    compression_target = serializers.FloatField(
+        required=False,
+        help_text="A share of the context's tokens to keep (0 < target ≤ 1) or a whole token budget (16 to 1,000,000)",
+    )
     prompting_strategy = serializers.CharField(required=False)
     prompting_options = serializers.JSONField(
         required=False,

@@ -3,11 +3,13 @@ One view per operation, thin."""
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.permissions import only_own_runs
 from apps.api.serializers import MoneyField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
@@ -106,11 +108,12 @@ class QueryListView(APIView):
 
 class QueryDetailView(APIView):
     required_scope = "query"
+    # A query-only key polls the queries it started (async mode); `read` sees the team's.
+    required_scopes = {"GET": ("read", "query")}
 
     @extend_schema(responses=QueryRunOutputSerializer, summary="One query: answer, citations, per-stage cost")
     def get(self, request, query_id: int):
-        return Response(
-            QueryRunOutputSerializer(
-                rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
-            ).data
-        )
+        run = rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
+        if only_own_runs(request) and run.api_key_id != request.auth.pk:
+            raise Http404("not found")
+        return Response(QueryRunOutputSerializer(run).data)
