@@ -181,7 +181,9 @@ PARSIMONY_MAX_UPLOAD_BYTES = env_int("PARSIMONY_MAX_UPLOAD_BYTES", 50_000_000, m
 # Request bodies (413 before they are read; a file over its limit is stopped while it streams in),
 # and JSON bodies' size and nesting (400): apps/core/request_limits.py, apps/core/bounded_json.py.
 PARSIMONY_MAX_REQUEST_BYTES = env_int("PARSIMONY_MAX_REQUEST_BYTES", 200_000_000, minimum=1)
-PARSIMONY_MAX_JSON_BYTES = env_int("PARSIMONY_MAX_JSON_BYTES", 10_000_000, minimum=1)
+PARSIMONY_MAX_JSON_BYTES = env_int("PARSIMONY_MAX_JSON_BYTES", 5_000_000, minimum=1)
+# Django's own limit on a body read whole (form fields, JSON) is the same number.
+DATA_UPLOAD_MAX_MEMORY_SIZE = PARSIMONY_MAX_JSON_BYTES
 PARSIMONY_MAX_JSON_DEPTH = env_int("PARSIMONY_MAX_JSON_DEPTH", 64, minimum=2)
 FILE_UPLOAD_HANDLERS = [
     "apps.core.request_limits.UploadLimitHandler",

@@ -3,7 +3,7 @@
 Three limits, all from settings (README, docs/api.md):
 - PARSIMONY_MAX_REQUEST_BYTES: a whole request body (a drop of several files in the browser);
 - PARSIMONY_MAX_UPLOAD_BYTES: one uploaded file;
-- PARSIMONY_MAX_JSON_BYTES: a JSON body (its nesting: PARSIMONY_MAX_JSON_DEPTH, `bounded_json`).
+- PARSIMONY_MAX_JSON_BYTES: a JSON body; and its nesting, PARSIMONY_MAX_JSON_DEPTH (400, `bounded_json`).
 
 `RequestLimitsMiddleware` answers 413 from the declared Content-Length alone, without reading a
 byte; for multipart bodies it then parses the form itself, so that `UploadLimitHandler` (first of
@@ -22,6 +22,8 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
+
+from apps.core.bounded_json import json_depth
 
 OPENAI_PREFIX = "/v1/"
 
@@ -86,6 +88,26 @@ def _declared_length(request: HttpRequest) -> int | None:
         return None
 
 
+def _json_refusal(request: HttpRequest) -> HttpResponse | None:
+    """400 for a JSON body nested deeper than PARSIMONY_MAX_JSON_DEPTH, checked here once for every
+    endpoint (REST, OpenAI-compatible, any other) before a view, a permission or a parser sees it; the
+    parsers check the rest (apps/api/parsers.py)."""
+    try:
+        raw = request.body  # at most PARSIMONY_MAX_JSON_BYTES (checked above); the views read this copy
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return too_large_response(request, f"the request body is over the {_mb(limit)} limit", limit=limit,
+                                  what="json")
+    depth, limit = json_depth(raw), settings.PARSIMONY_MAX_JSON_DEPTH
+    if depth <= limit:
+        return None
+    return error_response(
+        request, status=400, code="json_too_deep",
+        message=f"the JSON is nested {depth:,} levels deep, over the limit of {limit}",
+        detail={"depth": depth, "limit": limit},
+    )
+
+
 class RequestLimitsMiddleware:
     """413 for a body over its limit, before the view runs (see the module docstring)."""
 
@@ -104,6 +126,10 @@ class RequestLimitsMiddleware:
                 " for JSON" if what == "json" else ""
             )
             return too_large_response(request, message, limit=limit, what=what)
+        if what == "json" and length:
+            refused = _json_refusal(request)
+            if refused is not None:
+                return refused
         if content_type == "multipart/form-data" and request.method == "POST":
             try:
                 request.FILES  # noqa: B018 - parse now, under UploadLimitHandler, so a refusal is a clean 413
