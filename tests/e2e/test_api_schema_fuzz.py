@@ -66,7 +66,8 @@ def test_schemathesis_finds_no_server_errors_and_no_response_off_its_schema(live
     output = failures[:12000] + result.stderr[-2000:]
     cases = list(ElementTree.parse(junit).getroot().iter("testcase")) if junit.exists() else []
     failed = [case.get("name") for case in cases if case.find("failure") is not None or case.find("error") is not None]
-    statuses = [entry["response"]["status"] for entry in json.loads(har.read_text())["log"]["entries"]] if har.exists() else []
+    entries = json.loads(har.read_text())["log"]["entries"] if har.exists() else []
+    statuses = [entry["response"]["status"] for entry in entries]
     if os.environ.get("PARSIMONY_FUZZ_REPORT"):
         Path(os.environ["PARSIMONY_FUZZ_REPORT"]).write_text(json.dumps({
             "cases": len(statuses), "operations": len(cases), "failed_operations": failed,
