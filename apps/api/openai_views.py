@@ -144,6 +144,7 @@ class ChatCompletionsView(OpenAIView):
 
 class ModelsView(OpenAIView):
     required_scope = "read"
+    required_scopes = {"GET": ("read", "query")}  # an OpenAI client with a query key lists what it can call
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="OpenAI-compatible list of pipelines and models")
     def get(self, request):

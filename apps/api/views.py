@@ -15,6 +15,7 @@ from apps.core import services as job_services
 
 
 class MeView(APIView):
+    required_scopes = {"GET": ("read", "query", "ingest")}  # any key may ask what it is
     class OutputSerializer(serializers.Serializer):
         team = serializers.CharField()
         team_slug = serializers.CharField()
