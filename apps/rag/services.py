@@ -77,7 +77,7 @@ def compression_target_problem(value: Any) -> str | None:
     """Why ``value`` is not a compression target (None when it is one): a share in (0, 1], or a
     whole number of tokens from COMPRESSION_BUDGET_MIN to COMPRESSION_BUDGET_MAX."""
     rule = (
-        f"the compression target is a share of the context's tokens (0 < target ≤ 1) or a whole token budget "
+        f"the compression target must be a share of the context's tokens (0 < target ≤ 1) or a whole token budget "
         f"from {COMPRESSION_BUDGET_MIN} to {COMPRESSION_BUDGET_MAX:,}"
     )
     try:

@@ -226,3 +226,16 @@ def test_it_answers_unknown_api_urls_with_404_in_the_error_shape(admin_client):
     assert rest.status_code == 404 and rest.json()["error"]["code"] == "not_found"
     openai = admin_client.post("/v1/nothing\nhere", {}, format="json")
     assert openai.status_code == 404 and openai.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("field,value", [("corpora", [10**30]), ("fixed_context_corpus", 10**30),
+                                         ("corpora", [-1]), ("top_k", 10**30), ("max_output_tokens", -5)])
+def test_it_answers_out_of_range_numbers_in_a_pipeline_with_400(admin_client, empty_pipeline, field, value):
+    response = admin_client.patch(f"/api/v1/pipelines/{empty_pipeline.pk}", {field: value}, format="json")
+    assert response.status_code == 400, (field, value, response.status_code, response.content[:300])
+
+
+def test_it_answers_out_of_range_ids_in_a_budget_with_400(admin_client):
+    body = {"scope": "api_key", "api_key": 10**30, "period": "day", "hard_limit": "1.00"}
+    response = admin_client.post("/api/v1/budgets", body, format="json")
+    assert response.status_code == 400, response.content[:300]
