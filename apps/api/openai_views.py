@@ -87,8 +87,8 @@ class ChatCompletionInputSerializer(serializers.Serializer):
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
     max_completion_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
     stream_options = serializers.DictField(required=False)
-    temperature = serializers.FloatField(required=False)
-    user = serializers.CharField(required=False)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    user = serializers.CharField(required=False, max_length=256)
 
 
 class ChatCompletionsView(OpenAIView):
