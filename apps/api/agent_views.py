@@ -14,7 +14,14 @@ from rest_framework.views import APIView
 from apps.agents import selectors, services
 from apps.agents.models import ToolKind
 from apps.api.permissions import only_own_runs
-from apps.api.serializers import MoneyField, list_of
+from apps.api.serializers import (
+    MoneyField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSlugField,
+    list_of,
+)
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
 
@@ -37,12 +44,12 @@ class ToolOutputSerializer(serializers.Serializer):
 
 
 class ToolInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=64)
-    description = serializers.CharField(max_length=4000)
+    name = StrictCharField(max_length=64)
+    description = StrictCharField(max_length=4000)
     kind = serializers.ChoiceField(choices=ToolKind.values, default=ToolKind.PYTHON)
     parameters = serializers.JSONField(required=False, help_text="A JSON schema of type object (python: optional)")
     config = serializers.JSONField(required=False)
-    examples = serializers.ListField(child=serializers.CharField(max_length=1000), required=False, max_length=200)
+    examples = serializers.ListField(child=StrictCharField(max_length=1000), required=False, max_length=200)
     enabled = serializers.BooleanField(required=False)
 
 
@@ -111,16 +118,16 @@ class AgentOutputSerializer(serializers.Serializer):
 
 
 class AgentInputSerializer(serializers.Serializer):
-    name = serializers.SlugField(max_length=120)
-    model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
-    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
-    system_prompt = serializers.CharField(required=False, allow_blank=True)
-    top_k = serializers.IntegerField(required=False)
-    similarity_threshold = serializers.FloatField(required=False)
-    max_depth = serializers.IntegerField(required=False)
-    step_limit = serializers.IntegerField(required=False)
-    tool_timeout_s = serializers.FloatField(required=False)
-    max_output_tokens = serializers.IntegerField(required=False)
+    name = StrictSlugField(max_length=120)
+    model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
+    description = StrictCharField(required=False, allow_blank=True, max_length=500)
+    system_prompt = StrictCharField(required=False, allow_blank=True)
+    top_k = StrictIntegerField(required=False)
+    similarity_threshold = StrictFloatField(required=False)
+    max_depth = StrictIntegerField(required=False)
+    step_limit = StrictIntegerField(required=False)
+    tool_timeout_s = StrictFloatField(required=False)
+    max_output_tokens = StrictIntegerField(required=False)
 
 
 def _agent_values(data: dict) -> dict:
@@ -202,10 +209,10 @@ class AgentRunOutputSerializer(serializers.Serializer):
 
 
 class AgentRunInputSerializer(serializers.Serializer):
-    agent = serializers.CharField(help_text="An agent name (or id)")
-    request = serializers.CharField(max_length=20_000)
+    agent = StrictCharField(help_text="An agent name (or id)")
+    request = StrictCharField(max_length=20_000)
     mode = serializers.ChoiceField(choices=["sync", "async"], default="sync")
-    timeout_s = serializers.FloatField(required=False, min_value=0.1, max_value=600)
+    timeout_s = StrictFloatField(required=False, min_value=0.1, max_value=600)
 
 
 class AgentRunListView(APIView):

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.parsers import BoundedJSONParser
-from apps.api.serializers import list_of
+from apps.api.serializers import StrictCharField, StrictIntegerField, list_of
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
@@ -40,12 +40,12 @@ class CorpusOutputSerializer(serializers.Serializer):
 
 
 class CorpusInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=120)
-    description = serializers.CharField(required=False, allow_blank=True)
-    embedding_model = serializers.CharField(required=False)
-    chunk_tokens = serializers.IntegerField(required=False, min_value=16, max_value=4096)
-    overlap_tokens = serializers.IntegerField(required=False, min_value=0, max_value=2048)
-    index_type = serializers.CharField(required=False)
+    name = StrictCharField(max_length=120)
+    description = StrictCharField(required=False, allow_blank=True)
+    embedding_model = StrictCharField(required=False)
+    chunk_tokens = StrictIntegerField(required=False, min_value=16, max_value=4096)
+    overlap_tokens = StrictIntegerField(required=False, min_value=0, max_value=2048)
+    index_type = StrictCharField(required=False)
 
 
 class DocumentOutputSerializer(serializers.ModelSerializer):
@@ -69,9 +69,9 @@ class UploadInputSerializer(serializers.Serializer):
 
 
 class SearchInputSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=4000)
-    k = serializers.IntegerField(default=5, min_value=1, max_value=100)
-    retriever = serializers.CharField(default="hybrid")
+    query = StrictCharField(max_length=4000)
+    k = StrictIntegerField(default=5, min_value=1, max_value=100)
+    retriever = StrictCharField(default="hybrid")
 
 
 class SearchHitSerializer(serializers.Serializer):

@@ -27,6 +27,7 @@ from apps.api.openai_format import (
     message_text,
     openai_error,
 )
+from apps.api.serializers import StrictCharField, StrictFloatField, StrictIntegerField
 from apps.api.shortcuts import request_api_key
 from apps.core.errors import ServiceError
 from apps.costs.metering import endpoints_available
@@ -81,14 +82,14 @@ class ChatMessageSerializer(serializers.Serializer):
 
 
 class ChatCompletionInputSerializer(serializers.Serializer):
-    model = serializers.CharField()
+    model = StrictCharField()
     messages = ChatMessageSerializer(many=True, allow_empty=False)
     stream = serializers.BooleanField(default=False)
-    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
-    max_completion_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
+    max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
     stream_options = serializers.DictField(required=False)
-    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
-    user = serializers.CharField(required=False, max_length=256)
+    temperature = StrictFloatField(required=False, min_value=0, max_value=2)
+    user = StrictCharField(required=False, max_length=256)
 
 
 class ChatCompletionsView(OpenAIView):
@@ -174,7 +175,7 @@ class ModelsView(OpenAIView):
 
 
 class EmbeddingsInputSerializer(serializers.Serializer):
-    model = serializers.CharField()
+    model = StrictCharField()
     input = serializers.JSONField()
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], default="float")
 

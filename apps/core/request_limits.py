@@ -22,6 +22,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
+from django.urls import Resolver404, resolve
 
 from apps.core.bounded_json import json_depth
 
@@ -108,6 +109,19 @@ def _json_refusal(request: HttpRequest) -> HttpResponse | None:
     )
 
 
+def _reads_multipart(request: HttpRequest) -> bool:
+    """Whether the view called may read a multipart body: a Django view may; a REST view only with a
+    multipart parser (the others answer 415 without reading it, so it is left unread here too)."""
+    try:
+        view = resolve(request.path_info).func
+    except Resolver404:
+        return False
+    view_class = getattr(view, "cls", None)  # set by DRF's APIView.as_view
+    if view_class is None:
+        return True
+    return any("multipart" in parser.media_type for parser in view_class().get_parsers())
+
+
 class RequestLimitsMiddleware:
     """413 for a body over its limit, before the view runs (see the module docstring)."""
 
@@ -130,7 +144,7 @@ class RequestLimitsMiddleware:
             refused = _json_refusal(request)
             if refused is not None:
                 return refused
-        if content_type == "multipart/form-data" and request.method == "POST":
+        if content_type == "multipart/form-data" and request.method == "POST" and _reads_multipart(request):
             try:
                 request.FILES  # noqa: B018 - parse now, under UploadLimitHandler, so a refusal is a clean 413
             except UploadTooLarge as exc:

@@ -239,3 +239,20 @@ def test_it_answers_out_of_range_ids_in_a_budget_with_400(admin_client):
     body = {"scope": "api_key", "api_key": 10**30, "period": "day", "hard_limit": "1.00"}
     response = admin_client.post("/api/v1/budgets", body, format="json")
     assert response.status_code == 400, response.content[:300]
+
+
+@pytest.mark.parametrize("body", [{"query": 0}, {"query": "hotels", "k": "5"}, {"query": "hotels", "k": True},
+                                  {"query": ["hotels"]}, {"query": "hotels", "retriever": 1}])
+def test_it_takes_each_json_field_in_its_own_type_only(admin_client, team_a, body):
+    from apps.corpora.services import corpus_create
+
+    corpus = corpus_create(team=team_a, name="Typed")
+    response = admin_client.post(f"/api/v1/corpora/{corpus.pk}/search", body, format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "validation_failed", body
+    as_number = admin_client.post("/api/v1/queries", {"pipeline": 5, "question": "hi"}, format="json")
+    assert as_number.status_code == 400 and "pipeline" in as_number.json()["error"]["detail"]["fields"]
+
+
+def test_it_reads_api_bodies_as_json_only_but_uploads_as_multipart(admin_client):
+    response = admin_client.post("/api/v1/queries", {"pipeline": "x", "question": "hi"}, format="multipart")
+    assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
