@@ -256,3 +256,14 @@ def test_it_takes_each_json_field_in_its_own_type_only(admin_client, team_a, bod
 def test_it_reads_api_bodies_as_json_only_but_uploads_as_multipart(admin_client):
     response = admin_client.post("/api/v1/queries", {"pipeline": "x", "question": "hi"}, format="multipart")
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_it_still_takes_text_parts_and_ignores_parts_without_text():
+    from apps.api.openai_format import message_text
+    from apps.api.openai_views import ChatCompletionInputSerializer
+
+    parts = [{"type": "text", "text": "What is "}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+             {"type": "text", "text": "six times seven?"}]
+    data = ChatCompletionInputSerializer(data={"model": "m", "messages": [{"role": "user", "content": parts}]})
+    assert data.is_valid(), data.errors
+    assert message_text(data.validated_data["messages"][0]["content"]) == "What is six times seven?"
