@@ -5,6 +5,7 @@ The OpenAI-compatible chat answer of an agent (`model` = an agent's name) is in
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -12,7 +13,15 @@ from rest_framework.views import APIView
 
 from apps.agents import selectors, services
 from apps.agents.models import ToolKind
-from apps.api.serializers import MoneyField, list_of
+from apps.api.permissions import only_own_runs
+from apps.api.serializers import (
+    MoneyField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSlugField,
+    list_of,
+)
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
 
@@ -35,12 +44,12 @@ class ToolOutputSerializer(serializers.Serializer):
 
 
 class ToolInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=64)
-    description = serializers.CharField(max_length=4000)
+    name = StrictCharField(max_length=64)
+    description = StrictCharField(max_length=4000)
     kind = serializers.ChoiceField(choices=ToolKind.values, default=ToolKind.PYTHON)
     parameters = serializers.JSONField(required=False, help_text="A JSON schema of type object (python: optional)")
     config = serializers.JSONField(required=False)
-    examples = serializers.ListField(child=serializers.CharField(max_length=1000), required=False, max_length=200)
+    examples = serializers.ListField(child=StrictCharField(max_length=1000), required=False, max_length=200)
     enabled = serializers.BooleanField(required=False)
 
 
@@ -109,16 +118,16 @@ class AgentOutputSerializer(serializers.Serializer):
 
 
 class AgentInputSerializer(serializers.Serializer):
-    name = serializers.SlugField(max_length=120)
-    model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
-    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
-    system_prompt = serializers.CharField(required=False, allow_blank=True)
-    top_k = serializers.IntegerField(required=False)
-    similarity_threshold = serializers.FloatField(required=False)
-    max_depth = serializers.IntegerField(required=False)
-    step_limit = serializers.IntegerField(required=False)
-    tool_timeout_s = serializers.FloatField(required=False)
-    max_output_tokens = serializers.IntegerField(required=False)
+    name = StrictSlugField(max_length=120)
+    model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
+    description = StrictCharField(required=False, allow_blank=True, max_length=500)
+    system_prompt = StrictCharField(required=False, allow_blank=True)
+    top_k = StrictIntegerField(required=False)
+    similarity_threshold = StrictFloatField(required=False)
+    max_depth = StrictIntegerField(required=False)
+    step_limit = StrictIntegerField(required=False)
+    tool_timeout_s = StrictFloatField(required=False)
+    max_output_tokens = StrictIntegerField(required=False)
 
 
 def _agent_values(data: dict) -> dict:
@@ -200,10 +209,10 @@ class AgentRunOutputSerializer(serializers.Serializer):
 
 
 class AgentRunInputSerializer(serializers.Serializer):
-    agent = serializers.CharField(help_text="An agent name (or id)")
-    request = serializers.CharField(max_length=20_000)
+    agent = StrictCharField(help_text="An agent name (or id)")
+    request = StrictCharField(max_length=20_000)
     mode = serializers.ChoiceField(choices=["sync", "async"], default="sync")
-    timeout_s = serializers.FloatField(required=False, min_value=0.1, max_value=600)
+    timeout_s = StrictFloatField(required=False, min_value=0.1, max_value=600)
 
 
 class AgentRunListView(APIView):
@@ -235,7 +244,11 @@ class AgentRunListView(APIView):
 
 class AgentRunDetailView(APIView):
     required_scope = "query"
+    required_scopes = {"GET": ("read", "query")}  # a query-only key polls the runs it started
 
     @extend_schema(responses=AgentRunOutputSerializer, summary="One agent run: steps, tools, tokens, cost per stage")
     def get(self, request, run_id: int):
-        return Response(AgentRunOutputSerializer(selectors.agent_run_get(team=request.team, agent_run_id=run_id)).data)
+        run = selectors.agent_run_get(team=request.team, agent_run_id=run_id)
+        if only_own_runs(request) and run.api_key_id != request.auth.pk:
+            raise Http404("not found")
+        return Response(AgentRunOutputSerializer(run).data)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.serializers import list_of
+from apps.api.parsers import BoundedJSONParser
+from apps.api.serializers import StrictCharField, StrictIntegerField, list_of
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
@@ -39,12 +40,12 @@ class CorpusOutputSerializer(serializers.Serializer):
 
 
 class CorpusInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=120)
-    description = serializers.CharField(required=False, allow_blank=True)
-    embedding_model = serializers.CharField(required=False)
-    chunk_tokens = serializers.IntegerField(required=False, min_value=16, max_value=4096)
-    overlap_tokens = serializers.IntegerField(required=False, min_value=0, max_value=2048)
-    index_type = serializers.CharField(required=False)
+    name = StrictCharField(max_length=120)
+    description = StrictCharField(required=False, allow_blank=True)
+    embedding_model = StrictCharField(required=False)
+    chunk_tokens = StrictIntegerField(required=False, min_value=16, max_value=4096)
+    overlap_tokens = StrictIntegerField(required=False, min_value=0, max_value=2048)
+    index_type = StrictCharField(required=False)
 
 
 class DocumentOutputSerializer(serializers.ModelSerializer):
@@ -68,9 +69,9 @@ class UploadInputSerializer(serializers.Serializer):
 
 
 class SearchInputSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=4000)
-    k = serializers.IntegerField(default=5, min_value=1, max_value=100)
-    retriever = serializers.CharField(default="hybrid")
+    query = StrictCharField(max_length=4000)
+    k = StrictIntegerField(default=5, min_value=1, max_value=100)
+    retriever = StrictCharField(default="hybrid")
 
 
 class SearchHitSerializer(serializers.Serializer):
@@ -93,6 +94,7 @@ def _corpus(request, corpus_id: int):
 
 class CorpusListView(APIView):
     required_scope = "ingest"
+    required_scopes = {"GET": ("read", "ingest")}  # an ingest-only key finds the corpus to upload into
 
     @extend_schema(
         operation_id="api_v1_corpora_list",
@@ -113,7 +115,7 @@ class CorpusListView(APIView):
 
 
 class CorpusDetailView(APIView):
-    required_scopes = {"PATCH": "ingest", "DELETE": "admin"}
+    required_scopes = {"GET": ("read", "ingest"), "PATCH": "ingest", "DELETE": "admin"}
 
     @extend_schema(responses=CorpusOutputSerializer, summary="One corpus")
     def get(self, request, corpus_id: int):
@@ -139,7 +141,8 @@ class CorpusDetailView(APIView):
 
 class DocumentListView(APIView):
     required_scope = "ingest"
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    required_scopes = {"GET": ("read", "ingest")}
+    parser_classes = [MultiPartParser, FormParser, BoundedJSONParser]
 
     @extend_schema(
         operation_id="api_v1_corpora_documents_list",
@@ -185,6 +188,7 @@ class DocumentListView(APIView):
 
 class DocumentDetailView(APIView):
     required_scope = "ingest"
+    required_scopes = {"GET": ("read", "ingest")}  # an ingest-only key checks the status of its upload
 
     @extend_schema(responses=DocumentOutputSerializer, summary="One document's status")
     def get(self, request, document_id: int):

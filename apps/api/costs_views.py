@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey, Membership
-from apps.api.serializers import MoneyField, list_of
+from apps.api.serializers import MoneyField, StrictCharField, StrictIntegerField, list_of
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs import selectors as cost_selectors
@@ -129,11 +129,11 @@ class BudgetOutputSerializer(serializers.Serializer):
 
 class BudgetInputSerializer(serializers.Serializer):
     scope = serializers.ChoiceField(choices=BudgetScope.values, default=BudgetScope.TEAM)
-    user = serializers.CharField(required=False, help_text="username, for scope=user")
-    api_key = serializers.IntegerField(required=False, help_text="API key id, for scope=api_key")
+    user = StrictCharField(required=False, help_text="username, for scope=user")
+    api_key = StrictIntegerField(required=False, help_text="API key id, for scope=api_key")
     period = serializers.ChoiceField(choices=BudgetPeriod.values, default=BudgetPeriod.MONTH)
     hard_limit = serializers.DecimalField(max_digits=24, decimal_places=10, min_value=Decimal(0))
-    soft_limit_percent = serializers.IntegerField(min_value=1, max_value=100, default=80)
+    soft_limit_percent = StrictIntegerField(min_value=1, max_value=100, default=80)
     enabled = serializers.BooleanField(default=True)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -32,3 +33,15 @@ def api_exception_handler(exc, context):
             detail = {"retry_after_s": round(exc.wait, 1)}
     response.data = {"error": {"code": code, "message": message, "detail": detail}}
     return response
+
+
+@csrf_exempt  # it only ever answers 404: a write to an unknown API URL is an API client's, never a form's
+def unmatched_url(request) -> JsonResponse:
+    """404 in the API's error shape for a URL under /api/ or /v1/ that names no operation (instead of the
+    browser's HTML page): ``/api/v1/pipelines/true`` is an API client's mistake, not a page."""
+    message = f"no API operation at {request.path}"
+    if request.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "not_found"}}
+    else:
+        body = {"error": {"code": "not_found", "message": message, "detail": {}}}
+    return JsonResponse(body, status=404)

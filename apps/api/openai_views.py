@@ -27,6 +27,7 @@ from apps.api.openai_format import (
     message_text,
     openai_error,
 )
+from apps.api.serializers import StrictCharField, StrictFloatField, StrictIntegerField
 from apps.api.shortcuts import request_api_key
 from apps.core.errors import ServiceError
 from apps.costs.metering import endpoints_available
@@ -59,18 +60,36 @@ class OpenAIView(APIView):
 
 class ChatMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool", "developer"])
-    content = serializers.JSONField()
+    content = serializers.JSONField(
+        help_text="A string, null, or a list of content parts (objects with a string `type`; a `text` part's "
+        "`text` is a string)"
+    )
+
+    def validate_content(self, content):
+        """OpenAI's content: a string, null, or parts; a part of another type (an image) carries no text."""
+        if content is None or isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise serializers.ValidationError("content must be a string, null or a list of content parts")
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type", "text"), str):
+                raise serializers.ValidationError(f"content part {index} must be an object with a string `type`")
+            if "text" in part and not isinstance(part["text"], str):
+                raise serializers.ValidationError(
+                    f"content part {index}: `text` must be a string, not {type(part['text']).__name__}"
+                )
+        return content
 
 
 class ChatCompletionInputSerializer(serializers.Serializer):
-    model = serializers.CharField()
+    model = StrictCharField()
     messages = ChatMessageSerializer(many=True, allow_empty=False)
     stream = serializers.BooleanField(default=False)
-    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
-    max_completion_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
+    max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
     stream_options = serializers.DictField(required=False)
-    temperature = serializers.FloatField(required=False)
-    user = serializers.CharField(required=False)
+    temperature = StrictFloatField(required=False, min_value=0, max_value=2)
+    user = StrictCharField(required=False, max_length=256)
 
 
 class ChatCompletionsView(OpenAIView):
@@ -126,6 +145,7 @@ class ChatCompletionsView(OpenAIView):
 
 class ModelsView(OpenAIView):
     required_scope = "read"
+    required_scopes = {"GET": ("read", "query")}  # an OpenAI client with a query key lists what it can call
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="OpenAI-compatible list of pipelines and models")
     def get(self, request):
@@ -155,7 +175,7 @@ class ModelsView(OpenAIView):
 
 
 class EmbeddingsInputSerializer(serializers.Serializer):
-    model = serializers.CharField()
+    model = StrictCharField()
     input = serializers.JSONField()
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], default="float")
 

@@ -9,7 +9,14 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.serializers import JobOutputSerializer, list_of
+from apps.api.serializers import (
+    JobOutputSerializer,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSlugField,
+    list_of,
+)
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_scoped
@@ -68,35 +75,38 @@ class PipelineOutputSerializer(serializers.Serializer):
 
 
 class PipelineInputSerializer(serializers.Serializer):
-    name = serializers.SlugField(max_length=120)
-    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
-    corpora = serializers.ListField(child=serializers.IntegerField(), required=False)
-    retriever = serializers.CharField(required=False)
-    top_k = serializers.IntegerField(required=False)
-    compression_method = serializers.CharField(required=False)
-    compression_target = serializers.FloatField(required=False)
-    prompting_strategy = serializers.CharField(required=False)
+    name = StrictSlugField(max_length=120)
+    description = StrictCharField(required=False, allow_blank=True, max_length=500)
+    corpora = serializers.ListField(child=StrictIntegerField(), required=False)
+    retriever = StrictCharField(required=False)
+    top_k = StrictIntegerField(required=False)
+    compression_method = StrictCharField(required=False)
+    compression_target = StrictFloatField(
+        required=False,
+        help_text="A share of the context's tokens to keep (0 < target ≤ 1) or a whole token budget (16 to 1,000,000)",
+    )
+    prompting_strategy = StrictCharField(required=False)
     prompting_options = serializers.JSONField(
         required=False,
         help_text="An object: the fields of the strategy's config (superposition: "
         "{\"top_k\": 2, \"positions\": \"equalized\", \"answer_mode\": \"superposed\"})",
     )
-    attention_backend = serializers.CharField(required=False, help_text="full | squeezed | retrieval")
+    attention_backend = StrictCharField(required=False, help_text="full | squeezed | retrieval")
     attention_options = serializers.JSONField(
         required=False, help_text="An object: the fields of the backend's config (e.g. {\"keep_fraction\": 0.1})"
     )
-    fixed_context = serializers.CharField(
+    fixed_context = StrictCharField(
         required=False, allow_blank=True, trim_whitespace=False,
         help_text="A long text every question is answered from (skips retrieval); blank clears it",
     )
-    fixed_context_corpus = serializers.IntegerField(
+    fixed_context_corpus = StrictIntegerField(
         required=False,
         allow_null=True,
         help_text="The id of a corpus of this team used as the fixed context; null clears it",
     )
-    model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
-    max_output_tokens = serializers.IntegerField(required=False)
-    system_prompt = serializers.CharField(required=False, allow_blank=True)
+    model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
+    max_output_tokens = StrictIntegerField(required=False)
+    system_prompt = StrictCharField(required=False, allow_blank=True)
 
 
 def _pipeline_values(team, data: dict) -> dict:
@@ -181,7 +191,7 @@ class PipelineDetailView(APIView):
 
 class PrefillInputSerializer(serializers.Serializer):
     backends = serializers.ListField(
-        child=serializers.CharField(), required=False, allow_empty=True,
+        child=StrictCharField(), required=False, allow_empty=True,
         help_text="Attention backends whose indexes to build (default: the pipeline's own backend)",
     )
 

@@ -3,12 +3,14 @@ One view per operation, thin."""
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.api.serializers import MoneyField, list_of
+from apps.api.permissions import only_own_runs
+from apps.api.serializers import MoneyField, StrictCharField, StrictFloatField, StrictIntegerField, list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
 from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
@@ -60,11 +62,11 @@ class QueryRunOutputSerializer(serializers.Serializer):
 
 
 class QueryInputSerializer(serializers.Serializer):
-    pipeline = serializers.CharField(help_text="A pipeline name (or id)")
-    question = serializers.CharField(max_length=20_000)
+    pipeline = StrictCharField(help_text="A pipeline name (or id)")
+    question = StrictCharField(max_length=20_000)
     mode = serializers.ChoiceField(choices=["sync", "async"], default="sync")
-    timeout_s = serializers.FloatField(required=False, min_value=0.1, max_value=600)
-    max_output_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32_768)
+    timeout_s = StrictFloatField(required=False, min_value=0.1, max_value=600)
+    max_output_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
 
 
 class QueryListView(APIView):
@@ -106,11 +108,12 @@ class QueryListView(APIView):
 
 class QueryDetailView(APIView):
     required_scope = "query"
+    # A query-only key polls the queries it started (async mode); `read` sees the team's.
+    required_scopes = {"GET": ("read", "query")}
 
     @extend_schema(responses=QueryRunOutputSerializer, summary="One query: answer, citations, per-stage cost")
     def get(self, request, query_id: int):
-        return Response(
-            QueryRunOutputSerializer(
-                rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
-            ).data
-        )
+        run = rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
+        if only_own_runs(request) and run.api_key_id != request.auth.pk:
+            raise Http404("not found")
+        return Response(QueryRunOutputSerializer(run).data)

@@ -14,3 +14,77 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "psk_<prefix>_<secret>",
             "description": "A team API key: `Authorization: Bearer psk_...`",
         }
+
+
+# --------------------------------------------------------------------------- error responses
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every REST error: a stable code, a message for people, details by code",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "detail": {"type": "object", "additionalProperties": True},
+            },
+            "required": ["code", "message", "detail"],
+        }
+    },
+    "required": ["error"],
+}
+OPENAI_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "OpenAI's error shape (the /v1 endpoints), with Parsimony's detail under `parsimony`",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+                "parsimony": {"type": "object", "additionalProperties": True},
+            },
+            "required": ["message", "type"],
+        }
+    },
+    "required": ["error"],
+}
+# Every operation may answer these; operations with a body also these; writes that spend also 402.
+ERRORS_ALWAYS = {
+    "400": "The request is not valid (the message names the field or the limit)",
+    "401": "No valid credentials",
+    "403": "The credentials lack the scope this operation needs",
+    "404": "No such object in this team (another team's looks the same)",
+    "429": "Over the per-key rate limit",
+}
+ERRORS_WITH_BODY = {
+    "413": "The body is over its size limit (PARSIMONY_MAX_JSON_BYTES, PARSIMONY_MAX_UPLOAD_BYTES, ...)",
+    "415": "The body's content type is not one this operation reads",
+}
+ERRORS_SPENDING = {"402": "A budget cannot cover the work (nothing ran)"}
+
+
+def add_error_responses(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: document the error answers every operation can give, in the
+    shape it gives them (ours under /api/, OpenAI's under /v1/), so that clients (and schemathesis'
+    status-code and response-schema checks) know them."""
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"], components["OpenAIError"] = ERROR_SCHEMA, OPENAI_ERROR_SCHEMA
+    for path, item in result.get("paths", {}).items():
+        ref = {"$ref": "#/components/schemas/" + ("OpenAIError" if path.startswith("/v1/") else "Error")}
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            errors = dict(ERRORS_ALWAYS)
+            if "requestBody" in operation or method in ("post", "put", "patch"):
+                errors.update(ERRORS_WITH_BODY)
+            if method == "post":
+                errors.update(ERRORS_SPENDING)
+            for code, description in errors.items():
+                operation["responses"].setdefault(
+                    code, {"description": description, "content": {"application/json": {"schema": ref}}}
+                )
+    return result

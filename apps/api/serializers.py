@@ -45,3 +45,48 @@ def list_of(serializer_class: type[serializers.BaseSerializer], *, paginated: bo
         fields["previous"] = serializers.URLField(allow_null=True)
     name = serializer_class.__name__.removesuffix("Serializer")
     return inline_serializer(name=f"{'Paginated' if paginated else ''}{name}List", fields=fields)
+
+
+# --------------------------------------------------------------------------- strict input fields
+# DRF's fields coerce: 5 becomes the string "5", "5" the integer 5, true the string "True". A JSON body
+# is typed, and the schema says which type each field has: these take that type only (400 otherwise).
+
+
+def _strict_string(field: serializers.CharField, data) -> None:
+    if not isinstance(data, str):
+        field.fail("invalid")
+    # The schema's maxLength counts what was sent, before DRF trims surrounding whitespace.
+    if field.max_length is not None and len(data) > field.max_length:
+        field.fail("max_length", max_length=field.max_length)
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string."""
+
+    def to_internal_value(self, data):
+        _strict_string(self, data)
+        return super().to_internal_value(data)
+
+
+class StrictSlugField(serializers.SlugField):
+    def to_internal_value(self, data):
+        _strict_string(self, data)
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer (not a numeric string, not a boolean)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number (not a numeric string, not a boolean)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, (str, bool)):
+            self.fail("invalid")
+        return super().to_internal_value(data)

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import ApiKey
 from apps.core.errors import ValidationFailed
+from apps.core.scoping import id_from_ref
 
 ModelT = TypeVar("ModelT", bound=Model)
 
@@ -40,8 +41,9 @@ def find_by_name_or_id(queryset: QuerySet[ModelT], value: str, *, noun: str) -> 
     Unknown: ValidationFailed (400, code `unknown_<noun>`) listing the names there are.
     """
     found = queryset.filter(name=value).first()
-    if found is None and value.isdigit():
-        found = queryset.filter(pk=int(value)).first()
+    pk = id_from_ref(value)
+    if found is None and pk is not None:
+        found = queryset.filter(pk=pk).first()
     if found is None:
         known = ", ".join(queryset.values_list("name", flat=True)) or "none"
         raise ValidationFailed(f"unknown {noun} {value!r} (available: {known})", code=f"unknown_{noun}")

@@ -1,7 +1,8 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
+from apps.api.errors import unmatched_url
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
@@ -42,4 +43,6 @@ urlpatterns = [
     path("v1/agents/<int:agent_id>", agent_views.AgentDetailView.as_view(), name="api-agent"),
     path("v1/agent-runs", agent_views.AgentRunListView.as_view(), name="api-agent-runs"),
     path("v1/agent-runs/<int:run_id>", agent_views.AgentRunDetailView.as_view(), name="api-agent-run"),
+    # Last: any other URL here answers 404 in the API's error shape.
+    re_path(r"^v1/", unmatched_url),
 ]

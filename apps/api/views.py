@@ -15,6 +15,7 @@ from apps.core import services as job_services
 
 
 class MeView(APIView):
+    required_scopes = {"GET": ("read", "query", "ingest")}  # any key may ask what it is
     class OutputSerializer(serializers.Serializer):
         team = serializers.CharField()
         team_slug = serializers.CharField()
@@ -33,6 +34,7 @@ class MeView(APIView):
 
 
 class JobListView(APIView):
+    required_scopes = {"GET": ("read", "ingest")}  # an ingest-only key follows its ingestion jobs
     @extend_schema(
         operation_id="api_v1_jobs_list",
         responses=list_of(JobOutputSerializer),
@@ -46,6 +48,7 @@ class JobListView(APIView):
 
 
 class JobDetailView(APIView):
+    required_scopes = {"GET": ("read", "ingest")}
     @extend_schema(responses=JobOutputSerializer, summary="One job's status and progress")
     def get(self, request, job_id: int):
         return Response(JobOutputSerializer(job_selectors.job_get(team=request.team, job_id=job_id)).data)

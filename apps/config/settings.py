@@ -66,6 +66,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Bodies over their limit answer 413 before anything reads them (apps/core/request_limits.py).
+    "apps.core.request_limits.RequestLimitsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -186,6 +188,24 @@ PARSIMONY_MAX_PROMPT_TOKENS = env_int("PARSIMONY_MAX_PROMPT_TOKENS", 32_768, min
 PARSIMONY_KV_CACHE_MAX_BYTES = env_int("PARSIMONY_KV_CACHE_MAX_BYTES", 2 * 1024**3, minimum=0)
 # Corpora: the upload size limit (bytes) and the embedding model new corpora use.
 PARSIMONY_MAX_UPLOAD_BYTES = env_int("PARSIMONY_MAX_UPLOAD_BYTES", 50_000_000, minimum=1)
+# Request bodies (413 before they are read; a file over its limit is stopped while it streams in),
+# and JSON bodies' size and nesting (400): apps/core/request_limits.py, apps/core/bounded_json.py.
+PARSIMONY_MAX_REQUEST_BYTES = env_int("PARSIMONY_MAX_REQUEST_BYTES", 200_000_000, minimum=1)
+PARSIMONY_MAX_JSON_BYTES = env_int("PARSIMONY_MAX_JSON_BYTES", 5_000_000, minimum=1)
+# Django's own limit on a body read whole (form fields, JSON) is the same number.
+DATA_UPLOAD_MAX_MEMORY_SIZE = PARSIMONY_MAX_JSON_BYTES
+PARSIMONY_MAX_JSON_DEPTH = env_int("PARSIMONY_MAX_JSON_DEPTH", 64, minimum=2)
+FILE_UPLOAD_HANDLERS = [
+    "apps.core.request_limits.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Parsing uploaded documents: in a child process with this address-space limit and wall time,
+# and zip-based formats (.docx) refused when they inflate past a size or a ratio (workers/ingest/isolation.py).
+PARSIMONY_PARSE_MEMORY_BYTES = env_int("PARSIMONY_PARSE_MEMORY_BYTES", 2_000_000_000, minimum=100_000_000)
+PARSIMONY_PARSE_TIMEOUT_S = env_float("PARSIMONY_PARSE_TIMEOUT_S", 120.0)
+PARSIMONY_PARSE_MAX_INFLATED_BYTES = env_int("PARSIMONY_PARSE_MAX_INFLATED_BYTES", 200_000_000, minimum=1)
+PARSIMONY_PARSE_MAX_INFLATE_RATIO = env_int("PARSIMONY_PARSE_MAX_INFLATE_RATIO", 100, minimum=2)
 PARSIMONY_DEFAULT_EMBEDDING_MODEL = env_str("PARSIMONY_DEFAULT_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 
 # The API-key rate limit counts in this cache: use Redis when several web processes serve.
@@ -209,6 +229,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "apps.api.errors.api_exception_handler",
+    # Request bodies are JSON (size and depth bounded); only the document upload takes multipart.
+    "DEFAULT_PARSER_CLASSES": ["apps.api.parsers.BoundedJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["apps.api.throttling.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env_str("PARSIMONY_API_KEY_RATE", "600/min")},
 }
@@ -220,6 +242,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.api.schema.add_error_responses",
+    ],
 }
 
 # --- Mail (budget alerts) ----------------------------------------------------------------------

@@ -14,6 +14,22 @@ from django.http import Http404
 
 M = TypeVar("M", bound=models.Model)
 
+# The largest primary key (PostgreSQL bigint); a larger number names no row.
+MAX_ID = 2**63 - 1
+
+
+def id_from_ref(ref: object) -> int | None:
+    """The row id that ``ref`` (a name or an id, as users type them) spells, else None.
+
+    Only ASCII digits count: ``str.isdigit()`` also accepts "¹" or "٣", which ``int()`` refuses
+    or reads as another digit; and a number past the bigint range names no row (the database
+    would refuse it)."""
+    text = str(ref)
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
+
 
 def _team_field(model: type[models.Model]) -> str:
     field = getattr(model, "TEAM_FIELD", None)

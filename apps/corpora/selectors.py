@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Count, QuerySet
 
 from apps.core.errors import ValidationFailed
-from apps.core.scoping import team_object_or_404, team_scoped
+from apps.core.scoping import id_from_ref, team_object_or_404, team_scoped
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
 from indexes.corpus_store import CorpusIndexStore
 
@@ -41,8 +41,9 @@ def corpus_get(*, team, corpus_id: int) -> Corpus:
 
 
 def corpus_get_by_name_or_id(*, team, ref: str) -> Corpus:
-    if str(ref).isdigit():
-        return corpus_get(team=team, corpus_id=int(ref))
+    pk = id_from_ref(ref)
+    if pk is not None:
+        return corpus_get(team=team, corpus_id=pk)
     return team_object_or_404(Corpus.objects.select_related("team"), team, name=ref)
 
 

@@ -10,6 +10,7 @@ total and record the savings against naive RAG with the same model.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -75,6 +76,30 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
 # --------------------------------------------------------------------------- pipelines
 
 
+# compression_target: a share of the context's tokens (0 < target ≤ 1) or a whole token budget in this range.
+COMPRESSION_BUDGET_MIN, COMPRESSION_BUDGET_MAX = 16, 1_000_000
+
+
+def compression_target_problem(value: Any) -> str | None:
+    """Why ``value`` is not a compression target (None when it is one): a share in (0, 1], or a
+    whole number of tokens from COMPRESSION_BUDGET_MIN to COMPRESSION_BUDGET_MAX."""
+    rule = (
+        f"the compression target must be a share of the context's tokens (0 < target ≤ 1) or a whole token budget "
+        f"from {COMPRESSION_BUDGET_MIN} to {COMPRESSION_BUDGET_MAX:,}"
+    )
+    try:
+        target = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return f"{rule}; got {value!r}"
+    if not math.isfinite(target) or target <= 0:
+        return f"{rule}; got {value!r}"
+    if target <= 1:
+        return None
+    if target != int(target) or not COMPRESSION_BUDGET_MIN <= target <= COMPRESSION_BUDGET_MAX:
+        return f"{rule}; got {value!r}"
+    return None
+
+
 def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint | None = None) -> None:
     """Reject unknown method names (listing the valid ones), nonsensical numbers, and strategies
     that run the model themselves (superposition) on a remote endpoint."""
@@ -107,8 +132,10 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
     if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
         errors["top_k"] = "top_k must be between 1 and 100"
-    if "compression_target" in values and not float(values["compression_target"]) > 0:
-        errors["compression_target"] = "the compression target must be > 0 (a ratio ≤ 1 or a token budget)"
+    if "compression_target" in values:
+        problem = compression_target_problem(values["compression_target"])
+        if problem:
+            errors["compression_target"] = problem
     if "max_output_tokens" in values and not 1 <= int(values["max_output_tokens"]) <= 32_768:
         errors["max_output_tokens"] = "max_output_tokens must be between 1 and 32768"
     if errors:

@@ -11,6 +11,7 @@ from django import forms
 
 from apps.agents import selectors as agent_selectors
 from apps.agents.models import Agent, ToolKind
+from apps.core.bounded_json import JsonRefused, json_loads_bounded
 
 
 def http_method_choices() -> list[tuple[str, str]]:
@@ -27,9 +28,9 @@ class JSONTextField(forms.CharField):
         if not value or not value.strip():
             return None
         try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise forms.ValidationError(f"not valid JSON: {exc}") from exc
+            return json_loads_bounded(value)
+        except JsonRefused as exc:
+            raise forms.ValidationError(exc.message) from exc
 
     def prepare_value(self, value):
         if isinstance(value, (dict, list)):

@@ -9,6 +9,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
 from apps.accounts.models import Role, Scope
+from apps.core.bounded_json import JsonRefused, json_loads_bounded
 from apps.corpora.models import INDEX_TYPE_CHOICES
 from apps.costs.models import BudgetPeriod, BudgetScope
 from apps.rag.models import Pipeline, Retriever
@@ -248,9 +249,14 @@ def _json_object(raw: str | None, what: str, example: str) -> dict:
     if not raw:
         return {}
     try:
-        options = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+        options = json_loads_bounded(raw)
+    except JsonRefused as exc:
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            raise forms.ValidationError(
+                f"Not valid JSON: {cause.msg} (line {cause.lineno}, column {cause.colno})."
+            ) from exc
+        raise forms.ValidationError(f"{exc.message[0].upper()}{exc.message[1:]}.") from exc
     if not isinstance(options, dict):
         raise forms.ValidationError(f"{what} must be a JSON object, e.g. {example}.")
     return options

@@ -5,13 +5,15 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from apps.accounts.middleware import SESSION_KEY
 from apps.accounts.selectors import user_teams
 from apps.core import selectors as job_selectors
 from apps.core import services as job_services
+from apps.core.scoping import id_from_ref
 
 
 @login_required
@@ -36,13 +38,24 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def team_switch(request: HttpRequest) -> HttpResponse:
-    team = user_teams(user=request.user).filter(pk=request.POST.get("team_id") or 0).first()
+    team_id = id_from_ref(request.POST.get("team_id", ""))
+    team = user_teams(user=request.user).filter(pk=team_id).first() if team_id is not None else None
     if team is None:
         messages.error(request, "You are not a member of that team.")
     else:
         request.session[SESSION_KEY] = team.pk
         messages.success(request, f"Now working in {team.name}.")
-    return redirect(request.POST.get("next") or "home")
+    return redirect(safe_next(request, request.POST.get("next")))
+
+
+def safe_next(request: HttpRequest, target: str | None, default: str = "home") -> str:
+    """``target`` when it is a page of this site (a relative URL, or this host over this request's
+    scheme), else the ``default`` page: a ``next`` from a form never sends anyone off-site."""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return resolve_url(default)
 
 
 @login_required

@@ -176,12 +176,54 @@ def _parse_pdf(data: bytes) -> tuple[str, str | None]:
     return "\n\n".join(pages), title
 
 
-def _parse_docx(data: bytes) -> tuple[str, str | None]:
+# Zip-based documents (.docx; .xlsx, .pptx, .odt alike) inflate before they are parsed: a few
+# kilobytes of repeated XML can grow a thousandfold. Both limits are checked on the archive's
+# directory, before anything is decompressed (Python's zipfile never inflates an entry past the
+# size its directory declares: a lying entry fails its CRC check instead).
+DEFAULT_MAX_INFLATED_BYTES = 200_000_000
+DEFAULT_MAX_INFLATE_RATIO = 100
+_RATIO_CHECKED_FROM = 1_000_000  # small entries may compress very well without being a threat
+
+
+def check_zip_inflation(data: bytes, *, max_inflated_bytes: int, max_inflate_ratio: int, kind: str) -> None:
+    """Refuse (DocumentParseError) a zip archive whose entries inflate past ``max_inflated_bytes``
+    in all, or whose entry of more than 1 MB inflates more than ``max_inflate_ratio`` times."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise DocumentParseError(f"corrupt {kind}: {exc}") from exc
+    total = sum(entry.file_size for entry in entries)
+    if total > max_inflated_bytes:
+        raise DocumentParseError(
+            f"{kind} refused: it inflates to {_format_mb(total)} MB when decompressed, over the "
+            f"{_format_mb(max_inflated_bytes)} MB limit"
+        )
+    for entry in entries:
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        if entry.file_size > _RATIO_CHECKED_FROM and ratio > max_inflate_ratio:
+            raise DocumentParseError(
+                f"{kind} refused: its part {entry.filename!r} inflates from {entry.compress_size:,} bytes to "
+                f"{_format_mb(entry.file_size)} MB ({ratio:,.0f} times, over the limit of {max_inflate_ratio}): "
+                "it looks like a decompression bomb"
+            )
+
+
+def _parse_docx(
+    data: bytes,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+    max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO,
+) -> tuple[str, str | None]:
     import zipfile
 
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
+    check_zip_inflation(
+        data, max_inflated_bytes=max_inflated_bytes, max_inflate_ratio=max_inflate_ratio, kind="Word document"
+    )
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
@@ -202,12 +244,21 @@ def _parse_docx(data: bytes) -> tuple[str, str | None]:
     return "\n\n".join(parts), title
 
 
-def parse_document(*, filename: str, data: bytes, media_type: str | None = None) -> ParsedDocument:
+def parse_document(
+    *,
+    filename: str,
+    data: bytes,
+    media_type: str | None = None,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+    max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO,
+) -> ParsedDocument:
     """Extract the visible text of one uploaded document.
 
     The extension decides the parser (the media type only when there is no
     extension: browsers guess media types badly). Raises DocumentParseError for
-    unsupported types, corrupt files and documents without text.
+    unsupported types, corrupt files, documents without text and zip-based documents
+    that inflate past ``max_inflated_bytes`` or ``max_inflate_ratio`` (``check_zip_inflation``).
+    Runs in the calling process: hostile input goes through ``isolation.parse_document_isolated``.
     """
     ext = _extension(filename, media_type)
     if ext not in SUPPORTED_EXTENSIONS:
@@ -225,7 +276,7 @@ def parse_document(*, filename: str, data: bytes, media_type: str | None = None)
     elif ext == ".pdf":
         text, title = _parse_pdf(data)
     else:
-        text, title = _parse_docx(data)
+        text, title = _parse_docx(data, max_inflated_bytes, max_inflate_ratio)
     text = _normalise_whitespace(text)
     if not text:
         raise DocumentParseError("document contains no text")

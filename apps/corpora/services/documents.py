@@ -28,6 +28,7 @@ from apps.corpora.models import Corpus, Document, DocumentStatus
 from apps.corpora.selectors import corpus_index_store
 from apps.corpora.services.embedding import embeds_in_this_process, texts_bound
 from apps.corpora.services.index_build import bm25_rebuild, index_apply
+from apps.corpora.services.parsing import document_parse
 from apps.corpora.services.storage import (
     default_title,
     original_read,
@@ -47,10 +48,10 @@ INGEST_HOLD_TTL_S = 6 * 3600
 def upload_text(*, filename: str, data: bytes) -> str:
     """The text ingestion will read from an upload (parsed as the worker parses it); "" when it yields
     none (the worker fails it without embedding anything)."""
-    from workers.ingest.parsers import DocumentParseError, parse_document
+    from workers.ingest.parsers import DocumentParseError
 
     try:
-        return parse_document(filename=filename, data=data).text
+        return document_parse(filename=filename, data=data).text
     except DocumentParseError:
         return ""
 

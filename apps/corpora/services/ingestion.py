@@ -41,6 +41,7 @@ from apps.corpora.services.embedding import (
     texts_bound,
 )
 from apps.corpora.services.index_build import index_apply
+from apps.corpora.services.parsing import document_parse
 from apps.corpora.services.storage import default_title, original_read
 from apps.costs.services import LedgerContext
 from apps.costs.services.holds import Hold, hold_open, hold_resume
@@ -132,14 +133,14 @@ def _parse_and_chunk(
 ) -> tuple[list[Document], dict[int, list]]:
     """Step 1: the documents that parsed into at least one chunk, and their chunks; others fail."""
     from workers.ingest.chunking import chunk_text
-    from workers.ingest.parsers import DocumentParseError, parse_document
+    from workers.ingest.parsers import DocumentParseError
 
     chunked: dict[int, list] = {}
     ok: list[Document] = []
     for document in documents:
         document.status = DocumentStatus.PROCESSING
         try:
-            parsed = parse_document(
+            parsed = document_parse(
                 filename=_parse_name(document), data=original_read(document), media_type=document.media_type or None
             )
             pieces = chunk_text(

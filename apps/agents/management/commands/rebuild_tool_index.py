@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.accounts.models import Team
 from apps.agents.services import tool_index_rebuild
+from apps.core.scoping import id_from_ref
 
 
 class Command(BaseCommand):
@@ -18,8 +19,9 @@ class Command(BaseCommand):
     def handle(self, *args, team: str | None, no_global: bool, **options) -> None:
         selected = None
         if team:
+            pk = id_from_ref(team)
             selected = Team.objects.filter(slug=team).first() or (
-                Team.objects.filter(pk=int(team)).first() if team.isdigit() else None
+                Team.objects.filter(pk=pk).first() if pk is not None else None
             )
             if selected is None:
                 raise CommandError(f"no team {team!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import CommandError
 
 from apps.accounts.models import Team
+from apps.core.scoping import id_from_ref
 from apps.corpora.models import Corpus
 
 
@@ -15,8 +16,9 @@ def corpus_from_ref(ref: str, team_slug: str | None = None) -> Corpus:
         if team is None:
             raise CommandError(f"no team with slug {team_slug!r}")
         queryset = queryset.filter(team=team)
-    if str(ref).isdigit():
-        corpus = queryset.filter(pk=int(ref)).first() or queryset.filter(name=ref).first()
+    pk = id_from_ref(ref)
+    if pk is not None:
+        corpus = queryset.filter(pk=pk).first() or queryset.filter(name=ref).first()
         if corpus is None:
             raise CommandError(f"no corpus with id or name {ref!r}")
         return corpus
