@@ -35,7 +35,8 @@ BIN = Path(sys.executable).parent
 def configurations(workers: int, threads: int) -> dict[str, list[str]]:
     gunicorn = [str(BIN / "gunicorn"), "--workers", str(workers), "--timeout", "150", "--log-level", "warning"]
     return {
-        "gunicorn sync": [*gunicorn, "apps.config.wsgi:application"],
+        # Explicit worker classes: the command line overrides the repository's gunicorn.conf.py.
+        "gunicorn sync": [*gunicorn, "--worker-class", "sync", "apps.config.wsgi:application"],
         f"gunicorn gthread ({threads} threads)": [
             *gunicorn, "--worker-class", "gthread", "--threads", str(threads), "apps.config.wsgi:application",
         ],
