@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.server_streams [--streams 24] [--workers 3] [--json out/server_streams.json]
 
+(The ASGI configuration needs uvicorn, not a dependency of the project: `.venv/bin/pip install uvicorn`.)
+
 Starts each server configuration on loopback (an embedded SQLite under a temporary folder, the
 benchmark URLconf `benchmarks.serving.urls`: the project's URLs plus one endpoint that streams
 `--events` server-sent events `--every` seconds apart through `apps.api.sse.sse_response`, the
@@ -35,8 +37,9 @@ BIN = Path(sys.executable).parent
 def configurations(workers: int, threads: int) -> dict[str, list[str]]:
     gunicorn = [str(BIN / "gunicorn"), "--workers", str(workers), "--timeout", "150", "--log-level", "warning"]
     return {
-        # Explicit worker classes: the command line overrides the repository's gunicorn.conf.py.
-        "gunicorn sync": [*gunicorn, "--worker-class", "sync", "apps.config.wsgi:application"],
+        # Explicit worker classes and threads: the command line overrides the repository's gunicorn.conf.py
+        # (and gunicorn turns sync workers with threads > 1 into gthread).
+        "gunicorn sync": [*gunicorn, "--worker-class", "sync", "--threads", "1", "apps.config.wsgi:application"],
         f"gunicorn gthread ({threads} threads)": [
             *gunicorn, "--worker-class", "gthread", "--threads", str(threads), "apps.config.wsgi:application",
         ],
@@ -155,6 +158,9 @@ def main() -> dict:
     report: dict = {"streams": args.streams, "workers": args.workers, "stream_s": args.events * args.every}
     for name, command in configurations(args.workers, args.threads).items():
         if args.only and args.only not in name:
+            continue
+        if not Path(command[0]).exists():  # uvicorn is only for this comparison: `pip install uvicorn`
+            print(f"{name}: skipped, {command[0]} is not installed", flush=True)
             continue
         report[name] = measure(command, streams=args.streams, events=args.events, every=args.every)
         print(name, report[name], flush=True)
