@@ -5,22 +5,22 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
 
-API_DOC_STYLES = csp_update({"style-src": [UNSAFE_INLINE]})
+API_DOC_POLICY = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": ["'self'", "blob:"]})
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
     path(
         "docs/",
         # The split view serves its start-up script as a file (the CSP allows no inline script); the doc
-        # bundles inject <style> elements, so these two pages allow inline styles.
-        API_DOC_STYLES(
+        # bundles inject <style> elements and Redoc searches in a blob: worker: these two pages allow both.
+        API_DOC_POLICY(
             SpectacularSwaggerSplitView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[])
         ),
         name="api-docs",
     ),
     path(
         "redoc/",
-        API_DOC_STYLES(
+        API_DOC_POLICY(
             SpectacularRedocView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[])
         ),
         name="api-redoc",

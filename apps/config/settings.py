@@ -262,7 +262,7 @@ if PRODUCTION:
 
 # Content-Security-Policy (django-csp): scripts and styles from this site only, no inline scripts or
 # event handlers (static/js/parsimony.js binds them); inline style attributes stay allowed (meters,
-# the admin's charts). The API doc pages relax styles for their bundles (apps/api/urls.py).
+# the admin's charts). The API doc pages relax styles and workers for their bundles (apps/api/urls.py).
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],

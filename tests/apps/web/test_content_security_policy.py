@@ -35,3 +35,6 @@ def test_the_api_docs_load_their_start_up_script_from_a_url(client):
     assert re.search(r"<script src=\"[^\"]*\?script", page.content.decode())
     assert "'unsafe-inline'" in _policy(page)["style-src"]
     assert client.get("/api/docs/?script").status_code == 200
+    redoc = client.get("/api/redoc/")
+    assert redoc.status_code == 200
+    assert all("src=" in tag for tag in re.findall(r"<script\b[^>]*>", redoc.content.decode()))
