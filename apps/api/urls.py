@@ -1,19 +1,29 @@
+from csp.constants import UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
 from apps.api.errors import unmatched_url
+
+API_DOC_POLICY = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": ["'self'", "blob:"]})
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[], authentication_classes=[]), name="api-schema"),
     path(
         "docs/",
-        SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[]),
+        # The split view serves its start-up script as a file (the CSP allows no inline script); the doc
+        # bundles inject <style> elements and Redoc searches in a blob: worker: these two pages allow both.
+        API_DOC_POLICY(
+            SpectacularSwaggerSplitView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[])
+        ),
         name="api-docs",
     ),
     path(
         "redoc/",
-        SpectacularRedocView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[]),
+        API_DOC_POLICY(
+            SpectacularRedocView.as_view(url_name="api-schema", permission_classes=[], authentication_classes=[])
+        ),
         name="api-redoc",
     ),
     path("v1/me", views.MeView.as_view(), name="api-me"),

@@ -6,6 +6,7 @@ PARSIMONY_ENV=production: SECRET_KEY and ALLOWED_HOSTS required, HTTPS hardening
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from apps.config.env import (
@@ -54,6 +55,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "auditlog",
+    "axes",
+    "csp",
     "apps.core",
     "apps.accounts",
     "apps.costs",
@@ -78,6 +81,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.accounts.middleware.ActiveTeamMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # The audit log of money and access settings (django-auditlog): who changed which of these, when,
@@ -123,6 +129,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Login throttling (django-axes): PARSIMONY_LOGIN_FAILURE_LIMIT failed logins of one username from one
+# address lock that pair out (HTTP 429) for PARSIMONY_LOGIN_LOCKOUT_MIN minutes, on /login/ and /admin/.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("PARSIMONY_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("PARSIMONY_LOGIN_LOCKOUT_MIN", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -208,7 +221,8 @@ PARSIMONY_PARSE_MAX_INFLATED_BYTES = env_int("PARSIMONY_PARSE_MAX_INFLATED_BYTES
 PARSIMONY_PARSE_MAX_INFLATE_RATIO = env_int("PARSIMONY_PARSE_MAX_INFLATE_RATIO", 100, minimum=2)
 PARSIMONY_DEFAULT_EMBEDDING_MODEL = env_str("PARSIMONY_DEFAULT_EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 
-# The API-key rate limit counts in this cache: use Redis when several web processes serve.
+# The API-key rate limit counts in this cache: Redis, required in production (apps/api/checks.py), since
+# a per-process cache lets each of N web processes allow the full rate.
 CACHE_URL = env_str("CACHE_URL")
 CACHES = {
     "default": (
@@ -264,11 +278,32 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Secure cookies follow the redirect unless set: SECURE_SSL_REDIRECT=0 alone is the plain-http test
+    # mode (log in over http://127.0.0.1); behind a TLS proxy keep the redirect or set these to 1.
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+
+# Content-Security-Policy (django-csp): scripts and styles from this site only, no inline scripts or
+# event handlers (static/js/parsimony.js binds them); inline style attributes stay allowed (meters,
+# the admin's charts). The API doc pages relax styles and workers for their bundles (apps/api/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 LOGGING = {
     "version": 1,

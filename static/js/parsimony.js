@@ -93,7 +93,15 @@
     });
   }
 
+  /* A <select data-autosubmit> submits its form on change (no inline handlers: the CSP forbids them). */
+  function initAutosubmit(select) {
+    select.addEventListener("change", function () {
+      if (select.form) select.form.requestSubmit();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("select[data-autosubmit]").forEach(initAutosubmit);
     document.querySelectorAll("[data-dropzone]").forEach(initDropzone);
     document.querySelectorAll("button.copy[data-copy]").forEach(initCopy);
     initSpendChart();

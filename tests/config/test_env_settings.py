@@ -76,6 +76,8 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
             "SECRET_KEY": "p" * 20 + "-Zq8!x_unique-production-secret-value-4Kd9",
             "ALLOWED_HOSTS": "parsimony.example",
             "DATA_ROOT": str(tmp_path),
+            # Production requires a shared cache for the rate limit (apps/api/checks.py).
+            "CACHE_URL": "redis://127.0.0.1:6379/15",
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
