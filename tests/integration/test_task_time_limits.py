@@ -13,10 +13,23 @@ import pytest
 
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
-from tests.integration.test_celery_worker import _database_url_for_worker, _wait_for
+from tests.integration.conftest import _database_url_for_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+def _wait_for(predicate, *, timeout: float, worker, log: Path):
+    """Poll ``predicate`` until it returns something true; fail with the worker's log if it exits or on a timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker.poll() is not None:
+            pytest.fail(f"the worker exited with {worker.returncode}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out; worker log:\n{log.read_text()[-4000:]}")
+
 
 # The gpu worker's pool as the Makefile, docker/ and the docs start it (tests/config/test_worker_pool.py).
 GPU_POOL = ["--pool", "prefork", "--concurrency", "1"]
