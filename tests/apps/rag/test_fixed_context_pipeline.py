@@ -98,9 +98,9 @@ def test_the_prefill_job_reports_progress_and_a_second_run_computes_nothing(
     reports: list[tuple[int, int, str]] = []
     original = job_services.job_progress
 
-    def recording(*, job_id, done, total=None, message=None):
+    def recording(*, job_id, done, total=None, message=None, **kwargs):
         reports.append((job_id, done, message))
-        original(job_id=job_id, done=done, total=total, message=message)
+        original(job_id=job_id, done=done, total=total, message=message, **kwargs)
 
     monkeypatch.setattr(job_services, "job_progress", recording)
     pipeline = pipeline_save(team=team_a, name="handbook", model_endpoint="smollm2-135m-instruct",
