@@ -299,10 +299,13 @@ def main() -> dict:
         report["setup_s"] = round(time.monotonic() - started, 1)
         plan_path = var / "plan.json"
         plan_path.write_text(json.dumps(plan))
+        server_log = (var / "gunicorn.log").open("w")
+        report["server_log"] = str(var / "gunicorn.log")
         server = subprocess.Popen(
             [str(BIN / "gunicorn"), "apps.config.wsgi:application", "--bind", f"127.0.0.1:{args.port}",
              "--workers", str(args.workers), "--log-level", "warning"],
-            cwd=ROOT, env=os.environ.copy(), start_new_session=True, stderr=subprocess.PIPE,
+            # Its log goes to a file: an unread pipe would fill and block the workers' logging.
+            cwd=ROOT, env=os.environ.copy(), start_new_session=True, stdout=server_log, stderr=subprocess.STDOUT,
         )
         try:
             _wait_ready(args.port)
