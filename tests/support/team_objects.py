@@ -26,6 +26,10 @@ BUDGET_MARK = "987654"
 
 
 def _endpoint() -> ModelEndpoint:
+    # A transactional test flushes the migrations' seed rows: put the defaults back (idempotent).
+    from apps.costs.defaults import ensure_default_models
+
+    ensure_default_models()
     return ModelEndpoint.objects.get(team=None, name="smollm2-135m-instruct")
 
 
