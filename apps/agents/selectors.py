@@ -129,9 +129,14 @@ def agent_run_get(*, team, agent_run_id: int) -> AgentRun:
 
 def agent_run_stages(*, run: AgentRun) -> list[dict]:
     """Calls, tokens, cost and latency per stage of one run, from the ledger."""
+    return agent_run_stages_by_run(team=run.team_id, run_ids=[run.pk]).get(run.pk, [])
+
+
+def agent_run_stages_by_run(*, team, run_ids: list[int]) -> dict[int, list[dict]]:
+    """``agent_run_stages`` of several runs in one query (a list page), keyed by run id."""
     rows = (
-        UsageRecord.objects.filter(team=run.team, agent_run_id=run.pk)
-        .values("stage")
+        UsageRecord.objects.filter(team=team, agent_run_id__in=run_ids)
+        .values("agent_run_id", "stage")
         .annotate(
             calls=Count("id"),
             prompt_tokens=Sum("prompt_tokens"),
@@ -142,7 +147,10 @@ def agent_run_stages(*, run: AgentRun) -> list[dict]:
         .order_by("stage")
     )
     order = {"agent-step": 0, "retrieve": 1, "tool": 2}
-    return sorted(rows, key=lambda row: order.get(row["stage"], 9))
+    by_run: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda row: order.get(row["stage"], 9)):
+        by_run.setdefault(row.pop("agent_run_id"), []).append(row)
+    return by_run
 
 
 def agent_run_usage(*, run: AgentRun) -> dict[str, int]:

@@ -22,7 +22,13 @@ from apps.api.serializers import (
     StrictSlugField,
     list_of,
 )
-from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.api.shortcuts import (
+    find_by_name_or_id,
+    paginated_response,
+    request_api_key,
+    stages_from_context,
+    started_run_response,
+)
 from apps.costs.money_format import money_str
 
 # --------------------------------------------------------------------------- tools
@@ -205,7 +211,8 @@ class AgentRunOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
     def get_stages(self, run) -> list[dict]:
-        return [{**row, "cost": money_str(row["cost"])} for row in selectors.agent_run_stages(run=run)]
+        rows = stages_from_context(self.context, run, selectors.agent_run_stages)
+        return [{**row, "cost": money_str(row["cost"])} for row in rows]
 
 
 class AgentRunInputSerializer(serializers.Serializer):
@@ -224,7 +231,12 @@ class AgentRunListView(APIView):
         summary="The team's agent runs, newest first",
     )
     def get(self, request):
-        return paginated_response(self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer)
+        return paginated_response(
+            self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer,
+            page_context=lambda runs: {
+                "stages": selectors.agent_run_stages_by_run(team=request.team, run_ids=[run.pk for run in runs])
+            },
+        )
 
     @extend_schema(
         request=AgentRunInputSerializer,

@@ -32,11 +32,14 @@ class CorpusOutputSerializer(serializers.Serializer):
     chunks = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
+    # A list's rows carry both counts (corpus_list annotates them); a single corpus counts them itself.
     def get_documents(self, corpus) -> int:
-        return corpus.documents.count()
+        counted = getattr(corpus, "n_documents", None)
+        return corpus.documents.count() if counted is None else counted
 
     def get_chunks(self, corpus) -> int:
-        return corpus_selectors.chunk_count(corpus=corpus)
+        counted = getattr(corpus, "n_ready_chunks", None)
+        return corpus_selectors.chunk_count(corpus=corpus) if counted is None else counted
 
 
 class CorpusInputSerializer(serializers.Serializer):
@@ -58,7 +61,8 @@ class DocumentOutputSerializer(serializers.ModelSerializer):
                   "token_count", "external_id", "chunks", "created_at", "updated_at"]
 
     def get_chunks(self, document) -> int:
-        return document.chunks.count()
+        counted = getattr(document, "n_chunks", None)  # document_list annotates it
+        return document.chunks.count() if counted is None else counted
 
 
 class UploadInputSerializer(serializers.Serializer):

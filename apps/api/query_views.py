@@ -11,7 +11,13 @@ from rest_framework.views import APIView
 
 from apps.api.permissions import only_own_runs
 from apps.api.serializers import MoneyField, StrictCharField, StrictFloatField, StrictIntegerField, list_of
-from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key, started_run_response
+from apps.api.shortcuts import (
+    find_by_name_or_id,
+    paginated_response,
+    request_api_key,
+    stages_from_context,
+    started_run_response,
+)
 from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
@@ -57,7 +63,7 @@ class QueryRunOutputSerializer(serializers.Serializer):
                 "gpu_seconds": str(row["gpu_seconds"]),
                 "cpu_seconds": str(row["cpu_seconds"]),
             }
-            for row in rag_selectors.query_run_stages(run=run)
+            for row in stages_from_context(self.context, run, rag_selectors.query_run_stages)
         ]
 
 
@@ -79,7 +85,10 @@ class QueryListView(APIView):
     )
     def get(self, request):
         return paginated_response(
-            self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer
+            self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer,
+            page_context=lambda runs: {
+                "stages": rag_selectors.query_run_stages_by_run(team=request.team, run_ids=[run.pk for run in runs])
+            },
         )
 
     @extend_schema(

@@ -27,12 +27,28 @@ def request_api_key(request: Request) -> ApiKey | None:
 
 
 def paginated_response(
-    view: APIView, request: Request, queryset: QuerySet, serializer_class: type[serializers.BaseSerializer]
+    view: APIView,
+    request: Request,
+    queryset: QuerySet,
+    serializer_class: type[serializers.BaseSerializer],
+    page_context: Callable[[list], dict] | None = None,
 ) -> Response:
-    """One limit/offset page of `queryset`, serialized, with count, next and previous."""
+    """One limit/offset page of `queryset`, serialized, with count, next and previous.
+
+    `page_context(page)` gives the serializer what it would otherwise read row by row (each run's
+    ledger stages): one query per page, not one per row.
+    """
     paginator = LimitOffsetPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    context = page_context(list(page)) if page_context is not None else {}
+    return paginator.get_paginated_response(serializer_class(page, many=True, context=context).data)
+
+
+def stages_from_context(context: dict, run: Any, one_run: Callable[..., list[dict]]) -> list[dict]:
+    """A run's ledger stages from its page's context (one query for a list page), else `one_run(run=run)`."""
+    if "stages" in context:
+        return context["stages"].get(run.pk, [])
+    return one_run(run=run)
 
 
 def find_by_name_or_id(queryset: QuerySet[ModelT], value: str, *, noun: str) -> ModelT:

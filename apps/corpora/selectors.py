@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import id_from_ref, team_object_or_404, team_scoped
@@ -32,7 +33,18 @@ class ChunkHit:
 
 
 def corpus_list(*, team) -> QuerySet[Corpus]:
-    return team_scoped(Corpus, team).annotate(n_documents=Count("documents", distinct=True)).order_by("name", "id")
+    ready_chunks = (
+        Chunk.objects.filter(document__corpus=OuterRef("pk"), document__status=DocumentStatus.READY)
+        .order_by()
+        .values("document__corpus")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return (
+        team_scoped(Corpus, team)
+        .annotate(n_documents=Count("documents", distinct=True), n_ready_chunks=Coalesce(Subquery(ready_chunks), 0))
+        .order_by("name", "id")
+    )
 
 
 def corpus_get(*, team, corpus_id: int) -> Corpus:
@@ -48,7 +60,7 @@ def corpus_get_by_name_or_id(*, team, ref: str) -> Corpus:
 
 
 def document_list(*, corpus: Corpus, status: str | None = None) -> QuerySet[Document]:
-    queryset = corpus.documents.all()
+    queryset = corpus.documents.annotate(n_chunks=Count("chunks"))
     if status is not None:
         if status not in DocumentStatus.values:
             raise ValidationFailed(f"unknown document status {status!r} (valid: {', '.join(DocumentStatus.values)})")

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, DecimalField, QuerySet, Sum, Value
+from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from apps.core.scoping import team_scoped
-from apps.costs.models import ZERO, Budget, BudgetWindow, Stage, UsageRecord
-from apps.costs.services.budgets import budget_ledger_spend, period_start
+from apps.costs.models import ZERO, Budget, BudgetScope, BudgetWindow, Stage, UsageRecord
+from apps.costs.services.budgets import budget_ledger_spend, period_end, period_start
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,58 @@ def budget_window_overage(*, window: BudgetWindow) -> Decimal:
     return total or ZERO
 
 
-def team_budget_statuses(*, team) -> list[BudgetStatus]:
-    budgets = team_scoped(Budget, team).select_related("team", "user", "api_key")
-    return [budget_status(budget=budget) for budget in budgets]
+def team_budget_statuses(*, team, at: datetime | None = None) -> list[BudgetStatus]:
+    """``budget_status`` of each of the team's budgets, in four queries however many budgets there are
+    (the budget list and the usage page show them all): the budgets, their current windows, the windows'
+    overage, and the ledger's spend of the budgets that have no window yet (one conditional sum each)."""
+    at = at or timezone.now()
+    budgets = list(team_scoped(Budget, team).select_related("team", "user", "api_key"))
+    if not budgets:
+        return []
+    starts = {budget.pk: period_start(budget.period, at) for budget in budgets}
+    windows = {
+        (window.budget_id, window.period_start): window
+        for window in BudgetWindow.objects.filter(budget__in=budgets, period_start__in=set(starts.values()))
+    }
+    window_of = {budget.pk: windows.get((budget.pk, starts[budget.pk])) for budget in budgets}
+    open_windows = [window.pk for window in window_of.values() if window is not None]
+    overage = dict(
+        UsageRecord.objects.filter(stage=Stage.OVERAGE, reservation__windows__in=open_windows)
+        .values_list("reservation__windows")
+        .annotate(total=Sum("cost"))
+        .order_by()
+    ) if open_windows else {}
+    spend: dict[str, Decimal | None] = {}
+    windowless = [budget for budget in budgets if window_of[budget.pk] is None]
+    if windowless:
+        sums = {f"b{budget.pk}": Sum("cost", filter=_ledger_scope(budget, starts[budget.pk])) for budget in windowless}
+        spend = UsageRecord.objects.filter(team_id=team.pk, created_at__gte=min(starts.values())).aggregate(**sums)
+    statuses = []
+    for budget in budgets:
+        window = window_of[budget.pk]
+        statuses.append(
+            BudgetStatus(
+                budget=budget,
+                period_start=starts[budget.pk],
+                spent=window.spent if window else (spend.get(f"b{budget.pk}") or Decimal(0)),
+                reserved=window.reserved if window else ZERO,
+                overage=(overage.get(window.pk) or ZERO) if window else ZERO,
+            )
+        )
+    return statuses
+
+
+def _ledger_scope(budget: Budget, start: datetime) -> Q:
+    """The ledger rows ``budget_ledger_spend`` sums, as a filter (for one conditional sum per budget)."""
+    scope = Q(created_at__gte=start)
+    end = period_end(budget.period, start)
+    if end is not None:
+        scope &= Q(created_at__lt=end)
+    if budget.scope == BudgetScope.USER:
+        scope &= Q(user_id=budget.user_id)
+    elif budget.scope == BudgetScope.API_KEY:
+        scope &= Q(api_key_id=budget.api_key_id)
+    return scope
 
 
 def team_budget_alerts(*, team) -> list[BudgetStatus]:

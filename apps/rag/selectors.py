@@ -57,9 +57,14 @@ def query_run_get(*, team, query_run_id: int) -> QueryRun:
 
 def query_run_stages(*, run: QueryRun) -> list[dict]:
     """Tokens and cost per stage of one run, from the ledger."""
+    return query_run_stages_by_run(team=run.team_id, run_ids=[run.pk]).get(run.pk, [])
+
+
+def query_run_stages_by_run(*, team, run_ids: list[int]) -> dict[int, list[dict]]:
+    """``query_run_stages`` of several runs in one query (a list page), keyed by run id."""
     rows = (
-        UsageRecord.objects.filter(team=run.team, query_run_id=run.pk)
-        .values("stage", "model_name")
+        UsageRecord.objects.filter(team=team, query_run_id__in=run_ids)
+        .values("query_run_id", "stage", "model_name")
         .annotate(
             calls=Count("id"),
             prompt_tokens=Sum("prompt_tokens"),
@@ -73,7 +78,10 @@ def query_run_stages(*, run: QueryRun) -> list[dict]:
         .order_by("stage")
     )
     order = {"embed": 0, "retrieve": 1, "compress": 2, "generate": 3, "agent-step": 4, "tool": 5}
-    return sorted(rows, key=lambda row: order.get(row["stage"], 9))
+    by_run: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda row: order.get(row["stage"], 9)):
+        by_run.setdefault(row.pop("query_run_id"), []).append(row)
+    return by_run
 
 
 def savings_by(*, team, since=None, until=None, field: str = "pipeline") -> list[dict]:
