@@ -72,21 +72,21 @@ def decoding_settings(model: str = "", overrides: dict[str, Any] | None = None) 
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise ValueError(f"unknown decoding options: {', '.join(unknown)} (valid: {', '.join(OVERRIDABLE)})")
-    values: dict[str, Any] = {}
+    chosen: dict[str, Any] = {}
     if "repetition_guard" in overrides:
         if not isinstance(overrides["repetition_guard"], bool):
             raise ValueError("repetition_guard must be true or false")
-        values["repetition_guard"] = overrides["repetition_guard"]
+        chosen["repetition_guard"] = overrides["repetition_guard"]
     if "repetition_penalty" in overrides:
         penalty = overrides["repetition_penalty"]
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 1.0 <= penalty <= 2.0:
             raise ValueError("repetition_penalty must be a number between 1.0 (off) and 2.0")
-        values["repetition_penalty"] = float(penalty)
+        chosen["repetition_penalty"] = float(penalty)
     if "no_repeat_ngram_size" in overrides:
         size = overrides["no_repeat_ngram_size"]
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 20:
             raise ValueError("no_repeat_ngram_size must be an integer between 0 (off) and 20")
-        values["no_repeat_ngram_size"] = size
+        chosen["no_repeat_ngram_size"] = size
     if "stop" in overrides:
         stop = overrides["stop"]
         if (
@@ -95,8 +95,8 @@ def decoding_settings(model: str = "", overrides: dict[str, Any] | None = None) 
         ):
             raise ValueError(f"stop must be a list of at most {_MAX_STOP} non-empty strings "
                              f"of at most {_MAX_STOP_CHARS} characters")
-        values["stop"] = tuple(stop)
-    return replace(settings, **values)
+        chosen["stop"] = tuple(stop)
+    return replace(settings, **chosen)
 
 
 # ---------------------------------------------------------------------------- loop detection
