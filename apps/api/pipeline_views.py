@@ -57,6 +57,10 @@ class PipelineOutputSerializer(serializers.Serializer):
         source="fixed_context_corpus_id", allow_null=True, help_text="A corpus used as the fixed context (text wins)"
     )
     has_fixed_context = serializers.BooleanField()
+    decoding_options = serializers.JSONField(
+        help_text="Overrides of the model's decoding defaults (repetition_guard, repetition_penalty, "
+        "no_repeat_ngram_size, stop)"
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -71,7 +75,9 @@ class PipelineInputSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=120)
     description = serializers.CharField(required=False, allow_blank=True, max_length=500)
     corpora = serializers.ListField(child=serializers.IntegerField(), required=False)
-    retriever = serializers.CharField(required=False)
+    retriever = serializers.CharField(
+        required=False, help_text="dense | bm25 | hybrid | none (retrieval-free: no corpora, the model answers alone)"
+    )
     top_k = serializers.IntegerField(required=False)
     compression_method = serializers.CharField(required=False)
     compression_target = serializers.FloatField(required=False)
@@ -93,6 +99,11 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         help_text="The id of a corpus of this team used as the fixed context; null clears it",
+    )
+    decoding_options = serializers.JSONField(
+        required=False,
+        help_text="An object overriding the model's decoding defaults: {\"repetition_guard\": true, "
+        "\"repetition_penalty\": 1.1, \"no_repeat_ngram_size\": 4, \"stop\": [\"\\n\\n\"]}",
     )
     model = serializers.CharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = serializers.IntegerField(required=False)
