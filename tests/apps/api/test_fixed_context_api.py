@@ -117,7 +117,7 @@ def test_the_prefill_operation_starts_the_job_and_answers_202_with_where_to_poll
 
 
 def test_the_prefill_operation_says_why_it_cannot_run(team_a, admin, handbook, queued):
-    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct")
+    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
     remote = ModelEndpoint.objects.create(team=team_a, name="remote-gpt", kind="openai", base_url="http://remote.invalid/v1",
                                           price_name="local/smollm2-135m-instruct")
     elsewhere = pipeline_save(team=team_a, name="elsewhere", model_endpoint=remote, fixed_context=HANDBOOK)
