@@ -333,6 +333,7 @@ def _answer_fixed_context(
         baseline_prompt_tokens=result.prompt_tokens,
         context_tokens_before=result.context_tokens + result.truncated_tokens,
         context_tokens_after=result.context_tokens,
+        repetition_tokens_saved=getattr(result, "repetition_tokens_saved", 0),
     )
 
 
