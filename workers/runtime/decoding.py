@@ -44,8 +44,9 @@ class DecodingSettings:
 
 
 # Per-model defaults, matched by a substring of the model's name or source (first match wins).
-# SmolLM2-135M loops on RAG prompts; the guard alone stops it, a penalty would also bend the answers
-# away from copying a passage twice (measured in docs/benchmarks.md, "Degeneration guard").
+# SmolLM2-135M loops on 5–10% of RAG answers (docs/benchmarks.md, "Degeneration guard"): the guard
+# stops them with no other answer changed. Forbidding repeated 4-grams prevents them too but also
+# forbids legitimate repeats (counted lists, table rules), so it stays a pipeline option.
 MODEL_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("smollm2", {"repetition_guard": True}),
     ("gemma", {"repetition_guard": True}),
