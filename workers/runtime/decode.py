@@ -9,7 +9,7 @@ strings, the wall-time deadline, the hold's device-second budget, a failing `on_
 repetition loop), streaming text pieces, and the finish reason.
 
 The degeneration guard (`workers.runtime.decoding`) stops a generation that has fallen into a
-loop (the same n-gram or line again and again) with "repetition", and records the tokens of the
+loop (the same n-gram, line or sentence again and again) with "repetition", and records the tokens of the
 cap it did not spend (`DecodeResult.repetition_tokens_saved`): the service shows them as a saving.
 
 The budget (`budget_s`, the device-seconds the caller's hold can still pay for) is enforced
@@ -26,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from workers.runtime.decoding import DecodingSettings, line_loop, logits_processors, loop_at_tail
+from workers.runtime.decoding import (
+    SEGMENT_END_CHARS,
+    DecodingSettings,
+    logits_processors,
+    loop_at_tail,
+    segment_loop,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -383,12 +389,13 @@ def _processed(processors: list[Any], generated: list[int], logits: torch.Tensor
 
 def _looping(generated: list[int], tokenizer: Any, decoding: DecodingSettings) -> bool:
     """Whether the ids just generated end a loop: a repeated n-gram at the tail, or (on a token that
-    ends a line) a line seen `line_repeats` times. Lines are decoded only then: cheap."""
+    ends a line or a sentence) a line or sentence seen `segment_repeats` times. The text is decoded
+    only then: cheap."""
     if loop_at_tail(generated, decoding) is not None:
         return True
-    if "\n" not in tokenizer.decode(generated[-1:], skip_special_tokens=True):
+    if not SEGMENT_END_CHARS.intersection(tokenizer.decode(generated[-1:], skip_special_tokens=True)):
         return False
-    return line_loop(tokenizer.decode(generated, skip_special_tokens=True), decoding) is not None
+    return segment_loop(tokenizer.decode(generated, skip_special_tokens=True), decoding) is not None
 
 
 def causal_lm_steps(lm: LoadedModel, prompt_ids: list[int]) -> tuple[torch.Tensor, Step]:

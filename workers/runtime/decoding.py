@@ -11,6 +11,7 @@ validates both). No Django, no torch at import time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -23,7 +24,9 @@ class DecodingSettings:
     repetition_guard: stop a loop with finish_reason "repetition" (see `loop_at_tail`).
     loop_min_tokens / loop_repeats: a tail that repeats one n-gram at least `loop_repeats` times and
     spans at least `loop_min_tokens` tokens is a loop (so "very very" or "1\\n2\\n3" never is).
-    line_repeats: the same line (at least `line_min_chars` characters) seen that many times is a loop.
+    segment_repeats: the same line or sentence (at least `segment_min_chars` characters) seen that many
+    times, not necessarily in a row, is a loop (a sentence's first copy often tokenizes differently
+    from the next ones, so a token-level period can miss it).
     repetition_penalty: > 1 divides the logits of tokens already generated (1.0: off).
     no_repeat_ngram_size: n > 0 forbids generating any n-gram twice (0: off).
     stop: extra stop strings, added to the caller's.
@@ -33,8 +36,8 @@ class DecodingSettings:
     loop_min_tokens: int = 20
     loop_repeats: int = 3
     loop_max_period: int = 64
-    line_repeats: int = 3
-    line_min_chars: int = 8
+    segment_repeats: int = 3
+    segment_min_chars: int = 10
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = ()
@@ -121,16 +124,23 @@ def loop_at_tail(ids: Sequence[int], settings: DecodingSettings) -> int | None:
     return None
 
 
-def line_loop(text: str, settings: DecodingSettings) -> str | None:
-    """The line that `text`'s completed lines repeat `line_repeats` times (not necessarily in a row),
-    or None. Short lines ("", "-", "```", "1.") never count: lists and code repeat them legitimately."""
-    lines = [line.strip() for line in text.split("\n")[:-1]]  # the last one may still grow
-    if not lines:
+# Where a segment ends: after sentence punctuation, or at a line break.
+_SEGMENT_END = re.compile(r"(?<=[.!?])|\n")
+SEGMENT_END_CHARS = frozenset(".!?\n")
+
+
+def segment_loop(text: str, settings: DecodingSettings) -> str | None:
+    """The line or sentence that ends `text` if `text` holds it `segment_repeats` times, or None.
+
+    Called when the text just ended a segment. Short segments ("", "-", "```", "1.", "Yes.") never
+    count: lists and code repeat them legitimately."""
+    if not text or text.rstrip(" \t")[-1:] not in SEGMENT_END_CHARS:
         return None
-    last = lines[-1]
-    if len(last) < settings.line_min_chars:
+    segments = [part.strip() for part in _SEGMENT_END.split(text)]
+    segments = [part for part in segments if part]
+    if not segments or len(segments[-1]) < settings.segment_min_chars:
         return None
-    return last if lines.count(last) >= settings.line_repeats else None
+    return segments[-1] if segments.count(segments[-1]) >= settings.segment_repeats else None
 
 
 def degenerate(
@@ -143,7 +153,7 @@ def degenerate(
         if loop_at_tail(ids[:end], settings) is not None:
             return True
     text = text_of(ids)
-    return any(line_loop(text[: i + 1], settings) for i, ch in enumerate(text) if ch == "\n")
+    return any(segment_loop(text[: i + 1], settings) for i, ch in enumerate(text) if ch in SEGMENT_END_CHARS)
 
 
 def logits_processors(settings: DecodingSettings) -> list[Any]:
@@ -166,7 +176,7 @@ __all__ = [
     "DecodingSettings",
     "decoding_settings",
     "degenerate",
-    "line_loop",
+    "segment_loop",
     "logits_processors",
     "loop_at_tail",
 ]

@@ -220,10 +220,18 @@ def test_it_stops_a_phrase_loop_as_repetition_and_records_the_tokens_not_spent()
 
 
 def test_it_stops_a_line_repeated_even_with_other_lines_between():
-    text = "The token ratio is set.\nIt is set.\nThe token ratio is set.\nOk then.\nThe token ratio is set.\nmore"
+    text = "The token ratio is\nIt is set\nThe token ratio is\nOk then\nThe token ratio is\nmore"
     result, _ = run(text, max_new_tokens=200)
     assert result.finish_reason == "repetition"
-    assert result.text.endswith("The token ratio is set.\n") and result.text.count("The token ratio") == 3
+    assert result.text.endswith("The token ratio is\n") and result.text.count("The token ratio") == 3
+
+
+def test_it_stops_a_sentence_repeated_whatever_separates_the_copies():
+    # Not periodic (a space, a line break, a space): the sentence rule catches it at the third copy.
+    text = "The context is a bit unclear. The context is a bit unclear.\nThe context is a bit unclear. So it goes on."
+    result, _ = run(text, max_new_tokens=200)
+    assert result.finish_reason == "repetition" and result.text.endswith("unclear.")
+    assert result.text.count("The context is a bit unclear.") == 3
 
 
 def test_a_single_token_run_stops_once_it_is_long_enough_not_before():
@@ -239,6 +247,7 @@ def test_a_single_token_run_stops_once_it_is_long_enough_not_before():
     "- yes\n- yes\n- yes\n",  # short repeated lines (lists, code) are not loops
     "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n",
     "Paris is the capital of France. Paris is also its largest city. Paris has 2 million people.",
+    "1. Yes.\n2. Yes.\n3. Yes.\n4. No.\n5. Yes, e.g. here.\n",  # short sentences repeat legitimately
     COUNTING,
 ])
 def test_normal_text_with_legitimate_repeats_runs_to_its_end(text):
