@@ -16,7 +16,10 @@ Reported per config: exact match and F1 (SQuAD normalisation), `contained` (the 
 answer appears in the normalised output), `answer_in_context` (the gold answer is in the
 retrieved passages the model saw), prompt / completion tokens and cost per question at the
 configured model's price, the same tokens at a priced remote model (gpt-4o-mini by default),
-cost-of-pass = mean cost per question / contained ("inf" when contained is 0), p50 latency.
+cost-of-pass = mean cost per question / contained ("inf" when contained is 0), p50 latency,
+`degenerate_rate` (the share of answers that loop: stopped by the degeneration guard, or ones the
+guard would have stopped when a config turns it off, `workers.runtime.decoding.degenerate`),
+`finish_reasons` and the mean `repetition_tokens_saved`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -102,6 +106,22 @@ def _corpora(team, tasks: list[dict]) -> dict[str, object]:
     return corpora
 
 
+def _loop_check(pipelines: dict):
+    """answer -> whether the degeneration guard's rules find a loop in it (the model's tokens); for
+    configs that turn the guard off. Remote models (no tokenizer here): never."""
+    from apps.costs.metering import endpoint_target
+    from workers.runtime.decoding import degenerate
+
+    target = endpoint_target(next(iter(pipelines.values())).model_endpoint)
+    tokenizer = getattr(target, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "encode"):
+        return lambda answer: False
+    return lambda answer: degenerate(
+        tokenizer.encode(answer, add_special_tokens=False),
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
@@ -146,6 +166,7 @@ def main() -> None:
                     corpora=[corpus], **values,
                 )
             rows = []
+            looped = _loop_check(pipelines)
             for task in tasks:
                 run = query_run_start(team=team, pipeline=pipelines[task["corpus"]], question=task["question"])
                 run = query_run_execute(query_run_id=run.pk) if not QueryRun.objects.get(pk=run.pk).is_finished else run
@@ -172,6 +193,9 @@ def main() -> None:
                         "latency_s": run.latency_ms / 1000,
                         "status": run.status,
                         "answer": run.answer,
+                        "finish_reason": run.finish_reason,
+                        "degenerate": run.finish_reason == "repetition" or looped(run.answer),
+                        "repetition_tokens_saved": run.repetition_tokens_saved,
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
@@ -194,6 +218,9 @@ def main() -> None:
                 "cost_of_pass_at_remote_price": float(mean_remote) / accuracy if accuracy else "inf",
                 "p50_latency_s": round(statistics.median(r["latency_s"] for r in rows), 3),
                 "failed": sum(r["status"] != "succeeded" for r in rows),
+                "degenerate_rate": round(sum(r["degenerate"] for r in rows) / n, 4),
+                "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in rows).items())),
+                "repetition_tokens_saved": round(sum(r["repetition_tokens_saved"] for r in rows) / n, 1),
                 "config": {**values, "model": model},
             }
         summary = {

@@ -104,7 +104,9 @@ def _query_run_usage(run: QueryRun) -> dict:
 def _query_run_parsimony(run: QueryRun) -> dict:
     return {
         "query_run_id": run.pk,
-        "finish_reason": run.finish_reason,  # the run's own ("budget" reads as OpenAI's "length")
+        # The run's own: "budget" reads as OpenAI's "length", "repetition" (a loop stopped) as "stop".
+        "finish_reason": run.finish_reason,
+        "repetition_tokens_saved": run.repetition_tokens_saved,
         "cost": money_str(run.cost),
         "baseline_cost": money_str(run.baseline_cost),
         "baseline_kind": run.baseline_kind,
@@ -141,7 +143,8 @@ QUERY_RUN_CHAT = ChatRunShape(
     failed_message="the model call failed",
     stream_timeout_message="timed out waiting for the answer",
     still_running_message="the answer is still being generated; poll GET /api/v1/queries/{}",
-    length_reasons=("length", "time_limit", "budget"),  # "budget": the hold ran out (docs/costs.md)
+    # "budget": the hold ran out (docs/costs.md); "repetition" (the guard stopped a loop) reads as "stop".
+    length_reasons=("length", "time_limit", "budget"),
     usage=_query_run_usage,
     parsimony=_query_run_parsimony,
     cost_headers=_query_run_cost_headers,

@@ -64,6 +64,10 @@ class PipelineOutputSerializer(serializers.Serializer):
         source="fixed_context_corpus_id", allow_null=True, help_text="A corpus used as the fixed context (text wins)"
     )
     has_fixed_context = serializers.BooleanField()
+    decoding_options = serializers.JSONField(
+        help_text="Overrides of the model's decoding defaults (repetition_guard, repetition_penalty, "
+        "no_repeat_ngram_size, stop)"
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -78,7 +82,9 @@ class PipelineInputSerializer(serializers.Serializer):
     name = StrictSlugField(max_length=120)
     description = StrictCharField(required=False, allow_blank=True, max_length=500)
     corpora = serializers.ListField(child=StrictIntegerField(), required=False)
-    retriever = StrictCharField(required=False)
+    retriever = StrictCharField(
+        required=False, help_text="dense | bm25 | hybrid | none (retrieval-free: no corpora, the model answers alone)"
+    )
     top_k = StrictIntegerField(required=False)
     compression_method = StrictCharField(required=False)
     compression_target = StrictFloatField(
@@ -103,6 +109,11 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         help_text="The id of a corpus of this team used as the fixed context; null clears it",
+    )
+    decoding_options = serializers.JSONField(
+        required=False,
+        help_text="An object overriding the model's decoding defaults: {\"repetition_guard\": true, "
+        "\"repetition_penalty\": 1.1, \"no_repeat_ngram_size\": 4, \"stop\": [\"\\n\\n\"]}",
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)

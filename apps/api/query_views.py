@@ -30,7 +30,12 @@ class QueryRunOutputSerializer(serializers.Serializer):
     model = serializers.CharField(source="endpoint.name", allow_null=True, default=None)
     question = serializers.CharField()
     answer = serializers.CharField()
-    finish_reason = serializers.CharField()
+    finish_reason = serializers.CharField(
+        help_text="stop | length | time_limit | budget | repetition (the degeneration guard stopped a loop) | error"
+    )
+    repetition_tokens_saved = serializers.IntegerField(
+        help_text="Output tokens of the cap not spent because the degeneration guard stopped a loop"
+    )
     error = serializers.CharField()
     citations = serializers.JSONField()
     prompt_tokens = serializers.IntegerField()

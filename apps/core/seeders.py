@@ -41,6 +41,41 @@ def seed_docs_corpus(team, user, stdout) -> None:
 
 SEEDERS.append(seed_docs_corpus)
 
+# The demo's pipelines on the docs corpus: the default (naive RAG, the baseline savings are measured
+# against) sorts first, so the Ask page preselects it; the second cuts the context by half.
+DEMO_PIPELINES = (
+    ("parsimony-docs", "Naive RAG over Parsimony's docs: the top 5 passages sent as they are", {}),
+    ("parsimony-docs-extractive",
+     "Cost-saving: the passages' most relevant sentences only (extractive compression to half the tokens)",
+     {"compression_method": "extractive", "compression_target": 0.5}),
+)
+
+
+def seed_demo_pipelines(team, user, stdout) -> None:
+    """Two pipelines on the "Parsimony docs" corpus with the local model, so Ask answers on first visit.
+
+    Idempotent: existing pipelines of those names are left as they are (a user may have tuned them).
+    """
+    from apps.corpora.models import Corpus
+    from apps.rag.models import Pipeline
+    from apps.rag.services import pipeline_save
+
+    docs = Corpus.objects.filter(team=team, name="Parsimony docs").first()
+    if docs is None:
+        stdout.write("Pipelines: no 'Parsimony docs' corpus, none created.")
+        return
+    for name, description, options in DEMO_PIPELINES:
+        if Pipeline.objects.filter(team=team, name=name).exists():
+            continue
+        pipeline_save(
+            team=team, name=name, model_endpoint="smollm2-135m-instruct", corpora=[docs], created_by=user,
+            description=description, retriever="hybrid", top_k=5, **options,
+        )
+        stdout.write(f"Pipeline '{name}' created on 'Parsimony docs'.")
+
+
+SEEDERS.append(seed_demo_pipelines)
+
 
 def seed_agent_tools(team, user, stdout) -> None:
     """The global built-in tools (math, calculator, date and time), indexed, and a demo math agent.

@@ -101,6 +101,16 @@ def endpoint_target(endpoint: ModelEndpoint):
     raise ValidationFailed(f"model {endpoint.name!r} has an unknown kind {endpoint.kind!r}")
 
 
+def endpoint_loaded(endpoint: ModelEndpoint) -> bool:
+    """Whether the endpoint's engine object is ready in this process: False only for a local model
+    not loaded yet (its first call loads it: tens of seconds on a cold worker)."""
+    if _target_override is not None or endpoint.kind != EndpointKind.LOCAL:
+        return True
+    from workers.runtime.local_lm import causal_lm_loaded
+
+    return causal_lm_loaded(endpoint.source or "smollm2-135m-instruct")
+
+
 def call_estimate(
     *, endpoint: ModelEndpoint, target, messages: list[dict], max_output_tokens: int, price: Price | None = None
 ) -> tuple[int, Decimal]:
@@ -273,6 +283,7 @@ class MeteredCall:
     finish_reason: str
     record: UsageRecord
     tool_calls: list[dict] | None = None  # OpenAI-style tool calls (endpoints asked with `tools`)
+    repetition_tokens_saved: int = 0  # a local model's loop stopped early: output tokens not spent
 
     @property
     def cost(self) -> Decimal:
@@ -292,8 +303,12 @@ def model_call(
     stop: list[str] | None = None,
     tools: list[dict] | None = None,
     reserve: Callable[[Any], Reservation | None] | None = None,
+    decoding: dict | None = None,
 ) -> MeteredCall:
     """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own.
+
+    ``decoding``: a pipeline's overrides of the model's decoding defaults
+    (``workers.runtime.decoding``): a local model gets them all, a remote endpoint their stop strings.
 
     ``reserve``: called with the engine target once it is resolved, before anything runs; returns
     the reservation the call bills under (an agent step's hold, sized from the exact prompt).
@@ -326,6 +341,14 @@ def model_call(
         own_reservation, price = _reserve_for_call(endpoint, target, prompt_bound, cap, price, context, stage)
     try:
         hold = _hold_kwargs(endpoint, target, reservation or own_reservation, price, prompt_bound, cap) if local else {}
+        if decoding:
+            from workers.runtime.decoding import decoding_settings
+
+            settings_ = decoding_settings(getattr(target, "name", "") or endpoint.source, decoding)
+            if local:
+                hold["decoding"] = settings_
+            elif settings_.stop:
+                stop = [*(stop or []), *settings_.stop]
         result = generate(
             target=target,
             messages=messages,
@@ -356,7 +379,8 @@ def model_call(
     if local:
         profile_after_call(model_name=endpoint.price_name)
     return MeteredCall(
-        text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls
+        text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls,
+        repetition_tokens_saved=getattr(result, "repetition_tokens_saved", 0),
     )
 
 

@@ -12,6 +12,7 @@ class Retriever(models.TextChoices):
     DENSE = "dense"
     BM25 = "bm25"
     HYBRID = "hybrid"
+    NONE = "none", "none (retrieval-free: the model answers alone)"
 
 
 class Pipeline(models.Model):
@@ -55,6 +56,11 @@ class Pipeline(models.Model):
     fixed_context_corpus = models.ForeignKey(
         "corpora.Corpus", on_delete=models.SET_NULL, null=True, blank=True, related_name="fixed_context_pipelines",
         help_text="Or: a corpus whose documents, concatenated, are the fixed context",
+    )
+    decoding_options = models.JSONField(
+        default=dict, blank=True,
+        help_text="Overrides of the model's decoding defaults: repetition_guard (stop loops early, saving their "
+        "tokens), repetition_penalty, no_repeat_ngram_size, stop (a list of strings)",
     )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
@@ -116,6 +122,9 @@ class QueryRun(models.Model):
     cached_tokens = models.PositiveIntegerField(default=0)
     context_tokens_before = models.PositiveIntegerField(default=0)
     context_tokens_after = models.PositiveIntegerField(default=0)
+    repetition_tokens_saved = models.PositiveIntegerField(
+        default=0, help_text="Output tokens of the cap not spent because the degeneration guard stopped a loop"
+    )
     cost = models.DecimalField(**MONEY, default=ZERO)
     baseline_cost = models.DecimalField(
         **MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed"

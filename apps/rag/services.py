@@ -30,6 +30,7 @@ from apps.costs.billing import generation_bill
 from apps.costs.metering import (
     MeteredCall,
     call_estimate,
+    endpoint_loaded,
     endpoint_resolve,
     endpoint_target,
     generation_allowance,
@@ -64,7 +65,7 @@ from apps.rag.fixed_context import (
     kv_store,
     pipeline_fixed_context_text,
 )
-from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus
+from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
 from apps.rag.selectors import pipeline_option_names
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,14 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             errors["compression_target"] = problem
     if "max_output_tokens" in values and not 1 <= int(values["max_output_tokens"]) <= 32_768:
         errors["max_output_tokens"] = "max_output_tokens must be between 1 and 32768"
+    if "decoding_options" in values:
+        from workers.runtime.decoding import decoding_settings
+
+        try:
+            model = (model_endpoint.source or model_endpoint.name) if model_endpoint else ""
+            decoding_settings(model, values["decoding_options"])
+        except ValueError as exc:
+            errors["decoding_options"] = str(exc)
     if errors:
         raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
 
@@ -145,8 +154,27 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
 PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
-    "attention_options", "fixed_context", "fixed_context_corpus",
+    "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
 )
+
+
+def _corpora_validate(*, values: dict[str, Any], corpora: list) -> None:
+    """A pipeline answers from its corpora: it needs one, unless it is explicitly retrieval-free
+    (retriever "none": the model alone) or answers over a fixed context."""
+    fixed = bool(str(values.get("fixed_context") or "").strip()) or values.get("fixed_context_corpus") is not None
+    if values.get("retriever") == Retriever.NONE:
+        if corpora:
+            raise ValidationFailed(
+                "a retrieval-free pipeline (retriever \"none\") searches no corpus: remove its corpora or pick "
+                "a retriever (dense, bm25 or hybrid)", detail={"fields": {"corpora": "must be empty"}},
+            )
+        return
+    if not corpora and not fixed:
+        raise ValidationFailed(
+            "a pipeline needs at least one corpus to retrieve from; pick one, or set retriever \"none\" for a "
+            "retrieval-free pipeline (the model answers alone)",
+            code="corpus_required", detail={"fields": {"corpora": "at least one corpus is required"}},
+        )
 
 
 @transaction.atomic
@@ -169,6 +197,12 @@ def pipeline_save(
                "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
     pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
+    kept = {"retriever": pipeline.retriever, "fixed_context": pipeline.fixed_context,
+            "fixed_context_corpus": pipeline.fixed_context_corpus} if pipeline is not None else {}
+    _corpora_validate(
+        values={"retriever": Pipeline._meta.get_field("retriever").default, **kept, **values},
+        corpora=list(corpora) if corpora is not None else (list(pipeline.corpora.all()) if pipeline else []),
+    )
     if model_endpoint.team_id not in (None, team.pk):
         raise ValidationFailed("that model endpoint belongs to another team")
     for corpus in [*(corpora or []), *([values["fixed_context_corpus"]] if values.get("fixed_context_corpus") else [])]:
@@ -234,7 +268,10 @@ def _query_start_bound(
     if pipeline is not None:
         from apps.corpora.services.search import search_bound
 
-        estimate += search_bound(corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever)
+        if pipeline.retriever != Retriever.NONE:
+            estimate += search_bound(
+                corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever
+            )
     return estimate
 
 
@@ -306,8 +343,11 @@ class _QueryHooks:
     """The engine's hooks for one run (``workers.rag.pipeline.PipelineHooks``): search, the endpoint's
     model, the KV store, and the ledger rows, each written under the run's reservation."""
 
-    def __init__(self, *, run: QueryRun, context: LedgerContext, reservation: Any = None) -> None:
+    def __init__(
+        self, *, run: QueryRun, context: LedgerContext, reservation: Any = None, on_model_load: Any = None
+    ) -> None:
         self.run = run
+        self.on_model_load = on_model_load  # called before a cold start loads the endpoint's model
         self.context = context
         # The hold the rows are written under: the run's, or a shadow baseline's (apps.rag.shadow).
         self.reservation = reservation or run.reservation
@@ -322,6 +362,8 @@ class _QueryHooks:
         from workers.rag.pipeline import RetrievedChunk
 
         pipeline = self.run.pipeline
+        if pipeline.retriever == Retriever.NONE:
+            return []  # retrieval-free: nothing searched, nothing billed
         corpora = list(pipeline.corpora.all())
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -354,6 +396,8 @@ class _QueryHooks:
 
     def model(self) -> Any:
         if self._target is None:
+            if self.on_model_load is not None and not endpoint_loaded(self.endpoint):
+                self.on_model_load()
             self._target = endpoint_target(self.endpoint)
         return self._target
 
@@ -428,6 +472,7 @@ class _QueryHooks:
             max_output_tokens=cap,
             on_token=on_token,
             reservation=self.reservation,
+            decoding=self.run.pipeline.decoding_options if self.run.pipeline_id else None,
         )
         self.generation_record = call.record
         return call
@@ -556,9 +601,16 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         pipeline_name=run.pipeline.name if run.pipeline_id else "",
     )
     stream = AnswerStream(QueryRun, run.pk)
-    hooks = _QueryHooks(run=run, context=context)
+    at = [0, 3]  # the engine's last progress step: a cold model load is reported at it
+
+    def tracked(done: int, total: int, message: str) -> None:
+        at[:] = [done, total]
+        progress(done, total, message)
+
+    hooks = _QueryHooks(run=run, context=context, on_model_load=lambda: progress(
+        at[0], at[1], f"loading the model {hooks.endpoint.name} (first question on this worker)"))
     try:
-        outcome = _answer(run, hooks, stream, progress)
+        outcome = _answer(run, hooks, stream, tracked)
     except Exception as exc:
         actual = _ledger_total(run.pk)
         if run.reservation_id:
@@ -598,6 +650,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         cached_tokens=generation["cached"] or 0,
         context_tokens_before=outcome.context_tokens_before,
         context_tokens_after=outcome.context_tokens_after,
+        repetition_tokens_saved=outcome.repetition_tokens_saved,
         cost=actual,
         baseline_cost=money(baseline),
         baseline_kind=baseline_kind,

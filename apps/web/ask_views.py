@@ -23,6 +23,8 @@ def _ask_page(request, *, form=None, refusal=None, error="", status=200) -> Http
         initial = {}
         if "pipeline" in request.GET:
             initial["pipeline"] = request.GET["pipeline"]
+        elif (first := pipelines.first()) is not None:
+            initial["pipeline"] = first.pk  # the default (the demo's naive pipeline sorts first)
         form = AskForm(pipelines=pipelines, initial=initial)
     context = {
         "form": form,

@@ -112,7 +112,10 @@ class UploadForm(forms.Form):
 
 class SearchForm(forms.Form):
     q = forms.CharField(max_length=500, label="Search this corpus")
-    retriever = forms.ChoiceField(choices=Retriever.choices, initial=Retriever.HYBRID, required=False)
+    retriever = forms.ChoiceField(
+        choices=[(value, label) for value, label in Retriever.choices if value != Retriever.NONE],
+        initial=Retriever.HYBRID, required=False,
+    )
 
 
 # --------------------------------------------------------------------------- ask
@@ -134,7 +137,8 @@ class AskForm(forms.Form):
 PIPELINE_EXTRA_HELP = {
     "name": "Lowercase letters, digits and dashes.",
     "description": "For people; no effect on cost.",
-    "corpora": "Searched together; more corpora give more candidates but the prompt still gets top k passages.",
+    "corpora": "Searched together; more corpora give more candidates but the prompt still gets top k passages. "
+    "At least one, unless the retriever is none (a retrieval-free pipeline) or a fixed context is set.",
     "model_endpoint": "The model that writes the answer: its price per token (or per device-second) "
     "multiplies every other choice here.",
     "prompting_strategy": "How the passages are laid out in the prompt; naive sends them all in one prompt "
@@ -208,6 +212,11 @@ class PipelineForm(forms.Form):
         required=False,
         label="Attention options (JSON)",
     )
+    decoding_options = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        required=False,
+        label="Decoding options (JSON)",
+    )
 
     def __init__(
         self,
@@ -232,6 +241,10 @@ class PipelineForm(forms.Form):
 
     def clean_attention_options(self) -> dict:
         return _json_object(self.cleaned_data.get("attention_options"), "Attention options", '{"keep_fraction": 0.1}')
+
+    def clean_decoding_options(self) -> dict:
+        return _json_object(self.cleaned_data.get("decoding_options"), "Decoding options",
+                            '{"repetition_penalty": 1.1}')
 
     def clean_prompting_options(self) -> dict:
         return _json_object(self.cleaned_data.get("prompting_options"), "Prompting options", '{"top_k": 2}')

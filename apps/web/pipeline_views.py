@@ -23,7 +23,7 @@ FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
     "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens",
     "system_prompt",
-    "fixed_context", "fixed_context_corpus", "attention_options",
+    "fixed_context", "fixed_context_corpus", "attention_options", "decoding_options",
 )
 
 
@@ -50,14 +50,16 @@ def _initial(pipeline: Pipeline | None) -> dict:
     if pipeline is None:
         defaults = {f.name: f.get_default() for f in Pipeline._meta.fields if f.name in FORM_FIELDS}
         return {**defaults, "model_endpoint": "smollm2-135m-instruct", "fixed_context_corpus": "",
-                "attention_options": "", "prompting_options": ""}
-    own = ("model_endpoint", "corpora", "fixed_context_corpus", "attention_options", "prompting_options")
+                "attention_options": "", "prompting_options": "", "decoding_options": ""}
+    own = ("model_endpoint", "corpora", "fixed_context_corpus", "attention_options", "prompting_options",
+           "decoding_options")
     values = {name: getattr(pipeline, name) for name in FORM_FIELDS if name not in own}
     values["model_endpoint"] = pipeline.model_endpoint.name
     values["corpora"] = [str(pk) for pk in pipeline.corpora.values_list("pk", flat=True)]
     values["fixed_context_corpus"] = str(pipeline.fixed_context_corpus_id or "")
     values["attention_options"] = options_text(pipeline.attention_options)
     values["prompting_options"] = options_text(pipeline.prompting_options)
+    values["decoding_options"] = options_text(pipeline.decoding_options)
     return values
 
 

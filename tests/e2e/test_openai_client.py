@@ -121,7 +121,7 @@ def test_a_bad_key_is_refused(live_key):
 def test_models_lists_pipelines_and_endpoints(openai_client, team_a):
     from apps.rag.services import pipeline_save
 
-    pipeline_save(team=team_a, name="handbook-qa", model_endpoint="smollm2-135m-instruct", corpora=[])
+    pipeline_save(team=team_a, name="handbook-qa", model_endpoint="smollm2-135m-instruct", corpora=[], retriever="none")
     ids = {model.id for model in openai_client.models.list()}
     assert {"handbook-qa", "smollm2-135m-instruct", "all-MiniLM-L6-v2"} <= ids
 

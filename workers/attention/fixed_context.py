@@ -519,6 +519,7 @@ def answer(
         compute_s=compute_s,
         model=lm.name,
         error=decoded.error,
+        repetition_tokens_saved=decoded.repetition_tokens_saved,
         backend=chosen.name,
         context_tokens=n_ctx,
         user_tokens=len(u_ids),

@@ -706,6 +706,7 @@ class SuperpositionPrompting:
             compute_s=compute_s,
             model=model.name,
             error=decoded.error,
+            repetition_tokens_saved=decoded.repetition_tokens_saved,
             scores=prepared.scores,
             kept=prepared.kept,
             ttft_s=decoded.first_token_at - called,

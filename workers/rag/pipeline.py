@@ -85,6 +85,8 @@ class PipelineResult:
     baseline_prompt_tokens: int | None = None
     context_tokens_before: int = 0
     context_tokens_after: int = 0
+    # The degeneration guard stopped a loop ("repetition"): the output tokens of the cap not spent.
+    repetition_tokens_saved: int = 0
 
 
 class PipelineHooks(Protocol):
@@ -174,7 +176,8 @@ def run_direct(
     """A chat sent to the endpoint as it is (no pipeline): one metered call, no citations, no baseline."""
     progress(2, STEPS, "generating")
     call = hooks.generate(messages, on_token)
-    return PipelineResult(answer=call.text, finish_reason=call.finish_reason)
+    return PipelineResult(answer=call.text, finish_reason=call.finish_reason,
+                          repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0))
 
 
 def _answer_with_retrieval(
@@ -185,10 +188,11 @@ def _answer_with_retrieval(
     from workers.runtime.meter import count_chat_tokens, count_tokens
 
     progress(0, STEPS, "retrieving")
-    chunks = hooks.retrieve(question, config.top_k)
+    chunks = hooks.retrieve(question, config.top_k)  # none for a retrieval-free pipeline
     passages = [Passage(chunk_id=chunk.chunk_id, title=chunk.title, text=chunk.text) for chunk in chunks]
 
-    progress(1, STEPS, "compressing")
+    # Only a pipeline that compresses says so; the model may load here on a cold start (the hooks say that).
+    progress(1, STEPS, "compressing" if config.compression_method != "none" else "building the prompt")
     target = hooks.model()
     # The pipeline's own model summarizes (and scores, when local).
     method = pipeline_method(
@@ -266,6 +270,7 @@ def _answer_with_retrieval(
         baseline_prompt_tokens=count_chat_tokens(target, naive),
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
+        repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0),
     )
 
 
@@ -360,6 +365,7 @@ def _answer_fixed_context(
         baseline_prompt_tokens=result.prompt_tokens,
         context_tokens_before=result.context_tokens + result.truncated_tokens,
         context_tokens_after=result.context_tokens,
+        repetition_tokens_saved=getattr(result, "repetition_tokens_saved", 0),
     )
 
 

@@ -5,9 +5,14 @@ and superposition prompting (`workers.prompting.superposition`) each prepare the
 state (a plain cache, a fixed context outside the cache, a fork-join cache) and hand `decode` the
 first logits and a step function; the loop owns what they must agree on, so the bill and the
 stream mean the same thing everywhere: EOS ids, the stop conditions (max tokens, EOS, stop
-strings, the wall-time deadline, the hold's device-second budget, a failing `on_token`), streaming
-text pieces, and the finish reason. Prompts are prefilled in chunks (`chunked_prefill`) with the same
-deadline checked between chunks, so the wall-time limit bounds a long prompt's prefill too.
+strings, the wall-time deadline, the hold's device-second budget, a failing `on_token`, a
+repetition loop), streaming text pieces, and the finish reason. Prompts are prefilled in chunks
+(`chunked_prefill`) with the same deadline checked between chunks, so the wall-time limit bounds a
+long prompt's prefill too.
+
+The degeneration guard (`workers.runtime.decoding`) stops a generation that has fallen into a
+loop (the same n-gram, line or sentence again and again) with "repetition", and records the tokens of the
+cap it did not spend (`DecodeResult.repetition_tokens_saved`): the service shows them as a saving.
 
 The budget (`budget_s`, the device-seconds the caller's hold can still pay for) is enforced
 before each step: the loop stops ("budget") when the compute already spent plus the expected
@@ -24,12 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from workers.runtime.decoding import (
+    SEGMENT_END_CHARS,
+    DecodingSettings,
+    logits_processors,
+    loop_at_tail,
+    segment_loop,
+)
+
 if TYPE_CHECKING:
     import torch
 
     from workers.runtime.local_lm import LoadedModel
 
-FinishReason = Literal["stop", "length", "time_limit", "budget", "error"]
+FinishReason = Literal["stop", "length", "time_limit", "budget", "repetition", "error"]
 # Feeds one token id to the model at the next position -> the next token's logits (V,).
 Step = Callable[[int], "torch.Tensor"]
 # Picks the next token id from logits (V,): `greedy` or a `sampler(...)`.
@@ -62,14 +75,17 @@ def truncate_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
 
 def finish_reason(
     *, callback_failed: bool, stop_hit: bool, ended_with_eos: bool, n_generated: int, max_new_tokens: int,
-    timed_out: bool, out_of_budget: bool = False,
+    timed_out: bool, out_of_budget: bool = False, looped: bool = False,
 ) -> FinishReason:
     """Why generation ended. A failing callback wins (the caller must know the stream broke),
-    then the model's own end (EOS or a stop string), then the caps (tokens, time, the hold)."""
+    then the model's own end (EOS or a stop string), then the degeneration guard (a loop), then
+    the caps (tokens, time, the hold)."""
     if callback_failed:
         return "error"
     if stop_hit or ended_with_eos:
         return "stop"
+    if looped:
+        return "repetition"
     if n_generated >= max_new_tokens:
         return "length"
     if timed_out:
@@ -232,6 +248,8 @@ class DecodeResult:
     step_device_s: list[float] = field(default_factory=list)  # per step on the billing clock (`clock`)
     first_token_at: float = math.nan  # time.perf_counter() when the first token was picked
     budget_s: float | None = None  # the device-seconds the hold covered at the end (None: unbounded)
+    # Stopped as a loop ("repetition"): the tokens of the cap not spent (max_new_tokens - generated).
+    repetition_tokens_saved: int = 0
 
     @property
     def decode_s(self) -> float:
@@ -255,6 +273,7 @@ def decode(
     first_step_s: float = 0.0,
     ignore_eos: bool = False,
     clock: Callable[[], float] = time.perf_counter,
+    decoding: DecodingSettings | None = None,
 ) -> DecodeResult:
     """Decode from `first_logits` (the last prompt position's logits, (V,)) until a stop condition.
 
@@ -270,12 +289,21 @@ def decode(
     with "budget" when the seconds since then plus the expected next step (`next_step_s`;
     `first_step_s` before any step was timed) would pass it and the hold does not grow to cover
     it (an `Allowance` with `grow`).
-    `ignore_eos`: decode through EOS (calibration measures full lengths).
+    `ignore_eos`: decode through EOS and loops (calibration measures full lengths).
+    `decoding`: the degeneration guard, penalties and extra stop strings (default: the guard on,
+    no penalty; `workers.runtime.decoding.decoding_settings` gives a model's defaults). A loop stops
+    the decode with "repetition" on the token that completes it (the text keeps the loop as
+    streamed, so streamed pieces still concatenate to it).
     """
     import torch
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    decoding = decoding or DecodingSettings()
+    if decoding.stop:
+        stop = [*(stop or []), *(s for s in decoding.stop if s not in (stop or []))]
+    guard = decoding.repetition_guard and not ignore_eos
+    processors = logits_processors(decoding)
     stream = TextStream(tokenizer, on_token, stop) if on_token is not None else None
     stop_criteria = None
     if stop:
@@ -292,12 +320,15 @@ def decode(
     first_token_at = math.nan
     timed_out = False
     out_of_budget = False
+    looped = False
     budget = as_allowance(budget_s)
     budget_from = clock() if compute_started is None else compute_started
     no_eos: frozenset[int] = frozenset()
     eos = no_eos if ignore_eos else eos
     logits = first_logits
     while True:
+        if processors and generated:
+            logits = _processed(processors, generated, logits)
         token = pick(logits)
         generated.append(token)
         if math.isnan(first_token_at):
@@ -308,6 +339,8 @@ def decode(
         if stop_criteria is not None and not done:
             tail = (tail + [token])[-stop_criteria.maximum_token_len :]
             done = bool(stop_criteria(torch.tensor([tail]), None)[0])
+        if guard and not done:
+            looped = done = _looping(generated, tokenizer, decoding)
         # Checked whatever else ended it, as transformers evaluates all its stopping criteria.
         timed_out = time.perf_counter() > deadline
         if done or timed_out:
@@ -328,7 +361,7 @@ def decode(
     finish = finish_reason(
         callback_failed=callback_error is not None, stop_hit=stop_hit, ended_with_eos=generated[-1] in eos,
         n_generated=len(generated), max_new_tokens=max_new_tokens, timed_out=timed_out,
-        out_of_budget=out_of_budget,
+        out_of_budget=out_of_budget, looped=looped,
     )
     if stream is not None:
         stream.finish(text)
@@ -342,7 +375,30 @@ def decode(
         step_device_s=step_device_s,
         first_token_at=first_token_at,
         budget_s=budget.seconds if budget is not None else None,
+        repetition_tokens_saved=max_new_tokens - len(generated) if finish == "repetition" else 0,
     )
+
+
+def _processed(processors: list[Any], generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """`logits` (V,) through the penalty processors, which see the generated ids only."""
+    import torch
+
+    ids = torch.tensor([generated], dtype=torch.long, device=logits.device)  # (1, n)
+    scores = logits.float()[None]  # (1, V)
+    for process in processors:
+        scores = process(ids, scores)
+    return scores[0]
+
+
+def _looping(generated: list[int], tokenizer: Any, decoding: DecodingSettings) -> bool:
+    """Whether the ids just generated end a loop: a repeated n-gram at the tail, or (on a token that
+    ends a line or a sentence) a line or sentence seen `segment_repeats` times. The text is decoded
+    only then: cheap."""
+    if loop_at_tail(generated, decoding) is not None:
+        return True
+    if not SEGMENT_END_CHARS.intersection(tokenizer.decode(generated[-1:], skip_special_tokens=True)):
+        return False
+    return segment_loop(tokenizer.decode(generated, skip_special_tokens=True), decoding) is not None
 
 
 # Prompts are read this many tokens per forward pass, the wall-time deadline checked between passes, so a

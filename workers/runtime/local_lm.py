@@ -243,6 +243,17 @@ def rope_scaled(config: Any, rope_scaling: dict[str, Any]) -> tuple[Any, str]:
     return config, f"+{rope_type}{factor:g}"
 
 
+def causal_lm_loaded(source: str, *, device: str | None = None, dtype: Any = None,
+                     rope_scaling: dict[str, Any] | None = None) -> bool:
+    """Whether `load_causal_lm` with these arguments would return at once (already loaded in this
+    process): the service tells a user "loading the model" on a cold start."""
+    device = device or default_device()
+    dtype = dtype or _default_dtype(device)
+    key = (source, device, str(dtype), json.dumps(rope_scaling or {}, sort_keys=True))
+    with _cache_lock:
+        return key in _cache
+
+
 def load_causal_lm(
     source: str, *, cache_dir: Path, device: str | None = None, dtype: Any = None,
     rope_scaling: dict[str, Any] | None = None,

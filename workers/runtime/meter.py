@@ -38,6 +38,7 @@ from workers.runtime.decode import (
     sampler,
     truncate_at_stop,
 )
+from workers.runtime.decoding import DecodingSettings, decoding_settings
 from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.openai_compat import (
@@ -79,6 +80,8 @@ class GenerationResult:
     error: str | None = None
     # OpenAI-compatible endpoints asked with `tools`: the tool calls the model made, as sent.
     tool_calls: list[dict[str, Any]] | None = None
+    # Local models stopped as a loop ("repetition"): the output tokens of the cap not spent.
+    repetition_tokens_saved: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -172,8 +175,12 @@ def generate(
     budget_s: float | Allowance | None = None,
     expected_prefill_s: float = 0.0,
     expected_step_s: float = 0.0,
+    decoding: DecodingSettings | None = None,
 ) -> GenerationResult:
     """Run one chat completion under hard caps and report what it used.
+
+    `decoding`: a local model's degeneration guard, penalties and extra stop strings (None: the
+    model's defaults, `workers.runtime.decoding.decoding_settings`); other targets ignore it.
 
     `budget_s`: device-seconds the hold still covers (None: unbounded), or an `Allowance` that can
     grow the hold as decoding goes on; `expected_prefill_s` / `expected_step_s`: the cost model's
@@ -197,7 +204,7 @@ def generate(
     if isinstance(target, LoadedModel):
         result = _generate_local(
             target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop,
-            _Budget(allowance, expected_prefill_s, expected_step_s),
+            _Budget(allowance, expected_prefill_s, expected_step_s), decoding,
         )
     elif isinstance(target, EchoTarget):
         result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
@@ -234,6 +241,7 @@ def _generate_local(
     temperature: float,
     stop: list[str] | None,
     budget: _Budget | None = None,
+    decoding: DecodingSettings | None = None,
 ) -> GenerationResult:
     import torch
 
@@ -279,6 +287,7 @@ def _generate_local(
                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,
                 stop=stop, prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=c0,
                 first_step_s=budget.expected_step_s, clock=clock,
+                decoding=decoding or decoding_settings(target.name),
             )
         if on_cuda:
             torch.cuda.synchronize(target.device)
@@ -294,6 +303,7 @@ def _generate_local(
         compute_s=compute_s,
         model=target.name,
         error=decoded.error,
+        repetition_tokens_saved=decoded.repetition_tokens_saved,
     )
 
 

@@ -18,9 +18,13 @@ def echo_model(monkeypatch):
 
 
 @pytest.fixture
-def empty_pipeline(team_a, db):
+def empty_pipeline(team_a, db, settings, tmp_path):
+    """A pipeline on an empty corpus: retrieval runs (and is billed) but finds nothing."""
+    from apps.corpora.services import corpus_create
     from apps.rag.services import pipeline_save
 
+    settings.DATA_ROOT = tmp_path
+    corpus = corpus_create(team=team_a, name="empty")
     return pipeline_save(
-        team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[], max_output_tokens=32
+        team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[corpus], max_output_tokens=32
     )

@@ -62,8 +62,12 @@ def test_it_creates_and_changes_a_pipeline_with_a_fixed_context_and_attention_op
     assert changed.status_code == 200, changed.json()
     assert changed.json()["fixed_context"] == "" and changed.json()["fixed_context_corpus"] == corpus.pk
     assert changed.json()["attention_options"] == {"keep_fraction": 0.2}  # untouched by a partial change
+    # Without its fixed context and with no corpus, a pipeline must say it is retrieval-free.
+    no_source = admin.patch(f"/api/v1/pipelines/{body['id']}", {"fixed_context_corpus": None}, format="json")
+    assert no_source.status_code == 400 and no_source.json()["error"]["code"] == "corpus_required"
     cleared = admin.patch(f"/api/v1/pipelines/{body['id']}", {"fixed_context_corpus": None, "attention_backend": "full",
-                                                              "attention_options": {}}, format="json")
+                                                              "attention_options": {}, "retriever": "none"},
+                          format="json")
     assert cleared.status_code == 200 and not cleared.json()["has_fixed_context"]
     pipeline = Pipeline.objects.get(pk=body["id"])
     assert pipeline.fixed_context_corpus is None and pipeline.attention_options == {}
@@ -117,7 +121,7 @@ def test_the_prefill_operation_starts_the_job_and_answers_202_with_where_to_poll
 
 
 def test_the_prefill_operation_says_why_it_cannot_run(team_a, admin, handbook, queued):
-    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct")
+    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
     remote = ModelEndpoint.objects.create(team=team_a, name="remote-gpt", kind="openai", base_url="http://remote.invalid/v1",
                                           price_name="local/smollm2-135m-instruct")
     elsewhere = pipeline_save(team=team_a, name="elsewhere", model_endpoint=remote, fixed_context=HANDBOOK)
@@ -169,7 +173,7 @@ def test_the_schema_documents_the_fields_and_the_prefill_operation(api_client):
 def test_it_reads_and_writes_a_pipelines_prompting_options(admin):
     created = admin.post("/api/v1/pipelines", {
         "name": "sp", "model": "smollm2-135m-instruct", "prompting_strategy": "superposition",
-        "prompting_options": {"top_k": 1, "answer_mode": "recompute"},
+        "prompting_options": {"top_k": 1, "answer_mode": "recompute"}, "retriever": "none",
     }, format="json")
     assert created.status_code == 201, created.json()
     body = created.json()

@@ -17,7 +17,8 @@ def _client(api_client, key):
 def test_it_creates_a_pipeline_and_rejects_unknown_methods_with_the_valid_ones(team_a, make_api_key, api_client):
     client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
     created = client.post(
-        "/api/v1/pipelines", {"name": "docs-qa", "model": "smollm2-135m-instruct", "top_k": 3}, format="json"
+        "/api/v1/pipelines", {"name": "docs-qa", "model": "smollm2-135m-instruct", "top_k": 3, "retriever": "none"},
+        format="json",
     )
     assert created.status_code == 201, created.json()
     assert created.json()["compression_method"] == "none"
@@ -122,8 +123,8 @@ def test_usage_reports_claimed_vs_measured_baselines_of_runs_with_a_shadow(team_
     from apps.rag.services import pipeline_save
 
     ensure_default_models()
-    mine = pipeline_save(team=team_a, name="squeezed", model_endpoint="smollm2-135m-instruct")
-    theirs = pipeline_save(team=team_b, name="squeezed", model_endpoint="smollm2-135m-instruct")
+    mine = pipeline_save(team=team_a, name="squeezed", model_endpoint="smollm2-135m-instruct", retriever="none")
+    theirs = pipeline_save(team=team_b, name="squeezed", model_endpoint="smollm2-135m-instruct", retriever="none")
     for team, pipeline, claimed, measured in (
         (team_a, mine, "0.0011", "0.0010"), (team_a, mine, "0.0010", "0.0010"), (team_a, mine, "0.0050", None),
         (team_b, theirs, "0.0100", "0.0010"),
@@ -137,3 +138,48 @@ def test_usage_reports_claimed_vs_measured_baselines_of_runs_with_a_shadow(team_
         "pipeline": "squeezed", "runs": 2, "claimed_baseline_cost": "0.0021000000",
         "measured_baseline_cost": "0.0020000000", "error": pytest.approx(0.05),
     }]
+
+
+def test_a_pipeline_needs_a_corpus_unless_it_is_explicitly_retrieval_free(team_a, make_api_key, api_client):
+    client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    none = client.post("/api/v1/pipelines", {"name": "qa", "model": "smollm2-135m-instruct"}, format="json")
+    assert none.status_code == 400
+    error = none.json()["error"]
+    assert error["code"] == "corpus_required" and "needs at least one corpus" in error["message"]
+    assert 'retriever "none"' in error["message"] and "corpora" in error["detail"]["fields"]
+    free = client.post("/api/v1/pipelines", {"name": "qa", "model": "smollm2-135m-instruct", "retriever": "none"},
+                       format="json")
+    assert free.status_code == 201 and free.json()["retriever"] == "none"
+    # Changing it back to a retriever without giving it a corpus is refused the same way.
+    back = client.patch(f"/api/v1/pipelines/{free.json()['id']}", {"retriever": "hybrid"}, format="json")
+    assert back.status_code == 400 and back.json()["error"]["code"] == "corpus_required"
+
+
+def test_decoding_options_are_validated_and_returned(team_a, make_api_key, api_client):
+    client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    base = {"name": "qa", "model": "smollm2-135m-instruct", "retriever": "none"}
+    bad = client.post("/api/v1/pipelines", {**base, "decoding_options": {"repetition_penalty": 9}}, format="json")
+    assert bad.status_code == 400
+    assert "repetition_penalty must be a number between 1.0 (off) and 2.0" in bad.json()["error"]["message"]
+    assert "decoding_options" in bad.json()["error"]["detail"]["fields"]
+    options = {"no_repeat_ngram_size": 4, "stop": ["\n\n"]}
+    good = client.post("/api/v1/pipelines", {**base, "decoding_options": options}, format="json")
+    assert good.status_code == 201 and good.json()["decoding_options"] == options
+
+
+def test_a_run_stopped_as_a_loop_reads_as_stop_on_v1_and_shows_the_tokens_saved(
+    team_a, make_api_key, api_client, echo_model, empty_pipeline
+):
+    from apps.api.openai_format import QUERY_RUN_CHAT
+    from apps.rag.models import QueryRun
+
+    client = _client(api_client, make_api_key(team_a))
+    answer = client.post("/api/v1/queries", {"pipeline": "plain", "question": "Loop?"}, format="json").json()
+    assert answer["finish_reason"] == "stop" and answer["repetition_tokens_saved"] == 0
+    QueryRun.objects.filter(pk=answer["id"]).update(finish_reason="repetition", repetition_tokens_saved=83)
+    again = client.get(f"/api/v1/queries/{answer['id']}").json()
+    assert again["finish_reason"] == "repetition" and again["repetition_tokens_saved"] == 83
+    run = QueryRun.objects.get(pk=answer["id"])
+    assert QUERY_RUN_CHAT.finish_reason(run) == "stop"  # a valid OpenAI reason; ours in the extension
+    extension = QUERY_RUN_CHAT.parsimony(run)
+    assert extension["finish_reason"] == "repetition" and extension["repetition_tokens_saved"] == 83

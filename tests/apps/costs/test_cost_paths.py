@@ -128,7 +128,7 @@ def _tool_search(ctx) -> tuple[int, str]:
 def _query(ctx) -> tuple[int, str]:
     from apps.rag.services import pipeline_save
 
-    pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct")
+    pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
     response = ctx["api"].post("/api/v1/queries", {"pipeline": "plain", "question": "Why stripes?"}, format="json")
     assert not QueryRun.objects.exists()
     return response.status_code, response.content.decode()

@@ -71,7 +71,7 @@ def test_a_corpus_fixed_context_is_its_documents_rebuilt_from_overlapping_chunks
 
 
 def test_only_a_local_pipeline_with_a_fixed_context_can_be_prefilled(team_a):
-    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct")
+    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
     with pytest.raises(ValidationFailed, match="has no fixed context"):
         fixed_context_prefill_start(pipeline=plain)
     assert fixed_context_prefill_execute(params={"pipeline_id": 10**9}) == {"skipped": "pipeline deleted"}
@@ -193,7 +193,7 @@ def test_the_command_attaches_a_fixed_context_and_a_backend(team_a, tmp_path):
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
-    pipeline = pipeline_save(team=team_a, name="handbook", model_endpoint="smollm2-135m-instruct")
+    pipeline = pipeline_save(team=team_a, name="handbook", model_endpoint="smollm2-135m-instruct", retriever="none")
     text_file = tmp_path / "handbook.txt"
     text_file.write_text(HANDBOOK, encoding="utf-8")
     call_command("fixed_context", "handbook", team=team_a.slug, text_file=text_file, backend="retrieval",

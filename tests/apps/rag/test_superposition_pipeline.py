@@ -29,12 +29,12 @@ def remote_endpoint(db):
 def test_it_rejects_superposition_on_a_remote_endpoint_at_validation(team_a, remote_endpoint):
     with pytest.raises(ValidationFailed, match="needs a local model; 'remote-gpt' is a remote endpoint"):
         pipeline_save(team=team_a, name="sp", model_endpoint=remote_endpoint, prompting_strategy="superposition")
-    naive = pipeline_save(team=team_a, name="naive", model_endpoint=remote_endpoint)
+    naive = pipeline_save(team=team_a, name="naive", model_endpoint=remote_endpoint, retriever="none")
     with pytest.raises(ValidationFailed, match="needs a local model"):
         pipeline_save(team=team_a, name="naive", model_endpoint=remote_endpoint, pipeline=naive,
                       prompting_strategy="superposition")
     local = pipeline_save(team=team_a, name="local-sp", model_endpoint="smollm2-135m-instruct",
-                          prompting_strategy="superposition")
+                          prompting_strategy="superposition", retriever="none")
     assert local.prompting_strategy == "superposition"
     # Switching a superposition pipeline to a remote endpoint is refused too.
     with pytest.raises(ValidationFailed, match="needs a local model"):
@@ -96,6 +96,7 @@ def test_it_validates_the_prompting_options_against_the_strategy(team_a):
         model_endpoint="smollm2-135m-instruct",
         prompting_strategy="superposition",
         prompting_options={"top_k": 3, "answer_mode": "recompute"},
+        retriever="none",
     )
     assert pipeline.prompting_options == {"top_k": 3, "answer_mode": "recompute"}
     for options, message in [

@@ -91,7 +91,7 @@ def test_admins_start_the_prefill_and_see_its_progress(owner_client, handbook, d
 
 
 def test_a_refused_prefill_says_why(owner_client, team_a, default_models_db):
-    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct")
+    plain = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
     page = owner_client.post(f"/pipelines/{plain.pk}/prefill/", follow=True).content.decode()
     assert "The fixed context was not prefilled: pipeline &#x27;plain&#x27; has no fixed context to prefill" in page
     assert not Job.objects.exists()

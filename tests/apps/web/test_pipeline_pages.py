@@ -41,9 +41,11 @@ def test_members_create_and_edit_pipelines(member_client, corpus, team_a, defaul
     assert pipeline.top_k == 3 and list(pipeline.corpora.all()) == [corpus]
     edit = member_client.get(f"/pipelines/{pipeline.pk}/edit/")
     assert b'value="cheap-qa"' in edit.content
-    member_client.post(f"/pipelines/{pipeline.pk}/edit/", _values(corpus, top_k=7, corpora=[]))
+    refused = member_client.post(f"/pipelines/{pipeline.pk}/edit/", _values(corpus, top_k=7, corpora=[]))
+    assert refused.status_code == 400 and b"at least one corpus is required" in refused.content
+    member_client.post(f"/pipelines/{pipeline.pk}/edit/", _values(corpus, top_k=7, corpora=[], retriever="none"))
     pipeline.refresh_from_db()
-    assert pipeline.top_k == 7 and not pipeline.corpora.exists()
+    assert pipeline.top_k == 7 and not pipeline.corpora.exists() and pipeline.retriever == "none"
     assert b"cheap-qa" in member_client.get("/pipelines/").content
 
 

@@ -22,9 +22,12 @@ from workers.runtime.decode import (
     sampler,
     truncate_at_stop,
 )
+from workers.runtime.decoding import DecodingSettings, decoding_settings
 
 EOS = 0
 VOCAB = 256
+# Long text without a loop in it (the degeneration guard would stop "aaaa…" as one).
+COUNTING = " ".join(str(i) for i in range(200))
 
 
 class ByteTokenizer:
@@ -92,17 +95,17 @@ def test_it_produces_one_token_when_the_deadline_has_already_passed():
 
 
 def test_it_checks_the_deadline_after_every_token():
-    result, _ = run("a" * 50, deadline=time.perf_counter() + 0.05, sleep_s=0.02)
+    result, _ = run(COUNTING, deadline=time.perf_counter() + 0.05, sleep_s=0.02)
     assert result.finish_reason == "time_limit"
-    assert 1 <= len(result.token_ids) < 50
+    assert 1 <= len(result.token_ids) < len(COUNTING)
 
 
 def test_it_stops_before_a_step_the_budget_cannot_pay_for_with_finish_reason_budget():
     started = time.perf_counter()
-    result, calls = run("a" * 200, budget_s=0.2, compute_started=started, sleep_s=0.02, first_step_s=0.02)
+    result, calls = run(COUNTING, budget_s=0.2, compute_started=started, sleep_s=0.02, first_step_s=0.02)
     spent = time.perf_counter() - started
     assert result.finish_reason == "budget"
-    assert 3 <= len(calls) < 200 and len(result.token_ids) == len(calls) + 1
+    assert 3 <= len(calls) < len(COUNTING) and len(result.token_ids) == len(calls) + 1
     assert spent <= 0.2 + 0.01  # the last step started only if its predicted time still fitted
 
 
@@ -117,8 +120,8 @@ def test_an_allowance_grows_while_decoding_in_slices_and_stops_where_growth_is_r
 
     allowance = Allowance(0.03, grow)
     started = time.perf_counter()
-    result, calls = run("a" * 200, budget_s=allowance, compute_started=started, sleep_s=0.01, first_step_s=0.01)
-    assert result.finish_reason == "budget" and 5 <= len(calls) < 200
+    result, calls = run(COUNTING, budget_s=allowance, compute_started=started, sleep_s=0.01, first_step_s=0.01)
+    assert result.finish_reason == "budget" and 5 <= len(calls) < len(COUNTING)
     # It asked only when the next step would pass the hold, growing by slices, not once a step.
     assert 1 < allowance.grown < len(calls) / 2 and len(asked) >= allowance.grown
     assert 0.03 < allowance.seconds <= cap_s and result.budget_s == allowance.seconds
@@ -143,7 +146,7 @@ def test_a_budget_too_small_for_one_step_still_yields_the_first_token_without_st
 
 
 def test_without_a_budget_the_same_decode_runs_to_its_cap():
-    result, _ = run("a" * 30, max_new_tokens=20, sleep_s=0.001)
+    result, _ = run(COUNTING, max_new_tokens=20, sleep_s=0.001)
     assert result.finish_reason == "length" and len(result.token_ids) == 20
 
 
@@ -202,6 +205,95 @@ def test_the_finish_reason_prefers_a_failed_callback_then_the_models_end_then_th
     assert finish_reason(**{**base, "n_generated": 10, "ended_with_eos": True}) == "stop"
     assert finish_reason(**{**base, "n_generated": 10, "stop_hit": True}) == "stop"
     assert finish_reason(**{**base, "ended_with_eos": True, "callback_failed": True}) == "error"
+
+
+# ---------------------------------------------------------------------------- the degeneration guard
+
+
+def test_it_stops_a_phrase_loop_as_repetition_and_records_the_tokens_not_spent():
+    loop = "The answer is: " * 21
+    result, calls = run(loop, max_new_tokens=128)
+    assert result.finish_reason == "repetition"
+    # Three copies of the 15-byte phrase (≥ 20 tokens in all) are enough to call it a loop.
+    assert len(result.token_ids) == 45 and result.text == "The answer is: " * 3
+    assert result.repetition_tokens_saved == 128 - 45 and len(calls) == 44
+
+
+def test_it_stops_a_line_repeated_even_with_other_lines_between():
+    text = "The token ratio is\nIt is set\nThe token ratio is\nOk then\nThe token ratio is\nmore"
+    result, _ = run(text, max_new_tokens=200)
+    assert result.finish_reason == "repetition"
+    assert result.text.endswith("The token ratio is\n") and result.text.count("The token ratio") == 3
+
+
+def test_it_stops_a_sentence_repeated_whatever_separates_the_copies():
+    # Not periodic (a space, a line break, a space): the sentence rule catches it at the third copy.
+    text = "The context is a bit unclear. The context is a bit unclear.\nThe context is a bit unclear. So it goes on."
+    result, _ = run(text, max_new_tokens=200)
+    assert result.finish_reason == "repetition" and result.text.endswith("unclear.")
+    assert result.text.count("The context is a bit unclear.") == 3
+
+
+def test_a_single_token_run_stops_once_it_is_long_enough_not_before():
+    result, _ = run("Wow" + "!" * 60, max_new_tokens=100)
+    assert result.finish_reason == "repetition" and result.text == "Wow" + "!" * 20
+    result, _ = run("Wow" + "!" * 19)
+    assert result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("text", [
+    "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12",  # a list: lines differ
+    "It is very very very good, no no no.",  # short words repeated
+    "- yes\n- yes\n- yes\n",  # short repeated lines (lists, code) are not loops
+    "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n",
+    "Paris is the capital of France. Paris is also its largest city. Paris has 2 million people.",
+    "1. Yes.\n2. Yes.\n3. Yes.\n4. No.\n5. Yes, e.g. here.\n",  # short sentences repeat legitimately
+    COUNTING,
+])
+def test_normal_text_with_legitimate_repeats_runs_to_its_end(text):
+    result, _ = run(text, max_new_tokens=len(text) + 1)
+    assert result.finish_reason == "stop" and result.text == text and result.repetition_tokens_saved == 0
+
+
+def test_the_guard_can_be_turned_off_and_is_off_when_decoding_through_eos():
+    loop = "The answer is: " * 10
+    off = DecodingSettings(repetition_guard=False)
+    assert run(loop, max_new_tokens=200, decoding=off)[0].finish_reason == "stop"
+    assert run(loop, max_new_tokens=100, ignore_eos=True, then_eos=False)[0].finish_reason == "length"
+
+
+def test_a_repetition_penalty_changes_the_pick_for_tokens_already_generated():
+    # Logits favour "a" then "b"; with a strong penalty the second step avoids repeating "a".
+    logits = torch.zeros(VOCAB)
+    logits[ord("a")], logits[ord("b")] = 2.0, 1.5
+
+    def step(token: int) -> torch.Tensor:
+        return logits.clone()
+
+    plain = decode(first_logits=logits.clone(), step=step, tokenizer=ByteTokenizer(), eos={EOS}, max_new_tokens=3,
+                   deadline=math.inf, decoding=DecodingSettings(repetition_guard=False))
+    penalised = decode(first_logits=logits.clone(), step=step, tokenizer=ByteTokenizer(), eos={EOS},
+                       max_new_tokens=3, deadline=math.inf,
+                       decoding=DecodingSettings(repetition_guard=False, repetition_penalty=2.0))
+    assert plain.text == "aaa" and penalised.text == "aba"
+
+
+def test_model_defaults_and_pipeline_overrides_are_validated():
+    assert decoding_settings("smollm2-135m-instruct").repetition_guard is True
+    tuned = decoding_settings("smollm2-135m-instruct", {"no_repeat_ngram_size": 4, "stop": ["\n\n"]})
+    assert tuned.no_repeat_ngram_size == 4 and tuned.stop == ("\n\n",)
+    for bad, message in [({"temperature": 1}, "unknown decoding options: temperature"),
+                         ({"repetition_penalty": 0.5}, "between 1.0"), ({"no_repeat_ngram_size": -1}, "between 0"),
+                         ({"stop": "x"}, "stop must be a list"), ({"repetition_guard": "yes"}, "true or false")]:
+        with pytest.raises(ValueError, match=message):
+            decoding_settings("smollm2", bad)
+
+
+def test_the_finish_reason_ranks_a_loop_after_the_models_end_and_before_the_caps():
+    base = dict(callback_failed=False, stop_hit=False, ended_with_eos=False, n_generated=10, max_new_tokens=10,
+                timed_out=True, looped=True)
+    assert finish_reason(**base) == "repetition"
+    assert finish_reason(**{**base, "ended_with_eos": True}) == "stop"
 
 
 def test_truncate_at_stop_cuts_before_the_earliest_stop_string():
@@ -362,3 +454,19 @@ def test_superposition_answers_as_its_own_loop_did(smollm2):
     assert result.completion_tokens == len(ids)
     assert result.text == smollm2.tokenizer.decode(ids, skip_special_tokens=True)
     assert "Röntgen" in result.text or "1901" in result.text
+
+
+LOOPING = [{"role": "user", "content": "Repeat after me: The answer is:"}]  # SmolLM2 repeats it to the cap
+
+
+@pytest.mark.slow
+def test_the_real_model_stops_a_loop_early_and_reports_the_tokens_not_spent(smollm2):
+    from workers.runtime.meter import generate
+
+    result = generate(target=smollm2, messages=LOOPING, max_output_tokens=64, wall_time_limit_s=120)
+    assert result.finish_reason == "repetition"
+    assert result.text.count("The answer is:") >= 3 and result.completion_tokens < 32
+    assert result.repetition_tokens_saved == 64 - result.completion_tokens
+    unguarded = generate(target=smollm2, messages=LOOPING, max_output_tokens=32, wall_time_limit_s=120,
+                         decoding=DecodingSettings(repetition_guard=False))
+    assert unguarded.finish_reason == "length" and unguarded.text.count("The answer is:") >= 6
