@@ -46,6 +46,33 @@ def write_json(path: Path, data: Any, *, indent: int = 2, newline: bool = False,
     return text
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a benchmark starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(port: int, timeout_s: float = 60.0) -> None:
+    """Wait until the loopback server on ``port`` answers ``GET /healthz`` 200 (RuntimeError after ``timeout_s``)."""
+    import http.client
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
+
+
 def documented_commands() -> dict[str, list[str]]:
     """{benchmark: its docstring's command lines}, for every script in benchmarks/ that has some."""
     out: dict[str, list[str]] = {}

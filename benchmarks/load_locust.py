@@ -40,6 +40,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from benchmarks.common import wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/parsimony_load"
@@ -207,22 +209,6 @@ def _setup(*, teams: int, fake_base_url: str) -> list[dict]:
     return plan
 
 
-def _wait_ready(port: int, timeout_s: float = 90.0) -> None:
-    import http.client
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"gunicorn on port {port} not ready after {timeout_s} s")
-
-
 def _stats(csv_path: Path, duration_s: float) -> dict:
     rows = {}
     with csv_path.open() as handle:
@@ -308,7 +294,7 @@ def main() -> dict:
             cwd=ROOT, env=os.environ.copy(), start_new_session=True, stdout=server_log, stderr=subprocess.STDOUT,
         )
         try:
-            _wait_ready(args.port)
+            wait_ready(args.port, timeout_s=90.0)
             costs_path, csv_prefix = var / "costs.json", var / "locust"
             locust = subprocess.run(
                 [str(BIN / "locust"), "-f", str(Path(__file__).resolve()), "--headless", "--only-summary",

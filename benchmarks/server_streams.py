@@ -20,7 +20,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, write_json
+from benchmarks.common import ROOT, free_port, wait_ready, write_json
 
 BIN = Path(sys.executable).parent
 
@@ -47,26 +46,6 @@ def configurations(workers: int, threads: int) -> dict[str, list[str]]:
             str(BIN / "uvicorn"), "--workers", str(workers), "--log-level", "warning", "apps.config.asgi:application",
         ],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
 
 
 def open_stream(port: int, query: str, started: float, out: dict, timeout_s: float) -> None:
