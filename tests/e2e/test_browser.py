@@ -117,6 +117,17 @@ def _login(browser, base_url: str, username: str, viewport=None):
     return context, page
 
 
+def _wait_until(page, expression: str, *, timeout_ms: int, interval_ms: int = 100) -> None:
+    """Poll a JavaScript expression until it is truthy. Not ``page.wait_for_function``: Playwright
+    compiles that predicate with eval inside the page, which the app's Content-Security-Policy
+    (script-src 'self', no 'unsafe-eval') rightly refuses; ``page.evaluate`` goes through DevTools."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_ms} ms waiting for: {expression}")
+        page.wait_for_timeout(interval_ms)
+
+
 def _shot(page, folder: Path, name: str, full_page: bool = True) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
 
@@ -161,9 +172,8 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     page.locator("#documents tr[data-status=processing]").first.wait_for(timeout=120_000)
     page.locator("#documents").scroll_into_view_if_needed()
     _shot(page, shots_dir, "04b-corpus-ingesting-progress", full_page=False)
-    page.wait_for_function(
-        "document.querySelectorAll('#documents tr[data-status=ready]').length === 2", timeout=180_000, polling=250
-    )
+    _wait_until(page, "document.querySelectorAll('#documents tr[data-status=ready]').length === 2",
+                timeout_ms=180_000, interval_ms=250)
     assert page.locator("#documents[hx-trigger]").count() == 0  # polling stopped
     assert page.locator("#documents progress[value='100']").count() == 2
     assert Document.objects.filter(corpus=corpus, status="ready").count() == 2
@@ -194,11 +204,12 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     page.get_by_role("button", name="Ask", exact=True).click()
     page.wait_for_url(re.compile(r".*/ask/runs/\d+/$"))
     run = QueryRun.objects.get(team=team_a)
-    page.wait_for_function(
-        "() => { const live = document.querySelector('#run-live');"
+    _wait_until(
+        page,
+        "(() => { const live = document.querySelector('#run-live');"
         " const text = document.querySelector('#answer-text').textContent.trim();"
-        " return live.dataset.status === 'running' && text.length > 0; }",
-        timeout=120_000, polling=100,
+        " return live.dataset.status === 'running' && text.length > 0; })()",
+        timeout_ms=120_000,
     )
     partial = page.locator("#answer-text").inner_text()
     _shot(page, shots_dir, "09-ask-streaming")
@@ -231,7 +242,7 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     assert page.locator("table").filter(has_text="What do zebra stripes do?").count() == 1
     _shot(page, shots_dir, "13-ask-history")
     page.goto(f"{base}/usage/")
-    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('spend-chart'))")
+    _wait_until(page, "!!(window.Chart && Chart.getChart(document.getElementById('spend-chart')))", timeout_ms=30_000)
     _shot(page, shots_dir, "14-usage")
     with page.expect_download() as download:
         page.get_by_role("link", name="Export the ledger (CSV)").click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import string
 import time
 
 import pytest
@@ -33,7 +34,7 @@ def test_the_decode_budget_is_counted_on_the_billing_clock_not_the_wall():
     # the wall would stop after ~5 steps; on the billing clock all 30 steps fit.
     ticks = itertools.count()
     clock = lambda: next(ticks) * 0.0005  # noqa: E731 (two reads per step: 1 ms per step)
-    first, step = scripted("a" * 30, sleep_s=0.02)
+    first, step = scripted(string.ascii_letters[:30], sleep_s=0.02)  # no loop for the repetition guard
     result = decode(first_logits=first, step=step, tokenizer=ByteTokenizer(), eos={EOS}, max_new_tokens=100,
                     deadline=math.inf, budget_s=0.1, compute_started=clock(), first_step_s=0.001, clock=clock)
     assert result.finish_reason == "stop"
@@ -44,7 +45,7 @@ def test_the_decode_budget_is_counted_on_the_billing_clock_not_the_wall():
 def test_a_budget_on_the_billing_clock_still_stops_decoding():
     ticks = itertools.count()
     clock = lambda: next(ticks) * 0.01  # noqa: E731 (a step costs ~30 ms on this clock)
-    first, step = scripted("a" * 200)
+    first, step = scripted(string.printable * 3)
     result = decode(first_logits=first, step=step, tokenizer=ByteTokenizer(), eos={EOS}, max_new_tokens=300,
                     deadline=math.inf, budget_s=0.3, compute_started=clock(), first_step_s=0.02, clock=clock)
     assert result.finish_reason == "budget"
