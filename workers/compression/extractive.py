@@ -21,14 +21,21 @@ from workers.compression.plan import CompressionPlan, Work, check, new_plan, sta
 from workers.compression.resources import Resources
 from workers.compression.text import (
     Span,
-    query_keywords,
     sentence_spans,
     token_budget,
     without_disambiguation,
-    word_core,
     word_spans,
 )
 from workers.prompting.base import Passage
+from workers.runtime.text import (  # shared with the extractive answer; re-exported here
+    answer_type_match,
+    expected_answer_type,
+    lexical_overlap,
+    rank_prior,
+)
+
+__all__ = ["Extractive", "answer_type_match", "expected_answer_type", "fit_words", "lexical_overlap", "rank_prior",
+           "title_links"]
 
 
 def fit_words(text: str, span: Span, budget: int, count_tokens: Callable[[str], int]) -> Span | None:
@@ -56,37 +63,8 @@ class _Sentence:
 RANK_WEIGHT = 0.2
 
 
-def rank_prior(sentences_per_passage: list[int]) -> np.ndarray:
-    """(S,) the retrieval-rank prior of every sentence: -log2(1 + rank of its passage), rank 0 first.
-
-    Passages reach a compression method in the retriever's order (best first, after fusion and
-    reranking), and that order knows things one sentence's cosine does not (BM25 matches, the
-    reranker's cross-attention, the passage as a whole): the DCG discount turns it into a score
-    offset, 0 for the best passage, -1 for the second, -1.58 for the third, ...
-    """
-    ranks = np.repeat(np.arange(len(sentences_per_passage)), sentences_per_passage)  # (S,)
-    return -np.log2(1.0 + ranks)
-
-
 # Weight of the IDF-weighted query-term overlap (see lexical_overlap); 0 is embeddings only.
 LEXICAL_WEIGHT = 0.2
-
-
-def lexical_overlap(query: str, sentences: list[str]) -> np.ndarray:
-    """(S,) share of the query's content-word IDF mass each sentence contains, in [0, 1].
-
-    The lexical half of hybrid retrieval at sentence level: a factoid's answer sentence usually
-    repeats the question's rarest words (the entity asked about), which a 384-d sentence vector
-    blurs. IDF over the context's own sentences (smoothed), words matched on lower-cased cores.
-    """
-    terms = sorted(query_keywords(query))
-    if not terms or not sentences:
-        return np.zeros(len(sentences))
-    bags = [{word_core(w).lower() for w in s.split()} for s in sentences]
-    df = np.array([sum(t in bag for bag in bags) for t in terms], dtype=np.float64)  # (T,)
-    idf = np.log((len(bags) + 1) / (df + 0.5))  # (T,), > 0
-    hits = np.array([[t in bag for t in terms] for bag in bags], dtype=np.float64)  # (S, T)
-    return hits @ idf / idf.sum()
 
 
 # Weight of the expected-answer-type match (see answer_type_match); 0 turns it off.
@@ -120,52 +98,6 @@ def title_links(
         {j for j, pattern in enumerate(patterns) if j != owner[i] and pattern is not None and pattern.search(sentence)}
         for i, sentence in enumerate(sentences)
     ]
-
-
-_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})s?\b")
-_MONTH = re.compile(r"\b(January|February|March|April|May|June|July|August|September|October|November|December)\b")
-_DIGIT = re.compile(r"\d")
-_NUMBER_WORD = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
-                          r"forty|fifty|hundred|thousand|million|billion|trillion|dozen)\b", re.IGNORECASE)
-
-
-def expected_answer_type(query: str) -> str | None:
-    """"date", "number" or "name" from the question's wh-phrase (classic QA answer typing), else None."""
-    q = query.strip().lower()
-    if re.match(r"^(when|what year|which year|what date|in what year|in which year|what century|what time)\b", q) \
-            or re.search(r"\b(what|which) (year|date|century|decade)\b", q):
-        return "date"
-    if re.match(r"^(how (many|much|long|old|far|big|tall|high|large|fast|often|deep))\b", q) \
-            or re.search(r"\b(what|which) (percentage|percent|number|amount|population)\b", q):
-        return "number"
-    if re.match(r"^(who|whom|whose|where|which (person|player|team|country|city|company|band|singer|actor))\b", q) \
-            or re.search(r"\bwho (is|was|are|were|sings|sang|plays|played|wrote|won|did|does|has|had)\b", q):
-        return "name"
-    return None
-
-
-def answer_type_match(query: str, sentences: list[str]) -> np.ndarray:
-    """(S,) 1.0 for the sentences that hold something of the question's expected answer type.
-
-    date: a year or a month name; number: a digit or a number word; name: a capitalised word
-    not at the sentence start and not one of the question's own words (the answer is rarely a
-    word of the question). 0 for every sentence when the type is unknown.
-    """
-    kind = expected_answer_type(query)
-    if kind is None or not sentences:
-        return np.zeros(len(sentences))
-    asked = query_keywords(query)
-    out = np.zeros(len(sentences))
-    for i, sentence in enumerate(sentences):
-        if kind == "date":
-            hit = bool(_YEAR.search(sentence) or _MONTH.search(sentence))
-        elif kind == "number":
-            hit = bool(_DIGIT.search(sentence) or _NUMBER_WORD.search(sentence))
-        else:
-            words = [word_core(w) for w in sentence.split()[1:]]
-            hit = any(w[:1].isupper() and w.lower() not in asked for w in words if w)
-        out[i] = float(hit)
-    return out
 
 
 class Extractive:

@@ -10,59 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-Span = tuple[int, int]
-
-# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) followed by
-# whitespace and something that can start a sentence. Abbreviations are checked separately.
-_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[\"'“‘(\[]?[A-Z0-9])")
-_ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "inc", "ltd", "co",
-    "corp", "no", "vol", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
-    "nov", "dec", "gen", "col", "lt", "sgt", "capt", "rev", "gov", "sen", "rep", "e.g", "i.e", "u.s",
-    "u.k", "a.m", "p.m", "approx", "est", "fig", "op",
-}
-_WORD = re.compile(r"\S+")
-# Function words: never "entities" when capitalised at a sentence start, never query keywords.
-STOPWORDS = frozenset(
-    """a an the and or but if of at by for with about against between into through during before after
-    above below to from up down in out on off over under again further then once here there when where
-    why how all any both each few more most other some such no nor not only own same so than too very
-    can will just should now is are was were be been being have has had having do does did doing i me
-    my we our you your he him his she her it its they them their what which who whom this that these
-    those am as until while also would could may might must shall one many much""".split()
+# Sentences, words and stopwords live in the engine's shared text module (the extractive answer uses them too).
+from workers.runtime.text import (
+    _WORD,
+    STOPWORDS,
+    Span,
+    query_keywords,
+    sentence_spans,
+    strip_span,
+    word_core,
 )
 
-
-def sentence_spans(text: str) -> list[Span]:
-    """Sentences of `text` as spans, leading/trailing whitespace excluded; never empty for non-blank text.
-
-    A regex splitter (., !, ? before a capital, digit or opening quote), not a trained one:
-    good enough for encyclopedic text, and it never loses characters between sentences.
-    """
-    spans: list[Span] = []
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        end = match.end()
-        # "Dr. Smith", "U.S. Army", "J. R. R. Tolkien": the word before the dot is an
-        # abbreviation or a single initial, so this is not a boundary.
-        word = text[start : match.start() + 1].split()[-1] if text[start : match.start() + 1].split() else ""
-        stem = word.rstrip(".!?\"'”’)]").lstrip("\"'“‘([").lower()
-        if text[match.start()] == "." and (stem in _ABBREVIATIONS or (len(stem) == 1 and stem.isalpha())):
-            continue
-        spans.append((start, end))
-        start = end
-    spans.append((start, len(text)))
-    return [s for s in (strip_span(text, span) for span in spans) if s[1] > s[0]]
-
-
-def strip_span(text: str, span: Span) -> Span:
-    start, end = span
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
+__all__ = ["STOPWORDS", "Span", "query_keywords", "sentence_spans", "strip_span", "word_core"]
 
 def word_spans(text: str, within: Span | None = None) -> list[Span]:
     """Whitespace-separated words as spans (punctuation stays attached to its word)."""
@@ -171,20 +130,6 @@ def is_number(word: str) -> bool:
 def flows_on(text: str, words: Sequence[Span], k: int) -> bool:
     """Word k continues word k - 1's phrase: only whitespace between them, no punctuation ending k - 1."""
     return not text[words[k - 1][1]:words[k][0]].strip() and text[words[k - 1][1] - 1].isalnum()
-
-
-def word_core(word: str) -> str:
-    """A word without surrounding punctuation (quotes, commas, brackets, possessive 's)."""
-    core = word.strip("\"'“”‘’()[]{}.,;:!?")
-    if core.endswith(("'s", "’s")):
-        core = core[:-2]
-    return core
-
-
-def query_keywords(query: str) -> set[str]:
-    """Lower-cased content words of the query (stopwords and 1-letter words dropped)."""
-    words = {word_core(w).lower() for w in query.split()}
-    return {w for w in words if len(w) > 1 and w not in STOPWORDS}
 
 
 def protected_words(
