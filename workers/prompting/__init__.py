@@ -1,5 +1,6 @@
 """Prompting strategies, chosen by name. Each turns (question, passages) into chat messages;
-strategies with `runs_model = True` (superposition) also run a local model themselves."""
+strategies with `runs_model = True` (superposition) also run a local model themselves, and
+`extractive = True` (extractive_answer) answers from the passages without any generation."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import Any
 
 from workers.config_options import config_from_options
 from workers.prompting.base import ModelRunningStrategy, Passage, PromptingStrategy
+from workers.prompting.extractive_answer import ExtractiveAnswerPrompting
 from workers.prompting.naive import NaivePrompting
 from workers.prompting.superposition import SuperpositionPrompting
 
 STRATEGIES: dict[str, type[PromptingStrategy]] = {
     NaivePrompting.name: NaivePrompting,
     SuperpositionPrompting.name: SuperpositionPrompting,
+    ExtractiveAnswerPrompting.name: ExtractiveAnswerPrompting,
 }
 
 

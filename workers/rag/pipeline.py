@@ -87,6 +87,8 @@ class PipelineResult:
     context_tokens_after: int = 0
     # The degeneration guard stopped a loop ("repetition"): the output tokens of the cap not spent.
     repetition_tokens_saved: int = 0
+    # Output tokens of the baseline generation; None: the real generation's (an extractive answer has none).
+    baseline_completion_tokens: int | None = None
 
 
 class PipelineHooks(Protocol):
@@ -141,6 +143,15 @@ class PipelineHooks(Protocol):
         limit; None: unbounded (device time is free)."""
         ...
 
+    def embed(self, texts: list[str]) -> Any:
+        """``texts`` encoded by the pipeline's sentence embedder in one call: (N, D) float32, L2-normalised;
+        the hold grows by the call's bound first and the call is billed (an ``embed`` row)."""
+        ...
+
+    def count_tokens(self, prompt: list[dict[str, Any]] | str) -> int:
+        """The endpoint's tokens of a chat prompt (messages) or of a text, without running its model."""
+        ...
+
 
 def _ignore_progress(done: int, total: int, message: str) -> None:
     pass
@@ -190,6 +201,10 @@ def _answer_with_retrieval(
     progress(0, STEPS, "retrieving")
     chunks = hooks.retrieve(question, config.top_k)  # none for a retrieval-free pipeline
     passages = [Passage(chunk_id=chunk.chunk_id, title=chunk.title, text=chunk.text) for chunk in chunks]
+    strategy = get_strategy(config.prompting_strategy, config.prompting_options)
+    if getattr(strategy, "extractive", False) and passages:  # no passages: the generator answers as usual
+        return _answer_extractively(question=question, config=config, hooks=hooks, chunks=chunks,
+                                    passages=passages, strategy=strategy, progress=progress, on_token=on_token)
 
     # Only a pipeline that compresses says so; the model may load here on a cold start (the hooks say that).
     progress(1, STEPS, "compressing" if config.compression_method != "none" else "building the prompt")
@@ -221,7 +236,6 @@ def _answer_with_retrieval(
         )
 
     progress(2, STEPS, "generating")
-    strategy = get_strategy(config.prompting_strategy, config.prompting_options)
     call: Generated
     if getattr(strategy, "runs_model", False) and compressed.passages:
         model = hooks.local_model()
@@ -313,6 +327,27 @@ def citations(chunks: list[RetrievedChunk], answer: str) -> list[dict[str, Any]]
         }
         for n, chunk in enumerate(chunks, start=1)
     ]
+
+
+def _answer_extractively(
+    *, question: str, config: PipelineConfig, hooks: PipelineHooks, chunks: list[RetrievedChunk],
+    passages: list[Passage], strategy: Any, progress: ProgressFn, on_token: TokenFn,
+) -> PipelineResult:
+    """The best sentence(s) of the passages, quoted with their ``[n]`` (``workers.prompting.extractive_answer``):
+    one metered encode, no compression, no generation; the endpoint's model is never loaded. The baseline
+    is naive RAG's generation over the same passages, with as many output tokens as the quoted answer."""
+    progress(2, STEPS, "choosing the best sentence")
+    result = strategy.answer(question=question, passages=passages, encode=hooks.embed)
+    if result.text:
+        on_token(result.text)
+    naive = strategy.build_messages(system_prompt=config.system_prompt, question=question, passages=passages)
+    return PipelineResult(
+        answer=result.text,
+        finish_reason=result.finish_reason,
+        citations=citations(chunks, result.text),
+        baseline_prompt_tokens=hooks.count_tokens(naive),
+        baseline_completion_tokens=hooks.count_tokens(result.text),
+    )
 
 
 def _answer_fixed_context(

@@ -93,6 +93,16 @@ class FakeHooks:
         )
         return self.budget_s
 
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        self.calls.append(("embed", list(texts)))
+        return np.tile(np.eye(1, 4, dtype=np.float32), (len(texts), 1))  # every text equally similar
+
+    def count_tokens(self, prompt: list[dict] | str) -> int:
+        self.calls.append(("count_tokens",))
+        return count_chat_tokens(self.target, prompt) if isinstance(prompt, list) else len(prompt.split())
+
     def names(self) -> list[str]:
         return [call[0] for call in self.calls]
 
@@ -308,3 +318,29 @@ def test_a_direct_call_sends_the_messages_as_they_are():
     result = run_direct(messages=messages, hooks=hooks, progress=lambda *args: progress.append(args))
     assert hooks.calls == [("generate", messages)] and progress == [(2, 3, "generating")]
     assert (result.answer, result.citations, result.baseline_prompt_tokens) == ("hello", [], None)
+
+
+def test_an_extractive_pipeline_quotes_a_sentence_and_never_generates():
+    hooks = FakeHooks()
+    result, progress, pieces = _run(hooks, prompting_strategy="extractive_answer")
+    # One encode (question + every sentence), no model loaded, nothing compressed or generated.
+    assert hooks.names() == ["retrieve", "embed", "count_tokens", "count_tokens"]
+    assert hooks.calls[1][1] == ["When was the tower completed?", "Eiffel Tower. The tower was completed in 1889.",
+                                 "Paris. Paris is the capital of France."]
+    assert progress == [(0, 3, "retrieving"), (2, 3, "choosing the best sentence")]
+    assert result.answer == "The tower was completed in 1889. [1]" and pieces == [result.answer]
+    assert result.finish_reason == "extractive"
+    assert [c["cited"] for c in result.citations] == [True, False]
+    # The baseline: naive RAG over the same passages, with as many output tokens as the quote.
+    naive = prompting.get_strategy("naive").build_messages(
+        system_prompt="Answer briefly.", question="When was the tower completed?",
+        passages=[prompting.Passage(c.chunk_id, c.title, c.text) for c in CHUNKS])
+    assert result.baseline_prompt_tokens == count_chat_tokens(hooks.target, naive)
+    assert result.baseline_completion_tokens == len(result.answer.split())
+
+
+def test_an_extractive_pipeline_with_nothing_retrieved_lets_the_model_answer():
+    hooks = FakeHooks(chunks=[])
+    result, _, _ = _run(hooks, prompting_strategy="extractive_answer")
+    assert "generate" in hooks.names() and "embed" not in hooks.names()
+    assert result.answer == hooks.reply and result.baseline_completion_tokens is None
