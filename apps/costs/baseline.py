@@ -13,7 +13,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from apps.costs.cost_model import device_cost, device_seconds_estimate
-from apps.costs.pricing import ChargedUsage, Usage, cost_of, money, price_charged
+from apps.costs.pricing import ChargedUsage, PriceLike, Usage, cost_of, money, price_charged
 
 EXACT = "exact"  # tokens × token prices: nothing estimated
 ESTIMATE = "estimate"  # device seconds from the cost model
@@ -42,4 +42,20 @@ def naive_generation_cost(
     return money(tokens + device), ESTIMATE
 
 
-__all__ = ["ESTIMATE", "EXACT", "naive_generation_cost"]
+def naive_generation_estimate(
+    *, price: PriceLike, prompt_tokens: int, completion_tokens: int, model: str, local: bool, queue: str = "gpu"
+) -> tuple[Decimal, str]:
+    """(cost, "estimate") of the naive generation of a run that generated nothing (an extractive answer):
+    ``prompt_tokens`` in and ``completion_tokens`` out (the quoted answer's length: the output is assumed,
+    so this is always an estimate), at ``price`` (the endpoint's current one); a ``local`` model's device
+    time from the cost model on the device it names for ``queue``."""
+    tokens = cost_of(usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens), price=price)
+    if not local:
+        return tokens, ESTIMATE
+    seconds, device = device_seconds_estimate(
+        model=model, tokens_in=prompt_tokens, tokens_out=completion_tokens, queue=queue, price=price
+    )
+    return money(tokens + device_cost(price=price, seconds=seconds, device=device)), ESTIMATE
+
+
+__all__ = ["ESTIMATE", "EXACT", "naive_generation_cost", "naive_generation_estimate"]

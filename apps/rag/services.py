@@ -131,6 +131,8 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
         except ValueError as exc:
             errors["prompting_options"] = str(exc)
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
+    if getattr(strategy, "extractive", False):
+        errors.update(_extractive_validate(values))
     if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
         errors["top_k"] = "top_k must be between 1 and 100"
     if "compression_target" in values:
@@ -149,6 +151,32 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             errors["decoding_options"] = str(exc)
     if errors:
         raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
+
+
+def _extractive_validate(values: dict[str, Any]) -> dict[str, str]:
+    """An extractive answer quotes the retrieved passages as they are: it needs a retriever, and neither
+    compresses them nor reads a fixed context (which a model answers)."""
+    errors = {}
+    name = values["prompting_strategy"]
+    if values.get("compression_method", "none") != "none":
+        errors["compression_method"] = (f"prompting strategy {name!r} quotes the retrieved passages as they are: "
+                                        "set compression to none")
+    if values.get("retriever") == Retriever.NONE:
+        errors["retriever"] = f"prompting strategy {name!r} quotes retrieved passages: pick a retriever"
+    if str(values.get("fixed_context") or "").strip() or values.get("fixed_context_corpus") is not None:
+        errors["fixed_context"] = f"prompting strategy {name!r} quotes retrieved passages, not a fixed context"
+    return errors
+
+
+def _strategy_extractive(name: str) -> bool:
+    from workers.prompting import STRATEGIES
+
+    return bool(getattr(STRATEGIES.get(name), "extractive", False))
+
+
+def pipeline_extractive(pipeline: Pipeline | None) -> bool:
+    """Whether ``pipeline`` answers by quoting its passages (no generation: ``extractive_answer``)."""
+    return pipeline is not None and _strategy_extractive(pipeline.prompting_strategy)
 
 
 PIPELINE_FIELDS = (
@@ -196,6 +224,10 @@ def pipeline_save(
     current = {"prompting_strategy": pipeline.prompting_strategy, "prompting_options": pipeline.prompting_options,
                "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
+    if pipeline is not None and _strategy_extractive(values.get("prompting_strategy", pipeline.prompting_strategy)):
+        # What an extractive answer rules out (compression, no retriever, a fixed context) may be set already.
+        current.update(compression_method=pipeline.compression_method, retriever=pipeline.retriever,
+                       fixed_context=pipeline.fixed_context, fixed_context_corpus=pipeline.fixed_context_corpus)
     pipeline_validate(values={**current, **values}, model_endpoint=model_endpoint)
     kept = {"retriever": pipeline.retriever, "fixed_context": pipeline.fixed_context,
             "fixed_context_corpus": pipeline.fixed_context_corpus} if pipeline is not None else {}
@@ -259,7 +291,11 @@ def _query_start_bound(
     if pipeline is not None:
         system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline.system_prompt else []
         prompt_tokens += text_tokens_bound(endpoint, pipeline.system_prompt) + len(system) * 16 + _PROMPT_FRAMING_TOKENS
-    if endpoint.kind == EndpointKind.LOCAL:
+    if pipeline_extractive(pipeline):
+        # Nothing is generated: the hold grows by the sentences' embedding when they are known
+        # (``_QueryHooks.embed``), and by a generation only if nothing was retrieved.
+        estimate = ZERO
+    elif endpoint.kind == EndpointKind.LOCAL:
         estimate = local_start_bound(
             model=endpoint.price_name, price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
         )
@@ -501,12 +537,59 @@ class _QueryHooks:
             prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens, prefill_tokens=prefill_tokens,
         )
 
-    def baseline(self, baseline_prompt_tokens: int | None) -> tuple[Decimal, str] | None:
+    def embed(self, texts: list[str]) -> Any:
+        """One encode of ``texts`` with the pipeline's sentence embedder (an extractive answer's sentences):
+        the hold grows by its bound first, then one ``embed`` row is billed under the run's reservation."""
+        from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
+
+        price = price_current(model_name=EMBEDDING_PRICE_NAME)
+        if self.reservation is not None:
+            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(
+                texts_bound(model_name=DEFAULT_EMBEDDING_MODEL, texts=texts, slab=None, price=price, here=True)
+            )
+        embedder = embedder_for(DEFAULT_EMBEDDING_MODEL)
+        vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
+        on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+        spent = to_decimal(round(seconds, 6))
+        usage_record(
+            context=self.context,
+            stage=Stage.EMBED,
+            model_name=EMBEDDING_PRICE_NAME,
+            usage=Usage(prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, texts),
+                        gpu_seconds=spent if on_gpu else Decimal(0), cpu_seconds=Decimal(0) if on_gpu else spent),
+            price=price,
+            latency_ms=int(seconds * 1000),
+            reservation=self.reservation,
+        )
+        embedding_billed(DEFAULT_EMBEDDING_MODEL)
+        return vectors
+
+    def count_tokens(self, prompt: list[dict] | str) -> int:
+        """The endpoint's tokens of a chat prompt or a text, from its tokenizer alone (no model loaded)."""
+        if isinstance(prompt, str):
+            return text_tokens_bound(self.endpoint, prompt)
+        return prompt_tokens_bound(self.endpoint, prompt)
+
+    def baseline(
+        self, baseline_prompt_tokens: int | None, completion_tokens: int | None = None
+    ) -> tuple[Decimal, str] | None:
         """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt
         (``apps.costs.baseline``: exact for token prices, a cost-model estimate for device time).
 
         This run's extra work (compression calls, superposition's path prefill, a fixed context's
-        prefill) is in its actual cost, never in the baseline."""
+        prefill, an extractive answer's sentence embeddings) is in its actual cost, never in the baseline.
+        ``completion_tokens``: the baseline's output tokens when this run generated nothing (an extractive
+        answer: the quote's length); the baseline is then an estimate at the endpoint's current price."""
+        if baseline_prompt_tokens is not None and self.generation_record is None and completion_tokens is not None:
+            from apps.costs.baseline import naive_generation_estimate
+
+            generation, kind = naive_generation_estimate(
+                price=price_current(model_name=self.endpoint.price_name), prompt_tokens=baseline_prompt_tokens,
+                completion_tokens=completion_tokens, model=self.endpoint.price_name,
+                local=self.endpoint.kind == EndpointKind.LOCAL,
+            )
+            retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
+            return retrieval + generation, kind
         if baseline_prompt_tokens is None or self.generation_record is None:
             return None
         record = self.generation_record
@@ -634,7 +717,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
     actual = totals["cost"] or ZERO
-    claimed = hooks.baseline(outcome.baseline_prompt_tokens)
+    claimed = hooks.baseline(outcome.baseline_prompt_tokens, outcome.baseline_completion_tokens)
     # A direct call is its own baseline: what ran is the measurement.
     baseline, baseline_kind = claimed if claimed is not None else (actual, BaselineKind.MEASURED)
     if run.reservation_id:
