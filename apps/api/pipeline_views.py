@@ -91,11 +91,16 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False,
         help_text="A share of the context's tokens to keep (0 < target ≤ 1) or a whole token budget (16 to 1,000,000)",
     )
-    prompting_strategy = StrictCharField(required=False)
+    prompting_strategy = StrictCharField(
+        required=False,
+        help_text="naive | superposition | extractive_answer (the answer quotes the best sentence of the passages "
+        "with its [n]: no generation, only a sentence embedding is billed)",
+    )
     prompting_options = serializers.JSONField(
         required=False,
         help_text="An object: the fields of the strategy's config (superposition: "
-        "{\"top_k\": 2, \"positions\": \"equalized\", \"answer_mode\": \"superposed\"})",
+        "{\"top_k\": 2, \"positions\": \"equalized\", \"answer_mode\": \"superposed\"}; extractive_answer: "
+        "{\"sentences\": 1, \"lexical_weight\": 0.3, ...})",
     )
     attention_backend = StrictCharField(required=False, help_text="full | squeezed | retrieval")
     attention_options = serializers.JSONField(

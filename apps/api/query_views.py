@@ -31,7 +31,8 @@ class QueryRunOutputSerializer(serializers.Serializer):
     question = serializers.CharField()
     answer = serializers.CharField()
     finish_reason = serializers.CharField(
-        help_text="stop | length | time_limit | budget | repetition (the degeneration guard stopped a loop) | error"
+        help_text="stop | length | time_limit | budget | repetition (the degeneration guard stopped a loop) | "
+        "extractive (the answer quotes the passages: nothing was generated) | error"
     )
     repetition_tokens_saved = serializers.IntegerField(
         help_text="Output tokens of the cap not spent because the degeneration guard stopped a loop"

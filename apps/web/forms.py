@@ -142,7 +142,8 @@ PIPELINE_EXTRA_HELP = {
     "model_endpoint": "The model that writes the answer: its price per token (or per device-second) "
     "multiplies every other choice here.",
     "prompting_strategy": "How the passages are laid out in the prompt; naive sends them all in one prompt "
-    "(the baseline the savings are measured against).",
+    "(the baseline the savings are measured against); extractive_answer generates nothing: the answer is the "
+    "best sentence of the passages with its citation, for the price of a sentence embedding.",
     "attention_backend": "How a local model attends over the context: cheaper backends cut device-seconds "
     "on long prompts; no effect on remote endpoints.",
     "system_prompt": "Sent with every question: its tokens are paid on every query.",
@@ -150,7 +151,8 @@ PIPELINE_EXTRA_HELP = {
     "question pays only for its own tokens plus the cached context.",
     "fixed_context_corpus": "Used when the text above is empty: the corpus's documents in upload order.",
     "prompting_options": 'A JSON object, e.g. {"top_k": 2, "answer_mode": "recompute"} for superposition '
-    "(paths kept, and whether the kept documents are recomputed for the answer); blank for the defaults.",
+    "(paths kept, and whether the kept documents are recomputed for the answer), "
+    '{"sentences": 2} for extractive_answer (sentences quoted); blank for the defaults.',
     "attention_options": 'A JSON object, e.g. {"keep_fraction": 0.1} for squeezed or {"top_k": 64, "index": "hnsw"} '
     "for retrieval; blank for the backend's defaults.",
 }
