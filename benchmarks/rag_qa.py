@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.rag_qa --dataset ../shared/data/hotpotqa-dev-distractor-sample100 \\
         --limit 30 --json hp.json
     .venv/bin/python -m benchmarks.rag_qa --dataset ... --configs '[{"name": "top3", "top_k": 3}]'
+    .venv/bin/python -m benchmarks.rag_qa --dataset ... --offset 30 --limit 40 ...  # questions 30-69 (a held-out split)
 
 Datasets: the nq-open-oracle format (passages.jsonl + questions.jsonl with `answers`) — one corpus
 holding the chosen questions' gold passages plus 5 distractor passages per question — and the
@@ -19,7 +20,10 @@ configured model's price, the same tokens at a priced remote model (gpt-4o-mini 
 cost-of-pass = mean cost per question / contained ("inf" when contained is 0), p50 latency,
 `degenerate_rate` (the share of answers that loop: stopped by the degeneration guard, or ones the
 guard would have stopped when a config turns it off, `workers.runtime.decoding.degenerate`),
-`finish_reasons` and the mean `repetition_tokens_saved`.
+`finish_reasons` and the mean `repetition_tokens_saved`, and what the run recorded against naive RAG
+(`baseline_cost_per_question`, `savings_per_question`: the ledger's claim, `apps.costs.baseline`).
+The extractive answer mode (`"prompting_strategy": "extractive_answer"`, a default config) generates
+nothing: its tokens are 0 and its cost is the retrieval plus the sentence embeddings.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from benchmarks.qa_metrics import contained, exact_match, f1_score, normalize_an
 DEFAULT_CONFIGS = [
     {"name": "naive-dense-top5", "retriever": "dense", "top_k": 5},
     {"name": "naive-dense-top10", "retriever": "dense", "top_k": 10},
+    {"name": "extractive-dense-top5", "retriever": "dense", "top_k": 5, "prompting_strategy": "extractive_answer"},
 ]
 CONFIG_DEFAULTS = {
     "retriever": "dense", "top_k": 5, "compression_method": "none", "compression_target": 1.0,
@@ -64,11 +69,12 @@ def _records_jsonl(passages: list[dict]) -> bytes:
     return "\n".join(json.dumps(row, ensure_ascii=False) for row in rows).encode()
 
 
-def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
-    """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats."""
+def _load_tasks(dataset: Path, limit: int, offset: int = 0) -> tuple[str, list[dict]]:
+    """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats; questions
+    ``offset`` to ``offset + limit`` (a tuning split and a held-out one never share a question)."""
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
-        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
+        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:offset + limit]:
             passages = [
                 {"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()}
                 for p in row["paragraphs"]
@@ -78,7 +84,7 @@ def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
             )
         return "hotpotqa", tasks
     passages = {p["pid"]: p for p in read_jsonl(dataset / "passages.jsonl")}
-    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
+    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][offset:offset + limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in passages if pid not in set(gold)][: 5 * len(questions)]
     shared = [passages[pid] for pid in dict.fromkeys(gold + others)]
@@ -127,6 +133,10 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--configs", help="JSON list of pipeline configs (inline or a file path)")
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--offset", type=int, default=0, help="skip the first questions (a held-out split)")
+    parser.add_argument("--prices", type=Path, help="the LiteLLM price file (default: ../shared/data/llm-prices/...)",
+                        default=ROOT.parent / "shared" / "data" / "llm-prices"
+                        / "litellm-1.110.2_model_prices_and_context_window.json")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--remote-price", default="gpt-4o-mini", help="price-book name for the 'same tokens at' column")
     args = parser.parse_args()
@@ -145,11 +155,10 @@ def main() -> None:
         from apps.rag.models import QueryRun
         from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 
-        prices = ROOT.parent / "shared" / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
-        call_command("import_prices", str(prices), "--only", args.remote_price, verbosity=0)
+        call_command("import_prices", str(args.prices), "--only", args.remote_price, verbosity=0)
         remote_price = price_current(model_name=args.remote_price)
 
-        dataset_kind, tasks = _load_tasks(args.dataset, args.limit)
+        dataset_kind, tasks = _load_tasks(args.dataset, args.limit, args.offset)
         team = team_create(name="bench")
         started = time.perf_counter()
         corpora = _corpora(team, tasks)
@@ -196,6 +205,8 @@ def main() -> None:
                         "finish_reason": run.finish_reason,
                         "degenerate": run.finish_reason == "repetition" or looped(run.answer),
                         "repetition_tokens_saved": run.repetition_tokens_saved,
+                        "baseline_cost": run.baseline_cost,
+                        "savings": run.savings,
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
@@ -221,12 +232,15 @@ def main() -> None:
                 "degenerate_rate": round(sum(r["degenerate"] for r in rows) / n, 4),
                 "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in rows).items())),
                 "repetition_tokens_saved": round(sum(r["repetition_tokens_saved"] for r in rows) / n, 1),
+                "baseline_cost_per_question": float(sum((r["baseline_cost"] for r in rows), Decimal(0)) / n),
+                "savings_per_question": float(sum((r["savings"] for r in rows), Decimal(0)) / n),
                 "config": {**values, "model": model},
             }
         summary = {
             "dataset": args.dataset.name,
             "dataset_format": dataset_kind,
             "n": len(tasks),
+            "offset": args.offset,
             "ingest_s": round(ingest_s, 1),
             "torch_threads": int(os.environ["PARSIMONY_TORCH_THREADS"]),
             "configs": results,
