@@ -4,16 +4,17 @@
     .venv/bin/python -m benchmarks.cost_truth --json out/cost_truth.json --concurrent 200 --passages 40
 
 The workload (tasks in-process, PARSIMONY_INPROCESS_SYNC=1; requests through the real views where a
-user would send them) touches every cost path in ``apps.costs.cost_paths.COST_PATHS``: ingest a small
-SQuAD 2.0 sample (../shared/data/squad-v2-dev-sample), rebuild its index, search it (UI and REST),
-/v1/embeddings, index and search the built-in math tools, RAG with each pipeline kind on the local
-SmolLM2 (naive, extractive, semantic_prune, summarize, superposition, fixed-context with its KV
-prefill) and on a fake OpenAI-compatible endpoint on loopback (tests/support/fake_openai.py) that
-streams slowly and reports up to 2x the prompt tokens it read, agents on both, /v1/chat/completions,
-``apps.costs.metering.model_call`` reserving for itself, and a concurrent phase (``--concurrent``
->= 100 cheap requests from ``--threads`` threads: REST searches, remote calls through the API and
-through model_call, tiny local generations) against a budget that binds. PARSIMONY_SHADOW_BASELINE
-defaults to 1.0 here, so every query also runs its naive baseline for real (where implemented).
+user would send them) touches every cost path in ``apps.costs.cost_paths.COST_PATHS``: ingest a
+small SQuAD 2.0 sample (../shared/data/squad-v2-dev-sample), rebuild its index, search it (UI and
+REST), /v1/embeddings, index and search the built-in math tools, RAG with each pipeline kind on the
+local SmolLM2 (naive, extractive_answer, extractive, semantic_prune, summarize, superposition,
+fixed-context with its KV prefill) and on a fake OpenAI-compatible endpoint on loopback
+(tests/support/fake_openai.py) that streams slowly and reports up to 2x the prompt tokens it read,
+agents on both, /v1/chat/completions, ``apps.costs.metering.model_call`` reserving for itself, and a
+concurrent phase (``--concurrent`` >= 100 cheap requests from ``--threads`` threads: REST searches,
+remote calls through the API and through model_call, tiny local generations) against a budget that
+binds. PARSIMONY_SHADOW_BASELINE defaults to 1.0 here, so every query also runs its naive baseline
+for real (where implemented).
 
 A monitor thread samples every budget window of the run's teams throughout (its own connection, so
 it reads committed state). The metrics come from the ledger rows, reservations and windows:
@@ -64,6 +65,8 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 MAX_OUT = 12  # small answers: the run must fit ~15 min on 2 CPU cores
 PIPELINE_KINDS: dict[str, dict[str, Any]] = {
     "naive": {},
+    # Before "extractive": a run's kind is the first whose name its pipeline's name starts with (_kind).
+    "extractive_answer": {"prompting_strategy": "extractive_answer"},
     "extractive": {"compression_method": "extractive", "compression_target": 0.5},
     "semantic_prune": {"compression_method": "semantic_prune", "compression_target": 0.5},
     "summarize": {"compression_method": "summarize", "compression_target": 0.5},
