@@ -6,8 +6,11 @@ import pytest
 
 from apps.core.errors import ValidationFailed
 from apps.costs import metering
+from apps.costs.baseline import naive_generation_estimate
 from apps.costs.models import Reservation, Stage, UsageRecord
-from apps.costs.tokens import embedding_tokens
+from apps.costs.pricing import money
+from apps.costs.services import price_current
+from apps.costs.tokens import embedding_tokens, prompt_tokens_bound, text_tokens_bound
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.apps.rag.conftest import fake_search_hits
 from workers.prompting import Passage, get_strategy
@@ -61,6 +64,14 @@ def test_it_answers_with_a_cited_sentence_billing_the_embedding_and_no_generatio
     assert run.cost == sum(r.cost for r in rows)
     # The claim: naive RAG on the same model over the same passages, an estimate (the output length is assumed).
     assert run.baseline_kind == "estimate" and run.baseline_cost > run.cost and run.savings > 0
+    endpoint = pipeline.model_endpoint
+    naive = get_strategy("naive").build_messages(system_prompt="", question=QUESTION, passages=passages)
+    generation, _ = naive_generation_estimate(
+        price=price_current(model_name=endpoint.price_name), prompt_tokens=prompt_tokens_bound(endpoint, naive),
+        completion_tokens=text_tokens_bound(endpoint, run.answer), model=endpoint.price_name, local=True)
+    assert generation > 0
+    assert run.baseline_cost == money(rows.get(stage=Stage.RETRIEVE).cost + generation)
+    assert run.savings == run.baseline_cost - run.cost
     reservation = Reservation.objects.get(pk=run.reservation_id)
     assert reservation.status == "settled" and reservation.actual == run.cost
 
