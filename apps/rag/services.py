@@ -66,7 +66,7 @@ from apps.rag.fixed_context import (
     pipeline_fixed_context_text,
 )
 from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
-from apps.rag.selectors import pipeline_option_names
+from apps.rag.selectors import pipeline_best_hit_scores, pipeline_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             decoding_settings(model, values["decoding_options"])
         except ValueError as exc:
             errors["decoding_options"] = str(exc)
+    abstain = values.get("abstain_below")
+    if abstain is not None and not (isinstance(abstain, int | float) and 0 <= abstain <= 1):
+        errors["abstain_below"] = f"abstain_below must be a number between 0 and 1 (or empty: never); got {abstain!r}"
     if errors:
         raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
 
@@ -155,6 +158,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
+    "abstain_below",
 )
 
 
@@ -354,6 +358,7 @@ class _QueryHooks:
         self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
         self.retrieval_record: UsageRecord | None = None
         self.generation_record: UsageRecord | None = None
+        self.quality_record: UsageRecord | None = None  # the quality check's embedding
         self.compression: Any = None  # the compress stage's share of the hold (apps.rag.compression_hold)
         self._target: Any = None
 
@@ -393,6 +398,41 @@ class _QueryHooks:
             )
             for hit in hits
         ]
+
+    def embed(self, texts: list[str]) -> Any:
+        """Quality's sentence and passage vectors (``workers.rag.quality``) with the packaged MiniLM, billed
+        as an ``embed`` row under the run's hold; None (token overlap alone) when the hold cannot grow to
+        cover it."""
+        from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
+        from apps.costs.services import BudgetExceeded
+
+        price = price_current(model_name=EMBEDDING_PRICE_NAME)
+        if self.reservation is not None:
+            try:
+                hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(
+                    texts_bound(model_name=DEFAULT_EMBEDDING_MODEL, texts=texts, slab=None, price=price, here=True)
+                )
+            except BudgetExceeded:
+                logger.info("query #%s: no budget for the quality embedding; token overlap alone", self.run.pk)
+                return None
+        embedder = embedder_for(DEFAULT_EMBEDDING_MODEL)
+        vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
+        on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+        self.quality_record = usage_record(
+            context=self.context,
+            stage=Stage.EMBED,
+            model_name=EMBEDDING_PRICE_NAME,
+            usage=Usage(
+                prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, texts),
+                gpu_seconds=to_decimal(round(seconds, 6)) if on_gpu else Decimal(0),
+                cpu_seconds=Decimal(0) if on_gpu else to_decimal(round(seconds, 6)),
+            ),
+            price=price,
+            latency_ms=int(seconds * 1000),
+            reservation=self.reservation,
+        )
+        embedding_billed(DEFAULT_EMBEDDING_MODEL)
+        return vectors
 
     def model(self) -> Any:
         if self._target is None:
@@ -505,7 +545,8 @@ class _QueryHooks:
         """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt
         (``apps.costs.baseline``: exact for token prices, a cost-model estimate for device time).
 
-        This run's extra work (compression calls, superposition's path prefill, a fixed context's
+        The quality check's embedding is in both (the naive run's answer would be checked too, at about
+        the same cost). This run's extra work (compression calls, superposition's path prefill, a fixed context's
         prefill) is in its actual cost, never in the baseline."""
         if baseline_prompt_tokens is None or self.generation_record is None:
             return None
@@ -521,7 +562,9 @@ class _QueryHooks:
             record=self.generation_record, prompt_tokens=baseline_prompt_tokens, model=self.endpoint.price_name
         )
         retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
-        return retrieval + generation, kind
+        # Every run's answer is checked (workers.rag.quality): the naive pipeline's would be too.
+        quality = self.quality_record.cost if self.quality_record is not None else ZERO
+        return retrieval + generation + quality, kind
 
 
 def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
@@ -551,6 +594,8 @@ def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
         # every pipeline of this process.
         compression_cache_dir=Path(settings.DATA_ROOT) / "compression-cache",
         model_cache_dir=Path(settings.DATA_ROOT),
+        retrieval_reference=tuple(pipeline_best_hit_scores(pipeline=pipeline, exclude_run_id=run.pk)),
+        abstain_below=pipeline.abstain_below,
     )
 
 
@@ -651,6 +696,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         context_tokens_before=outcome.context_tokens_before,
         context_tokens_after=outcome.context_tokens_after,
         repetition_tokens_saved=outcome.repetition_tokens_saved,
+        **_quality_fields(outcome.quality),
         cost=actual,
         baseline_cost=money(baseline),
         baseline_kind=baseline_kind,
@@ -665,6 +711,20 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         # After the answer is stored: the team never waits for its shadow (its own job, same queue).
         shadow_baseline_maybe_start(run=run)
     return run
+
+
+def _quality_fields(quality: dict[str, Any] | None) -> dict[str, Any]:
+    """The QueryRun columns of an engine result's quality (blank label: not assessed)."""
+    if not quality:
+        return {"quality_label": "", "quality": {}}
+    return {
+        "quality_label": quality["label"],
+        "support": quality["support"],
+        "support_score": quality["support_score"],
+        "retrieval_confidence": quality["retrieval_confidence"],
+        "citations_removed": quality["citations_removed"],
+        "quality": quality,
+    }
 
 
 def query_run_wait(*, run: QueryRun, timeout_s: float, poll_s: float = 0.1) -> QueryRun:
