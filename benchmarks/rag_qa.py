@@ -197,7 +197,10 @@ def main() -> None:
         from apps.rag.models import QueryRun
         from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 
-        prices = ROOT.parent / "shared" / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
+        # shared/ beside the checkout (../shared), or two levels up for a worktree (/work/wt/<name>).
+        book = Path("shared") / "data" / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
+        prices = next((base / book for base in (ROOT.parent, ROOT.parent.parent) if (base / book).exists()),
+                      ROOT.parent / book)
         call_command("import_prices", str(prices), "--only", args.remote_price, verbosity=0)
         remote_price = price_current(model_name=args.remote_price)
 

@@ -42,8 +42,11 @@ def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:
     )
 
 
-def query_run_list(*, team, user=None, pipeline=None) -> QuerySet[QueryRun]:
+def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None) -> QuerySet[QueryRun]:
+    """The team's runs; ``quality``: only those with that label ("none": not assessed)."""
     runs = team_scoped(QueryRun, team).select_related("pipeline", "endpoint", "user", "api_key")
+    if quality:
+        runs = runs.filter(quality_label="" if quality == "none" else quality)
     if user is not None:
         runs = runs.filter(user=user)
     if pipeline is not None:
