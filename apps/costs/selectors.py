@@ -124,7 +124,7 @@ def usage_list(
     *, team, since: datetime | None = None, until: datetime | None = None, quality: str | None = None
 ) -> QuerySet[UsageRecord]:
     """The team's ledger rows; ``quality``: only the rows of query runs with that quality label
-    (``apps.rag.models.QualityLabel``; "none": runs not assessed)."""
+    (``apps.rag.models.QualityLabel``; "none": the rows of no assessed run)."""
     records = team_scoped(UsageRecord, team)
     if since:
         records = records.filter(created_at__gte=since)
@@ -136,11 +136,13 @@ def usage_list(
 
 
 def records_of_quality(records: QuerySet[UsageRecord], quality: str) -> QuerySet[UsageRecord]:
-    """The rows of query runs labelled ``quality`` ("none": runs not assessed)."""
+    """The rows of query runs labelled ``quality``; "none": every other row (uploads, agents, direct calls,
+    runs not assessed)."""
     from apps.rag.models import QueryRun
 
-    runs = QueryRun.objects.filter(quality_label="" if quality == "none" else quality)
-    return records.filter(query_run_id__in=runs.values("pk"))
+    if quality == "none":
+        return records.exclude(query_run_id__in=QueryRun.objects.exclude(quality_label="").values("pk"))
+    return records.filter(query_run_id__in=QueryRun.objects.filter(quality_label=quality).values("pk"))
 
 
 def with_quality_label(records: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
