@@ -24,6 +24,14 @@ guard would have stopped when a config turns it off, `workers.runtime.decoding.d
 (`baseline_cost_per_question`, `savings_per_question`: the ledger's claim, `apps.costs.baseline`).
 The extractive answer mode (`"prompting_strategy": "extractive_answer"`, a default config) generates
 nothing: its tokens are 0 and its cost is the retrieval plus the sentence embeddings.
+
+Quality signals (`workers.rag.quality`, docs/quality.md): the sentence threshold is calibrated on the
+**first half** of the questions (the Youden-optimal cut of the support score predicting `contained`)
+and everything below is reported on the **second half**: `support_auroc` (the support score ranking
+`contained` answers first), `support_share_auroc` (the supported-sentence share at the calibrated
+threshold), `retrieval_confidence_auroc` (runs with a confidence only), and `labels` ({label: share},
+with the calibrated threshold); `labels_all_default` is the share of each stored label (the shipped
+thresholds) over every question, and `contained_by_label` the accuracy within each of those labels.
 """
 
 from __future__ import annotations
@@ -128,6 +136,50 @@ def _loop_check(pipelines: dict):
     )
 
 
+def _quality_report(rows: list[dict]) -> dict:
+    """The quality signals' figures: calibrated on the first half of ``rows``, reported on the second."""
+    from workers.rag.quality import Thresholds, auroc, calibrate_threshold, quality_label, support_share
+
+    def score(row: dict) -> float:
+        return row["support_score"] if row["support_score"] is not None else 0.0
+
+    half = len(rows) // 2
+    calibration, report = rows[:half], rows[half:]
+    positives = [r["contained"] > 0 for r in calibration]
+    cut = calibrate_threshold([score(r) for r in calibration], positives,
+                              candidates=[round(0.05 * i, 2) for i in range(1, 20)])
+    thresholds = Thresholds(sentence=cut)
+    shares = [support_share(r["sentence_scores"], cut) for r in report]
+    labels = Counter(
+        quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
+        for r, share in zip(report, shares, strict=True)
+    )
+    contained_report = [r["contained"] > 0 for r in report]
+    confident = [(r["retrieval_confidence"], r["contained"] > 0)
+                 for r in report if r["retrieval_confidence"] is not None]
+    stored = Counter(r["quality_label"] or "not assessed" for r in rows)
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    return {
+        "support_auroc": rounded(auroc([score(r) for r in report], contained_report)),
+        "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
+        "retrieval_confidence_auroc": rounded(
+            auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
+        ),
+        "labels": {label: round(count / len(report), 4) for label, count in sorted(labels.items())},
+        "labels_all_default": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
+        "contained_by_label": {
+            label: round(sum(r["contained"] for r in rows if (r["quality_label"] or "not assessed") == label)
+                         / count, 4)
+            for label, count in sorted(stored.items())
+        },
+        "quality_split": {"calibration": f"questions 1-{half}", "report": f"questions {half + 1}-{len(rows)}",
+                          "sentence_threshold": cut},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
@@ -207,6 +259,10 @@ def main() -> None:
                         "repetition_tokens_saved": run.repetition_tokens_saved,
                         "baseline_cost": run.baseline_cost,
                         "savings": run.savings,
+                        "quality_label": run.quality_label,
+                        "support_score": run.support_score,
+                        "retrieval_confidence": run.retrieval_confidence,
+                        "sentence_scores": [s["score"] for s in (run.quality or {}).get("sentences", [])],
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
@@ -234,6 +290,7 @@ def main() -> None:
                 "repetition_tokens_saved": round(sum(r["repetition_tokens_saved"] for r in rows) / n, 1),
                 "baseline_cost_per_question": float(sum((r["baseline_cost"] for r in rows), Decimal(0)) / n),
                 "savings_per_question": float(sum((r["savings"] for r in rows), Decimal(0)) / n),
+                **_quality_report(rows),
                 "config": {**values, "model": model},
             }
         summary = {

@@ -107,6 +107,14 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         # The run's own: "budget" reads as OpenAI's "length", "repetition" (a loop stopped) as "stop".
         "finish_reason": run.finish_reason,
         "repetition_tokens_saved": run.repetition_tokens_saved,
+        # The answer's quality (docs/quality.md); label "" when not assessed (a direct call).
+        "quality": {
+            "label": run.quality_label,
+            "support": run.support,
+            "support_score": run.support_score,
+            "retrieval_confidence": run.retrieval_confidence,
+            "citations_removed": run.citations_removed,
+        },
         "cost": money_str(run.cost),
         "baseline_cost": money_str(run.baseline_cost),
         "baseline_kind": run.baseline_kind,

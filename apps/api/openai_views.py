@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, NotAuthenticated, PermissionDenied
 from rest_framework.response import Response
@@ -93,8 +93,17 @@ class ChatCompletionInputSerializer(serializers.Serializer):
 
 
 class ChatCompletionsView(OpenAIView):
-    @extend_schema(request=ChatCompletionInputSerializer, responses={200: OpenApiTypes.OBJECT},
-                   summary="OpenAI-compatible chat completion over a pipeline or a model endpoint")
+    @extend_schema(
+        request=ChatCompletionInputSerializer,
+        responses={200: OpenApiResponse(
+            OpenApiTypes.OBJECT,
+            description="OpenAI's chat.completion, plus the `parsimony` extension object: query_run_id, "
+            "finish_reason (the run's own: repetition, abstained, budget...), cost, baseline_cost, savings, "
+            "citations, and `quality` {label: grounded | weak | unsupported | degenerate | abstained | \"\" "
+            "(not assessed), support, support_score, retrieval_confidence, citations_removed} (docs/quality.md)",
+        )},
+        summary="OpenAI-compatible chat completion over a pipeline or a model endpoint",
+    )
     def post(self, request):
         data = ChatCompletionInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -68,6 +68,11 @@ class PipelineOutputSerializer(serializers.Serializer):
         help_text="Overrides of the model's decoding defaults (repetition_guard, repetition_penalty, "
         "no_repeat_ngram_size, stop)"
     )
+    abstain_below = serializers.FloatField(
+        allow_null=True,
+        help_text="Answer \"not found in the documents\" without generating when the retrieval confidence is "
+        "below this (0..1); null: never",
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -119,6 +124,11 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False,
         help_text="An object overriding the model's decoding defaults: {\"repetition_guard\": true, "
         "\"repetition_penalty\": 1.1, \"no_repeat_ngram_size\": 4, \"stop\": [\"\\n\\n\"]}",
+    )
+    abstain_below = StrictFloatField(
+        required=False, allow_null=True, min_value=0, max_value=1,
+        help_text="0..1: when the best hit's retrieval confidence (its percentile among the pipeline's earlier "
+        "runs) is below this, answer \"not found in the documents\" without generating; null: never",
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)

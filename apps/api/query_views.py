@@ -4,7 +4,7 @@ One view per operation, thin."""
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,9 +18,18 @@ from apps.api.shortcuts import (
     stages_from_context,
     started_run_response,
 )
+from apps.core.errors import ValidationFailed
 from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
+from apps.rag.models import QualityLabel
+
+QUALITY_HELP = (
+    "grounded (the answer's sentences are supported by the retrieved passages) | weak (partly) | unsupported "
+    "| degenerate (a loop stopped by the degeneration guard, or empty) | abstained (\"not found in the "
+    "documents\", nothing generated) | \"\" (not assessed: direct calls, fixed-context pipelines). "
+    "Independent of status (docs/quality.md)"
+)
 
 
 class QueryRunOutputSerializer(serializers.Serializer):
@@ -36,6 +45,21 @@ class QueryRunOutputSerializer(serializers.Serializer):
     )
     repetition_tokens_saved = serializers.IntegerField(
         help_text="Output tokens of the cap not spent because the degeneration guard stopped a loop"
+    )
+    quality_label = serializers.CharField(help_text=QUALITY_HELP)
+    support = serializers.FloatField(
+        allow_null=True, help_text="Share of the answer's sentences a retrieved passage supports (0..1)"
+    )
+    support_score = serializers.FloatField(
+        allow_null=True, help_text="Mean sentence support (cosine and token overlap with the best passage), 0..1"
+    )
+    retrieval_confidence = serializers.FloatField(
+        allow_null=True,
+        help_text="The best hit's percentile among the pipeline's earlier runs' best hits (0..1); null until "
+        "the pipeline has 5 earlier runs",
+    )
+    citations_removed = serializers.IntegerField(
+        help_text="Citation markers pointing past the sources, removed from the answer"
     )
     error = serializers.CharField()
     citations = serializers.JSONField()
@@ -86,12 +110,23 @@ class QueryListView(APIView):
 
     @extend_schema(
         operation_id="api_v1_queries_list",
+        parameters=[
+            OpenApiParameter("quality", str, enum=[*QualityLabel.values, "none"],
+                             description="Only runs with this quality label (none: not assessed)"),
+        ],
         responses=list_of(QueryRunOutputSerializer),
         summary="The team's queries, newest first",
     )
     def get(self, request):
+        quality = request.query_params.get("quality")
+        if quality is not None and quality not in [*QualityLabel.values, "none"]:
+            raise ValidationFailed(
+                f"unknown quality {quality!r} (valid: {', '.join([*QualityLabel.values, 'none'])})",
+                detail={"fields": {"quality": quality}},
+            )
+        runs = rag_selectors.query_run_list(team=request.team, quality=quality)
         return paginated_response(
-            self, request, rag_selectors.query_run_list(team=request.team), QueryRunOutputSerializer,
+            self, request, runs, QueryRunOutputSerializer,
             page_context=lambda runs: {
                 "stages": rag_selectors.query_run_stages_by_run(team=request.team, run_ids=[run.pk for run in runs])
             },

@@ -62,6 +62,12 @@ class Pipeline(models.Model):
         help_text="Overrides of the model's decoding defaults: repetition_guard (stop loops early, saving their "
         "tokens), repetition_penalty, no_repeat_ngram_size, stop (a list of strings)",
     )
+    abstain_below = models.FloatField(
+        null=True, blank=True,
+        help_text="0..1: when the best hit's retrieval confidence (its percentile among this pipeline's earlier "
+        "runs) is below this, answer \"not found in the documents\" without generating (no generation cost). "
+        "Empty: never abstain",
+    )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
     system_prompt = models.TextField(blank=True)
@@ -86,6 +92,16 @@ class QueryStatus(models.TextChoices):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+
+class QualityLabel(models.TextChoices):
+    """An answer's quality (``workers.rag.quality``); blank: not assessed (direct calls, fixed contexts)."""
+
+    GROUNDED = "grounded", "grounded (its sentences are supported by the passages)"
+    WEAK = "weak", "weak (partly supported)"
+    UNSUPPORTED = "unsupported", "unsupported (not supported by the passages)"
+    DEGENERATE = "degenerate", "degenerate (a loop stopped by the guard, or empty)"
+    ABSTAINED = "abstained", "abstained (not found in the documents: nothing generated)"
 
 
 class BaselineKind(models.TextChoices):
@@ -125,6 +141,20 @@ class QueryRun(models.Model):
     repetition_tokens_saved = models.PositiveIntegerField(
         default=0, help_text="Output tokens of the cap not spent because the degeneration guard stopped a loop"
     )
+    quality_label = models.CharField(
+        max_length=16, choices=QualityLabel.choices, blank=True, db_index=True,
+        help_text="How well the answer is supported by what was retrieved (blank: not assessed). "
+        "Independent of status: a succeeded run finished, whatever its label",
+    )
+    support = models.FloatField(null=True, blank=True, help_text="Share of answer sentences a passage supports")
+    support_score = models.FloatField(null=True, blank=True, help_text="Mean sentence support score, 0..1")
+    retrieval_confidence = models.FloatField(
+        null=True, blank=True, help_text="The best hit's percentile among the pipeline's earlier runs' best hits"
+    )
+    citations_removed = models.PositiveSmallIntegerField(
+        default=0, help_text="Citation markers past the number of sources, removed from the answer"
+    )
+    quality = models.JSONField(default=dict, blank=True, help_text="The quality signals in full (per sentence)")
     cost = models.DecimalField(**MONEY, default=ZERO)
     baseline_cost = models.DecimalField(
         **MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed"
@@ -165,4 +195,4 @@ class QueryRun(models.Model):
         return self.endpoint.name if self.endpoint_id else ""
 
 
-__all__ = ["BaselineKind", "Decimal", "Pipeline", "QueryRun", "QueryStatus", "Retriever"]
+__all__ = ["BaselineKind", "Decimal", "Pipeline", "QualityLabel", "QueryRun", "QueryStatus", "Retriever"]

@@ -15,7 +15,7 @@ from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import ZERO, UsageRecord
 from apps.costs.pricing import money
-from apps.rag.models import Pipeline, QueryRun, Retriever
+from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
 
 
 def pipeline_list(*, team) -> QuerySet[Pipeline]:
@@ -42,13 +42,33 @@ def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:
     )
 
 
-def query_run_list(*, team, user=None, pipeline=None) -> QuerySet[QueryRun]:
+def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None) -> QuerySet[QueryRun]:
+    """The team's runs; ``quality``: only those with that label ("none": not assessed)."""
     runs = team_scoped(QueryRun, team).select_related("pipeline", "endpoint", "user", "api_key")
+    if quality:
+        runs = runs.filter(quality_label="" if quality == "none" else quality)
     if user is not None:
         runs = runs.filter(user=user)
     if pipeline is not None:
         runs = runs.filter(pipeline=pipeline)
     return runs
+
+
+def pipeline_best_hit_scores(*, pipeline: Pipeline, exclude_run_id: int | None = None, limit: int = 200) -> list[float]:
+    """The best-hit scores (``workers.rag.quality.best_hit_score``) of the pipeline's latest finished runs
+    that retrieved something: the reference its retrieval confidence is a percentile in."""
+    from workers.rag.quality import best_hit_score
+
+    runs = QueryRun.objects.filter(pipeline=pipeline, status=QueryStatus.SUCCEEDED).exclude(citations=[])
+    if exclude_run_id is not None:
+        runs = runs.exclude(pk=exclude_run_id)
+    scores = []
+    for citations in runs.order_by("-id").values_list("citations", flat=True)[:limit]:
+        best = best_hit_score([(c.get("score", 0.0), {k: tuple(v) for k, v in (c.get("retrievers") or {}).items()})
+                               for c in citations])
+        if best is not None:
+            scores.append(best)
+    return scores
 
 
 def query_run_get(*, team, query_run_id: int) -> QueryRun:

@@ -66,7 +66,7 @@ from apps.rag.fixed_context import (
     pipeline_fixed_context_text,
 )
 from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
-from apps.rag.selectors import pipeline_option_names
+from apps.rag.selectors import pipeline_best_hit_scores, pipeline_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,9 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             decoding_settings(model, values["decoding_options"])
         except ValueError as exc:
             errors["decoding_options"] = str(exc)
+    abstain = values.get("abstain_below")
+    if abstain is not None and not (isinstance(abstain, int | float) and 0 <= abstain <= 1):
+        errors["abstain_below"] = f"abstain_below must be a number between 0 and 1 (or empty: never); got {abstain!r}"
     if errors:
         raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
 
@@ -183,6 +186,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
+    "abstain_below",
 )
 
 
@@ -390,6 +394,7 @@ class _QueryHooks:
         self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
         self.retrieval_record: UsageRecord | None = None
         self.generation_record: UsageRecord | None = None
+        self.quality_record: UsageRecord | None = None  # the quality check's embedding
         self.compression: Any = None  # the compress stage's share of the hold (apps.rag.compression_hold)
         self._target: Any = None
 
@@ -539,7 +544,24 @@ class _QueryHooks:
 
     def embed(self, texts: list[str]) -> Any:
         """One encode of ``texts`` with the pipeline's sentence embedder (an extractive answer's sentences):
-        the hold grows by its bound first, then one ``embed`` row is billed under the run's reservation."""
+        the hold grows by its bound first (BudgetExceeded when it cannot), then one ``embed`` row is billed
+        under the run's reservation."""
+        vectors, _ = self._embed_billed(texts)
+        return vectors
+
+    def embed_for_quality(self, texts: list[str]) -> Any:
+        """Quality's sentence and passage vectors (``workers.rag.quality``), billed the same way and kept as
+        the run's quality record; None (token overlap alone) when the hold cannot grow to cover it."""
+        from apps.costs.services import BudgetExceeded
+
+        try:
+            vectors, self.quality_record = self._embed_billed(texts)
+        except BudgetExceeded:
+            logger.info("query #%s: no budget for the quality embedding; token overlap alone", self.run.pk)
+            return None
+        return vectors
+
+    def _embed_billed(self, texts: list[str]) -> tuple[Any, UsageRecord]:
         from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
 
         price = price_current(model_name=EMBEDDING_PRICE_NAME)
@@ -551,7 +573,7 @@ class _QueryHooks:
         vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
         on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
         spent = to_decimal(round(seconds, 6))
-        usage_record(
+        record = usage_record(
             context=self.context,
             stage=Stage.EMBED,
             model_name=EMBEDDING_PRICE_NAME,
@@ -562,7 +584,7 @@ class _QueryHooks:
             reservation=self.reservation,
         )
         embedding_billed(DEFAULT_EMBEDDING_MODEL)
-        return vectors
+        return vectors, record
 
     def count_tokens(self, prompt: list[dict] | str) -> int:
         """The endpoint's tokens of a chat prompt or a text, from its tokenizer alone (no model loaded)."""
@@ -576,8 +598,10 @@ class _QueryHooks:
         """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt
         (``apps.costs.baseline``: exact for token prices, a cost-model estimate for device time).
 
-        This run's extra work (compression calls, superposition's path prefill, a fixed context's
-        prefill, an extractive answer's sentence embeddings) is in its actual cost, never in the baseline.
+        The quality check's embedding is in both (the naive run's answer would be checked too, at about
+        the same cost). This run's extra work (compression calls, superposition's path prefill, a fixed
+        context's prefill, an extractive answer's sentence embeddings) is in its actual cost, never in the
+        baseline.
         ``completion_tokens``: the baseline's output tokens when this run generated nothing (an extractive
         answer: the quote's length); the baseline is then an estimate at the endpoint's current price."""
         if baseline_prompt_tokens is not None and self.generation_record is None and completion_tokens is not None:
@@ -604,7 +628,9 @@ class _QueryHooks:
             record=self.generation_record, prompt_tokens=baseline_prompt_tokens, model=self.endpoint.price_name
         )
         retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
-        return retrieval + generation, kind
+        # Every run's answer is checked (workers.rag.quality): the naive pipeline's would be too.
+        quality = self.quality_record.cost if self.quality_record is not None else ZERO
+        return retrieval + generation + quality, kind
 
 
 def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
@@ -634,6 +660,8 @@ def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
         # every pipeline of this process.
         compression_cache_dir=Path(settings.DATA_ROOT) / "compression-cache",
         model_cache_dir=Path(settings.DATA_ROOT),
+        retrieval_reference=tuple(pipeline_best_hit_scores(pipeline=pipeline, exclude_run_id=run.pk)),
+        abstain_below=pipeline.abstain_below,
     )
 
 
@@ -734,6 +762,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         context_tokens_before=outcome.context_tokens_before,
         context_tokens_after=outcome.context_tokens_after,
         repetition_tokens_saved=outcome.repetition_tokens_saved,
+        **_quality_fields(outcome.quality),
         cost=actual,
         baseline_cost=money(baseline),
         baseline_kind=baseline_kind,
@@ -748,6 +777,20 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         # After the answer is stored: the team never waits for its shadow (its own job, same queue).
         shadow_baseline_maybe_start(run=run)
     return run
+
+
+def _quality_fields(quality: dict[str, Any] | None) -> dict[str, Any]:
+    """The QueryRun columns of an engine result's quality (blank label: not assessed)."""
+    if not quality:
+        return {"quality_label": "", "quality": {}}
+    return {
+        "quality_label": quality["label"],
+        "support": quality["support"],
+        "support_score": quality["support_score"],
+        "retrieval_confidence": quality["retrieval_confidence"],
+        "citations_removed": quality["citations_removed"],
+        "quality": quality,
+    }
 
 
 def query_run_wait(*, run: QueryRun, timeout_s: float, poll_s: float = 0.1) -> QueryRun:

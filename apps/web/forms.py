@@ -219,6 +219,10 @@ class PipelineForm(forms.Form):
         required=False,
         label="Decoding options (JSON)",
     )
+    abstain_below = forms.FloatField(
+        min_value=0, max_value=1, required=False, label="Abstain below retrieval confidence",
+        widget=forms.NumberInput(attrs={"step": "0.05"}),
+    )
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
     "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens",
     "system_prompt",
-    "fixed_context", "fixed_context_corpus", "attention_options", "decoding_options",
+    "fixed_context", "fixed_context_corpus", "attention_options", "decoding_options", "abstain_below",
 )
 
 

@@ -30,7 +30,18 @@ BREAKDOWNS = (
     ("api_key", "By API key", "API key", "(no key: browser, system)"),
     ("pipeline_name", "By pipeline", "Pipeline", "(none: uploads, direct calls)"),
     ("stage", "By stage", "Stage", "—"),
+    ("quality_label", "By answer quality", "Quality", "(not assessed: uploads, direct calls, agents)"),
 )
+QUALITY_CHOICES = (
+    ("grounded", "grounded"), ("weak", "weak"), ("unsupported", "unsupported"), ("degenerate", "degenerate"),
+    ("abstained", "abstained"), ("none", "not assessed"),
+)
+
+
+def _quality(request) -> str | None:
+    """The ?quality= filter: a label, "none" (not assessed), or None (every row)."""
+    value = request.GET.get("quality", "")
+    return value if value in dict(QUALITY_CHOICES) else None
 
 
 def _days(request) -> int:
@@ -47,14 +58,19 @@ def usage(request: HttpRequest) -> HttpResponse:
     today = timezone.now().date()
     first = today - timedelta(days=days - 1)
     since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    records = cost_selectors.usage_list(team=request.team, since=since)
+    quality = _quality(request)
+    records = cost_selectors.usage_list(team=request.team, since=since, quality=quality)
     per_day = cost_selectors.spend_per_day(team=request.team, days=days, today=today)
     breakdowns = [
         (field, title, column, empty, cost_selectors.usage_by(records=records, field=field))
         for field, title, column, empty in BREAKDOWNS
     ]
     total = sum((cost for _, cost in per_day), start=0)
+    if quality:  # the filtered rows' total (the per-day chart stays the team's)
+        total = sum((row["cost"] for row in cost_selectors.usage_by(records=records, field="stage")), start=0)
     context = {
+        "quality": quality or "",
+        "quality_choices": QUALITY_CHOICES,
         "days": days,
         "periods": PERIODS,
         "per_day": per_day,
@@ -77,13 +93,15 @@ def usage(request: HttpRequest) -> HttpResponse:
 
 @team_view()
 def usage_csv(request: HttpRequest) -> HttpResponse:
-    """The team's ledger as CSV (the period on the page, or everything with ?days=all)."""
+    """The team's ledger as CSV (the period on the page, or everything with ?days=all; ?quality= keeps the
+    rows of query runs with that answer quality), with each row's quality label."""
     since = None
     if request.GET.get("days") != "all":
         days = _days(request)
         first = timezone.now().date() - timedelta(days=days - 1)
         since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    records = cost_selectors.usage_list(team=request.team, since=since).order_by("created_at", "id")
+    records = cost_selectors.usage_list(team=request.team, since=since, quality=_quality(request))
+    records = records.order_by("created_at", "id")
     return ledger_csv_response(records, filename=f"{request.team.slug}-ledger.csv")
 
 

@@ -73,6 +73,12 @@ class PipelineConfig:
     wall_time_limit_s: float = 120.0
     compression_cache_dir: Path | None = None  # query-independent compression work (None: no cache)
     model_cache_dir: Path | None = None  # where helper models (the surprisal scorer) live
+    # Quality (workers.rag.quality): earlier runs' best-hit scores (the retrieval confidence's reference),
+    # the confidence below which the pipeline answers "not found" without generating (None: never),
+    # and the label thresholds (None: the calibrated defaults).
+    retrieval_reference: tuple[float, ...] = ()
+    abstain_below: float | None = None
+    quality_thresholds: Any = None
 
 
 @dataclass
@@ -89,6 +95,8 @@ class PipelineResult:
     repetition_tokens_saved: int = 0
     # Output tokens of the baseline generation; None: the real generation's (an extractive answer has none).
     baseline_completion_tokens: int | None = None
+    # The answer's quality signals (``workers.rag.quality.Quality.as_dict()``); None: not assessed.
+    quality: dict[str, Any] | None = None
 
 
 class PipelineHooks(Protocol):
@@ -201,10 +209,16 @@ def _answer_with_retrieval(
     progress(0, STEPS, "retrieving")
     chunks = hooks.retrieve(question, config.top_k)  # none for a retrieval-free pipeline
     passages = [Passage(chunk_id=chunk.chunk_id, title=chunk.title, text=chunk.text) for chunk in chunks]
+    confidence, abstained = _retrieval_check(chunks, config)
+    if abstained is not None:
+        return abstained
     strategy = get_strategy(config.prompting_strategy, config.prompting_options)
     if getattr(strategy, "extractive", False) and passages:  # no passages: the generator answers as usual
-        return _answer_extractively(question=question, config=config, hooks=hooks, chunks=chunks,
-                                    passages=passages, strategy=strategy, progress=progress, on_token=on_token)
+        quoted = _answer_extractively(question=question, config=config, hooks=hooks, chunks=chunks,
+                                      passages=passages, strategy=strategy, progress=progress, on_token=on_token)
+        # A quote is verbatim from its passages, so token overlap alone shows its support: no second
+        # embedding is billed for the check.
+        return _with_quality(quoted, chunks=chunks, config=config, hooks=None, confidence=confidence)
 
     # Only a pipeline that compresses says so; the model may load here on a cold start (the hooks say that).
     progress(1, STEPS, "compressing" if config.compression_method != "none" else "building the prompt")
@@ -277,7 +291,7 @@ def _answer_with_retrieval(
     # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
     naive = get_strategy("naive").build_messages(system_prompt=config.system_prompt, question=question,
                                                  passages=passages)
-    return PipelineResult(
+    return _with_quality(PipelineResult(
         answer=call.text,
         finish_reason=call.finish_reason,
         citations=citations(chunks, call.text),
@@ -285,7 +299,43 @@ def _answer_with_retrieval(
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
         repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0),
+    ), chunks=chunks, config=config, hooks=hooks, confidence=confidence)
+
+
+def _retrieval_check(
+    chunks: list[RetrievedChunk], config: PipelineConfig
+) -> tuple[float | None, PipelineResult | None]:
+    """(the retrieval confidence, the abstention when the pipeline abstains below it, else None)."""
+    from workers.rag import quality
+
+    best = quality.best_hit_score([(chunk.score, chunk.retrievers) for chunk in chunks])
+    confidence = quality.retrieval_confidence(best, config.retrieval_reference)
+    if not quality.should_abstain(confidence, config.abstain_below):
+        return confidence, None
+    _, assessed = quality.assess(answer=quality.ABSTAIN_ANSWER, finish_reason=quality.ABSTAIN_FINISH_REASON,
+                                 passages=[], retrieval_confidence=confidence)
+    return confidence, PipelineResult(
+        answer=quality.ABSTAIN_ANSWER, finish_reason=quality.ABSTAIN_FINISH_REASON,
+        citations=citations(chunks, ""), quality=assessed.as_dict(),
     )
+
+
+def _with_quality(
+    result: PipelineResult, *, chunks: list[RetrievedChunk], config: PipelineConfig,
+    hooks: PipelineHooks | None, confidence: float | None,
+) -> PipelineResult:
+    """``result`` with its answer's invalid citation markers removed and its quality signals; the cosine
+    part embeds through the service's metered ``embed_for_quality`` hook when it has one."""
+    from workers.rag import quality
+
+    answer, assessed = quality.assess(
+        answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
+        embed=getattr(hooks, "embed_for_quality", None), retrieval_confidence=confidence,
+        thresholds=config.quality_thresholds or quality.Thresholds(),
+    )
+    result.answer, result.quality = answer, assessed.as_dict()
+    result.citations = citations(chunks, answer)
+    return result
 
 
 def fit_passages(

@@ -128,6 +128,30 @@ def status_badge(status: str) -> str:
     return format_html('<span class="status status-{}">{}</span>', css, status)
 
 
+QUALITY_TITLES = {
+    "grounded": "Its sentences are supported by the retrieved passages",
+    "weak": "Only part of it is supported by the retrieved passages",
+    "unsupported": "The retrieved passages do not support it",
+    "degenerate": "The model looped (stopped by the degeneration guard) or said nothing",
+    "abstained": "Retrieval found nothing close enough: not found in the documents, nothing generated",
+}
+
+
+@register.simple_tag
+def quality_badge(run) -> str:
+    """The run's answer-quality label as a badge, its meaning in the title (docs/quality.md)."""
+    label = run.quality_label
+    support = f" (support {round(100 * run.support)}%)" if run.support is not None else ""
+    return format_html('<span class="status quality-{}" title="{}{}">{}</span>', label,
+                       QUALITY_TITLES.get(label, label), support, label)
+
+
+@register.filter
+def percent_share(value) -> str:
+    """A 0..1 share as a whole percent ("—" for none)."""
+    return "—" if value is None else f"{round(100 * float(value))}%"
+
+
 @register.simple_tag(takes_context=True)
 def nav_current(context, names: str) -> str:
     """aria-current="page" on the nav link whose section (space-separated url names) is open."""

@@ -64,7 +64,9 @@ def test_a_team_uploads_searches_and_asks_with_citations(team_a, make_api_key, a
     assert first["document_title"] and first["end"] > first["start"]
     assert "180 euros" in first["snippet"]
     assert first["cited"] is True  # the echo model answers "... [1]"
-    assert {row["stage"] for row in answer["stages"]} == {"retrieve", "generate"}
+    # embed: the answer's quality check (workers.rag.quality), billed like any embedding
+    assert {row["stage"] for row in answer["stages"]} == {"retrieve", "generate", "embed"}
+    assert answer["quality_label"] in {"grounded", "weak", "unsupported"} and answer["support_score"] is not None
 
 
 def test_a_corrupt_upload_fails_with_a_clear_error_and_loses_nothing(team_a, make_api_key, api_client, data_root):

@@ -118,7 +118,8 @@ def test_a_shadow_baseline_is_billed_to_the_operator_and_measures_the_claim(team
         run.refresh_from_db()
         assert run.status == "succeeded" and run.baseline_kind == "estimate"  # local model: device time
         shadow_rows = UsageRecord.objects.filter(shadow_of_query_run_id=run.pk)
-        assert {row.stage for row in shadow_rows} == {Stage.RETRIEVE, Stage.GENERATE}  # naive: no compress
+        # naive: no compress; the embed row is the answer's quality check (workers.rag.quality)
+        assert {row.stage for row in shadow_rows} == {Stage.RETRIEVE, Stage.GENERATE, Stage.EMBED}
         assert {row.team_id for row in shadow_rows} == {operator.pk}
         assert {row.pipeline_name for row in shadow_rows} == {f"shadow:{name}"}
         assert not shadow_rows.filter(query_run_id__isnull=False).exists()

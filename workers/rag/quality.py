@@ -1,0 +1,308 @@
+"""Per-answer quality signals, computed cheaply after generation (plain data, no Django).
+
+- **Citation validity** (``clean_citations``): markers ``[n]`` that point past the sources the prompt
+  numbered are removed from the answer and counted.
+- **Support** (``sentence_scores``): each answer sentence is scored against the passages it cites (or,
+  when it cites none, every retrieved passage): ``COSINE_WEIGHT`` x the MiniLM cosine between the
+  sentence and the passage (clipped at 0) plus the rest x the share of the sentence's content words
+  found in the passage, best passage taken. ``support`` is the share of sentences scoring at least
+  ``Thresholds.sentence``; ``support_score`` their mean score (threshold-free, what the benchmark's
+  AUROC ranks).
+- **Retrieval confidence** (``retrieval_confidence``): the best hit's score as a percentile of the
+  best-hit scores of the same pipeline's earlier runs (its corpus's score distribution); None until
+  there are ``MIN_REFERENCE`` of them. A pipeline may abstain below a threshold (``ABSTAIN_ANSWER``).
+- **Label** (``quality_label``): ``abstained`` (answered "not found" without generating),
+  ``degenerate`` (stopped by the degeneration guard, or empty), else by support: ``grounded``
+  (support >= ``Thresholds.grounded``), ``weak`` (>= ``Thresholds.weak``), ``unsupported``.
+
+Thresholds were calibrated on the first half of the rag_qa questions (docs/quality.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED = "grounded", "weak", "unsupported", "degenerate", "abstained"
+LABELS = (GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED)
+ABSTAIN_ANSWER = "Not found in the documents."
+ABSTAIN_FINISH_REASON = "abstained"
+MIN_REFERENCE = 5  # earlier best-hit scores needed before a retrieval confidence is given
+COSINE_WEIGHT = 0.5  # of a sentence's score; the rest is token overlap
+
+Embed = Callable[[list[str]], Any]  # texts -> vectors (N, D), L2-normalised; None when refused
+
+_MARKER = re.compile(r"\s?\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORD = re.compile(r"\w+", re.UNICODE)
+STOPWORDS = frozenset(
+    """a an and are as at be been but by can could did do does for from had has have he her his i if in into
+    is it its may me my no not of on or our she so than that the their them then there these they this to
+    was we were what when where which who whom whose why will with would you your answer question passage
+    passages document documents based according""".split()
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a sentence counts as supported, and the support shares of the labels."""
+
+    sentence: float = 0.5
+    grounded: float = 0.75
+    weak: float = 0.25
+
+
+@dataclass
+class Quality:
+    """An answer's quality signals, as stored on its run."""
+
+    label: str
+    support: float | None = None  # share of sentences supported (None: nothing to assess)
+    support_score: float | None = None  # mean sentence score in [0, 1]
+    retrieval_confidence: float | None = None  # percentile of the best hit among earlier runs'
+    citations_removed: int = 0
+    embedded: bool = False  # the cosine part was computed (else token overlap alone)
+    sentences: list[dict[str, Any]] = field(default_factory=list)  # {"text", "score", "passage"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_citations(answer: str, sources: int) -> tuple[str, int]:
+    """``answer`` without the citation markers past ``sources`` (numbers outside 1..sources), and how many
+    numbers were removed. ``[2, 7]`` with 5 sources becomes ``[2]``; ``[6]`` goes with the space before it."""
+    removed = 0
+
+    def keep(match: re.Match[str]) -> str:
+        nonlocal removed
+        numbers = [int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))]
+        valid = [n for n in numbers if 1 <= n <= sources]
+        removed += len(numbers) - len(valid)
+        if len(valid) == len(numbers):
+            return match.group(0)
+        if not valid:
+            return ""
+        lead = " " if match.group(0).startswith(" ") else ""
+        return f"{lead}[{', '.join(str(n) for n in valid)}]"
+
+    return _MARKER.sub(keep, answer), removed
+
+
+def cited_numbers(text: str) -> list[int]:
+    """The source numbers ``text`` cites, in order, without repeats."""
+    found: list[int] = []
+    for match in _MARKER.finditer(text):
+        for n in re.split(r"\s*[,;]\s*", match.group(1)):
+            if int(n) not in found:
+                found.append(int(n))
+    return found
+
+
+def split_sentences(text: str) -> list[str]:
+    """The answer's sentences (on . ! ? and line breaks), empty ones dropped."""
+    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def content_tokens(text: str) -> set[str]:
+    """Lowercased words of ``text`` less stopwords and bare citation numbers, plural -s stripped."""
+    text = _MARKER.sub(" ", text)
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS}
+
+
+def token_overlap(sentence: str, passage: str) -> float:
+    """Share of the sentence's content words found in the passage (0 when it has none)."""
+    words = content_tokens(sentence)
+    if not words:
+        return 0.0
+    return len(words & content_tokens(passage)) / len(words)
+
+
+def _cosines(embed: Embed | None, sentences: list[str], passages: Sequence[str]) -> list[list[float]] | None:
+    """(sentences x passages) cosine similarities, or None when there is no embedder or it refused."""
+    if embed is None or not sentences or not passages:
+        return None
+    vectors = embed([*sentences, *passages])
+    if vectors is None:
+        return None
+    rows = [list(map(float, v)) for v in vectors]
+    assert len(rows) == len(sentences) + len(passages), "one vector per text"
+    s_rows, p_rows = rows[: len(sentences)], rows[len(sentences):]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb) if na and nb else 0.0
+
+    return [[cos(s, p) for p in p_rows] for s in s_rows]
+
+
+def sentence_scores(
+    answer: str, passages: Sequence[str], *, embed: Embed | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """Each assessable answer sentence with its support score in [0, 1] and the passage (1-based) that
+    supports it best; a sentence citing valid passages is scored against those only. Returns
+    (sentences, whether cosines were used). Sentences with no content word are not assessed."""
+    sentences = [s for s in split_sentences(answer) if content_tokens(s)]
+    if not sentences or not passages:
+        return [{"text": s[:200], "score": 0.0, "passage": None} for s in sentences], False
+    cosines = _cosines(embed, [_MARKER.sub("", s) for s in sentences], passages)
+    scored = []
+    for i, sentence in enumerate(sentences):
+        cited = [n for n in cited_numbers(sentence) if 1 <= n <= len(passages)]
+        candidates = cited or list(range(1, len(passages) + 1))
+        best, best_n = -1.0, None
+        for n in candidates:
+            overlap = token_overlap(sentence, passages[n - 1])
+            if cosines is None:
+                value = overlap
+            else:
+                value = COSINE_WEIGHT * max(cosines[i][n - 1], 0.0) + (1 - COSINE_WEIGHT) * overlap
+            if value > best:
+                best, best_n = value, n
+        scored.append({"text": sentence[:200], "score": round(min(max(best, 0.0), 1.0), 4), "passage": best_n})
+    return scored, cosines is not None
+
+
+def support_share(scores: Sequence[float], threshold: float) -> float | None:
+    """Share of sentence scores at or above ``threshold``; None for no sentence."""
+    return sum(score >= threshold for score in scores) / len(scores) if scores else None
+
+
+def quality_label(
+    *, finish_reason: str, answer: str, support: float | None, thresholds: Thresholds = Thresholds()
+) -> str:
+    """The run's label from its finish reason and support share (see the module's docstring)."""
+    if finish_reason == ABSTAIN_FINISH_REASON:
+        return ABSTAINED
+    if finish_reason == "repetition" or not answer.strip():
+        return DEGENERATE
+    if support is None:
+        return UNSUPPORTED
+    if support >= thresholds.grounded:
+        return GROUNDED
+    if support >= thresholds.weak:
+        return WEAK
+    return UNSUPPORTED
+
+
+def best_hit_score(hits: Sequence[tuple[float, dict[str, Any]]]) -> float | None:
+    """The best hit's score on a scale comparable across runs: its dense cosine when any hit has one (a
+    hybrid's fused score is rank-based, nearly constant at the top), else its own score. ``hits``:
+    (score, {retriever: (rank, score)}) pairs."""
+    if not hits:
+        return None
+    dense = [float(retrievers["dense"][1]) for _, retrievers in hits if "dense" in (retrievers or {})]
+    return max(dense) if dense else max(float(score) for score, _ in hits)
+
+
+def retrieval_confidence(best: float | None, reference: Sequence[float]) -> float | None:
+    """The percentile (0..1, ties counting half) of ``best`` among ``reference`` (earlier runs' best-hit
+    scores on the same pipeline); None without a best hit or with fewer than ``MIN_REFERENCE`` scores."""
+    if best is None or len(reference) < MIN_REFERENCE:
+        return None
+    below = sum(score < best for score in reference)
+    tied = sum(score == best for score in reference)
+    return round((below + 0.5 * tied) / len(reference), 4)
+
+
+def should_abstain(confidence: float | None, abstain_below: float | None) -> bool:
+    """Whether a pipeline abstaining below ``abstain_below`` does so at ``confidence`` (never when unknown)."""
+    return abstain_below is not None and confidence is not None and confidence < abstain_below
+
+
+def assess(
+    *,
+    answer: str,
+    finish_reason: str,
+    passages: Sequence[str],
+    embed: Embed | None = None,
+    retrieval_confidence: float | None = None,
+    thresholds: Thresholds = Thresholds(),
+) -> tuple[str, Quality]:
+    """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
+    numbered from 1 as the prompt numbers them."""
+    if finish_reason == ABSTAIN_FINISH_REASON:
+        return answer, Quality(label=ABSTAINED, retrieval_confidence=retrieval_confidence)
+    cleaned, removed = clean_citations(answer, len(passages))
+    degenerate = finish_reason == "repetition" or not cleaned.strip()
+    sentences, embedded = ([], False) if degenerate else sentence_scores(cleaned, passages, embed=embed)
+    scores = [s["score"] for s in sentences]
+    support = support_share(scores, thresholds.sentence)
+    return cleaned, Quality(
+        label=quality_label(finish_reason=finish_reason, answer=cleaned, support=support, thresholds=thresholds),
+        support=None if support is None else round(support, 4),
+        support_score=round(sum(scores) / len(scores), 4) if scores else (0.0 if degenerate else None),
+        retrieval_confidence=retrieval_confidence,
+        citations_removed=removed,
+        embedded=embedded,
+        sentences=sentences,
+    )
+
+
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` ranking the positives first (Mann-Whitney U over average
+    ranks, ties counting half); None when either class is empty."""
+    assert len(scores) == len(positives), "one label per score"
+    n_pos = sum(bool(p) for p in positives)
+    n_neg = len(positives) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # average 1-based rank of the tie group
+        i = j + 1
+    rank_sum = sum(rank for rank, p in zip(ranks, positives, strict=True) if p)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def calibrate_threshold(
+    scores: Sequence[float], positives: Sequence[bool], candidates: Sequence[float] | None = None
+) -> float:
+    """The cut (score >= cut predicts positive) with the best Youden J (TPR - FPR) on these examples;
+    ties go to the lower cut. Candidates default to the distinct scores."""
+    n_pos = sum(bool(p) for p in positives)
+    n_neg = len(positives) - n_pos
+    best_cut, best_j = Thresholds().sentence, -2.0
+    for cut in sorted(set(candidates if candidates is not None else scores)):
+        tp = sum(1 for s, p in zip(scores, positives, strict=True) if p and s >= cut)
+        fp = sum(1 for s, p in zip(scores, positives, strict=True) if not p and s >= cut)
+        j = (tp / n_pos if n_pos else 0.0) - (fp / n_neg if n_neg else 0.0)
+        if j > best_j:
+            best_cut, best_j = cut, j
+    return float(best_cut)
+
+
+__all__ = [
+    "ABSTAINED",
+    "ABSTAIN_ANSWER",
+    "ABSTAIN_FINISH_REASON",
+    "DEGENERATE",
+    "GROUNDED",
+    "LABELS",
+    "Quality",
+    "Thresholds",
+    "UNSUPPORTED",
+    "WEAK",
+    "assess",
+    "auroc",
+    "best_hit_score",
+    "calibrate_threshold",
+    "clean_citations",
+    "quality_label",
+    "retrieval_confidence",
+    "sentence_scores",
+    "should_abstain",
+    "support_share",
+]
