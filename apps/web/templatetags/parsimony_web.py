@@ -10,6 +10,8 @@ from django.urls import reverse
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
+from apps.web.markdown import answer_html, markdown_to_safe_html
+
 register = template.Library()
 
 WORD = re.compile(r"\w{2,}", re.UNICODE)
@@ -77,19 +79,33 @@ def cite_url(citation: dict) -> str:
 
 @register.filter
 def with_citations(answer, citations) -> str:
-    """The answer, escaped, with line breaks, and each [n] a link to the passage it cites."""
-    by_n = {int(c["n"]): c for c in (citations or []) if "n" in c}
-    html = escape(str(answer or ""))
+    """The answer rendered from markdown and sanitised (apps.web.markdown), each [n] a link to the
+    passage it cites; raw HTML in the answer is shown as text, never run."""
+    return mark_safe(answer_html(str(answer or ""), citations, url_for=citation_url))
 
-    def link(match: re.Match) -> str:
-        citation = by_n.get(int(match.group(1)))
-        if citation is None:
-            return match.group(0)
-        title = escape(citation.get("document_title") or "source")
-        return f'<a class="cite" href="{escape(citation_url(citation))}" title="{title}">[{match.group(1)}]</a>'
 
-    html = re.sub(r"\[(\d{1,3})\]", link, html)
-    return mark_safe(html.replace("\n", "<br>"))
+@register.filter
+def markdown(text) -> str:
+    """Markdown rendered and sanitised, without citation links (the agents' answers)."""
+    return mark_safe(markdown_to_safe_html(str(text or "")))
+
+
+@register.filter
+def seconds(milliseconds) -> str:
+    """A duration in ms as seconds: "62.9 s", under a second "0.84 s"."""
+    if milliseconds in (None, ""):
+        return "—"
+    try:
+        ms = float(milliseconds)
+    except (TypeError, ValueError):
+        return str(milliseconds)
+    if ms <= 0:
+        return "0 s"
+    if ms < 10:
+        return "<0.01 s"
+    if ms < 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms / 1000:,.1f} s"
 
 
 @register.filter
