@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.urls import reverse
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
+from apps.core.display import seconds as seconds_display
+from apps.costs.money_format import usd as usd_display
 from apps.web.markdown import answer_html, markdown_to_safe_html
 
 register = template.Library()
@@ -21,25 +22,7 @@ STOPWORDS = frozenset("the a an and or of to in on for is are was were be by wit
 @register.filter
 def usd(value) -> str:
     """$ amounts readable at every scale: cents for dollars, more digits for the fractions of a cent."""
-    if value in (None, ""):
-        return "—"
-    try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return str(value)
-    if amount == 0:
-        return "$0"
-    size = abs(amount)
-    if size >= 1:
-        places = Decimal("0.01")
-    elif size >= Decimal("0.01"):
-        places = Decimal("0.0001")
-    elif size >= Decimal("0.000001"):
-        places = Decimal("0.000001")
-    else:
-        return "<$0.000001" if amount > 0 else "−<$0.000001"
-    shown = amount.quantize(places)
-    return f"−${-shown:,}" if shown < 0 else f"${shown:,}"
+    return usd_display(value)
 
 
 def query_terms(query: str) -> list[str]:
@@ -93,19 +76,7 @@ def markdown(text) -> str:
 @register.filter
 def seconds(milliseconds) -> str:
     """A duration in ms as seconds: "62.9 s", under a second "0.84 s"."""
-    if milliseconds in (None, ""):
-        return "—"
-    try:
-        ms = float(milliseconds)
-    except (TypeError, ValueError):
-        return str(milliseconds)
-    if ms <= 0:
-        return "0 s"
-    if ms < 10:
-        return "<0.01 s"
-    if ms < 1000:
-        return f"{ms / 1000:.2f} s"
-    return f"{ms / 1000:,.1f} s"
+    return seconds_display(milliseconds)
 
 
 @register.filter
