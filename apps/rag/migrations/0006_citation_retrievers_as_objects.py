@@ -1,4 +1,5 @@
-"""Citations' ``retrievers`` take the search API's shape: {"dense": [1, 0.83]} -> {"dense": {"rank": 1, "score": 0.83}}."""
+"""Citations' ``retrievers`` take the search API's shape:
+{"dense": [1, 0.83]} -> {"dense": {"rank": 1, "score": 0.83}}."""
 
 from django.db import migrations
 
