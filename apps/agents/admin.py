@@ -7,7 +7,9 @@ from django.contrib import admin
 
 from apps.agents import services
 from apps.agents.models import Agent, AgentRun, HttpAllowedHost, Tool
+from apps.core.display import seconds
 from apps.core.errors import ServiceError
+from apps.costs.money_format import usd
 
 
 class ToolAdminForm(forms.ModelForm):
@@ -78,14 +80,22 @@ class AgentRunAdmin(admin.ModelAdmin):
         "status",
         "finish_reason",
         "model_calls",
-        "cost",
-        "latency_ms",
+        "cost_usd",
+        "latency",
         "created_at",
     ]
     list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["request", "answer", "error"]
     list_select_related = ["team", "agent"]
     readonly_fields = [f.name for f in AgentRun._meta.fields]
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_usd(self, run: AgentRun) -> str:
+        return usd(run.cost)
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, run: AgentRun) -> str:
+        return seconds(run.latency_ms)
 
     def has_add_permission(self, request):
         return False

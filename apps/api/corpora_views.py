@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.parsers import BoundedJSONParser
-from apps.api.serializers import StrictCharField, StrictIntegerField, list_of
+from apps.api.serializers import RETRIEVERS_FIELD, StrictCharField, StrictIntegerField, list_of
 from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404
@@ -88,6 +88,7 @@ class SearchHitSerializer(serializers.Serializer):
     score = serializers.FloatField()
     retrievers = serializers.SerializerMethodField()
 
+    @extend_schema_field(RETRIEVERS_FIELD)
     def get_retrievers(self, hit) -> dict:
         return {name: {"rank": rank, "score": score} for name, (rank, score) in hit.retrievers.items()}
 

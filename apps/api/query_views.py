@@ -10,7 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.permissions import only_own_runs
-from apps.api.serializers import MoneyField, StrictCharField, StrictFloatField, StrictIntegerField, list_of
+from apps.api.serializers import (
+    CitationsField,
+    MoneyField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    list_of,
+)
 from apps.api.shortcuts import (
     find_by_name_or_id,
     paginated_response,
@@ -62,7 +69,7 @@ class QueryRunOutputSerializer(serializers.Serializer):
         help_text="Citation markers pointing past the sources, removed from the answer"
     )
     error = serializers.CharField()
-    citations = serializers.JSONField()
+    citations = CitationsField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     cached_tokens = serializers.IntegerField()

@@ -25,6 +25,43 @@ class MoneyField(serializers.DecimalField):
         return money_str(value)
 
 
+class RetrieverRankSerializer(serializers.Serializer):
+    """Where one retriever placed a passage: the one shape of ``retrievers`` in search hits and citations."""
+
+    rank = serializers.IntegerField(help_text="1 = this retriever's best match")
+    score = serializers.FloatField(help_text="The retriever's own score (cosine for dense, BM25 for bm25)")
+
+
+RETRIEVERS_FIELD = serializers.DictField(
+    child=RetrieverRankSerializer(),
+    help_text='Per retriever that found the passage: {"dense": {"rank": 1, "score": 0.83}, "bm25": {...}}',
+)
+
+
+class CitationSerializer(serializers.Serializer):
+    """One retrieved passage of a query, numbered as the prompt numbered it (the answer's ``[n]``)."""
+
+    n = serializers.IntegerField()
+    chunk_id = serializers.IntegerField()
+    document_id = serializers.IntegerField()
+    document_title = serializers.CharField()
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    snippet = serializers.CharField()
+    score = serializers.FloatField()
+    retrievers = serializers.DictField(child=RetrieverRankSerializer())
+    cited = serializers.BooleanField(help_text="The answer mentions [n]")
+
+
+@extend_schema_field(CitationSerializer(many=True))
+class CitationsField(serializers.JSONField):
+    """A run's citations as stored (documented by CitationSerializer; passed through unchanged)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     progress_percent = serializers.IntegerField(read_only=True)
 

@@ -7,18 +7,36 @@ import csv
 
 from django.contrib import admin
 from django.http import HttpResponse, StreamingHttpResponse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
-from apps.costs.money_format import money_str
+from apps.costs.money_format import money_str, usd
 from apps.costs.selectors import budget_status, records_of_quality, spend_per_day, with_quality_label
+
+# The list columns fit a 1280 px window (the ledger's 8 columns in the pane beside the filters): money
+# as $ with the digits that matter (apps.costs.money_format.usd; the CSV export keeps all 10 places),
+# times as "12-07 11:53", who spent as one column (a user or a key), tokens as "prompt → output".
+# The admin's app sidebar is off (apps/config/urls.py): it took 275 px from every list.
+
+
+def _when(value) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
+def _who(obj) -> str:
+    if getattr(obj, "user", None) is not None:
+        return obj.user.username
+    if getattr(obj, "api_key", None) is not None:
+        return f"key {obj.api_key.name}"
+    return "—"
 
 
 def _bar(percent: float, warn: bool) -> str:
     color = "#a4262c" if percent >= 100 else ("#b7791f" if warn else "#1f6f5c")
     return format_html(
         '<div role="progressbar" aria-valuenow="{}" aria-valuemin="0" aria-valuemax="100" '
-        'style="width:140px;background:#eee;border-radius:4px"><div style="width:{}%;background:{};'
+        'style="width:90px;background:#eee;border-radius:4px"><div style="width:{}%;background:{};'
         'height:10px;border-radius:4px"></div></div>',
         round(percent),
         round(min(percent, 100)),
@@ -28,34 +46,33 @@ def _bar(percent: float, warn: bool) -> str:
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
-    list_display = [
-        "__str__",
-        "team",
-        "scope",
-        "period",
-        "hard_limit",
-        "soft_limit_percent",
-        "spent",
-        "reserved",
-        "overage",
-        "usage_bar",
-        "enabled",
-    ]
+    list_display = ["label", "limit", "spent", "reserved", "overage", "usage_bar", "enabled"]
     list_filter = ["team", "scope", "period", "enabled"]
     autocomplete_fields = ["user", "api_key"]
     change_form_template = "admin/costs/budget/change_form.html"
 
-    @admin.display(description="spent this period")
+    list_select_related = ["team", "user", "api_key"]
+
+    @admin.display(description="budget", ordering="team__name")
+    def label(self, budget: Budget) -> str:
+        target = {"team": "team", "user": f"{budget.user}", "api_key": f"key {budget.api_key}"}[budget.scope]
+        return f"{budget.team} · {target} · {budget.period}"
+
+    @admin.display(description="limit", ordering="hard_limit")
+    def limit(self, budget: Budget) -> str:
+        return f"{usd(budget.hard_limit)} (warn {budget.soft_limit_percent}%)"
+
+    @admin.display(description="spent")
     def spent(self, budget: Budget) -> str:
-        return f"${budget_status(budget=budget).spent:.4f}"
+        return usd(budget_status(budget=budget).spent)
 
-    @admin.display(description="reserved now")
+    @admin.display(description="reserved")
     def reserved(self, budget: Budget) -> str:
-        return f"${budget_status(budget=budget).reserved:.4f}"
+        return usd(budget_status(budget=budget).reserved)
 
-    @admin.display(description="overage this period")
+    @admin.display(description="overage")
     def overage(self, budget: Budget) -> str:
-        return f"${budget_status(budget=budget).overage:.4f}"
+        return usd(budget_status(budget=budget).overage)
 
     @admin.display(description="used")
     def usage_bar(self, budget: Budget) -> str:
@@ -79,9 +96,33 @@ class BudgetAdmin(admin.ModelAdmin):
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    list_display = ["model_name", "effective_from", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
-                    "per_gpu_second", "per_cpu_second", "provider", "source"]
+    list_display = ["model_name", "from_date", "input", "output", "cached_input", "gpu_second", "cpu_second",
+                    "provider", "source"]
     list_filter = ["provider", "source"]
+
+    @admin.display(description="from", ordering="effective_from")
+    def from_date(self, price: Price) -> str:
+        return f"{price.effective_from:%Y-%m-%d}"
+
+    @admin.display(description="in /Mtok", ordering="input_per_mtok")
+    def input(self, price: Price) -> str:
+        return usd(price.input_per_mtok)
+
+    @admin.display(description="out /Mtok", ordering="output_per_mtok")
+    def output(self, price: Price) -> str:
+        return usd(price.output_per_mtok)
+
+    @admin.display(description="cached /Mtok", ordering="cached_input_per_mtok")
+    def cached_input(self, price: Price) -> str:
+        return usd(price.cached_input_per_mtok)
+
+    @admin.display(description="/GPU-s", ordering="per_gpu_second")
+    def gpu_second(self, price: Price) -> str:
+        return usd(price.per_gpu_second)
+
+    @admin.display(description="/CPU-s", ordering="per_cpu_second")
+    def cpu_second(self, price: Price) -> str:
+        return usd(price.per_cpu_second)
     search_fields = ["model_name"]
     date_hierarchy = "effective_from"
 
@@ -153,8 +194,7 @@ class QualityLabelFilter(admin.SimpleListFilter):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "team", "user", "api_key", "stage", "model_name", "prompt_tokens",
-                    "completion_tokens", "cached_tokens", "gpu_seconds", "cost"]
+    list_display = ["when", "team", "who", "stage", "model_name", "tokens", "gpu_s", "cost_usd"]
     list_filter = ["team", "stage", QualityLabelFilter, "model_name", "user", "api_key",
                    ("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
@@ -170,6 +210,27 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="when", ordering="created_at")
+    def when(self, record: UsageRecord) -> str:
+        return _when(record.created_at)
+
+    @admin.display(description="who")
+    def who(self, record: UsageRecord) -> str:
+        return _who(record)
+
+    @admin.display(description="tokens in → out")
+    def tokens(self, record: UsageRecord) -> str:
+        cached = f" ({record.cached_tokens:,} cached)" if record.cached_tokens else ""
+        return f"{record.prompt_tokens:,} → {record.completion_tokens:,}{cached}"
+
+    @admin.display(description="GPU s", ordering="gpu_seconds")
+    def gpu_s(self, record: UsageRecord) -> str:
+        return f"{record.gpu_seconds:.2f}" if record.gpu_seconds else "—"
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_usd(self, record: UsageRecord) -> str:
+        return usd(record.cost)
 
     @admin.action(description="Export the selected rows as CSV")
     def export_csv(self, request, queryset) -> HttpResponse:
@@ -188,9 +249,31 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(Reservation)
 class ReservationAdmin(admin.ModelAdmin):
-    list_display = ["id", "team", "user", "api_key", "description", "estimate", "actual", "status", "expires_at"]
+    list_display = ["id", "team", "who", "short_description", "estimate_usd", "actual_usd", "status", "expires"]
     list_filter = ["status", "team"]
     readonly_fields = [f.name for f in Reservation._meta.fields]
+    list_select_related = ["team", "user", "api_key"]
+
+    @admin.display(description="who")
+    def who(self, reservation: Reservation) -> str:
+        return _who(reservation)
+
+    @admin.display(description="description")
+    def short_description(self, reservation: Reservation) -> str:
+        text = reservation.description
+        return text if len(text) <= 60 else text[:59] + "…"
+
+    @admin.display(description="estimate", ordering="estimate")
+    def estimate_usd(self, reservation: Reservation) -> str:
+        return usd(reservation.estimate)
+
+    @admin.display(description="actual", ordering="actual")
+    def actual_usd(self, reservation: Reservation) -> str:
+        return usd(reservation.actual)
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires(self, reservation: Reservation) -> str:
+        return _when(reservation.expires_at)
 
     def has_add_permission(self, request) -> bool:
         return False

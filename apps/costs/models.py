@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.costs.money_format import usd
+
 MONEY = {"max_digits": 24, "decimal_places": 10}
 ZERO = Decimal("0")
 
@@ -138,7 +140,7 @@ class UsageRecord(models.Model):
         indexes = [models.Index(fields=["team", "created_at"])]
 
     def __str__(self) -> str:
-        return f"{self.stage} {self.model_name} ${self.cost}"
+        return f"{self.stage} · {self.model_name} · {usd(self.cost)}"
 
 
 class BudgetScope(models.TextChoices):
@@ -183,8 +185,10 @@ class Budget(models.Model):
         ]
 
     def __str__(self) -> str:
-        target = {"team": "", "user": f" {self.user}", "api_key": f" key {self.api_key}"}[self.scope]
-        return f"{self.team} {self.scope}{target} {self.period} ${self.hard_limit}"
+        # "Demo team: team budget, $1.00 a day" / "Demo team: alice's budget, $5.00 a month"
+        target = {"team": "team", "user": f"{self.user}'s", "api_key": f"key {self.api_key}"}[self.scope]
+        per = "in total" if self.period == BudgetPeriod.TOTAL else f"a {self.period}"
+        return f"{self.team}: {target} budget, {usd(self.hard_limit)} {per}"
 
     @property
     def soft_limit(self) -> Decimal:
@@ -208,7 +212,9 @@ class BudgetWindow(models.Model):
         ordering = ["-period_start"]
 
     def __str__(self) -> str:
-        return f"{self.budget} from {self.period_start:%Y-%m-%d}: spent ${self.spent}, reserved ${self.reserved}"
+        return (
+            f"{self.budget}, from {self.period_start:%Y-%m-%d}: spent {usd(self.spent)}, reserved {usd(self.reserved)}"
+        )
 
 
 class ReservationStatus(models.TextChoices):
@@ -244,7 +250,7 @@ class Reservation(models.Model):
         indexes = [models.Index(fields=["status", "expires_at"])]
 
     def __str__(self) -> str:
-        return f"reservation #{self.pk} ${self.estimate} ({self.status})"
+        return f"reservation #{self.pk} of {usd(self.estimate)} ({self.status})"
 
 
 class ProfileSource(models.TextChoices):

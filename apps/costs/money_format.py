@@ -5,7 +5,8 @@
 leaves the service as text (REST and OpenAI-compatible JSON, the CSV export, ``X-Parsimony-*``
 headers, 402 details) goes through ``money_str``: fixed point, 10 decimal places (the ledger's
 precision, ``apps.costs.models.MONEY``), rounded half-up, ``-`` only for negative amounts.
-The UI shows dollars for people instead (the ``usd`` template filter, ``apps.web.templatetags``).
+The UI shows dollars for people instead: ``usd`` below (the ``usd`` template filter, the admin's
+columns, the models' labels).
 """
 
 from __future__ import annotations
@@ -36,3 +37,29 @@ def money_str(value: Decimal | int | str | None) -> str | None:
 
 def is_money_str(text: str) -> bool:
     return bool(_MONEY_RE.match(text))
+
+
+def usd(value: Decimal | int | float | str | None) -> str:
+    """$ amounts readable at every scale, for people: cents for dollars, more digits for the fractions of
+    a cent (``$1.00``, ``$0.0123``, ``$0.000063``, ``<$0.000001``); ``—`` for none."""
+    if value in (None, ""):
+        return "—"
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    if not amount.is_finite():
+        return str(value)
+    if amount == 0:
+        return "$0"
+    size = abs(amount)
+    if size >= 1:
+        places = Decimal("0.01")
+    elif size >= Decimal("0.01"):
+        places = Decimal("0.0001")
+    elif size >= Decimal("0.000001"):
+        places = Decimal("0.000001")
+    else:
+        return "<$0.000001" if amount > 0 else "−<$0.000001"
+    shown = amount.quantize(places)
+    return f"−${-shown:,}" if shown < 0 else f"${shown:,}"

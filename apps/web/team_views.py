@@ -22,8 +22,31 @@ from apps.core.scoping import team_object_or_404
 from apps.web.access import can, team_view
 from apps.web.forms import ApiKeyForm, InvitationForm, RoleForm, SignUpForm
 
+# One-time secrets (a new API key, an invitation link) travel from the POST to the page it redirects to
+# in the session, and are popped on that first GET: a reload (or the back button) shows the page without
+# them and creates nothing (POST-redirect-GET). The entry names its team, so switching teams in between
+# shows nothing.
+FLASH_API_KEY = "parsimony.flash.api_key"
+FLASH_INVITATION = "parsimony.flash.invitation"
 
-def _members_page(request, *, invite_form=None, created=None, status=200) -> HttpResponse:
+
+def _flash_set(request, key: str, **values) -> None:
+    request.session[key] = {"team_id": request.team.pk, **values}
+
+
+def _flash_pop(request, key: str) -> dict | None:
+    flash = request.session.pop(key, None)
+    if not isinstance(flash, dict) or flash.get("team_id") != request.team.pk:
+        return None
+    return flash
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _members_page(request, *, invite_form=None, status=200) -> HttpResponse:
     manage = can(request, Role.ADMIN)
     is_owner = can(request, Role.OWNER)
     members = account_selectors.team_members(team=request.team).order_by("user__username")
@@ -35,13 +58,16 @@ def _members_page(request, *, invite_form=None, created=None, status=200) -> Htt
         "role_choices": role_choices,
         "invite_form": invite_form or InvitationForm(can_invite_owner=is_owner),
         "invitations": account_selectors.team_invitations(team=request.team)[:30] if manage else [],
-        "created_invitation": created,
-        "invite_url": request.build_absolute_uri(reverse("invitation-accept", args=[created.token])) if created else "",
+        "created_invitation": None,
+        "invite_url": "",
     }
-    response = render(request, "web/members.html", context, status=status)
-    if created:
-        response["Cache-Control"] = "no-store"
-    return response
+    flash = _flash_pop(request, FLASH_INVITATION) if request.method == "GET" and manage else None
+    if flash:
+        invitation = Invitation.objects.filter(team=request.team, pk=flash.get("invitation_id")).first()
+        if invitation is not None:
+            context["created_invitation"] = {"invitation": invitation}
+            context["invite_url"] = request.build_absolute_uri(reverse("invitation-accept", args=[flash["token"]]))
+    return _no_store(render(request, "web/members.html", context, status=status))
 
 
 @team_view()
@@ -103,8 +129,9 @@ def invitation_create(request: HttpRequest) -> HttpResponse:
     except ServiceError as exc:
         form.add_error(None, exc.message)
         return _members_page(request, invite_form=form, status=exc.http_status)
-    # The link is shown on this response only: it is never stored in a readable form.
-    return _members_page(request, created=created)
+    # The link is shown on the next page only: it is never stored in a readable form.
+    _flash_set(request, FLASH_INVITATION, invitation_id=created.invitation.pk, token=created.token)
+    return redirect("members")
 
 
 @team_view(Role.ADMIN)
@@ -162,18 +189,21 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 # --------------------------------------------------------------------------- API keys
 
 
-def _api_keys_page(request, *, form=None, created=None, status=200) -> HttpResponse:
+def _api_keys_page(request, *, form=None, status=200) -> HttpResponse:
+    manage = can(request, Role.ADMIN)
     context = {
         "keys": account_selectors.team_api_keys(team=request.team),
-        "manage": can(request, Role.ADMIN),
+        "manage": manage,
         "form": form or ApiKeyForm(),
-        "created": created,
+        "created": None,
         "now": timezone.now(),
     }
-    response = render(request, "web/api_keys.html", context, status=status)
-    if created:
-        response["Cache-Control"] = "no-store"
-    return response
+    flash = _flash_pop(request, FLASH_API_KEY) if request.method == "GET" and manage else None
+    if flash:
+        api_key = ApiKey.objects.filter(team=request.team, pk=flash.get("api_key_id")).first()
+        if api_key is not None:
+            context["created"] = {"api_key": api_key, "raw_key": flash["raw_key"]}
+    return _no_store(render(request, "web/api_keys.html", context, status=status))
 
 
 @team_view()
@@ -199,8 +229,9 @@ def api_key_create(request: HttpRequest) -> HttpResponse:
     except ServiceError as exc:
         form.add_error(None, exc.message)
         return _api_keys_page(request, form=form, status=exc.http_status)
-    # The secret is in this response only; a reload shows the list without it.
-    return _api_keys_page(request, created=created)
+    # The secret is shown on the next page only; a reload shows the list without it.
+    _flash_set(request, FLASH_API_KEY, api_key_id=created.api_key.pk, raw_key=created.raw_key)
+    return redirect("api-keys")
 
 
 @team_view(Role.ADMIN)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -89,6 +90,65 @@ def _default_title(filename: str) -> str:
     return stem.replace("_", " ").strip() or "Untitled"
 
 
+# Titles that say nothing: what editors, converters and browsers write when nobody typed a title.
+_JUNK_TITLES = frozenset(
+    {
+        "about:blank", "untitled", "untitled document", "no title", "notitle", "title", "document", "doc",
+        "new document", "blank", "none", "null", "nil", "n/a", "na", "unknown", "default", "(anonymous)",
+        "anonymous", "page", "slide 1", "presentation", "powerpoint presentation", "microsoft word document",
+        "word document", "pdf", "untitled-1", "document1", "document 1", "text", "draft", "template",
+    }
+)
+_JUNK_PATTERNS = (
+    re.compile(r"^microsoft (word|powerpoint|excel) - ", re.IGNORECASE),  # "Microsoft Word - report.doc"
+    re.compile(r"^(untitled|document|doc|new document|presentation)[\s_-]*\d*$", re.IGNORECASE),
+    re.compile(r"\.(docx?|pdf|rtf|odt|tex|dvi|ps|indd|pages|txt|html?|pptx?|xlsx?)$", re.IGNORECASE),  # a file name
+    re.compile(r"^[a-z]+:[/\\]", re.IGNORECASE),  # a URL or a Windows path: "file:///…", "C:\\…", "https://…"
+    re.compile(r"^/"),  # a path
+)
+_TITLE_MAX_CHARS = 200
+
+
+def is_junk_title(title: str | None, *, generators: tuple[str | None, ...] = ()) -> bool:
+    """True when a metadata title says nothing about the document: empty, a placeholder ("about:blank",
+    "Untitled", "Document1"), a file name or path, no letters at all, or the name of the program that
+    wrote the file (a PDF's Producer/Creator: "Microsoft Word", "LaTeX with hyperref")."""
+    text = " ".join((title or "").split())
+    if not text or len(text) > _TITLE_MAX_CHARS:
+        return True
+    lowered = text.lower()
+    if lowered in _JUNK_TITLES or not any(ch.isalpha() for ch in text):
+        return True
+    if any(pattern.search(text) for pattern in _JUNK_PATTERNS):
+        return True
+    for generator in generators:
+        name = " ".join((generator or "").split()).lower()
+        if name and (lowered == name or (len(lowered) >= 4 and name.startswith(lowered))):
+            return True
+    return False
+
+
+def choose_title(candidates: list[str | None], *, filename: str, generators: tuple[str | None, ...] = ()) -> str:
+    """The first candidate (metadata title, then first heading) that is not junk, else the file name."""
+    for candidate in candidates:
+        if not is_junk_title(candidate, generators=generators):
+            return " ".join((candidate or "").split())
+    return _default_title(filename)
+
+
+def _first_line_heading(text: str) -> str | None:
+    """The first line of a PDF's first page when it reads like a heading (short, no closing period)."""
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if not line:
+            continue
+        words = line.split()
+        if len(line) <= 100 and len(words) <= 14 and not line.endswith((".", ",", ";", ":")):
+            return line
+        return None
+    return None
+
+
 def decode_text(data: bytes) -> str:
     """Decode plain-text bytes.
 
@@ -135,7 +195,7 @@ def _parse_markdown_title(text: str) -> str | None:
     return None
 
 
-def _parse_html(data: bytes) -> tuple[str, str | None]:
+def _parse_html(data: bytes) -> tuple[str, list[str | None]]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(data, "html.parser")
@@ -145,13 +205,23 @@ def _parse_html(data: bytes) -> tuple[str, str | None]:
         tag.decompose()
     # Block elements become line breaks so paragraphs survive for the chunker.
     text = soup.get_text("\n")
-    if not title:
-        h1 = soup.find("h1")
-        title = h1.get_text(" ", strip=True) if h1 else None
-    return text, title or None
+    h1 = soup.find("h1")
+    return text, [title, h1.get_text(" ", strip=True) if h1 else None]
 
 
-def _parse_pdf(data: bytes) -> tuple[str, str | None]:
+def _pdf_outline_first_title(reader) -> str | None:
+    """The first bookmark of a PDF's outline: the first heading, when the file has an outline."""
+    try:
+        outline = reader.outline
+    except Exception:  # noqa: BLE001 - the outline is optional; a broken one is not fatal
+        return None
+    while isinstance(outline, list) and outline:
+        outline = outline[0]
+    title = getattr(outline, "title", None)
+    return str(title) if title else None
+
+
+def _parse_pdf(data: bytes) -> tuple[str, list[str | None], tuple[str | None, ...]]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError, PyPdfError
 
@@ -163,17 +233,21 @@ def _parse_pdf(data: bytes) -> tuple[str, str | None]:
             except Exception as exc:  # noqa: BLE001 - any failure means we cannot read it
                 raise DocumentParseError("encrypted PDF: it needs a password") from exc
         pages = [page.extract_text() or "" for page in reader.pages]
-        title = None
+        title: str | None = None
+        generators: tuple[str | None, ...] = ()
         try:
             meta = reader.metadata
-            title = (meta.title or None) if meta else None
+            if meta:
+                title = meta.title or None
+                generators = (meta.producer, meta.creator)
         except Exception:  # noqa: BLE001 - metadata is optional; a broken info dict is not fatal
             title = None
+        heading = _pdf_outline_first_title(reader) or _first_line_heading(pages[0] if pages else "")
     except DocumentParseError:
         raise
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         raise DocumentParseError(f"corrupt PDF: {exc}") from exc
-    return "\n\n".join(pages), title
+    return "\n\n".join(pages), [title, heading], generators
 
 
 # Zip-based documents (.docx; .xlsx, .pptx, .odt alike) inflate before they are parsed: a few
@@ -215,7 +289,7 @@ def _parse_docx(
     data: bytes,
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
     max_inflate_ratio: int = DEFAULT_MAX_INFLATE_RATIO,
-) -> tuple[str, str | None]:
+) -> tuple[str, list[str | None]]:
     import zipfile
 
     import docx
@@ -240,8 +314,19 @@ def _parse_docx(
             if cells:
                 parts.append(" | ".join(cells))
         parts.append("")
-    title = document.core_properties.title or None
-    return "\n\n".join(parts), title
+    return "\n\n".join(parts), [document.core_properties.title or None, _docx_first_heading(document)]
+
+
+def _docx_first_heading(document) -> str | None:
+    """The text of the first paragraph styled Title or Heading n."""
+    for paragraph in document.paragraphs:
+        try:
+            style = (paragraph.style.name or "") if paragraph.style is not None else ""
+        except (KeyError, ValueError, AttributeError):
+            style = ""
+        if (style == "Title" or style.startswith("Heading")) and paragraph.text.strip():
+            return paragraph.text.strip()
+    return None
 
 
 def parse_document(
@@ -266,23 +351,26 @@ def parse_document(
         raise DocumentParseError(
             f"unsupported file type {shown} (supported: {', '.join(SUPPORTED_EXTENSIONS)})"
         )
-    title: str | None = None
+    # Title candidates in order (metadata, then the first heading); junk ones are skipped, the file
+    # name is the last resort (choose_title).
+    candidates: list[str | None] = []
+    generators: tuple[str | None, ...] = ()
     if ext in (".txt", ".md"):
         text = decode_text(data)
         if ext == ".md":
-            title = _parse_markdown_title(text)
+            candidates = [_parse_markdown_title(text)]
     elif ext in (".html", ".htm"):
-        text, title = _parse_html(data)
+        text, candidates = _parse_html(data)
     elif ext == ".pdf":
-        text, title = _parse_pdf(data)
+        text, candidates, generators = _parse_pdf(data)
     else:
-        text, title = _parse_docx(data, max_inflated_bytes, max_inflate_ratio)
+        text, candidates = _parse_docx(data, max_inflated_bytes, max_inflate_ratio)
     text = _normalise_whitespace(text)
     if not text:
         raise DocumentParseError("document contains no text")
     return ParsedDocument(
         text=text,
-        title=(title or "").strip() or _default_title(filename),
+        title=choose_title(candidates, filename=filename, generators=generators),
         media_type=_EXTENSION_MEDIA_TYPES[ext],
     )
 

@@ -370,8 +370,10 @@ def citations(chunks: list[RetrievedChunk], answer: str) -> list[dict[str, Any]]
             "end": chunk.end,
             "snippet": chunk.text[:300],
             "score": round(float(chunk.score), 6),
+            # One shape with the search API's hits: {"dense": {"rank": 1, "score": 0.91}} (docs/api.md).
             "retrievers": {
-                name: [rank, round(float(score), 6)] for name, (rank, score) in chunk.retrievers.items()
+                name: {"rank": rank, "score": round(float(score), 6)}
+                for name, (rank, score) in chunk.retrievers.items()
             },
             "cited": f"[{n}]" in answer,
         }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.urls import reverse
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
+
+from apps.core.display import seconds as seconds_display
+from apps.costs.money_format import usd as usd_display
+from apps.web.markdown import answer_html, markdown_to_safe_html
 
 register = template.Library()
 
@@ -19,25 +22,7 @@ STOPWORDS = frozenset("the a an and or of to in on for is are was were be by wit
 @register.filter
 def usd(value) -> str:
     """$ amounts readable at every scale: cents for dollars, more digits for the fractions of a cent."""
-    if value in (None, ""):
-        return "—"
-    try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return str(value)
-    if amount == 0:
-        return "$0"
-    size = abs(amount)
-    if size >= 1:
-        places = Decimal("0.01")
-    elif size >= Decimal("0.01"):
-        places = Decimal("0.0001")
-    elif size >= Decimal("0.000001"):
-        places = Decimal("0.000001")
-    else:
-        return "<$0.000001" if amount > 0 else "−<$0.000001"
-    shown = amount.quantize(places)
-    return f"−${-shown:,}" if shown < 0 else f"${shown:,}"
+    return usd_display(value)
 
 
 def query_terms(query: str) -> list[str]:
@@ -77,19 +62,21 @@ def cite_url(citation: dict) -> str:
 
 @register.filter
 def with_citations(answer, citations) -> str:
-    """The answer, escaped, with line breaks, and each [n] a link to the passage it cites."""
-    by_n = {int(c["n"]): c for c in (citations or []) if "n" in c}
-    html = escape(str(answer or ""))
+    """The answer rendered from markdown and sanitised (apps.web.markdown), each [n] a link to the
+    passage it cites; raw HTML in the answer is shown as text, never run."""
+    return mark_safe(answer_html(str(answer or ""), citations, url_for=citation_url))
 
-    def link(match: re.Match) -> str:
-        citation = by_n.get(int(match.group(1)))
-        if citation is None:
-            return match.group(0)
-        title = escape(citation.get("document_title") or "source")
-        return f'<a class="cite" href="{escape(citation_url(citation))}" title="{title}">[{match.group(1)}]</a>'
 
-    html = re.sub(r"\[(\d{1,3})\]", link, html)
-    return mark_safe(html.replace("\n", "<br>"))
+@register.filter
+def markdown(text) -> str:
+    """Markdown rendered and sanitised, without citation links (the agents' answers)."""
+    return mark_safe(markdown_to_safe_html(str(text or "")))
+
+
+@register.filter
+def seconds(milliseconds) -> str:
+    """A duration in ms as seconds: "62.9 s", under a second "0.84 s"."""
+    return seconds_display(milliseconds)
 
 
 @register.filter

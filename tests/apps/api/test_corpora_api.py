@@ -64,6 +64,10 @@ def test_a_team_uploads_searches_and_asks_with_citations(team_a, make_api_key, a
     assert first["document_title"] and first["end"] > first["start"]
     assert "180 euros" in first["snippet"]
     assert first["cited"] is True  # the echo model answers "... [1]"
+    # One shape of `retrievers` in search hits and in citations: {name: {"rank", "score"}}.
+    for retrievers in (hits["results"][0]["retrievers"], first["retrievers"]):
+        assert retrievers and all(set(v) == {"rank", "score"} for v in retrievers.values()), retrievers
+        assert all(isinstance(v["rank"], int) and isinstance(v["score"], float) for v in retrievers.values())
     # embed: the answer's quality check (workers.rag.quality), billed like any embedding
     assert {row["stage"] for row in answer["stages"]} == {"retrieve", "generate", "embed"}
     assert answer["quality_label"] in {"grounded", "weak", "unsupported"} and answer["support_score"] is not None

@@ -11,6 +11,7 @@ import pytest
 
 from apps.costs.metering import model_call
 from apps.costs.models import Price, UsageRecord
+from apps.costs.money_format import usd
 from apps.costs.services import budget_reserve, budget_save, reservation_settle
 from workers.runtime.meter import EchoTarget
 
@@ -39,8 +40,10 @@ def test_the_budget_list_shows_spend_and_a_progress_bar(superuser_client, team_a
     assert page.status_code == 200
     html = page.content.decode()
     assert 'role="progressbar"' in html and 'aria-valuenow="40"' in html
-    assert "$2.5000" in html and "$1.5000" in html
-    assert str(budget.hard_limit)[:5] in html
+    assert "<td class=\"field-spent\">$2.50</td>" in html and "<td class=\"field-reserved\">$1.50</td>" in html
+    assert "$10.00 (warn 80%)" in html and "Team A · team · month" in html
+    assert "0000000" not in html  # no money shown with the ledger's 10 places
+    assert str(budget) == "Team A: team budget, $10.00 a month"
 
 
 def test_the_budget_page_shows_this_periods_status_and_a_spend_per_day_chart(superuser_client, team_a, ledger):
@@ -119,3 +122,30 @@ def test_the_ledger_exports_csv_with_the_current_filters(superuser_client, ledge
 def test_the_reservations_page_renders(superuser_client, team_a):
     budget_reserve(team=team_a, estimate=Decimal(1))
     assert superuser_client.get("/admin/costs/reservation/").status_code == 200
+
+
+def test_the_ledger_list_shows_few_compact_columns(superuser_client, ledger):
+    html = superuser_client.get("/admin/costs/usagerecord/").content.decode()
+    headers = re.findall(r'<th scope="col" class="[^"]*?(column-[a-z_]+)', html)
+    assert headers == [
+        "column-when", "column-team", "column-who", "column-stage",
+        "column-model_name", "column-tokens", "column-gpu_s", "column-cost_usd",
+    ]
+    record = ledger[0]
+    assert f'<td class="field-cost_usd">{usd(record.cost)}</td>' in html
+    assert f"{record.prompt_tokens:,} → {record.completion_tokens:,}" in html
+    assert "0000000" not in html
+    assert 'id="nav-sidebar"' not in html  # the app sidebar is off: the columns get its 275 px
+
+
+def test_the_money_labels_read_as_sentences(team_a, alice):
+    from apps.costs.models import Budget, BudgetWindow, Reservation
+
+    budget = budget_save(team=team_a, hard_limit=Decimal("1"), period="day")
+    assert str(budget) == "Team A: team budget, $1.00 a day"
+    per_user = Budget(team=team_a, scope="user", user=alice, period="total", hard_limit=Decimal("0.0123456789"))
+    assert str(per_user) == "Team A: alice's budget, $0.0123 in total"
+    reservation = budget_reserve(team=team_a, estimate=Decimal("0.5"))
+    assert str(Reservation.objects.get(pk=reservation.pk)) == f"reservation #{reservation.pk} of $0.5000 (held)"
+    window = BudgetWindow.objects.get(budget=budget)
+    assert str(window).endswith("spent $0, reserved $0.5000")

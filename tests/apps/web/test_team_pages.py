@@ -13,8 +13,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _invite(client, role="member", days=7) -> str:
-    page = client.post("/team/invitations/", {"role": role, "valid_days": days, "note": "for Nora"})
-    assert page.status_code == 200
+    response = client.post("/team/invitations/", {"role": role, "valid_days": days, "note": "for Nora"})
+    assert response.status_code == 302 and response.url == "/team/members/"
+    page = client.get(response.url)
     return re.search(r'value="(http://testserver/invite/[^"]+)"', page.content.decode()).group(1)
 
 
@@ -136,8 +137,9 @@ def test_members_cannot_invite_and_admins_cannot_invite_owners(member_client, ad
 
 
 def test_an_api_key_secret_is_shown_once(owner_client, team_a):
-    page = owner_client.post("/team/api-keys/new/", {"name": "ci bot", "scopes": ["read", "query"]})
-    assert page.status_code == 200
+    response = owner_client.post("/team/api-keys/new/", {"name": "ci bot", "scopes": ["read", "query"]})
+    assert response.status_code == 302 and response.url == "/team/api-keys/"
+    page = owner_client.get(response.url)
     assert page["Cache-Control"] == "no-store"
     secret = re.search(r'value="(psk_[^"]+)"', page.content.decode()).group(1)
     key = ApiKey.objects.get(team=team_a)
@@ -189,3 +191,32 @@ def test_a_member_can_leave_but_the_last_owner_cannot(member_client, owner_clien
     alice = Membership.objects.get(team=team_a, user__username="alice")
     page = owner_client.post(f"/team/members/{alice.pk}/remove/", follow=True)
     assert b"at least one owner" in page.content
+
+
+def test_reloading_after_creating_a_key_creates_no_second_one_and_hides_the_secret(owner_client, team_a):
+    response = owner_client.post("/team/api-keys/new/", {"name": "ci bot", "scopes": ["read"]}, follow=True)
+    assert response.redirect_chain == [("/team/api-keys/", 302)]
+    secret = re.search(r'value="(psk_[^"]+)"', response.content.decode()).group(1)
+    assert b"Copy the secret now" in response.content
+    reload = owner_client.get("/team/api-keys/")  # what a browser's reload does after the redirect
+    assert secret.encode() not in reload.content and b"Copy the secret now" not in reload.content
+    assert ApiKey.objects.filter(team=team_a).count() == 1
+
+
+def test_reloading_after_creating_an_invitation_creates_no_second_one(owner_client, team_a):
+    link = _invite(owner_client)
+    reload = owner_client.get("/team/members/")
+    assert link.encode() not in reload.content and b"Invitation link created" not in reload.content
+    assert Invitation.objects.filter(team=team_a).count() == 1
+
+
+def test_a_flashed_secret_is_not_shown_in_another_team(owner_client, team_a, alice, make_team):
+    from apps.accounts.services import membership_set
+
+    other = make_team("Team C")
+    membership_set(team=other, user=alice, role=Role.OWNER)
+    owner_client.post("/team/api-keys/new/", {"name": "ci bot", "scopes": ["read"]})
+    owner_client.post("/team/switch/", {"team_id": other.pk})
+    page = owner_client.get("/team/api-keys/")
+    assert page.context["active_team"] == other
+    assert b"psk_" not in page.content and b"Copy the secret now" not in page.content

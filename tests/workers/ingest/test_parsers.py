@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.workers.conftest import make_pdf
 from workers.ingest.parsers import DocumentParseError, check_size, iter_records, parse_document
 
 
@@ -111,3 +112,75 @@ def test_it_iterates_csv_records_and_names_bad_rows():
 def test_it_requires_the_text_column_in_csv():
     with pytest.raises(DocumentParseError, match="no 'text' column"):
         list(iter_records(filename="bulk.csv", data=b"title,body\nA,B\n"))
+
+
+# --- titles: junk metadata falls back to the first heading, then to the file name
+
+
+def _with_pdf_metadata(pdf: bytes, outline: str | None = None, **info: str) -> bytes:
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    writer.add_metadata({f"/{key}": value for key, value in info.items()})
+    if outline:
+        writer.add_outline_item(outline, 0)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _docx(*paragraphs: tuple[str, str | None], title: str | None = None) -> bytes:
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.core_properties.title = title or ""
+    for text, style in paragraphs:
+        document.add_paragraph(text, style=style)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("junk", ["about:blank", "Untitled", "", "  ", "Document1", "Microsoft Word - policy.doc",
+                                  "C:\\Users\\ann\\policy.pdf", "1234"])
+def test_a_pdfs_junk_title_falls_back_to_its_first_heading(junk):
+    pdf = _with_pdf_metadata(make_pdf(["Zebra Field Guide", "Zebras have stripes."]), Title=junk)
+    assert parse_document(filename="scan_0042.pdf", data=pdf).title == "Zebra Field Guide"
+
+
+def test_a_pdf_without_a_heading_falls_back_to_its_file_name():
+    pdf = _with_pdf_metadata(make_pdf(["Zebras have stripes and live in herds."]), Title="about:blank")
+    assert parse_document(filename="zebra_notes.pdf", data=pdf).title == "zebra notes"
+
+
+def test_a_pdf_titled_with_its_generators_name_uses_the_heading():
+    pdf = _with_pdf_metadata(make_pdf(["Volcano Safety", "Keep away from lava."]), Title="Microsoft Word",
+                             Producer="Microsoft Word", Creator="Microsoft Word")
+    assert parse_document(filename="v.pdf", data=pdf).title == "Volcano Safety"
+
+
+def test_a_pdfs_outline_is_its_first_heading_and_a_real_title_wins():
+    body = make_pdf(["Zebras have stripes."])
+    assert parse_document(filename="z.pdf", data=_with_pdf_metadata(body, outline="Chapter 1: Zebras",
+                                                                     Title="untitled")).title == "Chapter 1: Zebras"
+    real = _with_pdf_metadata(body, outline="Chapter 1", Title="The Zebra Book")
+    assert parse_document(filename="z.pdf", data=real).title == "The Zebra Book"
+
+
+def test_a_docx_without_a_title_is_named_by_its_first_heading():
+    data = _docx(("Intro text before the heading.", None), ("Security Policy", "Heading 1"),
+                 ("Passwords are long.", None))
+    assert parse_document(filename="policy-final-v3.docx", data=data).title == "Security Policy"
+    junk = _docx(("Security Policy", "Title"), ("Passwords are long.", None), title="Untitled")
+    assert parse_document(filename="p.docx", data=junk).title == "Security Policy"
+    plain = _docx(("Passwords are long.", None), title="about:blank")
+    assert parse_document(filename="password_rules.docx", data=plain).title == "password rules"
+
+
+def test_an_html_pages_junk_title_falls_back_to_its_h1():
+    html = b"<html><head><title>about:blank</title></head><body><h1>Coffee</h1><p>Espresso.</p></body></html>"
+    assert parse_document(filename="c.html", data=html).title == "Coffee"

@@ -146,7 +146,7 @@ def test_citations_number_the_chunks_as_the_prompt_does_and_mark_the_cited_ones(
     assert found[0] == {
         "n": 1, "chunk_id": 7, "document_id": 1, "document_title": "Eiffel Tower", "start": 0, "end": 32,
         "snippet": CHUNKS[0].text, "score": 0.912346,
-        "retrievers": {"dense": [1, 0.912346], "bm25": [2, 3.5]},
+        "retrievers": {"dense": {"rank": 1, "score": 0.912346}, "bm25": {"rank": 2, "score": 3.5}},
         "cited": True,
     }
     assert found[1]["n"] == 2 and found[1]["cited"] is False
