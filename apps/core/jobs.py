@@ -3,7 +3,12 @@
 The web process enqueues by task name (``apps.core.dispatch``), so it never imports the task
 modules; the worker registers one task per kind with ``workers.tasks.base.job_task``, which
 checks that the kind is in this table with the same queue. Queue names match
-``workers.queues.Queue``: ``cpu`` for parsing and bookkeeping, ``gpu`` for model work.
+``workers.queues.Queue``: ``cpu`` for parsing and bookkeeping, ``gpu`` for local model work, ``io``
+for model work that waits on a remote endpoint (``model_work_queue``).
+
+A kind listed in ``JOB_QUEUE_CHOICES`` may run on another of its queues: the caller of ``job_start``
+picks it, the Job row keeps it (``Job.queue``), and every later send of the job (a redelivery by the
+reaper, the next stage of a staged job: ``apps.core.services.job_continue``) goes to the row's queue.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ JOB_QUEUES: dict[str, str] = {
     "agents.run": "gpu",
     "attention.prefill": "gpu",
 }
+# kind -> every queue a job of the kind may be sent to (its JOB_QUEUES entry first, the default).
+# Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``);
+JOB_QUEUE_CHOICES: dict[str, tuple[str, ...]] = {
+    "rag.query": ("gpu", "io"),
+    "agents.run": ("gpu", "io"),
+}
+
 # Kinds whose task may simply run again after its worker died (the reaper redelivers them while
 # attempts remain): ingestion redoes a document from the start and bills a batch once, with its ready
 # mark; a prefill bills once per reservation. Other kinds (queries, agents) are failed with a reason:
@@ -72,6 +84,30 @@ def job_kind_queue(kind: str) -> str:
         return JOB_QUEUES[kind]
     except KeyError:
         raise ValueError(f"unknown job kind {kind!r} (known: {', '.join(sorted(JOB_QUEUES))})") from None
+
+
+def job_kind_queues(kind: str) -> tuple[str, ...]:
+    """Every queue a job of ``kind`` may be sent to, its default first."""
+    return JOB_QUEUE_CHOICES.get(kind) or (job_kind_queue(kind),)
+
+
+def job_queue_choose(kind: str, queue: str | None = None) -> str:
+    """The queue a new job of ``kind`` goes to: ``queue`` when given (it must be one of the kind's,
+    else ValueError naming them), else the kind's default."""
+    default = job_kind_queue(kind)
+    if queue is None:
+        return default
+    allowed = job_kind_queues(kind)
+    if str(queue) not in allowed:
+        raise ValueError(f"job kind {kind!r} runs on {', '.join(allowed)}, not {str(queue)!r}")
+    return str(queue)
+
+
+def model_work_queue(*, remote: bool, local_model_work: bool = False) -> str:
+    """The queue of model work: ``io`` when its model calls go to a remote endpoint and nothing in it
+    loads a local model (``local_model_work``: a fixed context's KV cache, a local scorer); else ``gpu``.
+    A remote call mostly waits on the network: on ``io`` many run at once, and none holds the gpu queue."""
+    return "io" if remote and not local_model_work else "gpu"
 
 
 def job_kind_register(*, kind: str, queue: str) -> None:

@@ -18,7 +18,7 @@ from django.utils.module_loading import import_string
 
 from apps.core import dispatch
 from apps.core.errors import JobCancelled
-from apps.core.jobs import JOB_REDELIVERABLE, JobEnd, job_endings, job_kind_queue, job_task_name
+from apps.core.jobs import JOB_REDELIVERABLE, JobEnd, job_endings, job_queue_choose, job_task_name
 from apps.core.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,15 @@ def job_start(
     created_by=None,
     params: dict[str, Any] | None = None,
     total: int = 0,
+    queue: str | None = None,
 ) -> Job:
     """Create a job row and enqueue its task, by name, once the surrounding transaction commits.
 
-    An unknown ``kind`` raises ValueError listing the known ones (``apps.core.jobs``).
+    ``queue``: one of the kind's queues (``apps.core.jobs.JOB_QUEUE_CHOICES``), chosen by the caller
+    (``model_work_queue``); None: the kind's default. The row keeps it: a redelivery goes there too.
+    An unknown ``kind``, or a queue the kind does not run on, raises ValueError listing the valid ones.
     """
-    queue = job_kind_queue(kind)
+    queue = job_queue_choose(kind, queue)
     if not settings.CELERY_BROKER_URL:
         jobs_reap_maybe()  # in-process: no beat runs the reaper
     job = job_create(kind=kind, team=team, created_by=created_by, params=params, queue=queue, total=total)
@@ -63,15 +66,20 @@ def job_start(
     return job
 
 
-def job_claim(*, job_id: int, worker: str) -> bool:
+def job_claim(*, job_id: int, worker: str, queue: str | None = None) -> bool:
     """Atomically move a job to running. False means someone else has it, or it is finished.
 
     A running job may be claimed again only when its heartbeat is stale (its worker died): a message
     the broker redelivers while the job still runs elsewhere (its visibility timeout) is skipped.
+    ``queue``: the queue the message came from, when known; a job whose row names another queue is not
+    claimed (a message of a stage the job has left, see ``job_continue``, or of a queue it was moved off).
     """
     now = timezone.now()
     claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(now))
-    updated = Job.objects.filter(claimable, pk=job_id).update(
+    jobs = Job.objects.filter(claimable, pk=job_id)
+    if queue is not None:
+        jobs = jobs.filter(queue=queue)
+    updated = jobs.update(
         status=JobStatus.RUNNING,
         worker=worker[:255],
         attempts=F("attempts") + 1,

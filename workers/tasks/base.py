@@ -35,6 +35,7 @@ from workers.queues import Queue
 
 logger = logging.getLogger(__name__)
 
+QUEUE_NAMES = frozenset(queue.value for queue in Queue)
 # task name -> queue, for tasks sent without one; filled by @job_task (and workers.tasks.costs).
 TASK_QUEUES: dict[str, str] = {}
 
@@ -98,13 +99,19 @@ class JobTask(Task):
     default_retry_delay = 10
     job_function: Callable[[Job, Progress], dict[str, Any] | None]
 
+    def delivered_queue(self) -> str | None:
+        """The queue this message was taken from (None when run in-process, or not one of ours)."""
+        info = getattr(self.request, "delivery_info", None) or {}
+        queue = info.get("routing_key")
+        return queue if queue in QUEUE_NAMES else None
+
     def run_job(self, job_id: int) -> None:
         worker = f"{socket.gethostname()}:{os.getpid()}"
         if not Job.objects.filter(pk=job_id).exists():
             logger.warning("job %s does not exist (deleted before it ran); nothing to do", job_id)
             return
-        if not job_services.job_claim(job_id=job_id, worker=worker):
-            logger.info("job %s is finished or held by a live worker; skipping", job_id)
+        if not job_services.job_claim(job_id=job_id, worker=worker, queue=self.delivered_queue()):
+            logger.info("job %s is finished, held by a live worker, or on another queue; skipping", job_id)
             return
         job = Job.objects.get(pk=job_id)
         attempt = job.attempts
