@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextvars
 import enum
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 TASK_NAME_PREFIX = "parsimony."
 
@@ -24,7 +26,7 @@ JOB_QUEUES: dict[str, str] = {
     "diagnostics.probe_cpu": "cpu",
     "diagnostics.probe_gpu": "gpu",
     "diagnostics.time_limit_gpu": "gpu",  # checks that the gpu pool enforces time limits (operations.md)
-    "corpora.ingest": "gpu",
+    "corpora.ingest": "cpu",  # parse + chunk here; it continues on gpu to embed (JOB_QUEUE_CHOICES)
     "corpora.rebuild_index": "gpu",
     "rag.query": "gpu",
     "rag.shadow_baseline": "gpu",  # the naive pipeline beside a sampled query (apps.rag.shadow)
@@ -33,10 +35,12 @@ JOB_QUEUES: dict[str, str] = {
     "attention.prefill": "gpu",
 }
 # kind -> every queue a job of the kind may be sent to (its JOB_QUEUES entry first, the default).
-# Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``);
+# Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``); an
+# ingestion parses on `cpu`, then continues on `gpu` to embed, in groups (``JobContinue``).
 JOB_QUEUE_CHOICES: dict[str, tuple[str, ...]] = {
     "rag.query": ("gpu", "io"),
     "agents.run": ("gpu", "io"),
+    "corpora.ingest": ("cpu", "gpu"),
 }
 
 # Kinds whose task may simply run again after its worker died (the reaper redelivers them while
@@ -57,6 +61,18 @@ JOB_ENDINGS: dict[str, tuple[str, ...]] = {
     "agents.run": ("apps.agents.services.runs.agent_job_end",),
     "*": ("apps.costs.services.holds.job_holds_end",),
 }
+
+
+@dataclass(frozen=True)
+class JobContinue:
+    """What a job function returns when its stage is done and the job goes on: the same Job row is
+    queued again on ``queue`` (one of its kind's, ``JOB_QUEUE_CHOICES``) with ``params``, and its task
+    runs the next stage there (``apps.core.services.job_continue``). A stage that re-enqueues itself on
+    its own queue lets the jobs queued behind it run first (per-team fairness between groups)."""
+
+    queue: str
+    params: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
 
 class JobEnd(enum.StrEnum):
