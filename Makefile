@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast worker-cpu worker-gpu lint bench migrate demo clean-venv
+.PHONY: install run test test-fast worker-cpu worker-gpu worker-io lint bench migrate demo clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH; set PYTHON=..."; exit 1; }
@@ -41,6 +41,10 @@ worker-cpu: install
 
 worker-gpu: install
 	$(VENV)/bin/celery -A workers worker -Q gpu --pool prefork --concurrency 1 --loglevel INFO
+
+# Remote model endpoints (OpenAI-compatible): calls that wait on the network, many at once.
+worker-io: install
+	$(VENV)/bin/celery -A workers worker -Q io --pool threads --concurrency 16 --loglevel INFO
 
 # ruff (style, line length, complexity), the import contracts (pyproject.toml
 # [tool.importlinter]) and mypy on the engine (workers/, indexes/). All three run; any failure fails.

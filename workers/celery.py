@@ -1,4 +1,4 @@
-"""The Celery app. Start workers with ``celery -A workers worker -Q gpu`` (or ``-Q cpu``).
+"""The Celery app. Start workers with ``celery -A workers worker -Q gpu`` (or ``-Q cpu``, or ``-Q io --pool threads``).
 
 Settings come from Django's (the CELERY_* names); Celery's Django fix-up calls
 django.setup() in the worker, so tasks can use the ORM. The web process sends jobs by task

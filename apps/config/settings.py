@@ -192,6 +192,10 @@ PARSIMONY_JOB_HEARTBEAT_S = env_float("PARSIMONY_JOB_HEARTBEAT_S", 15.0)
 PARSIMONY_JOB_STALE_AFTER_S = env_int("PARSIMONY_JOB_STALE_AFTER_S", 60, minimum=2)
 PARSIMONY_JOB_REAP_EVERY_S = env_float("PARSIMONY_JOB_REAP_EVERY_S", 30.0)
 PARSIMONY_JOB_MAX_ATTEMPTS = env_int("PARSIMONY_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# An ingestion embeds on the gpu queue in groups of whole documents holding at least this many chunks,
+# queued again behind other jobs between groups, so one long ingestion never holds the gpu worker for
+# long (docs/reliability.md, "Fairness and queues").
+PARSIMONY_INGEST_EMBED_GROUP_CHUNKS = env_int("PARSIMONY_INGEST_EMBED_GROUP_CHUNKS", 512, minimum=1)
 # torch threads per worker process: 1 keeps a 2-core machine responsive (see docs/operations.md).
 PARSIMONY_TORCH_THREADS = env_int("PARSIMONY_TORCH_THREADS", 1, minimum=1)
 PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)

@@ -3,7 +3,12 @@
 The web process enqueues by task name (``apps.core.dispatch``), so it never imports the task
 modules; the worker registers one task per kind with ``workers.tasks.base.job_task``, which
 checks that the kind is in this table with the same queue. Queue names match
-``workers.queues.Queue``: ``cpu`` for parsing and bookkeeping, ``gpu`` for model work.
+``workers.queues.Queue``: ``cpu`` for parsing and bookkeeping, ``gpu`` for local model work, ``io``
+for model work that waits on a remote endpoint (``model_work_queue``).
+
+A kind listed in ``JOB_QUEUE_CHOICES`` may run on another of its queues: the caller of ``job_start``
+picks it, the Job row keeps it (``Job.queue``), and every later send of the job (a redelivery by the
+reaper, the next stage of a staged job: ``apps.core.services.job_continue``) goes to the row's queue.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import contextvars
 import enum
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 TASK_NAME_PREFIX = "parsimony."
 
@@ -19,7 +26,7 @@ JOB_QUEUES: dict[str, str] = {
     "diagnostics.probe_cpu": "cpu",
     "diagnostics.probe_gpu": "gpu",
     "diagnostics.time_limit_gpu": "gpu",  # checks that the gpu pool enforces time limits (operations.md)
-    "corpora.ingest": "gpu",
+    "corpora.ingest": "cpu",  # parse + chunk here; it continues on gpu to embed (JOB_QUEUE_CHOICES)
     "corpora.rebuild_index": "gpu",
     "rag.query": "gpu",
     "rag.shadow_baseline": "gpu",  # the naive pipeline beside a sampled query (apps.rag.shadow)
@@ -27,6 +34,15 @@ JOB_QUEUES: dict[str, str] = {
     "agents.run": "gpu",
     "attention.prefill": "gpu",
 }
+# kind -> every queue a job of the kind may be sent to (its JOB_QUEUES entry first, the default).
+# Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``); an
+# ingestion parses on `cpu`, then continues on `gpu` to embed, in groups (``JobContinue``).
+JOB_QUEUE_CHOICES: dict[str, tuple[str, ...]] = {
+    "rag.query": ("gpu", "io"),
+    "agents.run": ("gpu", "io"),
+    "corpora.ingest": ("cpu", "gpu"),
+}
+
 # Kinds whose task may simply run again after its worker died (the reaper redelivers them while
 # attempts remain): ingestion redoes a document from the start and bills a batch once, with its ready
 # mark; a prefill bills once per reservation. Other kinds (queries, agents) are failed with a reason:
@@ -45,6 +61,18 @@ JOB_ENDINGS: dict[str, tuple[str, ...]] = {
     "agents.run": ("apps.agents.services.runs.agent_job_end",),
     "*": ("apps.costs.services.holds.job_holds_end",),
 }
+
+
+@dataclass(frozen=True)
+class JobContinue:
+    """What a job function returns when its stage is done and the job goes on: the same Job row is
+    queued again on ``queue`` (one of its kind's, ``JOB_QUEUE_CHOICES``) with ``params``, and its task
+    runs the next stage there (``apps.core.services.job_continue``). A stage that re-enqueues itself on
+    its own queue lets the jobs queued behind it run first (per-team fairness between groups)."""
+
+    queue: str
+    params: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
 
 
 class JobEnd(enum.StrEnum):
@@ -72,6 +100,30 @@ def job_kind_queue(kind: str) -> str:
         return JOB_QUEUES[kind]
     except KeyError:
         raise ValueError(f"unknown job kind {kind!r} (known: {', '.join(sorted(JOB_QUEUES))})") from None
+
+
+def job_kind_queues(kind: str) -> tuple[str, ...]:
+    """Every queue a job of ``kind`` may be sent to, its default first."""
+    return JOB_QUEUE_CHOICES.get(kind) or (job_kind_queue(kind),)
+
+
+def job_queue_choose(kind: str, queue: str | None = None) -> str:
+    """The queue a new job of ``kind`` goes to: ``queue`` when given (it must be one of the kind's,
+    else ValueError naming them), else the kind's default."""
+    default = job_kind_queue(kind)
+    if queue is None:
+        return default
+    allowed = job_kind_queues(kind)
+    if str(queue) not in allowed:
+        raise ValueError(f"job kind {kind!r} runs on {', '.join(allowed)}, not {str(queue)!r}")
+    return str(queue)
+
+
+def model_work_queue(*, remote: bool, local_model_work: bool = False) -> str:
+    """The queue of model work: ``io`` when its model calls go to a remote endpoint and nothing in it
+    loads a local model (``local_model_work``: a fixed context's KV cache, a local scorer); else ``gpu``.
+    A remote call mostly waits on the network: on ``io`` many run at once, and none holds the gpu queue."""
+    return "io" if remote and not local_model_work else "gpu"
 
 
 def job_kind_register(*, kind: str, queue: str) -> None:

@@ -18,7 +18,14 @@ from django.utils.module_loading import import_string
 
 from apps.core import dispatch
 from apps.core.errors import JobCancelled
-from apps.core.jobs import JOB_REDELIVERABLE, JobEnd, job_endings, job_kind_queue, job_task_name
+from apps.core.jobs import (
+    JOB_REDELIVERABLE,
+    JobEnd,
+    job_endings,
+    job_kind_queues,
+    job_queue_choose,
+    job_task_name,
+)
 from apps.core.models import FINISHED_STATUSES, Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -50,12 +57,15 @@ def job_start(
     created_by=None,
     params: dict[str, Any] | None = None,
     total: int = 0,
+    queue: str | None = None,
 ) -> Job:
     """Create a job row and enqueue its task, by name, once the surrounding transaction commits.
 
-    An unknown ``kind`` raises ValueError listing the known ones (``apps.core.jobs``).
+    ``queue``: one of the kind's queues (``apps.core.jobs.JOB_QUEUE_CHOICES``), chosen by the caller
+    (``model_work_queue``); None: the kind's default. The row keeps it: a redelivery goes there too.
+    An unknown ``kind``, or a queue the kind does not run on, raises ValueError listing the valid ones.
     """
-    queue = job_kind_queue(kind)
+    queue = job_queue_choose(kind, queue)
     if not settings.CELERY_BROKER_URL:
         jobs_reap_maybe()  # in-process: no beat runs the reaper
     job = job_create(kind=kind, team=team, created_by=created_by, params=params, queue=queue, total=total)
@@ -63,15 +73,20 @@ def job_start(
     return job
 
 
-def job_claim(*, job_id: int, worker: str) -> bool:
+def job_claim(*, job_id: int, worker: str, queue: str | None = None) -> bool:
     """Atomically move a job to running. False means someone else has it, or it is finished.
 
     A running job may be claimed again only when its heartbeat is stale (its worker died): a message
     the broker redelivers while the job still runs elsewhere (its visibility timeout) is skipped.
+    ``queue``: the queue the message came from, when known; a job whose row names another queue is not
+    claimed (a message of a stage the job has left, see ``job_continue``, or of a queue it was moved off).
     """
     now = timezone.now()
     claimable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=_stale_before(now))
-    updated = Job.objects.filter(claimable, pk=job_id).update(
+    jobs = Job.objects.filter(claimable, pk=job_id)
+    if queue is not None:
+        jobs = jobs.filter(queue=queue)
+    updated = jobs.update(
         status=JobStatus.RUNNING,
         worker=worker[:255],
         attempts=F("attempts") + 1,
@@ -140,6 +155,47 @@ def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> None:
         job_end(job=Job.objects.get(pk=job_id), outcome=JobEnd.FAILED, reason=error)
 
 
+# params key: how many attempts the job had used when its current stage began (``job_continue``).
+STAGE_AFTER_ATTEMPTS = "stage_after_attempts"
+
+
+def job_continue(
+    *, job_id: int, queue: str, params: dict[str, Any], message: str = "", attempt: int | None = None
+) -> bool:
+    """The running job's stage is done and the job goes on (``apps.core.jobs.JobContinue``): the same row
+    goes back to queued on ``queue`` with ``params`` and is sent there once this commits. Its attempts
+    keep counting (they fence a worker the reaper took the job from); the reaper allows each stage its
+    own PARSIMONY_JOB_MAX_ATTEMPTS (``STAGE_AFTER_ATTEMPTS``). False when the job is no longer this
+    attempt's to continue (cancelled, or reaped); nothing is sent then."""
+    job = Job.objects.get(pk=job_id)
+    if str(queue) not in job_kind_queues(job.kind):
+        raise ValueError(f"job kind {job.kind!r} runs on {', '.join(job_kind_queues(job.kind))}, not {queue!r}")
+    with transaction.atomic():
+        running = _this_attempt(Job.objects.filter(pk=job_id, status=JobStatus.RUNNING), attempt)
+        updated = running.update(
+            status=JobStatus.QUEUED,
+            queue=str(queue),
+            params={**params, STAGE_AFTER_ATTEMPTS: attempt if attempt is not None else job.attempts},
+            message=(message or f"waiting for the {queue} queue")[:255],
+        )
+        if updated:
+            job.refresh_from_db()
+            dispatch.job_enqueue(job=job, task=job_task_name(job.kind))  # sent once this commits
+    return updated == 1
+
+
+def job_params_update(*, job_id: int, attempt: int | None = None, **values: Any) -> bool:
+    """Merge ``values`` into a running job's params (a stage's record of what a redelivery must know,
+    written in the transaction of the work it describes). False when the job is not this attempt's."""
+    with transaction.atomic():
+        jobs = _this_attempt(Job.objects.select_for_update().filter(pk=job_id, status=JobStatus.RUNNING), attempt)
+        job = jobs.first()
+        if job is None:
+            return False
+        Job.objects.filter(pk=job_id).update(params={**job.params, **values})
+    return True
+
+
 def job_requeue(*, job_id: int, error: str) -> None:
     """A retryable failure: back to queued so the retry can claim it."""
     Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
@@ -201,14 +257,16 @@ def jobs_reap(*, now: datetime | None = None) -> dict[str, int]:
         silent_s = int((now - job.heartbeat_at).total_seconds())
         lost = f"worker {job.worker or '?'} lost: no heartbeat for {silent_s} s (attempt {job.attempts})"
         redeliver = job.kind in JOB_REDELIVERABLE
-        if redeliver and job.attempts < settings.PARSIMONY_JOB_MAX_ATTEMPTS:
+        # A staged job (``job_continue``) has its attempts counted from the start of its current stage.
+        stage_attempts = job.attempts - int((job.params or {}).get(STAGE_AFTER_ATTEMPTS) or 0)
+        if redeliver and stage_attempts < settings.PARSIMONY_JOB_MAX_ATTEMPTS:
             outcome = JobEnd.REDELIVERED
             fields: dict[str, Any] = {
                 "status": JobStatus.QUEUED, "error": f"{lost}; redelivered", "message": "redelivered"
             }
         else:
             outcome = JobEnd.FAILED
-            gave_up = f"; gave up after {job.attempts} attempts" if redeliver else ""
+            gave_up = f"; gave up after {stage_attempts} attempts" if redeliver else ""
             fields = {"status": JobStatus.FAILED, "error": lost + gave_up, "message": "worker lost", "finished_at": now}
         with transaction.atomic():
             taken = Job.objects.filter(

@@ -11,9 +11,10 @@ from decimal import Decimal
 
 from django.db.models import Count, QuerySet, Sum
 
+from apps.core.jobs import model_work_queue
 from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
-from apps.costs.models import ZERO, UsageRecord
+from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, UsageRecord
 from apps.costs.pricing import money
 from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
 
@@ -28,6 +29,22 @@ def pipeline_get(*, team, pipeline_id: int) -> Pipeline:
 
 def pipeline_by_name(*, team, name: str) -> Pipeline | None:
     return pipeline_list(team=team).filter(name=name).first()
+
+
+# Compression methods that load a local model whatever the generator (surprisal needs local logits).
+LOCAL_MODEL_COMPRESSION = frozenset({"surprisal_prune"})
+
+
+def query_queue(*, endpoint: ModelEndpoint, pipeline: Pipeline | None = None) -> str:
+    """The queue a query (a chat call, or a pipeline's question) runs on: ``io`` when its generator is a
+    remote endpoint and nothing else in it needs a local model (a fixed context's KV cache, a local
+    scorer); else ``gpu`` (``apps.core.jobs.model_work_queue``). Retrieval's one query embedding runs
+    wherever the query does."""
+    local_work = pipeline is not None and bool(
+        pipeline.fixed_context or pipeline.fixed_context_corpus_id
+        or pipeline.compression_method in LOCAL_MODEL_COMPRESSION
+    )
+    return model_work_queue(remote=endpoint.kind != EndpointKind.LOCAL, local_model_work=local_work)
 
 
 def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:

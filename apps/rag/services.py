@@ -66,7 +66,7 @@ from apps.rag.fixed_context import (
     pipeline_fixed_context_text,
 )
 from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
-from apps.rag.selectors import pipeline_best_hit_scores, pipeline_option_names
+from apps.rag.selectors import pipeline_best_hit_scores, pipeline_option_names, query_queue
 
 logger = logging.getLogger(__name__)
 
@@ -371,6 +371,7 @@ def query_run_start(
     run.job = job_start(
         kind="rag.query", team=team, created_by=user,
         params={"query_run_id": run.pk, "reservation_id": reservation.pk}, total=3,
+        queue=query_queue(endpoint=target_endpoint, pipeline=pipeline),
     )
     run.save(update_fields=["job"])
     return run

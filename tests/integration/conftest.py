@@ -36,7 +36,7 @@ def redis_broker(settings) -> Iterator[str]:
             raise
         pytest.skip(f"no Redis at {url}: {exc}")
     # The queues, and the messages a killed worker left unacknowledged (kombu's Redis transport keys).
-    client.delete("cpu", "gpu", "unacked", "unacked_index", "unacked_mutex")
+    client.delete("cpu", "gpu", "io", "unacked", "unacked_index", "unacked_mutex")
     from workers.celery import app
 
     previous = app.conf.broker_url

@@ -27,7 +27,7 @@ from django.db import OperationalError, connection
 
 from apps.core import services as job_services
 from apps.core.errors import JobCancelled, RetryableJobError
-from apps.core.jobs import JobEnd, current_job_id, job_kind_register, job_task_name
+from apps.core.jobs import JobContinue, JobEnd, current_job_id, job_kind_register, job_task_name
 from apps.core.models import Job, JobStatus
 from apps.costs.services.holds import job_holds_extend, job_holds_link
 from workers.celery import app
@@ -35,6 +35,7 @@ from workers.queues import Queue
 
 logger = logging.getLogger(__name__)
 
+QUEUE_NAMES = frozenset(queue.value for queue in Queue)
 # task name -> queue, for tasks sent without one; filled by @job_task (and workers.tasks.costs).
 TASK_QUEUES: dict[str, str] = {}
 
@@ -96,15 +97,21 @@ class JobTask(Task):
     reject_on_worker_lost = True
     max_retries = 3
     default_retry_delay = 10
-    job_function: Callable[[Job, Progress], dict[str, Any] | None]
+    job_function: Callable[[Job, Progress], dict[str, Any] | JobContinue | None]
+
+    def delivered_queue(self) -> str | None:
+        """The queue this message was taken from (None when run in-process, or not one of ours)."""
+        info = getattr(self.request, "delivery_info", None) or {}
+        queue = info.get("routing_key")
+        return queue if queue in QUEUE_NAMES else None
 
     def run_job(self, job_id: int) -> None:
         worker = f"{socket.gethostname()}:{os.getpid()}"
         if not Job.objects.filter(pk=job_id).exists():
             logger.warning("job %s does not exist (deleted before it ran); nothing to do", job_id)
             return
-        if not job_services.job_claim(job_id=job_id, worker=worker):
-            logger.info("job %s is finished or held by a live worker; skipping", job_id)
+        if not job_services.job_claim(job_id=job_id, worker=worker, queue=self.delivered_queue()):
+            logger.info("job %s is finished, held by a live worker, or on another queue; skipping", job_id)
             return
         job = Job.objects.get(pk=job_id)
         attempt = job.attempts
@@ -142,18 +149,24 @@ class JobTask(Task):
             logger.exception("job %s failed", job_id)
             job_services.job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
         else:
+            if isinstance(result, JobContinue):  # the next stage, on its queue (maybe this one, behind others)
+                job_services.job_continue(
+                    job_id=job_id, queue=result.queue, params=result.params, message=result.message, attempt=attempt
+                )
+                return
             job_services.job_succeed(job_id=job_id, result=result or {}, attempt=attempt)
 
 
 def job_task(*, kind: str, queue: Queue, soft_time_limit: int | None = None, time_limit: int | None = None):
-    """Register ``fn(job, progress) -> result dict`` as the Celery task that runs jobs of ``kind``.
+    """Register ``fn(job, progress) -> result dict`` as the Celery task that runs jobs of ``kind``. A
+    staged job's function returns ``JobContinue`` at the end of each stage but the last.
 
     ``queue`` must match the kind's entry in ``apps.core.jobs.JOB_QUEUES`` (a kind not listed
     there, such as a test's, is added).
     """
     job_kind_register(kind=kind, queue=queue.value)
 
-    def decorate(fn: Callable[[Job, Progress], dict[str, Any] | None]) -> Task:
+    def decorate(fn: Callable[[Job, Progress], dict[str, Any] | JobContinue | None]) -> Task:
         # Task options become attributes of the generated task class, job_function included.
         options: dict[str, Any] = {
             "name": job_task_name(kind),

@@ -35,7 +35,7 @@ from apps.agents.models import Agent, AgentRun, AgentRunStatus
 from apps.agents.services.tool_calls import tool_callable
 from apps.agents.services.tools import TOOL_PRICE_NAME
 from apps.core.errors import ValidationFailed
-from apps.core.jobs import JobEnd
+from apps.core.jobs import JobEnd, model_work_queue
 from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.cost_model import device_cost, device_seconds_bound, per_second_price
@@ -187,6 +187,8 @@ def agent_run_start(
     run.job = job_start(
         kind="agents.run", team=team, created_by=user,
         params={"agent_run_id": run.pk, "reservation_id": reservation.pk}, total=agent.step_limit,
+        # A remote model's steps wait on the network: on the io queue (tools run on threads beside them).
+        queue=model_work_queue(remote=endpoint.kind != EndpointKind.LOCAL),
     )
     run.save(update_fields=["job"])
     return run

@@ -62,7 +62,7 @@ def test_the_pipeline_writes_citations_in_that_shape():
 
 
 def test_the_migration_rewrites_stored_citations_and_back():
-    migration = importlib.import_module("apps.rag.migrations.0006_citation_retrievers_as_objects")
+    migration = importlib.import_module("apps.rag.migrations.0007_citation_retrievers_as_objects")
     stored = [{"n": 1, "retrievers": {"dense": [1, 0.9], "bm25": [2, 3.5]}}, {"n": 2}]
     assert migration._as_objects(stored) is True
     assert stored[0]["retrievers"] == {"dense": {"rank": 1, "score": 0.9}, "bm25": {"rank": 2, "score": 3.5}}

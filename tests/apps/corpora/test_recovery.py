@@ -34,12 +34,15 @@ def _job_of(document: Document) -> Job:
 
 
 def _die_before_marking_ready(monkeypatch, job: Job) -> None:
-    """Run the job's first attempt until its chunks and vectors are written, then kill it: no cleanup runs."""
+    """Run the job's parse stage, then its embed stage until its vectors are written, then kill it: no
+    cleanup runs."""
     from workers.tasks.ingestion import ingest_documents
 
     def killed(**kwargs):
         raise WorkerKilled
 
+    ingest_documents.run_job(job.pk)  # parse (cpu): continued on gpu (the test's transaction sends nothing)
+    assert Job.objects.get(pk=job.pk).queue == "gpu"
     with monkeypatch.context() as patch:
         patch.setattr(ingestion_module, "_documents_mark_ready", killed)
         patch.setattr(holds_module.Hold, "settle", lambda self: None)  # a killed process settles nothing
@@ -82,7 +85,8 @@ def test_a_redelivered_ingestion_leaves_each_chunk_vector_and_ledger_row_once(
         assert jobs_reap() == {"redelivered": 1, "failed": 0}
 
     job.refresh_from_db()
-    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 2)
+    # parse (1), embed killed (2), embed again (3): the reaper redelivered the embed stage, not the parse.
+    assert (job.status, job.attempts, job.queue) == (JobStatus.SUCCEEDED, 3, "gpu")
     assert Document.objects.get(pk=document.pk).status == DocumentStatus.READY
     assert _no_duplicate_chunks(corpus) == first_attempt
     vectors = corpus_index_store().load(corpus.pk).vector_index
