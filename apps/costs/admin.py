@@ -12,7 +12,13 @@ from django.utils.html import format_html
 
 from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
 from apps.costs.money_format import money_str, usd
-from apps.costs.selectors import budget_status, records_of_quality, spend_per_day, with_quality_label
+from apps.costs.selectors import (
+    budget_status,
+    quality_label_choices,
+    records_of_quality,
+    spend_per_day,
+    with_quality_label,
+)
 
 # The list columns fit a 1280 px window (the ledger's 8 columns in the pane beside the filters): money
 # as $ with the digits that matter (apps.costs.money_format.usd; the CSV export keeps all 10 places),
@@ -184,9 +190,7 @@ class QualityLabelFilter(admin.SimpleListFilter):
     parameter_name = "quality"
 
     def lookups(self, request, model_admin):
-        from apps.rag.models import QualityLabel
-
-        return [*QualityLabel.choices, ("none", "not assessed")]
+        return [*quality_label_choices(), ("none", "not assessed")]
 
     def queryset(self, request, queryset):
         return records_of_quality(queryset, self.value()) if self.value() else queryset

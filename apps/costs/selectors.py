@@ -135,11 +135,22 @@ def usage_list(
     return records
 
 
+def _query_run_model():
+    # Looked up by name: apps.rag imports apps.costs, never the reverse.
+    from django.apps import apps as django_apps
+
+    return django_apps.get_model("rag", "QueryRun")
+
+
+def quality_label_choices() -> list[tuple[str, str]]:
+    """The answer-quality labels a query run can have (``apps.rag.models.QualityLabel``), for filters."""
+    return list(_query_run_model()._meta.get_field("quality_label").choices or [])
+
+
 def records_of_quality(records: QuerySet[UsageRecord], quality: str) -> QuerySet[UsageRecord]:
     """The rows of query runs labelled ``quality``; "none": every other row (uploads, agents, direct calls,
     runs not assessed)."""
-    from apps.rag.models import QueryRun
-
+    QueryRun = _query_run_model()
     if quality == "none":
         return records.exclude(query_run_id__in=QueryRun.objects.exclude(quality_label="").values("pk"))
     return records.filter(query_run_id__in=QueryRun.objects.filter(quality_label=quality).values("pk"))
@@ -149,9 +160,7 @@ def with_quality_label(records: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
     """``records`` annotated with ``quality_label``: their query run's ("" for other rows)."""
     from django.db.models import OuterRef, Subquery
 
-    from apps.rag.models import QueryRun
-
-    label = QueryRun.objects.filter(pk=OuterRef("query_run_id")).values("quality_label")[:1]
+    label = _query_run_model().objects.filter(pk=OuterRef("query_run_id")).values("quality_label")[:1]
     return records.annotate(quality_label=Coalesce(Subquery(label), Value("")))
 
 

@@ -133,14 +133,7 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
     errors.update(fixed_context_validate(values=values, endpoint_kind=model_endpoint.kind if model_endpoint else None))
     if getattr(strategy, "extractive", False):
         errors.update(_extractive_validate(values))
-    if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
-        errors["top_k"] = "top_k must be between 1 and 100"
-    if "compression_target" in values:
-        problem = compression_target_problem(values["compression_target"])
-        if problem:
-            errors["compression_target"] = problem
-    if "max_output_tokens" in values and not 1 <= int(values["max_output_tokens"]) <= 32_768:
-        errors["max_output_tokens"] = "max_output_tokens must be between 1 and 32768"
+    errors.update(_ranges_validate(values))
     if "decoding_options" in values:
         from workers.runtime.decoding import decoding_settings
 
@@ -149,11 +142,25 @@ def pipeline_validate(*, values: dict[str, Any], model_endpoint: ModelEndpoint |
             decoding_settings(model, values["decoding_options"])
         except ValueError as exc:
             errors["decoding_options"] = str(exc)
+    if errors:
+        raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
+
+
+def _ranges_validate(values: dict[str, Any]) -> dict[str, str]:
+    """The numeric fields' ranges: {field: problem}."""
+    errors: dict[str, str] = {}
+    if "top_k" in values and not 1 <= int(values["top_k"]) <= 100:
+        errors["top_k"] = "top_k must be between 1 and 100"
+    if "compression_target" in values:
+        problem = compression_target_problem(values["compression_target"])
+        if problem:
+            errors["compression_target"] = problem
+    if "max_output_tokens" in values and not 1 <= int(values["max_output_tokens"]) <= 32_768:
+        errors["max_output_tokens"] = "max_output_tokens must be between 1 and 32768"
     abstain = values.get("abstain_below")
     if abstain is not None and not (isinstance(abstain, int | float) and 0 <= abstain <= 1):
         errors["abstain_below"] = f"abstain_below must be a number between 0 and 1 (or empty: never); got {abstain!r}"
-    if errors:
-        raise ValidationFailed("; ".join(errors.values()), detail={"fields": errors})
+    return errors
 
 
 def _extractive_validate(values: dict[str, Any]) -> dict[str, str]:
