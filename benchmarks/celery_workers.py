@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 _MAKE_WORKER = re.compile(r"^worker-(?P<queue>[\w-]+):.*\n\t\$\(VENV\)/bin/celery -A workers (?P<args>worker .+)$",
                           re.MULTILINE)
 
@@ -50,12 +49,14 @@ class CeleryProcesses:
     def start(self) -> None:
         for queue, args in worker_arguments().items():
             # A node name per queue: several workers on one host must not share the default one.
-            self._start(f"worker-{queue}", [*args, "-n", f"load-{queue}@%h", "--without-gossip", "--without-mingle"])
+            self._start(f"worker-{queue}", [*args, "-n", f"{queue}@%h"])
         self._start("beat", ["beat", "-s", str(self.var / "beat-schedule"), "--loglevel", "INFO"])
 
     def _start(self, name: str, args: list[str]) -> None:
         log = self.var / f"{name}.log"
-        command = [str(BIN / "celery"), "-A", "workers", *args]
+        # `python -m celery` from the repository root, not the venv's `celery` script: the root comes first on
+        # sys.path, so a worktree's own code runs even where the editable install points at another checkout.
+        command = [sys.executable, "-m", "celery", "-A", "workers", *args]
         with log.open("w") as out:
             process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), start_new_session=True,
                                        stdout=out, stderr=subprocess.STDOUT)
@@ -89,7 +90,7 @@ class CeleryProcesses:
             with_children = _session_alive(process.pid)
             if with_children:  # a prefork child outliving its parent
                 os.killpg(process.pid, signal.SIGKILL)
-            ended.append({"name": name, "command": " ".join(command[1:]), "rc": rc,
+            ended.append({"name": name, "command": " ".join(["celery", *command[3:]]), "rc": rc,
                           "stopped_cleanly": clean and not with_children,
                           "stop_s": round(time.monotonic() - started, 1), "log": str(log)})
         return ended
