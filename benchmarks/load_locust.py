@@ -2,7 +2,7 @@
 against gunicorn on PostgreSQL, with the ledger checked against what the clients were told (issue 24).
 
     .venv/bin/python -m benchmarks.load_locust [--duration 60] [--users 16] [--teams 4] [--workers 2]
-        [--json out/load_locust.json]
+        [--tasks inprocess|celery] [--json out/load_locust.json]
 
 Needs locust (dev extras) and a PostgreSQL server; DATABASE_URL names the database to use (default
 postgresql://postgres@127.0.0.1:5432/parsimony_load), which is dropped and created afresh. The script:
@@ -12,7 +12,12 @@ postgresql://postgres@127.0.0.1:5432/parsimony_load), which is dropped and creat
 2. migrates the database and makes `--teams` teams, each with two API keys, a corpus of a few small
    documents (ingested with the packaged embedding model) and a BM25 pipeline answering with the fake
    endpoint;
-3. starts gunicorn with the repository's gunicorn.conf.py (gthread), tasks in-process (no broker);
+3. starts gunicorn with the repository's gunicorn.conf.py (gthread). `--tasks inprocess` (the default):
+   tasks run in the gunicorn processes (no broker). `--tasks celery`: real Celery workers, as the
+   Makefile starts them, one worker for every queue of `workers.queues.Queue` (its `worker-<queue>`
+   target's arguments) and one `celery beat`, on the broker CELERY_BROKER_URL (required; its queues are
+   emptied first); they are started before the seed documents ingest and stopped (TERM, a warm
+   shutdown) at the end, and the report says how each one exited;
 4. runs locust headless (this file is also its locustfile) for `--duration` seconds: every user takes
    one key of one team and mixes BM25 search, a synchronous RAG query (`POST /api/v1/queries`), an
    OpenAI-compatible chat on the pipeline (cost in `X-Parsimony-Cost`), the same streamed (cost in the
@@ -40,6 +45,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from benchmarks.celery_workers import CeleryProcesses, broker_purge
 from benchmarks.common import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,14 +172,14 @@ def _database(url: str) -> None:
 
 
 def _setup(*, teams: int, fake_base_url: str) -> list[dict]:
-    """Teams, keys, corpora (ingested) and pipelines; returns the plan the locust users read."""
+    """Teams, keys, corpora (queued for ingestion: `_jobs_wait`) and pipelines; returns the plan the locust
+    users read."""
     import django
 
     django.setup()
     from django.utils import timezone
 
     from apps.accounts.services import api_key_create, team_create
-    from apps.core.models import Job
     from apps.corpora.services import corpus_create, document_upload
     from apps.costs.models import ModelEndpoint, Price
     from apps.rag.services import pipeline_save
@@ -182,6 +188,9 @@ def _setup(*, teams: int, fake_base_url: str) -> list[dict]:
         model_name="load/fake-remote", effective_from=timezone.now() - timezone.timedelta(days=1),
         input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"), source="benchmarks/load_locust.py",
     )
+    # A gpu worker loads and calibrates every enabled local model when it starts: the load answers with
+    # the fake remote endpoint, so the packaged chat model stays off (the embedding model serves uploads).
+    ModelEndpoint.objects.filter(kind="local").update(enabled=False)
     ModelEndpoint.objects.create(
         name="fake-remote", kind="openai", base_url=fake_base_url, remote_model="gpt-4o-mini",
         price_name="load/fake-remote", max_output_tokens=64,
@@ -203,10 +212,17 @@ def _setup(*, teams: int, fake_base_url: str) -> list[dict]:
             max_output_tokens=32,
         )
         plan.append({"team_id": team.pk, "keys": keys, "corpus_id": corpus.pk, "pipeline": pipeline.name})
-    deadline = time.monotonic() + 300
-    while Job.objects.filter(status__in=["queued", "running"]).exists() and time.monotonic() < deadline:
-        time.sleep(0.5)  # the seed documents ingest in this process's background threads
     return plan
+
+
+def _jobs_wait(timeout_s: float) -> int:
+    """Wait for the seed documents' ingestion (this process's background threads, or the workers). -> jobs left."""
+    from apps.core.models import Job
+
+    deadline = time.monotonic() + timeout_s
+    while (left := Job.objects.filter(status__in=["queued", "running"]).count()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def _stats(csv_path: Path, duration_s: float) -> dict:
@@ -259,14 +275,18 @@ def main() -> dict:
     parser.add_argument("--teams", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--tasks", choices=["inprocess", "celery"], default="inprocess",
+                        help="where background tasks run: the web processes (no broker), or real Celery workers "
+                             "(one per queue, and beat) on CELERY_BROKER_URL")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     var = Path(tempfile.mkdtemp(prefix="parsimony-load-"))
-    env_drop = {"CELERY_BROKER_URL"}  # tasks in-process, in the gunicorn workers
-    for name in env_drop:
-        os.environ.pop(name, None)
+    if args.tasks == "inprocess":
+        os.environ.pop("CELERY_BROKER_URL", None)  # tasks in-process, in the gunicorn workers
+    elif not (os.environ.get("CELERY_BROKER_URL") or "").startswith("redis"):
+        parser.error("--tasks celery needs CELERY_BROKER_URL (a Redis database of its own: its queues are emptied)")
     os.environ.update(
         DJANGO_SETTINGS_MODULE="apps.config.settings", PARSIMONY_VAR_DIR=str(var),
         # The per-key rate limit is not what is measured: lift it.
@@ -278,47 +298,67 @@ def main() -> dict:
     _database(os.environ["DATABASE_URL"])
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
     report: dict = {"command": " ".join(sys.argv), "duration_s": args.duration, "users": args.users,
-                    "teams": args.teams, "keys_per_team": 2, "gunicorn_workers": args.workers}
+                    "teams": args.teams, "keys_per_team": 2, "gunicorn_workers": args.workers, "tasks": args.tasks}
+    celery = CeleryProcesses(var) if args.tasks == "celery" else None
     with FakeOpenAIServer(prompt_token_factor=1.0, chunk_delay_s=0.005) as fake:
         started = time.monotonic()
+        if celery is not None:
+            broker_purge(os.environ["CELERY_BROKER_URL"])  # before the seed documents queue their ingestion
         plan = _setup(teams=args.teams, fake_base_url=fake.base_url)
-        report["setup_s"] = round(time.monotonic() - started, 1)
-        plan_path = var / "plan.json"
-        plan_path.write_text(json.dumps(plan))
-        server_log = (var / "gunicorn.log").open("w")
-        report["server_log"] = str(var / "gunicorn.log")
-        server = subprocess.Popen(
-            [str(BIN / "gunicorn"), "apps.config.wsgi:application", "--bind", f"127.0.0.1:{args.port}",
-             "--workers", str(args.workers), "--log-level", "warning"],
-            # Its log goes to a file: an unread pipe would fill and block the workers' logging.
-            cwd=ROOT, env=os.environ.copy(), start_new_session=True, stdout=server_log, stderr=subprocess.STDOUT,
-        )
         try:
-            wait_ready(args.port, timeout_s=90.0)
-            costs_path, csv_prefix = var / "costs.json", var / "locust"
-            locust = subprocess.run(
-                [str(BIN / "locust"), "-f", str(Path(__file__).resolve()), "--headless", "--only-summary",
-                 "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.duration}s",
-                 "-H", f"http://127.0.0.1:{args.port}", "--csv", str(csv_prefix), "--stop-timeout", "30",
-                 "--loglevel", "WARNING"],
-                cwd=ROOT, env={**os.environ, "LOAD_PLAN": str(plan_path), "LOAD_COSTS_OUT": str(costs_path)},
-                capture_output=True, text=True,
-            )
-            report["endpoints"] = _stats(Path(f"{csv_prefix}_stats.csv"), args.duration)
-            failures = Path(f"{csv_prefix}_failures.csv")
-            report["failure_kinds"] = [
-                {"name": row["Name"], "error": row["Error"][:200], "count": int(row["Occurrences"])}
-                for row in csv.DictReader(failures.open())
-            ] if failures.exists() else []
-            seen = [Decimal(cost) for cost in json.loads(costs_path.read_text())] if costs_path.exists() else []
-            ledger = _ledger([team["team_id"] for team in plan], wait_s=120)
+            if celery is not None:
+                celery.start()
+                celery.wait_ready(timeout_s=300.0)
+            report["setup_jobs_unfinished"] = _jobs_wait(timeout_s=300.0)
+            report["setup_s"] = round(time.monotonic() - started, 1)
+            _load(args, var, plan, report)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            if celery is not None:
+                report["celery_processes"] = celery.stop()
         report["fake_endpoint_requests"] = fake.requests
+    return _report(args, report)
+
+
+def _load(args: argparse.Namespace, var: Path, plan: list[dict], report: dict) -> None:
+    """gunicorn up, locust for ``args.duration``, then the ledger: the results into ``report``."""
+    plan_path = var / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    server_log = (var / "gunicorn.log").open("w")
+    report["server_log"] = str(var / "gunicorn.log")
+    server = subprocess.Popen(
+        [str(BIN / "gunicorn"), "apps.config.wsgi:application", "--bind", f"127.0.0.1:{args.port}",
+         "--workers", str(args.workers), "--log-level", "warning"],
+        # Its log goes to a file: an unread pipe would fill and block the workers' logging.
+        cwd=ROOT, env=os.environ.copy(), start_new_session=True, stdout=server_log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(args.port, timeout_s=90.0)
+        costs_path, csv_prefix = var / "costs.json", var / "locust"
+        locust = subprocess.run(
+            [str(BIN / "locust"), "-f", str(Path(__file__).resolve()), "--headless", "--only-summary",
+             "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.duration}s",
+             "-H", f"http://127.0.0.1:{args.port}", "--csv", str(csv_prefix), "--stop-timeout", "30",
+             "--loglevel", "WARNING"],
+            cwd=ROOT, env={**os.environ, "LOAD_PLAN": str(plan_path), "LOAD_COSTS_OUT": str(costs_path)},
+            capture_output=True, text=True,
+        )
+        report["locust_rc"] = locust.returncode
+        if locust.returncode not in (0, 1):  # 1: some requests failed (reported below)
+            report["locust_stderr"] = locust.stderr[-2000:]
+        report["endpoints"] = _stats(Path(f"{csv_prefix}_stats.csv"), args.duration)
+        failures = Path(f"{csv_prefix}_failures.csv")
+        report["failure_kinds"] = [
+            {"name": row["Name"], "error": row["Error"][:200], "count": int(row["Occurrences"])}
+            for row in csv.DictReader(failures.open())
+        ] if failures.exists() else []
+        seen = [Decimal(cost) for cost in json.loads(costs_path.read_text())] if costs_path.exists() else []
+        ledger = _ledger([team["team_id"] for team in plan], wait_s=120)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
     client_total = sum(seen, Decimal(0))
     report["costs"] = {
         "client_reported_calls": len(seen),
@@ -331,9 +371,9 @@ def main() -> dict:
         "ledger_by_stage": ledger["by_stage"],
         "jobs_unfinished_after_wait": ledger["jobs_unfinished"],
     }
-    report["locust_rc"] = locust.returncode
-    if locust.returncode not in (0, 1):  # 1: some requests failed (reported above)
-        report["locust_stderr"] = locust.stderr[-2000:]
+
+
+def _report(args: argparse.Namespace, report: dict) -> dict:
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
