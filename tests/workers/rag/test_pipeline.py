@@ -343,4 +343,6 @@ def test_an_extractive_pipeline_with_nothing_retrieved_lets_the_model_answer():
     hooks = FakeHooks(chunks=[])
     result, _, _ = _run(hooks, prompting_strategy="extractive_answer")
     assert "generate" in hooks.names() and "embed" not in hooks.names()
-    assert result.answer == hooks.reply and result.baseline_completion_tokens is None
+    # The model's "[1]" points past the (no) sources: the quality check removes it and counts it.
+    assert result.answer == hooks.reply.replace(" [1]", "") and result.baseline_completion_tokens is None
+    assert result.quality["citations_removed"] == 1
