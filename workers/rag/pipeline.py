@@ -387,7 +387,8 @@ def _answer_extractively(
 ) -> PipelineResult:
     """The best sentence(s) of the passages, quoted with their ``[n]`` (``workers.prompting.extractive_answer``):
     one metered encode, no compression, no generation; the endpoint's model is never loaded. The baseline
-    is naive RAG's generation over the same passages, with as many output tokens as the quoted answer."""
+    is naive RAG's generation over the same passages, with as many output tokens as the quoted answer, at
+    most the pipeline's cap (a naive answer cannot be longer)."""
     progress(2, STEPS, "choosing the best sentence")
     result = strategy.answer(question=question, passages=passages, encode=hooks.embed)
     if result.text:
@@ -398,7 +399,7 @@ def _answer_extractively(
         finish_reason=result.finish_reason,
         citations=citations(chunks, result.text),
         baseline_prompt_tokens=hooks.count_tokens(naive),
-        baseline_completion_tokens=hooks.count_tokens(result.text),
+        baseline_completion_tokens=min(hooks.count_tokens(result.text), config.max_output_tokens),
     )
 
 

@@ -71,6 +71,23 @@ def test_device_time_comes_from_the_cost_model_not_the_real_runs_seconds_scaled(
     assert gpu_cost == device_cost(price=price_charged(fast), seconds=seconds, device="cuda") > fast_cost
 
 
+def test_a_run_that_generated_nothing_is_compared_with_an_estimated_naive_generation(db):
+    """An extractive answer has no generation row: the naive generation is priced at the endpoint's price with
+    the quote's length as its output, an estimate even for token prices (the output length is assumed)."""
+    from apps.costs.baseline import naive_generation_estimate
+
+    row = _row(price_input_per_mtok=Decimal("0.15"), price_output_per_mtok=Decimal("0.60"))
+    cost, kind = naive_generation_estimate(price=price_charged(row), prompt_tokens=900, completion_tokens=20,
+                                           model="gpt-4o-mini", local=False)
+    assert (cost, kind) == (Decimal("0.0001470000"), "estimate")
+    local = price_charged(_row())
+    cost, kind = naive_generation_estimate(price=local, prompt_tokens=900, completion_tokens=20,
+                                           model="local/smollm2-135m-instruct", local=True)
+    seconds, device = device_seconds_estimate(model="local/smollm2-135m-instruct", tokens_in=900, tokens_out=20,
+                                              price=local)
+    assert kind == "estimate" and cost == device_cost(price=local, seconds=seconds, device=device) > 0
+
+
 @pytest.fixture
 def local_model(smollm2, monkeypatch, settings, tmp_path):
     settings.DATA_ROOT = tmp_path

@@ -336,7 +336,10 @@ def test_an_extractive_pipeline_quotes_a_sentence_and_never_generates():
         system_prompt="Answer briefly.", question="When was the tower completed?",
         passages=[prompting.Passage(c.chunk_id, c.title, c.text) for c in CHUNKS])
     assert result.baseline_prompt_tokens == count_chat_tokens(hooks.target, naive)
-    assert result.baseline_completion_tokens == len(result.answer.split())
+    assert result.baseline_completion_tokens == len(result.answer.split()) == 7
+    # ... at most the pipeline's output cap: a naive answer cannot be longer.
+    capped, _, _ = _run(FakeHooks(), prompting_strategy="extractive_answer", max_output_tokens=5)
+    assert capped.baseline_completion_tokens == 5
 
 
 def test_an_extractive_pipeline_with_nothing_retrieved_lets_the_model_answer():
