@@ -282,7 +282,7 @@ def _answer_with_retrieval(
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
         repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0),
-    ), chunks=chunks, config=config, hooks=hooks, confidence=confidence)
+    ), question=question, chunks=chunks, config=config, hooks=hooks, confidence=confidence)
 
 
 def _retrieval_check(
@@ -304,8 +304,8 @@ def _retrieval_check(
 
 
 def _with_quality(
-    result: PipelineResult, *, chunks: list[RetrievedChunk], config: PipelineConfig, hooks: PipelineHooks,
-    confidence: float | None,
+    result: PipelineResult, *, question: str, chunks: list[RetrievedChunk], config: PipelineConfig,
+    hooks: PipelineHooks, confidence: float | None,
 ) -> PipelineResult:
     """``result`` with its answer's invalid citation markers removed and its quality signals; the cosine
     part embeds through the service's metered ``embed`` hook when it has one."""
@@ -313,7 +313,7 @@ def _with_quality(
 
     answer, assessed = quality.assess(
         answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
-        embed=getattr(hooks, "embed", None), retrieval_confidence=confidence,
+        embed=getattr(hooks, "embed", None), question=question, retrieval_confidence=confidence,
         thresholds=config.quality_thresholds or quality.Thresholds(),
     )
     result.answer, result.quality = answer, assessed.as_dict()
