@@ -25,13 +25,15 @@ guard would have stopped when a config turns it off, `workers.runtime.decoding.d
 The extractive answer mode (`"prompting_strategy": "extractive_answer"`, a default config) generates
 nothing: its tokens are 0 and its cost is the retrieval plus the sentence embeddings.
 
-Quality signals (`workers.rag.quality`, docs/quality.md): the sentence threshold is calibrated on the
-**first half** of the questions (the Youden-optimal cut of the support score predicting `contained`)
-and everything below is reported on the **second half**: `support_auroc` (the support score ranking
-`contained` answers first), `support_share_auroc` (the supported-sentence share at the calibrated
-threshold), `retrieval_confidence_auroc` (runs with a confidence only), and `labels` ({label: share},
-with the calibrated threshold); `labels_all_default` is the share of each stored label (the shipped
-thresholds) over every question, and `contained_by_label` the accuracy within each of those labels.
+Quality signals (`workers.rag.quality`, docs/quality.md): the cosine weight (the one of 0, .25, .5,
+.75, 1 with the best support AUROC) and the sentence threshold (the Youden-optimal cut of the support
+score predicting `contained`) are calibrated on the **first half** of the questions and everything
+below is reported on the **second half**: `support_auroc` (the support score ranking `contained`
+answers first; `support_auroc_shipped`: with the shipped weights), `support_share_auroc` (the
+supported-sentence share at the calibrated threshold), `retrieval_confidence_auroc` (runs with a
+confidence only), `labels` ({label: share}) and `contained_by_label` (the accuracy within each);
+`labels_all_shipped` is the share of each stored label (the shipped thresholds) over every question.
+Every question's answer and quality details go to `<json>.rows.jsonl`.
 """
 
 from __future__ import annotations
@@ -136,20 +138,38 @@ def _loop_check(pipelines: dict):
     )
 
 
-def _quality_report(rows: list[dict]) -> dict:
-    """The quality signals' figures: calibrated on the first half of ``rows``, reported on the second."""
-    from workers.rag.quality import Thresholds, auroc, calibrate_threshold, quality_label, support_share
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # cosine weights tried on the calibration half
 
-    def score(row: dict) -> float:
-        return row["support_score"] if row["support_score"] is not None else 0.0
+
+def _quality_report(rows: list[dict]) -> dict:
+    """The quality signals' figures: the cosine weight and the sentence threshold calibrated on the first
+    half of ``rows`` (the weight with the best support AUROC, then the Youden-optimal cut), reported on
+    the second half."""
+    from workers.rag.quality import (
+        Thresholds,
+        auroc,
+        calibrate_threshold,
+        quality_label,
+        rescore,
+        support_share,
+    )
+
+    def sentence_scores(row: dict, weight: float) -> list[float]:
+        return [rescore(sentence, weight) for sentence in row["sentences"]]
+
+    def score(row: dict, weight: float) -> float:
+        scores = sentence_scores(row, weight)
+        return sum(scores) / len(scores) if scores else 0.0
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
     positives = [r["contained"] > 0 for r in calibration]
-    cut = calibrate_threshold([score(r) for r in calibration], positives,
+    by_weight = {w: auroc([score(r, w) for r in calibration], positives) for w in WEIGHTS}
+    weight = max(WEIGHTS, key=lambda w: (by_weight[w] or 0.0, -abs(w - 0.5)))
+    cut = calibrate_threshold([score(r, weight) for r in calibration], positives,
                               candidates=[round(0.05 * i, 2) for i in range(1, 20)])
-    thresholds = Thresholds(sentence=cut)
-    shares = [support_share(r["sentence_scores"], cut) for r in report]
+    thresholds = Thresholds(sentence=cut, cosine_weight=weight)
+    shares = [support_share(sentence_scores(r, weight), cut) for r in report]
     labels = Counter(
         quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
         for r, share in zip(report, shares, strict=True)
@@ -163,20 +183,25 @@ def _quality_report(rows: list[dict]) -> dict:
         return None if value is None else round(value, 4)
 
     return {
-        "support_auroc": rounded(auroc([score(r) for r in report], contained_report)),
+        "support_auroc": rounded(auroc([score(r, weight) for r in report], contained_report)),
+        "support_auroc_shipped": rounded(auroc([r["support_score"] or 0.0 for r in report], contained_report)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
             auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
         ),
         "labels": {label: round(count / len(report), 4) for label, count in sorted(labels.items())},
-        "labels_all_default": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
         "contained_by_label": {
-            label: round(sum(r["contained"] for r in rows if (r["quality_label"] or "not assessed") == label)
-                         / count, 4)
-            for label, count in sorted(stored.items())
+            label: round(sum(r["contained"] for r, s in zip(report, shares, strict=True)
+                             if quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=s,
+                                              thresholds=thresholds) == label) / count, 4)
+            for label, count in sorted(labels.items())
         },
-        "quality_split": {"calibration": f"questions 1-{half}", "report": f"questions {half + 1}-{len(rows)}",
-                          "sentence_threshold": cut},
+        "labels_all_shipped": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
+        "quality_split": {
+            "calibration": f"questions 1-{half}", "report": f"questions {half + 1}-{len(rows)}",
+            "cosine_weight": weight, "sentence_threshold": cut,
+            "calibration_auroc_by_weight": {str(w): rounded(a) for w, a in by_weight.items()},
+        },
     }
 
 
@@ -217,6 +242,7 @@ def main() -> None:
         ingest_s = time.perf_counter() - started
 
         results: dict[str, dict] = {}
+        per_config_rows: dict[str, list[dict]] = {}
         for config in configs:
             values = {**CONFIG_DEFAULTS, **{k: v for k, v in config.items() if k != "name"}}
             model = values.pop("model")
@@ -262,11 +288,14 @@ def main() -> None:
                         "quality_label": run.quality_label,
                         "support_score": run.support_score,
                         "retrieval_confidence": run.retrieval_confidence,
-                        "sentence_scores": [s["score"] for s in (run.quality or {}).get("sentences", [])],
+                        "sentences": (run.quality or {}).get("sentences", []),
+                        "question": task["question"],
+                        "gold": task["answers"],
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
                       f"gold={task['answers'][0]!r} contained={rows[-1]['contained']:.0f}", file=sys.stderr)
+            per_config_rows[config["name"]] = rows
             n = len(rows)
             accuracy = sum(r["contained"] for r in rows) / n
             mean_cost = sum((r["cost"] for r in rows), Decimal(0)) / n
@@ -304,6 +333,12 @@ def main() -> None:
         }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, summary)
+    # Every question's answer and quality details, to study the signals without generating again.
+    with args.json.with_suffix(".rows.jsonl").open("w") as out:
+        for name, rows in per_config_rows.items():
+            for row in rows:
+                out.write(json.dumps({"config": name, **{k: v for k, v in row.items() if k not in (
+                    "cost", "remote_cost")}}, default=str) + "\n")
     print(json.dumps(summary, indent=2))
 
 

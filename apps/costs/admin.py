@@ -12,13 +12,7 @@ from django.utils.html import format_html
 
 from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
 from apps.costs.money_format import money_str, usd
-from apps.costs.selectors import (
-    budget_status,
-    quality_label_choices,
-    records_of_quality,
-    spend_per_day,
-    with_quality_label,
-)
+from apps.costs.selectors import budget_status, spend_per_day
 
 # The list columns fit a 1280 px window (the ledger's 8 columns in the pane beside the filters): money
 # as $ with the digits that matter (apps.costs.money_format.usd; the CSV export keeps all 10 places),
@@ -163,14 +157,17 @@ def ledger_csv_response(records, filename: str = "ledger.csv") -> StreamingHttpR
 
     def rows():
         yield writer.writerow(LEDGER_COLUMNS)
-        for record in with_quality_label(records.select_related("team", "user", "api_key")).iterator(chunk_size=2000):
+        for record in records.select_related("team", "user", "api_key").iterator(chunk_size=2000):
             yield writer.writerow(
                 [
                     record.created_at.isoformat(), record.team.name, getattr(record.user, "username", ""),
                     getattr(record.api_key, "name", ""), record.pipeline_name, record.query_run_id or "",
                     record.agent_run_id or "", record.stage, record.model_name, record.prompt_tokens,
                     record.completion_tokens, record.cached_tokens, record.gpu_seconds, record.cpu_seconds,
-                    record.latency_ms, record.finish_reason, record.quality_label, *map(money_str, (
+                    record.latency_ms, record.finish_reason,
+                    # The answer quality of the row's query run, where the caller annotated it
+                    # (apps.rag.selectors.ledger_with_quality_label; the admin's ledger does).
+                    getattr(record, "quality_label", ""), *map(money_str, (
                         record.cost, record.price_input_per_mtok, record.price_output_per_mtok,
                         record.price_cached_input_per_mtok, record.price_per_gpu_second,
                         record.price_per_cpu_second,
@@ -183,23 +180,10 @@ def ledger_csv_response(records, filename: str = "ledger.csv") -> StreamingHttpR
     return response
 
 
-class QualityLabelFilter(admin.SimpleListFilter):
-    """The rows of query runs with a given answer quality (apps.rag.models.QualityLabel)."""
-
-    title = "answer quality"
-    parameter_name = "quality"
-
-    def lookups(self, request, model_admin):
-        return [*quality_label_choices(), ("none", "not assessed")]
-
-    def queryset(self, request, queryset):
-        return records_of_quality(queryset, self.value()) if self.value() else queryset
-
-
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ["when", "team", "who", "stage", "model_name", "tokens", "gpu_s", "cost_usd"]
-    list_filter = ["team", "stage", QualityLabelFilter, "model_name", "user", "api_key",
+    list_filter = ["team", "stage", "model_name", "user", "api_key",
                    ("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
     search_fields = ["model_name", "pipeline_name"]

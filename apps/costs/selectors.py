@@ -120,60 +120,23 @@ def team_budget_alerts(*, team) -> list[BudgetStatus]:
     return [status for status in team_budget_statuses(team=team) if status.budget.enabled and status.over_soft_limit]
 
 
-def usage_list(
-    *, team, since: datetime | None = None, until: datetime | None = None, quality: str | None = None
-) -> QuerySet[UsageRecord]:
-    """The team's ledger rows; ``quality``: only the rows of query runs with that quality label
-    (``apps.rag.models.QualityLabel``; "none": the rows of no assessed run)."""
+def usage_list(*, team, since: datetime | None = None, until: datetime | None = None) -> QuerySet[UsageRecord]:
     records = team_scoped(UsageRecord, team)
     if since:
         records = records.filter(created_at__gte=since)
     if until:
         records = records.filter(created_at__lt=until)
-    if quality:
-        records = records_of_quality(records, quality)
     return records
-
-
-def _query_run_model():
-    # Looked up by name: apps.rag imports apps.costs, never the reverse.
-    from django.apps import apps as django_apps
-
-    return django_apps.get_model("rag", "QueryRun")
-
-
-def quality_label_choices() -> list[tuple[str, str]]:
-    """The answer-quality labels a query run can have (``apps.rag.models.QualityLabel``), for filters."""
-    return list(_query_run_model()._meta.get_field("quality_label").choices or [])
-
-
-def records_of_quality(records: QuerySet[UsageRecord], quality: str) -> QuerySet[UsageRecord]:
-    """The rows of query runs labelled ``quality``; "none": every other row (uploads, agents, direct calls,
-    runs not assessed)."""
-    QueryRun = _query_run_model()
-    if quality == "none":
-        return records.exclude(query_run_id__in=QueryRun.objects.exclude(quality_label="").values("pk"))
-    return records.filter(query_run_id__in=QueryRun.objects.filter(quality_label=quality).values("pk"))
-
-
-def with_quality_label(records: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
-    """``records`` annotated with ``quality_label``: their query run's ("" for other rows)."""
-    from django.db.models import OuterRef, Subquery
-
-    label = _query_run_model().objects.filter(pk=OuterRef("query_run_id")).values("quality_label")[:1]
-    return records.annotate(quality_label=Coalesce(Subquery(label), Value("")))
 
 
 MONEY_SUM = Coalesce(Sum("cost"), Value(ZERO), output_field=DecimalField(max_digits=24, decimal_places=10))
 
 
 def usage_by(*, records: QuerySet[UsageRecord], field: str) -> list[dict]:
-    """Totals grouped by one field: day, model_name, user, api_key, pipeline_name, stage or quality_label
-    (the answer quality of the row's query run)."""
+    """Totals grouped by one field: day, model_name, user, api_key, pipeline_name or stage (or a field the
+    caller annotated, e.g. ``apps.rag.selectors.ledger_with_quality_label``'s quality_label)."""
     if field == "day":
         records = records.annotate(day=TruncDay("created_at"))
-    if field == "quality_label":
-        records = with_quality_label(records)
     group = {"user": "user__username", "api_key": "api_key__name"}.get(field, field)
     rows = (
         records.values(group)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 
 from apps.core.jobs import model_work_queue
 from apps.core.models import Job
@@ -86,6 +87,20 @@ def pipeline_best_hit_scores(*, pipeline: Pipeline, exclude_run_id: int | None =
         if best is not None:
             scores.append(best)
     return scores
+
+
+def ledger_of_quality(records: QuerySet[UsageRecord], quality: str) -> QuerySet[UsageRecord]:
+    """The ledger rows of query runs labelled ``quality``; "none": every other row (uploads, agents, direct
+    calls, runs not assessed)."""
+    if quality == "none":
+        return records.exclude(query_run_id__in=QueryRun.objects.exclude(quality_label="").values("pk"))
+    return records.filter(query_run_id__in=QueryRun.objects.filter(quality_label=quality).values("pk"))
+
+
+def ledger_with_quality_label(records: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+    """Ledger rows annotated with ``quality_label``: their query run's ("" for other rows)."""
+    label = QueryRun.objects.filter(pk=OuterRef("query_run_id")).values("quality_label")[:1]
+    return records.annotate(quality_label=Coalesce(Subquery(label), Value("")))
 
 
 def query_run_get(*, team, query_run_id: int) -> QueryRun:

@@ -59,10 +59,14 @@ def usage(request: HttpRequest) -> HttpResponse:
     first = today - timedelta(days=days - 1)
     since = datetime(first.year, first.month, first.day, tzinfo=UTC)
     quality = _quality(request)
-    records = cost_selectors.usage_list(team=request.team, since=since, quality=quality)
+    records = cost_selectors.usage_list(team=request.team, since=since)
+    if quality:
+        records = rag_selectors.ledger_of_quality(records, quality)
+    labelled = rag_selectors.ledger_with_quality_label(records)
     per_day = cost_selectors.spend_per_day(team=request.team, days=days, today=today)
     breakdowns = [
-        (field, title, column, empty, cost_selectors.usage_by(records=records, field=field))
+        (field, title, column, empty,
+         cost_selectors.usage_by(records=labelled if field == "quality_label" else records, field=field))
         for field, title, column, empty in BREAKDOWNS
     ]
     total = sum((cost for _, cost in per_day), start=0)
@@ -100,8 +104,11 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
         days = _days(request)
         first = timezone.now().date() - timedelta(days=days - 1)
         since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    records = cost_selectors.usage_list(team=request.team, since=since, quality=_quality(request))
-    records = records.order_by("created_at", "id")
+    records = cost_selectors.usage_list(team=request.team, since=since)
+    quality = _quality(request)
+    if quality:
+        records = rag_selectors.ledger_of_quality(records, quality)
+    records = rag_selectors.ledger_with_quality_label(records).order_by("created_at", "id")
     return ledger_csv_response(records, filename=f"{request.team.slug}-ledger.csv")
 
 

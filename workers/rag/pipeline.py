@@ -218,7 +218,7 @@ def _answer_with_retrieval(
                                       passages=passages, strategy=strategy, progress=progress, on_token=on_token)
         # A quote is verbatim from its passages, so token overlap alone shows its support: no second
         # embedding is billed for the check.
-        return _with_quality(quoted, chunks=chunks, config=config, hooks=None, confidence=confidence)
+        return _with_quality(quoted, question=question, chunks=chunks, config=config, hooks=None, confidence=confidence)
 
     # Only a pipeline that compresses says so; the model may load here on a cold start (the hooks say that).
     progress(1, STEPS, "compressing" if config.compression_method != "none" else "building the prompt")
@@ -299,7 +299,7 @@ def _answer_with_retrieval(
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
         repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0),
-    ), chunks=chunks, config=config, hooks=hooks, confidence=confidence)
+    ), question=question, chunks=chunks, config=config, hooks=hooks, confidence=confidence)
 
 
 def _retrieval_check(
@@ -321,7 +321,7 @@ def _retrieval_check(
 
 
 def _with_quality(
-    result: PipelineResult, *, chunks: list[RetrievedChunk], config: PipelineConfig,
+    result: PipelineResult, *, question: str, chunks: list[RetrievedChunk], config: PipelineConfig,
     hooks: PipelineHooks | None, confidence: float | None,
 ) -> PipelineResult:
     """``result`` with its answer's invalid citation markers removed and its quality signals; the cosine
@@ -330,7 +330,7 @@ def _with_quality(
 
     answer, assessed = quality.assess(
         answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
-        embed=getattr(hooks, "embed_for_quality", None), retrieval_confidence=confidence,
+        embed=getattr(hooks, "embed_for_quality", None), question=question, retrieval_confidence=confidence,
         thresholds=config.quality_thresholds or quality.Thresholds(),
     )
     result.answer, result.quality = answer, assessed.as_dict()

@@ -3,11 +3,11 @@
 - **Citation validity** (``clean_citations``): markers ``[n]`` that point past the sources the prompt
   numbered are removed from the answer and counted.
 - **Support** (``sentence_scores``): each answer sentence is scored against the passages it cites (or,
-  when it cites none, every retrieved passage): ``COSINE_WEIGHT`` x the MiniLM cosine between the
-  sentence and the passage (clipped at 0) plus the rest x the share of the sentence's content words
-  found in the passage, best passage taken. ``support`` is the share of sentences scoring at least
-  ``Thresholds.sentence``; ``support_score`` their mean score (threshold-free, what the benchmark's
-  AUROC ranks).
+  when it cites none, every retrieved passage): ``Thresholds.cosine_weight`` x the MiniLM cosine
+  between the sentence and the passage (clipped at 0) plus the rest x the share of the sentence's
+  content words *not in the question* found in the passage (restating the question is not support),
+  best passage taken. ``support`` is the share of sentences scoring at least ``Thresholds.sentence``;
+  ``support_score`` their mean score (threshold-free, what the benchmark's AUROC ranks).
 - **Retrieval confidence** (``retrieval_confidence``): the best hit's score as a percentile of the
   best-hit scores of the same pipeline's earlier runs (its corpus's score distribution); None until
   there are ``MIN_REFERENCE`` of them. A pipeline may abstain below a threshold (``ABSTAIN_ANSWER``).
@@ -31,7 +31,6 @@ LABELS = (GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED)
 ABSTAIN_ANSWER = "Not found in the documents."
 ABSTAIN_FINISH_REASON = "abstained"
 MIN_REFERENCE = 5  # earlier best-hit scores needed before a retrieval confidence is given
-COSINE_WEIGHT = 0.5  # of a sentence's score; the rest is token overlap
 
 Embed = Callable[[list[str]], Any]  # texts -> vectors (N, D), L2-normalised; None when refused
 
@@ -48,11 +47,12 @@ STOPWORDS = frozenset(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Where a sentence counts as supported, and the support shares of the labels."""
+    """How a sentence is scored and where it counts as supported, and the support shares of the labels."""
 
     sentence: float = 0.5
     grounded: float = 0.75
     weak: float = 0.25
+    cosine_weight: float = 0.5  # of a sentence's score; the rest is token overlap
 
 
 @dataclass
@@ -116,12 +116,29 @@ def content_tokens(text: str) -> set[str]:
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
-def token_overlap(sentence: str, passage: str) -> float:
-    """Share of the sentence's content words found in the passage (0 when it has none)."""
-    words = content_tokens(sentence)
+def token_overlap(sentence: str, passage: str, question: str = "") -> float:
+    """Share of the sentence's content words that are not the question's found in the passage (0 when it
+    has none: a sentence that only restates the question is supported by nothing)."""
+    words = content_tokens(sentence) - content_tokens(question)
     if not words:
         return 0.0
     return len(words & content_tokens(passage)) / len(words)
+
+
+def combine(cosine: float, overlap: float, weight: float) -> float:
+    """A sentence's score against one passage: ``weight`` x the cosine (clipped at 0) + the rest x overlap."""
+    return weight * max(cosine, 0.0) + (1 - weight) * overlap
+
+
+def rescore(sentence: dict[str, Any], weight: float) -> float:
+    """A stored sentence's score with another cosine weight (its per-passage ``cosines`` and ``overlaps``;
+    overlap alone where no cosine was computed)."""
+    cosines, overlaps = sentence.get("cosines"), sentence.get("overlaps") or []
+    if not overlaps:
+        return float(sentence["score"])
+    if not cosines:
+        return max(overlaps)
+    return max(combine(c, o, weight) for c, o in zip(cosines, overlaps, strict=True))
 
 
 def _cosines(embed: Embed | None, sentences: list[str], passages: Sequence[str]) -> list[list[float]] | None:
@@ -143,11 +160,13 @@ def _cosines(embed: Embed | None, sentences: list[str], passages: Sequence[str])
 
 
 def sentence_scores(
-    answer: str, passages: Sequence[str], *, embed: Embed | None = None
+    answer: str, passages: Sequence[str], *, embed: Embed | None = None, question: str = "",
+    cosine_weight: float = Thresholds.cosine_weight,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """Each assessable answer sentence with its support score in [0, 1] and the passage (1-based) that
-    supports it best; a sentence citing valid passages is scored against those only. Returns
-    (sentences, whether cosines were used). Sentences with no content word are not assessed."""
+    """Each assessable answer sentence with its support score in [0, 1], the passage (1-based) that
+    supports it best, and the cosines and overlaps against its candidate passages (``candidates``); a
+    sentence citing valid passages is scored against those only. Returns (sentences, whether cosines
+    were used). Sentences with no content word are not assessed."""
     sentences = [s for s in split_sentences(answer) if content_tokens(s)]
     if not sentences or not passages:
         return [{"text": s[:200], "score": 0.0, "passage": None} for s in sentences], False
@@ -156,16 +175,16 @@ def sentence_scores(
     for i, sentence in enumerate(sentences):
         cited = [n for n in cited_numbers(sentence) if 1 <= n <= len(passages)]
         candidates = cited or list(range(1, len(passages) + 1))
-        best, best_n = -1.0, None
-        for n in candidates:
-            overlap = token_overlap(sentence, passages[n - 1])
-            if cosines is None:
-                value = overlap
-            else:
-                value = COSINE_WEIGHT * max(cosines[i][n - 1], 0.0) + (1 - COSINE_WEIGHT) * overlap
-            if value > best:
-                best, best_n = value, n
-        scored.append({"text": sentence[:200], "score": round(min(max(best, 0.0), 1.0), 4), "passage": best_n})
+        overlaps = [round(token_overlap(sentence, passages[n - 1], question), 4) for n in candidates]
+        row_cosines = None if cosines is None else [round(cosines[i][n - 1], 4) for n in candidates]
+        values = overlaps if row_cosines is None else [
+            combine(c, o, cosine_weight) for c, o in zip(row_cosines, overlaps, strict=True)
+        ]
+        best = max(range(len(candidates)), key=lambda k: values[k])
+        scored.append({
+            "text": sentence[:200], "score": round(min(max(values[best], 0.0), 1.0), 4),
+            "passage": candidates[best], "candidates": candidates, "cosines": row_cosines, "overlaps": overlaps,
+        })
     return scored, cosines is not None
 
 
@@ -222,16 +241,19 @@ def assess(
     finish_reason: str,
     passages: Sequence[str],
     embed: Embed | None = None,
+    question: str = "",
     retrieval_confidence: float | None = None,
     thresholds: Thresholds = Thresholds(),
 ) -> tuple[str, Quality]:
     """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
-    numbered from 1 as the prompt numbers them."""
+    numbered from 1 as the prompt numbers them; ``question``'s words are not support."""
     if finish_reason == ABSTAIN_FINISH_REASON:
         return answer, Quality(label=ABSTAINED, retrieval_confidence=retrieval_confidence)
     cleaned, removed = clean_citations(answer, len(passages))
     degenerate = finish_reason == "repetition" or not cleaned.strip()
-    sentences, embedded = ([], False) if degenerate else sentence_scores(cleaned, passages, embed=embed)
+    sentences, embedded = ([], False) if degenerate else sentence_scores(
+        cleaned, passages, embed=embed, question=question, cosine_weight=thresholds.cosine_weight
+    )
     scores = [s["score"] for s in sentences]
     support = support_share(scores, thresholds.sentence)
     return cleaned, Quality(
@@ -300,7 +322,9 @@ __all__ = [
     "best_hit_score",
     "calibrate_threshold",
     "clean_citations",
+    "combine",
     "quality_label",
+    "rescore",
     "retrieval_confidence",
     "sentence_scores",
     "should_abstain",

@@ -13,6 +13,7 @@ from workers.rag.quality import (
     calibrate_threshold,
     clean_citations,
     quality_label,
+    rescore,
     retrieval_confidence,
     sentence_scores,
     should_abstain,
@@ -42,6 +43,16 @@ def test_token_overlap_is_the_share_of_content_words_found():
     assert token_overlap("Towers in Paris and Rome", PASSAGES[0]) == pytest.approx(2 / 3)
 
 
+def test_restating_the_question_is_not_support():
+    question = "When was the Eiffel Tower completed?"
+    assert token_overlap("The Eiffel Tower was completed.", PASSAGES[0], question) == 0.0
+    assert token_overlap("The Eiffel Tower was completed in 1889.", PASSAGES[0], question) == 1.0
+    assert token_overlap("The Eiffel Tower was completed in 1920.", PASSAGES[0], question) == 0.0
+    _, quality = assess(answer="The Eiffel Tower was completed.", finish_reason="stop", passages=PASSAGES,
+                        question=question)
+    assert quality.label == "unsupported"
+
+
 def test_a_sentence_citing_a_passage_is_scored_against_it_only():
     scored, embedded = sentence_scores("Paris is the capital of France [1].", PASSAGES)
     assert not embedded
@@ -57,7 +68,11 @@ def test_the_cosine_part_comes_from_the_embedder():
 
     scored, embedded = sentence_scores("Unrelated words here.", PASSAGES, embed=embed)
     assert embedded
-    assert scored[0] == {"text": "Unrelated words here.", "score": 0.5, "passage": 1}
+    assert {k: scored[0][k] for k in ("text", "score", "passage")} == {
+        "text": "Unrelated words here.", "score": 0.5, "passage": 1}
+    assert scored[0]["cosines"] == [1.0, 0.0] and scored[0]["overlaps"] == [0.0, 0.0]
+    # Stored components rescore under another weight (the benchmark calibrates it).
+    assert rescore(scored[0], 1.0) == 1.0 and rescore(scored[0], 0.0) == 0.0
 
 
 def test_a_refused_embedding_falls_back_to_token_overlap():
