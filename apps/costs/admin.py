@@ -182,9 +182,8 @@ def ledger_csv_response(records, filename: str = "ledger.csv") -> StreamingHttpR
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = ["when", "team", "who", "stage", "model_name", "tokens", "gpu_s", "cost_usd"]
-    list_filter = ["team", "stage", "model_name", "user", "api_key",
-                   ("created_at", admin.DateFieldListFilter)]
+    list_display = ["when", "cost_usd", "team", "who", "stage", "model_name", "tokens", "gpu_s"]
+    list_filter = ["team", "stage", "model_name", "user", "api_key", ("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
     search_fields = ["model_name", "pipeline_name"]
     actions = ["export_csv"]

@@ -132,6 +132,25 @@ def _shot(page, folder: Path, name: str, full_page: bool = True) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
 
 
+SCROLLS_SIDEWAYS = "document.documentElement.scrollWidth > document.documentElement.clientWidth"
+
+
+def _assert_no_sideways_scroll(page, base: str, urls: list[str], folder: Path, width: int) -> None:
+    """Every page at ``width`` px: the document is no wider than the window (wide tables scroll inside
+    their own wrapper). A screenshot of each goes to the artifacts."""
+    page.set_viewport_size({"width": width, "height": 844 if width < 600 else 900})
+    wide = []
+    for url in urls:
+        response = page.goto(base + url)
+        assert response.status == 200, url
+        if page.evaluate(SCROLLS_SIDEWAYS):
+            sizes = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            wide.append((url, page.evaluate(sizes)))
+        name = url.strip("/").replace("/", "-") or "home"
+        _shot(page, folder, f"w{width}-{name}")
+    assert not wide, f"pages wider than {width} px (scrollWidth, clientWidth): {wide}"
+
+
 def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team_a, team_b, alice, bob, tmp_path):
     from apps.corpora.models import Corpus, Document
     from apps.rag.models import QueryRun
@@ -285,6 +304,30 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     assert page.locator("#budgets .budget.over-soft").count() == 1
     page.locator("#budgets").scroll_into_view_if_needed()
     _shot(page, shots_dir, "18-usage-budgets", full_page=False)
+
+    # --- no page scrolls sideways on a phone (390 px) or a laptop (1280 px)
+    document = Document.objects.filter(corpus=corpus).first()
+    main_pages = [
+        "/", "/corpora/", f"/corpora/{corpus.pk}/", f"/documents/{document.pk}/", "/ask/", f"/ask/runs/{run.pk}/",
+        "/pipelines/", "/pipelines/new/", "/usage/", "/team/members/", "/team/api-keys/", "/jobs/", "/agents/",
+        "/agents/tools/", "/agents/new/",
+    ]
+    for width in (390, 1280):
+        _assert_no_sideways_scroll(page, base, main_pages, shots_dir, width)
+    # The admin's ledger and budgets: every column in view at 1280 px, the cost column included.
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.filter(username="alice").update(is_staff=True, is_superuser=True)
+    for url in ("/admin/costs/usagerecord/", "/admin/costs/budget/"):
+        page.goto(base + url)
+        table, pane = page.evaluate(
+            "(() => { const t = document.querySelector('#result_list');"
+            " return [t.getBoundingClientRect().width, t.closest('.results').clientWidth]; })()"
+        )
+        assert table <= pane + 1, (url, table, pane)
+        assert not page.evaluate(SCROLLS_SIDEWAYS), url
+        _shot(page, shots_dir, "w1280-admin-" + url.strip("/").split("/")[-1])
+    assert "$" in page.locator("#result_list td.field-spent").first.inner_text()
     context.close()
 
     # --- a viewer reads but cannot upload
@@ -312,7 +355,6 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     page.goto(f"{base}/corpora/")
     assert page.get_by_text("Zoo").count() == 0
     _shot(page, shots_dir, "20-other-team-corpora")
-    document = Document.objects.filter(corpus=corpus).first()
     for url in (f"/corpora/{corpus.pk}/", f"/ask/runs/{run.pk}/", f"/documents/{document.pk}/"):
         response = page.goto(base + url)
         assert response.status == 404, url

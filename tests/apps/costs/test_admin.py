@@ -128,8 +128,8 @@ def test_the_ledger_list_shows_few_compact_columns(superuser_client, ledger):
     html = superuser_client.get("/admin/costs/usagerecord/").content.decode()
     headers = re.findall(r'<th scope="col" class="[^"]*?(column-[a-z_]+)', html)
     assert headers == [
-        "column-when", "column-team", "column-who", "column-stage",
-        "column-model_name", "column-tokens", "column-gpu_s", "column-cost_usd",
+        "column-when", "column-cost_usd", "column-team", "column-who", "column-stage",
+        "column-model_name", "column-tokens", "column-gpu_s",
     ]
     record = ledger[0]
     assert f'<td class="field-cost_usd">{usd(record.cost)}</td>' in html
