@@ -334,10 +334,9 @@ class Bench:
                 "prompt_tokens": usage["prompt"], "completion_tokens": usage["completion"],
                 "cost": str(usage["cost"]), "seconds": round(time.perf_counter() - started, 1),
             })
-            print(
-                json.dumps({k: results[-1][k] for k in ("task", "success", "tools_called", "model_calls", "seconds")}),
-                flush=True,
-            )
+            # The whole record, one line per task: a run cut short can still be summed from its log.
+            print(json.dumps({"agent_task": results[-1], "decoding": "constrained" if constrained else "unconstrained"},
+                             default=str), flush=True)
         n = len(results)
         gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
         n_solved = sum(r["success"] for r in results)
