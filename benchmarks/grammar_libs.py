@@ -105,9 +105,9 @@ class XGrammar:
     name = "xgrammar"
 
     def version(self) -> str:
-        import xgrammar
+        from importlib.metadata import version
 
-        return str(getattr(xgrammar, "__version__", "?"))
+        return version("xgrammar")
 
     def setup(self, tokenizer: Any) -> Any:
         import xgrammar as xgr
