@@ -337,38 +337,45 @@ class Bench:
             # The whole record, one line per task: a run cut short can still be summed from its log.
             print(json.dumps({"agent_task": results[-1], "decoding": "constrained" if constrained else "unconstrained"},
                              default=str), flush=True)
-        n = len(results)
-        gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
-        n_solved = sum(r["success"] for r in results)
-        total_cost = sum((Decimal(r["cost"]) for r in results), Decimal(0))
-        steps = sum(r["steps"] for r in results)
-        labels = [r["tool_outcome"] for r in results]
-        return {
-            "decoding": "constrained (llguidance grammar of the offered tools)" if constrained else "unconstrained",
-            "tasks": n,
-            "solved": n_solved,
-            # Steps: the model calls that solve a subtask (decompositions and the final composition are free
-            # text). Valid: a schema-valid call to an offered tool, or a schema-valid answer.
-            "valid_tool_call_rate": round(sum(r["valid_steps"] for r in results) / steps, 4) if steps else 0.0,
-            "steps": steps,
-            "tool_call_step_rate": round(sum(r["tool_call_steps"] for r in results) / steps, 4) if steps else 0.0,
-            "cost_per_solved_task": (
-                str((total_cost / n_solved).quantize(Decimal("0.0000000001"))) if n_solved else None
-            ),
-            "tool_outcomes": {label: labels.count(label) for label in sorted(set(labels))},
-            "tool_errors": sum(r["tool_errors"] for r in results),
-            "success": round(n_solved / n, 4) if n else 0.0,
-            "successes": n_solved,
-            "cost_per_task": str((total_cost / n).quantize(Decimal("0.0000000001"))) if n else "0",
-            "model_calls_per_task": round(statistics.fmean(r["model_calls"] for r in results), 2) if n else 0,
-            "tool_calls_per_task": round(statistics.fmean(len(r["tools_called"]) for r in results), 2) if n else 0,
-            "gold_tools_offered": round(statistics.fmean(gold_offered), 4) if n else 0,
-            "prompt_tokens_per_task": round(statistics.fmean(r["prompt_tokens"] for r in results), 1) if n else 0,
-            "seconds_per_task": round(statistics.fmean(r["seconds"] for r in results), 1) if n else 0,
-            "price": f"local CPU ${CPU_PER_SECOND}/s (apps.costs.defaults)",
-            "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32), 1 torch thread",
-            "results": results,
-        }
+        return agent_summary(results, constrained=constrained)
+
+
+def agent_summary(results: list[dict], *, constrained: bool) -> dict:
+    """The agent row from its per-task records (a run's, or those summed from the logs of runs over parts)."""
+    from apps.costs.defaults import CPU_PER_SECOND
+
+    n = len(results)
+    gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
+    n_solved = sum(r["success"] for r in results)
+    total_cost = sum((Decimal(r["cost"]) for r in results), Decimal(0))
+    steps = sum(r["steps"] for r in results)
+    labels = [r["tool_outcome"] for r in results]
+    return {
+        "decoding": "constrained (llguidance grammar of the offered tools)" if constrained else "unconstrained",
+        "tasks": n,
+        "solved": n_solved,
+        # Steps: the model calls that solve a subtask (decompositions and the final composition are free
+        # text). Valid: a schema-valid call to an offered tool, or a schema-valid answer.
+        "valid_tool_call_rate": round(sum(r["valid_steps"] for r in results) / steps, 4) if steps else 0.0,
+        "steps": steps,
+        "tool_call_step_rate": round(sum(r["tool_call_steps"] for r in results) / steps, 4) if steps else 0.0,
+        "cost_per_solved_task": (
+            str((total_cost / n_solved).quantize(Decimal("0.0000000001"))) if n_solved else None
+        ),
+        "tool_outcomes": {label: labels.count(label) for label in sorted(set(labels))},
+        "tool_errors": sum(r["tool_errors"] for r in results),
+        "success": round(n_solved / n, 4) if n else 0.0,
+        "successes": n_solved,
+        "cost_per_task": str((total_cost / n).quantize(Decimal("0.0000000001"))) if n else "0",
+        "model_calls_per_task": round(statistics.fmean(r["model_calls"] for r in results), 2) if n else 0,
+        "tool_calls_per_task": round(statistics.fmean(len(r["tools_called"]) for r in results), 2) if n else 0,
+        "gold_tools_offered": round(statistics.fmean(gold_offered), 4) if n else 0,
+        "prompt_tokens_per_task": round(statistics.fmean(r["prompt_tokens"] for r in results), 1) if n else 0,
+        "seconds_per_task": round(statistics.fmean(r["seconds"] for r in results), 1) if n else 0,
+        "price": f"local CPU ${CPU_PER_SECOND}/s (apps.costs.defaults)",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32), 1 torch thread",
+        "results": results,
+    }
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -390,6 +397,27 @@ def solved(answer: str, valid: list) -> bool:
     return False
 
 
+def summarize_logs(logs: list[Path], out: Path) -> int:
+    """Agent rows from the per-task lines of several logs (each task once, in the shared task order)."""
+    order = [task["name"] for task in json.loads((TULIP / "tasks.json").read_text())]
+    by_mode: dict[str, dict[str, dict]] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith('{"agent_task"'):
+                record = json.loads(line)
+                by_mode.setdefault(record["decoding"], {})[record["agent_task"]["task"]] = record["agent_task"]
+    rows = [
+        agent_summary(sorted(tasks.values(), key=lambda r: order.index(r["task"])), constrained=mode == "constrained")
+        for mode, tasks in sorted(by_mode.items())
+    ]
+    result = {"agent": rows[0] if rows else {}, "agent_rows": rows, "logs": [str(p) for p in logs]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k != "results"}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, type=Path, help="Where to write the results")
@@ -398,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-limit", type=int, default=36, help="Tulip tasks run end to end")
     parser.add_argument("--skip-agent", action="store_true")
     parser.add_argument("--agent-only", action="store_true", help="Only the agent rows (no retrieval rows)")
+    parser.add_argument("--agent-start", type=int, default=0, help="The first tulip task run (to split a run)")
+    parser.add_argument("--from-logs", type=Path, nargs="+", default=None,
+                        help="Sum the agent rows from the logs of runs over parts of the tasks (no model run)")
     parser.add_argument("--agent-decoding", default="constrained",
                         help="Comma-separated agent rows: constrained, unconstrained")
     parser.add_argument("--skip-decompose", action="store_true")
@@ -406,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decompositions", type=Path, default=None,
                         help="A JSON file caching SmolLM2's decompositions (greedy, so reruns reuse them)")
     args = parser.parse_args(argv)
+    if args.from_logs:
+        return summarize_logs(args.from_logs, args.json)
 
     started = time.perf_counter()
     bench = Bench(model_cache=args.model_cache, decompositions=args.decompositions)
@@ -439,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown --agent-decoding {', '.join(unknown)} (valid: constrained, unconstrained)")
     agents = [] if args.skip_agent else [
-        bench.agent(queries["tulip"][: args.agent_limit], constrained=mode == "constrained") for mode in modes
+        bench.agent(queries["tulip"][args.agent_start : args.agent_start + args.agent_limit],
+                    constrained=mode == "constrained")
+        for mode in modes
     ]
     agent = agents[0] if agents else {}
     out = {
