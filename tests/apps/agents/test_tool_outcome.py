@@ -68,3 +68,19 @@ def test_runs_are_filtered_by_tool_outcome_and_rest_returns_it(team_a, builtin_t
     body = api_client.get("/api/v1/agent-runs?tool_outcome=no_tool_called").json()
     assert [(r["id"], r["tool_outcome"]) for r in body["results"]] == [(unsupported.pk, "no_tool_called")]
     assert api_client.get("/api/v1/agent-runs?tool_outcome=fine").status_code == 400
+
+
+def test_the_run_page_and_the_run_list_flag_a_run_that_called_no_tool(client, alice, team_a, builtin_tools, script,
+                                                                       make_agent):
+    agent = make_agent(team_a)
+    script.say("1. Calculate the area of the rectangle", '{"answer": "41"}', '{"answer": "41"}')
+    run = _start(team_a, agent)
+    client.force_login(alice)
+    page = client.get(f"/agents/runs/{run.pk}/").content.decode()
+    assert 'id="tool-outcome"' in page and "needed a tool, called none" in page
+    assert "none was called" in page
+    listing = client.get(f"/agents/{agent.pk}/").content.decode()
+    assert "needed a tool, called none" in listing
+    script.say(*area_script())
+    fine = _start(team_a, agent)
+    assert 'id="tool-outcome"' not in client.get(f"/agents/runs/{fine.pk}/").content.decode()
