@@ -36,6 +36,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -48,7 +49,8 @@ from pathlib import Path
 from benchmarks.common import ROOT as REPO_ROOT
 from benchmarks.common import read_jsonl, write_json
 
-DATA = REPO_ROOT.parent / "shared" / "data"
+# The shared data sets beside the repository; PARSIMONY_SHARED_DATA names them elsewhere (a worktree).
+DATA = Path(os.environ.get("PARSIMONY_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 METATOOL = DATA / "metatool-tool-selection"
 TULIP = DATA / "tulip-math-tools"
 TOP_K = 5
@@ -259,7 +261,7 @@ class Bench:
 
     # ----------------------------------------------------------------------- agent end to end
 
-    def agent(self, tasks: list[dict]) -> dict:
+    def agent(self, tasks: list[dict], *, constrained: bool = True) -> dict:
         from apps.costs.defaults import CPU_PER_SECOND
         from apps.costs.pricing import Usage, cost_of, to_decimal
         from indexes.tool_index import ToolDocument, ToolIndexStore
@@ -277,14 +279,16 @@ class Bench:
                                dimension=self.embedder.dimension)
         store.rebuild("global", [ToolDocument(i, t.name, t.description) for i, t in enumerate(tools)])
         specs = [ToolSpec(t.name, t.description, t.parameters, i) for i, t in enumerate(tools)]
-        config = AgentConfig(mode="json", top_k=TOP_K, threshold=0.35, max_depth=1, step_limit=8, tool_timeout_s=10)
+        config = AgentConfig(mode="json", top_k=TOP_K, threshold=0.35, max_depth=1, step_limit=8, tool_timeout_s=10,
+                             constrained=constrained)
         results = []
         for task in tasks:
             usage = {"prompt": 0, "completion": 0, "cost": Decimal(0), "tool_seconds": 0.0}
 
-            def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None, usage=usage):
+            def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None, grammar=None,
+                      usage=usage):
                 result = generate(target=self.lm, messages=messages, max_output_tokens=min(max_tokens or 128, 128),
-                                  wall_time_limit_s=120, on_token=on_token)
+                                  wall_time_limit_s=120, on_token=on_token, grammar=grammar)
                 usage["prompt"] += result.prompt_tokens
                 usage["completion"] += result.completion_tokens
                 usage["cost"] += cost_of(
@@ -312,38 +316,66 @@ class Bench:
                                     on_tool_done=on_tool_done)
                 answer, calls, called, offered, finish = (outcome.answer, outcome.model_calls, outcome.tools_called,
                                                           outcome.tools_offered, outcome.finish_reason)
+                label, steps = outcome.tool_outcome, outcome.steps
             except Exception as exc:  # a crash is a failure, recorded
-                answer, calls, called, offered, finish = f"error: {exc}", 0, [], [], "error"
+                answer, calls, called, offered, finish, label, steps = f"error: {exc}", 0, [], [], "error", "", []
             ok = solved(answer, task["valid_solutions"])
+            step_calls = [c for s in steps if s.get("type") == "subtask" for c in s.get("calls", [])]
+            tool_calls = [tc for c in step_calls for tc in c.get("tool_calls", [])]
             results.append({
                 "task": task["qid"], "success": ok, "answer": answer[:300],
                 "valid_solutions": task["valid_solutions"], "gold_tools": task["gold_tools"],
                 "tools_offered": offered, "tools_called": called, "model_calls": calls,
-                "finish_reason": finish, "prompt_tokens": usage["prompt"], "completion_tokens": usage["completion"],
+                "finish_reason": finish, "tool_outcome": label,
+                "steps": len(step_calls), "valid_steps": sum(bool(c.get("valid")) for c in step_calls),
+                "tool_call_steps": sum(bool(c.get("tool_calls")) for c in step_calls),
+                "tool_errors": sum(bool(tc.get("error")) for tc in tool_calls),
+                "step_outputs": [c.get("model_output", "")[:200] for c in step_calls],
+                "prompt_tokens": usage["prompt"], "completion_tokens": usage["completion"],
                 "cost": str(usage["cost"]), "seconds": round(time.perf_counter() - started, 1),
             })
-            print(
-                json.dumps({k: results[-1][k] for k in ("task", "success", "tools_called", "model_calls", "seconds")}),
-                flush=True,
-            )
-        n = len(results)
-        gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
-        return {
-            "tasks": n,
-            "success": round(sum(r["success"] for r in results) / n, 4) if n else 0.0,
-            "successes": sum(r["success"] for r in results),
-            "cost_per_task": (
-                str((sum(Decimal(r["cost"]) for r in results) / n).quantize(Decimal("0.0000000001"))) if n else "0"
-            ),
-            "model_calls_per_task": round(statistics.fmean(r["model_calls"] for r in results), 2) if n else 0,
-            "tool_calls_per_task": round(statistics.fmean(len(r["tools_called"]) for r in results), 2) if n else 0,
-            "gold_tools_offered": round(statistics.fmean(gold_offered), 4) if n else 0,
-            "prompt_tokens_per_task": round(statistics.fmean(r["prompt_tokens"] for r in results), 1) if n else 0,
-            "seconds_per_task": round(statistics.fmean(r["seconds"] for r in results), 1) if n else 0,
-            "price": f"local CPU ${CPU_PER_SECOND}/s (apps.costs.defaults)",
-            "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32), 1 torch thread",
-            "results": results,
-        }
+            # The whole record, one line per task: a run cut short can still be summed from its log.
+            print(json.dumps({"agent_task": results[-1], "decoding": "constrained" if constrained else "unconstrained"},
+                             default=str), flush=True)
+        return agent_summary(results, constrained=constrained)
+
+
+def agent_summary(results: list[dict], *, constrained: bool) -> dict:
+    """The agent row from its per-task records (a run's, or those summed from the logs of runs over parts)."""
+    from apps.costs.defaults import CPU_PER_SECOND
+
+    n = len(results)
+    gold_offered = [len(set(r["gold_tools"]) & set(r["tools_offered"])) / len(r["gold_tools"]) for r in results]
+    n_solved = sum(r["success"] for r in results)
+    total_cost = sum((Decimal(r["cost"]) for r in results), Decimal(0))
+    steps = sum(r["steps"] for r in results)
+    labels = [r["tool_outcome"] for r in results]
+    return {
+        "decoding": "constrained (llguidance grammar of the offered tools)" if constrained else "unconstrained",
+        "tasks": n,
+        "solved": n_solved,
+        # Steps: the model calls that solve a subtask (decompositions and the final composition are free
+        # text). Valid: a schema-valid call to an offered tool, or a schema-valid answer.
+        "valid_tool_call_rate": round(sum(r["valid_steps"] for r in results) / steps, 4) if steps else 0.0,
+        "steps": steps,
+        "tool_call_step_rate": round(sum(r["tool_call_steps"] for r in results) / steps, 4) if steps else 0.0,
+        "cost_per_solved_task": (
+            str((total_cost / n_solved).quantize(Decimal("0.0000000001"))) if n_solved else None
+        ),
+        "tool_outcomes": {label: labels.count(label) for label in sorted(set(labels))},
+        "tool_errors": sum(r["tool_errors"] for r in results),
+        "success": round(n_solved / n, 4) if n else 0.0,
+        "successes": n_solved,
+        "cost_per_task": str((total_cost / n).quantize(Decimal("0.0000000001"))) if n else "0",
+        "model_calls_per_task": round(statistics.fmean(r["model_calls"] for r in results), 2) if n else 0,
+        "tool_calls_per_task": round(statistics.fmean(len(r["tools_called"]) for r in results), 2) if n else 0,
+        "gold_tools_offered": round(statistics.fmean(gold_offered), 4) if n else 0,
+        "prompt_tokens_per_task": round(statistics.fmean(r["prompt_tokens"] for r in results), 1) if n else 0,
+        "seconds_per_task": round(statistics.fmean(r["seconds"] for r in results), 1) if n else 0,
+        "price": f"local CPU ${CPU_PER_SECOND}/s (apps.costs.defaults)",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to fp32), 1 torch thread",
+        "results": results,
+    }
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -365,6 +397,27 @@ def solved(answer: str, valid: list) -> bool:
     return False
 
 
+def summarize_logs(logs: list[Path], out: Path) -> int:
+    """Agent rows from the per-task lines of several logs (each task once, in the shared task order)."""
+    order = [task["name"] for task in json.loads((TULIP / "tasks.json").read_text())]
+    by_mode: dict[str, dict[str, dict]] = {}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if line.startswith('{"agent_task"'):
+                record = json.loads(line)
+                by_mode.setdefault(record["decoding"], {})[record["agent_task"]["task"]] = record["agent_task"]
+    rows = [
+        agent_summary(sorted(tasks.values(), key=lambda r: order.index(r["task"])), constrained=mode == "constrained")
+        for mode, tasks in sorted(by_mode.items())
+    ]
+    result = {"agent": rows[0] if rows else {}, "agent_rows": rows, "logs": [str(p) for p in logs]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k != "results"}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, type=Path, help="Where to write the results")
@@ -372,12 +425,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decompose-limit", type=int, default=60, help="MetaTool multi-tool queries decomposed")
     parser.add_argument("--agent-limit", type=int, default=36, help="Tulip tasks run end to end")
     parser.add_argument("--skip-agent", action="store_true")
+    parser.add_argument("--agent-only", action="store_true", help="Only the agent rows (no retrieval rows)")
+    parser.add_argument("--agent-start", type=int, default=0, help="The first tulip task run (to split a run)")
+    parser.add_argument("--from-logs", type=Path, nargs="+", default=None,
+                        help="Sum the agent rows from the logs of runs over parts of the tasks (no model run)")
+    parser.add_argument("--agent-decoding", default="constrained",
+                        help="Comma-separated agent rows: constrained, unconstrained")
     parser.add_argument("--skip-decompose", action="store_true")
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / "var" / "test-models",
                         help="Where the converted SmolLM2 is cached")
     parser.add_argument("--decompositions", type=Path, default=None,
                         help="A JSON file caching SmolLM2's decompositions (greedy, so reruns reuse them)")
     args = parser.parse_args(argv)
+    if args.from_logs:
+        return summarize_logs(args.from_logs, args.json)
 
     started = time.perf_counter()
     bench = Bench(model_cache=args.model_cache, decompositions=args.decompositions)
@@ -385,30 +446,41 @@ def main(argv: list[str] | None = None) -> int:
     queries = load_queries(args.limit or None)
     rows = []
 
-    metatool = libraries["metatool"]
-    plain = bench.store(metatool)
-    with_examples = bench.store(metatool, metatool_examples())
-    for mode, store in (("raw", plain), ("raw+examples", with_examples)):
-        rows.append(bench.row(dataset="metatool-single", mode=mode, library=metatool,
-                              queries=queries["metatool-single"], store=store, any_of=True, decompose=False))
-        rows.append(bench.row(dataset="metatool-multi", mode=mode, library=metatool, queries=queries["metatool-multi"],
-                              store=store, any_of=False, decompose=False))
-    if not args.skip_decompose:
-        subset = queries["metatool-multi"][: args.decompose_limit]
-        if len(subset) < len(queries["metatool-multi"]):  # the raw request on the same queries, to compare
-            rows.append(bench.row(dataset="metatool-multi", mode=f"raw (first {len(subset)})", library=metatool,
-                                  queries=subset, store=plain, any_of=False, decompose=False))
-        rows.append(bench.row(dataset="metatool-multi", mode="decomposed", library=metatool, queries=subset,
-                              store=plain, any_of=False, decompose=True))
-    for name in ("tulip-math-100", "tulip-math-685"):
-        store = bench.store(libraries[name])
-        for mode in ("raw",) if args.skip_decompose else ("raw", "decomposed"):
-            rows.append(bench.row(dataset=name, mode=mode, library=libraries[name], queries=queries["tulip"],
-                                  store=store, any_of=False, decompose=mode == "decomposed"))
-    agent = {} if args.skip_agent else bench.agent(queries["tulip"][: args.agent_limit])
+    if not args.agent_only:
+        metatool = libraries["metatool"]
+        plain = bench.store(metatool)
+        with_examples = bench.store(metatool, metatool_examples())
+        for mode, store in (("raw", plain), ("raw+examples", with_examples)):
+            rows.append(bench.row(dataset="metatool-single", mode=mode, library=metatool,
+                                  queries=queries["metatool-single"], store=store, any_of=True, decompose=False))
+            rows.append(bench.row(dataset="metatool-multi", mode=mode, library=metatool,
+                                  queries=queries["metatool-multi"], store=store, any_of=False, decompose=False))
+        if not args.skip_decompose:
+            subset = queries["metatool-multi"][: args.decompose_limit]
+            if len(subset) < len(queries["metatool-multi"]):  # the raw request on the same queries, to compare
+                rows.append(bench.row(dataset="metatool-multi", mode=f"raw (first {len(subset)})", library=metatool,
+                                      queries=subset, store=plain, any_of=False, decompose=False))
+            rows.append(bench.row(dataset="metatool-multi", mode="decomposed", library=metatool, queries=subset,
+                                  store=plain, any_of=False, decompose=True))
+        for name in ("tulip-math-100", "tulip-math-685"):
+            store = bench.store(libraries[name])
+            for mode in ("raw",) if args.skip_decompose else ("raw", "decomposed"):
+                rows.append(bench.row(dataset=name, mode=mode, library=libraries[name], queries=queries["tulip"],
+                                      store=store, any_of=False, decompose=mode == "decomposed"))
+    modes = [m.strip() for m in args.agent_decoding.split(",") if m.strip()]
+    unknown = sorted(set(modes) - {"constrained", "unconstrained"})
+    if unknown:
+        parser.error(f"unknown --agent-decoding {', '.join(unknown)} (valid: constrained, unconstrained)")
+    agents = [] if args.skip_agent else [
+        bench.agent(queries["tulip"][args.agent_start : args.agent_start + args.agent_limit],
+                    constrained=mode == "constrained")
+        for mode in modes
+    ]
+    agent = agents[0] if agents else {}
     out = {
         "rows": rows,
         "agent": agent,
+        "agent_rows": agents,
         "config": {
             "top_k_offered": TOP_K, "embedder": "all-MiniLM-L6-v2 (name: description)",
             "examples_per_tool": EXAMPLES_PER_TOOL,

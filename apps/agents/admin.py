@@ -79,12 +79,13 @@ class AgentRunAdmin(admin.ModelAdmin):
         "agent",
         "status",
         "finish_reason",
+        "tool_outcome",
         "model_calls",
         "cost_usd",
         "latency",
         "created_at",
     ]
-    list_filter = ["status", ("team", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["status", "tool_outcome", ("team", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["request", "answer", "error"]
     list_select_related = ["team", "agent"]
     readonly_fields = [f.name for f in AgentRun._meta.fields]

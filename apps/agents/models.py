@@ -129,6 +129,16 @@ class AgentRunStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class ToolOutcome(models.TextChoices):
+    """What a finished run did with its tools (``workers.agent.loop.TOOL_OUTCOMES``). "Succeeded" keeps
+    meaning the run finished; a run labelled ``tool_failed`` or ``no_tool_called`` is not a plain success."""
+
+    TOOL_FAILED = "tool_failed", "a tool failed"
+    NO_TOOL_CALLED = "no_tool_called", "needed a tool, called none"
+    TOOLS_CALLED = "tools_called", "tools called"
+    NO_TOOLS_FOUND = "no_tools_found", "no tool found"
+
+
 class AgentRun(models.Model):
     """One request to an agent: its steps (as they happen), tools offered and called, tokens and cost."""
 
@@ -151,6 +161,10 @@ class AgentRun(models.Model):
     steps = models.JSONField(default=list, blank=True)
     tools_offered = models.JSONField(default=list, blank=True)
     tools_called = models.JSONField(default=list, blank=True)
+    tool_outcome = models.CharField(
+        max_length=16, choices=ToolOutcome.choices, blank=True, db_index=True,
+        help_text="What the run did with its tools; empty until it ends",
+    )
     model_calls = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
@@ -169,3 +183,8 @@ class AgentRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (AgentRunStatus.SUCCEEDED, AgentRunStatus.FAILED)
+
+    @property
+    def tool_outcome_warns(self) -> bool:
+        """Whether the tool outcome must be shown beside the status: the run did not use its tools as planned."""
+        return self.tool_outcome in (ToolOutcome.TOOL_FAILED, ToolOutcome.NO_TOOL_CALLED)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from apps.agents.models import Agent, AgentRun, HttpAllowedHost, Tool
+from apps.agents.models import Agent, AgentRun, HttpAllowedHost, Tool, ToolOutcome
+from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import UsageRecord
 
@@ -114,10 +115,19 @@ def agent_by_name(*, team, name: str) -> Agent | None:
     return agent_list(team=team).filter(name=name).first()
 
 
-def agent_run_list(*, team, agent: Agent | None = None, user=None) -> QuerySet[AgentRun]:
+def agent_run_list(
+    *, team, agent: Agent | None = None, user=None, tool_outcome: str | None = None
+) -> QuerySet[AgentRun]:
+    """The team's runs, newest first; ``tool_outcome``: only runs with that label (``ToolOutcome``)."""
     runs = team_scoped(AgentRun, team).select_related("agent", "user", "api_key")
     if agent is not None:
         runs = runs.filter(agent=agent)
+    if tool_outcome:
+        if tool_outcome not in ToolOutcome.values:
+            raise ValidationFailed(
+                f"unknown tool_outcome {tool_outcome!r} (valid: {', '.join(ToolOutcome.values)})"
+            )
+        runs = runs.filter(tool_outcome=tool_outcome)
     if user is not None:
         runs = runs.filter(user=user)
     return runs

@@ -6,7 +6,7 @@ The OpenAI-compatible chat answer of an agent (`model` = an agent's name) is in
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -200,6 +200,10 @@ class AgentRunOutputSerializer(serializers.Serializer):
     steps = serializers.JSONField()
     tools_offered = serializers.JSONField()
     tools_called = serializers.JSONField()
+    tool_outcome = serializers.CharField(
+        help_text="tools_called | no_tools_found | no_tool_called (offered tools, called none) | tool_failed; "
+        "empty while running"
+    )
     model_calls = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
@@ -229,10 +233,15 @@ class AgentRunListView(APIView):
         operation_id="api_v1_agent_runs_list",
         responses=list_of(AgentRunOutputSerializer),
         summary="The team's agent runs, newest first",
+        parameters=[OpenApiParameter(
+            "tool_outcome", str, required=False,
+            description="Only runs with this label: tools_called, no_tools_found, no_tool_called, tool_failed",
+        )],
     )
     def get(self, request):
+        runs = selectors.agent_run_list(team=request.team, tool_outcome=request.query_params.get("tool_outcome"))
         return paginated_response(
-            self, request, selectors.agent_run_list(team=request.team), AgentRunOutputSerializer,
+            self, request, runs, AgentRunOutputSerializer,
             page_context=lambda runs: {
                 "stages": selectors.agent_run_stages_by_run(team=request.team, run_ids=[run.pk for run in runs])
             },

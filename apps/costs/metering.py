@@ -304,8 +304,12 @@ def model_call(
     tools: list[dict] | None = None,
     reserve: Callable[[Any], Reservation | None] | None = None,
     decoding: dict | None = None,
+    grammar: dict | None = None,
 ) -> MeteredCall:
     """Run one metered model call. Without a ``reservation`` it reserves (and settles) its own.
+
+    ``grammar``: a JSON schema a local model's output must follow (constrained decoding,
+    ``workers.runtime.grammar``); remote endpoints ignore it (they call tools natively, ``tools``).
 
     ``decoding``: a pipeline's overrides of the model's decoding defaults
     (``workers.runtime.decoding``): a local model gets them all, a remote endpoint their stop strings.
@@ -357,6 +361,7 @@ def model_call(
             on_token=on_token,
             stop=stop,
             **({"tools": tools} if tools else {}),
+            **({"grammar": grammar} if grammar is not None and local else {}),
             **hold,
         )
     except Exception:

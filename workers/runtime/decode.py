@@ -40,6 +40,7 @@ from workers.runtime.decoding import (
 if TYPE_CHECKING:
     import torch
 
+    from workers.runtime.grammar import TokenConstraint
     from workers.runtime.local_lm import LoadedModel
 
 FinishReason = Literal["stop", "length", "time_limit", "budget", "repetition", "error"]
@@ -274,6 +275,7 @@ def decode(
     ignore_eos: bool = False,
     clock: Callable[[], float] = time.perf_counter,
     decoding: DecodingSettings | None = None,
+    constraint: TokenConstraint | None = None,
 ) -> DecodeResult:
     """Decode from `first_logits` (the last prompt position's logits, (V,)) until a stop condition.
 
@@ -294,6 +296,8 @@ def decode(
     no penalty; `workers.runtime.decoding.decoding_settings` gives a model's defaults). A loop stops
     the decode with "repetition" on the token that completes it (the text keeps the loop as
     streamed, so streamed pieces still concatenate to it).
+    `constraint`: a grammar (`workers.runtime.grammar.TokenConstraint`): before each pick the tokens it
+    forbids are masked out, and the decode stops ("stop") once its document is complete.
     """
     import torch
 
@@ -325,17 +329,24 @@ def decode(
     budget_from = clock() if compute_started is None else compute_started
     no_eos: frozenset[int] = frozenset()
     eos = no_eos if ignore_eos else eos
+    grammar: Any = constraint if constraint is not None else _Unconstrained()
+    grammar_error: str | None = None
     logits = first_logits
     while True:
         if processors and generated:
             logits = _processed(processors, generated, logits)
+        logits = grammar.mask(logits)
         token = pick(logits)
         generated.append(token)
         if math.isnan(first_token_at):
             first_token_at = time.perf_counter()
         if stream is not None:
             stream.add(token)
-        done = token in eos or len(generated) >= max_new_tokens or (stream is not None and stream.error is not None)
+        grammar_done, grammar_error = _grammar_step(grammar, token)
+        done = (
+            token in eos or len(generated) >= max_new_tokens or (stream is not None and stream.error is not None)
+            or grammar_done
+        )
         if stop_criteria is not None and not done:
             tail = (tail + [token])[-stop_criteria.maximum_token_len :]
             done = bool(stop_criteria(torch.tensor([tail]), None)[0])
@@ -359,7 +370,9 @@ def decode(
     text, stop_hit = truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
     callback_error = stream.error if stream is not None else None
     finish = finish_reason(
-        callback_failed=callback_error is not None, stop_hit=stop_hit, ended_with_eos=generated[-1] in eos,
+        # A grammar that refused a token (it allowed none of the model's): the output broke, like a stream.
+        callback_failed=callback_error is not None or grammar_error is not None,
+        stop_hit=stop_hit or grammar.finished, ended_with_eos=generated[-1] in eos,
         n_generated=len(generated), max_new_tokens=max_new_tokens, timed_out=timed_out,
         out_of_budget=out_of_budget, looped=looped,
     )
@@ -369,7 +382,7 @@ def decode(
         token_ids=generated,
         text=text,
         finish_reason=finish,
-        error=f"on_token failed: {callback_error!r}" if callback_error is not None else None,
+        error=_error_text(callback_error, grammar_error),
         step_s=step_s,
         step_cpu_s=step_cpu_s,
         step_device_s=step_device_s,
@@ -377,6 +390,32 @@ def decode(
         budget_s=budget.seconds if budget is not None else None,
         repetition_tokens_saved=max_new_tokens - len(generated) if finish == "repetition" else 0,
     )
+
+
+class _Unconstrained:
+    """No grammar: every token allowed, never finished."""
+
+    finished = False
+    error = None
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def advance(self, token: int) -> bool:
+        return True
+
+
+def _grammar_step(grammar: Any, token: int) -> tuple[bool, str | None]:
+    """Feed ``token`` to the grammar -> (its document is complete or it refused, why it refused)."""
+    if grammar.advance(token):
+        return bool(grammar.finished), None
+    return True, grammar.error or f"token {token} refused"
+
+
+def _error_text(callback_error: BaseException | None, grammar_error: str | None) -> str | None:
+    if callback_error is not None:
+        return f"on_token failed: {callback_error!r}"
+    return f"the grammar refused a token: {grammar_error}" if grammar_error is not None else None
 
 
 def _processed(processors: list[Any], generated: list[int], logits: torch.Tensor) -> torch.Tensor:

@@ -176,8 +176,13 @@ def generate(
     expected_prefill_s: float = 0.0,
     expected_step_s: float = 0.0,
     decoding: DecodingSettings | None = None,
+    grammar: dict[str, Any] | None = None,
 ) -> GenerationResult:
     """Run one chat completion under hard caps and report what it used.
+
+    `grammar`: a JSON schema a local model's output must follow (`workers.runtime.grammar`: applied as
+    a token mask, the decode ends when the document is complete); remote endpoints and the echo
+    ignore it (an endpoint's own tool calling is asked for with `tools`).
 
     `decoding`: a local model's degeneration guard, penalties and extra stop strings (None: the
     model's defaults, `workers.runtime.decoding.decoding_settings`); other targets ignore it.
@@ -204,7 +209,7 @@ def generate(
     if isinstance(target, LoadedModel):
         result = _generate_local(
             target, messages, max_output_tokens, wall_time_limit_s, on_token, temperature, stop,
-            _Budget(allowance, expected_prefill_s, expected_step_s), decoding,
+            _Budget(allowance, expected_prefill_s, expected_step_s), decoding, grammar,
         )
     elif isinstance(target, EchoTarget):
         result = _generate_echo(target, messages, max_output_tokens, wall_time_limit_s, on_token, stop)
@@ -242,11 +247,18 @@ def _generate_local(
     stop: list[str] | None,
     budget: _Budget | None = None,
     decoding: DecodingSettings | None = None,
+    grammar: dict[str, Any] | None = None,
 ) -> GenerationResult:
     import torch
 
     budget = budget or _Budget()
     prompt_ids = _chat_ids(target, messages)
+    constraint = None
+    if grammar is not None:
+        from workers.runtime.grammar import json_grammar
+
+        # Compiled before the model is held (milliseconds; cached per schema and tokenizer).
+        constraint = json_grammar(grammar, target.tokenizer).constraint()
     if budget.seconds is not None and not budget.seconds.covers(
         budget.expected_prefill_s, budget.expected_step_s
     ):
@@ -287,7 +299,7 @@ def _generate_local(
                 max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s, on_token=on_token,
                 stop=stop, prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=c0,
                 first_step_s=budget.expected_step_s, clock=clock,
-                decoding=decoding or decoding_settings(target.name),
+                decoding=decoding or decoding_settings(target.name), constraint=constraint,
             )
         if on_cuda:
             torch.cuda.synchronize(target.device)

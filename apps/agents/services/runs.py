@@ -335,7 +335,7 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
     embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
     state = {"calls": 0}
 
-    def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
+    def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None, grammar=None) -> ModelReply:
         cap = min(max_tokens or agent.max_output_tokens, agent.max_output_tokens)
 
         def reserve(target):
@@ -344,7 +344,7 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
 
         call = model_call(
             endpoint=endpoint, messages=messages, context=context, stage=Stage.AGENT_STEP,
-            max_output_tokens=cap, on_token=on_token, tools=tools, reserve=reserve,
+            max_output_tokens=cap, on_token=on_token, tools=tools, reserve=reserve, grammar=grammar,
         )
         state["calls"] += 1
         calls = state["calls"]
@@ -425,11 +425,14 @@ def _record_failure(
     run: AgentRun, loop, exc: Exception, stream: AnswerStream, started: float, holds: _StepHolds
 ) -> None:
     """Settle what the current step billed (or release its hold) and store the failure."""
+    from workers.agent.loop import tool_outcome
+
     holds.settle()
     actual = UsageRecord.objects.filter(agent_run_id=run.pk).aggregate(total=Sum("cost"))["total"] or ZERO
     AgentRun.objects.filter(pk=run.pk).update(
         status=AgentRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000], cost=actual,
-        steps=loop.steps, tools_offered=loop.tools_offered, tools_called=loop.tools_called,
+        steps=loop.steps, tool_outcome=tool_outcome(loop.steps),
+        tools_offered=loop.tools_offered, tools_called=loop.tools_called,
         model_calls=loop.model_calls, latency_ms=int((time.perf_counter() - started) * 1000),
         finished_at=timezone.now(), answer=stream.text,
     )
@@ -450,6 +453,7 @@ def _record_success(run: AgentRun, result, started: float, holds: _StepHolds) ->
         steps=result.steps,
         tools_offered=result.tools_offered,
         tools_called=result.tools_called,
+        tool_outcome=result.tool_outcome,
         model_calls=result.model_calls,
         prompt_tokens=tokens["prompt"] or 0,
         completion_tokens=tokens["completion"] or 0,

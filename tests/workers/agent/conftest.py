@@ -22,8 +22,12 @@ class ScriptedModel:
         self.replies = list(replies)
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, messages, *, tools=None, on_token=None, purpose="step", max_tokens=None) -> ModelReply:
-        self.calls.append({"messages": [dict(m) for m in messages], "tools": tools, "purpose": purpose})
+    def __call__(
+        self, messages, *, tools=None, on_token=None, purpose="step", max_tokens=None, grammar=None
+    ) -> ModelReply:
+        self.calls.append(
+            {"messages": [dict(m) for m in messages], "tools": tools, "purpose": purpose, "grammar": grammar}
+        )
         if not self.replies:
             raise AssertionError(f"the script ran out of replies (call {len(self.calls)}, {purpose})")
         reply = self.replies.pop(0)

@@ -258,3 +258,90 @@ def test_tool_errors_are_recorded_and_reported_back():
 
 def test_found_tools_are_the_specs_the_search_returned():
     assert spec("sqrt").parameters["required"] == ["number"]
+
+
+# --------------------------------------------------------------------------- constrained steps, tool outcome
+
+
+def test_json_steps_carry_a_grammar_of_the_offered_tools_with_no_answer_before_a_result():
+    model = ScriptedModel(
+        "1. Calculate the area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "The area is 40."}',
+    )
+    result = _run(model, CannedSearch(RECTANGLE), threshold=0.5)
+    first, second = (call["grammar"] for call in model.calls[1:3])
+    assert [b["properties"]["tool"]["const"] for b in first["anyOf"]] == ["area_rectangle", "perimeter_rectangle"]
+    assert second["anyOf"][-1]["required"] == ["answer"]
+    assert model.calls[0]["grammar"] is None  # the decomposition is free text
+    assert all(call["valid"] for call in result.steps[1]["calls"])
+    assert result.tool_outcome == "tools_called"
+
+
+def test_unconstrained_json_steps_carry_no_grammar():
+    model = ScriptedModel(
+        "1. Calculate the area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "40"}',
+    )
+    _run(model, CannedSearch(RECTANGLE), threshold=0.5, constrained=False)
+    assert [call["grammar"] for call in model.calls] == [None, None, None]
+
+
+def test_a_run_offered_tools_that_called_none_is_labelled_no_tool_called():
+    # Unconstrained, the model answers twice from its own arithmetic: no tool runs.
+    model = ScriptedModel("1. Area of the rectangle", '{"answer": "41"}', '{"answer": "41"}')
+    result = _run(model, CannedSearch(RECTANGLE), threshold=0.5, constrained=False)
+    assert result.tools_offered and result.tools_called == []
+    assert result.answer == "41"
+    assert result.finish_reason == "stop"
+    assert result.tool_outcome == "no_tool_called"
+
+
+def test_a_run_whose_tool_failed_is_labelled_tool_failed():
+    def broken(tool, arguments):
+        raise RuntimeError("the tool's backend is down")
+
+    model = ScriptedModel(
+        "1. Area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"answer": "I could not compute it."}',
+    )
+    result = _run(model, CannedSearch(RECTANGLE), execute=broken, threshold=0.5)
+    assert result.tools_called == ["area_rectangle"]
+    assert "backend is down" in result.steps[1]["calls"][0]["tool_calls"][0]["error"]
+    assert result.tool_outcome == "tool_failed"
+
+
+def test_a_failure_followed_by_a_successful_call_is_not_a_failure():
+    attempts = []
+
+    def flaky(tool, arguments):
+        attempts.append(arguments)
+        if len(attempts) == 1:
+            raise RuntimeError("transient")
+        return run_builtin(tool, arguments)
+
+    model = ScriptedModel(
+        "1. Area of the rectangle",
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5}}',
+        '{"tool": "area_rectangle", "arguments": {"length": 8, "width": 5.0}}',
+        '{"answer": "40"}',
+    )
+    result = _run(model, CannedSearch(RECTANGLE), execute=flaky, threshold=0.5)
+    assert len(attempts) == 2
+    assert result.tool_outcome == "tools_called"
+
+
+def test_a_run_with_no_tool_found_is_labelled_no_tools_found():
+    model = ScriptedModel("1. Write a haiku", "1. Write a haiku", "An old silent pond")
+    result = _run(model, CannedSearch({}, low=None), threshold=0.5, request="Write a haiku")
+    assert result.tools_offered == []
+    assert result.tool_outcome == "no_tools_found"
+
+
+def test_the_engine_labels_are_the_run_models_choices():
+    from apps.agents.models import ToolOutcome
+    from workers.agent.loop import TOOL_OUTCOMES
+
+    assert set(TOOL_OUTCOMES) == set(ToolOutcome.values)
