@@ -114,3 +114,29 @@ def test_a_parse_killed_after_replacing_chunks_is_redone_and_the_replaced_vector
     assert _vector_ids(corpus) == now  # the first ingestion's vectors are gone, the second's there once
     assert corpus_index_store().for_search(corpus.pk).bm25_index.count == len(now)
     assert ledger_reconcile() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_embedded_default_runs_both_stages_on_its_background_threads(corpus, alice, settings):
+    import time
+
+    settings.PARSIMONY_INPROCESS_SYNC = False  # no broker: one background thread per queue, as `make run` does
+    document = document_upload(corpus=corpus, filename="zebra.txt", data=ZEBRA.encode(), user=alice)
+    job = Job.objects.get(kind="corpora.ingest")
+    deadline = time.monotonic() + 120
+    while not Job.objects.filter(pk=job.pk, status__in=[JobStatus.SUCCEEDED, JobStatus.FAILED]).exists():
+        assert time.monotonic() < deadline, Job.objects.get(pk=job.pk).message
+        time.sleep(0.1)
+    job.refresh_from_db()
+    assert (job.status, job.queue, job.attempts) == (JobStatus.SUCCEEDED, "gpu", 2), job.error
+    assert Document.objects.get(pk=document.pk).status == DocumentStatus.READY
+    assert _vector_ids(corpus) == set(Chunk.objects.values_list("vector_id", flat=True))
+    _close_background_connections()
+
+
+def _close_background_connections() -> None:
+    """The background threads keep their database connections: close them, so the test database can go."""
+    from django.db import connections
+
+    for executor in list(dispatch._executors.values()):
+        executor.submit(connections.close_all).result(timeout=30)
