@@ -140,3 +140,30 @@ def _close_background_connections() -> None:
 
     for executor in list(dispatch._executors.values()):
         executor.submit(connections.close_all).result(timeout=30)
+
+
+def test_an_ingestion_cancelled_during_its_parse_is_not_continued_and_its_hold_is_released(
+    corpus, alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.core.services import job_cancel
+    from apps.corpora.services import ingestion
+    from workers.tasks.ingestion import ingest_documents
+
+    with django_capture_on_commit_callbacks(execute=False):
+        document = document_upload(corpus=corpus, filename="zebra.txt", data=ZEBRA.encode(), user=alice)
+    job = Job.objects.get(kind="corpora.ingest")
+    real = ingestion._chunks_replace
+
+    def cancelled_meanwhile(**kwargs):
+        out = real(**kwargs)
+        job_cancel(job=Job.objects.get(pk=job.pk))  # a user cancels while the parse finishes
+        return out
+
+    monkeypatch.setattr(ingestion, "_chunks_replace", cancelled_meanwhile)
+    with django_capture_on_commit_callbacks(execute=True) as sent:
+        ingest_documents.run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.queue) == (JobStatus.CANCELLED, "cpu")  # not sent on to gpu
+    assert not sent
+    assert Document.objects.get(pk=document.pk).status == DocumentStatus.FAILED
+    assert Reservation.objects.get(pk=job.params["reservation_id"]).status == ReservationStatus.RELEASED
