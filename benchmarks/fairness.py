@@ -2,7 +2,7 @@
 still completes"): team B's short jobs, alone and while team A's long ingestion runs.
 
     .venv/bin/python -m benchmarks.fairness [--documents 300] [--group-chunks 32] [--runs 3] \
-        [--json out/fairness.json]
+        [--no-compare] [--json out/fairness.json]
 
 Needs PostgreSQL and Redis. ``--database-url`` (default postgresql://postgres@127.0.0.1:5432/parsimony_fairness)
 is dropped and created afresh; ``CELERY_BROKER_URL`` (default redis://127.0.0.1:6379/14) is the broker, its
@@ -15,10 +15,11 @@ the remote model. Team B's two short jobs, sent together:
 - ``embeddings``: an embedding request of one short text (``POST /v1/embeddings``: the ``gpu`` queue).
 
 Each latency is its Job row's ``finished_at - created_at``. Measured ``--runs`` times alone, then while team A
-ingests ``--documents`` one-chunk records (parsed on cpu, embedded on gpu): B's jobs are sent once A's
-ingestion is embedding. That is done with the gpu worker embedding in groups of ``--group-chunks`` chunks
-(the default shape: the job is queued again between groups) and, for comparison, in one group (the whole
-embedding in one gpu turn, as before the groups). Prints JSON: medians and every run.
+ingests ``--documents`` one-chunk records (parsed on cpu, embedded on gpu; an import makes one job per 500
+records): B's jobs are sent once one of A's jobs is embedding. That is done with the gpu worker embedding
+in groups of ``--group-chunks`` chunks (the job is queued again between groups) and, for comparison
+(unless ``--no-compare``), in one group (each job's whole embedding in one gpu turn, as before the
+groups). Prints JSON: medians and every run.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ def _b_latencies(job_ids: list[int], workers: Workers) -> dict[str, float]:
 
 
 def _during_ingestion(setup: dict[str, Any], run: int, documents: int, workers: Workers) -> dict[str, Any]:
+    """One run: team A imports ``documents`` records (one ingestion job per INGEST_JOB_DOCUMENTS of them);
+    team B's jobs go once one of A's jobs is embedding on the gpu worker."""
     from apps.core.models import Job
     from apps.corpora.services import corpus_create, documents_import_records
 
@@ -180,26 +183,26 @@ def _during_ingestion(setup: dict[str, Any], run: int, documents: int, workers: 
         json.dumps({"text": f"Run {run} fact {i}: river {i} flows north for {i * 7} km past {i} towns."})
         for i in range(documents)
     ).encode()
+    before = Job.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     documents_import_records(corpus=corpus, filename="rivers.jsonl", data=records, user=setup["user_a"])
-    ingestion = Job.objects.filter(kind="corpora.ingest", team=setup["team_a"]).order_by("-pk").first()
-    # B's jobs go once A's ingestion is embedding on the gpu worker.
-    _wait(lambda: Job.objects.filter(pk=ingestion.pk, queue="gpu", status="running").exists()
-          or Job.objects.filter(pk=ingestion.pk, status__in=FINISHED).exists(), timeout_s=600, workers=workers)
-    sent_while = Job.objects.get(pk=ingestion.pk).status
+    a_jobs = Job.objects.filter(kind="corpora.ingest", team=setup["team_a"], pk__gt=before)
+    _wait(lambda: a_jobs.filter(queue="gpu", status="running").exists()
+          or a_jobs.filter(status__in=FINISHED).exists(), timeout_s=600, workers=workers)
     latencies = _b_latencies(_b_jobs(setup), workers)
-    a_when_b_done = Job.objects.get(pk=ingestion.pk)
+    a_unfinished_when_b_done = a_jobs.exclude(status__in=FINISHED).count()
     ready_then = corpus.documents.filter(status="ready").count()
-    done = _wait(lambda: Job.objects.filter(pk=ingestion.pk, status__in=FINISHED).first(), timeout_s=900,
-                 workers=workers)
-    if done.status != "succeeded":
-        raise RuntimeError(f"team A's ingestion {done.status}: {done.error}")
+    _wait(lambda: not a_jobs.exclude(status__in=FINISHED).exists(), timeout_s=900, workers=workers)
+    done = list(a_jobs)
+    failed = [job for job in done if job.status != "succeeded"]
+    if failed:
+        raise RuntimeError(f"team A's ingestion {failed[0].status}: {failed[0].error}")
     return {
         **latencies,
-        "a_status_when_b_sent": sent_while,
-        "b_done_before_a": a_when_b_done.status not in FINISHED,
+        "a_jobs": len(done),
+        "b_done_before_a": a_unfinished_when_b_done > 0,
         "a_documents_ready_when_b_done": ready_then,
-        "a_ingestion_s": round((done.finished_at - done.created_at).total_seconds(), 2),
-        "a_gpu_turns": done.attempts - 1,
+        "a_ingestion_s": round((max(j.finished_at for j in done) - min(j.created_at for j in done)).total_seconds(), 2),
+        "a_gpu_turns": sum(job.attempts - 1 for job in done),
     }
 
 
@@ -240,6 +243,8 @@ def main() -> None:
     parser.add_argument("--group-chunks", type=int, default=32, help="chunks per gpu turn (the setting)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--database-url", default=os.environ.get("FAIRNESS_DATABASE_URL", DEFAULT_DATABASE_URL))
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="skip the comparison run with the whole embedding in one gpu turn per job")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -266,10 +271,11 @@ def main() -> None:
     }
     setup: dict[str, Any] = {}
     with FakeOpenAIServer(reply="Refunds are paid within 14 days.") as fake:
-        grouped = _config("groups", args.group_chunks, args, setup, var, fake.base_url)
-        one_turn = _config("one group", 10 * args.documents, args, setup, var, fake.base_url)
+        during = {"groups": _config("groups", args.group_chunks, args, setup, var, fake.base_url)}
+        if args.compare:
+            during["one_group"] = _config("one group", 10 * args.documents, args, setup, var, fake.base_url)
     report["b_alone"] = setup["alone"]
-    report["b_during_a_ingestion"] = {"groups": grouped, "one_group": one_turn}
+    report["b_during_a_ingestion"] = during
     print(write_json(Path(args.json), report) if args.json else json.dumps(report, indent=2))
 
 

@@ -25,6 +25,7 @@ TASK_NAME_PREFIX = "parsimony."
 JOB_QUEUES: dict[str, str] = {
     "diagnostics.probe_cpu": "cpu",
     "diagnostics.probe_gpu": "gpu",
+    "diagnostics.probe_io": "io",
     "diagnostics.time_limit_gpu": "gpu",  # checks that the gpu pool enforces time limits (operations.md)
     "corpora.ingest": "cpu",  # parse + chunk here; it continues on gpu to embed (JOB_QUEUE_CHOICES)
     "corpora.rebuild_index": "gpu",
@@ -48,7 +49,7 @@ JOB_QUEUE_CHOICES: dict[str, tuple[str, ...]] = {
 # mark; a prefill bills once per reservation. Other kinds (queries, agents) are failed with a reason:
 # running them again would bill their model calls twice.
 JOB_REDELIVERABLE: frozenset[str] = frozenset(
-    {"corpora.ingest", "attention.prefill", "diagnostics.probe_cpu", "diagnostics.probe_gpu"}
+    {"corpora.ingest", "attention.prefill", "diagnostics.probe_cpu", "diagnostics.probe_gpu", "diagnostics.probe_io"}
 )
 
 # What a job's own records become when it ends without its task finishing them (reaped, cancelled, or

@@ -69,7 +69,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def worker_probe(request: HttpRequest) -> HttpResponse:
     """Send a probe job to a queue's workers: the quickest way to see a worker is alive."""
-    queue = "gpu" if request.POST.get("queue") == "gpu" else "cpu"
+    queue = request.POST.get("queue") if request.POST.get("queue") in ("gpu", "io") else "cpu"
     if request.membership is None or not request.membership.has_role("member"):
         messages.error(request, "Viewers cannot start jobs.")
         return redirect("jobs")

@@ -120,3 +120,18 @@ def test_another_teams_short_jobs_complete_while_a_long_ingestion_runs(
     assert done.attempts == 1 + DOCUMENTS // GROUP_CHUNKS  # one parse, then one gpu turn per group
     assert not Reservation.objects.filter(status=ReservationStatus.HELD).exists()
     assert ledger_reconcile() == []
+
+
+def test_a_message_from_a_queue_the_job_has_left_does_not_run_it(celery_processes, team_a):
+    from apps.core.services import job_create
+    from workers.celery import app
+
+    processes = celery_processes()
+    cpu = processes.worker("cpu", queues="cpu")
+    # The row names gpu (say the job moved on to its next stage); a message of its cpu stage arrives late.
+    job = job_create(kind="diagnostics.probe_cpu", team=team_a, queue="gpu")
+    app.send_task("parsimony.diagnostics.probe_cpu", args=(job.pk,), queue="cpu")
+    log = processes.tmp_path / "cpu.log"
+    wait_for(lambda: "on another queue; skipping" in log.read_text(), timeout=120, processes=processes, alive=[cpu])
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)

@@ -150,9 +150,12 @@ class JobTask(Task):
             job_services.job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}", attempt=attempt)
         else:
             if isinstance(result, JobContinue):  # the next stage, on its queue (maybe this one, behind others)
-                job_services.job_continue(
+                if not job_services.job_continue(
                     job_id=job_id, queue=result.queue, params=result.params, message=result.message, attempt=attempt
-                )
+                ):
+                    job.refresh_from_db()  # cancelled during the stage: settle what the cancel left to it
+                    if job.status == JobStatus.CANCELLED and job.attempts == attempt:
+                        job_services.job_end(job=job, outcome=JobEnd.CANCELLED, reason="cancelled")
                 return
             job_services.job_succeed(job_id=job_id, result=result or {}, attempt=attempt)
 

@@ -58,6 +58,12 @@ def probe_gpu(job: Job, progress: Progress) -> dict:
     return _probe(job, progress)
 
 
+@job_task(kind="diagnostics.probe_io", queue=Queue.IO, soft_time_limit=120, time_limit=180)
+def probe_io(job: Job, progress: Progress) -> dict:
+    """Probe an `io` queue worker (the threads pool that calls remote model endpoints)."""
+    return _probe(job, progress)
+
+
 # The limits of the time-limit probe: short, so checking a worker costs seconds.
 LIMIT_PROBE_SOFT_S = 1
 LIMIT_PROBE_HARD_S = 2

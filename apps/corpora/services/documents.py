@@ -41,7 +41,8 @@ from apps.costs.services.holds import Hold, hold_open
 
 INGEST_KIND = "corpora.ingest"
 INGEST_JOB_DOCUMENTS = 500  # documents per ingestion job (bulk imports are split)
-# An ingestion hold lives until its job has run: it may wait behind other jobs on the gpu queue.
+# An ingestion hold lives until its job has run: it may wait behind other jobs on the cpu and gpu queues
+# (and is renewed for as long again between two of its gpu turns).
 INGEST_HOLD_TTL_S = 6 * 3600
 
 
@@ -119,7 +120,7 @@ def _ingest_job_start(*, corpus_id: int, team: Any, documents: list[Document], u
 def documents_ingest_start(
     *, documents: Iterable[Document], user: Any = None, api_key: Any = None, hold: Hold | None = None
 ) -> list[Job]:
-    """Start ingestion jobs on the gpu queue, each under its own hold.
+    """Start ingestion jobs (parsed on the cpu queue, embedded on the gpu queue), each under its own hold.
 
     With ``hold`` (opened by the caller before it stored anything): one job for all the documents.
     Without: one job per INGEST_JOB_DOCUMENTS documents per corpus, each batch reserving from its

@@ -7,7 +7,10 @@
   4. under the index lock: remove the old and new ids from FAISS, add exactly the new
      ids, save atomically; rebuild BM25 from the DB; save atomically (``index_apply``);
   5. one DB transaction marks the documents ready and writes the embedding ledger row.
-A worker killed anywhere in between leaves the documents ``processing``; searches only
+In-process (``documents_ingest``: ``manage.py ingest``, the seeders) the steps run in one go; an
+ingestion job runs them in stages on two queues, parse on ``cpu`` and embed on ``gpu`` one group of
+documents per turn (``ingest_job_run``, below). A worker killed anywhere in between leaves the documents
+``processing``; searches only
 return chunks of ready documents, and the retry starts again at 1, first removing the
 vectors and chunks of the earlier attempt, so exactly one copy remains.
 

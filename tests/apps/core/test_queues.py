@@ -122,3 +122,16 @@ def test_a_message_from_a_queue_the_job_is_not_on_does_not_claim_it(team_a):
     assert not services.job_claim(job_id=job.pk, worker="w:1", queue="gpu")
     assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
     assert services.job_claim(job_id=job.pk, worker="w:1", queue="io")
+
+
+def test_every_queue_has_a_worker_probe(team_a, alice, client, django_capture_on_commit_callbacks):
+    from apps.core.jobs import JOB_REDELIVERABLE
+
+    assert {JOB_QUEUES[f"diagnostics.probe_{queue}"] for queue in ("cpu", "gpu", "io")} == {"cpu", "gpu", "io"}
+    assert "diagnostics.probe_io" in JOB_REDELIVERABLE
+    client.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/jobs/probe/", {"queue": "io"})
+    assert response.status_code == 302
+    job = Job.objects.get(kind="diagnostics.probe_io")
+    assert (job.queue, job.status, job.team_id) == ("io", JobStatus.SUCCEEDED, team_a.pk)

@@ -114,3 +114,56 @@ def test_a_parse_killed_after_replacing_chunks_is_redone_and_the_replaced_vector
     assert _vector_ids(corpus) == now  # the first ingestion's vectors are gone, the second's there once
     assert corpus_index_store().for_search(corpus.pk).bm25_index.count == len(now)
     assert ledger_reconcile() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_embedded_default_runs_both_stages_on_its_background_threads(corpus, alice, settings):
+    import time
+
+    settings.PARSIMONY_INPROCESS_SYNC = False  # no broker: one background thread per queue, as `make run` does
+    document = document_upload(corpus=corpus, filename="zebra.txt", data=ZEBRA.encode(), user=alice)
+    job = Job.objects.get(kind="corpora.ingest")
+    deadline = time.monotonic() + 120
+    while not Job.objects.filter(pk=job.pk, status__in=[JobStatus.SUCCEEDED, JobStatus.FAILED]).exists():
+        assert time.monotonic() < deadline, Job.objects.get(pk=job.pk).message
+        time.sleep(0.1)
+    job.refresh_from_db()
+    assert (job.status, job.queue, job.attempts) == (JobStatus.SUCCEEDED, "gpu", 2), job.error
+    assert Document.objects.get(pk=document.pk).status == DocumentStatus.READY
+    assert _vector_ids(corpus) == set(Chunk.objects.values_list("vector_id", flat=True))
+    _close_background_connections()
+
+
+def _close_background_connections() -> None:
+    """The background threads keep their database connections: close them, so the test database can go."""
+    from django.db import connections
+
+    for executor in list(dispatch._executors.values()):
+        executor.submit(connections.close_all).result(timeout=30)
+
+
+def test_an_ingestion_cancelled_during_its_parse_is_not_continued_and_its_hold_is_released(
+    corpus, alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.core.services import job_cancel
+    from apps.corpora.services import ingestion
+    from workers.tasks.ingestion import ingest_documents
+
+    with django_capture_on_commit_callbacks(execute=False):
+        document = document_upload(corpus=corpus, filename="zebra.txt", data=ZEBRA.encode(), user=alice)
+    job = Job.objects.get(kind="corpora.ingest")
+    real = ingestion._chunks_replace
+
+    def cancelled_meanwhile(**kwargs):
+        out = real(**kwargs)
+        job_cancel(job=Job.objects.get(pk=job.pk))  # a user cancels while the parse finishes
+        return out
+
+    monkeypatch.setattr(ingestion, "_chunks_replace", cancelled_meanwhile)
+    with django_capture_on_commit_callbacks(execute=True) as sent:
+        ingest_documents.run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.queue) == (JobStatus.CANCELLED, "cpu")  # not sent on to gpu
+    assert not sent
+    assert Document.objects.get(pk=document.pk).status == DocumentStatus.FAILED
+    assert Reservation.objects.get(pk=job.params["reservation_id"]).status == ReservationStatus.RELEASED
