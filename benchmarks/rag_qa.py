@@ -74,11 +74,12 @@ def _records_jsonl(passages: list[dict]) -> bytes:
     return "\n".join(json.dumps(row, ensure_ascii=False) for row in rows).encode()
 
 
-def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
-    """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats."""
+def _load_tasks(dataset: Path, limit: int, offset: int = 0) -> tuple[str, list[dict]]:
+    """[(question, answers, passages-for-its-corpus, corpus-key)] in one of the two formats: ``limit``
+    questions from the ``offset``-th."""
     if (dataset / "questions_with_paragraphs.jsonl").exists():
         tasks = []
-        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[:limit]:
+        for row in read_jsonl(dataset / "questions_with_paragraphs.jsonl")[offset:offset + limit]:
             passages = [
                 {"pid": p["pid"], "title": p["title"], "text": "".join(p["sentences"]).strip()}
                 for p in row["paragraphs"]
@@ -88,7 +89,7 @@ def _load_tasks(dataset: Path, limit: int) -> tuple[str, list[dict]]:
             )
         return "hotpotqa", tasks
     passages = {p["pid"]: p for p in read_jsonl(dataset / "passages.jsonl")}
-    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][:limit]
+    questions = [q for q in read_jsonl(dataset / "questions.jsonl") if q.get("gold_pids")][offset:offset + limit]
     gold = [pid for q in questions for pid in q["gold_pids"]]
     others = [pid for pid in passages if pid not in set(gold)][: 5 * len(questions)]
     shared = [passages[pid] for pid in dict.fromkeys(gold + others)]
@@ -133,37 +134,39 @@ def _loop_check(pipelines: dict):
 
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # cosine weights tried on the calibration half
+DECAYS = (1.0, 0.8, 0.6)  # rank decays tried on the calibration half
 
 
 def _quality_report(rows: list[dict]) -> dict:
-    """The quality signals' figures: the cosine weight and the sentence threshold calibrated on the first
-    half of ``rows`` (the weight with the best support AUROC, then the Youden-optimal cut), reported on
-    the second half."""
+    """The quality signals' figures: the cosine weight and rank decay (the pair with the best support AUROC)
+    and the sentence threshold (the Youden-optimal cut) calibrated on the first half of ``rows``, reported
+    on the second half."""
     from workers.rag.quality import (
         Thresholds,
         auroc,
         calibrate_threshold,
+        position_mean,
         quality_label,
         rescore,
         support_share,
     )
 
-    def sentence_scores(row: dict, weight: float) -> list[float]:
-        return [rescore(sentence, weight) for sentence in row["sentences"]]
+    def sentence_scores(row: dict, setting: tuple[float, float]) -> list[float]:
+        return [rescore(sentence, *setting) for sentence in row["sentences"]]
 
-    def score(row: dict, weight: float) -> float:
-        scores = sentence_scores(row, weight)
-        return sum(scores) / len(scores) if scores else 0.0
+    def score(row: dict, setting: tuple[float, float]) -> float:
+        return position_mean(sentence_scores(row, setting)) or 0.0
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
     positives = [r["contained"] > 0 for r in calibration]
-    by_weight = {w: auroc([score(r, w) for r in calibration], positives) for w in WEIGHTS}
-    weight = max(WEIGHTS, key=lambda w: (by_weight[w] or 0.0, -abs(w - 0.5)))
-    cut = calibrate_threshold([score(r, weight) for r in calibration], positives,
+    settings = [(w, d) for w in WEIGHTS for d in DECAYS]
+    by_setting = {s: auroc([score(r, s) for r in calibration], positives) for s in settings}
+    setting = max(settings, key=lambda s: (by_setting[s] or 0.0, -abs(s[0] - 0.5), s[1]))
+    cut = calibrate_threshold([score(r, setting) for r in calibration], positives,
                               candidates=[round(0.05 * i, 2) for i in range(1, 20)])
-    thresholds = Thresholds(sentence=cut, cosine_weight=weight)
-    shares = [support_share(sentence_scores(r, weight), cut) for r in report]
+    thresholds = Thresholds(sentence=cut, cosine_weight=setting[0], rank_decay=setting[1])
+    shares = [support_share(sentence_scores(r, setting), cut) for r in report]
     labels = Counter(
         quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
         for r, share in zip(report, shares, strict=True)
@@ -177,7 +180,7 @@ def _quality_report(rows: list[dict]) -> dict:
         return None if value is None else round(value, 4)
 
     return {
-        "support_auroc": rounded(auroc([score(r, weight) for r in report], contained_report)),
+        "support_auroc": rounded(auroc([score(r, setting) for r in report], contained_report)),
         "support_auroc_shipped": rounded(auroc([r["support_score"] or 0.0 for r in report], contained_report)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
@@ -193,8 +196,8 @@ def _quality_report(rows: list[dict]) -> dict:
         "labels_all_shipped": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
         "quality_split": {
             "calibration": f"questions 1-{half}", "report": f"questions {half + 1}-{len(rows)}",
-            "cosine_weight": weight, "sentence_threshold": cut,
-            "calibration_auroc_by_weight": {str(w): rounded(a) for w, a in by_weight.items()},
+            "cosine_weight": setting[0], "rank_decay": setting[1], "sentence_threshold": cut,
+            "calibration_auroc_by_weight_and_decay": {f"{w}/{d}": rounded(a) for (w, d), a in by_setting.items()},
         },
     }
 
@@ -204,6 +207,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--configs", help="JSON list of pipeline configs (inline or a file path)")
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many questions first")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--remote-price", default="gpt-4o-mini", help="price-book name for the 'same tokens at' column")
     args = parser.parse_args()
@@ -229,7 +233,7 @@ def main() -> None:
         call_command("import_prices", str(prices), "--only", args.remote_price, verbosity=0)
         remote_price = price_current(model_name=args.remote_price)
 
-        dataset_kind, tasks = _load_tasks(args.dataset, args.limit)
+        dataset_kind, tasks = _load_tasks(args.dataset, args.limit, args.offset)
         team = team_create(name="bench")
         started = time.perf_counter()
         corpora = _corpora(team, tasks)
@@ -283,6 +287,8 @@ def main() -> None:
                         "sentences": (run.quality or {}).get("sentences", []),
                         "question": task["question"],
                         "gold": task["answers"],
+                        "citations": [{k: c.get(k) for k in ("n", "score", "retrievers", "document_title", "snippet")}
+                                      for c in run.citations],
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
@@ -316,6 +322,7 @@ def main() -> None:
             "dataset": args.dataset.name,
             "dataset_format": dataset_kind,
             "n": len(tasks),
+            "offset": args.offset,
             "ingest_s": round(ingest_s, 1),
             "torch_threads": int(os.environ["PARSIMONY_TORCH_THREADS"]),
             "configs": results,
