@@ -28,8 +28,9 @@ below is reported on the **second half**: `support_auroc` (the support score ran
 answers first; `support_auroc_shipped`: with the shipped weights), `support_share_auroc` (the
 supported-sentence share at the calibrated threshold), `retrieval_confidence_auroc` (runs with a
 confidence only), `labels` ({label: share}) and `contained_by_label` (the accuracy within each);
-`labels_all_shipped` is the share of each stored label (the shipped thresholds) over every question.
-Every question's answer and quality details go to `<json>.rows.jsonl`.
+`labels_all_shipped` is the share of each label with the shipped thresholds over every question.
+Every question's answer and quality details go to `<json>.rows.jsonl`; `--quality-from-rows
+<rows.jsonl> --json out.json` recomputes these figures from it without generating again.
 """
 
 from __future__ import annotations
@@ -174,14 +175,21 @@ def _quality_report(rows: list[dict]) -> dict:
     contained_report = [r["contained"] > 0 for r in report]
     confident = [(r["retrieval_confidence"], r["contained"] > 0)
                  for r in report if r["retrieval_confidence"] is not None]
-    stored = Counter(r["quality_label"] or "not assessed" for r in rows)
+    # The shipped defaults (workers.rag.quality.Thresholds), applied to every question.
+    defaults = Thresholds()
+    shipped = (defaults.cosine_weight, defaults.rank_decay)
+    stored = Counter(
+        quality_label(finish_reason=r["finish_reason"], answer=r["answer"],
+                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults)
+        for r in rows
+    )
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 4)
 
     return {
         "support_auroc": rounded(auroc([score(r, setting) for r in report], contained_report)),
-        "support_auroc_shipped": rounded(auroc([r["support_score"] or 0.0 for r in report], contained_report)),
+        "support_auroc_shipped": rounded(auroc([score(r, shipped) for r in report], contained_report)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
             auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
@@ -204,13 +212,25 @@ def _quality_report(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--dataset", type=Path)
+    parser.add_argument("--quality-from-rows", type=Path,
+                        help="only recompute the quality figures from a <json>.rows.jsonl (nothing generated)")
     parser.add_argument("--configs", help="JSON list of pipeline configs (inline or a file path)")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--offset", type=int, default=0, help="skip this many questions first")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--remote-price", default="gpt-4o-mini", help="price-book name for the 'same tokens at' column")
     args = parser.parse_args()
+    if args.quality_from_rows:
+        by_config: dict[str, list[dict]] = {}
+        for row in read_jsonl(args.quality_from_rows):
+            by_config.setdefault(row["config"], []).append(row)
+        report = {name: _quality_report(rows) for name, rows in by_config.items()}
+        write_json(args.json, {"rows": str(args.quality_from_rows), "configs": report})
+        print(json.dumps(report, indent=2))
+        return
+    if args.dataset is None:
+        parser.error("--dataset is required")
     configs = DEFAULT_CONFIGS
     if args.configs:
         raw = Path(args.configs).read_text() if Path(args.configs).exists() else args.configs
