@@ -32,8 +32,9 @@ below is reported on the **second half**: `support_auroc` (the support score ran
 answers first; `support_auroc_shipped`: with the shipped weights), `support_share_auroc` (the
 supported-sentence share at the calibrated threshold), `retrieval_confidence_auroc` (runs with a
 confidence only), `labels` ({label: share}) and `contained_by_label` (the accuracy within each);
-`labels_all_shipped` is the share of each stored label (the shipped thresholds) over every question.
-Every question's answer and quality details go to `<json>.rows.jsonl`.
+`labels_all_shipped` is the share of each label with the shipped thresholds over every question.
+Every question's answer and quality details go to `<json>.rows.jsonl`; `--quality-from-rows
+<rows.jsonl> --json out.json` recomputes these figures from it without generating again.
 """
 
 from __future__ import annotations
@@ -139,37 +140,39 @@ def _loop_check(pipelines: dict):
 
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # cosine weights tried on the calibration half
+DECAYS = (1.0, 0.8, 0.6)  # rank decays tried on the calibration half
 
 
 def _quality_report(rows: list[dict]) -> dict:
-    """The quality signals' figures: the cosine weight and the sentence threshold calibrated on the first
-    half of ``rows`` (the weight with the best support AUROC, then the Youden-optimal cut), reported on
-    the second half."""
+    """The quality signals' figures: the cosine weight and rank decay (the pair with the best support AUROC)
+    and the sentence threshold (the Youden-optimal cut) calibrated on the first half of ``rows``, reported
+    on the second half."""
     from workers.rag.quality import (
         Thresholds,
         auroc,
         calibrate_threshold,
+        position_mean,
         quality_label,
         rescore,
         support_share,
     )
 
-    def sentence_scores(row: dict, weight: float) -> list[float]:
-        return [rescore(sentence, weight) for sentence in row["sentences"]]
+    def sentence_scores(row: dict, setting: tuple[float, float]) -> list[float]:
+        return [rescore(sentence, *setting) for sentence in row["sentences"]]
 
-    def score(row: dict, weight: float) -> float:
-        scores = sentence_scores(row, weight)
-        return sum(scores) / len(scores) if scores else 0.0
+    def score(row: dict, setting: tuple[float, float]) -> float:
+        return position_mean(sentence_scores(row, setting)) or 0.0
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
     positives = [r["contained"] > 0 for r in calibration]
-    by_weight = {w: auroc([score(r, w) for r in calibration], positives) for w in WEIGHTS}
-    weight = max(WEIGHTS, key=lambda w: (by_weight[w] or 0.0, -abs(w - 0.5)))
-    cut = calibrate_threshold([score(r, weight) for r in calibration], positives,
+    settings = [(w, d) for w in WEIGHTS for d in DECAYS]
+    by_setting = {s: auroc([score(r, s) for r in calibration], positives) for s in settings}
+    setting = max(settings, key=lambda s: (by_setting[s] or 0.0, -abs(s[0] - 0.5), s[1]))
+    cut = calibrate_threshold([score(r, setting) for r in calibration], positives,
                               candidates=[round(0.05 * i, 2) for i in range(1, 20)])
-    thresholds = Thresholds(sentence=cut, cosine_weight=weight)
-    shares = [support_share(sentence_scores(r, weight), cut) for r in report]
+    thresholds = Thresholds(sentence=cut, cosine_weight=setting[0], rank_decay=setting[1])
+    shares = [support_share(sentence_scores(r, setting), cut) for r in report]
     labels = Counter(
         quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
         for r, share in zip(report, shares, strict=True)
@@ -177,14 +180,21 @@ def _quality_report(rows: list[dict]) -> dict:
     contained_report = [r["contained"] > 0 for r in report]
     confident = [(r["retrieval_confidence"], r["contained"] > 0)
                  for r in report if r["retrieval_confidence"] is not None]
-    stored = Counter(r["quality_label"] or "not assessed" for r in rows)
+    # The shipped defaults (workers.rag.quality.Thresholds), applied to every question.
+    defaults = Thresholds()
+    shipped = (defaults.cosine_weight, defaults.rank_decay)
+    stored = Counter(
+        quality_label(finish_reason=r["finish_reason"], answer=r["answer"],
+                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults)
+        for r in rows
+    )
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 4)
 
     return {
-        "support_auroc": rounded(auroc([score(r, weight) for r in report], contained_report)),
-        "support_auroc_shipped": rounded(auroc([r["support_score"] or 0.0 for r in report], contained_report)),
+        "support_auroc": rounded(auroc([score(r, setting) for r in report], contained_report)),
+        "support_auroc_shipped": rounded(auroc([score(r, shipped) for r in report], contained_report)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
             auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
@@ -199,15 +209,17 @@ def _quality_report(rows: list[dict]) -> dict:
         "labels_all_shipped": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
         "quality_split": {
             "calibration": f"questions 1-{half}", "report": f"questions {half + 1}-{len(rows)}",
-            "cosine_weight": weight, "sentence_threshold": cut,
-            "calibration_auroc_by_weight": {str(w): rounded(a) for w, a in by_weight.items()},
+            "cosine_weight": setting[0], "rank_decay": setting[1], "sentence_threshold": cut,
+            "calibration_auroc_by_weight_and_decay": {f"{w}/{d}": rounded(a) for (w, d), a in by_setting.items()},
         },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--dataset", type=Path)
+    parser.add_argument("--quality-from-rows", type=Path,
+                        help="only recompute the quality figures from a <json>.rows.jsonl (nothing generated)")
     parser.add_argument("--configs", help="JSON list of pipeline configs (inline or a file path)")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--offset", type=int, default=0, help="skip the first questions (a held-out split)")
@@ -217,6 +229,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--remote-price", default="gpt-4o-mini", help="price-book name for the 'same tokens at' column")
     args = parser.parse_args()
+    if args.quality_from_rows:
+        by_config: dict[str, list[dict]] = {}
+        for row in read_jsonl(args.quality_from_rows):
+            by_config.setdefault(row["config"], []).append(row)
+        report = {name: _quality_report(rows) for name, rows in by_config.items()}
+        write_json(args.json, {"rows": str(args.quality_from_rows), "configs": report})
+        print(json.dumps(report, indent=2))
+        return
+    if args.dataset is None:
+        parser.error("--dataset is required")
     configs = DEFAULT_CONFIGS
     if args.configs:
         raw = Path(args.configs).read_text() if Path(args.configs).exists() else args.configs
@@ -291,6 +313,8 @@ def main() -> None:
                         "sentences": (run.quality or {}).get("sentences", []),
                         "question": task["question"],
                         "gold": task["answers"],
+                        "citations": [{k: c.get(k) for k in ("n", "score", "retrievers", "document_title", "snippet")}
+                                      for c in run.citations],
                     }
                 )
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "

@@ -12,6 +12,7 @@ from workers.rag.quality import (
     best_hit_score,
     calibrate_threshold,
     clean_citations,
+    position_mean,
     quality_label,
     rescore,
     retrieval_confidence,
@@ -72,7 +73,7 @@ def test_the_cosine_part_comes_from_the_embedder():
         "text": "Unrelated words here.", "score": 0.5, "passage": 1}
     assert scored[0]["cosines"] == [1.0, 0.0] and scored[0]["overlaps"] == [0.0, 0.0]
     # Stored components rescore under another weight (the benchmark calibrates it).
-    assert rescore(scored[0], 1.0) == 1.0 and rescore(scored[0], 0.0) == 0.0
+    assert rescore(scored[0], 1.0, 1.0) == 1.0 and rescore(scored[0], 0.0, 1.0) == 0.0
 
 
 def test_a_refused_embedding_falls_back_to_token_overlap():
@@ -87,6 +88,18 @@ def test_assess_labels_a_supported_answer_grounded_and_an_invented_one_unsupport
     _, quality = assess(answer="The company's CEO, John Smith, founded it.", finish_reason="stop",
                         passages=PASSAGES)
     assert quality.label == "unsupported" and quality.support == 0.0
+
+
+def test_support_by_lower_ranked_passages_counts_less_and_the_opening_sentence_most():
+    scored, _ = sentence_scores("Paris is the capital of France.", PASSAGES, rank_decay=0.5)
+    assert scored[0]["passage"] == 2 and scored[0]["score"] == 0.5  # the second passage: half
+    assert rescore(scored[0], 0.5, 1.0) == 1.0
+    assert position_mean([1.0, 0.0]) == pytest.approx(2 / 3) and position_mean([]) is None
+
+
+def test_an_answer_with_nothing_to_assess_is_degenerate():
+    _, quality = assess(answer="The answer is:", finish_reason="stop", passages=PASSAGES)
+    assert quality.label == "degenerate" and quality.support is None
 
 
 def test_half_supported_is_weak():
@@ -108,7 +121,7 @@ def test_degenerate_and_abstained_labels_come_from_the_finish_reason():
 def test_label_thresholds_are_the_calibrated_ones():
     strict = Thresholds(sentence=0.5, grounded=1.0, weak=0.9)
     assert quality_label(finish_reason="stop", answer="x", support=0.95, thresholds=strict) == "weak"
-    assert quality_label(finish_reason="stop", answer="x", support=None) == "unsupported"
+    assert quality_label(finish_reason="stop", answer="The answer is:", support=None) == "degenerate"
 
 
 def test_retrieval_confidence_is_a_percentile_of_earlier_best_scores():
