@@ -58,7 +58,8 @@ from benchmarks.common import ROOT, read_jsonl, setup_django, write_json
 from benchmarks.metering import _ensure_database, _percentile
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/parsimony_cost_truth"
-DATA = ROOT.parent / "shared" / "data"
+# The shared data sets (../shared/data beside the checkout; PARSIMONY_SHARED_DATA from a worktree elsewhere).
+DATA = Path(os.environ.get("PARSIMONY_SHARED_DATA") or ROOT.parent / "shared" / "data")
 PRICES = DATA / "llm-prices" / "litellm-1.110.2_model_prices_and_context_window.json"
 REMOTE_PRICE = "gpt-4o-mini"
 LOCAL_MODEL = "smollm2-135m-instruct"
