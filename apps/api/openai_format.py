@@ -140,7 +140,7 @@ def _agent_run_usage(run: AgentRun) -> dict:
 
 def _agent_run_parsimony(run: AgentRun) -> dict:
     return {"agent_run_id": run.pk, "cost": money_str(run.cost), "model_calls": run.model_calls,
-            "tools_offered": run.tools_offered, "tools_called": run.tools_called}
+            "tools_offered": run.tools_offered, "tools_called": run.tools_called, "tool_outcome": run.tool_outcome}
 
 
 QUERY_RUN_CHAT = ChatRunShape(

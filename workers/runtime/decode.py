@@ -297,7 +297,8 @@ def decode(
     the decode with "repetition" on the token that completes it (the text keeps the loop as
     streamed, so streamed pieces still concatenate to it).
     `constraint`: a grammar (`workers.runtime.grammar.TokenConstraint`): before each pick the tokens it
-    forbids are masked out, and the decode stops ("stop") once its document is complete.
+    forbids are masked out, and the decode stops ("stop") once its document is complete; the
+    degeneration guard is off under it (the schema bounds the document).
     """
     import torch
 
@@ -306,7 +307,9 @@ def decode(
     decoding = decoding or DecodingSettings()
     if decoding.stop:
         stop = [*(stop or []), *(s for s in decoding.stop if s not in (stop or []))]
-    guard = decoding.repetition_guard and not ignore_eos
+    # Under a grammar the schema bounds the output (`workers.runtime.grammar`: a bounded answer is closed at
+    # its limit); stopping a loop mid-document would only leave it invalid.
+    guard = decoding.repetition_guard and not ignore_eos and constraint is None
     processors = logits_processors(decoding)
     stream = TextStream(tokenizer, on_token, stop) if on_token is not None else None
     stop_criteria = None

@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 # The JSON the grammar allows: compact separators as the prompts' demonstrations write them, no free
 # white space (a small model under a permissive grammar pads with newlines until the token cap).
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-# A final answer's characters at most: an unbounded string lets a looping model run to the cap.
-ANSWER_MAX_CHARS = 400
+# A final answer's characters at most. An unbounded string lets a looping model run to the token cap
+# and leave the document unfinished; bounded, the grammar closes the string at the limit, so the step
+# stays a valid answer within the agent's 128-token calls (~40 tokens of English; numbers are 1 token
+# per digit). Under a grammar the decode loop's degeneration guard is off: the schema bounds the output.
+ANSWER_MAX_CHARS = 160
 
 
 def strict_parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:

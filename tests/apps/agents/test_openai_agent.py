@@ -36,6 +36,7 @@ def test_a_chat_completion_with_an_agents_name_runs_the_agent(client, script):
     assert completion.usage.prompt_tokens == sum(r.prompt_tokens for r in steps) > 0
     assert completion.usage.completion_tokens == sum(r.completion_tokens for r in steps)
     assert run.tools_called == ["area_rectangle"]
+    assert completion.model_extra["parsimony"]["tool_outcome"] == "tools_called"
 
 
 def test_the_agent_streams_and_reports_usage_from_the_ledger(client, script):

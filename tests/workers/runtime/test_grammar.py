@@ -93,3 +93,27 @@ def test_the_real_model_emits_a_schema_valid_call_to_an_offered_tool(smollm2, ta
     repaired, problems = validate_arguments(REGISTRY[call["tool"]].parameters, call["arguments"])
     assert problems == []
     assert set(call["arguments"]) <= set(REGISTRY[call["tool"]].parameters["properties"])
+
+
+def test_a_looping_answer_is_closed_at_its_length_limit_not_cut_mid_document(smollm2):
+    # Scripted logits: the model wants " loop" forever. The degeneration guard would stop it mid-string (an
+    # invalid document); under the grammar the answer's maxLength closes the string and the object instead.
+    from workers.runtime.decode import decode, eos_ids
+
+    tokenizer = smollm2.tokenizer
+    loop = tokenizer.encode(" loop", add_special_tokens=False)
+    assert len(loop) == 1
+    vocab = smollm2.model.config.vocab_size
+
+    def logits() -> torch.Tensor:
+        out = torch.zeros(vocab)
+        out[loop[0]] = 10.0
+        return out
+
+    constraint = json_grammar(tool_call_schema([], answer_max_chars=30), tokenizer).constraint()
+    result = decode(first_logits=logits(), step=lambda token: logits(), tokenizer=tokenizer, eos=eos_ids(smollm2),
+                    max_new_tokens=64, deadline=float("inf"), constraint=constraint)
+    document = json.loads(result.text)
+    assert result.finish_reason == "stop"
+    assert document["answer"].startswith(" loop loop") and len(document["answer"]) <= 30
+    assert constraint.finished
