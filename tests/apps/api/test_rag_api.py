@@ -30,7 +30,7 @@ def test_it_creates_a_pipeline_and_rejects_unknown_methods_with_the_valid_ones(t
     assert bad.status_code == 400
     error = bad.json()["error"]
     assert "unknown compression method 'zip' (valid: extractive, none, semantic_prune" in error["message"]
-    assert "unknown prompting strategy 'magic' (valid: naive" in error["message"]
+    assert "unknown prompting strategy 'magic' (valid: extractive_answer, naive, superposition)" in error["message"]
     unknown_model = client.post("/api/v1/pipelines", {"name": "x", "model": "gpt-9"}, format="json")
     assert unknown_model.status_code == 400
     assert "unknown model 'gpt-9' (available: smollm2-135m-instruct)" in unknown_model.json()["error"]["message"]
