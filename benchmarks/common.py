@@ -73,6 +73,18 @@ def wait_ready(port: int, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
 
 
+def stop_process_group(process: Any, timeout_s: float) -> None:
+    """SIGTERM the process group a benchmark started (``start_new_session=True``), SIGKILL it after ``timeout_s``."""
+    import signal
+    import subprocess
+
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def documented_commands() -> dict[str, list[str]]:
     """{benchmark: its docstring's command lines}, for every script in benchmarks/ that has some."""
     out: dict[str, list[str]] = {}

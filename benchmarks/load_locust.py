@@ -37,7 +37,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from benchmarks.celery_workers import CeleryProcesses, broker_purge
-from benchmarks.common import wait_ready
+from benchmarks.common import stop_process_group, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -354,11 +353,7 @@ def _load(args: argparse.Namespace, var: Path, plan: list[dict], report: dict) -
         seen = [Decimal(cost) for cost in json.loads(costs_path.read_text())] if costs_path.exists() else []
         ledger = _ledger([team["team_id"] for team in plan], wait_s=120)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server, 30)
     client_total = sum(seen, Decimal(0))
     report["costs"] = {
         "client_reported_calls": len(seen),

@@ -19,7 +19,6 @@ import argparse
 import http.client
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, free_port, wait_ready, write_json
+from benchmarks.common import ROOT, free_port, stop_process_group, wait_ready, write_json
 
 BIN = Path(sys.executable).parent
 
@@ -116,11 +115,7 @@ def measure(command: list[str], *, streams: int, events: int, every: float) -> d
             "plain_ttfb_max_s": round(max(served), 3) if served else None,
         }
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server, 15)
         shutil.rmtree(var, ignore_errors=True)
 
 

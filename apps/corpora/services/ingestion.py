@@ -205,6 +205,18 @@ def _chunks_replace(*, documents: list[Document], chunked: dict[int, list]) -> t
     return old_ids, new_ids
 
 
+def _tokens_by_uploader(token_counts: dict[int, int]) -> dict[Any, int]:
+    """{uploader: embedded tokens} of the documents in ``token_counts`` ({document id: tokens}): the
+    embedding's ledger row is split by who uploaded what."""
+    tokens_by_user: dict[Any, int] = defaultdict(int)
+    uploaders = {
+        d.pk: d.uploaded_by for d in Document.objects.filter(pk__in=token_counts).select_related("uploaded_by")
+    }
+    for doc_id, tokens in token_counts.items():
+        tokens_by_user[uploaders[doc_id]] += tokens
+    return tokens_by_user
+
+
 def _documents_mark_ready(
     *, corpus: Corpus, documents: list[Document], token_counts: dict[int, int], ledger: Callable[[], None]
 ) -> None:
@@ -299,13 +311,7 @@ def _embed_and_index(
         also_documents=[d.pk for d in ok],
     )
     token_counts = {d.pk: sum(p.token_count for p in chunked[d.pk]) for d in ok}
-    tokens_by_user: dict[Any, int] = defaultdict(int)
-    uploaders = {
-        d.pk: d.uploaded_by
-        for d in Document.objects.filter(pk__in=token_counts).select_related("uploaded_by")
-    }
-    for doc_id, tokens in token_counts.items():
-        tokens_by_user[uploaders[doc_id]] += tokens
+    tokens_by_user = _tokens_by_uploader(token_counts)
     _documents_mark_ready(
         corpus=corpus,
         documents=ok,
@@ -541,12 +547,7 @@ def _job_embed_group(*, params: dict[str, Any], progress: ProgressFn) -> Any:
     token_counts: dict[int, int] = defaultdict(int)
     for document_id, _, _, tokens in rows:
         token_counts[document_id] += int(tokens)
-    tokens_by_user: dict[Any, int] = defaultdict(int)
-    uploaders = {
-        d.pk: d.uploaded_by for d in Document.objects.filter(pk__in=token_counts).select_related("uploaded_by")
-    }
-    for doc_id, tokens in token_counts.items():
-        tokens_by_user[uploaders[doc_id]] += tokens
+    tokens_by_user = _tokens_by_uploader(token_counts)
     for document in group:
         token_counts.setdefault(document.pk, 0)
     _documents_mark_ready(
