@@ -427,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-agent", action="store_true")
     parser.add_argument("--agent-only", action="store_true", help="Only the agent rows (no retrieval rows)")
     parser.add_argument("--agent-start", type=int, default=0, help="The first tulip task run (to split a run)")
+    parser.add_argument("--agent-tasks", default="", help="Comma-separated tulip task names: only these")
     parser.add_argument("--from-logs", type=Path, nargs="+", default=None,
                         help="Sum the agent rows from the logs of runs over parts of the tasks (no model run)")
     parser.add_argument("--agent-decoding", default="constrained",
@@ -471,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modes) - {"constrained", "unconstrained"})
     if unknown:
         parser.error(f"unknown --agent-decoding {', '.join(unknown)} (valid: constrained, unconstrained)")
+    chosen = {name.strip() for name in args.agent_tasks.split(",") if name.strip()}
+    tulip = [task for task in queries["tulip"] if task["qid"] in chosen] if chosen else queries["tulip"]
     agents = [] if args.skip_agent else [
-        bench.agent(queries["tulip"][args.agent_start : args.agent_start + args.agent_limit],
+        bench.agent(tulip[args.agent_start : args.agent_start + args.agent_limit],
                     constrained=mode == "constrained")
         for mode in modes
     ]
