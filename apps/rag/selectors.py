@@ -72,6 +72,15 @@ def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None
     return runs
 
 
+def _retrievers_as_pairs(stored: dict | None) -> dict[str, tuple[int, float]]:
+    """A stored citation's ``retrievers`` ({name: {"rank", "score"}}, docs/api.md; runs stored before
+    that shape hold [rank, score] pairs) as the engine's {name: (rank, score)}."""
+    pairs = {}
+    for name, where in (stored or {}).items():
+        pairs[name] = (where["rank"], where["score"]) if isinstance(where, dict) else (where[0], where[1])
+    return pairs
+
+
 def pipeline_best_hit_scores(*, pipeline: Pipeline, exclude_run_id: int | None = None, limit: int = 200) -> list[float]:
     """The best-hit scores (``workers.rag.quality.best_hit_score``) of the pipeline's latest finished runs
     that retrieved something: the reference its retrieval confidence is a percentile in."""
@@ -82,7 +91,7 @@ def pipeline_best_hit_scores(*, pipeline: Pipeline, exclude_run_id: int | None =
         runs = runs.exclude(pk=exclude_run_id)
     scores = []
     for citations in runs.order_by("-id").values_list("citations", flat=True)[:limit]:
-        best = best_hit_score([(c.get("score", 0.0), {k: tuple(v) for k, v in (c.get("retrievers") or {}).items()})
+        best = best_hit_score([(c.get("score", 0.0), _retrievers_as_pairs(c.get("retrievers")))
                                for c in citations])
         if best is not None:
             scores.append(best)

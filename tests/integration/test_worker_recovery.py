@@ -127,7 +127,8 @@ def test_a_query_whose_worker_is_killed_mid_generation_fails_with_the_reason_and
 ):
     processes = celery_processes(**FAST)
     beat, cpu = _beat_and_cpu_worker(processes, tmp_path)
-    first = processes.worker("gpu-first", queues="gpu")
+    # A remote endpoint's generation runs on the io queue (docs/reliability.md, "Fairness and queues").
+    first = processes.worker("io-first", queues="io")
     price_set(model_name="test/fake-gpt", input_per_mtok=Decimal(1), output_per_mtok=Decimal(2))
     budget_save(team=team_a, hard_limit=Decimal(100), period="day")
     with FakeOpenAIServer(reply="slowly " * 400, chunk_delay_s=0.1, tokens_per_chunk=1) as server:
@@ -144,7 +145,7 @@ def test_a_query_whose_worker_is_killed_mid_generation_fails_with_the_reason_and
         )
         killed_at = _kill(first)
 
-    # Failing it takes no gpu worker: the cpu worker runs the reaper.
+    # Failing it takes no io worker: the cpu worker runs the reaper.
     job = wait_for(
         lambda: Job.objects.filter(pk=run.job_id, status__in=FINISHED_STATUSES).first(),
         timeout=RECOVERY_TIMEOUT_S, processes=processes, alive=[beat, cpu],
