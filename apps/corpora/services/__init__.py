@@ -29,7 +29,7 @@ from apps.corpora.services.index_build import (
     index_apply,
     rebuild_hold_open,
 )
-from apps.corpora.services.ingestion import document_ingest, documents_ingest, documents_ingest_by_ids
+from apps.corpora.services.ingestion import document_ingest, documents_ingest
 from apps.corpora.services.search import corpus_search
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "document_upload",
     "documents_import_records",
     "documents_ingest",
-    "documents_ingest_by_ids",
     "documents_ingest_start",
     "index_apply",
     "ingest_hold_open",

@@ -86,31 +86,6 @@ def documents_ingest(
     return result
 
 
-def documents_ingest_by_ids(
-    *,
-    document_ids: Iterable[int],
-    progress: ProgressFn | None = None,
-    reservation_id: int | None = None,
-) -> dict[str, Any]:
-    """What an ingestion job does: ingest the documents still present, counting the deleted ones as
-    ``missing``, under the hold its upload opened (``reservation_id``)."""
-    ids = [int(i) for i in document_ids]
-    documents = list(Document.objects.filter(pk__in=ids).select_related("corpus__team").order_by("pk"))
-    missing = len(ids) - len(documents)
-    if missing:
-        logger.info("%d document(s) were deleted before ingestion", missing)
-    hold = None
-    if reservation_id is not None:
-        from apps.costs.models import Reservation
-
-        reservation = Reservation.objects.select_related("team", "user", "api_key").get(pk=reservation_id)
-        context = LedgerContext(team=reservation.team, user=reservation.user, api_key=reservation.api_key)
-        hold = hold_resume(reservation=reservation, context=context, path="ingest")
-    result = documents_ingest(documents=documents, progress=progress, hold=hold)
-    result["missing"] = missing
-    return result
-
-
 def document_ingest(*, document: Document, progress: ProgressFn | None = None) -> Document:
     """Ingest one document in-process (what the task does for each document of its job)."""
     documents_ingest(documents=[document], progress=progress)

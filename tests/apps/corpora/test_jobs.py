@@ -6,14 +6,19 @@ import pytest
 
 from apps.core.models import JobStatus
 from apps.core.services import job_start
-from apps.corpora.services import corpus_index_rebuild_by_id, documents_ingest_by_ids
+from apps.corpora.services import corpus_index_rebuild_by_id
 
 pytestmark = pytest.mark.django_db
 
 
-def test_an_ingestion_of_documents_deleted_before_it_ran_counts_them_missing():
-    result = documents_ingest_by_ids(document_ids=[987654, "987655"])
-    assert result == {"documents": 0, "ready": 0, "failed": 0, "chunks": 0, "tokens": 0, "missing": 2}
+def test_an_ingestion_of_documents_deleted_before_it_ran_counts_them_missing(
+    team_a, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_start(kind="corpora.ingest", team=team_a, params={"document_ids": [987654, "987655"]})
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == {"documents": 0, "ready": 0, "failed": 0, "chunks": 0, "tokens": 0, "missing": 2}
 
 
 def test_a_rebuild_of_a_deleted_corpus_does_nothing():
