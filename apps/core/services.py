@@ -22,7 +22,6 @@ from apps.core.jobs import (
     JOB_REDELIVERABLE,
     JobEnd,
     job_endings,
-    job_kind_queues,
     job_queue_choose,
     job_task_name,
 )
@@ -168,8 +167,7 @@ def job_continue(
     own PARSIMONY_JOB_MAX_ATTEMPTS (``STAGE_AFTER_ATTEMPTS``). False when the job is no longer this
     attempt's to continue (cancelled, or reaped); nothing is sent then."""
     job = Job.objects.get(pk=job_id)
-    if str(queue) not in job_kind_queues(job.kind):
-        raise ValueError(f"job kind {job.kind!r} runs on {', '.join(job_kind_queues(job.kind))}, not {queue!r}")
+    queue = job_queue_choose(job.kind, queue)  # ValueError naming the kind's queues when it is not one of them
     with transaction.atomic():
         running = _this_attempt(Job.objects.filter(pk=job_id, status=JobStatus.RUNNING), attempt)
         updated = running.update(

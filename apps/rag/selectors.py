@@ -73,12 +73,9 @@ def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None
 
 
 def _retrievers_as_pairs(stored: dict | None) -> dict[str, tuple[int, float]]:
-    """A stored citation's ``retrievers`` ({name: {"rank", "score"}}, docs/api.md; runs stored before
-    that shape hold [rank, score] pairs) as the engine's {name: (rank, score)}."""
-    pairs = {}
-    for name, where in (stored or {}).items():
-        pairs[name] = (where["rank"], where["score"]) if isinstance(where, dict) else (where[0], where[1])
-    return pairs
+    """A stored citation's ``retrievers`` ({name: {"rank", "score"}}, docs/api.md; migration rag 0007
+    converted the older [rank, score] pairs) as the engine's {name: (rank, score)}."""
+    return {name: (where["rank"], where["score"]) for name, where in (stored or {}).items()}
 
 
 def pipeline_best_hit_scores(*, pipeline: Pipeline, exclude_run_id: int | None = None, limit: int = 200) -> list[float]:

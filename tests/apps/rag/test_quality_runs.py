@@ -73,12 +73,12 @@ def test_without_room_in_the_hold_support_falls_back_to_token_overlap(team_a, al
     assert not UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.EMBED).exists()
 
 
-# Runs store citations' retrievers as {"rank", "score"} (docs/api.md); runs stored before that, as pairs.
-@pytest.mark.parametrize("stored", [{"rank": 1, "score": 0.99}, [1, 0.99]], ids=["object", "legacy-pair"])
-def test_a_pipeline_abstains_when_retrieval_is_weaker_than_its_history(team_a, alice, pipeline, monkeypatch, stored):
+# Runs store citations' retrievers as {"rank", "score"} (docs/api.md; rag 0007 converted older pairs).
+def test_a_pipeline_abstains_when_retrieval_is_weaker_than_its_history(team_a, alice, pipeline, monkeypatch):
+    earlier_hit = {"n": 1, "score": 0.99, "retrievers": {"dense": {"rank": 1, "score": 0.99}}}
     for _ in range(5):
         QueryRun.objects.create(team=team_a, pipeline=pipeline, question="q", status="succeeded",
-                                citations=[{"n": 1, "score": 0.99, "retrievers": {"dense": stored}}])
+                                citations=[earlier_hit])
     for n, hit in enumerate(fake_search_hits(monkeypatch, PASSAGES)):  # weaker hits than any earlier run's
         hit.score, hit.retrievers = 0.3 - n / 10, {"dense": (n + 1, 0.3 - n / 10)}
     pipeline = pipeline_save(team=team_a, name="facts", pipeline=pipeline, model_endpoint="smollm2-135m-instruct",
