@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -193,16 +193,23 @@ def _tokens_by_uploader(token_counts: dict[int, int]) -> dict[Any, int]:
 
 
 def _documents_mark_ready(
-    *, corpus: Corpus, documents: list[Document], token_counts: dict[int, int], ledger: Callable[[], None]
+    *, corpus: Corpus, documents: list[Document], token_counts: dict[int, int], embedder: Any, seconds: float,
+    hold: Any,
 ) -> None:
-    """Step 5: the documents become searchable, and the embedding is billed, in one transaction."""
+    """Step 5: the documents become searchable, and the embedding is billed (split by uploader, under
+    ``hold``), in one transaction. A document missing from ``token_counts`` embedded nothing."""
+    tokens_by_user = _tokens_by_uploader(token_counts)
     with transaction.atomic():
         for document in documents:
-            fields = {"status": DocumentStatus.READY, "error": "", "token_count": token_counts[document.pk]}
+            tokens = token_counts.get(document.pk, 0)
+            fields = {"status": DocumentStatus.READY, "error": "", "token_count": tokens}
             fields.update({"title": document.title, "media_type": document.media_type})
             Document.objects.filter(pk=document.pk).update(**fields)
-            document.status, document.error, document.token_count = DocumentStatus.READY, "", token_counts[document.pk]
-        ledger()
+            document.status, document.error, document.token_count = DocumentStatus.READY, "", tokens
+        embedding_usage_record(
+            corpus=corpus, embedder=embedder, tokens_by_user=tokens_by_user, seconds=seconds,
+            reservation=hold.reservation, api_key=hold.context.api_key,
+        )
 
 
 def _batch_bound(corpus: Corpus, ok: list[Document], chunked: dict[int, list]) -> Decimal:
@@ -286,15 +293,8 @@ def _embed_and_index(
         also_documents=[d.pk for d in ok],
     )
     token_counts = {d.pk: sum(p.token_count for p in chunked[d.pk]) for d in ok}
-    tokens_by_user = _tokens_by_uploader(token_counts)
     _documents_mark_ready(
-        corpus=corpus,
-        documents=ok,
-        token_counts=token_counts,
-        ledger=lambda: embedding_usage_record(
-            corpus=corpus, embedder=embedder, tokens_by_user=tokens_by_user, seconds=seconds,
-            reservation=hold.reservation, api_key=hold.context.api_key,
-        ),
+        corpus=corpus, documents=ok, token_counts=token_counts, embedder=embedder, seconds=seconds, hold=hold
     )
     result.update(ready=len(ok), chunks=len(add_ids), tokens=sum(token_counts.values()))
     return result
@@ -522,17 +522,9 @@ def _job_embed_group(*, params: dict[str, Any], progress: ProgressFn) -> Any:
     token_counts: dict[int, int] = defaultdict(int)
     for document_id, _, _, tokens in rows:
         token_counts[document_id] += int(tokens)
-    tokens_by_user = _tokens_by_uploader(token_counts)
-    for document in group:
-        token_counts.setdefault(document.pk, 0)
     _documents_mark_ready(
-        corpus=corpus,
-        documents=group,
-        token_counts=token_counts,
-        ledger=lambda: embedding_usage_record(
-            corpus=corpus, embedder=embedder, tokens_by_user=tokens_by_user, seconds=seconds,
-            reservation=hold.reservation, api_key=hold.context.api_key,
-        ),
+        corpus=corpus, documents=group, token_counts=dict(token_counts), embedder=embedder, seconds=seconds,
+        hold=hold,
     )
     left, _ = _job_documents(params)
     if left:  # the next group waits its turn behind the jobs queued meanwhile
