@@ -79,7 +79,8 @@ def _csv_items(text: str) -> list[dict[str, Any]]:
             "the CSV header must name a 'question' column and an 'answer' (or 'answers', 'gold') column"
         )
     reader.fieldnames = fields
-    items, seen = [], set()
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
     try:
         for n, row in enumerate(reader, start=1):
             if None in row:
@@ -109,7 +110,8 @@ def _json_items(text: str) -> list[dict[str, Any]]:
                 numbered.append((f"line {n}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ValidationFailed(f"line {n}: not a JSON object ({exc.msg})") from None
-    items, seen = [], set()
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for position, (where, row) in enumerate(numbered, start=1):
         if not isinstance(row, dict):
             raise ValidationFailed(f"{where}: not a JSON object")

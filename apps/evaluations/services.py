@@ -179,8 +179,8 @@ def _carve(*, run: EvalRun, context: LedgerContext, amount: Decimal, label: str)
     with transaction.atomic():
         main = Reservation.objects.select_for_update().get(pk=run.reservation_id) if run.reservation_id else None
         held = main is not None and main.status == ReservationStatus.HELD
-        left = max(ZERO, main.estimate - amount) if held else ZERO
-        if held:
+        left = max(ZERO, main.estimate - amount) if main is not None and held else ZERO
+        if main is not None and held:
             Hold(reservation=main, context=context).release()
         row_hold = hold_open(path="evaluation", context=context, estimate=amount,
                              description=f"evaluation #{run.pk}: {label}")
