@@ -81,3 +81,33 @@ def test_another_teams_set_or_pipeline_is_refused(team_a, team_b, eval_set, make
         eval_run_start(team=team_b, eval_set=eval_set, pipelines=[theirs])
     with pytest.raises(ValidationFailed, match="at least one pipeline"):
         eval_run_start(team=team_a, eval_set=eval_set, pipelines=[])
+
+
+@pytest.mark.slow  # the real SmolLM2 generates, MiniLM quotes and checks
+def test_a_real_model_and_an_extractive_pipeline_side_by_side(
+    team_a, alice, eval_set, make_pipeline, passages, smollm2, monkeypatch, django_capture_on_commit_callbacks
+):
+    from apps.costs.models import Stage
+
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    naive = make_pipeline("naive")
+    quotes = make_pipeline("quotes", prompting_strategy="extractive_answer")
+    with django_capture_on_commit_callbacks(execute=True):
+        run = eval_run_start(team=team_a, eval_set=eval_set, pipelines=[naive, quotes], user=alice)
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    rows = {(r.pipeline_name, r.item_id): r for r in EvalRow.objects.filter(run=run)}
+    assert len(rows) == 4 and all(r.status == "succeeded" for r in rows.values())
+    # The extractive pipeline quotes the passage: right, and no generation billed at all.
+    quoted = rows[("quotes", "eiffel-year")]
+    assert "1889" in quoted.answer and quoted.contained == 1.0 and quoted.f1 > 0
+    for name, item in rows:
+        stages = set(UsageRecord.objects.filter(query_run_id=rows[(name, item)].query_run_id)
+                     .values_list("stage", flat=True))
+        assert (Stage.GENERATE in stages) == (name == "naive"), (name, item, stages)
+    summary = {s["pipeline"]: s for s in eval_run_summary(eval_run=run)}
+    assert summary["naive"]["cost_per_question"] > summary["quotes"]["cost_per_question"] > 0
+    assert summary["quotes"]["frontier"]  # the cheapest pipeline is always on the frontier
+    assert summary["quotes"]["cost_of_pass"] == summary["quotes"]["cost"] / summary["quotes"]["correct"]
+    assert run.cost == sum(r.cost for r in rows.values()) <= run.estimate
+    assert not Reservation.objects.filter(status=ReservationStatus.HELD).exists()
