@@ -90,7 +90,7 @@ def eval_question_worst_case(*, pipeline: Pipeline, question: str) -> Decimal:
     from apps.corpora.services.embedding import embedding_bound
     from apps.corpora.services.search import search_bound
     from apps.costs.cost_model import device_cost, device_seconds_bound
-    from apps.costs.tokens import endpoint_context_window, text_tokens_bound
+    from apps.costs.tokens import endpoint_context_window
     from apps.rag.services import DEFAULT_EMBEDDING_MODEL, pipeline_extractive
 
     endpoint = pipeline.model_endpoint
@@ -107,7 +107,8 @@ def eval_question_worst_case(*, pipeline: Pipeline, question: str) -> Decimal:
         generation += device_cost(price=price, seconds=seconds, device=device)
     compresses = pipeline.compression_method not in ("", "none")
     total += generation * (int(not pipeline_extractive(pipeline)) + int(compresses))
-    embed_tokens = prompt + text_tokens_bound(endpoint, question)
+    # The question's UTF-8 bytes bound its tokens (byte-level BPE) without loading a tokenizer here.
+    embed_tokens = prompt + len(question.encode("utf-8")) + 2
     total += 2 * embedding_bound(model_name=DEFAULT_EMBEDDING_MODEL, tokens=embed_tokens)
     return total
 

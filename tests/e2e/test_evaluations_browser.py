@@ -29,6 +29,9 @@ def test_a_team_evaluates_two_pipelines_and_compares_them(live_app, browser, sho
                       max_output_tokens=cap)
     base = live_app.url
     context, page = _login(browser, base, "alice")
+    # The first reservation in the live server reads the local model's window and tokenizer (once per
+    # process: tens of seconds on a loaded 2-core machine).
+    page.set_default_timeout(240_000)
     page.get_by_role("link", name="Evaluations", exact=True).click()
     upload = tmp_path / "zebras.jsonl"
     upload.write_text(SET)
