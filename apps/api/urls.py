@@ -3,7 +3,15 @@ from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
+from apps.api import (
+    agent_views,
+    corpora_views,
+    costs_views,
+    evaluation_views,
+    pipeline_views,
+    query_views,
+    views,
+)
 from apps.api.errors import unmatched_url
 
 API_DOC_POLICY = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": ["'self'", "blob:"]})
@@ -54,5 +62,10 @@ urlpatterns = [
     path("v1/agent-runs", agent_views.AgentRunListView.as_view(), name="api-agent-runs"),
     path("v1/agent-runs/<int:run_id>", agent_views.AgentRunDetailView.as_view(), name="api-agent-run"),
     # Last: any other URL here answers 404 in the API's error shape.
+    path("v1/eval-sets", evaluation_views.EvalSetListView.as_view(), name="api-eval-sets"),
+    path("v1/evaluations", evaluation_views.EvalRunListView.as_view(), name="api-evaluations"),
+    path("v1/evaluations/<int:eval_run_id>", evaluation_views.EvalRunDetailView.as_view(), name="api-evaluation"),
+    path("v1/evaluations/<int:eval_run_id>/rows", evaluation_views.EvalRunRowsView.as_view(),
+         name="api-evaluation-rows"),
     re_path(r"^v1/", unmatched_url),
 ]

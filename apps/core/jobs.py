@@ -34,6 +34,7 @@ JOB_QUEUES: dict[str, str] = {
     "embeddings.create": "gpu",
     "agents.run": "gpu",
     "attention.prefill": "gpu",
+    "evaluations.run": "gpu",  # a labelled set through several pipelines (apps.evaluations)
 }
 # kind -> every queue a job of the kind may be sent to (its JOB_QUEUES entry first, the default).
 # Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``); an
@@ -60,6 +61,7 @@ JOB_ENDINGS: dict[str, tuple[str, ...]] = {
     "corpora.ingest": ("apps.corpora.services.documents.ingest_job_end",),
     "rag.query": ("apps.rag.services.query_job_end",),
     "agents.run": ("apps.agents.services.runs.agent_job_end",),
+    "evaluations.run": ("apps.evaluations.services.eval_job_end",),
     "*": ("apps.costs.services.holds.job_holds_end",),
 }
 

@@ -32,6 +32,7 @@ COST_PATHS: dict[str, CostPath] = {
         CostPath("kv_prefill", "prefill", "prefilling a pipeline's fixed context into the KV store"),
         CostPath("agent_step", "agent-step", "one agent step: tool search, the model call, its tool calls"),
         CostPath("model_call", "generate", "a metered model call that reserves for itself"),
+        CostPath("evaluation", "generate", "an evaluation job: a labelled set through several pipelines"),
         CostPath(
             "shadow_baseline", "generate", "the naive pipeline run for real to measure a query's savings"
         ),

@@ -1,7 +1,17 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from apps.web import agent_views, ask_views, corpus_views, pipeline_views, team_views, usage_views, views
+from apps.web import (
+    agent_views,
+    ask_views,
+    compare_views,
+    corpus_views,
+    evaluation_views,
+    pipeline_views,
+    team_views,
+    usage_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -64,4 +74,12 @@ urlpatterns = [
     path("agents/tools/new/", agent_views.tool_create, name="tool-create"),
     path("agents/tools/<int:tool_id>/edit/", agent_views.tool_edit, name="tool-edit"),
     path("agents/tools/<int:tool_id>/delete/", agent_views.tool_delete, name="tool-delete"),
+    # Evaluations and the side-by-side Ask
+    path("evaluations/", evaluation_views.evaluations, name="evaluations"),
+    path("evaluations/<int:eval_run_id>/", evaluation_views.evaluation, name="evaluation"),
+    path("evaluations/<int:eval_run_id>/rows.csv", evaluation_views.evaluation_download, {"kind": "csv"},
+         name="evaluation-csv"),
+    path("evaluations/<int:eval_run_id>/rows.json", evaluation_views.evaluation_download, {"kind": "json"},
+         name="evaluation-json"),
+    path("ask/compare/", compare_views.compare, name="ask-compare"),
 ]

@@ -16,3 +16,12 @@ def test_exact_match_and_f1_take_the_best_gold_answer():
 def test_contained_matches_whole_words_only():
     assert contained("The answer is Wilhelm Conrad Röntgen, of Germany.", ["Wilhelm Conrad Röntgen"]) == 1.0
     assert contained("It was in 1901.", ["190"]) == 0.0
+
+
+def test_the_benchmarks_score_with_the_engines_functions():
+    """One definition: the evaluation jobs (workers.rag.answer_metrics) score exactly as the benchmarks do."""
+    from benchmarks import qa_metrics
+    from workers.rag import answer_metrics
+
+    for name in ("contained", "exact_match", "f1_score", "normalize_answer"):
+        assert getattr(qa_metrics, name) is getattr(answer_metrics, name)

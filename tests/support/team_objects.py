@@ -18,6 +18,7 @@ from apps.agents.models import Agent, AgentRun, AgentRunStatus, Tool
 from apps.core.models import Job, JobStatus
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
 from apps.costs.models import Budget, BudgetPeriod, ModelEndpoint, Reservation, UsageRecord
+from apps.evaluations.models import EvalRow, EvalRun, EvalSet
 from apps.rag.models import Pipeline, QueryRun, QueryStatus
 
 MARK = "zqxbleak"
@@ -144,11 +145,29 @@ class TeamObjects:
             expires_at=timezone.now(),
         )
 
+    def eval_set(self, i: int) -> EvalSet:
+        return EvalSet.objects.create(
+            team=self.team, name=f"{self.mark}-set-{i}", description=self.mark, filename=f"{self.mark}.jsonl",
+            items=[{"id": f"{self.mark}-{i}", "question": f"{self.mark} question", "answers": [self.mark]}],
+        )
+
+    def eval_run(self, i: int) -> EvalRun:
+        run = EvalRun.objects.create(
+            team=self.team, eval_set=self._parent("eval_set"), pipeline_names=[f"{self.mark}-pipeline-0"],
+            status=JobStatus.SUCCEEDED, cost=Decimal("0.0001"), finished_at=timezone.now(),
+        )
+        EvalRow.objects.create(
+            run=run, pipeline_name=f"{self.mark}-pipeline-0", item_id=f"{self.mark}-{i}",
+            question=f"{self.mark} question", gold=[self.mark], answer=f"{self.mark} answer", status="succeeded",
+            contained=1.0, f1=1.0, exact_match=0.0, cost=Decimal("0.0001"), finished_at=timezone.now(),
+        )
+        return run
+
 
 # Model -> factory name: every model with a TEAM_FIELD must be here (the sweep checks).
 KIND_OF_MODEL = {
     Team: "team_", Corpus: "corpus", Document: "document", Chunk: "chunk", Pipeline: "pipeline",
     QueryRun: "query_run", Job: "job", Agent: "agent", AgentRun: "agent_run", Tool: "tool", Budget: "budget",
     ApiKey: "api_key", Membership: "membership", Invitation: "invitation", UsageRecord: "usage_record",
-    ModelEndpoint: "model_endpoint", Reservation: "reservation",
+    ModelEndpoint: "model_endpoint", Reservation: "reservation", EvalSet: "eval_set", EvalRun: "eval_run",
 }

@@ -188,6 +188,19 @@ def _shadow_baseline(ctx) -> tuple[int, str]:
     return 402, refused[0]
 
 
+def _evaluation(ctx) -> tuple[int, str]:
+    from apps.evaluations.models import EvalRun
+    from apps.evaluations.services import eval_set_upload
+    from apps.rag.services import pipeline_save
+
+    pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct", retriever="none")
+    eval_set_upload(team=ctx["team"], name="zebras", filename="zebras.jsonl",
+                    data=b'{"question": "Why stripes?", "answers": ["camouflage"]}')
+    response = ctx["api"].post("/api/v1/evaluations", {"eval_set": "zebras", "pipelines": ["plain"]}, format="json")
+    assert not EvalRun.objects.exists() and not QueryRun.objects.exists()
+    return response.status_code, response.content.decode()
+
+
 TRIGGERS: dict[str, Callable] = {
     "ingest": _ingest,
     "index_rebuild": _index_rebuild,
@@ -201,6 +214,7 @@ TRIGGERS: dict[str, Callable] = {
     "agent_step": _agent_step,
     "model_call": _model_call,
     "shadow_baseline": _shadow_baseline,
+    "evaluation": _evaluation,
 }
 
 
