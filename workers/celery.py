@@ -27,6 +27,7 @@ TASK_MODULES = [
     "workers.tasks.profiles",
     "workers.tasks.jobs",
     "workers.tasks.limits",
+    "workers.tasks.bulk",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)

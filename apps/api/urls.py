@@ -3,7 +3,7 @@ from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
+from apps.api import agent_views, bulk_views, corpora_views, costs_views, pipeline_views, query_views, views
 from apps.api.errors import unmatched_url
 
 API_DOC_POLICY = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": ["'self'", "blob:"]})
@@ -44,6 +44,9 @@ urlpatterns = [
     ),
     path("v1/queries", query_views.QueryListView.as_view(), name="api-queries"),
     path("v1/queries/<int:query_id>", query_views.QueryDetailView.as_view(), name="api-query"),
+    path("v1/bulk-jobs", bulk_views.BulkJobListView.as_view(), name="api-bulk-jobs"),
+    path("v1/bulk-jobs/<int:bulk_job_id>", bulk_views.BulkJobDetailView.as_view(), name="api-bulk-job"),
+    path("v1/bulk-jobs/<int:bulk_job_id>/results", bulk_views.BulkJobResultsView.as_view(), name="api-bulk-results"),
     path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),
