@@ -85,8 +85,23 @@ def parse_batch_answers(text: str, k: int) -> list[str | None]:
     answers: list[str | None] = []
     for n in range(1, k + 1):
         given = found.get(n, [])
-        answers.append(given[0] if len(given) == 1 and given[0] else None)
+        answer = given[0] if len(given) == 1 else ""
+        answers.append(None if _echo(answer, k) else answer)
+    if k > 1 and len({a for a in answers if a is not None}) == 1 and None not in answers:
+        return [None] * k  # one answer to every question: the model did not tell them apart
     return answers
+
+
+_PLACEHOLDER = re.compile(r"^(?:<[^>]*>|\.{2,}|…|answer|short answer|n/?a)$", re.IGNORECASE)
+
+
+def _echo(answer: str, k: int) -> bool:
+    """An answer that only echoes the format: empty, a bare question number, or the template's placeholder
+    ("<short answer>", "...")."""
+    if not answer:
+        return True
+    bare = answer.strip().rstrip(".").strip()
+    return (bare.isdigit() and 1 <= int(bare) <= k) or bool(_PLACEHOLDER.match(bare))
 
 
 def _clean(answer: str) -> str:

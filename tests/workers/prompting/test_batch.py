@@ -57,6 +57,9 @@ def test_the_reference_reply_parses_back_to_its_answers():
     ("Shakespeare, Paris", [None, None]),  # no numbers at all → every question falls back
     ("A1: Shakespeare\nA3: Paris", ["Shakespeare", None]),  # a number outside 1..k is nobody's
     ("", [None, None]),
+    ("A1: 1\nA2: 2", [None, None]),  # the numbers echoed back, not answers
+    ("A1: <short answer to Q1>\nA2: Paris", [None, "Paris"]),  # the template's placeholder
+    ("A1: Paris\nA2: Paris", [None, None]),  # one answer to every question: not told apart
 ])
 def test_it_parses_what_it_can_and_marks_the_rest_for_the_fallback(reply, expected):
     assert parse_batch_answers(reply, 2) == expected
