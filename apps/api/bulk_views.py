@@ -96,14 +96,15 @@ class BulkJobResultsView(APIView):
     required_scopes = {"GET": ("read", "query")}
 
     @extend_schema(
-        parameters=[OpenApiParameter("format", str, enum=["csv", "jsonl"], description="default csv")],
+        # Not "format": DRF reads that one for content negotiation.
+        parameters=[OpenApiParameter("type", str, enum=["csv", "jsonl"], description="the file's type (default csv)")],
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
         summary="The job's result file: id, question, answer, cited passages, quality label, cost and tokens per row",
     )
     def get(self, request, bulk_job_id: int):
         bulk = bulk_selectors.bulk_job_get(team=request.team, bulk_job_id=bulk_job_id)
         content, content_type, name = bulk_selectors.bulk_result_file(
-            bulk=bulk, file_format=request.query_params.get("format", "csv"))
+            bulk=bulk, file_format=request.query_params.get("type", "csv"))
         response = HttpResponse(content, content_type=f"{content_type}; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
