@@ -188,6 +188,17 @@ def _shadow_baseline(ctx) -> tuple[int, str]:
     return 402, refused[0]
 
 
+def _bulk(ctx) -> tuple[int, str]:
+    from apps.bulk.models import BulkJob
+    from apps.rag.services import pipeline_save
+
+    pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct", corpora=[ctx["corpus"]])
+    upload = SimpleUploadedFile("q.csv", b"question\nWhy stripes?\n", content_type="text/csv")
+    response = ctx["api"].post("/api/v1/bulk-jobs", {"file": upload, "pipeline": "plain"}, format="multipart")
+    assert not BulkJob.objects.exists()
+    return response.status_code, response.content.decode()
+
+
 TRIGGERS: dict[str, Callable] = {
     "ingest": _ingest,
     "index_rebuild": _index_rebuild,
@@ -201,6 +212,7 @@ TRIGGERS: dict[str, Callable] = {
     "agent_step": _agent_step,
     "model_call": _model_call,
     "shadow_baseline": _shadow_baseline,
+    "bulk": _bulk,
 }
 
 
