@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import time
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -227,8 +227,10 @@ def bulk_job_start(
     if not endpoint.enabled:
         raise ValidationFailed(f"model {endpoint.name!r} is disabled")
     fmt, rows = bulk_input_parse(data=data, filename=filename, input_format=input_format)
-    estimate = sum((_row_bound(pipeline=pipeline, question=row["question"], batch_size=k) for row in rows), ZERO)
-    estimate = estimate.quantize(MONEY_QUANTUM)
+    # Every row is bounded by the bound of the longest question (one computation, whatever the file's size).
+    longest = max((row["question"] for row in rows), key=len)
+    estimate = (_row_bound(pipeline=pipeline, question=longest, batch_size=k) * len(rows)).quantize(
+        MONEY_QUANTUM, rounding=ROUND_CEILING)
     reservation = hold_open(
         path="bulk",
         context=LedgerContext(team=team, user=user, api_key=api_key),
