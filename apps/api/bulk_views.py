@@ -10,11 +10,26 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.permissions import only_own_runs
 from apps.api.serializers import list_of
 from apps.api.shortcuts import find_by_name_or_id, paginated_response, request_api_key
 from apps.bulk import selectors as bulk_selectors
 from apps.bulk import services as bulk_services
+from apps.core.errors import NotFound
 from apps.rag.models import Pipeline
+
+
+def _jobs(request):
+    """The team's bulk jobs; a key with ``query`` but not ``read`` sees only those it started."""
+    jobs = bulk_selectors.bulk_jobs_for_team(team=request.team)
+    return jobs.filter(api_key=request.auth) if only_own_runs(request) else jobs
+
+
+def _job(request, bulk_job_id: int):
+    bulk = bulk_selectors.bulk_job_get(team=request.team, bulk_job_id=bulk_job_id)
+    if only_own_runs(request) and bulk.api_key_id != request.auth.pk:
+        raise NotFound(f"bulk job {bulk_job_id} not found")
+    return bulk
 
 
 class BulkJobOutputSerializer(serializers.Serializer):
@@ -62,8 +77,7 @@ class BulkJobListView(APIView):
     @extend_schema(operation_id="api_v1_bulk_jobs_list", responses=list_of(BulkJobOutputSerializer),
                    summary="The team's bulk question jobs")
     def get(self, request):
-        return paginated_response(self, request, bulk_selectors.bulk_jobs_for_team(team=request.team),
-                                  BulkJobOutputSerializer)
+        return paginated_response(self, request, _jobs(request), BulkJobOutputSerializer)
 
     @extend_schema(request={"multipart/form-data": BulkJobInputSerializer}, responses={202: BulkJobOutputSerializer},
                    summary="Upload questions to run against a pipeline as one background job (its worst case is "
@@ -88,8 +102,7 @@ class BulkJobDetailView(APIView):
 
     @extend_schema(responses=BulkJobOutputSerializer, summary="One bulk job: status, progress, cost, savings")
     def get(self, request, bulk_job_id: int):
-        return Response(BulkJobOutputSerializer(
-            bulk_selectors.bulk_job_get(team=request.team, bulk_job_id=bulk_job_id)).data)
+        return Response(BulkJobOutputSerializer(_job(request, bulk_job_id)).data)
 
 
 class BulkJobResultsView(APIView):
@@ -102,7 +115,7 @@ class BulkJobResultsView(APIView):
         summary="The job's result file: id, question, answer, cited passages, quality label, cost and tokens per row",
     )
     def get(self, request, bulk_job_id: int):
-        bulk = bulk_selectors.bulk_job_get(team=request.team, bulk_job_id=bulk_job_id)
+        bulk = _job(request, bulk_job_id)
         content, content_type, name = bulk_selectors.bulk_result_file(
             bulk=bulk, file_format=request.query_params.get("type", "csv"))
         response = HttpResponse(content, content_type=f"{content_type}; charset=utf-8")

@@ -107,3 +107,13 @@ def test_another_teams_job_is_not_found(api, pipeline, team_b, make_api_key, api
 def test_an_unknown_result_format_is_a_400(api, pipeline):
     bulk_id = _upload(api, CSV).json()["id"]
     assert api.get(f"/api/v1/bulk-jobs/{bulk_id}/results", {"type": "xml"}).status_code == 400
+
+
+def test_a_query_only_key_sees_only_the_bulk_jobs_it_started(api, team_a, pipeline, make_api_key, api_client):
+    bulk_id = _upload(api, CSV).json()["id"]  # started by the read+query key
+    own_key = make_api_key(team_a, scopes=["query"])
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {own_key.raw_key}")
+    assert api_client.get(f"/api/v1/bulk-jobs/{bulk_id}").status_code == 404
+    assert api_client.get("/api/v1/bulk-jobs").json()["results"] == []
+    own = _upload(api_client, CSV).json()["id"]
+    assert [job["id"] for job in api_client.get("/api/v1/bulk-jobs").json()["results"]] == [own]
