@@ -13,7 +13,7 @@ from apps.bulk.services import bulk_input_parse, bulk_job_execute, bulk_job_star
 from apps.core.errors import ValidationFailed
 from apps.core.models import Job
 from apps.costs import metering
-from apps.costs.models import Reservation, ReservationStatus, Stage, UsageRecord
+from apps.costs.models import BudgetWindow, Reservation, ReservationStatus, Stage, UsageRecord
 from apps.costs.services import BudgetExceeded, budget_save
 from apps.rag.models import QueryRun
 from apps.rag.services import pipeline_save
@@ -146,6 +146,8 @@ def test_a_job_of_three_questions_at_k_2_runs_to_the_end_with_exact_costs(
     reservation = Reservation.objects.get(pk=bulk.reservation_id)
     assert reservation.status == "settled" and reservation.actual == ledger
     assert reservation.estimate <= bulk.estimate  # shrunk as rows settled
+    window = BudgetWindow.objects.get()  # the shrinks and the settlement left the budget exact
+    assert (window.reserved, window.spent) == (0, ledger)
     for row in rows:  # each row is a query run with its savings against naive RAG
         run = row.query_run
         assert run.status == "succeeded" and run.cost == row.cost and run.savings == run.baseline_cost - run.cost
