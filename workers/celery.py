@@ -28,6 +28,7 @@ TASK_MODULES = [
     "workers.tasks.jobs",
     "workers.tasks.limits",
     "workers.tasks.evaluations",
+    "workers.tasks.bulk",
 ]
 
 app = Celery("parsimony", include=TASK_MODULES)

@@ -106,6 +106,7 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
     ("/api/v1/agent-runs", "Agent runs", "Run an agent on a request: its steps, tool calls and cost"),
     ("/api/v1/agents", "Agents", "Agents: a model, the team's tools and their limits"),
     ("/api/v1/tools", "Tools", "The tool library agents choose from"),
+    ("/api/v1/bulk-jobs", "Bulk jobs", "Files of questions run against a pipeline as one job; result files"),
     ("/api/v1/usage", "Usage", "The ledger summed: spend and tokens by day, stage, model, user and key"),
     ("/api/v1/budgets", "Budgets", "Spending limits per team, user or key, and their state"),
     ("/api/v1/eval-sets", "Evaluations", "Labelled question sets and evaluation runs: accuracy, cost, cost-of-pass"),
@@ -116,8 +117,8 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
 
 
 TAG_ORDER = [
-    "Account", "Corpora", "Documents", "Pipelines", "Queries", "Agents", "Agent runs", "Tools", "Usage", "Budgets",
-    "Evaluations", "Jobs", "OpenAI-compatible",
+    "Account", "Corpora", "Documents", "Pipelines", "Queries", "Bulk jobs", "Agents", "Agent runs", "Tools", "Usage",
+    "Budgets", "Evaluations", "Jobs", "OpenAI-compatible",
 ]
 
 

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "apps.rag",
     "apps.agents",
     "apps.evaluations",
+    "apps.bulk",
 ]
 
 MIDDLEWARE = [

@@ -35,6 +35,7 @@ JOB_QUEUES: dict[str, str] = {
     "agents.run": "gpu",
     "attention.prefill": "gpu",
     "evaluations.run": "gpu",  # a labelled set through several pipelines (apps.evaluations)
+    "bulk.run": "gpu",  # a file of questions against a pipeline (apps.bulk); `io` for a remote endpoint
 }
 # kind -> every queue a job of the kind may be sent to (its JOB_QUEUES entry first, the default).
 # Queries and agent runs whose generator is a remote endpoint run on `io` (``model_work_queue``); an
@@ -43,14 +44,17 @@ JOB_QUEUE_CHOICES: dict[str, tuple[str, ...]] = {
     "rag.query": ("gpu", "io"),
     "agents.run": ("gpu", "io"),
     "corpora.ingest": ("cpu", "gpu"),
+    "bulk.run": ("gpu", "io"),
 }
 
 # Kinds whose task may simply run again after its worker died (the reaper redelivers them while
 # attempts remain): ingestion redoes a document from the start and bills a batch once, with its ready
-# mark; a prefill bills once per reservation. Other kinds (queries, agents) are failed with a reason:
+# mark; a prefill bills once per reservation; a bulk job skips the rows it finished (each batch's rows are
+# stored with their costs in one transaction). Other kinds (queries, agents) are failed with a reason:
 # running them again would bill their model calls twice.
 JOB_REDELIVERABLE: frozenset[str] = frozenset(
-    {"corpora.ingest", "attention.prefill", "diagnostics.probe_cpu", "diagnostics.probe_gpu", "diagnostics.probe_io"}
+    {"corpora.ingest", "attention.prefill", "bulk.run", "diagnostics.probe_cpu",
+      "diagnostics.probe_gpu", "diagnostics.probe_io"}
 )
 
 # What a job's own records become when it ends without its task finishing them (reaped, cancelled, or
@@ -62,6 +66,7 @@ JOB_ENDINGS: dict[str, tuple[str, ...]] = {
     "rag.query": ("apps.rag.services.query_job_end",),
     "agents.run": ("apps.agents.services.runs.agent_job_end",),
     "evaluations.run": ("apps.evaluations.services.eval_job_end",),
+    "bulk.run": ("apps.bulk.services.bulk_job_end",),
     "*": ("apps.costs.services.holds.job_holds_end",),
 }
 

@@ -33,6 +33,7 @@ COST_PATHS: dict[str, CostPath] = {
         CostPath("agent_step", "agent-step", "one agent step: tool search, the model call, its tool calls"),
         CostPath("model_call", "generate", "a metered model call that reserves for itself"),
         CostPath("evaluation", "generate", "an evaluation job: a labelled set through several pipelines"),
+        CostPath("bulk", "generate", "a bulk question job: every row's retrieval and (batched) generation"),
         CostPath(
             "shadow_baseline", "generate", "the naive pipeline run for real to measure a query's savings"
         ),

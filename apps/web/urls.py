@@ -4,6 +4,7 @@ from django.urls import path
 from apps.web import (
     agent_views,
     ask_views,
+    bulk_views,
     compare_views,
     corpus_views,
     evaluation_views,
@@ -57,6 +58,13 @@ urlpatterns = [
         pipeline_views.pipeline_prefill_status,
         name="pipeline-prefill-status",
     ),
+    # Bulk question jobs
+    path("bulk/", bulk_views.bulk_list, name="bulk"),
+    path("bulk/new/", bulk_views.bulk_create, name="bulk-create"),
+    path("bulk/<int:bulk_job_id>/", bulk_views.bulk_detail, name="bulk-detail"),
+    path("bulk/<int:bulk_job_id>/results.csv", bulk_views.bulk_download, {"file_format": "csv"}, name="bulk-csv"),
+    path("bulk/<int:bulk_job_id>/results.jsonl", bulk_views.bulk_download, {"file_format": "jsonl"},
+         name="bulk-jsonl"),
     # Usage and budgets
     path("usage/", usage_views.usage, name="usage"),
     path("usage/ledger.csv", usage_views.usage_csv, name="usage-csv"),

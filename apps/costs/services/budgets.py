@@ -17,12 +17,14 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q, Sum, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
 from apps.costs import postgres_hot_path
 from apps.costs.models import (
+    ZERO,
     Budget,
     BudgetPeriod,
     BudgetScope,
@@ -296,6 +298,27 @@ def reservation_extend(*, reservation: Reservation, amount: Decimal) -> Reservat
         Reservation.objects.filter(pk=current.pk).update(estimate=F("estimate") + amount)
     reservation.estimate = current.estimate + amount
     reservation.status = current.status
+    return reservation
+
+
+def reservation_shrink(*, reservation: Reservation, to: Decimal) -> Reservation:
+    """Give back the part of a held reservation above ``to`` (never below what it holds already spent: the
+    caller passes spent + the bound of the work still to run), on the windows it holds. A bulk job's hold
+    shrinks this way as its rows settle (``apps.bulk.services``). Nothing changes when ``to`` is not
+    lower, or the reservation is no longer held."""
+    lock = nullcontext() if on_postgresql() else budget_lock()
+    with lock, transaction.atomic():
+        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        give_back = current.estimate - max(to, ZERO)
+        if current.status != ReservationStatus.HELD or give_back <= 0:
+            return current
+        windows = list(BudgetWindow.objects.select_for_update().filter(reservations=current.pk).order_by("pk"))
+        if windows:
+            BudgetWindow.objects.filter(pk__in=[w.pk for w in windows]).update(
+                reserved=Greatest(F("reserved") - give_back, Value(ZERO))
+            )
+        Reservation.objects.filter(pk=current.pk).update(estimate=F("estimate") - give_back)
+    reservation.estimate = current.estimate - give_back
     return reservation
 
 

@@ -201,6 +201,17 @@ def _evaluation(ctx) -> tuple[int, str]:
     return response.status_code, response.content.decode()
 
 
+def _bulk(ctx) -> tuple[int, str]:
+    from apps.bulk.models import BulkJob
+    from apps.rag.services import pipeline_save
+
+    pipeline_save(team=ctx["team"], name="plain", model_endpoint="smollm2-135m-instruct", corpora=[ctx["corpus"]])
+    upload = SimpleUploadedFile("q.csv", b"question\nWhy stripes?\n", content_type="text/csv")
+    response = ctx["api"].post("/api/v1/bulk-jobs", {"file": upload, "pipeline": "plain"}, format="multipart")
+    assert not BulkJob.objects.exists()
+    return response.status_code, response.content.decode()
+
+
 TRIGGERS: dict[str, Callable] = {
     "ingest": _ingest,
     "index_rebuild": _index_rebuild,
@@ -215,6 +226,7 @@ TRIGGERS: dict[str, Callable] = {
     "model_call": _model_call,
     "shadow_baseline": _shadow_baseline,
     "evaluation": _evaluation,
+    "bulk": _bulk,
 }
 
 
