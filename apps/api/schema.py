@@ -108,6 +108,8 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
     ("/api/v1/tools", "Tools", "The tool library agents choose from"),
     ("/api/v1/usage", "Usage", "The ledger summed: spend and tokens by day, stage, model, user and key"),
     ("/api/v1/budgets", "Budgets", "Spending limits per team, user or key, and their state"),
+    ("/api/v1/model-endpoints", "Model endpoints", "The team's OpenAI-compatible models: URL, key (write-only), price"),
+    ("/api/v1/prices", "Model endpoints", "The team's OpenAI-compatible models: URL, key (write-only), price"),
     ("/api/v1/jobs", "Jobs", "Background work (ingestion, prefill): progress, result, cancel"),
     ("/v1/", "OpenAI-compatible", "Chat completions, embeddings and models for OpenAI clients"),
 ]
@@ -115,7 +117,7 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
 
 TAG_ORDER = [
     "Account", "Corpora", "Documents", "Pipelines", "Queries", "Agents", "Agent runs", "Tools", "Usage", "Budgets",
-    "Jobs", "OpenAI-compatible",
+    "Model endpoints", "Jobs", "OpenAI-compatible",
 ]
 
 

@@ -3,7 +3,15 @@ from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from apps.api import agent_views, corpora_views, costs_views, pipeline_views, query_views, views
+from apps.api import (
+    agent_views,
+    corpora_views,
+    costs_views,
+    endpoint_views,
+    pipeline_views,
+    query_views,
+    views,
+)
 from apps.api.errors import unmatched_url
 
 API_DOC_POLICY = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": ["'self'", "blob:"]})
@@ -47,6 +55,12 @@ urlpatterns = [
     path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),
+    path("v1/model-endpoints", endpoint_views.EndpointListView.as_view(), name="api-endpoints"),
+    path("v1/model-endpoints/<int:endpoint_id>", endpoint_views.EndpointDetailView.as_view(), name="api-endpoint"),
+    path(
+        "v1/model-endpoints/<int:endpoint_id>/test", endpoint_views.EndpointTestView.as_view(), name="api-endpoint-test"
+    ),
+    path("v1/prices", endpoint_views.PriceListView.as_view(), name="api-prices"),
     path("v1/tools", agent_views.ToolListView.as_view(), name="api-tools"),
     path("v1/tools/<int:tool_id>", agent_views.ToolDetailView.as_view(), name="api-tool"),
     path("v1/agents", agent_views.AgentListView.as_view(), name="api-agents"),
