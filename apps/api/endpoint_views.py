@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from apps.accounts.models import ApiKey
 from apps.api.serializers import MoneyField, StrictCharField, StrictIntegerField, list_of
 from apps.costs import selectors as cost_selectors
+from apps.costs.connection_test import endpoint_test
 from apps.costs.services import endpoints as endpoint_services
 
 
@@ -156,7 +157,7 @@ class EndpointTestView(APIView):
                    summary="Test the connection (admins): GET /models, else a 1-token completion (metered)")
     def post(self, request, endpoint_id: int):
         endpoint = cost_selectors.endpoint_get(team=request.team, endpoint_id=endpoint_id)
-        result = endpoint_services.endpoint_test(
+        result = endpoint_test(
             endpoint=endpoint, team=request.team, user=request.user if request.user.is_authenticated else None,
             api_key=request.auth if isinstance(request.auth, ApiKey) else None,
         )

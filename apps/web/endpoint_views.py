@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 
 from apps.accounts.models import Role
 from apps.core.errors import ServiceError
+from apps.costs import connection_test
 from apps.costs import selectors as cost_selectors
 from apps.costs.models import ModelEndpoint
 from apps.costs.money_format import usd
@@ -120,7 +121,7 @@ def endpoint_delete(request: HttpRequest, endpoint_id: int) -> HttpResponse:
 @require_POST
 def endpoint_test(request: HttpRequest, endpoint_id: int) -> HttpResponse:
     endpoint = cost_selectors.endpoint_get(team=request.team, endpoint_id=endpoint_id)
-    result = endpoint_services.endpoint_test(endpoint=endpoint, team=request.team, user=request.user)
+    result = connection_test.endpoint_test(endpoint=endpoint, team=request.team, user=request.user)
     cost = f" Cost {usd(result.cost)}." if result.cost else ""
     text = f"{endpoint.name}: {result.message} ({result.latency_ms} ms).{cost}"
     (messages.success if result.ok else messages.error)(request, text)
