@@ -23,6 +23,7 @@ KIND_OF_PARAM = {
     "job_id": "job", "corpus_id": "corpus", "document_id": "document", "pipeline_id": "pipeline",
     "query_id": "query_run", "budget_id": "budget", "tool_id": "tool", "agent_id": "agent",
     "membership_id": "membership", "invitation_id": "invitation", "key_id": "api_key",
+    "endpoint_id": "model_endpoint",
 }
 KIND_OF_RUN_ID = {
     "query-run": "query_run", "query-run-live": "query_run",
