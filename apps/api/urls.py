@@ -8,6 +8,7 @@ from apps.api import (
     bulk_views,
     corpora_views,
     costs_views,
+    endpoint_views,
     evaluation_views,
     pipeline_views,
     query_views,
@@ -59,6 +60,12 @@ urlpatterns = [
     path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),
+    path("v1/model-endpoints", endpoint_views.EndpointListView.as_view(), name="api-endpoints"),
+    path("v1/model-endpoints/<int:endpoint_id>", endpoint_views.EndpointDetailView.as_view(), name="api-endpoint"),
+    path(
+        "v1/model-endpoints/<int:endpoint_id>/test", endpoint_views.EndpointTestView.as_view(), name="api-endpoint-test"
+    ),
+    path("v1/prices", endpoint_views.PriceListView.as_view(), name="api-prices"),
     path("v1/tools", agent_views.ToolListView.as_view(), name="api-tools"),
     path("v1/tools/<int:tool_id>", agent_views.ToolDetailView.as_view(), name="api-tool"),
     path("v1/agents", agent_views.AgentListView.as_view(), name="api-agents"),

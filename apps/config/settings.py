@@ -93,7 +93,8 @@ MIDDLEWARE = [
 AUDITLOG_INCLUDE_TRACKING_MODELS = (
     "costs.Budget",
     "costs.Price",
-    "costs.ModelEndpoint",
+    # An endpoint's API key (even encrypted) never enters the log: its hint shows that it changed.
+    {"model": "costs.ModelEndpoint", "exclude_fields": ["api_key_encrypted"]},
     # The secret's digest never enters the log; last use is not a setting (it changes on every request).
     {"model": "accounts.ApiKey", "exclude_fields": ["secret_hash", "last_used_at"]},
     "accounts.Membership",
@@ -342,3 +343,11 @@ PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120
 # `http` tools: the transport timeout and the largest response read (hosts: the admin's allow-list).
 PARSIMONY_AGENT_HTTP_TIMEOUT_S = env_float("PARSIMONY_AGENT_HTTP_TIMEOUT_S", 10.0)
 PARSIMONY_AGENT_HTTP_MAX_BYTES = env_int("PARSIMONY_AGENT_HTTP_MAX_BYTES", 1_000_000, minimum=1)
+
+# --- Secrets at rest (model endpoints' API keys, apps/core/secrets.py; docs/operations.md) ---------
+# The key API keys are encrypted under (Fernet, HKDF-derived); blank: SECRET_KEY. Rotation: move the
+# old value into PARSIMONY_SECRETS_KEY_PREVIOUS (comma-separated), then run `manage.py rotate_secrets`.
+PARSIMONY_SECRETS_KEY = env_str("PARSIMONY_SECRETS_KEY", "") or ""
+PARSIMONY_SECRETS_KEY_PREVIOUS = env_list("PARSIMONY_SECRETS_KEY_PREVIOUS", [])
+# A model endpoint's "Test connection": the longest it may take (seconds).
+PARSIMONY_ENDPOINT_TEST_TIMEOUT_S = env_float("PARSIMONY_ENDPOINT_TEST_TIMEOUT_S", 10.0)

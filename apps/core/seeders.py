@@ -108,3 +108,21 @@ def seed_agent_tools(team, user, stdout) -> None:
 
 
 SEEDERS.append(seed_agent_tools)
+
+
+def seed_remote_prices(team, user, stdout) -> None:
+    """The bundled LiteLLM list prices of the common remote models (gpt-4o, claude-*, gemini-*, mistral...),
+    for every model the price book has no price for yet (apps/costs/price_table.py; idempotent)."""
+    from apps.costs.price_table import PriceTableMissing, bundled_prices_load
+
+    try:
+        result = bundled_prices_load()
+    except PriceTableMissing as exc:
+        stdout.write(f"Remote model prices: not loaded ({exc}).")
+        return
+    stdout.write(
+        f"Remote model prices: {result.added} added, {result.already_priced} already priced ({result.source})."
+    )
+
+
+SEEDERS.insert(0, seed_remote_prices)

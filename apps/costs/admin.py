@@ -138,6 +138,8 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "team", "price_name", "context_window", "max_output_tokens", "enabled"]
     list_filter = ["kind", "enabled", "team"]
     search_fields = ["name", "price_name", "remote_model"]
+    # The API key itself (encrypted) is never in a form; teams set it on their Models page or the API.
+    readonly_fields = ["api_key_hint"]
 
 
 class _Echo:

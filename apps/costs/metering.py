@@ -85,9 +85,7 @@ def endpoint_target(endpoint: ModelEndpoint):
     if endpoint.kind == EndpointKind.OPENAI:
         from workers.runtime.openai_compat import OpenAICompatConfig
 
-        api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
-        if endpoint.api_key_env and not api_key:
-            raise ValidationFailed(f"model {endpoint.name!r}: environment variable {endpoint.api_key_env} is not set")
+        api_key = endpoint_api_key(endpoint)
         # The endpoint's named HF tokenizer, or tiktoken's encoding for an OpenAI-family model: the
         # meter's fallback counts (usage not reported) and compression budgets are then exact.
         tokenizer = endpoint_tokenizer(endpoint)
@@ -99,6 +97,19 @@ def endpoint_target(endpoint: ModelEndpoint):
             tokenizer=tokenizer,
         )
     raise ValidationFailed(f"model {endpoint.name!r} has an unknown kind {endpoint.kind!r}")
+
+
+def endpoint_api_key(endpoint: ModelEndpoint) -> str | None:
+    """The endpoint's API key in plain text, for the client being built (and nowhere else): the stored
+    one, decrypted (apps/core/secrets.py), else the environment variable it names, else none."""
+    if endpoint.api_key_encrypted:
+        from apps.core.secrets import secret_decrypt
+
+        return secret_decrypt(endpoint.api_key_encrypted, what=f"the API key of model endpoint {endpoint.name!r}")
+    api_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+    if endpoint.api_key_env and not api_key:
+        raise ValidationFailed(f"model {endpoint.name!r}: environment variable {endpoint.api_key_env} is not set")
+    return api_key
 
 
 def endpoint_loaded(endpoint: ModelEndpoint) -> bool:

@@ -37,6 +37,10 @@ class ModelEndpoint(models.Model):
     )
     base_url = models.URLField(blank=True, help_text="openai: e.g. https://api.openai.com/v1")
     api_key_env = models.CharField(max_length=120, blank=True, help_text="openai: the env var that holds the key")
+    # openai: the key itself, encrypted at rest (apps/core/secrets.py); decrypted only where the client is
+    # built (apps.costs.metering.endpoint_target). It wins over api_key_env. Never shown again: the hint is.
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    api_key_hint = models.CharField(max_length=16, blank=True, editable=False, help_text="e.g. sk-...abcd")
     remote_model = models.CharField(max_length=200, blank=True, help_text="openai: the model id to send")
     price_name = models.CharField(
         max_length=200, help_text="The price book's name for this model (e.g. gpt-4o-mini, local/smollm2-135m)"

@@ -162,3 +162,50 @@ def spend_per_day(*, team, days: int = 30, today: date | None = None) -> list[tu
         for row in usage_by(records=usage_list(team=team, since=start), field="day")
     }
     return [(first + timedelta(days=i), totals.get(first + timedelta(days=i), ZERO)) for i in range(days)]
+
+
+# --------------------------------------------------------------------------- model endpoints and the price book
+
+
+def endpoint_list(*, team) -> QuerySet:
+    """The endpoints a team can use: its own and the global ones (``team=None``), its own first."""
+    from apps.costs.models import ModelEndpoint
+
+    return ModelEndpoint.objects.filter(Q(team=team) | Q(team=None)).order_by("team_id", "name")
+
+
+def endpoint_get(*, team, endpoint_id: int, own: bool = False):
+    """One endpoint the team can see (``own``: only its own, i.e. one it may change), else 404."""
+    from django.http import Http404
+
+    from apps.costs.models import ModelEndpoint
+
+    endpoints = ModelEndpoint.objects.filter(team=team) if own else endpoint_list(team=team)
+    endpoint = endpoints.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        raise Http404(f"no model endpoint {endpoint_id} in this team")
+    return endpoint
+
+
+def price_in_force(*, model_name: str):
+    """The price row in force now for ``model_name``, or None."""
+    from apps.costs.models import Price
+
+    return (
+        Price.objects.filter(model_name=model_name, effective_from__lte=timezone.now())
+        .order_by("-effective_from")
+        .first()
+    )
+
+
+def price_book_search(*, team, query: str = "", limit: int = 20) -> list:
+    """Price rows in force whose model name contains ``query`` (shortest names first: ``gpt-4o`` before
+    ``azure/gpt-4o-2024-08-06``), other teams' own prices left out."""
+    from apps.costs.models import Price
+
+    names = Price.objects.filter(effective_from__lte=timezone.now())
+    if query:
+        names = names.filter(model_name__icontains=query.strip())
+    names = names.exclude(Q(model_name__startswith="team-") & ~Q(model_name__startswith=f"team-{team.pk}/"))
+    chosen = sorted(set(names.values_list("model_name", flat=True)), key=lambda n: (len(n), n))[:limit]
+    return [price for price in (price_in_force(model_name=name) for name in chosen) if price is not None]

@@ -7,6 +7,7 @@ from apps.web import (
     bulk_views,
     compare_views,
     corpus_views,
+    endpoint_views,
     evaluation_views,
     pipeline_views,
     team_views,
@@ -34,6 +35,13 @@ urlpatterns = [
     path("team/api-keys/", team_views.api_keys, name="api-keys"),
     path("team/api-keys/new/", team_views.api_key_create, name="api-key-create"),
     path("team/api-keys/<int:key_id>/revoke/", team_views.api_key_revoke, name="api-key-revoke"),
+    # Model endpoints (the team's OpenAI-compatible models; owners and admins manage them)
+    path("team/endpoints/", endpoint_views.endpoint_list, name="endpoints"),
+    path("team/endpoints/new/", endpoint_views.endpoint_create, name="endpoint-create"),
+    path("team/endpoints/prices/", endpoint_views.endpoint_prices, name="endpoint-prices"),
+    path("team/endpoints/<int:endpoint_id>/edit/", endpoint_views.endpoint_edit, name="endpoint-edit"),
+    path("team/endpoints/<int:endpoint_id>/delete/", endpoint_views.endpoint_delete, name="endpoint-delete"),
+    path("team/endpoints/<int:endpoint_id>/test/", endpoint_views.endpoint_test, name="endpoint-test"),
     # Corpora and documents
     path("corpora/", corpus_views.corpus_list, name="corpora"),
     path("corpora/new/", corpus_views.corpus_create, name="corpus-create"),

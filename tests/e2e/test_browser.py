@@ -312,7 +312,7 @@ def test_a_team_uses_parsimony_in_the_browser(live_app, browser, shots_dir, team
     main_pages = [
         "/", "/corpora/", f"/corpora/{corpus.pk}/", f"/documents/{document.pk}/", "/ask/", f"/ask/runs/{run.pk}/",
         "/pipelines/", "/pipelines/new/", "/usage/", "/team/members/", "/team/api-keys/", "/jobs/", "/agents/",
-        "/agents/tools/", "/agents/new/",
+        "/agents/tools/", "/agents/new/", "/team/endpoints/", "/team/endpoints/new/",
     ]
     for width in (390, 1280):
         _assert_no_sideways_scroll(page, base, main_pages, shots_dir, width)

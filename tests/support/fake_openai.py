@@ -3,8 +3,9 @@
     with FakeOpenAIServer(prompt_token_factor=2.0, chunk_delay_s=0.05) as server:
         endpoint = ModelEndpoint(kind="openai", base_url=server.base_url, remote_model="gpt-4o-mini", ...)
 
-It serves ``POST /v1/chat/completions`` with ``stream`` true or false (and ``stream_options.include_usage``),
-replies with ``reply`` cut to the request's ``max_tokens`` (o200k tokens), streamed in chunks of
+It serves ``GET /v1/models`` when given ``models``, and ``POST /v1/chat/completions`` with ``stream``
+true or false (and ``stream_options.include_usage``); it replies with ``reply`` cut to the request's
+``max_tokens`` (o200k tokens), streamed in chunks of
 ``tokens_per_chunk`` tokens ``chunk_delay_s`` apart, and reports
 
     usage.prompt_tokens = ceil(prompt_token_factor × (o200k tokens of the messages' contents
@@ -56,6 +57,7 @@ class FakeOpenAIServer:
         tokens_per_chunk: int = 2,
         extra_completion_tokens: int = 0,
         model: str = "gpt-4o-mini",
+        models: list[str] | None = None,
     ) -> None:
         self.prompt_token_factor = prompt_token_factor
         self.chunk_delay_s = chunk_delay_s
@@ -63,6 +65,10 @@ class FakeOpenAIServer:
         self.tokens_per_chunk = max(1, tokens_per_chunk)
         self.extra_completion_tokens = extra_completion_tokens
         self.model = model
+        # ``GET /v1/models`` lists these; None: that route is not served (404), as on some servers.
+        self.models = models
+        # The Authorization header of each GET /v1/models.
+        self.authorizations: list[str | None] = []
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -125,6 +131,14 @@ def _handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args: Any) -> None:  # quiet tests
             pass
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/models" or server.models is None:
+                self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
+                return
+            server.authorizations.append(self.headers.get("Authorization"))
+            self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
+                                                         for m in server.models]})
 
         def do_POST(self) -> None:
             if self.path.rstrip("/") != "/v1/chat/completions":

@@ -88,6 +88,12 @@ def test_setting_the_same_price_again_adds_nothing(db):
     assert Price.objects.filter(model_name="m").count() == 1
 
 
+@pytest.fixture
+def no_bundled_prices(db):
+    """The price book without the remote models' prices the migrations load (apps/costs/price_table.py)."""
+    Price.objects.exclude(provider="local").delete()
+
+
 def _import(path: Path, *args: str) -> str:
     from io import StringIO
 
@@ -112,7 +118,7 @@ TINY = {
 }
 
 
-def test_import_prices_reads_a_litellm_table_exactly_idempotently_and_keeps_history(db, tmp_path):
+def test_import_prices_reads_a_litellm_table_exactly_idempotently_and_keeps_history(no_bundled_prices, tmp_path):
     path = tmp_path / "prices.json"
     path.write_text(json.dumps(TINY))
     assert "2 added, 0 unchanged, 3 skipped" in _import(path, "--effective-from", "2026-01-01")
@@ -137,7 +143,7 @@ def test_import_prices_reads_a_litellm_table_exactly_idempotently_and_keeps_hist
     assert price_current(model_name="gpt-tiny", at=datetime(2026, 3, 2, tzinfo=UTC)).input_per_mtok == Decimal("0.2")
 
 
-def test_import_prices_imports_embedding_entries_on_request(db, tmp_path):
+def test_import_prices_imports_embedding_entries_on_request(no_bundled_prices, tmp_path):
     path = tmp_path / "prices.json"
     path.write_text(json.dumps(TINY))
     out = _import(path, "--all-modes", "--only", "gpt-tiny", "embed-tiny", "image-tiny")
@@ -157,7 +163,7 @@ def test_import_prices_refuses_a_missing_or_broken_file(db, tmp_path):
 
 
 @pytest.mark.skipif(not LITELLM.exists(), reason=f"shared price data not present at {LITELLM}")
-def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_history(db, tmp_path):
+def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_history(no_bundled_prices, tmp_path):
     first = _import(LITELLM, "--effective-from", "2026-01-01")
     added = Price.objects.exclude(provider="local").count()
     assert added > 100, first

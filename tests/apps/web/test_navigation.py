@@ -8,7 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.django_db
 
-PAGES = ["/", "/corpora/", "/ask/", "/pipelines/", "/usage/", "/team/members/", "/team/api-keys/", "/jobs/"]
+PAGES = ["/", "/corpora/", "/ask/", "/pipelines/", "/usage/", "/team/members/", "/team/api-keys/", "/jobs/",
+         "/team/endpoints/"]
 
 
 @pytest.mark.parametrize("url", PAGES + ["/pipelines/new/", "/usage/budgets/new/"])

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from apps.costs.price_table import price_entries
 from apps.costs.services import price_set
-
-TEXT_MODES = {"chat", "completion", "responses"}
-MILLION = Decimal(1_000_000)
-
-
-def _per_mtok(value) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    try:
-        # Through str: the JSON floats must not carry binary noise into money.
-        return Decimal(str(value)) * MILLION
-    except InvalidOperation:
-        return None
 
 
 class Command(BaseCommand):
@@ -53,27 +40,17 @@ class Command(BaseCommand):
                 raise CommandError(f"--effective-from {effective_from!r} is not an ISO date") from exc
             if timezone.is_naive(when):
                 when = timezone.make_aware(when, timezone.get_fixed_timezone(0))
-        wanted = set(only or [])
-        created = unchanged = skipped = 0
+        entries, skipped = price_entries(table, all_modes=all_modes, only=set(only or []))
+        created = unchanged = 0
         with transaction.atomic():
-            for name, entry in table.items():
-                if name == "sample_spec" or not isinstance(entry, dict) or (wanted and name not in wanted):
-                    continue
-                if not all_modes and entry.get("mode") not in TEXT_MODES:
-                    skipped += 1
-                    continue
-                input_price = _per_mtok(entry.get("input_cost_per_token"))
-                output_price = _per_mtok(entry.get("output_cost_per_token"))
-                if input_price is None or output_price is None:
-                    skipped += 1
-                    continue
+            for entry in entries:
                 _, was_created = price_set(
-                    model_name=name,
-                    input_per_mtok=input_price,
-                    output_per_mtok=output_price,
-                    cached_input_per_mtok=_per_mtok(entry.get("cache_read_input_token_cost")),
+                    model_name=entry.model_name,
+                    input_per_mtok=entry.input_per_mtok,
+                    output_per_mtok=entry.output_per_mtok,
+                    cached_input_per_mtok=entry.cached_input_per_mtok,
                     effective_from=when,
-                    provider=str(entry.get("litellm_provider", ""))[:120],
+                    provider=entry.provider,
                     source=file.name[:200],
                 )
                 if was_created:
