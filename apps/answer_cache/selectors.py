@@ -10,6 +10,7 @@ from django.db.models import Count, Q, Sum
 
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome
 from apps.costs.models import ZERO
+from apps.costs.money_format import money_str
 
 HIT_OUTCOMES = (CacheOutcome.HIT_EXACT, CacheOutcome.HIT_SEMANTIC)
 
@@ -28,13 +29,14 @@ def cache_info(*, run: Any) -> dict[str, Any]:
     similarity, saved (what a hit saved against running the pipeline), source_query_run_id}."""
     lookup = AnswerCacheLookup.objects.filter(query_run_id=run.pk).select_related("entry").first()
     if lookup is None:
-        return {"status": "bypass", "kind": "", "similarity": None, "saved": "0", "source_query_run_id": None}
+        return {"status": "bypass", "kind": "", "similarity": None, "saved": money_str(ZERO),
+                "source_query_run_id": None}
     hit = lookup.outcome in HIT_OUTCOMES
     return {
         "status": "hit" if hit else ("miss" if lookup.outcome == CacheOutcome.MISS else "bypass"),
         "kind": {CacheOutcome.HIT_EXACT: "exact", CacheOutcome.HIT_SEMANTIC: "semantic"}.get(lookup.outcome, ""),
         "similarity": round(lookup.similarity, 4) if hit and lookup.similarity is not None else None,
-        "saved": str(lookup.saved) if hit else "0",
+        "saved": money_str(lookup.saved if hit else ZERO),
         "source_query_run_id": lookup.entry.source_run_id if hit and lookup.entry is not None else None,
     }
 

@@ -14,9 +14,10 @@ from workers.rag.answer_cache.text import (
     question_hash,
     question_normalise,
 )
-from workers.rag.answer_cache.threshold import Observation, ThresholdConfig, error_bound, may_serve
+from workers.rag.answer_cache.threshold import Evidence, Observation, ThresholdConfig, error_bound, may_serve
 
 __all__ = [
+    "Evidence",
     "Observation",
     "ThresholdConfig",
     "answers_agree",

@@ -21,6 +21,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -45,16 +47,40 @@ class ThresholdConfig:
         assert 0 <= self.pool_weight <= 1 and self.bandwidth > 0 and self.z >= 0
 
 
-def _weights(observations: Iterable[Observation], s: float, config: ThresholdConfig) -> tuple[float, float]:
+class Evidence:
+    """Observations as arrays, appended in place: the pooled evidence of many entries, weighed at once."""
+
+    def __init__(self, observations: Iterable[Observation] = ()) -> None:
+        rows = [(o.similarity, o.correct, o.caught) for o in observations]
+        self._n = len(rows)
+        self._data = np.zeros((max(self._n, 64), 3), dtype=np.float64)  # (N, [similarity, correct, caught])
+        if rows:
+            self._data[: self._n] = np.asarray(rows, dtype=np.float64)
+
+    def add(self, o: Observation) -> None:
+        if self._n == len(self._data):
+            self._data = np.concatenate([self._data, np.zeros_like(self._data)])
+        self._data[self._n] = (o.similarity, o.correct, o.caught)
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def weights(self, s: float, config: ThresholdConfig) -> tuple[float, float]:
+        """(weighted errors, weighted corrects) that speak to similarity ``s``."""
+        data = self._data[: self._n]
+        sim, correct, caught = data[:, 0], data[:, 1] > 0.5, data[:, 2] > 0.5
+        toward = np.where(correct, sim <= s, sim >= s)  # the informative side: full weight
+        decay = np.exp(-np.abs(sim - s) / config.bandwidth)
+        w = np.where(toward, 1.0, decay)
+        w_err = np.where(caught, config.caught_weight, 1.0)
+        return float(np.sum(w * w_err * ~correct)), float(np.sum(w * correct))
+
+
+def _weights(observations: Sequence[Observation] | Evidence, s: float, config: ThresholdConfig) -> tuple[float, float]:
     """(weighted errors, weighted corrects) that speak to similarity ``s``."""
-    errors = corrects = 0.0
-    for o in observations:
-        if o.correct:
-            corrects += 1.0 if o.similarity <= s else math.exp(-(o.similarity - s) / config.bandwidth)
-        else:
-            w = config.caught_weight if o.caught else 1.0
-            errors += w * (1.0 if o.similarity >= s else math.exp(-(s - o.similarity) / config.bandwidth))
-    return errors, corrects
+    evidence = observations if isinstance(observations, Evidence) else Evidence(observations)
+    return evidence.weights(s, config)
 
 
 def wilson_upper(errors: float, n: float, z: float) -> float:
@@ -68,7 +94,8 @@ def wilson_upper(errors: float, n: float, z: float) -> float:
 
 
 def error_bound(
-    *, entry: Sequence[Observation], pool: Sequence[Observation], similarity: float, config: ThresholdConfig
+    *, entry: Sequence[Observation] | Evidence, pool: Sequence[Observation] | Evidence, similarity: float,
+    config: ThresholdConfig,
 ) -> float:
     """The upper bound on P(a hit of this entry at ``similarity`` is wrong). ``pool``: every entry's
     observations (this one's included; they are not counted twice)."""
@@ -81,7 +108,8 @@ def error_bound(
 
 
 def may_serve(
-    *, entry: Sequence[Observation], pool: Sequence[Observation], similarity: float, config: ThresholdConfig
+    *, entry: Sequence[Observation] | Evidence, pool: Sequence[Observation] | Evidence, similarity: float,
+    config: ThresholdConfig,
 ) -> tuple[bool, float]:
     """(serve?, bound): serve only at or above ``min_similarity`` with the bound ≤ δ."""
     if similarity < config.min_similarity:
@@ -95,4 +123,6 @@ def fixed_threshold_serves(similarity: float, threshold: float) -> bool:
     return similarity >= threshold
 
 
-__all__ = ["Observation", "ThresholdConfig", "error_bound", "fixed_threshold_serves", "may_serve", "wilson_upper"]
+__all__ = [
+    "Evidence", "Observation", "ThresholdConfig", "error_bound", "fixed_threshold_serves", "may_serve", "wilson_upper",
+]
