@@ -45,6 +45,7 @@ import os
 import platform
 import random
 import re
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class Origin:
     negatives: list[tuple[str, list[str], str]] = field(default_factory=list)  # (question, gold, passage)
 
 
+def _log(message: str) -> None:
+    print(f"[cache bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _split(key: str) -> str:
     return "tune" if hashlib.sha256(key.encode()).hexdigest()[0] in "01234" else "report"
 
@@ -125,7 +130,8 @@ def load_workload(data: Path, rng: random.Random, *, nq: int, squad: int, tools:
     passages: dict[str, str] = {}
     for name in ("nq-open-oracle", "squad-v2-dev-sample"):
         for row in read_jsonl(data / name / "passages.jsonl"):
-            passages[row["pid"]] = (row.get("title", "") + ". " + row["text"]).strip(". ")
+            # The first 600 characters (about 150 tokens): what a 180-token chunk would hold, and cheap to embed.
+            passages[row["pid"]] = (row.get("title", "") + ". " + row["text"]).strip(". ")[:600]
     origins: list[Origin] = []
     nq_rows = [r for r in read_jsonl(data / "nq-open-oracle" / "questions.jsonl") if r["gold_pids"]]
     rng.shuffle(nq_rows)
@@ -207,19 +213,31 @@ def make_trace(origins: list[Origin], rng: random.Random, n: int, *, negative_sh
 
 
 class Embeddings:
-    def __init__(self) -> None:
-        from workers.runtime.embedders import get_embedder
+    """MiniLM unit vectors by text, kept in an .npz between runs (``--embedding-cache``)."""
 
-        self.embedder = get_embedder("all-MiniLM-L6-v2", threads=int(os.environ.get("PARSIMONY_TORCH_THREADS", 1)))
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.embedder: Any = None
         self.cache: dict[str, np.ndarray] = {}
+        if path is not None and path.exists():
+            with np.load(path, allow_pickle=False) as saved:
+                self.cache = dict(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
 
     def encode(self, texts: list[str]) -> None:
         todo = sorted({t for t in texts if t not in self.cache})
+        if todo and self.embedder is None:
+            from workers.runtime.embedders import get_embedder
+
+            self.embedder = get_embedder("all-MiniLM-L6-v2", threads=int(os.environ.get("PARSIMONY_TORCH_THREADS", 1)))
         for start in range(0, len(todo), 256):
             batch = todo[start:start + 256]
             vectors, _seconds = self.embedder.encode_timed(batch, batch_size=32)
             for text, vector in zip(batch, np.asarray(vectors, dtype=np.float32), strict=True):
                 self.cache[text] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+            _log(f"embedded {min(start + 256, len(todo))}/{len(todo)}")
+        if todo and self.path is not None:
+            texts_saved = list(self.cache)
+            np.savez(self.path, texts=np.array(texts_saved), vectors=np.stack([self.cache[t] for t in texts_saved]))
 
     def __getitem__(self, text: str) -> np.ndarray:
         return self.cache[text]
@@ -377,11 +395,12 @@ def _tune(trace: list[Request], emb: Embeddings, retrievers: dict[str, Retriever
     """The (δ, pool weight) with the most hits on the tune split at ≤ 1% false hits."""
     tried = []
     best: tuple[float, ThresholdConfig] | None = None
-    for delta in (0.02, 0.05, 0.1, 0.2):
-        for pool_weight in (0.25, 0.5, 1.0):
+    for delta in (0.02, 0.05, 0.1):
+        for pool_weight in (0.5, 1.0):
             config = ThresholdConfig(delta=delta, pool_weight=pool_weight)
             result = simulate(trace, Mode("tune", config), emb, retrievers)["tune"]
             tried.append({"delta": delta, "pool_weight": pool_weight, **result})
+            _log(f"tune delta={delta} pool_weight={pool_weight}: {result}")
             if result["false_hit_rate"] <= 0.01 and (best is None or result["hit_rate"] > best[0]):
                 best = (result["hit_rate"], config)
     return (best[1] if best else ThresholdConfig(delta=0.02, pool_weight=0.25)), tried
@@ -394,13 +413,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--origins", type=int, default=300, help="NQ origins (SQuAD: half, MetaTool: a third)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedding-cache", type=Path, default=None, help="an .npz of vectors kept between runs")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rng = random.Random(args.seed)
     origins, texts = load_workload(args.dataset, rng, nq=args.origins, squad=args.origins // 2,
                                    tools=args.origins // 3)
     trace = make_trace(origins, rng, args.requests)
-    emb = Embeddings()
+    emb = Embeddings(args.embedding_cache)
     emb.encode([r.question for r in trace])
     retrievers = {"passages": Retriever(emb, texts["passages"]), "tools": Retriever(emb, texts["tools"])}
     config, tried = _tune(trace, emb, retrievers)

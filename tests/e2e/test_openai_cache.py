@@ -7,7 +7,9 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.apps.answer_cache.conftest import make_corpus_pipeline
+from apps.costs import metering
+from tests.apps.answer_cache.conftest import REPLY, make_corpus_pipeline
+from workers.runtime.meter import EchoTarget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -15,7 +17,13 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture
-def geo_client(live_key, team_a, cache_on, echo_model):
+def geo_client(live_key, team_a, settings, tmp_path, monkeypatch):
+    from indexes import corpus_store
+
+    settings.PARSIMONY_ANSWER_CACHE = True
+    settings.DATA_ROOT = tmp_path
+    corpus_store.cache_clear()
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply=REPLY))
     make_corpus_pipeline(team_a)
     key, base_url = live_key
     return openai.OpenAI(api_key=key.raw_key, base_url=base_url, max_retries=0, timeout=300)
