@@ -15,7 +15,8 @@ Workload (from the shared data; PARSIMONY_SHARED_DATA or --dataset names the fol
   target the same tool;
 - hard negatives: another SQuAD question about the same paragraph; an NQ question with one number or one
   entity changed (a year, a season, an ordinal, a country, ...); a MetaTool query for another tool.
-Requests draw an origin by Zipf popularity (s = 1.0), then a variant (first time: the origin itself).
+Requests draw an origin by Zipf popularity (s = 1.0) and a team (a or b), then a variant: the first time
+the origin itself; later 35% a hard negative (when the origin has one), 25% a repeat, else a paraphrase.
 
 Verification (as the service): the numbers/names/negation check of the two questions and the passage
 check — the cached answer's passage (NQ/SQuAD gold passage, MetaTool gold tool) must be among the top-5
@@ -185,7 +186,7 @@ class Request:
     kind: str  # origin | repeat | paraphrase | negative
 
 
-def make_trace(origins: list[Origin], rng: random.Random, n: int, *, negative_share: float = 0.2) -> list[Request]:
+def make_trace(origins: list[Origin], rng: random.Random, n: int, *, negative_share: float = 0.35) -> list[Request]:
     """n requests: an origin by Zipf popularity (two teams asking alike), then a variant of it."""
     weights = [1.0 / (rank + 1) for rank in range(len(origins))]
     order = origins[:]
@@ -203,7 +204,7 @@ def make_trace(origins: list[Origin], rng: random.Random, n: int, *, negative_sh
         if roll < negative_share and o.negatives:
             q, gold, passage = rng.choice(o.negatives)
             trace.append(Request(team, o, q, gold, passage, "negative"))
-        elif roll < negative_share + 0.3:
+        elif roll < negative_share + 0.25:
             q = rng.choice((o.question, o.question.upper() if o.kind != "nq" else o.question + "?", f"  {o.question}"))
             trace.append(Request(team, o, q, o.answers, o.passage, "repeat"))
         else:
@@ -395,7 +396,7 @@ def _tune(trace: list[Request], emb: Embeddings, retrievers: dict[str, Retriever
     """The (δ, pool weight) with the most hits on the tune split at ≤ 1% false hits."""
     tried = []
     best: tuple[float, ThresholdConfig] | None = None
-    for delta in (0.02, 0.05, 0.1):
+    for delta in (0.05, 0.1, 0.2, 0.3):
         for pool_weight in (0.5, 1.0):
             config = ThresholdConfig(delta=delta, pool_weight=pool_weight)
             result = simulate(trace, Mode("tune", config), emb, retrievers)["tune"]
