@@ -22,6 +22,13 @@ def _tasks_in_process(settings, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _answer_cache_off(settings):
+    # The answer cache (docs/cache.md) is on by default; tests of other features assert the uncached
+    # path's ledger rows and costs, so it is off unless a test turns it on (tests/apps/answer_cache).
+    settings.PARSIMONY_ANSWER_CACHE = False
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cost_model():
     # The cost model caches live worker profiles for a few seconds, and this process keeps its own
     # calibrations (what it measured, or a profile a test wrote for it): each test has its own database

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 
 from apps.agents import selectors as agent_selectors
 from apps.agents.models import AgentRun, AgentRunStatus
+from apps.answer_cache.selectors import cache_info
 from apps.api.sse import RowWaitTimedOut, rows_until_finished, sse_response
 from apps.costs.money_format import money_str
 from apps.rag.models import QueryRun, QueryStatus
@@ -120,6 +121,8 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         "baseline_kind": run.baseline_kind,
         "savings": money_str(run.savings),
         "citations": run.citations,
+        # The answer cache (docs/cache.md): status hit | miss | bypass, kind exact | semantic.
+        "cache": cache_info(run=run),
     }
 
 

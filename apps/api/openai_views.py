@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from apps.agents import selectors as agent_selectors
 from apps.agents import services as agent_services
+from apps.answer_cache.selectors import cache_status
 from apps.api.openai_format import (
     AGENT_RUN_CHAT,
     QUERY_RUN_CHAT,
@@ -90,6 +91,9 @@ class ChatCompletionInputSerializer(serializers.Serializer):
     stream_options = serializers.DictField(required=False)
     temperature = StrictFloatField(required=False, min_value=0, max_value=2)
     user = StrictCharField(required=False, max_length=256)
+    cache = serializers.BooleanField(
+        required=False, help_text="Parsimony extension: false skips the team's answer cache (docs/cache.md)"
+    )
 
 
 class ChatCompletionsView(OpenAIView):
@@ -144,12 +148,18 @@ class ChatCompletionsView(OpenAIView):
                 max_output_tokens=values.get("max_completion_tokens") or values.get("max_tokens"),
                 user=request.user,
                 api_key=request_api_key(request),
+                cache=values.get("cache"),
             )
         if values["stream"]:
             include_usage = bool((values.get("stream_options") or {}).get("include_usage"))
-            return chat_completion_stream_response(shape, run_id=run.pk, model=name, include_usage=include_usage)
-        run = wait(run=run, timeout_s=settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S)
-        return chat_completion_response(shape, run=run, model=name)
+            response = chat_completion_stream_response(shape, run_id=run.pk, model=name, include_usage=include_usage)
+        else:
+            run = wait(run=run, timeout_s=settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S)
+            response = chat_completion_response(shape, run=run, model=name)
+        if shape is QUERY_RUN_CHAT:
+            # Decided when the run started (a hit is answered then): known before any token streams.
+            response["X-Parsimony-Cache"] = cache_status(run=run)
+        return response
 
 
 class ModelsView(OpenAIView):

@@ -73,6 +73,9 @@ class PipelineOutputSerializer(serializers.Serializer):
         help_text="Answer \"not found in the documents\" without generating when the retrieval confidence is "
         "below this (0..1); null: never",
     )
+    answer_cache = serializers.BooleanField(
+        help_text="Whether the pipeline reuses the team's cached answers (docs/cache.md)"
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -129,6 +132,9 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False, allow_null=True, min_value=0, max_value=1,
         help_text="0..1: when the best hit's retrieval confidence (its percentile among the pipeline's earlier "
         "runs) is below this, answer \"not found in the documents\" without generating; null: never",
+    )
+    answer_cache = serializers.BooleanField(
+        required=False, help_text="Reuse the team's cached answers (default true; docs/cache.md)"
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.answer_cache.selectors import cache_info, cache_status
 from apps.api.permissions import only_own_runs
 from apps.api.serializers import (
     CitationsField,
@@ -89,6 +90,10 @@ class QueryRunOutputSerializer(serializers.Serializer):
     latency_ms = serializers.IntegerField()
     job_id = serializers.IntegerField(allow_null=True)
     stages = serializers.SerializerMethodField()
+    cache = serializers.SerializerMethodField(
+        help_text="The answer cache (docs/cache.md): {status: hit | miss | bypass, kind: exact | semantic | \"\", "
+        "similarity, saved (what a hit saved against running the pipeline), source_query_run_id}"
+    )
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -103,6 +108,9 @@ class QueryRunOutputSerializer(serializers.Serializer):
             for row in stages_from_context(self.context, run, rag_selectors.query_run_stages)
         ]
 
+    def get_cache(self, run) -> dict:
+        return cache_info(run=run)
+
 
 class QueryInputSerializer(serializers.Serializer):
     pipeline = StrictCharField(help_text="A pipeline name (or id)")
@@ -110,6 +118,9 @@ class QueryInputSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=["sync", "async"], default="sync")
     timeout_s = StrictFloatField(required=False, min_value=0.1, max_value=600)
     max_output_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
+    cache = serializers.BooleanField(
+        required=False, help_text="false: do not answer from (or store in) the team's answer cache"
+    )
 
 
 class QueryListView(APIView):
@@ -158,9 +169,12 @@ class QueryListView(APIView):
             max_output_tokens=values.get("max_output_tokens"),
             user=request.user,
             api_key=request_api_key(request),
+            cache=values.get("cache"),
         )
-        return started_run_response(run, mode=values["mode"], timeout_s=values.get("timeout_s"),
-                                    wait=rag_services.query_run_wait, serializer_class=QueryRunOutputSerializer)
+        response = started_run_response(run, mode=values["mode"], timeout_s=values.get("timeout_s"),
+                                        wait=rag_services.query_run_wait, serializer_class=QueryRunOutputSerializer)
+        response["X-Parsimony-Cache"] = cache_status(run=run)
+        return response
 
 
 class QueryDetailView(APIView):

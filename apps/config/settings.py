@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.agents",
     "apps.evaluations",
     "apps.bulk",
+    "apps.answer_cache",
 ]
 
 MIDDLEWARE = [
@@ -338,6 +339,24 @@ if not 0.0 <= PARSIMONY_SHADOW_BASELINE <= 1.0:
 PARSIMONY_OPERATOR_TEAM = env_str("PARSIMONY_OPERATOR_TEAM", "operator")
 # Synchronous API queries wait this long before answering 202 with the job to poll.
 PARSIMONY_SYNC_QUERY_TIMEOUT_S = env_float("PARSIMONY_SYNC_QUERY_TIMEOUT_S", 120.0)
+
+# --- Answer cache (docs/cache.md) -------------------------------------------------------------------
+# Per-team answers reused for repeated and same-intent questions; a pipeline or a request can opt out.
+PARSIMONY_ANSWER_CACHE = env_bool("PARSIMONY_ANSWER_CACHE", True)
+# Entries per team (a team's own limit overrides it: answer_cache.TeamCacheSettings), and the policy
+# that picks what leaves when a team is full: lru, gdsf (dollars-weighted) or lec (least expected cost).
+PARSIMONY_ANSWER_CACHE_MAX_ENTRIES = env_int("PARSIMONY_ANSWER_CACHE_MAX_ENTRIES", 2000, minimum=1)
+PARSIMONY_ANSWER_CACHE_POLICY = env_str("PARSIMONY_ANSWER_CACHE_POLICY", "gdsf")
+if PARSIMONY_ANSWER_CACHE_POLICY not in {"lru", "gdsf", "lec"}:
+    raise ImproperlyConfiguredEnv(
+        f"PARSIMONY_ANSWER_CACHE_POLICY={PARSIMONY_ANSWER_CACHE_POLICY!r}: use lru, gdsf or lec"
+    )
+# The error bound δ of a semantic hit, and the least cosine similarity a candidate needs at all.
+PARSIMONY_ANSWER_CACHE_ERROR_BOUND = env_float("PARSIMONY_ANSWER_CACHE_ERROR_BOUND", 0.05)
+PARSIMONY_ANSWER_CACHE_MIN_SIMILARITY = env_float("PARSIMONY_ANSWER_CACHE_MIN_SIMILARITY", 0.80)
+if not (0.0 < PARSIMONY_ANSWER_CACHE_ERROR_BOUND < 1.0 and 0.0 < PARSIMONY_ANSWER_CACHE_MIN_SIMILARITY <= 1.0):
+    raise ImproperlyConfiguredEnv("PARSIMONY_ANSWER_CACHE_ERROR_BOUND must be in (0, 1) and "
+                                  "PARSIMONY_ANSWER_CACHE_MIN_SIMILARITY in (0, 1]")
 
 # --- Agents ------------------------------------------------------------------------------------
 # `http` tools: the transport timeout and the largest response read (hosts: the admin's allow-list).

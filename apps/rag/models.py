@@ -68,6 +68,11 @@ class Pipeline(models.Model):
         "runs) is below this, answer \"not found in the documents\" without generating (no generation cost). "
         "Empty: never abstain",
     )
+    answer_cache = models.BooleanField(
+        default=True,
+        help_text="Reuse this team's earlier answers to the same question, or a verified same-intent one "
+        "(docs/cache.md): a hit costs the question's embedding instead of the pipeline",
+    )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
     system_prompt = models.TextField(blank=True)

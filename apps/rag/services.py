@@ -193,7 +193,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
-    "abstain_below",
+    "abstain_below", "answer_cache",
 )
 
 
@@ -333,8 +333,14 @@ def query_run_start(
     max_output_tokens: int | None = None,
     user=None,
     api_key=None,
+    cache: bool | None = None,
 ) -> QueryRun:
-    """Hold the query's first steps (402 if a budget would go over), create the run, enqueue it."""
+    """Hold the query's first steps (402 if a budget would go over), create the run, enqueue it.
+
+    ``cache``: False skips the team's answer cache for this request (``apps.answer_cache``); a hit
+    answers the run at once, without a job."""
+    from apps.answer_cache.services import answer_cache_lookup_bound, answer_cache_serve
+
     if (pipeline is None) == (endpoint is None):
         raise ValidationFailed("a query names exactly one pipeline or one model endpoint")
     messages = messages or []
@@ -357,6 +363,8 @@ def query_run_start(
     estimate = _query_start_bound(
         endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
     )
+    if pipeline is not None:
+        estimate += answer_cache_lookup_bound(pipeline=pipeline, question=question, requested=cache)
     reservation = hold_open(
         path="query",
         context=LedgerContext(team=team, user=user, api_key=api_key),
@@ -375,6 +383,8 @@ def query_run_start(
         messages=messages,
         max_output_tokens=cap,
     )
+    if answer_cache_serve(run=run, requested=cache):
+        return run
     run.job = job_start(
         kind="rag.query", team=team, created_by=user,
         params={"query_run_id": run.pk, "reservation_id": reservation.pk}, total=3,
@@ -779,6 +789,10 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         finished_at=timezone.now(),
     )
     run.refresh_from_db()
+    if run.pipeline_id:
+        from apps.answer_cache.services import answer_cache_store_safely
+
+        answer_cache_store_safely(run=run)
     if claimed is not None:
         from apps.rag.shadow import shadow_baseline_maybe_start
 

@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.models import Role
+from apps.answer_cache.selectors import cache_info
 from apps.core.errors import ServiceError
 from apps.costs.services import BudgetExceeded
 from apps.rag import selectors as rag_selectors
@@ -76,6 +77,7 @@ def _run_context(run) -> dict:
         "stage_totals": totals,
         "job": job,
         "cited": [c for c in run.citations if c.get("cited")],
+        "cache": cache_info(run=run),
     }
 
 

@@ -223,6 +223,7 @@ class PipelineForm(forms.Form):
         min_value=0, max_value=1, required=False, label="Abstain below retrieval confidence",
         widget=forms.NumberInput(attrs={"step": "0.05"}),
     )
+    answer_cache = forms.BooleanField(required=False, label="Answer cache")
 
     def __init__(
         self,

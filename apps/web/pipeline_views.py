@@ -24,6 +24,7 @@ FORM_FIELDS = (
     "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens",
     "system_prompt",
     "fixed_context", "fixed_context_corpus", "attention_options", "decoding_options", "abstain_below",
+    "answer_cache",
 )
 
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from apps.accounts import selectors as account_selectors
 from apps.accounts.models import Role
+from apps.answer_cache import selectors as cache_selectors
 from apps.core.errors import ServiceError
 from apps.core.scoping import team_object_or_404
 from apps.costs import selectors as cost_selectors
@@ -90,6 +91,7 @@ def usage(request: HttpRequest) -> HttpResponse:
             for pipeline, row in rag_selectors.savings_accuracy(team=request.team, since=since).items()
         ],
         "budgets": cost_selectors.team_budget_statuses(team=request.team),
+        "answer_cache": cache_selectors.cache_metrics(team=request.team, since=since),
         "manage": can(request, Role.ADMIN),
     }
     return render(request, "web/usage.html", context)
