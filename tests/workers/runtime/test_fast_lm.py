@@ -20,7 +20,7 @@ from workers.runtime.meter import generate
 from workers.runtime.token_count import chat_template_ids
 
 QUESTIONS = [
-    "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Röntgen. Who got the first Nobel prize in physics?",
+    "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Röntgen. Who got the first physics Nobel?",
     "Write one sentence about the sea.",
     "List three colours.",
 ]
