@@ -20,17 +20,19 @@ def main() -> None:
     for line in sys.stdin:
         job = json.loads(line)
         llm.reset()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         llm.eval(job["prompt"])
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         tokens: list[int] = []
         while True:
             tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
             if len(tokens) >= job["n"]:
                 break
             llm.eval([tokens[-1]])
-        t2 = time.perf_counter()
-        print(json.dumps({"prefill_s": t1 - t0, "decode_s": t2 - t1, "tokens": tokens}), flush=True)
+        t2, c2 = time.perf_counter(), time.thread_time()
+        # CPU seconds of this thread: with n_threads=1 llama.cpp computes on the calling thread.
+        print(json.dumps({"prefill_s": t1 - t0, "decode_s": t2 - t1, "prefill_cpu_s": c1 - c0,
+                          "decode_cpu_s": c2 - c1, "tokens": tokens}), flush=True)
 
 
 if __name__ == "__main__":

@@ -327,7 +327,12 @@ class BatchEngine:
             for start in range(0, len(ids), chunk):
                 if request.deadline is not None and start > 0 and time.perf_counter() > request.deadline:
                     raise PrefillStopped(prefilled=start, total=len(ids))
-                logits, ns = self._timed(lambda s=start: self.fast.prefill(cache, row, ids[s : s + chunk]))
+                piece = ids[start : start + chunk]
+
+                def read(piece: list[int] = piece) -> Any:
+                    return self.fast.prefill(cache, row, piece)
+
+                logits, ns = self._timed(read)
                 self._charge(request, ns)
         except PrefillStopped as stopped:
             cache.lengths[row] = 0
