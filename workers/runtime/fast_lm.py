@@ -197,8 +197,8 @@ class FastLM:
         import torch
         import torch.nn.functional as F  # noqa: N812 - torch's convention
 
-        if self.dtype == "fp32":
-            return [(lambda w: (lambda x: F.linear(x, w)))(m.weight) for m in modules]
+        if self.dtype == "fp32":  # the model's own tensors when it was loaded in fp32 (no copy)
+            return [(lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().float()) for m in modules]
         if self.dtype == "bf16":
             return [(lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().to(torch.bfloat16)) for m in modules]
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
