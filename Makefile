@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test test-fast worker-cpu worker-gpu worker-io lint bench migrate demo clean-venv
+.PHONY: install run test test-fast worker-cpu worker-gpu worker-gpu-batched worker-io lint bench migrate demo clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH; set PYTHON=..."; exit 1; }
@@ -42,6 +42,10 @@ worker-cpu: install
 
 worker-gpu: install
 	$(VENV)/bin/celery -A workers worker -Q gpu --pool prefork --concurrency 1 --loglevel INFO
+
+# The gpu queue with continuous batching of concurrent generations (docs/operations.md, "Local inference").
+worker-gpu-batched: install
+	PARSIMONY_BATCH_MAX_ROWS=$${PARSIMONY_BATCH_MAX_ROWS:-8} $(VENV)/bin/celery -A workers worker -Q gpu --pool threads --concurrency $${PARSIMONY_BATCH_MAX_ROWS:-8} --loglevel INFO
 
 # Remote model endpoints (OpenAI-compatible): calls that wait on the network, many at once.
 worker-io: install

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from workers.runtime.decode import causal_lm_steps, decode, eos_ids, greedy
+from workers.runtime.decode import decode, eos_ids, greedy
 from workers.runtime.device_clock import device_clock
+from workers.runtime.fast_lm import local_steps
 
 if TYPE_CHECKING:
     from workers.runtime.embedders import Embedder
@@ -73,7 +74,8 @@ def _timed_call(lm: LoadedModel, prompt_ids: list[int], new_tokens: int) -> tupl
     with lm.lock, torch.inference_mode():
         _sync(lm.device)
         t0 = clock()
-        first_logits, step = causal_lm_steps(lm, prompt_ids)
+        # The path the meter bills (the fast forward where it runs the model), so predictions match bills.
+        first_logits, step = local_steps(lm, prompt_ids, max_new_tokens=new_tokens)
         _sync(lm.device)
         t1 = clock()
         result = decode(

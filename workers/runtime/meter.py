@@ -25,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
+from workers.runtime.batching import BatchEngine, batch_engine
 from workers.runtime.decode import (
     Allowance,
     FinishReason,
     PickToken,
     PrefillStopped,
     as_allowance,
-    causal_lm_steps,
     decode,
     eos_ids,
     greedy,
@@ -40,6 +40,7 @@ from workers.runtime.decode import (
 )
 from workers.runtime.decoding import DecodingSettings, decoding_settings
 from workers.runtime.device_clock import device_clock
+from workers.runtime.fast_lm import local_steps
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.openai_compat import (
     ChatCompletion,
@@ -274,6 +275,12 @@ def _generate_local(
         config = target.model.generation_config
         pick = sampler(temperature, top_k=config.top_k or 50, top_p=config.top_p or 1.0)
     on_cuda = target.device.startswith("cuda")
+    engine = batch_engine(target)
+    if engine is not None:
+        return _generate_batched(
+            engine, target, prompt_ids, max_output_tokens, wall_time_limit_s, on_token, stop, pick, budget,
+            decoding, constraint,
+        )
     clock = device_clock(target.device)
     with target.lock:
         # The deadline starts once we hold the model: time queued behind another call is not
@@ -283,7 +290,8 @@ def _generate_local(
             torch.cuda.synchronize(target.device)
         with torch.inference_mode():
             try:
-                first_logits, step = causal_lm_steps(target, prompt_ids, deadline=t0 + wall_time_limit_s)
+                first_logits, step = local_steps(target, prompt_ids, deadline=t0 + wall_time_limit_s,
+                                                 max_new_tokens=max_output_tokens)
             except PrefillStopped as stopped:
                 # The prompt ran out of time before its last chunk: no token, the chunks read are billed.
                 if on_cuda:
@@ -304,6 +312,59 @@ def _generate_local(
         if on_cuda:
             torch.cuda.synchronize(target.device)
         compute_s = clock() - c0
+    return GenerationResult(
+        text=decoded.text,
+        finish_reason=decoded.finish_reason,
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=len(decoded.token_ids),
+        cached_tokens=0,
+        wall_s=0.0,
+        gpu_s=compute_s if on_cuda else 0.0,
+        compute_s=compute_s,
+        model=target.name,
+        error=decoded.error,
+        repetition_tokens_saved=decoded.repetition_tokens_saved,
+    )
+
+
+def _generate_batched(
+    engine: BatchEngine,
+    target: LoadedModel,
+    prompt_ids: list[int],
+    max_output_tokens: int,
+    wall_time_limit_s: float,
+    on_token: Callable[[str], None] | None,
+    stop: list[str] | None,
+    pick: PickToken,
+    budget: _Budget,
+    decoding: DecodingSettings | None,
+    constraint: Any,
+) -> GenerationResult:
+    """``_generate_local`` through the process's batching engine (``workers.runtime.batching``): the same
+    decode loop on this thread, the forward passes shared with concurrent requests; billed this request's
+    metered share of the engine's device time (its prefill plus its share of each step it was in)."""
+    on_cuda = target.device.startswith("cuda")
+    deadline = time.perf_counter() + wall_time_limit_s
+    try:
+        request = engine.open(prompt_ids, max_new_tokens=max_output_tokens, deadline=deadline)
+    except PrefillStopped as stopped:
+        compute_s = stopped.request.device_s  # type: ignore[attr-defined]  # set by the engine
+        return GenerationResult(
+            text="", finish_reason="time_limit", prompt_tokens=stopped.prefilled, completion_tokens=0,
+            cached_tokens=0, wall_s=0.0, gpu_s=compute_s if on_cuda else 0.0, compute_s=compute_s,
+            model=target.name, error=f"{stopped} (wall-time limit {wall_time_limit_s:g} s)",
+        )
+    try:
+        decoded = decode(
+            first_logits=request.first_logits, step=request.step, tokenizer=target.tokenizer, eos=eos_ids(target),
+            max_new_tokens=max_output_tokens, deadline=deadline, on_token=on_token, stop=stop,
+            prompt_ids=prompt_ids, pick=pick, budget_s=budget.seconds, compute_started=0.0,
+            first_step_s=budget.expected_step_s, clock=request.clock,
+            decoding=decoding or decoding_settings(target.name), constraint=constraint,
+        )
+    finally:
+        request.close()
+    compute_s = request.device_s
     return GenerationResult(
         text=decoded.text,
         finish_reason=decoded.finish_reason,

@@ -1,0 +1,427 @@
+"""A fast forward for llama-architecture causal LMs: preallocated KV cache, weights in a chosen dtype (no Django).
+
+transformers' generic forward spends most of a single-token step on Python (mask building, cache
+bookkeeping, hooks): for SmolLM2-135M on one CPU core a decode step took ~100 ms where its weights
+alone bound it near 50 ms (fp32). This module reads the same weights into a plain forward with
+nothing per step but the tensor work:
+
+- the KV cache is preallocated tensors ``(rows, KV heads, capacity, head dim)`` per layer, written in
+  place at each row's position (grown by doubling when a row outgrows it);
+- RoPE's cos/sin are taken once from the model's own rotary module for every position (so scaled
+  RoPE, e.g. YaRN, is the model's), and looked up per step;
+- the weights are ``fp32`` (the model's own tensors, shared), ``bf16`` (a copy) or ``int8`` (dynamic
+  quantization of every Linear, ``torch.ao.quantization.quantize_dynamic``: int8 weights, activations
+  quantized per call); embeddings stay as loaded (a lookup reads one row).
+
+Rows: the forward runs several sequences at once (``workers.runtime.batching``): each row has its own
+length; a decode step writes each row's new key at its own position and masks the positions past it.
+``FastLM.steps`` gives the single-stream ``(first_logits, step)`` pair the decode loop takes
+(``workers.runtime.decode.decode``), the drop-in for ``causal_lm_steps``.
+
+The reference is transformers' forward (``causal_lm_steps``): in fp32 the fast path gives the same
+greedy tokens (tested), and ``dtype_agreement`` measures how often the other dtypes agree with it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from workers.runtime.local_lm import LoadedModel
+
+DTYPES = ("fp32", "bf16", "int8")
+# The measured default per device (docs/benchmarks.md, "Local inference"): on the project's AVX2 CPUs only
+# fp32 keeps SmolLM2's greedy answers (bf16 agreed on 0.83 of the tokens, int8 dynamic quantization on ~0.3,
+# per-channel scales or fp32 lm_head/down_proj included), so fp32 is the default there; on CUDA bf16 is the
+# serving norm (quantize_dynamic is CPU-only), not measured here: no GPU was lent.
+DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "bf16"}
+# Rows grow their capacity in steps of this many positions (a decode of N tokens reallocates log2(N) times at most).
+_MIN_CAPACITY = 256
+
+
+class UnsupportedModel(ValueError):
+    """The fast forward cannot run this model (not a llama-architecture causal LM)."""
+
+
+def resolve_dtype(device: str, name: str | None = None) -> str:
+    """The weight dtype for ``device``: ``name``, else PARSIMONY_LOCAL_LM_DTYPE, else the measured default.
+
+    ``auto`` means the default for the device; an unknown name raises ValueError listing the valid ones.
+    """
+    raw = (name if name is not None else os.environ.get("PARSIMONY_LOCAL_LM_DTYPE", "auto")).strip().lower() or "auto"
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if raw == "auto":
+        return DEFAULT_DTYPE[kind]
+    if raw not in DTYPES:
+        raise ValueError(f"PARSIMONY_LOCAL_LM_DTYPE must be one of auto, {', '.join(DTYPES)}; got {raw!r}")
+    if raw == "int8" and kind == "cuda":
+        raise ValueError("int8 dynamic quantization runs on CPUs only; use bf16 or fp32 on CUDA")
+    return raw
+
+
+def fast_decode_enabled() -> bool:
+    """PARSIMONY_FAST_DECODE (default on): whether plain local generations use this forward."""
+    raw = os.environ.get("PARSIMONY_FAST_DECODE", "1").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"PARSIMONY_FAST_DECODE must be a boolean (1/0, true/false), got {raw!r}")
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln1: torch.Tensor  # (hidden,)
+    q: Callable[[torch.Tensor], torch.Tensor]
+    k: Callable[[torch.Tensor], torch.Tensor]
+    v: Callable[[torch.Tensor], torch.Tensor]
+    o: Callable[[torch.Tensor], torch.Tensor]
+    ln2: torch.Tensor  # (hidden,)
+    gate: Callable[[torch.Tensor], torch.Tensor]
+    up: Callable[[torch.Tensor], torch.Tensor]
+    down: Callable[[torch.Tensor], torch.Tensor]
+
+
+class KVCache:
+    """Per-layer keys and values ``(rows, KV heads, capacity, head dim)``; ``lengths[r]``: positions row r holds."""
+
+    def __init__(self, lm: FastLM, rows: int, capacity: int) -> None:
+        import torch
+
+        self.lm = lm
+        self.capacity = max(int(capacity), 1)
+        shape = (rows, lm.kv_heads, self.capacity, lm.head_dim)
+        self.k = [torch.zeros(shape, dtype=lm.act_dtype, device=lm.device) for _ in range(lm.n_layers)]
+        self.v = [torch.zeros(shape, dtype=lm.act_dtype, device=lm.device) for _ in range(lm.n_layers)]
+        self.lengths = [0] * rows
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def bytes(self) -> int:
+        return 2 * sum(t.numel() * t.element_size() for t in self.k)
+
+    def ensure(self, positions: int) -> None:
+        """Room for ``positions`` per row (doubling the capacity, copying what is held)."""
+        if positions <= self.capacity:
+            return
+        if positions > self.lm.max_positions:
+            raise ValueError(f"{positions:,} positions pass the model's {self.lm.max_positions:,}")
+        import torch
+
+        new = min(max(positions, 2 * self.capacity, _MIN_CAPACITY), self.lm.max_positions)
+        for store in (self.k, self.v):
+            for i, old in enumerate(store):
+                grown = torch.zeros((old.shape[0], old.shape[1], new, old.shape[3]), dtype=old.dtype, device=old.device)
+                grown[:, :, : self.capacity] = old
+                store[i] = grown
+        self.capacity = new
+
+    def add_rows(self, n: int) -> None:
+        import torch
+
+        for store in (self.k, self.v):
+            for i, old in enumerate(store):
+                store[i] = torch.cat([old, old.new_zeros((n, *old.shape[1:]))], dim=0)
+        self.lengths.extend([0] * n)
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` into row ``dst`` (compaction when a row leaves a batch)."""
+        n = self.lengths[src]
+        for store in (self.k, self.v):
+            for t in store:
+                t[dst, :, :n] = t[src, :, :n]
+        self.lengths[dst] = n
+
+
+class FastLM:
+    """The fast forward over one loaded llama model's weights in ``dtype`` (see the module doc).
+
+    Not thread-safe: callers hold the model's lock (``LoadedModel.lock``) around ``prefill``/``decode_step``.
+    """
+
+    def __init__(self, model: Any, *, dtype: str, device: str = "cpu") -> None:
+        import torch
+
+        config = model.config
+        if getattr(config, "model_type", None) not in ("llama",) or not hasattr(model, "model"):
+            raise UnsupportedModel(f"the fast forward runs llama-architecture models, not {config.model_type!r}")
+        if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+            raise UnsupportedModel("the fast forward does not implement attention or MLP biases")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
+        self.device = device
+        self.n_layers = int(config.num_hidden_layers)
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.eps = float(config.rms_norm_eps)
+        self.max_positions = int(config.max_position_embeddings)
+        self.act_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        inner = model.model
+        with torch.no_grad():
+            self.embed = inner.embed_tokens.weight  # (V, hidden), shared with the model
+            # cos/sin for every position from the model's own rotary module (scaled RoPE included).
+            positions = torch.arange(self.max_positions, device=device)[None]  # (1, P)
+            probe = torch.zeros(1, dtype=torch.float32, device=device)
+            cos, sin = inner.rotary_emb(probe, positions)  # (1, P, D) each
+            self.cos, self.sin = cos[0].to(self.act_dtype), sin[0].to(self.act_dtype)  # (P, D)
+            linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+                       for layer in inner.layers]
+            built = self._linears([m for group in linears for m in group] + [model.lm_head])
+            self.layers = []
+            for i, layer in enumerate(inner.layers):
+                fns = built[7 * i : 7 * i + 7]
+                self.layers.append(_Layer(
+                    ln1=layer.input_layernorm.weight.to(self.act_dtype), q=fns[0], k=fns[1], v=fns[2], o=fns[3],
+                    ln2=layer.post_attention_layernorm.weight.to(self.act_dtype), gate=fns[4], up=fns[5], down=fns[6],
+                ))
+            self.norm = inner.norm.weight.to(self.act_dtype)
+            self.lm_head = built[-1]
+        self.scale = self.head_dim ** -0.5
+        self.group = self.heads // self.kv_heads
+
+    def _linears(self, modules: list[Any]) -> list[Callable[[Any], Any]]:
+        """Each Linear as a callable in this dtype: fp32 the model's weight itself, bf16 a copy, int8 quantized."""
+        import torch
+        import torch.nn.functional as F  # noqa: N812 - torch's convention
+
+        if self.dtype == "fp32":  # the model's own tensors when it was loaded in fp32 (no copy)
+            return [(lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().float()) for m in modules]
+        if self.dtype == "bf16":
+            return [(lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().to(torch.bfloat16)) for m in modules]
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        holder = torch.nn.ModuleList([torch.nn.Linear(m.in_features, m.out_features, bias=False) for m in modules])
+        for copy, m in zip(holder, modules, strict=True):
+            copy.weight = torch.nn.Parameter(m.weight.detach().float(), requires_grad=False)
+        # Per output channel scales: one scale per tensor turned SmolLM2's answers to noise (agreement 0.11).
+        quantized = quantize_dynamic(holder, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        self._quantized = quantized  # keeps the packed weights alive
+        return list(quantized)
+
+    # ------------------------------------------------------------------------ pieces
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F  # noqa: N812
+
+        h = self._rms(x, layer.ln2)
+        return layer.down(F.silu(layer.gate(h)) * layer.up(h))
+
+    def new_cache(self, rows: int = 1, capacity: int = _MIN_CAPACITY) -> KVCache:
+        return KVCache(self, rows, min(capacity, self.max_positions))
+
+    # ------------------------------------------------------------------------ forward
+
+    def prefill(self, cache: KVCache, row: int, token_ids: list[int]) -> torch.Tensor:
+        """Append ``token_ids`` to row ``row`` of ``cache`` in one pass -> the last position's logits (V,) fp32."""
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        past, t = cache.lengths[row], len(token_ids)
+        assert t >= 1, "nothing to prefill"
+        cache.ensure(past + t)
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # (1, T)
+        x = self.embed[ids].to(self.act_dtype)  # (1, T, hidden)
+        cos = self.cos[past : past + t][None, None]  # (1, 1, T, D)
+        sin = self.sin[past : past + t][None, None]
+        # Query i (position past+i) sees keys 0..past+i.
+        mask = None
+        if past:
+            keys = torch.arange(past + t, device=self.device)
+            mask = keys[None, :] <= (past + torch.arange(t, device=self.device))[:, None]  # (T, past+T)
+        for i, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln1)
+            q = layer.q(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
+            k = layer.k(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (1, KVH, T, D)
+            v = layer.v(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            cache.k[i][row, :, past : past + t] = k[0]
+            cache.v[i][row, :, past : past + t] = v[0]
+            keys_i = cache.k[i][row : row + 1, :, : past + t]  # (1, KVH, past+T, D)
+            vals_i = cache.v[i][row : row + 1, :, : past + t]
+            att = F.scaled_dot_product_attention(q, keys_i, vals_i, attn_mask=mask, is_causal=mask is None,
+                                                 scale=self.scale, enable_gqa=True)  # (1, H, T, D)
+            x = x + layer.o(att.transpose(1, 2).reshape(1, t, self.heads * self.head_dim))
+            x = x + self._mlp(layer, x)
+        cache.lengths[row] = past + t
+        last = self._rms(x[:, -1:], self.norm)  # (1, 1, hidden)
+        return self.lm_head(last)[0, 0].float()  # (V,)
+
+    def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
+        """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32."""
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        b = len(tokens)
+        lengths = cache.lengths[:b]
+        longest = max(lengths) + 1
+        cache.ensure(longest)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
+        pos = torch.tensor(lengths, dtype=torch.long, device=self.device)  # (B,)
+        rows = torch.arange(b, device=self.device)
+        x = self.embed[ids].to(self.act_dtype)  # (B, 1, hidden)
+        cos = self.cos[pos][:, None, None]  # (B, 1, 1, D)
+        sin = self.sin[pos][:, None, None]
+        mask = None
+        if b > 1 and min(lengths) + 1 != longest:
+            # Row r sees its own positions 0..lengths[r] only (shorter rows: padding past them).
+            mask = (torch.arange(longest, device=self.device)[None, :] <= pos[:, None])[:, None, None]  # (B,1,1,T)
+        for i, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln1)
+            q = layer.q(h).view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
+            k = layer.k(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, 1, D)
+            v = layer.v(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            ck, cv = cache.k[i], cache.v[i]
+            ck[rows, :, pos] = k[:, :, 0]  # each row at its own position
+            cv[rows, :, pos] = v[:, :, 0]
+            att = F.scaled_dot_product_attention(q, ck[:b, :, :longest], cv[:b, :, :longest], attn_mask=mask,
+                                                 scale=self.scale, enable_gqa=True)  # (B, H, 1, D)
+            x = x + layer.o(att.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
+            x = x + self._mlp(layer, x)
+        for r in range(b):
+            cache.lengths[r] += 1
+        return self.lm_head(self._rms(x, self.norm))[:, 0].float()  # (B, V)
+
+    # ------------------------------------------------------------------------ single stream
+
+    def steps(
+        self, prompt_ids: list[int], *, deadline: float | None = None, chunk_tokens: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+        """``causal_lm_steps`` on the fast forward: prefill ``prompt_ids`` in chunks (``PrefillStopped`` past
+        ``deadline`` between chunks) -> (the last position's logits (V,), a step function)."""
+        from workers.runtime.decode import PrefillStopped, prefill_chunk_tokens
+
+        total = len(prompt_ids)
+        assert total >= 1, "an empty prompt has nothing to prefill"
+        expected = total + (max_new_tokens or _MIN_CAPACITY)
+        cache = self.new_cache(1, max(expected, _MIN_CAPACITY))
+        chunk = chunk_tokens or prefill_chunk_tokens()
+        logits = None
+        for start in range(0, total, chunk):
+            if deadline is not None and start > 0 and time.perf_counter() > deadline:
+                raise PrefillStopped(prefilled=start, total=total)
+            logits = self.prefill(cache, 0, prompt_ids[start : start + chunk])
+        assert logits is not None
+
+        def step(token: int) -> torch.Tensor:
+            return self.decode_step(cache, [token])[0]
+
+        return logits, step
+
+
+# ---------------------------------------------------------------------------- one per model and dtype
+
+_fast: weakref.WeakKeyDictionary[Any, dict[str, FastLM]] = weakref.WeakKeyDictionary()
+_fast_lock = threading.Lock()
+
+
+def fast_lm(lm: LoadedModel, dtype: str | None = None) -> FastLM:
+    """The fast forward of ``lm`` in ``dtype`` (None: ``resolve_dtype``), built once per model and dtype.
+
+    Raises ``UnsupportedModel`` for a model it cannot run (callers fall back to ``causal_lm_steps``).
+    """
+    name = resolve_dtype(lm.device, dtype)
+    with _fast_lock:
+        per_model = _fast.setdefault(lm, {})
+        hit = per_model.get(name)
+        if hit is None:
+            import torch
+
+            with torch.inference_mode():
+                hit = FastLM(lm.model, dtype=name, device=lm.device)
+            per_model[name] = hit
+        return hit
+
+
+def local_steps(
+    lm: LoadedModel, prompt_ids: list[int], *, deadline: float | None = None, max_new_tokens: int | None = None,
+) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+    """The (first logits, step) pair a plain local generation decodes from: the fast forward when
+    PARSIMONY_FAST_DECODE is on and the model is one it runs, else the reference ``causal_lm_steps``.
+    Caller holds the model lock and inference mode (as for ``causal_lm_steps``)."""
+    from workers.runtime.decode import causal_lm_steps
+
+    if fast_decode_enabled():
+        try:
+            fast = fast_lm(lm)
+        except UnsupportedModel:
+            fast = None
+        if fast is not None:
+            return fast.steps(prompt_ids, deadline=deadline, max_new_tokens=max_new_tokens)
+    return causal_lm_steps(lm, prompt_ids, deadline=deadline)
+
+
+def greedy_tokens(first_logits: torch.Tensor, step: Callable[[int], torch.Tensor], n: int,
+                  eos: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """``n`` greedy tokens from a (first logits, step) pair, stopping after an EOS id (plain argmax, no guard)."""
+    import torch
+
+    out: list[int] = []
+    logits = first_logits
+    while True:
+        token = int(torch.argmax(logits))
+        out.append(token)
+        if len(out) >= n or token in eos:
+            return out
+        logits = step(token)
+
+
+def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float:
+    """The share of reference tokens the other run reproduced: per sequence, the tokens before the first
+    difference (greedy decoding diverges for good after one), summed over sequences, over all reference tokens."""
+    if len(reference) != len(other):
+        raise ValueError(f"{len(reference)} reference sequences but {len(other)} to compare")
+    total = sum(len(r) for r in reference)
+    if total == 0:
+        raise ValueError("no reference tokens to compare")
+    same = 0
+    for ref, oth in zip(reference, other, strict=True):
+        for a, b in zip(ref, oth, strict=False):
+            if a != b:
+                break
+            same += 1
+    return same / total
+
+
+__all__ = [
+    "DEFAULT_DTYPE",
+    "DTYPES",
+    "FastLM",
+    "KVCache",
+    "UnsupportedModel",
+    "fast_decode_enabled",
+    "fast_lm",
+    "greedy_tokens",
+    "local_steps",
+    "resolve_dtype",
+    "token_agreement",
+]
