@@ -120,6 +120,9 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         "baseline_kind": run.baseline_kind,
         "savings": money_str(run.savings),
         "citations": run.citations,
+        # A cascade's tiers (which answered, and why) and a budget degradation (docs/cascades.md); null: none.
+        "cascade": run.cascade or None,
+        "degradation": run.degradation or None,
     }
 
 

@@ -73,6 +73,10 @@ class PipelineOutputSerializer(serializers.Serializer):
         help_text="Answer \"not found in the documents\" without generating when the retrieval confidence is "
         "below this (0..1); null: never",
     )
+    cascade = serializers.JSONField(
+        help_text="A cascade: {\"tiers\": [pipeline ids, cheapest first], \"scorer\": {...}}; {} for an ordinary "
+        "pipeline (docs/cascades.md)"
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -129,6 +133,11 @@ class PipelineInputSerializer(serializers.Serializer):
         required=False, allow_null=True, min_value=0, max_value=1,
         help_text="0..1: when the best hit's retrieval confidence (its percentile among the pipeline's earlier "
         "runs) is below this, answer \"not found in the documents\" without generating; null: never",
+    )
+    cascade = serializers.JSONField(
+        required=False,
+        help_text="Make this pipeline a cascade: {\"tiers\": [pipeline names or ids, cheapest first, 2 to 8], "
+        "\"scorer\": fitted JSON (optional)}; its corpora and retrieval options are its tiers' (docs/cascades.md)",
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)
