@@ -300,7 +300,7 @@ class DegradationPolicy(models.Model):
     Checked before a query's hold: the share used of the most-used budget the request counts against
     (spent + reserved over the hard limit) picks the rule with the highest ``above_percent`` it has
     reached. A key's policy replaces its team's (``api_key`` empty: the team's). Rules (validated by
-    ``apps.costs.degradation.degradation_rules_problem``): ``{"above_percent": 80, "top_k_cap": 3,
+    ``apps.costs.degradation_rules.degradation_rules_problem``): ``{"above_percent": 80, "top_k_cap": 3,
     "max_tiers": 2, "extractive_only": false}`` — fewer passages, a cascade's first tiers only, or the
     extractive answer (no generation).
     """
@@ -334,7 +334,7 @@ class DegradationPolicy(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        from apps.costs.degradation import degradation_rules_problem
+        from apps.costs.degradation_rules import degradation_rules_problem
 
         problem = degradation_rules_problem(self.rules)
         if problem:

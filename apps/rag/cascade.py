@@ -119,13 +119,13 @@ def cascade_tiers(*, pipeline: Pipeline, degradation: dict[str, Any] | None = No
 
 
 def cascade_start_bound(
-    *, pipeline: Pipeline, question: str, messages: list[dict], max_output_tokens: int,
-    degradation: dict[str, Any] | None = None,
+    *, pipeline: Pipeline, question: str, messages: list[dict], max_output_tokens: int, start_bound: Any,
+    framing_tokens: int, degradation: dict[str, Any] | None = None,
 ) -> Decimal:
     """The cascade's hold at admission: every tier's question checked against its model's window,
-    and the sum of every tier's start bound (what each would be admitted at alone)."""
+    and the sum of every tier's start bound (``start_bound``: ``services._query_start_bound``, what
+    each would be admitted at alone; passed in, as this module sits below services)."""
     from apps.costs.tokens import prompt_check
-    from apps.rag.services import _PROMPT_FRAMING_TOKENS, _query_start_bound
 
     total = ZERO
     for tier in cascade_tiers(pipeline=pipeline, degradation=degradation):
@@ -135,8 +135,8 @@ def cascade_start_bound(
         cap = max(1, min(max_output_tokens, tier.max_output_tokens, endpoint.max_output_tokens))
         system = [{"role": "system", "content": tier.system_prompt}] if tier.system_prompt else []
         prompt_check(endpoint, [*system, *(messages or [{"role": "user", "content": question}])],
-                     max_output_tokens=cap, extra_tokens=_PROMPT_FRAMING_TOKENS)
-        total += _query_start_bound(endpoint=endpoint, pipeline=tier, question=question, messages=messages,
+                     max_output_tokens=cap, extra_tokens=framing_tokens)
+        total += start_bound(endpoint=endpoint, pipeline=tier, question=question, messages=messages,
                                     max_output_tokens=cap)
     return total
 
@@ -146,10 +146,10 @@ def _ledger_since(run_id: int, after_id: int) -> Decimal:
     return rows.aggregate(total=Sum("cost"))["total"] or ZERO
 
 
-def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any) -> Any:
+def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, answer: Any) -> Any:
     """Run the cascade's tiers in turn (see the module docstring); returns the accepted tier's result,
-    with ``hooks`` (the run's) now holding that tier's ledger records for the baseline."""
-    from apps.rag.services import _answer, _QueryHooks
+    with ``hooks`` (the run's) now holding that tier's ledger records for the baseline. ``answer``:
+    ``services._answer`` (one tier's run); each tier's hooks are ``type(hooks)`` over the tier."""
     from workers.rag.cascade import cascade_decide
 
     cascade = run.pipeline
@@ -162,7 +162,7 @@ def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any) -> 
         tier_run.pipeline = tier
         tier_run.max_output_tokens = max(1, min(run.max_output_tokens or tier.max_output_tokens,
                                                 tier.max_output_tokens))
-        tier_hooks = _QueryHooks(run=tier_run, context=replace(hooks.context, pipeline_name=tier.name),
+        tier_hooks = type(hooks)(run=tier_run, context=replace(hooks.context, pipeline_name=tier.name),
                                  on_model_load=hooks.on_model_load)
 
         def tier_progress(done: int, total: int, message: str, _i: int = index, _name: str = tier.name) -> None:
@@ -170,7 +170,7 @@ def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any) -> 
 
         before = UsageRecord.objects.filter(query_run_id=run.pk).aggregate(last=Max("pk"))["last"] or 0
         stream.text = ""
-        outcome = _answer(tier_run, tier_hooks, stream, tier_progress)
+        outcome = answer(tier_run, tier_hooks, stream, tier_progress)
         quality = dict(outcome.quality or {})
         signals = {**quality, "quality_label": quality.get("label", ""), "quality": quality,
                    "finish_reason": outcome.finish_reason, "answer": outcome.answer}

@@ -375,7 +375,8 @@ def query_run_start(
         from apps.rag.cascade import cascade_start_bound
 
         estimate = cascade_start_bound(pipeline=pipeline, question=question, messages=messages,
-                                       max_output_tokens=cap, degradation=degradation)
+                                       max_output_tokens=cap, degradation=degradation,
+                                       start_bound=_query_start_bound, framing_tokens=_PROMPT_FRAMING_TOKENS)
     else:
         prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
                      extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
@@ -711,7 +712,7 @@ def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -
         if run.pipeline_id and run.pipeline.is_cascade:
             from apps.rag.cascade import cascade_answer
 
-            return cascade_answer(run=run, hooks=hooks, stream=stream, progress=progress)
+            return cascade_answer(run=run, hooks=hooks, stream=stream, progress=progress, answer=_answer)
         if run.pipeline_id:
             config = _engine_config(run, hooks.endpoint)
             return run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress,

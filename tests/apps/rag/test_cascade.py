@@ -110,8 +110,9 @@ def test_a_cascade_escalates_when_the_scorer_doubts_and_meters_every_tier_under_
                                  max_output_tokens=t.max_output_tokens) for t in (quotes, small)]
     started = query_run_start(team=team_a, user=alice, pipeline=cascade, question=QUESTION)
     held = Reservation.objects.get(pk=started.reservation_id).estimate
-    assert held == sum(bounds) == cascade_start_bound(pipeline=cascade, question=QUESTION, messages=[],
-                                                      max_output_tokens=started.max_output_tokens)
+    assert held == sum(bounds) == cascade_start_bound(
+        pipeline=cascade, question=QUESTION, messages=[], max_output_tokens=started.max_output_tokens,
+        start_bound=_query_start_bound, framing_tokens=128)
     assert held >= max(bounds)  # the hold covers every tier's start, not just the first's
     run = query_run_execute(query_run_id=started.pk)
     assert run.status == "succeeded", run.error
