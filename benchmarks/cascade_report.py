@@ -82,6 +82,19 @@ def _evaluate(questions: list[dict[str, dict]], tiers: list[str], params: Any) -
         "oracle_saving_recovered": round(saving / oracle_saving, 4) if oracle_saving > 0 else None,
         "recovers_half_the_oracle_saving": oracle_saving > 0 and saving / oracle_saving >= 0.5,
     }
+    # FrugalGPT's comparison: against always calling the dearest tier (the "strong model").
+    dear = max(tiers, key=lambda t: tier_report[t]["cost_per_question"])
+    d = tier_report[dear]
+    dear_saving = d["cost_per_question"] - oracle["cost_per_question"]
+    targets["vs_dearest_tier"] = {
+        "tier": dear,
+        "cost_of_pass_ratio": (round(cascade["cost_of_pass"] / d["cost_of_pass"], 4)
+                               if isinstance(cascade["cost_of_pass"], float) and isinstance(d["cost_of_pass"], float)
+                               else None),
+        "contained_delta_points": round(100 * (cascade["contained"] - d["contained"]), 2),
+        "oracle_saving_recovered": (round((d["cost_per_question"] - cascade["cost_per_question"]) / dear_saving, 4)
+                                    if dear_saving > 0 else None),
+    }
     return {"tiers": tier_report, "cascade": cascade, "cascade_unfitted": _summary(prior_answers, prior_costs),
             "oracle_router": oracle, "targets": targets}
 
