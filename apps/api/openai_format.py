@@ -123,6 +123,9 @@ def _query_run_parsimony(run: QueryRun) -> dict:
         "citations": run.citations,
         # The answer cache (docs/cache.md): status hit | miss | bypass, kind exact | semantic.
         "cache": cache_info(run=run),
+        # A cascade's tiers (which answered, and why) and a budget degradation (docs/cascades.md); null: none.
+        "cascade": run.cascade or None,
+        "degradation": run.degradation or None,
     }
 
 

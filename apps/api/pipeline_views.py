@@ -76,6 +76,10 @@ class PipelineOutputSerializer(serializers.Serializer):
     answer_cache = serializers.BooleanField(
         help_text="Whether the pipeline reuses the team's cached answers (docs/cache.md)"
     )
+    cascade = serializers.JSONField(
+        help_text="A cascade: {\"tiers\": [pipeline ids, cheapest first], \"scorer\": {...}}; {} for an ordinary "
+        "pipeline (docs/cascades.md)"
+    )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
     system_prompt = serializers.CharField()
@@ -135,6 +139,11 @@ class PipelineInputSerializer(serializers.Serializer):
     )
     answer_cache = serializers.BooleanField(
         required=False, help_text="Reuse the team's cached answers (default true; docs/cache.md)"
+    )
+    cascade = serializers.JSONField(
+        required=False,
+        help_text="Make this pipeline a cascade: {\"tiers\": [pipeline names or ids, cheapest first, 2 to 8], "
+        "\"scorer\": fitted JSON (optional)}; its corpora and retrieval options are its tiers' (docs/cascades.md)",
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)

@@ -69,6 +69,14 @@ class QueryRunOutputSerializer(serializers.Serializer):
     citations_removed = serializers.IntegerField(
         help_text="Citation markers pointing past the sources, removed from the answer"
     )
+    cascade = serializers.JSONField(
+        help_text="A cascade's run: {answered_by, tier, tiers_run, reason, tiers: [{pipeline, score, threshold, "
+        "decision (accept | escalate), reason, cost, quality_label}]}; {} for other pipelines (docs/cascades.md)"
+    )
+    degradation = serializers.JSONField(
+        help_text="The budget degradation applied before the hold: {note, used_percent, budget, above_percent, "
+        "top_k_cap, max_tiers, extractive_only}; {} when none (docs/cascades.md)"
+    )
     error = serializers.CharField()
     citations = CitationsField()
     prompt_tokens = serializers.IntegerField()

@@ -10,7 +10,15 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from apps.costs.models import Budget, ModelEndpoint, Price, Reservation, UsageRecord, WorkerProfile
+from apps.costs.models import (
+    Budget,
+    DegradationPolicy,
+    ModelEndpoint,
+    Price,
+    Reservation,
+    UsageRecord,
+    WorkerProfile,
+)
 from apps.costs.money_format import money_str, usd
 from apps.costs.selectors import budget_status, spend_per_day
 
@@ -287,3 +295,12 @@ class WorkerProfileAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(DegradationPolicy)
+class DegradationPolicyAdmin(admin.ModelAdmin):
+    """Budget-aware degradation (docs/cascades.md): rules checked before each query's hold."""
+
+    list_display = ("team", "api_key", "rules", "enabled", "created_at")
+    list_filter = ("enabled", "team")
+    list_select_related = ("team", "api_key")

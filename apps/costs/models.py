@@ -296,3 +296,52 @@ class WorkerProfile(models.Model):
     @property
     def queue_list(self) -> list[str]:
         return [q for q in self.queues.split(",") if q]
+
+
+class DegradationPolicy(models.Model):
+    """Budget-aware degradation (docs/cascades.md): as a budget fills, answer more cheaply instead of refusing.
+
+    Checked before a query's hold: the share used of the most-used budget the request counts against
+    (spent + reserved over the hard limit) picks the rule with the highest ``above_percent`` it has
+    reached. A key's policy replaces its team's (``api_key`` empty: the team's). Rules (validated by
+    ``apps.costs.degradation_rules.degradation_rules_problem``): ``{"above_percent": 80, "top_k_cap": 3,
+    "max_tiers": 2, "extractive_only": false}`` — fewer passages, a cascade's first tiers only, or the
+    extractive answer (no generation).
+    """
+
+    TEAM_FIELD = "team"
+
+    team = models.ForeignKey("accounts.Team", on_delete=models.CASCADE, related_name="degradation_policies")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.CASCADE, null=True, blank=True, related_name="degradation_policies",
+        help_text="Empty: the team's policy (a key's own policy replaces it for that key)",
+    )
+    rules = models.JSONField(
+        default=list,
+        help_text='A list of {"above_percent": 80, "top_k_cap": 3, "max_tiers": 2, "extractive_only": false}; '
+        "the highest threshold reached applies",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "api_key"]
+        verbose_name_plural = "degradation policies"
+        constraints = [
+            models.UniqueConstraint(fields=["team", "api_key"], name="one_degradation_policy_per_key"),
+            models.UniqueConstraint(fields=["team"], condition=Q(api_key=None), name="one_team_degradation_policy"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.team}: degradation policy{f' for key {self.api_key}' if self.api_key_id else ''}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from apps.costs.degradation_rules import degradation_rules_problem
+
+        problem = degradation_rules_problem(self.rules)
+        if problem:
+            raise ValidationError({"rules": problem})
+        if self.api_key_id and self.api_key.team_id != self.team_id:
+            raise ValidationError({"api_key": "that key belongs to another team"})

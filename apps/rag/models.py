@@ -73,6 +73,11 @@ class Pipeline(models.Model):
         help_text="Reuse this team's earlier answers to the same question, or a verified same-intent one "
         "(docs/cache.md): a hit costs the question's embedding instead of the pipeline",
     )
+    cascade = models.JSONField(
+        default=dict, blank=True,
+        help_text="A cascade: {\"tiers\": [pipeline ids, cheapest first], \"scorer\": fitted JSON} — each tier "
+        "answers in turn until the scorer accepts (docs/cascades.md). Empty: an ordinary pipeline",
+    )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
     system_prompt = models.TextField(blank=True)
@@ -86,6 +91,10 @@ class Pipeline(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_cascade(self) -> bool:
+        return bool((self.cascade or {}).get("tiers"))
 
     @property
     def has_fixed_context(self) -> bool:
@@ -160,6 +169,16 @@ class QueryRun(models.Model):
         default=0, help_text="Citation markers past the number of sources, removed from the answer"
     )
     quality = models.JSONField(default=dict, blank=True, help_text="The quality signals in full (per sentence)")
+    cascade = models.JSONField(
+        default=dict, blank=True,
+        help_text="A cascade's run: {answered_by, tier, tiers: [{pipeline, score, threshold, decision, reason, "
+        "cost, quality_label}]} (docs/cascades.md)",
+    )
+    degradation = models.JSONField(
+        default=dict, blank=True,
+        help_text="The budget degradation applied before the hold (policy, used_percent, top_k_cap, max_tiers, "
+        "extractive_only, note); empty: none",
+    )
     cost = models.DecimalField(**MONEY, default=ZERO)
     baseline_cost = models.DecimalField(
         **MONEY, default=ZERO, help_text="Naive RAG, same model, every chunk uncompressed"

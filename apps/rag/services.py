@@ -193,7 +193,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
-    "abstain_below", "answer_cache",
+    "abstain_below", "answer_cache", "cascade",
 )
 
 
@@ -232,6 +232,12 @@ def pipeline_save(
         raise ValidationFailed(f"unknown pipeline options: {', '.join(sorted(unknown))}")
     if isinstance(model_endpoint, str):
         model_endpoint = endpoint_resolve(team=team, name=model_endpoint)
+    is_cascade = bool(values["cascade"]) if "cascade" in values else (pipeline is not None and pipeline.is_cascade)
+    if values.get("cascade"):  # a cascade answers with its tiers (apps.rag.cascade): its endpoint is the last's
+        from apps.rag.cascade import cascade_config_normalize
+
+        values["cascade"], model_endpoint = cascade_config_normalize(team=team, pipeline=pipeline,
+                                                                     config=values["cascade"])
     current = {"prompting_strategy": pipeline.prompting_strategy, "prompting_options": pipeline.prompting_options,
                "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
@@ -243,8 +249,10 @@ def pipeline_save(
     kept = {"retriever": pipeline.retriever, "fixed_context": pipeline.fixed_context,
             "fixed_context_corpus": pipeline.fixed_context_corpus} if pipeline is not None else {}
     _corpora_validate(
-        values={"retriever": Pipeline._meta.get_field("retriever").default, **kept, **values},
-        corpora=list(corpora) if corpora is not None else (list(pipeline.corpora.all()) if pipeline else []),
+        values={"retriever": Retriever.NONE} if is_cascade else {
+            "retriever": Pipeline._meta.get_field("retriever").default, **kept, **values},
+        corpora=[] if is_cascade else (
+            list(corpora) if corpora is not None else (list(pipeline.corpora.all()) if pipeline else [])),
     )
     if model_endpoint.team_id not in (None, team.pk):
         raise ValidationFailed("that model endpoint belongs to another team")
@@ -271,6 +279,12 @@ def pipeline_save(
 
 
 def pipeline_delete(*, pipeline: Pipeline) -> None:
+    from apps.rag.cascade import cascades_using
+
+    users = cascades_using(pipeline=pipeline)
+    if users:
+        raise ValidationFailed(f"{pipeline.name!r} is a tier of cascade {users[0].name!r}: remove it there first",
+                               code="in_use")
     pipeline.delete()
 
 
@@ -349,6 +363,11 @@ def query_run_start(
         question = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
     if not question:
         raise ValidationFailed("the question is empty")
+    degradation = None
+    if pipeline is not None:  # budget-aware degradation, before the hold (apps.rag.degradation)
+        from apps.rag.degradation import query_degradation
+
+        pipeline, degradation = query_degradation(team=team, pipeline=pipeline, user=user, api_key=api_key)
     target_endpoint = pipeline.model_endpoint if pipeline is not None else endpoint
     if not target_endpoint.enabled:
         raise ValidationFailed(f"model {target_endpoint.name!r} is disabled")
@@ -358,11 +377,18 @@ def query_run_start(
     # that cannot fit the model's window with the output cap is a 400; passages are fitted later.
     system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline and pipeline.system_prompt else []
     asked = messages or [{"role": "user", "content": question}]
-    prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
-                 extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
-    estimate = _query_start_bound(
-        endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
-    )
+    if pipeline is not None and pipeline.is_cascade:  # every tier checked, the hold covers them all
+        from apps.rag.cascade import cascade_start_bound
+
+        estimate = cascade_start_bound(pipeline=pipeline, question=question, messages=messages,
+                                       max_output_tokens=cap, degradation=degradation,
+                                       start_bound=_query_start_bound, framing_tokens=_PROMPT_FRAMING_TOKENS)
+    else:
+        prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
+                     extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
+        estimate = _query_start_bound(
+            endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
+        )
     if pipeline is not None:
         estimate += answer_cache_lookup_bound(pipeline=pipeline, question=question, requested=cache)
     reservation = hold_open(
@@ -382,6 +408,7 @@ def query_run_start(
         question=question,
         messages=messages,
         max_output_tokens=cap,
+        degradation=degradation or {},
     )
     if answer_cache_serve(run=run, requested=cache):
         return run
@@ -692,6 +719,10 @@ def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -
     from workers.rag.pipeline import PipelineError, run_direct, run_pipeline
 
     try:
+        if run.pipeline_id and run.pipeline.is_cascade:
+            from apps.rag.cascade import cascade_answer
+
+            return cascade_answer(run=run, hooks=hooks, stream=stream, progress=progress, answer=_answer)
         if run.pipeline_id:
             config = _engine_config(run, hooks.endpoint)
             return run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress,
@@ -720,6 +751,10 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         return None
     if run.is_finished:
         return run
+    if run.degradation and run.pipeline_id:  # as admitted (apps.rag.degradation)
+        from apps.rag.degradation import pipeline_degraded
+
+        run.pipeline = pipeline_degraded(pipeline=run.pipeline, degradation=run.degradation)
     QueryRun.objects.filter(pk=run.pk).update(status=QueryStatus.RUNNING, answer="", error="")
     started = time.perf_counter()
     context = LedgerContext(
