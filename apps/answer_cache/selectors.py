@@ -27,7 +27,10 @@ def cache_status(*, run: Any) -> str:
 def cache_info(*, run: Any) -> dict[str, Any]:
     """The run's cache record for the API and the answer page: {status, kind (exact | semantic | ""),
     similarity, saved (what a hit saved against running the pipeline), source_query_run_id}."""
-    lookup = AnswerCacheLookup.objects.filter(query_run_id=run.pk).select_related("entry").first()
+    try:  # a list selects it with the runs (apps.rag.selectors.query_run_list): no query per row
+        lookup = run.cache_lookup
+    except AnswerCacheLookup.DoesNotExist:
+        lookup = None
     if lookup is None:
         return {"status": "bypass", "kind": "", "similarity": None, "saved": money_str(ZERO),
                 "source_query_run_id": None}

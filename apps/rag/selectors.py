@@ -62,7 +62,9 @@ def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:
 
 def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None) -> QuerySet[QueryRun]:
     """The team's runs; ``quality``: only those with that label ("none": not assessed)."""
-    runs = team_scoped(QueryRun, team).select_related("pipeline", "endpoint", "user", "api_key")
+    runs = team_scoped(QueryRun, team).select_related(
+        "pipeline", "endpoint", "user", "api_key", "cache_lookup__entry"
+    )
     if quality:
         runs = runs.filter(quality_label="" if quality == "none" else quality)
     if user is not None:

@@ -15,9 +15,11 @@ from django.utils import timezone
 from apps.accounts.models import ApiKey, Invitation, Membership, Role, Team
 from apps.accounts.services import api_key_create, membership_set
 from apps.agents.models import Agent, AgentRun, AgentRunStatus, Tool
+from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, TeamCacheSettings
+from apps.bulk.models import BulkJob, BulkRow
 from apps.core.models import Job, JobStatus
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
-from apps.costs.models import Budget, BudgetPeriod, ModelEndpoint, Reservation, UsageRecord
+from apps.costs.models import Budget, BudgetPeriod, DegradationPolicy, ModelEndpoint, Reservation, UsageRecord
 from apps.evaluations.models import EvalRow, EvalRun, EvalSet
 from apps.rag.models import Pipeline, QueryRun, QueryStatus
 
@@ -163,6 +165,36 @@ class TeamObjects:
         )
         return run
 
+    def bulk_job(self, i: int) -> BulkJob:
+        job = BulkJob.objects.create(
+            team=self.team, pipeline=self._parent("pipeline"), filename=f"{self.mark}-{i}.csv", input_format="csv",
+            status="succeeded", rows_total=1, rows_done=1, cost=Decimal("0.0001"), finished_at=timezone.now(),
+        )
+        BulkRow.objects.create(
+            bulk_job=job, position=0, row_id=f"{self.mark}-{i}", question=f"{self.mark} question",
+            gold=self.mark, status="succeeded", answer=f"{self.mark} answer",
+        )
+        return job
+
+    def answer_cache_entry(self, i: int) -> AnswerCacheEntry:
+        return AnswerCacheEntry.objects.create(
+            team=self.team, pipeline=self._parent("pipeline"), key=f"{self.mark}{i}",
+            question=f"{self.mark} question {i}", question_hash=secrets.token_hex(32), answer=f"{self.mark} answer",
+        )
+
+    def answer_cache_lookup(self, i: int) -> AnswerCacheLookup:
+        return AnswerCacheLookup.objects.create(
+            team=self.team, query_run=self.query_run(1000 + i), outcome="miss", key=f"{self.mark}{i}",
+        )
+
+    def team_cache_settings(self, i: int) -> TeamCacheSettings:
+        return TeamCacheSettings.objects.get_or_create(team=self.team)[0]
+
+    def degradation_policy(self, i: int) -> DegradationPolicy:
+        return DegradationPolicy.objects.create(
+            team=self.team, api_key=self.api_key(i) if i else None, rules=[{"above_percent": 80, "top_k_cap": 3}],
+        )
+
 
 # Model -> factory name: every model with a TEAM_FIELD must be here (the sweep checks).
 KIND_OF_MODEL = {
@@ -170,4 +202,6 @@ KIND_OF_MODEL = {
     QueryRun: "query_run", Job: "job", Agent: "agent", AgentRun: "agent_run", Tool: "tool", Budget: "budget",
     ApiKey: "api_key", Membership: "membership", Invitation: "invitation", UsageRecord: "usage_record",
     ModelEndpoint: "model_endpoint", Reservation: "reservation", EvalSet: "eval_set", EvalRun: "eval_run",
+    BulkJob: "bulk_job", AnswerCacheEntry: "answer_cache_entry", AnswerCacheLookup: "answer_cache_lookup",
+    TeamCacheSettings: "team_cache_settings", DegradationPolicy: "degradation_policy",
 }

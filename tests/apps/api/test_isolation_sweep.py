@@ -24,7 +24,7 @@ KIND_OF_PARAM = {
     "query_id": "query_run", "budget_id": "budget", "tool_id": "tool", "agent_id": "agent",
     "membership_id": "membership", "invitation_id": "invitation", "key_id": "api_key",
     "eval_run_id": "eval_run", "eval_set_id": "eval_set",
-    "endpoint_id": "model_endpoint",
+    "endpoint_id": "model_endpoint", "bulk_job_id": "bulk_job",
 }
 KIND_OF_RUN_ID = {
     "query-run": "query_run", "query-run-live": "query_run",
