@@ -282,9 +282,11 @@ def main() -> None:
                 run.refresh_from_db()
                 from apps.corpora.models import Chunk
 
-                context = " ".join(
-                    Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("text", flat=True)
+                texts = dict(
+                    Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("pk", "text")
                 )
+                passages = [texts.get(c["chunk_id"], "") for c in run.citations]
+                context = " ".join(passages)
                 remote = cost_of(
                     usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens),
                     price=remote_price,
@@ -311,6 +313,10 @@ def main() -> None:
                         "support_score": run.support_score,
                         "retrieval_confidence": run.retrieval_confidence,
                         "sentences": (run.quality or {}).get("sentences", []),
+                        "answer_logprob_mean": (run.quality or {}).get("answer_logprob_mean"),
+                        "answer_logprob_min": (run.quality or {}).get("answer_logprob_min"),
+                        "token_logprobs": (run.quality or {}).get("token_logprobs", []),
+                        "passages": passages,
                         "question": task["question"],
                         "gold": task["answers"],
                         "citations": [{k: c.get(k) for k in ("n", "score", "retrievers", "document_title", "snippet")}

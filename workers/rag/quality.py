@@ -34,6 +34,7 @@ GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED = "grounded", "weak", "unsupp
 LABELS = (GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED)
 ABSTAIN_ANSWER = "Not found in the documents."
 ABSTAIN_FINISH_REASON = "abstained"
+LOGPROB_FLOOR = -100.0  # a token's log-probability is counted at least this (a masked token's is -inf)
 MIN_REFERENCE = 5  # earlier best-hit scores needed before a retrieval confidence is given
 
 Embed = Callable[[list[str]], Any]  # texts -> vectors (N, D), L2-normalised; None when refused
@@ -72,6 +73,11 @@ class Quality:
     retrieval_confidence: float | None = None  # percentile of the best hit among earlier runs'
     citations_removed: int = 0
     embedded: bool = False  # the cosine part was computed (else token overlap alone)
+    # The model's own confidence: the mean and the least log-probability of its generated tokens (a local
+    # model's; None when unknown: a remote endpoint, an extractive answer).
+    answer_logprob_mean: float | None = None
+    answer_logprob_min: float | None = None
+    token_logprobs: list[float] = field(default_factory=list)  # per generated token, rounded
     sentences: list[dict[str, Any]] = field(default_factory=list)  # {"text", "score", "passage"}
 
     def as_dict(self) -> dict[str, Any]:
@@ -261,6 +267,7 @@ def assess(
     question: str = "",
     retrieval_confidence: float | None = None,
     thresholds: Thresholds = Thresholds(),
+    token_logprobs: Sequence[float] | None = None,
 ) -> tuple[str, Quality]:
     """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
     numbered from 1 as the prompt numbers them; ``question``'s words are not support."""
@@ -282,7 +289,21 @@ def assess(
         citations_removed=removed,
         embedded=embedded,
         sentences=sentences,
+        **logprob_fields(token_logprobs),
     )
+
+
+def logprob_fields(token_logprobs: Sequence[float] | None) -> dict[str, Any]:
+    """``answer_logprob_mean``, ``answer_logprob_min`` and the rounded ``token_logprobs`` of a generation
+    (None, None, [] when none are known); each is clipped to [-100, 0] (a masked token's -inf counts -100)."""
+    values = [LOGPROB_FLOOR if math.isnan(v) else min(max(float(v), LOGPROB_FLOOR), 0.0) for v in token_logprobs or []]
+    if not values:
+        return {"answer_logprob_mean": None, "answer_logprob_min": None, "token_logprobs": []}
+    return {
+        "answer_logprob_mean": round(sum(values) / len(values), 4),
+        "answer_logprob_min": round(min(values), 4),
+        "token_logprobs": [round(v, 3) for v in values],
+    }
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
