@@ -152,3 +152,13 @@ def test_calibrate_threshold_picks_the_best_youden_cut():
     scores = [0.1, 0.2, 0.35, 0.6, 0.7, 0.9]
     positives = [False, False, False, True, True, True]
     assert calibrate_threshold(scores, positives) == 0.6
+
+
+def test_the_models_confidence_is_the_mean_and_least_token_log_probability():
+    _, quality = assess(answer="It was completed in 1889 [1].", finish_reason="stop", passages=PASSAGES,
+                        token_logprobs=[-0.5, -1.5, float("-inf"), -0.25])
+    # -inf (a masked token) counts as the floor -100.
+    assert quality.answer_logprob_mean == pytest.approx((-0.5 - 1.5 - 100 - 0.25) / 4)
+    assert quality.answer_logprob_min == -100.0 and quality.token_logprobs == [-0.5, -1.5, -100.0, -0.25]
+    _, quality = assess(answer="It was completed in 1889 [1].", finish_reason="stop", passages=PASSAGES)
+    assert quality.answer_logprob_mean is None and quality.answer_logprob_min is None and quality.token_logprobs == []
