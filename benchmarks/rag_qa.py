@@ -148,11 +148,14 @@ def _quality_report(rows: list[dict]) -> dict:
     and the sentence threshold (the Youden-optimal cut) calibrated on the first half of ``rows``, reported
     on the second half."""
     from workers.rag.quality import (
+        SCORE_MODEL,
         Thresholds,
         auroc,
         calibrate_threshold,
+        logprob_fields,
         position_mean,
         quality_label,
+        question_fit,
         rescore,
         support_share,
     )
@@ -160,8 +163,17 @@ def _quality_report(rows: list[dict]) -> dict:
     def sentence_scores(row: dict, setting: tuple[float, float]) -> list[float]:
         return [rescore(sentence, *setting) for sentence in row["sentences"]]
 
-    def score(row: dict, setting: tuple[float, float]) -> float:
+    def evidence(row: dict, setting: tuple[float, float]) -> float:
         return position_mean(sentence_scores(row, setting)) or 0.0
+
+    def score(row: dict, setting: tuple[float, float]) -> float:
+        """The support score (``ScoreModel``) with the evidence rescored at ``setting``; rows saved before
+        the log-probabilities were recorded use the model's default for them."""
+        if not row["sentences"]:
+            return 0.0
+        return SCORE_MODEL.score(evidence=evidence(row, setting),
+                                 logprob_mean=logprob_fields(row.get("token_logprobs"))["answer_logprob_mean"],
+                                 fit=question_fit(row["question"], row["answer"]))
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
@@ -173,10 +185,12 @@ def _quality_report(rows: list[dict]) -> dict:
                               candidates=[round(0.05 * i, 2) for i in range(1, 20)])
     thresholds = Thresholds(sentence=cut, cosine_weight=setting[0], rank_decay=setting[1])
     shares = [support_share(sentence_scores(r, setting), cut) for r in report]
-    labels = Counter(
-        quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
+    report_labels = [
+        quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds,
+                      score=score(r, setting))
         for r, share in zip(report, shares, strict=True)
-    )
+    ]
+    labels = Counter(report_labels)
     contained_report = [r["contained"] > 0 for r in report]
     confident = [(r["retrieval_confidence"], r["contained"] > 0)
                  for r in report if r["retrieval_confidence"] is not None]
@@ -185,9 +199,11 @@ def _quality_report(rows: list[dict]) -> dict:
     shipped = (defaults.cosine_weight, defaults.rank_decay)
     stored = Counter(
         quality_label(finish_reason=r["finish_reason"], answer=r["answer"],
-                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults)
+                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults,
+                      score=score(r, shipped))
         for r in rows
     )
+    contained_all = [r["contained"] > 0 for r in rows]
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 4)
@@ -195,15 +211,17 @@ def _quality_report(rows: list[dict]) -> dict:
     return {
         "support_auroc": rounded(auroc([score(r, setting) for r in report], contained_report)),
         "support_auroc_shipped": rounded(auroc([score(r, shipped) for r in report], contained_report)),
+        # The shipped settings over every question (nothing calibrated here), and the evidence part alone.
+        "support_auroc_all_shipped": rounded(auroc([score(r, shipped) for r in rows], contained_all)),
+        "evidence_auroc_all_shipped": rounded(auroc([evidence(r, shipped) for r in rows], contained_all)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
             auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
         ),
         "labels": {label: round(count / len(report), 4) for label, count in sorted(labels.items())},
         "contained_by_label": {
-            label: round(sum(r["contained"] for r, s in zip(report, shares, strict=True)
-                             if quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=s,
-                                              thresholds=thresholds) == label) / count, 4)
+            label: round(sum(r["contained"] for r, got in zip(report, report_labels, strict=True)
+                             if got == label) / count, 4)
             for label, count in sorted(labels.items())
         },
         "labels_all_shipped": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
