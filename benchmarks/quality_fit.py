@@ -20,12 +20,14 @@ from pathlib import Path
 
 from benchmarks.common import read_jsonl, write_json
 
-COMBINED = ("evidence", "logprob_mean", "misfit")  # what ScoreModel combines, in its order
+COMBINED = ("evidence", "misfit")  # what SCORE_MODEL combines (ScoreModel's logprob weight ships as 0)
+VARIANTS = (("evidence",), ("evidence", "logprob_mean", "misfit"), ("evidence", "logprob_first8", "misfit"),
+            ("evidence", "top_passage_overlap", "misfit"))  # measured beside it
 
 
 def row_signals(row: dict) -> dict[str, float]:
     """A saved row's signals (``workers.rag.quality.answer_signals``) plus a few measured beside them."""
-    from workers.rag.quality import answer_signals
+    from workers.rag.quality import answer_signals, split_sentences, token_overlap
 
     signals = answer_signals(
         question=row["question"], answer=row["answer"], sentences=row["sentences"],
@@ -40,6 +42,8 @@ def row_signals(row: dict) -> dict[str, float]:
         "misfit": float(signals["fit"] == 0.0),
         "words": float(len(row["answer"].split())),
         "first_from_top_passage": float(bool(row["sentences"]) and row["sentences"][0].get("passage") == 1),
+        "top_passage_overlap": token_overlap(split_sentences(row["answer"])[0], row["passages"][0], row["question"])
+        if row.get("passages") and split_sentences(row["answer"]) else 0.0,
         "finished": float(row["finish_reason"] == "stop"),
     }
 
@@ -78,28 +82,34 @@ def main() -> None:
         }
 
     per_signal = {name: by_group([s[name] for s in signals]) for name in signals[0]}
-    x = np.array([[s[name] for name in COMBINED] for s in signals])
     y = np.array(labels)
-    model = LogisticRegression(C=args.c).fit(x, y)
-    in_sample = by_group(list(model.decision_function(x)))
-    out_of_fold: dict[str, list[float]] = {name: [] for name in groups}
-    for seed in range(args.repeats):
-        predicted = np.zeros(len(y))
-        for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
-            predicted[test] = LogisticRegression(C=args.c).fit(x[train], y[train]).decision_function(x[test])
-        for name, value in by_group(list(predicted)).items():
-            if value is not None:
-                out_of_fold[name].append(value)
+
+    def fit(names: tuple[str, ...]) -> tuple[object, dict, dict]:
+        """(the model fitted on every row, its in-sample AUROCs, the median out-of-fold AUROCs)."""
+        x = np.array([[s[name] for name in names] for s in signals])
+        model = LogisticRegression(C=args.c).fit(x, y)
+        out_of_fold: dict[str, list[float]] = {name: [] for name in groups}
+        for seed in range(args.repeats):
+            predicted = np.zeros(len(y))
+            for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
+                predicted[test] = LogisticRegression(C=args.c).fit(x[train], y[train]).decision_function(x[test])
+            for name, value in by_group(list(predicted)).items():
+                if value is not None:
+                    out_of_fold[name].append(value)
+        median = {name: round(statistics.median(v), 4) if v else None for name, v in out_of_fold.items()}
+        return model, by_group(list(model.decision_function(x))), median
+
+    model, in_sample, out_of_fold = fit(COMBINED)
     report = {
         "n": {name: [len(idx), sum(labels[i] for i in idx)] for name, idx in groups.items()},
         "signal_auroc": per_signal,
-        "coefficients": {"intercept": round(float(model.intercept_[0]), 3),
-                         **{name: round(float(c), 3) for name, c in zip(COMBINED, model.coef_[0], strict=True)}},
+        "coefficients": {"intercept": round(float(model.intercept_[0]), 3),  # type: ignore[attr-defined]
+                         **{name: round(float(c), 3)
+                            for name, c in zip(COMBINED, model.coef_[0], strict=True)}},  # type: ignore[attr-defined]
         "logprob_median": round(statistics.median(s["logprob_mean"] for s in signals), 3),
         "combined_auroc_in_sample": in_sample,
-        "combined_auroc_out_of_fold_median": {
-            name: round(statistics.median(v), 4) if v else None for name, v in out_of_fold.items()
-        },
+        "combined_auroc_out_of_fold_median": out_of_fold,
+        "variants_out_of_fold_median": {"+".join(names): fit(names)[2] for names in VARIANTS},
     }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -341,6 +341,10 @@ def main() -> None:
                                       for c in run.citations],
                     }
                 )
+                # Saved as it goes (a run cut short keeps its answers): <json>.partial.rows.jsonl.
+                with args.json.with_suffix(".partial.rows.jsonl").open("a") as partial:
+                    saved = {k: v for k, v in rows[-1].items() if k not in ("cost", "remote_cost")}
+                    partial.write(json.dumps({"config": config["name"], **saved}, default=str) + "\n")
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
                       f"gold={task['answers'][0]!r} contained={rows[-1]['contained']:.0f}", file=sys.stderr)
             per_config_rows[config["name"]] = rows

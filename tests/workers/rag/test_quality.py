@@ -170,7 +170,7 @@ def test_the_models_confidence_is_the_mean_and_least_token_log_probability():
 
 @pytest.mark.parametrize(("question", "answer", "fit"), [
     ("Which band formed first, Duran Duran or The Fratellis?", "Duran Duran formed first [1].", 1.0),
-    ("Which band formed first, Duran Duran or The Fratellis?", "Duran Duran and The Fratellis are bands.", 0.0),
+    ("Which band formed first, Duran Duran or The Fratellis?", "The Fratellis formed after Duran Duran.", 1.0),
     ("Which band formed first, Duran Duran or The Fratellis?", "The band formed in 1978.", 0.0),
     ("Are the Sleepers located north or south of the Kancamagus Highway?", "South of it.", 1.0),
     ("Are both Superdrag and Collective Soul rock bands?", "Yes, both are rock bands.", 1.0),
