@@ -10,14 +10,19 @@
   retriever found less relevant to the question is weaker evidence), best passage taken. ``support``
   is the share of sentences scoring at least ``Thresholds.sentence``; ``support_score`` their mean
   weighted 1, 1/2, 1/3, ... by position (the opening sentence carries the answer; later ones are
-  often continuation cut by the token cap): threshold-free, what the benchmark's AUROC ranks.
+  often continuation cut by the token cap) is the ``evidence``; ``support_score`` combines it with the
+  answer's fit to its question's form (``question_fit``) in a logistic model with fixed coefficients
+  (``SCORE_MODEL``, fitted on the design questions): threshold-free, what the benchmark's AUROC ranks.
+- **Model confidence**: the generated tokens' log-probabilities (recorded in the decode loop), their mean
+  and least; stored, weight 0 in the score (they did not predict correctness on both design datasets).
 - **Retrieval confidence** (``retrieval_confidence``): the best hit's score as a percentile of the
   best-hit scores of the same pipeline's earlier runs (its corpus's score distribution); None until
   there are ``MIN_REFERENCE`` of them. A pipeline may abstain below a threshold (``ABSTAIN_ANSWER``).
 - **Label** (``quality_label``): ``abstained`` (answered "not found" without generating),
   ``degenerate`` (stopped by the degeneration guard, empty, or with no content word to assess:
   "The answer is:"), else by support: ``grounded``
-  (support >= ``Thresholds.grounded``), ``weak`` (>= ``Thresholds.weak``), ``unsupported``.
+  (support >= ``Thresholds.grounded``), ``weak`` (>= ``Thresholds.weak``), ``unsupported``; a support score
+  below ``Thresholds.score_grounded`` / ``score_weak`` (default 0: off) lowers it.
 
 Thresholds were calibrated on the first half of the rag_qa questions (docs/quality.md).
 """
@@ -452,6 +457,12 @@ __all__ = [
     "calibrate_threshold",
     "clean_citations",
     "combine",
+    "LOGPROB_FLOOR",
+    "SCORE_MODEL",
+    "ScoreModel",
+    "answer_signals",
+    "logprob_fields",
+    "question_fit",
     "position_mean",
     "quality_label",
     "rescore",
