@@ -29,11 +29,13 @@ Quality signals (`workers.rag.quality`, docs/quality.md): the cosine weight (the
 .75, 1 with the best support AUROC) and the sentence threshold (the Youden-optimal cut of the support
 score predicting `contained`) are calibrated on the **first half** of the questions and everything
 below is reported on the **second half**: `support_auroc` (the support score ranking `contained`
-answers first; `support_auroc_shipped`: with the shipped weights), `support_share_auroc` (the
+answers first; `support_auroc_shipped`: with the shipped weights; `support_auroc_all_shipped` and
+`evidence_auroc_all_shipped`: the shipped score and its evidence part over every question), `support_share_auroc` (the
 supported-sentence share at the calibrated threshold), `retrieval_confidence_auroc` (runs with a
 confidence only), `labels` ({label: share}) and `contained_by_label` (the accuracy within each);
 `labels_all_shipped` is the share of each label with the shipped thresholds over every question.
-Every question's answer and quality details go to `<json>.rows.jsonl`; `--quality-from-rows
+Every question's answer and quality details (with its token log-probabilities and passages) go to
+`<json>.rows.jsonl` (and, as each is answered, to `<json>.partial.rows.jsonl`); `--quality-from-rows
 <rows.jsonl> --json out.json` recomputes these figures from it without generating again.
 """
 
