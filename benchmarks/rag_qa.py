@@ -29,11 +29,13 @@ Quality signals (`workers.rag.quality`, docs/quality.md): the cosine weight (the
 .75, 1 with the best support AUROC) and the sentence threshold (the Youden-optimal cut of the support
 score predicting `contained`) are calibrated on the **first half** of the questions and everything
 below is reported on the **second half**: `support_auroc` (the support score ranking `contained`
-answers first; `support_auroc_shipped`: with the shipped weights), `support_share_auroc` (the
+answers first; `support_auroc_shipped`: with the shipped weights; `support_auroc_all_shipped` and
+`evidence_auroc_all_shipped`: the shipped score and its evidence part over every question), `support_share_auroc` (the
 supported-sentence share at the calibrated threshold), `retrieval_confidence_auroc` (runs with a
 confidence only), `labels` ({label: share}) and `contained_by_label` (the accuracy within each);
 `labels_all_shipped` is the share of each label with the shipped thresholds over every question.
-Every question's answer and quality details go to `<json>.rows.jsonl`; `--quality-from-rows
+Every question's answer and quality details (with its token log-probabilities and passages) go to
+`<json>.rows.jsonl` (and, as each is answered, to `<json>.partial.rows.jsonl`); `--quality-from-rows
 <rows.jsonl> --json out.json` recomputes these figures from it without generating again.
 """
 
@@ -148,11 +150,14 @@ def _quality_report(rows: list[dict]) -> dict:
     and the sentence threshold (the Youden-optimal cut) calibrated on the first half of ``rows``, reported
     on the second half."""
     from workers.rag.quality import (
+        SCORE_MODEL,
         Thresholds,
         auroc,
         calibrate_threshold,
+        logprob_fields,
         position_mean,
         quality_label,
+        question_fit,
         rescore,
         support_share,
     )
@@ -160,8 +165,17 @@ def _quality_report(rows: list[dict]) -> dict:
     def sentence_scores(row: dict, setting: tuple[float, float]) -> list[float]:
         return [rescore(sentence, *setting) for sentence in row["sentences"]]
 
-    def score(row: dict, setting: tuple[float, float]) -> float:
+    def evidence(row: dict, setting: tuple[float, float]) -> float:
         return position_mean(sentence_scores(row, setting)) or 0.0
+
+    def score(row: dict, setting: tuple[float, float]) -> float:
+        """The support score (``ScoreModel``) with the evidence rescored at ``setting``; rows saved before
+        the log-probabilities were recorded use the model's default for them."""
+        if not row["sentences"]:
+            return 0.0
+        return SCORE_MODEL.score(evidence=evidence(row, setting),
+                                 logprob_mean=logprob_fields(row.get("token_logprobs"))["answer_logprob_mean"],
+                                 fit=question_fit(row["question"], row["answer"]))
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
@@ -173,10 +187,12 @@ def _quality_report(rows: list[dict]) -> dict:
                               candidates=[round(0.05 * i, 2) for i in range(1, 20)])
     thresholds = Thresholds(sentence=cut, cosine_weight=setting[0], rank_decay=setting[1])
     shares = [support_share(sentence_scores(r, setting), cut) for r in report]
-    labels = Counter(
-        quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds)
+    report_labels = [
+        quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=share, thresholds=thresholds,
+                      score=score(r, setting))
         for r, share in zip(report, shares, strict=True)
-    )
+    ]
+    labels = Counter(report_labels)
     contained_report = [r["contained"] > 0 for r in report]
     confident = [(r["retrieval_confidence"], r["contained"] > 0)
                  for r in report if r["retrieval_confidence"] is not None]
@@ -185,9 +201,11 @@ def _quality_report(rows: list[dict]) -> dict:
     shipped = (defaults.cosine_weight, defaults.rank_decay)
     stored = Counter(
         quality_label(finish_reason=r["finish_reason"], answer=r["answer"],
-                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults)
+                      support=support_share(sentence_scores(r, shipped), defaults.sentence), thresholds=defaults,
+                      score=score(r, shipped))
         for r in rows
     )
+    contained_all = [r["contained"] > 0 for r in rows]
 
     def rounded(value: float | None) -> float | None:
         return None if value is None else round(value, 4)
@@ -195,15 +213,17 @@ def _quality_report(rows: list[dict]) -> dict:
     return {
         "support_auroc": rounded(auroc([score(r, setting) for r in report], contained_report)),
         "support_auroc_shipped": rounded(auroc([score(r, shipped) for r in report], contained_report)),
+        # The shipped settings over every question (nothing calibrated here), and the evidence part alone.
+        "support_auroc_all_shipped": rounded(auroc([score(r, shipped) for r in rows], contained_all)),
+        "evidence_auroc_all_shipped": rounded(auroc([evidence(r, shipped) for r in rows], contained_all)),
         "support_share_auroc": rounded(auroc([s if s is not None else 0.0 for s in shares], contained_report)),
         "retrieval_confidence_auroc": rounded(
             auroc([c for c, _ in confident], [p for _, p in confident]) if confident else None
         ),
         "labels": {label: round(count / len(report), 4) for label, count in sorted(labels.items())},
         "contained_by_label": {
-            label: round(sum(r["contained"] for r, s in zip(report, shares, strict=True)
-                             if quality_label(finish_reason=r["finish_reason"], answer=r["answer"], support=s,
-                                              thresholds=thresholds) == label) / count, 4)
+            label: round(sum(r["contained"] for r, got in zip(report, report_labels, strict=True)
+                             if got == label) / count, 4)
             for label, count in sorted(labels.items())
         },
         "labels_all_shipped": {label: round(count / len(rows), 4) for label, count in sorted(stored.items())},
@@ -282,9 +302,11 @@ def main() -> None:
                 run.refresh_from_db()
                 from apps.corpora.models import Chunk
 
-                context = " ".join(
-                    Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("text", flat=True)
+                texts = dict(
+                    Chunk.objects.filter(pk__in=[c["chunk_id"] for c in run.citations]).values_list("pk", "text")
                 )
+                passages = [texts.get(c["chunk_id"], "") for c in run.citations]
+                context = " ".join(passages)
                 remote = cost_of(
                     usage=Usage(prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens),
                     price=remote_price,
@@ -311,12 +333,20 @@ def main() -> None:
                         "support_score": run.support_score,
                         "retrieval_confidence": run.retrieval_confidence,
                         "sentences": (run.quality or {}).get("sentences", []),
+                        "answer_logprob_mean": (run.quality or {}).get("answer_logprob_mean"),
+                        "answer_logprob_min": (run.quality or {}).get("answer_logprob_min"),
+                        "token_logprobs": (run.quality or {}).get("token_logprobs", []),
+                        "passages": passages,
                         "question": task["question"],
                         "gold": task["answers"],
                         "citations": [{k: c.get(k) for k in ("n", "score", "retrievers", "document_title", "snippet")}
                                       for c in run.citations],
                     }
                 )
+                # Saved as it goes (a run cut short keeps its answers): <json>.partial.rows.jsonl.
+                with args.json.with_suffix(".partial.rows.jsonl").open("a") as partial:
+                    saved = {k: v for k, v in rows[-1].items() if k not in ("cost", "remote_cost")}
+                    partial.write(json.dumps({"config": config["name"], **saved}, default=str) + "\n")
                 print(f"[{config['name']}] {len(rows)}/{len(tasks)} {normalize_answer(run.answer)[:60]!r} "
                       f"gold={task['answers'][0]!r} contained={rows[-1]['contained']:.0f}", file=sys.stderr)
             per_config_rows[config["name"]] = rows

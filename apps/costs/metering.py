@@ -295,6 +295,7 @@ class MeteredCall:
     record: UsageRecord
     tool_calls: list[dict] | None = None  # OpenAI-style tool calls (endpoints asked with `tools`)
     repetition_tokens_saved: int = 0  # a local model's loop stopped early: output tokens not spent
+    token_logprobs: list[float] | None = None  # a local model's per-token log-probabilities (None: unknown)
 
     @property
     def cost(self) -> Decimal:
@@ -397,6 +398,7 @@ def model_call(
     return MeteredCall(
         text=result.text, finish_reason=result.finish_reason, record=record, tool_calls=result.tool_calls,
         repetition_tokens_saved=getattr(result, "repetition_tokens_saved", 0),
+        token_logprobs=getattr(result, "token_logprobs", None),
     )
 
 

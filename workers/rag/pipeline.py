@@ -299,7 +299,8 @@ def _answer_with_retrieval(
         context_tokens_before=compressed.tokens_before,
         context_tokens_after=compressed.tokens_after,
         repetition_tokens_saved=getattr(call, "repetition_tokens_saved", 0),
-    ), question=question, chunks=chunks, config=config, hooks=hooks, confidence=confidence)
+    ), question=question, chunks=chunks, config=config, hooks=hooks, confidence=confidence,
+        logprobs=getattr(call, "token_logprobs", None))
 
 
 def _retrieval_check(
@@ -322,16 +323,17 @@ def _retrieval_check(
 
 def _with_quality(
     result: PipelineResult, *, question: str, chunks: list[RetrievedChunk], config: PipelineConfig,
-    hooks: PipelineHooks | None, confidence: float | None,
+    hooks: PipelineHooks | None, confidence: float | None, logprobs: list[float] | None = None,
 ) -> PipelineResult:
     """``result`` with its answer's invalid citation markers removed and its quality signals; the cosine
-    part embeds through the service's metered ``embed_for_quality`` hook when it has one."""
+    part embeds through the service's metered ``embed_for_quality`` hook when it has one. ``logprobs``: the
+    generated tokens' log-probabilities (a local model's; None when unknown)."""
     from workers.rag import quality
 
     answer, assessed = quality.assess(
         answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
         embed=getattr(hooks, "embed_for_quality", None), question=question, retrieval_confidence=confidence,
-        thresholds=config.quality_thresholds or quality.Thresholds(),
+        thresholds=config.quality_thresholds or quality.Thresholds(), token_logprobs=logprobs,
     )
     result.answer, result.quality = answer, assessed.as_dict()
     result.citations = citations(chunks, answer)

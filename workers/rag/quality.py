@@ -10,14 +10,19 @@
   retriever found less relevant to the question is weaker evidence), best passage taken. ``support``
   is the share of sentences scoring at least ``Thresholds.sentence``; ``support_score`` their mean
   weighted 1, 1/2, 1/3, ... by position (the opening sentence carries the answer; later ones are
-  often continuation cut by the token cap): threshold-free, what the benchmark's AUROC ranks.
+  often continuation cut by the token cap) is the ``evidence``; ``support_score`` combines it with the
+  answer's fit to its question's form (``question_fit``) in a logistic model with fixed coefficients
+  (``SCORE_MODEL``, fitted on the design questions): threshold-free, what the benchmark's AUROC ranks.
+- **Model confidence**: the generated tokens' log-probabilities (recorded in the decode loop), their mean
+  and least; stored, weight 0 in the score (they did not predict correctness on both design datasets).
 - **Retrieval confidence** (``retrieval_confidence``): the best hit's score as a percentile of the
   best-hit scores of the same pipeline's earlier runs (its corpus's score distribution); None until
   there are ``MIN_REFERENCE`` of them. A pipeline may abstain below a threshold (``ABSTAIN_ANSWER``).
 - **Label** (``quality_label``): ``abstained`` (answered "not found" without generating),
   ``degenerate`` (stopped by the degeneration guard, empty, or with no content word to assess:
   "The answer is:"), else by support: ``grounded``
-  (support >= ``Thresholds.grounded``), ``weak`` (>= ``Thresholds.weak``), ``unsupported``.
+  (support >= ``Thresholds.grounded``), ``weak`` (>= ``Thresholds.weak``), ``unsupported``; a support score
+  below ``Thresholds.score_grounded`` / ``score_weak`` (default 0: off) lowers it.
 
 Thresholds were calibrated on the first half of the rag_qa questions (docs/quality.md).
 """
@@ -34,6 +39,7 @@ GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED = "grounded", "weak", "unsupp
 LABELS = (GROUNDED, WEAK, UNSUPPORTED, DEGENERATE, ABSTAINED)
 ABSTAIN_ANSWER = "Not found in the documents."
 ABSTAIN_FINISH_REASON = "abstained"
+LOGPROB_FLOOR = -100.0  # a token's log-probability is counted at least this (a masked token's is -inf)
 MIN_REFERENCE = 5  # earlier best-hit scores needed before a retrieval confidence is given
 
 Embed = Callable[[list[str]], Any]  # texts -> vectors (N, D), L2-normalised; None when refused
@@ -60,6 +66,10 @@ class Thresholds:
     weak: float = 0.25
     cosine_weight: float = 0.5  # of a sentence's score; the rest is token overlap
     rank_decay: float = 0.8  # a passage's support is worth this much less per retrieval rank below the first
+    # Support score (``ScoreModel``) cuts: below ``score_grounded`` an answer is at most weak, below
+    # ``score_weak`` unsupported.
+    score_grounded: float = 0.0
+    score_weak: float = 0.0
 
 
 @dataclass
@@ -68,10 +78,17 @@ class Quality:
 
     label: str
     support: float | None = None  # share of sentences supported (None: nothing to assess)
-    support_score: float | None = None  # mean sentence score in [0, 1]
+    support_score: float | None = None  # the chance the answer is right, in [0, 1] (``ScoreModel``)
+    evidence: float | None = None  # the sentences' position-weighted mean support score
+    question_fit: float | None = None  # 1 / 0: the answer has / lacks the form its question asks for
     retrieval_confidence: float | None = None  # percentile of the best hit among earlier runs'
     citations_removed: int = 0
     embedded: bool = False  # the cosine part was computed (else token overlap alone)
+    # The model's own confidence: the mean and the least log-probability of its generated tokens (a local
+    # model's; None when unknown: a remote endpoint, an extractive answer).
+    answer_logprob_mean: float | None = None
+    answer_logprob_min: float | None = None
+    token_logprobs: list[float] = field(default_factory=list)  # per generated token, rounded
     sentences: list[dict[str, Any]] = field(default_factory=list)  # {"text", "score", "passage"}
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,20 +224,91 @@ def sentence_scores(
     return scored, cosines is not None
 
 
+_YES_NO_QUESTION = re.compile(
+    r"^\W*(?:is|are|was|were|am|do|does|did|can|could|has|have|had|will|would|should|shall|may|might|must)\b", re.I
+)
+_YES_NO_ANSWER = re.compile(r"^\W*(?:yes|no)\b", re.I)
+_CHOICE = re.compile(r",\s*([^,?]+?)\s+or\s+([^,?]+?)\s*\?\s*$", re.I)  # "..., A or B?"
+_BARE_CHOICE = re.compile(r"(\w+)\s+or\s+(\w+)", re.I)  # "north or south"
+
+
+def question_fit(question: str, answer: str) -> float | None:
+    """Whether the answer has the form its question asks for: 1.0 or 0.0, None for a question of no
+    recognised form. A choice question (``..., A or B?``, else ``a or b`` inside it) is fitted by an
+    answer naming the distinctive words of an option (one or both: weighing them is still an answer); a
+    yes/no question (opening with an auxiliary verb, no choice) by an answer opening with yes or no."""
+    question, answer = question.strip(), _MARKER.sub(" ", answer)
+    choice = _CHOICE.search(question) or _BARE_CHOICE.search(question)
+    if choice:
+        first, second = content_tokens(choice.group(1)), content_tokens(choice.group(2))
+        words = content_tokens(answer)
+        if (first - second) and (second - first):
+            return 1.0 if (first - second) & words or (second - first) & words else 0.0
+        return None
+    if _YES_NO_QUESTION.match(question):
+        return 1.0 if _YES_NO_ANSWER.match(answer) else 0.0
+    return None
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """The support score: a logistic model over an answer's signals, ``sigmoid(intercept + sum(weight x
+    signal))``, read as the chance that the answer is right. Coefficients fitted on the design questions
+    (``benchmarks/quality_fit.py``; docs/quality.md "Calibration") and shipped as constants."""
+
+    intercept: float = 0.0
+    evidence: float = 1.0  # x the evidence score (position-weighted sentence support, 0..1)
+    logprob: float = 0.0  # x the answer's mean token log-probability (<= 0)
+    misfit: float = 0.0  # x 1 when the answer does not have the form its question asks for (else 0)
+    # The mean token log-probability assumed when the model's is unknown (a remote endpoint): the design
+    # answers' median, so the score then rests on the other signals.
+    logprob_default: float = -1.0
+
+    def score(self, *, evidence: float, logprob_mean: float | None, fit: float | None) -> float:
+        logprob = self.logprob_default if logprob_mean is None else logprob_mean
+        z = self.intercept + self.evidence * evidence + self.logprob * logprob + self.misfit * (fit == 0.0)
+        return 1 / (1 + math.exp(-z))
+
+
+# Fitted on the design questions (rag_qa, NQ 1-40 and HotpotQA 1-30; `benchmarks/quality_fit.py --c 10`):
+# the token log-probability was measured and got no weight (it ranked NQ's answers slightly and HotpotQA's
+# inversely; adding it lowered the out-of-fold AUROC), docs/quality.md "Calibration".
+SCORE_MODEL = ScoreModel(intercept=-1.875, evidence=1.326, logprob=0.0, misfit=-1.256, logprob_default=-0.582)
+
+
+def answer_signals(
+    *, question: str, answer: str, sentences: Sequence[dict[str, Any]], token_logprobs: Sequence[float] | None,
+) -> dict[str, float | None]:
+    """What the support score combines (``ScoreModel``): ``evidence``, the scored sentences' mean weighted
+    1, 1/2, 1/3, ... by position (0 for none); ``logprob_mean``, the model's mean token log-probability
+    (None: unknown); ``fit``, ``question_fit``."""
+    clipped = logprob_fields(token_logprobs)["token_logprobs"]
+    return {
+        "evidence": position_mean([float(s["score"]) for s in sentences]) or 0.0,
+        "logprob_mean": sum(clipped) / len(clipped) if clipped else None,
+        "fit": question_fit(question, answer),
+    }
+
+
 def support_share(scores: Sequence[float], threshold: float) -> float | None:
     """Share of sentence scores at or above ``threshold``; None for no sentence."""
     return sum(score >= threshold for score in scores) / len(scores) if scores else None
 
 
 def quality_label(
-    *, finish_reason: str, answer: str, support: float | None, thresholds: Thresholds = Thresholds()
+    *, finish_reason: str, answer: str, support: float | None, thresholds: Thresholds = Thresholds(),
+    score: float | None = None,
 ) -> str:
-    """The run's label from its finish reason and support share (see the module's docstring)."""
+    """The run's label from its finish reason, support share and support score (see the module's
+    docstring): the share gives grounded / weak / unsupported, and a support ``score`` below
+    ``thresholds.score_grounded`` (``score_weak``) lowers it to at most weak (to unsupported)."""
     if finish_reason == ABSTAIN_FINISH_REASON:
         return ABSTAINED
     if finish_reason == "repetition" or not answer.strip() or support is None:
         return DEGENERATE  # a loop, nothing, or nothing to assess ("The answer is:")
-    if support >= thresholds.grounded:
+    if score is not None and score < thresholds.score_weak:
+        return UNSUPPORTED
+    if support >= thresholds.grounded and (score is None or score >= thresholds.score_grounded):
         return GROUNDED
     if support >= thresholds.weak:
         return WEAK
@@ -261,9 +349,13 @@ def assess(
     question: str = "",
     retrieval_confidence: float | None = None,
     thresholds: Thresholds = Thresholds(),
+    token_logprobs: Sequence[float] | None = None,
+    score_model: ScoreModel | None = None,
 ) -> tuple[str, Quality]:
     """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
-    numbered from 1 as the prompt numbers them; ``question``'s words are not support."""
+    numbered from 1 as the prompt numbers them; ``question``'s words are not support; ``token_logprobs``: the
+    generated tokens' log-probabilities (None: unknown); ``score_model``: default ``SCORE_MODEL``."""
+    score_model = score_model or SCORE_MODEL
     if finish_reason == ABSTAIN_FINISH_REASON:
         return answer, Quality(label=ABSTAINED, retrieval_confidence=retrieval_confidence)
     cleaned, removed = clean_citations(answer, len(passages))
@@ -274,15 +366,39 @@ def assess(
     )
     scores = [s["score"] for s in sentences]
     support = support_share(scores, thresholds.sentence)
+    signals = answer_signals(question=question, answer=cleaned, sentences=sentences, token_logprobs=token_logprobs)
+    score = None
+    if scores:
+        score = round(score_model.score(evidence=signals["evidence"] or 0.0, logprob_mean=signals["logprob_mean"],
+                                        fit=signals["fit"]), 4)
+    elif degenerate:
+        score = 0.0
     return cleaned, Quality(
-        label=quality_label(finish_reason=finish_reason, answer=cleaned, support=support, thresholds=thresholds),
+        label=quality_label(finish_reason=finish_reason, answer=cleaned, support=support, thresholds=thresholds,
+                            score=score),
         support=None if support is None else round(support, 4),
-        support_score=round(position_mean(scores) or 0.0, 4) if scores else (0.0 if degenerate else None),
+        support_score=score,
+        evidence=round(signals["evidence"] or 0.0, 4) if scores else None,
+        question_fit=signals["fit"] if not degenerate else None,
         retrieval_confidence=retrieval_confidence,
         citations_removed=removed,
         embedded=embedded,
         sentences=sentences,
+        **logprob_fields(token_logprobs),
     )
+
+
+def logprob_fields(token_logprobs: Sequence[float] | None) -> dict[str, Any]:
+    """``answer_logprob_mean``, ``answer_logprob_min`` and the rounded ``token_logprobs`` of a generation
+    (None, None, [] when none are known); each is clipped to [-100, 0] (a masked token's -inf counts -100)."""
+    values = [LOGPROB_FLOOR if math.isnan(v) else min(max(float(v), LOGPROB_FLOOR), 0.0) for v in token_logprobs or []]
+    if not values:
+        return {"answer_logprob_mean": None, "answer_logprob_min": None, "token_logprobs": []}
+    return {
+        "answer_logprob_mean": round(sum(values) / len(values), 4),
+        "answer_logprob_min": round(min(values), 4),
+        "token_logprobs": [round(v, 3) for v in values],
+    }
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
@@ -341,6 +457,12 @@ __all__ = [
     "calibrate_threshold",
     "clean_citations",
     "combine",
+    "LOGPROB_FLOOR",
+    "SCORE_MODEL",
+    "ScoreModel",
+    "answer_signals",
+    "logprob_fields",
+    "question_fit",
     "position_mean",
     "quality_label",
     "rescore",

@@ -202,6 +202,15 @@ class TextStream:
 # ---------------------------------------------------------------------------- token choice
 
 
+def token_logprob(logits: torch.Tensor, token: int) -> float:
+    """log softmax(``logits``)[``token``] in float32 (one pass over the vocabulary: a small fraction of a
+    step's lm_head); ``-inf`` for a masked-out token."""
+    import torch
+
+    row = logits.reshape(-1).float()
+    return float(row[token] - torch.logsumexp(row, dim=0))
+
+
 def greedy(logits: torch.Tensor) -> int:
     """The most likely token (the first one on ties, as transformers' greedy search)."""
     import torch
@@ -251,6 +260,9 @@ class DecodeResult:
     budget_s: float | None = None  # the device-seconds the hold covered at the end (None: unbounded)
     # Stopped as a loop ("repetition"): the tokens of the cap not spent (max_new_tokens - generated).
     repetition_tokens_saved: int = 0
+    # The natural log-probability of each generated token under the distribution it was picked from (after
+    # penalties and a grammar's mask): the model's own confidence, read by `workers.rag.quality`.
+    token_logprobs: list[float] = field(default_factory=list)
 
     @property
     def decode_s(self) -> float:
@@ -321,6 +333,7 @@ def decode(
     tail = list(prompt_ids or [])[-stop_criteria.maximum_token_len :] if stop_criteria is not None else []
 
     generated: list[int] = []
+    logprobs: list[float] = []
     step_s: list[float] = []
     step_cpu_s: list[float] = []
     step_device_s: list[float] = []
@@ -341,6 +354,7 @@ def decode(
         logits = grammar.mask(logits)
         token = pick(logits)
         generated.append(token)
+        logprobs.append(token_logprob(logits, token))
         if math.isnan(first_token_at):
             first_token_at = time.perf_counter()
         if stream is not None:
@@ -392,6 +406,7 @@ def decode(
         first_token_at=first_token_at,
         budget_s=budget.seconds if budget is not None else None,
         repetition_tokens_saved=max_new_tokens - len(generated) if finish == "repetition" else 0,
+        token_logprobs=logprobs,
     )
 
 
@@ -541,5 +556,6 @@ __all__ = [
     "next_step_s",
     "prefill_chunk_tokens",
     "sampler",
+    "token_logprob",
     "truncate_at_stop",
 ]

@@ -83,6 +83,8 @@ class GenerationResult:
     tool_calls: list[dict[str, Any]] | None = None
     # Local models stopped as a loop ("repetition"): the output tokens of the cap not spent.
     repetition_tokens_saved: int = 0
+    # Local models: each generated token's log-probability (`workers.runtime.decode`); None: not known.
+    token_logprobs: list[float] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -324,6 +326,7 @@ def _generate_local(
         model=target.name,
         error=decoded.error,
         repetition_tokens_saved=decoded.repetition_tokens_saved,
+        token_logprobs=decoded.token_logprobs,
     )
 
 

@@ -10,6 +10,7 @@ from apps.rag.models import QueryRun
 from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 from tests.apps.rag.conftest import fake_search_hits
 from tests.support.holds import refuse_hold_growth
+from workers.rag.quality import SCORE_MODEL
 from workers.runtime.meter import EchoTarget
 
 PASSAGES = [
@@ -42,7 +43,9 @@ def test_a_supported_answer_is_grounded_and_its_embedding_is_billed(team_a, alic
     run = _ask(team_a, alice, pipeline, monkeypatch, "It was completed in 1889 [1] [6].")
     assert run.status == "succeeded" and run.quality_label == "grounded"
     assert run.answer == "It was completed in 1889 [1]." and run.citations_removed == 1
-    assert run.support == 1.0 and 0.5 < run.support_score <= 1.0
+    assert run.support == 1.0 and run.quality["evidence"] > 0.5
+    assert run.support_score == pytest.approx(SCORE_MODEL.score(evidence=run.quality["evidence"], logprob_mean=None,
+                                                                fit=run.quality["question_fit"]), abs=1e-4)
     assert run.quality["embedded"] is True and run.quality["sentences"][0]["passage"] == 1
     embed = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.EMBED)
     assert embed.model_name == "local/all-minilm-l6-v2" and embed.prompt_tokens > 20 and embed.cost > 0

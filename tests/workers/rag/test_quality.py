@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from workers.rag.quality import (
     ABSTAIN_FINISH_REASON,
+    ScoreModel,
     Thresholds,
     assess,
     auroc,
@@ -14,6 +17,7 @@ from workers.rag.quality import (
     clean_citations,
     position_mean,
     quality_label,
+    question_fit,
     rescore,
     retrieval_confidence,
     sentence_scores,
@@ -152,3 +156,53 @@ def test_calibrate_threshold_picks_the_best_youden_cut():
     scores = [0.1, 0.2, 0.35, 0.6, 0.7, 0.9]
     positives = [False, False, False, True, True, True]
     assert calibrate_threshold(scores, positives) == 0.6
+
+
+def test_the_models_confidence_is_the_mean_and_least_token_log_probability():
+    _, quality = assess(answer="It was completed in 1889 [1].", finish_reason="stop", passages=PASSAGES,
+                        token_logprobs=[-0.5, -1.5, float("-inf"), -0.25])
+    # -inf (a masked token) counts as the floor -100.
+    assert quality.answer_logprob_mean == pytest.approx((-0.5 - 1.5 - 100 - 0.25) / 4)
+    assert quality.answer_logprob_min == -100.0 and quality.token_logprobs == [-0.5, -1.5, -100.0, -0.25]
+    _, quality = assess(answer="It was completed in 1889 [1].", finish_reason="stop", passages=PASSAGES)
+    assert quality.answer_logprob_mean is None and quality.answer_logprob_min is None and quality.token_logprobs == []
+
+
+@pytest.mark.parametrize(("question", "answer", "fit"), [
+    ("Which band formed first, Duran Duran or The Fratellis?", "Duran Duran formed first [1].", 1.0),
+    ("Which band formed first, Duran Duran or The Fratellis?", "The Fratellis formed after Duran Duran.", 1.0),
+    ("Which band formed first, Duran Duran or The Fratellis?", "The band formed in 1978.", 0.0),
+    ("Are the Sleepers located north or south of the Kancamagus Highway?", "South of it.", 1.0),
+    ("Are both Superdrag and Collective Soul rock bands?", "Yes, both are rock bands.", 1.0),
+    ("Are both Superdrag and Collective Soul rock bands?", "Superdrag is an American band.", 0.0),
+    ("Who wrote Hamlet?", "Shakespeare.", None),
+])
+def test_question_fit_checks_the_answers_form_against_the_questions(question, answer, fit):
+    assert question_fit(question, answer) == fit
+
+
+def test_the_support_score_is_the_logistic_models_probability():
+    model = ScoreModel(intercept=-1.0, evidence=3.0, logprob=2.0, misfit=-1.5, logprob_default=-0.8)
+    z = -1.0 + 3.0 * 0.6 + 2.0 * -0.5 - 1.5 * 1
+    assert model.score(evidence=0.6, logprob_mean=-0.5, fit=0.0) == pytest.approx(1 / (1 + math.exp(-z)))
+    z_unknown = -1.0 + 3.0 * 0.6 + 2.0 * -0.8  # no log-probability: the default; no form to check: no misfit
+    assert model.score(evidence=0.6, logprob_mean=None, fit=None) == pytest.approx(1 / (1 + math.exp(-z_unknown)))
+    assert model.score(evidence=0.6, logprob_mean=None, fit=1.0) == model.score(evidence=0.6, logprob_mean=None,
+                                                                                fit=None)
+
+
+def test_assess_stores_the_signals_and_the_models_score():
+    model = ScoreModel(intercept=-1.0, evidence=3.0, logprob=2.0, misfit=-1.5, logprob_default=-0.8)
+    _, quality = assess(answer="It was completed in 1889 [1].", finish_reason="stop", passages=PASSAGES,
+                        question="When was the tower completed?", token_logprobs=[-0.2, -0.4], score_model=model)
+    expected = model.score(evidence=quality.evidence, logprob_mean=-0.3, fit=None)
+    assert quality.support_score == pytest.approx(expected, abs=1e-4) and quality.question_fit is None
+    assert quality.evidence == position_mean([s["score"] for s in quality.sentences])
+
+
+def test_a_low_support_score_lowers_the_label():
+    cuts = Thresholds(score_grounded=0.5, score_weak=0.2)
+    assert quality_label(finish_reason="stop", answer="x", support=1.0, thresholds=cuts, score=0.6) == "grounded"
+    assert quality_label(finish_reason="stop", answer="x", support=1.0, thresholds=cuts, score=0.4) == "weak"
+    assert quality_label(finish_reason="stop", answer="x", support=1.0, thresholds=cuts, score=0.1) == "unsupported"
+    assert quality_label(finish_reason="stop", answer="x", support=0.0, thresholds=cuts, score=0.9) == "unsupported"

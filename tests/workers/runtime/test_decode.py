@@ -20,6 +20,7 @@ from workers.runtime.decode import (
     finish_reason,
     greedy,
     sampler,
+    token_logprob,
     truncate_at_stop,
 )
 from workers.runtime.decoding import DecodingSettings, decoding_settings
@@ -76,6 +77,17 @@ def test_it_stops_at_eos_counts_it_and_leaves_it_out_of_the_text():
     assert result.text == "hi." and result.finish_reason == "stop" and result.error is None
     assert len(calls) == 3  # one step per token after the first, none after EOS
     assert len(result.step_s) == len(result.step_cpu_s) == 3 and result.decode_s >= 0
+
+
+def test_it_records_each_picked_tokens_log_probability():
+    result, _ = run("hi.")
+    # A one-hot logit row (1 for the token, 0 for the 255 others), by hand: 1 - log(e + 255).
+    expected = 1 - math.log(math.e + VOCAB - 1)
+    assert len(result.token_logprobs) == len(result.token_ids) == 4
+    assert all(value == pytest.approx(expected, abs=1e-6) for value in result.token_logprobs)
+    logits = torch.tensor([2.0, 0.0, -1.0, float("-inf")])
+    assert token_logprob(logits, 0) == pytest.approx(2 - math.log(math.exp(2) + 1 + math.exp(-1)), abs=1e-6)
+    assert token_logprob(logits, 3) == float("-inf")
 
 
 def test_it_stops_at_max_new_tokens_with_finish_reason_length():
@@ -363,6 +375,24 @@ def test_the_meter_gives_what_decode_gives_directly(smollm2):
         assert (metered.text, metered.completion_tokens, metered.finish_reason) == (
             direct.text, len(direct.token_ids), direct.finish_reason)
         assert "".join(pieces) == metered.text
+
+
+@pytest.mark.slow
+def test_the_meter_reports_the_log_probabilities_transformers_scores_give(smollm2):
+    from workers.runtime.meter import generate
+
+    messages = CHATS[0]
+    ids = _prompt_ids(smollm2, messages)
+    metered = generate(target=smollm2, messages=messages, max_output_tokens=12, wall_time_limit_s=120)
+    with torch.inference_mode():
+        out = smollm2.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=12, do_sample=False, eos_token_id=sorted(eos_ids(smollm2)),
+                                     pad_token_id=smollm2.tokenizer.pad_token_id, output_logits=True,
+                                     return_dict_in_generate=True)
+    tokens = out.sequences[0, len(ids):].tolist()
+    reference = [float(torch.log_softmax(row[0].float(), dim=-1)[t]) for row, t in zip(out.logits, tokens, strict=True)]
+    assert metered.token_logprobs == pytest.approx(reference, abs=1e-3)
+    assert all(value <= 0 for value in metered.token_logprobs)
 
 
 def _old_greedy_loop(first_logits, step, eos, max_new_tokens):
