@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "apps.api",
     "apps.rag",
     "apps.agents",
+    "apps.conversations",
 ]
 
 MIDDLEWARE = [
