@@ -193,7 +193,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
-    "abstain_below",
+    "abstain_below", "history_token_budget",
 )
 
 

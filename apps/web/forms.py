@@ -204,6 +204,8 @@ class PipelineForm(forms.Form):
     )
     attention_backend = forms.ChoiceField(label="Attention")
     max_output_tokens = forms.IntegerField(min_value=1, max_value=32768, label="Max answer tokens")
+    history_token_budget = forms.IntegerField(min_value=0, max_value=32768, initial=512,
+                                              label="Conversation history (tokens)")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     fixed_context = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 8}), required=False, strip=False, label="Fixed context (text)"

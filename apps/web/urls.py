@@ -1,7 +1,16 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from apps.web import agent_views, ask_views, corpus_views, pipeline_views, team_views, usage_views, views
+from apps.web import (
+    agent_views,
+    ask_views,
+    conversation_views,
+    corpus_views,
+    pipeline_views,
+    team_views,
+    usage_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -36,6 +45,15 @@ urlpatterns = [
     path("ask/", ask_views.ask, name="ask"),
     path("ask/runs/<int:run_id>/", ask_views.query_run, name="query-run"),
     path("ask/runs/<int:run_id>/live/", ask_views.query_run_live, name="query-run-live"),
+    path("ask/runs/<int:run_id>/stop/", conversation_views.query_run_stop, name="query-run-stop"),
+    path("ask/runs/<int:run_id>/regenerate/", conversation_views.query_run_regenerate, name="query-run-regenerate"),
+    path("ask/conversations/<int:conversation_id>/", conversation_views.conversation_detail, name="conversation"),
+    path("ask/conversations/<int:conversation_id>/ask/", conversation_views.conversation_ask,
+         name="conversation-ask"),
+    path("ask/conversations/<int:conversation_id>/rename/", conversation_views.conversation_rename,
+         name="conversation-rename"),
+    path("ask/conversations/<int:conversation_id>/delete/", conversation_views.conversation_delete,
+         name="conversation-delete"),
     # Pipelines
     path("pipelines/", pipeline_views.pipeline_list, name="pipelines"),
     path("pipelines/new/", pipeline_views.pipeline_create, name="pipeline-create"),
