@@ -44,6 +44,7 @@ urlpatterns = [
     ),
     path("v1/queries", query_views.QueryListView.as_view(), name="api-queries"),
     path("v1/queries/<int:query_id>", query_views.QueryDetailView.as_view(), name="api-query"),
+    path("v1/queries/<int:query_id>/cancel", query_views.QueryCancelView.as_view(), name="api-query-cancel"),
     path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),
