@@ -187,6 +187,6 @@ class QueryCancelView(APIView):
         run = rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
         if only_own_runs(request) and run.api_key_id != request.auth.pk:
             raise Http404("not found")
-        rag_services.query_run_cancel(run=run)
+        rag_services.query_run_cancel(run=run, wait_s=5)
         run.refresh_from_db()
         return Response(QueryRunOutputSerializer(run).data)

@@ -438,11 +438,14 @@ def _history_fitted(
     return [*fit.messages, asked], {**fit.as_dict(), "retrieval_query": query}, query or None
 
 
-def query_run_cancel(*, run: QueryRun) -> bool:
-    """Stop a queued or running query: its job is cancelled; a running worker stops generating before its
-    next token (``AnswerStream``'s cancel check), bills the tokens it generated and settles the hold to
-    them; a queued one never runs and its hold is released. False when the run had already finished."""
+def query_run_cancel(*, run: QueryRun, wait_s: float = 0.0) -> bool:
+    """Stop a queued or running query: its job is cancelled and the run reads "cancelled" at once; a running
+    worker stops generating before its next token (``AnswerStream``'s cancel check), writes the tokens it
+    generated and settles the hold to them; a queued one never runs and its hold is released.
+    ``wait_s``: wait up to this long for the worker to have settled (the row then has its final numbers).
+    False when the run had already finished."""
     from apps.core.services import job_cancel
+    from apps.costs.models import Reservation, ReservationStatus
 
     run.refresh_from_db()
     if run.is_finished:
@@ -450,7 +453,13 @@ def query_run_cancel(*, run: QueryRun) -> bool:
     if run.job is None:
         return bool(QueryRun.objects.filter(pk=run.pk, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
             status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled", finished_at=timezone.now()))
-    return job_cancel(job=run.job)
+    cancelled = job_cancel(job=run.job)
+    deadline = time.monotonic() + wait_s
+    while cancelled and run.reservation_id and time.monotonic() < deadline:
+        if not Reservation.objects.filter(pk=run.reservation_id, status=ReservationStatus.HELD).exists():
+            break
+        time.sleep(0.05)
+    return cancelled
 
 
 # --------------------------------------------------------------------------- running a query
@@ -767,12 +776,12 @@ def query_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
     is failed with the reason, at the cost of the ledger rows it wrote."""
     for run_id in QueryRun.objects.filter(job=job).values_list("pk", flat=True):
         if outcome == JobEnd.CANCELLED:
-            # A running worker finishes the row itself as it stops (it bills what it generated first).
-            if work_stopped:
-                QueryRun.objects.filter(pk=run_id, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
-                    status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
-                    cost=_ledger_total(run_id), finished_at=timezone.now(),
-                )
+            # Cancelled at once, at the cost of its ledger rows so far; a worker still running it stops before
+            # its next token and writes the final numbers (the tokens it generated) as it settles the hold.
+            QueryRun.objects.filter(pk=run_id, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
+                status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
+                cost=_ledger_total(run_id), finished_at=timezone.now(),
+            )
             continue
         job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=_ledger_total(run_id))
 
@@ -883,14 +892,10 @@ def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str 
     """The run stopped on a cancel: its ledger rows (the tokens generated so far) are what it cost, the hold
     is settled to them (released when there are none), the row says cancelled with what was streamed."""
     actual = _ledger_total(run.pk)
-    if run.reservation_id:
-        if actual > 0:
-            reservation_settle(reservation=run.reservation, actual=actual)
-        else:
-            reservation_release(reservation=run.reservation)
     generation = UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.GENERATE).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
+    # The row first, then the hold: a hold no longer held means the row has its final numbers.
     QueryRun.objects.filter(pk=run.pk).update(
         status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
         answer=answer if answer is not None else stream.text,
@@ -898,6 +903,11 @@ def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str 
         cached_tokens=generation["cached"] or 0, cost=actual,
         latency_ms=int((time.perf_counter() - started) * 1000), finished_at=timezone.now(),
     )
+    if run.reservation_id:
+        if actual > 0:
+            reservation_settle(reservation=run.reservation, actual=actual)
+        else:
+            reservation_release(reservation=run.reservation)
     run.refresh_from_db()
     return run
 

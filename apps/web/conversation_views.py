@@ -96,7 +96,8 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpRespo
 def query_run_stop(request: HttpRequest, run_id: int) -> HttpResponse:
     """Stop: the worker stops before its next token; what was generated is billed, the hold settled."""
     run = rag_selectors.query_run_get(team=request.team, query_run_id=run_id)
-    rag_services.query_run_cancel(run=run)
+    # A moment for the worker to stop and bill what it generated, so the page shows the final numbers.
+    rag_services.query_run_cancel(run=run, wait_s=5)
     if request.htmx:
         from apps.web.ask_views import query_run_live
 

@@ -104,10 +104,14 @@ def test_closing_the_stream_cancels_the_run_and_bills_what_was_generated(openai_
         if chunk.choices and chunk.choices[0].delta.content:
             break
     stream.close()
+    from apps.costs.models import Reservation, ReservationStatus
+
     deadline = time.monotonic() + 30
-    while not (run := _run(run_id)).is_finished:
+    # Cancelled, and its worker stopped: the hold settled to what it billed.
+    while Reservation.objects.get(pk=_run(run_id).reservation_id).status == ReservationStatus.HELD:
         assert time.monotonic() < deadline, "the run was not cancelled after its stream closed"
         time.sleep(0.1)
+    run = _run(run_id)
     assert run.status == "cancelled" and run.finish_reason == "cancelled"
     record = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE)
     words = len(REPLY.split())
