@@ -24,7 +24,7 @@ from rest_framework.response import Response
 from apps.agents import selectors as agent_selectors
 from apps.agents.models import AgentRun, AgentRunStatus
 from apps.answer_cache.selectors import cache_info
-from apps.api.sse import RowWaitTimedOut, rows_until_finished, sse_response
+from apps.api.sse import KEEP_ALIVE, KEEP_ALIVE_S, RowWaitTimedOut, rows_until_finished, sse_response
 from apps.costs.money_format import money_str
 from apps.rag.models import QueryRun, QueryStatus
 
@@ -214,12 +214,23 @@ def chat_completion_stream_response(
     return sse_response(
         chat_completion_chunks(shape, run_id=run_id, model=model, include_usage=include_usage),
         headers={shape.run_header: str(run_id)},
+        on_disconnect=lambda: run_cancel_unfinished(shape.row_model, run_id),
     )
+
+
+def run_cancel_unfinished(row_model, run_id: int) -> None:
+    """A client closed the stream of a run still answering: cancel its job (the worker stops before its next
+    token and bills what it generated; ``apps.rag.services.query_run_cancel``)."""
+    from apps.core.services import job_cancel
+
+    run = row_model.objects.select_related("job").filter(pk=run_id).first()
+    if run is not None and not run.is_finished and run.job is not None:
+        job_cancel(job=run.job)
 
 
 def chat_completion_chunks(
     shape: ChatRunShape, *, run_id: int, model: str, include_usage: bool
-) -> Iterator[dict | str]:
+) -> Iterator[dict | str | None]:
     """The chunks of a streamed answer: role, the answer's growth, finish reason, usage (when asked), [DONE]."""
     base = {
         "id": f"{shape.id_prefix}{run_id}",
@@ -229,6 +240,7 @@ def chat_completion_chunks(
     }
     yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
     sent = 0
+    quiet_since = time.monotonic()
     rows = rows_until_finished(
         lambda: shape.row_model.objects.get(pk=run_id), timeout_s=settings.PARSIMONY_SYNC_QUERY_TIMEOUT_S * 3
     )
@@ -240,6 +252,10 @@ def chat_completion_chunks(
                     "choices": [{"index": 0, "delta": {"content": run.answer[sent:]}, "finish_reason": None}],
                 }
                 sent = len(run.answer)
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= KEEP_ALIVE_S:
+                yield KEEP_ALIVE  # a write that fails when the client has gone (its stream is then cancelled)
+                quiet_since = time.monotonic()
     except RowWaitTimedOut:
         yield {"error": {"message": shape.stream_timeout_message, "type": "server_error", "code": "timeout"}}
         return

@@ -1,9 +1,11 @@
 """OpenAI-compatible endpoints: /v1/chat/completions, /v1/embeddings, /v1/models.
 
-`model` names a pipeline (RAG over its corpora; the last user message is the query), an agent
-(the conversation is its request) or a model endpoint (a metered chat call with the whole
-conversation). Budgets apply the same way as everywhere; a refusal is HTTP 402 in OpenAI's
-error shape. The response shapes live in `apps.api.openai_format`.
+`model` names a pipeline (RAG over its corpora; the last user message is the query, the messages
+before it its history, within the pipeline's history_token_budget), an agent (the conversation is its
+request) or a model endpoint (a metered chat call with the whole conversation). `temperature`,
+`top_p` and `stop` override the pipeline's decoding options for the request. Budgets apply the
+same way as everywhere; a refusal is HTTP 402 in OpenAI's error shape. The response shapes live in
+`apps.api.openai_format`.
 """
 
 from __future__ import annotations
@@ -89,11 +91,26 @@ class ChatCompletionInputSerializer(serializers.Serializer):
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
     max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=32_768)
     stream_options = serializers.DictField(required=False)
-    temperature = StrictFloatField(required=False, min_value=0, max_value=2)
+    temperature = StrictFloatField(required=False, min_value=0, max_value=2, allow_null=True)
+    top_p = StrictFloatField(required=False, min_value=0, max_value=1, allow_null=True)
+    stop = serializers.JSONField(required=False, allow_null=True, help_text="A string or up to 4 strings")
     user = StrictCharField(required=False, max_length=256)
     cache = serializers.BooleanField(
         required=False, help_text="Parsimony extension: false skips the team's answer cache (docs/cache.md)"
     )
+
+    def validate_stop(self, stop):
+        if stop is None:
+            return None
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not 0 < len(stops) <= 4 or not all(isinstance(s, str) and s for s in stops):
+            raise serializers.ValidationError("stop must be a non-empty string or a list of 1 to 4 of them")
+        return stops
+
+    def validate_top_p(self, top_p):
+        if top_p is not None and top_p <= 0:
+            raise serializers.ValidationError("top_p must be greater than 0")
+        return top_p
 
 
 class ChatCompletionsView(OpenAIView):
@@ -113,7 +130,8 @@ class ChatCompletionsView(OpenAIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         messages = [{"role": m["role"], "content": message_text(m["content"])} for m in values["messages"]]
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        last_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None)
+        question = messages[last_user]["content"] if last_user is not None else ""
         if not question.strip():
             return openai_error(
                 message="the messages contain no user message with text", http_status=400, param="messages"
@@ -145,10 +163,14 @@ class ChatCompletionsView(OpenAIView):
                 endpoint=endpoint,
                 question=question,
                 messages=messages if endpoint is not None else [],
+                # A pipeline reads the conversation before the last user message as its history (fitted to
+                # its history_token_budget); a model endpoint reads the whole list.
+                history=messages[:last_user] if pipeline is not None else None,
                 max_output_tokens=values.get("max_completion_tokens") or values.get("max_tokens"),
                 user=request.user,
                 api_key=request_api_key(request),
                 cache=values.get("cache"),
+                decoding={key: values.get(key) for key in ("temperature", "top_p", "stop")},
             )
         if values["stream"]:
             include_usage = bool((values.get("stream_options") or {}).get("include_usage"))

@@ -82,6 +82,9 @@ class PipelineOutputSerializer(serializers.Serializer):
     )
     model = serializers.CharField(source="model_endpoint.name")
     max_output_tokens = serializers.IntegerField()
+    history_token_budget = serializers.IntegerField(
+        help_text="Follow-ups carry the conversation's newest turns within this many tokens (0: none)"
+    )
     system_prompt = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
@@ -147,6 +150,11 @@ class PipelineInputSerializer(serializers.Serializer):
     )
     model = StrictCharField(help_text="A model endpoint name (GET /v1/models)")
     max_output_tokens = StrictIntegerField(required=False)
+    history_token_budget = StrictIntegerField(
+        required=False, min_value=0, max_value=32_768,
+        help_text="Follow-up questions (/v1 messages, Ask page conversations) carry the newest turns within this "
+        "many tokens, billed as prompt; older turns are dropped. 0: each question alone",
+    )
     system_prompt = StrictCharField(required=False, allow_blank=True)
 
 

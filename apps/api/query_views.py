@@ -196,3 +196,19 @@ class QueryDetailView(APIView):
         if only_own_runs(request) and run.api_key_id != request.auth.pk:
             raise Http404("not found")
         return Response(QueryRunOutputSerializer(run).data)
+
+
+class QueryCancelView(APIView):
+    """Stop a query: the worker stops before its next token, bills the tokens it generated and settles the
+    hold to them; the run ends "cancelled" (finish_reason "cancelled"). A finished run is returned as it is."""
+
+    required_scope = "query"
+
+    @extend_schema(request=None, responses=QueryRunOutputSerializer, summary="Cancel a queued or running query")
+    def post(self, request, query_id: int):
+        run = rag_selectors.query_run_get(team=request.team, query_run_id=query_id)
+        if only_own_runs(request) and run.api_key_id != request.auth.pk:
+            raise Http404("not found")
+        rag_services.query_run_cancel(run=run, wait_s=5)
+        run.refresh_from_db()
+        return Response(QueryRunOutputSerializer(run).data)

@@ -30,22 +30,42 @@ class RowWaitTimedOut(Exception):
     """The row was still unfinished when the stream's time ran out."""
 
 
-def sse_event(payload: dict | str) -> bytes:
-    """One event: a JSON object, or a bare string such as OpenAI's closing `[DONE]`."""
+# An SSE comment: clients ignore it; writing it every so often while nothing else is sent is how a server
+# notices, on its next write, that the client went away.
+KEEP_ALIVE = None
+KEEP_ALIVE_S = 1.0
+
+
+def sse_event(payload: dict | str | None) -> bytes:
+    """One event: a JSON object, or a bare string such as OpenAI's closing `[DONE]`; None: a keep-alive comment."""
+    if payload is KEEP_ALIVE:
+        return b": keep-alive\n\n"
     text = payload if isinstance(payload, str) else json.dumps(payload)
     return f"data: {text}\n\n".encode()
 
 
-def sse_response(events: Iterable[dict | str], *, headers: dict[str, str]) -> StreamingHttpResponse:
-    """Stream `events` as server-sent events, with `headers` added to the no-buffering ones."""
+def sse_response(
+    events: Iterable[dict | str | None], *, headers: dict[str, str], on_disconnect: Callable[[], None] | None = None
+) -> StreamingHttpResponse:
+    """Stream `events` as server-sent events, with `headers` added to the no-buffering ones.
+
+    `on_disconnect`: called when the client goes away before the last event (the server closes the
+    stream when a write fails: gunicorn and Django's server both close the response then), e.g. to
+    cancel the run whose answer was streaming."""
 
     def encoded() -> Iterator[bytes]:
+        done = False
         try:
             for payload in events:
                 yield sse_event(payload)
+            done = True
         finally:
-            # The generator outlives the request cycle that would close its database connection.
-            close_old_connections()
+            try:
+                if not done and on_disconnect is not None:
+                    on_disconnect()
+            finally:
+                # The generator outlives the request cycle that would close its database connection.
+                close_old_connections()
 
     response = StreamingHttpResponse(encoded(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -57,6 +57,7 @@ urlpatterns = [
     path("v1/bulk-jobs", bulk_views.BulkJobListView.as_view(), name="api-bulk-jobs"),
     path("v1/bulk-jobs/<int:bulk_job_id>", bulk_views.BulkJobDetailView.as_view(), name="api-bulk-job"),
     path("v1/bulk-jobs/<int:bulk_job_id>/results", bulk_views.BulkJobResultsView.as_view(), name="api-bulk-results"),
+    path("v1/queries/<int:query_id>/cancel", query_views.QueryCancelView.as_view(), name="api-query-cancel"),
     path("v1/usage", costs_views.UsageView.as_view(), name="api-usage"),
     path("v1/budgets", costs_views.BudgetListView.as_view(), name="api-budgets"),
     path("v1/budgets/<int:budget_id>", costs_views.BudgetDetailView.as_view(), name="api-budget"),

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "apps.evaluations",
     "apps.bulk",
     "apps.answer_cache",
+    "apps.conversations",
 ]
 
 MIDDLEWARE = [

@@ -363,8 +363,11 @@ def model_call(
             settings_ = decoding_settings(getattr(target, "name", "") or endpoint.source, decoding)
             if local:
                 hold["decoding"] = settings_
-            elif settings_.stop:
-                stop = [*(stop or []), *settings_.stop]
+            else:
+                if settings_.stop:
+                    stop = [*(stop or []), *settings_.stop]
+                if settings_.temperature > 0:
+                    hold["temperature"] = settings_.temperature
         result = generate(
             target=target,
             messages=messages,

@@ -80,6 +80,11 @@ class Pipeline(models.Model):
     )
     model_endpoint = models.ForeignKey("costs.ModelEndpoint", on_delete=models.PROTECT, related_name="pipelines")
     max_output_tokens = models.PositiveIntegerField(default=128, help_text="Caps the answer, and the worst-case cost")
+    history_token_budget = models.PositiveIntegerField(
+        default=512,
+        help_text="Follow-up questions carry the conversation's newest turns within this many tokens (each is "
+        "read, and billed, as prompt); older turns are dropped. 0: every question is asked alone",
+    )
     system_prompt = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -106,6 +111,10 @@ class QueryStatus(models.TextChoices):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_QUERY_STATUSES = (QueryStatus.SUCCEEDED, QueryStatus.FAILED, QueryStatus.CANCELLED)
 
 
 class QualityLabel(models.TextChoices):
@@ -139,8 +148,26 @@ class QueryRun(models.Model):
     job = models.OneToOneField("core.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="query_run")
     reservation = models.ForeignKey("costs.Reservation", on_delete=models.SET_NULL, null=True, blank=True)
     question = models.TextField()
-    # Direct model calls (OpenAI-compatible API, no pipeline) keep the whole conversation.
+    # The conversation the model reads: a direct call's whole list; a pipeline's history (fitted to its
+    # history_token_budget) then the question.
     messages = models.JSONField(default=list, blank=True)
+    conversation = models.ForeignKey(
+        "conversations.Conversation", on_delete=models.SET_NULL, null=True, blank=True, related_name="turns",
+        help_text="The Ask page's thread this question is a turn of",
+    )
+    regenerated_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="regenerations",
+        help_text="The turn this one asks again (it replaces it in the conversation's history)",
+    )
+    history = models.JSONField(
+        default=dict, blank=True,
+        help_text="The conversation history the prompt carried: budget, tokens, turns kept and dropped, "
+        "the retrieval query",
+    )
+    decoding = models.JSONField(
+        default=dict, blank=True,
+        help_text="This request's decoding overrides (temperature, top_p, stop), over the pipeline's",
+    )
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=QueryStatus.choices, default=QueryStatus.QUEUED, db_index=True)
     answer = models.TextField(blank=True, help_text="Grows while the answer streams")
@@ -204,7 +231,7 @@ class QueryRun(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED)
+        return self.status in FINISHED_QUERY_STATUSES
 
     @property
     def savings_percent(self) -> float:
@@ -219,4 +246,7 @@ class QueryRun(models.Model):
         return self.endpoint.name if self.endpoint_id else ""
 
 
-__all__ = ["BaselineKind", "Decimal", "Pipeline", "QualityLabel", "QueryRun", "QueryStatus", "Retriever"]
+__all__ = [
+    "FINISHED_QUERY_STATUSES", "BaselineKind", "Decimal", "Pipeline", "QualityLabel", "QueryRun", "QueryStatus",
+    "Retriever",
+]

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from apps.core.errors import ValidationFailed
+from apps.core.errors import JobCancelled, ValidationFailed
 from apps.core.jobs import JobEnd
 from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
@@ -193,7 +193,7 @@ PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
     "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens", "system_prompt",
     "attention_options", "fixed_context", "fixed_context_corpus", "decoding_options",
-    "abstain_below", "answer_cache", "cascade",
+    "abstain_below", "answer_cache", "cascade", "history_token_budget",
 )
 
 
@@ -297,7 +297,8 @@ _PROMPT_FRAMING_TOKENS = 128
 
 
 def _query_start_bound(
-    *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int
+    *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int,
+    search_query: str | None = None,
 ) -> Decimal:
     """What a query's hold covers when it is admitted: its first steps, the rest grows the hold as it runs.
 
@@ -331,7 +332,7 @@ def _query_start_bound(
 
         if pipeline.retriever != Retriever.NONE:
             estimate += search_bound(
-                corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever
+                corpora=list(pipeline.corpora.all()), query=search_query or question, retriever=pipeline.retriever
             )
     return estimate
 
@@ -348,11 +349,19 @@ def query_run_start(
     user=None,
     api_key=None,
     cache: bool | None = None,
+    history: list[dict] | None = None,
+    conversation=None,
+    regenerated_from: QueryRun | None = None,
+    decoding: dict | None = None,
 ) -> QueryRun:
     """Hold the query's first steps (402 if a budget would go over), create the run, enqueue it.
 
     ``cache``: False skips the team's answer cache for this request (``apps.answer_cache``); a hit
-    answers the run at once, without a job."""
+    answers the run at once, without a job. ``history`` (a pipeline's): the conversation's earlier user
+    and assistant messages; the newest turns within the pipeline's ``history_token_budget`` are kept
+    (``workers.rag.history.history_fit``), the run's ``messages`` are they and the question, its
+    ``history`` what was kept and dropped. ``decoding``: this request's temperature / top_p / stop over
+    the pipeline's decoding options (validated here)."""
     from apps.answer_cache.services import answer_cache_lookup_bound, answer_cache_serve
 
     if (pipeline is None) == (endpoint is None):
@@ -371,6 +380,13 @@ def query_run_start(
     target_endpoint = pipeline.model_endpoint if pipeline is not None else endpoint
     if not target_endpoint.enabled:
         raise ValidationFailed(f"model {target_endpoint.name!r} is disabled")
+    decoding = _request_decoding(pipeline=pipeline, endpoint=target_endpoint, decoding=decoding)
+    fitted: dict = {}
+    search_query = None
+    if pipeline is not None:
+        messages, fitted, search_query = _history_fitted(
+            pipeline=pipeline, endpoint=target_endpoint, question=question, history=history or []
+        )
     cap = max_output_tokens or (pipeline.max_output_tokens if pipeline else target_endpoint.max_output_tokens)
     cap = max(1, min(cap, target_endpoint.max_output_tokens))
     # Before any hold: a question (with the conversation, or the pipeline's system prompt and framing)
@@ -387,8 +403,14 @@ def query_run_start(
         prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
                      extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
         estimate = _query_start_bound(
-            endpoint=target_endpoint, pipeline=pipeline, question=question, messages=messages, max_output_tokens=cap
+            endpoint=target_endpoint, pipeline=pipeline, question=question,
+            messages=messages[:-1] if pipeline is not None else messages, max_output_tokens=cap,
+            search_query=search_query,
         )
+    if pipeline is not None and (len(messages) > 1 or decoding or regenerated_from is not None):
+        # A follow-up depends on its history, a request's own decoding changes the answer, and a
+        # regenerate asks for a new one: none is answered from (or stored in) the answer cache.
+        cache = False
     if pipeline is not None:
         estimate += answer_cache_lookup_bound(pipeline=pipeline, question=question, requested=cache)
     reservation = hold_open(
@@ -409,6 +431,10 @@ def query_run_start(
         messages=messages,
         max_output_tokens=cap,
         degradation=degradation or {},
+        conversation=conversation,
+        regenerated_from=regenerated_from,
+        history=fitted,
+        decoding=decoding,
     )
     if answer_cache_serve(run=run, requested=cache):
         return run
@@ -419,6 +445,61 @@ def query_run_start(
     )
     run.save(update_fields=["job"])
     return run
+
+
+def _request_decoding(*, pipeline: Pipeline | None, endpoint: ModelEndpoint, decoding: dict | None) -> dict:
+    """A request's decoding overrides (None values left out), checked with the pipeline's own."""
+    from workers.runtime.decoding import decoding_settings
+
+    chosen = {key: value for key, value in (decoding or {}).items() if value is not None}
+    if not chosen:
+        return {}
+    merged = {**(pipeline.decoding_options if pipeline is not None else {}), **chosen}
+    try:
+        decoding_settings(endpoint.source or endpoint.name, merged)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    return chosen
+
+
+def _history_fitted(
+    *, pipeline: Pipeline, endpoint: ModelEndpoint, question: str, history: list[dict]
+) -> tuple[list[dict], dict, str | None]:
+    """(the run's messages: the kept history then the question, the run's ``history`` record, the retrieval
+    query) for a question with ``history`` (none: the question alone, an empty record)."""
+    from workers.rag.history import history_fit, retrieval_query
+
+    asked = {"role": "user", "content": question}
+    if not history:
+        return [asked], {}, None
+    fit = history_fit(history, budget=pipeline.history_token_budget,
+                      count=lambda messages: prompt_tokens_bound(endpoint, messages))
+    query = retrieval_query(question, fit.messages) if pipeline.retriever != Retriever.NONE else ""
+    return [*fit.messages, asked], {**fit.as_dict(), "retrieval_query": query}, query or None
+
+
+def query_run_cancel(*, run: QueryRun, wait_s: float = 0.0) -> bool:
+    """Stop a queued or running query: its job is cancelled and the run reads "cancelled" at once; a running
+    worker stops generating before its next token (``AnswerStream``'s cancel check), writes the tokens it
+    generated and settles the hold to them; a queued one never runs and its hold is released.
+    ``wait_s``: wait up to this long for the worker to have settled (the row then has its final numbers).
+    False when the run had already finished."""
+    from apps.core.services import job_cancel
+    from apps.costs.models import Reservation, ReservationStatus
+
+    run.refresh_from_db()
+    if run.is_finished:
+        return False
+    if run.job is None:
+        return bool(QueryRun.objects.filter(pk=run.pk, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
+            status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled", finished_at=timezone.now()))
+    cancelled = job_cancel(job=run.job)
+    deadline = time.monotonic() + wait_s
+    while cancelled and run.reservation_id and time.monotonic() < deadline:
+        if not Reservation.objects.filter(pk=run.reservation_id, status=ReservationStatus.HELD).exists():
+            break
+        time.sleep(0.05)
+    return cancelled
 
 
 # --------------------------------------------------------------------------- running a query
@@ -558,7 +639,8 @@ class _QueryHooks:
             max_output_tokens=cap,
             on_token=on_token,
             reservation=self.reservation,
-            decoding=self.run.pipeline.decoding_options if self.run.pipeline_id else None,
+            decoding={**(self.run.pipeline.decoding_options if self.run.pipeline_id else {}), **self.run.decoding}
+            or None,
         )
         self.generation_record = call.record
         return call
@@ -726,7 +808,7 @@ def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -
         if run.pipeline_id:
             config = _engine_config(run, hooks.endpoint)
             return run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress,
-                                on_token=stream)
+                                on_token=stream, history=run.messages[:-1])
         messages = run.messages or [{"role": "user", "content": run.question}]
         return run_direct(messages=messages, hooks=hooks, progress=progress, on_token=stream)
     except PipelineError as exc:
@@ -737,6 +819,14 @@ def query_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
     """The query job ended without its task finishing the run (``apps.core.services.job_end``): the run
     is failed with the reason, at the cost of the ledger rows it wrote."""
     for run_id in QueryRun.objects.filter(job=job).values_list("pk", flat=True):
+        if outcome == JobEnd.CANCELLED:
+            # Cancelled at once, at the cost of its ledger rows so far; a worker still running it stops before
+            # its next token and writes the final numbers (the tokens it generated) as it settles the hold.
+            QueryRun.objects.filter(pk=run_id, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
+                status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
+                cost=_ledger_total(run_id), finished_at=timezone.now(),
+            )
+            continue
         job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=_ledger_total(run_id))
 
 
@@ -764,7 +854,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         query_run_id=run.pk,
         pipeline_name=run.pipeline.name if run.pipeline_id else "",
     )
-    stream = AnswerStream(QueryRun, run.pk)
+    stream = AnswerStream(QueryRun, run.pk, cancelled=_cancel_check(run))
     at = [0, 3]  # the engine's last progress step: a cold model load is reported at it
 
     def tracked(done: int, total: int, message: str) -> None:
@@ -775,6 +865,9 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         at[0], at[1], f"loading the model {hooks.endpoint.name} (first question on this worker)"))
     try:
         outcome = _answer(run, hooks, stream, tracked)
+    except JobCancelled:
+        # Cancelled between two stages: what ran is billed, the hold settled to it.
+        return _cancelled(run, stream, started)
     except Exception as exc:
         actual = _ledger_total(run.pk)
         if run.reservation_id:
@@ -792,6 +885,8 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         )
         raise
     stream.flush()
+    if outcome.finish_reason == "cancelled":
+        return _cancelled(run, stream, started, answer=outcome.answer)
     records = UsageRecord.objects.filter(query_run_id=run.pk)
     totals = records.aggregate(cost=Sum("cost"))
     generation = records.filter(stage=Stage.GENERATE).aggregate(
@@ -833,6 +928,39 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
 
         # After the answer is stored: the team never waits for its shadow (its own job, same queue).
         shadow_baseline_maybe_start(run=run)
+    return run
+
+
+def _cancel_check(run: QueryRun):
+    """Whether the run's job was cancelled (the answer stream asks between tokens, throttled)."""
+    from apps.core.models import Job, JobStatus
+
+    if run.job_id is None:
+        return None
+    return lambda: Job.objects.filter(pk=run.job_id, status=JobStatus.CANCELLED).exists()
+
+
+def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str | None = None) -> QueryRun:
+    """The run stopped on a cancel: its ledger rows (the tokens generated so far) are what it cost, the hold
+    is settled to them (released when there are none), the row says cancelled with what was streamed."""
+    actual = _ledger_total(run.pk)
+    generation = UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.GENERATE).aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
+    )
+    # The row first, then the hold: a hold no longer held means the row has its final numbers.
+    QueryRun.objects.filter(pk=run.pk).update(
+        status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
+        answer=answer if answer is not None else stream.text,
+        prompt_tokens=generation["prompt"] or 0, completion_tokens=generation["completion"] or 0,
+        cached_tokens=generation["cached"] or 0, cost=actual,
+        latency_ms=int((time.perf_counter() - started) * 1000), finished_at=timezone.now(),
+    )
+    if run.reservation_id:
+        if actual > 0:
+            reservation_settle(reservation=run.reservation, actual=actual)
+        else:
+            reservation_release(reservation=run.reservation)
+    run.refresh_from_db()
     return run
 
 

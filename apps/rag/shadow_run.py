@@ -55,6 +55,7 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
         return run.measured_baseline_cost
     endpoint = run.pipeline.model_endpoint
     naive = _naive(run.pipeline)
+    history = list(run.messages[:-1])  # a follow-up's naive baseline reads the same conversation history
     context = LedgerContext(
         team=operator_team(),
         pipeline_name=f"{SHADOW_PIPELINE_PREFIX}{run.pipeline.name}"[:120],
@@ -64,7 +65,7 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
         endpoint=endpoint,
         pipeline=naive,
         question=run.question,
-        messages=[],
+        messages=history,
         max_output_tokens=run.max_output_tokens or run.pipeline.max_output_tokens,
     )
     try:
@@ -79,7 +80,7 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
             hooks = _QueryHooks(run=run, context=context, reservation=hold.reservation)
             config = dataclasses.replace(_engine_config(run, endpoint), fixed_context=False)
             try:
-                run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress)
+                run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress, history=history)
             except PipelineError as exc:
                 logger.warning("shadow baseline of query #%s failed: %s", run.pk, exc)
                 raise

@@ -8,10 +8,11 @@ from django_htmx.http import HttpResponseStopPolling
 
 from apps.accounts.models import Role
 from apps.answer_cache.selectors import cache_info
+from apps.conversations import selectors as conversation_selectors
+from apps.conversations import services as conversation_services
 from apps.core.errors import ServiceError
 from apps.costs.services import BudgetExceeded
 from apps.rag import selectors as rag_selectors
-from apps.rag import services as rag_services
 from apps.web.access import can, team_view
 from apps.web.forms import AskForm
 
@@ -31,6 +32,7 @@ def _ask_page(request, *, form=None, refusal=None, error="", status=200) -> Http
         "form": form,
         "pipelines": pipelines,
         "history": rag_selectors.query_run_list(team=request.team)[:HISTORY],
+        "conversations": conversation_selectors.conversation_list(team=request.team, user=request.user)[:HISTORY],
         "can_ask": can(request, Role.MEMBER),
         "can_edit_pipelines": can(request, Role.MEMBER),
         "refusal": refusal,
@@ -51,7 +53,8 @@ def ask(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _ask_page(request, form=form, status=400)
     try:
-        run = rag_services.query_run_start(
+        # A question asked here starts a conversation (the run page continues it).
+        run = conversation_services.conversation_ask(
             team=request.team,
             pipeline=form.cleaned_data["pipeline"],
             question=form.cleaned_data["question"],
@@ -73,6 +76,9 @@ def _run_context(run) -> dict:
     job = run.job
     return {
         "run": run,
+        "can_stop": not run.is_finished,
+        # Regenerate offers the team's pipelines once the answer is done.
+        "pipelines": rag_selectors.pipeline_list(team=run.team_id) if run.is_finished else [],
         "stages": stages,
         "stage_totals": totals,
         "job": job,
@@ -86,10 +92,21 @@ def query_run(request: HttpRequest, run_id: int) -> HttpResponse:
     run = rag_selectors.query_run_get(team=request.team, query_run_id=run_id)
     pipelines = rag_selectors.pipeline_list(team=request.team)
     form = AskForm(pipelines=pipelines, initial={"pipeline": run.pipeline_id})
+    conversation = None
+    if run.conversation_id and run.conversation.user_id == request.user.pk:
+        conversation = run.conversation
+    thread = {}
+    if conversation is not None:
+        thread = {
+            "conversation": conversation,
+            "earlier_turns": list(conversation_selectors.conversation_turns(conversation=conversation)
+                                  .filter(created_at__lt=run.created_at)),
+            "total": conversation_selectors.conversation_cost(conversation=conversation),
+        }
     return render(
         request,
         "web/query_run.html",
-        {**_run_context(run), "form": form, "can_ask": can(request, Role.MEMBER), "pipelines": pipelines},
+        {**_run_context(run), **thread, "form": form, "can_ask": can(request, Role.MEMBER), "pipelines": pipelines},
     )
 
 

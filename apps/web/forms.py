@@ -204,6 +204,8 @@ class PipelineForm(forms.Form):
     )
     attention_backend = forms.ChoiceField(label="Attention")
     max_output_tokens = forms.IntegerField(min_value=1, max_value=32768, label="Max answer tokens")
+    history_token_budget = forms.IntegerField(min_value=0, max_value=32768, initial=512, required=False,
+                                              label="Conversation history (tokens)")
     system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     fixed_context = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 8}), required=False, strip=False, label="Fixed context (text)"
@@ -245,6 +247,10 @@ class PipelineForm(forms.Form):
                 self.fields[name].choices = [(value, value) for value, _ in described]
                 # Rendered as a list inside the help text (so it is part of aria-describedby).
                 self.fields[name].options_help = [(value, text) for value, text in described if text]
+
+    def clean_history_token_budget(self) -> int:
+        value = self.cleaned_data.get("history_token_budget")
+        return Pipeline._meta.get_field("history_token_budget").default if value is None else value
 
     def clean_attention_options(self) -> dict:
         return _json_object(self.cleaned_data.get("attention_options"), "Attention options", '{"keep_fraction": 0.1}')

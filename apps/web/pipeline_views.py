@@ -22,7 +22,7 @@ from apps.web.forms import PipelineForm, options_text
 FORM_FIELDS = (
     "name", "description", "model_endpoint", "corpora", "retriever", "top_k", "compression_method",
     "compression_target", "prompting_strategy", "prompting_options", "attention_backend", "max_output_tokens",
-    "system_prompt",
+    "history_token_budget", "system_prompt",
     "fixed_context", "fixed_context_corpus", "attention_options", "decoding_options", "abstain_below",
     "answer_cache",
 )

@@ -213,6 +213,7 @@ class AgentLoop:
         self.tools_offered: list[str] = []
         self.tools_called: list[str] = []
         self.request = ""
+        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ plumbing
 
@@ -400,7 +401,9 @@ class AgentLoop:
         by_name = {tool.name: tool for tool in tools}
         definitions = [tool_definition(name=t.name, description=t.description, parameters=t.parameters) for t in tools]
         system = self._system("Use the tools when they help; call them with exact arguments. Answer briefly.")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system}, *self.history, {"role": "user", "content": user}
+        ]
         last_result: str | None = None
         while True:
             reply = self._model(messages, tools=definitions, purpose="step")
@@ -470,14 +473,19 @@ class AgentLoop:
             instruction = "Answer the task. Be brief."
         messages = [
             {"role": "system", "content": self._system(instruction)},
+            *self.history,
             {"role": "user", "content": "\n".join(lines)},
         ]
         reply = self._model(messages, on_token=self._on_answer_token, purpose="answer")
         return reply.text.strip()
 
-    def run(self, request: str) -> AgentResult:
+    def run(self, request: str, history: list[dict[str, Any]] | None = None) -> AgentResult:
+        """Solve ``request``. ``history``: the conversation's earlier user and assistant messages (fitted to
+        the caller's token budget), read by the answer's composition and by native tool-calling steps
+        before the request (the JSON-mode steps keep their demonstrations next to the task)."""
         request = request.strip()
         self.request = request
+        self.history = [dict(message) for message in history or []]
         solved: list[tuple[str, str | None]] = []
         finish = "stop"
         answer = ""

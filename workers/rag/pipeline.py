@@ -176,13 +176,20 @@ def run_pipeline(
     hooks: PipelineHooks,
     progress: ProgressFn = _ignore_progress,
     on_token: TokenFn = _ignore_token,
+    history: list[dict[str, Any]] | None = None,
 ) -> PipelineResult:
-    """Answer ``question`` with the pipeline: over its fixed context when it has one, else by RAG."""
+    """Answer ``question`` with the pipeline: over its fixed context when it has one, else by RAG.
+
+    ``history``: the conversation's earlier turns (user and assistant messages, already fitted to the
+    pipeline's history budget: ``workers.rag.history.history_fit``). A follow-up retrieves with the
+    previous question and this one (``retrieval_query``) and its prompt carries the history before the
+    question. Strategies that run the model themselves (superposition), extractive answers and fixed
+    contexts answer the question alone."""
     if config.fixed_context:
         return _answer_fixed_context(question=question, config=config, hooks=hooks, progress=progress,
                                      on_token=on_token)
     return _answer_with_retrieval(question=question, config=config, hooks=hooks, progress=progress,
-                                  on_token=on_token)
+                                  on_token=on_token, history=history or [])
 
 
 def run_direct(
@@ -200,14 +207,18 @@ def run_direct(
 
 
 def _answer_with_retrieval(
-    *, question: str, config: PipelineConfig, hooks: PipelineHooks, progress: ProgressFn, on_token: TokenFn
+    *, question: str, config: PipelineConfig, hooks: PipelineHooks, progress: ProgressFn, on_token: TokenFn,
+    history: list[dict[str, Any]] | None = None,
 ) -> PipelineResult:
     from workers.compression import pipeline_method
     from workers.prompting import get_strategy
+    from workers.rag.history import retrieval_query, with_history
     from workers.runtime.meter import count_chat_tokens, count_tokens
 
+    history = history or []
     progress(0, STEPS, "retrieving")
-    chunks = hooks.retrieve(question, config.top_k)  # none for a retrieval-free pipeline
+    # A follow-up retrieves with the previous question too (workers.rag.history); none: retrieval-free.
+    chunks = hooks.retrieve(retrieval_query(question, history), config.top_k)
     passages = [Passage(chunk_id=chunk.chunk_id, title=chunk.title, text=chunk.text) for chunk in chunks]
     confidence, abstained = _retrieval_check(chunks, config)
     if abstained is not None:
@@ -283,14 +294,17 @@ def _answer_with_retrieval(
         ))
     else:
         def build(kept: list[Passage]) -> list[dict[str, Any]]:
-            return strategy.build_messages(system_prompt=config.system_prompt, question=question, passages=kept)
+            return with_history(
+                strategy.build_messages(system_prompt=config.system_prompt, question=question, passages=kept),
+                history,
+            )
 
         kept = fit_passages(list(compressed.passages), lambda kept: count_chat_tokens(target, build(kept)),
                             config.max_prompt_tokens)
         call = hooks.generate(build(kept), on_token)
     # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
-    naive = get_strategy("naive").build_messages(system_prompt=config.system_prompt, question=question,
-                                                 passages=passages)
+    naive = with_history(get_strategy("naive").build_messages(system_prompt=config.system_prompt,
+                                                              question=question, passages=passages), history)
     return _with_quality(PipelineResult(
         answer=call.text,
         finish_reason=call.finish_reason,
@@ -330,6 +344,9 @@ def _with_quality(
     generated tokens' log-probabilities (a local model's; None when unknown)."""
     from workers.rag import quality
 
+    if result.finish_reason == "cancelled":  # stopped by its user: nothing more is spent on it
+        result.citations = citations(chunks, result.answer)
+        return result
     answer, assessed = quality.assess(
         answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
         embed=getattr(hooks, "embed_for_quality", None), question=question, retrieval_confidence=confidence,

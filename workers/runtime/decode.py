@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from workers.runtime.grammar import TokenConstraint
     from workers.runtime.local_lm import LoadedModel
 
-FinishReason = Literal["stop", "length", "time_limit", "budget", "repetition", "error"]
+FinishReason = Literal["stop", "length", "time_limit", "budget", "repetition", "error", "cancelled"]
 # Feeds one token id to the model at the next position -> the next token's logits (V,).
 Step = Callable[[int], "torch.Tensor"]
 # Picks the next token id from logits (V,): `greedy` or a `sampler(...)`.
@@ -51,6 +51,12 @@ PickToken = Callable[["torch.Tensor"], int]
 
 
 # ---------------------------------------------------------------------------- stop conditions
+
+
+class GenerationCancelled(Exception):
+    """Raised by an ``on_token`` callback when the run was cancelled (a Stop button, a closed stream): the
+    loop stops before the next token with finish_reason "cancelled" and reports what it used, so the
+    caller bills exactly the tokens generated."""
 
 
 def eos_ids(lm: LoadedModel) -> frozenset[int]:
@@ -386,7 +392,10 @@ def decode(
 
     text, stop_hit = truncate_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stop)
     callback_error = stream.error if stream is not None else None
-    finish = finish_reason(
+    cancelled = isinstance(callback_error, GenerationCancelled)
+    if cancelled:
+        callback_error = None
+    finish: FinishReason = "cancelled" if cancelled else finish_reason(
         # A grammar that refused a token (it allowed none of the model's): the output broke, like a stream.
         callback_failed=callback_error is not None or grammar_error is not None,
         stop_hit=stop_hit or grammar.finished, ended_with_eos=generated[-1] in eos,
@@ -542,6 +551,7 @@ def causal_lm_steps(
 __all__ = [
     "DecodeResult",
     "FinishReason",
+    "GenerationCancelled",
     "PREFILL_CHUNK_TOKENS",
     "PickToken",
     "PrefillStopped",

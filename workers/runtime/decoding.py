@@ -41,6 +41,11 @@ class DecodingSettings:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = ()
+    # Sampling: temperature 0 decodes greedily; top_p < 1 samples from the smallest set of tokens whose
+    # probability reaches it (None: the model's generation config). A request's own (OpenAI's
+    # `temperature`, `top_p`) override the pipeline's for that request.
+    temperature: float = 0.0
+    top_p: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stop": list(self.stop)}
@@ -56,7 +61,7 @@ MODEL_DEFAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 # What a pipeline may override, and the accepted range of each.
-OVERRIDABLE = ("repetition_guard", "repetition_penalty", "no_repeat_ngram_size", "stop")
+OVERRIDABLE = ("repetition_guard", "repetition_penalty", "no_repeat_ngram_size", "stop", "temperature", "top_p")
 _MAX_STOP = 8
 _MAX_STOP_CHARS = 50
 
@@ -100,7 +105,24 @@ def decoding_settings(model: str = "", overrides: dict[str, Any] | None = None) 
             raise ValueError(f"stop must be a list of at most {_MAX_STOP} non-empty strings "
                              f"of at most {_MAX_STOP_CHARS} characters")
         chosen["stop"] = tuple(stop)
+    chosen.update(_sampling_overrides(overrides))
     return replace(settings, **chosen)
+
+
+def _sampling_overrides(overrides: dict[str, Any]) -> dict[str, float]:
+    """`temperature` (0..2, 0: greedy) and `top_p` ((0, 1]; None: the model's) of `overrides`, checked."""
+    chosen: dict[str, float] = {}
+    if "temperature" in overrides:
+        temperature = overrides["temperature"]
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ValueError("temperature must be a number between 0 (greedy) and 2")
+        chosen["temperature"] = float(temperature)
+    if overrides.get("top_p") is not None:
+        top_p = overrides["top_p"]
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError("top_p must be a number in (0, 1]")
+        chosen["top_p"] = float(top_p)
+    return chosen
 
 
 # ---------------------------------------------------------------------------- loop detection

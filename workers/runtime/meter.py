@@ -29,6 +29,7 @@ from workers.runtime.batching import BatchEngine, batch_engine
 from workers.runtime.decode import (
     Allowance,
     FinishReason,
+    GenerationCancelled,
     PickToken,
     PrefillStopped,
     as_allowance,
@@ -273,9 +274,12 @@ def _generate_local(
             f"~{budget.expected_prefill_s:.3f}",
         )
     pick: PickToken = greedy
+    if decoding is not None and decoding.temperature > 0 and not temperature > 0:
+        temperature = decoding.temperature
     if temperature > 0:
         config = target.model.generation_config
-        pick = sampler(temperature, top_k=config.top_k or 50, top_p=config.top_p or 1.0)
+        top_p = decoding.top_p if decoding is not None and decoding.top_p is not None else config.top_p
+        pick = sampler(temperature, top_k=config.top_k or 50, top_p=top_p or 1.0)
     on_cuda = target.device.startswith("cuda")
     engine = batch_engine(target)
     if engine is not None:
@@ -403,10 +407,16 @@ def _generate_openai(
     deadline = time.monotonic() + wall_time_limit_s
     streamed: list[str] = []
 
+    cancelled: list[GenerationCancelled] = []
+
     def on_text(piece: str) -> None:
         streamed.append(piece)
-        if on_token is not None:
-            on_token(piece)
+        if on_token is not None and not cancelled:
+            try:
+                on_token(piece)
+            except GenerationCancelled as exc:  # stop reading: the endpoint is billed for what it sent
+                cancelled.append(exc)
+                raise EndpointError("cancelled", partial="".join(streamed)) from exc
 
     try:
         if on_token is not None:
@@ -439,7 +449,7 @@ def _generate_openai(
         completion_est = count_tokens(target, partial) if partial else max_output_tokens
         return GenerationResult(
             text=partial,
-            finish_reason="time_limit" if timed_out else "error",
+            finish_reason="cancelled" if cancelled else "time_limit" if timed_out else "error",
             prompt_tokens=count_chat_tokens(target, messages),
             completion_tokens=completion_est,
             cached_tokens=0,
@@ -528,7 +538,11 @@ def _generate_echo(
         out.append(word)
         text = " ".join(out)[:limit_chars]
         if on_token is not None and len(text) > len(emitted):
-            on_token(text[len(emitted) :])
+            try:
+                on_token(text[len(emitted) :])
+            except GenerationCancelled:
+                emitted, finish = text, "cancelled"
+                break
         emitted = text
         if limit_chars is not None and len(" ".join(out)) >= limit_chars:
             break

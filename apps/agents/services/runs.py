@@ -502,13 +502,32 @@ def agent_run_execute(*, agent_run_id: int, progress: Progress | None = None) ->
         on_update=on_update, on_tool_done=on_tool_done, on_answer_token=stream, tool_time=tool_time,
     )
     try:
-        result = loop.run(run.request)
+        result = loop.run(run.request, history=_agent_history(run))
     except Exception as exc:
         _record_failure(run, loop, exc, stream, started, holds)
         raise
     _record_success(run, result, started, holds)
     run.refresh_from_db()
     return run
+
+
+# The conversation an agent run reads (OpenAI-compatible calls): its newest turns within this many tokens.
+AGENT_HISTORY_TOKEN_BUDGET = 512
+
+
+def _agent_history(run: AgentRun) -> list[dict]:
+    """The messages before the run's last user message, fitted to AGENT_HISTORY_TOKEN_BUDGET (older turns
+    dropped whole, ``workers.rag.history.history_fit``); each step that reads them holds for them first."""
+    from apps.costs.tokens import prompt_tokens_bound
+    from workers.rag.history import history_fit
+
+    messages = list(run.messages or [])
+    last_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), None)
+    if not last_user:
+        return []
+    endpoint = run.agent.model_endpoint
+    return history_fit(messages[:last_user], budget=AGENT_HISTORY_TOKEN_BUDGET,
+                       count=lambda kept: prompt_tokens_bound(endpoint, kept)).messages
 
 
 def agent_run_wait(*, run: AgentRun, timeout_s: float, poll_s: float = 0.1) -> AgentRun:

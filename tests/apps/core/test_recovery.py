@@ -121,11 +121,11 @@ def test_a_worker_whose_job_was_reaped_stops_at_its_next_progress_report(team_a,
         Progress(run.job_id, attempt=1)(2, 3)
 
 
-def test_cancelling_a_queued_query_fails_its_run_and_releases_its_hold(team_a, price):
+def test_cancelling_a_queued_query_cancels_its_run_and_releases_its_hold(team_a, price):
     run = _query(team_a, price, billed_calls=0, claimed=False)
     assert job_cancel(job=run.job) is True
     run.refresh_from_db()
-    assert (run.job.status, run.status, run.error) == (JobStatus.CANCELLED, "failed", "cancelled")
+    assert (run.job.status, run.status, run.finish_reason) == (JobStatus.CANCELLED, "cancelled", "cancelled")
     assert Reservation.objects.get(pk=run.reservation_id).status == ReservationStatus.RELEASED
     assert ledger_reconcile() == []
 
@@ -136,7 +136,7 @@ def test_a_cancelled_running_job_leaves_its_hold_to_its_worker_until_the_worker_
     run = _query(team_a, price, billed_calls=1)
     job_cancel(job=run.job)
     run.refresh_from_db()
-    assert (run.status, run.error) == ("failed", "cancelled")
+    assert (run.status, run.error, run.cost) == ("cancelled", "cancelled", Decimal(2))  # its rows so far
     # Its worker may still be writing a row: the hold stays held (and is extended) until it stops.
     assert Reservation.objects.get(pk=run.reservation_id).status == ReservationStatus.HELD
     assert job_holds_settle_ended() == 0
