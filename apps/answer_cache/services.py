@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome, TeamCacheSettings
 from apps.costs.models import ZERO, Stage, UsageRecord
 from apps.costs.pricing import Usage, money, to_decimal
-from apps.costs.services import LedgerContext, reservation_release, reservation_settle, usage_record
+from apps.costs.services import LedgerContext, reservation_close, usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -277,10 +277,7 @@ def _serve(run: Any, entry: AnswerCacheEntry, outcome: str, *, key: str, similar
     started = run.created_at or timezone.now()
     actual = _ledger_total(run.pk)
     if run.reservation_id:
-        if actual > 0:
-            reservation_settle(reservation=run.reservation, actual=actual)
-        else:
-            reservation_release(reservation=run.reservation)
+        reservation_close(reservation=run.reservation, actual=actual)
     exact = outcome == CacheOutcome.HIT_EXACT
     baseline = entry.baseline_cost
     # apps.rag.models.BaselineKind (not imported: apps.rag imports this app)

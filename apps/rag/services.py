@@ -46,7 +46,7 @@ from apps.costs.pricing import (
 from apps.costs.services import (
     LedgerContext,
     price_current,
-    reservation_release,
+    reservation_close,
     reservation_settle,
     usage_record,
 )
@@ -871,10 +871,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
     except Exception as exc:
         actual = _ledger_total(run.pk)
         if run.reservation_id:
-            if actual > 0:
-                reservation_settle(reservation=run.reservation, actual=actual)
-            else:
-                reservation_release(reservation=run.reservation)
+            reservation_close(reservation=run.reservation, actual=actual)
         QueryRun.objects.filter(pk=run.pk).update(
             status=QueryStatus.FAILED,
             error=f"{type(exc).__name__}: {exc}"[:10_000],
@@ -956,10 +953,7 @@ def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str 
         latency_ms=int((time.perf_counter() - started) * 1000), finished_at=timezone.now(),
     )
     if run.reservation_id:
-        if actual > 0:
-            reservation_settle(reservation=run.reservation, actual=actual)
-        else:
-            reservation_release(reservation=run.reservation)
+        reservation_close(reservation=run.reservation, actual=actual)
     run.refresh_from_db()
     return run
 

@@ -318,6 +318,13 @@ def _generate_local(
         if on_cuda:
             torch.cuda.synchronize(target.device)
         compute_s = clock() - c0
+    return _decoded_result(decoded, target=target, prompt_ids=prompt_ids, compute_s=compute_s, on_cuda=on_cuda)
+
+
+def _decoded_result(
+    decoded: Any, *, target: LoadedModel, prompt_ids: list[int], compute_s: float, on_cuda: bool
+) -> GenerationResult:
+    """A local decode's result, billed ``compute_s`` of device time (the GPU's when on CUDA)."""
     return GenerationResult(
         text=decoded.text,
         finish_reason=decoded.finish_reason,
@@ -371,20 +378,7 @@ def _generate_batched(
         )
     finally:
         request.close()
-    compute_s = request.device_s
-    return GenerationResult(
-        text=decoded.text,
-        finish_reason=decoded.finish_reason,
-        prompt_tokens=len(prompt_ids),
-        completion_tokens=len(decoded.token_ids),
-        cached_tokens=0,
-        wall_s=0.0,
-        gpu_s=compute_s if on_cuda else 0.0,
-        compute_s=compute_s,
-        model=target.name,
-        error=decoded.error,
-        repetition_tokens_saved=decoded.repetition_tokens_saved,
-    )
+    return _decoded_result(decoded, target=target, prompt_ids=prompt_ids, compute_s=request.device_s, on_cuda=on_cuda)
 
 
 # ---------------------------------------------------------------------------- endpoints

@@ -388,6 +388,14 @@ def _release(current: Reservation, status: str) -> None:
     current.save(update_fields=["status", "finished_at"])
 
 
+def reservation_close(*, reservation: Reservation, actual: Decimal) -> Reservation:
+    """The work ended (finished, failed or answered otherwise): settle the hold to ``actual``, what its
+    ledger rows cost, or give it back whole when nothing was billed."""
+    if actual > 0:
+        return reservation_settle(reservation=reservation, actual=actual)
+    return reservation_release(reservation=reservation)
+
+
 def reservation_release(*, reservation: Reservation) -> Reservation:
     """The work failed before costing anything billable: give the hold back."""
     if on_postgresql():
