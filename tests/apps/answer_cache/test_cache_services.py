@@ -199,3 +199,24 @@ def test_abstained_and_degenerate_answers_are_not_stored(team_a, geo):
         run.refresh_from_db()
         assert answer_cache_store(run=run) is None
     assert not AnswerCacheEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"history": [{"role": "user", "content": "Tell me about Europe."},
+                     {"role": "assistant", "content": "Europe is a continent."}]},
+        {"decoding": {"temperature": 0.7}},
+    ],
+    ids=["follow-up", "own-decoding"],
+)
+def test_a_follow_up_or_a_request_with_its_own_decoding_neither_reads_nor_fills_the_cache(
+    team_a, geo, request_kwargs
+):
+    _corpus, pipeline, _docs = geo
+    first = _ask(team_a, pipeline, QUESTION)
+    assert _outcome(first) == CacheOutcome.MISS and AnswerCacheEntry.objects.count() == 1
+    again = _ask(team_a, pipeline, QUESTION, **request_kwargs)
+    # Its answer depends on the history or on other decoding: the pipeline answers, nothing is stored.
+    assert _outcome(again) == CacheOutcome.BYPASS and again.job_id is not None
+    assert again.status == QueryStatus.SUCCEEDED and AnswerCacheEntry.objects.count() == 1
