@@ -17,6 +17,7 @@ from apps.accounts.services import api_key_create, membership_set
 from apps.agents.models import Agent, AgentRun, AgentRunStatus, Tool
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, TeamCacheSettings
 from apps.bulk.models import BulkJob, BulkRow
+from apps.conversations.models import Conversation
 from apps.core.models import Job, JobStatus
 from apps.corpora.models import Chunk, Corpus, Document, DocumentStatus
 from apps.costs.models import Budget, BudgetPeriod, DegradationPolicy, ModelEndpoint, Reservation, UsageRecord
@@ -190,6 +191,14 @@ class TeamObjects:
     def team_cache_settings(self, i: int) -> TeamCacheSettings:
         return TeamCacheSettings.objects.get_or_create(team=self.team)[0]
 
+    def conversation(self, i: int) -> Conversation:
+        conversation = Conversation.objects.create(
+            team=self.team, user=self._parent("membership").user, title=f"{self.mark} thread {i}"
+        )
+        run = self.query_run(2000 + i)
+        QueryRun.objects.filter(pk=run.pk).update(conversation=conversation)
+        return conversation
+
     def degradation_policy(self, i: int) -> DegradationPolicy:
         return DegradationPolicy.objects.create(
             team=self.team, api_key=self.api_key(i) if i else None, rules=[{"above_percent": 80, "top_k_cap": 3}],
@@ -203,5 +212,5 @@ KIND_OF_MODEL = {
     ApiKey: "api_key", Membership: "membership", Invitation: "invitation", UsageRecord: "usage_record",
     ModelEndpoint: "model_endpoint", Reservation: "reservation", EvalSet: "eval_set", EvalRun: "eval_run",
     BulkJob: "bulk_job", AnswerCacheEntry: "answer_cache_entry", AnswerCacheLookup: "answer_cache_lookup",
-    TeamCacheSettings: "team_cache_settings", DegradationPolicy: "degradation_policy",
+    TeamCacheSettings: "team_cache_settings", DegradationPolicy: "degradation_policy", Conversation: "conversation",
 }

@@ -24,10 +24,11 @@ KIND_OF_PARAM = {
     "query_id": "query_run", "budget_id": "budget", "tool_id": "tool", "agent_id": "agent",
     "membership_id": "membership", "invitation_id": "invitation", "key_id": "api_key",
     "eval_run_id": "eval_run", "eval_set_id": "eval_set",
-    "endpoint_id": "model_endpoint", "bulk_job_id": "bulk_job",
+    "endpoint_id": "model_endpoint", "bulk_job_id": "bulk_job", "conversation_id": "conversation",
 }
 KIND_OF_RUN_ID = {
-    "query-run": "query_run", "query-run-live": "query_run",
+    "query-run": "query_run", "query-run-live": "query_run", "query-run-stop": "query_run",
+    "query-run-regenerate": "query_run",
     "api-agent-run": "agent_run", "agent-run": "agent_run", "agent-run-live": "agent_run",
 }
 # Parameters that are not an object id: the invitation link's token is a signed capability (whoever
