@@ -104,6 +104,7 @@ class EndpointListView(APIView):
     required_scopes = {"POST": "admin"}
 
     @extend_schema(responses=list_of(EndpointOutputSerializer, paginated=False),
+                   operation_id="api_v1_model_endpoints_list",
                    summary="The model endpoints the team can use: its own and the global ones")
     def get(self, request):
         endpoints = list(cost_selectors.endpoint_list(team=request.team))

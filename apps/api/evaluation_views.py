@@ -113,7 +113,8 @@ class EvalRunInputSerializer(serializers.Serializer):
 class EvalRunListView(APIView):
     required_scope = "query"
 
-    @extend_schema(responses=list_of(EvalRunOutputSerializer), summary="The team's evaluation runs, newest first")
+    @extend_schema(responses=list_of(EvalRunOutputSerializer), summary="The team's evaluation runs, newest first",
+                   operation_id="api_v1_evaluations_list")
     def get(self, request):
         return paginated_response(self, request, eval_selectors.eval_run_list(team=request.team),
                                   EvalRunOutputSerializer)

@@ -124,7 +124,8 @@ def cascade_start_bound(
 ) -> Decimal:
     """The cascade's hold at admission: every tier's question checked against its model's window,
     and the sum of every tier's start bound (``start_bound``: ``services._query_start_bound``, what
-    each would be admitted at alone; passed in, as this module sits below services)."""
+    each would be admitted at alone; passed in, as this module sits below services). ``messages``: the
+    conversation before the question (the question is added here)."""
     from apps.costs.tokens import prompt_check
 
     total = ZERO
@@ -134,7 +135,7 @@ def cascade_start_bound(
             raise ValidationFailed(f"cascade tier {tier.name!r}: model {endpoint.name!r} is disabled")
         cap = max(1, min(max_output_tokens, tier.max_output_tokens, endpoint.max_output_tokens))
         system = [{"role": "system", "content": tier.system_prompt}] if tier.system_prompt else []
-        prompt_check(endpoint, [*system, *(messages or [{"role": "user", "content": question}])],
+        prompt_check(endpoint, [*system, *messages, {"role": "user", "content": question}],
                      max_output_tokens=cap, extra_tokens=framing_tokens)
         total += start_bound(endpoint=endpoint, pipeline=tier, question=question, messages=messages,
                                     max_output_tokens=cap)

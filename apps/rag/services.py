@@ -396,7 +396,7 @@ def query_run_start(
     if pipeline is not None and pipeline.is_cascade:  # every tier checked, the hold covers them all
         from apps.rag.cascade import cascade_start_bound
 
-        estimate = cascade_start_bound(pipeline=pipeline, question=question, messages=messages,
+        estimate = cascade_start_bound(pipeline=pipeline, question=question, messages=messages[:-1],
                                        max_output_tokens=cap, degradation=degradation,
                                        start_bound=_query_start_bound, framing_tokens=_PROMPT_FRAMING_TOKENS)
     else:

@@ -29,10 +29,13 @@ def team_objects(team_a, alice, settings, tmp_path, default_models):
     from apps.corpora.models import Chunk, Document, DocumentStatus
     from apps.corpora.services import corpus_create
     from apps.costs.models import UsageRecord
+    from apps.costs.price_table import bundled_prices_load
     from apps.costs.services import budget_save
     from apps.rag.models import QueryRun
     from apps.rag.services import pipeline_save
 
+    # The migrations load the bundled price table; a transactional test before this one flushed it.
+    bundled_prices_load()
     settings.DATA_ROOT = tmp_path / "data"
     settings.DATA_ROOT.mkdir()
     corpus = corpus_create(team=team_a, name="Zoo handbook", user=alice)

@@ -294,7 +294,8 @@ def test_model_defaults_and_pipeline_overrides_are_validated():
     assert decoding_settings("smollm2-135m-instruct").repetition_guard is True
     tuned = decoding_settings("smollm2-135m-instruct", {"no_repeat_ngram_size": 4, "stop": ["\n\n"]})
     assert tuned.no_repeat_ngram_size == 4 and tuned.stop == ("\n\n",)
-    for bad, message in [({"temperature": 1}, "unknown decoding options: temperature"),
+    for bad, message in [({"beam_width": 2}, "unknown decoding options: beam_width"),
+                         ({"temperature": 3}, "between 0 \\(greedy\\) and 2"),
                          ({"repetition_penalty": 0.5}, "between 1.0"), ({"no_repeat_ngram_size": -1}, "between 0"),
                          ({"stop": "x"}, "stop must be a list"), ({"repetition_guard": "yes"}, "true or false")]:
         with pytest.raises(ValueError, match=message):
