@@ -6,36 +6,19 @@ test-artifacts/screenshots/ (conversation-*)."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_browser import browser  # noqa: F401 (the fixture: headless Chromium)
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = os.environ.get("PARSIMONY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 PASSWORD = "a-long-test-password"
 SHORT = "Zebras graze on grass."
 LONG = " ".join(f"word{n}" for n in range(200))
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                    args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -80,7 +63,7 @@ def _finished(page, status: str = "succeeded") -> None:
     page.locator(f"#run-live[data-status={status}]").wait_for(timeout=120_000)
 
 
-def test_a_conversation_in_the_browser(live_server, model, browser, shots_dir, team_a, alice):
+def test_a_conversation_in_the_browser(live_server, model, browser, shots_dir, team_a, alice):  # noqa: F811
     from apps.conversations.models import Conversation
     from apps.costs.reconciliation import ledger_reconcile
     from apps.rag.models import QueryRun
