@@ -12,6 +12,7 @@ from apps.costs.models import Stage, UsageRecord
 from apps.costs.reconciliation import ledger_reconcile
 from apps.rag.models import QueryRun
 from apps.rag.services import pipeline_save
+from tests.support.prompts import prompts_record
 from workers.runtime.meter import EchoTarget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -22,18 +23,7 @@ REPLY = "The answer is forty two and that is all there is to say about it today 
 @pytest.fixture
 def sent(monkeypatch):
     """Every generation's messages (the echo model answers REPLY)."""
-    import workers.runtime.meter as meter
-
-    prompts: list[list[dict]] = []
-    real = meter.generate
-
-    def recording(*args, **kwargs):
-        prompts.append(kwargs["messages"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(meter, "generate", recording)
-    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply=REPLY))
-    return prompts
+    return prompts_record(monkeypatch, reply=REPLY)
 
 
 @pytest.fixture

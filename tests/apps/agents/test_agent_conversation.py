@@ -4,23 +4,14 @@ import openai
 import pytest
 
 from apps.agents.models import AgentRun
+from tests.support.prompts import prompts_record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def sent(monkeypatch):
-    import workers.runtime.meter as meter
-
-    prompts: list[list[dict]] = []
-    real = meter.generate
-
-    def recording(*args, **kwargs):
-        prompts.append(kwargs["messages"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(meter, "generate", recording)
-    return prompts
+    return prompts_record(monkeypatch)
 
 
 def test_an_agent_reads_the_earlier_turns_of_the_conversation(

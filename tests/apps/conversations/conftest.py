@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.costs import metering
-from workers.runtime.meter import EchoTarget
+from tests.support.prompts import prompts_record
 
 ANSWER = "Zebras have stripes"
 
@@ -14,18 +13,7 @@ ANSWER = "Zebras have stripes"
 @pytest.fixture
 def sent(monkeypatch):
     """The messages of every generation, in order (the echo model answers ANSWER)."""
-    import workers.runtime.meter as meter
-
-    prompts: list[list[dict]] = []
-    real = meter.generate
-
-    def recording(*args, **kwargs):
-        prompts.append(kwargs["messages"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(meter, "generate", recording)
-    monkeypatch.setattr(metering, "_target_override", lambda endpoint: EchoTarget(name=endpoint.name, reply=ANSWER))
-    return prompts
+    return prompts_record(monkeypatch, reply=ANSWER)
 
 
 @pytest.fixture
