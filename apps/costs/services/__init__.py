@@ -1,6 +1,6 @@
 """Writes for costs, one module per concern; this package re-exports their names for importers.
 
-- ``prices``: the price book (``price_current``, ``price_for_call``, ``price_set``);
+- ``prices``: the price book (``price_current``, ``price_for_call``, ``price_set``, ``prices_set_many``);
 - ``budgets``: budgets and their reservations (``budget_reserve``, ``reservation_settle``, ...);
 - ``alerts``: soft-limit e-mails (``budget_soft_alerts_send``);
 - ``ledger``: usage records (``usage_record``, ``LedgerContext``);
@@ -30,7 +30,14 @@ from apps.costs.services.budgets import (
     reservations_expire,
 )
 from apps.costs.services.ledger import LedgerContext, money_seconds, usage_record
-from apps.costs.services.prices import PriceMissing, PriceStale, price_current, price_for_call, price_set
+from apps.costs.services.prices import (
+    PriceMissing,
+    PriceStale,
+    price_current,
+    price_for_call,
+    price_set,
+    prices_set_many,
+)
 
 __all__ = [
     "RESERVATION_TTL_S",
@@ -51,6 +58,7 @@ __all__ = [
     "price_current",
     "price_for_call",
     "price_set",
+    "prices_set_many",
     "reservation_close",
     "reservation_release",
     "reservation_extend",

@@ -91,7 +91,10 @@ def test_setting_the_same_price_again_adds_nothing(db):
 @pytest.fixture
 def no_bundled_prices(db):
     """The price book without the remote models' prices the migrations load (apps/costs/price_table.py)."""
-    Price.objects.exclude(provider="local").delete()
+    from auditlog.context import disable_auditlog
+
+    with disable_auditlog():  # 3,500 audit entries for a fixture's clean-up would cost a minute
+        Price.objects.exclude(provider="local").delete()
 
 
 def _import(path: Path, *args: str) -> str:
@@ -149,6 +152,11 @@ def test_import_prices_imports_embedding_entries_on_request(no_bundled_prices, t
     out = _import(path, "--all-modes", "--only", "gpt-tiny", "embed-tiny", "image-tiny")
     assert "2 added, 0 unchanged, 1 skipped" in out  # the image entry has no per-token price
     assert Price.objects.get(model_name="embed-tiny").input_per_mtok == Decimal("0.02")
+    from auditlog.models import LogEntry
+
+    # Written in bulk, each new price still has its audit entry.
+    audited = LogEntry.objects.get_for_objects(Price.objects.filter(model_name__in=["gpt-tiny", "embed-tiny"]))
+    assert audited.filter(action=LogEntry.Action.CREATE).count() == 2
 
 
 def test_import_prices_refuses_a_missing_or_broken_file(db, tmp_path):
@@ -164,6 +172,13 @@ def test_import_prices_refuses_a_missing_or_broken_file(db, tmp_path):
 
 @pytest.mark.skipif(not LITELLM.exists(), reason=f"shared price data not present at {LITELLM}")
 def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_history(no_bundled_prices, tmp_path):
+    from auditlog.context import disable_auditlog
+
+    with disable_auditlog():  # the audit entries of an import are checked on the small table above
+        _shared_table_import_is_idempotent(tmp_path)
+
+
+def _shared_table_import_is_idempotent(tmp_path) -> None:
     first = _import(LITELLM, "--effective-from", "2026-01-01")
     added = Price.objects.exclude(provider="local").count()
     assert added > 100, first
@@ -172,7 +187,8 @@ def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_histo
     assert Price.objects.exclude(provider="local").count() == added
 
     table = json.loads(LITELLM.read_text())
-    names = [n for n, e in table.items() if n in set(Price.objects.values_list("model_name", flat=True))][:3]
+    priced = set(Price.objects.values_list("model_name", flat=True))
+    names = [n for n in table if n in priced][:3]
     modified = {
         name: {**table[name], "input_cost_per_token": table[name]["input_cost_per_token"] * 2}
         for name in names
@@ -188,3 +204,14 @@ def test_import_prices_on_the_shared_litellm_table_is_idempotent_and_keeps_histo
         history = Price.objects.filter(model_name=name).order_by("effective_from")
         assert history.count() == 2
         assert history[0].effective_from == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_import_prices_on_the_same_date_with_other_values_replaces_that_row(no_bundled_prices, tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(TINY))
+    _import(path, "--effective-from", "2026-01-01")
+    changed = {**TINY, "gpt-tiny": {**TINY["gpt-tiny"], "output_cost_per_token": 8e-07}}
+    path.write_text(json.dumps(changed))
+    assert "1 added, 1 unchanged" in _import(path, "--effective-from", "2026-01-01")
+    rows = Price.objects.filter(model_name="gpt-tiny")
+    assert [(p.output_per_mtok, p.input_per_mtok) for p in rows] == [(Decimal("0.8"), Decimal("0.15"))]

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.costs.price_table import price_entries
-from apps.costs.services import price_set
+from apps.costs.services import prices_set_many
 
 
 class Command(BaseCommand):
@@ -41,22 +41,16 @@ class Command(BaseCommand):
             if timezone.is_naive(when):
                 when = timezone.make_aware(when, timezone.get_fixed_timezone(0))
         entries, skipped = price_entries(table, all_modes=all_modes, only=set(only or []))
-        created = unchanged = 0
+        rows = [
+            {
+                "model_name": entry.model_name, "input_per_mtok": entry.input_per_mtok,
+                "output_per_mtok": entry.output_per_mtok, "cached_input_per_mtok": entry.cached_input_per_mtok,
+                "provider": entry.provider,
+            }
+            for entry in entries
+        ]
         with transaction.atomic():
-            for entry in entries:
-                _, was_created = price_set(
-                    model_name=entry.model_name,
-                    input_per_mtok=entry.input_per_mtok,
-                    output_per_mtok=entry.output_per_mtok,
-                    cached_input_per_mtok=entry.cached_input_per_mtok,
-                    effective_from=when,
-                    provider=entry.provider,
-                    source=file.name[:200],
-                )
-                if was_created:
-                    created += 1
-                else:
-                    unchanged += 1
+            created, unchanged = prices_set_many(entries=rows, effective_from=when, source=file.name[:200])
         self.stdout.write(
             self.style.SUCCESS(
                 f"prices: {created} added, {unchanged} unchanged, {skipped} skipped (no per-token price)"
