@@ -201,7 +201,6 @@ class KVStore:
 
         An entry larger than the whole budget is not written at all.
         """
-        from safetensors.torch import save_file
 
         if len(entry.keys) != len(entry.values) or not entry.keys:
             raise ValueError("a KV entry needs the same non-zero number of key and value layers")
@@ -218,32 +217,7 @@ class KVStore:
         meta = {**entry.meta, "format": FORMAT, "n_layers": str(len(entry.keys)), "n_tokens": str(entry.n_tokens)}
         if entry.nbytes > self.max_bytes:
             return False
-
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp_name, metadata=meta)
-            os.chmod(tmp_name, 0o644)
-            with self._writer_lock():
-                os.replace(tmp_name, path)
-                rel = str(path.relative_to(self.root))
-                with self._db() as db:
-                    db.execute(
-                        "INSERT INTO entries (path, bytes, last_access) VALUES (?, ?, ?) "
-                        "ON CONFLICT(path) DO UPDATE SET bytes = excluded.bytes, last_access = excluded.last_access",
-                        (rel, path.stat().st_size, time.time()),
-                    )
-                    evicted = self._evict(db)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        for rel_path in evicted:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / rel_path).unlink()
-        return str(path.relative_to(self.root)) not in evicted
+        return self._write(self.path_for(key), tensors, meta)
 
     # ------------------------------------------------------------------ artifacts beside an entry
     # Added for the sparse attention backends (key centroids, key ANN indexes, sampled queries):
@@ -257,20 +231,26 @@ class KVStore:
 
     def put_artifact(self, key: KVKey, name: str, tensors: dict[str, Any], meta: dict[str, str] | None = None) -> bool:
         """Write named tensors (any shapes) beside `key`'s entry, atomically; LRU-evict. False if not kept."""
-        from safetensors.torch import save_file
 
         if not tensors:
             raise ValueError("an artifact needs at least one tensor")
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if size > self.max_bytes:
             return False
-        path = self.artifact_path(key, name)
+        tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+        return self._write(self.artifact_path(key, name), tensors,
+                           {**(meta or {}), "format": ARTIFACT_FORMAT, "name": name})
+
+    def _write(self, path: Path, tensors: dict[str, Any], meta: dict[str, str]) -> bool:
+        """Save ``tensors`` at ``path`` atomically (temp file + rename) under the writer lock, count the file in
+        the LRU budget and evict past it. False when the file itself was evicted (not kept)."""
+        from safetensors.torch import save_file
+
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp_name,
-                      metadata={**(meta or {}), "format": ARTIFACT_FORMAT, "name": name})
+            save_file(tensors, tmp_name, metadata=meta)
             os.chmod(tmp_name, 0o644)
             with self._writer_lock():
                 os.replace(tmp_name, path)

@@ -40,7 +40,7 @@ from apps.costs.services import LedgerContext, price_current, reservation_settle
 from apps.costs.services.budgets import reservation_shrink
 from apps.costs.services.holds import hold_open
 from apps.costs.tokens import endpoint_context_window, text_tokens_bound
-from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
+from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _row_bound(*, pipeline: Pipeline, question: str, batch_size: int) -> Decimal
     (k = 1), or its share of a batch call plus answering it alone if its batch answer does not parse."""
     from apps.corpora.services.embedding import texts_bound
     from apps.corpora.services.search import search_bound
-    from apps.rag.services import DEFAULT_EMBEDDING_MODEL, EMBEDDING_PRICE_NAME
+    from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL, EMBEDDING_PRICE_NAME
 
     cap = max(1, min(pipeline.max_output_tokens, pipeline.model_endpoint.max_output_tokens))
     prompt = _prompt_tokens_bound(pipeline=pipeline, question=question)
@@ -186,7 +186,7 @@ def _row_bound(*, pipeline: Pipeline, question: str, batch_size: int) -> Decimal
     if pipeline.retriever != Retriever.NONE:
         search = search_bound(corpora=list(pipeline.corpora.all()), query=question, retriever=pipeline.retriever)
         bound += search * (2 if batch_size > 1 else 1)
-    # The quality check embeds the answer's sentences and the passages once (apps.rag.services._embed_billed).
+    # The quality check embeds the answer's sentences and the passages once (QueryHooks.embed_for_quality).
     quality_texts = ["x " * min(prompt, 512)] * (pipeline.top_k + 1)
     bound += texts_bound(model_name=DEFAULT_EMBEDDING_MODEL, texts=quality_texts, slab=None,
                          price=price_current(model_name=EMBEDDING_PRICE_NAME))
@@ -347,7 +347,7 @@ def _cut_off_runs_fail(row_ids: list[int], reason: str = "redelivered: the bulk 
 
 def _run_open(bulk: BulkJob, row: BulkRow) -> tuple[QueryRun, Any]:
     """A QueryRun for the row, and the query hooks that bill its retrieval and checks under the job's hold."""
-    from apps.rag.services import _QueryHooks
+    from apps.rag.question_runner import question_hooks
 
     pipeline = bulk.pipeline
     endpoint = pipeline.model_endpoint
@@ -357,22 +357,21 @@ def _run_open(bulk: BulkJob, row: BulkRow) -> tuple[QueryRun, Any]:
         max_output_tokens=max(1, min(pipeline.max_output_tokens, endpoint.max_output_tokens)),
     )
     BulkRow.objects.filter(pk=row.pk).update(query_run=run)
-    context = LedgerContext(team=bulk.team, user=bulk.created_by, api_key=bulk.api_key, query_run_id=run.pk,
-                            pipeline_name=pipeline.name)
-    return run, _QueryHooks(run=run, context=context, reservation=bulk.reservation)
+    return run, question_hooks(run=run, reservation=bulk.reservation)
 
 
 def _row_alone(bulk: BulkJob, row: BulkRow, *, run: QueryRun | None = None, hooks: Any = None,
                extra_cost: Decimal = ZERO, shared: dict | None = None) -> dict:
     """Answer one row by the pipeline as a single query (k = 1, or the fallback of a batch)."""
-    from apps.rag.services import _engine_config
+    from apps.rag.question_runner import engine_config
     from workers.rag.pipeline import run_pipeline
 
     started = time.perf_counter()
     if run is None:
         run, hooks = _run_open(bulk, row)
     try:
-        outcome = run_pipeline(question=row.question, config=_engine_config(run, hooks.endpoint), hooks=hooks)
+        config = engine_config(run=run, endpoint=hooks.endpoint)
+        outcome = run_pipeline(question=row.question, config=config, hooks=hooks)
     except Exception as exc:  # one bad row does not stop the job; its error is in the result file
         logger.exception("bulk job %s row %s failed", bulk.pk, row.position)
         return _row_failed(row, run, exc, extra_cost)
@@ -395,19 +394,14 @@ def _run_close(row: BulkRow, run: QueryRun, hooks: Any, outcome: Any, started: f
                fields: dict) -> dict:
     """The row's run written as query_run_execute writes one, its cost its own ledger rows plus its share
     of a batch call (``extra_cost``); the baseline is naive RAG for the question alone."""
-    from apps.rag.services import _quality_fields
+    from apps.rag.question_runner import answered_fields
 
     actual = _ledger_total(query_run_id=run.pk) + extra_cost
-    claimed = hooks.baseline(outcome.baseline_prompt_tokens, outcome.baseline_completion_tokens)
-    baseline, kind = claimed if claimed is not None else (actual, BaselineKind.MEASURED)
     return {
         "row": row, "run": run, "status": RowStatus.DONE, "cost": actual,
         "run_fields": {
-            "status": QueryStatus.SUCCEEDED, "answer": outcome.answer, "finish_reason": outcome.finish_reason,
-            "citations": outcome.citations, "prompt_tokens": fields["prompt_tokens"],
-            "completion_tokens": fields["completion_tokens"],
-            **_quality_fields(outcome.quality), "cost": actual, "baseline_cost": money(baseline),
-            "baseline_kind": kind, "savings": money(baseline - actual),
+            **answered_fields(hooks=hooks, outcome=outcome, actual=actual),
+            "prompt_tokens": fields["prompt_tokens"], "completion_tokens": fields["completion_tokens"],
             "latency_ms": int((time.perf_counter() - started) * 1000), "finished_at": timezone.now(),
         },
         "row_fields": {**fields, "cost": actual, "error": ""},
@@ -440,7 +434,7 @@ def _batch_answer(bulk: BulkJob, rows: list[BulkRow]) -> list[dict]:
     """k rows in one prompt: each retrieves its own passages, one metered call answers all, the numbered
     answers are parsed back; a row whose answer does not parse is answered alone (the fallback). The call's
     cost and tokens are split between the k rows exactly (shared instruction tokens evenly)."""
-    from apps.rag.services import _engine_config
+    from apps.rag.question_runner import engine_config
     from workers.prompting.base import Passage
     from workers.prompting.batch import (
         BatchItem,
@@ -457,7 +451,7 @@ def _batch_answer(bulk: BulkJob, rows: list[BulkRow]) -> list[dict]:
     pipeline = bulk.pipeline
     started = time.perf_counter()
     opened = [_run_open(bulk, row) for row in rows]
-    config = _engine_config(opened[0][0], opened[0][1].endpoint)
+    config = engine_config(run=opened[0][0], endpoint=opened[0][1].endpoint)
     hits = []
     for row, (_run, hooks) in zip(rows, opened, strict=True):
         try:

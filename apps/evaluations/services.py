@@ -91,7 +91,7 @@ def eval_question_worst_case(*, pipeline: Pipeline, question: str) -> Decimal:
     from apps.corpora.services.search import search_bound
     from apps.costs.cost_model import device_cost, device_seconds_bound
     from apps.costs.tokens import endpoint_context_window
-    from apps.rag.services import DEFAULT_EMBEDDING_MODEL, pipeline_extractive
+    from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL, pipeline_extractive
 
     endpoint = pipeline.model_endpoint
     cap = max(1, min(pipeline.max_output_tokens, endpoint.max_output_tokens))

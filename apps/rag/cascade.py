@@ -25,6 +25,7 @@ from django.db.models import Max, Sum
 from apps.core.errors import ValidationFailed
 from apps.costs.models import ZERO, UsageRecord
 from apps.rag.models import Pipeline, QueryRun
+from apps.rag.question_runner import PROMPT_FRAMING_TOKENS, QueryHooks, query_start_bound
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,12 @@ def cascade_tiers(*, pipeline: Pipeline, degradation: dict[str, Any] | None = No
 
 
 def cascade_start_bound(
-    *, pipeline: Pipeline, question: str, messages: list[dict], max_output_tokens: int, start_bound: Any,
-    framing_tokens: int, degradation: dict[str, Any] | None = None,
+    *, pipeline: Pipeline, question: str, messages: list[dict], max_output_tokens: int,
+    degradation: dict[str, Any] | None = None,
 ) -> Decimal:
     """The cascade's hold at admission: every tier's question checked against its model's window,
-    and the sum of every tier's start bound (``start_bound``: ``services._query_start_bound``, what
-    each would be admitted at alone; passed in, as this module sits below services). ``messages``: the
-    conversation before the question (the question is added here)."""
+    and the sum of every tier's start bound (``question_runner.query_start_bound``: what each would be
+    admitted at alone). ``messages``: the conversation before the question (the question is added here)."""
     from apps.costs.tokens import prompt_check
 
     total = ZERO
@@ -136,9 +136,9 @@ def cascade_start_bound(
         cap = max(1, min(max_output_tokens, tier.max_output_tokens, endpoint.max_output_tokens))
         system = [{"role": "system", "content": tier.system_prompt}] if tier.system_prompt else []
         prompt_check(endpoint, [*system, *messages, {"role": "user", "content": question}],
-                     max_output_tokens=cap, extra_tokens=framing_tokens)
-        total += start_bound(endpoint=endpoint, pipeline=tier, question=question, messages=messages,
-                                    max_output_tokens=cap)
+                     max_output_tokens=cap, extra_tokens=PROMPT_FRAMING_TOKENS)
+        total += query_start_bound(endpoint=endpoint, pipeline=tier, question=question, messages=messages,
+                                   max_output_tokens=cap)
     return total
 
 
@@ -150,7 +150,8 @@ def _ledger_since(run_id: int, after_id: int) -> Decimal:
 def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, answer: Any) -> Any:
     """Run the cascade's tiers in turn (see the module docstring); returns the accepted tier's result,
     with ``hooks`` (the run's) now holding that tier's ledger records for the baseline. ``answer``:
-    ``services._answer`` (one tier's run); each tier's hooks are ``type(hooks)`` over the tier."""
+    ``services._answer`` (one tier's run; passed in, as this module sits below services); each tier's
+    hooks are ``QueryHooks`` over the tier, under the cascade run's hold."""
     from workers.rag.cascade import cascade_decide
 
     cascade = run.pipeline
@@ -163,8 +164,8 @@ def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, ans
         tier_run.pipeline = tier
         tier_run.max_output_tokens = max(1, min(run.max_output_tokens or tier.max_output_tokens,
                                                 tier.max_output_tokens))
-        tier_hooks = type(hooks)(run=tier_run, context=replace(hooks.context, pipeline_name=tier.name),
-                                 on_model_load=hooks.on_model_load)
+        tier_hooks = QueryHooks(run=tier_run, context=replace(hooks.context, pipeline_name=tier.name),
+                                on_model_load=hooks.on_model_load)
 
         def tier_progress(done: int, total: int, message: str, _i: int = index, _name: str = tier.name) -> None:
             progress(done, total, f"tier {_i + 1}/{len(tiers)} ({_name}): {message}")

@@ -42,7 +42,7 @@ class CompressionHold:
         self.bound = ZERO
 
     def _seconds_cost(self, seconds: float) -> Decimal:
-        # The stage is billed as CPU seconds at the endpoint's price (``_QueryHooks.bill_compression``).
+        # The stage is billed as CPU seconds at the endpoint's price (``question_runner.QueryHooks.bill_compression``).
         return device_cost(price=self.price, seconds=seconds, device="cpu")
 
     def _grow_to(self, bound: Decimal) -> None:

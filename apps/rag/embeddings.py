@@ -16,8 +16,6 @@ from django.conf import settings
 from apps.core.errors import ServiceError, ValidationFailed
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
-from apps.costs.models import Stage
-from apps.costs.pricing import Usage, to_decimal
 from apps.costs.services import LedgerContext, price_current
 from apps.costs.services.holds import hold_open, hold_resume
 
@@ -77,9 +75,8 @@ def embeddings_compute(*, job: Job) -> dict:
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import ApiKey
-    from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
+    from apps.corpora.services.embedding import texts_embed_billed
     from apps.costs.models import Reservation
-    from apps.costs.tokens import embedding_tokens
 
     params = job.params
     context = LedgerContext(
@@ -91,32 +88,10 @@ def embeddings_compute(*, job: Job) -> dict:
         reservation=Reservation.objects.get(pk=params["reservation_id"]), context=context, path="embeddings_api"
     )
     try:
-        embedder = embedder_for(params["model"])
         # The request reserved for the slowest worker it could not name: this one's own bound (its speed,
         # its batches) must fit too before it runs (a refusal fails the job; nothing is billed).
-        hold.ensure(
-            texts_bound(
-                model_name=params["model"], texts=params["texts"], slab=None, here=True,
-                price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
-            )
-        )
-        vectors, seconds = embedder.encode_timed(params["texts"], batch_size=embed_batch(embedder.device))
-        tokens = embedding_tokens(params["model"], params["texts"])
-    except Exception:
-        hold.release()
-        raise
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    hold.record(
-        stage=Stage.EMBED,
-        model_name=EMBEDDING_MODELS[params["model"]],
-        usage=Usage(
-            prompt_tokens=tokens,
-            gpu_seconds=to_decimal(round(seconds, 6)) if on_gpu else Decimal(0),
-            cpu_seconds=Decimal(0) if on_gpu else to_decimal(round(seconds, 6)),
-        ),
-        price=price_current(model_name=EMBEDDING_MODELS[params["model"]]),
-        latency_ms=int(seconds * 1000),
-    )
-    embedding_billed(params["model"])
-    hold.settle()
-    return {"vectors": [[round(float(x), 7) for x in row] for row in vectors], "tokens": tokens}
+        vectors, record = texts_embed_billed(model_name=params["model"], texts=params["texts"], context=context,
+                                             hold=hold)
+    finally:
+        hold.settle()  # to the embed row; released when nothing was billed
+    return {"vectors": [[round(float(x), 7) for x in row] for row in vectors], "tokens": record.prompt_tokens}

@@ -2,9 +2,9 @@
 
 query_run_start (web process): validate, reserve the worst-case cost against every budget,
 create the QueryRun and its Job, enqueue on the `gpu` queue. query_run_execute (worker): load
-the run, hand the engine (``workers.rag.pipeline``) its hooks (search, model, ledger rows, the
-answer stream into the row), then write the outcome, settle the reservation to the ledger's
-total and record the savings against naive RAG with the same model.
+the run, hand the engine (``workers.rag.pipeline``) its hooks (``apps.rag.question_runner``: search,
+model, ledger rows; the answer stream into the row), then write the outcome, settle the reservation
+to the ledger's total and record the savings against naive RAG with the same model.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -25,53 +24,28 @@ from apps.core.errors import JobCancelled, ValidationFailed
 from apps.core.jobs import JobEnd
 from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
-from apps.costs.baseline import naive_generation_cost
-from apps.costs.billing import generation_bill
-from apps.costs.metering import (
-    MeteredCall,
-    call_estimate,
-    endpoint_loaded,
-    endpoint_resolve,
-    endpoint_target,
-    generation_allowance,
-    model_call,
-)
+from apps.costs.metering import endpoint_resolve
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
-from apps.costs.pricing import (
-    Usage,
-    money,
-    to_decimal,
-    worst_case_cost,
-)
-from apps.costs.services import (
-    LedgerContext,
-    price_current,
-    reservation_close,
-    reservation_settle,
-    usage_record,
-)
-from apps.costs.services.holds import hold_open, hold_resume
-from apps.costs.services.ledger import device_seconds_within
-from apps.costs.tokens import (
-    embedding_tokens,
-    endpoint_context_window,
-    prompt_check,
-    prompt_tokens_bound,
-    text_tokens_bound,
-)
-from apps.rag.fixed_context import (
-    fixed_context_max_tokens,
-    fixed_context_validate,
-    kv_store,
-    pipeline_fixed_context_text,
-)
+from apps.costs.services import LedgerContext, reservation_close, reservation_settle
+from apps.costs.services.holds import hold_open
+from apps.costs.tokens import prompt_check, prompt_tokens_bound
+from apps.rag.fixed_context import fixed_context_validate
 from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
-from apps.rag.selectors import pipeline_best_hit_scores, pipeline_option_names, query_queue
+from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # re-exported
+from apps.rag.question_runner import EMBEDDING_PRICE_NAME as EMBEDDING_PRICE_NAME  # re-exported
+from apps.rag.question_runner import (
+    PROMPT_FRAMING_TOKENS,
+    QueryHooks,
+    answered_fields,
+    engine_config,
+    query_start_bound,
+    question_hooks,
+    strategy_extractive,
+)
+from apps.rag.question_runner import pipeline_extractive as pipeline_extractive  # re-exported
+from apps.rag.selectors import pipeline_option_names, query_queue
 
 logger = logging.getLogger(__name__)
-
-EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -178,16 +152,6 @@ def _extractive_validate(values: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
-def _strategy_extractive(name: str) -> bool:
-    from workers.prompting import STRATEGIES
-
-    return bool(getattr(STRATEGIES.get(name), "extractive", False))
-
-
-def pipeline_extractive(pipeline: Pipeline | None) -> bool:
-    """Whether ``pipeline`` answers by quoting its passages (no generation: ``extractive_answer``)."""
-    return pipeline is not None and _strategy_extractive(pipeline.prompting_strategy)
-
 
 PIPELINE_FIELDS = (
     "description", "retriever", "top_k", "compression_method", "compression_target",
@@ -241,7 +205,7 @@ def pipeline_save(
     current = {"prompting_strategy": pipeline.prompting_strategy, "prompting_options": pipeline.prompting_options,
                "attention_backend": pipeline.attention_backend,
                "attention_options": pipeline.attention_options} if pipeline is not None else {}
-    if pipeline is not None and _strategy_extractive(values.get("prompting_strategy", pipeline.prompting_strategy)):
+    if pipeline is not None and strategy_extractive(values.get("prompting_strategy", pipeline.prompting_strategy)):
         # What an extractive answer rules out (compression, no retriever, a fixed context) may be set already.
         current.update(compression_method=pipeline.compression_method, retriever=pipeline.retriever,
                        fixed_context=pipeline.fixed_context, fixed_context_corpus=pipeline.fixed_context_corpus)
@@ -290,51 +254,6 @@ def pipeline_delete(*, pipeline: Pipeline) -> None:
 
 # --------------------------------------------------------------------------- starting a query
 
-
-# The prompting strategies' instruction text and framing ("Context:", "Question:", separators): well
-# above the longest instruction in workers/prompting.
-_PROMPT_FRAMING_TOKENS = 128
-
-
-def _query_start_bound(
-    *, endpoint: ModelEndpoint, pipeline: Pipeline | None, question: str, messages: list[dict], max_output_tokens: int,
-    search_query: str | None = None,
-) -> Decimal:
-    """What a query's hold covers when it is admitted: its first steps, the rest grows the hold as it runs.
-
-    Retrieval (the question embedded once per embedding model of the corpora, counted exactly) and
-    the start of a generation over the prompt without its passages: the conversation, the question,
-    the system prompt and the strategy's framing, read by the generator (``apps.costs.tokens``) with
-    every output token for a remote endpoint or the first decode steps for a local model
-    (``metering.local_start_bound``). Later steps grow the hold before they run, from what is then
-    known exactly (docs/costs.md, "Holds grow with the work"): the compress stage by its plan
-    (``_QueryHooks.compression_planned``), the generation's exact prompt and its decoding.
-    """
-    from apps.costs.metering import local_start_bound
-
-    price = price_current(model_name=endpoint.price_name)
-    prompt_tokens = prompt_tokens_bound(endpoint, [*messages, {"role": "user", "content": question}])
-    if pipeline is not None:
-        system = [{"role": "system", "content": pipeline.system_prompt}] if pipeline.system_prompt else []
-        prompt_tokens += text_tokens_bound(endpoint, pipeline.system_prompt) + len(system) * 16 + _PROMPT_FRAMING_TOKENS
-    if pipeline_extractive(pipeline):
-        # Nothing is generated: the hold grows by the sentences' embedding when they are known
-        # (``_QueryHooks.embed``), and by a generation only if nothing was retrieved.
-        estimate = ZERO
-    elif endpoint.kind == EndpointKind.LOCAL:
-        estimate = local_start_bound(
-            model=endpoint.price_name, price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens
-        )
-    else:
-        estimate = worst_case_cost(price=price, prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens)
-    if pipeline is not None:
-        from apps.corpora.services.search import search_bound
-
-        if pipeline.retriever != Retriever.NONE:
-            estimate += search_bound(
-                corpora=list(pipeline.corpora.all()), query=search_query or question, retriever=pipeline.retriever
-            )
-    return estimate
 
 
 @transaction.atomic
@@ -397,12 +316,11 @@ def query_run_start(
         from apps.rag.cascade import cascade_start_bound
 
         estimate = cascade_start_bound(pipeline=pipeline, question=question, messages=messages[:-1],
-                                       max_output_tokens=cap, degradation=degradation,
-                                       start_bound=_query_start_bound, framing_tokens=_PROMPT_FRAMING_TOKENS)
+                                       max_output_tokens=cap, degradation=degradation)
     else:
         prompt_check(target_endpoint, [*system, *asked], max_output_tokens=cap,
-                     extra_tokens=_PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
-        estimate = _query_start_bound(
+                     extra_tokens=PROMPT_FRAMING_TOKENS if pipeline is not None else 0)
+        estimate = query_start_bound(
             endpoint=target_endpoint, pipeline=pipeline, question=question,
             messages=messages[:-1] if pipeline is not None else messages, max_output_tokens=cap,
             search_query=search_query,
@@ -505,298 +423,13 @@ def query_run_cancel(*, run: QueryRun, wait_s: float = 0.0) -> bool:
 # --------------------------------------------------------------------------- running a query
 
 
-class _QueryHooks:
-    """The engine's hooks for one run (``workers.rag.pipeline.PipelineHooks``): search, the endpoint's
-    model, the KV store, and the ledger rows, each written under the run's reservation."""
-
-    def __init__(
-        self, *, run: QueryRun, context: LedgerContext, reservation: Any = None, on_model_load: Any = None
-    ) -> None:
-        self.run = run
-        self.on_model_load = on_model_load  # called before a cold start loads the endpoint's model
-        self.context = context
-        # The hold the rows are written under: the run's, or a shadow baseline's (apps.rag.shadow).
-        self.reservation = reservation or run.reservation
-        self.endpoint: ModelEndpoint = run.pipeline.model_endpoint if run.pipeline_id else run.endpoint
-        self.retrieval_record: UsageRecord | None = None
-        self.generation_record: UsageRecord | None = None
-        self.quality_record: UsageRecord | None = None  # the quality check's embedding
-        self.compression: Any = None  # the compress stage's share of the hold (apps.rag.compression_hold)
-        self._target: Any = None
-
-    def retrieve(self, question: str, k: int) -> list[Any]:
-        from apps.corpora.selectors import chunk_search_many
-        from workers.rag.pipeline import RetrievedChunk
-
-        pipeline = self.run.pipeline
-        if pipeline.retriever == Retriever.NONE:
-            return []  # retrieval-free: nothing searched, nothing billed
-        corpora = list(pipeline.corpora.all())
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        hits = chunk_search_many(
-            corpora=corpora, query=question, retriever=pipeline.retriever, k=k, timings=timings
-        ) if corpora else []
-        retrieve_s = time.perf_counter() - started
-        self.retrieval_record = usage_record(
-            context=self.context,
-            stage=Stage.RETRIEVE,
-            model_name=EMBEDDING_PRICE_NAME,
-            usage=Usage(
-                # The query embedding is the model work of retrieval; index search is bookkeeping.
-                prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [question]),
-                cpu_seconds=to_decimal(round(timings.get(
-                    "embed_query_ms", 0.0 if pipeline.retriever == "bm25" else 1000 * retrieve_s) / 1000, 6)),
-            ),
-            price=price_current(model_name=EMBEDDING_PRICE_NAME),
-            latency_ms=int(retrieve_s * 1000),
-            reservation=self.reservation,
-        )
-        return [
-            RetrievedChunk(
-                chunk_id=hit.chunk.pk, document_id=hit.chunk.document_id, title=hit.chunk.document.title,
-                text=hit.chunk.text, start=hit.chunk.char_start, end=hit.chunk.char_end, score=hit.score,
-                retrievers=dict(hit.retrievers),
-            )
-            for hit in hits
-        ]
-
-    def model(self) -> Any:
-        if self._target is None:
-            if self.on_model_load is not None and not endpoint_loaded(self.endpoint):
-                self.on_model_load()
-            self._target = endpoint_target(self.endpoint)
-        return self._target
-
-    def local_model(self) -> Any | None:
-        from workers.runtime.local_lm import LoadedModel
-
-        if self.endpoint.kind != EndpointKind.LOCAL:
-            return None
-        target = self.model()
-        return target if isinstance(target, LoadedModel) else None
-
-    def kv_store(self) -> Any:
-        return kv_store()
-
-    def fixed_context_text(self) -> str:
-        return pipeline_fixed_context_text(pipeline=self.run.pipeline)
-
-    def compression_planned(self, plan: Any) -> Any:
-        """Grow the run's hold by the compress stage's plan, then call by call (``CompressionHold``)."""
-        from apps.rag.compression_hold import CompressionHold
-
-        if self.reservation is None:
-            return None
-        self.compression = CompressionHold(
-            hold=hold_resume(reservation=self.reservation, context=self.context, path="query"),
-            price=price_current(model_name=self.endpoint.price_name), model=self.endpoint.price_name,
-            local=self.local_model() is not None,
-        )
-        return self.compression.planned(plan)
-
-    def bill_compression(self, *, prompt_tokens: int, completion_tokens: int, compute_s: float) -> None:
-        """The compress stage's row, its device seconds clamped to the stage's share of the hold.
-
-        As with a generation stopped by its hold, device time past the bound the stage grew the hold
-        by (``CompressionHold.bound``) is the operator's, not billed: settlement ≤ hold.
-        """
-        price = price_current(model_name=self.endpoint.price_name)
-        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                      cpu_seconds=to_decimal(round(compute_s, 6)))
-        if self.compression is not None:
-            bound = self.compression.bound
-            clamped = device_seconds_within(usage=usage, price=price, room=bound)
-            if clamped.cpu_seconds != usage.cpu_seconds:
-                logger.warning("query #%s: compression ran %.3f s, past its bound; billing %s s",
-                               self.run.pk, compute_s, clamped.cpu_seconds)
-            usage = clamped
-        usage_record(
-            context=self.context,
-            stage=Stage.COMPRESS,
-            model_name=self.endpoint.price_name,
-            usage=usage,
-            price=price,
-            latency_ms=int(compute_s * 1000),
-            reservation=self.reservation,
-        )
-
-    def generate(self, messages: list[dict], on_token) -> MeteredCall:
-        cap = self.run.max_output_tokens
-        if self.reservation is not None and self.local_model() is None:
-            # A remote call cannot grow its hold once sent: the hold grows to the call's bound, its
-            # prompt now exactly known, before it is (402 from a budget: nothing sent, nothing billed).
-            # A local model's hold grows while it decodes instead (``metering.generation_allowance``).
-            _, bound = call_estimate(
-                endpoint=self.endpoint, target=self.model(), messages=messages,
-                max_output_tokens=min(cap, self.endpoint.max_output_tokens),
-            )
-            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(bound)
-        call = model_call(
-            endpoint=self.endpoint,
-            messages=messages,
-            context=self.context,
-            max_output_tokens=cap,
-            on_token=on_token,
-            reservation=self.reservation,
-            decoding={**(self.run.pipeline.decoding_options if self.run.pipeline_id else {}), **self.run.decoding}
-            or None,
-        )
-        self.generation_record = call.record
-        return call
-
-    def metered(self, generate):
-        price = price_current(model_name=self.endpoint.price_name)
-        result = generate()
-        self.generation_record = generation_bill(
-            context=self.context, endpoint=self.endpoint, result=result, price=price,
-            reservation=self.reservation,
-        )
-        return result
-
-    def generation_budget_s(
-        self, prompt_tokens: int, max_output_tokens: int, prefill_tokens: int | None = None
-    ) -> Any:
-        """The device-seconds the run's hold pays for an engine generation (superposition, fixed-context
-        answers), growing as it decodes: as ``model_call``'s, ``metering.generation_allowance`` on the
-        run's reservation at the endpoint's price and the loaded model's device. None: unbounded."""
-        if self.reservation is None:
-            return None
-        model = self.local_model()
-        return generation_allowance(
-            model=self.endpoint.price_name, reservation=self.reservation,
-            price=price_current(model_name=self.endpoint.price_name), device=str(getattr(model, "device", "cpu")),
-            prompt_tokens=prompt_tokens, max_output_tokens=max_output_tokens, prefill_tokens=prefill_tokens,
-        )
-
-    def embed(self, texts: list[str]) -> Any:
-        """One encode of ``texts`` with the pipeline's sentence embedder (an extractive answer's sentences):
-        the hold grows by its bound first (BudgetExceeded when it cannot), then one ``embed`` row is billed
-        under the run's reservation."""
-        vectors, _ = self._embed_billed(texts)
-        return vectors
-
-    def embed_for_quality(self, texts: list[str]) -> Any:
-        """Quality's sentence and passage vectors (``workers.rag.quality``), billed the same way and kept as
-        the run's quality record; None (token overlap alone) when the hold cannot grow to cover it."""
-        from apps.costs.services import BudgetExceeded
-
-        try:
-            vectors, self.quality_record = self._embed_billed(texts)
-        except BudgetExceeded:
-            logger.info("query #%s: no budget for the quality embedding; token overlap alone", self.run.pk)
-            return None
-        return vectors
-
-    def _embed_billed(self, texts: list[str]) -> tuple[Any, UsageRecord]:
-        from apps.corpora.services.embedding import embed_batch, embedder_for, embedding_billed, texts_bound
-
-        price = price_current(model_name=EMBEDDING_PRICE_NAME)
-        if self.reservation is not None:
-            hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(
-                texts_bound(model_name=DEFAULT_EMBEDDING_MODEL, texts=texts, slab=None, price=price, here=True)
-            )
-        embedder = embedder_for(DEFAULT_EMBEDDING_MODEL)
-        vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
-        on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-        spent = to_decimal(round(seconds, 6))
-        record = usage_record(
-            context=self.context,
-            stage=Stage.EMBED,
-            model_name=EMBEDDING_PRICE_NAME,
-            usage=Usage(prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, texts),
-                        gpu_seconds=spent if on_gpu else Decimal(0), cpu_seconds=Decimal(0) if on_gpu else spent),
-            price=price,
-            latency_ms=int(seconds * 1000),
-            reservation=self.reservation,
-        )
-        embedding_billed(DEFAULT_EMBEDDING_MODEL)
-        return vectors, record
-
-    def count_tokens(self, prompt: list[dict] | str) -> int:
-        """The endpoint's tokens of a chat prompt or a text, from its tokenizer alone (no model loaded)."""
-        if isinstance(prompt, str):
-            return text_tokens_bound(self.endpoint, prompt)
-        return prompt_tokens_bound(self.endpoint, prompt)
-
-    def baseline(
-        self, baseline_prompt_tokens: int | None, completion_tokens: int | None = None
-    ) -> tuple[Decimal, str] | None:
-        """(cost, kind) of the naive pipeline: the same retrieval, and the generation with the naive prompt
-        (``apps.costs.baseline``: exact for token prices, a cost-model estimate for device time).
-
-        The quality check's embedding is in both (the naive run's answer would be checked too, at about
-        the same cost). This run's extra work (compression calls, superposition's path prefill, a fixed
-        context's prefill, an extractive answer's sentence embeddings) is in its actual cost, never in the
-        baseline.
-        ``completion_tokens``: the baseline's output tokens when this run generated nothing (an extractive
-        answer: the quote's length); the baseline is then an estimate at the endpoint's current price."""
-        if baseline_prompt_tokens is not None and self.generation_record is None and completion_tokens is not None:
-            from apps.costs.baseline import naive_generation_estimate
-
-            generation, kind = naive_generation_estimate(
-                price=price_current(model_name=self.endpoint.price_name), prompt_tokens=baseline_prompt_tokens,
-                completion_tokens=completion_tokens, model=self.endpoint.price_name,
-                local=self.endpoint.kind == EndpointKind.LOCAL,
-            )
-            retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
-            return retrieval + generation, kind
-        if baseline_prompt_tokens is None or self.generation_record is None:
-            return None
-        record = self.generation_record
-        # An endpoint that bills more prompt tokens than we count (its excess is this run's overage
-        # row) would bill the naive prompt the same way: scale by what it reported for this one.
-        over = UsageRecord.objects.filter(
-            reservation_id=record.reservation_id, query_run_id=self.run.pk, stage=Stage.OVERAGE
-        ).aggregate(tokens=Sum("prompt_tokens"))["tokens"]
-        if over and record.prompt_tokens:
-            baseline_prompt_tokens = -(-baseline_prompt_tokens * (record.prompt_tokens + over) // record.prompt_tokens)
-        generation, kind = naive_generation_cost(
-            record=self.generation_record, prompt_tokens=baseline_prompt_tokens, model=self.endpoint.price_name
-        )
-        retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
-        # Every run's answer is checked (workers.rag.quality): the naive pipeline's would be too.
-        quality = self.quality_record.cost if self.quality_record is not None else ZERO
-        return retrieval + generation + quality, kind
-
-
-def _engine_config(run: QueryRun, endpoint: ModelEndpoint) -> Any:
-    from workers.rag.pipeline import PipelineConfig
-
-    pipeline = run.pipeline
-    cap = max(1, min(run.max_output_tokens, endpoint.max_output_tokens))
-    window, ceiling = endpoint_context_window(endpoint), settings.PARSIMONY_MAX_PROMPT_TOKENS
-    return PipelineConfig(
-        name=pipeline.name,
-        model_name=endpoint.name,
-        system_prompt=pipeline.system_prompt,
-        top_k=pipeline.top_k,
-        compression_method=pipeline.compression_method,
-        compression_target=pipeline.compression_target,
-        prompting_strategy=pipeline.prompting_strategy,
-        prompting_options=pipeline.prompting_options,
-        fixed_context=pipeline.has_fixed_context,
-        attention_backend=pipeline.attention_backend,
-        attention_options=pipeline.attention_options,
-        fixed_context_max_tokens=fixed_context_max_tokens(),
-        max_output_tokens=cap,
-        # Passages beyond what fits the model's window (with the output cap) and the ceiling are dropped.
-        max_prompt_tokens=min(window - cap if window else ceiling, ceiling),
-        wall_time_limit_s=settings.PARSIMONY_MODEL_WALL_TIME_S,
-        # Query-independent compression work is cached on disk under the data root, shared by
-        # every pipeline of this process.
-        compression_cache_dir=Path(settings.DATA_ROOT) / "compression-cache",
-        model_cache_dir=Path(settings.DATA_ROOT),
-        retrieval_reference=tuple(pipeline_best_hit_scores(pipeline=pipeline, exclude_run_id=run.pk)),
-        abstain_below=pipeline.abstain_below,
-    )
 
 
 def _ledger_total(run_id: int) -> Decimal:
     return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
 
 
-def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -> Any:
+def _answer(run: QueryRun, hooks: QueryHooks, stream: AnswerStream, progress) -> Any:
     """The engine's answer for the run: its pipeline's, or a direct call's (no pipeline)."""
     from workers.rag.pipeline import PipelineError, run_direct, run_pipeline
 
@@ -806,7 +439,7 @@ def _answer(run: QueryRun, hooks: _QueryHooks, stream: AnswerStream, progress) -
 
             return cascade_answer(run=run, hooks=hooks, stream=stream, progress=progress, answer=_answer)
         if run.pipeline_id:
-            config = _engine_config(run, hooks.endpoint)
+            config = engine_config(run=run, endpoint=hooks.endpoint)
             return run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress,
                                 on_token=stream, history=run.messages[:-1])
         messages = run.messages or [{"role": "user", "content": run.question}]
@@ -847,13 +480,6 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         run.pipeline = pipeline_degraded(pipeline=run.pipeline, degradation=run.degradation)
     QueryRun.objects.filter(pk=run.pk).update(status=QueryStatus.RUNNING, answer="", error="")
     started = time.perf_counter()
-    context = LedgerContext(
-        team=run.team,
-        user=run.user,
-        api_key=run.api_key,
-        query_run_id=run.pk,
-        pipeline_name=run.pipeline.name if run.pipeline_id else "",
-    )
     stream = AnswerStream(QueryRun, run.pk, cancelled=_cancel_check(run))
     at = [0, 3]  # the engine's last progress step: a cold model load is reported at it
 
@@ -861,7 +487,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         at[:] = [done, total]
         progress(done, total, message)
 
-    hooks = _QueryHooks(run=run, context=context, on_model_load=lambda: progress(
+    hooks = question_hooks(run=run, on_model_load=lambda: progress(
         at[0], at[1], f"loading the model {hooks.endpoint.name} (first question on this worker)"))
     try:
         outcome = _answer(run, hooks, stream, tracked)
@@ -890,28 +516,19 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
     actual = totals["cost"] or ZERO
-    claimed = hooks.baseline(outcome.baseline_prompt_tokens, outcome.baseline_completion_tokens)
-    # A direct call is its own baseline: what ran is the measurement.
-    baseline, baseline_kind = claimed if claimed is not None else (actual, BaselineKind.MEASURED)
+    # A direct call is its own baseline (``measured``): what ran is the measurement.
+    answered = answered_fields(hooks=hooks, outcome=outcome, actual=actual)
     if run.reservation_id:
         reservation_settle(reservation=run.reservation, actual=actual)
     progress(3, 3, "done")
     QueryRun.objects.filter(pk=run.pk).update(
-        status=QueryStatus.SUCCEEDED,
-        answer=outcome.answer,
-        finish_reason=outcome.finish_reason,
-        citations=outcome.citations,
+        **answered,
         prompt_tokens=generation["prompt"] or 0,
         completion_tokens=generation["completion"] or 0,
         cached_tokens=generation["cached"] or 0,
         context_tokens_before=outcome.context_tokens_before,
         context_tokens_after=outcome.context_tokens_after,
         repetition_tokens_saved=outcome.repetition_tokens_saved,
-        **_quality_fields(outcome.quality),
-        cost=actual,
-        baseline_cost=money(baseline),
-        baseline_kind=baseline_kind,
-        savings=money(baseline - actual),
         latency_ms=int((time.perf_counter() - started) * 1000),
         finished_at=timezone.now(),
     )
@@ -920,7 +537,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         from apps.answer_cache.services import answer_cache_store_safely
 
         answer_cache_store_safely(run=run)
-    if claimed is not None:
+    if answered["baseline_kind"] != BaselineKind.MEASURED:  # a claimed baseline: its shadow measures it
         from apps.rag.shadow import shadow_baseline_maybe_start
 
         # After the answer is stored: the team never waits for its shadow (its own job, same queue).
@@ -957,19 +574,6 @@ def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str 
     run.refresh_from_db()
     return run
 
-
-def _quality_fields(quality: dict[str, Any] | None) -> dict[str, Any]:
-    """The QueryRun columns of an engine result's quality (blank label: not assessed)."""
-    if not quality:
-        return {"quality_label": "", "quality": {}}
-    return {
-        "quality_label": quality["label"],
-        "support": quality["support"],
-        "support_score": quality["support_score"],
-        "retrieval_confidence": quality["retrieval_confidence"],
-        "citations_removed": quality["citations_removed"],
-        "quality": quality,
-    }
 
 
 def query_run_wait(*, run: QueryRun, timeout_s: float, poll_s: float = 0.1) -> QueryRun:

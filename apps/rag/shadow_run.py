@@ -20,7 +20,7 @@ from apps.costs.pricing import money
 from apps.costs.services import BudgetExceeded, LedgerContext
 from apps.costs.services.holds import spending
 from apps.rag.models import QueryRun, QueryStatus
-from apps.rag.services import _engine_config, _query_start_bound, _QueryHooks
+from apps.rag.question_runner import QueryHooks, engine_config, query_start_bound
 from apps.rag.shadow import SHADOW_PIPELINE_PREFIX, operator_team
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
         pipeline_name=f"{SHADOW_PIPELINE_PREFIX}{run.pipeline.name}"[:120],
         shadow_of_query_run_id=run.pk,
     )
-    estimate = _query_start_bound(
+    estimate = query_start_bound(
         endpoint=endpoint,
         pipeline=naive,
         question=run.question,
@@ -77,8 +77,8 @@ def shadow_baseline_execute(*, query_run_id: int, progress=None) -> Decimal | No
             ttl_s=int(settings.PARSIMONY_MODEL_WALL_TIME_S * 3 + 300),
         ) as hold:
             run.pipeline = naive
-            hooks = _QueryHooks(run=run, context=context, reservation=hold.reservation)
-            config = dataclasses.replace(_engine_config(run, endpoint), fixed_context=False)
+            hooks = QueryHooks(run=run, context=context, reservation=hold.reservation)
+            config = dataclasses.replace(engine_config(run=run, endpoint=endpoint), fixed_context=False)
             try:
                 run_pipeline(question=run.question, config=config, hooks=hooks, progress=progress, history=history)
             except PipelineError as exc:

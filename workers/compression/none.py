@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workers.compression.base import CompressedContext
+from workers.compression.base import CompressedContext, identity
 from workers.compression.plan import CompressionPlan, check, new_plan, start
 from workers.prompting.base import Passage
 
@@ -34,9 +34,4 @@ class NoCompression:
     ) -> CompressedContext:
         start(self, plan, query=query, passages=passages, target=target)
         tokens = sum(count_tokens(p.text) for p in passages)
-        return check(plan, CompressedContext(
-            passages=list(passages),
-            tokens_before=tokens,
-            tokens_after=tokens,
-            kept_spans={p.chunk_id: [(0, len(p.text))] for p in passages},
-        ))
+        return check(plan, identity(passages, tokens))

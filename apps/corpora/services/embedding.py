@@ -240,6 +240,41 @@ def texts_bound(
     return calls_bound(model_name=model_name, calls=calls, price=price, here=here)
 
 
+def texts_embed_billed(*, model_name: str, texts: list[str], context: Any, hold: Any = None) -> tuple[Any, Any]:
+    """One encode of ``texts`` with ``model_name``'s embedder in this process, billed: (vectors, its ledger row).
+
+    Under ``hold`` (``apps.costs.services.holds.Hold``), the hold first grows to cover this process's
+    bound of the call (``texts_bound``, one call: BudgetExceeded, nothing encoded, when a budget refuses);
+    then one ``embed`` row with ``context``: the texts' exact tokens, the measured seconds on the GPU or
+    CPU column, at the model's price (``price_name``). Without a hold the row is written under none.
+    The caller settles the hold. Serves a query's sentence and quality embeddings
+    (``apps.rag.question_runner.QueryHooks``) and the embeddings API (``apps.rag.embeddings``)."""
+    from apps.costs.models import Stage
+    from apps.costs.pricing import Usage, to_decimal
+    from apps.costs.services import price_current, usage_record
+    from apps.costs.tokens import embedding_tokens
+
+    price = price_current(model_name=price_name(model_name))
+    embedder = embedder_for(model_name)
+    if hold is not None:
+        hold.ensure(texts_bound(model_name=model_name, texts=texts, slab=None, price=price, here=True))
+    vectors, seconds = embedder.encode_timed(texts, batch_size=embed_batch(embedder.device))
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    spent = to_decimal(round(seconds, 6))
+    record = usage_record(
+        context=context,
+        stage=Stage.EMBED,
+        model_name=price_name(model_name),
+        usage=Usage(prompt_tokens=embedding_tokens(model_name, texts),
+                    gpu_seconds=spent if on_gpu else Decimal(0), cpu_seconds=Decimal(0) if on_gpu else spent),
+        price=price,
+        latency_ms=int(seconds * 1000),
+        reservation=hold.reservation if hold is not None else None,
+    )
+    embedding_billed(model_name)
+    return vectors, record
+
+
 def embedding_usage_record(
     *,
     corpus: Corpus,

@@ -13,7 +13,8 @@ from apps.costs.models import Reservation
 from apps.costs.services import BudgetExceeded, budget_save
 from apps.costs.services.budgets import period_start, window_get_or_create
 from apps.rag.degradation import pipeline_degraded
-from apps.rag.services import _query_start_bound, pipeline_save, query_run_start
+from apps.rag.question_runner import query_start_bound
+from apps.rag.services import pipeline_save, query_run_start
 
 QUESTION = "When was the Eiffel Tower completed?"
 RULES = [{"above_percent": 80, "top_k_cap": 1}, {"above_percent": 95, "extractive_only": True}]
@@ -78,10 +79,10 @@ def test_extractive_only_is_applied_before_the_hold_so_a_nearly_spent_budget_sti
     team_a, alice, pipeline, api_client, make_api_key
 ):
     degraded = pipeline_degraded(pipeline=pipeline, degradation={"extractive_only": True})
-    full = _query_start_bound(endpoint=pipeline.model_endpoint, pipeline=pipeline, question=QUESTION, messages=[],
+    full = query_start_bound(endpoint=pipeline.model_endpoint, pipeline=pipeline, question=QUESTION, messages=[],
+                             max_output_tokens=64)
+    cheap = query_start_bound(endpoint=pipeline.model_endpoint, pipeline=degraded, question=QUESTION, messages=[],
                               max_output_tokens=64)
-    cheap = _query_start_bound(endpoint=pipeline.model_endpoint, pipeline=degraded, question=QUESTION, messages=[],
-                               max_output_tokens=64)
     assert cheap < full
     # 4% of the budget left: room for the extractive answer's hold, not for a generation's.
     limit = ((full + cheap) / 2 / Decimal("0.04")).quantize(Decimal("0.0000000001"))

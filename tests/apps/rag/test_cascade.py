@@ -10,8 +10,8 @@ from apps.core.errors import ValidationFailed
 from apps.costs import metering
 from apps.costs.models import Reservation, Stage, UsageRecord
 from apps.rag.cascade import cascade_scorer_save, cascade_start_bound
+from apps.rag.question_runner import query_start_bound
 from apps.rag.services import (
-    _query_start_bound,
     pipeline_delete,
     pipeline_save,
     query_run_execute,
@@ -106,13 +106,12 @@ def test_a_cascade_escalates_when_the_scorer_doubts_and_meters_every_tier_under_
 
     budget_save(team=team_a, hard_limit=Decimal("5"))
     quotes, small, cascade = cascade_setup
-    bounds = [_query_start_bound(endpoint=t.model_endpoint, pipeline=t, question=QUESTION, messages=[],
-                                 max_output_tokens=t.max_output_tokens) for t in (quotes, small)]
+    bounds = [query_start_bound(endpoint=t.model_endpoint, pipeline=t, question=QUESTION, messages=[],
+                                max_output_tokens=t.max_output_tokens) for t in (quotes, small)]
     started = query_run_start(team=team_a, user=alice, pipeline=cascade, question=QUESTION)
     held = Reservation.objects.get(pk=started.reservation_id).estimate
     assert held == sum(bounds) == cascade_start_bound(
-        pipeline=cascade, question=QUESTION, messages=[], max_output_tokens=started.max_output_tokens,
-        start_bound=_query_start_bound, framing_tokens=128)
+        pipeline=cascade, question=QUESTION, messages=[], max_output_tokens=started.max_output_tokens)
     assert held >= max(bounds)  # the hold covers every tier's start, not just the first's
     run = query_run_execute(query_run_id=started.pk)
     assert run.status == "succeeded", run.error

@@ -92,10 +92,10 @@ def test_a_retrieval_free_pipeline_answers_without_retrieving(team_a, default_mo
 def test_the_run_status_says_loading_the_model_on_a_cold_start_and_compressing_only_when_it_does(
     team_a, corpus, default_models_db, echo_model, monkeypatch, method, compressing
 ):
-    from apps.rag import services
+    from apps.rag import question_runner
     from apps.rag.services import pipeline_save, query_run_execute, query_run_start
 
-    monkeypatch.setattr(services, "endpoint_loaded", lambda endpoint: False)  # a cold worker
+    monkeypatch.setattr(question_runner, "endpoint_loaded", lambda endpoint: False)  # a cold worker
     pipeline = pipeline_save(team=team_a, name="qa", model_endpoint="smollm2-135m-instruct", corpora=[corpus],
                              compression_method=method)
     messages: list[str] = []
