@@ -49,6 +49,8 @@ class Command(BaseCommand):
                     input_per_mtok=entry.input_per_mtok,
                     output_per_mtok=entry.output_per_mtok,
                     cached_input_per_mtok=entry.cached_input_per_mtok,
+                    batch_input_per_mtok=entry.batch_input_per_mtok,
+                    batch_output_per_mtok=entry.batch_output_per_mtok,
                     effective_from=when,
                     provider=entry.provider,
                     source=file.name[:200],
