@@ -7,7 +7,7 @@ Routes: ``POST /v1/files`` (multipart, purpose "batch"), ``GET /v1/files/{id}/co
 ``GET /v1/batches`` (list), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. A batch is
 "in_progress" for its first ``polls_until_done`` retrievals, then "completed": every request line answers
 ``reply`` with usage ``prompt_tokens`` / ``completion_tokens`` (``cached_tokens`` among the prompt's),
-except the custom ids in ``fail``, which go to the error file with ``fail_message``. A cancelled batch is
+except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file with ``fail_message``. A cancelled batch is
 "cancelling" until its next retrieval, then "cancelled" with no output. ``uploads`` and ``creates`` count
 the submissions, ``cancels`` the cancels.
 """
@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 
@@ -26,10 +27,11 @@ class FakeBatchServer:
     def __init__(self, *, reply: str = "Paris [1]", prompt_tokens: int = 120, completion_tokens: int = 7,
                  cached_tokens: int = 0, fail: set[str] | None = None,
                  fail_message: str = "This model's maximum context length was exceeded",
-                 polls_until_done: int = 1) -> None:
+                 polls_until_done: int = 1, fail_when: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.reply, self.prompt_tokens, self.completion_tokens = reply, prompt_tokens, completion_tokens
         self.cached_tokens = cached_tokens
         self.fail = set(fail or ())
+        self.fail_when = fail_when  # or: a request line (custom_id, body) that should fail
         self.fail_message = fail_message
         self.polls_until_done = polls_until_done
         self.files: dict[str, dict[str, Any]] = {}
@@ -80,7 +82,7 @@ class FakeBatchServer:
         out, err = [], []
         for line in self.input_lines(batch["id"]):
             custom_id = line["custom_id"]
-            if custom_id in self.fail:
+            if custom_id in self.fail or (self.fail_when is not None and self.fail_when(line)):
                 err.append({"id": f"req-{custom_id}", "custom_id": custom_id, "response": {
                     "status_code": 400, "request_id": f"r-{custom_id}",
                     "body": {"error": {"message": self.fail_message, "type": "invalid_request_error"}}},

@@ -118,11 +118,13 @@ def endpoint_save(
     max_output_tokens: int = 1024,
     enabled: bool = True,
     endpoint: ModelEndpoint | None = None,
+    batch_api: bool | None = None,
 ) -> ModelEndpoint:
     """Create (``endpoint=None``) or change a team's OpenAI-compatible endpoint.
 
     ``api_key``: a new key (encrypted before it is stored); None keeps the stored one; ``clear_api_key``
     removes it. The price: ``price_name`` from the price book, or the entered ``*_per_mtok`` prices.
+    ``batch_api``: the provider offers the OpenAI Batch API (bulk jobs may run there); None keeps it.
     """
     if endpoint is not None and endpoint.team_id != team.pk:
         raise ValidationFailed("only the team's own endpoints can be changed here", code="permission_denied")
@@ -138,6 +140,8 @@ def endpoint_save(
     endpoint.name, endpoint.base_url, endpoint.remote_model = name, base_url, model
     endpoint.tokenizer, endpoint.price_name = tokenizer, resolved_price
     endpoint.context_window, endpoint.max_output_tokens, endpoint.enabled = context_window, max_output_tokens, enabled
+    if batch_api is not None:
+        endpoint.batch_api = bool(batch_api)
     if api_key is not None and api_key.strip():
         endpoint.api_key_encrypted = secret_encrypt(api_key.strip())
         endpoint.api_key_hint = secret_hint(api_key)
