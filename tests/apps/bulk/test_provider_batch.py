@@ -198,3 +198,77 @@ def test_the_mode_is_refused_without_the_flag_a_batch_price_or_with_k_above_1(te
     with pytest.raises(ValidationFailed, match="no batch price for 'test/batchy'"):
         bulk_job_start(team=team_a, pipeline=pipeline, data=CSV, filename="q.csv", user=alice, mode="provider_batch")
     assert not BulkJob.objects.exists()
+
+
+# --------------------------------------------------------------------------- REST and the team pages
+
+
+@pytest.fixture
+def api(team_a, alice, make_api_key, api_client):
+    key = make_api_key(team_a, scopes=["read", "query", "admin"], user=alice)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.raw_key}")
+    return api_client
+
+
+def _upload(api, pipeline_name: str, **fields):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return api.post("/api/v1/bulk-jobs", {"file": SimpleUploadedFile("q.csv", CSV), "pipeline": pipeline_name,
+                                          **fields}, format="multipart")
+
+
+def test_rest_takes_the_mode_and_refuses_it_for_a_local_endpoint_with_a_clear_400(
+    api, team_a, pipeline, server, django_capture_on_commit_callbacks
+):
+    pipeline_save(team=team_a, name="local", model_endpoint="smollm2-135m-instruct",
+                  corpora=list(pipeline.corpora.all()), max_output_tokens=12, top_k=2)
+    refused = _upload(api, "local", mode="provider_batch")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert "cannot run as a provider batch" in error["message"] and "local model" in error["detail"]["fields"]["mode"]
+    assert _upload(api, "facts", mode="cheap").status_code == 400
+    assert not BulkJob.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _upload(api, "facts", mode="provider_batch")
+    assert response.status_code == 202, response.content
+    body = api.get(f"/api/v1/bulk-jobs/{response.json()['id']}").json()
+    assert body["mode"] == "provider_batch" and body["status"] == "succeeded"
+    assert body["provider_batch_id"] == "batch_1" and body["provider_status"] == "completed"
+    assert Decimal(body["provider_savings"]) == Decimal("0.0000222")
+
+
+def test_an_endpoint_batch_flag_and_batch_prices_are_set_through_rest(api, pipeline):
+    endpoint = pipeline.model_endpoint
+    listed = api.get(f"/api/v1/model-endpoints/{endpoint.pk}").json()
+    assert listed["batch_api"] is True and Decimal(listed["price"]["batch_input_per_mtok"]) == BATCH_IN
+    off = api.patch(f"/api/v1/model-endpoints/{endpoint.pk}", {"batch_api": False}, format="json")
+    assert off.status_code == 200, off.content
+    assert off.json()["batch_api"] is False
+    endpoint.refresh_from_db()
+    assert endpoint.batch_api is False and endpoint.price_name == PRICE  # the rest kept
+    half = api.patch(f"/api/v1/model-endpoints/{endpoint.pk}", {"input_per_mtok": "1", "output_per_mtok": "2",
+                                                                "batch_input_per_mtok": "0.5"}, format="json")
+    assert half.status_code == 400 and "both batch prices" in half.json()["error"]["message"]
+    entered = api.patch(f"/api/v1/model-endpoints/{endpoint.pk}", {
+        "input_per_mtok": "1", "output_per_mtok": "2", "batch_input_per_mtok": "0.5",
+        "batch_output_per_mtok": "1", "batch_api": True}, format="json")
+    assert entered.status_code == 200, entered.content
+    price = entered.json()["price"]
+    assert (Decimal(price["batch_input_per_mtok"]), Decimal(price["batch_output_per_mtok"])) == (Decimal("0.5"), 1)
+
+
+def test_the_bulk_page_offers_the_mode_and_shows_why_it_is_refused(alice, team_a, pipeline):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import Client
+
+    web = Client()
+    web.force_login(alice)
+    assert b"provider_batch" in web.get("/bulk/").content
+    pipeline.model_endpoint.batch_api = False
+    pipeline.model_endpoint.save()
+    page = web.post("/bulk/new/", {"pipeline": pipeline.pk, "batch_size": 1, "mode": "provider_batch",
+                                   "file": SimpleUploadedFile("q.csv", CSV)})
+    assert page.status_code == 400
+    assert b"not marked as offering the provider Batch API" in page.content
+    assert not BulkJob.objects.exists()
