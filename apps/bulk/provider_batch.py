@@ -32,16 +32,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.bulk.models import BulkJob, BulkMode, BulkRow, BulkStatus, RowStatus
+from apps.bulk.provider_batch_rules import MODES, batch_price, batch_price_problem
 from apps.core.jobs import JobEnd
-from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Price, Stage, UsageRecord
+from apps.costs.models import ZERO, ModelEndpoint, Price, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of
-from apps.costs.services import LedgerContext, PriceMissing, price_current, usage_record
+from apps.costs.services import LedgerContext, price_current, usage_record
 from apps.costs.services.budgets import reservation_shrink
 
 logger = logging.getLogger(__name__)
-
-MODES = tuple(BulkMode.values)
-
 
 class ProviderBatchError(Exception):
     """A row the provider answered with an error (its message), or did not answer."""
@@ -54,55 +52,6 @@ class ProviderWait:
     status: str
     message: str
     countdown: float
-
-
-# --------------------------------------------------------------------------- can it run as a provider batch
-
-
-def batch_price_problem(price: Price) -> str | None:
-    if price.batch_input_per_mtok is None or price.batch_output_per_mtok is None:
-        return (f"the price book has no batch price for {price.model_name!r} (import one with the LiteLLM table "
-                "or enter it in the admin)")
-    return None
-
-
-def endpoint_batch_problem(*, endpoint: ModelEndpoint) -> str | None:
-    """Why ``endpoint`` cannot take a provider batch (None when it can)."""
-    if endpoint.kind == EndpointKind.LOCAL:
-        return f"model {endpoint.name!r} is a local model; provider batches need a remote endpoint"
-    if not endpoint.batch_api:
-        return (f"model endpoint {endpoint.name!r} is not marked as offering the provider Batch API "
-                "(its batch_api setting)")
-    try:
-        price = price_current(model_name=endpoint.price_name)
-    except PriceMissing as exc:
-        return str(exc)
-    return batch_price_problem(price)
-
-
-def provider_batch_problem(*, pipeline, batch_size: int) -> str | None:
-    """Why a bulk job of ``pipeline`` cannot run as a provider batch (None when it can)."""
-    from apps.bulk.services import pipeline_batch_problem
-
-    problem = endpoint_batch_problem(endpoint=pipeline.model_endpoint)
-    if problem:
-        return problem
-    if batch_size != 1:
-        return "a provider batch sends one question per request: use batch_size 1"
-    if pipeline.is_cascade:
-        return "it is a cascade (its tiers answer one after another); a provider batch asks one model"
-    problem = pipeline_batch_problem(pipeline=pipeline)
-    return f"the prompt is built here: {problem}" if problem else None
-
-
-def batch_price(price: Price) -> Price:
-    """``price`` as charged through the Batch API: an unsaved copy (the same row, so the ledger row points at
-    it) whose token prices are its batch prices; cached input at the batch input price."""
-    charged = copy.copy(price)
-    charged.input_per_mtok = price.batch_input_per_mtok
-    charged.output_per_mtok = price.batch_output_per_mtok
-    charged.cached_input_per_mtok = None
-    return charged
 
 
 # --------------------------------------------------------------------------- the provider
@@ -200,8 +149,11 @@ def _prepare(bulk: BulkJob, progress) -> None:
                 return NaivePrompting().build_messages(system_prompt=pipeline.system_prompt, question=question,
                                                        passages=kept)
 
+            def count(kept: list, hooks: Any = hooks) -> int:
+                return hooks.count_tokens(build(kept))
+
             passages = [Passage(chunk_id=c.chunk_id, title=c.title, text=c.text) for c in chunks]
-            kept = fit_passages(passages, lambda kept: hooks.count_tokens(build(kept)), config.max_prompt_tokens)
+            kept = fit_passages(passages, count, config.max_prompt_tokens)
             BulkRow.objects.filter(pk=row.pk).update(prepared={
                 "run_id": run.pk, "chunks": [asdict(chunk) for chunk in chunks[:len(kept)]],
                 "messages": build(kept), "max_tokens": config.max_output_tokens,
@@ -256,9 +208,9 @@ def _settle(bulk: BulkJob, config, state, progress) -> None:
 @transaction.atomic
 def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, charged: Price) -> None:
     from apps.bulk.services import _row_failed, _rows_store, _run_close
-    from apps.rag.services import _engine_config, _QueryHooks
-    from apps.rag.models import QueryRun
     from apps.costs.tokens import prompt_tokens_bound, text_tokens_bound
+    from apps.rag.models import QueryRun
+    from apps.rag.services import _engine_config, _QueryHooks
     from workers.rag.pipeline import PipelineResult, RetrievedChunk, _with_quality, citations
 
     if not BulkRow.objects.select_for_update().filter(pk=row.pk, status=RowStatus.PENDING).exists():
@@ -338,6 +290,6 @@ def provider_batch_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: b
 
 
 __all__ = [
-    "MODES", "ProviderBatchError", "ProviderWait", "batch_price", "batch_price_problem", "endpoint_batch_problem",
-    "provider_batch_cancel", "provider_batch_job_end", "provider_batch_problem", "provider_batch_run",
+    "MODES", "ProviderBatchError", "ProviderWait", "provider_batch_cancel", "provider_batch_job_end",
+    "provider_batch_run",
 ]

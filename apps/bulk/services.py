@@ -257,12 +257,14 @@ def bulk_job_start(
 
 
 def _mode_check(*, pipeline: Pipeline, mode: str, batch_size: int) -> None:
-    from apps.bulk.provider_batch import MODES, provider_batch_problem
+    from apps.bulk.provider_batch_rules import MODES, provider_batch_problem
 
     if mode not in MODES:
         raise ValidationFailed(f"unknown mode {mode!r} (valid: {', '.join(MODES)})",
                                detail={"fields": {"mode": f"one of {', '.join(MODES)}"}})
-    problem = provider_batch_problem(pipeline=pipeline, batch_size=batch_size) if mode == "provider_batch" else None
+    problem = provider_batch_problem(pipeline=pipeline, batch_size=batch_size,
+                                     prompt_problem=pipeline_batch_problem(pipeline=pipeline)) \
+        if mode == "provider_batch" else None
     if problem:
         raise ValidationFailed(f"pipeline {pipeline.name!r} cannot run as a provider batch: {problem}",
                                detail={"fields": {"mode": problem}})

@@ -7,7 +7,8 @@ Routes: ``POST /v1/files`` (multipart, purpose "batch"), ``GET /v1/files/{id}/co
 ``GET /v1/batches`` (list), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``. A batch is
 "in_progress" for its first ``polls_until_done`` retrievals, then "completed": every request line answers
 ``reply`` with usage ``prompt_tokens`` / ``completion_tokens`` (``cached_tokens`` among the prompt's),
-except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file with ``fail_message``. A cancelled batch is
+except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file
+with ``fail_message``. A cancelled batch is
 "cancelling" until its next retrieval, then "cancelled" with no output. ``uploads`` and ``creates`` count
 the submissions, ``cancels`` the cancels.
 """
@@ -18,8 +19,8 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -134,7 +135,7 @@ def _multipart(body: bytes, content_type: str) -> dict[str, tuple[str, bytes]]:
     return fields
 
 
-def _handler(server: FakeBatchServer) -> type[BaseHTTPRequestHandler]:
+def _handler(server: FakeBatchServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901 (one route table)
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -170,7 +171,8 @@ def _handler(server: FakeBatchServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(file["content"])
                     return None
                 if path == "/v1/batches":
-                    data = sorted(server.batches.values(), key=lambda b: (b["created_at"], int(b["id"].split("_")[1])), reverse=True)
+                    data = sorted(server.batches.values(), reverse=True,
+                                  key=lambda b: (b["created_at"], int(b["id"].split("_")[1])))
                     return self._json(200, {"object": "list", "data": data, "has_more": False,
                                             "first_id": data[0]["id"] if data else None,
                                             "last_id": data[-1]["id"] if data else None})
