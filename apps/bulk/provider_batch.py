@@ -77,8 +77,8 @@ def provider_batch_run(*, bulk_job_id: int, progress=None) -> BulkJob | Provider
     settle once the provider has finished. Idempotent: a redelivered or repeated stage redoes nothing that
     was stored (no second submission, no row billed twice)."""
     from apps.bulk.services import bulk_job_finish
-    from apps.costs.services.holds import job_holds_extend
     from workers.runtime import openai_batch
+    from workers.runtime.openai_compat import EndpointError
 
     progress = progress or (lambda *args, **kwargs: None)
     bulk = BulkJob.objects.select_related("pipeline__model_endpoint", "team", "created_by", "api_key",
@@ -98,19 +98,37 @@ def provider_batch_run(*, bulk_job_id: int, progress=None) -> BulkJob | Provider
         if not bulk.rows.filter(status=RowStatus.PENDING).exists():  # every row failed before it could be sent
             return bulk_job_finish(bulk=bulk, status=BulkStatus.FAILED, error="no row could be prepared")
         _submit(bulk, config)
-    state = openai_batch.batch_get(config, batch_id=bulk.provider_batch_id)
+    try:
+        state = openai_batch.batch_get(config, batch_id=bulk.provider_batch_id)
+    except EndpointError as exc:
+        if not exc.retryable:
+            raise  # a refused key, a batch the provider does not know: the job fails (and cancels the batch)
+        # The provider is unreachable for now: the batch runs on there, poll again later.
+        return _wait(bulk, bulk.provider_status, f"provider batch unreachable ({exc}); polling again")
     BulkJob.objects.filter(pk=bulk.pk).update(provider_status=state.status, provider_polled_at=timezone.now())
     message = f"provider batch {state.status}: {state.completed + state.failed} of {state.total or bulk.rows_total}"
     progress(state.completed + state.failed, bulk.rows_total, message)  # JobCancelled when cancelled meanwhile
     if not state.finished:
-        countdown = poll_interval_s()
-        if bulk.job_id:  # the holds stay held while the job waits queued for its next poll
-            job_holds_extend(job_id=bulk.job_id, beyond_s=countdown)
-        return ProviderWait(status=state.status, message=message, countdown=countdown)
-    _settle(bulk, config, state, progress)
+        return _wait(bulk, state.status, message)
+    try:
+        _settle(bulk, config, state, progress)
+    except EndpointError as exc:  # the result files could not be read: the rows settled so far stay settled
+        if not exc.retryable:
+            raise
+        return _wait(bulk, state.status, f"provider batch {state.status}; its results could not be read ({exc})")
     failed = state.status != "completed" and not bulk.rows.filter(status=RowStatus.DONE).exists()
     return bulk_job_finish(bulk=bulk, status=BulkStatus.FAILED if failed else BulkStatus.SUCCEEDED,
                            error="" if state.status == "completed" else _batch_ended(state))
+
+
+def _wait(bulk: BulkJob, status: str, message: str) -> ProviderWait:
+    """Poll again in PARSIMONY_PROVIDER_BATCH_POLL_S: the job's holds stay held until then."""
+    from apps.costs.services.holds import job_holds_extend
+
+    countdown = poll_interval_s()
+    if bulk.job_id:
+        job_holds_extend(job_id=bulk.job_id, beyond_s=countdown)
+    return ProviderWait(status=status or "unknown", message=message, countdown=countdown)
 
 
 def _batch_ended(state) -> str:
@@ -215,6 +233,9 @@ def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, cha
 
     if not BulkRow.objects.select_for_update().filter(pk=row.pk, status=RowStatus.PENDING).exists():
         return  # settled by an earlier run of this stage
+    if not row.prepared.get("run_id"):  # never sent (cannot happen after a submit; kept safe)
+        BulkRow.objects.filter(pk=row.pk).update(status=RowStatus.FAILED, error="never sent to the provider")
+        return
     run = QueryRun.objects.select_related("pipeline__model_endpoint").get(pk=row.prepared["run_id"])
     if result is None or not result.ok:
         error = result.error if result is not None else f"the provider batch ended {state.status} without an answer"

@@ -10,7 +10,8 @@ Routes: ``POST /v1/files`` (multipart, purpose "batch"), ``GET /v1/files/{id}/co
 except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file
 with ``fail_message``. A cancelled batch is
 "cancelling" until its next retrieval, then "cancelled" with no output. ``uploads`` and ``creates`` count
-the submissions, ``cancels`` the cancels.
+the submissions, ``cancels`` the cancels;
+``unavailable``: the next that many batch retrievals answer 503.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FakeBatchServer:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.polls: dict[str, int] = {}
+        self.unavailable = 0  # the next this many batch retrievals answer 503
         self.uploads = self.creates = self.cancels = 0
         self.authorizations: list[str | None] = []
         self._lock = threading.Lock()
@@ -180,6 +182,9 @@ def _handler(server: FakeBatchServer) -> type[BaseHTTPRequestHandler]:  # noqa: 
                     batch = server.batches.get(match.group(1))
                     if batch is None:
                         return self._missing()
+                    if server.unavailable > 0:
+                        server.unavailable -= 1
+                        return self._json(503, {"error": {"message": "overloaded", "type": "server_error"}})
                     server._advance(batch)
                     return self._json(200, batch)
             return self._missing()

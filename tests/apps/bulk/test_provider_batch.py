@@ -272,3 +272,20 @@ def test_the_bulk_page_offers_the_mode_and_shows_why_it_is_refused(alice, team_a
     assert page.status_code == 400
     assert b"not marked as offering the provider Batch API" in page.content
     assert not BulkJob.objects.exists()
+
+
+def test_a_provider_that_cannot_be_reached_while_polling_is_polled_again_later(
+    team_a, alice, pipeline, server, django_capture_on_commit_callbacks
+):
+    bulk = _start(team_a, alice, pipeline, django_capture_on_commit_callbacks, execute=False)
+    server.unavailable = 10  # the submit's calls pass; every retrieval answers 503
+    wait = provider_batch_run(bulk_job_id=bulk.pk)
+    assert isinstance(wait, ProviderWait) and "unreachable" in wait.message
+    bulk.refresh_from_db()
+    assert bulk.status == "running" and bulk.provider_batch_id == "batch_1"
+    server.unavailable = 0
+    assert isinstance(provider_batch_run(bulk_job_id=bulk.pk), ProviderWait)  # in_progress
+    done = provider_batch_run(bulk_job_id=bulk.pk)
+    assert done.status == "succeeded" and (done.rows_done, done.rows_failed) == (2, 1)
+    assert (server.uploads, server.creates) == (1, 1)
+    Job.objects.filter(pk=done.job_id).update(status="succeeded")
