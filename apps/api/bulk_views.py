@@ -49,6 +49,11 @@ class BulkJobOutputSerializer(serializers.Serializer):
     cost = serializers.DecimalField(max_digits=24, decimal_places=10)
     baseline_cost = serializers.DecimalField(max_digits=24, decimal_places=10)
     savings = serializers.DecimalField(max_digits=24, decimal_places=10)
+    mode = serializers.CharField(help_text="direct, or provider_batch (the endpoint's provider Batch API)")
+    provider_batch_id = serializers.CharField(help_text="provider_batch: the provider's batch id, once submitted")
+    provider_status = serializers.CharField(help_text="provider_batch: the batch's last status at the provider")
+    provider_savings = serializers.DecimalField(
+        max_digits=24, decimal_places=10, help_text="provider_batch: the batch price's saving against the normal price")
     error = serializers.CharField()
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -65,6 +70,10 @@ class BulkJobInputSerializer(serializers.Serializer):
     pipeline = serializers.CharField(help_text="The pipeline's name or id")
     batch_size = serializers.IntegerField(default=1, min_value=1, max_value=16,
                                           help_text="Questions packed per prompt (k); > 1 needs a naive pipeline")
+    mode = serializers.ChoiceField(
+        choices=["direct", "provider_batch"], default="direct",
+        help_text="provider_batch: answered through the endpoint's provider Batch API within 24 h at its batch "
+                  "prices (remote endpoints marked batch_api, batch_size 1)")
     format = serializers.ChoiceField(choices=["csv", "jsonl"], required=False,
                                      help_text="The file's format (default: from its name)")
 
@@ -91,7 +100,7 @@ class BulkJobListView(APIView):
         bulk = bulk_services.bulk_job_start(
             team=request.team, pipeline=pipeline, data=upload.read(), filename=upload.name or "",
             input_format=data.validated_data.get("format"), batch_size=data.validated_data["batch_size"],
-            user=request.user, api_key=request_api_key(request),
+            user=request.user, api_key=request_api_key(request), mode=data.validated_data["mode"],
         )
         bulk.refresh_from_db()
         return Response(BulkJobOutputSerializer(bulk).data, status=status.HTTP_202_ACCEPTED)

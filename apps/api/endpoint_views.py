@@ -25,6 +25,9 @@ class PriceOutputSerializer(serializers.Serializer):
     output_per_mtok = MoneyField(help_text="USD per 1M output tokens")
     cached_input_per_mtok = MoneyField(allow_null=True, help_text="USD per 1M cached input tokens; null: as input")
     per_gpu_second = MoneyField()
+    batch_input_per_mtok = MoneyField(allow_null=True, help_text="USD per 1M input tokens through the provider's "
+                                                                 "Batch API; null: no batch price known")
+    batch_output_per_mtok = MoneyField(allow_null=True, help_text="USD per 1M output tokens through the Batch API")
     effective_from = serializers.DateTimeField()
     source = serializers.CharField()
 
@@ -48,6 +51,8 @@ class EndpointOutputSerializer(serializers.Serializer):
     context_window = serializers.IntegerField()
     max_output_tokens = serializers.IntegerField()
     enabled = serializers.BooleanField()
+    batch_api = serializers.BooleanField(help_text="The provider offers the OpenAI Batch API: bulk jobs may use "
+                                                   "mode provider_batch (at the price's batch prices)")
     created_at = serializers.DateTimeField()
 
     def get_scope(self, endpoint) -> str:
@@ -83,6 +88,14 @@ class EndpointInputSerializer(serializers.Serializer):
     context_window = StrictIntegerField(min_value=256, max_value=10_000_000, default=128_000)
     max_output_tokens = StrictIntegerField(min_value=1, max_value=1_000_000, default=1024)
     enabled = serializers.BooleanField(default=True)
+    batch_api = serializers.BooleanField(
+        required=False, help_text="The provider offers the OpenAI Batch API (/v1/files, /v1/batches); omit to keep")
+    batch_input_per_mtok = serializers.DecimalField(
+        max_digits=20, decimal_places=6, min_value=Decimal(0), required=False,
+        help_text="with entered prices: the Batch API's price (USD per 1M input tokens)",
+    )
+    batch_output_per_mtok = serializers.DecimalField(max_digits=20, decimal_places=6, min_value=Decimal(0),
+                                                     required=False)
 
 
 class ConnectionTestSerializer(serializers.Serializer):
@@ -134,7 +147,8 @@ class EndpointDetailView(APIView):
         data = EndpointInputSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         given = dict(data.validated_data)
-        entered = any(name in given for name in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok"))
+        entered = any(name in given for name in ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
+                                                 "batch_input_per_mtok", "batch_output_per_mtok"))
         values = {
             "name": endpoint.name, "base_url": endpoint.base_url, "model": endpoint.remote_model,
             "tokenizer": endpoint.tokenizer, "context_window": endpoint.context_window,

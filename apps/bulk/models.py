@@ -22,6 +22,11 @@ class RowStatus(models.TextChoices):
     FAILED = "failed"
 
 
+class BulkMode(models.TextChoices):
+    DIRECT = "direct", "answered here, row by row"
+    PROVIDER_BATCH = "provider_batch", "submitted to the provider's Batch API (batch prices, within 24 h)"
+
+
 class BulkJob(models.Model):
     """One uploaded file of questions; its progress lives on ``job`` (apps.core Job), its hold on ``reservation``."""
 
@@ -46,6 +51,16 @@ class BulkJob(models.Model):
     baseline_cost = models.DecimalField(**MONEY, default=ZERO)
     savings = models.DecimalField(**MONEY, default=ZERO)
     error = models.TextField(blank=True)
+    # provider_batch (apps/bulk/provider_batch.py): the prompts are built here, answered by the provider's
+    # Batch API; its file and batch ids are stored before anything else happens, so nothing is sent twice.
+    mode = models.CharField(max_length=16, choices=BulkMode.choices, default=BulkMode.DIRECT)
+    provider_input_file_id = models.CharField(max_length=255, blank=True)
+    provider_batch_id = models.CharField(max_length=255, blank=True, db_index=True)
+    provider_status = models.CharField(max_length=32, blank=True, help_text="The provider batch's last status")
+    provider_polled_at = models.DateTimeField(null=True, blank=True)
+    provider_savings = models.DecimalField(
+        **MONEY, default=ZERO, help_text="The batch price's saving on the answered rows against the normal price"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -81,6 +96,9 @@ class BulkRow(models.Model):
     tokens_saved = models.IntegerField(default=0, help_text="Prompt tokens saved against asking it alone (naive)")
     cost = models.DecimalField(**MONEY, default=ZERO)
     error = models.TextField(blank=True)
+    # provider_batch: what the row's answer is settled with once the provider returns it (its retrieved
+    # passages, kept for citations and the quality check, and the request sent).
+    prepared = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["bulk_job", "position"]

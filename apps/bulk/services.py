@@ -204,9 +204,11 @@ def bulk_job_start(
     batch_size: int = 1,
     user=None,
     api_key=None,
+    mode: str = "direct",
 ) -> BulkJob:
     """Check the file, hold the whole job's worst case (402 when a budget cannot cover it: nothing is
-    created, nothing runs), store the rows and enqueue the job. Bad input: ValidationFailed, nothing stored."""
+    created, nothing runs), store the rows and enqueue the job. Bad input: ValidationFailed, nothing stored.
+    ``mode="provider_batch"``: answered through the endpoint's provider Batch API (apps/bulk/provider_batch.py)."""
     from apps.rag.selectors import query_queue
     from workers.prompting.batch import MAX_BATCH_SIZE
 
@@ -223,6 +225,7 @@ def bulk_job_start(
         if problem:
             raise ValidationFailed(f"pipeline {pipeline.name!r} cannot batch questions: {problem}; use batch_size 1",
                                    detail={"fields": {"batch_size": problem}})
+    _mode_check(pipeline=pipeline, mode=mode, batch_size=k)
     endpoint = pipeline.model_endpoint
     if not endpoint.enabled:
         raise ValidationFailed(f"model {endpoint.name!r} is disabled")
@@ -241,7 +244,7 @@ def bulk_job_start(
     bulk = BulkJob.objects.create(
         team=team, pipeline=pipeline, created_by=user if getattr(user, "pk", None) else None, api_key=api_key,
         reservation=reservation, filename=filename[:255], input_format=fmt, batch_size=k, rows_total=len(rows),
-        estimate=estimate,
+        estimate=estimate, mode=mode,
     )
     BulkRow.objects.bulk_create(BulkRow(bulk_job=bulk, position=n, **row) for n, row in enumerate(rows))
     bulk.job = job_start(
@@ -251,6 +254,20 @@ def bulk_job_start(
     )
     bulk.save(update_fields=["job"])
     return bulk
+
+
+def _mode_check(*, pipeline: Pipeline, mode: str, batch_size: int) -> None:
+    from apps.bulk.provider_batch_rules import MODES, provider_batch_problem
+
+    if mode not in MODES:
+        raise ValidationFailed(f"unknown mode {mode!r} (valid: {', '.join(MODES)})",
+                               detail={"fields": {"mode": f"one of {', '.join(MODES)}"}})
+    problem = provider_batch_problem(pipeline=pipeline, batch_size=batch_size,
+                                     prompt_problem=pipeline_batch_problem(pipeline=pipeline)) \
+        if mode == "provider_batch" else None
+    if problem:
+        raise ValidationFailed(f"pipeline {pipeline.name!r} cannot run as a provider batch: {problem}",
+                               detail={"fields": {"mode": problem}})
 
 
 # --------------------------------------------------------------------------- running a job

@@ -197,6 +197,9 @@ PARSIMONY_JOB_HEARTBEAT_S = env_float("PARSIMONY_JOB_HEARTBEAT_S", 15.0)
 PARSIMONY_JOB_STALE_AFTER_S = env_int("PARSIMONY_JOB_STALE_AFTER_S", 60, minimum=2)
 PARSIMONY_JOB_REAP_EVERY_S = env_float("PARSIMONY_JOB_REAP_EVERY_S", 30.0)
 PARSIMONY_JOB_MAX_ATTEMPTS = env_int("PARSIMONY_JOB_MAX_ATTEMPTS", 3, minimum=1)
+# A bulk job run as a provider batch (apps/bulk/provider_batch.py) polls the provider this often, waiting
+# queued in between (its holds kept alive that long).
+PARSIMONY_PROVIDER_BATCH_POLL_S = env_float("PARSIMONY_PROVIDER_BATCH_POLL_S", 60.0)
 # An ingestion embeds on the gpu queue in groups of whole documents holding at least this many chunks,
 # queued again behind other jobs between groups, so one long ingestion never holds the gpu worker for
 # long (docs/reliability.md, "Fairness and queues").

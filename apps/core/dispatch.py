@@ -68,22 +68,32 @@ def _run_on_thread(task: Any, args: tuple) -> None:
         close_old_connections()
 
 
-def task_send(*, task_name: str, args: tuple, queue: str) -> None:
-    """Send the task called ``task_name`` with ``args`` to ``queue`` after the current transaction commits."""
+def task_send(*, task_name: str, args: tuple, queue: str, countdown: float = 0.0) -> None:
+    """Send the task called ``task_name`` with ``args`` to ``queue`` after the current transaction commits,
+    ``countdown`` seconds later (in-process: a timer hands it to the queue's thread then; synchronous
+    in-process mode, the tests', runs it at once)."""
 
     def send() -> None:
         if settings.CELERY_BROKER_URL:
-            celery_app().send_task(task_name, args=args, queue=queue)
+            if countdown > 0:
+                celery_app().send_task(task_name, args=args, queue=queue, countdown=countdown)
+            else:
+                celery_app().send_task(task_name, args=args, queue=queue)
             return
         task = registered_task(task_name)
         if settings.PARSIMONY_INPROCESS_SYNC:
             _run_in_process(task, args)
+        elif countdown > 0:
+            timer = threading.Timer(countdown, lambda: _executor(queue).submit(_run_on_thread, task, args))
+            timer.daemon = True
+            timer.start()
         else:
             _executor(queue).submit(_run_on_thread, task, args)
 
     transaction.on_commit(send)
 
 
-def job_enqueue(*, job: Job, task: str) -> None:
-    """Send the job's id to the task named ``task`` (see ``apps.core.jobs.job_task_name``), on the job's queue."""
-    task_send(task_name=task, args=(job.pk,), queue=job.queue)
+def job_enqueue(*, job: Job, task: str, countdown: float = 0.0) -> None:
+    """Send the job's id to the task named ``task`` (see ``apps.core.jobs.job_task_name``), on the job's queue,
+    ``countdown`` seconds from the commit."""
+    task_send(task_name=task, args=(job.pk,), queue=job.queue, countdown=countdown)

@@ -66,7 +66,7 @@ JOB_ENDINGS: dict[str, tuple[str, ...]] = {
     "rag.query": ("apps.rag.services.query_job_end",),
     "agents.run": ("apps.agents.services.runs.agent_job_end",),
     "evaluations.run": ("apps.evaluations.services.eval_job_end",),
-    "bulk.run": ("apps.bulk.services.bulk_job_end",),
+    "bulk.run": ("apps.bulk.provider_batch.provider_batch_job_end", "apps.bulk.services.bulk_job_end"),
     "*": ("apps.costs.services.holds.job_holds_end",),
 }
 
@@ -76,11 +76,14 @@ class JobContinue:
     """What a job function returns when its stage is done and the job goes on: the same Job row is
     queued again on ``queue`` (one of its kind's, ``JOB_QUEUE_CHOICES``) with ``params``, and its task
     runs the next stage there (``apps.core.services.job_continue``). A stage that re-enqueues itself on
-    its own queue lets the jobs queued behind it run first (per-team fairness between groups)."""
+    its own queue lets the jobs queued behind it run first (per-team fairness between groups).
+    ``countdown``: seconds before it is sent (a stage that waits on something outside, such as a provider
+    batch polled every minute: apps/bulk/provider_batch.py)."""
 
     queue: str
     params: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    countdown: float = 0.0
 
 
 class JobEnd(enum.StrEnum):

@@ -159,13 +159,15 @@ STAGE_AFTER_ATTEMPTS = "stage_after_attempts"
 
 
 def job_continue(
-    *, job_id: int, queue: str, params: dict[str, Any], message: str = "", attempt: int | None = None
+    *, job_id: int, queue: str, params: dict[str, Any], message: str = "", attempt: int | None = None,
+    countdown: float = 0.0,
 ) -> bool:
     """The running job's stage is done and the job goes on (``apps.core.jobs.JobContinue``): the same row
     goes back to queued on ``queue`` with ``params`` and is sent there once this commits. Its attempts
     keep counting (they fence a worker the reaper took the job from); the reaper allows each stage its
     own PARSIMONY_JOB_MAX_ATTEMPTS (``STAGE_AFTER_ATTEMPTS``). False when the job is no longer this
-    attempt's to continue (cancelled, or reaped); nothing is sent then."""
+    attempt's to continue (cancelled, or reaped); nothing is sent then. ``countdown``: seconds before the
+    next stage is sent."""
     job = Job.objects.get(pk=job_id)
     queue = job_queue_choose(job.kind, queue)  # ValueError naming the kind's queues when it is not one of them
     with transaction.atomic():
@@ -178,7 +180,8 @@ def job_continue(
         )
         if updated:
             job.refresh_from_db()
-            dispatch.job_enqueue(job=job, task=job_task_name(job.kind))  # sent once this commits
+            # sent once this commits (``countdown`` seconds later)
+            dispatch.job_enqueue(job=job, task=job_task_name(job.kind), countdown=countdown)
     return updated == 1
 
 

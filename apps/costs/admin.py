@@ -104,8 +104,8 @@ class BudgetAdmin(admin.ModelAdmin):
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    list_display = ["model_name", "from_date", "input", "output", "cached_input", "gpu_second", "cpu_second",
-                    "provider", "source"]
+    list_display = ["model_name", "from_date", "input", "output", "cached_input", "batch", "gpu_second",
+                    "cpu_second", "provider", "source"]
     list_filter = ["provider", "source"]
 
     @admin.display(description="from", ordering="effective_from")
@@ -123,6 +123,12 @@ class PriceAdmin(admin.ModelAdmin):
     @admin.display(description="cached /Mtok", ordering="cached_input_per_mtok")
     def cached_input(self, price: Price) -> str:
         return usd(price.cached_input_per_mtok)
+
+    @admin.display(description="batch in/out /Mtok", ordering="batch_input_per_mtok")
+    def batch(self, price: Price) -> str:
+        if price.batch_input_per_mtok is None:
+            return "-"
+        return f"{usd(price.batch_input_per_mtok)} / {usd(price.batch_output_per_mtok)}"
 
     @admin.display(description="/GPU-s", ordering="per_gpu_second")
     def gpu_second(self, price: Price) -> str:
@@ -143,8 +149,9 @@ class PriceAdmin(admin.ModelAdmin):
 
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "team", "price_name", "context_window", "max_output_tokens", "enabled"]
-    list_filter = ["kind", "enabled", "team"]
+    list_display = ["name", "kind", "team", "price_name", "context_window", "max_output_tokens", "enabled",
+                    "batch_api"]
+    list_filter = ["kind", "enabled", "batch_api", "team"]
     search_fields = ["name", "price_name", "remote_model"]
     # The API key itself (encrypted) is never in a form; teams set it on their Models page or the API.
     readonly_fields = ["api_key_hint"]

@@ -51,6 +51,11 @@ class ModelEndpoint(models.Model):
         max_length=500, blank=True, help_text="A local tokenizer for estimates (openai kind); blank: ~4 chars/token"
     )
     enabled = models.BooleanField(default=True)
+    # openai: the provider offers the OpenAI Batch API (/v1/files + /v1/batches, results within 24 h at its
+    # batch prices, ``Price.batch_*``); bulk jobs may then run there (apps/bulk/provider_batch.py).
+    batch_api = models.BooleanField(
+        default=False, help_text="openai: the provider offers the Batch API (bulk jobs may run there at batch prices)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -74,6 +79,14 @@ class Price(models.Model):
     cached_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True, help_text="blank: same as input")
     per_gpu_second = models.DecimalField(**MONEY, default=ZERO, help_text="local models: USD per GPU-second")
     per_cpu_second = models.DecimalField(**MONEY, default=ZERO, help_text="local models on CPU: USD per second")
+    # The provider's Batch API prices (a job submitted as one batch, answered within 24 h); blank: no batch
+    # price known, so bulk jobs cannot run as a provider batch on this model.
+    batch_input_per_mtok = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="USD per 1M input tokens through the provider's Batch API"
+    )
+    batch_output_per_mtok = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="USD per 1M output tokens through the provider's Batch API"
+    )
     provider = models.CharField(max_length=120, blank=True)
     source = models.CharField(max_length=200, blank=True, help_text="Where the price came from")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -49,6 +49,10 @@ class PriceEntry:
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal | None
     provider: str
+    # The provider's Batch API prices (``input_cost_per_token_batches`` / ``output_cost_per_token_batches``);
+    # None when the table has none (the model then cannot take a bulk job as a provider batch).
+    batch_input_per_mtok: Decimal | None = None
+    batch_output_per_mtok: Decimal | None = None
 
 
 def price_entries(
@@ -68,9 +72,17 @@ def price_entries(
         if input_price is None or output_price is None or len(name) > 200:
             skipped += 1
             continue
+        batch_in, batch_out = _batch_prices(entry)
         entries.append(PriceEntry(name, input_price, output_price, per_mtok(entry.get("cache_read_input_token_cost")),
-                                  str(entry.get("litellm_provider", ""))[:120]))
+                                  str(entry.get("litellm_provider", ""))[:120], batch_in, batch_out))
     return entries, skipped
+
+
+def _batch_prices(entry: dict) -> tuple[Decimal | None, Decimal | None]:
+    """(input, output) batch prices per 1M tokens; both or neither (a half-known batch price is unknown)."""
+    batch_in = per_mtok(entry.get("input_cost_per_token_batches"))
+    batch_out = per_mtok(entry.get("output_cost_per_token_batches"))
+    return (batch_in, batch_out) if batch_in is not None and batch_out is not None else (None, None)
 
 
 def bundled_table_path() -> Path:
@@ -118,16 +130,44 @@ def bundled_prices_load(*, price_model=None) -> LoadResult:
     source = bundled_source()
     priced = set(price_model.objects.values_list("model_name", flat=True).distinct())
     new = [entry for entry in entries if entry.model_name not in priced]
+    # Migration 0010's historical model predates the batch columns (0012 fills them for its rows).
+    has_batch = any(f.name == "batch_input_per_mtok" for f in price_model._meta.get_fields())
     price_model.objects.bulk_create(
         [
             price_model(
                 model_name=entry.model_name, effective_from=BUNDLED_EFFECTIVE, input_per_mtok=entry.input_per_mtok,
                 output_per_mtok=entry.output_per_mtok, cached_input_per_mtok=entry.cached_input_per_mtok,
                 provider=entry.provider, source=source[:200],
+                **({"batch_input_per_mtok": entry.batch_input_per_mtok,
+                    "batch_output_per_mtok": entry.batch_output_per_mtok} if has_batch else {}),
             )
             for entry in new
         ],
         batch_size=500,
         ignore_conflicts=True,  # another process loading at the same moment
     )
+    if has_batch:
+        bundled_batch_prices_fill(price_model=price_model, entries=entries)
     return LoadResult(added=len(new), already_priced=len(entries) - len(new), skipped=skipped, source=source)
+
+
+def bundled_batch_prices_fill(*, price_model=None, entries: list[PriceEntry] | None = None) -> int:
+    """Fill the batch prices of price rows loaded from the bundled table before it carried them (costs 0012):
+    only rows from the bundled table (their ``source``) with no batch price yet, whose input and output prices
+    are still the table's. Nothing a call was charged changes: the batch columns are new information from the
+    same table. Returns how many rows were filled."""
+    if price_model is None:
+        from apps.costs.models import Price as price_model
+    if entries is None:
+        entries, _ = price_entries(json.loads(bundled_table_path().read_text()))
+    by_name = {entry.model_name: entry for entry in entries if entry.batch_input_per_mtok is not None}
+    filled = 0
+    rows = price_model.objects.filter(source__startswith="litellm ", source__endswith="(bundled)",
+                                      batch_input_per_mtok=None, model_name__in=list(by_name))
+    for row in rows:
+        entry = by_name[row.model_name]
+        if (row.input_per_mtok, row.output_per_mtok) != (entry.input_per_mtok, entry.output_per_mtok):
+            continue
+        filled += price_model.objects.filter(pk=row.pk, batch_input_per_mtok=None).update(
+            batch_input_per_mtok=entry.batch_input_per_mtok, batch_output_per_mtok=entry.batch_output_per_mtok)
+    return filled

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from apps.accounts.models import Role
 from apps.bulk import selectors as bulk_selectors
 from apps.bulk import services as bulk_services
-from apps.bulk.models import BulkJob
+from apps.bulk.models import BulkJob, BulkMode
 from apps.core.errors import ServiceError
 from apps.core.scoping import team_object_or_404
 from apps.rag.models import Pipeline
@@ -27,6 +27,12 @@ class BulkUploadForm(forms.Form):
         min_value=1, max_value=16, initial=1, label="Questions per prompt (k)",
         help_text="More than 1 packs k questions into one prompt (naive pipelines without compression only); "
                   "answers that do not parse are asked again alone",
+    )
+
+    mode = forms.ChoiceField(
+        choices=BulkMode.choices, initial=BulkMode.DIRECT, required=False, label="Run",
+        help_text="A provider batch (remote endpoints that offer the Batch API) is answered within 24 hours at the "
+                  "provider's batch prices; questions are sent one per request",
     )
 
     def __init__(self, *args, team=None, **kwargs):
@@ -57,9 +63,11 @@ def bulk_create(request: HttpRequest) -> HttpResponse:
         bulk = bulk_services.bulk_job_start(
             team=request.team, pipeline=form.cleaned_data["pipeline"], data=upload.read(),
             filename=upload.name or "", batch_size=form.cleaned_data["batch_size"], user=request.user,
+            mode=form.cleaned_data["mode"] or BulkMode.DIRECT,
         )
     except ServiceError as exc:  # bad input or a budget that cannot cover the job: nothing stored
-        form.add_error(None, exc.message)
+        fields = (exc.detail or {}).get("fields") or {}
+        form.add_error("mode" if "mode" in fields else None, exc.message)
         return _page(request, form, status=exc.http_status)
     messages.success(request, f"Bulk job #{bulk.pk} queued: {bulk.rows_total} questions.")
     return redirect("bulk-detail", bulk_job_id=bulk.pk)

@@ -47,6 +47,14 @@ class EndpointForm(forms.Form):
         required=False, min_value=Decimal(0), max_digits=20, decimal_places=6, label="Cached input price",
         help_text=PRICE_HELP + "; blank: same as input",
     )
+    batch_input_per_mtok = forms.DecimalField(
+        required=False, min_value=Decimal(0), max_digits=20, decimal_places=6, label="Batch input price",
+        help_text=PRICE_HELP + " through the provider's Batch API (with entered prices; both or neither)",
+    )
+    batch_output_per_mtok = forms.DecimalField(
+        required=False, min_value=Decimal(0), max_digits=20, decimal_places=6, label="Batch output price",
+        help_text=PRICE_HELP + " through the provider's Batch API",
+    )
     context_window = forms.IntegerField(
         min_value=256, max_value=10_000_000, initial=128_000, label="Context window (tokens)",
         help_text="Prompts that cannot fit with the output cap are refused before anything is spent",
@@ -56,6 +64,11 @@ class EndpointForm(forms.Form):
         help_text="The most tokens one answer may use: every call sends it, and budgets reserve it",
     )
     enabled = forms.BooleanField(required=False, initial=True)
+    batch_api = forms.BooleanField(
+        required=False, label="Offers the Batch API",
+        help_text="The provider serves the OpenAI Batch API (/v1/files, /v1/batches): bulk jobs may run there at "
+        "the price's batch prices, answered within 24 hours",
+    )
 
     def __init__(self, *args, editing: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)

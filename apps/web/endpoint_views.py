@@ -22,7 +22,8 @@ from apps.web.access import can, team_view
 from apps.web.endpoint_forms import EndpointForm
 
 VALUES = ("name", "base_url", "model", "tokenizer", "price_name", "input_per_mtok", "output_per_mtok",
-          "cached_input_per_mtok", "context_window", "max_output_tokens", "enabled")
+          "cached_input_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok", "context_window",
+          "max_output_tokens", "enabled", "batch_api")
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -52,14 +53,16 @@ def _initial(request, endpoint: ModelEndpoint | None) -> dict:
         "name": endpoint.name, "base_url": endpoint.base_url, "model": endpoint.remote_model,
         "tokenizer": endpoint.tokenizer, "price_name": endpoint.price_name,
         "context_window": endpoint.context_window, "max_output_tokens": endpoint.max_output_tokens,
-        "enabled": endpoint.enabled,
+        "enabled": endpoint.enabled, "batch_api": endpoint.batch_api,
     }
     own = endpoint_services.team_price_name(team=request.team, name=endpoint.name)
     price = cost_selectors.price_in_force(model_name=endpoint.price_name)
     if endpoint.price_name == own and price is not None:
         values.update(price_name="", input_per_mtok=_plain(price.input_per_mtok),
                       output_per_mtok=_plain(price.output_per_mtok),
-                      cached_input_per_mtok=_plain(price.cached_input_per_mtok))
+                      cached_input_per_mtok=_plain(price.cached_input_per_mtok),
+                      batch_input_per_mtok=_plain(price.batch_input_per_mtok),
+                      batch_output_per_mtok=_plain(price.batch_output_per_mtok))
     return values
 
 
@@ -72,6 +75,7 @@ def _edit(request: HttpRequest, endpoint: ModelEndpoint | None) -> HttpResponse:
             values = {name: form.cleaned_data.get(name) for name in VALUES}
             values["tokenizer"] = values["tokenizer"] or ""
             values["price_name"] = values["price_name"] or ""
+            values["batch_api"] = bool(values["batch_api"])
             try:
                 saved = endpoint_services.endpoint_save(
                     team=request.team, endpoint=endpoint, api_key=form.cleaned_data.get("api_key") or None,

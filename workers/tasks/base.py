@@ -151,7 +151,8 @@ class JobTask(Task):
         else:
             if isinstance(result, JobContinue):  # the next stage, on its queue (maybe this one, behind others)
                 if not job_services.job_continue(
-                    job_id=job_id, queue=result.queue, params=result.params, message=result.message, attempt=attempt
+                    job_id=job_id, queue=result.queue, params=result.params, message=result.message, attempt=attempt,
+                    countdown=result.countdown,
                 ):
                     job.refresh_from_db()  # cancelled during the stage: settle what the cancel left to it
                     if job.status == JobStatus.CANCELLED and job.attempts == attempt:

@@ -80,17 +80,25 @@ def _check_tokenizer(tokenizer: str) -> None:
 
 
 def _resolve_price(*, team, name: str, price_name: str, input_per_mtok: Decimal | None,
-                   output_per_mtok: Decimal | None, cached_input_per_mtok: Decimal | None) -> str:
+                   output_per_mtok: Decimal | None, cached_input_per_mtok: Decimal | None,
+                   batch_input_per_mtok: Decimal | None = None, batch_output_per_mtok: Decimal | None = None) -> str:
     entered = input_per_mtok is not None or output_per_mtok is not None
+    batch = (batch_input_per_mtok, batch_output_per_mtok)
+    if any(v is not None for v in batch) and not entered:
+        raise _fail("batch_input_per_mtok", "enter the batch prices with the input and output prices (or choose a "
+                                            "price of the price book that has them)")
+    if any(v is not None for v in batch) and None in batch:
+        raise _fail("batch_input_per_mtok", "enter both batch prices (input and output), or neither")
     if entered:
         if input_per_mtok is None or output_per_mtok is None:
             raise _fail("input_per_mtok", "enter both the input and the output price (USD per 1M tokens)")
-        values = [v for v in (input_per_mtok, output_per_mtok, cached_input_per_mtok) if v is not None]
+        values = [v for v in (input_per_mtok, output_per_mtok, cached_input_per_mtok, *batch) if v is not None]
         if any(v < 0 for v in values):
             raise _fail("input_per_mtok", "prices cannot be negative")
         own = team_price_name(team=team, name=name)
         price_set(model_name=own, input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok,
-                  cached_input_per_mtok=cached_input_per_mtok, provider="team", source="entered by the team")
+                  cached_input_per_mtok=cached_input_per_mtok, batch_input_per_mtok=batch_input_per_mtok,
+                  batch_output_per_mtok=batch_output_per_mtok, provider="team", source="entered by the team")
         return own
     if not price_name:
         raise _fail("price_name", "choose a price from the price book, or enter the input and output prices")
@@ -114,15 +122,20 @@ def endpoint_save(
     input_per_mtok: Decimal | None = None,
     output_per_mtok: Decimal | None = None,
     cached_input_per_mtok: Decimal | None = None,
+    batch_input_per_mtok: Decimal | None = None,
+    batch_output_per_mtok: Decimal | None = None,
     context_window: int = 128_000,
     max_output_tokens: int = 1024,
     enabled: bool = True,
     endpoint: ModelEndpoint | None = None,
+    batch_api: bool | None = None,
 ) -> ModelEndpoint:
     """Create (``endpoint=None``) or change a team's OpenAI-compatible endpoint.
 
     ``api_key``: a new key (encrypted before it is stored); None keeps the stored one; ``clear_api_key``
     removes it. The price: ``price_name`` from the price book, or the entered ``*_per_mtok`` prices.
+    ``batch_api``: the provider offers the OpenAI Batch API (bulk jobs may run there); None keeps it. The
+    ``batch_*_per_mtok`` prices go with entered prices (the Batch API's, both or neither).
     """
     if endpoint is not None and endpoint.team_id != team.pk:
         raise ValidationFailed("only the team's own endpoints can be changed here", code="permission_denied")
@@ -133,11 +146,14 @@ def endpoint_save(
     resolved_price = _resolve_price(
         team=team, name=name, price_name=price_name.strip(), input_per_mtok=input_per_mtok,
         output_per_mtok=output_per_mtok, cached_input_per_mtok=cached_input_per_mtok,
+        batch_input_per_mtok=batch_input_per_mtok, batch_output_per_mtok=batch_output_per_mtok,
     )
     endpoint = endpoint or ModelEndpoint(team=team, kind=EndpointKind.OPENAI)
     endpoint.name, endpoint.base_url, endpoint.remote_model = name, base_url, model
     endpoint.tokenizer, endpoint.price_name = tokenizer, resolved_price
     endpoint.context_window, endpoint.max_output_tokens, endpoint.enabled = context_window, max_output_tokens, enabled
+    if batch_api is not None:
+        endpoint.batch_api = bool(batch_api)
     if api_key is not None and api_key.strip():
         endpoint.api_key_encrypted = secret_encrypt(api_key.strip())
         endpoint.api_key_hint = secret_hint(api_key)

@@ -195,10 +195,11 @@ def job_holds_link(*, job) -> None:
         Reservation.objects.filter(pk=started_under, job=None).update(job_id=job.pk)
 
 
-def job_holds_extend(*, job_id: int) -> int:
+def job_holds_extend(*, job_id: int, beyond_s: float = 0.0) -> int:
     """A heartbeat: keep the job's held holds from expiring for another lease (one UPDATE; a hold whose
-    expiry is further away already is left alone, never shortened)."""
-    until = timezone.now() + timedelta(seconds=job_hold_lease_s())
+    expiry is further away already is left alone, never shortened). ``beyond_s``: that much longer (a job
+    that waits queued between stages, such as a provider batch's polls)."""
+    until = timezone.now() + timedelta(seconds=job_hold_lease_s() + beyond_s)
     return Reservation.objects.filter(job_id=job_id, status=ReservationStatus.HELD, expires_at__lt=until).update(
         expires_at=until
     )

@@ -72,6 +72,8 @@ def price_set(
     effective_from: datetime | None = None,
     provider: str = "",
     source: str = "",
+    batch_input_per_mtok: Decimal | None = None,
+    batch_output_per_mtok: Decimal | None = None,
 ) -> tuple[Price, bool]:
     """Record a price from ``effective_from`` on. Returns (price, created).
 
@@ -85,6 +87,8 @@ def price_set(
         "cached_input_per_mtok": None if cached_input_per_mtok is None else Decimal(cached_input_per_mtok),
         "per_gpu_second": Decimal(per_gpu_second),
         "per_cpu_second": Decimal(per_cpu_second),
+        "batch_input_per_mtok": None if batch_input_per_mtok is None else Decimal(batch_input_per_mtok),
+        "batch_output_per_mtok": None if batch_output_per_mtok is None else Decimal(batch_output_per_mtok),
     }
     latest = (
         Price.objects.filter(model_name=model_name, effective_from__lte=effective_from)
@@ -101,7 +105,10 @@ def price_set(
     return price, created
 
 
-_PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_gpu_second", "per_cpu_second")
+_PRICE_FIELDS = (
+    "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_gpu_second", "per_cpu_second",
+    "batch_input_per_mtok", "batch_output_per_mtok",
+)
 
 
 def _as_stored(value) -> Decimal | None:

@@ -45,7 +45,8 @@ class Command(BaseCommand):
             {
                 "model_name": entry.model_name, "input_per_mtok": entry.input_per_mtok,
                 "output_per_mtok": entry.output_per_mtok, "cached_input_per_mtok": entry.cached_input_per_mtok,
-                "provider": entry.provider,
+                "batch_input_per_mtok": entry.batch_input_per_mtok,
+                "batch_output_per_mtok": entry.batch_output_per_mtok, "provider": entry.provider,
             }
             for entry in entries
         ]
