@@ -32,6 +32,7 @@ BASE_FEATURES = (
 )
 LOGPROB_FEATURES = ("logprob", "logprob_missing")
 GRID = tuple(round(i / 20, 2) for i in range(21))  # threshold candidates: 0, 0.05, ..., 1
+NEVER = 1.01  # the threshold that never accepts (no probability reaches it): the search's extra candidate
 # An unfitted cascade's score: the label's prior blended with the support score, accepted from 0.5.
 LABEL_PRIOR = {"grounded": 0.8, "weak": 0.5, "unsupported": 0.2, "degenerate": 0.0, "abstained": 0.0}
 
@@ -143,8 +144,9 @@ class ScorerParams:
                 raise ValueError(f"scorer tier {i + 1}: {exc!r} (needs {needs})") from exc
             if not len(tier.features) == len(tier.mean) == len(tier.scale) == len(tier.coef):
                 raise ValueError(f"scorer tier {i + 1}: features, mean, scale and coef differ in length")
-            if any(s <= 0 for s in tier.scale) or not 0 <= tier.threshold <= 1.000001:
-                raise ValueError(f"scorer tier {i + 1}: scales must be > 0 and the threshold in [0, 1]")
+            if any(s <= 0 for s in tier.scale) or not 0 <= tier.threshold <= NEVER + 1e-9:
+                raise ValueError(f"scorer tier {i + 1}: scales must be > 0 and the threshold in [0, 1] "
+                                 f"(or {NEVER}: never accept)")
             unknown = set(tier.features) - set(BASE_FEATURES) - set(LOGPROB_FEATURES)
             if unknown:
                 raise ValueError(f"scorer tier {i + 1}: unknown features {sorted(unknown)}")
@@ -334,7 +336,7 @@ def thresholds_select(
     stop = np.asarray(forced, bool) if forced is not None else np.zeros_like(ok)
     n, k = s.shape
     cumulative = np.cumsum(cost, axis=1)
-    candidates = sorted(set(grid) | {1.01}, reverse=True)
+    candidates = sorted(set(grid) | {NEVER}, reverse=True)
     best: tuple | None = None
     for combo in itertools.product(candidates, repeat=k - 1):
         accept = np.concatenate([(s[:, :-1] >= np.asarray(combo)) & ~stop[:, :-1], np.ones((n, 1), bool)], axis=1)
