@@ -10,6 +10,7 @@ import pytest
 from apps.core.errors import ValidationFailed
 from apps.evaluations.cascade_fit import cascade_scorer_fit_from_evaluation
 from apps.evaluations.models import EvalRow
+from apps.rag.models import Pipeline
 from tests.support.cascade_eval import cascade_with_tiers, evaluation_with_rows
 
 pytestmark = pytest.mark.django_db
@@ -77,3 +78,40 @@ def test_it_refuses_a_job_without_every_tier_too_few_rows_or_one_class(team_a, t
     _refused(quotes, run, "'quotes' is not a cascade")
     other, *other_tiers = cascade_with_tiers(team_b)
     _refused(cascade, evaluation_with_rows(team_b, other_tiers), "unknown evaluation")
+
+
+def test_rest_fits_the_scorer_with_an_admin_key_and_refuses_the_rest(api_client, make_api_key, team_a, team_b):
+    cascade, quotes, big = cascade_with_tiers(team_a)
+    run = evaluation_with_rows(team_a, [quotes, big])
+    url = f"/api/v1/pipelines/{cascade.pk}/cascade-scorer"
+    reader = make_api_key(team_a, scopes=["read", "query"])
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {reader.raw_key}")
+    denied = api_client.post(url, {"evaluation": run.pk, "objective": "accuracy_floor", "value": 1}, format="json")
+    assert denied.status_code == 403 and "'admin' scope" in denied.json()["error"]["message"]
+    admin = make_api_key(team_a, scopes=["admin"])
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {admin.raw_key}")
+    fitted = api_client.post(url, {"evaluation": run.pk, "objective": "accuracy_floor", "value": 1}, format="json")
+    assert fitted.status_code == 200, fitted.content
+    body = fitted.json()
+    assert (body["evaluation"], body["questions"], body["rows"], body["met"]) == (run.pk, 20, 40, True)
+    assert body["cascade"] == {"accuracy": 1.0, "cost_per_question": "0.0000045000"}
+    assert [t["pipeline"] for t in body["tiers"]] == ["quotes", "big"] and body["tiers"][1]["threshold"] is None
+    cascade.refresh_from_db()
+    assert cascade.cascade["scorer"]["objective"]["provenance"]["evaluation"] == run.pk
+    shown = api_client.get(f"/api/v1/pipelines/{cascade.pk}").json()
+    assert shown["cascade"]["scorer"]["tiers"][0]["threshold"] == body["tiers"][0]["threshold"]
+    target = api_client.post(url, {"evaluation": run.pk, "objective": "cost_target", "value": "0.000002"},
+                             format="json").json()
+    assert target["value"] == "0.000002" and Decimal(target["cascade"]["cost_per_question"]) <= Decimal("0.000002")
+    partial = evaluation_with_rows(team_a, [quotes])
+    missing = api_client.post(url, {"evaluation": partial.pk, "objective": "accuracy_floor"}, format="json")
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "tiers_missing"
+    assert missing.json()["error"]["detail"]["missing"] == ["big"]
+    other_run = evaluation_with_rows(team_b, cascade_with_tiers(team_b)[1:])
+    unknown = api_client.post(url, {"evaluation": other_run.pk, "objective": "accuracy_floor"}, format="json")
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_evaluation"
+    bad = api_client.post(url, {"evaluation": run.pk, "objective": "cheapest"}, format="json")
+    assert bad.status_code == 400
+    other_cascade = Pipeline.objects.get(team=team_b, name="cheap-first")
+    assert api_client.post(f"/api/v1/pipelines/{other_cascade.pk}/cascade-scorer",
+                           {"evaluation": run.pk, "objective": "accuracy_floor"}, format="json").status_code == 404
