@@ -157,7 +157,8 @@ def evaluation_cascade_fit(request: HttpRequest, eval_run_id: int) -> HttpRespon
         else:
             cascade = summary["cascade"]
             messages.success(request, f"Scorer of {pipeline.name} fit on {summary['questions']} questions: "
-                             f"{cascade['accuracy']:.0%} contained at {usd(cascade['cost_per_question'])} per question.")
+                             f"{cascade['accuracy']:.0%} contained at {usd(cascade['cost_per_question'])} "
+                             "per question.")
             return redirect(f"{reverse('evaluation', args=[run.pk])}#fit-{pipeline.pk}")
     else:
         status = 400

@@ -1,5 +1,6 @@
 """Pipelines: create and edit with a form that explains every option and its effect on cost (a cascade's
-tiers included, with its scorer's provenance); start the prefill of a fixed context and follow its job (HTMX polling, like ingestion)."""
+tiers included, with its scorer's provenance); start the prefill of a fixed context and follow its job (HTMX
+polling, like ingestion)."""
 
 from __future__ import annotations
 
