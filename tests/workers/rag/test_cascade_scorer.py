@@ -13,6 +13,7 @@ import pytest
 
 from workers.rag.cascade import (
     GRID,
+    NEVER,
     ScorerParams,
     cascade_decide,
     cascade_features,
@@ -141,6 +142,11 @@ def test_bad_scorer_json_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="unknown features"):
         ScorerParams.from_dict({"tiers": [{"features": ["nope"], "mean": [0], "scale": [1], "coef": [1],
                                            "intercept": 0}]})
+    tier = {"features": ["support"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0}
+    # The search's "never accept" threshold (1.01) round-trips; past it is refused.
+    assert ScorerParams.from_dict({"tiers": [{**tier, "threshold": NEVER}]}).tiers[0].threshold == NEVER
+    with pytest.raises(ValueError, match="threshold"):
+        ScorerParams.from_dict({"tiers": [{**tier, "threshold": 1.5}]})
 
 
 def test_decisions_escalate_below_the_threshold_and_the_last_tier_always_answers(rows):
