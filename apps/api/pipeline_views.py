@@ -300,7 +300,7 @@ class CascadeScorerInputSerializer(serializers.Serializer):
         "(contained); cost_target: the most accurate thresholds within this mean cost per question",
     )
     value = StrictCharField(
-        required=False, allow_null=True,
+        required=False, allow_null=True, allow_blank=True, max_length=40,
         help_text="accuracy_floor: a share in (0, 1] (omitted: the last tier's accuracy on the rows); "
         "cost_target: dollars per question, as a decimal string (e.g. \"0.0001\")",
     )
