@@ -28,7 +28,7 @@ def test_a_team_evaluates_two_pipelines_and_compares_them(live_app, browser, sho
     for name, cap in (("short", 8), ("long", 64)):
         pipeline_save(team=team_a, name=name, model_endpoint="smollm2-135m-instruct", retriever="none",
                       max_output_tokens=cap)
-    pipeline_save(team=team_a, name="short-first", model_endpoint="smollm2-135m-instruct",
+    pipeline_save(team=team_a, name="cascade-ab", model_endpoint="smollm2-135m-instruct",
                   cascade={"tiers": ["short", "long"]})
     base = live_app.url
     context, page = _login(browser, base, "alice")
@@ -58,11 +58,11 @@ def test_a_team_evaluates_two_pipelines_and_compares_them(live_app, browser, sho
         page.get_by_role("link", name="CSV").click()
     assert download.value.suggested_filename == f"evaluation-{run.pk}.csv"
     # Both tiers of the cascade ran: its scorer can be fit here (two questions are too few: said on the form).
-    fit = page.locator('article[data-cascade="short-first"]')
+    fit = page.locator('article[data-cascade="cascade-ab"]')
     fit.get_by_label("Objective").select_option("accuracy_floor")
     fit.get_by_label("Value").fill("0.5")
     fit.get_by_role("button", name="Fit cascade scorer").click()
-    page.locator('article[data-cascade="short-first"]').get_by_text("fitting needs at least 10").wait_for()
+    page.locator('article[data-cascade="cascade-ab"]').get_by_text("fitting needs at least 10").wait_for()
 
     page.get_by_role("link", name="Ask", exact=True).click()
     page.get_by_role("link", name="Compare two pipelines").click()
