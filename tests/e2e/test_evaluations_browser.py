@@ -1,8 +1,8 @@
 """Evaluations and Ask › Compare in headless Chromium on a live server: upload a labelled set, run it
-through two pipelines, watch the job finish on the result page (chart with its frontier, downloads, the fit form of a cascade of
-both),
-then ask one question of both pipelines side by side. Jobs run on the in-process background threads, as
-in `make run`; generation is the engine's paced EchoTarget (tests/e2e/test_browser.py's live_app)."""
+through two pipelines, watch the job finish on the result page (chart with its frontier, downloads, the
+fit form of a cascade of both), then ask one question of both pipelines side by side. Jobs run on the
+in-process background threads, as in `make run`; generation is the engine's paced EchoTarget
+(tests/e2e/test_browser.py's live_app)."""
 
 from __future__ import annotations
 
