@@ -1,4 +1,5 @@
-"""REST: pipelines (create, read, change, delete) and the prefill of a pipeline's fixed context.
+"""REST: pipelines (create, read, change, delete), the prefill of a pipeline's fixed context, and fitting a
+cascade's scorer from an evaluation job.
 One view per operation, thin."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from apps.api.shortcuts import paginated_response, request_api_key
 from apps.core.errors import ValidationFailed
 from apps.core.scoping import team_scoped
 from apps.corpora.models import Corpus
+from apps.evaluations import selectors as eval_selectors
+from apps.evaluations.cascade_fit import OBJECTIVES, cascade_scorer_fit_from_evaluation
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
 from apps.rag.fixed_context import fixed_context_prefill_start
@@ -285,3 +288,89 @@ class PipelinePrefillView(APIView):
         job.refresh_from_db()
         body = PrefillJobOutputSerializer(job, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+# --------------------------------------------------------------------------- a cascade's scorer
+
+
+class CascadeScorerInputSerializer(serializers.Serializer):
+    evaluation = StrictIntegerField(help_text="The id of a finished evaluation job of the team that ran every tier")
+    objective = serializers.ChoiceField(
+        choices=list(OBJECTIVES), help_text="accuracy_floor: the cheapest thresholds reaching this accuracy "
+        "(contained); cost_target: the most accurate thresholds within this mean cost per question",
+    )
+    value = StrictCharField(
+        required=False, allow_null=True, allow_blank=True, max_length=40,
+        help_text="accuracy_floor: a share in (0, 1] (omitted: the last tier's accuracy on the rows); "
+        "cost_target: dollars per question, as a decimal string (e.g. \"0.0001\")",
+    )
+
+    def to_internal_value(self, data):
+        # A JSON number is accepted for value as well as a string (kept exact: its text).
+        if isinstance(data, dict) and isinstance(data.get("value"), int | float) and not isinstance(
+                data.get("value"), bool):
+            data = {**data, "value": str(data["value"])}
+        return super().to_internal_value(data)
+
+
+class CascadeTierFitSerializer(serializers.Serializer):
+    pipeline = serializers.CharField()
+    pipeline_id = serializers.IntegerField()
+    threshold = serializers.FloatField(allow_null=True, help_text="Accept from this probability (1.01: never); "
+                                       "null for the last tier, which always answers")
+    accuracy = serializers.FloatField(help_text="This tier alone on the rows (contained)")
+    cost_per_question = serializers.CharField(help_text="This tier alone on the rows, USD")
+    answered = serializers.IntegerField(help_text="Questions the fitted cascade would stop at this tier")
+
+
+class CascadeFitSerializer(serializers.Serializer):
+    accuracy = serializers.FloatField()
+    cost_per_question = serializers.CharField(help_text="USD")
+
+
+class CascadeScorerOutputSerializer(serializers.Serializer):
+    pipeline = serializers.IntegerField()
+    pipeline_name = serializers.CharField()
+    evaluation = serializers.IntegerField()
+    eval_set = serializers.CharField()
+    fitted_at = serializers.CharField()
+    fitted_by = serializers.CharField()
+    objective = serializers.CharField()
+    value = serializers.JSONField(help_text="The accuracy floor (a number) or the cost target (a decimal string)")
+    met = serializers.BooleanField(help_text="Whether the thresholds reach the floor / stay within the target")
+    questions = serializers.IntegerField(help_text="Questions every tier answered: the rows fit on")
+    rows = serializers.IntegerField()
+    skipped_questions = serializers.IntegerField(help_text="Questions some tier failed or did not answer")
+    cascade = CascadeFitSerializer(help_text="What the fitted cascade scores and costs on the rows")
+    tiers = CascadeTierFitSerializer(many=True)
+
+
+class PipelineCascadeScorerView(APIView):
+    required_scope = "admin"
+
+    @extend_schema(
+        operation_id="api_v1_pipelines_cascade_scorer_fit",
+        request=CascadeScorerInputSerializer,
+        responses=CascadeScorerOutputSerializer,
+        summary="Fit a cascade's scorer from an evaluation job that ran every tier, and store it",
+        description=(
+            "One logistic regression per tier but the last on the job's labelled rows, thresholds chosen under "
+            "the objective; stored in the cascade's `cascade.scorer` with this summary as its provenance "
+            "(docs/cascades.md). 400 `tiers_missing` (naming them), `too_few_rows`, `one_class`, "
+            "`unknown_evaluation`, or the objective's value out of range; nothing is stored then."
+        ),
+    )
+    def post(self, request, pipeline_id: int):
+        pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=pipeline_id)
+        data = CascadeScorerInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        evaluation = eval_selectors.eval_run_list(team=request.team).filter(pk=values["evaluation"]).first()
+        if evaluation is None:
+            raise ValidationFailed(f"unknown evaluation {values['evaluation']}", code="unknown_evaluation",
+                                   detail={"fields": {"evaluation": "not found"}})
+        summary = cascade_scorer_fit_from_evaluation(
+            pipeline=pipeline, evaluation=evaluation, objective=values["objective"], value=values.get("value"),
+            user=request.user,
+        )
+        return Response(CascadeScorerOutputSerializer(summary).data)

@@ -52,6 +52,11 @@ urlpatterns = [
         pipeline_views.PipelinePrefillView.as_view(),
         name="api-pipeline-prefill",
     ),
+    path(
+        "v1/pipelines/<int:pipeline_id>/cascade-scorer",
+        pipeline_views.PipelineCascadeScorerView.as_view(),
+        name="api-pipeline-cascade-scorer",
+    ),
     path("v1/queries", query_views.QueryListView.as_view(), name="api-queries"),
     path("v1/queries/<int:query_id>", query_views.QueryDetailView.as_view(), name="api-query"),
     path("v1/bulk-jobs", bulk_views.BulkJobListView.as_view(), name="api-bulk-jobs"),

@@ -51,7 +51,8 @@ def _row_correct(row: EvalRow) -> bool:
 def eval_run_labelled_rows(*, eval_run: EvalRun, pipeline_name: str) -> list[dict[str, Any]]:
     """The finished rows of one pipeline of a run, each as the labelled example a cascade scorer is fit
     on: the question, gold answers, answer, scores, cost, latency, the quality label and the run's quality
-    signals (``QueryRun.quality``), and ``correct`` (a gold answer contained in the answer)."""
+    signals (``QueryRun.quality``), the run's ``finish_reason`` ("" when its run is gone), and ``correct`` (a
+    gold answer contained in the answer)."""
     return [
         {
             "pipeline": row.pipeline_name,
@@ -67,10 +68,19 @@ def eval_run_labelled_rows(*, eval_run: EvalRun, pipeline_name: str) -> list[dic
             "latency_ms": row.latency_ms,
             "quality_label": row.quality_label,
             "quality": dict(row.quality or {}),
+            "finish_reason": row.query_run.finish_reason if row.query_run_id else "",
             "correct": _row_correct(row),
         }
-        for row in eval_run_rows(eval_run=eval_run).filter(pipeline_name=pipeline_name, finished_at__isnull=False)
+        for row in eval_run_rows(eval_run=eval_run).filter(
+            pipeline_name=pipeline_name, finished_at__isnull=False).select_related("query_run")
     ]
+
+
+def eval_run_pipeline_names(*, eval_run: EvalRun) -> dict[int, str]:
+    """The pipelines a run has rows of: pipeline id -> the name its rows carry (pipelines deleted since
+    are left out)."""
+    rows = EvalRow.objects.filter(run=eval_run, pipeline__isnull=False).values_list("pipeline_id", "pipeline_name")
+    return dict(rows.distinct())
 
 
 def _mean(values: list[float]) -> float | None:
@@ -185,3 +195,21 @@ def eval_run_download(*, eval_run: EvalRun, kind: str) -> tuple[str, str, str]:
     body = {"evaluation": eval_run.pk, "eval_set": eval_run.eval_set.name, "status": eval_run.status,
             "rows": eval_run_export(eval_run=eval_run)}
     return json.dumps(body, indent=1), "application/json", name
+
+
+def eval_run_cascades(*, eval_run: EvalRun) -> list[dict[str, Any]]:
+    """The team's cascades whose every tier ran in this job (a scorer can be fit for them from it), by name:
+    ``{"pipeline", "tiers": [names], "fitted_here": the scorer's provenance when it was fit from this job}``."""
+    from apps.rag.models import Pipeline
+
+    ran = eval_run_pipeline_names(eval_run=eval_run)
+    names = dict(Pipeline.objects.filter(team_id=eval_run.team_id).values_list("pk", "name"))
+    found = []
+    for cascade in Pipeline.objects.filter(team_id=eval_run.team_id).exclude(cascade={}).order_by("name"):
+        tiers = list((cascade.cascade or {}).get("tiers", []))
+        if len(tiers) < 2 or any(t not in ran for t in tiers):
+            continue
+        provenance = ((cascade.cascade.get("scorer") or {}).get("objective") or {}).get("provenance") or {}
+        found.append({"pipeline": cascade, "tiers": [names.get(t, str(t)) for t in tiers],
+                      "fitted_here": provenance if provenance.get("evaluation") == eval_run.pk else None})
+    return found

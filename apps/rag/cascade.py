@@ -20,6 +20,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Max, Sum
 
 from apps.core.errors import ValidationFailed
@@ -201,6 +202,51 @@ def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, ans
     return outcome
 
 
+def cascade_scorer_params(
+    *, pipeline: Pipeline, rows: list[dict[str, Any]], accuracy_floor: float | None = None,
+    cost_target: float | None = None,
+) -> Any:
+    """Fit the cascade's scorer from labelled rows (``cascade_scorer_save``'s rows) without storing it:
+    a ``workers.rag.cascade.ScorerParams``. ValidationFailed when the pipeline is no cascade or the
+    rows cannot be fit."""
+    from workers.rag.cascade import cascade_scorer_fit
+
+    if not pipeline.is_cascade:
+        raise ValidationFailed(f"{pipeline.name!r} is not a cascade")
+    tiers = cascade_tiers(pipeline=pipeline)
+    try:
+        return cascade_scorer_fit(rows, tier_names=[t.name for t in tiers], tiers=len(tiers),
+                                  accuracy_floor=accuracy_floor, cost_target=cost_target)
+    except (KeyError, ValueError) as exc:
+        raise ValidationFailed(f"cannot fit the cascade scorer: {exc}") from exc
+
+
+def cascade_scorer_store(*, pipeline: Pipeline, scorer: dict[str, Any], tiers: list[int]) -> Pipeline:
+    """Store a fitted scorer (``ScorerParams.as_dict()``) on the cascade, provided its tiers are still
+    ``tiers`` (the ids it was fit for): the row is locked, so a concurrent edit of the tiers either
+    lands first (and this refuses) or after (and sees this scorer)."""
+    from workers.rag.cascade import ScorerParams
+
+    with transaction.atomic():
+        locked = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
+        current = list((locked.cascade or {}).get("tiers", []))
+        if current != list(tiers):
+            raise ValidationFailed(f"the tiers of cascade {locked.name!r} changed while the scorer was fit: "
+                                   "fit it again", code="conflict")
+        try:
+            params = ScorerParams.from_dict(scorer)
+        except ValueError as exc:
+            raise ValidationFailed(f"cascade scorer: {exc}") from exc
+        if len(params.tiers) != len(current) - 1:
+            raise ValidationFailed(f"the cascade scorer has {len(params.tiers)} tier models; {len(current)} tiers "
+                                   f"need {len(current) - 1}")
+        locked.cascade = {**locked.cascade, "scorer": params.as_dict()}
+        locked.save(update_fields=["cascade", "updated_at"])
+    pipeline.cascade = locked.cascade
+    pipeline.updated_at = locked.updated_at
+    return pipeline
+
+
 def cascade_scorer_save(
     *, pipeline: Pipeline, rows: list[dict[str, Any]], accuracy_floor: float | None = None,
     cost_target: float | None = None,
@@ -211,21 +257,12 @@ def cascade_scorer_save(
     index), ``correct`` (bool), the run's quality fields (``quality_label``, ``support``,
     ``support_score``, ``retrieval_confidence``, ``citations_removed``, ``finish_reason``,
     ``answer``, optional ``quality`` dict), and for thresholds ``question`` (an id) and ``cost``.
-    See ``workers.rag.cascade.cascade_scorer_fit``.
+    See ``workers.rag.cascade.cascade_scorer_fit``; an evaluation job's rows:
+    ``apps.evaluations.cascade_fit.cascade_scorer_fit_from_evaluation``.
     """
-    from workers.rag.cascade import cascade_scorer_fit
-
-    if not pipeline.is_cascade:
-        raise ValidationFailed(f"{pipeline.name!r} is not a cascade")
-    tiers = cascade_tiers(pipeline=pipeline)
-    try:
-        params = cascade_scorer_fit(rows, tier_names=[t.name for t in tiers], tiers=len(tiers),
-                                    accuracy_floor=accuracy_floor, cost_target=cost_target)
-    except (KeyError, ValueError) as exc:
-        raise ValidationFailed(f"cannot fit the cascade scorer: {exc}") from exc
-    pipeline.cascade = {**pipeline.cascade, "scorer": params.as_dict()}
-    pipeline.save(update_fields=["cascade", "updated_at"])
-    return pipeline
+    params = cascade_scorer_params(pipeline=pipeline, rows=rows, accuracy_floor=accuracy_floor,
+                                   cost_target=cost_target)
+    return cascade_scorer_store(pipeline=pipeline, scorer=params.as_dict(), tiers=list(pipeline.cascade["tiers"]))
 
 
 def query_run_rows_for_scorer(*, runs: list[QueryRun], correct: dict[int, bool]) -> list[dict[str, Any]]:

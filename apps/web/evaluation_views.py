@@ -1,19 +1,24 @@
 """Evaluations: upload or pick a labelled set, run it through several pipelines, read the result page
-(accuracy, cost, cost-of-pass, p50 latency, the accuracy/cost chart with its frontier), download it."""
+(accuracy, cost, cost-of-pass, p50 latency, the accuracy/cost chart with its frontier), download it, and fit
+the scorer of a cascade whose tiers all ran in it."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from apps.accounts.models import Role
 from apps.core.errors import ServiceError
+from apps.costs.money_format import usd
 from apps.costs.services import BudgetExceeded
 from apps.evaluations import selectors as eval_selectors
 from apps.evaluations import services as eval_services
+from apps.evaluations.cascade_fit import OBJECTIVES, cascade_scorer_fit_from_evaluation
 from apps.rag import selectors as rag_selectors
 from apps.web.access import can, team_view
 
@@ -87,13 +92,37 @@ def evaluations(request: HttpRequest) -> HttpResponse:
     return redirect("evaluation", eval_run_id=run.pk)
 
 
-def _run_context(run) -> dict:
+class CascadeFitForm(forms.Form):
+    objective = forms.ChoiceField(
+        choices=[(name, name.replace("_", " ").capitalize()) for name in OBJECTIVES],
+        help_text="Accuracy floor: the cheapest thresholds whose accuracy (contained) reaches the value, a share "
+        "0–1. Cost target: the most accurate thresholds whose mean cost per question stays within the value, "
+        "in dollars.",
+    )
+    value = forms.CharField(
+        max_length=40, required=False,
+        help_text="e.g. 0.8 for an accuracy floor (blank: the last tier's accuracy here), 0.0001 for a cost target",
+    )
+
+    def __init__(self, *args, pipeline_id: int, **kwargs):
+        kwargs.setdefault("auto_id", f"id_fit{pipeline_id}_%s")
+        super().__init__(*args, **kwargs)
+
+
+def _run_context(request, run, fit_forms: dict | None = None) -> dict:
     summary = eval_selectors.eval_run_summary(eval_run=run)
+    cascades = eval_selectors.eval_run_cascades(eval_run=run) if run.is_finished else []
+    for cascade in cascades:
+        pk = cascade["pipeline"].pk
+        cascade["form"] = (fit_forms or {}).get(pk) or CascadeFitForm(
+            pipeline_id=pk, initial={"objective": "accuracy_floor"})
     return {
         "run": run,
         "job": run.job,
         "summary": summary,
         "chart": eval_selectors.eval_chart(summary=summary),
+        "cascades": cascades,
+        "can_fit": can(request, Role.MEMBER),
     }
 
 
@@ -101,7 +130,40 @@ def _run_context(run) -> dict:
 def evaluation(request: HttpRequest, eval_run_id: int) -> HttpResponse:
     run = eval_selectors.eval_run_get(team=request.team, eval_run_id=eval_run_id)
     template = "evaluations/_result.html" if request.htmx else "evaluations/evaluation.html"
-    return render(request, template, _run_context(run))
+    return render(request, template, _run_context(request, run))
+
+
+@team_view(Role.MEMBER)
+@require_POST
+def evaluation_cascade_fit(request: HttpRequest, eval_run_id: int) -> HttpResponse:
+    """Fit a cascade's scorer from this job's rows (in the request: a few regressions on its rows); the page
+    then shows the summary under that cascade's form."""
+    run = eval_selectors.eval_run_get(team=request.team, eval_run_id=eval_run_id)
+    pipeline_id = request.POST.get("pipeline", "")
+    if not pipeline_id.isdigit():
+        raise Http404("no such pipeline")
+    pipeline = rag_selectors.pipeline_get(team=request.team, pipeline_id=int(pipeline_id))
+    form = CascadeFitForm(request.POST, pipeline_id=pipeline.pk)
+    if form.is_valid():
+        try:
+            summary = cascade_scorer_fit_from_evaluation(
+                pipeline=pipeline, evaluation=run, objective=form.cleaned_data["objective"],
+                value=form.cleaned_data["value"].strip() or None, user=request.user,
+            )
+        except ServiceError as exc:
+            field = next(iter((exc.detail or {}).get("fields") or {}), None)
+            form.add_error(field if field in form.fields else None, exc.message)
+            status = exc.http_status
+        else:
+            cascade = summary["cascade"]
+            messages.success(request, f"Scorer of {pipeline.name} fit on {summary['questions']} questions: "
+                             f"{cascade['accuracy']:.0%} contained at {usd(cascade['cost_per_question'])} "
+                             "per question.")
+            return redirect(f"{reverse('evaluation', args=[run.pk])}#fit-{pipeline.pk}")
+    else:
+        status = 400
+    context = _run_context(request, run, fit_forms={pipeline.pk: form})
+    return render(request, "evaluations/evaluation.html", context, status=status)
 
 
 @team_view()

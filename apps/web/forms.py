@@ -12,6 +12,7 @@ from apps.accounts.models import Role, Scope
 from apps.core.bounded_json import JsonRefused, json_loads_bounded
 from apps.corpora.models import INDEX_TYPE_CHOICES
 from apps.costs.models import BudgetPeriod, BudgetScope
+from apps.rag.cascade import MAX_TIERS
 from apps.rag.models import Pipeline, Retriever
 
 # --------------------------------------------------------------------------- team
@@ -187,6 +188,43 @@ def pipeline_help(name: str) -> str:
     return " ".join(part for part in (model_help.rstrip(".") + "." if model_help else "", extra) if part)
 
 
+CASCADE_HELP = (
+    "Make this pipeline a cascade: its tiers (other pipelines of the team, cheapest first, 2 to 8) answer in "
+    "turn until the scorer accepts an answer, so most questions cost what the cheap tier costs and only the "
+    "doubtful ones pay for the dearer tiers. All blank: an ordinary pipeline. A cascade's own model, corpora and "
+    "retrieval options are not used: each tier answers as it would alone. Changing the tiers removes the scorer "
+    "(fit it again from an evaluation job that ran every tier)."
+)
+
+
+class TiersWidget(forms.MultiWidget):
+    """One select per tier position, in order (no script needed to order them)."""
+
+    def __init__(self, count: int):
+        super().__init__([forms.Select(attrs={"aria-label": f"Tier {i + 1}"}) for i in range(count)])
+
+    def decompress(self, value):
+        ids = [str(v) for v in (value or [])]
+        return ids + [""] * (len(self.widgets) - len(ids))
+
+
+class TiersField(forms.MultiValueField):
+    """A cascade's tiers as an ordered list of pipeline ids (blanks skipped); the rules are the service's."""
+
+    def __init__(self, count: int, **kwargs):
+        fields = [forms.ChoiceField(required=False) for _ in range(count)]
+        super().__init__(fields=fields, require_all_fields=False, required=False, widget=TiersWidget(count),
+                         **kwargs)
+
+    def set_choices(self, choices: list[tuple[str, str]]) -> None:
+        for field, widget in zip(self.fields, self.widget.widgets, strict=True):
+            field.choices = choices
+            widget.choices = choices
+
+    def compress(self, data_list) -> list[int]:
+        return [int(value) for value in data_list or [] if value]
+
+
 class PipelineForm(forms.Form):
     name = forms.SlugField(max_length=120)
     description = forms.CharField(max_length=500, required=False)
@@ -226,6 +264,7 @@ class PipelineForm(forms.Form):
         widget=forms.NumberInput(attrs={"step": "0.05"}),
     )
     answer_cache = forms.BooleanField(required=False, label="Answer cache")
+    cascade = TiersField(MAX_TIERS, label="Cascade tiers (cheapest first)")
 
     def __init__(
         self,
@@ -233,11 +272,14 @@ class PipelineForm(forms.Form):
         endpoints=(),
         corpora=(),
         registry: dict[str, list[tuple[str, str]]] | None = None,
+        tiers=(),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         for name, field in self.fields.items():
             field.help_text = pipeline_help(name)
+        self.fields["cascade"].help_text = CASCADE_HELP
+        self.fields["cascade"].set_choices([("", "—")] + [(str(p.pk), p.name) for p in tiers])
         self.fields["model_endpoint"].choices = [(e.name, endpoint_label(e)) for e in endpoints]
         self.fields["corpora"].choices = [(str(c.pk), c.name) for c in corpora]
         self.fields["fixed_context_corpus"].choices = [("", "— none —")] + [(str(c.pk), c.name) for c in corpora]

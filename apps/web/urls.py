@@ -103,6 +103,8 @@ urlpatterns = [
     # Evaluations and the side-by-side Ask
     path("evaluations/", evaluation_views.evaluations, name="evaluations"),
     path("evaluations/<int:eval_run_id>/", evaluation_views.evaluation, name="evaluation"),
+    path("evaluations/<int:eval_run_id>/cascade-scorer/", evaluation_views.evaluation_cascade_fit,
+         name="evaluation-cascade-fit"),
     path("evaluations/<int:eval_run_id>/rows.csv", evaluation_views.evaluation_download, {"kind": "csv"},
          name="evaluation-csv"),
     path("evaluations/<int:eval_run_id>/rows.json", evaluation_views.evaluation_download, {"kind": "json"},

@@ -1,7 +1,8 @@
 """Evaluations and Ask › Compare in headless Chromium on a live server: upload a labelled set, run it
-through two pipelines, watch the job finish on the result page (chart with its frontier, downloads),
-then ask one question of both pipelines side by side. Jobs run on the in-process background threads, as
-in `make run`; generation is the engine's paced EchoTarget (tests/e2e/test_browser.py's live_app)."""
+through two pipelines, watch the job finish on the result page (chart with its frontier, downloads, the
+fit form of a cascade of both), then ask one question of both pipelines side by side. Jobs run on the
+in-process background threads, as in `make run`; generation is the engine's paced EchoTarget
+(tests/e2e/test_browser.py's live_app)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_a_team_evaluates_two_pipelines_and_compares_them(live_app, browser, sho
     for name, cap in (("short", 8), ("long", 64)):
         pipeline_save(team=team_a, name=name, model_endpoint="smollm2-135m-instruct", retriever="none",
                       max_output_tokens=cap)
+    pipeline_save(team=team_a, name="cascade-ab", model_endpoint="smollm2-135m-instruct",
+                  cascade={"tiers": ["short", "long"]})
     base = live_app.url
     context, page = _login(browser, base, "alice")
     # The first reservation in the live server reads the local model's window and tokenizer (once per
@@ -54,6 +57,12 @@ def test_a_team_evaluates_two_pipelines_and_compares_them(live_app, browser, sho
     with page.expect_download() as download:
         page.get_by_role("link", name="CSV").click()
     assert download.value.suggested_filename == f"evaluation-{run.pk}.csv"
+    # Both tiers of the cascade ran: its scorer can be fit here (two questions are too few: said on the form).
+    fit = page.locator('article[data-cascade="cascade-ab"]')
+    fit.get_by_label("Objective").select_option("accuracy_floor")
+    fit.get_by_label("Value").fill("0.5")
+    fit.get_by_role("button", name="Fit cascade scorer").click()
+    page.locator('article[data-cascade="cascade-ab"]').get_by_text("fitting needs at least 10").wait_for()
 
     page.get_by_role("link", name="Ask", exact=True).click()
     page.get_by_role("link", name="Compare two pipelines").click()

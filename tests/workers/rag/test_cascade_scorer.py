@@ -7,12 +7,14 @@ import itertools
 import json
 import math
 import random
+import time
 
 import numpy as np
 import pytest
 
 from workers.rag.cascade import (
     GRID,
+    NEVER,
     ScorerParams,
     cascade_decide,
     cascade_features,
@@ -141,6 +143,11 @@ def test_bad_scorer_json_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="unknown features"):
         ScorerParams.from_dict({"tiers": [{"features": ["nope"], "mean": [0], "scale": [1], "coef": [1],
                                            "intercept": 0}]})
+    tier = {"features": ["support"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0}
+    # The search's "never accept" threshold (1.01) round-trips; past it is refused.
+    assert ScorerParams.from_dict({"tiers": [{**tier, "threshold": NEVER}]}).tiers[0].threshold == NEVER
+    with pytest.raises(ValueError, match="threshold"):
+        ScorerParams.from_dict({"tiers": [{**tier, "threshold": 1.5}]})
 
 
 def test_decisions_escalate_below_the_threshold_and_the_last_tier_always_answers(rows):
@@ -157,3 +164,38 @@ def test_decisions_escalate_below_the_threshold_and_the_last_tier_always_answers
     sure = {"quality_label": "grounded", "support_score": 0.9}
     assert cascade_decide(params=None, tier=0, tiers=2, result=sure).accept
     assert not cascade_decide(params=None, tier=0, tiers=2, result={"quality_label": "unsupported"}).accept
+
+
+def test_many_tiers_are_searched_by_coordinate_descent_fast_and_as_the_simulation_says():
+    rng = random.Random(3)
+    tiers, questions = 8, 150
+    right = [[rng.random() < 0.3 + 0.08 * t for t in range(tiers)] for _ in range(questions)]
+    # Scores that mostly know: a right answer scores high, a wrong one low, with noise.
+    scores = [[min(1.0, max(0.0, (0.7 if r else 0.3) + rng.gauss(0, 0.15))) for r in row] for row in right]
+    costs = [[float(2 ** t) for t in range(tiers)] for _ in range(questions)]
+    started = time.perf_counter()
+    chosen = thresholds_select(scores=scores, correct=right, costs=costs, accuracy_floor=0.8)
+    assert time.perf_counter() - started < 30  # the exhaustive grid would be 22^7 combinations
+    assert chosen["search"] == "coordinate descent" and len(chosen["thresholds"]) == tiers - 1
+    sim = cascade_simulate(scores=scores, correct=right, costs=costs, thresholds=[*chosen["thresholds"], 0])
+    assert sim["accuracy"] == pytest.approx(chosen["accuracy"]) and sim["cost"] == pytest.approx(chosen["cost"])
+    assert chosen["met"] and chosen["accuracy"] >= 0.8
+    always_last = sum(costs[0])
+    assert chosen["cost"] < always_last / 2  # far cheaper than escalating every question to the last tier
+
+
+def test_coordinate_descent_finds_the_exhaustive_optimum_on_a_small_cascade(rows):
+    params = cascade_scorer_fit(rows, tiers=3)
+    questions = sorted({r["question"] for r in rows})
+    table = {(r["question"], r["tier"]): r for r in rows}
+    scores = [[params.tiers[t].score(cascade_features(table[q, t])) if t < 2 else 1.0 for t in range(3)]
+              for q in questions]
+    correct = [[table[q, t]["correct"] for t in range(3)] for q in questions]
+    costs = [[float(table[q, t]["cost"]) for t in range(3)] for q in questions]
+    for floor in (0.5, 0.7):
+        exhaustive = thresholds_select(scores=scores, correct=correct, costs=costs, accuracy_floor=floor)
+        descent = thresholds_select(scores=scores, correct=correct, costs=costs, accuracy_floor=floor,
+                                    exhaustive_up_to=0)
+        assert (exhaustive["search"], descent["search"]) == ("exhaustive", "coordinate descent")
+        assert descent["met"] == exhaustive["met"]
+        assert descent["cost"] == pytest.approx(exhaustive["cost"])
