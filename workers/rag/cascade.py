@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LABELS = ("grounded", "weak", "unsupported", "degenerate", "abstained")
-# Names a per-answer token log-probability may carry in a run's ``quality`` dict (the first found is used).
-LOGPROB_KEYS = ("mean_logprob", "token_logprob", "logprob", "avg_logprob")
+# Names a per-answer mean token log-probability may carry in a run's ``quality`` dict (the first found is used;
+# runs of the local model store ``answer_logprob_mean``).
+LOGPROB_KEYS = ("answer_logprob_mean", "mean_logprob", "token_logprob", "logprob", "avg_logprob")
 BASE_FEATURES = (
     *(f"label_{label}" for label in LABELS),
     "support", "support_missing", "support_score", "retrieval_confidence", "retrieval_confidence_missing",

@@ -66,6 +66,9 @@ def test_it_reads_the_quality_signals_as_features_and_flags_missing_ones():
     assert features["logprob_missing"] == 1
     with_logprob = cascade_features({"quality_label": "grounded", "quality": {"mean_logprob": -0.7}})
     assert with_logprob["logprob"] == -0.7 and with_logprob["logprob_missing"] == 0
+    # What runs of the local model store (QueryRun.quality, workers/rag/quality.py).
+    from_a_run = cascade_features({"quality_label": "grounded", "quality": {"answer_logprob_mean": -1.25}})
+    assert from_a_run["logprob"] == -1.25 and from_a_run["logprob_missing"] == 0
 
 
 def test_it_fits_the_same_logistic_regression_as_a_plain_reference(rows):
