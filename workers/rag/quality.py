@@ -250,6 +250,48 @@ def question_fit(question: str, answer: str) -> float | None:
     return None
 
 
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
+_ENTITY = re.compile(r"\b(?:[A-Z][\w'-]*|\d[\d,.]*)")
+
+
+def normalize_text(text: str) -> str:
+    """SQuAD's answer normalisation: lowercased, citation markers, punctuation and articles dropped,
+    whitespace collapsed."""
+    text = _PUNCTUATION.sub(" ", _MARKER.sub(" ", text).lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def span_in_passages(answer: str, passages: Sequence[str], max_words: int = 8) -> float:
+    """1.0 when the answer's first sentence is a short answer (1 to ``max_words`` words, normalised) found
+    whole, on word boundaries, in a normalised passage; else 0.0. A short answer copied from a passage
+    names something the passages say; a long one is judged by the evidence instead."""
+    sentences = split_sentences(answer)
+    span = normalize_text(sentences[0]) if sentences else ""
+    if not span or len(span.split()) > max_words:
+        return 0.0
+    needle = f" {span} "
+    return 1.0 if any(needle in f" {normalize_text(p)} " for p in passages) else 0.0
+
+
+def entities(text: str) -> set[str]:
+    """Capitalised words and numbers of ``text`` (a cheap stand-in for named entities), lowercased, less
+    stopwords ("The", "It") and citation markers."""
+    text = _MARKER.sub(" ", text)
+    return {w.lower().rstrip(".,") for w in _ENTITY.findall(text) if w.lower() not in STOPWORDS}
+
+
+def question_entity_overlap(question: str, answer: str) -> float:
+    """Share of the entities of the answer's first sentence that its question names (0 when it names none):
+    an answer made of the question's own names restates it instead of answering."""
+    sentences = split_sentences(answer)
+    found = entities(sentences[0]) if sentences else set()
+    if not found:
+        return 0.0
+    asked = {_stem(w) for w in _WORD.findall(question.lower())}
+    return len({e for e in found if _stem(e) in asked or e in question.lower()}) / len(found)
+
+
 @dataclass(frozen=True)
 class ScoreModel:
     """The support score: a logistic model over an answer's signals, ``sigmoid(intercept + sum(weight x
@@ -278,15 +320,24 @@ SCORE_MODEL = ScoreModel(intercept=-1.875, evidence=1.326, logprob=0.0, misfit=-
 
 def answer_signals(
     *, question: str, answer: str, sentences: Sequence[dict[str, Any]], token_logprobs: Sequence[float] | None,
+    passages: Sequence[str] = (), question_only_logprobs: Sequence[float] | None = None,
 ) -> dict[str, float | None]:
-    """What the support score combines (``ScoreModel``): ``evidence``, the scored sentences' mean weighted
+    """What the support score may combine (``ScoreModel``): ``evidence``, the scored sentences' mean weighted
     1, 1/2, 1/3, ... by position (0 for none); ``logprob_mean``, the model's mean token log-probability
-    (None: unknown); ``fit``, ``question_fit``."""
+    (None: unknown); ``fit``, ``question_fit``; ``grounding_gain``, the mean log-probability with the passages
+    less without them (``question_only_logprobs``: the answer scored after the question alone; None:
+    unknown); ``span``, ``span_in_passages``; ``entity_overlap``, ``question_entity_overlap``; ``words``, the
+    answer's length in words."""
     clipped = logprob_fields(token_logprobs)["token_logprobs"]
+    alone = logprob_fields(question_only_logprobs)["token_logprobs"]
     return {
         "evidence": position_mean([float(s["score"]) for s in sentences]) or 0.0,
         "logprob_mean": sum(clipped) / len(clipped) if clipped else None,
         "fit": question_fit(question, answer),
+        "grounding_gain": sum(clipped) / len(clipped) - sum(alone) / len(alone) if clipped and alone else None,
+        "span": span_in_passages(answer, passages),
+        "entity_overlap": question_entity_overlap(question, answer),
+        "words": float(len(_MARKER.sub(" ", answer).split())),
     }
 
 
