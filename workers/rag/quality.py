@@ -89,6 +89,12 @@ class Quality:
     answer_logprob_mean: float | None = None
     answer_logprob_min: float | None = None
     token_logprobs: list[float] = field(default_factory=list)  # per generated token, rounded
+    # The contrastive grounding signal (workers.rag.grounding; None: not computed): the answer's mean token
+    # log-probability after the question-only prompt, and the generation's mean less it.
+    question_only_logprob_mean: float | None = None
+    grounding_gain: float | None = None
+    span: float | None = None  # 1 / 0: the short answer is / is not found whole in a passage
+    entity_overlap: float | None = None  # share of the answer's entities its question names
     sentences: list[dict[str, Any]] = field(default_factory=list)  # {"text", "score", "passage"}
 
     def as_dict(self) -> dict[str, Any]:
@@ -302,14 +308,29 @@ class ScoreModel:
     evidence: float = 1.0  # x the evidence score (position-weighted sentence support, 0..1)
     logprob: float = 0.0  # x the answer's mean token log-probability (<= 0)
     misfit: float = 0.0  # x 1 when the answer does not have the form its question asks for (else 0)
+    grounding: float = 0.0  # x the grounding gain (mean log-probability with the passages less without)
+    span: float = 0.0  # x 1 when the short answer is found whole in a passage (``span_in_passages``)
+    entity_overlap: float = 0.0  # x the share of the answer's entities its question names
+    words: float = 0.0  # x the answer's length in words
     # The mean token log-probability assumed when the model's is unknown (a remote endpoint): the design
     # answers' median, so the score then rests on the other signals.
     logprob_default: float = -1.0
+    # The grounding gain assumed when it is unknown (a remote endpoint, the option off): the design answers'
+    # median.
+    grounding_default: float = 0.0
 
-    def score(self, *, evidence: float, logprob_mean: float | None, fit: float | None) -> float:
+    def score(self, *, evidence: float, logprob_mean: float | None, fit: float | None,
+              grounding_gain: float | None = None, span: float = 0.0, entity_overlap: float = 0.0,
+              words: float = 0.0) -> float:
         logprob = self.logprob_default if logprob_mean is None else logprob_mean
-        z = self.intercept + self.evidence * evidence + self.logprob * logprob + self.misfit * (fit == 0.0)
+        gain = self.grounding_default if grounding_gain is None else grounding_gain
+        z = (self.intercept + self.evidence * evidence + self.logprob * logprob + self.misfit * (fit == 0.0)
+             + self.grounding * gain + self.span * span + self.entity_overlap * entity_overlap
+             + self.words * words)
         return 1 / (1 + math.exp(-z))
+
+    def uses_grounding(self) -> bool:
+        return self.grounding != 0.0
 
 
 # Fitted on the design questions (rag_qa, NQ 1-40 and HotpotQA 1-30; `benchmarks/quality_fit.py --c 10`):
@@ -402,10 +423,14 @@ def assess(
     thresholds: Thresholds = Thresholds(),
     token_logprobs: Sequence[float] | None = None,
     score_model: ScoreModel | None = None,
+    question_only: Callable[[str], Sequence[float] | None] | None = None,
 ) -> tuple[str, Quality]:
     """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
     numbered from 1 as the prompt numbers them; ``question``'s words are not support; ``token_logprobs``: the
-    generated tokens' log-probabilities (None: unknown); ``score_model``: default ``SCORE_MODEL``."""
+    generated tokens' log-probabilities (None: unknown); ``score_model``: default ``SCORE_MODEL``;
+    ``question_only``: the cleaned answer -> its tokens' log-probabilities after the question-only prompt
+    (``workers.rag.grounding``, metered by the caller; None back: unknown), called once for an assessable
+    answer with known ``token_logprobs``."""
     score_model = score_model or SCORE_MODEL
     if finish_reason == ABSTAIN_FINISH_REASON:
         return answer, Quality(label=ABSTAINED, retrieval_confidence=retrieval_confidence)
@@ -417,11 +442,16 @@ def assess(
     )
     scores = [s["score"] for s in sentences]
     support = support_share(scores, thresholds.sentence)
-    signals = answer_signals(question=question, answer=cleaned, sentences=sentences, token_logprobs=token_logprobs)
+    alone = question_only(cleaned) if question_only is not None and scores and token_logprobs else None
+    signals = answer_signals(question=question, answer=cleaned, sentences=sentences, token_logprobs=token_logprobs,
+                             passages=passages, question_only_logprobs=alone)
     score = None
     if scores:
-        score = round(score_model.score(evidence=signals["evidence"] or 0.0, logprob_mean=signals["logprob_mean"],
-                                        fit=signals["fit"]), 4)
+        score = round(score_model.score(
+            evidence=signals["evidence"] or 0.0, logprob_mean=signals["logprob_mean"], fit=signals["fit"],
+            grounding_gain=signals["grounding_gain"], span=signals["span"] or 0.0,
+            entity_overlap=signals["entity_overlap"] or 0.0, words=signals["words"] or 0.0,
+        ), 4)
     elif degenerate:
         score = 0.0
     return cleaned, Quality(
@@ -435,6 +465,10 @@ def assess(
         citations_removed=removed,
         embedded=embedded,
         sentences=sentences,
+        grounding_gain=None if signals["grounding_gain"] is None else round(signals["grounding_gain"], 4),
+        question_only_logprob_mean=logprob_fields(alone)["answer_logprob_mean"],
+        span=signals["span"] if scores else None,
+        entity_overlap=None if not scores else round(signals["entity_overlap"] or 0.0, 4),
         **logprob_fields(token_logprobs),
     )
 
@@ -517,6 +551,10 @@ __all__ = [
     "position_mean",
     "quality_label",
     "rescore",
+    "span_in_passages",
+    "question_entity_overlap",
+    "normalize_text",
+    "entities",
     "retrieval_confidence",
     "sentence_scores",
     "should_abstain",
