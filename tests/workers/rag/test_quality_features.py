@@ -86,7 +86,8 @@ def test_teacher_forcing_reproduces_the_decode_loops_log_probabilities(smollm2):
     from workers.runtime.meter import generate
 
     question = "What is the capital of France?"
-    result = generate(target=smollm2, messages=question_only_messages(question), max_output_tokens=12, wall_time_limit_s=60)
+    result = generate(target=smollm2, messages=question_only_messages(question), max_output_tokens=12,
+                      wall_time_limit_s=60)
     scored = question_only_logprobs(smollm2, question=question, answer=result.text,
                                     stopped=result.finish_reason == "stop")
     assert len(scored.logprobs) == len(result.token_logprobs)
