@@ -268,13 +268,45 @@ def normalize_text(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+_ANSWER_IS = re.compile(r"^\W*(?:the\s+)?(?:short\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?\s+is\s*:?\s*",
+                        re.I)
+_COPULA = re.compile(r"\s(?:is|are|was|were)\s+", re.I)
+
+
+def short_answer(answer: str, max_words: int = 8) -> tuple[int, int] | None:
+    """The (start, end) characters of the answer's short answer, or None: its first line's first sentence
+    less an "The answer is:" opening ("The answer is: 14." -> "14"), or the words after its last "is" /
+    "was" / "are" / "were" ("The capital of France is Paris." -> "Paris"), the first of the two (the
+    predicate first without such an opening) that is 1 to ``max_words`` words."""
+    line = _MARKER.sub(lambda m: " " * len(m.group(0)), answer).split("\n")[0]
+    sentences = split_sentences(line)
+    if not sentences:
+        return None
+    start = line.index(sentences[0])
+    end = start + len(sentences[0].rstrip(".!?"))
+    opening = _ANSWER_IS.match(line[start:end])
+    if opening:
+        start += opening.end()
+    candidates = [(start, end)]
+    copulas = list(_COPULA.finditer(line, start, end))
+    if copulas:  # after "The answer is:", what follows; else the predicate first
+        candidates.insert(len(candidates) if opening else 0, (copulas[-1].end(), end))
+    for lo, hi in candidates:
+        words = len(normalize_text(line[lo:hi]).split())
+        if 1 <= words <= max_words:
+            while line[hi - 1:hi].isspace():
+                hi -= 1
+            return lo, hi
+    return None
+
+
 def span_in_passages(answer: str, passages: Sequence[str], max_words: int = 8) -> float:
-    """1.0 when the answer's first sentence is a short answer (1 to ``max_words`` words, normalised) found
-    whole, on word boundaries, in a normalised passage; else 0.0. A short answer copied from a passage
-    names something the passages say; a long one is judged by the evidence instead."""
-    sentences = split_sentences(answer)
-    span = normalize_text(sentences[0]) if sentences else ""
-    if not span or len(span.split()) > max_words:
+    """1.0 when the answer's short answer (``short_answer``) is found whole, normalised and on word
+    boundaries, in a normalised passage; else 0.0. A short answer copied from a passage names something
+    the passages say."""
+    found = short_answer(answer, max_words)
+    span = normalize_text(answer[found[0]:found[1]]) if found else ""
+    if not span:
         return 0.0
     needle = f" {span} "
     return 1.0 if any(needle in f" {normalize_text(p)} " for p in passages) else 0.0
@@ -552,6 +584,7 @@ __all__ = [
     "quality_label",
     "rescore",
     "span_in_passages",
+    "short_answer",
     "question_entity_overlap",
     "normalize_text",
     "entities",

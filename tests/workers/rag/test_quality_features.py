@@ -13,6 +13,7 @@ from workers.rag.quality import (
     entities,
     normalize_text,
     question_entity_overlap,
+    short_answer,
     span_in_passages,
 )
 
@@ -32,10 +33,26 @@ def test_a_short_answer_found_in_a_passage_is_a_span():
 def test_a_span_must_match_whole_words_and_be_short():
     assert span_in_passages("Röntgen Wilhelm", PASSAGES) == 0.0  # not in that order
     assert span_in_passages("Curi", PASSAGES) == 0.0  # part of a word
-    long = "The Nobel Prize in Physics 1901 was awarded to Wilhelm Conrad Röntgen"  # 10 words once normalised
+    long = "Prize in Physics 1901 went to Wilhelm Conrad Röntgen"  # 9 words, no copula: too long to be a span
     assert span_in_passages(long, PASSAGES) == 0.0
-    assert span_in_passages(long, PASSAGES, max_words=12) == 1.0
+    found = "Nobel Prize in Physics 1901 was awarded to Wilhelm Conrad Röntgen for the discovery"
+    assert span_in_passages(found, PASSAGES) == 1.0  # its predicate "awarded to ... discovery" (7 normalised words)
+    assert span_in_passages(found, PASSAGES, max_words=6) == 0.0
     assert span_in_passages("", PASSAGES) == 0.0
+
+
+@pytest.mark.parametrize(("answer", "span"), [
+    ("The answer is: 14 [2].", "14"),
+    ("The answer to this question is: Donald Trump. He won in 2016.", "Donald Trump"),
+    ("The President of the United States is Donald Trump.", "Donald Trump"),
+    ("The main mineral in lithium batteries is lithium.", "lithium"),
+    ("Lithium.", "Lithium"),
+    ("The answer is:", None),
+    ("The first Nobel Prize in Physics was awarded to John Bardeen, Walter Brattain and William Shockley", None),
+])
+def test_the_short_answer_is_what_follows_the_answer_is_or_the_predicate(answer, span):
+    found = short_answer(answer)
+    assert (answer[found[0]:found[1]] if found else None) == span
 
 
 def test_only_the_first_sentence_is_the_span():
