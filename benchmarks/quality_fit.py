@@ -33,7 +33,8 @@ from pathlib import Path
 from benchmarks.common import read_jsonl, write_json
 
 # Every combination of these is tried on the design split (with the evidence always in).
-CANDIDATES = ("misfit", "logprob_mean", "grounding_gain", "span_in_passages", "entity_overlap", "words")
+CANDIDATES = ("misfit", "logprob_mean", "grounding_gain", "question_only_mean", "span_in_passages", "entity_overlap",
+              "words")
 
 
 def grounding_key(row: dict) -> str:
