@@ -15,7 +15,6 @@ the service's metered hook) bills the prefill's device seconds.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ class QuestionOnly:
 
     logprobs: list[float]  # one per answer token (and the end-of-sequence token when the answer stopped)
     prompt_tokens: int  # tokens read by the prefill: the question-only prompt plus the answer's
-    compute_s: float  # device seconds of the forward pass
+    compute_s: float  # device seconds of the forward pass (``workers.runtime.device_clock``, as the meter bills)
 
     @property
     def mean(self) -> float | None:
@@ -75,15 +74,21 @@ def question_only_logprobs(
     prompt, the end-of-sequence token after them when the generation ``stopped`` (as the decode loop recorded
     it). Holds the model's lock for the forward pass."""
     from workers.runtime.decode import eos_ids
+    from workers.runtime.device_clock import device_clock
     from workers.runtime.token_count import chat_template_ids
 
     prompt = chat_template_ids(lm.tokenizer, question_only_messages(question, system_prompt))
     eos = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else min(eos_ids(lm), default=None)
     target = answer_ids(lm.tokenizer, answer, eos=eos if stopped else None)
+    clock = device_clock(lm.device)  # the meter's billing clock: the thread's CPU time on a one-thread CPU
     with lm.lock:
-        started = time.perf_counter()
+        started = clock()
         logprobs = teacher_forced_logprobs(lm.model, prompt, target)
-        compute_s = time.perf_counter() - started
+        if str(lm.device).startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(lm.device)
+        compute_s = clock() - started
     return QuestionOnly(logprobs=[round(v, 3) for v in logprobs], prompt_tokens=len(prompt) + len(target),
                         compute_s=compute_s)
 
