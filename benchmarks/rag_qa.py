@@ -157,8 +157,10 @@ def _quality_report(rows: list[dict]) -> dict:
         logprob_fields,
         position_mean,
         quality_label,
+        question_entity_overlap,
         question_fit,
         rescore,
+        span_in_passages,
         support_share,
     )
 
@@ -175,7 +177,11 @@ def _quality_report(rows: list[dict]) -> dict:
             return 0.0
         return SCORE_MODEL.score(evidence=evidence(row, setting),
                                  logprob_mean=logprob_fields(row.get("token_logprobs"))["answer_logprob_mean"],
-                                 fit=question_fit(row["question"], row["answer"]))
+                                 fit=question_fit(row["question"], row["answer"]),
+                                 grounding_gain=row.get("grounding_gain"),
+                                 span=span_in_passages(row["answer"], row.get("passages") or []),
+                                 entity_overlap=question_entity_overlap(row["question"], row["answer"]),
+                                 words=float(len(row["answer"].split())))
 
     half = len(rows) // 2
     calibration, report = rows[:half], rows[half:]
@@ -336,6 +342,9 @@ def main() -> None:
                         "answer_logprob_mean": (run.quality or {}).get("answer_logprob_mean"),
                         "answer_logprob_min": (run.quality or {}).get("answer_logprob_min"),
                         "token_logprobs": (run.quality or {}).get("token_logprobs", []),
+                        # The grounding prefill's (PARSIMONY_QUALITY_GROUNDING; None when off).
+                        "question_only_logprob_mean": (run.quality or {}).get("question_only_logprob_mean"),
+                        "grounding_gain": (run.quality or {}).get("grounding_gain"),
                         "passages": passages,
                         "question": task["question"],
                         "gold": task["answers"],

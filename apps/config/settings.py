@@ -207,6 +207,9 @@ PARSIMONY_INGEST_EMBED_GROUP_CHUNKS = env_int("PARSIMONY_INGEST_EMBED_GROUP_CHUN
 # torch threads per worker process: 1 keeps a 2-core machine responsive (see docs/operations.md).
 PARSIMONY_TORCH_THREADS = env_int("PARSIMONY_TORCH_THREADS", 1, minimum=1)
 PARSIMONY_MODEL_WALL_TIME_S = env_float("PARSIMONY_MODEL_WALL_TIME_S", 120.0)
+# The answer-quality check's contrastive grounding prefill (docs/quality.md): one short metered prefill of
+# the question-only prompt and the answer per local generation, a signal of the support score.
+PARSIMONY_QUALITY_GROUNDING = env_bool("PARSIMONY_QUALITY_GROUNDING", False)
 # The most prompt tokens one request may send a model, whatever its context window (apps.costs.tokens.prompt_check).
 PARSIMONY_MAX_PROMPT_TOKENS = env_int("PARSIMONY_MAX_PROMPT_TOKENS", 32_768, minimum=1)
 # Disk budget of the superposition KV store under DATA_ROOT/kv-cache (LRU eviction beyond it).

@@ -194,6 +194,7 @@ def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, ans
     hooks.retrieval_record = accepted_hooks.retrieval_record
     hooks.generation_record = accepted_hooks.generation_record
     hooks.quality_record = accepted_hooks.quality_record
+    hooks.grounding_record = accepted_hooks.grounding_record
     QueryRun.objects.filter(pk=run.pk).update(
         endpoint=accepted_hooks.endpoint,
         cascade={"answered_by": answered["pipeline"], "tier": answered["tier"], "tiers_run": len(trace),

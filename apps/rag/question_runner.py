@@ -122,6 +122,14 @@ def query_start_bound(
     return estimate
 
 
+def grounding_bound(*, model: str, price: Any, prompt_tokens: int) -> Decimal:
+    """What the grounding prefill's hold must cover: its tokens at the token prices and its prefill's
+    device-seconds bound (``metering.local_start_bound`` with no output)."""
+    from apps.costs.metering import local_start_bound
+
+    return local_start_bound(model=model, price=price, prompt_tokens=prompt_tokens, max_output_tokens=0)
+
+
 class QueryHooks:
     """The engine's hooks for one run (``workers.rag.pipeline.PipelineHooks``): search, the endpoint's
     model, the KV store, and the ledger rows, each written with ``context`` under ``reservation`` (the hold
@@ -144,6 +152,7 @@ class QueryHooks:
         self.retrieval_record: UsageRecord | None = None
         self.generation_record: UsageRecord | None = None
         self.quality_record: UsageRecord | None = None  # the quality check's embedding
+        self.grounding_record: UsageRecord | None = None  # the quality check's question-only prefill
         self.compression: Any = None  # the compress stage's share of the hold (apps.rag.compression_hold)
         self._target: Any = None
 
@@ -311,6 +320,45 @@ class QueryHooks:
             return None
         return vectors
 
+    def question_only_logprobs(self, *, question: str, answer: str, stopped: bool) -> list[float] | None:
+        """The contrastive grounding prefill (``workers.rag.grounding``): ``answer``'s tokens scored by the
+        endpoint's local model after the question-only prompt. The hold grows by the prefill's bound first
+        (None, the signal unknown, when it cannot: the answer is never refused for it); one ``prefill`` row
+        at the endpoint's price (its tokens, the measured device seconds) under the run's reservation. None
+        for a remote endpoint (no log-probabilities)."""
+        from apps.costs.services import BudgetExceeded
+        from workers.rag.grounding import question_only_logprobs, question_only_messages
+
+        lm = self.local_model()
+        if lm is None:
+            return None
+        price = price_current(model_name=self.endpoint.price_name)
+        system_prompt = self.run.pipeline.system_prompt if self.run.pipeline_id else ""
+        tokens = (prompt_tokens_bound(self.endpoint, question_only_messages(question, system_prompt))
+                  + text_tokens_bound(self.endpoint, answer) + 1)
+        if self.reservation is not None:
+            bound = grounding_bound(model=self.endpoint.price_name, price=price, prompt_tokens=tokens)
+            try:
+                hold_resume(reservation=self.reservation, context=self.context, path="query").ensure(bound)
+            except BudgetExceeded:
+                logger.info("query #%s: no budget for the grounding prefill; left unknown", self.run.pk)
+                return None
+        scored = question_only_logprobs(lm, question=question, answer=answer, stopped=stopped,
+                                        system_prompt=system_prompt)
+        on_gpu = str(getattr(lm, "device", "cpu")).startswith("cuda")
+        spent = to_decimal(round(scored.compute_s, 6))
+        self.grounding_record = usage_record(
+            context=self.context,
+            stage=Stage.PREFILL,
+            model_name=self.endpoint.price_name,
+            usage=Usage(prompt_tokens=scored.prompt_tokens, gpu_seconds=spent if on_gpu else Decimal(0),
+                        cpu_seconds=Decimal(0) if on_gpu else spent),
+            price=price,
+            latency_ms=int(scored.compute_s * 1000),
+            reservation=self.reservation,
+        )
+        return scored.logprobs
+
     def _embed_billed(self, texts: list[str]) -> tuple[Any, UsageRecord]:
         from apps.corpora.services.embedding import texts_embed_billed
 
@@ -362,7 +410,7 @@ class QueryHooks:
         )
         retrieval = self.retrieval_record.cost if self.retrieval_record is not None else ZERO
         # Every run's answer is checked (workers.rag.quality): the naive pipeline's would be too.
-        quality = self.quality_record.cost if self.quality_record is not None else ZERO
+        quality = sum((r.cost for r in (self.quality_record, self.grounding_record) if r is not None), ZERO)
         return retrieval + generation + quality, kind
 
 
@@ -398,6 +446,7 @@ def engine_config(*, run: QueryRun, endpoint: ModelEndpoint) -> Any:
         model_cache_dir=Path(settings.DATA_ROOT),
         retrieval_reference=tuple(pipeline_best_hit_scores(pipeline=pipeline, exclude_run_id=run.pk)),
         abstain_below=pipeline.abstain_below,
+        quality_grounding=settings.PARSIMONY_QUALITY_GROUNDING,
     )
 
 

@@ -79,6 +79,9 @@ class PipelineConfig:
     retrieval_reference: tuple[float, ...] = ()
     abstain_below: float | None = None
     quality_thresholds: Any = None
+    # The contrastive grounding signal (workers.rag.grounding): after a local generation, one metered prefill
+    # of the question-only prompt and the answer (the hooks' ``question_only_logprobs``). Off: not computed.
+    quality_grounding: bool = False
 
 
 @dataclass
@@ -347,10 +350,19 @@ def _with_quality(
     if result.finish_reason == "cancelled":  # stopped by its user: nothing more is spent on it
         result.citations = citations(chunks, result.answer)
         return result
+    score_alone = getattr(hooks, "question_only_logprobs", None)
+    question_only = None
+    if config.quality_grounding and score_alone is not None and logprobs:
+        stopped = result.finish_reason == "stop"
+
+        def question_only(answer: str) -> Any:
+            return score_alone(question=question, answer=answer, stopped=stopped)
+
     answer, assessed = quality.assess(
         answer=result.answer, finish_reason=result.finish_reason, passages=[chunk.text for chunk in chunks],
         embed=getattr(hooks, "embed_for_quality", None), question=question, retrieval_confidence=confidence,
         thresholds=config.quality_thresholds or quality.Thresholds(), token_logprobs=logprobs,
+        question_only=question_only,
     )
     result.answer, result.quality = answer, assessed.as_dict()
     result.citations = citations(chunks, answer)

@@ -89,6 +89,12 @@ class Quality:
     answer_logprob_mean: float | None = None
     answer_logprob_min: float | None = None
     token_logprobs: list[float] = field(default_factory=list)  # per generated token, rounded
+    # The contrastive grounding signal (workers.rag.grounding; None: not computed): the answer's mean token
+    # log-probability after the question-only prompt, and the generation's mean less it.
+    question_only_logprob_mean: float | None = None
+    grounding_gain: float | None = None
+    span: float | None = None  # 1 / 0: the short answer is / is not found whole in a passage
+    entity_overlap: float | None = None  # share of the answer's entities its question names
     sentences: list[dict[str, Any]] = field(default_factory=list)  # {"text", "score", "passage"}
 
     def as_dict(self) -> dict[str, Any]:
@@ -250,6 +256,80 @@ def question_fit(question: str, answer: str) -> float | None:
     return None
 
 
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
+_ENTITY = re.compile(r"\b(?:[A-Z][\w'-]*|\d[\d,.]*)")
+
+
+def normalize_text(text: str) -> str:
+    """SQuAD's answer normalisation: lowercased, citation markers, punctuation and articles dropped,
+    whitespace collapsed."""
+    text = _PUNCTUATION.sub(" ", _MARKER.sub(" ", text).lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+_ANSWER_IS = re.compile(r"^\W*(?:the\s+)?(?:short\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?\s+is\s*:?\s*",
+                        re.I)
+_COPULA = re.compile(r"\s(?:is|are|was|were)\s+", re.I)
+
+
+def short_answer(answer: str, max_words: int = 8) -> tuple[int, int] | None:
+    """The (start, end) characters of the answer's short answer, or None: its first line's first sentence
+    less an "The answer is:" opening ("The answer is: 14." -> "14"), or the words after its last "is" /
+    "was" / "are" / "were" ("The capital of France is Paris." -> "Paris"), the first of the two (the
+    predicate first without such an opening) that is 1 to ``max_words`` words."""
+    line = _MARKER.sub(lambda m: " " * len(m.group(0)), answer).split("\n")[0]
+    sentences = split_sentences(line)
+    if not sentences:
+        return None
+    start = line.index(sentences[0])
+    end = start + len(sentences[0].rstrip(".!?"))
+    opening = _ANSWER_IS.match(line[start:end])
+    if opening:
+        start += opening.end()
+    candidates = [(start, end)]
+    copulas = list(_COPULA.finditer(line, start, end))
+    if copulas:  # after "The answer is:", what follows; else the predicate first
+        candidates.insert(len(candidates) if opening else 0, (copulas[-1].end(), end))
+    for lo, hi in candidates:
+        words = len(normalize_text(line[lo:hi]).split())
+        if 1 <= words <= max_words:
+            while line[hi - 1:hi].isspace():
+                hi -= 1
+            return lo, hi
+    return None
+
+
+def span_in_passages(answer: str, passages: Sequence[str], max_words: int = 8) -> float:
+    """1.0 when the answer's short answer (``short_answer``) is found whole, normalised and on word
+    boundaries, in a normalised passage; else 0.0. A short answer copied from a passage names something
+    the passages say."""
+    found = short_answer(answer, max_words)
+    span = normalize_text(answer[found[0]:found[1]]) if found else ""
+    if not span:
+        return 0.0
+    needle = f" {span} "
+    return 1.0 if any(needle in f" {normalize_text(p)} " for p in passages) else 0.0
+
+
+def entities(text: str) -> set[str]:
+    """Capitalised words and numbers of ``text`` (a cheap stand-in for named entities), lowercased, less
+    stopwords ("The", "It") and citation markers."""
+    text = _MARKER.sub(" ", text)
+    return {w.lower().rstrip(".,") for w in _ENTITY.findall(text) if w.lower() not in STOPWORDS}
+
+
+def question_entity_overlap(question: str, answer: str) -> float:
+    """Share of the entities of the answer's first sentence that its question names (0 when it names none):
+    an answer made of the question's own names restates it instead of answering."""
+    sentences = split_sentences(answer)
+    found = entities(sentences[0]) if sentences else set()
+    if not found:
+        return 0.0
+    asked = {_stem(w) for w in _WORD.findall(question.lower())}
+    return len({e for e in found if _stem(e) in asked or e in question.lower()}) / len(found)
+
+
 @dataclass(frozen=True)
 class ScoreModel:
     """The support score: a logistic model over an answer's signals, ``sigmoid(intercept + sum(weight x
@@ -260,33 +340,60 @@ class ScoreModel:
     evidence: float = 1.0  # x the evidence score (position-weighted sentence support, 0..1)
     logprob: float = 0.0  # x the answer's mean token log-probability (<= 0)
     misfit: float = 0.0  # x 1 when the answer does not have the form its question asks for (else 0)
+    grounding: float = 0.0  # x the grounding gain (mean log-probability with the passages less without)
+    span: float = 0.0  # x 1 when the short answer is found whole in a passage (``span_in_passages``)
+    entity_overlap: float = 0.0  # x the share of the answer's entities its question names
+    words: float = 0.0  # x the answer's length in words
     # The mean token log-probability assumed when the model's is unknown (a remote endpoint): the design
     # answers' median, so the score then rests on the other signals.
     logprob_default: float = -1.0
+    # The grounding gain assumed when it is unknown (a remote endpoint, the option off): the design answers'
+    # median.
+    grounding_default: float = 0.0
 
-    def score(self, *, evidence: float, logprob_mean: float | None, fit: float | None) -> float:
+    def score(self, *, evidence: float, logprob_mean: float | None, fit: float | None,
+              grounding_gain: float | None = None, span: float = 0.0, entity_overlap: float = 0.0,
+              words: float = 0.0) -> float:
         logprob = self.logprob_default if logprob_mean is None else logprob_mean
-        z = self.intercept + self.evidence * evidence + self.logprob * logprob + self.misfit * (fit == 0.0)
+        gain = self.grounding_default if grounding_gain is None else grounding_gain
+        z = (self.intercept + self.evidence * evidence + self.logprob * logprob + self.misfit * (fit == 0.0)
+             + self.grounding * gain + self.span * span + self.entity_overlap * entity_overlap
+             + self.words * words)
         return 1 / (1 + math.exp(-z))
 
+    def uses_grounding(self) -> bool:
+        return self.grounding != 0.0
 
-# Fitted on the design questions (rag_qa, NQ 1-40 and HotpotQA 1-30; `benchmarks/quality_fit.py --c 10`):
-# the token log-probability was measured and got no weight (it ranked NQ's answers slightly and HotpotQA's
-# inversely; adding it lowered the out-of-fold AUROC), docs/quality.md "Calibration".
+
+# Fitted on the first design set (rag_qa, NQ 1-40 and HotpotQA 1-30; `benchmarks/quality_fit.py --c 10`): the
+# evidence and the question-form misfit. A refit on the larger design split (NQ 1-80, HotpotQA 1-30) over the
+# candidate signals chose evidence + misfit + the mean token log-probability (weight -0.964) and ranked the
+# report split's answers worse than these weights (NQ 0.735 vs 0.763, HotpotQA 0.584 vs 0.640), so it was not
+# adopted; the grounding gain, span presence, entity overlap and length got no weight (docs/quality.md
+# "Calibration").
 SCORE_MODEL = ScoreModel(intercept=-1.875, evidence=1.326, logprob=0.0, misfit=-1.256, logprob_default=-0.582)
 
 
 def answer_signals(
     *, question: str, answer: str, sentences: Sequence[dict[str, Any]], token_logprobs: Sequence[float] | None,
+    passages: Sequence[str] = (), question_only_logprobs: Sequence[float] | None = None,
 ) -> dict[str, float | None]:
-    """What the support score combines (``ScoreModel``): ``evidence``, the scored sentences' mean weighted
+    """What the support score may combine (``ScoreModel``): ``evidence``, the scored sentences' mean weighted
     1, 1/2, 1/3, ... by position (0 for none); ``logprob_mean``, the model's mean token log-probability
-    (None: unknown); ``fit``, ``question_fit``."""
+    (None: unknown); ``fit``, ``question_fit``; ``grounding_gain``, the mean log-probability with the passages
+    less without them (``question_only_logprobs``: the answer scored after the question alone; None:
+    unknown); ``span``, ``span_in_passages``; ``entity_overlap``, ``question_entity_overlap``; ``words``, the
+    answer's length in words."""
     clipped = logprob_fields(token_logprobs)["token_logprobs"]
+    alone = logprob_fields(question_only_logprobs)["token_logprobs"]
     return {
         "evidence": position_mean([float(s["score"]) for s in sentences]) or 0.0,
         "logprob_mean": sum(clipped) / len(clipped) if clipped else None,
         "fit": question_fit(question, answer),
+        "grounding_gain": sum(clipped) / len(clipped) - sum(alone) / len(alone) if clipped and alone else None,
+        "span": span_in_passages(answer, passages),
+        "entity_overlap": question_entity_overlap(question, answer),
+        "words": float(len(_MARKER.sub(" ", answer).split())),
     }
 
 
@@ -351,10 +458,14 @@ def assess(
     thresholds: Thresholds = Thresholds(),
     token_logprobs: Sequence[float] | None = None,
     score_model: ScoreModel | None = None,
+    question_only: Callable[[str], Sequence[float] | None] | None = None,
 ) -> tuple[str, Quality]:
     """(the answer with invalid citation markers removed, its quality). ``passages``: the retrieved texts,
     numbered from 1 as the prompt numbers them; ``question``'s words are not support; ``token_logprobs``: the
-    generated tokens' log-probabilities (None: unknown); ``score_model``: default ``SCORE_MODEL``."""
+    generated tokens' log-probabilities (None: unknown); ``score_model``: default ``SCORE_MODEL``;
+    ``question_only``: the cleaned answer -> its tokens' log-probabilities after the question-only prompt
+    (``workers.rag.grounding``, metered by the caller; None back: unknown), called once for an assessable
+    answer with known ``token_logprobs``."""
     score_model = score_model or SCORE_MODEL
     if finish_reason == ABSTAIN_FINISH_REASON:
         return answer, Quality(label=ABSTAINED, retrieval_confidence=retrieval_confidence)
@@ -366,11 +477,16 @@ def assess(
     )
     scores = [s["score"] for s in sentences]
     support = support_share(scores, thresholds.sentence)
-    signals = answer_signals(question=question, answer=cleaned, sentences=sentences, token_logprobs=token_logprobs)
+    alone = question_only(cleaned) if question_only is not None and scores and token_logprobs else None
+    signals = answer_signals(question=question, answer=cleaned, sentences=sentences, token_logprobs=token_logprobs,
+                             passages=passages, question_only_logprobs=alone)
     score = None
     if scores:
-        score = round(score_model.score(evidence=signals["evidence"] or 0.0, logprob_mean=signals["logprob_mean"],
-                                        fit=signals["fit"]), 4)
+        score = round(score_model.score(
+            evidence=signals["evidence"] or 0.0, logprob_mean=signals["logprob_mean"], fit=signals["fit"],
+            grounding_gain=signals["grounding_gain"], span=signals["span"] or 0.0,
+            entity_overlap=signals["entity_overlap"] or 0.0, words=signals["words"] or 0.0,
+        ), 4)
     elif degenerate:
         score = 0.0
     return cleaned, Quality(
@@ -384,6 +500,10 @@ def assess(
         citations_removed=removed,
         embedded=embedded,
         sentences=sentences,
+        grounding_gain=None if signals["grounding_gain"] is None else round(signals["grounding_gain"], 4),
+        question_only_logprob_mean=logprob_fields(alone)["answer_logprob_mean"],
+        span=signals["span"] if scores else None,
+        entity_overlap=None if not scores else round(signals["entity_overlap"] or 0.0, 4),
         **logprob_fields(token_logprobs),
     )
 
@@ -466,6 +586,11 @@ __all__ = [
     "position_mean",
     "quality_label",
     "rescore",
+    "span_in_passages",
+    "short_answer",
+    "question_entity_overlap",
+    "normalize_text",
+    "entities",
     "retrieval_confidence",
     "sentence_scores",
     "should_abstain",

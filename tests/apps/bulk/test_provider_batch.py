@@ -48,12 +48,12 @@ def server():
 @pytest.fixture
 def pipeline(team_a, server, monkeypatch, settings, tmp_path):
     from apps.corpora.services import corpus_create
-    from apps.rag.services import _QueryHooks
+    from apps.rag.question_runner import QueryHooks
 
     settings.DATA_ROOT = tmp_path
     fake_search_hits(monkeypatch, PASSAGES)
     # The quality check by token overlap alone: no embedding model loads (the endpoint is remote).
-    monkeypatch.setattr(_QueryHooks, "embed_for_quality", lambda self, texts: None)
+    monkeypatch.setattr(QueryHooks, "embed_for_quality", lambda self, texts: None)
     price_set(model_name=PRICE, input_per_mtok=NORMAL_IN, output_per_mtok=NORMAL_OUT,
               batch_input_per_mtok=BATCH_IN, batch_output_per_mtok=BATCH_OUT)
     endpoint_save(team=team_a, name="remote", base_url=server.base_url, model="gpt-4o-mini", api_key="sk-batch",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from apps.costs import metering
@@ -99,3 +101,57 @@ def test_abstain_below_is_validated(team_a, pipeline):
     with pytest.raises(ValidationFailed, match="abstain_below"):
         pipeline_save(team=team_a, name="facts", pipeline=pipeline, model_endpoint="smollm2-135m-instruct",
                       abstain_below=1.5)
+
+
+@pytest.mark.slow  # the real SmolLM2 (and MiniLM)
+def test_the_grounding_prefill_is_metered_and_its_gain_stored(team_a, alice, pipeline, smollm2, monkeypatch,
+                                                              settings):
+    from workers.rag.grounding import question_only_logprobs
+
+    settings.PARSIMONY_QUALITY_GROUNDING = True
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    run = query_run_execute(query_run_id=query_run_start(team=team_a, user=alice, pipeline=pipeline,
+                                                         question=QUESTION).pk)
+    assert run.status == "succeeded" and run.answer.strip()
+    prefill = UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.PREFILL)
+    expected = question_only_logprobs(smollm2, question=QUESTION, answer=run.answer,
+                                      stopped=run.finish_reason == "stop")
+    # The row is the prefill's own: its tokens (question-only prompt + answer) and measured seconds.
+    assert prefill.prompt_tokens == expected.prompt_tokens and prefill.cpu_seconds > 0
+    assert prefill.model_name == pipeline.model_endpoint.price_name
+    alone = sum(expected.logprobs) / len(expected.logprobs)
+    assert run.quality["question_only_logprob_mean"] == pytest.approx(alone, abs=2e-3)
+    assert run.quality["grounding_gain"] == pytest.approx(run.quality["answer_logprob_mean"] - alone, abs=2e-3)
+    assert run.cost == sum(r.cost for r in UsageRecord.objects.filter(query_run_id=run.pk))
+    assert run.reservation.status == "settled" and run.reservation.actual == run.cost
+
+
+@pytest.mark.slow
+def test_without_the_option_or_room_in_the_hold_no_grounding_prefill_runs(team_a, alice, pipeline, smollm2,
+                                                                          monkeypatch, settings):
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    settings.PARSIMONY_QUALITY_GROUNDING = False
+    run = query_run_execute(query_run_id=query_run_start(team=team_a, user=alice, pipeline=pipeline,
+                                                         question=QUESTION).pk)
+    assert run.status == "succeeded" and run.quality["grounding_gain"] is None
+    assert not UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.PREFILL).exists()
+
+    settings.PARSIMONY_QUALITY_GROUNDING = True
+    run = query_run_start(team=team_a, user=alice, pipeline=pipeline, question=QUESTION)
+    from apps.costs.services import BudgetExceeded, holds
+    from apps.rag import question_runner
+
+    # Only the grounding prefill's bound is refused (the generation and embedding grow as usual).
+    monkeypatch.setattr(question_runner, "grounding_bound", lambda **kwargs: Decimal("1000"))
+    extend = holds.reservation_extend
+
+    def refuse_large(*, reservation, amount):
+        if amount >= Decimal("100"):
+            raise BudgetExceeded("test: the budget is at its limit")
+        return extend(reservation=reservation, amount=amount)
+
+    monkeypatch.setattr(holds, "reservation_extend", refuse_large)
+    run = query_run_execute(query_run_id=run.pk)
+    assert run.status == "succeeded" and run.quality["grounding_gain"] is None
+    assert run.quality["answer_logprob_mean"] is not None  # the generation itself ran as usual
+    assert not UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.PREFILL).exists()
