@@ -1,0 +1,80 @@
+"""Two misses of the same question finishing together store one cache entry (PostgreSQL, real threads and
+connections): the unique team + key + question hash, and ``answer_cache_store`` returning the first."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import IntegrityError, connection
+
+from apps.answer_cache import services
+from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome
+from apps.rag.models import QueryRun, QueryStatus
+from apps.rag.services import pipeline_save
+from workers.rag.answer_cache import question_hash
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUESTION = "What is the capital of France?"
+
+
+def _missed_run(team, pipeline, key: str) -> QueryRun:
+    run = QueryRun.objects.create(team=team, pipeline=pipeline, question=QUESTION, status=QueryStatus.SUCCEEDED,
+                                  answer="Paris.", finish_reason="stop", max_output_tokens=16)
+    AnswerCacheLookup.objects.create(team=team, query_run=run, outcome=CacheOutcome.MISS, key=key)
+    return run
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers need PostgreSQL")
+def test_concurrent_identical_misses_store_one_entry(team_a, monkeypatch):
+    pipeline = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[],
+                             retriever="none", max_output_tokens=16)
+    key = services.answer_cache_key(pipeline=pipeline, max_output_tokens=16)
+    runs = [_missed_run(team_a, pipeline, key) for _ in range(4)]
+    # Every thread passes its checks before any inserts: the race the constraint closes.
+    barrier = threading.Barrier(len(runs), timeout=30)
+    settings_of = services._team_settings
+    waited = threading.local()
+
+    def team_settings_then_wait(team):  # (eviction reads the settings again: wait the first time only)
+        found = settings_of(team)
+        if not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+        return found
+
+    monkeypatch.setattr(services, "_team_settings", team_settings_then_wait)
+    stored: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def store(run: QueryRun) -> None:
+        try:
+            entry = services.answer_cache_store(run=QueryRun.objects.get(pk=run.pk))
+            stored[run.pk] = entry.pk
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=store, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    entries = list(AnswerCacheEntry.objects.filter(team=team_a))
+    assert len(entries) == 1
+    assert set(stored.values()) == {entries[0].pk} and len(stored) == len(runs)
+    assert entries[0].source_run_id in {run.pk for run in runs}
+    assert AnswerCacheLookup.objects.filter(stored=True).count() == len(runs)
+
+
+def test_the_database_refuses_a_second_entry_for_the_same_question(team_a):
+    pipeline = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[],
+                             retriever="none", max_output_tokens=16)
+    values = {"team": team_a, "pipeline": pipeline, "key": "k" * 64, "question": QUESTION,
+              "question_hash": question_hash(QUESTION), "answer": "Paris."}
+    AnswerCacheEntry.objects.create(**values)
+    with pytest.raises(IntegrityError):
+        AnswerCacheEntry.objects.create(**values)
