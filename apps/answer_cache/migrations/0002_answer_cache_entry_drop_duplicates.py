@@ -7,7 +7,7 @@ from django.db.models import Count
 def drop_duplicates(apps, schema_editor):
     """Entries stored twice by concurrent misses before the constraint: keep the first of each question."""
     Entry = apps.get_model("answer_cache", "AnswerCacheEntry")
-    groups = (Entry.objects.values("team_id", "key", "question_hash").annotate(n=Count("id")).filter(n__gt=1))
+    groups = Entry.objects.order_by().values("team_id", "key", "question_hash").annotate(n=Count("id")).filter(n__gt=1)
     for group in groups:
         ids = list(Entry.objects.filter(team_id=group["team_id"], key=group["key"],
                                         question_hash=group["question_hash"]).order_by("id").values_list("id", flat=True))

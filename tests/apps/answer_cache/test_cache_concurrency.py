@@ -78,3 +78,28 @@ def test_the_database_refuses_a_second_entry_for_the_same_question(team_a):
     AnswerCacheEntry.objects.create(**values)
     with pytest.raises(IntegrityError):
         AnswerCacheEntry.objects.create(**values)
+
+
+def test_the_migration_keeps_the_first_of_entries_stored_twice(team_a):
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    migration = importlib.import_module("apps.answer_cache.migrations.0002_answer_cache_entry_drop_duplicates")
+    pipeline = pipeline_save(team=team_a, name="plain", model_endpoint="smollm2-135m-instruct", corpora=[],
+                             retriever="none", max_output_tokens=16)
+    constraint = AnswerCacheEntry._meta.constraints[0]
+    with connection.schema_editor() as editor:  # as before the constraint (put back at the end)
+        editor.remove_constraint(AnswerCacheEntry, constraint)
+    try:
+        values = {"team": team_a, "pipeline": pipeline, "key": "k" * 64, "question": QUESTION,
+                  "question_hash": question_hash(QUESTION)}
+        first, _second, _third = (AnswerCacheEntry.objects.create(answer=a, **values) for a in ("one", "two", "three"))
+        other = AnswerCacheEntry.objects.create(answer="other", **{**values, "question_hash": "h" * 64})
+        migration.drop_duplicates(apps, None)
+        assert set(AnswerCacheEntry.objects.values_list("pk", flat=True)) == {first.pk, other.pk}
+    finally:
+        AnswerCacheEntry.objects.filter(team=team_a).delete()
+        with connection.schema_editor() as editor:
+            editor.add_constraint(AnswerCacheEntry, constraint)
