@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import httpcore
 import httpx
-from httpcore._backends.sync import SyncBackend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -132,7 +131,7 @@ def system_resolve(host: str, port: int) -> list[str]:
     return seen
 
 
-class GuardedBackend(SyncBackend):
+class GuardedBackend(httpcore.SyncBackend):
     """httpcore's socket backend, resolving the host itself: every address is checked against the policy
     and the socket connects to a checked address (never resolving the name a second time)."""
 
@@ -171,8 +170,11 @@ def guarded_transport(policy: NetworkPolicy, *, resolve: Resolver = system_resol
                       ) -> httpx.HTTPTransport:
     """An httpx transport whose connections pass ``policy`` (``options``: HTTPTransport's, e.g. verify)."""
     transport = httpx.HTTPTransport(**options)
+    # httpx builds its httpcore pool itself and takes no network backend: ours goes into that pool (a
+    # private attribute, checked here and by tests/workers/runtime/test_net_guard.py against real sockets).
     pool = transport._pool
     assert isinstance(pool, httpcore.ConnectionPool), "guarded transports take no proxy"
+    assert hasattr(pool, "_network_backend"), "httpcore's pool no longer holds its backend there"
     pool._network_backend = GuardedBackend(policy, resolve)
     return transport
 
