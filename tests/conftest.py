@@ -109,6 +109,13 @@ def default_models(transactional_db):
 
 
 @pytest.fixture
+def loopback_endpoints(settings):
+    """Team endpoints may reach the fake OpenAI server on 127.0.0.1 (the operator's exception, as for a
+    self-hosted server): by default a team's endpoint never connects to loopback (docs/operations.md)."""
+    settings.PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1"]
+
+
+@pytest.fixture
 def make_user(db):
     counter = {"n": 0}
 

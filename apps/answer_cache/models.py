@@ -51,7 +51,12 @@ class AnswerCacheEntry(models.Model):
 
     class Meta:
         ordering = ["-last_used_at", "-id"]
-        indexes = [models.Index(fields=["team", "key", "question_hash"]), models.Index(fields=["team", "priority"])]
+        indexes = [models.Index(fields=["team", "priority"])]
+        # One entry per question and key in a team: two misses of the same question finishing together
+        # store one entry (answer_cache_store), and the exact lookup reads through this index.
+        constraints = [
+            models.UniqueConstraint(fields=["team", "key", "question_hash"], name="answer_cache_entry_unique_question")
+        ]
         verbose_name_plural = "answer cache entries"
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max, Sum
 from django.utils import timezone
 
@@ -367,7 +367,9 @@ def answer_cache_evict(*, team: Any) -> int:
 
 def answer_cache_store(*, run: Any) -> AnswerCacheEntry | None:
     """After a missed run finished: label the candidate its lookup was near (the fresh answer agrees with
-    the cached one, or not), then store the answer when it is a good one; evict over the team's limit."""
+    the cached one, or not), then store the answer when it is a good one; evict over the team's limit.
+    Idempotent per question: when a concurrent miss of the same question (same key) stored it first,
+    that entry is returned and no second one is made."""
     from workers.rag.answer_cache import answers_agree, question_hash
     from workers.rag.answer_cache.eviction import eviction_policy
 
@@ -402,7 +404,17 @@ def answer_cache_store(*, run: Any) -> AnswerCacheEntry | None:
     entry.priority = eviction_policy(_policy_name(team_settings)).priority(
         _item(entry, now.timestamp()), now=now.timestamp(), clock=team_settings.clock
     )
-    entry.save()
+    try:
+        with transaction.atomic():  # a savepoint: a conflict leaves any outer transaction usable
+            entry.save()
+    except IntegrityError:
+        # Another miss of the same question stored it first (the unique team + key + question hash): one
+        # entry, the first; this run's answer is not a second copy.
+        existing = AnswerCacheEntry.objects.filter(team=run.team, key=key, question_hash=entry.question_hash).first()
+        if existing is None:  # the conflicting entry was evicted or invalidated since: nothing to add to
+            raise
+        AnswerCacheLookup.objects.filter(pk=lookup.pk).update(stored=True, vector=None)
+        return existing
     AnswerCacheLookup.objects.filter(pk=lookup.pk).update(stored=True, vector=None)
     answer_cache_evict(team=run.team)
     return entry

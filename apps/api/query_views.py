@@ -30,7 +30,7 @@ from apps.core.errors import ValidationFailed
 from apps.costs.money_format import money_str
 from apps.rag import selectors as rag_selectors
 from apps.rag import services as rag_services
-from apps.rag.models import QualityLabel
+from apps.rag.models import QualityLabel, QueryOrigin
 
 QUALITY_HELP = (
     "grounded (the answer's sentences are supported by the retrieved passages) | weak (partly) | unsupported "
@@ -43,6 +43,7 @@ QUALITY_HELP = (
 class QueryRunOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     status = serializers.CharField()
+    origin = serializers.CharField(help_text="ask (a person or client asked), evaluation or bulk (a job's row)")
     pipeline = serializers.CharField(source="pipeline.name", allow_null=True, default=None)
     model = serializers.CharField(source="endpoint.name", allow_null=True, default=None)
     question = serializers.CharField()
@@ -139,6 +140,8 @@ class QueryListView(APIView):
         parameters=[
             OpenApiParameter("quality", str, enum=[*QualityLabel.values, "none"],
                              description="Only runs with this quality label (none: not assessed)"),
+            OpenApiParameter("origin", str, enum=[*QueryOrigin.values, "all"],
+                             description="Only runs asked this way (default ask: not evaluation or bulk job rows)"),
         ],
         responses=list_of(QueryRunOutputSerializer),
         summary="The team's queries, newest first",
@@ -150,7 +153,14 @@ class QueryListView(APIView):
                 f"unknown quality {quality!r} (valid: {', '.join([*QualityLabel.values, 'none'])})",
                 detail={"fields": {"quality": quality}},
             )
-        runs = rag_selectors.query_run_list(team=request.team, quality=quality)
+        origin = request.query_params.get("origin", QueryOrigin.ASK)
+        if origin not in [*QueryOrigin.values, "all"]:
+            raise ValidationFailed(
+                f"unknown origin {origin!r} (valid: {', '.join([*QueryOrigin.values, 'all'])})",
+                detail={"fields": {"origin": origin}},
+            )
+        runs = rag_selectors.query_run_list(team=request.team, quality=quality,
+                                            origin=None if origin == "all" else origin)
         return paginated_response(
             self, request, runs, QueryRunOutputSerializer,
             page_context=lambda runs: {

@@ -103,6 +103,7 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
     ("/api/v1/corpora", "Corpora", "Document collections and their indexes; search a corpus"),
     ("/api/v1/pipelines", "Pipelines", "RAG pipelines: retrieval, compression, prompting and model settings"),
     ("/api/v1/queries", "Queries", "Ask a pipeline: the answer, its citations and its cost"),
+    ("/api/v1/conversations", "Conversations", "Your threads of questions and follow-ups: turns and cost, delete"),
     ("/api/v1/agent-runs", "Agent runs", "Run an agent on a request: its steps, tool calls and cost"),
     ("/api/v1/agents", "Agents", "Agents: a model, the team's tools and their limits"),
     ("/api/v1/tools", "Tools", "The tool library agents choose from"),
@@ -119,8 +120,8 @@ RESOURCE_TAGS: list[tuple[str, str, str]] = [
 
 
 TAG_ORDER = [
-    "Account", "Corpora", "Documents", "Pipelines", "Queries", "Bulk jobs", "Agents", "Agent runs", "Tools", "Usage",
-    "Budgets", "Model endpoints", "Evaluations", "Jobs", "OpenAI-compatible",
+    "Account", "Corpora", "Documents", "Pipelines", "Queries", "Conversations", "Bulk jobs", "Agents", "Agent runs",
+    "Tools", "Usage", "Budgets", "Model endpoints", "Evaluations", "Jobs", "OpenAI-compatible",
 ]
 
 

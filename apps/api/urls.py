@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from apps.api import (
     agent_views,
     bulk_views,
+    conversation_views,
     corpora_views,
     costs_views,
     endpoint_views,
@@ -59,6 +60,9 @@ urlpatterns = [
     ),
     path("v1/queries", query_views.QueryListView.as_view(), name="api-queries"),
     path("v1/queries/<int:query_id>", query_views.QueryDetailView.as_view(), name="api-query"),
+    path("v1/conversations", conversation_views.ConversationListView.as_view(), name="api-conversations"),
+    path("v1/conversations/<int:conversation_id>", conversation_views.ConversationDetailView.as_view(),
+         name="api-conversation"),
     path("v1/bulk-jobs", bulk_views.BulkJobListView.as_view(), name="api-bulk-jobs"),
     path("v1/bulk-jobs/<int:bulk_job_id>", bulk_views.BulkJobDetailView.as_view(), name="api-bulk-job"),
     path("v1/bulk-jobs/<int:bulk_job_id>/results", bulk_views.BulkJobResultsView.as_view(), name="api-bulk-results"),

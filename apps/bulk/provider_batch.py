@@ -58,11 +58,12 @@ class ProviderWait:
 
 
 def endpoint_config(endpoint: ModelEndpoint) -> Any:
-    from apps.costs.metering import endpoint_api_key
+    from apps.costs.metering import endpoint_api_key, endpoint_network_policy
     from workers.runtime.openai_compat import OpenAICompatConfig
 
     return OpenAICompatConfig(base_url=endpoint.base_url, model=endpoint.remote_model or endpoint.name,
-                              api_key=endpoint_api_key(endpoint), name=endpoint.name)
+                              api_key=endpoint_api_key(endpoint), name=endpoint.name,
+                              network_policy=endpoint_network_policy(endpoint))
 
 
 def poll_interval_s() -> float:

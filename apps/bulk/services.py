@@ -40,7 +40,7 @@ from apps.costs.services import LedgerContext, price_current, reservation_settle
 from apps.costs.services.budgets import reservation_shrink
 from apps.costs.services.holds import hold_open
 from apps.costs.tokens import endpoint_context_window, text_tokens_bound
-from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
+from apps.rag.models import Pipeline, QueryOrigin, QueryRun, QueryStatus, Retriever
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def _run_open(bulk: BulkJob, row: BulkRow) -> tuple[QueryRun, Any]:
     endpoint = pipeline.model_endpoint
     run = QueryRun.objects.create(
         team=bulk.team, pipeline=pipeline, endpoint=endpoint, user=bulk.created_by, api_key=bulk.api_key,
-        reservation=bulk.reservation, question=row.question, status=QueryStatus.RUNNING,
+        reservation=bulk.reservation, question=row.question, status=QueryStatus.RUNNING, origin=QueryOrigin.BULK,
         max_output_tokens=max(1, min(pipeline.max_output_tokens, endpoint.max_output_tokens)),
     )
     BulkRow.objects.filter(pk=row.pk).update(query_run=run)

@@ -6,7 +6,9 @@ names the variable, instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -69,6 +71,25 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def env_private_networks(name: str) -> list[str]:
+    """A comma-separated list of addresses, networks (CIDR) or host names (the outbound network policy's
+    exceptions, workers/runtime/net_guard.py); each entry checked here so a typo stops start-up."""
+    entries = env_list(name, [])
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry.lower().rstrip(".")):
+                raise ImproperlyConfiguredEnv(
+                    f"{name}: {entry!r} is neither an address, a network (CIDR, e.g. 10.0.0.0/8) nor a host name"
+                ) from None
+    return entries
 
 
 def env_path(name: str, default: Path) -> Path:

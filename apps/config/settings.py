@@ -17,6 +17,7 @@ from apps.config.env import (
     env_int,
     env_list,
     env_path,
+    env_private_networks,
     env_str,
     secret_key_from_env_or_file,
 )
@@ -369,6 +370,10 @@ if not (0.0 < PARSIMONY_ANSWER_CACHE_ERROR_BOUND < 1.0 and 0.0 < PARSIMONY_ANSWE
 # `http` tools: the transport timeout and the largest response read (hosts: the admin's allow-list).
 PARSIMONY_AGENT_HTTP_TIMEOUT_S = env_float("PARSIMONY_AGENT_HTTP_TIMEOUT_S", 10.0)
 PARSIMONY_AGENT_HTTP_MAX_BYTES = env_int("PARSIMONY_AGENT_HTTP_MAX_BYTES", 1_000_000, minimum=1)
+# `http` tools never connect to private, loopback, link-local (cloud metadata) or other non-public
+# addresses, whatever their host resolves to, except these: addresses, networks (CIDR) or exact host
+# names, comma-separated (workers/runtime/net_guard.py; docs/operations.md#outbound-connections).
+PARSIMONY_AGENT_HTTP_ALLOWED_PRIVATE_NETWORKS = env_private_networks("PARSIMONY_AGENT_HTTP_ALLOWED_PRIVATE_NETWORKS")
 
 # --- Secrets at rest (model endpoints' API keys, apps/core/secrets.py; docs/operations.md) ---------
 # The key API keys are encrypted under (Fernet, HKDF-derived); blank: SECRET_KEY. Rotation: move the
@@ -377,3 +382,7 @@ PARSIMONY_SECRETS_KEY = env_str("PARSIMONY_SECRETS_KEY", "") or ""
 PARSIMONY_SECRETS_KEY_PREVIOUS = env_list("PARSIMONY_SECRETS_KEY_PREVIOUS", [])
 # A model endpoint's "Test connection": the longest it may take (seconds).
 PARSIMONY_ENDPOINT_TEST_TIMEOUT_S = env_float("PARSIMONY_ENDPOINT_TEST_TIMEOUT_S", 10.0)
+# A team's own model endpoints (not the operator's global ones) never connect to private, loopback,
+# link-local (cloud metadata) or other non-public addresses, except these: addresses, networks (CIDR)
+# or exact host names, comma-separated — e.g. "10.0.5.0/24,llm.internal" for a self-hosted vLLM.
+PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS = env_private_networks("PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS")

@@ -12,7 +12,8 @@ from typing import Any
 from django.conf import settings
 
 from apps.core.errors import ServiceError
-from apps.costs.metering import endpoint_api_key, model_call
+from apps.core.network import ENDPOINTS
+from apps.costs.metering import endpoint_api_key, endpoint_network_policy, model_call
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint
 from apps.costs.services.ledger import LedgerContext
 
@@ -39,13 +40,20 @@ def _list_models(endpoint: ModelEndpoint, api_key: str | None, timeout_s: float)
     """(HTTP status or None, JSON body or None, error text) of GET {base_url}/models."""
     import httpx
 
+    from workers.runtime.net_guard import blocked_message, guarded_transport
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    policy = endpoint_network_policy(endpoint)
+    transport = guarded_transport(policy) if policy is not None else None
     try:
-        response = httpx.get(endpoint.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s,
-                             follow_redirects=False)
+        with httpx.Client(transport=transport, follow_redirects=False, timeout=timeout_s) as client:
+            response = client.get(endpoint.base_url.rstrip("/") + "/models", headers=headers)
     except httpx.TimeoutException:
         return None, None, f"no answer within {timeout_s:g} s"
     except httpx.HTTPError as exc:
+        blocked = blocked_message(exc)
+        if blocked is not None:
+            return None, None, f"refused: {blocked} (the operator's setting {ENDPOINTS} lists the allowed exceptions)"
         return None, None, f"could not connect ({type(exc).__name__}: {exc})"
     try:
         body = response.json()

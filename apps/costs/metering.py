@@ -95,8 +95,20 @@ def endpoint_target(endpoint: ModelEndpoint):
             api_key=api_key,
             name=endpoint.name,
             tokenizer=tokenizer,
+            network_policy=endpoint_network_policy(endpoint),
         )
     raise ValidationFailed(f"model {endpoint.name!r} has an unknown kind {endpoint.kind!r}")
+
+
+def endpoint_network_policy(endpoint: ModelEndpoint):
+    """A team's own endpoint connects only to public addresses or the operator's exceptions
+    (``PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS``); a global one (``team=None``, the operator's) is
+    not restricted: None."""
+    if endpoint.team_id is None:
+        return None
+    from apps.core.network import ENDPOINTS, network_policy
+
+    return network_policy(setting=ENDPOINTS)
 
 
 def endpoint_api_key(endpoint: ModelEndpoint) -> str | None:

@@ -29,7 +29,7 @@ from apps.costs.services import LedgerContext, price_current
 from apps.costs.services.holds import Hold, hold_open
 from apps.evaluations.models import EvalRow, EvalRun, EvalSet, EvalSource
 from apps.evaluations.parsing import SHIPPED_SETS, eval_items_parse, shipped_items
-from apps.rag.models import Pipeline, QueryRun, Retriever
+from apps.rag.models import Pipeline, QueryOrigin, QueryRun, Retriever
 from workers.rag.answer_metrics import contained, exact_match, f1_score
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def _run_row(*, run: EvalRun, row: EvalRow, pipeline: Pipeline, context: LedgerC
     endpoint = pipeline.model_endpoint
     query = QueryRun.objects.create(
         team=run.team, pipeline=pipeline, endpoint=endpoint, user=context.user, api_key=context.api_key,
-        reservation=hold.reservation, question=row.question,
+        reservation=hold.reservation, question=row.question, origin=QueryOrigin.EVALUATION,
         max_output_tokens=max(1, min(pipeline.max_output_tokens, endpoint.max_output_tokens)),
     )
     EvalRow.objects.filter(pk=row.pk).update(query_run=query, status=JobStatus.RUNNING)

@@ -114,6 +114,15 @@ class QueryStatus(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class QueryOrigin(models.TextChoices):
+    """What asked the question: a person or client (the Ask page's history and the query list show these),
+    or a background job's row (evaluations, bulk jobs: in their own results, the ledger and usage)."""
+
+    ASK = "ask"
+    EVALUATION = "evaluation"
+    BULK = "bulk"
+
+
 FINISHED_QUERY_STATUSES = (QueryStatus.SUCCEEDED, QueryStatus.FAILED, QueryStatus.CANCELLED)
 
 
@@ -169,6 +178,7 @@ class QueryRun(models.Model):
         help_text="This request's decoding overrides (temperature, top_p, stop), over the pipeline's",
     )
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    origin = models.CharField(max_length=16, choices=QueryOrigin.choices, default=QueryOrigin.ASK, db_index=True)
     status = models.CharField(max_length=16, choices=QueryStatus.choices, default=QueryStatus.QUEUED, db_index=True)
     answer = models.TextField(blank=True, help_text="Grows while the answer streams")
     finish_reason = models.CharField(max_length=32, blank=True)

@@ -17,7 +17,7 @@ from apps.core.models import Job
 from apps.core.scoping import team_object_or_404, team_scoped
 from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, UsageRecord
 from apps.costs.pricing import money
-from apps.rag.models import Pipeline, QueryRun, QueryStatus, Retriever
+from apps.rag.models import Pipeline, QueryOrigin, QueryRun, QueryStatus, Retriever
 
 
 def pipeline_list(*, team) -> QuerySet[Pipeline]:
@@ -60,11 +60,16 @@ def pipeline_prefill_job_latest(*, pipeline: Pipeline) -> Job | None:
     )
 
 
-def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None) -> QuerySet[QueryRun]:
-    """The team's runs; ``quality``: only those with that label ("none": not assessed)."""
+def query_run_list(*, team, user=None, pipeline=None, quality: str | None = None,
+                   origin: str | None = QueryOrigin.ASK) -> QuerySet[QueryRun]:
+    """The team's runs; ``quality``: only those with that label ("none": not assessed); ``origin``: only
+    those asked that way — by default the questions people and clients asked, not evaluation or bulk
+    job rows (None: all)."""
     runs = team_scoped(QueryRun, team).select_related(
         "pipeline", "endpoint", "user", "api_key", "cache_lookup__entry"
     )
+    if origin is not None:
+        runs = runs.filter(origin=origin)
     if quality:
         runs = runs.filter(quality_label="" if quality == "none" else quality)
     if user is not None:
@@ -112,7 +117,7 @@ def ledger_with_quality_label(records: QuerySet[UsageRecord]) -> QuerySet[UsageR
 
 
 def query_run_get(*, team, query_run_id: int) -> QueryRun:
-    return team_object_or_404(query_run_list(team=team), team, pk=query_run_id)
+    return team_object_or_404(query_run_list(team=team, origin=None), team, pk=query_run_id)
 
 
 def query_run_stages(*, run: QueryRun) -> list[dict]:

@@ -10,6 +10,7 @@ from apps.config.env import (
     database_from_url,
     env_bool,
     env_int,
+    env_private_networks,
     secret_key_from_env_or_file,
 )
 
@@ -30,6 +31,14 @@ def test_it_rejects_a_non_integer(monkeypatch):
     monkeypatch.setenv("X_NUM", "ten")
     with pytest.raises(ImproperlyConfiguredEnv, match="X_NUM='ten' is not an integer"):
         env_int("X_NUM", 3)
+
+
+def test_private_network_exceptions_are_addresses_networks_or_host_names(monkeypatch):
+    monkeypatch.setenv("X_NETS", "10.0.5.0/24, 127.0.0.1,[::1],llm.internal")
+    assert env_private_networks("X_NETS") == ["10.0.5.0/24", "127.0.0.1", "[::1]", "llm.internal"]
+    monkeypatch.setenv("X_NETS", "10.0.0.0/8,http://llm.internal")
+    with pytest.raises(ImproperlyConfiguredEnv, match="X_NETS: 'http://llm.internal' is neither"):
+        env_private_networks("X_NETS")
 
 
 def test_it_parses_postgres_and_sqlite_urls(tmp_path):

@@ -74,7 +74,7 @@ def _visit(page, base: str, urls: list[str], folder: Path, width: int) -> list:
 
 
 def test_every_page_fits_at_1280_and_390_px_and_an_owner_adds_an_endpoint(
-    live_server, browser, shots_dir, team_objects, team_a, alice  # noqa: F811
+    live_server, browser, shots_dir, team_objects, team_a, alice, loopback_endpoints  # noqa: F811
 ):
     from apps.costs.models import ModelEndpoint
 

@@ -2,8 +2,10 @@
 
 The URL may hold ``{placeholders}`` filled from the arguments (URL-quoted); the remaining
 arguments go in the query string (GET) or as a JSON body (POST). Redirects are not followed
-(a redirect could leave the allow-list). The body is read in chunks and the call fails as
-soon as it passes ``max_bytes``.
+(a redirect could leave the allow-list). With a ``network_policy`` (the Django side always passes one)
+the connection is made only to public addresses, or the private ones the policy allows, checked on
+every address the host resolves to when connecting (``workers.runtime.net_guard``). The body is read
+in chunks and the call fails as soon as it passes ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+from workers.runtime.net_guard import NetworkPolicy, blocked_message, guarded_transport
 
 METHODS = ("GET", "POST")
 
@@ -90,6 +94,7 @@ def http_call(
     max_bytes: int,
     headers: dict[str, str] | None = None,
     transport: httpx.BaseTransport | None = None,
+    network_policy: NetworkPolicy | None = None,
 ) -> Any:
     """Call the endpoint; return its JSON (or text). Raises HttpToolError with a readable reason."""
     method = method.upper()
@@ -99,6 +104,8 @@ def http_call(
     check_url(url, allowed_hosts=allowed)
     target, params, body = build_request(url, method, arguments)
     check_url(target, allowed_hosts=allowed)  # placeholders must not smuggle in another host
+    if transport is None and network_policy is not None:
+        transport = guarded_transport(network_policy)
     received = bytearray()
     try:
         with httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False, transport=transport) as client:
@@ -115,6 +122,9 @@ def http_call(
     except httpx.TimeoutException as exc:
         raise HttpToolError(f"timed out after {timeout_s:g} s") from exc
     except httpx.HTTPError as exc:
+        blocked = blocked_message(exc)
+        if blocked is not None:
+            raise HttpToolError(f"refused by the network policy: {blocked}") from exc
         raise HttpToolError(f"request failed: {exc}") from exc
     text = received.decode("utf-8", errors="replace")
     if 300 <= status < 400:

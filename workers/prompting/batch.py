@@ -2,9 +2,10 @@
 
 Plain data in, plain data out (no Django): ``build_batch_messages`` packs k questions, each with its own
 retrieved passages numbered as the naive prompt numbers them, behind one shared instruction;
-``parse_batch_answers`` reads the numbered answers ("A1: ...") back robustly, and returns None for every
-question whose answer cannot be told apart (missing, empty, given twice, or run together with another's
-text without its own marker): the caller answers those one at a time (the fallback).
+``parse_batch_answers`` reads the numbered answers ("A1: ...") back strictly, and returns None for every
+question whose answer cannot be told apart (missing, empty, given twice, numbered out of sequence, or run
+together with another's text without its own marker): the caller answers those one at a time (the
+fallback).
 
 ``allocate`` splits a batch call's exact cost (or its tokens) between its questions so the shares sum to
 the whole exactly, remainders given deterministically (largest remainder, then the lower index).
@@ -69,24 +70,32 @@ _MARKER = re.compile(r"(?:^|(?<=[\s*>|;,.]))\**(?:A|Answer\s*)(\d{1,2})\s*\**\s*
 
 
 def parse_batch_answers(text: str, k: int) -> list[str | None]:
-    """The k answers of a batch reply, by their numbers (so a reordered reply still parses); None for
-    each that cannot be trusted: missing, empty, or numbered more than once. Text before the first
-    marker is ignored; a number outside 1..k is not an answer (its text is not given to another)."""
+    """The k answers of a batch reply; None for each that cannot be trusted to be its question's own.
+
+    Strict: the markers must run A1, A2, A3, ... in the reply's order. Question n gets an answer only when
+    its marker is the n-th one and every marker before it is numbered in sequence; from the first marker
+    out of sequence (a gap, a repeat, a number going back, one outside 1..k) the rest of the reply is
+    nobody's (its numbering no longer says which question an answer is for), and a number given twice
+    anywhere is None. Missing or empty answers, echoes of the template, and one answer given to every
+    question are None too. Text before the first marker is ignored. The caller answers each None alone
+    (the fallback)."""
     if k < 1:
         raise ValueError("k must be at least 1")
-    if k == 1 and not _MARKER.search(text or ""):
-        answer = (text or "").strip()
+    text = text or ""
+    if k == 1 and not _MARKER.search(text):
+        answer = text.strip()
         return [answer or None]
-    found: dict[int, list[str]] = {}
-    marks = list(_MARKER.finditer(text or ""))
-    for index, mark in enumerate(marks):
+    marks = list(_MARKER.finditer(text))
+    numbers = [int(mark.group(1)) for mark in marks]
+    answers: list[str | None] = [None] * k
+    for index, (mark, number) in enumerate(zip(marks, numbers, strict=True)):
+        if number != index + 1 or number > k:
+            break  # out of sequence: the numbering cannot be trusted from here on
+        if numbers.count(number) > 1:
+            continue  # given twice (here and later): neither is surely this question's
         end = marks[index + 1].start() if index + 1 < len(marks) else len(text)
-        found.setdefault(int(mark.group(1)), []).append(_clean(text[mark.end():end]))
-    answers: list[str | None] = []
-    for n in range(1, k + 1):
-        given = found.get(n, [])
-        answer = given[0] if len(given) == 1 else ""
-        answers.append(None if _echo(answer, k) else answer)
+        answer = _clean(text[mark.end():end])
+        answers[number - 1] = None if _echo(answer, k) else answer
     if k > 1 and len({a for a in answers if a is not None}) == 1 and None not in answers:
         return [None] * k  # one answer to every question: the model did not tell them apart
     return answers

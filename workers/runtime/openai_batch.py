@@ -86,13 +86,27 @@ def _client(config: OpenAICompatConfig) -> Any:
 
     # The SDK refuses to start without a key; a keyless local server gets a placeholder (never sent anywhere
     # else: the base URL is the endpoint's own).
+    http_client = None
+    if config.network_policy is not None:
+        # A team's endpoint: the same connect-time address guard as chat calls (workers/runtime/net_guard.py).
+        import httpx
+
+        from workers.runtime.net_guard import guarded_transport
+
+        http_client = httpx.Client(transport=guarded_transport(config.network_policy), timeout=config.timeout_s)
     return OpenAI(base_url=config.base_url.rstrip("/"), api_key=config.api_key or "none",
-                  timeout=config.timeout_s, max_retries=2, default_headers=config.extra_headers or None)
+                  timeout=config.timeout_s, max_retries=2, default_headers=config.extra_headers or None,
+                  http_client=http_client)
 
 
 def _endpoint_error(exc: Exception) -> EndpointError:
     import openai
 
+    from workers.runtime.net_guard import blocked_message
+
+    blocked = blocked_message(exc)
+    if blocked is not None:  # a refused address: not retried, the job fails (docs/operations.md)
+        return EndpointError(f"refused by the network policy: {blocked}", blocked=True)
     if isinstance(exc, openai.APIStatusError):
         return EndpointError(str(getattr(exc, "message", exc)), status=exc.status_code,
                              body=getattr(exc.response, "text", None))

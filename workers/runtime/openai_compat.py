@@ -17,12 +17,15 @@ from typing import Any
 
 import httpx
 
+from workers.runtime.net_guard import NetworkPolicy, blocked_message, guarded_transport
+
 
 class EndpointError(Exception):
     """The endpoint refused or failed a request. `status` is None for transport failures."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, body: str | None = None, partial: str = ""
+        self, message: str, *, status: int | None = None, body: str | None = None, partial: str = "",
+        blocked: bool = False,
     ) -> None:
         super().__init__(f"{status} {message}" if status is not None else message)
         self.status = status
@@ -30,9 +33,13 @@ class EndpointError(Exception):
         self.body = body
         # Text already streamed before a mid-stream failure (the caller still pays for it).
         self.partial = partial
+        # The network policy refused the endpoint's address (net_guard): retrying cannot help.
+        self.blocked = blocked
 
     @property
     def retryable(self) -> bool:
+        if self.blocked:
+            return False
         # Transport errors, rate limits and server errors may pass; 4xx (bad key, bad model) won't.
         return self.status is None or self.status in (408, 409, 429) or self.status >= 500
 
@@ -53,6 +60,8 @@ class OpenAICompatConfig:
     name: str | None = None
     tokenizer: Any = field(default=None, repr=False, compare=False)
     extra_headers: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Set for endpoints a team chose: connections only to public addresses, or those the policy allows.
+    network_policy: NetworkPolicy | None = field(default=None, repr=False, compare=False)
 
     @property
     def display_name(self) -> str:
@@ -97,6 +106,13 @@ def _parse_usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None, 
     return usage.get("prompt_tokens"), usage.get("completion_tokens"), cached if cached is not None else 0
 
 
+def _transport_error(exc: httpx.HTTPError) -> EndpointError:
+    blocked = blocked_message(exc)
+    if blocked is not None:
+        return EndpointError(f"refused by the network policy: {blocked}", blocked=True)
+    return EndpointError(f"request failed: {exc}")
+
+
 def _error_message(response: httpx.Response) -> str:
     body = response.text
     try:
@@ -119,11 +135,14 @@ class OpenAICompatClient:
         headers = {"Content-Type": "application/json", **config.extra_headers}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
+        if transport is None and config.network_policy is not None:
+            transport = guarded_transport(config.network_policy)
         self._http = httpx.Client(
             base_url=config.base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s),
             transport=transport,
+            follow_redirects=False,
         )
 
     def __enter__(self) -> OpenAICompatClient:
@@ -188,7 +207,7 @@ class OpenAICompatClient:
         except httpx.TimeoutException as exc:
             raise EndpointError(f"timed out: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise EndpointError(f"request failed: {exc}") from exc
+            raise _transport_error(exc) from exc
         if response.status_code >= 400:
             raise EndpointError(_error_message(response), status=response.status_code, body=response.text)
         try:
@@ -271,7 +290,7 @@ class OpenAICompatClient:
         except httpx.TimeoutException as exc:
             raise EndpointError(f"timed out: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise EndpointError(f"request failed: {exc}") from exc
+            raise _transport_error(exc) from exc
         prompt, completion, cached = _parse_usage(usage)
         return ChatCompletion(
             text="".join(pieces),

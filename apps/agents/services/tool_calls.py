@@ -17,6 +17,7 @@ from django.db import connection
 from apps.agents.models import Tool, ToolKind
 from apps.agents.selectors import http_allowed_hosts
 from apps.core.errors import ValidationFailed
+from apps.core.network import HTTP_TOOLS, network_policy
 
 ToolFunction = Callable[[dict[str, Any]], Any]
 
@@ -55,13 +56,14 @@ def tool_callable(*, tool: Tool) -> ToolFunction:
         return lambda arguments: function(**arguments)
     if tool.kind == ToolKind.HTTP:
         allowed = http_allowed_hosts()
+        policy = network_policy(setting=HTTP_TOOLS)
         url, method = tool.config.get("url", ""), tool.config.get("method", "GET")
 
         def call_http(arguments: dict[str, Any]) -> Any:
             return http_call(
                 url=url, method=method, arguments=arguments, allowed_hosts=allowed,
                 timeout_s=settings.PARSIMONY_AGENT_HTTP_TIMEOUT_S,
-                max_bytes=settings.PARSIMONY_AGENT_HTTP_MAX_BYTES,
+                max_bytes=settings.PARSIMONY_AGENT_HTTP_MAX_BYTES, network_policy=policy,
             )
 
         return call_http

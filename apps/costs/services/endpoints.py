@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, ValidationFailed
+from apps.core.network import ENDPOINTS, url_refusal
 from apps.core.secrets import secret_encrypt, secret_hint
 from apps.costs.models import EndpointKind, ModelEndpoint, Price
 from apps.costs.services.prices import price_set
@@ -57,6 +58,9 @@ def _check_values(*, team, endpoint: ModelEndpoint | None, name: str, base_url: 
         URLValidator(schemes=["http", "https"])(base_url)
     except DjangoValidationError as exc:
         raise _fail("base_url", "the base URL must be an http(s) URL, e.g. https://api.openai.com/v1") from exc
+    refusal = url_refusal(url=base_url, setting=ENDPOINTS)
+    if refusal is not None:
+        raise _fail("base_url", f"the base URL is not allowed: {refusal}", code="address_not_allowed")
     if not model or len(model) > 200:
         raise _fail("model", "name the model to send (1 to 200 characters), e.g. gpt-4o-mini")
     if not 1 <= max_output_tokens <= context_window:

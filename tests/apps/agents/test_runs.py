@@ -123,6 +123,20 @@ def test_an_http_tool_is_refused_once_its_host_leaves_the_allow_list(team_a):
         call({"city": "Paris"})
 
 
+def test_an_http_tool_never_reaches_a_private_address_even_when_allow_listed(team_a, settings):
+    from workers.agent.http_tool import HttpToolError
+
+    services.http_host_allow(host="169.254.169.254")
+    tool = services.tool_create(
+        team=team_a, name="metadata", description="Instance metadata.", kind="http",
+        config={"url": "http://169.254.169.254/latest/{path}"},
+        parameters={"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    )
+    call = services.tool_callable(tool=tool)
+    with pytest.raises(HttpToolError, match="refused by the network policy: 169.254.169.254 is a private"):
+        call({"path": "meta-data"})
+
+
 def test_an_openai_endpoint_agent_uses_native_tool_calling(team_a, builtin_tools, monkeypatch, make_agent):
     from apps.costs.services import price_set
     from workers.runtime.openai_compat import OpenAICompatClient, OpenAICompatConfig

@@ -46,7 +46,7 @@ def server():
 
 
 @pytest.fixture
-def pipeline(team_a, server, monkeypatch, settings, tmp_path):
+def pipeline(team_a, server, monkeypatch, settings, tmp_path, loopback_endpoints):
     from apps.corpora.services import corpus_create
     from apps.rag.question_runner import QueryHooks
 
@@ -289,3 +289,21 @@ def test_a_provider_that_cannot_be_reached_while_polling_is_polled_again_later(
     assert done.status == "succeeded" and (done.rows_done, done.rows_failed) == (2, 1)
     assert (server.uploads, server.creates) == (1, 1)
     Job.objects.filter(pk=done.job_id).update(status="succeeded")
+
+
+def test_the_provider_client_keeps_to_the_network_policy(server):
+    """A team endpoint's batch calls pass the same address guard as its chat calls: loopback is refused
+    unless the operator allows it, and the refusal is final (not polled again)."""
+    from workers.runtime import openai_batch
+    from workers.runtime.net_guard import NetworkPolicy
+    from workers.runtime.openai_compat import EndpointError, OpenAICompatConfig
+
+    config = OpenAICompatConfig(base_url=server.base_url, model="gpt-4o-mini", api_key="sk-batch",
+                                network_policy=NetworkPolicy())
+    with pytest.raises(EndpointError) as refused:
+        openai_batch.file_upload(config, data=b"{}\n", filename="batch.jsonl")
+    assert refused.value.blocked and not refused.value.retryable
+    assert "network policy" in str(refused.value)
+    allowed = OpenAICompatConfig(base_url=server.base_url, model="gpt-4o-mini", api_key="sk-batch",
+                                 network_policy=NetworkPolicy.from_entries(["127.0.0.1"]))
+    assert openai_batch.file_upload(allowed, data=b"{}\n", filename="batch.jsonl")

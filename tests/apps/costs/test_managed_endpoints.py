@@ -117,7 +117,7 @@ def test_an_endpoint_in_use_is_not_deleted(team_a, gpt4o_price):
     assert ModelEndpoint.objects.filter(pk=endpoint.pk).exists()
 
 
-def test_the_connection_test_meters_a_one_token_completion(team_a, alice, gpt4o_price):
+def test_the_connection_test_meters_a_one_token_completion(team_a, alice, gpt4o_price, loopback_endpoints):
     with FakeOpenAIServer() as server:
         endpoint = _save(team_a, base_url=server.base_url)
         result = endpoint_test(endpoint=endpoint, team=team_a, user=alice)
@@ -127,7 +127,7 @@ def test_the_connection_test_meters_a_one_token_completion(team_a, alice, gpt4o_
     assert record.completion_tokens == 1 and record.cost == result.cost > 0
 
 
-def test_the_connection_test_reports_a_closed_port_and_a_missing_model(team_a, gpt4o_price):
+def test_the_connection_test_reports_a_closed_port_and_a_missing_model(team_a, gpt4o_price, loopback_endpoints):
     import socket
 
     with socket.socket() as sock:
@@ -143,7 +143,7 @@ def test_the_connection_test_reports_a_closed_port_and_a_missing_model(team_a, g
     assert not UsageRecord.objects.filter(pipeline_name="endpoint-test").exists()
 
 
-def test_the_connection_test_lists_models_for_free(team_a, gpt4o_price):
+def test_the_connection_test_lists_models_for_free(team_a, gpt4o_price, loopback_endpoints):
     with FakeOpenAIServer(models=["gpt-4o-mini"]) as server:
         endpoint = _save(team_a, base_url=server.base_url)
         result = endpoint_test(endpoint=endpoint, team=team_a)
@@ -193,7 +193,7 @@ def test_rest_managing_needs_the_admin_scope_and_global_endpoints_are_read_only(
     assert admin.get(f"/api/v1/model-endpoints/{other.pk}").status_code == 404
 
 
-def test_rest_prices_search_and_test(api_client, team_a, make_api_key, gpt4o_price):
+def test_rest_prices_search_and_test(api_client, team_a, make_api_key, gpt4o_price, loopback_endpoints):
     client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
     found = client.get("/api/v1/prices?search=gpt-4o").json()
     assert [p["model_name"] for p in found["results"][:2]] == ["gpt-4o", "gpt-4o-mini"]  # shortest names first
@@ -201,3 +201,64 @@ def test_rest_prices_search_and_test(api_client, team_a, make_api_key, gpt4o_pri
         endpoint = _save(team_a, base_url=server.base_url)
         tested = client.post(f"/api/v1/model-endpoints/{endpoint.pk}/test")
     assert tested.status_code == 200 and tested.json()["ok"] and tested.json()["method"] == "completion"
+
+
+# --------------------------------------------------------------------------- outbound network policy
+
+
+@pytest.mark.parametrize("base_url", ["http://169.254.169.254/latest", "http://127.0.0.1:8000/v1",
+                                      "http://[::1]:8000/v1", "http://10.0.0.5/v1", "http://localhost:8080/v1",
+                                      "http://192.168.1.20:11434/v1"])
+def test_a_team_endpoint_on_a_private_address_is_refused_when_saved(team_a, gpt4o_price, base_url):
+    from apps.core.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as caught:
+        _save(team_a, base_url=base_url)
+    assert caught.value.code == "address_not_allowed"
+    message = caught.value.detail["fields"]["base_url"]
+    assert "not allowed" in message and "PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS" in message
+    assert not ModelEndpoint.objects.filter(team=team_a).exists()
+
+
+def test_the_operator_allows_a_private_network_for_a_self_hosted_server(team_a, gpt4o_price, settings):
+    settings.PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS = ["192.168.1.0/24", "localhost"]
+    assert _save(team_a, base_url="http://192.168.1.20:11434/v1").pk
+    assert _save(team_a, name="local", base_url="http://localhost:8080/v1").pk
+
+
+def test_a_name_resolving_to_loopback_is_refused_when_connecting_but_a_global_endpoint_is_not(team_a, gpt4o_price):
+    """``localhost`` stands for any DNS name that resolves to a private address (saved by the ORM here: the
+    form refuses the name itself). Neither the connection test nor a real call reaches the server."""
+    from apps.costs.metering import model_call
+    from apps.costs.services.ledger import LedgerContext
+    from workers.runtime.openai_compat import EndpointError
+
+    with FakeOpenAIServer(models=["gpt-4o-mini"]) as server:
+        port = server.base_url.rsplit(":", 1)[1].split("/")[0]
+        endpoint = ModelEndpoint.objects.create(
+            team=team_a, name="sneaky", kind="openai", base_url=f"http://localhost:{port}/v1",
+            remote_model="gpt-4o-mini", price_name="gpt-4o-mini")
+        result = endpoint_test(endpoint=endpoint, team=team_a)
+        assert not result.ok and "refused: localhost resolves to" in result.message, result
+        assert "PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS" in result.message
+        with pytest.raises(EndpointError, match="refused by the network policy: localhost resolves to 127.0.0.1"):
+            model_call(endpoint=endpoint, messages=[{"role": "user", "content": "hi"}], max_output_tokens=4,
+                       wall_time_limit_s=5, context=LedgerContext(team=team_a, pipeline_name="t"))
+        assert server.requests == 0 and server.authorizations == []
+        operators = ModelEndpoint.objects.create(
+            team=None, name="operators-local", kind="openai", base_url=f"http://localhost:{port}/v1",
+            remote_model="gpt-4o-mini", price_name="gpt-4o-mini")
+        assert endpoint_test(endpoint=operators, team=team_a).ok
+        assert endpoint_target(operators).network_policy is None
+        assert endpoint_target(endpoint).network_policy is not None
+
+
+def test_rest_refuses_a_metadata_address_with_a_clear_error(api_client, team_a, make_api_key, gpt4o_price):
+    client = _client(api_client, make_api_key(team_a, scopes=["admin"]))
+    body = {"name": "meta", "base_url": "http://169.254.169.254/v1", "model": "gpt-4o-mini",
+            "price_name": "gpt-4o-mini"}
+    response = client.post("/api/v1/model-endpoints", body, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "address_not_allowed"
+    assert "169.254.169.254 is a private" in error["detail"]["fields"]["base_url"]

@@ -85,7 +85,7 @@ def test_another_team_cannot_touch_the_endpoint_and_global_ones_are_read_only(ow
     assert owner_client.post(f"/team/endpoints/{global_endpoint.pk}/delete/").status_code == 404
 
 
-def test_test_connection_and_delete_redirect_with_their_result(owner_client, team_a):
+def test_test_connection_and_delete_redirect_with_their_result(owner_client, team_a, loopback_endpoints):
     with FakeOpenAIServer() as server:
         owner_client.post("/team/endpoints/new/", _form(base_url=server.base_url))
         endpoint = ModelEndpoint.objects.get(team=team_a, name="remote-gpt")
@@ -100,3 +100,10 @@ def test_test_connection_and_delete_redirect_with_their_result(owner_client, tea
 def test_the_price_search_offers_matching_prices(owner_client):
     options = owner_client.get("/team/endpoints/prices/?price_name=gpt-4o").content.decode()
     assert '<option value="gpt-4o-mini">' in options and "$0.1500 in" in options
+
+
+def test_the_form_refuses_a_loopback_base_url_with_a_clear_error(admin_client_a, team_a):
+    response = admin_client_a.post("/team/endpoints/new/", _form(base_url="http://127.0.0.1:9000/v1"))
+    assert response.status_code == 400
+    assert "127.0.0.1 is a private, loopback" in response.content.decode()
+    assert not ModelEndpoint.objects.filter(team=team_a).exists()
