@@ -22,6 +22,14 @@ def _tasks_in_process(settings, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Django's PBKDF2 (1,000,000 iterations) takes 0.4-0.7 s a password on this machine, and most tests
+    # make two or three users and log one in: the fast hasher Django's docs advise for tests. Production
+    # keeps the default (apps/config/settings.py sets no PASSWORD_HASHERS).
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _answer_cache_off(settings):
     # The answer cache (docs/cache.md) is on by default; tests of other features assert the uncached
     # path's ledger rows and costs, so it is off unless a test turns it on (tests/apps/answer_cache).
