@@ -20,6 +20,7 @@ pytestmark = pytest.mark.django_db
 def three_runs(team_a, alice, eval_set, make_pipeline, passages, monkeypatch,  # noqa: F811
                django_capture_on_commit_callbacks):
     """One question asked on the Ask page, one evaluation row, one bulk job row (each with a ledger row)."""
+    import workers.tasks.rag  # noqa: F401  (imported now, it binds the real query_run_execute, not the stand-in)
     from apps.rag import services as rag_services
 
     def answered(*, query_run_id, **_):
