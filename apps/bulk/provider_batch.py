@@ -77,17 +77,13 @@ def provider_batch_run(*, bulk_job_id: int, progress=None) -> BulkJob | Provider
     """One stage of a provider-batch bulk job (in a worker): prepare and submit if not yet done, poll, and
     settle once the provider has finished. Idempotent: a redelivered or repeated stage redoes nothing that
     was stored (no second submission, no row billed twice)."""
-    from apps.bulk.services import bulk_job_finish
+    from apps.bulk.services import bulk_job_finish, bulk_job_for_work
     from workers.runtime import openai_batch
     from workers.runtime.openai_compat import EndpointError
 
     progress = progress or (lambda *args, **kwargs: None)
-    bulk = BulkJob.objects.select_related("pipeline__model_endpoint", "team", "created_by", "api_key",
-                                          "reservation").filter(pk=bulk_job_id).first()
-    if bulk is None:
-        logger.warning("bulk job %s does not exist", bulk_job_id)
-        return None
-    if bulk.is_finished:
+    bulk = bulk_job_for_work(bulk_job_id)
+    if bulk is None or bulk.is_finished:
         return bulk
     if bulk.pipeline is None:
         return bulk_job_finish(bulk=bulk, status=BulkStatus.FAILED, error="the job's pipeline was deleted")

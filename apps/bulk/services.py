@@ -277,16 +277,21 @@ def _ledger_total(**filters: Any) -> Decimal:
     return UsageRecord.objects.filter(**filters).aggregate(total=Sum("cost"))["total"] or ZERO
 
 
-def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
-    """Answer a bulk job's pending rows (in a worker). Idempotent: rows stored as done are never redone;
-    rows of a batch that was cut off (a dead worker) start over, their unfinished runs failed."""
-    progress = progress or (lambda *args, **kwargs: None)
+def bulk_job_for_work(bulk_job_id: int) -> BulkJob | None:
+    """The job a worker was handed, with what running it reads; None (logged) when it no longer exists."""
     bulk = BulkJob.objects.select_related("pipeline__model_endpoint", "team", "created_by", "api_key",
                                           "reservation").filter(pk=bulk_job_id).first()
     if bulk is None:
         logger.warning("bulk job %s does not exist", bulk_job_id)
-        return None
-    if bulk.is_finished:
+    return bulk
+
+
+def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
+    """Answer a bulk job's pending rows (in a worker). Idempotent: rows stored as done are never redone;
+    rows of a batch that was cut off (a dead worker) start over, their unfinished runs failed."""
+    progress = progress or (lambda *args, **kwargs: None)
+    bulk = bulk_job_for_work(bulk_job_id)
+    if bulk is None or bulk.is_finished:
         return bulk
     if bulk.pipeline is None:
         raise ValidationFailed("the job's pipeline was deleted")

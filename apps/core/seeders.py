@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 SEEDERS: list[Callable] = []
 
@@ -48,11 +49,18 @@ DEMO_PIPELINES = (
     ("parsimony-docs-extractive",
      "Cost-saving: the passages' most relevant sentences only (extractive compression to half the tokens)",
      {"compression_method": "extractive", "compression_target": 0.5}),
+    ("parsimony-docs-quote",
+     "No generation: the answer is the passages' best supporting sentence with its citation (docs/prompting.md)",
+     {"prompting_strategy": "extractive_answer"}),
+    ("parsimony-docs-cascade",
+     "Quote first; the local model only when the quote's quality signals doubt it (docs/cascades.md)",
+     {"cascade": {"tiers": ["parsimony-docs-quote", "parsimony-docs"]}}),
 )
 
 
 def seed_demo_pipelines(team, user, stdout) -> None:
-    """Two pipelines on the "Parsimony docs" corpus with the local model, so Ask answers on first visit.
+    """Pipelines on the "Parsimony docs" corpus with the local model, so Ask answers on first visit: naive
+    RAG, extractive compression, an extractive answer (nothing generated) and a cascade of the last two.
 
     Idempotent: existing pipelines of those names are left as they are (a user may have tuned them).
     """
@@ -67,9 +75,16 @@ def seed_demo_pipelines(team, user, stdout) -> None:
     for name, description, options in DEMO_PIPELINES:
         if Pipeline.objects.filter(team=team, name=name).exists():
             continue
+        if "cascade" in options:
+            tiers = options["cascade"]["tiers"]
+            if Pipeline.objects.filter(team=team, name__in=tiers).count() != len(tiers):
+                continue  # a tier was renamed or deleted: no cascade over it
+            retrieval: dict[str, Any] = {}  # a cascade retrieves through its tiers
+        else:
+            retrieval = {"corpora": [docs], "retriever": "hybrid", "top_k": 5}
         pipeline_save(
-            team=team, name=name, model_endpoint="smollm2-135m-instruct", corpora=[docs], created_by=user,
-            description=description, retriever="hybrid", top_k=5, **options,
+            team=team, name=name, model_endpoint="smollm2-135m-instruct", created_by=user,
+            description=description, **retrieval, **options,
         )
         stdout.write(f"Pipeline '{name}' created on 'Parsimony docs'.")
 

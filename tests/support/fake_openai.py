@@ -22,9 +22,11 @@ import json
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.support.local_server import LocalHTTPServer
 
 DEFAULT_REPLY = "Paris is the capital of France, and it has been for a very long time."
 
@@ -46,7 +48,7 @@ def cookbook_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return contents + 3 * len(messages) + 3
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalHTTPServer):
     """An OpenAI-compatible chat endpoint on 127.0.0.1 (context manager); ``requests`` counts the calls."""
 
     def __init__(
@@ -72,33 +74,15 @@ class FakeOpenAIServer:
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake server is not running (use it as a context manager)")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+    def handler_class(self):
+        return _handler(self)
 
     def __enter__(self) -> FakeOpenAIServer:
         _encoding()  # build the vocabulary before the first request
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
+        return super().__enter__()
 
     # ------------------------------------------------------------------ the replies
 

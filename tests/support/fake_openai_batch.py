@@ -21,11 +21,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.support.local_server import LocalHTTPServer
 
-class FakeBatchServer:
+
+class FakeBatchServer(LocalHTTPServer):
     def __init__(self, *, reply: str = "Paris [1]", prompt_tokens: int = 120, completion_tokens: int = 7,
                  cached_tokens: int = 0, fail: set[str] | None = None,
                  fail_message: str = "This model's maximum context length was exceeded",
@@ -43,30 +45,9 @@ class FakeBatchServer:
         self.uploads = self.creates = self.cancels = 0
         self.authorizations: list[str | None] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake server is not running (use it as a context manager)")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> FakeBatchServer:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
+    def handler_class(self):
+        return _handler(self)
 
     # ------------------------------------------------------------------ state
 

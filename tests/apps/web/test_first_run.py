@@ -27,22 +27,27 @@ def test_bootstrap_creates_a_default_and_a_cost_saving_pipeline_that_ask_answers
     assert SEEDERS.index(seed_demo_pipelines) > 0  # after the docs corpus is seeded
     out = io.StringIO()
     seed_demo_pipelines(team=team_a, user=alice, stdout=out)
-    default, saving = Pipeline.objects.filter(team=team_a).order_by("name")
+    default, cascade, saving, quote = Pipeline.objects.filter(team=team_a).order_by("name")
     assert (default.name, default.compression_method) == ("parsimony-docs", "none")
     assert (saving.name, saving.compression_method, saving.compression_target) == (
         "parsimony-docs-extractive", "extractive", 0.5)
-    assert all(list(p.corpora.all()) == [docs_corpus] for p in (default, saving))
+    assert (quote.name, quote.prompting_strategy) == ("parsimony-docs-quote", "extractive_answer")
+    assert cascade.name == "parsimony-docs-cascade" and cascade.cascade["tiers"] == [quote.pk, default.pk]
+    assert all(list(p.corpora.all()) == [docs_corpus] for p in (default, saving, quote))
     page = member_client.get("/ask/").content.decode()
     assert f'<option value="{default.pk}" selected>' in page  # the default is preselected
-    for pipeline in (default, saving):
+    for pipeline in (default, saving, quote, cascade):
         with django_capture_on_commit_callbacks(execute=True):
             response = member_client.post("/ask/", {"pipeline": pipeline.pk, "question": "How are budgets enforced?"})
         assert response.status_code == 302
-    assert [run.status for run in QueryRun.objects.all()] == ["succeeded", "succeeded"]
+    runs = {run.pipeline_id: run for run in QueryRun.objects.filter(origin="ask")}
+    assert {pk: run.status for pk, run in runs.items()} == {
+        p.pk: "succeeded" for p in (default, saving, quote, cascade)}
+    assert runs[cascade.pk].cascade["tiers_run"] >= 1  # it answered through its tiers
     # Idempotent: a second bootstrap leaves them (and any tuning) alone.
     Pipeline.objects.filter(pk=default.pk).update(top_k=3)
     seed_demo_pipelines(team=team_a, user=alice, stdout=out)
-    assert Pipeline.objects.filter(team=team_a).count() == 2 and Pipeline.objects.get(pk=default.pk).top_k == 3
+    assert Pipeline.objects.filter(team=team_a).count() == 4 and Pipeline.objects.get(pk=default.pk).top_k == 3
 
 
 def test_bootstrap_creates_no_pipeline_without_the_docs_corpus(team_a, alice, default_models_db):
