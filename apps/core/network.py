@@ -4,11 +4,13 @@ connect only to public addresses, or to the private ones the operator lists."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from workers.runtime.net_guard import NetworkPolicy
+if TYPE_CHECKING:
+    from workers.runtime.net_guard import NetworkPolicy
 
 ENDPOINTS = "PARSIMONY_ENDPOINT_ALLOWED_PRIVATE_NETWORKS"
 HTTP_TOOLS = "PARSIMONY_AGENT_HTTP_ALLOWED_PRIVATE_NETWORKS"
@@ -16,6 +18,9 @@ HTTP_TOOLS = "PARSIMONY_AGENT_HTTP_ALLOWED_PRIVATE_NETWORKS"
 
 def network_policy(*, setting: str) -> NetworkPolicy:
     """The policy whose exceptions the named setting lists (validated at start-up)."""
+    # Imported here: the core app loads no engine module at start-up (tests/apps/core/test_jobs.py).
+    from workers.runtime.net_guard import NetworkPolicy
+
     return NetworkPolicy.from_entries(getattr(settings, setting))
 
 
