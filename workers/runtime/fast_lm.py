@@ -37,7 +37,11 @@ if TYPE_CHECKING:
 
     from workers.runtime.local_lm import LoadedModel
 
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "int8-weight", "int4-weight")
+# Weight-only quantization (activations stay fp32 between the matrix products): CPU kernels only.
+WEIGHT_ONLY = ("int8-weight", "int4-weight")
+# The fp32 re-scoring of the quantized lm_head's best candidates (argmax as fp32 weights give it).
+_RESCORE_TOP = 8
 # The measured default per device (docs/benchmarks.md, "Local inference"): on the project's AVX2 CPUs only
 # fp32 keeps SmolLM2's greedy answers (bf16 agreed on 0.83 of the tokens, int8 dynamic quantization on ~0.3,
 # per-channel scales or fp32 lm_head/down_proj included), so fp32 is the default there; on CUDA bf16 is the
@@ -62,8 +66,8 @@ def resolve_dtype(device: str, name: str | None = None) -> str:
         return DEFAULT_DTYPE[kind]
     if raw not in DTYPES:
         raise ValueError(f"PARSIMONY_LOCAL_LM_DTYPE must be one of auto, {', '.join(DTYPES)}; got {raw!r}")
-    if raw == "int8" and kind == "cuda":
-        raise ValueError("int8 dynamic quantization runs on CPUs only; use bf16 or fp32 on CUDA")
+    if raw in ("int8", *WEIGHT_ONLY) and kind == "cuda":
+        raise ValueError(f"{raw} quantization runs on CPUs only; use bf16 or fp32 on CUDA")
     return raw
 
 
@@ -77,16 +81,94 @@ def fast_decode_enabled() -> bool:
     raise ValueError(f"PARSIMONY_FAST_DECODE must be a boolean (1/0, true/false), got {raw!r}")
 
 
+class Int8WeightLinear:
+    """A bias-free Linear with int8 weights, one symmetric scale per output channel, fp32 in and out.
+
+    The product runs in PyTorch's weight-only kernel (``torch._weight_int8pack_mm``: int8 weights, bf16
+    activations, fp32 accumulation; its fp32-activation path is scalar and 10-50x slower); the input is
+    rounded to bf16 for the product only, the output comes back as fp32. Each scale is itself a bf16 number
+    (chosen before rounding the weights), so the kernel's bf16 scales are exact.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        import torch
+
+        w = weight.detach().float()
+        amax = w.abs().amax(dim=1).clamp(min=1e-12)
+        scales = (amax / 127).to(torch.bfloat16)  # the scale the kernel will use, exactly
+        self.q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scales.contiguous()
+        self.out_features, self.in_features = w.shape
+
+    def dequantized(self) -> torch.Tensor:
+        return self.q.float() * self.scales.float()[:, None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(flat, self.q, self.scales)
+        return y.view(*x.shape[:-1], self.out_features).float()
+
+
+class Int4WeightLinear:
+    """A bias-free Linear with 4-bit weights in groups of ``group`` inputs (a scale and an offset per group),
+    fp32 in and out, through ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (bf16 activations, as above).
+
+    A GGUF Q4_1 tensor dequantized to fp32 holds, per block of 32 inputs, 16 levels ``d * q + m``: with
+    ``group=32`` the min/max grid recovers its ``q`` exactly, and only ``d`` and ``m`` are rounded (to bf16).
+    """
+
+    def __init__(self, weight: torch.Tensor, group: int = 32) -> None:
+        import torch
+
+        w = weight.detach().float()
+        out_f, in_f = w.shape
+        if in_f % group:
+            raise ValueError(f"int4 groups of {group} do not divide {in_f} inputs")
+        g = w.view(out_f, in_f // group, group)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=1e-12)
+        q = torch.round((g - lo) / scale).clamp(0, 15)
+        # The kernel computes (q - 8) * scale + zero; both in bf16.
+        scale_b = scale.to(torch.bfloat16)
+        zero_b = (lo + 8 * scale).to(torch.bfloat16)
+        self.q4 = q.to(torch.int32).view(out_f, in_f)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.q4, 1)
+        # (in/group, out, 2): [scale, zero] per group and output channel.
+        self.scales_zeros = torch.stack([scale_b.view(out_f, -1).t(), zero_b.view(out_f, -1).t()], dim=-1).contiguous()
+        self.group = group
+        self.out_features, self.in_features = out_f, in_f
+        self._scale, self._zero = scale_b.float(), zero_b.float()
+
+    def dequantized(self) -> torch.Tensor:
+        g = self.q4.float().view(self.out_features, -1, self.group)
+        return ((g - 8) * self._scale + self._zero).view(self.out_features, self.in_features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_zeros)
+        return y.view(*x.shape[:-1], self.out_features).float()
+
+
+def _split(fn: Callable[[torch.Tensor], torch.Tensor], sizes: list[int]) -> Callable[[torch.Tensor], tuple]:
+    """One fused product (weights concatenated by output) -> its parts."""
+    return lambda x: fn(x).split(sizes, dim=-1)
+
+
+def _each(*fns: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], tuple]:
+    return lambda x: tuple(f(x) for f in fns)
+
+
 @dataclass(frozen=True)
 class _Layer:
     ln1: torch.Tensor  # (hidden,)
-    q: Callable[[torch.Tensor], torch.Tensor]
-    k: Callable[[torch.Tensor], torch.Tensor]
-    v: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], tuple]  # h -> (q, k, v)
     o: Callable[[torch.Tensor], torch.Tensor]
     ln2: torch.Tensor  # (hidden,)
-    gate: Callable[[torch.Tensor], torch.Tensor]
-    up: Callable[[torch.Tensor], torch.Tensor]
+    gate_up: Callable[[torch.Tensor], tuple]  # h -> (gate, up)
     down: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -168,6 +250,8 @@ class FastLM:
         self.eps = float(config.rms_norm_eps)
         self.max_positions = int(config.max_position_embeddings)
         self.act_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        if dtype in WEIGHT_ONLY and not str(device).startswith("cpu"):
+            raise ValueError(f"{dtype} runs on CPUs only")
         inner = model.model
         with torch.no_grad():
             self.embed = inner.embed_tokens.weight  # (V, hidden), shared with the model
@@ -176,19 +260,37 @@ class FastLM:
             probe = torch.zeros(1, dtype=torch.float32, device=device)
             cos, sin = inner.rotary_emb(probe, positions)  # (1, P, D) each
             self.cos, self.sin = cos[0].to(self.act_dtype), sin[0].to(self.act_dtype)  # (P, D)
-            linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-                       for layer in inner.layers]
-            built = self._linears([m for group in linears for m in group] + [model.lm_head])
             self.layers = []
-            for i, layer in enumerate(inner.layers):
-                fns = built[7 * i : 7 * i + 7]
-                self.layers.append(_Layer(
-                    ln1=layer.input_layernorm.weight.to(self.act_dtype), q=fns[0], k=fns[1], v=fns[2], o=fns[3],
-                    ln2=layer.post_attention_layernorm.weight.to(self.act_dtype), gate=fns[4], up=fns[5], down=fns[6],
-                ))
+            if dtype in WEIGHT_ONLY:
+                # Fused products (q|k|v and gate|up concatenated by output): fewer, larger kernel calls.
+                for layer in inner.layers:
+                    att, mlp = layer.self_attn, layer.mlp
+                    qkv_w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).float()
+                    gu_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float()
+                    self.layers.append(_Layer(
+                        ln1=layer.input_layernorm.weight.float(),
+                        qkv=_split(self._quantized(qkv_w), [att.q_proj.out_features, att.k_proj.out_features,
+                                                           att.v_proj.out_features]),
+                        o=self._quantized(att.o_proj.weight),
+                        ln2=layer.post_attention_layernorm.weight.float(),
+                        gate_up=_split(self._quantized(gu_w), [mlp.gate_proj.out_features, mlp.up_proj.out_features]),
+                        down=self._quantized(mlp.down_proj.weight),
+                    ))
+                self.lm_head = self._rescored_head(model.lm_head.weight)
+            else:
+                linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                            layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+                           for layer in inner.layers]
+                built = self._linears([m for group in linears for m in group] + [model.lm_head])
+                for i, layer in enumerate(inner.layers):
+                    fns = built[7 * i : 7 * i + 7]
+                    self.layers.append(_Layer(
+                        ln1=layer.input_layernorm.weight.to(self.act_dtype), qkv=_each(fns[0], fns[1], fns[2]),
+                        o=fns[3], ln2=layer.post_attention_layernorm.weight.to(self.act_dtype),
+                        gate_up=_each(fns[4], fns[5]), down=fns[6],
+                    ))
+                self.lm_head = built[-1]
             self.norm = inner.norm.weight.to(self.act_dtype)
-            self.lm_head = built[-1]
         self.scale = self.head_dim ** -0.5
         self.group = self.heads // self.kv_heads
 
@@ -211,6 +313,27 @@ class FastLM:
         self._quantized = quantized  # keeps the packed weights alive
         return list(quantized)
 
+    def _quantized(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.dtype == "int8-weight":
+            return Int8WeightLinear(weight)
+        return Int4WeightLinear(weight, group=_int4_group(weight.shape[1]))
+
+    def _rescored_head(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The lm_head quantized like the layers (int8 per channel: the tied embedding is GGUF's Q8_0), with
+        its ``_RESCORE_TOP`` best logits per position recomputed from the fp32 rows: the bf16 output's
+        rounding (0.125 at a logit of 20) would otherwise turn near-ties into different greedy picks."""
+
+        full = weight.detach().float()  # the model's own tensor in fp32 (the embedding, tied): no copy
+        head = Int8WeightLinear(full)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            logits = head(x)  # (..., V) fp32 from bf16
+            top = logits.topk(_RESCORE_TOP, dim=-1).indices  # (..., k)
+            exact = (full[top] * x.unsqueeze(-2)).sum(-1)  # (..., k) fp32
+            return logits.scatter_(-1, top, exact)
+
+        return apply
+
     # ------------------------------------------------------------------------ pieces
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -231,8 +354,8 @@ class FastLM:
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F  # noqa: N812
 
-        h = self._rms(x, layer.ln2)
-        return layer.down(F.silu(layer.gate(h)) * layer.up(h))
+        gate, up = layer.gate_up(self._rms(x, layer.ln2))
+        return layer.down(F.silu(gate) * up)
 
     def new_cache(self, rows: int = 1, capacity: int = _MIN_CAPACITY) -> KVCache:
         return KVCache(self, rows, min(capacity, self.max_positions))
@@ -258,9 +381,10 @@ class FastLM:
             mask = keys[None, :] <= (past + torch.arange(t, device=self.device))[:, None]  # (T, past+T)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln1)
-            q = layer.q(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
-            k = layer.k(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (1, KVH, T, D)
-            v = layer.v(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = layer.qkv(h)
+            q = q.reshape(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
+            k = k.reshape(1, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (1, KVH, T, D)
+            v = v.reshape(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             cache.k[i][row, :, past : past + t] = k[0]
             cache.v[i][row, :, past : past + t] = v[0]
@@ -295,9 +419,10 @@ class FastLM:
             mask = (torch.arange(longest, device=self.device)[None, :] <= pos[:, None])[:, None, None]  # (B,1,1,T)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.ln1)
-            q = layer.q(h).view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
-            k = layer.k(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, 1, D)
-            v = layer.v(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = layer.qkv(h)
+            q = q.reshape(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
+            k = k.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, 1, D)
+            v = v.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             ck, cv = cache.k[i], cache.v[i]
             ck[rows, :, pos] = k[:, :, 0]  # each row at its own position
@@ -336,6 +461,14 @@ class FastLM:
             return self.decode_step(cache, [token])[0]
 
         return logits, step
+
+
+def _int4_group(in_features: int) -> int:
+    """The int4 group: 32 (GGUF's Q4 block) when it divides the inputs, else the largest kernel-supported one."""
+    for g in (32, 64, 128, 256):
+        if in_features % g == 0:
+            return g
+    raise UnsupportedModel(f"int4-weight needs inputs divisible by 32; this layer has {in_features}")
 
 
 # ---------------------------------------------------------------------------- one per model and dtype
@@ -415,7 +548,10 @@ def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float
 __all__ = [
     "DEFAULT_DTYPE",
     "DTYPES",
+    "WEIGHT_ONLY",
     "FastLM",
+    "Int4WeightLinear",
+    "Int8WeightLinear",
     "KVCache",
     "UnsupportedModel",
     "fast_decode_enabled",
