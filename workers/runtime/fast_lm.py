@@ -9,9 +9,14 @@ nothing per step but the tensor work:
   place at each row's position (grown by doubling when a row outgrows it);
 - RoPE's cos/sin are taken once from the model's own rotary module for every position (so scaled
   RoPE, e.g. YaRN, is the model's), and looked up per step;
-- the weights are ``fp32`` (the model's own tensors, shared), ``bf16`` (a copy) or ``int8`` (dynamic
+- the weights are ``fp32`` (the model's own tensors, shared), ``bf16`` (a copy), ``int8`` (dynamic
   quantization of every Linear, ``torch.ao.quantization.quantize_dynamic``: int8 weights, activations
-  quantized per call); embeddings stay as loaded (a lookup reads one row).
+  quantized per call), or weight-only ``int8-weight`` / ``int4-weight`` (``Int8WeightLinear``: int8, one
+  scale per output channel; ``Int4WeightLinear``: 4-bit groups of 32 inputs with a scale and an offset each,
+  which hold a GGUF Q4_1 tensor's blocks as they were): the activations stay fp32 between the products and are
+  rounded to bf16 only as the kernel's input, q|k|v and gate|up are fused into one product each, and the tied
+  lm_head is int8 per channel (the GGUF's embedding is Q8_0) with its best candidates re-scored in fp32;
+  embeddings stay as loaded (a lookup reads one row).
 
 Rows: the forward runs several sequences at once (``workers.runtime.batching``): each row has its own
 length; a decode step writes each row's new key at its own position and masks the positions past it.
@@ -42,11 +47,14 @@ DTYPES = ("fp32", "bf16", "int8", "int8-weight", "int4-weight")
 WEIGHT_ONLY = ("int8-weight", "int4-weight")
 # The fp32 re-scoring of the quantized lm_head's best candidates (argmax as fp32 weights give it).
 _RESCORE_TOP = 8
-# The measured default per device (docs/benchmarks.md, "Local inference"): on the project's AVX2 CPUs only
-# fp32 keeps SmolLM2's greedy answers (bf16 agreed on 0.83 of the tokens, int8 dynamic quantization on ~0.3,
-# per-channel scales or fp32 lm_head/down_proj included), so fp32 is the default there; on CUDA bf16 is the
-# serving norm (quantize_dynamic is CPU-only), not measured here: no GPU was lent.
-DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "bf16"}
+# int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
+_INT4_GROUP = 32
+# The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
+# GGUF weights held as 4-bit groups, which they were; bf16 activations in the products only) decodes fastest and
+# gave the fp32 greedy tokens (agreement 1.00); int8-weight agreed on ~0.97, bf16 on 0.83, int8 dynamic
+# quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm (not measured here: no GPU
+# was lent; the weight-only kernels used here are CPU ones).
+DEFAULT_DTYPE = {"cpu": "int4-weight", "cuda": "bf16"}
 # Rows grow their capacity in steps of this many positions (a decode of N tokens reallocates log2(N) times at most).
 _MIN_CAPACITY = 256
 
@@ -314,9 +322,10 @@ class FastLM:
         return list(quantized)
 
     def _quantized(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.dtype == "int8-weight":
-            return Int8WeightLinear(weight)
-        return Int4WeightLinear(weight, group=_int4_group(weight.shape[1]))
+        """A layer's Linear in the weight-only dtype (int4 needs inputs in groups of 32, else int8 per channel)."""
+        if self.dtype == "int4-weight" and weight.shape[1] % _INT4_GROUP == 0:
+            return Int4WeightLinear(weight, group=_INT4_GROUP)
+        return Int8WeightLinear(weight)
 
     def _rescored_head(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The lm_head quantized like the layers (int8 per channel: the tied embedding is GGUF's Q8_0), with
@@ -461,14 +470,6 @@ class FastLM:
             return self.decode_step(cache, [token])[0]
 
         return logits, step
-
-
-def _int4_group(in_features: int) -> int:
-    """The int4 group: 32 (GGUF's Q4 block) when it divides the inputs, else the largest kernel-supported one."""
-    for g in (32, 64, 128, 256):
-        if in_features % g == 0:
-            return g
-    raise UnsupportedModel(f"int4-weight needs inputs divisible by 32; this layer has {in_features}")
 
 
 # ---------------------------------------------------------------------------- one per model and dtype
