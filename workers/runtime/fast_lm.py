@@ -127,7 +127,8 @@ class Int4WeightLinear:
     ``group=32`` the min/max grid recovers its ``q`` exactly, and only ``d`` and ``m`` are rounded (to bf16).
     """
 
-    def __init__(self, weight: torch.Tensor, group: int = 32) -> None:
+    def __init__(self, weight: torch.Tensor, group: int = 32, *, keep_grid: bool = False) -> None:
+        """``keep_grid``: keep the 4-bit values unpacked too (4 bytes a weight) for ``dequantized`` (tests)."""
         import torch
 
         w = weight.detach().float()
@@ -141,15 +142,19 @@ class Int4WeightLinear:
         # The kernel computes (q - 8) * scale + zero; both in bf16.
         scale_b = scale.to(torch.bfloat16)
         zero_b = (lo + 8 * scale).to(torch.bfloat16)
-        self.q4 = q.to(torch.int32).view(out_f, in_f)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.q4, 1)
+        q4 = q.to(torch.int32).view(out_f, in_f)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
+        self.q4 = q4 if keep_grid else None
         # (in/group, out, 2): [scale, zero] per group and output channel.
         self.scales_zeros = torch.stack([scale_b.view(out_f, -1).t(), zero_b.view(out_f, -1).t()], dim=-1).contiguous()
         self.group = group
         self.out_features, self.in_features = out_f, in_f
-        self._scale, self._zero = scale_b.float(), zero_b.float()
+        self._scale: torch.Tensor | None = scale_b.float() if keep_grid else None
+        self._zero: torch.Tensor | None = zero_b.float() if keep_grid else None
 
     def dequantized(self) -> torch.Tensor:
+        if self.q4 is None or self._scale is None or self._zero is None:
+            raise ValueError("built without keep_grid: the 4-bit values are only held packed")
         g = self.q4.float().view(self.out_features, -1, self.group)
         return ((g - 8) * self._scale + self._zero).view(self.out_features, self.in_features)
 
@@ -277,12 +282,12 @@ class FastLM:
                     gu_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float()
                     self.layers.append(_Layer(
                         ln1=layer.input_layernorm.weight.float(),
-                        qkv=_split(self._quantized(qkv_w), [att.q_proj.out_features, att.k_proj.out_features,
+                        qkv=_split(self._weight_only(qkv_w), [att.q_proj.out_features, att.k_proj.out_features,
                                                            att.v_proj.out_features]),
-                        o=self._quantized(att.o_proj.weight),
+                        o=self._weight_only(att.o_proj.weight),
                         ln2=layer.post_attention_layernorm.weight.float(),
-                        gate_up=_split(self._quantized(gu_w), [mlp.gate_proj.out_features, mlp.up_proj.out_features]),
-                        down=self._quantized(mlp.down_proj.weight),
+                        gate_up=_split(self._weight_only(gu_w), [mlp.gate_proj.out_features, mlp.up_proj.out_features]),
+                        down=self._weight_only(mlp.down_proj.weight),
                     ))
                 self.lm_head = self._rescored_head(model.lm_head.weight)
             else:
@@ -321,7 +326,7 @@ class FastLM:
         self._quantized = quantized  # keeps the packed weights alive
         return list(quantized)
 
-    def _quantized(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _weight_only(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """A layer's Linear in the weight-only dtype (int4 needs inputs in groups of 32, else int8 per channel)."""
         if self.dtype == "int4-weight" and weight.shape[1] % _INT4_GROUP == 0:
             return Int4WeightLinear(weight, group=_INT4_GROUP)
