@@ -215,7 +215,7 @@ def _agreement(args: Any, lm: Any, fasts: dict[str, Any], llama: LlamaCpp | None
     from workers.runtime.decode import causal_lm_steps
     from workers.runtime.fast_lm import greedy_tokens, token_agreement
 
-    prompts = rag[: args.agreement_questions]
+    prompts = rag[args.agreement_offset : args.agreement_offset + args.agreement_questions]
     n = args.agreement_tokens
     with torch.inference_mode():
         reference = []
@@ -279,6 +279,8 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--agreement-questions", type=int, default=30)
     parser.add_argument("--agreement-tokens", type=int, default=16)
+    parser.add_argument("--agreement-offset", type=int, default=0,
+                        help="first question of the agreement set (0: the reported split; tune on another)")
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--concurrent-tokens", type=int, default=32)
     parser.add_argument("--llama-python", type=Path, default=ROOT / "var" / "bench-llamacpp" / "bin" / "python")
@@ -303,7 +305,7 @@ def main() -> None:
         text = f"{p['title']}: {p['text']}\n\nQuestion: {q['question']}\nAnswer briefly."
         return chat_template_ids(lm.tokenizer, [{"role": "user", "content": text}])
 
-    rag = [rag_prompt(q) for q in questions[: max(args.agreement_questions, args.rounds)]]
+    rag = [rag_prompt(q) for q in questions[: max(args.agreement_offset + args.agreement_questions, args.rounds)]]
     short = [chat_template_ids(lm.tokenizer, [{"role": "user", "content": q["question"]}]) for q in questions[:16]]
     dtypes = [d for d in args.dtypes.split(",") if d]
     started = time.perf_counter()

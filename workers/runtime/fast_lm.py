@@ -246,6 +246,7 @@ class FastLM:
 
     def __init__(self, model: Any, *, dtype: str, device: str = "cpu") -> None:
         import torch
+        import torch.nn.functional as F  # noqa: N812 - torch's convention
 
         config = model.config
         if getattr(config, "model_type", None) not in ("llama",) or not hasattr(model, "model"):
@@ -290,6 +291,21 @@ class FastLM:
                         down=self._weight_only(mlp.down_proj.weight),
                     ))
                 self.lm_head = self._rescored_head(model.lm_head.weight)
+                # Prefill reads the prompt in fp32 on the model's own tensors (no copy): a matrix product over
+                # many positions is compute-bound, where the weight-only kernels were 4x slower than fp32's; the
+                # prompt's keys and values and the first token's logits are then fp32's exactly.
+                def fp32(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+                    return (lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().float())
+
+                self.prefill_layers = [
+                    _Layer(ln1=layer.input_layernorm.weight.float(),
+                           qkv=_each(fp32(layer.self_attn.q_proj), fp32(layer.self_attn.k_proj),
+                                     fp32(layer.self_attn.v_proj)),
+                           o=fp32(layer.self_attn.o_proj), ln2=layer.post_attention_layernorm.weight.float(),
+                           gate_up=_each(fp32(layer.mlp.gate_proj), fp32(layer.mlp.up_proj)),
+                           down=fp32(layer.mlp.down_proj))
+                    for layer in inner.layers]
+                self.prefill_head = fp32(model.lm_head)
             else:
                 linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                             layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
@@ -303,6 +319,7 @@ class FastLM:
                         gate_up=_each(fns[4], fns[5]), down=fns[6],
                     ))
                 self.lm_head = built[-1]
+                self.prefill_layers, self.prefill_head = self.layers, self.lm_head
             self.norm = inner.norm.weight.to(self.act_dtype)
         self.scale = self.head_dim ** -0.5
         self.group = self.heads // self.kv_heads
@@ -395,7 +412,7 @@ class FastLM:
         if past:
             keys = torch.arange(past + t, device=self.device)
             mask = keys[None, :] <= (past + torch.arange(t, device=self.device))[:, None]  # (T, past+T)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.prefill_layers):
             h = self._rms(x, layer.ln1)
             q, k, v = layer.qkv(h)
             q = q.reshape(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
@@ -412,7 +429,7 @@ class FastLM:
             x = x + self._mlp(layer, x)
         cache.lengths[row] = past + t
         last = self._rms(x[:, -1:], self.norm)  # (1, 1, hidden)
-        return self.lm_head(last)[0, 0].float()  # (V,)
+        return self.prefill_head(last)[0, 0].float()  # (V,)
 
     def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
         """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32."""
