@@ -46,7 +46,7 @@ DTYPES = ("fp32", "bf16", "int8", "int8-weight", "int4-weight")
 # Weight-only quantization (activations stay fp32 between the matrix products): CPU kernels only.
 WEIGHT_ONLY = ("int8-weight", "int4-weight")
 # The fp32 re-scoring of the quantized lm_head's best candidates (argmax as fp32 weights give it).
-_RESCORE_TOP = 8
+_RESCORE_TOP = 32
 # int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
@@ -350,12 +350,16 @@ class FastLM:
         return Int8WeightLinear(weight)
 
     def _rescored_head(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The lm_head quantized like the layers (int8 per channel: the tied embedding is GGUF's Q8_0), with
-        its ``_RESCORE_TOP`` best logits per position recomputed from the fp32 rows: the bf16 output's
-        rounding (0.125 at a logit of 20) would otherwise turn near-ties into different greedy picks."""
+        """The lm_head quantized like the layers, with its ``_RESCORE_TOP`` best logits per position recomputed
+        from the fp32 rows: the bf16 output's rounding (0.125 at a logit of 20) and the coarse grid would
+        otherwise turn near-ties into different greedy picks; the other logits keep the quantized values."""
 
         full = weight.detach().float()  # the model's own tensor in fp32 (the embedding, tied): no copy
-        head = Int8WeightLinear(full)
+        head: Callable[[torch.Tensor], torch.Tensor]
+        if self.dtype == "int4-weight" and full.shape[1] % _INT4_GROUP == 0:
+            head = Int4WeightLinear(full, group=_INT4_GROUP)  # coarser than Q8_0: only picks the candidates
+        else:
+            head = Int8WeightLinear(full)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
             logits = head(x)  # (..., V) fp32 from bf16
