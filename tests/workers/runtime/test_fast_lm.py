@@ -144,8 +144,9 @@ def test_weight_only_dtypes_keep_the_fp32_greedy_tokens(smollm2, dtype):
     assert torch.equal(first, ref_first)
     # A decode step runs the quantized products: close to fp32's, not equal; its best logits re-scored in fp32.
     token = int(torch.argmax(first))
-    ref_next = reference_lm.steps(prompts[0])[1](token)
-    next_logits = fast.steps(prompts[0])[1](token)
+    with torch.inference_mode():
+        ref_next = reference_lm.steps(prompts[0])[1](token)
+        next_logits = fast.steps(prompts[0])[1](token)
     top = int(torch.argmax(ref_next))
     assert int(torch.argmax(next_logits)) == top
     assert 0 < abs(float(next_logits[top] - ref_next[top])) < 0.5
