@@ -47,6 +47,9 @@ DTYPES = ("fp32", "bf16", "int8", "int8-weight", "int4-weight")
 WEIGHT_ONLY = ("int8-weight", "int4-weight")
 # The fp32 re-scoring of the quantized lm_head's best candidates (argmax as fp32 weights give it).
 _RESCORE_TOP = 32
+# A decode step whose two best logits are closer than this is recomputed in fp32 (weight-only dtypes): the
+# quantized products moved SmolLM2's best logits by up to ~0.13 on the tuning prompts (questions 100-103).
+_CLOSE_CALL = 0.5
 # int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
@@ -322,6 +325,8 @@ class FastLM:
                 self.prefill_layers, self.prefill_head = self.layers, self.lm_head
             self.norm = inner.norm.weight.to(self.act_dtype)
         self.scale = self.head_dim ** -0.5
+        self.steps_run = 0  # decode steps, and those recomputed in fp32 (close calls; weight-only dtypes)
+        self.fp32_steps = 0
         self.group = self.heads // self.kv_heads
 
     def _linears(self, modules: list[Any]) -> list[Callable[[Any], Any]]:
@@ -436,7 +441,25 @@ class FastLM:
         return self.prefill_head(last)[0, 0].float()  # (V,)
 
     def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
-        """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32."""
+        """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32.
+
+        Weight-only dtypes: when a row's two best logits are closer than ``_CLOSE_CALL`` (a near-tie the
+        quantized products could order differently from fp32), the step is computed again in fp32 (the same
+        positions rewritten); ``fp32_steps`` / ``steps_run`` count how often."""
+        logits = self._step(cache, tokens, self.layers, self.lm_head)
+        self.steps_run += 1
+        if self.layers is not self.prefill_layers:
+            best = logits.topk(2, dim=-1).values  # (B, 2)
+            if bool(((best[:, 0] - best[:, 1]) < _CLOSE_CALL).any()):
+                logits = self._step(cache, tokens, self.prefill_layers, self.prefill_head)
+                self.fp32_steps += 1
+        for r in range(len(tokens)):
+            cache.lengths[r] += 1
+        return logits
+
+    def _step(self, cache: KVCache, tokens: list[int], layers: list[_Layer],
+              head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The forward of one decode step over ``layers`` (KV written at each row's position; lengths unchanged)."""
         import torch
         import torch.nn.functional as F  # noqa: N812
 
@@ -454,7 +477,7 @@ class FastLM:
         if b > 1 and min(lengths) + 1 != longest:
             # Row r sees its own positions 0..lengths[r] only (shorter rows: padding past them).
             mask = (torch.arange(longest, device=self.device)[None, :] <= pos[:, None])[:, None, None]  # (B,1,1,T)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             h = self._rms(x, layer.ln1)
             q, k, v = layer.qkv(h)
             q = q.reshape(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
@@ -468,9 +491,7 @@ class FastLM:
                                                  scale=self.scale, enable_gqa=True)  # (B, H, 1, D)
             x = x + layer.o(att.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
             x = x + self._mlp(layer, x)
-        for r in range(b):
-            cache.lengths[r] += 1
-        return self.lm_head(self._rms(x, self.norm))[:, 0].float()  # (B, V)
+        return head(self._rms(x, self.norm))[:, 0].float()  # (B, V)
 
     # ------------------------------------------------------------------------ single stream
 
