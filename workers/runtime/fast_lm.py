@@ -49,7 +49,22 @@ WEIGHT_ONLY = ("int8-weight", "int4-weight")
 _RESCORE_TOP = 32
 # A decode step whose two best logits are closer than this is recomputed in fp32 (weight-only dtypes): the
 # quantized products moved SmolLM2's best logits by up to ~0.13 on the tuning prompts (questions 100-103).
-_CLOSE_CALL = 0.5
+# PARSIMONY_LOCAL_LM_CLOSE_CALL overrides it (0: never recompute).
+DEFAULT_CLOSE_CALL = 0.25
+
+
+def close_call_margin() -> float:
+    """PARSIMONY_LOCAL_LM_CLOSE_CALL (logits, >= 0; default ``DEFAULT_CLOSE_CALL``)."""
+    raw = os.environ.get("PARSIMONY_LOCAL_LM_CLOSE_CALL", "").strip()
+    if not raw:
+        return DEFAULT_CLOSE_CALL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"PARSIMONY_LOCAL_LM_CLOSE_CALL must be a number of logits >= 0, got {raw!r}")
+    return value
 # int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
@@ -325,6 +340,7 @@ class FastLM:
                 self.prefill_layers, self.prefill_head = self.layers, self.lm_head
             self.norm = inner.norm.weight.to(self.act_dtype)
         self.scale = self.head_dim ** -0.5
+        self.close_call = close_call_margin()
         self.steps_run = 0  # decode steps, and those recomputed in fp32 (close calls; weight-only dtypes)
         self.fp32_steps = 0
         self.group = self.heads // self.kv_heads
@@ -443,14 +459,14 @@ class FastLM:
     def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
         """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32.
 
-        Weight-only dtypes: when a row's two best logits are closer than ``_CLOSE_CALL`` (a near-tie the
+        Weight-only dtypes: when a row's two best logits are closer than ``close_call`` (a near-tie the
         quantized products could order differently from fp32), the step is computed again in fp32 (the same
         positions rewritten); ``fp32_steps`` / ``steps_run`` count how often."""
         logits = self._step(cache, tokens, self.layers, self.lm_head)
         self.steps_run += 1
         if self.layers is not self.prefill_layers:
             best = logits.topk(2, dim=-1).values  # (B, 2)
-            if bool(((best[:, 0] - best[:, 1]) < _CLOSE_CALL).any()):
+            if bool(((best[:, 0] - best[:, 1]) < self.close_call).any()):
                 logits = self._step(cache, tokens, self.prefill_layers, self.prefill_head)
                 self.fp32_steps += 1
         for r in range(len(tokens)):
@@ -604,6 +620,7 @@ __all__ = [
     "Int8WeightLinear",
     "KVCache",
     "UnsupportedModel",
+    "close_call_margin",
     "fast_decode_enabled",
     "fast_lm",
     "greedy_tokens",
