@@ -15,8 +15,10 @@ nothing per step but the tensor work:
   scale per output channel; ``Int4WeightLinear``: 4-bit groups of 32 inputs with a scale and an offset each,
   which hold a GGUF Q4_1 tensor's blocks as they were): the activations stay fp32 between the products and are
   rounded to bf16 only as the kernel's input, q|k|v and gate|up are fused into one product each, and the tied
-  lm_head is int8 per channel (the GGUF's embedding is Q8_0) with its best candidates re-scored in fp32;
-  embeddings stay as loaded (a lookup reads one row).
+  lm_head (int4 groups for int4-weight, int8 per channel for int8-weight) only picks candidates whose best
+  ``_RESCORE_TOP`` logits are recomputed from the fp32 rows. These dtypes read the prompt (prefill) on the
+  model's own fp32 tensors and recompute in fp32 a decode step whose two best logits are a close call
+  (``PARSIMONY_LOCAL_LM_CLOSE_CALL``); embeddings stay as loaded (a lookup reads one row).
 
 Rows: the forward runs several sequences at once (``workers.runtime.batching``): each row has its own
 length; a decode step writes each row's new key at its own position and masks the positions past it.
@@ -68,10 +70,10 @@ def close_call_margin() -> float:
 # int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
-# GGUF weights held as 4-bit groups, which they were; bf16 activations in the products only) decodes fastest and
-# gave the fp32 greedy tokens (agreement 1.00); int8-weight agreed on ~0.97, bf16 on 0.83, int8 dynamic
-# quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm (not measured here: no GPU
-# was lent; the weight-only kernels used here are CPU ones).
+# GGUF weights held as the 4-bit groups they were; bf16 activations in the products only; close calls in fp32)
+# decoded 0.60x llama.cpp's tokens/s (fp32 0.23x) and kept fp32's greedy tokens; int8-weight agreed on 0.93,
+# bf16 on 0.83, int8 dynamic quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm
+# (not measured here: no GPU was lent; the weight-only kernels used here are CPU ones).
 DEFAULT_DTYPE = {"cpu": "int4-weight", "cuda": "bf16"}
 # Rows grow their capacity in steps of this many positions (a decode of N tokens reallocates log2(N) times at most).
 _MIN_CAPACITY = 256
