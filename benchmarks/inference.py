@@ -3,14 +3,17 @@
     .venv/bin/python -m benchmarks.inference --dataset /work/shared/data/nq-open-oracle --json inference.json
 
 llama.cpp runs in its own venv (never the project's): build it once with
-    python3 -m venv var/bench-llamacpp
-    CMAKE_ARGS="-DGGML_NATIVE=ON" var/bench-llamacpp/bin/pip install -r benchmarks/requirements-llamacpp.txt
+    python3.11 -m venv var/bench-llamacpp
+    CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+      var/bench-llamacpp/bin/pip install -r benchmarks/requirements-llamacpp.txt
 (``--llama-python`` names that venv's python; without it the llama.cpp rows are skipped and said so).
 
 In one run, on one machine, with the same thread count for both (``--threads``, default 1: the workers'):
 1. single stream, interleaved (each round runs every contestant once on the round's prompt, the order
    rotating, so the machine's load hits all alike): prefill tokens/s (prompt tokens / prefill seconds) and
-   decode tokens/s (tokens after the first / their seconds, EOS ignored) for our fast forward in each dtype,
+   decode tokens/s (tokens after the first / their seconds, EOS ignored) for our fast forward in each dtype
+   (``--dtypes``: fp32, bf16, int8 dynamic, int8-weight, int4-weight; ``build_s`` is each one's load-time build),
    transformers' forward (the reference loop) and llama.cpp on the GGUF SmolLM2 ships as (Q4_1); medians over
    rounds, and the per-round ratio ours / llama.cpp's median;
 2. greedy agreement against fp32 (transformers' forward, the reference): ``--agreement-questions`` prompts
@@ -212,7 +215,7 @@ def _agreement(args: Any, lm: Any, fasts: dict[str, Any], llama: LlamaCpp | None
     from workers.runtime.decode import causal_lm_steps
     from workers.runtime.fast_lm import greedy_tokens, token_agreement
 
-    prompts = rag[: args.agreement_questions]
+    prompts = rag[args.agreement_offset : args.agreement_offset + args.agreement_questions]
     n = args.agreement_tokens
     with torch.inference_mode():
         reference = []
@@ -268,13 +271,16 @@ def main() -> None:
                         default=Path(os.environ.get("PARSIMONY_SHARED_DATA", ROOT.parent / "shared" / "data"))
                         / "nq-open-oracle")
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--dtypes", default="fp32,bf16,int8")
+    parser.add_argument("--dtypes", default="fp32,int8-weight,int4-weight",
+                        help="comma-separated fast-forward dtypes (fp32, bf16, int8, int8-weight, int4-weight)")
     parser.add_argument("--dtype", default="fp32", help="the dtype the batching rows use")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PARSIMONY_TORCH_THREADS", "1")))
     parser.add_argument("--rounds", type=int, default=3, help="single-stream rounds (interleaved)")
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--agreement-questions", type=int, default=30)
     parser.add_argument("--agreement-tokens", type=int, default=16)
+    parser.add_argument("--agreement-offset", type=int, default=0,
+                        help="first question of the agreement set (0: the reported split; tune on another)")
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--concurrent-tokens", type=int, default=32)
     parser.add_argument("--llama-python", type=Path, default=ROOT / "var" / "bench-llamacpp" / "bin" / "python")
@@ -299,16 +305,17 @@ def main() -> None:
         text = f"{p['title']}: {p['text']}\n\nQuestion: {q['question']}\nAnswer briefly."
         return chat_template_ids(lm.tokenizer, [{"role": "user", "content": text}])
 
-    rag = [rag_prompt(q) for q in questions[: max(args.agreement_questions, args.rounds)]]
+    rag = [rag_prompt(q) for q in questions[: max(args.agreement_offset + args.agreement_questions, args.rounds)]]
     short = [chat_template_ids(lm.tokenizer, [{"role": "user", "content": q["question"]}]) for q in questions[:16]]
     dtypes = [d for d in args.dtypes.split(",") if d]
     started = time.perf_counter()
     build_s = {}
+    build_cpu_s = {}
     fasts = {}
     for dt in dtypes:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         fasts[dt] = fast_lm(lm, dt)
-        build_s[dt] = time.perf_counter() - t0
+        build_s[dt], build_cpu_s[dt] = time.perf_counter() - t0, time.thread_time() - c0
     llama = None
     llama_note = None
     importable = args.llama_python.exists() and subprocess.run(
@@ -328,6 +335,7 @@ def main() -> None:
                     "threads": args.threads, "loadavg_start": load_before},
         "model": f"{SMOLLM2_ALIAS} (ours: the GGUF dequantized to safetensors; llama.cpp: the Q4_1 GGUF itself)",
         "build_s": build_s,
+        "build_cpu_s": build_cpu_s,
     }
 
     if "single" not in skip:
@@ -341,6 +349,8 @@ def main() -> None:
     if llama:
         llama.close()
 
+    # Weight-only dtypes recompute a decode step in fp32 when its two best logits are a near-tie.
+    result["close_calls"] = {dt: {"steps": fasts[dt].steps_run, "fp32_steps": fasts[dt].fp32_steps} for dt in dtypes}
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["elapsed_s"] = time.perf_counter() - started
     write_json(args.json, result)

@@ -9,9 +9,16 @@ nothing per step but the tensor work:
   place at each row's position (grown by doubling when a row outgrows it);
 - RoPE's cos/sin are taken once from the model's own rotary module for every position (so scaled
   RoPE, e.g. YaRN, is the model's), and looked up per step;
-- the weights are ``fp32`` (the model's own tensors, shared), ``bf16`` (a copy) or ``int8`` (dynamic
+- the weights are ``fp32`` (the model's own tensors, shared), ``bf16`` (a copy), ``int8`` (dynamic
   quantization of every Linear, ``torch.ao.quantization.quantize_dynamic``: int8 weights, activations
-  quantized per call); embeddings stay as loaded (a lookup reads one row).
+  quantized per call), or weight-only ``int8-weight`` / ``int4-weight`` (``Int8WeightLinear``: int8, one
+  scale per output channel; ``Int4WeightLinear``: 4-bit groups of 32 inputs with a scale and an offset each,
+  which hold a GGUF Q4_1 tensor's blocks as they were): the activations stay fp32 between the products and are
+  rounded to bf16 only as the kernel's input, q|k|v and gate|up are fused into one product each, and the tied
+  lm_head (int4 groups for int4-weight, int8 per channel for int8-weight) only picks candidates whose best
+  ``_RESCORE_TOP`` logits are recomputed from the fp32 rows. These dtypes read the prompt (prefill) on the
+  model's own fp32 tensors and recompute in fp32 a decode step whose two best logits are a close call
+  (``PARSIMONY_LOCAL_LM_CLOSE_CALL``); embeddings stay as loaded (a lookup reads one row).
 
 Rows: the forward runs several sequences at once (``workers.runtime.batching``): each row has its own
 length; a decode step writes each row's new key at its own position and masks the positions past it.
@@ -37,12 +44,37 @@ if TYPE_CHECKING:
 
     from workers.runtime.local_lm import LoadedModel
 
-DTYPES = ("fp32", "bf16", "int8")
-# The measured default per device (docs/benchmarks.md, "Local inference"): on the project's AVX2 CPUs only
-# fp32 keeps SmolLM2's greedy answers (bf16 agreed on 0.83 of the tokens, int8 dynamic quantization on ~0.3,
-# per-channel scales or fp32 lm_head/down_proj included), so fp32 is the default there; on CUDA bf16 is the
-# serving norm (quantize_dynamic is CPU-only), not measured here: no GPU was lent.
-DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "bf16"}
+DTYPES = ("fp32", "bf16", "int8", "int8-weight", "int4-weight")
+# Weight-only quantization (activations stay fp32 between the matrix products): CPU kernels only.
+WEIGHT_ONLY = ("int8-weight", "int4-weight")
+# The fp32 re-scoring of the quantized lm_head's best candidates (argmax as fp32 weights give it).
+_RESCORE_TOP = 32
+# A decode step whose two best logits are closer than this is recomputed in fp32 (weight-only dtypes): the
+# quantized products moved SmolLM2's best logits by up to ~0.13 on the tuning prompts (questions 100-103).
+# PARSIMONY_LOCAL_LM_CLOSE_CALL overrides it (0: never recompute).
+DEFAULT_CLOSE_CALL = 0.25
+
+
+def close_call_margin() -> float:
+    """PARSIMONY_LOCAL_LM_CLOSE_CALL (logits, >= 0; default ``DEFAULT_CLOSE_CALL``)."""
+    raw = os.environ.get("PARSIMONY_LOCAL_LM_CLOSE_CALL", "").strip()
+    if not raw:
+        return DEFAULT_CLOSE_CALL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"PARSIMONY_LOCAL_LM_CLOSE_CALL must be a number of logits >= 0, got {raw!r}")
+    return value
+# int4 groups: GGUF's Q4 block (and the smallest group the kernel takes).
+_INT4_GROUP = 32
+# The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
+# GGUF weights held as the 4-bit groups they were; bf16 activations in the products only; close calls in fp32)
+# decoded 0.60x llama.cpp's tokens/s (fp32 0.23x) and kept fp32's greedy tokens; int8-weight agreed on 0.93,
+# bf16 on 0.83, int8 dynamic quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm
+# (not measured here: no GPU was lent; the weight-only kernels used here are CPU ones).
+DEFAULT_DTYPE = {"cpu": "int4-weight", "cuda": "bf16"}
 # Rows grow their capacity in steps of this many positions (a decode of N tokens reallocates log2(N) times at most).
 _MIN_CAPACITY = 256
 
@@ -62,8 +94,8 @@ def resolve_dtype(device: str, name: str | None = None) -> str:
         return DEFAULT_DTYPE[kind]
     if raw not in DTYPES:
         raise ValueError(f"PARSIMONY_LOCAL_LM_DTYPE must be one of auto, {', '.join(DTYPES)}; got {raw!r}")
-    if raw == "int8" and kind == "cuda":
-        raise ValueError("int8 dynamic quantization runs on CPUs only; use bf16 or fp32 on CUDA")
+    if raw in ("int8", *WEIGHT_ONLY) and kind == "cuda":
+        raise ValueError(f"{raw} quantization runs on CPUs only; use bf16 or fp32 on CUDA")
     return raw
 
 
@@ -77,16 +109,99 @@ def fast_decode_enabled() -> bool:
     raise ValueError(f"PARSIMONY_FAST_DECODE must be a boolean (1/0, true/false), got {raw!r}")
 
 
+class Int8WeightLinear:
+    """A bias-free Linear with int8 weights, one symmetric scale per output channel, fp32 in and out.
+
+    The product runs in PyTorch's weight-only kernel (``torch._weight_int8pack_mm``: int8 weights, bf16
+    activations, fp32 accumulation; its fp32-activation path is scalar and 10-50x slower); the input is
+    rounded to bf16 for the product only, the output comes back as fp32. Each scale is itself a bf16 number
+    (chosen before rounding the weights), so the kernel's bf16 scales are exact.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        import torch
+
+        w = weight.detach().float()
+        amax = w.abs().amax(dim=1).clamp(min=1e-12)
+        scales = (amax / 127).to(torch.bfloat16)  # the scale the kernel will use, exactly
+        self.q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scales.contiguous()
+        self.out_features, self.in_features = w.shape
+
+    def dequantized(self) -> torch.Tensor:
+        return self.q.float() * self.scales.float()[:, None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(flat, self.q, self.scales)
+        return y.view(*x.shape[:-1], self.out_features).float()
+
+
+class Int4WeightLinear:
+    """A bias-free Linear with 4-bit weights in groups of ``group`` inputs (a scale and an offset per group),
+    fp32 in and out, through ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (bf16 activations, as above).
+
+    A GGUF Q4_1 tensor dequantized to fp32 holds, per block of 32 inputs, 16 levels ``d * q + m``: with
+    ``group=32`` the min/max grid recovers its ``q`` exactly, and only ``d`` and ``m`` are rounded (to bf16).
+    """
+
+    def __init__(self, weight: torch.Tensor, group: int = 32, *, keep_grid: bool = False) -> None:
+        """``keep_grid``: keep the 4-bit values unpacked too (4 bytes a weight) for ``dequantized`` (tests)."""
+        import torch
+
+        w = weight.detach().float()
+        out_f, in_f = w.shape
+        if in_f % group:
+            raise ValueError(f"int4 groups of {group} do not divide {in_f} inputs")
+        g = w.view(out_f, in_f // group, group)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=1e-12)
+        q = torch.round((g - lo) / scale).clamp(0, 15)
+        # The kernel computes (q - 8) * scale + zero; both in bf16.
+        scale_b = scale.to(torch.bfloat16)
+        zero_b = (lo + 8 * scale).to(torch.bfloat16)
+        q4 = q.to(torch.int32).view(out_f, in_f)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
+        self.q4 = q4 if keep_grid else None
+        # (in/group, out, 2): [scale, zero] per group and output channel.
+        self.scales_zeros = torch.stack([scale_b.view(out_f, -1).t(), zero_b.view(out_f, -1).t()], dim=-1).contiguous()
+        self.group = group
+        self.out_features, self.in_features = out_f, in_f
+        self._scale: torch.Tensor | None = scale_b.float() if keep_grid else None
+        self._zero: torch.Tensor | None = zero_b.float() if keep_grid else None
+
+    def dequantized(self) -> torch.Tensor:
+        if self.q4 is None or self._scale is None or self._zero is None:
+            raise ValueError("built without keep_grid: the 4-bit values are only held packed")
+        g = self.q4.float().view(self.out_features, -1, self.group)
+        return ((g - 8) * self._scale + self._zero).view(self.out_features, self.in_features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_zeros)
+        return y.view(*x.shape[:-1], self.out_features).float()
+
+
+def _split(fn: Callable[[torch.Tensor], torch.Tensor], sizes: list[int]) -> Callable[[torch.Tensor], tuple]:
+    """One fused product (weights concatenated by output) -> its parts."""
+    return lambda x: fn(x).split(sizes, dim=-1)
+
+
+def _each(*fns: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], tuple]:
+    return lambda x: tuple(f(x) for f in fns)
+
+
 @dataclass(frozen=True)
 class _Layer:
     ln1: torch.Tensor  # (hidden,)
-    q: Callable[[torch.Tensor], torch.Tensor]
-    k: Callable[[torch.Tensor], torch.Tensor]
-    v: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], tuple]  # h -> (q, k, v)
     o: Callable[[torch.Tensor], torch.Tensor]
     ln2: torch.Tensor  # (hidden,)
-    gate: Callable[[torch.Tensor], torch.Tensor]
-    up: Callable[[torch.Tensor], torch.Tensor]
+    gate_up: Callable[[torch.Tensor], tuple]  # h -> (gate, up)
     down: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -151,6 +266,7 @@ class FastLM:
 
     def __init__(self, model: Any, *, dtype: str, device: str = "cpu") -> None:
         import torch
+        import torch.nn.functional as F  # noqa: N812 - torch's convention
 
         config = model.config
         if getattr(config, "model_type", None) not in ("llama",) or not hasattr(model, "model"):
@@ -168,6 +284,8 @@ class FastLM:
         self.eps = float(config.rms_norm_eps)
         self.max_positions = int(config.max_position_embeddings)
         self.act_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        if dtype in WEIGHT_ONLY and not str(device).startswith("cpu"):
+            raise ValueError(f"{dtype} runs on CPUs only")
         inner = model.model
         with torch.no_grad():
             self.embed = inner.embed_tokens.weight  # (V, hidden), shared with the model
@@ -176,20 +294,57 @@ class FastLM:
             probe = torch.zeros(1, dtype=torch.float32, device=device)
             cos, sin = inner.rotary_emb(probe, positions)  # (1, P, D) each
             self.cos, self.sin = cos[0].to(self.act_dtype), sin[0].to(self.act_dtype)  # (P, D)
-            linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-                       for layer in inner.layers]
-            built = self._linears([m for group in linears for m in group] + [model.lm_head])
             self.layers = []
-            for i, layer in enumerate(inner.layers):
-                fns = built[7 * i : 7 * i + 7]
-                self.layers.append(_Layer(
-                    ln1=layer.input_layernorm.weight.to(self.act_dtype), q=fns[0], k=fns[1], v=fns[2], o=fns[3],
-                    ln2=layer.post_attention_layernorm.weight.to(self.act_dtype), gate=fns[4], up=fns[5], down=fns[6],
-                ))
+            if dtype in WEIGHT_ONLY:
+                # Fused products (q|k|v and gate|up concatenated by output): fewer, larger kernel calls.
+                for layer in inner.layers:
+                    att, mlp = layer.self_attn, layer.mlp
+                    qkv_w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).float()
+                    gu_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).float()
+                    self.layers.append(_Layer(
+                        ln1=layer.input_layernorm.weight.float(),
+                        qkv=_split(self._weight_only(qkv_w), [att.q_proj.out_features, att.k_proj.out_features,
+                                                           att.v_proj.out_features]),
+                        o=self._weight_only(att.o_proj.weight),
+                        ln2=layer.post_attention_layernorm.weight.float(),
+                        gate_up=_split(self._weight_only(gu_w), [mlp.gate_proj.out_features, mlp.up_proj.out_features]),
+                        down=self._weight_only(mlp.down_proj.weight),
+                    ))
+                self.lm_head = self._rescored_head(model.lm_head.weight)
+                # Prefill reads the prompt in fp32 on the model's own tensors (no copy): the prompt's keys and
+                # values and the first token's logits are fp32's exactly (and a many-position product is
+                # compute-bound: the int4 kernel was no faster there, 292 against 327 tok/CPU-s).
+                def fp32(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+                    return (lambda w: (lambda x: F.linear(x, w)))(m.weight.detach().float())
+
+                self.prefill_layers = [
+                    _Layer(ln1=layer.input_layernorm.weight.float(),
+                           qkv=_each(fp32(layer.self_attn.q_proj), fp32(layer.self_attn.k_proj),
+                                     fp32(layer.self_attn.v_proj)),
+                           o=fp32(layer.self_attn.o_proj), ln2=layer.post_attention_layernorm.weight.float(),
+                           gate_up=_each(fp32(layer.mlp.gate_proj), fp32(layer.mlp.up_proj)),
+                           down=fp32(layer.mlp.down_proj))
+                    for layer in inner.layers]
+                self.prefill_head = fp32(model.lm_head)
+            else:
+                linears = [(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                            layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+                           for layer in inner.layers]
+                built = self._linears([m for group in linears for m in group] + [model.lm_head])
+                for i, layer in enumerate(inner.layers):
+                    fns = built[7 * i : 7 * i + 7]
+                    self.layers.append(_Layer(
+                        ln1=layer.input_layernorm.weight.to(self.act_dtype), qkv=_each(fns[0], fns[1], fns[2]),
+                        o=fns[3], ln2=layer.post_attention_layernorm.weight.to(self.act_dtype),
+                        gate_up=_each(fns[4], fns[5]), down=fns[6],
+                    ))
+                self.lm_head = built[-1]
+                self.prefill_layers, self.prefill_head = self.layers, self.lm_head
             self.norm = inner.norm.weight.to(self.act_dtype)
-            self.lm_head = built[-1]
         self.scale = self.head_dim ** -0.5
+        self.close_call = close_call_margin()
+        self.steps_run = 0  # decode steps, and those recomputed in fp32 (close calls; weight-only dtypes)
+        self.fp32_steps = 0
         self.group = self.heads // self.kv_heads
 
     def _linears(self, modules: list[Any]) -> list[Callable[[Any], Any]]:
@@ -211,11 +366,39 @@ class FastLM:
         self._quantized = quantized  # keeps the packed weights alive
         return list(quantized)
 
+    def _weight_only(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A layer's Linear in the weight-only dtype (int4 needs inputs in groups of 32, else int8 per channel)."""
+        if self.dtype == "int4-weight" and weight.shape[1] % _INT4_GROUP == 0:
+            return Int4WeightLinear(weight, group=_INT4_GROUP)
+        return Int8WeightLinear(weight)
+
+    def _rescored_head(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The lm_head quantized like the layers, with its ``_RESCORE_TOP`` best logits per position recomputed
+        from the fp32 rows: the bf16 output's rounding (0.125 at a logit of 20) and the coarse grid would
+        otherwise turn near-ties into different greedy picks; the other logits keep the quantized values."""
+
+        full = weight.detach().float()  # the model's own tensor in fp32 (the embedding, tied): no copy
+        head: Callable[[torch.Tensor], torch.Tensor]
+        if self.dtype == "int4-weight" and full.shape[1] % _INT4_GROUP == 0:
+            head = Int4WeightLinear(full, group=_INT4_GROUP)  # coarser than Q8_0: only picks the candidates
+        else:
+            head = Int8WeightLinear(full)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            logits = head(x)  # (..., V) fp32 from bf16
+            top = logits.topk(_RESCORE_TOP, dim=-1).indices  # (..., k)
+            exact = (full[top] * x.unsqueeze(-2)).sum(-1)  # (..., k) fp32
+            return logits.scatter_(-1, top, exact)
+
+        return apply
+
     # ------------------------------------------------------------------------ pieces
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         import torch
 
+        if x.dtype == torch.float32:  # one kernel, the same numbers as below
+            return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
@@ -231,8 +414,8 @@ class FastLM:
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F  # noqa: N812
 
-        h = self._rms(x, layer.ln2)
-        return layer.down(F.silu(layer.gate(h)) * layer.up(h))
+        gate, up = layer.gate_up(self._rms(x, layer.ln2))
+        return layer.down(F.silu(gate) * up)
 
     def new_cache(self, rows: int = 1, capacity: int = _MIN_CAPACITY) -> KVCache:
         return KVCache(self, rows, min(capacity, self.max_positions))
@@ -256,11 +439,12 @@ class FastLM:
         if past:
             keys = torch.arange(past + t, device=self.device)
             mask = keys[None, :] <= (past + torch.arange(t, device=self.device))[:, None]  # (T, past+T)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.prefill_layers):
             h = self._rms(x, layer.ln1)
-            q = layer.q(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
-            k = layer.k(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (1, KVH, T, D)
-            v = layer.v(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = layer.qkv(h)
+            q = q.reshape(1, t, self.heads, self.head_dim).transpose(1, 2)  # (1, H, T, D)
+            k = k.reshape(1, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (1, KVH, T, D)
+            v = v.reshape(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             cache.k[i][row, :, past : past + t] = k[0]
             cache.v[i][row, :, past : past + t] = v[0]
@@ -272,10 +456,28 @@ class FastLM:
             x = x + self._mlp(layer, x)
         cache.lengths[row] = past + t
         last = self._rms(x[:, -1:], self.norm)  # (1, 1, hidden)
-        return self.lm_head(last)[0, 0].float()  # (V,)
+        return self.prefill_head(last)[0, 0].float()  # (V,)
 
     def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
-        """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32."""
+        """One token for each of rows ``0..len(tokens)-1`` at its own next position -> logits (B, V) fp32.
+
+        Weight-only dtypes: when a row's two best logits are closer than ``close_call`` (a near-tie the
+        quantized products could order differently from fp32), the step is computed again in fp32 (the same
+        positions rewritten); ``fp32_steps`` / ``steps_run`` count how often."""
+        logits = self._step(cache, tokens, self.layers, self.lm_head)
+        self.steps_run += 1
+        if self.layers is not self.prefill_layers:
+            best = logits.topk(2, dim=-1).values  # (B, 2)
+            if bool(((best[:, 0] - best[:, 1]) < self.close_call).any()):
+                logits = self._step(cache, tokens, self.prefill_layers, self.prefill_head)
+                self.fp32_steps += 1
+        for r in range(len(tokens)):
+            cache.lengths[r] += 1
+        return logits
+
+    def _step(self, cache: KVCache, tokens: list[int], layers: list[_Layer],
+              head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The forward of one decode step over ``layers`` (KV written at each row's position; lengths unchanged)."""
         import torch
         import torch.nn.functional as F  # noqa: N812
 
@@ -293,11 +495,12 @@ class FastLM:
         if b > 1 and min(lengths) + 1 != longest:
             # Row r sees its own positions 0..lengths[r] only (shorter rows: padding past them).
             mask = (torch.arange(longest, device=self.device)[None, :] <= pos[:, None])[:, None, None]  # (B,1,1,T)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             h = self._rms(x, layer.ln1)
-            q = layer.q(h).view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
-            k = layer.k(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, 1, D)
-            v = layer.v(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = layer.qkv(h)
+            q = q.reshape(b, 1, self.heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
+            k = k.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, 1, D)
+            v = v.reshape(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             ck, cv = cache.k[i], cache.v[i]
             ck[rows, :, pos] = k[:, :, 0]  # each row at its own position
@@ -306,9 +509,7 @@ class FastLM:
                                                  scale=self.scale, enable_gqa=True)  # (B, H, 1, D)
             x = x + layer.o(att.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
             x = x + self._mlp(layer, x)
-        for r in range(b):
-            cache.lengths[r] += 1
-        return self.lm_head(self._rms(x, self.norm))[:, 0].float()  # (B, V)
+        return head(self._rms(x, self.norm))[:, 0].float()  # (B, V)
 
     # ------------------------------------------------------------------------ single stream
 
@@ -415,9 +616,13 @@ def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float
 __all__ = [
     "DEFAULT_DTYPE",
     "DTYPES",
+    "WEIGHT_ONLY",
     "FastLM",
+    "Int4WeightLinear",
+    "Int8WeightLinear",
     "KVCache",
     "UnsupportedModel",
+    "close_call_margin",
     "fast_decode_enabled",
     "fast_lm",
     "greedy_tokens",

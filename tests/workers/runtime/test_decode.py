@@ -379,8 +379,11 @@ def test_the_meter_gives_what_decode_gives_directly(smollm2):
 
 
 @pytest.mark.slow
-def test_the_meter_reports_the_log_probabilities_transformers_scores_give(smollm2):
+def test_the_meter_reports_the_log_probabilities_transformers_scores_give(smollm2, monkeypatch):
     from workers.runtime.meter import generate
+
+    # The plumbing, exactly: fp32 weights (the CPU default int4-weight moved these by up to 0.005).
+    monkeypatch.setenv("PARSIMONY_LOCAL_LM_DTYPE", "fp32")
 
     messages = CHATS[0]
     ids = _prompt_ids(smollm2, messages)
