@@ -114,6 +114,14 @@ def collect(args: argparse.Namespace, tiers: list[dict], rows_path: Path) -> lis
     return done
 
 
+def _without_logprob(row: dict) -> dict:
+    """The row with every name the scorer reads a log-probability from removed (row and quality dict)."""
+    from workers.rag.cascade import LOGPROB_KEYS
+
+    quality = {k: v for k, v in (row.get("quality") or {}).items() if k not in LOGPROB_KEYS}
+    return {**{k: v for k, v in row.items() if k not in LOGPROB_KEYS}, "quality": quality}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, action="append", default=[])
@@ -125,6 +133,8 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--accuracy-slack", type=float, default=0.01,
                         help="the accuracy floor: the best single tier's fit-split accuracy minus this")
+    parser.add_argument("--without-logprob", action="store_true",
+                        help="evaluate with the answers' log-probabilities hidden from the scorer (an ablation)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     tiers = json.loads(args.tiers) if args.tiers else DEFAULT_TIERS
@@ -142,8 +152,11 @@ def main() -> None:
         return
     from benchmarks.cascade_report import report
 
+    if args.without_logprob:
+        rows = [_without_logprob(row) for row in rows]
     summary = report(rows, tier_names=[t["name"] for t in tiers] if args.tiers or not args.from_rows else None,
                      slack=args.accuracy_slack)
+    summary["without_logprob"] = args.without_logprob
     summary["torch_threads"] = int(os.environ.get("PARSIMONY_TORCH_THREADS", "1"))
     write_json(args.json, summary)
     print(json.dumps(summary, indent=2, default=str))
