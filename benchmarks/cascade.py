@@ -1,15 +1,17 @@
 """A cascade (cheap tier first, escalate when a learned scorer doubts the answer) against each single tier.
 
     .venv/bin/python -m benchmarks.cascade --dataset /work/shared/data/nq-open-oracle --limit 40 \\
-        --json var/bench/cascade-nq.json
+        --collect-only --json var/bench/cascade.json   # rows: var/bench/cascade-nq-open-oracle.rows.jsonl
     .venv/bin/python -m benchmarks.cascade --dataset /work/shared/data/hotpotqa-dev-distractor-sample100 \\
-        --limit 40 --json var/bench/cascade-hp.json
-    .venv/bin/python -m benchmarks.cascade --from-rows var/bench/cascade-nq.rows.jsonl \\
-        --from-rows var/bench/cascade-hp.rows.jsonl --json var/bench/cascade.json  # both, pooled scorer
+        --limit 40 --collect-only --json var/bench/cascade.json
+    .venv/bin/python -m benchmarks.cascade --from-rows var/bench/cascade-nq-open-oracle.rows.jsonl \\
+        --from-rows var/bench/cascade-hotpotqa-dev-distractor-sample100.rows.jsonl \\
+        --json var/bench/cascade.json  # both, pooled scorer
+    # add --without-logprob to evaluate the same rows with the answers' log-probabilities hidden (an ablation)
 
 Every tier answers every question through the real pipeline (``benchmarks.rag_qa``'s machinery:
 ingestion, ``query_run_start`` / ``query_run_execute``, the ledger's cost, the quality signals), and
-its row is appended to ``<json>.rows.jsonl`` as soon as it is known: a rerun (same --json) only runs
+its row is appended to ``<json stem>-<dataset>.rows.jsonl`` as soon as it is known: a rerun (same --json) only runs
 what is missing. The cascade itself is then evaluated offline from those rows, as FrugalGPT does:
 its answer is the first accepted tier's, its cost the sum of the tiers it tried.
 
