@@ -1,15 +1,17 @@
 """A cascade (cheap tier first, escalate when a learned scorer doubts the answer) against each single tier.
 
     .venv/bin/python -m benchmarks.cascade --dataset /work/shared/data/nq-open-oracle --limit 40 \\
-        --json var/bench/cascade-nq.json
+        --collect-only --json var/bench/cascade.json   # rows: var/bench/cascade-nq-open-oracle.rows.jsonl
     .venv/bin/python -m benchmarks.cascade --dataset /work/shared/data/hotpotqa-dev-distractor-sample100 \\
-        --limit 40 --json var/bench/cascade-hp.json
-    .venv/bin/python -m benchmarks.cascade --from-rows var/bench/cascade-nq.rows.jsonl \\
-        --from-rows var/bench/cascade-hp.rows.jsonl --json var/bench/cascade.json  # both, pooled scorer
+        --limit 40 --collect-only --json var/bench/cascade.json
+    .venv/bin/python -m benchmarks.cascade --from-rows var/bench/cascade-nq-open-oracle.rows.jsonl \\
+        --from-rows var/bench/cascade-hotpotqa-dev-distractor-sample100.rows.jsonl \\
+        --json var/bench/cascade.json  # both, pooled scorer
+    # add --without-logprob to evaluate the same rows with the answers' log-probabilities hidden (an ablation)
 
 Every tier answers every question through the real pipeline (``benchmarks.rag_qa``'s machinery:
 ingestion, ``query_run_start`` / ``query_run_execute``, the ledger's cost, the quality signals), and
-its row is appended to ``<json>.rows.jsonl`` as soon as it is known: a rerun (same --json) only runs
+its row is appended to ``<json stem>-<dataset>.rows.jsonl`` as soon as it is known: a rerun (same --json) only runs
 what is missing. The cascade itself is then evaluated offline from those rows, as FrugalGPT does:
 its answer is the first accepted tier's, its cost the sum of the tiers it tried.
 
@@ -114,6 +116,14 @@ def collect(args: argparse.Namespace, tiers: list[dict], rows_path: Path) -> lis
     return done
 
 
+def _without_logprob(row: dict) -> dict:
+    """The row with every name the scorer reads a log-probability from removed (row and quality dict)."""
+    from workers.rag.cascade import LOGPROB_KEYS
+
+    quality = {k: v for k, v in (row.get("quality") or {}).items() if k not in LOGPROB_KEYS}
+    return {**{k: v for k, v in row.items() if k not in LOGPROB_KEYS}, "quality": quality}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, action="append", default=[])
@@ -125,6 +135,8 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--accuracy-slack", type=float, default=0.01,
                         help="the accuracy floor: the best single tier's fit-split accuracy minus this")
+    parser.add_argument("--without-logprob", action="store_true",
+                        help="evaluate with the answers' log-probabilities hidden from the scorer (an ablation)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     tiers = json.loads(args.tiers) if args.tiers else DEFAULT_TIERS
@@ -142,8 +154,11 @@ def main() -> None:
         return
     from benchmarks.cascade_report import report
 
+    if args.without_logprob:
+        rows = [_without_logprob(row) for row in rows]
     summary = report(rows, tier_names=[t["name"] for t in tiers] if args.tiers or not args.from_rows else None,
                      slack=args.accuracy_slack)
+    summary["without_logprob"] = args.without_logprob
     summary["torch_threads"] = int(os.environ.get("PARSIMONY_TORCH_THREADS", "1"))
     write_json(args.json, summary)
     print(json.dumps(summary, indent=2, default=str))

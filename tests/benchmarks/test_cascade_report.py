@@ -38,3 +38,16 @@ def test_it_reports_the_cascade_each_tier_and_the_oracle_on_the_held_out_half():
     assert out["cascade"]["cost_per_question"] >= out["tiers"]["extractive"]["cost_per_question"]
     assert set(out["targets"]) >= {"cost_of_pass_ratio", "contained_within_1_point", "oracle_saving_recovered"}
     assert set(out["by_dataset"]) == {"nq", "hp"}
+
+
+def test_the_ablation_hides_every_log_probability_from_the_scorer_and_keeps_the_rest():
+    from benchmarks.cascade import _without_logprob
+    from workers.rag.cascade import answer_logprob, cascade_features
+
+    row = {"tier": "small", "quality_label": "grounded", "logprob": -0.3,
+           "quality": {"answer_logprob_mean": -1.25, "mean_logprob": -0.5, "support_score": 0.7}}
+    assert answer_logprob(row) == -1.25
+    hidden = _without_logprob(row)
+    assert answer_logprob(hidden) is None and cascade_features(hidden)["logprob_missing"] == 1
+    assert hidden["quality"] == {"support_score": 0.7} and hidden["quality_label"] == "grounded"
+    assert row["quality"]["answer_logprob_mean"] == -1.25  # the input row is left as it was
