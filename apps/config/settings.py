@@ -277,6 +277,8 @@ SPECTACULAR_SETTINGS = {
         "apps.api.schema.add_error_responses",
         "apps.api.schema.tag_by_resource",
     ],
+    # Two request fields are called "mode": a query's (sync/async) and a bulk job's (direct/provider batch).
+    "ENUM_NAME_OVERRIDES": {"RunModeEnum": ["sync", "async"], "BulkModeEnum": ["direct", "provider_batch"]},
 }
 
 # --- Mail (budget alerts) ----------------------------------------------------------------------
