@@ -226,7 +226,7 @@ def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, cha
     from apps.costs.tokens import prompt_tokens_bound, text_tokens_bound
     from apps.rag.models import QueryRun
     from apps.rag.question_runner import QueryHooks, engine_config
-    from workers.rag.pipeline import PipelineResult, RetrievedChunk, _with_quality, citations
+    from workers.rag.pipeline import PipelineResult, RetrievedChunk, citations, with_quality
 
     if not BulkRow.objects.select_for_update().filter(pk=row.pk, status=RowStatus.PENDING).exists():
         return  # settled by an earlier run of this stage
@@ -257,7 +257,7 @@ def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, cha
     hooks.generation_record = normal
     chunks = [RetrievedChunk(**chunk) for chunk in row.prepared.get("chunks", [])]
     try:
-        outcome = _with_quality(
+        outcome = with_quality(
             PipelineResult(answer=result.text, finish_reason=result.finish_reason,
                            citations=citations(chunks, result.text), baseline_prompt_tokens=usage.prompt_tokens),
             question=row.question, chunks=chunks, config=engine_config(run=run, endpoint=endpoint), hooks=hooks,

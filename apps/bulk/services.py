@@ -467,7 +467,7 @@ def _batch_answer(bulk: BulkJob, rows: list[BulkRow]) -> list[dict]:
         shared_tokens_split,
     )
     from workers.prompting.naive import NaivePrompting
-    from workers.rag.pipeline import PipelineResult, _with_quality, citations
+    from workers.rag.pipeline import PipelineResult, citations, with_quality
     from workers.runtime.meter import count_chat_tokens, count_tokens
 
     pipeline = bulk.pipeline
@@ -517,7 +517,7 @@ def _batch_answer(bulk: BulkJob, rows: list[BulkRow]) -> list[dict]:
         hooks.generation_record = copy.copy(record)
         hooks.generation_record.completion_tokens = completion_shares[n]
         try:
-            outcome = _with_quality(
+            outcome = with_quality(
                 PipelineResult(answer=answer, finish_reason=call.finish_reason, citations=citations(chunks, answer),
                                baseline_prompt_tokens=naive_tokens),
                 question=row.question, chunks=chunks, config=config, hooks=hooks, confidence=None,

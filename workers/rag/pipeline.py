@@ -232,7 +232,7 @@ def _answer_with_retrieval(
                                       passages=passages, strategy=strategy, progress=progress, on_token=on_token)
         # A quote is verbatim from its passages, so token overlap alone shows its support: no second
         # embedding is billed for the check.
-        return _with_quality(quoted, question=question, chunks=chunks, config=config, hooks=None, confidence=confidence)
+        return with_quality(quoted, question=question, chunks=chunks, config=config, hooks=None, confidence=confidence)
 
     # Only a pipeline that compresses says so; the model may load here on a cold start (the hooks say that).
     progress(1, STEPS, "compressing" if config.compression_method != "none" else "building the prompt")
@@ -308,7 +308,7 @@ def _answer_with_retrieval(
     # The baseline: naive RAG, same model, every retrieved chunk uncompressed.
     naive = with_history(get_strategy("naive").build_messages(system_prompt=config.system_prompt,
                                                               question=question, passages=passages), history)
-    return _with_quality(PipelineResult(
+    return with_quality(PipelineResult(
         answer=call.text,
         finish_reason=call.finish_reason,
         citations=citations(chunks, call.text),
@@ -338,7 +338,7 @@ def _retrieval_check(
     )
 
 
-def _with_quality(
+def with_quality(
     result: PipelineResult, *, question: str, chunks: list[RetrievedChunk], config: PipelineConfig,
     hooks: PipelineHooks | None, confidence: float | None, logprobs: list[float] | None = None,
 ) -> PipelineResult:
@@ -498,4 +498,5 @@ __all__ = [
     "citations",
     "run_direct",
     "run_pipeline",
+    "with_quality",
 ]
