@@ -97,7 +97,8 @@ def test_it_uses_the_logprob_feature_when_rows_carry_one(rows):
     assert model.coef[model.features.index("logprob")] > 0.5  # a perfectly separating signal weighs in
 
 
-def test_threshold_selection_matches_a_plain_exhaustive_cascade(rows):
+def _fitted_tables(rows) -> tuple[list, list, list]:
+    """Per question (sorted) and tier: the fitted scorer's score (the last tier always 1), right or not, cost."""
     params = cascade_scorer_fit(rows, tiers=3)
     questions = sorted({r["question"] for r in rows})
     table = {(r["question"], r["tier"]): r for r in rows}
@@ -105,6 +106,11 @@ def test_threshold_selection_matches_a_plain_exhaustive_cascade(rows):
               for q in questions]
     correct = [[table[q, t]["correct"] for t in range(3)] for q in questions]
     costs = [[float(table[q, t]["cost"]) for t in range(3)] for q in questions]
+    return scores, correct, costs
+
+
+def test_threshold_selection_matches_a_plain_exhaustive_cascade(rows):
+    scores, correct, costs = _fitted_tables(rows)
     for floor in (0.5, 0.7, 0.99):
         chosen = thresholds_select(scores=scores, correct=correct, costs=costs, accuracy_floor=floor)
         reference = None
@@ -188,13 +194,7 @@ def test_many_tiers_are_searched_by_coordinate_descent_fast_and_as_the_simulatio
 
 
 def test_coordinate_descent_finds_the_exhaustive_optimum_on_a_small_cascade(rows):
-    params = cascade_scorer_fit(rows, tiers=3)
-    questions = sorted({r["question"] for r in rows})
-    table = {(r["question"], r["tier"]): r for r in rows}
-    scores = [[params.tiers[t].score(cascade_features(table[q, t])) if t < 2 else 1.0 for t in range(3)]
-              for q in questions]
-    correct = [[table[q, t]["correct"] for t in range(3)] for q in questions]
-    costs = [[float(table[q, t]["cost"]) for t in range(3)] for q in questions]
+    scores, correct, costs = _fitted_tables(rows)
     for floor in (0.5, 0.7):
         exhaustive = thresholds_select(scores=scores, correct=correct, costs=costs, accuracy_floor=floor)
         descent = thresholds_select(scores=scores, correct=correct, costs=costs, accuracy_floor=floor,
