@@ -81,21 +81,18 @@ def price_set(
     History is kept: a different price is a new row; old ledger rows keep what they were charged.
     """
     effective_from = effective_from or timezone.now()
-    values = {
-        "input_per_mtok": Decimal(input_per_mtok),
-        "output_per_mtok": Decimal(output_per_mtok),
-        "cached_input_per_mtok": None if cached_input_per_mtok is None else Decimal(cached_input_per_mtok),
-        "per_gpu_second": Decimal(per_gpu_second),
-        "per_cpu_second": Decimal(per_cpu_second),
-        "batch_input_per_mtok": None if batch_input_per_mtok is None else Decimal(batch_input_per_mtok),
-        "batch_output_per_mtok": None if batch_output_per_mtok is None else Decimal(batch_output_per_mtok),
-    }
+    values = _stored_values({
+        "input_per_mtok": input_per_mtok, "output_per_mtok": output_per_mtok,
+        "cached_input_per_mtok": cached_input_per_mtok, "per_gpu_second": per_gpu_second,
+        "per_cpu_second": per_cpu_second, "batch_input_per_mtok": batch_input_per_mtok,
+        "batch_output_per_mtok": batch_output_per_mtok,
+    })
     latest = (
         Price.objects.filter(model_name=model_name, effective_from__lte=effective_from)
         .order_by("-effective_from")
         .first()
     )
-    if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
+    if latest is not None and _unchanged(latest, values):
         return latest, False
     price, created = Price.objects.update_or_create(
         model_name=model_name,
@@ -109,10 +106,25 @@ _PRICE_FIELDS = (
     "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_gpu_second", "per_cpu_second",
     "batch_input_per_mtok", "batch_output_per_mtok",
 )
+_NULLABLE = {"cached_input_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok"}
 
 
-def _as_stored(value) -> Decimal | None:
-    return None if value is None else Decimal(value).quantize(Decimal("0.0000000001"), rounding=ROUND_HALF_UP)
+def _stored_values(entry: dict) -> dict[str, Decimal | None]:
+    """A price's values as the row stores them (10 decimal places; blank non-nullable ones are 0), so an
+    unchanged price compares equal to its row."""
+    values: dict[str, Decimal | None] = {}
+    for key in _PRICE_FIELDS:
+        value = entry.get(key)
+        if value is None:
+            values[key] = None if key in _NULLABLE else ZERO
+        else:
+            values[key] = Decimal(value).quantize(Decimal("0.0000000001"), rounding=ROUND_HALF_UP)
+    return values
+
+
+def _unchanged(latest: Price, values: dict[str, Decimal | None]) -> bool:
+    """Whether the price in force already has these values (then setting them again adds nothing)."""
+    return all(getattr(latest, key) == values[key] for key in _PRICE_FIELDS)
 
 
 def prices_set_many(*, entries: list[dict], effective_from: datetime, source: str = "") -> tuple[int, int]:
@@ -125,11 +137,7 @@ def prices_set_many(*, entries: list[dict], effective_from: datetime, source: st
     """
     wanted: dict[str, dict] = {}
     for entry in entries:
-        # As stored (10 decimal places), so an unchanged price compares equal to its row.
-        values = {key: _as_stored(entry.get(key)) for key in _PRICE_FIELDS}
-        for key in ("input_per_mtok", "output_per_mtok", "per_gpu_second", "per_cpu_second"):
-            values[key] = ZERO if values[key] is None else values[key]
-        wanted[entry["model_name"]] = {**values, "provider": entry.get("provider", "")}
+        wanted[entry["model_name"]] = {**_stored_values(entry), "provider": entry.get("provider", "")}
     in_force: dict[str, Price] = {}
     rows = Price.objects.filter(model_name__in=list(wanted), effective_from__lte=effective_from)
     for price in rows.order_by("model_name", "-effective_from"):
@@ -138,7 +146,7 @@ def prices_set_many(*, entries: list[dict], effective_from: datetime, source: st
     replaced: list[Price] = []
     for name, values in wanted.items():
         latest = in_force.get(name)
-        if latest is not None and all(getattr(latest, key) == values[key] for key in _PRICE_FIELDS):
+        if latest is not None and _unchanged(latest, values):
             continue
         if latest is not None and latest.effective_from == effective_from:
             replaced.append(latest)  # same date, other values: update_or_create's rule in price_set
