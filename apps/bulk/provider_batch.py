@@ -36,7 +36,7 @@ from apps.bulk.provider_batch_rules import MODES, batch_price, batch_price_probl
 from apps.core.jobs import JobEnd
 from apps.costs.models import ZERO, ModelEndpoint, Price, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of
-from apps.costs.services import LedgerContext, price_current, usage_record
+from apps.costs.services import price_current, usage_record
 from apps.costs.services.budgets import reservation_shrink
 
 logger = logging.getLogger(__name__)
@@ -133,11 +133,6 @@ def _batch_ended(state) -> str:
     return f"the provider batch ended {state.status}{why}"
 
 
-def _context(bulk: BulkJob, run_id: int) -> LedgerContext:
-    return LedgerContext(team=bulk.team, user=bulk.created_by, api_key=bulk.api_key, query_run_id=run_id,
-                         pipeline_name=bulk.pipeline.name)
-
-
 def _prepare(bulk: BulkJob, progress) -> None:
     """Each pending row not prepared yet: its run, its retrieval (billed) and its naive prompt, stored in one
     transaction (a worker that dies mid-row leaves nothing of it)."""
@@ -225,7 +220,7 @@ def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, cha
     from apps.bulk.services import _row_failed, _rows_store, _run_close
     from apps.costs.tokens import prompt_tokens_bound, text_tokens_bound
     from apps.rag.models import QueryRun
-    from apps.rag.question_runner import QueryHooks, engine_config
+    from apps.rag.question_runner import engine_config, question_hooks
     from workers.rag.pipeline import PipelineResult, RetrievedChunk, citations, with_quality
 
     if not BulkRow.objects.select_for_update().filter(pk=row.pk, status=RowStatus.PENDING).exists():
@@ -233,22 +228,23 @@ def _row_settle(bulk: BulkJob, row: BulkRow, result, state, *, price: Price, cha
     if not row.prepared.get("run_id"):  # never sent (cannot happen after a submit; kept safe)
         BulkRow.objects.filter(pk=row.pk).update(status=RowStatus.FAILED, error="never sent to the provider")
         return
-    run = QueryRun.objects.select_related("pipeline__model_endpoint").get(pk=row.prepared["run_id"])
+    run = QueryRun.objects.select_related("pipeline__model_endpoint", "team", "user", "api_key").get(
+        pk=row.prepared["run_id"])
     if result is None or not result.ok:
         error = result.error if result is not None else f"the provider batch ended {state.status} without an answer"
         _rows_store(bulk, [_row_failed(row, run, ProviderBatchError(error))])
         return
     started = time.perf_counter()
     endpoint = bulk.pipeline.model_endpoint
-    context = _context(bulk, run.pk)
+    # The run's own ledger context (its team, user and key are the job's: bulk's _run_open).
+    hooks = question_hooks(run=run, reservation=bulk.reservation)
     usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens) \
         if result.usage_reported else Usage(prompt_tokens=prompt_tokens_bound(endpoint, row.prepared["messages"]),
                                             completion_tokens=text_tokens_bound(endpoint, result.text))
-    record = usage_record(context=context, stage=Stage.GENERATE, model_name=endpoint.price_name, usage=usage,
+    record = usage_record(context=hooks.context, stage=Stage.GENERATE, model_name=endpoint.price_name, usage=usage,
                           price=charged, finish_reason=result.finish_reason, endpoint=endpoint,
                           reservation=bulk.reservation)
     saving = cost_of(usage=usage, price=price) - record.cost
-    hooks = QueryHooks(run=run, context=context, reservation=bulk.reservation)
     hooks.retrieval_record = UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.RETRIEVE).first()
     # The baseline is naive RAG at the endpoint's normal price: the batch discount counts as a saving.
     normal = copy.copy(record)
