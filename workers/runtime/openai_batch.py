@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.runtime.openai_compat import EndpointError, OpenAICompatConfig
+from workers.runtime.openai_compat import EndpointError, OpenAICompatConfig, transport_error
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -104,15 +104,11 @@ def _client(config: OpenAICompatConfig) -> Any:
 def _endpoint_error(exc: Exception) -> EndpointError:
     import openai
 
-    from workers.runtime.net_guard import blocked_message
-
-    blocked = blocked_message(exc)
-    if blocked is not None:  # a refused address: not retried, the job fails (docs/operations.md)
-        return EndpointError(f"refused by the network policy: {blocked}", blocked=True)
     if isinstance(exc, openai.APIStatusError):
         return EndpointError(str(getattr(exc, "message", exc)), status=exc.status_code,
                              body=getattr(exc.response, "text", None))
-    return EndpointError(f"request failed: {exc}")
+    # No response: a refused address (final: the job fails, docs/operations.md) or a transport failure.
+    return transport_error(exc)
 
 
 def _call(fn, *args: Any, **kwargs: Any) -> Any:

@@ -106,7 +106,8 @@ def _parse_usage(usage: dict[str, Any] | None) -> tuple[int | None, int | None, 
     return usage.get("prompt_tokens"), usage.get("completion_tokens"), cached if cached is not None else 0
 
 
-def _transport_error(exc: httpx.HTTPError) -> EndpointError:
+def transport_error(exc: BaseException) -> EndpointError:
+    """A request that got no response: refused by the network policy (final), or a transport failure."""
     blocked = blocked_message(exc)
     if blocked is not None:
         return EndpointError(f"refused by the network policy: {blocked}", blocked=True)
@@ -207,7 +208,7 @@ class OpenAICompatClient:
         except httpx.TimeoutException as exc:
             raise EndpointError(f"timed out: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+            raise transport_error(exc) from exc
         if response.status_code >= 400:
             raise EndpointError(_error_message(response), status=response.status_code, body=response.text)
         try:
@@ -290,7 +291,7 @@ class OpenAICompatClient:
         except httpx.TimeoutException as exc:
             raise EndpointError(f"timed out: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(exc) from exc
+            raise transport_error(exc) from exc
         prompt, completion, cached = _parse_usage(usage)
         return ChatCompletion(
             text="".join(pieces),
