@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from tests.support.local_server import LocalHTTPServer
+from tests.support.local_server import LocalHTTPServer, QuietJSONHandler
 
 DEFAULT_REPLY = "Paris is the capital of France, and it has been for a very long time."
 
@@ -110,11 +110,8 @@ class FakeOpenAIServer(LocalHTTPServer):
 
 
 def _handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietJSONHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet tests
-            pass
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") != "/v1/models" or server.models is None:
@@ -148,14 +145,6 @@ def _handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                                  "finish_reason": finish}],
                     "usage": server.usage_for(body, tokens),
                 })
-
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def _event(self, payload: dict[str, Any] | str) -> None:
             data = payload if isinstance(payload, str) else json.dumps(payload)

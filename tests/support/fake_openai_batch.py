@@ -24,7 +24,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.local_server import LocalHTTPServer
+from tests.support.local_server import LocalHTTPServer, QuietJSONHandler
 
 
 class FakeBatchServer(LocalHTTPServer):
@@ -119,22 +119,11 @@ def _multipart(body: bytes, content_type: str) -> dict[str, tuple[str, bytes]]:
 
 
 def _handler(server: FakeBatchServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901 (one route table)
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietJSONHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet tests
-            pass
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def _missing(self) -> None:
             self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})

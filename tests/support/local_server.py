@@ -1,10 +1,27 @@
-"""A test HTTP server on 127.0.0.1 in a thread, used as a context manager (the fake OpenAI servers)."""
+"""A test HTTP server on 127.0.0.1 in a thread, used as a context manager, and its quiet JSON handler base (the
+fake OpenAI servers)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
+
+
+class QuietJSONHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (quiet tests) and answers JSON with ``_json``."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class LocalHTTPServer:

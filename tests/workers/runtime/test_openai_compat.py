@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.local_server import QuietJSONHandler
 from workers.runtime.meter import generate
 from workers.runtime.openai_compat import EndpointError, OpenAICompatClient, OpenAICompatConfig
 
@@ -38,11 +39,8 @@ class FakeEndpoint:
 
 
 def make_handler(state: FakeEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietJSONHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -71,14 +69,6 @@ def make_handler(state: FakeEndpoint) -> type[BaseHTTPRequestHandler]:
             if state.usage is not None:
                 payload["usage"] = state.usage
             self._json(200, payload)
-
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
             base = {"id": "cmpl-1", "object": "chat.completion.chunk", "model": body["model"]}
