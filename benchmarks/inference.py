@@ -350,7 +350,8 @@ def main() -> None:
         llama.close()
 
     # Weight-only dtypes recompute a decode step in fp32 when its two best logits are a near-tie.
-    result["close_calls"] = {dt: {"steps": fasts[dt].steps_run, "fp32_steps": fasts[dt].fp32_steps} for dt in dtypes}
+    result["close_calls"] = {dt: {"steps": fasts[dt].steps_run, "fp32_steps": fasts[dt].fp32_steps,
+                                  "fp32_rows": fasts[dt].fp32_rows} for dt in dtypes}
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["elapsed_s"] = time.perf_counter() - started
     write_json(args.json, result)
