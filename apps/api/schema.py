@@ -43,8 +43,8 @@ OPENAI_ERROR_SCHEMA = {
             "properties": {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
                 "parsimony": {"type": "object", "additionalProperties": True},
             },
             "required": ["message", "type"],

@@ -98,3 +98,24 @@ def test_the_favicon_is_served_and_linked(client, alice):
 def test_the_admin_links_the_favicon(client, make_user):
     client.force_login(make_user("root", is_superuser=True))
     assert 'rel="icon"' in client.get("/admin/").content.decode()
+
+
+def test_the_schema_is_valid_openapi(schema):
+    """Client generators reject an invalid document: the schema validates against OpenAPI 3.0's own schema
+    (nullable fields as ``nullable: true``, not 3.1's ``type: [..., "null"]``)."""
+    from drf_spectacular.validation import validate_schema
+
+    validate_schema(schema)
+    assert [node for node in _walk(schema) if isinstance(node.get("type"), list)] == []
+    openai_error = schema["components"]["schemas"]["OpenAIError"]["properties"]["error"]["properties"]
+    assert openai_error["code"] == openai_error["param"] == {"type": "string", "nullable": True}
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
