@@ -15,7 +15,11 @@ The job's ``bulk.run`` task runs in stages (``apps.core.jobs.JobContinue``), eac
    naive-RAG baseline at the normal price (so the batch discount is part of its savings, as every other
    saving), or failed with the provider's message. The hold shrinks as rows settle and is settled at the end.
 
-Cancelling the job (or its failing for good) cancels the provider batch.
+Cancelling the job (or its failing for good) cancels the provider batch. The provider still answers the
+requests it had finished before the cancel took effect, and charges for them: ``provider_batch_after_end``
+(task ``bulk.provider_batch_after_end``, sent by the job's ending) polls the batch until it has ended, then
+settles those rows as above and books their cost to the budgets after the hold was settled
+(``reservation_true_up``); the rows the provider never answered fail as cancelled.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ from apps.core.jobs import JobEnd
 from apps.costs.models import ZERO, ModelEndpoint, Price, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of
 from apps.costs.services import price_current, usage_record
-from apps.costs.services.budgets import reservation_shrink
+from apps.costs.services.budgets import reservation_shrink, reservation_true_up
 
 logger = logging.getLogger(__name__)
+
+# The task that settles what a cancelled job's provider batch answered anyway (workers/tasks/bulk.py).
+AFTER_END_TASK = "bulk.provider_batch_after_end"
+NOT_ANSWERED = "cancelled before the provider answered it"
 
 class ProviderBatchError(Exception):
     """A row the provider answered with an error (its message), or did not answer."""
@@ -296,15 +304,79 @@ def provider_batch_cancel(*, bulk: BulkJob) -> str | None:
 
 def provider_batch_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True) -> None:
     """A provider-batch job cancelled or failed for good (``apps.core.jobs.JOB_ENDINGS``): its provider batch is
-    cancelled too. A redelivered job keeps it (its next attempt polls it)."""
+    cancelled too, and what it answered before the cancel took effect is settled later
+    (``provider_batch_after_end``, sent once this commits). A redelivered job keeps it (its next attempt
+    polls it)."""
+    from apps.core.dispatch import task_send
+    from workers.runtime import openai_batch
+
     if outcome == JobEnd.REDELIVERED:
         return
     bulk = BulkJob.objects.select_related("pipeline__model_endpoint").filter(job=job).first()
-    if bulk is not None and not bulk.is_finished:
-        provider_batch_cancel(bulk=bulk)
+    if bulk is None or bulk.is_finished or not bulk.provider_batch_id:
+        return
+    provider_batch_cancel(bulk=bulk)
+    bulk.refresh_from_db(fields=["provider_status"])
+    if bulk.provider_status not in openai_batch.TERMINAL or bulk.rows.filter(status=RowStatus.PENDING).exists():
+        task_send(task_name=AFTER_END_TASK, args=(bulk.pk, job.queue), queue=job.queue, countdown=poll_interval_s())
+
+
+def provider_batch_after_end(*, bulk_job_id: int) -> BulkJob | ProviderWait | None:
+    """After a provider-batch job ended while its batch ran (cancelled, or failed for good): poll the batch
+    until it has ended; then each pending row the provider answered is settled as a finished job settles it
+    (its answer kept, billed at the batch price under the job's hold, its quality checked) and its cost
+    booked to the budgets (``reservation_true_up``: the hold was settled when the job ended), and each it did
+    not answer fails. Idempotent: a row is settled only while pending, each in its own transaction."""
+    from apps.bulk.services import _ledger_total, bulk_job_for_work
+    from workers.runtime import openai_batch
+    from workers.runtime.openai_compat import EndpointError
+
+    bulk = bulk_job_for_work(bulk_job_id)
+    if bulk is None or not bulk.is_finished or not bulk.provider_batch_id or bulk.pipeline is None:
+        return bulk
+    if not bulk.rows.filter(status=RowStatus.PENDING).exists():
+        return bulk
+    config = endpoint_config(bulk.pipeline.model_endpoint)
+    try:
+        state = openai_batch.batch_get(config, batch_id=bulk.provider_batch_id)
+    except EndpointError as exc:
+        if exc.retryable:
+            return ProviderWait(status=bulk.provider_status or "unknown", countdown=poll_interval_s(),
+                                message=f"provider batch unreachable ({exc}); polling again")
+        state = None  # a refused key, a batch the provider no longer knows: nothing more will come
+        logger.warning("bulk job %s: provider batch %s cannot be read after the job ended: %s",
+                       bulk.pk, bulk.provider_batch_id, exc)
+    if state is not None:
+        BulkJob.objects.filter(pk=bulk.pk).update(provider_status=state.status, provider_polled_at=timezone.now())
+        if not state.finished:
+            return ProviderWait(status=state.status, countdown=poll_interval_s(),
+                                message=f"provider batch {state.status} after the job ended; polling again")
+    results = {}
+    if state is not None and (state.output_file_id or state.error_file_id):
+        results = openai_batch.batch_results(config, state=state)
+    price = price_current(model_name=bulk.pipeline.model_endpoint.price_name)
+    charged = price if batch_price_problem(price) else batch_price(price)
+    for row in bulk.rows.filter(status=RowStatus.PENDING).order_by("position"):
+        result = results.get(str(row.pk))
+        if result is None or not result.ok:
+            error = NOT_ANSWERED if result is None else f"ProviderBatchError: {result.error}"
+            BulkRow.objects.filter(pk=row.pk, status=RowStatus.PENDING).update(status=RowStatus.FAILED,
+                                                                              error=error[:10_000])
+            continue
+        with transaction.atomic():
+            _row_settle(bulk, row, result, state, price=price, charged=charged)
+            # The job's ending unlinked its pending rows' runs (failed as cancelled); this one was answered.
+            BulkRow.objects.filter(pk=row.pk, query_run=None).update(query_run_id=row.prepared.get("run_id"))
+            if bulk.reservation is not None:
+                reservation_true_up(reservation=bulk.reservation)
+    totals = {status: bulk.rows.filter(status=status).count() for status in (RowStatus.DONE, RowStatus.FAILED)}
+    BulkJob.objects.filter(pk=bulk.pk).update(
+        rows_done=totals[RowStatus.DONE], rows_failed=totals[RowStatus.FAILED],
+        cost=_ledger_total(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO)
+    return BulkJob.objects.get(pk=bulk.pk)
 
 
 __all__ = [
-    "MODES", "ProviderBatchError", "ProviderWait", "provider_batch_cancel", "provider_batch_job_end",
-    "provider_batch_run",
+    "AFTER_END_TASK", "MODES", "ProviderBatchError", "ProviderWait", "provider_batch_after_end",
+    "provider_batch_cancel", "provider_batch_job_end", "provider_batch_run",
 ]

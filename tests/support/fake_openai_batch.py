@@ -9,7 +9,8 @@ Routes: ``POST /v1/files`` (multipart, purpose "batch"), ``GET /v1/files/{id}/co
 ``reply`` with usage ``prompt_tokens`` / ``completion_tokens`` (``cached_tokens`` among the prompt's),
 except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file
 with ``fail_message``. A cancelled batch is
-"cancelling" until its next retrieval, then "cancelled" with no output. ``uploads`` and ``creates`` count
+"cancelling" until its next retrieval, then "cancelled" with the answers to its first ``answered_before_cancel``
+request lines (as the provider keeps, and charges for, what it finished before the cancel took effect). ``uploads`` and ``creates`` count
 the submissions, ``cancels`` the cancels;
 ``unavailable``: the next that many batch retrievals answer 503.
 """
@@ -31,13 +32,15 @@ class FakeBatchServer(LocalHTTPServer):
     def __init__(self, *, reply: str = "Paris [1]", prompt_tokens: int = 120, completion_tokens: int = 7,
                  cached_tokens: int = 0, fail: set[str] | None = None,
                  fail_message: str = "This model's maximum context length was exceeded",
-                 polls_until_done: int = 1, fail_when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 polls_until_done: int = 1, fail_when: Callable[[dict[str, Any]], bool] | None = None,
+                 answered_before_cancel: int = 0) -> None:
         self.reply, self.prompt_tokens, self.completion_tokens = reply, prompt_tokens, completion_tokens
         self.cached_tokens = cached_tokens
         self.fail = set(fail or ())
         self.fail_when = fail_when  # or: a request line (custom_id, body) that should fail
         self.fail_message = fail_message
         self.polls_until_done = polls_until_done
+        self.answered_before_cancel = answered_before_cancel
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.polls: dict[str, int] = {}
@@ -62,9 +65,9 @@ class FakeBatchServer(LocalHTTPServer):
             "filename": filename, "purpose": purpose, "status": "processed"}}
         return self.files[file_id]["meta"]
 
-    def _finish(self, batch: dict[str, Any]) -> None:
+    def _finish(self, batch: dict[str, Any], status: str = "completed", lines: int | None = None) -> None:
         out, err = [], []
-        for line in self.input_lines(batch["id"]):
+        for line in self.input_lines(batch["id"])[:lines]:
             custom_id = line["custom_id"]
             if custom_id in self.fail or (self.fail_when is not None and self.fail_when(line)):
                 err.append({"id": f"req-{custom_id}", "custom_id": custom_id, "response": {
@@ -87,15 +90,14 @@ class FakeBatchServer(LocalHTTPServer):
 
         batch["output_file_id"] = self._file(jsonl(out), "batch_output", "output.jsonl")["id"] if out else None
         batch["error_file_id"] = self._file(jsonl(err), "batch_output", "errors.jsonl")["id"] if err else None
-        batch["status"] = "completed"
-        batch["completed_at"] = int(time.time())
+        batch["status"] = status
+        batch[f"{status}_at"] = int(time.time())
         batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
 
     def _advance(self, batch: dict[str, Any]) -> None:
         self.polls[batch["id"]] = self.polls.get(batch["id"], 0) + 1
         if batch["status"] == "cancelling":
-            batch["status"] = "cancelled"
-            batch["cancelled_at"] = int(time.time())
+            self._finish(batch, "cancelled", self.answered_before_cancel)
         elif batch["status"] == "in_progress" and self.polls[batch["id"]] >= self.polls_until_done:
             self._finish(batch)
 

@@ -414,6 +414,35 @@ def reservation_release(*, reservation: Reservation) -> Reservation:
     return current
 
 
+def reservation_true_up(*, reservation: Reservation) -> Decimal:
+    """Book the ledger rows written under a hold after it ended: its ``actual`` becomes its rows' sum and its
+    budget windows' spend grows by the difference; returns that difference.
+
+    For spending that is known only after the work's hold was settled: a provider batch cancelled with the
+    job answers the requests it had finished, and the provider charges for them (apps/bulk/provider_batch.py).
+    Never refused, whatever the budget stands at: the money is spent already (a window it takes past its
+    hard limit shows the overrun, as an overage row does). A hold still held books nothing here: its own
+    settlement sums its rows. Joins the caller's transaction, so the rows and their booking commit together.
+    """
+    with budget_lock(), transaction.atomic():
+        current = Reservation.objects.select_for_update().get(pk=reservation.pk)
+        if current.status == ReservationStatus.HELD:
+            return ZERO
+        total = UsageRecord.objects.filter(reservation_id=current.pk).aggregate(total=Sum("cost"))["total"] or ZERO
+        booked = (current.actual or ZERO) if current.status == ReservationStatus.SETTLED else ZERO
+        late = total - booked
+        if late <= 0:
+            return ZERO
+        BudgetWindow.objects.filter(reservations=current.pk).update(spent=F("spent") + late)
+        Reservation.objects.filter(pk=current.pk).update(
+            status=ReservationStatus.SETTLED, actual=total, finished_at=current.finished_at or timezone.now())
+        soft_alerts_after_commit(windows_due_alert(
+            BudgetWindow.objects.filter(reservations=current.pk).values_list(
+                "pk", "spent", "soft_alert_sent_at", "budget__hard_limit", "budget__soft_limit_percent")))
+    reservation.status, reservation.actual = ReservationStatus.SETTLED, total
+    return late
+
+
 def reservations_expire(*, now: datetime | None = None) -> int:
     """Release the holds of workers that died (past their expiry). Returns how many."""
     now = now or timezone.now()

@@ -172,6 +172,70 @@ def test_cancelling_the_job_cancels_the_provider_batch(team_a, alice, pipeline, 
     assert server.cancels == 1
 
 
+def test_what_the_provider_answered_before_a_cancel_took_effect_is_kept_and_billed(
+    team_a, alice, pipeline, server, django_capture_on_commit_callbacks
+):
+    """The provider charges for the requests it finished before the cancel took effect: after the job is
+    cancelled the batch is polled until it has ended, those rows are settled (answer, batch price) and their
+    cost booked to the budget although the job's hold was settled at the cancel."""
+    from apps.bulk.provider_batch import NOT_ANSWERED, provider_batch_after_end
+    from apps.core.services import job_cancel
+
+    budget_save(team=team_a, hard_limit=Decimal("10"), period="month")
+    server.polls_until_done = 100
+    server.answered_before_cancel = 2  # q1 and q2; q3 was not reached
+    bulk = _start(team_a, alice, pipeline, django_capture_on_commit_callbacks, execute=False)
+    assert isinstance(provider_batch_run(bulk_job_id=bulk.pk), ProviderWait)
+    with django_capture_on_commit_callbacks(execute=True):  # the ending sends the after-end task
+        assert job_cancel(job=Job.objects.get(pk=bulk.job_id))
+    bulk.refresh_from_db()
+    assert server.cancels == 1 and bulk.status == "cancelled" and bulk.provider_status == "cancelled"
+    rows = list(bulk.rows.order_by("position"))
+    one = _money(PROMPT, COMPLETION, BATCH_IN, BATCH_OUT)
+    for row in rows[:2]:
+        assert row.status == "done" and row.answer.startswith("It was completed in 1889")
+        assert row.query_run.status == "succeeded" and row.query_run.cost == row.cost
+        generation = UsageRecord.objects.get(query_run_id=row.query_run_id, stage=Stage.GENERATE)
+        assert generation.cost == one and generation.reservation_id == bulk.reservation_id
+    assert rows[2].status == "failed" and rows[2].error == NOT_ANSWERED
+    assert not UsageRecord.objects.filter(stage=Stage.GENERATE).exclude(
+        query_run_id__in=[r.query_run_id for r in rows[:2]]).exists()
+    ledger = sum(r.cost for r in UsageRecord.objects.filter(reservation_id=bulk.reservation_id))
+    retrievals = sum(r.cost for r in UsageRecord.objects.filter(stage=Stage.RETRIEVE))
+    assert ledger == retrievals + 2 * one
+    assert bulk.cost == ledger and (bulk.rows_done, bulk.rows_failed) == (2, 1)
+    reservation = Reservation.objects.get(pk=bulk.reservation_id)
+    assert reservation.status == "settled" and reservation.actual == ledger
+    window = BudgetWindow.objects.get()
+    assert (window.reserved, window.spent) == (0, ledger)
+
+    # Run again (a redelivered task): nothing is billed or booked twice.
+    before = UsageRecord.objects.count()
+    again = provider_batch_after_end(bulk_job_id=bulk.pk)
+    assert again.cost == ledger and UsageRecord.objects.count() == before
+    window.refresh_from_db()
+    assert window.spent == ledger
+
+
+def test_a_cancel_that_the_provider_had_not_acted_on_yet_is_polled_again_later(
+    team_a, alice, pipeline, server, django_capture_on_commit_callbacks
+):
+    from apps.bulk.provider_batch import provider_batch_after_end
+    from apps.core.services import job_cancel
+
+    server.polls_until_done = 100
+    bulk = _start(team_a, alice, pipeline, django_capture_on_commit_callbacks, execute=False)
+    assert isinstance(provider_batch_run(bulk_job_id=bulk.pk), ProviderWait)
+    assert job_cancel(job=Job.objects.get(pk=bulk.job_id))  # its after-end task not run (no commit here)
+    server.unavailable = 10  # every retrieval answers 503 (the client's own retries included)
+    wait = provider_batch_after_end(bulk_job_id=bulk.pk)
+    assert isinstance(wait, ProviderWait) and "unreachable" in wait.message
+    server.unavailable = 0
+    done = provider_batch_after_end(bulk_job_id=bulk.pk)  # cancelling -> cancelled, nothing answered
+    assert done.provider_status == "cancelled" and done.rows_failed == 3 and done.rows_done == 0
+    assert not UsageRecord.objects.filter(stage=Stage.GENERATE).exists()
+
+
 def test_the_mode_is_refused_for_a_local_endpoint(team_a, alice, pipeline, django_capture_on_commit_callbacks):
     local = pipeline_save(team=team_a, name="local", model_endpoint="smollm2-135m-instruct",
                           corpora=list(pipeline.corpora.all()), max_output_tokens=12, top_k=2)
