@@ -23,7 +23,11 @@ In one run, on one machine, with the same thread count for both (``--threads``, 
 3. batching: ``--levels`` concurrent requests (threads, each a question, ``--concurrent-tokens`` greedy tokens,
    EOS ignored) through one ``BatchEngine`` on the chosen dtype; generated tokens/s over the wall time of all,
    p50/p95 of the per-request latency (submit to last token), and whether the requests' metered
-   nanoseconds sum exactly to the engine's measured total.
+   nanoseconds sum exactly to the engine's measured total;
+4. step scaling (``steps``): the cost of one batched decode step of the fast forward, alone (no engine, no
+   close-call recompute), at each of ``--levels`` rows for each of ``--dtypes``: median milliseconds of
+   ``--step-repeats`` steps and tokens/s (rows / step time). What bounds part 3 (a batch's tokens cost what
+   the step costs at that many rows).
 """
 
 from __future__ import annotations
@@ -265,6 +269,37 @@ def _concurrency(args: Any, lm: Any, fasts: dict[str, Any], short: list[list[int
     return concurrent
 
 
+def _step_scaling(args: Any, fasts: dict[str, Any], short: list[list[int]], dtypes: list[str]) -> dict[str, Any]:
+    """Part 4: one decode step's wall time at each row count, per dtype (close calls not recomputed)."""
+    import torch
+
+    levels = [int(x) for x in args.levels.split(",") if x]
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for dt in dtypes:
+            fast = fasts[dt]
+            margin, fast.close_call = fast.close_call, 0.0
+            try:
+                out[dt] = {}
+                for rows in levels:
+                    cache = fast.new_cache(rows, 256)
+                    firsts = [fast.prefill(cache, r, short[r % len(short)]) for r in range(rows)]
+                    tokens = [int(torch.argmax(logits)) for logits in firsts]
+                    fast.decode_step(cache, tokens)  # warm-up
+                    times = []
+                    for _ in range(args.step_repeats):
+                        t0 = time.perf_counter()
+                        logits = fast.decode_step(cache, tokens)
+                        times.append(time.perf_counter() - t0)
+                        tokens = [int(t) for t in logits.argmax(-1)]
+                    ms = statistics.median(times) * 1000
+                    out[dt][str(rows)] = {"step_ms": round(ms, 2), "tokens_per_s": round(rows / ms * 1000, 1)}
+                print(f"steps {dt}: {out[dt]}", flush=True)
+            finally:
+                fast.close_call = margin
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path,
@@ -283,9 +318,11 @@ def main() -> None:
                         help="first question of the agreement set (0: the reported split; tune on another)")
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--concurrent-tokens", type=int, default=32)
+    parser.add_argument("--step-repeats", type=int, default=15, help="decode steps timed per row count (part 4)")
     parser.add_argument("--llama-python", type=Path, default=ROOT / "var" / "bench-llamacpp" / "bin" / "python")
     parser.add_argument("--model-cache", type=Path, default=ROOT / "var" / "test-models")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: single, agreement, concurrent")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: single, agreement, concurrent, steps")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -343,6 +380,9 @@ def main() -> None:
         write_json(args.json, result)
     if "concurrent" not in skip:
         result["concurrent"] = _concurrency(args, lm, fasts, short)
+        write_json(args.json, result)
+    if "steps" not in skip:
+        result["steps"] = _step_scaling(args, fasts, short, dtypes)
         write_json(args.json, result)
     if "agreement" not in skip:
         result["greedy_agreement"] = _agreement(args, lm, fasts, llama, rag, dtypes)
