@@ -436,6 +436,7 @@ def engine_config(*, run: QueryRun, endpoint: ModelEndpoint) -> Any:
         attention_backend=pipeline.attention_backend,
         attention_options=pipeline.attention_options,
         fixed_context_max_tokens=fixed_context_max_tokens(),
+        decoding={**(pipeline.decoding_options or {}), **(run.decoding or {})},
         max_output_tokens=cap,
         # Passages beyond what fits the model's window (with the output cap) and the ceiling are dropped.
         max_prompt_tokens=min(window - cap if window else ceiling, ceiling),

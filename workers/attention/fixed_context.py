@@ -30,7 +30,8 @@ from workers.attention.base import (
     attention_implementation,
 )
 from workers.attention.reference import FixedKV
-from workers.runtime.decode import Allowance, PrefillStopped, as_allowance, decode, eos_ids
+from workers.runtime.decode import Allowance, PrefillStopped, as_allowance, decode, decoding_pick, eos_ids
+from workers.runtime.decoding import DecodingSettings
 from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.memory import pin_mmap_threshold
@@ -425,8 +426,11 @@ def answer(
     config: FixedContextConfig = FixedContextConfig(),  # noqa: B008 - frozen dataclass
     diagnostics: Diagnostics | None = None,
     budget_s: float | Allowance | None = None,
+    decoding: DecodingSettings | None = None,
 ) -> FixedContextResult:
-    """Answer `question` over the fixed context with an attention backend, greedily, streaming.
+    """Answer `question` over the fixed context with an attention backend, streaming; `decoding` (the
+    pipeline's settings: degeneration guard, penalties, stop strings, sampling; None: the defaults, greedy)
+    applies as in the meter's generations.
 
     Like meter.generate: the wall-time limit is checked after every generated token (at least
     one is produced); a failing `on_token` stops generation with finish_reason "error" while the
@@ -498,7 +502,8 @@ def answer(
 
                 decoded = decode(first_logits=first_logits, step=step, tokenizer=tokenizer, eos=eos_ids(lm),
                                  max_new_tokens=max_output_tokens, deadline=t0 + wall_time_limit_s,
-                                 on_token=on_token, budget_s=budget, compute_started=c0, clock=clock)
+                                 on_token=on_token, budget_s=budget, compute_started=c0, clock=clock,
+                                 decoding=decoding, pick=decoding_pick(lm, decoding))
         if on_cuda:
             torch.cuda.synchronize(device)
         compute_s = clock() - c0

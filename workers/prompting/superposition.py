@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from indexes.kv_store import KVEntry, KVKey, KVStore, text_hash
 from workers.prompting.base import Passage
 from workers.prompting.naive import INSTRUCTION, NaivePrompting
-from workers.runtime.decode import Allowance, PrefillStopped, Step, as_allowance, decode, eos_ids
+from workers.runtime.decode import (
+    Allowance,
+    PrefillStopped,
+    Step,
+    as_allowance,
+    decode,
+    decoding_pick,
+    eos_ids,
+)
+from workers.runtime.decoding import DecodingSettings
 from workers.runtime.device_clock import device_clock
 from workers.runtime.local_lm import LoadedModel
 from workers.runtime.meter import GenerationResult
@@ -631,8 +640,11 @@ class SuperpositionPrompting:
         on_token: Callable[[str], None] | None = None,
         kv_store: KVStore | None = None,
         budget_s: float | Allowance | None = None,
+        decoding: DecodingSettings | None = None,
     ) -> SuperpositionResult:
-        """Answer with greedy decoding under the meter's caps, streaming text pieces to `on_token`.
+        """Answer under the meter's caps, streaming text pieces to `on_token`; `decoding` (the pipeline's
+        settings: the degeneration guard, penalties, stop strings, sampling; None: the defaults, greedy)
+        applies as in the meter's generations.
 
         Like meter.generate: the wall-time limit is checked after every generated token (so at
         least one token is produced), and a failing `on_token` stops generation with
@@ -686,7 +698,8 @@ class SuperpositionPrompting:
                 decoded = decode(first_logits=prepared.first_logits, step=answer_steps(model, prepared),
                                  tokenizer=tokenizer, eos=eos_ids(model), max_new_tokens=max_output_tokens,
                                  deadline=t0 + wall_time_limit_s, on_token=on_token, budget_s=budget,
-                                 compute_started=c0, clock=clock)
+                                 compute_started=c0, clock=clock, decoding=decoding,
+                                 pick=decoding_pick(model, decoding))
             if on_cuda:
                 torch.cuda.synchronize(model.device)
             compute_s = clock() - c0

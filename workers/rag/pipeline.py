@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from workers.prompting.base import Passage
+from workers.runtime.decoding import decoding_settings
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 TokenFn = Callable[[str], None]  # one streamed piece of the answer
@@ -64,6 +65,10 @@ class PipelineConfig:
     attention_backend: str = "full"
     attention_options: dict[str, Any] | None = None
     fixed_context_max_tokens: int | None = None
+    # The pipeline's decoding options with the run's (``workers.runtime.decoding``), for the generations the
+    # engine runs itself (superposition, fixed context); a metered call through ``PipelineHooks.generate``
+    # gets them from the service.
+    decoding: dict[str, Any] | None = None
     # Caps for generations the engine runs itself (superposition, fixed context); a metered
     # call through ``PipelineHooks.generate`` applies the service's own.
     max_output_tokens: int = 256
@@ -294,6 +299,7 @@ def _answer_with_retrieval(
             on_token=on_token,
             kv_store=store,
             budget_s=hooks.generation_budget_s(bound, config.max_output_tokens),
+            decoding=decoding_settings(getattr(model, "name", ""), config.decoding),
         ))
     else:
         def build(kept: list[Passage]) -> list[dict[str, Any]]:
@@ -474,6 +480,7 @@ def _answer_fixed_context(
             budget_s=hooks.generation_budget_s(
                 context_tokens + user_tokens, config.max_output_tokens, prefill_tokens=user_tokens
             ),
+            decoding=decoding_settings(getattr(model, "name", ""), config.decoding),
         )
 
     result = hooks.metered(generate)

@@ -224,6 +224,19 @@ def greedy(logits: torch.Tensor) -> int:
     return int(torch.argmax(logits))
 
 
+def decoding_pick(lm: Any, decoding: DecodingSettings | None, temperature: float = 0.0) -> PickToken:
+    """How a local generation picks its tokens: greedy, or sampling at ``temperature`` (a request's own) or
+    else at the decoding settings' (a pipeline's), with the settings' top_p or the model's, and the model's
+    top_k (transformers' generation config)."""
+    if decoding is not None and decoding.temperature > 0 and not temperature > 0:
+        temperature = decoding.temperature
+    if not temperature > 0:
+        return greedy
+    config = lm.model.generation_config
+    top_p = decoding.top_p if decoding is not None and decoding.top_p is not None else config.top_p
+    return sampler(temperature, top_k=config.top_k or 50, top_p=top_p or 1.0)
+
+
 def sampler(temperature: float, *, top_k: int | None = 50, top_p: float | None = 1.0) -> PickToken:
     """Sampling as transformers' `generate(do_sample=True)` does it: temperature, top-k, top-p."""
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper

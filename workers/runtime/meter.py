@@ -34,9 +34,8 @@ from workers.runtime.decode import (
     PrefillStopped,
     as_allowance,
     decode,
+    decoding_pick,
     eos_ids,
-    greedy,
-    sampler,
     truncate_at_stop,
 )
 from workers.runtime.decoding import DecodingSettings, decoding_settings
@@ -273,13 +272,7 @@ def _generate_local(
             error=f"the hold covers {budget.seconds.seconds:.3f} device-seconds, the prefill needs "
             f"~{budget.expected_prefill_s:.3f}",
         )
-    pick: PickToken = greedy
-    if decoding is not None and decoding.temperature > 0 and not temperature > 0:
-        temperature = decoding.temperature
-    if temperature > 0:
-        config = target.model.generation_config
-        top_p = decoding.top_p if decoding is not None and decoding.top_p is not None else config.top_p
-        pick = sampler(temperature, top_k=config.top_k or 50, top_p=top_p or 1.0)
+    pick: PickToken = decoding_pick(target, decoding, temperature)
     on_cuda = target.device.startswith("cuda")
     engine = batch_engine(target)
     if engine is not None:

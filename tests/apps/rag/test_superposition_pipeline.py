@@ -145,6 +145,32 @@ def test_a_pipeline_runs_superposition_with_its_own_options(team_a, alice, smoll
     assert recompute.prompt_tokens > superposed.prompt_tokens  # the kept document and the question, again
 
 
+def test_a_superposition_pipelines_decoding_options_reach_its_answer(
+    team_a, alice, smollm2, monkeypatch, settings, tmp_path
+):
+    """The pipeline's decoding options (here a stop string) apply to the answer superposition decodes itself,
+    as they do to a metered generation's: the answer that says "1901" without it ends before it."""
+    from apps.corpora.services import corpus_create
+
+    settings.DATA_ROOT = tmp_path
+    monkeypatch.setattr(metering, "_target_override", lambda endpoint: smollm2)
+    fake_search_hits(monkeypatch, PASSAGES, first_pk=250)
+    corpus = corpus_create(team=team_a, name="facts")
+    answers = {}
+    for name, decoding in (("plain", {}), ("stopped", {"stop": ["1901"]})):
+        pipeline = pipeline_save(team=team_a, name=name, model_endpoint="smollm2-135m-instruct", corpora=[corpus],
+                                 prompting_strategy="superposition", prompting_options={"top_k": 1},
+                                 max_output_tokens=16, top_k=3, decoding_options=decoding)
+        run = query_run_execute(query_run_id=query_run_start(
+            team=team_a, user=alice, pipeline=pipeline, question="who got the first nobel prize in physics").pk)
+        assert run.status == "succeeded", run.error
+        answers[name] = (run.answer, UsageRecord.objects.get(query_run_id=run.pk, stage=Stage.GENERATE))
+    (plain, plain_row), (stopped, stopped_row) = answers["plain"], answers["stopped"]
+    assert "1901" in plain and "1901" not in stopped
+    assert plain.startswith(stopped.strip()) and stopped_row.finish_reason == "stop"
+    assert stopped_row.completion_tokens < plain_row.completion_tokens
+
+
 @pytest.mark.slow
 def test_a_superposition_answer_stops_where_its_hold_ends(
     team_a, alice, smollm2, monkeypatch, settings, tmp_path, caplog

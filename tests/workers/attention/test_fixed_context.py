@@ -169,6 +169,20 @@ def test_full_attention_answers_like_plain_greedy_generation(smollm2, tmp_path):
     assert "27" in result.text
 
 
+def test_the_decoding_settings_apply_to_a_fixed_context_answer(smollm2, tmp_path):
+    """A pipeline's decoding settings (a stop string here) reach the answer the attention backend decodes."""
+    from workers.runtime.decoding import DecodingSettings
+
+    store = KVStore(tmp_path)
+    kwargs = {"store": store, "system_prompt": "", "context_text": HANDBOOK, "question": QUESTION, "backend": "full",
+              "max_output_tokens": 16, "wall_time_limit_s": 120, "config": CONFIG}
+    plain = answer(smollm2, **kwargs)
+    stopped = answer(smollm2, **kwargs, decoding=DecodingSettings(stop=("27",)))
+    assert "27" in plain.text and "27" not in stopped.text
+    assert plain.text.startswith(stopped.text) and stopped.finish_reason == "stop"
+    assert stopped.completion_tokens < plain.completion_tokens
+
+
 def test_a_static_rope_scaling_extends_the_positions_and_names_the_model(model_cache_dir):
     from transformers import LlamaConfig
 
