@@ -8,11 +8,10 @@ Routes: ``POST /v1/files`` (multipart, purpose "batch"), ``GET /v1/files/{id}/co
 "in_progress" for its first ``polls_until_done`` retrievals, then "completed": every request line answers
 ``reply`` with usage ``prompt_tokens`` / ``completion_tokens`` (``cached_tokens`` among the prompt's),
 except the custom ids in ``fail`` (or the request lines ``fail_when`` picks), which go to the error file
-with ``fail_message``. A cancelled batch is
-"cancelling" until its next retrieval, then "cancelled" with the answers to its first ``answered_before_cancel``
-request lines (as the provider keeps, and charges for, what it finished before the cancel took effect). ``uploads`` and ``creates`` count
-the submissions, ``cancels`` the cancels;
-``unavailable``: the next that many batch retrievals answer 503.
+with ``fail_message``. A cancelled batch is "cancelling" until its next retrieval, then "cancelled" with the
+answers to its first ``answered_before_cancel`` request lines (the provider keeps, and charges for, what it
+finished before the cancel took effect). ``uploads`` and ``creates`` count the submissions, ``cancels`` the
+cancels; ``unavailable``: the next that many batch retrievals answer 503.
 """
 
 from __future__ import annotations
