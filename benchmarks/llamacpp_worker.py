@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
@@ -16,6 +17,7 @@ def main() -> None:
     path, threads, n_ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
                 logits_all=False, verbose=False)
+    vocab = llm.n_vocab()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         job = json.loads(line)
@@ -25,7 +27,10 @@ def main() -> None:
         t1, c1 = time.perf_counter(), time.thread_time()
         tokens: list[int] = []
         while True:
-            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            # The last position's logits from llama.cpp itself: llama-cpp-python's `scores` is only filled with
+            # logits_all=True (0.3.x), and reading it otherwise gave rows of zeros (token 0 every time).
+            last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            tokens.append(int(np.argmax(np.ctypeslib.as_array(last, shape=(vocab,)))))
             if len(tokens) >= job["n"]:
                 break
             llm.eval([tokens[-1]])

@@ -71,7 +71,7 @@ def close_call_margin() -> float:
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
 # GGUF weights held as the 4-bit groups they were; bf16 activations in the products only; close calls in fp32)
-# decoded 0.88x llama.cpp's tokens/s on an Intel AMX host and 0.56x on an AMD one (fp32 0.39x / 0.25x) and kept
+# decoded 0.94x llama.cpp's tokens/s on an Intel AMX host and 0.56x on an AMD one (fp32 0.40x / 0.25x) and kept
 # fp32's greedy tokens; int8-weight agreed on 0.93,
 # bf16 on 0.83, int8 dynamic quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm
 # (not measured here: no GPU was lent; the weight-only kernels used here are CPU ones).
