@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from apps.costs.defaults import LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.pricing import PriceLike, Usage, cost_of, to_decimal
 
 # The multiple of the predicted seconds that a reservation holds (prediction error, noisy neighbours).
@@ -34,7 +35,7 @@ class Throughput:
 # ~1,400 tok/s. The defaults are rounded towards slower so an unmeasured worker is not under-held.
 DEFAULT_THROUGHPUT = Throughput(device="cpu", prefill_tps=300.0, decode_tps=12.0, overhead_s=0.15)
 DEFAULT_THROUGHPUTS = {
-    "local/all-minilm-l6-v2": Throughput(device="cpu", prefill_tps=1200.0, decode_tps=0.0, overhead_s=0.03),
+    LOCAL_EMBEDDING_PRICE_NAME: Throughput(device="cpu", prefill_tps=1200.0, decode_tps=0.0, overhead_s=0.03),
 }
 # The call shape a worker is compared on when no tokens are given ("the slowest worker").
 _REFERENCE_TOKENS = (512, 128)

@@ -14,7 +14,12 @@ EFFECTIVE = datetime(2026, 1, 1, tzinfo=UTC)
 QUANTUM = Decimal("0.0000000001")
 GPU_PER_SECOND = (Decimal("4.00") / 3600).quantize(QUANTUM)
 CPU_PER_SECOND = (Decimal("0.08") / 3600).quantize(QUANTUM)
-LOCAL_PRICES = ["local/smollm2-135m-instruct", "local/all-minilm-l6-v2", "local/gemma-3-270m"]
+# The bundled sentence embedder, and its name in the price book ("local/" + the model's folder name, as
+# apps.corpora.services.embedding.price_name names any local embedder): what retrieval, tool search, the
+# quality check and the embeddings API bill its seconds under.
+LOCAL_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+LOCAL_EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+LOCAL_PRICES = ["local/smollm2-135m-instruct", LOCAL_EMBEDDING_PRICE_NAME, "local/gemma-3-270m"]
 DEFAULT_ENDPOINT = {
     "name": "smollm2-135m-instruct",
     "kind": "local",

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from apps.costs.cost_model import SAFETY_FACTOR, device_cost, per_second_price, throughput_for
+from apps.costs.defaults import LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.metering import GROWTH_FIRST_TOKENS, growth_steps, local_speed_or_model
 from apps.costs.models import ZERO, Price
 from apps.costs.pricing import MONEY_QUANTUM, to_decimal, worst_case_cost
@@ -24,7 +25,7 @@ from apps.costs.services import BudgetExceeded
 from apps.costs.services.holds import Hold
 
 # Prices the sentence embedder's seconds (MiniLM), as the retrieval stage does.
-EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 # The scorer of a pipeline whose endpoint is remote (no logits over an API): the default local LM.
 DEFAULT_SCORER_PRICE_NAME = "local/smollm2-135m-instruct"
 

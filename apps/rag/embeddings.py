@@ -16,10 +16,11 @@ from django.conf import settings
 from apps.core.errors import ServiceError, ValidationFailed
 from apps.core.models import Job, JobStatus
 from apps.core.services import job_start
+from apps.costs.defaults import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.services import LedgerContext, price_current
 from apps.costs.services.holds import hold_open, hold_resume
 
-EMBEDDING_MODELS = {"all-MiniLM-L6-v2": "local/all-minilm-l6-v2"}
+EMBEDDING_MODELS = {LOCAL_EMBEDDING_MODEL: LOCAL_EMBEDDING_PRICE_NAME}
 
 
 def embeddings_bound(*, model: str, texts: list[str]) -> Decimal:

@@ -35,6 +35,7 @@ from django.db.models import Sum
 
 from apps.costs.baseline import naive_generation_cost
 from apps.costs.billing import generation_bill
+from apps.costs.defaults import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.metering import (
     MeteredCall,
     call_estimate,
@@ -60,8 +61,8 @@ from apps.rag.selectors import pipeline_best_hit_scores
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
+EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
+DEFAULT_EMBEDDING_MODEL = LOCAL_EMBEDDING_MODEL  # what EMBEDDING_PRICE_NAME prices
 
 
 def strategy_extractive(name: str) -> bool:

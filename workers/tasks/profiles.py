@@ -18,6 +18,7 @@ from celery.signals import celeryd_init, worker_process_init, worker_ready
 from django.conf import settings
 from django.db import close_old_connections
 
+from apps.costs.defaults import LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.services.profiles import (
     profiles_heartbeat,
     profiles_refit,
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 TASK_QUEUES["costs.refit_worker_profiles"] = Queue.CPU.value
 HEARTBEAT_EVERY_S = 60.0
-EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 
 _start: dict[str, Any] = {}
 

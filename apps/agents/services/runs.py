@@ -39,6 +39,7 @@ from apps.core.jobs import JobEnd, model_work_queue
 from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.cost_model import device_cost, device_seconds_bound, per_second_price
+from apps.costs.defaults import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind, Stage, UsageRecord
 from apps.costs.pricing import MONEY_QUANTUM, Usage, cost_of, to_decimal, worst_case_cost
@@ -54,8 +55,8 @@ from apps.costs.tokens import embedding_tokens, prompt_check, prompt_tokens_boun
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what EMBEDDING_PRICE_NAME prices
+EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
+DEFAULT_EMBEDDING_MODEL = LOCAL_EMBEDDING_MODEL  # what EMBEDDING_PRICE_NAME prices
 
 Progress = Callable[..., None]
 

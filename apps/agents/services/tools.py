@@ -20,6 +20,7 @@ from apps.agents import indexing
 from apps.agents.models import HttpAllowedHost, Tool, ToolKind, tool_name_validator
 from apps.agents.selectors import http_allowed_hosts
 from apps.core.errors import ValidationFailed
+from apps.costs.defaults import LOCAL_EMBEDDING_PRICE_NAME
 from apps.costs.models import ZERO
 from apps.costs.services import BudgetExceeded
 
@@ -31,7 +32,7 @@ TOOL_PRICE_NAME = "local/agent-tools"
 RETRIEVAL_MAX_K = 20
 RETRIEVERS = ("dense", "bm25", "hybrid")
 TOOL_FIELDS = ("name", "description", "parameters", "kind", "config", "examples", "enabled")
-TOOL_EMBEDDING_PRICE_NAME = "local/all-minilm-l6-v2"
+TOOL_EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 
 
 def tools_index_bound(tools: list[tuple[str, str, list[str] | tuple[str, ...]]]) -> Decimal:
