@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Max, Sum
+from django.db.models import Count, F, Max
 from django.utils import timezone
 
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome, TeamCacheSettings
@@ -266,7 +266,7 @@ def answer_cache_serve(*, run: Any, requested: bool | None = None) -> bool:
 
 
 def _ledger_total(run_id: int) -> Decimal:
-    return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+    return UsageRecord.objects.filter(query_run_id=run_id).total_cost()
 
 
 def _serve(run: Any, entry: AnswerCacheEntry, outcome: str, *, key: str, similarity: float,

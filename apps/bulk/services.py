@@ -274,7 +274,7 @@ def _mode_check(*, pipeline: Pipeline, mode: str, batch_size: int) -> None:
 
 
 def _ledger_total(**filters: Any) -> Decimal:
-    return UsageRecord.objects.filter(**filters).aggregate(total=Sum("cost"))["total"] or ZERO
+    return UsageRecord.objects.filter(**filters).total_cost()
 
 
 def bulk_job_for_work(bulk_job_id: int) -> BulkJob | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, QuerySet
 from django.http import Http404
 
 from apps.conversations.models import Conversation
 from apps.core.scoping import team_scoped
-from apps.costs.models import ZERO, UsageRecord
+from apps.costs.models import UsageRecord
 from apps.rag.models import QueryRun, QueryStatus
 
 
@@ -56,5 +56,4 @@ def conversation_history(*, conversation: Conversation, before: QueryRun | None 
 def conversation_cost(*, conversation: Conversation) -> Decimal:
     """What the conversation has cost so far: every ledger row of its turns (running ones included)."""
     turns = QueryRun.objects.filter(conversation=conversation).values("pk")
-    total = UsageRecord.objects.filter(query_run_id__in=turns).aggregate(total=Sum("cost"))["total"]
-    return total or ZERO
+    return UsageRecord.objects.filter(query_run_id__in=turns).total_cost()

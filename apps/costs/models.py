@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Sum
 
 from apps.costs.money_format import usd
 
@@ -114,6 +114,13 @@ class Stage(models.TextChoices):
     OVERAGE = "overage"
 
 
+class UsageRecordQuerySet(models.QuerySet):
+    def total_cost(self) -> Decimal:
+        """What these ledger rows cost together (0 for none): the one way a run's, a hold's or a job's
+        spend is read back from the ledger."""
+        return self.aggregate(total=Sum("cost"))["total"] or ZERO
+
+
 class UsageRecord(models.Model):
     """One model (or tool) call in the ledger, with the prices it was charged at."""
 
@@ -151,6 +158,8 @@ class UsageRecord(models.Model):
     device = models.CharField(max_length=16, blank=True)
     worker = models.CharField(max_length=255, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = UsageRecordQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -315,7 +315,7 @@ def eval_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True
 
         unfinished = EvalRow.objects.filter(run=run, query_run__isnull=False).exclude(status__in=FINISHED_STATUSES)
         for query_id in unfinished.values_list("query_run_id", flat=True):
-            spent = UsageRecord.objects.filter(query_run_id=query_id).aggregate(total=Sum("cost"))["total"] or ZERO
+            spent = UsageRecord.objects.filter(query_run_id=query_id).total_cost()
             job_run_end(runs=QueryRun.objects.filter(pk=query_id), outcome=outcome, reason=reason, cost=spent)
             EvalRow.objects.filter(run=run, query_run_id=query_id).update(cost=spent)
         EvalRow.objects.filter(run=run).exclude(status__in=FINISHED_STATUSES).update(

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max, Sum
+from django.db.models import Max
 
 from apps.core.errors import ValidationFailed
 from apps.costs.models import ZERO, UsageRecord
@@ -145,7 +145,7 @@ def cascade_start_bound(
 
 def _ledger_since(run_id: int, after_id: int) -> Decimal:
     rows = UsageRecord.objects.filter(query_run_id=run_id, pk__gt=after_id)
-    return rows.aggregate(total=Sum("cost"))["total"] or ZERO
+    return rows.total_cost()
 
 
 def cascade_answer(*, run: QueryRun, hooks: Any, stream: Any, progress: Any, answer: Any) -> Any:

@@ -25,7 +25,7 @@ from apps.core.jobs import JobEnd
 from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.metering import endpoint_resolve
-from apps.costs.models import ZERO, EndpointKind, ModelEndpoint, Stage, UsageRecord
+from apps.costs.models import EndpointKind, ModelEndpoint, Stage, UsageRecord
 from apps.costs.services import LedgerContext, reservation_close, reservation_settle
 from apps.costs.services.holds import hold_open
 from apps.costs.tokens import prompt_check, prompt_tokens_bound
@@ -426,7 +426,7 @@ def query_run_cancel(*, run: QueryRun, wait_s: float = 0.0) -> bool:
 
 
 def _ledger_total(run_id: int) -> Decimal:
-    return UsageRecord.objects.filter(query_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+    return UsageRecord.objects.filter(query_run_id=run_id).total_cost()
 
 
 def _answer(run: QueryRun, hooks: QueryHooks, stream: AnswerStream, progress) -> Any:
@@ -511,11 +511,10 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
     if outcome.finish_reason == "cancelled":
         return _cancelled(run, stream, started, answer=outcome.answer)
     records = UsageRecord.objects.filter(query_run_id=run.pk)
-    totals = records.aggregate(cost=Sum("cost"))
     generation = records.filter(stage=Stage.GENERATE).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
-    actual = totals["cost"] or ZERO
+    actual = records.total_cost()
     # A direct call is its own baseline (``measured``): what ran is the measurement.
     answered = answered_fields(hooks=hooks, outcome=outcome, actual=actual)
     if run.reservation_id:

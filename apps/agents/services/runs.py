@@ -429,7 +429,7 @@ def _record_failure(
     from workers.agent.loop import tool_outcome
 
     holds.settle()
-    actual = UsageRecord.objects.filter(agent_run_id=run.pk).aggregate(total=Sum("cost"))["total"] or ZERO
+    actual = UsageRecord.objects.filter(agent_run_id=run.pk).total_cost()
     AgentRun.objects.filter(pk=run.pk).update(
         status=AgentRunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:10_000], cost=actual,
         steps=loop.steps, tool_outcome=tool_outcome(loop.steps),
@@ -443,7 +443,7 @@ def _record_success(run: AgentRun, result, started: float, holds: _StepHolds) ->
     """Settle the last step's hold and store the answer, tokens and cost (the sum of the run's rows)."""
     holds.settle()
     records = UsageRecord.objects.filter(agent_run_id=run.pk)
-    actual = records.aggregate(cost=Sum("cost"))["cost"] or ZERO
+    actual = records.total_cost()
     tokens = records.filter(stage=Stage.AGENT_STEP).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
     )
@@ -468,7 +468,7 @@ def agent_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
     """The agent job ended without its task finishing the run (``apps.core.services.job_end``): the run
     is failed with the reason, at the cost of the ledger rows it wrote (its step holds: ``job_holds_end``)."""
     for run_id in AgentRun.objects.filter(job=job).values_list("pk", flat=True):
-        spent = UsageRecord.objects.filter(agent_run_id=run_id).aggregate(total=Sum("cost"))["total"] or ZERO
+        spent = UsageRecord.objects.filter(agent_run_id=run_id).total_cost()
         job_run_end(runs=AgentRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=spent)
 
 

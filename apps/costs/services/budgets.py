@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, Sum, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -96,7 +96,7 @@ def budget_ledger_spend(*, budget: Budget, start: datetime) -> Decimal:
         rows = rows.filter(user_id=budget.user_id)
     elif budget.scope == BudgetScope.API_KEY:
         rows = rows.filter(api_key_id=budget.api_key_id)
-    return rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    return rows.total_cost()
 
 
 def window_get_or_create(*, budget: Budget, start: datetime) -> BudgetWindow:
@@ -428,7 +428,7 @@ def reservation_true_up(*, reservation: Reservation) -> Decimal:
         current = Reservation.objects.select_for_update().get(pk=reservation.pk)
         if current.status == ReservationStatus.HELD:
             return ZERO
-        total = UsageRecord.objects.filter(reservation_id=current.pk).aggregate(total=Sum("cost"))["total"] or ZERO
+        total = UsageRecord.objects.filter(reservation_id=current.pk).total_cost()
         booked = (current.actual or ZERO) if current.status == ReservationStatus.SETTLED else ZERO
         late = total - booked
         if late <= 0:

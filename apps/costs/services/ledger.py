@@ -17,7 +17,6 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from apps.costs import postgres_hot_path
@@ -91,8 +90,7 @@ def _has_seconds(usage: Usage) -> bool:
 
 def hold_billed(reservation: Reservation) -> Decimal:
     """What the rows already written under ``reservation`` cost."""
-    total = UsageRecord.objects.filter(reservation_id=reservation.pk).aggregate(total=Sum("cost"))["total"]
-    return total or ZERO
+    return UsageRecord.objects.filter(reservation_id=reservation.pk).total_cost()
 
 
 def hold_clamp(*, usage: Usage, price: Price, reservation: Reservation, billed: Decimal, stage: str = "") -> Usage:
