@@ -15,6 +15,7 @@ from apps.core.errors import ValidationFailed
 from apps.core.models import Job
 from apps.costs.models import BudgetWindow, Reservation, Stage, UsageRecord
 from apps.costs.pricing import MILLION
+from apps.costs.reconciliation import ledger_reconcile
 from apps.costs.services import budget_save, price_set
 from apps.costs.services.endpoints import endpoint_save
 from apps.rag.models import QueryRun
@@ -208,6 +209,7 @@ def test_what_the_provider_answered_before_a_cancel_took_effect_is_kept_and_bill
     assert reservation.status == "settled" and reservation.actual == ledger
     window = BudgetWindow.objects.get()
     assert (window.reserved, window.spent) == (0, ledger)
+    assert ledger_reconcile() == []  # ledger, windows, reservations and runs agree
 
     # Run again (a redelivered task): nothing is billed or booked twice.
     before = UsageRecord.objects.count()
