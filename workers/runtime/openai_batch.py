@@ -82,6 +82,7 @@ def batch_jsonl(requests: list[BatchRequest], *, model: str) -> bytes:
 
 
 def _client(config: OpenAICompatConfig) -> Any:
+    """The SDK client for one call; used as ``with _client(config) as client:`` (its exit closes the HTTP client)."""
     from openai import OpenAI
 
     # The SDK refuses to start without a key; a keyless local server gets a placeholder (never sent anywhere
@@ -134,23 +135,17 @@ def _state(batch: Any) -> BatchState:
 
 def file_upload(config: OpenAICompatConfig, *, data: bytes, filename: str) -> str:
     """Upload the input file (purpose "batch"); its id. EndpointError when the provider refuses it."""
-    client = _client(config)
-    try:
+    with _client(config) as client:
         return str(_call(client.files.create, file=(filename, data, "application/jsonl"), purpose="batch").id)
-    finally:
-        client.close()
 
 
 def batch_find(config: OpenAICompatConfig, *, input_file_id: str) -> BatchState | None:
     """The batch already made on ``input_file_id``, if any (the newest first, as the provider lists them)."""
-    client = _client(config)
-    try:
+    with _client(config) as client:
         for batch in _call(client.batches.list, limit=100):
             if batch.input_file_id == input_file_id:
                 return _state(batch)
         return None
-    finally:
-        client.close()
 
 
 def batch_submit(config: OpenAICompatConfig, *, input_file_id: str, metadata: dict[str, str]) -> BatchState:
@@ -158,29 +153,20 @@ def batch_submit(config: OpenAICompatConfig, *, input_file_id: str, metadata: di
     existing = batch_find(config, input_file_id=input_file_id)
     if existing is not None:
         return existing
-    client = _client(config)
-    try:
+    with _client(config) as client:
         return _state(_call(client.batches.create, input_file_id=input_file_id, endpoint=CHAT_URL,
                             completion_window=COMPLETION_WINDOW, metadata=metadata))
-    finally:
-        client.close()
 
 
 def batch_get(config: OpenAICompatConfig, *, batch_id: str) -> BatchState:
-    client = _client(config)
-    try:
+    with _client(config) as client:
         return _state(_call(client.batches.retrieve, batch_id))
-    finally:
-        client.close()
 
 
 def batch_cancel(config: OpenAICompatConfig, *, batch_id: str) -> BatchState:
     """Ask the provider to cancel the batch (it goes to "cancelling", then "cancelled")."""
-    client = _client(config)
-    try:
+    with _client(config) as client:
         return _state(_call(client.batches.cancel, batch_id))
-    finally:
-        client.close()
 
 
 def _file_text(client: Any, file_id: str | None) -> str:
@@ -221,8 +207,7 @@ def result_parse(line: dict[str, Any]) -> BatchResult:
 
 def batch_results(config: OpenAICompatConfig, *, state: BatchState) -> dict[str, BatchResult]:
     """custom_id -> result, from the finished batch's output and error files (an error line wins)."""
-    client = _client(config)
-    try:
+    with _client(config) as client:
         results: dict[str, BatchResult] = {}
         for file_id in (state.output_file_id, state.error_file_id):
             for raw in _file_text(client, file_id).splitlines():
@@ -236,8 +221,6 @@ def batch_results(config: OpenAICompatConfig, *, state: BatchState) -> dict[str,
                 if result.custom_id and (result.custom_id not in results or not result.ok):
                     results[result.custom_id] = result
         return results
-    finally:
-        client.close()
 
 
 __all__ = [
