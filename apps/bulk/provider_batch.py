@@ -205,13 +205,9 @@ def _submit(bulk: BulkJob, config) -> None:
 def _settle(bulk: BulkJob, config, state, progress) -> None:
     """Every pending row from the finished batch's output and error files (one transaction each)."""
     from apps.bulk.services import _ledger_total
-    from workers.runtime import openai_batch
 
-    results = openai_batch.batch_results(config, state=state) if state.output_file_id or state.error_file_id else {}
-    endpoint = bulk.pipeline.model_endpoint
-    price = price_current(model_name=endpoint.price_name)
-    # No batch price any more (a newer price row without one): the normal price, never less than was spent.
-    charged = price if batch_price_problem(price) else batch_price(price)
+    results = _results(config, state)
+    price, charged = _settlement_prices(bulk)
     pending = list(bulk.rows.filter(status=RowStatus.PENDING).select_related("query_run").order_by("position"))
     per_row = bulk.estimate / max(1, bulk.rows_total)
     for n, row in enumerate(pending, start=1):
@@ -221,6 +217,20 @@ def _settle(bulk: BulkJob, config, state, progress) -> None:
             reservation_shrink(reservation=bulk.reservation,
                                to=_ledger_total(reservation_id=bulk.reservation_id) + per_row * (len(pending) - n))
         progress(bulk.rows_total - len(pending) + n, bulk.rows_total, f"settled {n} of {len(pending)} answers")
+
+
+def _results(config, state) -> dict:
+    """custom_id -> result from the ended batch's output and error files (none: nothing answered)."""
+    from workers.runtime import openai_batch
+
+    return openai_batch.batch_results(config, state=state) if state.output_file_id or state.error_file_id else {}
+
+
+def _settlement_prices(bulk: BulkJob) -> tuple[Price, Price]:
+    """The endpoint's price in force and what a row is charged: its batch price, or — with no batch price any
+    more (a newer price row without one) — the normal price, never less than was spent."""
+    price = price_current(model_name=bulk.pipeline.model_endpoint.price_name)
+    return price, price if batch_price_problem(price) else batch_price(price)
 
 
 @transaction.atomic
@@ -327,7 +337,7 @@ def provider_batch_after_end(*, bulk_job_id: int) -> BulkJob | ProviderWait | No
     (its answer kept, billed at the batch price under the job's hold, its quality checked) and its cost
     booked to the budgets (``reservation_true_up``: the hold was settled when the job ended), and each it did
     not answer fails. Idempotent: a row is settled only while pending, each in its own transaction."""
-    from apps.bulk.services import _ledger_total, bulk_job_for_work
+    from apps.bulk.services import bulk_job_for_work, bulk_totals_store
     from workers.runtime import openai_batch
     from workers.runtime.openai_compat import EndpointError
 
@@ -351,11 +361,8 @@ def provider_batch_after_end(*, bulk_job_id: int) -> BulkJob | ProviderWait | No
         if not state.finished:
             return ProviderWait(status=state.status, countdown=poll_interval_s(),
                                 message=f"provider batch {state.status} after the job ended; polling again")
-    results = {}
-    if state is not None and (state.output_file_id or state.error_file_id):
-        results = openai_batch.batch_results(config, state=state)
-    price = price_current(model_name=bulk.pipeline.model_endpoint.price_name)
-    charged = price if batch_price_problem(price) else batch_price(price)
+    results = _results(config, state) if state is not None else {}
+    price, charged = _settlement_prices(bulk)
     for row in bulk.rows.filter(status=RowStatus.PENDING).order_by("position"):
         result = results.get(str(row.pk))
         if result is None or not result.ok:
@@ -369,11 +376,8 @@ def provider_batch_after_end(*, bulk_job_id: int) -> BulkJob | ProviderWait | No
             BulkRow.objects.filter(pk=row.pk, query_run=None).update(query_run_id=row.prepared.get("run_id"))
             if bulk.reservation is not None:
                 reservation_true_up(reservation=bulk.reservation)
-    totals = {status: bulk.rows.filter(status=status).count() for status in (RowStatus.DONE, RowStatus.FAILED)}
-    BulkJob.objects.filter(pk=bulk.pk).update(
-        rows_done=totals[RowStatus.DONE], rows_failed=totals[RowStatus.FAILED],
-        cost=_ledger_total(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO)
-    return BulkJob.objects.get(pk=bulk.pk)
+    # The job's totals again (its cost, rows and savings now count the rows settled here).
+    return bulk_totals_store(bulk=bulk)
 
 
 __all__ = [

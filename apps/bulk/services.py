@@ -321,6 +321,12 @@ def bulk_job_finish(*, bulk: BulkJob, status: str = BulkStatus.SUCCEEDED, error:
     """Settle the job's hold to its ledger rows and store its totals."""
     if bulk.reservation_id:
         reservation_settle(reservation=bulk.reservation, actual=_ledger_total(reservation_id=bulk.reservation_id))
+    return bulk_totals_store(bulk=bulk, status=status, error=error[:10_000], finished_at=timezone.now())
+
+
+def bulk_totals_store(*, bulk: BulkJob, **fields: Any) -> BulkJob:
+    """Store the job's totals from its rows and its ledger rows (rows done, failed and fallen back; cost,
+    naive baseline, savings), with ``fields`` (a finished job's status, error, end)."""
     totals = bulk.rows.aggregate(
         done=Count("pk", filter=Q(status=RowStatus.DONE)), failed=Count("pk", filter=Q(status=RowStatus.FAILED)),
         fallback=Count("pk", filter=Q(fallback=True)),
@@ -329,9 +335,8 @@ def bulk_job_finish(*, bulk: BulkJob, status: str = BulkStatus.SUCCEEDED, error:
     cost = _ledger_total(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO
     baseline = totals["baseline"] or ZERO
     BulkJob.objects.filter(pk=bulk.pk).update(
-        status=status, error=error[:10_000], rows_done=totals["done"], rows_failed=totals["failed"],
-        batches_fallback=totals["fallback"], cost=cost, baseline_cost=money(baseline),
-        savings=money(baseline - cost), finished_at=timezone.now(),
+        rows_done=totals["done"], rows_failed=totals["failed"], batches_fallback=totals["fallback"], cost=cost,
+        baseline_cost=money(baseline), savings=money(baseline - cost), **fields,
     )
     bulk.refresh_from_db()
     return bulk

@@ -205,6 +205,9 @@ def test_what_the_provider_answered_before_a_cancel_took_effect_is_kept_and_bill
     retrievals = sum(r.cost for r in UsageRecord.objects.filter(stage=Stage.RETRIEVE))
     assert ledger == retrievals + 2 * one
     assert bulk.cost == ledger and (bulk.rows_done, bulk.rows_failed) == (2, 1)
+    # The job's baseline and savings count the rows settled after the cancel (naive RAG at the normal price).
+    assert bulk.baseline_cost == sum(row.query_run.baseline_cost for row in rows[:2]) > 0
+    assert bulk.savings == bulk.baseline_cost - bulk.cost
     reservation = Reservation.objects.get(pk=bulk.reservation_id)
     assert reservation.status == "settled" and reservation.actual == ledger
     window = BudgetWindow.objects.get()
