@@ -71,9 +71,9 @@ def close_call_margin() -> float:
 _INT4_GROUP = 32
 # The measured default per device (docs/benchmarks.md, "Local inference"): on CPUs int4-weight (SmolLM2's Q4_1
 # GGUF weights held as the 4-bit groups they were; bf16 activations in the products only; close calls in fp32)
-# decoded 0.94x llama.cpp's tokens/s on an Intel AMX host and 0.56x on an AMD one (fp32 0.40x / 0.25x) and kept
-# fp32's greedy tokens; int8-weight agreed on 0.93,
-# bf16 on 0.83, int8 dynamic quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm
+# decoded 0.94x llama.cpp's tokens/s on an Intel AMX host, 0.56x on an AMD AVX-512 one and 0.35x on an AVX2-only
+# one (fp32 0.40x / 0.25x / 0.23x) and kept fp32's greedy tokens; int8-weight agreed on 0.93, bf16 on 0.83, int8
+# dynamic quantization (activations quantized too) on 0.29. On CUDA bf16 is the serving norm
 # (not measured here: no GPU was lent; the weight-only kernels used here are CPU ones).
 DEFAULT_DTYPE = {"cpu": "int4-weight", "cuda": "bf16"}
 # Rows grow their capacity in steps of this many positions (a decode of N tokens reallocates log2(N) times at most).
