@@ -9,6 +9,7 @@ import torch
 
 from workers.runtime.decode import causal_lm_steps
 from workers.runtime.fast_lm import (
+    DEFAULT_CLOSE_CALL,
     FastLM,
     Int4WeightLinear,
     Int8WeightLinear,
@@ -141,7 +142,6 @@ def test_weight_only_dtypes_follow_the_fp32_greedy_tokens(smollm2, dtype, monkey
         reference = [greedy_tokens(*reference_lm.steps(p), 12) for p in prompts]
         first, step = fast.steps(prompts[0])
         ref_first, ref_step = reference_lm.steps(prompts[0])
-        other = [greedy_tokens(*fast.steps(p), 12) for p in prompts]
         # The prompt is read in fp32 on the model's own weights: the first logits are fp32's exactly.
         assert torch.equal(first, ref_first)
         # A decode step runs the quantized products: close to fp32's, not equal; its best logits re-scored in fp32.
@@ -150,12 +150,25 @@ def test_weight_only_dtypes_follow_the_fp32_greedy_tokens(smollm2, dtype, monkey
     top = int(torch.argmax(ref_next))
     assert int(torch.argmax(next_logits)) == top
     assert 0 < abs(float(next_logits[top] - ref_next[top])) < 0.5
-    assert fast.fp32_steps == 0 and fast.steps_run > 20
-    # Short open prompts ("one sentence about the sea") have near-ties: the quantized steps alone follow fp32
-    # for more than half the tokens here, by how much depends on the CPU's kernels (int4 0.83 on an AVX-512 AMD
-    # host, 0.64 on an AMX Intel one; int8 per channel 0.72 on both); the target's measure, 30 RAG questions,
-    # is the benchmark's.
-    assert token_agreement(reference, other) >= 0.55
+    # Left to run free, the quantized steps drift from fp32 after the first near-tie they order differently
+    # (on these short open prompts 0.47-0.83 of the tokens, by CPU: its kernels' rounding decides the ties),
+    # so the rule is checked step by step instead, fed fp32's own tokens: the quantized step picks fp32's next
+    # token, and where it does not, the two were a near-tie the close-call margin sends back to fp32.
+    picked_alike, steps, misses = 0, 0, []
+    with torch.inference_mode():
+        for prompt, ref in zip(prompts, reference, strict=True):
+            _first, step = fast.steps(prompt)
+            for token, expected in zip(ref, ref[1:], strict=False):
+                logits = step(token)
+                best2 = logits.topk(2).values
+                steps += 1
+                if int(torch.argmax(logits)) == expected:
+                    picked_alike += 1
+                else:
+                    misses.append(float(best2[0] - best2[1]))
+    assert fast.fp32_steps == 0 and fast.steps_run == steps + 1  # no step went back to fp32 (margin 0)
+    assert picked_alike >= 0.8 * steps  # 30-31 of 33 on the CPUs measured
+    assert all(gap < DEFAULT_CLOSE_CALL for gap in misses), misses  # gaps of 0.003-0.08 measured
 
     # A margin wider than any gap recomputes every step in fp32: exactly fp32's tokens.
     monkeypatch.setenv("PARSIMONY_LOCAL_LM_CLOSE_CALL", "1000")
