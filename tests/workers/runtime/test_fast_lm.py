@@ -167,8 +167,8 @@ def test_weight_only_dtypes_follow_the_fp32_greedy_tokens(smollm2, dtype, monkey
                 else:
                     misses.append(float(best2[0] - best2[1]))
     assert fast.fp32_steps == 0 and fast.steps_run == steps + 1  # no step went back to fp32 (margin 0)
-    assert picked_alike >= 0.8 * steps  # 30-31 of 33 on the CPUs measured
-    assert all(gap < DEFAULT_CLOSE_CALL for gap in misses), misses  # gaps of 0.003-0.08 measured
+    assert picked_alike >= 0.8 * steps  # int4 30, int8 31 of 33 on the AVX2-only host
+    assert all(gap < DEFAULT_CLOSE_CALL for gap in misses), misses  # gaps of 0.003-0.08 there
 
     # A margin wider than any gap recomputes every step in fp32: exactly fp32's tokens.
     monkeypatch.setenv("PARSIMONY_LOCAL_LM_CLOSE_CALL", "1000")
