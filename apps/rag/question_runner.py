@@ -272,8 +272,7 @@ class QueryHooks:
             max_output_tokens=cap,
             on_token=on_token,
             reservation=self.reservation,
-            decoding={**(self.run.pipeline.decoding_options if self.run.pipeline_id else {}), **self.run.decoding}
-            or None,
+            decoding=run_decoding(self.run),
         )
         self.generation_record = call.record
         return call
@@ -415,6 +414,13 @@ class QueryHooks:
         return retrieval + generation + quality, kind
 
 
+def run_decoding(run: QueryRun) -> dict[str, Any] | None:
+    """The run's decoding options over its pipeline's (None: neither sets any): what its metered generation
+    and the generations the engine runs itself (superposition, fixed context) decode with."""
+    pipeline_options = (run.pipeline.decoding_options or {}) if run.pipeline_id else {}
+    return {**pipeline_options, **(run.decoding or {})} or None
+
+
 def engine_config(*, run: QueryRun, endpoint: ModelEndpoint) -> Any:
     """The engine's ``PipelineConfig`` for the run's pipeline answered by ``endpoint``: the output cap is the
     run's within the endpoint's, the prompt's room what the model's window (or the deployment's ceiling)
@@ -437,7 +443,7 @@ def engine_config(*, run: QueryRun, endpoint: ModelEndpoint) -> Any:
         attention_backend=pipeline.attention_backend,
         attention_options=pipeline.attention_options,
         fixed_context_max_tokens=fixed_context_max_tokens(),
-        decoding={**(pipeline.decoding_options or {}), **(run.decoding or {})},
+        decoding=run_decoding(run),
         max_output_tokens=cap,
         # Passages beyond what fits the model's window (with the output cap) and the ceiling are dropped.
         max_prompt_tokens=min(window - cap if window else ceiling, ceiling),
