@@ -356,9 +356,10 @@ def simulate(trace: list[Request], mode: Mode, emb: Embeddings, retrievers: dict
             s["hits"] += 1
             s["exact_hits"] += hit is exact
             s["false_hits"] += not correct
-            s["saved"] += (hit.cost - LOOKUP_COST) if correct else 0.0
+            saved = (hit.cost - LOOKUP_COST) if correct else 0.0
+            s["saved"] += saved
             s["cross_team_hits"] += hit.team != request.team
-            log.append((request.team, hit.serial, (hit.cost - LOOKUP_COST) if correct else 0.0, request.origin.split))
+            log.append((request.team, hit.serial, saved, request.origin.split))
             if hit.item is not None and policy is not None:
                 hit.item.hits += 1
                 hit.item.last_used = t
