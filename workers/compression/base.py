@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workers.compression.text import Span, render
+from workers.compression.text import Span, render, token_budget
 from workers.prompting.base import Passage
 from workers.runtime.device_clock import device_clock
 
@@ -41,6 +41,35 @@ def stage_clock() -> Callable[[], float]:
     """The clock a compress stage's ``compute_s`` is read on: the stage is billed as CPU-seconds, those
     of the thread that runs it (``device_clock("cpu")``; its summary calls are billed the same way)."""
     return device_clock("cpu")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """A compress call's measure of its input, taken as it starts: each passage's tokens, their sum, the
+    budget the target leaves, and the stage clock with the call's start (``elapsed``: its compute_s)."""
+
+    counts: list[int]
+    before: int
+    budget: int
+    clock: Callable[[], float]
+    started: float
+
+    @property
+    def fits(self) -> bool:
+        """The passages already fit the budget: the method returns them whole (``identity``)."""
+        return self.budget >= self.before
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+def size_up(passages: list[Passage], target: float, count_tokens: Callable[[str], int]) -> Sizing:
+    """Start a compress call: its clock first, so counting the passages' tokens is part of its time."""
+    clock = stage_clock()
+    started = clock()
+    counts = [count_tokens(p.text) for p in passages]
+    before = sum(counts)
+    return Sizing(counts=counts, before=before, budget=token_budget(target, before), clock=clock, started=started)
 
 
 def identity(passages: list[Passage], tokens: int) -> CompressedContext:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity, stage_clock
+from workers.compression.base import CompressedContext, build, identity, size_up
 from workers.compression.cache import cache_key
 from workers.compression.plan import CompressionPlan, Work, check, new_plan, start
 from workers.compression.resources import Resources
@@ -331,13 +331,10 @@ class Extractive:
         self, query: str, passages: list[Passage], target: float, count_tokens: Callable[[str], int], work: Work
     ) -> CompressedContext:
         """`compress` with the call's Work (summarize's fallback shares its own)."""
-        clock = stage_clock()
-        started = clock()
-        counts = [count_tokens(p.text) for p in passages]
-        before = sum(counts)
-        budget = token_budget(target, before)
-        if budget >= before:
-            return identity(passages, before)
+        sized = size_up(passages, target, count_tokens)
+        if sized.fits:
+            return identity(passages, sized.before)
+        before, budget = sized.before, sized.budget
         spans = [sentence_spans(p.text) for p in passages]
         sentences = [
             _Sentence(i, span, count_tokens(p.text[span[0] : span[1]]))
@@ -373,5 +370,5 @@ class Extractive:
             dropped = sentences[order.pop()]
             keep[dropped.passage].remove(dropped.span)
             result = build(passages, keep, count_tokens, before)
-        result.compute_s = clock() - started
+        result.compute_s = sized.elapsed()
         return result

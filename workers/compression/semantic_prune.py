@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity, stage_clock
+from workers.compression.base import CompressedContext, build, identity, size_up
 from workers.compression.cache import cache_key
 from workers.compression.plan import (
     CompressionPlan,
@@ -231,19 +231,16 @@ class SemanticPrune:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        clock = stage_clock()
-        started = clock()
-        counts = [count_tokens(p.text) for p in passages]
-        before = sum(counts)
-        budget = token_budget(target, before)
-        if budget >= before:
-            return check(plan, identity(passages, before))
+        sized = size_up(passages, target, count_tokens)
+        if sized.fits:
+            return check(plan, identity(passages, sized.before))
+        counts, before, budget = sized.counts, sized.before, sized.budget
         if self.query_aware:
             result = self._prune(query, passages, budget, count_tokens, before, work,
                                  coarse=self.fine_keep is not None)
         else:
             result = self._per_chunk(passages, counts, budget, count_tokens, before, work)
-        result.compute_s = clock() - started
+        result.compute_s = sized.elapsed()
         return check(plan, work.report(result))
 
     def _per_chunk(self, passages, counts, budget, count_tokens, before, work: Work) -> CompressedContext:

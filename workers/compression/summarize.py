@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity, stage_clock
+from workers.compression.base import CompressedContext, build, identity, size_up
 from workers.compression.cache import cache_key
 from workers.compression.extractive import HOP_WEIGHT, Extractive, fit_words
 from workers.compression.plan import CompressionPlan, ModelCall, Work, check, new_plan, start
@@ -446,13 +446,10 @@ class Summarize:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        clock = stage_clock()
-        started = clock()
-        counts = [count_tokens(p.text) for p in passages]
-        before = sum(counts)
-        budget = token_budget(target, before)
-        if budget >= before:
-            return check(plan, identity(passages, before))
+        sized = size_up(passages, target, count_tokens)
+        if sized.fits:
+            return check(plan, identity(passages, sized.before))
+        counts, before, budget = sized.counts, sized.before, sized.budget
         weights, shown, key_spans, best_relevance = self._allocation(query, passages, work)
         spent = {"prompt": 0, "completion": 0}
         model_s = 0.0
@@ -501,7 +498,7 @@ class Summarize:
             tokens_after=after,
             kept_spans=kept_spans,
             # The whole method on the stage clock; the model share of it is inside (model_s).
-            compute_s=max(clock() - started, model_s),
+            compute_s=max(sized.elapsed(), model_s),
             model_prompt_tokens=spent["prompt"],
             model_completion_tokens=spent["completion"],
             model=model_label(self.resources.generator) if spent["prompt"] else "",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.compression.base import CompressedContext, build, identity, stage_clock
+from workers.compression.base import CompressedContext, build, identity, size_up
 from workers.compression.cache import cache_key
 from workers.compression.plan import CompressionPlan, Work, check, knapsack_bound, new_plan, start
 from workers.compression.pruning import (
@@ -267,13 +267,10 @@ class SurprisalPrune:
         plan: CompressionPlan | None = None,
     ) -> CompressedContext:
         work = start(self, plan, query=query, passages=passages, target=target)
-        clock = stage_clock()
-        started = clock()
-        counts = [count_tokens(p.text) for p in passages]
-        before = sum(counts)
-        budget = token_budget(target, before)
-        if budget >= before:
-            return check(plan, identity(passages, before))
+        sized = size_up(passages, target, count_tokens)
+        if sized.fits:
+            return check(plan, identity(passages, sized.before))
+        counts, before, budget = sized.counts, sized.before, sized.budget
         if self.query_aware and query:
             result = self._prune(query, passages, budget, count_tokens, before, work)
         else:
@@ -289,7 +286,7 @@ class SurprisalPrune:
             }
             result = build(passages, kept, count_tokens, before)
             result.model_prompt_tokens = sum(part.model_prompt_tokens for part in parts)
-        result.compute_s = clock() - started
+        result.compute_s = sized.elapsed()
         if result.model_prompt_tokens:
             result.model = str(self.resources.get_scorer().name)
         return check(plan, work.report(result))
