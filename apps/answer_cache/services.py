@@ -22,8 +22,9 @@ from django.db.models import Count, F, Max
 from django.utils import timezone
 
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome, TeamCacheSettings
-from apps.costs.models import ZERO, Stage, UsageRecord
+from apps.costs.models import ZERO, Stage
 from apps.costs.pricing import Usage, money, to_decimal
+from apps.costs.selectors import ledger_cost
 from apps.costs.services import LedgerContext, reservation_close, usage_record
 
 logger = logging.getLogger(__name__)
@@ -265,17 +266,13 @@ def answer_cache_serve(*, run: Any, requested: bool | None = None) -> bool:
     return True
 
 
-def _ledger_total(run_id: int) -> Decimal:
-    return UsageRecord.objects.filter(query_run_id=run_id).total_cost()
-
-
 def _serve(run: Any, entry: AnswerCacheEntry, outcome: str, *, key: str, similarity: float,
            error_bound: float | None = None) -> None:
     """Answer ``run`` from ``entry``: its cost is what the lookup billed; its baseline the same naive
     pipeline cost every saving is claimed against (the entry's source run's: the same question, or a
     verified same-intent one, so an estimate); the hold settles to the cost."""
     started = run.created_at or timezone.now()
-    actual = _ledger_total(run.pk)
+    actual = ledger_cost(query_run_id=run.pk)
     if run.reservation_id:
         reservation_close(reservation=run.reservation, actual=actual)
     exact = outcome == CacheOutcome.HIT_EXACT

@@ -40,6 +40,7 @@ from apps.bulk.provider_batch_rules import MODES, batch_price, batch_price_probl
 from apps.core.jobs import JobEnd
 from apps.costs.models import ZERO, ModelEndpoint, Price, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of
+from apps.costs.selectors import ledger_cost
 from apps.costs.services import price_current, usage_record
 from apps.costs.services.budgets import reservation_shrink, reservation_true_up
 
@@ -204,7 +205,6 @@ def _submit(bulk: BulkJob, config) -> None:
 
 def _settle(bulk: BulkJob, config, state, progress) -> None:
     """Every pending row from the finished batch's output and error files (one transaction each)."""
-    from apps.bulk.services import _ledger_total
 
     results = _results(config, state)
     price, charged = _settlement_prices(bulk)
@@ -215,7 +215,7 @@ def _settle(bulk: BulkJob, config, state, progress) -> None:
         _row_settle(bulk, row, result, state, price=price, charged=charged)
         if bulk.reservation is not None:  # the hold: what is spent plus the bound of the rows left
             reservation_shrink(reservation=bulk.reservation,
-                               to=_ledger_total(reservation_id=bulk.reservation_id) + per_row * (len(pending) - n))
+                               to=ledger_cost(reservation_id=bulk.reservation_id) + per_row * (len(pending) - n))
         progress(bulk.rows_total - len(pending) + n, bulk.rows_total, f"settled {n} of {len(pending)} answers")
 
 

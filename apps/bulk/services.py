@@ -34,8 +34,9 @@ from apps.core.jobs import JobEnd
 from apps.core.services import job_start
 from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import model_call
-from apps.costs.models import ZERO, EndpointKind, UsageRecord
+from apps.costs.models import ZERO, EndpointKind
 from apps.costs.pricing import MONEY_QUANTUM, money, worst_case_cost
+from apps.costs.selectors import ledger_cost
 from apps.costs.services import LedgerContext, price_current, reservation_settle
 from apps.costs.services.budgets import reservation_shrink
 from apps.costs.services.holds import hold_open
@@ -174,7 +175,7 @@ def _row_bound(*, pipeline: Pipeline, question: str, batch_size: int) -> Decimal
     (k = 1), or its share of a batch call plus answering it alone if its batch answer does not parse."""
     from apps.corpora.services.embedding import texts_bound
     from apps.corpora.services.search import search_bound
-    from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL, EMBEDDING_PRICE_NAME
+    from apps.costs.defaults import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PRICE_NAME
 
     cap = max(1, min(pipeline.max_output_tokens, pipeline.model_endpoint.max_output_tokens))
     prompt = _prompt_tokens_bound(pipeline=pipeline, question=question)
@@ -188,8 +189,8 @@ def _row_bound(*, pipeline: Pipeline, question: str, batch_size: int) -> Decimal
         bound += search * (2 if batch_size > 1 else 1)
     # The quality check embeds the answer's sentences and the passages once (QueryHooks.embed_for_quality).
     quality_texts = ["x " * min(prompt, 512)] * (pipeline.top_k + 1)
-    bound += texts_bound(model_name=DEFAULT_EMBEDDING_MODEL, texts=quality_texts, slab=None,
-                         price=price_current(model_name=EMBEDDING_PRICE_NAME))
+    bound += texts_bound(model_name=LOCAL_EMBEDDING_MODEL, texts=quality_texts, slab=None,
+                         price=price_current(model_name=LOCAL_EMBEDDING_PRICE_NAME))
     return bound
 
 
@@ -273,10 +274,6 @@ def _mode_check(*, pipeline: Pipeline, mode: str, batch_size: int) -> None:
 # --------------------------------------------------------------------------- running a job
 
 
-def _ledger_total(**filters: Any) -> Decimal:
-    return UsageRecord.objects.filter(**filters).total_cost()
-
-
 def bulk_job_for_work(bulk_job_id: int) -> BulkJob | None:
     """The job a worker was handed, with what running it reads; None (logged) when it no longer exists."""
     bulk = BulkJob.objects.select_related("pipeline__model_endpoint", "team", "created_by", "api_key",
@@ -312,7 +309,7 @@ def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
         if bulk.reservation is not None:  # the hold: what is spent plus the bound of the rows left
             left = len(pending) - start - len(batch)
             reservation_shrink(reservation=bulk.reservation,
-                               to=_ledger_total(reservation_id=bulk.reservation_id) + per_row * left)
+                               to=ledger_cost(reservation_id=bulk.reservation_id) + per_row * left)
         progress(done, bulk.rows_total, f"{done} of {bulk.rows_total} questions answered")
     return bulk_job_finish(bulk=bulk)
 
@@ -320,7 +317,7 @@ def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
 def bulk_job_finish(*, bulk: BulkJob, status: str = BulkStatus.SUCCEEDED, error: str = "") -> BulkJob:
     """Settle the job's hold to its ledger rows and store its totals."""
     if bulk.reservation_id:
-        reservation_settle(reservation=bulk.reservation, actual=_ledger_total(reservation_id=bulk.reservation_id))
+        reservation_settle(reservation=bulk.reservation, actual=ledger_cost(reservation_id=bulk.reservation_id))
     return bulk_totals_store(bulk=bulk, status=status, error=error[:10_000], finished_at=timezone.now())
 
 
@@ -332,7 +329,7 @@ def bulk_totals_store(*, bulk: BulkJob, **fields: Any) -> BulkJob:
         fallback=Count("pk", filter=Q(fallback=True)),
         baseline=Sum("query_run__baseline_cost", filter=Q(status=RowStatus.DONE)),
     )
-    cost = _ledger_total(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO
+    cost = ledger_cost(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO
     baseline = totals["baseline"] or ZERO
     BulkJob.objects.filter(pk=bulk.pk).update(
         rows_done=totals["done"], rows_failed=totals["failed"], batches_fallback=totals["fallback"], cost=cost,
@@ -358,7 +355,7 @@ def bulk_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True
     BulkJob.objects.filter(pk=bulk.pk).update(
         status=BulkStatus.CANCELLED if outcome == JobEnd.CANCELLED else BulkStatus.FAILED,
         error=reason[:10_000], rows_done=totals["done"], finished_at=timezone.now(),
-        cost=_ledger_total(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO,
+        cost=ledger_cost(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO,
     )
 
 
@@ -367,7 +364,7 @@ def _cut_off_runs_fail(row_ids: list[int], reason: str = "redelivered: the bulk 
     for run in runs:
         QueryRun.objects.filter(pk=run.pk).update(
             status=QueryStatus.FAILED, error=reason[:10_000], finished_at=timezone.now(),
-            cost=_ledger_total(query_run_id=run.pk),
+            cost=ledger_cost(query_run_id=run.pk),
         )
     BulkRow.objects.filter(pk__in=row_ids, status=RowStatus.PENDING).update(query_run=None)
 
@@ -423,7 +420,7 @@ def _run_close(row: BulkRow, run: QueryRun, hooks: Any, outcome: Any, started: f
     of a batch call (``extra_cost``); the baseline is naive RAG for the question alone."""
     from apps.rag.question_runner import answered_fields
 
-    actual = _ledger_total(query_run_id=run.pk) + extra_cost
+    actual = ledger_cost(query_run_id=run.pk) + extra_cost
     return {
         "row": row, "run": run, "status": RowStatus.DONE, "cost": actual,
         "run_fields": {
@@ -436,7 +433,7 @@ def _run_close(row: BulkRow, run: QueryRun, hooks: Any, outcome: Any, started: f
 
 
 def _row_failed(row: BulkRow, run: QueryRun, exc: Exception, extra_cost: Decimal = ZERO) -> dict:
-    actual = _ledger_total(query_run_id=run.pk) + extra_cost
+    actual = ledger_cost(query_run_id=run.pk) + extra_cost
     error = f"{type(exc).__name__}: {exc}"[:10_000]
     return {
         "row": row, "run": run, "status": RowStatus.FAILED, "cost": actual,

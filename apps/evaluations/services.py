@@ -90,8 +90,9 @@ def eval_question_worst_case(*, pipeline: Pipeline, question: str) -> Decimal:
     from apps.corpora.services.embedding import embedding_bound
     from apps.corpora.services.search import search_bound
     from apps.costs.cost_model import device_cost, device_seconds_bound
+    from apps.costs.defaults import LOCAL_EMBEDDING_MODEL
     from apps.costs.tokens import endpoint_context_window
-    from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL, pipeline_extractive
+    from apps.rag.question_runner import pipeline_extractive
 
     endpoint = pipeline.model_endpoint
     cap = max(1, min(pipeline.max_output_tokens, endpoint.max_output_tokens))
@@ -109,7 +110,7 @@ def eval_question_worst_case(*, pipeline: Pipeline, question: str) -> Decimal:
     total += generation * (int(not pipeline_extractive(pipeline)) + int(compresses))
     # The question's UTF-8 bytes bound its tokens (byte-level BPE) without loading a tokenizer here.
     embed_tokens = prompt + len(question.encode("utf-8")) + 2
-    total += 2 * embedding_bound(model_name=DEFAULT_EMBEDDING_MODEL, tokens=embed_tokens)
+    total += 2 * embedding_bound(model_name=LOCAL_EMBEDDING_MODEL, tokens=embed_tokens)
     return total
 
 

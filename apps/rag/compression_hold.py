@@ -24,8 +24,6 @@ from apps.costs.pricing import MONEY_QUANTUM, to_decimal, worst_case_cost
 from apps.costs.services import BudgetExceeded
 from apps.costs.services.holds import Hold
 
-# Prices the sentence embedder's seconds (MiniLM), as the retrieval stage does.
-EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 # The scorer of a pipeline whose endpoint is remote (no logits over an API): the default local LM.
 DEFAULT_SCORER_PRICE_NAME = "local/smollm2-135m-instruct"
 
@@ -57,7 +55,7 @@ class CompressionHold:
         """Grow by the plan's work outside model calls; return the per-call hook (None: no calls)."""
         seconds = 0.0
         if plan.embed_calls or plan.embed_tokens:
-            speed = throughput_for(model=EMBEDDING_PRICE_NAME, tokens_in=plan.embed_tokens)
+            speed = throughput_for(model=LOCAL_EMBEDDING_PRICE_NAME, tokens_in=plan.embed_tokens)
             seconds += plan.embed_calls * speed.overhead_s + plan.embed_tokens / max(speed.prefill_tps, 1e-9)
         if plan.scorer_passes or plan.scorer_tokens:
             scorer = self.model if self.local else DEFAULT_SCORER_PRICE_NAME

@@ -61,8 +61,6 @@ from apps.rag.selectors import pipeline_best_hit_scores
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
-DEFAULT_EMBEDDING_MODEL = LOCAL_EMBEDDING_MODEL  # what EMBEDDING_PRICE_NAME prices
 
 
 def strategy_extractive(name: str) -> bool:
@@ -174,14 +172,14 @@ class QueryHooks:
         self.retrieval_record = usage_record(
             context=self.context,
             stage=Stage.RETRIEVE,
-            model_name=EMBEDDING_PRICE_NAME,
+            model_name=LOCAL_EMBEDDING_PRICE_NAME,
             usage=Usage(
                 # The query embedding is the model work of retrieval; index search is bookkeeping.
-                prompt_tokens=embedding_tokens(DEFAULT_EMBEDDING_MODEL, [question]),
+                prompt_tokens=embedding_tokens(LOCAL_EMBEDDING_MODEL, [question]),
                 cpu_seconds=to_decimal(round(timings.get(
                     "embed_query_ms", 0.0 if pipeline.retriever == "bm25" else 1000 * retrieve_s) / 1000, 6)),
             ),
-            price=price_current(model_name=EMBEDDING_PRICE_NAME),
+            price=price_current(model_name=LOCAL_EMBEDDING_PRICE_NAME),
             latency_ms=int(retrieve_s * 1000),
             reservation=self.reservation,
         )
@@ -365,7 +363,7 @@ class QueryHooks:
         hold = None
         if self.reservation is not None:
             hold = hold_resume(reservation=self.reservation, context=self.context, path="query")
-        return texts_embed_billed(model_name=DEFAULT_EMBEDDING_MODEL, texts=texts, context=self.context, hold=hold)
+        return texts_embed_billed(model_name=LOCAL_EMBEDDING_MODEL, texts=texts, context=self.context, hold=hold)
 
     def count_tokens(self, prompt: list[dict] | str) -> int:
         """The endpoint's tokens of a chat prompt or a text, from its tokenizer alone (no model loaded)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -26,13 +25,12 @@ from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.metering import endpoint_resolve
 from apps.costs.models import EndpointKind, ModelEndpoint, Stage, UsageRecord
+from apps.costs.selectors import ledger_cost
 from apps.costs.services import LedgerContext, reservation_close, reservation_settle
 from apps.costs.services.holds import hold_open
 from apps.costs.tokens import prompt_check, prompt_tokens_bound
 from apps.rag.fixed_context import fixed_context_validate
 from apps.rag.models import BaselineKind, Pipeline, QueryRun, QueryStatus, Retriever
-from apps.rag.question_runner import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # re-exported
-from apps.rag.question_runner import EMBEDDING_PRICE_NAME as EMBEDDING_PRICE_NAME  # re-exported
 from apps.rag.question_runner import (
     PROMPT_FRAMING_TOKENS,
     QueryHooks,
@@ -425,10 +423,6 @@ def query_run_cancel(*, run: QueryRun, wait_s: float = 0.0) -> bool:
 
 
 
-def _ledger_total(run_id: int) -> Decimal:
-    return UsageRecord.objects.filter(query_run_id=run_id).total_cost()
-
-
 def _answer(run: QueryRun, hooks: QueryHooks, stream: AnswerStream, progress) -> Any:
     """The engine's answer for the run: its pipeline's, or a direct call's (no pipeline)."""
     from workers.rag.pipeline import PipelineError, run_direct, run_pipeline
@@ -457,10 +451,11 @@ def query_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
             # its next token and writes the final numbers (the tokens it generated) as it settles the hold.
             QueryRun.objects.filter(pk=run_id, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
                 status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
-                cost=_ledger_total(run_id), finished_at=timezone.now(),
+                cost=ledger_cost(query_run_id=run_id), finished_at=timezone.now(),
             )
             continue
-        job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason, cost=_ledger_total(run_id))
+        job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason,
+                    cost=ledger_cost(query_run_id=run_id))
 
 
 def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
@@ -495,7 +490,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         # Cancelled between two stages: what ran is billed, the hold settled to it.
         return _cancelled(run, stream, started)
     except Exception as exc:
-        actual = _ledger_total(run.pk)
+        actual = ledger_cost(query_run_id=run.pk)
         if run.reservation_id:
             reservation_close(reservation=run.reservation, actual=actual)
         QueryRun.objects.filter(pk=run.pk).update(
@@ -556,7 +551,7 @@ def _cancel_check(run: QueryRun):
 def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str | None = None) -> QueryRun:
     """The run stopped on a cancel: its ledger rows (the tokens generated so far) are what it cost, the hold
     is settled to them (released when there are none), the row says cancelled with what was streamed."""
-    actual = _ledger_total(run.pk)
+    actual = ledger_cost(query_run_id=run.pk)
     generation = UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.GENERATE).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )

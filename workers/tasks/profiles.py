@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 TASK_QUEUES["costs.refit_worker_profiles"] = Queue.CPU.value
 HEARTBEAT_EVERY_S = 60.0
-EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 
 _start: dict[str, Any] = {}
 
@@ -61,7 +60,7 @@ def _model_targets(device: str) -> list[tuple[str, Callable[[], Any]]]:
         targets.setdefault(endpoint.price_name, _loader(load_causal_lm, source, device))
     embedding_model = settings.PARSIMONY_DEFAULT_EMBEDDING_MODEL
     targets.setdefault(
-        EMBEDDING_PRICE_NAME, lambda: get_embedder(embedding_model, threads=settings.PARSIMONY_TORCH_THREADS)
+        LOCAL_EMBEDDING_PRICE_NAME, lambda: get_embedder(embedding_model, threads=settings.PARSIMONY_TORCH_THREADS)
     )
     return list(targets.items())
 

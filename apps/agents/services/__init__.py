@@ -9,7 +9,6 @@
 
 from apps.agents.services.agents import AGENT_FIELDS, agent_delete, agent_save, agent_validate
 from apps.agents.services.runs import (
-    EMBEDDING_PRICE_NAME,
     agent_run_execute,
     agent_run_start,
     agent_run_wait,
@@ -34,7 +33,6 @@ from apps.agents.services.tools import (
 
 __all__ = [
     "AGENT_FIELDS",
-    "EMBEDDING_PRICE_NAME",
     "TOOL_FIELDS",
     "TOOL_PRICE_NAME",
     "agent_delete",

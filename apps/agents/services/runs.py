@@ -55,8 +55,6 @@ from apps.costs.tokens import embedding_tokens, prompt_check, prompt_tokens_boun
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
-DEFAULT_EMBEDDING_MODEL = LOCAL_EMBEDDING_MODEL  # what EMBEDDING_PRICE_NAME prices
 
 Progress = Callable[..., None]
 
@@ -101,11 +99,11 @@ def agent_run_worst_case(*, agent: Agent, request: str, messages: list[dict] | N
             price=tool_price, prompt_tokens=0, max_output_tokens=0,
             max_seconds=agent.step_limit * 4 * agent.tool_timeout_s,
         )
-    embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
+    embed_price = _price_or_none(LOCAL_EMBEDDING_PRICE_NAME)
     if embed_price is not None:
         searches = agent.step_limit * 5 + 1
         embed_seconds, embed_device = device_seconds_bound(
-            model=EMBEDDING_PRICE_NAME, tokens_in=128, price=embed_price
+            model=LOCAL_EMBEDDING_PRICE_NAME, tokens_in=128, price=embed_price
         )
         estimate += searches * (
             worst_case_cost(price=embed_price, prompt_tokens=128, max_output_tokens=0)
@@ -333,7 +331,7 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
     agent = run.agent
     endpoint = agent.model_endpoint
     callables: dict[int, Any] = {}
-    embed_price = _price_or_none(EMBEDDING_PRICE_NAME)
+    embed_price = _price_or_none(LOCAL_EMBEDDING_PRICE_NAME)
     state = {"calls": 0}
 
     def model(messages, *, tools=None, on_token=None, purpose="step", max_tokens=None, grammar=None) -> ModelReply:
@@ -365,16 +363,16 @@ def _wire(run: AgentRun, context: LedgerContext, progress: Progress, holds: _Ste
 
     def search(query: str, k: int) -> list[ToolHit]:
         # Its query's exact tokens (the embedder's tokenizer, cached): the hold grows by this search's bound.
-        tokens = embedding_tokens(DEFAULT_EMBEDDING_MODEL, [query]) if query.strip() else 0
+        tokens = embedding_tokens(LOCAL_EMBEDDING_MODEL, [query]) if query.strip() else 0
         holds.ensure(
-            embedding_bound(model_name=DEFAULT_EMBEDDING_MODEL, tokens=tokens, price=embed_price),
+            embedding_bound(model_name=LOCAL_EMBEDDING_MODEL, tokens=tokens, price=embed_price),
             what="another tool search",
         )
         started = time.perf_counter()
         timings: dict[str, float] = {}
         matches = tool_search(team=run.team, query=query, k=k, timings=timings)
         holds.record(
-            stage=Stage.RETRIEVE, model_name=EMBEDDING_PRICE_NAME,
+            stage=Stage.RETRIEVE, model_name=LOCAL_EMBEDDING_PRICE_NAME,
             usage=Usage(prompt_tokens=tokens, cpu_seconds=to_decimal(round(timings.get("embed_s", 0.0), 6))),
             price=embed_price, latency_ms=int((time.perf_counter() - started) * 1000),
             finish_reason="tool-search",

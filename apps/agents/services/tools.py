@@ -32,7 +32,6 @@ TOOL_PRICE_NAME = "local/agent-tools"
 RETRIEVAL_MAX_K = 20
 RETRIEVERS = ("dense", "bm25", "hybrid")
 TOOL_FIELDS = ("name", "description", "parameters", "kind", "config", "examples", "enabled")
-TOOL_EMBEDDING_PRICE_NAME = LOCAL_EMBEDDING_PRICE_NAME
 
 
 def tools_index_bound(tools: list[tuple[str, str, list[str] | tuple[str, ...]]]) -> Decimal:
@@ -75,11 +74,11 @@ def _tool_index_spending(*, team, user, bound: Decimal, description: str):
             yield
         if meter["texts"]:
             try:
-                price = price_current(model_name=TOOL_EMBEDDING_PRICE_NAME)
+                price = price_current(model_name=LOCAL_EMBEDDING_PRICE_NAME)
             except PriceMissing:
                 price = None
             hold.record(
-                stage=Stage.EMBED, model_name=TOOL_EMBEDDING_PRICE_NAME,
+                stage=Stage.EMBED, model_name=LOCAL_EMBEDDING_PRICE_NAME,
                 usage=Usage(prompt_tokens=meter["tokens"], cpu_seconds=to_decimal(round(meter["seconds"], 6))),
                 price=price, latency_ms=int(meter["seconds"] * 1000), finish_reason="tool-index",
             )
@@ -269,12 +268,12 @@ def tool_search_billed(*, team, query: str, k: int = 5, user=None, api_key=None)
                   description="tool search") as hold:
         matches = tool_search(team=team, query=query, k=k, timings=timings)
         try:
-            price = price_current(model_name=TOOL_EMBEDDING_PRICE_NAME)
+            price = price_current(model_name=LOCAL_EMBEDDING_PRICE_NAME)
         except PriceMissing:
             price = None
         seconds = timings.get("embed_s", 0.0)
         hold.record(
-            stage=Stage.RETRIEVE, model_name=TOOL_EMBEDDING_PRICE_NAME,
+            stage=Stage.RETRIEVE, model_name=LOCAL_EMBEDDING_PRICE_NAME,
             usage=Usage(prompt_tokens=indexing.query_tokens(query), cpu_seconds=to_decimal(round(seconds, 6))),
             price=price, latency_ms=int(seconds * 1000), finish_reason="tool-search",
         )

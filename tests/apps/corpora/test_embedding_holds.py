@@ -303,17 +303,13 @@ def test_an_encode_is_billed_for_its_own_work_not_for_waiting_on_another_call():
 
 def test_the_bundled_embedder_is_billed_under_the_one_price_name_every_path_uses():
     """Retrieval, tool search, the quality check, the embeddings API and corpus ingestion bill the bundled
-    embedder under one price-book name: the one ingestion derives from its model name, which the engine loads."""
-    from apps.agents.services.runs import EMBEDDING_PRICE_NAME as agents_price
-    from apps.agents.services.tools import TOOL_EMBEDDING_PRICE_NAME
+    embedder under one price-book name (they all import ``LOCAL_EMBEDDING_PRICE_NAME``): the one ingestion
+    derives from its model name, which the engine loads."""
     from apps.corpora.services.embedding import price_name
     from apps.costs.defaults import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PRICE_NAME, LOCAL_PRICES
-    from apps.rag.compression_hold import EMBEDDING_PRICE_NAME as compression_price
     from apps.rag.embeddings import EMBEDDING_MODELS
-    from apps.rag.question_runner import EMBEDDING_PRICE_NAME as query_price
     from workers.runtime.embedders import DEFAULT_EMBEDDING_MODEL
 
     assert price_name(LOCAL_EMBEDDING_MODEL) == LOCAL_EMBEDDING_PRICE_NAME == "local/all-minilm-l6-v2"
-    assert {agents_price, TOOL_EMBEDDING_PRICE_NAME, compression_price, query_price,
-            EMBEDDING_MODELS[LOCAL_EMBEDDING_MODEL]} == {LOCAL_EMBEDDING_PRICE_NAME}
+    assert EMBEDDING_MODELS[LOCAL_EMBEDDING_MODEL] == LOCAL_EMBEDDING_PRICE_NAME
     assert DEFAULT_EMBEDDING_MODEL == LOCAL_EMBEDDING_MODEL and LOCAL_EMBEDDING_PRICE_NAME in LOCAL_PRICES
