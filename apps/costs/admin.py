@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 from django.contrib import admin
+from django.db import models
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -155,6 +156,8 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     search_fields = ["name", "price_name", "remote_model"]
     # The API key itself (encrypted) is never in a form; teams set it on their Models page or the API.
     readonly_fields = ["api_key_hint"]
+    # A base URL typed without a scheme is an https one (Django 6's default; 5.2 still assumes http).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 class _Echo:

@@ -88,6 +88,17 @@ def test_the_endpoint_pages_render(superuser_client, echo_endpoint):
     assert superuser_client.get(f"/admin/costs/modelendpoint/{echo_endpoint.pk}/change/").status_code == 200
 
 
+def test_an_endpoint_base_url_typed_without_a_scheme_is_an_https_one(rf, admin_user):
+    from django.contrib import admin
+
+    from apps.costs.models import ModelEndpoint
+
+    request = rf.get("/admin/costs/modelendpoint/add/")
+    request.user = admin_user
+    form = admin.site._registry[ModelEndpoint].get_form(request)
+    assert form.base_fields["base_url"].clean("api.example.com/v1") == "https://api.example.com/v1"
+
+
 def test_the_ledger_is_read_only_and_filterable(superuser_client, ledger, team_a):
     page = superuser_client.get("/admin/costs/usagerecord/")
     assert page.status_code == 200

@@ -125,7 +125,7 @@ def _with_pdf_metadata(pdf: bytes, outline: str | None = None, **info: str) -> b
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
     writer.add_metadata({f"/{key}": value for key, value in info.items()})
     if outline:
-        writer.add_outline_item(outline, 0)
+        writer.add_outline_item(title=outline, page_number=0)
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
