@@ -63,6 +63,11 @@ def browser(monkeypatch):
                                     args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+        # While Playwright's loop runs on this thread, Django keeps the test's database connection in the
+        # loop's context, where the test database's teardown cannot see it: close it here, in that context.
+        from django.db import connections
+
+        connections.close_all()
 
 
 @pytest.fixture
