@@ -146,12 +146,15 @@ def job_succeed(*, job_id: int, result: dict[str, Any] | None = None, attempt: i
     )
 
 
-def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> None:
+def job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
     """Fail the job with ``error``, and its records and holds with it (``job_end``: a document its task
-    left processing is failed with the same reason)."""
+    left processing is failed with the same reason). False, changing nothing, when the job had already
+    finished (or is no longer this attempt's)."""
     jobs = _this_attempt(Job.objects.filter(pk=job_id).exclude(status__in=FINISHED_STATUSES), attempt)
-    if jobs.update(status=JobStatus.FAILED, finished_at=timezone.now(), error=error[:10_000]):
-        job_end(job=Job.objects.get(pk=job_id), outcome=JobEnd.FAILED, reason=error)
+    if not jobs.update(status=JobStatus.FAILED, finished_at=timezone.now(), error=error[:10_000]):
+        return False
+    job_end(job=Job.objects.get(pk=job_id), outcome=JobEnd.FAILED, reason=error)
+    return True
 
 
 # params key: how many attempts the job had used when its current stage began (``job_continue``).

@@ -37,6 +37,16 @@ def test_a_finished_job_is_never_claimed_again(team_a):
     assert services.job_claim(job_id=job.pk, worker="w") is False
 
 
+def test_a_job_fails_once_and_keeps_its_first_reason(team_a):
+    """A failure reported twice (Celery 5.7 signals a hard time limit twice) is recorded once."""
+    job = services.job_create(kind="x", team=team_a)
+    services.job_claim(job_id=job.pk, worker="w")
+    assert services.job_fail(job_id=job.pk, error="first") is True
+    assert services.job_fail(job_id=job.pk, error="second") is False
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "first")
+
+
 def test_a_cancelled_job_stops_at_its_next_progress_report(team_a):
     job = services.job_create(kind="x", team=team_a)
     services.job_claim(job_id=job.pk, worker="w")
