@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.answer_cache.models import AnswerCacheEntry, AnswerCacheLookup, CacheOutcome, TeamCacheSettings
 from apps.costs.models import ZERO, Stage
 from apps.costs.pricing import Usage, money, to_decimal
-from apps.costs.selectors import ledger_cost
+from apps.costs.selectors import query_run_cost
 from apps.costs.services import LedgerContext, reservation_close, usage_record
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def _serve(run: Any, entry: AnswerCacheEntry, outcome: str, *, key: str, similar
     pipeline cost every saving is claimed against (the entry's source run's: the same question, or a
     verified same-intent one, so an estimate); the hold settles to the cost."""
     started = run.created_at or timezone.now()
-    actual = ledger_cost(query_run_id=run.pk)
+    actual = query_run_cost(run.pk)
     if run.reservation_id:
         reservation_close(reservation=run.reservation, actual=actual)
     exact = outcome == CacheOutcome.HIT_EXACT

@@ -40,9 +40,9 @@ from apps.bulk.provider_batch_rules import MODES, batch_price, batch_price_probl
 from apps.core.jobs import JobEnd
 from apps.costs.models import ZERO, ModelEndpoint, Price, Stage, UsageRecord
 from apps.costs.pricing import Usage, cost_of
-from apps.costs.selectors import ledger_cost
 from apps.costs.services import price_current, usage_record
 from apps.costs.services.budgets import reservation_shrink, reservation_true_up
+from apps.costs.services.ledger import hold_billed
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _settle(bulk: BulkJob, config, state, progress) -> None:
         _row_settle(bulk, row, result, state, price=price, charged=charged)
         if bulk.reservation is not None:  # the hold: what is spent plus the bound of the rows left
             reservation_shrink(reservation=bulk.reservation,
-                               to=ledger_cost(reservation_id=bulk.reservation_id) + per_row * (len(pending) - n))
+                               to=hold_billed(bulk.reservation) + per_row * (len(pending) - n))
         progress(bulk.rows_total - len(pending) + n, bulk.rows_total, f"settled {n} of {len(pending)} answers")
 
 

@@ -36,10 +36,11 @@ from apps.costs.cost_model import device_cost, device_seconds_bound
 from apps.costs.metering import model_call
 from apps.costs.models import ZERO, EndpointKind
 from apps.costs.pricing import MONEY_QUANTUM, money, worst_case_cost
-from apps.costs.selectors import ledger_cost
+from apps.costs.selectors import query_run_cost
 from apps.costs.services import LedgerContext, price_current, reservation_settle
 from apps.costs.services.budgets import reservation_shrink
 from apps.costs.services.holds import hold_open
+from apps.costs.services.ledger import hold_billed
 from apps.costs.tokens import endpoint_context_window, text_tokens_bound
 from apps.rag.models import Pipeline, QueryOrigin, QueryRun, QueryStatus, Retriever
 
@@ -309,7 +310,7 @@ def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
         if bulk.reservation is not None:  # the hold: what is spent plus the bound of the rows left
             left = len(pending) - start - len(batch)
             reservation_shrink(reservation=bulk.reservation,
-                               to=ledger_cost(reservation_id=bulk.reservation_id) + per_row * left)
+                               to=hold_billed(bulk.reservation) + per_row * left)
         progress(done, bulk.rows_total, f"{done} of {bulk.rows_total} questions answered")
     return bulk_job_finish(bulk=bulk)
 
@@ -317,7 +318,7 @@ def bulk_job_execute(*, bulk_job_id: int, progress=None) -> BulkJob | None:
 def bulk_job_finish(*, bulk: BulkJob, status: str = BulkStatus.SUCCEEDED, error: str = "") -> BulkJob:
     """Settle the job's hold to its ledger rows and store its totals."""
     if bulk.reservation_id:
-        reservation_settle(reservation=bulk.reservation, actual=ledger_cost(reservation_id=bulk.reservation_id))
+        reservation_settle(reservation=bulk.reservation, actual=hold_billed(bulk.reservation))
     return bulk_totals_store(bulk=bulk, status=status, error=error[:10_000], finished_at=timezone.now())
 
 
@@ -329,7 +330,7 @@ def bulk_totals_store(*, bulk: BulkJob, **fields: Any) -> BulkJob:
         fallback=Count("pk", filter=Q(fallback=True)),
         baseline=Sum("query_run__baseline_cost", filter=Q(status=RowStatus.DONE)),
     )
-    cost = ledger_cost(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO
+    cost = hold_billed(bulk.reservation) if bulk.reservation_id else ZERO
     baseline = totals["baseline"] or ZERO
     BulkJob.objects.filter(pk=bulk.pk).update(
         rows_done=totals["done"], rows_failed=totals["failed"], batches_fallback=totals["fallback"], cost=cost,
@@ -355,7 +356,7 @@ def bulk_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True
     BulkJob.objects.filter(pk=bulk.pk).update(
         status=BulkStatus.CANCELLED if outcome == JobEnd.CANCELLED else BulkStatus.FAILED,
         error=reason[:10_000], rows_done=totals["done"], finished_at=timezone.now(),
-        cost=ledger_cost(reservation_id=bulk.reservation_id) if bulk.reservation_id else ZERO,
+        cost=hold_billed(bulk.reservation) if bulk.reservation_id else ZERO,
     )
 
 
@@ -364,7 +365,7 @@ def _cut_off_runs_fail(row_ids: list[int], reason: str = "redelivered: the bulk 
     for run in runs:
         QueryRun.objects.filter(pk=run.pk).update(
             status=QueryStatus.FAILED, error=reason[:10_000], finished_at=timezone.now(),
-            cost=ledger_cost(query_run_id=run.pk),
+            cost=query_run_cost(run.pk),
         )
     BulkRow.objects.filter(pk__in=row_ids, status=RowStatus.PENDING).update(query_run=None)
 
@@ -420,7 +421,7 @@ def _run_close(row: BulkRow, run: QueryRun, hooks: Any, outcome: Any, started: f
     of a batch call (``extra_cost``); the baseline is naive RAG for the question alone."""
     from apps.rag.question_runner import answered_fields
 
-    actual = ledger_cost(query_run_id=run.pk) + extra_cost
+    actual = query_run_cost(run.pk) + extra_cost
     return {
         "row": row, "run": run, "status": RowStatus.DONE, "cost": actual,
         "run_fields": {
@@ -433,7 +434,7 @@ def _run_close(row: BulkRow, run: QueryRun, hooks: Any, outcome: Any, started: f
 
 
 def _row_failed(row: BulkRow, run: QueryRun, exc: Exception, extra_cost: Decimal = ZERO) -> dict:
-    actual = ledger_cost(query_run_id=run.pk) + extra_cost
+    actual = query_run_cost(run.pk) + extra_cost
     error = f"{type(exc).__name__}: {exc}"[:10_000]
     return {
         "row": row, "run": run, "status": RowStatus.FAILED, "cost": actual,

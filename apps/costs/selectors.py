@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db.models import Count, DecimalField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncDay
@@ -41,10 +40,10 @@ class BudgetStatus:
         return max(ZERO, self.budget.hard_limit - self.spent - self.reserved)
 
 
-def ledger_cost(**filters: Any) -> Decimal:
-    """What the ledger rows matching ``filters`` cost together (0 for none): a run's
-    (``query_run_id=``), a hold's (``reservation_id=``)."""
-    return UsageRecord.objects.filter(**filters).total_cost()
+def query_run_cost(run_id: int) -> Decimal:
+    """What a query run's ledger rows cost together (0 for none). A hold's: ``hold_billed``
+    (apps.costs.services.ledger)."""
+    return UsageRecord.objects.filter(query_run_id=run_id).total_cost()
 
 
 def budget_status(*, budget: Budget, at: datetime | None = None) -> BudgetStatus:

@@ -312,11 +312,11 @@ def eval_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = True
     error = "cancelled" if outcome == JobEnd.CANCELLED else reason
     if work_stopped:
         from apps.core.services import job_run_end
-        from apps.costs.models import UsageRecord
+        from apps.costs.selectors import query_run_cost
 
         unfinished = EvalRow.objects.filter(run=run, query_run__isnull=False).exclude(status__in=FINISHED_STATUSES)
         for query_id in unfinished.values_list("query_run_id", flat=True):
-            spent = UsageRecord.objects.filter(query_run_id=query_id).total_cost()
+            spent = query_run_cost(query_id)
             job_run_end(runs=QueryRun.objects.filter(pk=query_id), outcome=outcome, reason=reason, cost=spent)
             EvalRow.objects.filter(run=run, query_run_id=query_id).update(cost=spent)
         EvalRow.objects.filter(run=run).exclude(status__in=FINISHED_STATUSES).update(

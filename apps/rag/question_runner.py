@@ -62,7 +62,6 @@ from apps.rag.selectors import pipeline_best_hit_scores
 logger = logging.getLogger(__name__)
 
 
-
 def strategy_extractive(name: str) -> bool:
     """Whether the prompting strategy ``name`` answers by quoting its passages (no generation)."""
     from workers.prompting import STRATEGIES

@@ -25,7 +25,7 @@ from apps.core.services import job_run_end, job_start
 from apps.core.streaming import AnswerStream
 from apps.costs.metering import endpoint_resolve
 from apps.costs.models import EndpointKind, ModelEndpoint, Stage, UsageRecord
-from apps.costs.selectors import ledger_cost
+from apps.costs.selectors import query_run_cost
 from apps.costs.services import LedgerContext, reservation_close, reservation_settle
 from apps.costs.services.holds import hold_open
 from apps.costs.tokens import prompt_check, prompt_tokens_bound
@@ -451,11 +451,11 @@ def query_job_end(*, job, outcome: JobEnd, reason: str, work_stopped: bool = Tru
             # its next token and writes the final numbers (the tokens it generated) as it settles the hold.
             QueryRun.objects.filter(pk=run_id, status__in=(QueryStatus.QUEUED, QueryStatus.RUNNING)).update(
                 status=QueryStatus.CANCELLED, finish_reason="cancelled", error="cancelled",
-                cost=ledger_cost(query_run_id=run_id), finished_at=timezone.now(),
+                cost=query_run_cost(run_id), finished_at=timezone.now(),
             )
             continue
         job_run_end(runs=QueryRun.objects.filter(pk=run_id), outcome=outcome, reason=reason,
-                    cost=ledger_cost(query_run_id=run_id))
+                    cost=query_run_cost(run_id))
 
 
 def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
@@ -490,7 +490,7 @@ def query_run_execute(*, query_run_id: int, progress=None) -> QueryRun | None:
         # Cancelled between two stages: what ran is billed, the hold settled to it.
         return _cancelled(run, stream, started)
     except Exception as exc:
-        actual = ledger_cost(query_run_id=run.pk)
+        actual = query_run_cost(run.pk)
         if run.reservation_id:
             reservation_close(reservation=run.reservation, actual=actual)
         QueryRun.objects.filter(pk=run.pk).update(
@@ -551,7 +551,7 @@ def _cancel_check(run: QueryRun):
 def _cancelled(run: QueryRun, stream: AnswerStream, started: float, answer: str | None = None) -> QueryRun:
     """The run stopped on a cancel: its ledger rows (the tokens generated so far) are what it cost, the hold
     is settled to them (released when there are none), the row says cancelled with what was streamed."""
-    actual = ledger_cost(query_run_id=run.pk)
+    actual = query_run_cost(run.pk)
     generation = UsageRecord.objects.filter(query_run_id=run.pk, stage=Stage.GENERATE).aggregate(
         prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cached=Sum("cached_tokens")
     )
